@@ -1,0 +1,73 @@
+// swift-tools-version:6.2
+import PackageDescription
+
+let strict: [SwiftSetting] = [.treatAllWarnings(as: .error)]
+
+let package = Package(
+    name: "Stockade",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "stockade", targets: ["stockade"]),
+        .executable(name: "stockade-probe", targets: ["stockade-probe"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.0.0"),
+    ],
+    targets: [
+        // C: the child path from clone3 to execve, and syscall shims glibc lacks.
+        .target(name: "CStockade", cSettings: [.unsafeFlags(["-Wall", "-Wextra", "-Werror"])]),
+        .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
+        .systemLibrary(name: "CCap", pkgConfig: "libcap", providers: [.apt(["libcap-dev"])]),
+        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
+
+        // Pure values: profiles, limits, seccomp policy model, strict JSON.
+        .target(name: "StockadePolicy", swiftSettings: strict),
+        // cgroup v1 and v2 drivers behind one protocol.
+        .target(name: "StockadeCgroups", dependencies: [
+            .product(name: "SystemPackage", package: "swift-system"),
+        ], swiftSettings: strict),
+        // Namespaces, mounts, seccomp compilation, capabilities, spawn, exit watching.
+        .target(name: "StockadeLinux", dependencies: [
+            "CStockade", "CSeccomp", "CCap", "StockadePolicy", "StockadeCgroups",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ], swiftSettings: strict),
+        // Manifests, bounded hostile-tree reader, run directory.
+        .target(name: "StockadeBundles", dependencies: [
+            "CStockade", "StockadePolicy",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "SystemPackage", package: "swift-system"),
+        ], swiftSettings: strict),
+        // Diff parser, path guard, applier.
+        .target(name: "StockadePatches", dependencies: [
+            "CStockade", "StockadePolicy",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ], swiftSettings: strict),
+        // SQLite audit store.
+        .target(name: "StockadeAudit", dependencies: [
+            "CSQLite", "StockadePolicy",
+            .product(name: "Crypto", package: "swift-crypto"),
+        ], swiftSettings: strict),
+        // One run's lifecycle, concurrency, review queue.
+        .target(name: "StockadeSupervisor", dependencies: [
+            "StockadePolicy", "StockadeCgroups", "StockadeLinux", "StockadeBundles",
+            "StockadePatches", "StockadeAudit",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ], swiftSettings: strict),
+        .executableTarget(name: "stockade", dependencies: [
+            "StockadeSupervisor",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
+        // Enforcement probes: small static C programs run inside the sandbox.
+        .executableTarget(name: "stockade-probe",
+                          cSettings: [.unsafeFlags(["-Wall", "-Werror"])],
+                          linkerSettings: [.unsafeFlags(["-static-executable"])]),
+
+        .testTarget(name: "StockadePolicyTests", dependencies: ["StockadePolicy"], swiftSettings: strict),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,32 @@
+/// The one public error of StockadeLinux: what failed (`code`), the setup
+/// `stage` it failed in, the errno when a syscall failed, and a message that
+/// says what is missing and how to enable it.
+public struct LinuxError: Error, Sendable, Equatable, CustomStringConvertible {
+    public struct Code: RawRepresentable, Hashable, Sendable {
+        public let rawValue: String
+        public init(rawValue: String) { self.rawValue = rawValue }
+
+        /// The sandbox could not be built; nothing ran.
+        public static let setup = Code(rawValue: "setup")
+        /// The worker's program could not be executed.
+        public static let exec = Code(rawValue: "exec")
+        /// The seccomp policy could not be compiled.
+        public static let seccomp = Code(rawValue: "seccomp")
+    }
+
+    public let code: Code
+    public let stage: String
+    public let errno: Int32
+    public let message: String
+
+    public init(_ code: Code, stage: String, errno: Int32 = 0, _ message: String) {
+        self.code = code
+        self.stage = stage
+        self.errno = errno
+        self.message = message
+    }
+
+    public var description: String {
+        errno == 0 ? "\(stage): \(message)" : "\(stage): \(message) (errno \(errno))"
+    }
+}
