@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 int stk_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve) {
@@ -17,4 +18,8 @@ int stk_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint
 
 int stk_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags) {
     return renameat2(olddirfd, oldpath, newdirfd, newpath, flags);
+}
+
+int stk_pipe_cloexec(int *fds, int extra_flags) {
+    return pipe2(fds, O_CLOEXEC | extra_flags);
 }

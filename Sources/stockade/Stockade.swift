@@ -1,11 +1,80 @@
 import ArgumentParser
+import Glibc
+import Logging
+import StockadeSupervisor
 
-@main
 struct Stockade: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "stockade",
         abstract: "Run untrusted workers in Linux namespaces with seccomp, cgroup limits and an audit trail.",
+        discussion: "Exit status of `run`: the worker's code; 128+signal; 137 oom; 124 timeout; 159 seccomp; 125 setup failure, bad profile or usage; 126/127 command not executable/not found. Other commands: 0 success, 1 failure, 2 usage.",
         version: "0.1.0",
-        subcommands: []
+        subcommands: [Run.self, ProfileCommand.self]
     )
+}
+
+/// Options every command that touches the state directory takes.
+struct StateOptions: ParsableArguments {
+    @Option(name: .long, help: "State directory (else $STOCKADE_STATE_DIR, $XDG_STATE_HOME/stockade, ~/.local/state/stockade).")
+    var stateDir: String?
+
+    func resolved() -> String {
+        StateDirectory.resolve(explicit: stateDir, environment: ProcessEnvironment.current())
+    }
+}
+
+enum ProcessEnvironment {
+    static func current() -> [String: String] {
+        var env: [String: String] = [:]
+        var p = environ
+        while let entry = p.pointee {
+            let text = String(cString: entry)
+            if let eq = text.firstIndex(of: "=") { env[String(text[..<eq])] = String(text[text.index(after: eq)...]) }
+            p += 1
+        }
+        return env
+    }
+}
+
+@main
+enum Main {
+    static func main() async {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            let level = ProcessEnvironment.current()["STOCKADE_LOG"].flatMap { Logger.Level(rawValue: $0) }
+            handler.logLevel = level ?? .warning
+            return handler
+        }
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        do {
+            var command = try Stockade.parseAsRoot(arguments)
+            if var async = command as? AsyncParsableCommand {
+                try await async.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            let code = Stockade.exitCode(for: error)
+            let message = Stockade.fullMessage(for: error)
+            if !message.isEmpty {
+                if code == .success { Console.out(message) } else { Console.error(message) }
+            }
+            if code == .validationFailure {
+                // Usage errors: 125 for `run` (nothing ran), 2 for every other command.
+                exit(arguments.first == "run" ? 125 : 2)
+            }
+            exit(code.rawValue)
+        }
+    }
+}
+
+/// Writes to the process's stderr/stdout without touching C's shared FILE streams.
+enum Console {
+    static func error(_ text: String) {
+        TerminalOutput.write(Array((text.hasSuffix("\n") ? text : text + "\n").utf8), to: 2)
+    }
+
+    static func out(_ text: String) {
+        TerminalOutput.write(Array((text.hasSuffix("\n") ? text : text + "\n").utf8), to: 1)
+    }
 }

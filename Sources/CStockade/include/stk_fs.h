@@ -28,5 +28,8 @@ int stk_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint
  */
 int stk_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
 
+/* pipe2(fds, O_CLOEXEC | extra). Why C: Swift's Glibc does not import pipe2. */
+int stk_pipe_cloexec(int *_Nonnull fds, int extra_flags);
+
 #pragma clang assume_nonnull end
 #endif

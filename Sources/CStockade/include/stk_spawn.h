@@ -1,0 +1,172 @@
+#ifndef STK_SPAWN_H
+#define STK_SPAWN_H
+/*
+ * The child path: clone3 into fresh namespaces, build the root, drop every
+ * privilege, install seccomp, execve. It is C because between clone and exec
+ * only async-signal-safe code may run: no malloc, no stdio, no Swift. Swift
+ * builds a `stk_plan` with everything the child needs and makes one call.
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/resource.h>
+#include <sys/types.h>
+#include <linux/filter.h>
+
+#pragma clang assume_nonnull begin
+
+/* One step of building the worker's root, executed in order by the child. */
+enum stk_mount_kind {
+    STK_OP_MKDIR = 1,     /* mkdir target (mode), chown uid/gid when uid != -1 */
+    STK_OP_BIND = 2,      /* attach fd (from stk_clone_tree) at target; without fd, bind source and mount_setattr(attr) */
+    STK_OP_TMPFS = 3,     /* tmpfs at target with data ("size=..,mode=.."), flags; chown */
+    STK_OP_PROC = 4,      /* fresh proc at target */
+    STK_OP_SYMLINK = 5,   /* symlink target -> source */
+    STK_OP_FILE = 6,      /* regular file at target with `length` bytes of `source` (mode) */
+    STK_OP_MOVE_FD = 7,   /* attach the detached mount `fd` at target (move_mount) */
+    STK_OP_SETATTR = 8,   /* mount_setattr(target, attr) (not recursive), e.g. read-only after populating */
+    STK_OP_OVERLAY = 9,   /* overlay at target with data */
+};
+
+/* Bind flag: the source is a regular file, so the mount point is a file. */
+#define STK_BIND_FILE 0x1u
+
+struct stk_mount_op {
+    int kind;
+    uint32_t bind_flags;
+    const char *_Nullable source;
+    const char *_Nullable target;   /* absolute path inside the new root */
+    const char *_Nullable data;
+    unsigned long flags;            /* MS_* */
+    uint64_t attr;                  /* MOUNT_ATTR_* */
+    size_t length;
+    uint32_t mode;
+    int fd;
+    int64_t uid;                    /* in-namespace owner, -1 to leave */
+    int64_t gid;
+};
+
+struct stk_rlimit {
+    int resource;
+    struct rlimit limit;
+};
+
+/* Setup stages the child (or the parent's side of the spawn) can fail in. */
+enum stk_stage {
+    STK_STAGE_NONE = 0,
+    STK_STAGE_PIPE, STK_STAGE_CLONE, STK_STAGE_USERNS_MAP, STK_STAGE_CGROUP, STK_STAGE_SYNC,
+    STK_STAGE_SIGNALS, STK_STAGE_IDENTITY, STK_STAGE_CGROUPNS, STK_STAGE_HOSTNAME,
+    STK_STAGE_MOUNT_PRIVATE, STK_STAGE_ROOT, STK_STAGE_MOUNTS, STK_STAGE_PIVOT_ROOT,
+    STK_STAGE_NETWORK, STK_STAGE_WORKDIR, STK_STAGE_RLIMITS, STK_STAGE_SETSID,
+    STK_STAGE_CAPABILITIES, STK_STAGE_CREDENTIALS, STK_STAGE_NO_NEW_PRIVS, STK_STAGE_PARENT_DEATH,
+    STK_STAGE_STDIO, STK_STAGE_FDS, STK_STAGE_SECCOMP, STK_STAGE_EXEC,
+};
+
+struct stk_plan {
+    /* execve: each candidate path is tried in order (PATH resolved by the parent). */
+    const char *_Nonnull const *_Nonnull exec_candidates;
+    size_t exec_candidate_count;
+    char *_Nullable const *_Nonnull argv;
+    char *_Nullable const *_Nonnull envp;
+
+    /* Host directory the new root's tmpfs is mounted on, and its mount data. */
+    const char *root;
+    const char *root_data;
+    const struct stk_mount_op *_Nullable ops;
+    size_t op_count;
+    int root_readonly;
+    const char *workdir;
+    const char *hostname;
+
+    /* Identity: maps written by the parent; the worker's ids inside. */
+    const char *uid_map;
+    const char *gid_map;
+    uint32_t uid;
+    uint32_t gid;
+    int last_cap;
+
+    /* The worker's stdio (child ends; each >= 3). */
+    int stdin_fd, stdout_fd, stderr_fd;
+
+    /* Seccomp: the compiled BPF program; with `notify`, the filter gets a
+       user-notification listener, passed to the parent over a socketpair. */
+    const struct sock_filter *_Nullable filter;
+    unsigned short filter_len;
+    int notify;
+
+    const struct stk_rlimit *_Nullable rlimits;
+    size_t rlimit_count;
+
+    int loopback_up;
+
+    /* cgroup: fds of cgroup.procs files the parent writes the pid into before
+       releasing the child; or a v2 cgroup directory fd for CLONE_INTO_CGROUP (-1 if none). */
+    const int *_Nullable cgroup_procs_fds;
+    size_t cgroup_procs_count;
+    int cgroup_dir_fd;
+};
+
+struct stk_spawn_result {
+    pid_t pid;
+    int pidfd;
+    int notify_fd;   /* seccomp listener, -1 without notify */
+    int stage;       /* enum stk_stage, STK_STAGE_NONE on success */
+    int error;       /* errno of the failed stage */
+    int detail;      /* with STK_STAGE_MOUNTS: the index of the failed step; else -1 */
+};
+
+/*
+ * Spawns the worker described by `plan`. Returns 0 once the worker has called
+ * execve successfully (result->pid, pidfd, notify_fd set), or -1 with
+ * result->stage and result->error naming what failed; then no process is left
+ * behind (the child is reaped). Must be called from a thread that lives at
+ * least as long as the worker: the worker's parent-death signal follows it.
+ */
+int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result);
+
+/*
+ * A detached tmpfs (fsopen/fsmount) owned by host `uid`/`gid`, bounded by
+ * `size_bytes` and `inodes`, nosuid, nodev, noexec. Returns the mount fd or -1
+ * with errno. The fd keeps the filesystem alive after the worker's mount
+ * namespace is gone, so the supervisor reads the result from it.
+ * Why C: no glibc wrappers for fsopen/fsconfig/fsmount.
+ */
+int stk_tmpfs_detached(uint64_t size_bytes, uint64_t inodes, uint32_t uid, uint32_t gid, uint32_t mode);
+
+/*
+ * A detached recursive bind of `path` (open_tree OPEN_TREE_CLONE) with
+ * MOUNT_ATTR_* `attr_set` applied to the whole tree. Made by the supervisor in
+ * the initial user namespace, so the worker cannot clear those flags; the
+ * child attaches it with move_mount. Returns the fd or -1 with errno.
+ * Why C: no glibc wrappers for open_tree/mount_setattr.
+ */
+int stk_clone_tree(const char *path, uint64_t attr_set);
+
+/* pidfd_send_signal(2). Why C: no glibc wrapper. */
+int stk_pidfd_send_signal(int pidfd, int sig);
+
+/*
+ * waitid(P_PIDFD, pidfd, WEXITED | options) with the rusage the raw syscall
+ * returns. Returns 0 (info->si_pid 0 when WNOHANG and still running) or -1.
+ * Why C: glibc's waitid drops the rusage argument.
+ */
+int stk_waitid_pidfd(int pidfd, int options, int *_Nonnull code, int *_Nonnull status, pid_t *_Nonnull pid, struct rusage *_Nonnull usage);
+
+/* Seccomp user notifications. Why C: the ioctl numbers are function-like macros. */
+struct stk_notification {
+    uint64_t id;
+    uint32_t pid;
+    int32_t nr;
+    uint32_t arch;
+    uint64_t instruction_pointer;
+    uint64_t args[6];
+};
+/* Receives one notification; returns 0, or -1 with errno (ENOENT: the target died). */
+int stk_notify_receive(int listener, struct stk_notification *_Nonnull out);
+/* Answers notification `id` with -error (error > 0), or lets it continue when error == 0. */
+int stk_notify_respond(int listener, uint64_t id, int error);
+
+/* The highest capability number of the running kernel (/proc/sys/kernel/cap_last_cap). */
+int stk_cap_last_cap(void);
+
+#pragma clang assume_nonnull end
+#endif

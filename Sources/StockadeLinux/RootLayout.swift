@@ -1,0 +1,160 @@
+import Glibc
+
+/// The worker's minimal root, as the ordered mount steps the child executes:
+/// read-only host `/usr` and library directories, a minimal `/etc`, fresh
+/// `/proc`, a device-less `/dev` with the few safe nodes, bounded tmpfs
+/// `/tmp`, `/workspace`, `/sandbox/request` and `/sandbox/result`.
+public struct RootLayout: Sendable {
+    public enum Workspace: Sendable {
+        /// An empty writable directory (tmpfs of this size).
+        case empty(sizeBytes: Int64)
+        /// Copy-on-write view of `lower`; changes land in `upper`.
+        case overlay(lower: String, upper: String, work: String)
+    }
+
+    public struct Volume: Sendable {
+        public var source: String, target: String, readOnly: Bool
+        public init(source: String, target: String, readOnly: Bool) {
+            self.source = source
+            self.target = target
+            self.readOnly = readOnly
+        }
+    }
+
+    public var uid: UInt32
+    public var gid: UInt32
+    public var hostname: String
+    public var tmpBytes: Int64
+    public var workspace: Workspace
+    /// Host directory shown read-only at /sandbox/request.
+    public var requestDirectory: String?
+    /// A detached tmpfs (from `stk_tmpfs_detached`) shown at /sandbox/result; else a small tmpfs.
+    public var resultMount: Int32?
+    public var resultBytes: Int64
+    public var volumes: [Volume] = []
+    public var tmpfs: [(target: String, sizeBytes: Int64)] = []
+    /// Where host system directories are looked up (tests point it elsewhere).
+    public var hostRoot: String = ""
+
+    public init(uid: UInt32, gid: UInt32, hostname: String, tmpBytes: Int64, workspace: Workspace,
+                requestDirectory: String? = nil, resultMount: Int32? = nil, resultBytes: Int64) {
+        self.uid = uid
+        self.gid = gid
+        self.hostname = hostname
+        self.tmpBytes = tmpBytes
+        self.workspace = workspace
+        self.requestDirectory = requestDirectory
+        self.resultMount = resultMount
+        self.resultBytes = resultBytes
+    }
+
+    static let systemDirectories = ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"]
+    static let deviceNodes = ["null", "zero", "full", "random", "urandom"]
+
+    public func mounts() -> [MountOp] {
+        var ops: [MountOp] = [.bind(source: hostRoot + "/usr", target: "/usr", isFile: false, readOnly: true)]
+        for dir in Self.systemDirectories {
+            switch fileKind(hostRoot + dir) {
+            case .symlink(let target): ops.append(.symlink(target: dir, pointsTo: target))
+            case .directory: ops.append(.bind(source: hostRoot + dir, target: dir, isFile: false, readOnly: true))
+            default: break
+            }
+        }
+        ops += etc()
+        ops.append(.proc(target: "/proc"))
+        ops += dev()
+        ops.append(.tmpfs(target: "/tmp", sizeBytes: tmpBytes, mode: 0o1777))
+        switch workspace {
+        case .empty(let size):
+            ops.append(.tmpfs(target: "/workspace", sizeBytes: size, mode: 0o755, owner: (uid, gid)))
+        case let .overlay(lower, upper, work):
+            ops.append(.overlay(target: "/workspace", lower: lower, upper: upper, work: work))
+        }
+        ops.append(.mkdir("/sandbox", mode: 0o755))
+        if let request = requestDirectory {
+            ops.append(.bind(source: request, target: "/sandbox/request", isFile: false, readOnly: true, noexec: false))
+        } else {
+            ops.append(.mkdir("/sandbox/request", mode: 0o555))
+        }
+        if let fd = resultMount {
+            ops.append(.attach(fd: fd, target: "/sandbox/result"))
+        } else {
+            ops.append(.tmpfs(target: "/sandbox/result", sizeBytes: resultBytes, mode: 0o755, owner: (uid, gid), noexec: true))
+        }
+        for volume in volumes {
+            ops += parents(of: volume.target)
+            let isFile = fileKind(volume.source) == .file
+            ops.append(.bind(source: volume.source, target: volume.target, isFile: isFile, readOnly: volume.readOnly))
+        }
+        for mount in tmpfs {
+            ops += parents(of: mount.target)
+            ops.append(.tmpfs(target: mount.target, sizeBytes: mount.sizeBytes, mode: 0o755, owner: (uid, gid)))
+        }
+        return ops
+    }
+
+    private func etc() -> [MountOp] {
+        var ops: [MountOp] = [.mkdir("/etc", mode: 0o755)]
+        var passwd = "root:x:0:0:root:/root:/bin/sh\n"
+        var group = "root:x:0:\n"
+        if uid != 0 { passwd += "worker:x:\(uid):\(gid):worker:/workspace:/bin/sh\n" }
+        if gid != 0 { group += "worker:x:\(gid):\n" }
+        passwd += "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+        group += "nogroup:x:65534:\n"
+        let files: [(String, String)] = [
+            ("passwd", passwd), ("group", group),
+            ("hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t\(hostname)\n"),
+            ("hostname", hostname + "\n"),
+            ("nsswitch.conf", "passwd: files\ngroup: files\nhosts: files\n"),
+        ]
+        for (name, text) in files { ops.append(.file(target: "/etc/" + name, contents: Array(text.utf8), mode: 0o644)) }
+        for name in ["ld.so.cache", "localtime"] where fileKind(hostRoot + "/etc/" + name) != .missing {
+            ops.append(.bind(source: hostRoot + "/etc/" + name, target: "/etc/" + name, isFile: true, readOnly: true))
+        }
+        if fileKind(hostRoot + "/etc/alternatives") == .directory {
+            ops.append(.bind(source: hostRoot + "/etc/alternatives", target: "/etc/alternatives", isFile: false, readOnly: true))
+        }
+        return ops
+    }
+
+    private func dev() -> [MountOp] {
+        var ops: [MountOp] = [.tmpfs(target: "/dev", sizeBytes: 64 << 10, mode: 0o755, noexec: true)]
+        for node in Self.deviceNodes {
+            ops.append(.bind(source: "/dev/" + node, target: "/dev/" + node, isFile: true, readOnly: false, noexec: true, devices: true))
+        }
+        ops.append(.symlink(target: "/dev/fd", pointsTo: "/proc/self/fd"))
+        ops.append(.symlink(target: "/dev/stdin", pointsTo: "/proc/self/fd/0"))
+        ops.append(.symlink(target: "/dev/stdout", pointsTo: "/proc/self/fd/1"))
+        ops.append(.symlink(target: "/dev/stderr", pointsTo: "/proc/self/fd/2"))
+        ops.append(.tmpfs(target: "/dev/shm", sizeBytes: min(tmpBytes, 64 << 20), mode: 0o1777, noexec: true))
+        ops.append(.readOnly(target: "/dev"))
+        return ops
+    }
+
+    /// mkdir steps for each missing ancestor of an absolute in-root path.
+    private func parents(of path: String) -> [MountOp] {
+        let parts = path.split(separator: "/").dropLast()
+        var current = ""
+        return parts.map { part in
+            current += "/" + part
+            return .mkdir(current, mode: 0o755)
+        }
+    }
+
+    enum FileKind: Equatable { case missing, file, directory, symlink(String), other }
+
+    func fileKind(_ path: String) -> FileKind {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return .missing }
+        switch st.st_mode & S_IFMT {
+        case S_IFREG: return .file
+        case S_IFDIR: return .directory
+        case S_IFLNK:
+            var buffer = [CChar](repeating: 0, count: 4096)
+            let n = readlink(path, &buffer, buffer.count - 1)
+            guard n > 0 else { return .other }
+            return .symlink(String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        default: return .other
+        }
+    }
+}

@@ -1,0 +1,71 @@
+import CStockade
+import Glibc
+
+/// Names and remedies for the stages of `stk_spawn`.
+enum SetupStage {
+    static func name(_ stage: Int32) -> String {
+        switch UInt32(stage) {
+        case STK_STAGE_PIPE.rawValue: "pipe"
+        case STK_STAGE_CLONE.rawValue: "clone"
+        case STK_STAGE_USERNS_MAP.rawValue: "userns-map"
+        case STK_STAGE_CGROUP.rawValue: "cgroup-join"
+        case STK_STAGE_SYNC.rawValue: "sync"
+        case STK_STAGE_SIGNALS.rawValue: "signals"
+        case STK_STAGE_IDENTITY.rawValue: "identity"
+        case STK_STAGE_CGROUPNS.rawValue: "cgroup-namespace"
+        case STK_STAGE_HOSTNAME.rawValue: "hostname"
+        case STK_STAGE_MOUNT_PRIVATE.rawValue: "mount-private"
+        case STK_STAGE_ROOT.rawValue: "root"
+        case STK_STAGE_MOUNTS.rawValue: "mounts"
+        case STK_STAGE_PIVOT_ROOT.rawValue: "pivot-root"
+        case STK_STAGE_NETWORK.rawValue: "network"
+        case STK_STAGE_WORKDIR.rawValue: "workdir"
+        case STK_STAGE_RLIMITS.rawValue: "rlimits"
+        case STK_STAGE_SETSID.rawValue: "setsid"
+        case STK_STAGE_CAPABILITIES.rawValue: "capabilities"
+        case STK_STAGE_CREDENTIALS.rawValue: "credentials"
+        case STK_STAGE_NO_NEW_PRIVS.rawValue: "no-new-privs"
+        case STK_STAGE_PARENT_DEATH.rawValue: "parent-death-signal"
+        case STK_STAGE_STDIO.rawValue: "stdio"
+        case STK_STAGE_FDS.rawValue: "close-fds"
+        case STK_STAGE_SECCOMP.rawValue: "seccomp"
+        case STK_STAGE_EXEC.rawValue: "exec"
+        default: "unknown"
+        }
+    }
+
+    static func error(stage: Int32, errno code: Int32, detail: Int32, spec: SandboxSpec) -> LinuxError {
+        let name = name(stage)
+        let reason = String(cString: strerror(code))
+        let message: String
+        switch UInt32(stage) {
+        case STK_STAGE_CLONE.rawValue where code == EPERM || code == ENOSPC:
+            message = "cannot create the worker's namespaces (\(reason)): user namespaces may be disabled; " +
+                "run as root, or set kernel.unprivileged_userns_clone=1 and raise user.max_user_namespaces"
+        case STK_STAGE_CLONE.rawValue where code == ENOSYS:
+            message = "clone3 is not available: Stockade needs Linux 5.7 or later"
+        case STK_STAGE_CLONE.rawValue:
+            message = "clone3 into new namespaces failed: \(reason)"
+        case STK_STAGE_USERNS_MAP.rawValue:
+            message = "cannot map the worker's ids to host ids \(spec.hostIdBase)..\(spec.hostIdBase + spec.idCount - 1) (\(reason)): the supervisor must run as root"
+        case STK_STAGE_ROOT.rawValue:
+            message = "cannot mount the worker's root on \(spec.rootDirectory) (\(reason)): the directory must exist"
+        case STK_STAGE_MOUNTS.rawValue:
+            let step = detail >= 0 && Int(detail) < spec.mounts.count ? " at step \(spec.mounts[Int(detail)])" : ""
+            message = "cannot build the worker's filesystem\(step): \(reason)"
+        case STK_STAGE_PIVOT_ROOT.rawValue:
+            message = "pivot_root into the worker's root failed: \(reason)"
+        case STK_STAGE_SECCOMP.rawValue:
+            message = "cannot install the seccomp filter (\(reason)): the kernel needs CONFIG_SECCOMP_FILTER and user notifications (Linux 5.0+)"
+        case STK_STAGE_EXEC.rawValue where code == ENOENT:
+            message = "command not found: \(spec.argv.first ?? "")"
+        case STK_STAGE_EXEC.rawValue:
+            message = "cannot execute \(spec.argv.first ?? ""): \(reason)"
+        case STK_STAGE_CGROUP.rawValue:
+            message = "cannot place the worker in its cgroup: \(reason)"
+        default:
+            message = "sandbox setup failed at \(name): \(reason)"
+        }
+        return LinuxError(UInt32(stage) == STK_STAGE_EXEC.rawValue ? .exec : .setup, stage: name, errno: code, message)
+    }
+}

@@ -1,0 +1,162 @@
+import CStockade
+import Glibc
+
+/// Owns the C memory of one `stk_plan`: every string, array and the BPF
+/// program, allocated before the clone and freed after it.
+final class SpawnPlan {
+    private var allocations: [UnsafeMutableRawPointer] = []
+    /// Detached bind mounts of the sources, made with the supervisor's credentials.
+    private var sourceDescriptors: [Int32] = []
+    /// The C plan; zero-filled by calloc, so pointers never set stay NULL.
+    private(set) var plan: UnsafeMutablePointer<stk_plan>
+
+    init(_ spec: SandboxSpec, stdin: Int32, stdout: Int32, stderr: Int32) throws(LinuxError) {
+        let raw = calloc(1, MemoryLayout<stk_plan>.stride)!
+        plan = raw.bindMemory(to: stk_plan.self, capacity: 1)
+        allocations.append(raw)
+        let candidates = spec.execCandidates()
+        let candidateArray = allocate(UnsafePointer<CChar>.self, count: max(candidates.count, 1))
+        for (i, c) in candidates.enumerated() { (candidateArray + i).initialize(to: cString(c)) }
+        plan.pointee.exec_candidates = UnsafePointer(candidateArray)
+        plan.pointee.exec_candidate_count = candidates.count
+        plan.pointee.argv = UnsafePointer(stringArray(spec.argv, terminated: true))
+        plan.pointee.envp = UnsafePointer(stringArray(spec.environment.map { "\($0.0)=\($0.1)" }, terminated: true))
+        plan.pointee.root = cString(spec.rootDirectory)
+        plan.pointee.root_data = cString("size=1m,nr_inodes=4096,mode=0755")
+        plan.pointee.root_readonly = 1
+        plan.pointee.workdir = cString(spec.workdir)
+        plan.pointee.hostname = cString(spec.hostname)
+        plan.pointee.uid_map = cString("0 \(spec.hostIdBase) \(spec.idCount)\n")
+        plan.pointee.gid_map = cString("0 \(spec.hostIdBase) \(spec.idCount)\n")
+        plan.pointee.uid = spec.uid
+        plan.pointee.gid = spec.gid
+        plan.pointee.last_cap = stk_cap_last_cap()
+        plan.pointee.stdin_fd = stdin
+        plan.pointee.stdout_fd = stdout
+        plan.pointee.stderr_fd = stderr
+        plan.pointee.loopback_up = spec.loopback ? 1 : 0
+        plan.pointee.cgroup_dir_fd = spec.cgroupDirectoryDescriptor ?? -1
+
+        let ops = allocate(stk_mount_op.self, count: max(spec.mounts.count, 1))
+        for (i, op) in spec.mounts.enumerated() { ops[i] = try mountOp(op) }
+        plan.pointee.ops = UnsafePointer(ops)
+        plan.pointee.op_count = spec.mounts.count
+
+        let limits = allocate(stk_rlimit.self, count: max(spec.rlimits.count, 1))
+        for (i, r) in spec.rlimits.enumerated() {
+            limits[i] = stk_rlimit(resource: r.0, limit: rlimit(rlim_cur: rlim_t(r.1), rlim_max: rlim_t(r.2)))
+        }
+        plan.pointee.rlimits = UnsafePointer(limits)
+        plan.pointee.rlimit_count = spec.rlimits.count
+
+        let joins = allocate(Int32.self, count: max(spec.cgroupJoinDescriptors.count, 1))
+        for (i, fd) in spec.cgroupJoinDescriptors.enumerated() { joins[i] = fd }
+        plan.pointee.cgroup_procs_fds = UnsafePointer(joins)
+        plan.pointee.cgroup_procs_count = spec.cgroupJoinDescriptors.count
+
+        if let program = spec.seccomp {
+            let filter = allocate(UInt8.self, count: program.bytes.count)
+            filter.initialize(from: program.bytes, count: program.bytes.count)
+            plan.pointee.filter = UnsafeRawPointer(filter).assumingMemoryBound(to: sock_filter.self)
+            plan.pointee.filter_len = UInt16(program.instructionCount)
+            plan.pointee.notify = spec.seccompNotify ? 1 : 0
+        }
+    }
+
+    deinit {
+        for p in allocations { free(p) }
+        for fd in sourceDescriptors { close(fd) }
+    }
+
+    private func allocate<T>(_ type: T.Type, count: Int) -> UnsafeMutablePointer<T> {
+        let raw = calloc(count, MemoryLayout<T>.stride)!
+        allocations.append(raw)
+        return raw.bindMemory(to: T.self, capacity: count)
+    }
+
+    private func cString(_ s: String) -> UnsafePointer<CChar> {
+        let utf8 = Array(s.utf8)
+        let p = allocate(CChar.self, count: utf8.count + 1)
+        for (i, b) in utf8.enumerated() { p[i] = CChar(bitPattern: b) }
+        p[utf8.count] = 0
+        return UnsafePointer(p)
+    }
+
+    private func bytes(_ b: [UInt8]) -> UnsafePointer<CChar> {
+        let p = allocate(CChar.self, count: max(b.count, 1))
+        for (i, x) in b.enumerated() { p[i] = CChar(bitPattern: x) }
+        return UnsafePointer(p)
+    }
+
+    private func stringArray(_ strings: [String], terminated: Bool) -> UnsafeMutablePointer<UnsafeMutablePointer<CChar>?> {
+        let array = allocate(UnsafeMutablePointer<CChar>?.self, count: strings.count + 1)
+        for (i, s) in strings.enumerated() { array[i] = UnsafeMutablePointer(mutating: cString(s)) }
+        array[strings.count] = nil
+        return array
+    }
+
+    // MOUNT_ATTR_* (linux/mount.h)
+    private static let attrReadOnly: UInt64 = 0x1, attrNoSuid: UInt64 = 0x2, attrNoDev: UInt64 = 0x4, attrNoExec: UInt64 = 0x8
+
+    private func mountOp(_ op: MountOp) throws(LinuxError) -> stk_mount_op {
+        var m = stk_mount_op()
+        m.uid = -1
+        m.gid = -1
+        m.fd = -1
+        let nosuidNodev = UInt(MS_NOSUID) | UInt(MS_NODEV)
+        switch op {
+        case let .mkdir(path, mode, owner):
+            m.kind = Int32(STK_OP_MKDIR.rawValue)
+            m.target = cString(path)
+            m.mode = mode
+            if let owner { m.uid = Int64(owner.uid); m.gid = Int64(owner.gid) }
+        case let .bind(source, target, isFile, readOnly, noexec, devices):
+            m.kind = Int32(STK_OP_BIND.rawValue)
+            let attr = Self.attrNoSuid | (devices ? 0 : Self.attrNoDev) | (readOnly ? Self.attrReadOnly : 0) | (noexec ? Self.attrNoExec : 0)
+            let fd = stk_clone_tree(source, attr)
+            guard fd >= 0 else {
+                throw LinuxError(.setup, stage: "mounts", errno: errno,
+                                 "cannot open \(source) to show it at \(target): \(String(cString: strerror(errno)))")
+            }
+            sourceDescriptors.append(fd)
+            m.fd = fd
+            m.source = cString(source)
+            m.target = cString(target)
+            m.bind_flags = isFile ? UInt32(STK_BIND_FILE) : 0
+            m.attr = attr
+        case let .tmpfs(target, size, mode, owner, noexec):
+            m.kind = Int32(STK_OP_TMPFS.rawValue)
+            m.target = cString(target)
+            m.data = cString("size=\(size),mode=\(String(mode, radix: 8))")
+            m.flags = nosuidNodev | (noexec ? UInt(MS_NOEXEC) : 0)
+            if let owner { m.uid = Int64(owner.uid); m.gid = Int64(owner.gid) }
+        case let .overlay(target, lower, upper, work):
+            m.kind = Int32(STK_OP_OVERLAY.rawValue)
+            m.target = cString(target)
+            m.data = cString("lowerdir=\(lower),upperdir=\(upper),workdir=\(work)")
+            m.flags = nosuidNodev
+        case let .proc(target):
+            m.kind = Int32(STK_OP_PROC.rawValue)
+            m.target = cString(target)
+        case let .symlink(target, pointsTo):
+            m.kind = Int32(STK_OP_SYMLINK.rawValue)
+            m.target = cString(target)
+            m.source = cString(pointsTo)
+        case let .file(target, contents, mode):
+            m.kind = Int32(STK_OP_FILE.rawValue)
+            m.target = cString(target)
+            m.source = bytes(contents)
+            m.length = contents.count
+            m.mode = mode
+        case let .attach(fd, target):
+            m.kind = Int32(STK_OP_MOVE_FD.rawValue)
+            m.target = cString(target)
+            m.fd = fd
+        case let .readOnly(target):
+            m.kind = Int32(STK_OP_SETATTR.rawValue)
+            m.target = cString(target)
+            m.attr = Self.attrReadOnly | Self.attrNoSuid | Self.attrNoDev
+        }
+        return m
+    }
+}

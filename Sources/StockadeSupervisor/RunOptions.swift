@@ -1,0 +1,33 @@
+import StockadePolicy
+
+/// One run as the engine asks for it: the command and per-run overrides of the profile.
+public struct RunOptions: Sendable {
+    public var command: [String]?
+    public var profile: String = "default"
+    public var memoryBytes: Int64?
+    public var cpus: Double?
+    public var pids: Int?
+    public var timeoutSeconds: Double?
+    public var network: Profile.NetworkMode?
+    public var publish: [Profile.PortMapping] = []
+    public var volumes: [Profile.Volume] = []
+    public var environment: [(String, String)] = []
+    public var workspace: String?
+    public var request: String?
+
+    public init(command: [String]? = nil) {
+        self.command = command
+    }
+}
+
+/// Where the state lives: `--state-dir`, else `$STOCKADE_STATE_DIR`, else
+/// `$XDG_STATE_HOME/stockade`, else `~/.local/state/stockade`.
+public enum StateDirectory {
+    public static func resolve(explicit: String?, environment: [String: String]) -> String {
+        if let explicit, !explicit.isEmpty { return explicit }
+        if let dir = environment["STOCKADE_STATE_DIR"], !dir.isEmpty { return dir }
+        if let xdg = environment["XDG_STATE_HOME"], !xdg.isEmpty { return xdg + "/stockade" }
+        let home = environment["HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? "/root"
+        return home + "/.local/state/stockade"
+    }
+}

@@ -1,0 +1,173 @@
+import FoundationEssentials
+
+/// The structured report of one run: exactly the keys of the contract
+/// (DESIGN.md, "Report"); `stockade run --json` prints it as one object.
+public struct RunReport: Sendable, Equatable, Codable {
+    public enum Outcome: String, Sendable, Codable, CaseIterable {
+        case exited, signaled, oom, timeout, seccomp
+        case setupFailed = "setup-failed"
+    }
+
+    public struct Violation: Sendable, Equatable, Codable {
+        public var kind: String
+        public var syscall: String?
+        public var architecture: String?
+        public var count: Int
+        public var action: String?
+
+        public init(kind: String, syscall: String? = nil, architecture: String? = nil, count: Int, action: String? = nil) {
+            self.kind = kind
+            self.syscall = syscall
+            self.architecture = architecture
+            self.count = count
+            self.action = action
+        }
+    }
+
+    public struct ResultVerdict: Sendable, Equatable, Codable {
+        public var status: String
+        public var reason: String?
+        public init(status: String, reason: String?) {
+            self.status = status
+            self.reason = reason
+        }
+        enum CodingKeys: String, CodingKey { case status, reason }
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(status, forKey: .status)
+            try c.encode(reason, forKey: .reason)
+        }
+    }
+
+    public struct Review: Sendable, Equatable, Codable {
+        public var id: Int64?
+        public var state: String
+        public init(id: Int64?, state: String) {
+            self.id = id
+            self.state = state
+        }
+        enum CodingKeys: String, CodingKey { case id, state }
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(id, forKey: .id)
+            try c.encode(state, forKey: .state)
+        }
+    }
+
+    public struct SetupError: Sendable, Equatable, Codable {
+        public var stage: String
+        public var errno: Int32
+        public var message: String
+        public init(stage: String, errno: Int32, message: String) {
+            self.stage = stage
+            self.errno = errno
+            self.message = message
+        }
+    }
+
+    public var runId: String
+    public var profile: String
+    public var outcome: Outcome
+    public var exitCode: Int32?
+    public var signal: Int32?
+    public var durationMs: Int64
+    public var cpuTimeMs: Int64
+    public var memoryPeakBytes: Int64
+    public var violations: [Violation]
+    public var orphansKilled: Int
+    public var stdout: String
+    public var stderr: String
+    public var stdoutTruncated: Bool
+    public var stderrTruncated: Bool
+    public var result: ResultVerdict
+    public var review: Review
+    public var setupError: SetupError?
+
+    public init(runId: String, profile: String, outcome: Outcome) {
+        self.runId = runId
+        self.profile = profile
+        self.outcome = outcome
+        exitCode = nil
+        signal = nil
+        durationMs = 0
+        cpuTimeMs = 0
+        memoryPeakBytes = 0
+        violations = []
+        orphansKilled = 0
+        stdout = ""
+        stderr = ""
+        stdoutTruncated = false
+        stderrTruncated = false
+        result = ResultVerdict(status: "none", reason: nil)
+        review = Review(id: nil, state: "none")
+        setupError = nil
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case runId, profile, outcome, exitCode, signal, durationMs, cpuTimeMs, memoryPeakBytes, violations,
+             orphansKilled, stdout, stderr, stdoutTruncated, stderrTruncated, result, review, setupError
+    }
+
+    /// Every key is always present; absent values are `null`, as the contract says.
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(runId, forKey: .runId)
+        try c.encode(profile, forKey: .profile)
+        try c.encode(outcome, forKey: .outcome)
+        try c.encode(exitCode, forKey: .exitCode)
+        try c.encode(signal, forKey: .signal)
+        try c.encode(durationMs, forKey: .durationMs)
+        try c.encode(cpuTimeMs, forKey: .cpuTimeMs)
+        try c.encode(memoryPeakBytes, forKey: .memoryPeakBytes)
+        try c.encode(violations, forKey: .violations)
+        try c.encode(orphansKilled, forKey: .orphansKilled)
+        try c.encode(stdout, forKey: .stdout)
+        try c.encode(stderr, forKey: .stderr)
+        try c.encode(stdoutTruncated, forKey: .stdoutTruncated)
+        try c.encode(stderrTruncated, forKey: .stderrTruncated)
+        try c.encode(result, forKey: .result)
+        try c.encode(review, forKey: .review)
+        try c.encode(setupError, forKey: .setupError)
+    }
+
+    /// The exit status of `stockade run` for this report (DESIGN.md, "Exit status").
+    public var exitStatus: Int32 {
+        switch outcome {
+        case .exited: exitCode ?? 0
+        case .signaled: 128 + (signal ?? 0)
+        case .oom: 137
+        case .timeout: 124
+        case .seccomp: 159
+        case .setupFailed:
+            switch (setupError?.stage, setupError?.errno) {
+            case ("exec", 2?): 127 // ENOENT: command not found
+            case ("exec", _): 126  // found but cannot be executed
+            default: 125
+            }
+        }
+    }
+
+    /// One JSON object, compact, keys in a stable order.
+    public func json() -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        guard let data = try? encoder.encode(self) else { return "{}" }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// The one-line summary printed to stderr without `--json`.
+    public var summary: String {
+        var line = "stockade: run \(runId) \(outcome.rawValue)"
+        switch outcome {
+        case .exited: line += " with code \(exitCode ?? 0)"
+        case .signaled: line += " by signal \(signal ?? 0)"
+        case .setupFailed: line += ": \(setupError?.message ?? "")"
+        default: break
+        }
+        line += " in \(durationMs) ms"
+        if !violations.isEmpty {
+            line += "; violations: " + violations.map { "\($0.kind)\($0.syscall.map { ":" + $0 } ?? "")×\($0.count)" }.joined(separator: ", ")
+        }
+        return line
+    }
+}

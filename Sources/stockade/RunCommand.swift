@@ -1,0 +1,117 @@
+import ArgumentParser
+import Glibc
+import Logging
+import StockadePolicy
+import StockadeSupervisor
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run one command in a sandbox: prepare, spawn, wait, collect, validate, audit, hand to review.",
+        usage: "stockade run [OPTIONS] -- CMD [ARG...]"
+    )
+
+    @OptionGroup var state: StateOptions
+
+    @Option(help: "Profile name or path.") var profile: String = "default"
+    @Option(help: "Memory limit in bytes (suffixes k, m, g).") var memory: String?
+    @Option(help: "CPU limit (fractional).") var cpus: Double?
+    @Option(help: "Process limit.") var pids: Int?
+    @Option(help: "Wall-clock limit in seconds.") var timeout: Double?
+    @Option(help: "none or loopback.") var network: String?
+    @Option(help: "Forward host 127.0.0.1:HOSTPORT to the worker's WORKERPORT.") var publish: [String] = []
+    @Option(help: "HOSTPATH:WORKERPATH[:ro|rw] (ro when omitted).") var volume: [String] = []
+    @Option(help: "KEY=VALUE for the worker's environment.") var env: [String] = []
+    @Option(help: "Workspace directory shown copy-on-write at /workspace.") var workspace: String?
+    @Option(help: "Request bundle directory shown read-only at /sandbox/request.") var request: String?
+    @Flag(help: "Print one JSON report on stdout instead of streaming the worker's output.") var json = false
+
+    @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.")
+    var command: [String] = []
+
+    func validate() throws {
+        if let memory, ByteSize.parse(memory) == nil { throw ValidationError("--memory: expected bytes with an optional k, m or g suffix, found \(memory)") }
+        if let cpus, !(cpus >= 0.01 && cpus <= 1024) { throw ValidationError("--cpus: expected a number from 0.01 to 1024") }
+        if let pids, !(1...65536).contains(pids) { throw ValidationError("--pids: expected 1 to 65536") }
+        if let timeout, !(timeout > 0 && timeout <= 86_400) { throw ValidationError("--timeout: expected seconds from 0 (exclusive) to 86400") }
+        if let network, Profile.NetworkMode(rawValue: network) == nil { throw ValidationError("--network: expected none or loopback, found \(network)") }
+        for p in publish where ProfileDecoder.parsePublish(p) == nil { throw ValidationError("--publish: expected HOSTPORT:WORKERPORT, found \(p)") }
+        for v in volume where ProfileDecoder.parseVolume(v) == nil { throw ValidationError("--volume: expected HOSTPATH:WORKERPATH[:ro|rw], found \(v)") }
+        for e in env {
+            guard let eq = e.firstIndex(of: "="), ProfileDecoder.isValidEnvName(String(e[..<eq])) else {
+                throw ValidationError("--env: expected KEY=VALUE with a valid name, found \(e)")
+            }
+        }
+        if command.isEmpty && request == nil { throw ValidationError("no command: stockade run [OPTIONS] -- CMD [ARG...]") }
+    }
+
+    func options() -> RunOptions {
+        var o = RunOptions(command: command.isEmpty ? nil : command)
+        o.profile = profile
+        o.memoryBytes = memory.flatMap(ByteSize.parse)
+        o.cpus = cpus
+        o.pids = pids
+        o.timeoutSeconds = timeout
+        o.network = network.flatMap(Profile.NetworkMode.init(rawValue:))
+        o.publish = publish.compactMap(ProfileDecoder.parsePublish)
+        o.volumes = volume.compactMap(ProfileDecoder.parseVolume)
+        o.environment = env.compactMap { e in
+            e.firstIndex(of: "=").map { (String(e[..<$0]), String(e[e.index(after: $0)...])) }
+        }
+        o.workspace = workspace
+        o.request = request
+        return o
+    }
+
+    @Sendable static func streamToTerminal(_ fd: Int32, _ bytes: [UInt8]) {
+        TerminalOutput.write(bytes, to: fd == 1 ? 1 : 2)
+    }
+
+    func run() async throws {
+        let logger = Logger(label: "stockade")
+        let supervisor: Supervisor
+        do {
+            supervisor = try Supervisor(stateDirectory: state.resolved(), catalog: .standard(),
+                                        environment: ProcessEnvironment.current(), logger: logger)
+        } catch {
+            Console.error("stockade: \(error)")
+            throw ExitCode(125)
+        }
+        let stream: (@Sendable (Int32, [UInt8]) -> Void)? = json ? nil : Self.streamToTerminal
+        let report = await supervisor.run(options(), onOutput: stream)
+        if json {
+            print(report.json())
+        } else {
+            Console.error(report.summary)
+        }
+        throw ExitCode(report.exitStatus)
+    }
+}
+
+/// Worker output shown to an operator: raw to pipes and files, but on a
+/// terminal every control character except newline and tab is made visible,
+/// so escape sequences cannot drive the operator's terminal.
+enum TerminalOutput {
+    static func write(_ bytes: [UInt8], to fd: Int32) {
+        let out = isatty(fd) == 1 ? sanitize(bytes) : bytes
+        var offset = 0
+        while offset < out.count {
+            let n = out[offset...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return }
+            offset += n
+        }
+    }
+
+    static func sanitize(_ bytes: [UInt8]) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count)
+        for b in bytes {
+            if b == 0x0A || b == 0x09 || (b >= 0x20 && b != 0x7F) {
+                out.append(b)
+            } else {
+                out += Array("^\(Character(Unicode.Scalar(b ^ 0x40)))".utf8)
+            }
+        }
+        return out
+    }
+}
