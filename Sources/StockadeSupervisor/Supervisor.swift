@@ -87,9 +87,11 @@ public final class Supervisor: Sendable {
             throw SetupFailure(stage: error.stage, errno: error.errno, message: error.message)
         }
 
-        let layout = RootLayout(uid: profile.user.uid, gid: profile.user.gid, hostname: profile.hostname,
+        var layout = RootLayout(uid: profile.user.uid, gid: profile.user.gid, hostname: profile.hostname,
                                 tmpBytes: profile.limits.tmpBytes, workspace: .empty(sizeBytes: profile.limits.workspaceBytes),
                                 resultBytes: profile.limits.resultBytes)
+        layout.volumes = profile.volumes.map { RootLayout.Volume(source: $0.source, target: $0.target, readOnly: $0.readOnly) }
+        layout.tmpfs = profile.tmpfs.map { ($0.target, $0.sizeBytes) }
         var spec = SandboxSpec(argv: command, environment: environment(for: profile, options: options), mounts: layout.mounts())
         spec.hostname = profile.hostname
         spec.uid = profile.user.uid

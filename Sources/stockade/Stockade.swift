@@ -53,6 +53,8 @@ enum Main {
             } else {
                 try command.run()
             }
+        } catch let exit as ExitCode {
+            Glibc.exit(exit.rawValue)
         } catch {
             let code = Stockade.exitCode(for: error)
             let message = Stockade.fullMessage(for: error)
@@ -61,9 +63,9 @@ enum Main {
             }
             if code == .validationFailure {
                 // Usage errors: 125 for `run` (nothing ran), 2 for every other command.
-                exit(arguments.first == "run" ? 125 : 2)
+                Glibc.exit(arguments.first == "run" ? 125 : 2)
             }
-            exit(code.rawValue)
+            Glibc.exit(code.rawValue)
         }
     }
 }

@@ -1,0 +1,68 @@
+import Glibc
+import Testing
+@testable import StockadeLinux
+
+@Suite("the worker's root layout")
+struct RootLayoutTests {
+    func layout() -> RootLayout {
+        RootLayout(uid: 1000, gid: 1000, hostname: "stockade", tmpBytes: 64 << 20, workspace: .empty(sizeBytes: 1 << 20), resultBytes: 1 << 20)
+    }
+
+    @Test("host system directories are bound read-only, or recreated as the symlinks they are")
+    func systemDirectories() {
+        let ops = layout().mounts()
+        #expect(ops.contains(.bind(source: "/usr", target: "/usr", isFile: false, readOnly: true)))
+        for dir in ["/bin", "/lib", "/sbin", "/lib64"] {
+            var st = stat()
+            guard lstat(dir, &st) == 0 else { continue }
+            let asSymlink = ops.contains { if case .symlink(dir, _) = $0 { return true } else { return false } }
+            let asBind = ops.contains { if case .bind(_, dir, _, true, _, _) = $0 { return true } else { return false } }
+            #expect(st.st_mode & S_IFMT == S_IFLNK ? asSymlink : asBind, "\(dir)")
+        }
+    }
+
+    @Test("every bind is read-only except the device nodes, and nothing else of the host is shown")
+    func onlyListedHostPaths() {
+        let allowed: Set = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/ld.so.cache",
+                            "/etc/localtime", "/etc/alternatives", "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"]
+        for op in layout().mounts() {
+            guard case let .bind(source, target, _, readOnly, _, devices) = op else { continue }
+            #expect(allowed.contains(source), "unexpected host path \(source)")
+            #expect(readOnly || target.hasPrefix("/dev/"), "\(target) is writable")
+            #expect(devices == target.hasPrefix("/dev/"), "\(target) device access")
+        }
+    }
+
+    @Test("/dev is sealed read-only after its nodes are placed, /tmp and /workspace are bounded tmpfs")
+    func devAndTmpfs() {
+        let ops = layout().mounts()
+        let devSeal = ops.firstIndex(of: .readOnly(target: "/dev"))
+        let lastDevNode = ops.lastIndex { if case .bind(_, let t, _, _, _, _) = $0 { return t.hasPrefix("/dev/") } else { return false } }
+        #expect(devSeal != nil && lastDevNode != nil && devSeal! > lastDevNode!)
+        #expect(ops.contains { if case .tmpfs("/tmp", 64 << 20, 0o1777, _, _) = $0 { return true } else { return false } })
+        #expect(ops.contains { if case .tmpfs("/workspace", 1 << 20, _, _, _) = $0 { return true } else { return false } })
+    }
+
+    @Test("a volume gets its parent directories created before the bind")
+    func volumeParents() {
+        var l = layout()
+        l.volumes = [.init(source: "/usr/share", target: "/data/deep/share", readOnly: true)]
+        let ops = l.mounts()
+        let mkdirs = ops.compactMap { if case .mkdir(let p, _, _) = $0 { return p } else { return nil } }
+        #expect(mkdirs.contains("/data") && mkdirs.contains("/data/deep"))
+        #expect(ops.last == .bind(source: "/usr/share", target: "/data/deep/share", isFile: false, readOnly: true))
+    }
+}
+
+@Suite("command lookup")
+struct ExecCandidateTests {
+    @Test("a bare command is looked up along the worker's PATH; a path is used as given")
+    func candidates() {
+        var spec = SandboxSpec(argv: ["sh", "-c", "true"], environment: [("PATH", "/usr/bin:relative:/bin")], mounts: [])
+        #expect(spec.execCandidates() == ["/usr/bin/sh", "/bin/sh"])
+        spec.argv = ["./x"]
+        #expect(spec.execCandidates() == ["./x"])
+        spec.argv = []
+        #expect(spec.execCandidates().isEmpty)
+    }
+}
