@@ -3,12 +3,15 @@
 /// are errors: a typo must not silently weaken a sandbox.
 public struct ProfileDecoder {
     private var issues: [ProfileIssue] = []
+    /// The document's file, against which relative paths in it resolve.
+    private var source: String?
 
     public init() {}
 
     /// Applies `document` onto `base`. Throws every issue found.
     public static func decode(_ document: JSONValue, onto base: Profile, source: String?) throws(ProfileError) -> Profile {
         var decoder = ProfileDecoder()
+        decoder.source = source
         var profile = base
         decoder.apply(document, to: &profile)
         if !decoder.issues.isEmpty { throw ProfileError(source: source, issues: decoder.issues) }
@@ -342,7 +345,7 @@ public struct ProfileDecoder {
                     fail("seccomp.dockerProfile", "is required when base is docker")
                     break
                 }
-                seccomp.base = .docker(path: path)
+                if let resolved = resolveRelative(path, "seccomp.dockerProfile") { seccomp.base = .docker(path: resolved) }
             default: fail("seccomp.base", "expected stockade or docker, found \(base)")
             }
         } else if o["dockerProfile"] != nil {
@@ -355,6 +358,23 @@ public struct ProfileDecoder {
                 fail("seccomp.onViolation", "expected errno or kill, found \(text)")
             }
         }
+    }
+
+    /// `path` as given when absolute; else relative to the directory of the
+    /// profile file that names it (`builtin:` profiles have no directory).
+    private mutating func resolveRelative(_ path: String, _ field: String) -> String? {
+        if path.isEmpty || path.utf8.contains(0) {
+            fail(field, "expected a file path")
+            return nil
+        }
+        if path.hasPrefix("/") { return path }
+        guard let source, !source.hasPrefix("builtin:") else {
+            fail(field, "must be an absolute path: this profile has no file for a relative path to start from")
+            return nil
+        }
+        guard let slash = source.lastIndex(of: "/") else { return path }
+        let directory = source[..<slash]
+        return directory.isEmpty ? "/" + path : "\(directory)/\(path)"
     }
 
     private mutating func applyBundles(_ value: JSONValue, to bounds: inout BundleBounds) {
