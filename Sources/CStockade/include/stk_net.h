@@ -1,0 +1,26 @@
+#ifndef STK_NET_H
+#define STK_NET_H
+/*
+ * Network shims for the port forwarder. They are C because glibc declares
+ * setns(2) and accept4(2) only with _GNU_SOURCE, which Swift's Glibc module
+ * is not built with.
+ */
+
+#pragma clang assume_nonnull begin
+
+/*
+ * setns(nsfd, CLONE_NEWNET): moves the calling thread into the network
+ * namespace `nsfd` refers to. Returns 0, or -1 with errno set.
+ * Why C: glibc declares setns and CLONE_NEWNET only with _GNU_SOURCE.
+ */
+int stk_setns_net(int nsfd);
+
+/*
+ * accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK): the accepted socket
+ * is close-on-exec from birth, so a concurrent spawn cannot inherit it.
+ * Returns the new fd, or -1 with errno set. Why C: accept4 needs _GNU_SOURCE.
+ */
+int stk_accept_cloexec(int fd);
+
+#pragma clang assume_nonnull end
+#endif

@@ -1,0 +1,322 @@
+import CStockade
+import Glibc
+import StockadePolicy
+import Synchronization
+
+/// Publishes worker ports on the host: listens on host `127.0.0.1:HOSTPORT`
+/// and relays each accepted connection to `127.0.0.1:WORKERPORT` inside the
+/// worker's network namespace. The worker itself gets no route out: its
+/// namespace has only `lo`, and the forwarder's worker-side socket is made in
+/// that namespace by a thread that entered it with setns(2) and left again (a
+/// socket stays in the namespace it was created in).
+///
+/// One thread accepts per mapping and one relays per connection, at most
+/// `maxConnections` at once (more are accepted and closed at once). `stop()`
+/// closes every listener and connection and joins every thread.
+extension LinuxError.Code {
+    /// A published port could not be set up.
+    public static let publish = LinuxError.Code(rawValue: "publish")
+}
+
+public final class PortForwarder: Sendable {
+    public static let maxConnections = 64
+
+    private struct State {
+        var stopped = false
+        var active = 0
+        var threads: [pthread_t] = []
+        /// Relay threads that ended, to be joined by the next accept.
+        var finished: [pthread_t] = []
+        var workerNamespace: Int32 = -1
+    }
+
+    public let mappings: [Profile.PortMapping]
+    private let listeners: [Int32]
+    /// The read end is readable once `stop()` ran: it wakes every poll.
+    private let stopEvent: Int32
+    private let stopTrigger: Int32
+    private let state = Mutex(State())
+
+    private init(mappings: [Profile.PortMapping], listeners: [Int32], stopPipe: [Int32]) {
+        self.mappings = mappings
+        self.listeners = listeners
+        self.stopEvent = stopPipe[0]
+        self.stopTrigger = stopPipe[1]
+    }
+
+    /// Listens on every host port and relays to the worker `workerPid`.
+    public static func start(mappings: [Profile.PortMapping], workerPid: Int32) throws(LinuxError) -> PortForwarder {
+        let forwarder = try listen(mappings: mappings)
+        do {
+            try forwarder.attach(workerPid: workerPid)
+        } catch {
+            forwarder.stop()
+            throw error
+        }
+        return forwarder
+    }
+
+    /// Binds and listens on host `127.0.0.1:HOSTPORT` for every mapping, before
+    /// the worker exists, so that a taken port fails the run before anything runs.
+    public static func listen(mappings: [Profile.PortMapping]) throws(LinuxError) -> PortForwarder {
+        var seen: Set<UInt16> = []
+        for m in mappings where !seen.insert(m.hostPort).inserted {
+            throw LinuxError(.publish, stage: "publish", "host port \(m.hostPort) is published twice: give each mapping its own host port")
+        }
+        var stopPipe: [Int32] = [-1, -1]
+        guard stk_pipe_cloexec(&stopPipe, O_NONBLOCK) == 0 else {
+            throw LinuxError(.publish, stage: "publish", errno: errno, "cannot create a pipe for the port forwarder")
+        }
+        func closeStop() {
+            close(stopPipe[0])
+            close(stopPipe[1])
+        }
+        var listeners: [Int32] = []
+        for m in mappings {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard fd >= 0 else {
+                let e = errno
+                for l in listeners { close(l) }
+                closeStop()
+                throw LinuxError(.publish, stage: "publish", errno: e, "cannot create a socket for host port \(m.hostPort)")
+            }
+            var one: Int32 = 1
+            _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+            var address = loopbackAddress(port: m.hostPort)
+            let bound = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            if bound != 0 || Glibc.listen(fd, 64) != 0 {
+                let e = errno
+                close(fd)
+                for l in listeners { close(l) }
+                closeStop()
+                let why = e == EADDRINUSE ? "it is already in use on the host: choose another HOSTPORT or stop what listens there"
+                    : e == EACCES ? "ports below 1024 need root or CAP_NET_BIND_SERVICE" : String(cString: strerror(e))
+                throw LinuxError(.publish, stage: "publish", errno: e, "cannot listen on 127.0.0.1:\(m.hostPort) to publish worker port \(m.workerPort): \(why)")
+            }
+            listeners.append(fd)
+        }
+        return PortForwarder(mappings: mappings, listeners: listeners, stopPipe: stopPipe)
+    }
+
+    /// Starts relaying into the network namespace of `workerPid` (which must
+    /// not have been reaped yet, so that the pid still names the worker).
+    public func attach(workerPid: Int32) throws(LinuxError) {
+        let ns = open("/proc/\(workerPid)/ns/net", O_RDONLY | O_CLOEXEC)
+        guard ns >= 0 else {
+            throw LinuxError(.publish, stage: "publish", errno: errno, "cannot open the network namespace of worker \(workerPid)")
+        }
+        let proceed = state.withLock { s -> Bool in
+            guard !s.stopped, s.workerNamespace < 0 else { return false }
+            s.workerNamespace = ns
+            return true
+        }
+        guard proceed else {
+            close(ns)
+            throw LinuxError(.publish, stage: "publish", "the port forwarder was stopped or already attached")
+        }
+        for (index, listener) in listeners.enumerated() {
+            let port = mappings[index].workerPort
+            try startThread { [self] in acceptLoop(listener: listener, workerPort: port, namespace: ns) }
+        }
+    }
+
+    /// Closes every listener and connection and waits for every thread.
+    public func stop() {
+        let first = state.withLock { s -> Bool in
+            defer { s.stopped = true }
+            return !s.stopped
+        }
+        guard first else { return }
+        var one: UInt8 = 1
+        _ = write(stopTrigger, &one, 1)
+        while true {
+            let threads = state.withLock { s -> [pthread_t] in
+                defer { s.threads = []; s.finished = [] }
+                return s.threads + s.finished
+            }
+            if threads.isEmpty { break }
+            for t in threads { pthread_join(t, nil) }
+        }
+        for l in listeners { close(l) }
+        let ns = state.withLock { s -> Int32 in
+            defer { s.workerNamespace = -1 }
+            return s.workerNamespace
+        }
+        if ns >= 0 { close(ns) }
+        close(stopEvent)
+        close(stopTrigger)
+    }
+
+    deinit {
+        stop()
+    }
+
+    static func loopbackAddress(port: UInt16) -> sockaddr_in {
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+        return address
+    }
+
+    private final class ThreadBody {
+        let run: () -> Void
+        init(_ run: @escaping () -> Void) { self.run = run }
+    }
+
+    private func startThread(_ body: @escaping @Sendable () -> Void) throws(LinuxError) {
+        let box = Unmanaged.passRetained(ThreadBody(body))
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { arg in
+            guard let arg else { return nil }
+            Unmanaged<ThreadBody>.fromOpaque(arg).takeRetainedValue().run()
+            return nil
+        }, box.toOpaque())
+        guard rc == 0 else {
+            box.release()
+            throw LinuxError(.publish, stage: "publish", errno: rc, "cannot start a port forwarder thread")
+        }
+        state.withLock { $0.threads.append(thread) }
+    }
+
+    private var isStopped: Bool { state.withLock { $0.stopped } }
+
+    private func acceptLoop(listener: Int32, workerPort: UInt16, namespace: Int32) {
+        var fds = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0), pollfd(fd: stopEvent, events: Int16(POLLIN), revents: 0)]
+        while !isStopped {
+            joinFinished()
+            let n = poll(&fds, 2, -1)
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 || fds[1].revents != 0 { return }
+            guard fds[0].revents & Int16(POLLIN) != 0 else { continue }
+            let client = stk_accept_cloexec(listener)
+            if client < 0 { continue }
+            let admitted = state.withLock { s -> Bool in
+                guard !s.stopped, s.active < PortForwarder.maxConnections else { return false }
+                s.active += 1
+                return true
+            }
+            guard admitted else {
+                close(client)
+                continue
+            }
+            do {
+                try startThread { [self] in
+                    relay(client: client, workerPort: workerPort, namespace: namespace)
+                    close(client)
+                    let me = pthread_self()
+                    state.withLock { s in
+                        s.active -= 1
+                        if let i = s.threads.firstIndex(where: { pthread_equal($0, me) != 0 }) {
+                            s.threads.remove(at: i)
+                            s.finished.append(me)
+                        }
+                    }
+                }
+            } catch {
+                close(client)
+                state.withLock { $0.active -= 1 }
+            }
+        }
+    }
+
+    /// Joins relay threads that have ended (they removed themselves from `threads`).
+    private func joinFinished() {
+        let done = state.withLock { s -> [pthread_t] in
+            defer { s.finished = [] }
+            return s.finished
+        }
+        for t in done { pthread_join(t, nil) }
+    }
+
+    /// A TCP socket created inside the worker's network namespace; this thread
+    /// enters it only for the socket(2) call and returns to its own.
+    static func workerSocket(namespace: Int32) -> Int32 {
+        let home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
+        guard home >= 0 else { return -1 }
+        defer { close(home) }
+        guard stk_setns_net(namespace) == 0 else { return -1 }
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        // If returning fails, the thread stays in the worker's namespace, which
+        // is harmless: relay threads are never reused and make no other socket.
+        _ = stk_setns_net(home)
+        return fd
+    }
+
+    private func relay(client: Int32, workerPort: UInt16, namespace: Int32) {
+        let upstream = PortForwarder.workerSocket(namespace: namespace)
+        guard upstream >= 0 else { return }
+        defer { close(upstream) }
+        var address = PortForwarder.loopbackAddress(port: workerPort)
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(upstream, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        // Loopback connects complete (or are refused) at once; a refusal closes the client.
+        guard connected == 0 else { return }
+        _ = fcntl(upstream, F_SETFL, fcntl(upstream, F_GETFL) | O_NONBLOCK)
+        var toWorker = Direction(from: client, to: upstream)
+        var toClient = Direction(from: upstream, to: client)
+        while !(toWorker.done && toClient.done) {
+            var fds = [
+                pollfd(fd: client, events: toWorker.readInterest | toClient.writeInterest, revents: 0),
+                pollfd(fd: upstream, events: toClient.readInterest | toWorker.writeInterest, revents: 0),
+                pollfd(fd: stopEvent, events: Int16(POLLIN), revents: 0),
+            ]
+            let n = poll(&fds, 3, -1)
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 || fds[2].revents != 0 { return }
+            if (fds[0].revents | fds[1].revents) & Int16(POLLERR | POLLNVAL) != 0 { return }
+            guard toWorker.step(), toClient.step() else { return }
+        }
+    }
+
+    /// One direction of a relayed connection, on non-blocking sockets.
+    struct Direction {
+        let from: Int32
+        let to: Int32
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        var start = 0
+        var end = 0
+        var eof = false
+        var done = false
+
+        init(from: Int32, to: Int32) {
+            self.from = from
+            self.to = to
+        }
+
+        var readInterest: Int16 { !eof && start == end ? Int16(POLLIN) : 0 }
+        var writeInterest: Int16 { start < end ? Int16(POLLOUT) : 0 }
+
+        /// Moves what it can; false when the connection must close.
+        mutating func step() -> Bool {
+            if done { return true }
+            if start == end && !eof {
+                let n = buffer.withUnsafeMutableBytes { recv(from, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                if n > 0 {
+                    start = 0
+                    end = n
+                } else if n == 0 {
+                    eof = true
+                } else if errno != EAGAIN && errno != EINTR {
+                    return false
+                }
+            }
+            if start < end {
+                let n = buffer[start..<end].withUnsafeBytes { send(to, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+                if n > 0 {
+                    start += n
+                } else if n < 0 && errno != EAGAIN && errno != EINTR {
+                    return false
+                }
+            }
+            if eof && start == end {
+                _ = shutdown(to, Int32(SHUT_WR))
+                done = true
+            }
+            return true
+        }
+    }
+}
