@@ -35,11 +35,12 @@ public enum DockerSeccomp {
         public var syscallExists: @Sendable (String) -> Bool
         /// Every syscall name of the native architecture (to answer a non-EPERM
         /// `defaultErrnoRet` for calls no rule names).
-        public var syscallNames: [String]
+        public var syscallNames: @Sendable () -> [String]
         /// The running kernel's (major, minor), for `minKernel`.
         public var kernel: (major: Int, minor: Int)
 
-        public init(syscallExists: @escaping @Sendable (String) -> Bool, syscallNames: [String], kernel: (major: Int, minor: Int)) {
+        public init(syscallExists: @escaping @Sendable (String) -> Bool, syscallNames: @escaping @Sendable () -> [String],
+                    kernel: (major: Int, minor: Int)) {
             self.syscallExists = syscallExists
             self.syscallNames = syscallNames
             self.kernel = kernel
@@ -338,7 +339,7 @@ public enum DockerSeccomp {
             var notifyErrno = errnos.mapValues(\.value)
             let fallback = defaultMapped.errno ?? DockerSeccomp.EPERM
             if fallback != DockerSeccomp.EPERM {
-                for name in host.syscallNames where notifyErrno[name] == nil { notifyErrno[name] = fallback }
+                for name in host.syscallNames() where notifyErrno[name] == nil { notifyErrno[name] = fallback }
             }
             notifyErrno = notifyErrno.filter { $0.value != DockerSeccomp.EPERM }
             return SeccompPolicy(defaultAction: defaultMapped.action, badArchAction: .notify, rules: rules,

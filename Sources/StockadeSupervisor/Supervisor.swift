@@ -70,6 +70,8 @@ public final class Supervisor: Sendable {
         guard let command = options.command, !command.isEmpty else {
             throw SetupFailure(stage: "usage", errno: 0, message: "no command: give one after -- or in the request manifest")
         }
+        let runPolicy = try runPolicy(for: profile, options: options)
+        profile.volumes = runPolicy.volumes
 
         let runDirectory = stateDirectory + "/runs/" + runId
         do {
@@ -79,7 +81,7 @@ public final class Supervisor: Sendable {
             throw SetupFailure(stage: "run-directory", errno: 0, message: error.description)
         }
 
-        let policy = seccompPolicy(for: profile)
+        let policy = runPolicy.seccomp
         let program: SeccompProgram
         do {
             program = try SeccompCompiler.compile(policy)
@@ -92,51 +94,75 @@ public final class Supervisor: Sendable {
                                 resultBytes: profile.limits.resultBytes)
         layout.volumes = profile.volumes.map { RootLayout.Volume(source: $0.source, target: $0.target, readOnly: $0.readOnly) }
         layout.tmpfs = profile.tmpfs.map { ($0.target, $0.sizeBytes) }
-        var spec = SandboxSpec(argv: command, environment: environment(for: profile, options: options), mounts: layout.mounts())
+        var spec = SandboxSpec(argv: command, environment: environment(for: profile, options: options, secrets: runPolicy.secrets),
+                               mounts: layout.mounts())
         spec.hostname = profile.hostname
         spec.uid = profile.user.uid
         spec.gid = profile.user.gid
-        spec.loopback = profile.network.mode == .loopback
+        spec.loopback = profile.network.mode == .loopback || !profile.network.publish.isEmpty
         spec.seccomp = program
         spec.seccompNotify = policy.usesNotifications
         spec.rlimits = rlimits(for: profile)
 
-        let stdio = try Pipes()
+        // Host ports are taken before anything runs: a taken port fails the run closed.
+        let forwarder = try listenForPublishedPorts(profile)
+        let stdio: Pipes
+        do {
+            stdio = try Pipes()
+        } catch {
+            forwarder?.stop()
+            throw error
+        }
         let spawnStarted = WorkerClock.now()
         let worker: SpawnedWorker
         do {
             worker = try await Spawner.shared.spawn(spec, stdin: stdio.stdin, stdout: stdio.stdoutWrite, stderr: stdio.stderrWrite)
         } catch {
             stdio.closeAll()
+            forwarder?.stop()
             throw SetupFailure(stage: error.stage, errno: error.errno, message: error.message)
         }
         stdio.closeChildEnds()
+        do {
+            try forwarder?.attach(workerPid: worker.pid)
+        } catch {
+            _ = stk_pidfd_send_signal(worker.pidfd, SIGKILL)
+            forwarder?.stop()
+            throw SetupFailure(stage: error.stage, errno: error.errno, message: error.message)
+        }
         logger.debug("worker.started", metadata: ["run.id": "\(runId)", "worker.pid": "\(worker.pid)"])
 
         var config = WorkerMonitor.Configuration(stdoutCap: profile.limits.stdoutBytes, stderrCap: profile.limits.stderrBytes,
                                                  timeoutNanos: UInt64(profile.limits.timeoutSeconds * 1e9), policy: policy)
-        config.onOutput = onOutput
+        let output = RedactingOutput(runPolicy.redactor, onOutput)
+        config.onOutput = output?.write ?? onOutput
         let monitor: WorkerMonitor
         do {
             monitor = try WorkerMonitor(worker: worker, stdout: stdio.stdoutRead, stderr: stdio.stderrRead, configuration: config)
         } catch {
             _ = stk_pidfd_send_signal(worker.pidfd, SIGKILL)
+            forwarder?.stop()
             throw SetupFailure(stage: error.stage, errno: error.errno, message: error.message)
         }
         let observation = await monitor.wait()
+        forwarder?.stop()
+        output?.finish()
+        // Secrets never reach the report or the logs, even split across writes or cut by the cap.
+        let stdoutBytes = runPolicy.redactor.redact(captured: observation.stdout)
+        let stderrBytes = runPolicy.redactor.redact(captured: observation.stderr)
 
         var report = RunReport(runId: runId, profile: profile.name, outcome: .exited)
         classify(observation, into: &report)
         report.durationMs = Int64((observation.endedAtNanos - spawnStarted) / 1_000_000)
         report.cpuTimeMs = Int64((observation.userCPUNanos + observation.systemCPUNanos) / 1_000_000)
         report.memoryPeakBytes = Int64(observation.maxRSSBytes)
-        report.stdout = String(decoding: observation.stdout.bytes, as: UTF8.self)
-        report.stderr = String(decoding: observation.stderr.bytes, as: UTF8.self)
+        report.stdout = runPolicy.redactor.redact(String(decoding: stdoutBytes, as: UTF8.self))
+        report.stderr = runPolicy.redactor.redact(String(decoding: stderrBytes, as: UTF8.self))
         report.stdoutTruncated = observation.stdout.truncated
         report.stderrTruncated = observation.stderr.truncated
 
-        try? FileReading.writeAtomically(runDirectory + "/logs/stdout.log", observation.stdout.bytes)
-        try? FileReading.writeAtomically(runDirectory + "/logs/stderr.log", observation.stderr.bytes)
+        try? FileReading.writeAtomically(runDirectory + "/logs/stdout.log", stdoutBytes)
+        try? FileReading.writeAtomically(runDirectory + "/logs/stderr.log", stderrBytes)
         try? FileReading.writeAtomically(runDirectory + "/report.json", Array(report.json().utf8))
         return report
     }
@@ -168,22 +194,25 @@ public final class Supervisor: Sendable {
         if let v = options.timeoutSeconds { profile.limits.timeoutSeconds = v }
         if let v = options.network { profile.network.mode = v }
         profile.network.publish += options.publish
-        profile.volumes += options.volumes
+        // Publishing needs the worker's loopback up (it is still the worker's only interface).
+        if !profile.network.publish.isEmpty { profile.network.mode = .loopback }
+        // Volumes from options are checked (as `--volume[i]`) and added by `runPolicy(for:options:)`.
     }
 
-    func seccompPolicy(for profile: Profile) -> SeccompPolicy {
-        SeccompPolicy.stockadeDefault(allow: profile.seccomp.allow, deny: profile.seccomp.deny,
-                                      killOnViolation: profile.seccomp.onViolation == .kill)
+    func seccompPolicy(for profile: Profile) throws(ProfileError) -> SeccompPolicy {
+        try SeccompLoader.policy(for: profile)
     }
 
-    /// Only what the profile passes or sets, then per-run values; nothing else of the supervisor's.
-    func environment(for profile: Profile, options: RunOptions) -> [(String, String)] {
+    /// Only what the profile passes or sets, then per-run values, then the
+    /// profile's secrets (which nothing overrides); nothing else of the supervisor's.
+    func environment(for profile: Profile, options: RunOptions, secrets: RunSecrets = .none) -> [(String, String)] {
         var env: [String: String] = [:]
         for name in profile.environment.pass {
             if let value = hostEnvironment[name] { env[name] = value }
         }
         for (k, v) in profile.environment.set { env[k] = v }
         for (k, v) in options.environment { env[k] = v }
+        for (k, v) in secrets.environment { env[k] = v }
         return env.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
     }
 

@@ -17,6 +17,10 @@ struct ProfileCommand: ParsableCommand {
         func run() throws {
             do {
                 let loaded = try ProfileCatalog.standard().load(profile)
+                // Checks against this machine: volumes, secret files, the seccomp base and names.
+                let state = StateDirectory.resolve(explicit: nil, environment: ProcessEnvironment.current())
+                let issues = ProfileHostCheck.issues(loaded.profile, stateDirectory: state)
+                if !issues.isEmpty { throw ProfileError(source: loaded.source, issues: issues) }
                 print("\(loaded.source): ok (profile \(loaded.profile.name), digest \(loaded.digest.prefix(16)))")
             } catch {
                 Console.error(error.description)
