@@ -23,7 +23,7 @@ struct ProfileCommand: ParsableCommand {
                 if !issues.isEmpty { throw ProfileError(source: loaded.source, issues: issues) }
                 print("\(loaded.source): ok (profile \(loaded.profile.name), digest \(loaded.digest.prefix(16)))")
             } catch {
-                Console.error(error.description)
+                Console.error("\(error)")
                 throw ExitCode(1)
             }
         }
