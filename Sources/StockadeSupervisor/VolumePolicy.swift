@@ -82,6 +82,9 @@ public enum VolumePolicy {
         guard source.hasPrefix("/"), !source.utf8.contains(0) else {
             return .failure(Problem(reason: "must be an absolute host path, found \(source)"))
         }
+        if let name = source.split(separator: "/").last, engineSocketNames.contains(String(name)) {
+            return .failure(Problem(reason: "\(source) is a container engine socket: a worker that reaches it controls the host"))
+        }
         guard let resolved = realPath(source) else {
             let e = errno
             if e == ENOENT { return .failure(Problem(reason: "\(source) does not exist")) }
