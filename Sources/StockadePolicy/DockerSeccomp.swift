@@ -121,9 +121,12 @@ public enum DockerSeccomp {
             return out
         }
 
+        /// StrictJSON reads numbers through Int64 (else Double), so values above
+        /// Int64.max cannot be read exactly: they are refused, never rounded.
         mutating func unsigned(_ value: JSONValue, _ path: String, max: UInt64) -> UInt64? {
             guard case .number(let text) = value, let n = UInt64(text), n <= max else {
-                fail(path, "expected a whole number from 0 to \(max)")
+                let limit = max > UInt64(Int64.max) ? " (larger values cannot be read exactly)" : ""
+                fail(path, "expected a whole number from 0 to \(min(max, UInt64(Int64.max)))\(limit)")
                 return nil
             }
             return n
