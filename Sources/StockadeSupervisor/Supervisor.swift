@@ -132,6 +132,7 @@ public final class Supervisor: Sendable {
         report.memoryPeakBytes = Int64(observation.maxRSSBytes)
         report.stdout = String(decoding: observation.stdout.bytes, as: UTF8.self)
         report.stderr = String(decoding: observation.stderr.bytes, as: UTF8.self)
+        report.orphansKilled = observation.orphans
         report.stdoutTruncated = observation.stdout.truncated
         report.stderrTruncated = observation.stderr.truncated
 
