@@ -211,64 +211,42 @@ static int stk_send_fd(int sock, int fd) {
     return sendmsg(sock, &msg, MSG_NOSIGNAL) == 1 ? 0 : -1;
 }
 
-__attribute__((noreturn)) static void stk_child(const struct stk_plan *plan, int errfd, int syncfd, int notify_sock) {
-    /* Default dispositions: handlers installed by the supervisor must not run here. */
-    struct sigaction dfl;
-    memset(&dfl, 0, sizeof dfl);
-    dfl.sa_handler = SIG_DFL;
-    for (int sig = 1; sig < NSIG; sig++)
-        if (sig != SIGKILL && sig != SIGSTOP) (void)sigaction(sig, &dfl, NULL);
-
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) stk_fail(errfd, STK_STAGE_PARENT_DEATH);
-
-    /* Wait until the parent has written the id maps and placed us in the cgroup. */
-    char go = 0;
-    ssize_t got;
-    do got = read(syncfd, &go, 1); while (got < 0 && errno == EINTR);
-    if (got != 1) _exit(127);
-
-    /* Become root of the new user namespace so files we create have a mapped owner. */
-    if (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0) stk_fail(errfd, STK_STAGE_IDENTITY);
-    if (unshare(CLONE_NEWCGROUP) < 0) stk_fail(errfd, STK_STAGE_CGROUPNS);
-    if (sethostname(plan->hostname, stk_strlen(plan->hostname)) < 0) stk_fail(errfd, STK_STAGE_HOSTNAME);
-
-    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) stk_fail(errfd, STK_STAGE_MOUNT_PRIVATE);
-    if (mount("tmpfs", plan->root, "tmpfs", MS_NOSUID | MS_NODEV, plan->root_data) < 0)
-        stk_fail(errfd, STK_STAGE_ROOT);
-    for (size_t i = 0; i < plan->op_count; i++) {
-        if (stk_run_op(plan->root, &plan->ops[i]) < 0) {
-            stk_failed_op = (int)i;
-            stk_fail(errfd, STK_STAGE_MOUNTS);
+/* Counts the processes in this pid namespace other than init, from /proc. */
+static int stk_count_processes(void) {
+    int dir = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0) return -1;
+    char buf[4096];
+    int count = 0;
+    for (;;) {
+        long n = syscall(SYS_getdents64, dir, buf, sizeof buf);
+        if (n <= 0) break;
+        for (long off = 0; off < n;) {
+            struct { uint64_t ino; int64_t off; unsigned short reclen; unsigned char type; char name[]; } *d = (void *)(buf + off);
+            const char *name = d->name;
+            int numeric = name[0] != 0;
+            for (const char *c = name; *c; c++) if (*c < '0' || *c > '9') numeric = 0;
+            if (numeric && !(name[0] == '1' && name[1] == 0)) count++;
+            off += d->reclen;
         }
     }
+    close(dir);
+    return count;
+}
 
-    if (chdir(plan->root) < 0 || syscall(SYS_pivot_root, ".", ".") < 0 || umount2(".", MNT_DETACH) < 0 ||
-        chdir("/") < 0)
-        stk_fail(errfd, STK_STAGE_PIVOT_ROOT);
-    if (plan->root_readonly && stk_mount_setattr("/", 0, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV) < 0)
-        stk_fail(errfd, STK_STAGE_PIVOT_ROOT);
-
-    if (plan->loopback_up && stk_loopback_up() < 0) stk_fail(errfd, STK_STAGE_NETWORK);
-    if (chdir(plan->workdir) < 0) stk_fail(errfd, STK_STAGE_WORKDIR);
-
-    for (size_t i = 0; i < plan->rlimit_count; i++)
-        if (setrlimit((__rlimit_resource_t)plan->rlimits[i].resource, &plan->rlimits[i].limit) < 0)
-            stk_fail(errfd, STK_STAGE_RLIMITS);
-
+/*
+ * The worker's main process: final credentials, stdio, seccomp, execve.
+ * Runs in the process init forked, so it is pid 2 of the namespace and can
+ * be signalled (a pid-1 worker ignores its own signals).
+ */
+__attribute__((noreturn)) static void stk_worker(const struct stk_plan *plan, int errfd, int notify_sock) {
     if (setsid() < 0) stk_fail(errfd, STK_STAGE_SETSID);
-
-    if (stk_drop_capabilities(plan->last_cap) < 0) stk_fail(errfd, STK_STAGE_CAPABILITIES);
     if (setresgid(plan->gid, plan->gid, plan->gid) < 0 || setresuid(plan->uid, plan->uid, plan->uid) < 0)
         stk_fail(errfd, STK_STAGE_CREDENTIALS);
     if (stk_clear_capability_sets() < 0) stk_fail(errfd, STK_STAGE_CAPABILITIES);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) stk_fail(errfd, STK_STAGE_NO_NEW_PRIVS);
-
-    /* The credential change cleared the parent-death signal: set it again, then
-       make sure the parent did not die before it was set. The parent holds the
-       sync pipe's write end until we exec, so a hang-up means it is gone. */
+    /* The credential change cleared the parent-death signal: set it again. */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) stk_fail(errfd, STK_STAGE_PARENT_DEATH);
-    struct pollfd pfd = {syncfd, POLLIN, 0};
-    if (poll(&pfd, 1, 0) != 0 && (pfd.revents & (POLLHUP | POLLERR))) _exit(127);
+    if (getppid() != 1) _exit(127);
 
     if (dup2(plan->stdin_fd, 0) < 0 || dup2(plan->stdout_fd, 1) < 0 || dup2(plan->stderr_fd, 2) < 0)
         stk_fail(errfd, STK_STAGE_STDIO);
@@ -298,6 +276,106 @@ __attribute__((noreturn)) static void stk_child(const struct stk_plan *plan, int
     }
     errno = reported;
     stk_fail(errfd, STK_STAGE_EXEC);
+}
+
+/*
+ * Init of the worker's pid namespace, then the worker. Init builds the root
+ * and drops what it can, forks the worker, and stays behind as pid 1 under a
+ * different uid (0 inside, no capabilities, not dumpable), so the worker can
+ * neither signal nor trace it. It reaps, and when the main process exits it
+ * reports the wait status and the survivors over `statusfd`, then exits:
+ * the kernel kills everything left in the namespace.
+ */
+__attribute__((noreturn)) static void stk_child(const struct stk_plan *plan, int errfd, int syncfd, int notify_sock, int statusfd) {
+    /* Default dispositions: handlers installed by the supervisor must not run here. */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP) (void)sigaction(sig, &dfl, NULL);
+
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) stk_fail(errfd, STK_STAGE_PARENT_DEATH);
+
+    /* Wait until the parent has written the id maps and placed us in the cgroup. */
+    char go = 0;
+    ssize_t got;
+    do got = read(syncfd, &go, 1); while (got < 0 && errno == EINTR);
+    if (got != 1) _exit(127);
+
+    /* Become root of the new user namespace so files we create have a mapped owner. */
+    if (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0) stk_fail(errfd, STK_STAGE_IDENTITY);
+    /* The identity change cleared the parent-death signal: set it again, then
+       make sure the parent did not die before it was set. The parent holds the
+       sync pipe's write end until the worker has exec'd, so a hang-up means it is gone. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) stk_fail(errfd, STK_STAGE_PARENT_DEATH);
+    struct pollfd pfd = {syncfd, POLLIN, 0};
+    if (poll(&pfd, 1, 0) != 0 && (pfd.revents & (POLLHUP | POLLERR))) _exit(127);
+
+    if (unshare(CLONE_NEWCGROUP) < 0) stk_fail(errfd, STK_STAGE_CGROUPNS);
+    if (sethostname(plan->hostname, stk_strlen(plan->hostname)) < 0) stk_fail(errfd, STK_STAGE_HOSTNAME);
+
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) stk_fail(errfd, STK_STAGE_MOUNT_PRIVATE);
+    if (mount("tmpfs", plan->root, "tmpfs", MS_NOSUID | MS_NODEV, plan->root_data) < 0)
+        stk_fail(errfd, STK_STAGE_ROOT);
+    for (size_t i = 0; i < plan->op_count; i++) {
+        if (stk_run_op(plan->root, &plan->ops[i]) < 0) {
+            stk_failed_op = (int)i;
+            stk_fail(errfd, STK_STAGE_MOUNTS);
+        }
+    }
+
+    if (chdir(plan->root) < 0 || syscall(SYS_pivot_root, ".", ".") < 0 || umount2(".", MNT_DETACH) < 0 ||
+        chdir("/") < 0)
+        stk_fail(errfd, STK_STAGE_PIVOT_ROOT);
+    if (plan->root_readonly && stk_mount_setattr("/", 0, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV) < 0)
+        stk_fail(errfd, STK_STAGE_PIVOT_ROOT);
+
+    if (plan->loopback_up && stk_loopback_up() < 0) stk_fail(errfd, STK_STAGE_NETWORK);
+    if (chdir(plan->workdir) < 0) stk_fail(errfd, STK_STAGE_WORKDIR);
+
+    for (size_t i = 0; i < plan->rlimit_count; i++)
+        if (setrlimit((__rlimit_resource_t)plan->rlimits[i].resource, &plan->rlimits[i].limit) < 0)
+            stk_fail(errfd, STK_STAGE_RLIMITS);
+
+    if (setsid() < 0) stk_fail(errfd, STK_STAGE_SETSID);
+    if (stk_drop_capabilities(plan->last_cap) < 0) stk_fail(errfd, STK_STAGE_CAPABILITIES);
+
+    /* glibc's fork() would run atfork handlers in a process glibc does not know it is in. */
+    long worker = syscall(SYS_fork);
+    if (worker < 0) stk_fail(errfd, STK_STAGE_CLONE);
+    if (worker == 0) {
+        close(syncfd);
+        close(statusfd);
+        stk_worker(plan, errfd, notify_sock);
+    }
+
+    if (plan->scrub != NULL) memset(plan->scrub, 0, plan->scrub_len);
+
+    /* Init keeps only the status pipe: the worker's stdio, the error pipe and
+       the seccomp socket must close when the worker is done with them. */
+    if (statusfd != 3 && dup2(statusfd, 3) < 0) _exit(127);
+    (void)syscall(SYS_close_range, 4U, ~0U, 0U);
+    close(0);
+    close(1);
+    close(2);
+    if (stk_clear_capability_sets() < 0 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ||
+        prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+        _exit(127);
+
+    struct stk_init_report_wire report = {0, 0};
+    for (;;) {
+        int status = 0;
+        long pid = syscall(SYS_wait4, -1, &status, 0, NULL);
+        if (pid == worker) {
+            report.status = status;
+            break;
+        }
+        if (pid < 0 && errno != EINTR) _exit(126);
+    }
+    while (syscall(SYS_wait4, -1, NULL, WNOHANG, NULL) > 0) {}
+    report.orphans = stk_count_processes();
+    (void)stk_write_all(3, &report, sizeof report);
+    _exit(0);
 }
 
 /* ---------- parent side ---------- */
@@ -368,18 +446,20 @@ int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result) {
     result->pid = -1;
     result->pidfd = -1;
     result->notify_fd = -1;
+    result->status_fd = -1;
     result->stage = STK_STAGE_NONE;
     result->error = 0;
     result->detail = -1;
 
-    int errpipe[2] = {-1, -1}, syncpipe[2] = {-1, -1}, sock[2] = {-1, -1};
-    if (pipe2(errpipe, O_CLOEXEC) < 0 || pipe2(syncpipe, O_CLOEXEC) < 0 ||
+    int errpipe[2] = {-1, -1}, syncpipe[2] = {-1, -1}, sock[2] = {-1, -1}, statuspipe[2] = {-1, -1};
+    if (pipe2(errpipe, O_CLOEXEC) < 0 || pipe2(syncpipe, O_CLOEXEC) < 0 || pipe2(statuspipe, O_CLOEXEC | O_NONBLOCK) < 0 ||
         (plan->notify && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sock) < 0)) {
         result->stage = STK_STAGE_PIPE;
         result->error = errno;
         stk_close(&errpipe[0]); stk_close(&errpipe[1]);
         stk_close(&syncpipe[0]); stk_close(&syncpipe[1]);
         stk_close(&sock[0]); stk_close(&sock[1]);
+        stk_close(&statuspipe[0]); stk_close(&statuspipe[1]);
         return -1;
     }
 
@@ -402,13 +482,15 @@ int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result) {
         close(errpipe[0]);
         close(syncpipe[1]);
         if (sock[0] >= 0) close(sock[0]);
-        stk_child(plan, errpipe[1], syncpipe[0], sock[1]);
+        close(statuspipe[0]);
+        stk_child(plan, errpipe[1], syncpipe[0], sock[1], statuspipe[1]);
     }
     int clone_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     stk_close(&errpipe[1]);
     stk_close(&syncpipe[0]);
     stk_close(&sock[1]);
+    stk_close(&statuspipe[1]);
 
     int rc = -1;
     if (pid < 0) {
@@ -441,6 +523,8 @@ int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result) {
     do n = read(errpipe[0], &failure, sizeof failure); while (n < 0 && errno == EINTR);
     if (n == 0 && (!plan->notify || result->notify_fd >= 0)) {
         rc = 0;
+        result->status_fd = statuspipe[0];
+        statuspipe[0] = -1;
         goto out;
     }
     if (n == (ssize_t)sizeof failure) {
@@ -458,6 +542,7 @@ fail_child:
     stk_close(&result->notify_fd);
     result->pid = -1;
 out:
+    stk_close(&statuspipe[0]);
     stk_close(&errpipe[0]);
     stk_close(&syncpipe[1]);
     stk_close(&sock[0]);

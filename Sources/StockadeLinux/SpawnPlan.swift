@@ -36,6 +36,16 @@ final class SpawnPlan {
         plan.pointee.stderr_fd = stderr
         plan.pointee.loopback_up = spec.loopback ? 1 : 0
         plan.pointee.cgroup_dir_fd = spec.cgroupDirectoryDescriptor ?? -1
+        // The argv strings are contiguous from argv[0] to the end of the last one.
+        let argc = Int(CommandLine.argc)
+        if argc > 0, let first = CommandLine.unsafeArgv[0], let last = CommandLine.unsafeArgv[argc - 1] {
+            let end = UnsafeMutableRawPointer(last) + strlen(last) + 1
+            let start = UnsafeMutableRawPointer(first)
+            if end > start {
+                plan.pointee.scrub = start
+                plan.pointee.scrub_len = end - start
+            }
+        }
 
         let ops = allocate(stk_mount_op.self, count: max(spec.mounts.count, 1))
         for (i, op) in spec.mounts.enumerated() { ops[i] = try mountOp(op) }

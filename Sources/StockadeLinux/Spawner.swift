@@ -8,6 +8,8 @@ public struct SpawnedWorker: Sendable {
     public let pid: Int32
     public let pidfd: Int32
     public let notifyFD: Int32?
+    /// Read end of the report the worker's init writes when the main process exits.
+    public let statusFD: Int32
 }
 
 /// Runs every clone on one dedicated thread that lives as long as the
@@ -48,7 +50,8 @@ public final class Spawner: Sendable {
         if result.stage != Int32(STK_STAGE_NONE.rawValue) {
             throw SetupStage.error(stage: result.stage, errno: result.error, detail: result.detail, spec: spec)
         }
-        return SpawnedWorker(pid: result.pid, pidfd: result.pidfd, notifyFD: result.notify_fd >= 0 ? result.notify_fd : nil)
+        return SpawnedWorker(pid: result.pid, pidfd: result.pidfd, notifyFD: result.notify_fd >= 0 ? result.notify_fd : nil,
+                             statusFD: result.status_fd)
     }
 
     private func run() {

@@ -28,7 +28,10 @@ public struct CapturedOutput: Sendable, Equatable {
 
 /// What the kernel told the supervisor about one worker.
 public struct WorkerObservation: Sendable {
+    /// How the main process ended (from init's wait4, or init's own wait status when init was killed).
     public var exit: WorkerExit
+    /// Processes still alive in the namespace when the main process exited (killed with it).
+    public var orphans: Int
     public var userCPUNanos: UInt64
     public var systemCPUNanos: UInt64
     public var maxRSSBytes: UInt64
@@ -67,6 +70,7 @@ public final class WorkerMonitor: Sendable {
 
     private struct State {
         var exit: WorkerExit?
+        var orphans = 0
         var usage = rusage()
         var stdout = CapturedOutput()
         var stderr = CapturedOutput()
@@ -168,9 +172,20 @@ public final class WorkerMonitor: Sendable {
         var code: Int32 = 0, status: Int32 = 0, pid: pid_t = 0
         var usage = rusage()
         guard stk_waitid_pidfd(worker.pidfd, WNOHANG, &code, &status, &pid, &usage) == 0, pid != 0 else { return true }
-        let exit: WorkerExit = code == CLD_EXITED ? .exited(status) : .signaled(status)
+        // Init reports the main process's wait status; when init itself was
+        // killed (deadline, seccomp kill, OOM) its own status stands.
+        var exit: WorkerExit = code == CLD_EXITED ? .exited(status) : .signaled(status)
+        var orphans = 0
+        var wire = stk_init_report_wire()
+        let got = withUnsafeMutableBytes(of: &wire) { read(worker.statusFD, $0.baseAddress, $0.count) }
+        if got == MemoryLayout<stk_init_report_wire>.size {
+            let st = wire.status
+            exit = st & 0x7F == 0 ? .exited((st >> 8) & 0xFF) : .signaled(st & 0x7F)
+            orphans = Int(max(wire.orphans, 0))
+        }
         state.withLock { s in
             s.exit = exit
+            s.orphans = orphans
             s.usage = usage
             s.endedAt = Self.now()
             // Grandchildren died with the pid namespace; whatever still holds the
@@ -261,6 +276,7 @@ public final class WorkerMonitor: Sendable {
             let usage = s.usage
             let result = WorkerObservation(
                 exit: exit,
+                orphans: s.orphans,
                 userCPUNanos: UInt64(usage.ru_utime.tv_sec) * 1_000_000_000 + UInt64(usage.ru_utime.tv_usec) * 1000,
                 systemCPUNanos: UInt64(usage.ru_stime.tv_sec) * 1_000_000_000 + UInt64(usage.ru_stime.tv_usec) * 1000,
                 maxRSSBytes: UInt64(usage.ru_maxrss) * 1024,
@@ -272,6 +288,7 @@ public final class WorkerMonitor: Sendable {
             let waiter = s.waiter
             s.waiter = nil
             var fds = [worker.pidfd]
+            close(worker.statusFD)
             if let notify = worker.notifyFD { fds.append(notify) }
             if timerFD >= 0 { fds.append(timerFD) }
             if s.drainTimer >= 0 { fds.append(s.drainTimer) }

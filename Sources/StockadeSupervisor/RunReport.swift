@@ -82,6 +82,8 @@ public struct RunReport: Sendable, Equatable, Codable {
     public var result: ResultVerdict
     public var review: Review
     public var setupError: SetupError?
+    /// The batch request's `id`, echoed as the key `id` (only in `stockade batch` output).
+    public var requestId: String?
 
     public init(runId: String, profile: String, outcome: Outcome) {
         self.runId = runId
@@ -106,6 +108,7 @@ public struct RunReport: Sendable, Equatable, Codable {
     enum CodingKeys: String, CodingKey {
         case runId, profile, outcome, exitCode, signal, durationMs, cpuTimeMs, memoryPeakBytes, violations,
              orphansKilled, stdout, stderr, stdoutTruncated, stderrTruncated, result, review, setupError
+        case requestId = "id"
     }
 
     /// Every key is always present; absent values are `null`, as the contract says.
@@ -128,6 +131,7 @@ public struct RunReport: Sendable, Equatable, Codable {
         try c.encode(result, forKey: .result)
         try c.encode(review, forKey: .review)
         try c.encode(setupError, forKey: .setupError)
+        if let requestId { try c.encode(requestId, forKey: .requestId) }
     }
 
     /// The exit status of `stockade run` for this report (DESIGN.md, "Exit status").

@@ -52,6 +52,13 @@ public final class Supervisor: Sendable {
         return report
     }
 
+    /// The report for a request that could not be read: nothing ran.
+    public func rejectedRequest(reason: String) -> RunReport {
+        var report = RunReport(runId: RunIdentifier.make(), profile: "", outcome: .setupFailed)
+        report.setupError = RunReport.SetupError(stage: "request-line", errno: 0, message: reason)
+        return report
+    }
+
     struct SetupFailure: Error {
         let stage: String
         let errno: Int32
@@ -158,6 +165,7 @@ public final class Supervisor: Sendable {
         report.memoryPeakBytes = Int64(observation.maxRSSBytes)
         report.stdout = runPolicy.redactor.redact(String(decoding: stdoutBytes, as: UTF8.self))
         report.stderr = runPolicy.redactor.redact(String(decoding: stderrBytes, as: UTF8.self))
+        report.orphansKilled = observation.orphans
         report.stdoutTruncated = observation.stdout.truncated
         report.stderrTruncated = observation.stderr.truncated
 

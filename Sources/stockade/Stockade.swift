@@ -2,6 +2,7 @@ import ArgumentParser
 import Glibc
 import Logging
 import StockadeSupervisor
+import Synchronization
 
 struct Stockade: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -9,7 +10,7 @@ struct Stockade: AsyncParsableCommand {
         abstract: "Run untrusted workers in Linux namespaces with seccomp, cgroup limits and an audit trail.",
         discussion: "Exit status of `run`: the worker's code; 128+signal; 137 oom; 124 timeout; 159 seccomp; 125 setup failure, bad profile or usage; 126/127 command not executable/not found. Other commands: 0 success, 1 failure, 2 usage.",
         version: "0.1.0",
-        subcommands: [Run.self, ProfileCommand.self]
+        subcommands: [Run.self, Batch.self, ProfileCommand.self]
     )
 }
 
@@ -71,12 +72,17 @@ enum Main {
 }
 
 /// Writes to the process's stderr/stdout without touching C's shared FILE streams.
+/// Whole lines only: concurrent batch runs must not interleave their report lines.
 enum Console {
+    private static let lock = Mutex(())
+
     static func error(_ text: String) {
-        TerminalOutput.write(Array((text.hasSuffix("\n") ? text : text + "\n").utf8), to: 2)
+        let bytes = Array((text.hasSuffix("\n") ? text : text + "\n").utf8)
+        lock.withLock { _ in TerminalOutput.write(bytes, to: 2) }
     }
 
     static func out(_ text: String) {
-        TerminalOutput.write(Array((text.hasSuffix("\n") ? text : text + "\n").utf8), to: 1)
+        let bytes = Array((text.hasSuffix("\n") ? text : text + "\n").utf8)
+        lock.withLock { _ in TerminalOutput.write(bytes, to: 1) }
     }
 }

@@ -103,15 +103,27 @@ struct stk_plan {
     const int *_Nullable cgroup_procs_fds;
     size_t cgroup_procs_count;
     int cgroup_dir_fd;
+
+    /* The supervisor's argv strings, which init (a copy of the supervisor that
+       never execs) zeroes so the worker cannot read them in /proc/1/cmdline. */
+    void *_Nullable scrub;
+    size_t scrub_len;
 };
 
 struct stk_spawn_result {
     pid_t pid;
     int pidfd;
     int notify_fd;   /* seccomp listener, -1 without notify */
+    int status_fd;   /* read end of init's report (struct stk_init_report_wire), non-blocking */
     int stage;       /* enum stk_stage, STK_STAGE_NONE on success */
     int error;       /* errno of the failed stage */
     int detail;      /* with STK_STAGE_MOUNTS: the index of the failed step; else -1 */
+};
+
+/* What the worker's init writes on status_fd when the main process exits. */
+struct stk_init_report_wire {
+    int32_t status;   /* wait status of the main process */
+    int32_t orphans;  /* processes still alive in the namespace at that moment */
 };
 
 /*

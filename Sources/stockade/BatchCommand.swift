@@ -1,0 +1,112 @@
+import ArgumentParser
+import Glibc
+import Logging
+import StockadeSupervisor
+
+struct Batch: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Many runs in one supervisor: one JSON request a line in, one JSON report a line out as each finishes.",
+        discussion: """
+            Each input line is an object with the keys of `stockade run`'s flags: {"id": "t1", "command": ["prog", "arg"], \
+            "profile": "default", "memory": "64m", "cpus": 0.5, "pids": 32, "timeout": 10, "network": "none", \
+            "env": {"K": "V"}, "volumes": ["/h:/w:ro"], "publish": ["8080:80"], "workspace": "/dir", "request": "/dir"} \
+            (all but command optional). Each output line is the `run --json` report plus the request's id. \
+            A line that cannot be read gets a setup-failed report naming the offending key. \
+            Exit status: 0 when every line was a valid request, 1 otherwise.
+            """
+    )
+
+    @OptionGroup var state: StateOptions
+    @Option(help: "How many runs at once (admission limit).") var parallel: Int = 1
+    @Argument(help: "File of JSON request lines, or - for standard input.") var file: String
+
+    func validate() throws {
+        if !(1...256).contains(parallel) { throw ValidationError("--parallel: expected 1 to 256") }
+    }
+
+    func run() async throws {
+        let supervisor: Supervisor
+        do {
+            supervisor = try Supervisor(stateDirectory: state.resolved(), catalog: .standard(),
+                                        environment: ProcessEnvironment.current(), logger: Logger(label: "stockade"))
+        } catch {
+            Console.error("stockade: \(error)")
+            throw ExitCode(1)
+        }
+        let fd: Int32 = file == "-" ? 0 : open(file, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            Console.error("stockade: cannot open \(file): \(String(cString: strerror(errno)))")
+            throw ExitCode(1)
+        }
+        let lines = LineReader(fd: fd, maxLine: 1 << 20)
+        let invalid = await withTaskGroup(of: Bool.self) { group in
+            var invalid = 0
+            var running = 0
+            var lineNumber = 0
+            while let line = lines.next() {
+                lineNumber += 1
+                if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) { continue }
+                if running >= parallel, let ok = await group.next() {
+                    running -= 1
+                    if !ok { invalid += 1 }
+                }
+                let number = lineNumber
+                running += 1
+                group.addTask {
+                    var report: RunReport
+                    switch line.count > (1 << 20) ? nil : Result(catching: { () throws(BatchRequest.Failure) in try BatchRequest.parse(line) }) {
+                    case .success(let request)?:
+                        report = await supervisor.run(request.options)
+                        report.requestId = request.id
+                    case .failure(let failure)?:
+                        report = supervisor.rejectedRequest(reason: "line \(number): \(failure.description)")
+                        report.requestId = failure.id
+                    case nil:
+                        report = supervisor.rejectedRequest(reason: "line \(number): longer than 1 MiB")
+                    }
+                    Console.out(report.json())
+                    return report.setupError?.stage != "request-line"
+                }
+            }
+            for await ok in group where !ok { invalid += 1 }
+            return invalid
+        }
+        if fd != 0 { close(fd) }
+        if invalid > 0 { throw ExitCode(1) }
+    }
+}
+
+/// Reads lines from a descriptor with a bound on each line's length (longer
+/// lines are returned truncated to maxLine + 1 bytes, so the caller can refuse them).
+final class LineReader {
+    private let fd: Int32
+    private let maxLine: Int
+    private var buffer: [UInt8] = []
+    private var start = 0
+    private var eof = false
+
+    init(fd: Int32, maxLine: Int) {
+        self.fd = fd
+        self.maxLine = maxLine
+    }
+
+    func next() -> [UInt8]? {
+        var line: [UInt8] = []
+        while true {
+            if let nl = buffer[start...].firstIndex(of: 0x0A) {
+                if line.count <= maxLine { line += buffer[start..<min(nl, start + maxLine + 1 - line.count)] }
+                start = nl + 1
+                return line
+            }
+            if line.count <= maxLine { line += buffer[start..<min(buffer.count, start + maxLine + 1 - line.count)] }
+            buffer.removeAll(keepingCapacity: true)
+            start = 0
+            if eof { return line.isEmpty ? nil : line }
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { eof = true; continue }
+            buffer = Array(chunk[0..<n])
+        }
+    }
+}
