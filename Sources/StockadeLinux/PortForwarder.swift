@@ -183,6 +183,9 @@ public final class PortForwarder: Sendable {
 
     private var isStopped: Bool { state.withLock { $0.stopped } }
 
+    /// Connections being relayed now.
+    public var activeConnections: Int { state.withLock { $0.active } }
+
     private func acceptLoop(listener: Int32, workerPort: UInt16, namespace: Int32) {
         var fds = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0), pollfd(fd: stopEvent, events: Int16(POLLIN), revents: 0)]
         while !isStopped {
@@ -249,13 +252,10 @@ public final class PortForwarder: Sendable {
         let upstream = PortForwarder.workerSocket(namespace: namespace)
         guard upstream >= 0 else { return }
         defer { close(upstream) }
-        var address = PortForwarder.loopbackAddress(port: workerPort)
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(upstream, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        // Loopback connects complete (or are refused) at once; a refusal closes the client.
-        guard connected == 0 else { return }
+        // Non-blocking from the start: a worker whose listen backlog is full
+        // would otherwise hold this thread in connect(2), and stop() with it.
         _ = fcntl(upstream, F_SETFL, fcntl(upstream, F_GETFL) | O_NONBLOCK)
+        guard connect(upstream, workerPort: workerPort) else { return }
         var toWorker = Direction(from: client, to: upstream)
         var toClient = Direction(from: upstream, to: client)
         while !(toWorker.done && toClient.done) {
@@ -270,6 +270,27 @@ public final class PortForwarder: Sendable {
             if (fds[0].revents | fds[1].revents) & Int16(POLLERR | POLLNVAL) != 0 { return }
             guard toWorker.step(), toClient.step() else { return }
         }
+    }
+
+    /// Connects the non-blocking `fd` to the worker's 127.0.0.1:`workerPort`,
+    /// waiting until it completes, fails, or the forwarder stops.
+    private func connect(_ fd: Int32, workerPort: UInt16) -> Bool {
+        var address = PortForwarder.loopbackAddress(port: workerPort)
+        let rc = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        if rc == 0 { return true }
+        guard errno == EINPROGRESS else { return false }
+        var fds = [pollfd(fd: fd, events: Int16(POLLOUT), revents: 0), pollfd(fd: stopEvent, events: Int16(POLLIN), revents: 0)]
+        while true {
+            let n = poll(&fds, 2, -1)
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 || fds[1].revents != 0 { return false }
+            if fds[0].revents != 0 { break }
+        }
+        var error: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        return getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0 && error == 0
     }
 
     /// One direction of a relayed connection, on non-blocking sockets.

@@ -1,6 +1,6 @@
 import Foundation
 import Glibc
-import StockadeLinux
+@testable import StockadeLinux
 import StockadePolicy
 @testable import StockadeSupervisor
 import Testing
@@ -318,6 +318,110 @@ struct ExampleProfileTests {
     }
 }
 
+@Suite("redacting captured output")
+struct CapturedRedactionTests {
+    @Test("output cut by its cap in the middle of a secret keeps no beginning of it")
+    func truncated() {
+        let redactor = Redactor(secrets: ["abcdefgh-secret"])
+        var cut = CapturedOutput()
+        cut.bytes = Array("ok abcdefgh-secret and abcdefgh-se".utf8)
+        cut.totalBytes = cut.bytes.count + 100
+        #expect(String(decoding: redactor.redact(captured: cut), as: UTF8.self) == "ok [REDACTED] and ")
+        var whole = cut
+        whole.totalBytes = whole.bytes.count
+        #expect(String(decoding: redactor.redact(captured: whole), as: UTF8.self) == "ok [REDACTED] and abcdefgh-se")
+    }
+}
+
+@Suite("the port forwarder", .enabled(if: getuid() == 0, "needs root: it enters a network namespace with setns(2)"), .serialized,
+       .timeLimit(.minutes(1)))
+struct PortForwarderTests {
+    /// Relays within the test's own namespace: the mechanics are the same as into a worker's.
+    @Test("it relays both ways, bounds concurrent connections at 64, and closes everything on stop")
+    func relay() throws {
+        let server = try hostListener()
+        defer { close(server.fd) }
+        let free = try hostListener()
+        close(free.fd)
+        let forwarder = try PortForwarder.start(mappings: [Profile.PortMapping(hostPort: free.port, workerPort: server.port)], workerPid: getpid())
+        // Echo one line per connection on a thread: accept, read, answer.
+        let echo = Thread {
+            let c = accept(server.fd, nil, nil)
+            guard c >= 0 else { return }
+            var buffer = [UInt8](repeating: 0, count: 256)
+            let n = buffer.withUnsafeMutableBytes { recv(c, $0.baseAddress, $0.count, 0) }
+            let reply = Array("echo: ".utf8) + buffer[0..<max(n, 0)]
+            _ = reply.withUnsafeBytes { send(c, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            close(c)
+        }
+        echo.start()
+        #expect(exchange(port: free.port, send: "hello\n") == "echo: hello\n")
+
+        // 64 connections are held open (the server never answers them); the 65th is closed at once.
+        var held: [Int32] = []
+        defer { for fd in held { close(fd) } }
+        for _ in 0..<PortForwarder.maxConnections {
+            let fd = try #require(connectedSocket(port: free.port))
+            held.append(fd)
+        }
+        // Once all 64 are being relayed, one more is turned away.
+        while forwarder.activeConnections < PortForwarder.maxConnections { usleep(10_000) }
+        let extra = try #require(connectedSocket(port: free.port))
+        held.append(extra)
+        #expect(readAll(extra) == "")
+
+        forwarder.stop()
+        // Every relayed connection is closed by stop.
+        #expect(readAll(held[0]) == "")
+        #expect(connectedSocket(port: free.port) == nil)
+    }
+
+    @Test("a host port in use fails, naming the port")
+    func taken() throws {
+        let busy = try hostListener()
+        defer { close(busy.fd) }
+        #expect(throws: LinuxError.self) { try PortForwarder.listen(mappings: [Profile.PortMapping(hostPort: busy.port, workerPort: 80)]) }
+        do {
+            _ = try PortForwarder.listen(mappings: [Profile.PortMapping(hostPort: busy.port, workerPort: 80)])
+        } catch {
+            #expect(error.stage == "publish")
+            #expect(error.message.contains("127.0.0.1:\(busy.port)") && error.message.contains("already in use"))
+        }
+    }
+}
+
+private func connectedSocket(port: UInt16) -> Int32? {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return nil }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = port.bigEndian
+    address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+    let rc = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    if rc != 0 {
+        close(fd)
+        return nil
+    }
+    var timeout = timeval(tv_sec: 10, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    return fd
+}
+
+/// Reads until EOF (or the 10 s receive timeout, which returns what was read plus "<timeout>").
+private func readAll(_ fd: Int32) -> String {
+    var out: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        if n < 0 { return String(decoding: out, as: UTF8.self) + (errno == EAGAIN ? "<timeout>" : "") }
+        if n == 0 { break }
+        out += buffer[0..<n]
+    }
+    return String(decoding: out, as: UTF8.self)
+}
+
 // MARK: - End to end
 
 /// A TCP listener on host 127.0.0.1 at an ephemeral port.
@@ -489,6 +593,11 @@ struct ProfileEndToEndTests {
         #expect(stdout == "visible-to-worker\ntoken=[REDACTED]\n[REDACTED]\n")
         #expect(report.string("stderr") == "[REDACTED]\n")
         #expect(!r.stdout.contains(secret) && !r.stdout.contains("Value-42"))
+        // Streaming to the operator (no --json): redacted as it streams, also across writes.
+        let streamed = try h.stockade(["run", "--profile", dir + "/p.json", "--", "/bin/sh", "-c",
+                                       "echo \"$API_TOKEN\"; printf 's3cr3t-'; sleep 0.2; printf 'Value-42\\n'"])
+        #expect(streamed.stdout == "[REDACTED]\n[REDACTED]\n", "\(streamed.stdout)")
+        #expect(!streamed.stderr.contains("Value-42"))
         let runDirectory = h.stateDirectory + "/runs/" + (report.string("runId") ?? "")
         for file in ["logs/stdout.log", "logs/stderr.log", "report.json"] {
             let text = try String(contentsOfFile: runDirectory + "/" + file, encoding: .utf8)
