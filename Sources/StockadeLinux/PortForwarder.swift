@@ -102,9 +102,13 @@ public final class PortForwarder: Sendable {
 
     /// Starts relaying into the network namespace of `workerPid` (which must
     /// not have been reaped yet, so that the pid still names the worker).
+    /// A worker that has already exited (its namespaces are gone: ENOENT)
+    /// leaves nothing to relay to: connections wait unanswered until `stop()`
+    /// closes them, and that is not an error.
     public func attach(workerPid: Int32) throws(LinuxError) {
         let ns = open("/proc/\(workerPid)/ns/net", O_RDONLY | O_CLOEXEC)
         guard ns >= 0 else {
+            if errno == ENOENT && access("/proc/\(workerPid)", F_OK) == 0 { return }
             throw LinuxError(.publish, stage: "publish", errno: errno, "cannot open the network namespace of worker \(workerPid)")
         }
         let proceed = state.withLock { s -> Bool in
