@@ -21,7 +21,10 @@ struct DetailSanitizer: Sendable {
         case .string(let s): .string(sanitize(s))
         case .array(let items): .array(items.map(sanitize))
         case .object(let members):
-            .object(Dictionary(members.map { (sanitize($0.key), sanitize($0.value)) }, uniquingKeysWith: { first, _ in first }))
+            // Two long keys may cap to the same text: keep the smaller value, so the result does not
+            // depend on dictionary order.
+            .object(Dictionary(members.map { (sanitize($0.key), sanitize($0.value)) },
+                               uniquingKeysWith: { a, b in a.serialized() <= b.serialized() ? a : b }))
         }
     }
 

@@ -44,13 +44,16 @@ public final class SQLiteAuditStore: AuditStore {
 
     private static func open(path: String, readOnly: Bool) throws(AuditError) -> SQLiteConnection {
         let db = try SQLiteConnection(path: path, readOnly: readOnly)
+        // Before anything touches the file, so that even the first statement waits for another
+        // process that is creating or migrating the same file.
+        db.setBusyTimeout(milliseconds: busyTimeoutMilliseconds)
         // The first statement reads the header: a non-database file fails here with .notADatabase.
         let mode = try db.first("PRAGMA journal_mode" + (readOnly ? "" : "=WAL"), [], "read the database header and set WAL mode") { $0.text(0) }
         if !readOnly, mode?.lowercased() != "wal" {
             throw AuditError(.storage, path: path,
                              "cannot switch the audit database to WAL mode (it stayed in \(mode ?? "unknown") mode); keep the state directory on a local filesystem")
         }
-        try db.execute("PRAGMA busy_timeout = \(busyTimeoutMilliseconds); PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL",
+        try db.execute("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL",
                        "configure the audit database")
         return db
     }

@@ -129,6 +129,10 @@ final class SQLiteConnection: @unchecked Sendable {
         return try body()
     }
 
+    func setBusyTimeout(milliseconds: Int32) {
+        sqlite3_busy_timeout(db, milliseconds)
+    }
+
     var changes: Int { Int(sqlite3_changes(db)) }
     var lastInsertRowID: Int64 { sqlite3_last_insert_rowid(db) }
 

@@ -195,6 +195,29 @@ struct AuditConcurrencyTests {
         #expect(try stores[0].verifyChain() == ChainVerification(eventsChecked: 2044, firstBrokenSeq: nil, reason: nil))
     }
 
+    @Test("4 threads opening a brand-new file at once all succeed and apply each migration once")
+    func concurrentFirstOpen() throws {
+        let db = TempDatabase()
+        let failures = FailureLog()
+        let threads = (0..<4).map { t in
+            TestThread {
+                do {
+                    let store = try db.store()
+                    try store.record(runId: nil, kind: "opened", detail: .number(t))
+                } catch {
+                    failures.add("\(error)")
+                }
+            }
+        }
+        threads.forEach { $0.start() }
+        threads.forEach { $0.join() }
+        #expect(failures.all == [])
+        #expect(RawSQL.scalar(db.path, "SELECT count(*) FROM schema_migrations") == String(AuditSchema.migrations.count))
+        let store = try db.store()
+        expectGapFree(try store.allEvents())
+        #expect(try store.verifyChain().eventsChecked == 4)
+    }
+
     @Test("runs whose supervisor is gone are marked abandoned once; live ones are left running")
     func abandoned() throws {
         let db = TempDatabase()
