@@ -7,6 +7,10 @@ import StockadePolicy
 /// several supervisors share the store. `SQLiteAuditStore` is the local backend; a PostgreSQL backend
 /// for many hosts goes behind the same protocol.
 public protocol AuditStore: Sendable {
+    /// Registers secret values (profile secrets, values of env keys the profile marks secret): from then
+    /// on every occurrence in a stored detail, command, reason, actor or note is replaced by `[redacted]`.
+    func addSecrets(_ values: [String])
+
     /// A `runs` row in state `running` and the event `run.created`, in one transaction.
     func beginRun(runId: String, profile: String, profileDigest: String, command: [String], detail: JSONValue) throws(AuditError)
 
@@ -102,6 +106,21 @@ public struct AuditRunRecord: Sendable, Equatable {
     public let endedAt: String?
     public let supervisorPid: Int32
     public let supervisorStart: UInt64
+
+    public init(runId: String, profile: String, profileDigest: String, command: [String], state: String, outcome: String?,
+                exitStatus: Int32?, createdAt: String, endedAt: String?, supervisorPid: Int32, supervisorStart: UInt64) {
+        self.runId = runId
+        self.profile = profile
+        self.profileDigest = profileDigest
+        self.command = command
+        self.state = state
+        self.outcome = outcome
+        self.exitStatus = exitStatus
+        self.createdAt = createdAt
+        self.endedAt = endedAt
+        self.supervisorPid = supervisorPid
+        self.supervisorStart = supervisorStart
+    }
 }
 
 /// One diff in the review queue.
@@ -123,6 +142,23 @@ public struct DiffRecord: Sendable, Equatable {
     public let decidedAt: String?
     public let appliedAt: String?
     public let createdAt: String
+
+    public init(id: Int64, runId: String, sha256: String, bytes: Int64, content: [UInt8], verdict: String, reason: String?,
+                state: String, decidedBy: String?, note: String?, decidedAt: String?, appliedAt: String?, createdAt: String) {
+        self.id = id
+        self.runId = runId
+        self.sha256 = sha256
+        self.bytes = bytes
+        self.content = content
+        self.verdict = verdict
+        self.reason = reason
+        self.state = state
+        self.decidedBy = decidedBy
+        self.note = note
+        self.decidedAt = decidedAt
+        self.appliedAt = appliedAt
+        self.createdAt = createdAt
+    }
 }
 
 /// The result of `verifyChain`.

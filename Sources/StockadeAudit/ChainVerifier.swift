@@ -1,14 +1,16 @@
 /// Walks events in `seq` order and reports the first one at which the chain does not hold: a missing
 /// or extra `seq`, a `prevHash` that is not the previous row's hash, a hash that does not match the
 /// row's content, or a `runSeq` that is not the run's next number.
-struct ChainVerifier {
+package struct ChainVerifier {
     private var checked: Int64 = 0
     private var lastSeq: Int64 = 0
     private var lastHash = AuditChain.genesisHash
     /// The last runSeq per run ("" stands for events without a run, which have their own numbering).
     private var runSeqs: [String?: Int64] = [:]
 
-    mutating func check(_ event: AuditEvent) -> ChainVerification? {
+    package init() {}
+
+    package mutating func check(_ event: AuditEvent) -> ChainVerification? {
         let expectedSeq = lastSeq + 1
         if event.seq != expectedSeq {
             return broken(at: expectedSeq, "event seq \(expectedSeq) is missing: the event after seq \(lastSeq) has seq \(event.seq) (a row was deleted or renumbered)")
@@ -33,7 +35,7 @@ struct ChainVerifier {
     }
 
     /// Compares the last event with the chain head the store advances on every append.
-    func finish(head: (seq: Int64, hash: String)?) -> ChainVerification {
+    package func finish(head: (seq: Int64, hash: String)?) -> ChainVerification {
         guard let head else {
             return broken(at: lastSeq + 1, "the chain head row is missing (the database was edited by hand)")
         }

@@ -3,19 +3,21 @@ import StockadePolicy
 /// Makes worker-influenced values safe to store: strings (and object keys) longer than
 /// `maxStringBytes` are cut at a character boundary and end with a marker saying how many bytes were
 /// cut; every occurrence of a registered secret value is replaced by `[redacted]`.
-struct DetailSanitizer: Sendable {
-    static let maxStringBytes = 4096
-    static let redactedMarker = "[redacted]"
+package struct DetailSanitizer: Sendable {
+    package static let maxStringBytes = 4096
+    package static let redactedMarker = "[redacted]"
 
     /// Secret values, longest first, so a secret that contains another is replaced whole.
-    private(set) var secrets: [String] = []
+    package private(set) var secrets: [String] = []
 
-    mutating func addSecrets(_ values: [String]) {
+    package init() {}
+
+    package mutating func addSecrets(_ values: [String]) {
         let merged = Set(secrets).union(values.filter { !$0.isEmpty })
         secrets = merged.sorted { $0.utf8.count != $1.utf8.count ? $0.utf8.count > $1.utf8.count : $0 < $1 }
     }
 
-    func sanitize(_ value: JSONValue) -> JSONValue {
+    package func sanitize(_ value: JSONValue) -> JSONValue {
         switch value {
         case .null, .bool, .number: value
         case .string(let s): .string(sanitize(s))
@@ -28,7 +30,7 @@ struct DetailSanitizer: Sendable {
         }
     }
 
-    func sanitize(_ text: String) -> String {
+    package func sanitize(_ text: String) -> String {
         Self.cap(redact(text))
     }
 
@@ -42,7 +44,7 @@ struct DetailSanitizer: Sendable {
 
     /// `text` cut to at most `maxStringBytes` UTF-8 bytes of its own (never inside a character),
     /// followed by a marker naming the number of bytes removed.
-    static func cap(_ text: String) -> String {
+    package static func cap(_ text: String) -> String {
         let total = text.utf8.count
         guard total > maxStringBytes else { return text }
         var kept = 0
