@@ -18,6 +18,16 @@ struct AuditChainTests {
         return (db, store)
     }
 
+    @Test("the event hash is SHA-256 of prevHash, seq, runId, runSeq, kind, at and detail joined by newlines", arguments: [
+        (Int64(1), "r1" as String?, Int64(1), "run.created", "{\"a\":1}", "e77bd8f72c599e7937a33a0fc4ce6e0e0871e57179db5b153a6ad993a55b318f"),
+        (7, nil, 3, "supervisor.started", "null", "bdfd5b0137ad6d12349baca509833e9ec08c8cca4db51952e104fc59344820eb"),
+    ])
+    func hashFormat(seq: Int64, runId: String?, runSeq: Int64, kind: String, detail: String, expected: String) {
+        // Expected digests computed independently (Python hashlib) from the documented preimage.
+        #expect(AuditChain.hash(prevHash: AuditChain.genesisHash, seq: seq, runId: runId, runSeq: runSeq, kind: kind,
+                                at: "2026-11-25T13:19:26.123Z", detail: detail) == expected)
+    }
+
     @Test("an untouched chain verifies every event")
     func untouched() throws {
         let (_, store) = try populated()
