@@ -103,6 +103,31 @@ public final class RunDirectory: Sendable {
         return run
     }
 
+    /// Lets a worker whose user namespace maps its root to host `uid`/`gid` mount the workspace
+    /// overlay from inside that namespace: the kernel resolves `upperdir` and `workdir` with the
+    /// worker's credentials, and refuses (EACCES) to search a 0700 directory owned by host root.
+    /// `upper/` and `work/` are given to the worker's ids, and the run directory and `runs/` become
+    /// 0711 (searchable, not listable). The state directory itself must be searchable too.
+    public func grantOverlayAccess(uid: UInt32, gid: UInt32) throws(BundleError) {
+        guard let directory = descriptor else {
+            throw BundleError(.runDirectoryFailed, path: path, "the run directory is closed; grant access before close()")
+        }
+        for name in [Self.upperName, Self.workName]
+        where fchownat(directory, name, uid, gid, AT_SYMLINK_NOFOLLOW) != 0 {
+            throw Self.failure(path + "/" + name, errno, "cannot give the \(name) directory to the worker's ids")
+        }
+        if fchmod(directory, 0o711) != 0 {
+            throw Self.failure(path, errno, "cannot make the run directory searchable")
+        }
+        let runs = openat(directory, "..", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if runs < 0 || fchmod(runs, 0o711) != 0 {
+            let code = errno
+            if runs >= 0 { Glibc.close(runs) }
+            throw Self.failure(path + "/..", code, "cannot make the runs directory searchable")
+        }
+        Glibc.close(runs)
+    }
+
     // MARK: Garbage collection
 
     /// The current wall-clock time in seconds since the epoch, the `now` of `collectGarbage`.

@@ -56,15 +56,17 @@ private struct Walk {
     /// every lower entry that upper does not name.
     mutating func directory(upper: Int32, lower: Int32?, path: String, depth: Int,
                             hidesLower: Bool) throws(BundleError) {
-        var seen = Set<String>()
+        // Compared as bytes: String equality would merge canonically equivalent names ("é" and
+        // "e" + U+0301), which are different files.
+        var seen = Set<[UInt8]>()
         for name in try list(upper, path: path) {
-            seen.insert(name)
+            seen.insert(Array(name.utf8))
             let child = try childPath(path, name, depth: depth + 1)
             try entry(upperDir: upper, lowerDir: lower, name: name, path: child, depth: depth + 1,
                       hidesLower: hidesLower)
         }
         guard hidesLower, let lower else { return }
-        for name in try list(lower, path: path) where !seen.contains(name) {
+        for name in try list(lower, path: path) where !seen.contains(Array(name.utf8)) {
             let child = try childPath(path, name, depth: depth + 1)
             if let st = try lstat(lower, name, path: child) {
                 try removal(lowerDir: lower, name: name, st: st, path: child, depth: depth + 1)

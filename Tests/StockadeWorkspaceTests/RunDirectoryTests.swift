@@ -32,6 +32,22 @@ struct RunDirectoryTests {
         #expect(flock(other, LOCK_EX | LOCK_NB) == 0)
     }
 
+    @Test("granting overlay access gives upper and work to the worker's ids and makes the path searchable",
+          .enabled(if: isRoot, "needs CAP_CHOWN"))
+    func overlayAccess() throws {
+        let s = try Scratch("state")
+        let run = try RunDirectory.create(stateDirectory: s.path, runId: "granted")
+        defer { run.close() }
+        try run.grantOverlayAccess(uid: 100_000, gid: 100_001)
+        for sub in [run.upperPath, run.workPath] {
+            var st = stat()
+            #expect(lstat(sub, &st) == 0 && st.st_uid == 100_000 && st.st_gid == 100_001 && st.st_mode & 0o7777 == 0o700)
+        }
+        var st = stat()
+        #expect(lstat(run.resultPath, &st) == 0 && st.st_uid == 0)
+        #expect(mode(run.path) == 0o711 && mode(s["runs"]) == 0o711)
+    }
+
     @Test("a run id that exists already is refused")
     func duplicate() throws {
         let s = try Scratch("state")

@@ -43,7 +43,7 @@ enum OverlayMount: String, CaseIterable, CustomTestStringConvertible {
 struct OverlayMountTests {
     static let edits = """
         printf 'changed\\n' > f && printf 'new\\n' > new && rm del && rm -rf gone && \
-        rm -rf keep && mkdir keep && printf 'q\\n' > keep/q && chmod +x script && chmod 600 quiet && \
+        rm -rf keep && mkdir keep && printf 'q\\n' > keep/q && mkdir keep/sub && printf 'n\\n' > keep/sub/n && chmod +x script && chmod 600 quiet && \
         touch a/b/x && ln -s /etc/passwd link && mkfifo fifo && mkdir emptydir
         """
 
@@ -53,6 +53,7 @@ struct OverlayMountTests {
         try s.write("L/gone/y", "three\n")
         try s.write("L/gone/sub/deep", "deep\n")
         try s.write("L/keep/z", "4\n")
+        try s.write("L/keep/sub/inner", "inner\n")
         try s.write("L/script", "s\n")
         try s.write("L/quiet", "quiet\n")
         try s.write("L/del", "del\n")
@@ -86,6 +87,9 @@ struct OverlayMountTests {
             .deleted(path: "gone/sub/deep", old: bytes("deep\n"), oldMode: 0o644),
             .deleted(path: "gone/y", old: bytes("three\n"), oldMode: 0o644),
             .created(path: "keep/q", content: bytes("q\n"), mode: 0o644),
+            // keep/sub carries no opaque marker of its own: keep's hides lower beneath it too.
+            .deleted(path: "keep/sub/inner", old: bytes("inner\n"), oldMode: 0o644),
+            .created(path: "keep/sub/n", content: bytes("n\n"), mode: 0o644),
             .deleted(path: "keep/z", old: bytes("4\n"), oldMode: 0o644),
             .special(path: "link", kind: "symlink"),
             .created(path: "new", content: bytes("new\n"), mode: 0o644),
@@ -270,6 +274,18 @@ struct HandBuiltUpperTests {
         try s.write("U/locked/file", "x", mode: 0o000)
         try s.mkdir("U/locked", mode: 0o000)
         #expect(try changes(s) == [.created(path: "locked/file", content: bytes("x"), mode: 0o644)])
+    }
+
+    @Test("canonically equivalent names are different files: an opaque directory still deletes the other one")
+    func canonicalEquivalence() throws {
+        let s = try fresh()
+        try s.write("L/d/e\u{301}", "decomposed")
+        try s.write("U/d/\u{E9}", "precomposed")
+        try s.setXattr("U/d", "user.overlay.opaque", "y")
+        let found = try changes(s)
+        #expect(found.count == 2)
+        #expect(found.contains { if case .deleted(let path, _, _) = $0 { Array(path.utf8) == Array("d/e\u{301}".utf8) } else { false } })
+        #expect(found.contains { if case .created(let path, _, _) = $0 { Array(path.utf8) == Array("d/\u{E9}".utf8) } else { false } })
     }
 
     @Test("paths are sorted bytewise")
