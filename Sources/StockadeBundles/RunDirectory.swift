@@ -71,15 +71,47 @@ public final class RunDirectory: Sendable {
         let runs = try openRuns(stateDirectory, create: true)
         defer { Glibc.close(runs) }
         let path = stateDirectory + "/runs/" + runId
-        if mkdirat(runs, runId, 0o700) != 0 {
+        var existing = stat()
+        if fstatat(runs, runId, &existing, AT_SYMLINK_NOFOLLOW) == 0 {
+            throw BundleError(.runDirectoryExists, path: path,
+                              "the run directory already exists: run ids must be unique; pick a new id")
+        }
+        // Built under a dot name that gc treats as a run of its own (so a crash here is still
+        // collected), locked, then renamed into place: gc never sees the real name unlocked.
+        let building = creatingPrefix + runId
+        if mkdirat(runs, building, 0o700) != 0 {
             let code = errno
+            if code == EEXIST {
+                throw BundleError(.runDirectoryExists, path: path, errno: code,
+                                  "a run directory with this id is being created: run ids must be unique; pick a new id")
+            }
+            throw failure(path, code, "cannot create the run directory")
+        }
+        let run: RunDirectory
+        do {
+            run = try populate(runs: runs, building: building, runId: runId, path: path)
+        } catch {
+            discard(runs: runs, name: building)
+            throw error
+        }
+        if stk_renameat2(runs, building, runs, runId, 1 /* RENAME_NOREPLACE */) != 0 {
+            let code = errno
+            run.close()
+            discard(runs: runs, name: building)
             if code == EEXIST {
                 throw BundleError(.runDirectoryExists, path: path, errno: code,
                                   "the run directory already exists: run ids must be unique; pick a new id")
             }
-            throw failure(path, code, "cannot create the run directory")
+            throw failure(path, code, "cannot move the new run directory into place")
         }
-        let directory = openat(runs, runId, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        return run
+    }
+
+    static let creatingPrefix = ".creating-"
+
+    /// Opens the directory being built, fixes its mode, takes the lock and makes the subdirectories.
+    private static func populate(runs: Int32, building: String, runId: String, path: String) throws(BundleError) -> RunDirectory {
+        let directory = openat(runs, building, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         if directory < 0 { throw failure(path, errno, "cannot open the new run directory") }
         // mkdirat honours the umask; the mode is part of the contract.
         if fchmod(directory, 0o700) != 0 {
@@ -101,6 +133,19 @@ public final class RunDirectory: Sendable {
             throw failure(path + "/" + name, code, "cannot create the run's \(name) directory")
         }
         return run
+    }
+
+    /// Best-effort removal of a half-made run directory; gc removes what is left.
+    private static func discard(runs: Int32, name: String) {
+        let directory = openat(runs, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard directory >= 0 else { return }
+        defer { Glibc.close(directory) }
+        var st = stat()
+        guard fstat(directory, &st) == 0 else { return }
+        var remover = TreeRemover(top: directory, device: st.st_dev, topPath: name)
+        if (try? remover.empty(directory, depth: 0, path: name)) != nil {
+            _ = unlinkat(runs, name, AT_REMOVEDIR)
+        }
     }
 
     /// Lets a worker whose user namespace maps its root to host `uid`/`gid` mount the workspace
@@ -139,9 +184,10 @@ public final class RunDirectory: Sendable {
 
     /// Removes the finished run directories under `<stateDirectory>/runs` whose age (from the
     /// mtime of `report.json`, else of the directory) is at least `seconds`, and returns their run
-    /// ids, sorted. A run whose lock is held is never removed. Removal never follows a link: each
-    /// directory is opened with `O_NOFOLLOW | O_DIRECTORY`, made searchable if the worker left it
-    /// mode 000, and emptied with `unlinkat`; it never crosses into another mount.
+    /// ids (or `.creating-<id>` for one a crash left half-made), sorted. A run whose lock is held
+    /// is never removed. Removal never follows a link: each directory is opened with
+    /// `O_NOFOLLOW | O_DIRECTORY`, made searchable if the worker left it mode 000, and emptied with
+    /// `unlinkat`; it never crosses into another mount.
     public static func collectGarbage(stateDirectory: String, olderThan seconds: Double,
                                       now: Double = currentTime()) throws(BundleError) -> [String] {
         let runs: Int32
@@ -160,7 +206,7 @@ public final class RunDirectory: Sendable {
         }
         var removed: [String] = []
         for raw in listed {
-            guard let runId = String(validating: raw, as: UTF8.self), (try? validate(runId: runId)) != nil else {
+            guard let runId = String(validating: raw, as: UTF8.self), isRunDirectoryName(runId) else {
                 continue  // Not a name `create` makes: not ours to remove.
             }
             let path = stateDirectory + "/runs/" + runId
@@ -240,6 +286,12 @@ public final class RunDirectory: Sendable {
             throw BundleError(.invalidRunId, path: runId,
                               "a run id must be 1 to 128 characters of A-Z, a-z, 0-9, '-', '_' or '.', not starting with '.'")
         }
+    }
+
+    /// A run id, or the name of one still being created (left so by a crash).
+    private static func isRunDirectoryName(_ name: String) -> Bool {
+        let id = name.hasPrefix(creatingPrefix) ? String(name.dropFirst(creatingPrefix.count)) : name
+        return (try? validate(runId: id)) != nil
     }
 
     private static func failure(_ path: String, _ code: Int32, _ what: String) -> BundleError {

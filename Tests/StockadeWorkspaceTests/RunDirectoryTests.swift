@@ -111,6 +111,24 @@ struct RunDirectoryTests {
             == ["old-dir-fresh-report", "young"])
     }
 
+    @Test("gc collects a run directory a crash left half-made, and create refuses its id meanwhile")
+    func halfMade() throws {
+        let s = try Scratch("state")
+        try s.write("runs/.creating-crashed/upper/file", "x")
+        do {
+            _ = try RunDirectory.create(stateDirectory: s.path, runId: "crashed")
+            Issue.record("created over a half-made directory")
+        } catch {
+            #expect(error.code == .runDirectoryExists)
+        }
+        #expect(try RunDirectory.collectGarbage(stateDirectory: s.path, olderThan: 0,
+                                                now: RunDirectory.currentTime() + 60) == [".creating-crashed"])
+        #expect(!s.exists("runs/.creating-crashed"))
+        let run = try RunDirectory.create(stateDirectory: s.path, runId: "crashed")
+        run.close()
+        #expect(s.exists("runs/crashed/upper") && !s.exists("runs/.creating-crashed"))
+    }
+
     @Test("gc without a state directory removes nothing")
     func missingState() throws {
         let s = try Scratch("state")
