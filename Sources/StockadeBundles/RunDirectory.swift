@@ -202,7 +202,8 @@ public final class RunDirectory: Sendable {
         let listed: [[UInt8]]
         switch DirectoryEntries.names(runs, limit: Int.max) {
         case .success(let result): listed = result.names
-        case .failure(let problem): let code = problem.rawValue; throw failure(stateDirectory + "/runs", code, "cannot list the run directories")
+        case .failure(let problem):
+            throw failure(stateDirectory + "/runs", problem.rawValue, "cannot list the run directories")
         }
         var removed: [String] = []
         for raw in listed {

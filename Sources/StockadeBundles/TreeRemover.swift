@@ -30,7 +30,8 @@ struct TreeRemover {
             let batch: [[UInt8]]
             switch DirectoryEntries.names(fd, limit: 1024) {
             case .success(let result): batch = result.names
-            case .failure(let problem): let code = problem.rawValue; throw failure(path, code, "cannot list the directory")
+            case .failure(let problem):
+                throw failure(path, problem.rawValue, "cannot list the directory")
             }
             if batch.isEmpty { return }
             for name in batch {

@@ -44,7 +44,8 @@ struct OverlayMountTests {
     static let edits = """
         printf 'changed\\n' > f && printf 'new\\n' > new && rm del && rm -rf gone && \
         rm -rf keep && mkdir keep && printf 'q\\n' > keep/q && mkdir keep/sub && printf 'n\\n' > keep/sub/n && chmod +x script && chmod 600 quiet && \
-        touch a/b/x && ln -s /etc/passwd link && mkfifo fifo && mkdir emptydir
+        touch a/b/x && ln -s /etc/passwd link && mkfifo fifo && mkdir emptydir && \
+        mv olddir newdir && mv oldname newname
         """
 
     func makeLower(_ s: Scratch) throws {
@@ -58,6 +59,8 @@ struct OverlayMountTests {
         try s.write("L/quiet", "quiet\n")
         try s.write("L/del", "del\n")
         try s.write("L/untouched", "same\n")
+        try s.write("L/olddir/inner/file", "moved dir\n")
+        try s.write("L/oldname", "moved file\n", mode: 0o755)
         for dir in ["U", "W", "M"] { try s.mkdir(dir) }
     }
 
@@ -93,6 +96,11 @@ struct OverlayMountTests {
             .deleted(path: "keep/z", old: bytes("4\n"), oldMode: 0o644),
             .special(path: "link", kind: "symlink"),
             .created(path: "new", content: bytes("new\n"), mode: 0o644),
+            // Directory renames without redirect_dir are copies plus deletions (mv falls back on EXDEV).
+            .created(path: "newdir/inner/file", content: bytes("moved dir\n"), mode: 0o644),
+            .created(path: "newname", content: bytes("moved file\n"), mode: 0o755),
+            .deleted(path: "olddir/inner/file", old: bytes("moved dir\n"), oldMode: 0o644),
+            .deleted(path: "oldname", old: bytes("moved file\n"), oldMode: 0o755),
             .modified(path: "script", old: bytes("s\n"), new: bytes("s\n"), oldMode: 0o644, newMode: 0o755),
         ]
         #expect(try changes(s, xattrs: how.xattrs) == expected)
