@@ -29,8 +29,9 @@ public enum WorkspaceScanner {
         var walk = Walk(limits: limits, xattrs: xattrs)
         for (fd, role) in [(upper, "upper"), (lower, "lower")] {
             var st = stat()
-            guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
-                throw BundleError(.workspaceScanFailed, errno: errno,
+            let failed = fstat(fd, &st) != 0
+            guard !failed, st.st_mode & S_IFMT == S_IFDIR else {
+                throw BundleError(.workspaceScanFailed, errno: failed ? errno : ENOTDIR,
                                   "the \(role) descriptor given to the workspace scanner is not an open directory")
             }
         }
