@@ -143,7 +143,8 @@ public enum DiffParser {
         var hunk = Hunk(oldStart: ranges.0, oldCount: ranges.1, newStart: ranges.2, newCount: ranges.3, lines: [], diffLine: n)
         var oldLeft = hunk.oldCount, newLeft = hunk.newCount
         var oldEnded = false, newEnded = false
-        hunk.lines.reserveCapacity(oldLeft + newLeft)
+        // The header's counts are the worker's claim: reserve only what a small hunk needs.
+        hunk.lines.reserveCapacity(min(oldLeft + newLeft, 1024))
         while oldLeft > 0 || newLeft > 0 {
             let ln = reader.lineNumber
             guard let line = try reader.next() else {

@@ -37,6 +37,10 @@ public enum PatchApplier {
     static func plan(_ set: PatchSet, root: Int32, limits: DiffLimits) throws(PatchError) -> Plan {
         var plan = Plan()
         for file in set.files {
+            // C calls would stop a name at a NUL byte; the guard rejects those, and so does the applier.
+            for name in [file.sourcePath, file.targetPath].compactMap({ $0 }) where name.contains(0) {
+                throw PatchError(.rejected, path: CQuote.display(name), "control_byte: the name contains a NUL byte")
+            }
             let shownPath = CQuote.display(file.targetPath ?? file.sourcePath ?? [])
             var old: [UInt8] = []
             var oldMode: mode_t = 0o644

@@ -215,3 +215,16 @@ struct HostileDiffTests {
         #expect(sandbox.snapshot() == before)
     }
 }
+
+@Suite("Applier defences without the guard")
+struct ApplierDefenceTests {
+    @Test("planning refuses a name with a NUL byte, which a C call would cut short")
+    func nulRefusedByPlan() throws {
+        let sandbox = Sandbox()
+        let set = try DiffParser.parse(Array(Section.create(Section.quoted("x\\000y")).utf8))
+        let root = open(sandbox.workspace, O_RDONLY | O_DIRECTORY)
+        defer { close(root) }
+        let error = #expect(throws: PatchError.self) { _ = try PatchApplier.plan(set, root: root, limits: .default) }
+        #expect(error?.code == .rejected)
+    }
+}

@@ -79,6 +79,8 @@ struct ParserTests {
                   code: .tooLarge, line: 5, limits: DiffLimits(maxFiles: 2)),
         Malformed(label: "more hunks than the limit", diff: "diff --git a/x b/x\n--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n@@ -3 +3 @@\n-a\n+b\n",
                   code: .tooLarge, line: 7, limits: DiffLimits(maxHunks: 1)),
+        Malformed(label: "hunk header claiming billions of lines", diff: "diff --git a/x b/x\n--- a/x\n+++ b/x\n@@ -1,2000000000 +1,2000000000 @@\n a\n",
+                  line: 6),
         Malformed(label: "diff larger than the limit", diff: String(repeating: "x", count: 200), code: .tooLarge, limits: DiffLimits(maxDiffBytes: 100)),
         Malformed(label: "binary literal larger than the file limit", diff: "diff --git a/x b/x\nnew file mode 100644\nGIT binary patch\nliteral 999999\nA00\n\n",
                   code: .tooLarge, line: 4, limits: DiffLimits(maxFileBytes: 1000)),
