@@ -73,11 +73,20 @@ public enum PathGuard {
             if component.count > maxComponentBytes {
                 return reject(.tooLong, "a component has \(component.count) bytes, more than \(maxComponentBytes)")
             }
-            let folded = normalizedComponent(String(decoding: component, as: UTF8.self))
-            if folded.allSatisfy({ $0 == "." || $0 == " " }) {
+            let dots: Bool, gitDir: Bool
+            if component.allSatisfy({ $0 < 0x80 }) {
+                // Fast path with the same meaning as the Unicode one for plain ASCII names.
+                dots = component.allSatisfy { $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: " ") }
+                gitDir = isGitDirASCII(component)
+            } else {
+                let folded = normalizedComponent(String(decoding: component, as: UTF8.self))
+                dots = folded.allSatisfy { $0 == "." || $0 == " " }
+                gitDir = isGitDir(folded)
+            }
+            if dots {
                 return reject(.dotComponent, "the component `\(String(decoding: component, as: UTF8.self))` is made of dots (a `.` or `..` in some form)")
             }
-            if isGitDir(folded) {
+            if gitDir {
                 return reject(.gitDir, "the component `\(String(decoding: component, as: UTF8.self))` names the .git directory in some form")
             }
         }
@@ -257,6 +266,16 @@ public enum PathGuard {
         if name == ".git" { return true }
         if name.hasPrefix("git~"), name.count > 4, name.dropFirst(4).allSatisfy(\.isASCII), name.dropFirst(4).allSatisfy(\.isNumber) { return true }
         return false
+    }
+
+    /// ``isGitDir(_:)`` for an all-ASCII component, without building strings.
+    static func isGitDirASCII(_ component: ArraySlice<UInt8>) -> Bool {
+        var name = component
+        if let colon = name.firstIndex(of: UInt8(ascii: ":")) { name = name[..<colon] }
+        while let last = name.last, last == UInt8(ascii: ".") || last == UInt8(ascii: " ") { name = name.dropLast() }
+        let lower = name.lazy.map { (0x41...0x5A).contains($0) ? $0 | 0x20 : $0 }
+        if lower.elementsEqual(".git".utf8) { return true }
+        return lower.starts(with: "git~".utf8) && name.count > 4 && name.dropFirst(4).allSatisfy { (0x30...0x39).contains($0) }
     }
 
     /// The key two names collide under: ignorables removed, case folded; `String` equality and hashing

@@ -35,3 +35,17 @@ struct PathGuardTests {
         #expect(PathGuard.foldKey(Array("\u{c5}".utf8)) == PathGuard.foldKey(Array("a\u{30a}".utf8)))
     }
 }
+
+@Suite("Path guard fast path")
+struct PathGuardFastPathTests {
+    @Test("the ASCII fast path agrees with the Unicode path on every short ASCII component", arguments: 0..<4)
+    func fastPathAgrees(seed: Int) {
+        var random = SeededRandom(state: UInt64(seed))
+        let alphabet = Array(".gitGIT~1: x".utf8)
+        for _ in 0..<20_000 {
+            let component = (0..<Int.random(in: 1...8, using: &random)).map { _ in alphabet.randomElement(using: &random) ?? 0x2E }
+            let slow = PathGuard.isGitDir(PathGuard.normalizedComponent(String(decoding: component, as: UTF8.self)))
+            #expect(PathGuard.isGitDirASCII(component[...]) == slow, "\(String(decoding: component, as: UTF8.self))")
+        }
+    }
+}
