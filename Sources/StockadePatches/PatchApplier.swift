@@ -241,6 +241,7 @@ public enum PatchApplier {
         for name in plan.deletions {
             let components = name.split(separator: UInt8(ascii: "/")).map { Array($0) }
             guard let final = components.last else { continue }
+            let firstOpened = openDirectories.count
             let directory = try openParent(root: root, components.dropLast(), create: false,
                                            created: &unused, open: &openDirectories, path: name)
             var info = stat()
@@ -250,7 +251,13 @@ public enum PatchApplier {
             guard unlinkat(directory, cName(final), 0) == 0 else {
                 throw PatchError(.io, path: CQuote.display(name), errno: errno, "cannot delete the file")
             }
+            // Like git, remove directories the deletion left empty; the first non-empty one stops it.
+            let chain = [root] + openDirectories[firstOpened...]
+            for level in stride(from: components.count - 2, through: 0, by: -1) {
+                if unlinkat(chain[level], cName(components[level]), AT_REMOVEDIR) != 0 { break }
+            }
         }
+        _ = fsync(root)
         for fd in openDirectories { _ = fsync(fd) }
     }
 

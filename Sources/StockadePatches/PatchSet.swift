@@ -1,3 +1,5 @@
+import StockadePolicy
+
 /// Bounds on a diff, enforced while it is parsed: a diff comes from the worker and is hostile.
 public struct DiffLimits: Sendable, Equatable {
     /// Total bytes of the diff text.
@@ -21,6 +23,12 @@ public struct DiffLimits: Sendable, Equatable {
     }
 
     public static let `default` = DiffLimits()
+
+    /// Limits that follow a profile's bundle bounds: a diff is never larger than the bundle that carries it.
+    public init(bounds: BundleBounds) {
+        self.init(maxDiffBytes: Int(clamping: bounds.maxTotalBytes), maxFiles: bounds.maxFiles,
+                  maxFileBytes: Int(clamping: bounds.maxFileBytes))
+    }
 }
 
 /// One line of a hunk. `missingNewline` is set when `\ No newline at end of file` follows it.

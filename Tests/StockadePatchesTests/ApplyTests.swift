@@ -135,6 +135,18 @@ struct ApplyTests {
         #expect(sandbox.snapshot() == before)
     }
 
+    @Test("deleting the last file of a directory removes the emptied directories, and only those")
+    func deletionRemovesEmptiedDirectories() throws {
+        let sandbox = Sandbox()
+        sandbox.file("a/b/c/only.txt", "victim\n")
+        sandbox.file("a/keep.txt", "k\n")
+        try PatchApplier.apply(try DiffParser.parse(Array(Section.delete("a/b/c/only.txt").utf8)),
+                               workspaceRoot: sandbox.workspace)
+        #expect(sandbox.mode("a/b") == nil)
+        #expect(sandbox.mode("a").map { $0 & S_IFMT } == S_IFDIR)
+        #expect(sandbox.read("a/keep.txt") == Array("k\n".utf8))
+    }
+
     @Test("a declared old mode that differs from the file's is a mismatch")
     func oldModeMismatch() throws {
         let sandbox = Sandbox()
