@@ -58,6 +58,8 @@ struct ParserTests {
         Malformed(label: "new start inconsistent with old start", diff: "diff --git a/x b/x\n--- a/x\n+++ b/x\n@@ -1 +5 @@\n-a\n+b\n", line: 4),
         Malformed(label: "unterminated quoted name", diff: "diff --git \"a/x b/x\nnew file mode 100644\n", line: 1),
         Malformed(label: "unknown escape in a quoted name", diff: "diff --git \"a/\\q\" \"b/\\q\"\nnew file mode 100644\n", line: 1),
+        Malformed(label: "t4139's /dev/null in the diff --git header", diff: "diff --git /dev/null b/renamed-symlink/create-me\nnew file mode 100644\n", line: 1),
+        Malformed(label: "a format-patch signature separator", diff: "diff --git a/x b/x\nnew file mode 100644\n-- \n2.39.5\n", line: 3),
         Malformed(label: "names without a/ b/ prefixes", diff: "diff --git x x\nnew file mode 100644\n", line: 1),
         Malformed(label: "--- without a/ prefix", diff: "diff --git a/x b/x\n--- x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n", line: 2),
         Malformed(label: "--- without +++", diff: "diff --git a/x b/x\n--- a/x\n@@ -1 +1 @@\n-a\n+b\n", line: 2),
