@@ -62,8 +62,8 @@ public enum PathGuard {
         guard let text = String(validating: name, as: UTF8.self) else {
             return reject(.notUTF8, "the name is not valid UTF-8")
         }
-        if let scalar = text.unicodeScalars.first(where: { (0x80...0x9F).contains($0.value) }) {
-            return reject(.controlByte, "the name contains the C1 control character U+\(String(scalar.value, radix: 16, uppercase: true))")
+        if let scalar = text.unicodeScalars.first(where: isDisplayControl) {
+            return reject(.controlByte, "the name contains the control character U+\(String(scalar.value, radix: 16, uppercase: true)), which can disguise it in review")
         }
         if name.contains(UInt8(ascii: "\\")) { return reject(.backslash, "the name contains a backslash (a Windows separator)") }
         if name.first == UInt8(ascii: "/") { return reject(.absolute, "the name is absolute") }
@@ -229,6 +229,15 @@ public enum PathGuard {
     }
 
     // MARK: - Normalisation
+
+    /// C1 controls, line and paragraph separators and bidirectional controls: they reorder or break what
+    /// a reviewer sees (`evil\u{202E}txt.sh` shows as `evilhs.txt`).
+    static func isDisplayControl(_ scalar: Unicode.Scalar) -> Bool {
+        switch scalar.value {
+        case 0x80...0x9F, 0x061C, 0x200E, 0x200F, 0x2028...0x202E, 0x2066...0x2069: return true
+        default: return false
+        }
+    }
 
     /// Code points that HFS+ and some tools ignore, so that `.g\u{200C}it` is `.git` to them.
     static func isIgnorable(_ scalar: Unicode.Scalar) -> Bool {

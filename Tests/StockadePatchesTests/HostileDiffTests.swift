@@ -94,6 +94,8 @@ extension HostileCase {
         .init(label: "newline in a name", diff: Section.create(Section.quoted("x\\ny")), rule: .controlByte),
         .init(label: "DEL in a name", diff: Section.create(Section.quoted("x\\177")), rule: .controlByte),
         .init(label: "C1 control U+0085", diff: Section.create(Section.quoted("x\\302\\205")), rule: .controlByte),
+        .init(label: "right-to-left override U+202E", diff: Section.create(Section.quoted("evil\\342\\200\\256txt.sh")), rule: .controlByte),
+        .init(label: "line separator U+2028", diff: Section.create(Section.quoted("a\\342\\200\\250b")), rule: .controlByte),
         .init(label: "backslash ..\\x", diff: Section.create(Section.quoted("..\\\\x")), rule: .backslash),
         .init(label: "invalid UTF-8 byte", diff: Section.create(Section.quoted("x\\377")), rule: .notUTF8),
         .init(label: "overlong UTF-8 for '.'", diff: Section.create(Section.quoted("\\300\\256\\300\\256/x")), rule: .notUTF8),
