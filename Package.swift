@@ -22,6 +22,7 @@ let package = Package(
         .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
         .systemLibrary(name: "CCap", pkgConfig: "libcap", providers: [.apt(["libcap-dev"])]),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
         // Pure values: profiles, limits, seccomp policy model, strict JSON.
         .target(name: "StockadePolicy", swiftSettings: strict),
@@ -42,7 +43,7 @@ let package = Package(
         ], swiftSettings: strict),
         // Diff parser, path guard, applier.
         .target(name: "StockadePatches", dependencies: [
-            "CStockade", "StockadePolicy",
+            "CStockade", "CZlib", "StockadePolicy",
             .product(name: "SystemPackage", package: "swift-system"),
         ], swiftSettings: strict),
         // SQLite audit store.
@@ -71,6 +72,7 @@ let package = Package(
         .testTarget(name: "StockadeLinuxTests", dependencies: ["StockadeLinux"], swiftSettings: strict),
         .testTarget(name: "StockadeAuditTests", dependencies: ["StockadeAudit", "StockadePolicy", "CSQLite"], swiftSettings: strict),
         .testTarget(name: "StockadeWorkspaceTests", dependencies: ["StockadeBundles"], swiftSettings: strict),
+        .testTarget(name: "StockadePatchesTests", dependencies: ["StockadePatches"], swiftSettings: strict),
         // Runs the real `stockade` binary with the probes: both must be built first.
         .testTarget(name: "StockadeEndToEndTests", dependencies: ["StockadeSupervisor", "stockade", "stockade-probe"], swiftSettings: strict),
     ],
