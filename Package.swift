@@ -56,6 +56,7 @@ let package = Package(
             "StockadePolicy", "StockadeCgroups", "StockadeLinux", "StockadeBundles",
             "StockadePatches", "StockadeAudit",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
         .executableTarget(name: "stockade", dependencies: [

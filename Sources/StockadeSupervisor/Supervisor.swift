@@ -2,14 +2,18 @@ import CStockade
 import FoundationEssentials
 import Glibc
 import Logging
+import StockadeAudit
+import StockadeBundles
 import StockadeLinux
 import StockadePolicy
 
 /// Runs workers: one run's whole lifecycle (prepare, spawn, wait, collect,
-/// classify, record). One supervisor serves many concurrent runs.
+/// classify, record). One supervisor serves many concurrent runs and holds
+/// the state directory's audit store.
 public final class Supervisor: Sendable {
     public let stateDirectory: String
     public let catalog: ProfileCatalog
+    public let audit: any AuditStore
     let logger: Logger
     let hostEnvironment: [String: String]
 
@@ -23,6 +27,15 @@ public final class Supervisor: Sendable {
         // Workers inherit the supervisor's supplementary groups, and setgroups
         // is denied in their namespace: hold none, so they hold none.
         _ = setgroups(0, nil)
+        do {
+            let store = try SQLiteAuditStore(path: stateDirectory + "/audit.sqlite", supervisorPid: getpid(),
+                                             supervisorStart: ProcessIdentity.currentStartTime)
+            let abandoned = try store.markAbandoned(isAlive: ProcessIdentity.isAlive)
+            if !abandoned.isEmpty { logger.warning("runs.abandoned", metadata: ["runs": "\(abandoned)"]) }
+            audit = store
+        } catch {
+            throw SupervisorError(.audit, "cannot open the audit database: \(error)")
+        }
     }
 
     static func makeDirectory(_ path: String) throws(SupervisorError) {
@@ -39,16 +52,22 @@ public final class Supervisor: Sendable {
     public func run(_ options: RunOptions, onOutput: (@Sendable (Int32, [UInt8]) -> Void)? = nil) async -> RunReport {
         let runId = RunIdentifier.make()
         let started = WorkerClock.now()
-        var report = RunReport(runId: runId, profile: options.profile, outcome: .setupFailed)
+        let context = RunContext(runId: runId)
+        var report: RunReport
         do {
-            report = try await execute(runId: runId, options: options, onOutput: onOutput)
+            report = try await execute(context, options: options, onOutput: onOutput)
         } catch let error as SetupFailure {
+            report = RunReport(runId: runId, profile: context.profileName ?? options.profile, outcome: .setupFailed)
             report.setupError = RunReport.SetupError(stage: error.stage, errno: error.errno, message: error.message)
             report.durationMs = Int64((WorkerClock.now() - started) / 1_000_000)
             logger.error("run.setup-failed", metadata: ["run.id": "\(runId)", "stage": "\(error.stage)", "message": "\(error.message)"])
+            finish(context, report: &report)
         } catch {
+            report = RunReport(runId: runId, profile: options.profile, outcome: .setupFailed)
             report.setupError = RunReport.SetupError(stage: "supervisor", errno: 0, message: "\(error)")
+            finish(context, report: &report)
         }
+        context.close()
         return report
     }
 
@@ -63,40 +82,86 @@ public final class Supervisor: Sendable {
         let stage: String
         let errno: Int32
         let message: String
+
+        init(stage: String, errno: Int32 = 0, message: String) {
+            self.stage = stage
+            self.errno = errno
+            self.message = message
+        }
+
+        init(_ error: LinuxError) {
+            self.init(stage: error.stage, errno: error.errno, message: error.message)
+        }
     }
 
-    private func execute(runId: String, options: RunOptions, onOutput: (@Sendable (Int32, [UInt8]) -> Void)?) async throws -> RunReport {
+    private func execute(_ context: RunContext, options: RunOptions,
+                         onOutput: (@Sendable (Int32, [UInt8]) -> Void)?) async throws -> RunReport {
+        let runId = context.runId
         let loaded: LoadedProfile
         do {
             loaded = try catalog.load(options.profile)
         } catch {
-            throw SetupFailure(stage: "profile", errno: 0, message: error.description)
+            throw SetupFailure(stage: "profile", message: error.description)
         }
         var profile = loaded.profile
         apply(options, to: &profile)
+        context.profileName = profile.name
         guard let command = options.command, !command.isEmpty else {
-            throw SetupFailure(stage: "usage", errno: 0, message: "no command: give one after -- or in the request manifest")
+            throw SetupFailure(stage: "usage", message: "no command: give one after -- or in the request manifest")
         }
 
-        let runDirectory = stateDirectory + "/runs/" + runId
+        let runDirectory: RunDirectory
         do {
-            try Self.makeDirectory(runDirectory)
-            try Self.makeDirectory(runDirectory + "/logs")
+            runDirectory = try RunDirectory.create(stateDirectory: stateDirectory, runId: runId)
         } catch {
-            throw SetupFailure(stage: "run-directory", errno: 0, message: error.description)
+            throw SetupFailure(stage: "run-directory", errno: error.errno ?? 0, message: error.description)
         }
+        context.runDirectory = runDirectory
+
+        try recordOrFail { () throws(AuditError) in
+            try audit.beginRun(runId: runId, profile: profile.name, profileDigest: loaded.digest, command: command,
+                               detail: runCreatedDetail(profile: profile, source: loaded.source, options: options))
+        }
+        context.auditOpen = true
 
         let policy = seccompPolicy(for: profile)
         let program: SeccompProgram
         do {
             program = try SeccompCompiler.compile(policy)
         } catch {
-            throw SetupFailure(stage: error.stage, errno: error.errno, message: error.message)
+            throw SetupFailure(error)
         }
 
+        let hostUid = SandboxSpec.defaultHostIdBase + profile.user.uid
+        let hostGid = SandboxSpec.defaultHostIdBase + profile.user.gid
+        var workspace: RootLayout.Workspace = .empty(sizeBytes: profile.limits.workspaceBytes)
+        if let path = options.workspace {
+            guard let real = realpath(path, nil) else {
+                throw SetupFailure(stage: "workspace", errno: errno, message: "--workspace \(path): \(String(cString: strerror(errno)))")
+            }
+            let resolved = String(cString: real)
+            free(real)
+            context.workspace = resolved
+            do {
+                let fd = try WorkspaceOverlay.mount(workspace: resolved, upper: runDirectory.upperPath, work: runDirectory.workPath,
+                                                    workerHostUid: hostUid, workerHostGid: hostGid)
+                context.descriptors.append(fd)
+                workspace = .mount(fd: fd)
+            } catch {
+                throw SetupFailure(error)
+            }
+        }
+        let resultMount = stk_tmpfs_detached(UInt64(profile.limits.resultBytes), UInt64(profile.limits.resultInodes), hostUid, hostGid, 0o755)
+        guard resultMount >= 0 else {
+            throw SetupFailure(stage: "result", errno: errno,
+                               message: "cannot create the bounded result filesystem: \(String(cString: strerror(errno))) (needs Linux 5.2+ fsopen)")
+        }
+        context.descriptors.append(resultMount)
+        context.resultMount = resultMount
+
         var layout = RootLayout(uid: profile.user.uid, gid: profile.user.gid, hostname: profile.hostname,
-                                tmpBytes: profile.limits.tmpBytes, workspace: .empty(sizeBytes: profile.limits.workspaceBytes),
-                                resultBytes: profile.limits.resultBytes)
+                                tmpBytes: profile.limits.tmpBytes, workspace: workspace,
+                                resultMount: resultMount, resultBytes: profile.limits.resultBytes)
         layout.volumes = profile.volumes.map { RootLayout.Volume(source: $0.source, target: $0.target, readOnly: $0.readOnly) }
         layout.tmpfs = profile.tmpfs.map { ($0.target, $0.sizeBytes) }
         var spec = SandboxSpec(argv: command, environment: environment(for: profile, options: options), mounts: layout.mounts())
@@ -115,7 +180,7 @@ public final class Supervisor: Sendable {
             worker = try await Spawner.shared.spawn(spec, stdin: stdio.stdin, stdout: stdio.stdoutWrite, stderr: stdio.stderrWrite)
         } catch {
             stdio.closeAll()
-            throw SetupFailure(stage: error.stage, errno: error.errno, message: error.message)
+            throw SetupFailure(error)
         }
         stdio.closeChildEnds()
         logger.debug("worker.started", metadata: ["run.id": "\(runId)", "worker.pid": "\(worker.pid)"])
@@ -128,8 +193,16 @@ public final class Supervisor: Sendable {
             monitor = try WorkerMonitor(worker: worker, stdout: stdio.stdoutRead, stderr: stdio.stderrRead, configuration: config)
         } catch {
             _ = stk_pidfd_send_signal(worker.pidfd, SIGKILL)
-            throw SetupFailure(stage: error.stage, errno: error.errno, message: error.message)
+            throw SetupFailure(error)
         }
+        let startedRecorded = recordQuietly(context, "worker.started", [
+            "pid": .number(worker.pid),
+            "namespaces": .array(["user", "pid", "mount", "network", "uts", "ipc", "cgroup"].map { .string($0) }),
+            "profileDigest": .string(loaded.digest),
+            "uid": .number(profile.user.uid), "hostUid": .number(hostUid),
+            "seccompInstructions": .number(program.instructionCount),
+        ])
+        if !startedRecorded { monitor.kill() }
         let observation = await monitor.wait()
 
         var report = RunReport(runId: runId, profile: profile.name, outcome: .exited)
@@ -137,16 +210,117 @@ public final class Supervisor: Sendable {
         report.durationMs = Int64((observation.endedAtNanos - spawnStarted) / 1_000_000)
         report.cpuTimeMs = Int64((observation.userCPUNanos + observation.systemCPUNanos) / 1_000_000)
         report.memoryPeakBytes = Int64(observation.maxRSSBytes)
+        report.orphansKilled = observation.orphans
         report.stdout = String(decoding: observation.stdout.bytes, as: UTF8.self)
         report.stderr = String(decoding: observation.stderr.bytes, as: UTF8.self)
-        report.orphansKilled = observation.orphans
         report.stdoutTruncated = observation.stdout.truncated
         report.stderrTruncated = observation.stderr.truncated
+        recordOutcomeEvents(context, observation: observation, report: report)
 
-        try? FileReading.writeAtomically(runDirectory + "/logs/stdout.log", observation.stdout.bytes)
-        try? FileReading.writeAtomically(runDirectory + "/logs/stderr.log", observation.stderr.bytes)
-        try? FileReading.writeAtomically(runDirectory + "/report.json", Array(report.json().utf8))
+        // The namespace is gone (init exited, taking every process with it):
+        // nothing can change upper or the result any more.
+        collectWorkspace(context, profile: profile, report: &report)
+
+        try? FileReading.writeAtomically(runDirectory.logsPath + "/stdout.log", observation.stdout.bytes)
+        try? FileReading.writeAtomically(runDirectory.logsPath + "/stderr.log", observation.stderr.bytes)
+        if !startedRecorded && report.setupError == nil {
+            report.setupError = RunReport.SetupError(stage: "audit", errno: 0, message: "the worker.started event could not be recorded; the worker was killed")
+        }
+        finish(context, report: &report)
         return report
+    }
+
+    /// The audit's closing event and the report file. An audit write that
+    /// fails turns the run into a failure: it is never reported as successful.
+    func finish(_ context: RunContext, report: inout RunReport) {
+        if context.auditOpen {
+            var detail: [String: JSONValue] = ["durationMs": .number(report.durationMs), "cpuTimeMs": .number(report.cpuTimeMs),
+                                               "memoryPeakBytes": .number(report.memoryPeakBytes), "orphansKilled": .number(report.orphansKilled)]
+            if let e = report.setupError { detail["setupError"] = .object(["stage": .string(e.stage), "message": .string(e.message)]) }
+            do {
+                try audit.finishRun(runId: context.runId, outcome: report.outcome.rawValue, exitStatus: report.exitStatus, detail: .object(detail))
+            } catch {
+                if report.setupError == nil {
+                    report.setupError = RunReport.SetupError(stage: "audit", errno: 0, message: "the run's outcome could not be recorded: \(error)")
+                }
+            }
+        }
+        if let dir = context.runDirectory {
+            try? FileReading.writeAtomically(dir.reportPath, Array(report.json().utf8))
+        }
+    }
+
+    func runCreatedDetail(profile: Profile, source: String, options: RunOptions) -> JSONValue {
+        var detail: [String: JSONValue] = [
+            "profileSource": .string(source),
+            "limits": .object(["memory": .number(profile.limits.memoryBytes), "cpus": .number(profile.limits.cpus),
+                               "pids": .number(profile.limits.pids), "timeout": .number(profile.limits.timeoutSeconds)]),
+            "network": .string(profile.network.mode.rawValue),
+            "volumes": .array(profile.volumes.map { .string("\($0.source):\($0.target):\($0.readOnly ? "ro" : "rw")") }),
+        ]
+        if let w = options.workspace {
+            if let real = realpath(w, nil) {
+                detail["workspace"] = .string(String(cString: real))
+                free(real)
+            } else {
+                detail["workspace"] = .string(w)
+            }
+        }
+        if let r = options.request { detail["request"] = .string(r) }
+        return .object(detail)
+    }
+
+    /// Records `kind` for the run; false when the audit store refused (the caller fails the run).
+    func recordQuietly(_ context: RunContext, _ kind: String, _ detail: [String: JSONValue]) -> Bool {
+        do {
+            try audit.record(runId: context.runId, kind: kind, detail: .object(detail))
+            return true
+        } catch {
+            logger.error("audit.write-failed", metadata: ["run.id": "\(context.runId)", "kind": "\(kind)", "error": "\(error)"])
+            context.auditFailed = true
+            return false
+        }
+    }
+
+    func recordOrFail(_ body: () throws(AuditError) -> Void) throws(SetupFailure) {
+        do {
+            try body()
+        } catch {
+            throw SetupFailure(stage: "audit", message: "cannot record the run in the audit database: \(error)")
+        }
+    }
+
+    /// Violations, kills and the main process's end, from what the kernel and the filter reported.
+    func recordOutcomeEvents(_ context: RunContext, observation o: WorkerObservation, report: RunReport) {
+        var events: [(runId: String?, kind: String, detail: JSONValue)] = []
+        for v in o.violations {
+            events.append((context.runId, "violation", .object([
+                "kind": .string("seccomp"), "syscall": .string(v.syscall), "architecture": .string(v.architecture),
+                "count": .number(v.count), "action": .string(v.answeredErrno == nil ? "kill" : "errno"),
+            ])))
+        }
+        if let kill = o.seccompKill {
+            events.append((context.runId, "kill", .object(["reason": .string("seccomp"), "syscall": .string(kill.syscall),
+                                                            "architecture": .string(kill.architecture)])))
+        }
+        if o.timedOut {
+            events.append((context.runId, "limit.hit", .object(["limit": .string("timeout")])))
+            events.append((context.runId, "kill", .object(["reason": .string("timeout")])))
+        }
+        if o.orphans > 0 {
+            events.append((context.runId, "kill", .object(["reason": .string("orphans"), "count": .number(o.orphans)])))
+        }
+        events.append((context.runId, "worker.exited", .object([
+            "outcome": .string(report.outcome.rawValue),
+            "exitCode": report.exitCode.map { .number($0) } ?? .null,
+            "signal": report.signal.map { .number($0) } ?? .null,
+        ])))
+        do {
+            try audit.recordMany(events)
+        } catch {
+            context.auditFailed = true
+            logger.error("audit.write-failed", metadata: ["run.id": "\(context.runId)", "error": "\(error)"])
+        }
     }
 
     func classify(_ o: WorkerObservation, into report: inout RunReport) {
@@ -205,6 +379,32 @@ public final class Supervisor: Sendable {
             (Int32(__RLIMIT_RTPRIO.rawValue), 0, 0),
             (Int32(__RLIMIT_MEMLOCK.rawValue), 64 << 10, 64 << 10),
         ]
+    }
+}
+
+/// What one run holds while it is prepared and collected: descriptors to
+/// close, the run directory (and its lock), and whether the audit knows it.
+final class RunContext: @unchecked Sendable {
+    // Used by one run's task only, never concurrently.
+    let runId: String
+    var profileName: String?
+    var runDirectory: RunDirectory?
+    var auditOpen = false
+    var auditFailed = false
+    var workspace: String?
+    var resultMount: Int32 = -1
+    var descriptors: [Int32] = []
+    /// Secret values given to this run's worker: redacted from everything stored.
+    var secretValues: [String] = []
+
+    init(runId: String) {
+        self.runId = runId
+    }
+
+    func close() {
+        for fd in descriptors { Glibc.close(fd) }
+        descriptors = []
+        runDirectory?.close()
     }
 }
 
