@@ -28,8 +28,13 @@ done
 cp "$root"/Fixtures/fuzz/manifest/* "$work/corpus/"
 
 echo "building the manifest fuzzer..." >&2
-"$swiftc" -sanitize=fuzzer,address -parse-as-library -O -swift-version 6 -package-name Stockade -module-name ManifestFuzz \
-    "$work"/src/*.swift "$root/Fuzz/ManifestFuzzEntry.swift" -o "$work/manifest-fuzzer"
+# ld.gold warns once per ASan helper symbol ("Cannot export local symbol"): harmless, filtered.
+if ! "$swiftc" -sanitize=fuzzer,address -parse-as-library -O -swift-version 6 -package-name Stockade -module-name ManifestFuzz \
+    "$work"/src/*.swift "$root/Fuzz/ManifestFuzzEntry.swift" -o "$work/manifest-fuzzer" > "$work/build.log" 2>&1; then
+    cat "$work/build.log" >&2
+    exit 1
+fi
+grep -v "Cannot export local symbol" "$work/build.log" >&2 || true
 
 echo "fuzzing for $seconds s (corpus: Fixtures/fuzz/manifest)..." >&2
 "$work/manifest-fuzzer" -max_total_time="$seconds" -max_len=8192 -timeout=10 -rss_limit_mb=2048 \

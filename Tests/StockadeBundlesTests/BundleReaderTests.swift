@@ -317,7 +317,7 @@ struct BundleReaderTests {
 
     @Test("a flood of 100 000 files is rejected as too many files, without reading them")
     func fileFlood() throws {
-        let scratch = try Scratch()
+        let scratch = try Scratch(base: "/dev/shm")
         let dir = try scratch.sub("bundle")
         try BundleWriter.write(files: [(path: "flood/00000", contents: [])], to: dir)
         for i in 1..<100_000 {

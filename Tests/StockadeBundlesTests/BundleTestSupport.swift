@@ -7,8 +7,10 @@ import StockadePolicy
 final class Scratch: Sendable {
     let path: String
 
-    init() throws {
-        var template = Array("/tmp/stockade-bundles-XXXXXX".utf8CString)
+    /// - Parameter base: where to make it; `/dev/shm` (tmpfs) makes creating many files fast.
+    init(base: String = "/tmp") throws {
+        let usable = access(base, W_OK) == 0 ? base : "/tmp"
+        var template = Array("\(usable)/stockade-bundles-XXXXXX".utf8CString)
         guard let made = mkdtemp(&template) else { throw POSIXError(.EIO) }
         path = String(cString: made)
     }
