@@ -29,6 +29,39 @@ public enum BundleReader {
         }
     }
 
+    /// `read(directory:...)` on paths: each is opened `O_DIRECTORY | O_NOFOLLOW`. A bundle
+    /// directory that cannot be opened (absent, a link, not a directory) is a `failed` verdict.
+    public static func read(path: String, bounds: BundleBounds, role: BundleRole, copyTo destinationPath: String? = nil) -> BundleVerdict {
+        let root = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard root >= 0 else {
+            return .failed(BundleError(.bundleUnreadable, path: path, errno: errno, "cannot open the bundle directory"))
+        }
+        defer { close(root) }
+        guard let destinationPath else { return read(directory: root, bounds: bounds, role: role, copyTo: nil) }
+        let destination = open(destinationPath, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard destination >= 0 else {
+            return .failed(BundleError(.copyFailed, path: destinationPath, errno: errno, "cannot open the copy's destination directory"))
+        }
+        defer { close(destination) }
+        return read(directory: root, bounds: bounds, role: role, copyTo: destination)
+    }
+
+    /// True when the directory holds no entry at all: a worker that left no result bundle
+    /// (report `result.status` "none") rather than a broken one. Reads at most one entry.
+    public static func isEmpty(directory: Int32) -> Bool {
+        let fd = stk_openat2(directory, ".", UInt64(O_RDONLY | O_DIRECTORY | O_CLOEXEC), 0, BundleCopy.confined)
+        guard fd >= 0, let stream = fdopendir(fd) else {
+            if fd >= 0 { close(fd) }
+            return false
+        }
+        defer { closedir(stream) }
+        while let record = readdir(stream) {
+            let name = withUnsafeBytes(of: &record.pointee.d_name) { raw in Array(raw.prefix { $0 != 0 }) }
+            if name != [0x2E] && name != [0x2E, 0x2E] { return false }
+        }
+        return true
+    }
+
     private static func verify(root: Int32, bounds: BundleBounds, role: BundleRole, copy: inout BundleCopy?) throws(BundleError) -> VerifiedBundle {
         let manifestBytes = try readManifest(root: root, bounds: bounds)
         let manifest = try BundleManifest.parse(manifestBytes, bounds: bounds, role: role)

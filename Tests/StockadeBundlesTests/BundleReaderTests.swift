@@ -329,6 +329,29 @@ struct BundleReaderTests {
         #expect(verdict.rejection?.rule == .tooManyFiles, "\(verdict)")
     }
 
+    @Test("an empty directory is told apart from a bundle, and path-based reading matches fd-based reading")
+    func emptyDirectoryAndPaths() throws {
+        let scratch = try Scratch()
+        let dir = try scratch.sub("bundle")
+        let fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        defer { close(fd) }
+        #expect(BundleReader.isEmpty(directory: fd))
+        #expect(readBundle(dir).rejection == BundleRejection(rule: .missingFile, entry: "manifest.json",
+                                                             message: "the bundle has no manifest.json at its root"))
+        try standard(dir)
+        #expect(!BundleReader.isEmpty(directory: fd))
+        let destination = try scratch.sub("copy")
+        let verdict = BundleReader.read(path: dir, bounds: BundleBounds(), role: .result, copyTo: destination)
+        #expect(verdict == readBundle(dir))
+        #expect(Tree.read(destination + "/src/b.c") == standardFiles[1].contents)
+        guard case .failed(let error) = BundleReader.read(path: scratch.path + "/absent", bounds: BundleBounds(), role: .result) else {
+            Issue.record("an absent bundle directory must fail")
+            return
+        }
+        #expect(error.code == .bundleUnreadable)
+        #expect(error.errno == ENOENT)
+    }
+
     @Test("an empty bundle with an empty manifest is accepted")
     func emptyBundle() throws {
         let scratch = try Scratch()
