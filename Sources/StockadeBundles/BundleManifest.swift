@@ -41,7 +41,12 @@ public struct BundleManifest: Sendable, Equatable {
     }
 
     /// Sum of the declared file sizes.
-    public var declaredBytes: Int64 { files.reduce(0) { $0 + $1.size } }
+    public var declaredBytes: Int64 {
+        files.reduce(0) { total, file in
+            let (sum, overflow) = total.addingReportingOverflow(file.size)
+            return overflow ? .max : sum
+        }
+    }
 
     /// Parses and decodes manifest bytes: the size bound first, then strict JSON with the bounds'
     /// depth, then the rules of `init(json:bounds:role:)`.

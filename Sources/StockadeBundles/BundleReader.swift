@@ -96,7 +96,7 @@ public enum BundleReader {
         guard fstat(fd, &st) == 0 else { throw BundleError(.bundleUnreadable, path: name, errno: errno, "cannot fstat manifest.json") }
         try checkType(st, entry: name, isManifest: true)
 
-        let limit = Int(clamping: bounds.manifestBytes) + 1
+        let limit = min(Int(clamping: bounds.manifestBytes), Int.max - 1) + 1
         var bytes = [UInt8](repeating: 0, count: min(limit, max(Int(clamping: st.st_size), 0) + 1, 1 << 20))
         var count = 0
         while count < limit {
@@ -137,7 +137,7 @@ public enum BundleReader {
         var hasher = SHA256()
         var got: Int64 = 0
         // Never trust the declared size: read one byte past it to see a longer file.
-        let limit = file.size + 1
+        let limit = file.size == Int64.max ? file.size : file.size + 1
         while got < limit {
             let want = Int(min(Int64(buffer.count), limit - got))
             let n = buffer.withUnsafeMutableBytes { raw in Glibc.read(fd, raw.baseAddress, want) }

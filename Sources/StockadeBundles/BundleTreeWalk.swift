@@ -35,7 +35,8 @@ struct TreeWalk {
     }
 
     func run(root: Int32) throws(BundleError) {
-        let entryLimit = bounds.maxFiles + listedDirectories.count
+        let (sum, overflow) = bounds.maxFiles.addingReportingOverflow(listedDirectories.count)
+        let entryLimit = overflow ? Int.max : sum
         var entries = 0
         var seen = [Bool](repeating: false, count: manifest.files.count)
         var firstUnlisted: [UInt8]?
