@@ -6,7 +6,7 @@
 # Compiles StockadePolicy's sources, the manifest decoder's sources from StockadeBundles and
 # Fuzz/ManifestFuzzEntry.swift into one module with `swiftc -sanitize=fuzzer,address`
 # (their `import StockadePolicy` lines are dropped, since it is one module here), then runs it
-# on a copy of Fixtures/fuzz/manifest/. Exits 0 when nothing crashed; a crashing input is kept
+# on a copy of Fixtures/fuzz/manifest/ with the token dictionary Fuzz/manifest.dict. Exits 0 when nothing crashed; a crashing input is kept
 # in $FUZZ_ARTIFACTS (default /tmp) as stockade-manifest-crash-* and the exit status is non-zero.
 set -eu
 
@@ -38,4 +38,4 @@ grep -v "Cannot export local symbol" "$work/build.log" >&2 || true
 
 echo "fuzzing for $seconds s (corpus: Fixtures/fuzz/manifest)..." >&2
 "$work/manifest-fuzzer" -max_total_time="$seconds" -max_len=8192 -timeout=10 -rss_limit_mb=2048 \
-    -artifact_prefix="$artifacts/stockade-manifest-" -print_final_stats=1 "$work/corpus"
+    -dict="$root/Fuzz/manifest.dict" -artifact_prefix="$artifacts/stockade-manifest-" -print_final_stats=1 "$work/corpus"
