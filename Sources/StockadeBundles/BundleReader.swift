@@ -148,7 +148,7 @@ public enum BundleReader {
             }
             got += Int64(n)
             if got > file.size {
-                throw BundleError(.sizeMismatch, path: entry, "the file holds more than the \(file.size) bytes the manifest declares")
+                throw BundleError(.sizeMismatch, path: entry, "the file holds more than the \(file.size) bytes the manifest declares; write the manifest after the files are final")
             }
             // Defence in depth: the manifest's declared sizes are already within these bounds.
             if got > bounds.maxFileBytes {
@@ -167,11 +167,11 @@ public enum BundleReader {
             if let failure { throw failure }
         }
         if got < file.size {
-            throw BundleError(.sizeMismatch, path: entry, "the file holds \(got) bytes, fewer than the \(file.size) the manifest declares")
+            throw BundleError(.sizeMismatch, path: entry, "the file holds \(got) bytes, fewer than the \(file.size) the manifest declares; write the manifest after the files are final")
         }
         let digest = hex(hasher.finalize())
         if digest != file.sha256 {
-            throw BundleError(.hashMismatch, path: entry, "the file's SHA-256 is \(digest), not the \(file.sha256) the manifest declares")
+            throw BundleError(.hashMismatch, path: entry, "the file's SHA-256 is \(digest), not the \(file.sha256) the manifest declares; write the manifest after the files are final")
         }
         return got
     }
@@ -183,15 +183,15 @@ public enum BundleReader {
         switch st.st_mode & S_IFMT {
         case S_IFREG:
             if st.st_nlink > 1 {
-                throw BundleError(.hardlink, path: entry, "the file has \(st.st_nlink) hard links; a bundle file must have exactly one")
+                throw BundleError(.hardlink, path: entry, "the file has \(st.st_nlink) hard links; a bundle file must have exactly one: copy it instead of linking it")
             }
         case S_IFLNK:
-            throw BundleError(.symlink, path: entry, "the entry is a symbolic link; bundles hold regular files only and links are never followed")
+            throw BundleError(.symlink, path: entry, "the entry is a symbolic link; links are never followed: put a copy of the target in the bundle")
         case S_IFDIR:
             if isManifest { throw BundleError(.badManifest, path: entry, "manifest.json is a directory, not a file") }
             throw BundleError(.missingFile, path: entry, "the manifest lists a file here but the entry is a directory")
         default:
-            throw BundleError(.specialFile, path: entry, "the entry is a \(kind(st.st_mode)); bundles hold regular files only")
+            throw BundleError(.specialFile, path: entry, "the entry is a \(kind(st.st_mode)); bundles hold regular files and directories only: remove it")
         }
     }
 

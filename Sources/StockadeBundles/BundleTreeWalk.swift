@@ -69,7 +69,7 @@ struct TreeWalk {
                 entries += 1
                 if entries > entryLimit {
                     throw BundleError(.tooManyFiles, path: nil,
-                                      "the bundle holds more than \(bounds.maxFiles) files (plus the \(listedDirectories.count) directories the manifest needs)")
+                                      "the bundle holds more than \(bounds.maxFiles) files (plus the \(listedDirectories.count) directories the manifest needs); remove files or raise bundles.maxFiles")
                 }
                 let path = directory.isEmpty ? name : directory + [UInt8(ascii: "/")] + name
                 let entry = BundlePath.display(path)
@@ -98,11 +98,11 @@ struct TreeWalk {
         }
 
         if let firstUnlisted {
-            throw BundleError(.unlistedFile, path: BundlePath.display(firstUnlisted), "the bundle holds this entry but the manifest does not list it")
+            throw BundleError(.unlistedFile, path: BundlePath.display(firstUnlisted), "the bundle holds this entry but the manifest does not list it: list it or remove it")
         }
         if let missing = seen.firstIndex(of: false) {
             throw BundleError(.missingFile, path: BundlePath.display(manifest.files[missing].path),
-                              "the manifest lists this file but the bundle does not hold it")
+                              "the manifest lists this file but the bundle does not hold it: add it or drop it from the manifest")
         }
     }
 }
