@@ -70,6 +70,7 @@ let package = Package(
                           linkerSettings: [.unsafeFlags(["-static-executable"])]),
 
         .testTarget(name: "StockadePolicyTests", dependencies: ["StockadePolicy"], swiftSettings: strict),
+        .testTarget(name: "StockadeBundlesTests", dependencies: ["StockadeBundles", "StockadePolicy"], swiftSettings: strict),
         .testTarget(name: "StockadeLinuxTests", dependencies: ["StockadeLinux"], swiftSettings: strict),
         .testTarget(name: "StockadeAuditTests", dependencies: ["StockadeAudit", "StockadePolicy", "CSQLite"], swiftSettings: strict),
         .testTarget(name: "StockadeWorkspaceTests", dependencies: ["StockadeBundles"], swiftSettings: strict),
