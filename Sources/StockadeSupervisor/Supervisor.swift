@@ -106,10 +106,6 @@ public final class Supervisor: Sendable {
         var profile = loaded.profile
         apply(options, to: &profile)
         context.profileName = profile.name
-        guard let command = options.command, !command.isEmpty else {
-            throw SetupFailure(stage: "usage", message: "no command: give one after -- or in the request manifest")
-        }
-
         let runDirectory: RunDirectory
         do {
             runDirectory = try RunDirectory.create(stateDirectory: stateDirectory, runId: runId)
@@ -118,11 +114,43 @@ public final class Supervisor: Sendable {
         }
         context.runDirectory = runDirectory
 
+        // The request bundle is validated and copied before anything else: its
+        // manifest may name the command, and the worker sees only the copy.
+        var request: Result<VerifiedBundle, SetupFailure>?
+        if let path = options.request { request = admitRequest(path, into: runDirectory, bounds: profile.bundles) }
+        var options = options
+        if case .success(let bundle)? = request {
+            if options.command == nil { options.command = bundle.manifest.command }
+            let fromFlags = Set(options.environment.map(\.0))
+            for (k, v) in (bundle.manifest.env ?? [:]).sorted(by: { $0.key < $1.key }) where !fromFlags.contains(k) {
+                options.environment.append((k, v))
+            }
+        }
+        let command = options.command ?? []
+
         try recordOrFail { () throws(AuditError) in
             try audit.beginRun(runId: runId, profile: profile.name, profileDigest: loaded.digest, command: command,
                                detail: runCreatedDetail(profile: profile, source: loaded.source, options: options))
         }
         context.auditOpen = true
+        switch request {
+        case .success(let bundle)?:
+            try recordOrFail { () throws(AuditError) in
+                try audit.recordBundle(runId: runId, role: "request", status: "accepted", reason: nil, files: bundle.fileCount,
+                                       bytes: bundle.totalBytes, manifestSha256: bundle.manifestSHA256)
+            }
+        case .failure(let failure)?:
+            try recordOrFail { () throws(AuditError) in
+                try audit.recordBundle(runId: runId, role: "request", status: "rejected", reason: failure.message, files: 0, bytes: 0,
+                                       manifestSha256: nil)
+            }
+            throw failure
+        case nil:
+            break
+        }
+        guard !command.isEmpty else {
+            throw SetupFailure(stage: "usage", message: "no command: give one after -- or in the request manifest")
+        }
 
         let policy = seccompPolicy(for: profile)
         let program: SeccompProgram
@@ -161,6 +189,7 @@ public final class Supervisor: Sendable {
 
         var layout = RootLayout(uid: profile.user.uid, gid: profile.user.gid, hostname: profile.hostname,
                                 tmpBytes: profile.limits.tmpBytes, workspace: workspace,
+                                requestDirectory: request == nil ? nil : runDirectory.requestPath,
                                 resultMount: resultMount, resultBytes: profile.limits.resultBytes)
         layout.volumes = profile.volumes.map { RootLayout.Volume(source: $0.source, target: $0.target, readOnly: $0.readOnly) }
         layout.tmpfs = profile.tmpfs.map { ($0.target, $0.sizeBytes) }
@@ -219,7 +248,8 @@ public final class Supervisor: Sendable {
 
         // The namespace is gone (init exited, taking every process with it):
         // nothing can change upper or the result any more.
-        collectWorkspace(context, profile: profile, report: &report)
+        let patches = collectResult(context, profile: profile, report: &report)
+        collectWorkspace(context, profile: profile, patches: patches, report: &report)
 
         try? FileReading.writeAtomically(runDirectory.logsPath + "/stdout.log", observation.stdout.bytes)
         try? FileReading.writeAtomically(runDirectory.logsPath + "/stderr.log", observation.stderr.bytes)

@@ -9,29 +9,32 @@ import SystemPackage
 /// it, records it (the event is committed before the diff can be listed),
 /// and hands it to review, or applies it at once under `autoAcceptDiffs`.
 extension Supervisor {
-    func collectWorkspace(_ context: RunContext, profile: Profile, report: inout RunReport) {
-        guard let workspace = context.workspace, let dir = context.runDirectory else { return }
-        let upper = open(dir.upperPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
-        let lower = open(workspace, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    func collectWorkspace(_ context: RunContext, profile: Profile, patches: [UInt8], report: inout RunReport) {
+        guard let dir = context.runDirectory, context.workspace != nil || !patches.isEmpty else { return }
+        let upper = context.workspace == nil ? -1 : open(dir.upperPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
+        let lower = context.workspace.map { open($0, O_RDONLY | O_DIRECTORY | O_CLOEXEC) } ?? -1
         defer {
             if upper >= 0 { close(upper) }
             if lower >= 0 { close(lower) }
         }
         var diff: [UInt8] = []
         var rejection: String?
-        if upper < 0 || lower < 0 {
+        if context.workspace == nil {
+            // Patches only: nothing of a workspace to compare.
+        } else if upper < 0 || lower < 0 {
             rejection = "cannot open the workspace or its upper directory to collect changes: \(String(cString: strerror(errno)))"
         } else {
             do {
                 let changes = try WorkspaceScanner.scan(upper: upper, lower: lower, limits: ScanLimits(profile.bundles), xattrs: .trusted)
-                if changes.isEmpty { return }
+                if changes.isEmpty && patches.isEmpty { return }
                 (diff, rejection) = Self.render(changes)
             } catch {
                 rejection = "the workspace changes cannot be collected: \(error)"
             }
         }
+        diff += patches
         if rejection == nil {
-            rejection = Self.guardVerdict(diff, bounds: profile.bundles, workspace: lower)
+            rejection = Self.guardVerdict(diff, bounds: profile.bundles, workspace: lower >= 0 ? lower : nil)
         }
         let secrets = SecretValues(context.secretValues)
         if rejection == nil, secrets.occurs(in: diff) {
