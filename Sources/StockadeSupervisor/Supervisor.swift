@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import StockadeAudit
 import StockadeBundles
+import StockadeCgroups
 import StockadeLinux
 import StockadePolicy
 
@@ -14,6 +15,8 @@ public final class Supervisor: Sendable {
     public let stateDirectory: String
     public let catalog: ProfileCatalog
     public let audit: any AuditStore
+    /// The host's cgroup driver, or why there is none (runs then fail closed).
+    let cgroups: Result<any CgroupDriver, CgroupError>
     let logger: Logger
     let hostEnvironment: [String: String]
 
@@ -36,6 +39,21 @@ public final class Supervisor: Sendable {
         } catch {
             throw SupervisorError(.audit, "cannot open the audit database: \(error)")
         }
+        cgroups = Result { () throws(CgroupError) in try Cgroups.detect() }
+        if case .success(let driver) = cgroups {
+            let runs = stateDirectory + "/runs/"
+            let removed = driver.removeStale { name in !Self.isFinishedRun(runs + name) }
+            if !removed.isEmpty { logger.warning("cgroups.stale-removed", metadata: ["cgroups": "\(removed)"]) }
+        }
+    }
+
+    /// A run directory of this state directory whose lock nobody holds: its
+    /// cgroup is a crashed supervisor's leftover. Anything else may be live.
+    static func isFinishedRun(_ path: String) -> Bool {
+        let fd = open(path + "/.lock", O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        return flock(fd, LOCK_EX | LOCK_NB) == 0
     }
 
     static func makeDirectory(_ path: String) throws(SupervisorError) {
@@ -160,6 +178,15 @@ public final class Supervisor: Sendable {
             throw SetupFailure(error)
         }
 
+        let cgroup: RunCgroup
+        do {
+            cgroup = try cgroups.get().create(name: runId, limits: CgroupLimits(memoryBytes: profile.limits.memoryBytes,
+                                                                                cpus: profile.limits.cpus, pids: profile.limits.pids))
+        } catch {
+            throw SetupFailure(stage: "cgroup", errno: error.errno ?? 0, message: "cannot limit the worker: \(error.description)")
+        }
+        context.cgroup = cgroup
+
         let hostUid = SandboxSpec.defaultHostIdBase + profile.user.uid
         let hostGid = SandboxSpec.defaultHostIdBase + profile.user.gid
         var workspace: RootLayout.Workspace = .empty(sizeBytes: profile.limits.workspaceBytes)
@@ -201,6 +228,8 @@ public final class Supervisor: Sendable {
         spec.seccomp = program
         spec.seccompNotify = policy.usesNotifications
         spec.rlimits = rlimits(for: profile)
+        spec.cgroupJoinDescriptors = cgroup.joinDescriptors
+        spec.cgroupDirectoryDescriptor = cgroup.directoryDescriptor
 
         let stdio = try Pipes()
         let spawnStarted = WorkerClock.now()
@@ -230,21 +259,26 @@ public final class Supervisor: Sendable {
             "profileDigest": .string(loaded.digest),
             "uid": .number(profile.user.uid), "hostUid": .number(hostUid),
             "seccompInstructions": .number(program.instructionCount),
+            "cgroup": .object(["version": .string(cgroup.version.rawValue), "paths": .array(cgroup.paths.map { .string($0) })]),
         ])
         if !startedRecorded { monitor.kill() }
         let observation = await monitor.wait()
 
+        // Init's exit took the namespace with it; anything still in the cgroup
+        // (nothing should be) is killed before the usage is read and the result collected.
+        let stragglers = (try? cgroup.killAll()) ?? 0
+        let usage = cgroup.usage()
         var report = RunReport(runId: runId, profile: profile.name, outcome: .exited)
-        classify(observation, into: &report)
+        classify(observation, usage: usage, into: &report)
         report.durationMs = Int64((observation.endedAtNanos - spawnStarted) / 1_000_000)
-        report.cpuTimeMs = Int64((observation.userCPUNanos + observation.systemCPUNanos) / 1_000_000)
-        report.memoryPeakBytes = Int64(observation.maxRSSBytes)
-        report.orphansKilled = observation.orphans
+        report.cpuTimeMs = Int64(max(usage.cpuNanos, observation.userCPUNanos + observation.systemCPUNanos) / 1_000_000)
+        report.memoryPeakBytes = Int64(max(usage.memoryPeakBytes, observation.maxRSSBytes))
+        report.orphansKilled = observation.orphans + stragglers
         report.stdout = String(decoding: observation.stdout.bytes, as: UTF8.self)
         report.stderr = String(decoding: observation.stderr.bytes, as: UTF8.self)
         report.stdoutTruncated = observation.stdout.truncated
         report.stderrTruncated = observation.stderr.truncated
-        recordOutcomeEvents(context, observation: observation, report: report)
+        recordOutcomeEvents(context, observation: observation, usage: usage, report: report)
 
         // The namespace is gone (init exited, taking every process with it):
         // nothing can change upper or the result any more.
@@ -321,8 +355,15 @@ public final class Supervisor: Sendable {
     }
 
     /// Violations, kills and the main process's end, from what the kernel and the filter reported.
-    func recordOutcomeEvents(_ context: RunContext, observation o: WorkerObservation, report: RunReport) {
+    func recordOutcomeEvents(_ context: RunContext, observation o: WorkerObservation, usage: CgroupUsage, report: RunReport) {
         var events: [(runId: String?, kind: String, detail: JSONValue)] = []
+        if usage.oomKills > 0 {
+            events.append((context.runId, "limit.hit", .object(["limit": .string("memory"), "oomKills": .number(usage.oomKills)])))
+            events.append((context.runId, "kill", .object(["reason": .string("oom"), "count": .number(usage.oomKills)])))
+        }
+        if usage.pidsLimitHits > 0 {
+            events.append((context.runId, "limit.hit", .object(["limit": .string("pids"), "count": .number(usage.pidsLimitHits)])))
+        }
         for v in o.violations {
             events.append((context.runId, "violation", .object([
                 "kind": .string("seccomp"), "syscall": .string(v.syscall), "architecture": .string(v.architecture),
@@ -353,10 +394,18 @@ public final class Supervisor: Sendable {
         }
     }
 
-    func classify(_ o: WorkerObservation, into report: inout RunReport) {
+    /// The outcome, from the kernel only: the wait status init reported, the
+    /// cgroup's OOM counter, the filter's notifications, the supervisor's deadline.
+    func classify(_ o: WorkerObservation, usage: CgroupUsage, into report: inout RunReport) {
         report.violations = o.violations.map {
             RunReport.Violation(kind: "seccomp", syscall: $0.syscall, architecture: $0.architecture, count: $0.count,
                                 action: $0.answeredErrno == nil ? "kill" : "errno")
+        }
+        if usage.pidsLimitHits > 0 {
+            report.violations.append(RunReport.Violation(kind: "pids", count: Int(usage.pidsLimitHits), action: "refused"))
+        }
+        if usage.oomKills > 0 {
+            report.violations.append(RunReport.Violation(kind: "memory", count: Int(usage.oomKills), action: "kill"))
         }
         switch o.exit {
         case .exited(let code): report.exitCode = code
@@ -364,6 +413,8 @@ public final class Supervisor: Sendable {
         }
         if o.seccompKill != nil {
             report.outcome = .seccomp
+        } else if usage.oomKills > 0, case .signaled(SIGKILL) = o.exit {
+            report.outcome = .oom
         } else if o.timedOut {
             report.outcome = .timeout
         } else if case .signaled = o.exit {
@@ -424,6 +475,7 @@ final class RunContext: @unchecked Sendable {
     var workspace: String?
     var resultMount: Int32 = -1
     var descriptors: [Int32] = []
+    var cgroup: RunCgroup?
     /// Secret values given to this run's worker: redacted from everything stored.
     var secretValues: [String] = []
 
@@ -434,6 +486,8 @@ final class RunContext: @unchecked Sendable {
     func close() {
         for fd in descriptors { Glibc.close(fd) }
         descriptors = []
+        try? cgroup?.remove()
+        cgroup = nil
         runDirectory?.close()
     }
 }
