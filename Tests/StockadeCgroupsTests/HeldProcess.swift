@@ -38,6 +38,11 @@ struct HeldProcess {
         close(release)
     }
 
+    /// Closes the release pipe without starting the script (for a child killed while held).
+    func abandon() {
+        close(release)
+    }
+
     /// Reaps the child; returns the signal that ended it, or nil if it exited.
     func reap() -> Int32? {
         var status: Int32 = 0
