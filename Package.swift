@@ -22,6 +22,7 @@ let package = Package(
         .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
         .systemLibrary(name: "CCap", pkgConfig: "libcap", providers: [.apt(["libcap-dev"])]),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
         // Pure values: profiles, limits, seccomp policy model, strict JSON.
         .target(name: "StockadePolicy", swiftSettings: strict),
@@ -42,7 +43,7 @@ let package = Package(
         ], swiftSettings: strict),
         // Diff parser, path guard, applier.
         .target(name: "StockadePatches", dependencies: [
-            "CStockade", "StockadePolicy",
+            "CStockade", "CZlib", "StockadePolicy",
             .product(name: "SystemPackage", package: "swift-system"),
         ], swiftSettings: strict),
         // SQLite audit store.
@@ -55,6 +56,7 @@ let package = Package(
             "StockadePolicy", "StockadeCgroups", "StockadeLinux", "StockadeBundles",
             "StockadePatches", "StockadeAudit",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
         .executableTarget(name: "stockade", dependencies: [
@@ -68,7 +70,12 @@ let package = Package(
                           linkerSettings: [.unsafeFlags(["-static-executable"])]),
 
         .testTarget(name: "StockadePolicyTests", dependencies: ["StockadePolicy"], swiftSettings: strict),
+        .testTarget(name: "StockadeBundlesTests", dependencies: ["StockadeBundles", "StockadePolicy"], swiftSettings: strict),
+        .testTarget(name: "StockadeCgroupsTests", dependencies: ["StockadeCgroups"], swiftSettings: strict),
         .testTarget(name: "StockadeLinuxTests", dependencies: ["StockadeLinux"], swiftSettings: strict),
+        .testTarget(name: "StockadeAuditTests", dependencies: ["StockadeAudit", "StockadePolicy", "CSQLite"], swiftSettings: strict),
+        .testTarget(name: "StockadeWorkspaceTests", dependencies: ["StockadeBundles"], swiftSettings: strict),
+        .testTarget(name: "StockadePatchesTests", dependencies: ["StockadePatches"], swiftSettings: strict),
         // Runs the real `stockade` binary with the probes: both must be built first.
         .testTarget(name: "StockadeEndToEndTests", dependencies: ["StockadeSupervisor", "stockade", "stockade-probe"], swiftSettings: strict),
     ],

@@ -24,3 +24,32 @@ public struct AuditError: Error, Sendable, Equatable, CustomStringConvertible {
         return text
     }
 }
+
+extension AuditError.Code {
+    /// The database file could not be created or opened.
+    public static let openFailed = Self(rawValue: "open-failed")
+    /// The file is not an SQLite database, or it is corrupt.
+    public static let notADatabase = Self(rawValue: "not-a-database")
+    /// Another process held the database lock for longer than the busy timeout.
+    public static let busy = Self(rawValue: "busy")
+    /// The disk or filesystem refused a read or write (read-only, full, I/O error).
+    public static let storage = Self(rawValue: "storage")
+    /// A schema constraint refused a row (duplicate key, unknown reference).
+    public static let constraint = Self(rawValue: "constraint")
+    /// Any other SQLite failure.
+    public static let sqlite = Self(rawValue: "sqlite")
+    /// The schema could not be brought up to date, or was written by a newer Stockade.
+    public static let migration = Self(rawValue: "migration")
+    /// A caller passed a value outside the documented set (role, status, verdict).
+    public static let invalidArgument = Self(rawValue: "invalid-argument")
+    /// No run with this id exists.
+    public static let unknownRun = Self(rawValue: "unknown-run")
+    /// A run with this id already exists.
+    public static let duplicateRun = Self(rawValue: "duplicate-run")
+    /// No diff with this id exists.
+    public static let unknownDiff = Self(rawValue: "unknown-diff")
+    /// The run or diff is not in the state the operation needs (e.g. deciding a diff twice).
+    public static let invalidState = Self(rawValue: "invalid-state")
+    /// A stored row cannot be decoded (hand-edited or corrupt).
+    public static let corruptRow = Self(rawValue: "corrupt-row")
+}

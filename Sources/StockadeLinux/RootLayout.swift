@@ -8,8 +8,8 @@ public struct RootLayout: Sendable {
     public enum Workspace: Sendable {
         /// An empty writable directory (tmpfs of this size).
         case empty(sizeBytes: Int64)
-        /// Copy-on-write view of `lower`; changes land in `upper`.
-        case overlay(lower: String, upper: String, work: String)
+        /// A detached mount the supervisor made (`WorkspaceOverlay`), attached at /workspace.
+        case mount(fd: Int32)
     }
 
     public struct Volume: Sendable {
@@ -67,8 +67,8 @@ public struct RootLayout: Sendable {
         switch workspace {
         case .empty(let size):
             ops.append(.tmpfs(target: "/workspace", sizeBytes: size, mode: 0o755, owner: (uid, gid)))
-        case let .overlay(lower, upper, work):
-            ops.append(.overlay(target: "/workspace", lower: lower, upper: upper, work: work))
+        case .mount(let fd):
+            ops.append(.attach(fd: fd, target: "/workspace"))
         }
         ops.append(.mkdir("/sandbox", mode: 0o755))
         if let request = requestDirectory {

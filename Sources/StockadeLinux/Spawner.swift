@@ -12,9 +12,10 @@ public struct SpawnedWorker: Sendable {
     public let statusFD: Int32
 }
 
-/// Runs every clone on one dedicated thread that lives as long as the
+/// Runs every clone on a few dedicated threads that live as long as the
 /// process: a worker's parent-death signal fires when the *thread* that
-/// cloned it exits, and pool threads may exit at any time.
+/// cloned it exits, and pool threads may exit at any time. Several threads,
+/// because each waits for its child to reach execve.
 public final class Spawner: Sendable {
     public static let shared = Spawner()
 
@@ -27,16 +28,20 @@ public final class Spawner: Sendable {
     private let jobs = Mutex<[Job]>([])
     private let ready = Semaphore()
 
+    static let threadCount = 4
+
     private init() {
-        let box = Unmanaged.passRetained(self)
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { arg in
-            guard let arg else { return nil }
-            Unmanaged<Spawner>.fromOpaque(arg).takeRetainedValue().run()
-            return nil
-        }, box.toOpaque())
-        precondition(rc == 0, "pthread_create failed: \(rc)")
-        pthread_detach(thread)
+        for _ in 0..<Self.threadCount {
+            let box = Unmanaged.passRetained(self)
+            var thread = pthread_t()
+            let rc = pthread_create(&thread, nil, { arg in
+                guard let arg else { return nil }
+                Unmanaged<Spawner>.fromOpaque(arg).takeRetainedValue().run()
+                return nil
+            }, box.toOpaque())
+            precondition(rc == 0, "pthread_create failed: \(rc)")
+            pthread_detach(thread)
+        }
     }
 
     /// Spawns the worker. The stdio fds are the child's ends; the caller closes them afterwards.

@@ -24,3 +24,16 @@ public struct PatchError: Error, Sendable, Equatable, CustomStringConvertible {
         return text
     }
 }
+
+extension PatchError.Code {
+    /// The diff text is malformed or uses a construct this parser does not accept.
+    public static let malformed = Self(rawValue: "malformed")
+    /// The diff exceeds a ``DiffLimits`` bound.
+    public static let tooLarge = Self(rawValue: "too_large")
+    /// The path guard rejected a name or mode; `path` is the offending name.
+    public static let rejected = Self(rawValue: "rejected")
+    /// The workspace does not match the diff's old side (a hunk's context or a file's presence).
+    public static let doesNotApply = Self(rawValue: "does_not_apply")
+    /// A filesystem call failed while reading or writing the workspace.
+    public static let io = Self(rawValue: "io")
+}

@@ -136,7 +136,10 @@ public struct RunReport: Sendable, Equatable, Codable {
 
     /// The exit status of `stockade run` for this report (DESIGN.md, "Exit status").
     public var exitStatus: Int32 {
-        switch outcome {
+        // The worker ran, but the supervisor could not finish its job (e.g. the
+        // audit refused a write): never report that run as a success.
+        if outcome != .setupFailed && setupError != nil { return 125 }
+        return switch outcome {
         case .exited: exitCode ?? 0
         case .signaled: 128 + (signal ?? 0)
         case .oom: 137
@@ -144,7 +147,7 @@ public struct RunReport: Sendable, Equatable, Codable {
         case .seccomp: 159
         case .setupFailed:
             switch (setupError?.stage, setupError?.errno) {
-            case ("exec", 2?): 127 // ENOENT: command not found
+            case ("exec", 2?): Int32(127) // ENOENT: command not found
             case ("exec", _): 126  // found but cannot be executed
             default: 125
             }

@@ -2,14 +2,21 @@ import CStockade
 import FoundationEssentials
 import Glibc
 import Logging
+import StockadeAudit
+import StockadeBundles
+import StockadeCgroups
 import StockadeLinux
 import StockadePolicy
 
 /// Runs workers: one run's whole lifecycle (prepare, spawn, wait, collect,
-/// classify, record). One supervisor serves many concurrent runs.
+/// classify, record). One supervisor serves many concurrent runs and holds
+/// the state directory's audit store.
 public final class Supervisor: Sendable {
     public let stateDirectory: String
     public let catalog: ProfileCatalog
+    public let audit: any AuditStore
+    /// The host's cgroup driver, or why there is none (runs then fail closed).
+    let cgroups: Result<any CgroupDriver, CgroupError>
     let logger: Logger
     let hostEnvironment: [String: String]
 
@@ -23,6 +30,30 @@ public final class Supervisor: Sendable {
         // Workers inherit the supervisor's supplementary groups, and setgroups
         // is denied in their namespace: hold none, so they hold none.
         _ = setgroups(0, nil)
+        do {
+            let store = try SQLiteAuditStore(path: stateDirectory + "/audit.sqlite", supervisorPid: getpid(),
+                                             supervisorStart: ProcessIdentity.currentStartTime)
+            let abandoned = try store.markAbandoned(isAlive: ProcessIdentity.isAlive)
+            if !abandoned.isEmpty { logger.warning("runs.abandoned", metadata: ["runs": "\(abandoned)"]) }
+            audit = store
+        } catch {
+            throw SupervisorError(.audit, "cannot open the audit database: \(error)")
+        }
+        cgroups = Result { () throws(CgroupError) in try Cgroups.detect() }
+        if case .success(let driver) = cgroups {
+            let runs = stateDirectory + "/runs/"
+            let removed = driver.removeStale { name in !Self.isFinishedRun(runs + name) }
+            if !removed.isEmpty { logger.warning("cgroups.stale-removed", metadata: ["cgroups": "\(removed)"]) }
+        }
+    }
+
+    /// A run directory of this state directory whose lock nobody holds: its
+    /// cgroup is a crashed supervisor's leftover. Anything else may be live.
+    static func isFinishedRun(_ path: String) -> Bool {
+        let fd = open(path + "/.lock", O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        return flock(fd, LOCK_EX | LOCK_NB) == 0
     }
 
     static func makeDirectory(_ path: String) throws(SupervisorError) {
@@ -39,16 +70,22 @@ public final class Supervisor: Sendable {
     public func run(_ options: RunOptions, onOutput: (@Sendable (Int32, [UInt8]) -> Void)? = nil) async -> RunReport {
         let runId = RunIdentifier.make()
         let started = WorkerClock.now()
-        var report = RunReport(runId: runId, profile: options.profile, outcome: .setupFailed)
+        let context = RunContext(runId: runId)
+        var report: RunReport
         do {
-            report = try await execute(runId: runId, options: options, onOutput: onOutput)
+            report = try await execute(context, options: options, onOutput: onOutput)
         } catch let error as SetupFailure {
+            report = RunReport(runId: runId, profile: context.profileName ?? options.profile, outcome: .setupFailed)
             report.setupError = RunReport.SetupError(stage: error.stage, errno: error.errno, message: error.message)
             report.durationMs = Int64((WorkerClock.now() - started) / 1_000_000)
             logger.error("run.setup-failed", metadata: ["run.id": "\(runId)", "stage": "\(error.stage)", "message": "\(error.message)"])
+            finish(context, report: &report)
         } catch {
+            report = RunReport(runId: runId, profile: options.profile, outcome: .setupFailed)
             report.setupError = RunReport.SetupError(stage: "supervisor", errno: 0, message: "\(error)")
+            finish(context, report: &report)
         }
+        context.close()
         return report
     }
 
@@ -63,42 +100,126 @@ public final class Supervisor: Sendable {
         let stage: String
         let errno: Int32
         let message: String
+
+        init(stage: String, errno: Int32 = 0, message: String) {
+            self.stage = stage
+            self.errno = errno
+            self.message = message
+        }
+
+        init(_ error: LinuxError) {
+            self.init(stage: error.stage, errno: error.errno, message: error.message)
+        }
     }
 
-    private func execute(runId: String, options: RunOptions, onOutput: (@Sendable (Int32, [UInt8]) -> Void)?) async throws -> RunReport {
+    private func execute(_ context: RunContext, options: RunOptions,
+                         onOutput: (@Sendable (Int32, [UInt8]) -> Void)?) async throws -> RunReport {
+        let runId = context.runId
         let loaded: LoadedProfile
         do {
             loaded = try catalog.load(options.profile)
         } catch {
-            throw SetupFailure(stage: "profile", errno: 0, message: error.description)
+            throw SetupFailure(stage: "profile", message: error.description)
         }
         var profile = loaded.profile
         apply(options, to: &profile)
-        guard let command = options.command, !command.isEmpty else {
-            throw SetupFailure(stage: "usage", errno: 0, message: "no command: give one after -- or in the request manifest")
+        context.profileName = profile.name
+        let runDirectory: RunDirectory
+        do {
+            runDirectory = try RunDirectory.create(stateDirectory: stateDirectory, runId: runId)
+        } catch {
+            throw SetupFailure(stage: "run-directory", errno: error.errno ?? 0, message: error.description)
+        }
+        context.runDirectory = runDirectory
+
+        // The request bundle is validated and copied before anything else: its
+        // manifest may name the command, and the worker sees only the copy.
+        var request: Result<VerifiedBundle, SetupFailure>?
+        if let path = options.request { request = admitRequest(path, into: runDirectory, bounds: profile.bundles) }
+        var options = options
+        if case .success(let bundle)? = request {
+            if options.command == nil { options.command = bundle.manifest.command }
+            let fromFlags = Set(options.environment.map(\.0))
+            for (k, v) in (bundle.manifest.env ?? [:]).sorted(by: { $0.key < $1.key }) where !fromFlags.contains(k) {
+                options.environment.append((k, v))
+            }
+        }
+        let command = options.command ?? []
+
+        try recordOrFail { () throws(AuditError) in
+            try audit.beginRun(runId: runId, profile: profile.name, profileDigest: loaded.digest, command: command,
+                               detail: runCreatedDetail(profile: profile, source: loaded.source, options: options))
+        }
+        context.auditOpen = true
+        switch request {
+        case .success(let bundle)?:
+            try recordOrFail { () throws(AuditError) in
+                try audit.recordBundle(runId: runId, role: "request", status: "accepted", reason: nil, files: bundle.fileCount,
+                                       bytes: bundle.totalBytes, manifestSha256: bundle.manifestSHA256)
+            }
+        case .failure(let failure)?:
+            try recordOrFail { () throws(AuditError) in
+                try audit.recordBundle(runId: runId, role: "request", status: "rejected", reason: failure.message, files: 0, bytes: 0,
+                                       manifestSha256: nil)
+            }
+            throw failure
+        case nil:
+            break
+        }
+        guard !command.isEmpty else {
+            throw SetupFailure(stage: "usage", message: "no command: give one after -- or in the request manifest")
         }
         let runPolicy = try runPolicy(for: profile, options: options)
         profile.volumes = runPolicy.volumes
-
-        let runDirectory = stateDirectory + "/runs/" + runId
-        do {
-            try Self.makeDirectory(runDirectory)
-            try Self.makeDirectory(runDirectory + "/logs")
-        } catch {
-            throw SetupFailure(stage: "run-directory", errno: 0, message: error.description)
-        }
 
         let policy = runPolicy.seccomp
         let program: SeccompProgram
         do {
             program = try SeccompCompiler.compile(policy)
         } catch {
-            throw SetupFailure(stage: error.stage, errno: error.errno, message: error.message)
+            throw SetupFailure(error)
         }
 
+        let cgroup: RunCgroup
+        do {
+            cgroup = try cgroups.get().create(name: runId, limits: CgroupLimits(memoryBytes: profile.limits.memoryBytes,
+                                                                                cpus: profile.limits.cpus, pids: profile.limits.pids))
+        } catch {
+            throw SetupFailure(stage: "cgroup", errno: error.errno ?? 0, message: "cannot limit the worker: \(error.description)")
+        }
+        context.cgroup = cgroup
+
+        let hostUid = SandboxSpec.defaultHostIdBase + profile.user.uid
+        let hostGid = SandboxSpec.defaultHostIdBase + profile.user.gid
+        var workspace: RootLayout.Workspace = .empty(sizeBytes: profile.limits.workspaceBytes)
+        if let path = options.workspace {
+            guard let real = realpath(path, nil) else {
+                throw SetupFailure(stage: "workspace", errno: errno, message: "--workspace \(path): \(String(cString: strerror(errno)))")
+            }
+            let resolved = String(cString: real)
+            free(real)
+            context.workspace = resolved
+            do {
+                let fd = try WorkspaceOverlay.mount(workspace: resolved, upper: runDirectory.upperPath, work: runDirectory.workPath,
+                                                    workerHostUid: hostUid, workerHostGid: hostGid)
+                context.descriptors.append(fd)
+                workspace = .mount(fd: fd)
+            } catch {
+                throw SetupFailure(error)
+            }
+        }
+        let resultMount = stk_tmpfs_detached(UInt64(profile.limits.resultBytes), UInt64(profile.limits.resultInodes), hostUid, hostGid, 0o755)
+        guard resultMount >= 0 else {
+            throw SetupFailure(stage: "result", errno: errno,
+                               message: "cannot create the bounded result filesystem: \(String(cString: strerror(errno))) (needs Linux 5.2+ fsopen)")
+        }
+        context.descriptors.append(resultMount)
+        context.resultMount = resultMount
+
         var layout = RootLayout(uid: profile.user.uid, gid: profile.user.gid, hostname: profile.hostname,
-                                tmpBytes: profile.limits.tmpBytes, workspace: .empty(sizeBytes: profile.limits.workspaceBytes),
-                                resultBytes: profile.limits.resultBytes)
+                                tmpBytes: profile.limits.tmpBytes, workspace: workspace,
+                                requestDirectory: request == nil ? nil : runDirectory.requestPath,
+                                resultMount: resultMount, resultBytes: profile.limits.resultBytes)
         layout.volumes = profile.volumes.map { RootLayout.Volume(source: $0.source, target: $0.target, readOnly: $0.readOnly) }
         layout.tmpfs = profile.tmpfs.map { ($0.target, $0.sizeBytes) }
         var spec = SandboxSpec(argv: command, environment: environment(for: profile, options: options, secrets: runPolicy.secrets),
@@ -110,6 +231,8 @@ public final class Supervisor: Sendable {
         spec.seccomp = program
         spec.seccompNotify = policy.usesNotifications
         spec.rlimits = rlimits(for: profile)
+        spec.cgroupJoinDescriptors = cgroup.joinDescriptors
+        spec.cgroupDirectoryDescriptor = cgroup.directoryDescriptor
 
         // Host ports are taken before anything runs: a taken port fails the run closed.
         let forwarder = try listenForPublishedPorts(profile)
@@ -127,7 +250,7 @@ public final class Supervisor: Sendable {
         } catch {
             stdio.closeAll()
             forwarder?.stop()
-            throw SetupFailure(stage: error.stage, errno: error.errno, message: error.message)
+            throw SetupFailure(error)
         }
         stdio.closeChildEnds()
         do {
@@ -149,8 +272,17 @@ public final class Supervisor: Sendable {
         } catch {
             _ = stk_pidfd_send_signal(worker.pidfd, SIGKILL)
             forwarder?.stop()
-            throw SetupFailure(stage: error.stage, errno: error.errno, message: error.message)
+            throw SetupFailure(error)
         }
+        let startedRecorded = recordQuietly(context, "worker.started", [
+            "pid": .number(worker.pid),
+            "namespaces": .array(["user", "pid", "mount", "network", "uts", "ipc", "cgroup"].map { .string($0) }),
+            "profileDigest": .string(loaded.digest),
+            "uid": .number(profile.user.uid), "hostUid": .number(hostUid),
+            "seccompInstructions": .number(program.instructionCount),
+            "cgroup": .object(["version": .string(cgroup.version.rawValue), "paths": .array(cgroup.paths.map { .string($0) })]),
+        ])
+        if !startedRecorded { monitor.kill() }
         let observation = await monitor.wait()
         forwarder?.stop()
         output?.finish()
@@ -158,27 +290,148 @@ public final class Supervisor: Sendable {
         let stdoutBytes = runPolicy.redactor.redact(captured: observation.stdout)
         let stderrBytes = runPolicy.redactor.redact(captured: observation.stderr)
 
+        // Init's exit took the namespace with it; anything still in the cgroup
+        // (nothing should be) is killed before the usage is read and the result collected.
+        let stragglers = (try? cgroup.killAll()) ?? 0
+        let usage = cgroup.usage()
         var report = RunReport(runId: runId, profile: profile.name, outcome: .exited)
-        classify(observation, into: &report)
+        classify(observation, usage: usage, into: &report)
         report.durationMs = Int64((observation.endedAtNanos - spawnStarted) / 1_000_000)
-        report.cpuTimeMs = Int64((observation.userCPUNanos + observation.systemCPUNanos) / 1_000_000)
-        report.memoryPeakBytes = Int64(observation.maxRSSBytes)
+        report.cpuTimeMs = Int64(max(usage.cpuNanos, observation.userCPUNanos + observation.systemCPUNanos) / 1_000_000)
+        report.memoryPeakBytes = Int64(max(usage.memoryPeakBytes, observation.maxRSSBytes))
+        report.orphansKilled = observation.orphans + stragglers
         report.stdout = runPolicy.redactor.redact(String(decoding: stdoutBytes, as: UTF8.self))
         report.stderr = runPolicy.redactor.redact(String(decoding: stderrBytes, as: UTF8.self))
-        report.orphansKilled = observation.orphans
         report.stdoutTruncated = observation.stdout.truncated
         report.stderrTruncated = observation.stderr.truncated
+        recordOutcomeEvents(context, observation: observation, usage: usage, report: report)
 
-        try? FileReading.writeAtomically(runDirectory + "/logs/stdout.log", stdoutBytes)
-        try? FileReading.writeAtomically(runDirectory + "/logs/stderr.log", stderrBytes)
-        try? FileReading.writeAtomically(runDirectory + "/report.json", Array(report.json().utf8))
+        // The namespace is gone (init exited, taking every process with it):
+        // nothing can change upper or the result any more.
+        let patches = collectResult(context, profile: profile, report: &report)
+        collectWorkspace(context, profile: profile, patches: patches, report: &report)
+
+        try? FileReading.writeAtomically(runDirectory.logsPath + "/stdout.log", stdoutBytes)
+        try? FileReading.writeAtomically(runDirectory.logsPath + "/stderr.log", stderrBytes)
+        if !startedRecorded && report.setupError == nil {
+            report.setupError = RunReport.SetupError(stage: "audit", errno: 0, message: "the worker.started event could not be recorded; the worker was killed")
+        }
+        finish(context, report: &report)
         return report
     }
 
-    func classify(_ o: WorkerObservation, into report: inout RunReport) {
+    /// The audit's closing event and the report file. An audit write that
+    /// fails turns the run into a failure: it is never reported as successful.
+    func finish(_ context: RunContext, report: inout RunReport) {
+        if context.auditOpen {
+            var detail: [String: JSONValue] = ["durationMs": .number(report.durationMs), "cpuTimeMs": .number(report.cpuTimeMs),
+                                               "memoryPeakBytes": .number(report.memoryPeakBytes), "orphansKilled": .number(report.orphansKilled)]
+            if let e = report.setupError { detail["setupError"] = .object(["stage": .string(e.stage), "message": .string(e.message)]) }
+            do {
+                try audit.finishRun(runId: context.runId, outcome: report.outcome.rawValue, exitStatus: report.exitStatus, detail: .object(detail))
+            } catch {
+                if report.setupError == nil {
+                    report.setupError = RunReport.SetupError(stage: "audit", errno: 0, message: "the run's outcome could not be recorded: \(error)")
+                }
+            }
+        }
+        if let dir = context.runDirectory {
+            try? FileReading.writeAtomically(dir.reportPath, Array(report.json().utf8))
+        }
+    }
+
+    func runCreatedDetail(profile: Profile, source: String, options: RunOptions) -> JSONValue {
+        var detail: [String: JSONValue] = [
+            "profileSource": .string(source),
+            "limits": .object(["memory": .number(profile.limits.memoryBytes), "cpus": .number(profile.limits.cpus),
+                               "pids": .number(profile.limits.pids), "timeout": .number(profile.limits.timeoutSeconds)]),
+            "network": .string(profile.network.mode.rawValue),
+            "volumes": .array(profile.volumes.map { .string("\($0.source):\($0.target):\($0.readOnly ? "ro" : "rw")") }),
+        ]
+        if let w = options.workspace {
+            if let real = realpath(w, nil) {
+                detail["workspace"] = .string(String(cString: real))
+                free(real)
+            } else {
+                detail["workspace"] = .string(w)
+            }
+        }
+        if let r = options.request { detail["request"] = .string(r) }
+        return .object(detail)
+    }
+
+    /// Records `kind` for the run; false when the audit store refused (the caller fails the run).
+    func recordQuietly(_ context: RunContext, _ kind: String, _ detail: [String: JSONValue]) -> Bool {
+        do {
+            try audit.record(runId: context.runId, kind: kind, detail: .object(detail))
+            return true
+        } catch {
+            logger.error("audit.write-failed", metadata: ["run.id": "\(context.runId)", "kind": "\(kind)", "error": "\(error)"])
+            context.auditFailed = true
+            return false
+        }
+    }
+
+    func recordOrFail(_ body: () throws(AuditError) -> Void) throws(SetupFailure) {
+        do {
+            try body()
+        } catch {
+            throw SetupFailure(stage: "audit", message: "cannot record the run in the audit database: \(error)")
+        }
+    }
+
+    /// Violations, kills and the main process's end, from what the kernel and the filter reported.
+    func recordOutcomeEvents(_ context: RunContext, observation o: WorkerObservation, usage: CgroupUsage, report: RunReport) {
+        var events: [(runId: String?, kind: String, detail: JSONValue)] = []
+        if usage.oomKills > 0 {
+            events.append((context.runId, "limit.hit", .object(["limit": .string("memory"), "oomKills": .number(usage.oomKills)])))
+            events.append((context.runId, "kill", .object(["reason": .string("oom"), "count": .number(usage.oomKills)])))
+        }
+        if usage.pidsLimitHits > 0 {
+            events.append((context.runId, "limit.hit", .object(["limit": .string("pids"), "count": .number(usage.pidsLimitHits)])))
+        }
+        for v in o.violations {
+            events.append((context.runId, "violation", .object([
+                "kind": .string("seccomp"), "syscall": .string(v.syscall), "architecture": .string(v.architecture),
+                "count": .number(v.count), "action": .string(v.answeredErrno == nil ? "kill" : "errno"),
+            ])))
+        }
+        if let kill = o.seccompKill {
+            events.append((context.runId, "kill", .object(["reason": .string("seccomp"), "syscall": .string(kill.syscall),
+                                                            "architecture": .string(kill.architecture)])))
+        }
+        if o.timedOut {
+            events.append((context.runId, "limit.hit", .object(["limit": .string("timeout")])))
+            events.append((context.runId, "kill", .object(["reason": .string("timeout")])))
+        }
+        if o.orphans > 0 {
+            events.append((context.runId, "kill", .object(["reason": .string("orphans"), "count": .number(o.orphans)])))
+        }
+        events.append((context.runId, "worker.exited", .object([
+            "outcome": .string(report.outcome.rawValue),
+            "exitCode": report.exitCode.map { .number($0) } ?? .null,
+            "signal": report.signal.map { .number($0) } ?? .null,
+        ])))
+        do {
+            try audit.recordMany(events)
+        } catch {
+            context.auditFailed = true
+            logger.error("audit.write-failed", metadata: ["run.id": "\(context.runId)", "error": "\(error)"])
+        }
+    }
+
+    /// The outcome, from the kernel only: the wait status init reported, the
+    /// cgroup's OOM counter, the filter's notifications, the supervisor's deadline.
+    func classify(_ o: WorkerObservation, usage: CgroupUsage, into report: inout RunReport) {
         report.violations = o.violations.map {
             RunReport.Violation(kind: "seccomp", syscall: $0.syscall, architecture: $0.architecture, count: $0.count,
                                 action: $0.answeredErrno == nil ? "kill" : "errno")
+        }
+        if usage.pidsLimitHits > 0 {
+            report.violations.append(RunReport.Violation(kind: "pids", count: Int(usage.pidsLimitHits), action: "refused"))
+        }
+        if usage.oomKills > 0 {
+            report.violations.append(RunReport.Violation(kind: "memory", count: Int(usage.oomKills), action: "kill"))
         }
         switch o.exit {
         case .exited(let code): report.exitCode = code
@@ -186,6 +439,8 @@ public final class Supervisor: Sendable {
         }
         if o.seccompKill != nil {
             report.outcome = .seccomp
+        } else if usage.oomKills > 0, case .signaled(SIGKILL) = o.exit {
+            report.outcome = .oom
         } else if o.timedOut {
             report.outcome = .timeout
         } else if case .signaled = o.exit {
@@ -234,6 +489,35 @@ public final class Supervisor: Sendable {
             (Int32(__RLIMIT_RTPRIO.rawValue), 0, 0),
             (Int32(__RLIMIT_MEMLOCK.rawValue), 64 << 10, 64 << 10),
         ]
+    }
+}
+
+/// What one run holds while it is prepared and collected: descriptors to
+/// close, the run directory (and its lock), and whether the audit knows it.
+final class RunContext: @unchecked Sendable {
+    // Used by one run's task only, never concurrently.
+    let runId: String
+    var profileName: String?
+    var runDirectory: RunDirectory?
+    var auditOpen = false
+    var auditFailed = false
+    var workspace: String?
+    var resultMount: Int32 = -1
+    var descriptors: [Int32] = []
+    var cgroup: RunCgroup?
+    /// Secret values given to this run's worker: redacted from everything stored.
+    var secretValues: [String] = []
+
+    init(runId: String) {
+        self.runId = runId
+    }
+
+    func close() {
+        for fd in descriptors { Glibc.close(fd) }
+        descriptors = []
+        try? cgroup?.remove()
+        cgroup = nil
+        runDirectory?.close()
     }
 }
 

@@ -7,6 +7,7 @@ public struct SupervisorError: Error, Sendable, Equatable, CustomStringConvertib
         public static let profile = Code(rawValue: "profile")
         public static let audit = Code(rawValue: "audit")
         public static let io = Code(rawValue: "io")
+        public static let review = Code(rawValue: "review")
     }
 
     public let code: Code

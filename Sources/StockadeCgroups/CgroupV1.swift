@@ -1,0 +1,96 @@
+import Glibc
+
+/// cgroup v1: one hierarchy per mounted controller (co-mounted controllers share one). A run cgroup is a
+/// directory `<parent>/<name>` in the memory, cpu, cpuacct, pids and freezer hierarchies; the spawner
+/// writes the worker's pid into each hierarchy's `cgroup.procs` before releasing it.
+public struct CgroupV1: CgroupDriver {
+    /// The controllers a run needs: limits (memory, cpu, pids), CPU accounting (cpuacct), and a freezer
+    /// so `killAll` can stop forks while it signals.
+    public static let requiredControllers = ["memory", "cpu", "cpuacct", "pids", "freezer"]
+
+    /// Mount point of each controller's hierarchy.
+    public let mounts: [String: String]
+    /// The directory, in every hierarchy, that holds the run cgroups.
+    public let parent: String
+
+    public var version: CgroupVersion { .v1 }
+
+    public var description: String {
+        "cgroup v1 (" + Self.requiredControllers.compactMap { c in mounts[c].map { "\(c) at \($0)" } }.joined(separator: ", ") + "; runs under \(parent)/)"
+    }
+
+    /// A driver over the given hierarchies. Throws `missingController` if any of `requiredControllers` has no mount.
+    public init(mounts: [String: String], parent: String = "stockade") throws(CgroupError) {
+        let missing = Self.requiredControllers.filter { mounts[$0] == nil }
+        guard missing.isEmpty else { throw Self.missingError(missing) }
+        guard Self.isValidRunName(parent) else {
+            throw CgroupError(.invalidName, "the parent cgroup name '\(parent)' is not one plain path component")
+        }
+        self.mounts = mounts
+        self.parent = parent
+    }
+
+    static func missingError(_ missing: [String]) -> CgroupError {
+        let list = missing.joined(separator: ", ")
+        let first = missing.first ?? "memory"
+        return CgroupError(.missingController, path: "/proc/self/mountinfo",
+                           "the cgroup v1 controller(s) \(list) are not mounted, so a run's limits cannot be enforced: mount each (for example `mkdir -p /sys/fs/cgroup/\(first) && mount -t cgroup -o \(first) cgroup /sys/fs/cgroup/\(first)`), or boot with systemd.unified_cgroup_hierarchy=1 to use cgroup v2")
+    }
+
+    /// The distinct hierarchy mount points, in `requiredControllers` order.
+    var hierarchies: [String] {
+        var seen = Set<String>()
+        return Self.requiredControllers.compactMap { mounts[$0] }.filter { seen.insert($0).inserted }
+    }
+
+    func directories(for name: String) -> RunCgroup.V1Directories {
+        func dir(_ controller: String) -> String { (mounts[controller] ?? "") + "/" + parent + "/" + name }
+        return .init(memory: dir("memory"), cpu: dir("cpu"), cpuacct: dir("cpuacct"), pids: dir("pids"), freezer: dir("freezer"))
+    }
+
+    public func create(name: String, limits: CgroupLimits) throws(CgroupError) -> RunCgroup {
+        try Self.checkRunName(name)
+        try limits.validate()
+        let dirs = directories(for: name)
+        var made: [String] = []
+        var joins: [Int32] = []
+        do throws(CgroupError) {
+            for hierarchy in hierarchies {
+                _ = try CgroupFiles.makeDirectory(hierarchy + "/" + parent)
+                let path = hierarchy + "/" + parent + "/" + name
+                guard try CgroupFiles.makeDirectory(path) else {
+                    throw CgroupError(.exists, path: path, "a run cgroup of this name already exists: use a fresh run id, or run removeStale first")
+                }
+                made.append(path)
+            }
+            try CgroupFiles.write(String(limits.memoryBytes), to: dirs.memory + "/memory.limit_in_bytes")
+            // Present only with swap accounting; the limit above must be set first (memsw ≥ memory).
+            let memsw = dirs.memory + "/memory.memsw.limit_in_bytes"
+            if CgroupFiles.exists(memsw) { try CgroupFiles.write(String(limits.memoryBytes), to: memsw) }
+            try CgroupFiles.write(String(CgroupLimits.cpuPeriodMicros), to: dirs.cpu + "/cpu.cfs_period_us")
+            try CgroupFiles.write(String(limits.cpuQuotaMicros), to: dirs.cpu + "/cpu.cfs_quota_us")
+            try CgroupFiles.write(String(limits.pids), to: dirs.pids + "/pids.max")
+            for path in made {
+                joins.append(try CgroupFiles.openDescriptor(path + "/cgroup.procs", flags: O_WRONLY, what: "cgroup.procs to place the worker"))
+            }
+        } catch {
+            for fd in joins { close(fd) }
+            for path in made.reversed() { try? RunCgroup.removeDirectory(path) }
+            throw error
+        }
+        return RunCgroup(name: name, layout: .v1(dirs), paths: made, joinDescriptors: joins)
+    }
+
+    public func removeStale(isActive: (String) -> Bool) -> [String] {
+        var names = Set<String>()
+        for hierarchy in hierarchies {
+            names.formUnion(CgroupFiles.subdirectories(hierarchy + "/" + parent).filter(Self.isValidRunName))
+        }
+        var removed: [String] = []
+        for name in names.sorted() where !isActive(name) {
+            let run = RunCgroup(name: name, layout: .v1(directories(for: name)), paths: hierarchies.map { $0 + "/" + parent + "/" + name })
+            if (try? run.remove()) != nil { removed.append(name) }
+        }
+        return removed
+    }
+}

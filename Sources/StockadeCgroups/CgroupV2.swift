@@ -1,0 +1,91 @@
+import Glibc
+
+/// cgroup v2: one unified hierarchy. A run cgroup is `<root>/<parent>/<name>` with the memory, pids and
+/// cpu controllers enabled down to it; the spawner creates the worker directly inside it with
+/// `clone3(CLONE_INTO_CGROUP)` on `directoryDescriptor`.
+public struct CgroupV2: CgroupDriver {
+    public static let requiredControllers = ["memory", "pids", "cpu"]
+
+    /// The cgroup under which `parent` is made: the cgroup2 mount point, or a delegated subtree.
+    public let root: String
+    public let parent: String
+    let emulation: InterfaceFileEmulation?
+
+    public var version: CgroupVersion { .v2 }
+
+    public var description: String {
+        "cgroup v2 at \(root) (memory, pids, cpu; runs under \(parent)/)"
+    }
+
+    public init(root: String, parent: String = "stockade") throws(CgroupError) {
+        try self.init(root: root, parent: parent, emulation: nil)
+    }
+
+    /// A driver over a fake cgroupfs tree: see `InterfaceFileEmulation`.
+    package init(root: String, parent: String = "stockade", emulation: InterfaceFileEmulation?) throws(CgroupError) {
+        guard Self.isValidRunName(parent) else {
+            throw CgroupError(.invalidName, "the parent cgroup name '\(parent)' is not one plain path component")
+        }
+        self.root = root
+        self.parent = parent
+        self.emulation = emulation
+    }
+
+    static func missingError(_ missing: [String], at directory: String) -> CgroupError {
+        let list = missing.joined(separator: ", ")
+        return CgroupError(.missingController, path: directory + "/cgroup.controllers",
+                           "the cgroup v2 controller(s) \(list) are not available here, so a run's limits cannot be enforced: enable them in the parent's cgroup.subtree_control (`echo '+\(missing.first ?? "memory")' > <parent>/cgroup.subtree_control`); if the root lacks them they are bound to a cgroup v1 hierarchy or disabled: unmount that hierarchy, drop cgroup_disable= from the kernel command line, or boot with systemd.unified_cgroup_hierarchy=1")
+    }
+
+    /// Enables the required controllers for the children of `directory`, naming any it lacks.
+    private func enableControllers(in directory: String) throws(CgroupError) {
+        let enable = Self.requiredControllers.map { "+" + $0 }.joined(separator: " ")
+        do throws(CgroupError) {
+            try CgroupFiles.write(enable, to: directory + "/cgroup.subtree_control")
+        } catch {
+            let available = Set((CgroupFiles.read(directory + "/cgroup.controllers") ?? "").split(whereSeparator: \.isWhitespace).map(String.init))
+            let missing = Self.requiredControllers.filter { !available.contains($0) }
+            if !missing.isEmpty { throw Self.missingError(missing, at: directory) }
+            throw error
+        }
+    }
+
+    public func create(name: String, limits: CgroupLimits) throws(CgroupError) -> RunCgroup {
+        try Self.checkRunName(name)
+        try limits.validate()
+        let parentPath = root + "/" + parent
+        let path = parentPath + "/" + name
+        try enableControllers(in: root)
+        if try CgroupFiles.makeDirectory(parentPath) { emulation?.populate(parentPath) }
+        try enableControllers(in: parentPath)
+        guard try CgroupFiles.makeDirectory(path) else {
+            throw CgroupError(.exists, path: path, "a run cgroup of this name already exists: use a fresh run id, or run removeStale first")
+        }
+        emulation?.populate(path)
+        do throws(CgroupError) {
+            try CgroupFiles.write(String(limits.memoryBytes), to: path + "/memory.max")
+            // v2 limits swap separately; 0 keeps memory plus swap within the memory limit, as v1's memsw does.
+            let swap = path + "/memory.swap.max"
+            if CgroupFiles.exists(swap) { try CgroupFiles.write("0", to: swap) }
+            try CgroupFiles.write("\(limits.cpuQuotaMicros) \(CgroupLimits.cpuPeriodMicros)", to: path + "/cpu.max")
+            try CgroupFiles.write(String(limits.pids), to: path + "/pids.max")
+            let fd = try CgroupFiles.openDescriptor(path, flags: O_RDONLY | O_DIRECTORY, what: "the run cgroup directory for CLONE_INTO_CGROUP")
+            return RunCgroup(name: name, layout: .v2(directory: path, useKillFile: true), paths: [path],
+                             directoryDescriptor: fd, emulation: emulation)
+        } catch {
+            emulation?.depopulate(path)
+            try? RunCgroup.removeDirectory(path)
+            throw error
+        }
+    }
+
+    public func removeStale(isActive: (String) -> Bool) -> [String] {
+        var removed: [String] = []
+        for name in CgroupFiles.subdirectories(root + "/" + parent) where Self.isValidRunName(name) && !isActive(name) {
+            let path = root + "/" + parent + "/" + name
+            let run = RunCgroup(name: name, layout: .v2(directory: path, useKillFile: true), paths: [path], emulation: emulation)
+            if (try? run.remove()) != nil { removed.append(name) }
+        }
+        return removed
+    }
+}

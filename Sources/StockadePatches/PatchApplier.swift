@@ -1,0 +1,314 @@
+import CStockade
+import Glibc
+import SystemPackage
+
+/// Applies a diff beneath a workspace root, all or nothing as far as a filesystem allows: every file's new
+/// content is computed in memory first (any hunk that does not match exactly stops everything before a
+/// byte is written), then each file is written to a temporary name beside it, synced and renamed into place.
+public enum PatchApplier {
+    public static func apply(_ set: PatchSet, workspaceRoot: String, limits: DiffLimits = .default) throws(PatchError) {
+        let root = open(workspaceRoot, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard root >= 0 else {
+            throw PatchError(.io, path: workspaceRoot, errno: errno, "cannot open the workspace root: check that it exists and is a directory")
+        }
+        defer { close(root) }
+        // The guard runs here, right before writing, against the workspace as it is now.
+        if case .rejected(let path, let rule, let message) = PathGuard.check(set, workspaceRoot: FileDescriptor(rawValue: root)) {
+            throw PatchError(.rejected, path: path, "\(rule): \(message)")
+        }
+        let plan = try plan(set, root: root, limits: limits)
+        try execute(plan, root: root)
+    }
+
+    // MARK: - Planning (no writes)
+
+    struct Write {
+        var path: [UInt8]
+        var content: [UInt8]
+        var mode: mode_t
+        var mustNotExist: Bool
+    }
+
+    struct Plan {
+        var writes: [Write] = []
+        var deletions: [[UInt8]] = []
+    }
+
+    static func plan(_ set: PatchSet, root: Int32, limits: DiffLimits) throws(PatchError) -> Plan {
+        var plan = Plan()
+        for file in set.files {
+            // C calls would stop a name at a NUL byte; the guard rejects those, and so does the applier.
+            for name in [file.sourcePath, file.targetPath].compactMap({ $0 }) where name.contains(0) {
+                throw PatchError(.rejected, path: CQuote.display(name), "control_byte: the name contains a NUL byte")
+            }
+            let shownPath = CQuote.display(file.targetPath ?? file.sourcePath ?? [])
+            var old: [UInt8] = []
+            var oldMode: mode_t = 0o644
+            if let source = file.sourcePath {
+                let current = try readRegular(root: root, source, limits: limits)
+                old = current.content
+                oldMode = current.mode
+                let declared = file.deletedFileMode ?? file.oldMode
+                if let declared, mode_t(declared & 0o777) != oldMode {
+                    throw PatchError(.doesNotApply, path: CQuote.display(source),
+                                     "the diff expects mode \(String(declared, radix: 8)) but the file has \(String(oldMode, radix: 8)): the workspace changed since the diff was made")
+                }
+            }
+            if let target = file.targetPath, file.isCreation || file.isRename || file.isCopy {
+                try requireAbsent(root: root, target)
+            }
+            var new: [UInt8]
+            if let binary = file.binary {
+                if let expected = binary.oldContent, !file.isCreation, expected != old {
+                    throw PatchError(.doesNotApply, path: shownPath, "the binary patch's old content differs from the file: the workspace changed since the diff was made")
+                }
+                new = binary.newContent
+            } else {
+                new = try applyHunks(file.hunks, to: old, path: shownPath)
+            }
+            if file.isDeletion {
+                guard new.isEmpty else {
+                    throw PatchError(.doesNotApply, path: shownPath, "the deletion does not remove all of the file's content: the workspace changed since the diff was made")
+                }
+                if let source = file.sourcePath { plan.deletions.append(source) }
+                continue
+            }
+            guard let target = file.targetPath else { continue }
+            guard new.count <= limits.maxFileBytes else {
+                throw PatchError(.tooLarge, path: shownPath, "the patched file would have \(new.count) bytes, more than \(limits.maxFileBytes)")
+            }
+            let mode: mode_t = (file.newFileMode ?? file.newMode).map { mode_t($0 & 0o777) } ?? oldMode
+            plan.writes.append(Write(path: target, content: new, mode: mode, mustNotExist: file.isCreation || file.isRename || file.isCopy))
+            if file.isRename, let source = file.sourcePath { plan.deletions.append(source) }
+        }
+        return plan
+    }
+
+    /// A file split into lines; `terminated` is false only for a last line without a newline.
+    private struct Line {
+        var range: Range<Int>
+        var terminated: Bool
+    }
+
+    private static func lines(of content: [UInt8]) -> [Line] {
+        var result: [Line] = []
+        var start = 0
+        while start < content.count {
+            if let newline = content[start...].firstIndex(of: 0x0A) {
+                result.append(Line(range: start..<newline, terminated: true))
+                start = newline + 1
+            } else {
+                result.append(Line(range: start..<content.count, terminated: false))
+                start = content.count
+            }
+        }
+        return result
+    }
+
+    /// Applies hunks exactly: no offsets, no fuzz; every context and removed line must match byte for byte,
+    /// including whether it ends in a newline.
+    static func applyHunks(_ hunks: [Hunk], to old: [UInt8], path: String) throws(PatchError) -> [UInt8] {
+        let oldLines = lines(of: old)
+        var out: [UInt8] = []
+        out.reserveCapacity(old.count)
+        var cursor = 0
+        var endsFile = false
+        func emit(_ line: Line) {
+            out += old[line.range]
+            if line.terminated { out.append(0x0A) }
+        }
+        for (number, hunk) in hunks.enumerated() {
+            func mismatch(_ why: String) -> PatchError {
+                PatchError(.doesNotApply, path: path,
+                           "hunk \(number + 1) (`@@ -\(hunk.oldStart),\(hunk.oldCount) +\(hunk.newStart),\(hunk.newCount) @@`, diff line \(hunk.diffLine)) does not apply: \(why); the workspace changed since the diff was made, so nothing was written")
+            }
+            let position = hunk.oldCount == 0 ? hunk.oldStart : hunk.oldStart - 1
+            guard position >= cursor, position + hunk.oldCount <= oldLines.count else {
+                throw mismatch("the file has \(oldLines.count) lines")
+            }
+            for line in oldLines[cursor..<position] { emit(line) }
+            var index = position
+            for line in hunk.lines {
+                if line.kind != .added {
+                    let current = oldLines[index]
+                    guard old[current.range].elementsEqual(line.text), current.terminated != line.missingNewline else {
+                        throw mismatch("line \(index + 1) differs")
+                    }
+                    index += 1
+                }
+                if line.kind != .removed {
+                    out += line.text
+                    if line.missingNewline { endsFile = true } else { out.append(0x0A) }
+                }
+            }
+            cursor = index
+        }
+        if endsFile && cursor != oldLines.count {
+            throw PatchError(.doesNotApply, path: path, "the diff ends the file without a newline but the file has more lines after the last hunk")
+        }
+        for line in oldLines[cursor...] { emit(line) }
+        return out
+    }
+
+    // MARK: - Reading
+
+    static func readRegular(root: Int32, _ name: [UInt8], limits: DiffLimits) throws(PatchError) -> (content: [UInt8], mode: mode_t) {
+        let shown = CQuote.display(name)
+        let fd = openBeneath(root, name, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else {
+            let code = errno
+            if code == ENOENT { throw PatchError(.doesNotApply, path: shown, errno: code, "the file the diff changes does not exist in the workspace") }
+            throw PatchError(.io, path: shown, errno: code, "cannot open the file beneath the workspace without following links")
+        }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw PatchError(.io, path: shown, errno: errno, "cannot stat the opened file") }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            throw PatchError(.rejected, path: shown, "not_regular: the file is not a regular file")
+        }
+        var content: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 64 << 10)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw PatchError(.io, path: shown, errno: errno, "cannot read the file")
+            }
+            if count == 0 { break }
+            content += chunk[..<count]
+            guard content.count <= limits.maxFileBytes else {
+                throw PatchError(.tooLarge, path: shown, "the file is larger than the limit of \(limits.maxFileBytes) bytes")
+            }
+        }
+        return (content, info.st_mode & 0o111 != 0 ? 0o755 : 0o644)
+    }
+
+    private static func requireAbsent(root: Int32, _ name: [UInt8]) throws(PatchError) {
+        let fd = openBeneath(root, name, flags: openPathOnly | O_NOFOLLOW | O_CLOEXEC)
+        if fd >= 0 {
+            close(fd)
+            throw PatchError(.doesNotApply, path: CQuote.display(name), "the diff creates a file that already exists in the workspace")
+        }
+        if errno != ENOENT {
+            throw PatchError(.io, path: CQuote.display(name), errno: errno, "cannot check beneath the workspace whether the file exists")
+        }
+    }
+
+    // MARK: - Writing
+
+    private struct Staged {
+        var directory: Int32
+        var temporary: [UInt8]
+        var final: [UInt8]
+        var mustNotExist: Bool
+        var path: [UInt8]
+    }
+
+    static func execute(_ plan: Plan, root: Int32) throws(PatchError) {
+        var staged: [Staged] = []
+        var createdDirectories: [(parent: Int32, name: [UInt8])] = []
+        var openDirectories: [Int32] = []
+        defer { for fd in openDirectories { close(fd) } }
+        func rollback() {
+            for item in staged { unlinkat(item.directory, cName(item.temporary), 0) }
+            for created in createdDirectories.reversed() { unlinkat(created.parent, cName(created.name), AT_REMOVEDIR) }
+        }
+        do throws(PatchError) {
+            for write in plan.writes {
+                let components = write.path.split(separator: UInt8(ascii: "/")).map { Array($0) }
+                guard let final = components.last else { continue }
+                let directory = try openParent(root: root, components.dropLast(), create: true,
+                                               created: &createdDirectories, open: &openDirectories, path: write.path)
+                let temporary = try writeTemporary(in: directory, write)
+                staged.append(Staged(directory: directory, temporary: temporary, final: final,
+                                     mustNotExist: write.mustNotExist, path: write.path))
+            }
+        } catch {
+            rollback()
+            throw error
+        }
+        // Everything is on disk under temporary names; from here on each step is one rename or unlink.
+        for (index, item) in staged.enumerated() {
+            if stk_renameat2(item.directory, cName(item.temporary), item.directory, cName(item.final),
+                             item.mustNotExist ? 1 : 0) != 0 {
+                let code = errno
+                for rest in staged[index...] { unlinkat(rest.directory, cName(rest.temporary), 0) }
+                throw PatchError(.io, path: CQuote.display(item.path), errno: code,
+                                 "cannot rename the new file into place; \(index) of \(staged.count) files were already written: inspect the workspace")
+            }
+        }
+        var unused: [(parent: Int32, name: [UInt8])] = []
+        for name in plan.deletions {
+            let components = name.split(separator: UInt8(ascii: "/")).map { Array($0) }
+            guard let final = components.last else { continue }
+            let firstOpened = openDirectories.count
+            let directory = try openParent(root: root, components.dropLast(), create: false,
+                                           created: &unused, open: &openDirectories, path: name)
+            var info = stat()
+            guard fstatat(directory, cName(final), &info, AT_SYMLINK_NOFOLLOW) == 0, info.st_mode & S_IFMT == S_IFREG else {
+                throw PatchError(.io, path: CQuote.display(name), errno: errno, "the file to delete is gone or no longer a regular file")
+            }
+            guard unlinkat(directory, cName(final), 0) == 0 else {
+                throw PatchError(.io, path: CQuote.display(name), errno: errno, "cannot delete the file")
+            }
+            // Like git, remove directories the deletion left empty; the first non-empty one stops it.
+            let chain = [root] + openDirectories[firstOpened...]
+            for level in stride(from: components.count - 2, through: 0, by: -1) {
+                if unlinkat(chain[level], cName(components[level]), AT_REMOVEDIR) != 0 { break }
+            }
+        }
+        _ = fsync(root)
+        for fd in openDirectories { _ = fsync(fd) }
+    }
+
+    /// Opens (creating when asked) each directory of `components` beneath the root, refusing symlinks.
+    private static func openParent(root: Int32, _ components: ArraySlice<[UInt8]>, create: Bool,
+                                   created: inout [(parent: Int32, name: [UInt8])], open: inout [Int32],
+                                   path: [UInt8]) throws(PatchError) -> Int32 {
+        var directory = root
+        for component in components {
+            if create {
+                if mkdirat(directory, cName(component), 0o755) == 0 {
+                    created.append((directory, component))
+                } else if errno != EEXIST {
+                    throw PatchError(.io, path: CQuote.display(path), errno: errno, "cannot create a parent directory beneath the workspace")
+                }
+            }
+            let next = openBeneath(directory, component, flags: O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            guard next >= 0 else {
+                throw PatchError(.io, path: CQuote.display(path), errno: errno,
+                                 "cannot open a parent directory beneath the workspace without following links")
+            }
+            open.append(next)
+            directory = next
+        }
+        return directory
+    }
+
+    private static func writeTemporary(in directory: Int32, _ write: Write) throws(PatchError) -> [UInt8] {
+        let shown = CQuote.display(write.path)
+        var generator = SystemRandomNumberGenerator()
+        let name = Array(".stockade-\(String(generator.next() as UInt64, radix: 16)).tmp".utf8)
+        let fd = openat(directory, cName(name), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, write.mode)
+        guard fd >= 0 else { throw PatchError(.io, path: shown, errno: errno, "cannot create a temporary file beside the target") }
+        defer { close(fd) }
+        func fail(_ message: String) -> PatchError {
+            let error = PatchError(.io, path: shown, errno: errno, message)
+            unlinkat(directory, cName(name), 0)
+            return error
+        }
+        // The umask may have removed bits; set exactly 0644 or 0755.
+        guard fchmod(fd, write.mode) == 0 else { throw fail("cannot set the file mode") }
+        var offset = 0
+        while offset < write.content.count {
+            let count = write.content[offset...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw fail("cannot write the new content")
+            }
+            offset += count
+        }
+        guard fsync(fd) == 0 else { throw fail("cannot sync the new content") }
+        return name
+    }
+}

@@ -1,0 +1,98 @@
+import Glibc
+import StockadeAudit
+import StockadeBundles
+import StockadePolicy
+
+/// Request bundles in (validated, copied into the run directory, shown
+/// read-only) and result bundles out (read from the worker's bounded result
+/// filesystem after the namespace is gone, every bound enforced while reading).
+extension Supervisor {
+    /// Validates `--request DIR` and copies it into the run directory's `request/`.
+    func admitRequest(_ path: String, into dir: RunDirectory, bounds: BundleBounds) -> Result<VerifiedBundle, SetupFailure> {
+        let source = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard source >= 0 else {
+            return .failure(SetupFailure(stage: "request", errno: errno, message: "--request \(path): \(String(cString: strerror(errno)))"))
+        }
+        defer { close(source) }
+        let destination = open(dir.requestPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
+        guard destination >= 0 else {
+            return .failure(SetupFailure(stage: "request", errno: errno, message: "cannot open \(dir.requestPath)"))
+        }
+        defer { close(destination) }
+        switch BundleReader.read(directory: source, bounds: bounds, role: .request, copyTo: destination) {
+        case .accepted(let bundle):
+            // The worker (an unmapped uid on the host) must be able to read the copy.
+            Self.openForReading(dir.requestPath)
+            return .success(bundle)
+        case .rejected(let rejection):
+            return .failure(SetupFailure(stage: "request", message: "request bundle \(path) rejected: \(rejection.description)"))
+        case .failed(let error):
+            return .failure(SetupFailure(stage: "request", errno: error.errno ?? 0, message: "request bundle \(path): \(error.description)"))
+        }
+    }
+
+    /// Makes the copied request tree world-readable (directories 0755, files 0644).
+    static func openForReading(_ path: String) {
+        chmod(path, 0o755)
+        guard let dir = opendir(path) else { return }
+        defer { closedir(dir) }
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name == "." || name == ".." { continue }
+            let child = path + "/" + name
+            var st = stat()
+            guard lstat(child, &st) == 0 else { continue }
+            if st.st_mode & S_IFMT == S_IFDIR { openForReading(child) } else if st.st_mode & S_IFMT == S_IFREG { chmod(child, 0o644) }
+        }
+    }
+
+    /// Reads the result bundle the worker left (if any), records the verdict,
+    /// and returns the bytes of the patches it declares when it was accepted.
+    func collectResult(_ context: RunContext, profile: Profile, report: inout RunReport) -> [UInt8] {
+        guard context.resultMount >= 0, let dir = context.runDirectory else { return [] }
+        let root = openat(context.resultMount, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard root >= 0 else {
+            report.result = RunReport.ResultVerdict(status: "rejected", reason: "the result filesystem cannot be opened: \(String(cString: strerror(errno)))")
+            return []
+        }
+        defer { close(root) }
+        if BundleReader.isEmpty(directory: root) { return [] }
+        let destination = open(dir.resultPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
+        defer { if destination >= 0 { close(destination) } }
+        let verdict = BundleReader.read(directory: root, bounds: profile.bundles, role: .result, copyTo: destination >= 0 ? destination : nil)
+        var patches: [UInt8] = []
+        let recorded: Result<Void, AuditError>
+        switch verdict {
+        case .accepted(let bundle):
+            report.result = RunReport.ResultVerdict(status: "accepted", reason: nil)
+            recorded = Result { () throws(AuditError) in
+                try audit.recordBundle(runId: context.runId, role: "result", status: "accepted", reason: nil, files: bundle.fileCount,
+                                       bytes: bundle.totalBytes, manifestSha256: bundle.manifestSHA256)
+            }
+            for patch in bundle.manifest.patches {
+                if let bytes = try? FileReading.read(dir.resultPath + "/" + patch, limit: Int(profile.bundles.maxFileBytes)) {
+                    patches += bytes
+                }
+            }
+        case .rejected(let rejection):
+            report.result = RunReport.ResultVerdict(status: "rejected", reason: rejection.description)
+            recorded = Result { () throws(AuditError) in
+                try audit.recordBundle(runId: context.runId, role: "result", status: "rejected", reason: rejection.description,
+                                       files: 0, bytes: 0, manifestSha256: nil)
+            }
+        case .failed(let error):
+            report.result = RunReport.ResultVerdict(status: "rejected", reason: "the supervisor could not read the result: \(error.description)")
+            recorded = Result { () throws(AuditError) in
+                try audit.recordBundle(runId: context.runId, role: "result", status: "rejected", reason: error.description,
+                                       files: 0, bytes: 0, manifestSha256: nil)
+            }
+        }
+        if case .failure(let error) = recorded {
+            context.auditFailed = true
+            if report.setupError == nil {
+                report.setupError = RunReport.SetupError(stage: "audit", errno: 0, message: "the result verdict could not be recorded: \(error)")
+            }
+        }
+        return patches
+    }
+}

@@ -1,0 +1,106 @@
+import ArgumentParser
+import Glibc
+import Logging
+import StockadeAudit
+import StockadePolicy
+import StockadeSupervisor
+
+/// Opens the state directory's supervisor (and its audit store) for a query command.
+func openSupervisor(_ state: StateOptions) throws -> Supervisor {
+    do {
+        return try Supervisor(stateDirectory: state.resolved(), catalog: .standard(),
+                              environment: ProcessEnvironment.current(), logger: Logger(label: "stockade"))
+    } catch {
+        Console.error("stockade: \(error)")
+        throw ExitCode(1)
+    }
+}
+
+struct AuditCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "audit",
+        abstract: "Read and verify the audit trail.",
+        subcommands: [Events.self, Runs.self, Verify.self]
+    )
+
+    struct Events: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Audit events in seq order (resume with --since the last seq seen).")
+        @OptionGroup var state: StateOptions
+        @Option(name: .customLong("run"), help: "Only this run's events.") var runId: String?
+        @Option(help: "Only events with seq greater than this.") var since: Int64?
+        @Option(help: "Only events of this kind (e.g. violation, kill, review.decided).") var kind: String?
+        @Flag(help: "One JSON object a line.") var json = false
+
+        func run() throws {
+            let supervisor = try openSupervisor(state)
+            do {
+                try supervisor.audit.events(runId: runId, since: since, kind: kind) { event in
+                    if json {
+                        Console.out(JSONValue.object([
+                            "seq": .number(event.seq), "runId": event.runId.map { .string($0) } ?? .null,
+                            "runSeq": .number(event.runSeq), "kind": .string(event.kind), "at": .string(event.at),
+                            "detail": event.detailValue ?? .string(event.detail), "hash": .string(event.hash),
+                        ]).serialized())
+                    } else {
+                        Console.out("\(event.seq)\t\(event.at)\t\(event.runId ?? "-")\t\(event.kind)\t\(event.detail)")
+                    }
+                }
+            } catch {
+                Console.error("stockade: \(error)")
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    struct Runs: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Runs with their outcome, oldest first.")
+        @OptionGroup var state: StateOptions
+        @Flag(help: "One JSON object a line.") var json = false
+
+        func run() throws {
+            let supervisor = try openSupervisor(state)
+            do {
+                try supervisor.audit.runs { run in
+                    if json {
+                        Console.out(JSONValue.object([
+                            "runId": .string(run.runId), "profile": .string(run.profile), "profileDigest": .string(run.profileDigest),
+                            "command": .array(run.command.map { .string($0) }), "state": .string(run.state),
+                            "outcome": run.outcome.map { .string($0) } ?? .null,
+                            "exitStatus": run.exitStatus.map { .number($0) } ?? .null,
+                            "createdAt": .string(run.createdAt), "endedAt": run.endedAt.map { .string($0) } ?? .null,
+                        ]).serialized())
+                    } else {
+                        let command = run.command.joined(separator: " ")
+                        Console.out("\(run.runId)\t\(run.createdAt)\t\(run.profile)\t\(run.state)\t\(run.outcome ?? "-")\t\(run.exitStatus.map(String.init) ?? "-")\t\(command)")
+                    }
+                }
+            } catch {
+                Console.error("stockade: \(error)")
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    struct Verify: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Recompute the audit hash chain; exit 1 naming the first broken seq.")
+        @OptionGroup var state: StateOptions
+
+        func run() throws {
+            let supervisor = try openSupervisor(state)
+            let result: ChainVerification
+            do {
+                result = try supervisor.audit.verifyChain()
+            } catch {
+                Console.error("stockade: \(error)")
+                throw ExitCode(1)
+            }
+            if let seq = result.firstBrokenSeq {
+                Console.error("audit chain broken at seq \(seq): \(result.reason ?? "hash mismatch") (\(result.eventsChecked) events checked)")
+                throw ExitCode(1)
+            }
+            Console.out("audit chain intact: \(result.eventsChecked) events")
+        }
+    }
+}

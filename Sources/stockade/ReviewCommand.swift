@@ -1,0 +1,140 @@
+import ArgumentParser
+import Glibc
+import StockadeAudit
+import StockadePolicy
+import StockadeSupervisor
+
+struct ReviewCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "review",
+        abstract: "Diffs waiting for or past review; accept applies beneath the workspace, reject applies nothing.",
+        subcommands: [List.self, Show.self, Accept.self, Reject.self]
+    )
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Diffs, oldest first.")
+        @OptionGroup var location: StateOptions
+        @Option(help: "pending, accepted or rejected.") var state: String?
+        @Flag(help: "One JSON object a line.") var json = false
+
+        func validate() throws {
+            if let state, !["pending", "accepted", "rejected"].contains(state) {
+                throw ValidationError("--state: expected pending, accepted or rejected, found \(state)")
+            }
+        }
+
+        func run() throws {
+            let supervisor = try openSupervisor(location)
+            let records: [DiffRecord]
+            do {
+                records = try supervisor.audit.diffs(state: state)
+            } catch {
+                Console.error("stockade: \(error)")
+                throw ExitCode(1)
+            }
+            for r in records {
+                if json {
+                    Console.out(JSONValue.object([
+                        "id": .number(r.id), "runId": .string(r.runId), "state": .string(r.state), "verdict": .string(r.verdict),
+                        "reason": r.reason.map { .string($0) } ?? .null, "bytes": .number(r.bytes), "sha256": .string(r.sha256),
+                        "createdAt": .string(r.createdAt), "decidedBy": r.decidedBy.map { .string($0) } ?? .null,
+                        "note": r.note.map { .string($0) } ?? .null, "decidedAt": r.decidedAt.map { .string($0) } ?? .null,
+                        "appliedAt": r.appliedAt.map { .string($0) } ?? .null,
+                    ]).serialized())
+                } else {
+                    Console.out("\(r.id)\t\(r.runId)\t\(r.state)\t\(r.verdict)\t\(r.bytes) bytes\t\(r.createdAt)\(r.reason.map { "\t" + $0 } ?? "")")
+                }
+            }
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "The diff and its validation verdict.")
+        @OptionGroup var state: StateOptions
+        @Argument(help: "Diff id.") var id: Int64
+
+        func run() throws {
+            let supervisor = try openSupervisor(state)
+            let record: DiffRecord?
+            do {
+                record = try supervisor.audit.diff(id: id)
+            } catch {
+                Console.error("stockade: \(error)")
+                throw ExitCode(1)
+            }
+            guard let record else {
+                Console.error("stockade: no diff with id \(id)")
+                throw ExitCode(1)
+            }
+            var head = "diff \(record.id) of run \(record.runId): \(record.state); guard verdict \(record.verdict)"
+            if let reason = record.reason { head += " (\(reason))" }
+            if let by = record.decidedBy { head += "; decided by \(by) at \(record.decidedAt ?? "?")\(record.note.map { ": \($0)" } ?? "")" }
+            if let applied = record.appliedAt { head += "; applied at \(applied)" }
+            Console.error(head)
+            TerminalOutput.write(record.content, to: 1)
+        }
+    }
+
+    struct Accept: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Record the decision, then apply the diff to the workspace.")
+        @OptionGroup var state: StateOptions
+        @Argument(help: "Diff id.") var id: Int64
+        @Option(help: "Who decides (recorded).") var actor: String
+        @Option(help: "Why (recorded).") var note: String?
+
+        func run() throws {
+            let supervisor = try openSupervisor(state)
+            do {
+                try supervisor.accept(diffId: id, actor: actor, note: note)
+            } catch {
+                Console.error("stockade: \(error)")
+                throw ExitCode(1)
+            }
+            Console.out("diff \(id) accepted by \(actor) and applied")
+        }
+    }
+
+    struct Reject: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Record the decision; nothing is applied.")
+        @OptionGroup var state: StateOptions
+        @Argument(help: "Diff id.") var id: Int64
+        @Option(help: "Who decides (recorded).") var actor: String
+        @Option(help: "Why (recorded).") var note: String?
+
+        func run() throws {
+            let supervisor = try openSupervisor(state)
+            do {
+                try supervisor.reject(diffId: id, actor: actor, note: note)
+            } catch {
+                Console.error("stockade: \(error)")
+                throw ExitCode(1)
+            }
+            Console.out("diff \(id) rejected by \(actor)")
+        }
+    }
+}
+
+struct Gc: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gc", abstract: "Remove finished run directories older than a duration (never a running one).")
+    @OptionGroup var state: StateOptions
+    @Option(help: "Age such as 30s, 15m, 12h, 7d.") var olderThan: String
+
+    func run() throws {
+        let seconds: Double
+        do {
+            seconds = try RunDirectoryMaintenance.parseDuration(olderThan)
+        } catch {
+            Console.error("stockade: --older-than: \(error)")
+            throw ExitCode(2)
+        }
+        do {
+            let removed = try RunDirectoryMaintenance.collectGarbage(stateDirectory: state.resolved(), olderThan: seconds)
+            for id in removed { Console.out(id) }
+            Console.error("stockade: removed \(removed.count) run director\(removed.count == 1 ? "y" : "ies")")
+        } catch {
+            Console.error("stockade: \(error)")
+            throw ExitCode(1)
+        }
+    }
+}

@@ -1,0 +1,130 @@
+import CSQLite
+import Glibc
+import StockadePolicy
+import Synchronization
+import Testing
+@testable import StockadeAudit
+
+/// A fresh directory under /tmp holding one audit database path.
+struct TempDatabase {
+    let directory: String
+    let path: String
+
+    init() {
+        var template = Array("/tmp/stockade-audit-XXXXXX".utf8CString)
+        let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
+        precondition(made != nil, "mkdtemp failed")
+        directory = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        path = directory + "/audit.sqlite"
+    }
+
+    func store(pid: Int32 = getpid(), start: UInt64 = ProcessIdentity.currentStartTime) throws -> SQLiteAuditStore {
+        try SQLiteAuditStore(path: path, supervisorPid: pid, supervisorStart: start)
+    }
+
+    func write(_ bytes: [UInt8]) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        precondition(fd >= 0)
+        _ = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+    }
+}
+
+/// Raw SQL on the database file, bypassing the store: the tamperer's view.
+enum RawSQL {
+    static func execute(_ path: String, _ sql: String) {
+        var db: OpaquePointer?
+        #expect(sqlite3_open(path, &db) == SQLITE_OK)
+        defer { sqlite3_close(db) }
+        sqlite3_busy_timeout(db, 10_000)
+        var message: UnsafeMutablePointer<CChar>?
+        let rc = sqlite3_exec(db, sql, nil, nil, &message)
+        #expect(rc == SQLITE_OK, "\(sql): \(message.map { String(cString: $0) } ?? "")")
+        sqlite3_free(message)
+    }
+
+    /// Every row of a query, each column as text ("NULL" for NULL).
+    static func rows(_ path: String, _ sql: String) -> [[String]] {
+        var db: OpaquePointer?
+        #expect(sqlite3_open(path, &db) == SQLITE_OK)
+        defer { sqlite3_close(db) }
+        var statement: OpaquePointer?
+        #expect(sqlite3_prepare_v2(db, sql, -1, &statement, nil) == SQLITE_OK, "\(sql)")
+        defer { sqlite3_finalize(statement) }
+        var out: [[String]] = []
+        while sqlite3_step(statement) == SQLITE_ROW {
+            var row: [String] = []
+            for column in 0..<sqlite3_column_count(statement) {
+                if sqlite3_column_type(statement, column) == SQLITE_NULL {
+                    row.append("NULL")
+                } else {
+                    let count = Int(sqlite3_column_bytes(statement, column))
+                    let base = sqlite3_column_text(statement, column)!
+                    row.append(String(decoding: UnsafeBufferPointer(start: base, count: count), as: UTF8.self))
+                }
+            }
+            out.append(row)
+        }
+        return out
+    }
+
+    static func scalar(_ path: String, _ sql: String) -> String? { rows(path, sql).first?.first }
+}
+
+extension AuditStore {
+    func allEvents(runId: String? = nil, since: Int64? = nil, kind: String? = nil) throws -> [AuditEvent] {
+        var out: [AuditEvent] = []
+        try events(runId: runId, since: since, kind: kind) { out.append($0) }
+        return out
+    }
+
+    func allRuns() throws -> [AuditRunRecord] {
+        var out: [AuditRunRecord] = []
+        try runs { out.append($0) }
+        return out
+    }
+}
+
+/// Asserts that seq is 1...n without gaps and that runSeq is 1...k without gaps within each run.
+func expectGapFree(_ events: [AuditEvent], sourceLocation: SourceLocation = #_sourceLocation) {
+    #expect(events.map(\.seq) == Array(1...Int64(events.count)), sourceLocation: sourceLocation)
+    var perRun: [String?: [Int64]] = [:]
+    for event in events { perRun[event.runId, default: []].append(event.runSeq) }
+    for (run, seqs) in perRun {
+        #expect(seqs == Array(1...Int64(seqs.count)), "runSeq of \(run ?? "(none)")", sourceLocation: sourceLocation)
+    }
+}
+
+extension JSONValue {
+    static func str(_ s: String) -> JSONValue { .string(s) }
+}
+
+/// A plain pthread: the tests need real parallel writers, not a cooperative pool of two.
+final class TestThread: @unchecked Sendable {
+    private var handle = pthread_t()
+    private let body: @Sendable () -> Void
+    private let finished = Mutex(false)
+
+    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+
+    func start() {
+        let rc = pthread_create(&handle, nil, { argument in
+            let thread = Unmanaged<TestThread>.fromOpaque(argument!).takeRetainedValue()
+            thread.body()
+            thread.finished.withLock { $0 = true }
+            return nil
+        }, Unmanaged.passRetained(self).toOpaque())
+        precondition(rc == 0, "pthread_create failed")
+    }
+
+    var isDone: Bool { finished.withLock { $0 } }
+
+    func join() { pthread_join(handle, nil) }
+}
+
+/// Errors collected from test threads.
+final class FailureLog: Sendable {
+    private let entries = Mutex<[String]>([])
+    func add(_ entry: String) { entries.withLock { $0.append(entry) } }
+    var all: [String] { entries.withLock { $0 } }
+}

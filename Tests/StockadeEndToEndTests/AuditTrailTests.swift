@@ -1,0 +1,144 @@
+import Foundation
+import Testing
+
+/// The `--json` lines of `stockade audit events`.
+func auditEvents(_ h: Harness, _ args: [String] = []) throws -> [[String: Any]] {
+    let r = try h.stockade(["audit", "events", "--json"] + args)
+    return try r.stdout.split(separator: "\n").map { line in
+        try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+    }
+}
+
+@Suite("the audit trail, end to end", .serialized,
+       .enabled(if: Harness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(3)))
+struct AuditTrailTests {
+    @Test("a misbehaving worker's whole story is in the trail: creation, start, violations, kill, exit, outcome")
+    func story() throws {
+        let h = try Harness()
+        let r = try h.run(["--profile", "strict"], ["/bin/sh", "-c", "echo start; unshare -U true; echo never"])
+        let report = try r.report()
+        #expect(report.string("outcome") == "seccomp")
+        #expect(r.status == 159)
+        let runId = try #require(report.string("runId"))
+        let events = try auditEvents(h, ["--run", runId])
+        let kinds = events.compactMap { $0["kind"] as? String }
+        #expect(kinds == ["run.created", "worker.started", "violation", "kill", "worker.exited", "run.finished"], "\(kinds)")
+        let violation = try #require(events.first { $0["kind"] as? String == "violation" }?["detail"] as? [String: Any])
+        #expect(violation["syscall"] as? String == "unshare")
+        let finished = try #require(events.last?["detail"] as? [String: Any])
+        #expect(finished["outcome"] as? String == "seccomp")
+        let seqs = events.compactMap { ($0["seq"] as? NSNumber)?.int64Value }
+        #expect(seqs == seqs.sorted() && Set(seqs).count == seqs.count)
+        let runSeqs = events.compactMap { ($0["runSeq"] as? NSNumber)?.intValue }
+        #expect(runSeqs == Array(1...runSeqs.count))
+        let timeout = try h.run(["--timeout", "0.5"], ["/bin/sleep", "30"])
+        let timeoutRun = try #require(try timeout.report().string("runId"))
+        let timeoutKinds = try auditEvents(h, ["--run", timeoutRun]).compactMap { $0["kind"] as? String }
+        #expect(timeoutKinds.contains("limit.hit") && timeoutKinds.contains("kill"))
+        #expect(try h.stockade(["audit", "verify"]).status == 0)
+        let runs = try h.stockade(["audit", "runs", "--json"])
+        #expect(runs.stdout.contains(runId) && runs.stdout.contains("\"outcome\":\"seccomp\""))
+    }
+
+    @Test("--since resumes after the last seq a client saw")
+    func resume() throws {
+        let h = try Harness()
+        _ = try h.run([], ["/bin/true"])
+        let all = try auditEvents(h)
+        let middle = try #require((all[all.count / 2]["seq"] as? NSNumber)?.int64Value)
+        let rest = try auditEvents(h, ["--since", "\(middle)"])
+        #expect(rest.compactMap { ($0["seq"] as? NSNumber)?.int64Value } == all.compactMap { ($0["seq"] as? NSNumber)?.int64Value }.filter { $0 > middle })
+    }
+
+    @Test("a row edited with the sqlite3 CLI makes audit verify fail naming its seq")
+    func tamper() throws {
+        let h = try Harness()
+        _ = try h.run([], ["/bin/true"])
+        _ = try h.run([], ["/bin/true"])
+        #expect(try h.stockade(["audit", "verify"]).status == 0)
+        let edit = try Harness.exec("/usr/bin/sqlite3", [h.stateDirectory + "/audit.sqlite",
+                                                         "UPDATE events SET detail = replace(detail, 'exited', 'signaled') WHERE seq = 3"])
+        #expect(edit.status == 0, "\(edit.stderr)")
+        let verify = try h.stockade(["audit", "verify"])
+        #expect(verify.status == 1)
+        #expect(verify.stderr.contains("seq 3"), "\(verify.stderr)")
+    }
+
+    @Test("SIGKILL of the supervisor mid-run leaves a consistent database; the next start marks the run abandoned")
+    func abandoned() throws {
+        let h = try Harness()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Harness.stockade)
+        process.arguments = ["run", "--json", "--", "/bin/sleep", "60"]
+        process.environment = ["STOCKADE_STATE_DIR": h.stateDirectory, "PATH": "/usr/bin:/bin"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        var started = false
+        for _ in 0..<100 where !started {
+            usleep(100_000)
+            started = ((try? auditEvents(h)) ?? []).contains { $0["kind"] as? String == "worker.started" }
+        }
+        #expect(started)
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        let runs = try h.stockade(["audit", "runs", "--json"])
+        #expect(runs.stdout.contains("\"state\":\"abandoned\""), "\(runs.stdout)")
+        #expect(try auditEvents(h).contains { $0["kind"] as? String == "run.abandoned" })
+        #expect(try h.stockade(["audit", "verify"]).status == 0)
+    }
+
+    @Test("four concurrent stockade processes lose and duplicate no event")
+    func concurrentSupervisors() throws {
+        let h = try Harness()
+        let group = DispatchGroup()
+        let failures = LockedData()
+        for i in 0..<4 {
+            group.enter()
+            Thread {
+                defer { group.leave() }
+                for _ in 0..<3 {
+                    if let r = try? h.run([], ["/bin/sh", "-c", "echo \(i)"]), r.status != 0 { failures.set(Data("\(r.stderr)".utf8)) }
+                }
+            }.start()
+        }
+        group.wait()
+        #expect(failures.value.isEmpty, "\(String(decoding: failures.value, as: UTF8.self))")
+        let events = try auditEvents(h)
+        let seqs = events.compactMap { ($0["seq"] as? NSNumber)?.int64Value }
+        #expect(seqs == Array(1...Int64(seqs.count)), "global seq is gap-free")
+        var byRun: [String: [Int]] = [:]
+        for e in events { if let run = e["runId"] as? String { byRun[run, default: []].append((e["runSeq"] as? NSNumber)?.intValue ?? -1) } }
+        #expect(byRun.count == 12)
+        for (run, runSeqs) in byRun {
+            #expect(runSeqs == Array(1...runSeqs.count), "run \(run)")
+            #expect(runSeqs.count == 4, "run \(run): created, started, exited, finished")
+        }
+        #expect(try h.stockade(["audit", "verify"]).status == 0)
+    }
+
+    @Test("an injection string chosen by the worker's caller is stored verbatim")
+    func injection() throws {
+        let h = try Harness()
+        let evil = "x'); DROP TABLE events;-- \"\\ \u{202E}"
+        let r = try h.run([], ["/bin/echo", evil])
+        let runId = try #require(try r.report().string("runId"))
+        let created = try #require(try auditEvents(h, ["--run", runId]).first)
+        let command = try #require((created["detail"] as? [String: Any])?["command"] as? [String])
+        #expect(command.last == evil)
+        #expect(try h.stockade(["audit", "verify"]).status == 0)
+    }
+
+    @Test("an audit database that cannot be written fails the run instead of reporting success")
+    func auditWriteFails() throws {
+        let h = try Harness()
+        _ = try h.run([], ["/bin/true"])
+        // A trigger makes every new event fail, as a full or broken disk would.
+        let sql = "CREATE TRIGGER stop_events BEFORE INSERT ON events BEGIN SELECT RAISE(FAIL, 'disk full'); END;"
+        #expect(try Harness.exec("/usr/bin/sqlite3", [h.stateDirectory + "/audit.sqlite", sql]).status == 0)
+        let r = try h.run([], ["/bin/true"])
+        #expect(r.status == 125)
+        let report = try r.report()
+        #expect(((report["setupError"] as? [String: Any])?["stage"] as? String) == "audit")
+    }
+}
