@@ -121,12 +121,10 @@ public enum DockerSeccomp {
             return out
         }
 
-        /// StrictJSON reads numbers through Int64 (else Double), so values above
-        /// Int64.max cannot be read exactly: they are refused, never rounded.
+        /// A whole number from its literal text (StrictJSON keeps it exact), up to `max`.
         mutating func unsigned(_ value: JSONValue, _ path: String, max: UInt64) -> UInt64? {
             guard case .number(let text) = value, let n = UInt64(text), n <= max else {
-                let limit = max > UInt64(Int64.max) ? " (larger values cannot be read exactly)" : ""
-                fail(path, "expected a whole number from 0 to \(min(max, UInt64(Int64.max)))\(limit)")
+                fail(path, "expected a whole number from 0 to \(max)")
                 return nil
             }
             return n

@@ -77,11 +77,11 @@ struct DockerSeccompTests {
         let policy = try DockerSeccomp.policy(from: try parse("""
             {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
               {"names": ["clone"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 2114060288, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]},
-              {"names": ["socket"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 2, "op": "SCMP_CMP_EQ"}, {"index": 1, "value": 9223372036854775807, "op": "SCMP_CMP_LE"}]},
+              {"names": ["socket"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 2, "op": "SCMP_CMP_EQ"}, {"index": 1, "value": 18446744073709551615, "op": "SCMP_CMP_LE"}]},
               {"names": ["personality"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 0, "op": "SCMP_CMP_EQ"}, {"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}]}]}
             """), host: host)
         #expect(policy.rules.contains(SeccompPolicy.Rule("clone", .allow, [.init(argument: 0, .maskedEqual(mask: 0x7E02_0000), 0)])))
-        #expect(policy.rules.contains(SeccompPolicy.Rule("socket", .allow, [.init(argument: 0, .equal, 2), .init(argument: 1, .lessOrEqual, UInt64(Int64.max))])))
+        #expect(policy.rules.contains(SeccompPolicy.Rule("socket", .allow, [.init(argument: 0, .equal, 2), .init(argument: 1, .lessOrEqual, UInt64.max)])))
         // The same argument twice: alternatives, one rule each.
         #expect(policy.rules.filter { $0.syscall == "personality" } == [
             SeccompPolicy.Rule("personality", .allow, [.init(argument: 0, .equal, 0)]),
@@ -134,8 +134,8 @@ struct DockerSeccompTests {
          #"seccomp.dockerProfile: syscalls[0].args[0].op: unknown operator "SCMP_CMP_ABOUT""#),
         (#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": -1, "op": "SCMP_CMP_EQ"}]}]}"#,
          "seccomp.dockerProfile: syscalls[0].args[0].value: expected a whole number"),
-        (#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 18446744073709551615, "op": "SCMP_CMP_EQ"}]}]}"#,
-         "seccomp.dockerProfile: syscalls[0].args[0].value: expected a whole number from 0 to 9223372036854775807 (larger values cannot be read exactly)"),
+        (#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 18446744073709551616, "op": "SCMP_CMP_EQ"}]}]}"#,
+         "seccomp.dockerProfile: syscalls[0].args[0].value: expected a whole number from 0 to 18446744073709551615"),
         (#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW", "errnoRet": 1}]}"#,
          "seccomp.dockerProfile: syscalls[0].errnoRet: only applies to SCMP_ACT_ERRNO"),
         (#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["keyctl"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}, {"names": ["keyctl"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}]}"#,
