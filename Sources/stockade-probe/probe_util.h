@@ -56,4 +56,6 @@ STK_PROBE(probe_host_loopback); STK_PROBE(probe_abstract_unix); STK_PROBE(probe_
 STK_PROBE(probe_raw_socket);
 /* descriptors and terminals (7) */
 STK_PROBE(probe_fds); STK_PROBE(probe_tiocsti); STK_PROBE(probe_cwd_outside);
+/* supervisor robustness (8) */
+STK_PROBE(probe_spoof_sigsys); STK_PROBE(probe_spoof_oom);
 #endif

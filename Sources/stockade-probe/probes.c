@@ -75,6 +75,9 @@ static const struct { const char *name; stk_probe_fn fn; const char *args; } pro
     {"fds", probe_fds, ""},
     {"tiocsti", probe_tiocsti, ""},
     {"cwd-outside", probe_cwd_outside, ""},
+    /* 8 supervisor robustness */
+    {"spoof-sigsys", probe_spoof_sigsys, ""},
+    {"spoof-oom", probe_spoof_oom, ""},
 };
 
 int stk_probe_run(const char *name, int argc, char **argv) {
