@@ -207,7 +207,7 @@ public enum ControlCatalog {
     ]
 
     static let supervisor: [Control] = [
-        Control("supervisor.sigsys-spoof", class: 8, "a self-raised SIGSYS is signaled, not a seccomp kill", probe: "spoof-sigsys",
+        Control("supervisor.sigsys-spoof", class: 8, "a SIGSYS from the worker's own filter is signaled, not a seccomp kill", probe: "spoof-sigsys",
                 expect: .signaled(31)),
         Control("supervisor.oom-spoof", class: 8, "exit 137 is an exit, not an OOM", probe: "spoof-oom", expect: .exited(137)),
     ]

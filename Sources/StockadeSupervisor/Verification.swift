@@ -192,42 +192,54 @@ public struct Verifier: Sendable {
         let fixtures = try Fixtures()
         defer { fixtures.close() }
 
-        let jobs = controls.enumerated().map { ($0.offset, $0.element) }
-        var results = [ControlResult?](repeating: nil, count: jobs.count)
-        await withTaskGroup(of: (Int, ControlResult).self) { group in
+        let profile = loaded.profile
+        let jobs = controls.map { control in
+            (control, control.arguments.map { argument(for: $0, control: control, profile: profile, fixtures: fixtures) })
+        }
+        // Positive controls first, one after another on one thread, and only
+        // then the sandboxed runs: a thread being created while the spawner
+        // clones can leave the child waiting forever in glibc's setxid
+        // (stk_spawn.c calls setresgid/setresuid, which signal every thread).
+        let probePath = self.probePath
+        let positives = await Blocking.run { jobs.map { PositiveControl.run(probePath, [$0.0.probe] + $0.1) } }
+
+        var sandboxed = [ProbeObservation?](repeating: nil, count: jobs.count)
+        await withTaskGroup(of: (Int, ProbeObservation).self) { group in
             var next = 0
             func start() {
                 guard next < jobs.count else { return }
-                let (index, control) = jobs[next]
+                let index = next
                 next += 1
-                group.addTask { (index, await self.check(control, profile: loaded.profile, fixtures: fixtures)) }
+                group.addTask { (index, await self.sandboxed(jobs[index].0, jobs[index].1, profile: profile)) }
             }
             for _ in 0..<concurrency { start() }
-            while let (index, result) = await group.next() {
-                results[index] = result
+            while let (index, observation) = await group.next() {
+                sandboxed[index] = observation
                 start()
             }
         }
-        return VerificationReport(profile: loaded.profile.name, profileDigest: loaded.digest, kernel: Self.kernelRelease(),
-                                  cgroupMode: Self.cgroupMode(), controls: results.compactMap { $0 },
+        var results: [ControlResult] = []
+        for (index, job) in jobs.enumerated() {
+            guard let observation = sandboxed[index] else { continue }
+            results.append(Self.judge(job.0, profile: profile, positive: positives[index], sandboxed: observation))
+        }
+        return VerificationReport(profile: profile.name, profileDigest: loaded.digest, kernel: Self.kernelRelease(),
+                                  cgroupMode: Self.cgroupMode(), controls: results,
                                   durationMs: Int64((WorkerClock.now() - started) / 1_000_000))
     }
 
-    func check(_ control: Control, profile: Profile, fixtures: Fixtures) async -> ControlResult {
-        let arguments = control.arguments.map { argument(for: $0, control: control, profile: profile, fixtures: fixtures) }
-        let probePath = self.probePath
-        async let positive = Blocking.run { PositiveControl.run(probePath, [control.probe] + arguments) }
+    /// The probe inside a real run under the profile, bound read-only at `/probe/stockade-probe`.
+    func sandboxed(_ control: Control, _ arguments: [String], profile: Profile) async -> ProbeObservation {
         var options = RunOptions(command: [Self.probeMountPoint, control.probe] + arguments)
         options.profile = self.profile
         options.volumes = [Profile.Volume(source: probePath, target: Self.probeMountPoint, readOnly: true)]
         options.timeoutSeconds = min(profile.limits.timeoutSeconds, 15)
         let report = await supervisor.run(options)
-        let sandboxed = ProbeObservation(
+        return ProbeObservation(
             outcome: report.outcome.rawValue, exitCode: report.exitCode, signal: report.signal,
             output: Self.firstLines(report.stdout.isEmpty ? report.stderr : report.stdout),
             violations: report.violations.map { "\($0.architecture ?? "?")/\($0.syscall ?? $0.kind)" },
             setupError: report.setupError.map { "\($0.stage): \($0.message)" })
-        return Self.judge(control, profile: profile, positive: await positive, sandboxed: sandboxed)
     }
 
     func argument(for argument: Control.Argument, control: Control, profile: Profile, fixtures: Fixtures) -> String {

@@ -164,7 +164,7 @@ struct ProbeTests {
         _ = (abstract, path)
     }
 
-    @Test("a self-raised SIGSYS is signaled and exit 137 is exited: status comes from the kernel, not the worker")
+    @Test("a SIGSYS from the worker's own seccomp filter is signaled and exit 137 is exited: status comes from the kernel, not the worker")
     func statusSpoofing() throws {
         let h = try Harness()
         let sigsys = try h.probe("spoof-sigsys").report()
