@@ -87,11 +87,15 @@ struct ProbeCase: Sendable, CustomTestStringConvertible {
        .enabled(if: Harness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"),
        .timeLimit(.minutes(3)))
 struct ProbeTests {
-    /// Cancels (skips) the current case with the reason when the host itself cannot do the forbidden thing.
+    /// Skips the rest of the current case when the host itself cannot do the
+    /// forbidden thing, recording why as a known issue (the console shows its
+    /// comment; a plain `Test.cancel` shows nothing in this toolchain's output).
     func requirePositiveControl(_ probe: String, _ args: [String] = []) throws {
         let control = try Harness.probeUnsandboxed(probe, args)
         if control.status != 77 {
-            try Test.cancel("positive control did not succeed on this host (exit \(control.status)): \(control.stdout)\(control.stderr)")
+            let reason = "not applicable on this host: the positive control did not succeed (exit \(control.status)): \(control.stdout)\(control.stderr)"
+            withKnownIssue(Comment(rawValue: reason)) { Issue.record(Comment(rawValue: reason)) }
+            try Test.cancel(Comment(rawValue: reason))
         }
     }
 
