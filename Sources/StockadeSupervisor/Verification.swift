@@ -28,14 +28,18 @@ public struct ProbeObservation: Sendable, Equatable {
     public var violations: [String]
     /// Why the run itself failed, if it did.
     public var setupError: String?
+    /// Anything unusual about how the observation was made (a repeated run).
+    public var note: String?
 
-    public init(outcome: String, exitCode: Int32?, signal: Int32?, output: String, violations: [String] = [], setupError: String? = nil) {
+    public init(outcome: String, exitCode: Int32?, signal: Int32?, output: String, violations: [String] = [],
+                setupError: String? = nil, note: String? = nil) {
         self.outcome = outcome
         self.exitCode = exitCode
         self.signal = signal
         self.output = output
         self.violations = violations
         self.setupError = setupError
+        self.note = note
     }
 
     var summary: String {
@@ -47,6 +51,7 @@ public struct ProbeObservation: Sendable, Equatable {
         default: s += " [\(outcome)]"
         }
         if !violations.isEmpty { s += " [violations: \(violations.joined(separator: ", "))]" }
+        if let note { s += " (\(note))" }
         return s
     }
 
@@ -58,6 +63,7 @@ public struct ProbeObservation: Sendable, Equatable {
             "output": .string(output),
             "violations": .array(violations.map { .string($0) }),
             "setupError": setupError.map { .string($0) } ?? .null,
+            "note": note.map { .string($0) } ?? .null,
         ])
     }
 }
@@ -234,12 +240,19 @@ public struct Verifier: Sendable {
         options.profile = self.profile
         options.volumes = [Profile.Volume(source: probePath, target: Self.probeMountPoint, readOnly: true)]
         options.timeoutSeconds = min(profile.limits.timeoutSeconds, 15)
-        let report = await supervisor.run(options)
+        var report = await supervisor.run(options)
+        // Every probe is bounded well under the deadline, so a timeout is never
+        // a probe's answer; one more run tells a stuck run from a stuck probe.
+        var note: String?
+        if report.outcome == .timeout {
+            note = "run \(report.runId) timed out; this is a second run"
+            report = await supervisor.run(options)
+        }
         return ProbeObservation(
             outcome: report.outcome.rawValue, exitCode: report.exitCode, signal: report.signal,
             output: Self.firstLines(report.stdout.isEmpty ? report.stderr : report.stdout),
             violations: report.violations.map { "\($0.architecture ?? "?")/\($0.syscall ?? $0.kind)" },
-            setupError: report.setupError.map { "\($0.stage): \($0.message)" })
+            setupError: report.setupError.map { "\($0.stage): \($0.message)" }, note: note)
     }
 
     func argument(for argument: Control.Argument, control: Control, profile: Profile, fixtures: Fixtures) -> String {
