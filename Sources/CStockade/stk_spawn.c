@@ -265,6 +265,13 @@ __attribute__((noreturn)) static void stk_worker(const struct stk_plan *plan, in
     }
     if (notify_sock >= 0) close(notify_sock);
 
+    /* Last, because until the listener is handed over the worker still holds
+       the supervisor's close-on-exec descriptors: a low RLIMIT_NOFILE set
+       earlier would leave no room for the listener's fd. */
+    for (size_t i = 0; i < plan->rlimit_count; i++)
+        if (setrlimit((__rlimit_resource_t)plan->rlimits[i].resource, &plan->rlimits[i].limit) < 0)
+            stk_fail(errfd, STK_STAGE_RLIMITS);
+
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
@@ -334,10 +341,6 @@ __attribute__((noreturn)) static void stk_child(const struct stk_plan *plan, int
 
     if (plan->loopback_up && stk_loopback_up() < 0) stk_fail(errfd, STK_STAGE_NETWORK);
     if (chdir(plan->workdir) < 0) stk_fail(errfd, STK_STAGE_WORKDIR);
-
-    for (size_t i = 0; i < plan->rlimit_count; i++)
-        if (setrlimit((__rlimit_resource_t)plan->rlimits[i].resource, &plan->rlimits[i].limit) < 0)
-            stk_fail(errfd, STK_STAGE_RLIMITS);
 
     if (setsid() < 0) stk_fail(errfd, STK_STAGE_SETSID);
     if (stk_drop_capabilities(plan->last_cap) < 0) stk_fail(errfd, STK_STAGE_CAPABILITIES);

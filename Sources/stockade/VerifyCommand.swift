@@ -27,6 +27,8 @@ struct Verify: AsyncParsableCommand {
             let supervisor = try Supervisor(stateDirectory: state.resolved(), catalog: .standard(),
                                             environment: ProcessEnvironment.current(), logger: Logger(label: "stockade"))
             report = try await Verifier(supervisor: supervisor, probePath: probe, profile: profile).run()
+            // The evidence is part of the trail: a verification nobody can find later proves nothing.
+            try supervisor.audit.record(runId: nil, kind: "verification", detail: report.jsonValue)
         } catch {
             Console.error("stockade verify: \(error)")
             throw ExitCode(1)

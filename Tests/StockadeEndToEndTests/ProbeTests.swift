@@ -208,12 +208,27 @@ final class UnixListener: @unchecked Sendable {
        .enabled(if: Harness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"),
        .timeLimit(.minutes(3)))
 struct VerifyTests {
-    func verify(_ args: [String]) throws -> (Harness.Result, [String: Any], [[String: Any]]) {
-        let h = try Harness()
+    func verify(_ args: [String], harness: Harness? = nil) throws -> (Harness.Result, [String: Any], [[String: Any]]) {
+        let h = try harness ?? Harness()
         let r = try h.stockade(["verify", "--json"] + args)
         let object = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], "JSON: \(r.stdout) \(r.stderr)")
         let controls = try #require(object["controls"] as? [[String: Any]])
         return (r, object, controls)
+    }
+
+    @Test("the default and strict profiles: every control is enforced (or the host cannot do it either), exit 0, and the audit keeps the verdicts",
+          arguments: ["default", "strict"])
+    func shippedProfiles(profile: String) throws {
+        let h = try Harness()
+        let (r, object, controls) = try verify(["--profile", profile], harness: h)
+        #expect(r.status == 0, "\(r.stdout.prefix(3000))")
+        #expect(object["passed"] as? Bool == true)
+        for c in controls {
+            let verdict = c["verdict"] as? String
+            #expect(verdict == "enforced" || (verdict == "inconclusive" && c["fails"] as? Bool == false), "\(c)")
+        }
+        let events = try h.stockade(["audit", "events", "--kind", "verification", "--json"])
+        #expect(events.stdout.contains("\"profile\":\"\(profile)\"") && events.stdout.contains("seccomp.keyrings"), "\(events.stdout.prefix(500))")
     }
 
     @Test("the default profile: every control that does not need cgroups is enforced or legitimately not applicable; exit 0 exactly when none fails")
