@@ -64,6 +64,8 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
+        // The diff parser and path guard under libFuzzer (Fuzz/run-diff-fuzz.sh); a corpus replayer otherwise.
+        .executableTarget(name: "stockade-diff-fuzz", dependencies: ["StockadePatches"], swiftSettings: strict),
         // Enforcement probes: small static C programs run inside the sandbox.
         .executableTarget(name: "stockade-probe",
                           cSettings: [.unsafeFlags(["-Wall", "-Werror"])],
