@@ -59,7 +59,13 @@ extension Supervisor {
         if BundleReader.isEmpty(directory: root) { return [] }
         let destination = open(dir.resultPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
         defer { if destination >= 0 { close(destination) } }
-        let verdict = BundleReader.read(directory: root, bounds: profile.bundles, role: .result, copyTo: destination >= 0 ? destination : nil)
+        var verdict = BundleReader.read(directory: root, bounds: profile.bundles, role: .result, copyTo: destination >= 0 ? destination : nil)
+        if case .accepted(let bundle) = verdict, let leaked = leakedSecret(in: bundle, at: dir.resultPath, context: context, bounds: profile.bundles) {
+            // A secret must not sit in a file the supervisor wrote: drop the copy.
+            for file in bundle.manifest.files { unlink(dir.resultPath + "/" + file.path) }
+            unlink(dir.resultPath + "/manifest.json")
+            verdict = .rejected(BundleRejection(rule: .badManifest, entry: leaked, message: "holds the value of a secret given to the worker"))
+        }
         var patches: [UInt8] = []
         let recorded: Result<Void, AuditError>
         switch verdict {
@@ -94,5 +100,15 @@ extension Supervisor {
             }
         }
         return patches
+    }
+
+    /// The first file of an accepted result that holds a secret value, if any.
+    func leakedSecret(in bundle: VerifiedBundle, at root: String, context: RunContext, bounds: BundleBounds) -> String? {
+        guard !context.redactor.isEmpty else { return nil }
+        for file in bundle.manifest.files {
+            guard let bytes = try? FileReading.read(root + "/" + file.path, limit: Int(bounds.maxFileBytes)) else { continue }
+            if context.redactor.redact(bytes) != bytes { return file.path }
+        }
+        return nil
     }
 }

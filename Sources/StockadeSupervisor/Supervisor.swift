@@ -170,6 +170,9 @@ public final class Supervisor: Sendable {
             throw SetupFailure(stage: "usage", message: "no command: give one after -- or in the request manifest")
         }
         let runPolicy = try runPolicy(for: profile, options: options)
+        // From here on no secret value reaches a row, the diff, a report or a log.
+        context.redactor = runPolicy.redactor
+        audit.addSecrets(runPolicy.redactor.secrets.map { String(decoding: $0, as: UTF8.self) })
         profile.volumes = runPolicy.volumes
 
         let policy = runPolicy.seccomp
@@ -506,7 +509,7 @@ final class RunContext: @unchecked Sendable {
     var descriptors: [Int32] = []
     var cgroup: RunCgroup?
     /// Secret values given to this run's worker: redacted from everything stored.
-    var secretValues: [String] = []
+    var redactor = Redactor.none
 
     init(runId: String) {
         self.runId = runId

@@ -36,11 +36,10 @@ extension Supervisor {
         if rejection == nil {
             rejection = Self.guardVerdict(diff, bounds: profile.bundles, workspace: lower >= 0 ? lower : nil)
         }
-        let secrets = SecretValues(context.secretValues)
-        if rejection == nil, secrets.occurs(in: diff) {
+        let stored = context.redactor.redact(diff)
+        if rejection == nil, stored != diff {
             rejection = "the diff contains a secret value; it was redacted and is not applied"
         }
-        let stored = secrets.redact(diff)
         try? FileReading.writeAtomically(dir.path + "/diff.patch", stored)
         do {
             let id = try audit.recordDiff(runId: context.runId, content: stored, verdict: rejection == nil ? "passed" : "rejected",
@@ -98,45 +97,6 @@ extension Supervisor {
         let root = workspace.map { FileDescriptor(rawValue: $0) }
         if case let .rejected(path, rule, message) = PathGuard.check(set, workspaceRoot: root) {
             return "\(path): \(message) (rule \(rule.rawValue))"
-        }
-        return nil
-    }
-}
-
-/// Secret values as bytes, to find and blank them in what the supervisor stores.
-struct SecretValues {
-    let values: [[UInt8]]
-
-    init(_ secrets: [String]) {
-        values = secrets.map { Array($0.utf8) }.filter { !$0.isEmpty }
-    }
-
-    func occurs(in bytes: [UInt8]) -> Bool {
-        values.contains { range(of: $0, in: bytes, from: 0) != nil }
-    }
-
-    func redact(_ bytes: [UInt8]) -> [UInt8] {
-        var out = bytes
-        for value in values {
-            var result: [UInt8] = []
-            var start = 0
-            while let r = range(of: value, in: out, from: start) {
-                result += out[start..<r]
-                result += Array("[REDACTED]".utf8)
-                start = r + value.count
-            }
-            result += out[start...]
-            out = result
-        }
-        return out
-    }
-
-    private func range(of needle: [UInt8], in haystack: [UInt8], from: Int) -> Int? {
-        guard needle.count <= haystack.count - from else { return nil }
-        var i = from
-        while i + needle.count <= haystack.count {
-            if haystack[i] == needle[0] && haystack[i..<(i + needle.count)].elementsEqual(needle) { return i }
-            i += 1
         }
         return nil
     }

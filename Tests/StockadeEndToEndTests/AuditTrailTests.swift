@@ -142,3 +142,44 @@ struct AuditTrailTests {
         #expect(((report["setupError"] as? [String: Any])?["stage"] as? String) == "audit")
     }
 }
+
+@Suite("secrets never reach what the supervisor stores", .serialized,
+       .enabled(if: Harness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(2)))
+struct SecretStorageTests {
+    @Test("a secret the worker prints, writes into the workspace and into its result is absent from the audit database, report, logs, diff and result copy")
+    func secretEverywhere() throws {
+        let h = try Harness()
+        let secret = "sk-live-\(UUID().uuidString)"
+        let secretFile = h.stateDirectory + "/token"
+        try secret.write(toFile: secretFile, atomically: true, encoding: .utf8)
+        chmod(secretFile, 0o600)
+        let profile = h.stateDirectory + "/secret.json"
+        try #"{"extends":"default","secrets":[{"env":"API_TOKEN","file":"\#(secretFile)"}]}"#.write(toFile: profile, atomically: true, encoding: .utf8)
+        let ws = try makeWorkspace()
+        let script = "echo \"token=$API_TOKEN\"; echo \"$API_TOKEN\" >&2; echo \"$API_TOKEN\" > leaked.txt; " +
+            "cd /sandbox/result && printf '%s' \"$API_TOKEN\" > r.txt && H=$(sha256sum r.txt | cut -d' ' -f1) && S=$(wc -c < r.txt) && " +
+            "printf '{\"version\":1,\"files\":[{\"path\":\"r.txt\",\"size\":%s,\"sha256\":\"%s\"}]}' $S $H > manifest.json"
+        let r = try h.stockade(["run", "--json", "--profile", profile, "--workspace", ws, "--", "/bin/sh", "-c", script])
+        let report = try r.report()
+        #expect(report.string("stdout") == "token=[REDACTED]\n", "the worker saw the secret and the report hides it")
+        #expect(!r.stdout.contains(secret))
+        let review = try #require(report["review"] as? [String: Any])
+        #expect(review["state"] as? String == "rejected")
+        let result = try #require(report["result"] as? [String: Any])
+        #expect(result["status"] as? String == "rejected" && ((result["reason"] as? String) ?? "").contains("secret"), "\(result)")
+        let runId = try #require(report.string("runId"))
+        let runDir = h.stateDirectory + "/runs/" + runId
+        for item in ["report.json", "logs/stdout.log", "logs/stderr.log", "diff.patch"] {
+            let text = (try? String(contentsOfFile: runDir + "/" + item, encoding: .utf8)) ?? ""
+            #expect(!text.isEmpty && !text.contains(secret), "\(item)")
+        }
+        for item in (try? FileManager.default.subpathsOfDirectory(atPath: runDir + "/result")) ?? [] {
+            let text = (try? String(contentsOfFile: runDir + "/result/" + item, encoding: .utf8)) ?? ""
+            #expect(!text.contains(secret), "result/\(item)")
+        }
+        let dump = try Harness.exec("/usr/bin/sqlite3", [h.stateDirectory + "/audit.sqlite", ".dump"])
+        #expect(dump.status == 0 && dump.stdout.contains(runId))
+        #expect(!dump.stdout.contains(secret), "the audit database holds the secret")
+        #expect(try h.stockade(["audit", "verify"]).status == 0)
+    }
+}

@@ -79,8 +79,11 @@ struct BundleTests {
     func resultRejected(kind: String, rule: String) throws {
         let h = try Harness()
         let canary = "stockade-canary-\(UUID().uuidString)"
-        let canaryFile = h.stateDirectory + "/canary.txt"
-        try canary.write(toFile: canaryFile, atomically: true, encoding: .utf8)
+        // Outside the state directory: a volume may never show the state directory itself.
+        let canaryDir = FileManager.default.temporaryDirectory.appendingPathComponent("stockade-canary-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: canaryDir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: canaryDir) }
+        try canary.write(toFile: canaryDir + "/canary.txt", atomically: true, encoding: .utf8)
         let ok = sha256Hex("data")
         let script: String
         switch kind {
@@ -101,7 +104,7 @@ struct BundleTests {
         default:
             script = "mkdir /sandbox/result/manifest.json"
         }
-        let r = try h.stockade(["run", "--json", "--volume", "\(h.stateDirectory):/canary:ro", "--", "/bin/sh", "-c", script])
+        let r = try h.stockade(["run", "--json", "--volume", "\(canaryDir):/canary:ro", "--", "/bin/sh", "-c", script])
         let report = try r.report()
         let result = try #require(report["result"] as? [String: Any])
         #expect(result["status"] as? String == "rejected", "\(report)")
