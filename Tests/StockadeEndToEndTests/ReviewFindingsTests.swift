@@ -32,7 +32,7 @@ struct ReviewFindingsTests {
         #expect(report.string("stdout") == "refused\n", "16 MiB went into an 8 MiB workspace: \(report.string("stdout") ?? "")")
     }
 
-    @Test("a file name the worker chose cannot add a line to `review list` (fails today: the rejection reason carries the raw name)")
+    @Test("a file name the worker chose cannot add a line to `review list`")
     func reviewListLineInjection() throws {
         let h = try Harness()
         let ws = try makeWorkspace()
