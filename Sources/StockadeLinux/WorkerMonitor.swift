@@ -232,7 +232,9 @@ public final class WorkerMonitor: Sendable {
             return errno == ENOENT || errno == EINTR || (events & UInt32(EPOLLHUP_VALUE)) == 0
         }
         let native = n.arch == BPFInterpreter.auditArchX86_64 && n.nr & BPFInterpreter.x32SyscallBit == 0
-        let name = Self.syscallName(arch: n.arch, nr: n.nr)
+        // Numbers no syscall table names share one bucket: keyed by number, a worker
+        // walking through 2^30 of them would grow this table, the report and the audit without bound.
+        let name = Self.syscallName(arch: n.arch, nr: n.nr) ?? "unknown"
         let archName = native ? "x86_64" : (n.arch == BPFInterpreter.auditArchI386 ? "i386" : (n.arch == BPFInterpreter.auditArchX86_64 ? "x32" : String(n.arch, radix: 16)))
         let policy = config.policy
         let kill = !native && (policy?.killOnForeignArchitecture ?? true) || (policy?.killOnViolation ?? false)
@@ -256,7 +258,8 @@ public final class WorkerMonitor: Sendable {
         return true
     }
 
-    static func syscallName(arch: UInt32, nr: Int32) -> String {
+    /// The syscall's name in `arch`'s table, or nil when no table names the number.
+    static func syscallName(arch: UInt32, nr: Int32) -> String? {
         if let c = seccomp_syscall_resolve_num_arch(arch, nr) {
             defer { free(c) }
             return String(cString: c)
@@ -266,7 +269,7 @@ public final class WorkerMonitor: Sendable {
             defer { free(c) }
             return String(cString: c)
         }
-        return "syscall-\(nr)"
+        return nil
     }
 
     private func finishIfDone() {

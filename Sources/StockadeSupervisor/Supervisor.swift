@@ -326,6 +326,12 @@ public final class Supervisor: Sendable {
     /// The audit's closing event and the report file. An audit write that
     /// fails turns the run into a failure: it is never reported as successful.
     func finish(_ context: RunContext, report: inout RunReport) {
+        // An event that could not be recorded (a violation, a kill, the exit) fails the
+        // run even when the closing row below can still be written.
+        if context.auditFailed && report.setupError == nil {
+            report.setupError = RunReport.SetupError(stage: "audit", errno: 0,
+                                                     message: "an audit event of the run could not be recorded; see the supervisor's log")
+        }
         if context.auditOpen {
             var detail: [String: JSONValue] = ["durationMs": .number(report.durationMs), "cpuTimeMs": .number(report.cpuTimeMs),
                                                "memoryPeakBytes": .number(report.memoryPeakBytes), "orphansKilled": .number(report.orphansKilled)]

@@ -42,7 +42,7 @@ struct ReviewCommand: ParsableCommand {
                         "appliedAt": r.appliedAt.map { .string($0) } ?? .null,
                     ]).serialized())
                 } else {
-                    Console.out("\(r.id)\t\(r.runId)\t\(r.state)\t\(r.verdict)\t\(r.bytes) bytes\t\(r.createdAt)\(r.reason.map { "\t" + $0 } ?? "")")
+                    Console.out("\(r.id)\t\(r.runId)\t\(r.state)\t\(r.verdict)\t\(r.bytes) bytes\t\(r.createdAt)\(r.reason.map { "\t" + TerminalOutput.field($0) } ?? "")")
                 }
             }
         }
@@ -67,8 +67,10 @@ struct ReviewCommand: ParsableCommand {
                 throw ExitCode(1)
             }
             var head = "diff \(record.id) of run \(record.runId): \(record.state); guard verdict \(record.verdict)"
-            if let reason = record.reason { head += " (\(reason))" }
-            if let by = record.decidedBy { head += "; decided by \(by) at \(record.decidedAt ?? "?")\(record.note.map { ": \($0)" } ?? "")" }
+            if let reason = record.reason { head += " (\(TerminalOutput.field(reason)))" }
+            if let by = record.decidedBy {
+                head += "; decided by \(TerminalOutput.field(by)) at \(record.decidedAt ?? "?")\(record.note.map { ": \(TerminalOutput.field($0))" } ?? "")"
+            }
             if let applied = record.appliedAt { head += "; applied at \(applied)" }
             Console.error(head)
             TerminalOutput.write(record.content, to: 1)

@@ -102,16 +102,56 @@ enum TerminalOutput {
         }
     }
 
+    /// Control characters made visible: C0 (but newline and tab) as ^X, C1 controls (U+0080–U+009F,
+    /// which UTF-8 terminals obey as ESC sequences: U+009B is CSI) and bytes that are not UTF-8 as \xNN.
     static func sanitize(_ bytes: [UInt8]) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(bytes.count)
-        for b in bytes {
-            if b == 0x0A || b == 0x09 || (b >= 0x20 && b != 0x7F) {
-                out.append(b)
+        var i = 0
+        while i < bytes.count {
+            let b = bytes[i]
+            if b < 0x80 {
+                if b == 0x0A || b == 0x09 || (b >= 0x20 && b != 0x7F) {
+                    out.append(b)
+                } else {
+                    out += Array("^\(Character(Unicode.Scalar(b ^ 0x40)))".utf8)
+                }
+                i += 1
+                continue
+            }
+            let length = b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : b >= 0xC2 ? 2 : 0
+            if length > 0, i + length <= bytes.count,
+               let text = String(validating: bytes[i..<(i + length)], as: UTF8.self),
+               let scalar = text.unicodeScalars.first, !(0x80...0x9F).contains(scalar.value) {
+                out += bytes[i..<(i + length)]
+                i += length
             } else {
-                out += Array("^\(Character(Unicode.Scalar(b ^ 0x40)))".utf8)
+                out += hex(b)
+                i += 1
             }
         }
         return out
+    }
+
+    /// One line's field as the operator sees it: every control character, C1 control, invalid
+    /// byte and bidirectional override as \xNN, so a worker-chosen name cannot start a new
+    /// line, split a tab-separated field or drive the terminal.
+    static func field(_ text: String) -> String {
+        var out = ""
+        for scalar in text.unicodeScalars {
+            let v = scalar.value
+            if v < 0x20 || v == 0x7F || (0x80...0x9F).contains(v) || v == 0x2028 || v == 0x2029
+                || (0x202A...0x202E).contains(v) || (0x2066...0x2069).contains(v) {
+                for byte in String(scalar).utf8 { out += String(decoding: hex(byte), as: UTF8.self) }
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
+    }
+
+    static func hex(_ byte: UInt8) -> [UInt8] {
+        let digits = Array("0123456789ABCDEF".utf8)
+        return Array("\\x".utf8) + [digits[Int(byte >> 4)], digits[Int(byte & 0xF)]]
     }
 }
