@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <linux/mount.h>
+#include <linux/openat2.h>
 #include <linux/sched.h>
 #include <linux/seccomp.h>
 #include <linux/securebits.h>
@@ -94,11 +95,45 @@ static int stk_chown_if(const char *path, int64_t uid, int64_t gid) {
     return lchown(path, (uid_t)uid, (gid_t)gid);
 }
 
-static int stk_run_op(const char *root, const struct stk_mount_op *op) {
+/*
+ * Fails with ELOOP unless `path` (absolute inside the new root) resolves
+ * beneath the root without any symlink or `..`: a mount target must never be
+ * steered by a link a worker left in a read-write volume during an earlier
+ * run. With `parent_only`, the last component is not checked (it may not
+ * exist yet).
+ */
+static int stk_check_target(int rootfd, const char *path, int parent_only) {
+    char rel[4096];
+    size_t n = 0;
+    while (*path == '/') path++;
+    for (const char *c = path; *c && n + 1 < sizeof rel; c++) rel[n++] = *c;
+    rel[n] = 0;
+    if (parent_only) {
+        while (n > 0 && rel[n - 1] != '/') n--;
+        while (n > 0 && rel[n - 1] == '/') n--;
+        rel[n] = 0;
+    }
+    if (n == 0) return 0;
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = O_PATH | O_CLOEXEC;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    int fd = (int)syscall(SYS_openat2, rootfd, rel, &how, sizeof how);
+    if (fd < 0) return -1;
+    close(fd);
+    return 0;
+}
+
+static int stk_run_op(const char *root, int rootfd, const struct stk_mount_op *op) {
     char target[4096];
     if (op->target == NULL || stk_join(target, sizeof target, root, op->target) < 0) {
         errno = ENAMETOOLONG;
         return -1;
+    }
+    if (stk_check_target(rootfd, op->target, 1) < 0) return -1;
+    if (op->kind != STK_OP_SYMLINK && op->kind != STK_OP_FILE && op->kind != STK_OP_SETATTR) {
+        /* The mount point itself, once it exists, must not be a link either. */
+        if (stk_check_target(rootfd, op->target, 0) < 0 && errno != ENOENT) return -1;
     }
     switch (op->kind) {
     case STK_OP_MKDIR:
@@ -320,18 +355,25 @@ __attribute__((noreturn)) static void stk_child(const struct stk_plan *plan, int
     struct pollfd pfd = {syncfd, POLLIN, 0};
     if (poll(&pfd, 1, 0) != 0 && (pfd.revents & (POLLHUP | POLLERR))) _exit(127);
 
+    /* A fresh anonymous session keyring: the supervisor's keys stay out of reach
+       even under a profile that allows keyctl. */
+    if (syscall(SYS_keyctl, 1 /* KEYCTL_JOIN_SESSION_KEYRING */, 0L, 0L, 0L, 0L) < 0 && errno != ENOSYS)
+        stk_fail(errfd, STK_STAGE_IDENTITY);
     if (unshare(CLONE_NEWCGROUP) < 0) stk_fail(errfd, STK_STAGE_CGROUPNS);
     if (sethostname(plan->hostname, stk_strlen(plan->hostname)) < 0) stk_fail(errfd, STK_STAGE_HOSTNAME);
 
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) stk_fail(errfd, STK_STAGE_MOUNT_PRIVATE);
     if (mount("tmpfs", plan->root, "tmpfs", MS_NOSUID | MS_NODEV, plan->root_data) < 0)
         stk_fail(errfd, STK_STAGE_ROOT);
+    int rootfd = open(plan->root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (rootfd < 0) stk_fail(errfd, STK_STAGE_ROOT);
     for (size_t i = 0; i < plan->op_count; i++) {
-        if (stk_run_op(plan->root, &plan->ops[i]) < 0) {
+        if (stk_run_op(plan->root, rootfd, &plan->ops[i]) < 0) {
             stk_failed_op = (int)i;
             stk_fail(errfd, STK_STAGE_MOUNTS);
         }
     }
+    close(rootfd);
 
     if (chdir(plan->root) < 0 || syscall(SYS_pivot_root, ".", ".") < 0 || umount2(".", MNT_DETACH) < 0 ||
         chdir("/") < 0)
@@ -522,6 +564,25 @@ int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result) {
         goto fail_child;
     }
     if (plan->notify) result->notify_fd = stk_receive_fd(sock[0]);
+
+    /* Between the filter and execve the worker still makes a few calls
+       (close, prlimit64, rt_sigprocmask, execve itself); a profile may deny
+       them, and nobody else listens yet: answer EPERM so that the step fails
+       and is reported instead of hanging. */
+    while (result->notify_fd >= 0) {
+        struct pollfd fds[2] = {{errpipe[0], POLLIN, 0}, {result->notify_fd, POLLIN, 0}};
+        if (poll(fds, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        if (fds[0].revents) break;
+        if (fds[1].revents & POLLIN) {
+            struct stk_notification pending;
+            if (stk_notify_receive(result->notify_fd, &pending) == 0) (void)stk_notify_respond(result->notify_fd, pending.id, EPERM);
+        } else if (fds[1].revents) {
+            break;
+        }
+    }
 
     struct stk_failure failure;
     ssize_t n;

@@ -80,6 +80,7 @@ public final class WorkerMonitor: Sendable {
         var violationOrder: [String] = []
         var timedOut = false
         var seccompKill: SeccompViolation?
+        var notifications = 0
         var endedAt: UInt64 = 0
         var finished = false
         var drainTimer: Int32 = -1
@@ -237,10 +238,14 @@ public final class WorkerMonitor: Sendable {
         let name = Self.syscallName(arch: n.arch, nr: n.nr) ?? "unknown"
         let archName = native ? "x86_64" : (n.arch == BPFInterpreter.auditArchI386 ? "i386" : (n.arch == BPFInterpreter.auditArchX86_64 ? "x32" : String(n.arch, radix: 16)))
         let policy = config.policy
-        let kill = !native && (policy?.killOnForeignArchitecture ?? true) || (policy?.killOnViolation ?? false)
+        var kill = !native && (policy?.killOnForeignArchitecture ?? true) || (policy?.killOnViolation ?? false)
         let errnoValue = policy?.notifyErrno[name] ?? EPERM
         let key = "\(archName)/\(name)"
         state.withLock { s in
+            // Every notification costs the supervisor CPU the worker's cgroup
+            // does not pay for: past a budget, a flood is itself a violation.
+            s.notifications += 1
+            if s.notifications > Self.notificationBudget { kill = true }
             if var v = s.violations[key] {
                 v.count += 1
                 s.violations[key] = v
@@ -257,6 +262,9 @@ public final class WorkerMonitor: Sendable {
         }
         return true
     }
+
+    /// Denied calls one run may make before the supervisor kills it (outcome `seccomp`).
+    public static let notificationBudget = 100_000
 
     /// The syscall's name in `arch`'s table, or nil when no table names the number.
     static func syscallName(arch: UInt32, nr: Int32) -> String? {

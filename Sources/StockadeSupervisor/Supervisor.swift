@@ -202,8 +202,22 @@ public final class Supervisor: Sendable {
             let resolved = String(cString: real)
             free(real)
             context.workspace = resolved
+            // The overlay's upper and work directories live on a tmpfs bounded in
+            // bytes and inodes (its pages are charged to the worker's memory
+            // cgroup): the worker cannot fill the host's disk through /workspace.
+            let layer = runDirectory.upperPath
+            let inodes = max(4096, profile.bundles.maxFiles + 1024)
+            guard mount("tmpfs", layer, "tmpfs", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC),
+                        "size=\(profile.limits.workspaceBytes),nr_inodes=\(inodes),mode=0700") == 0 else {
+                throw SetupFailure(stage: "workspace", errno: errno,
+                                   message: "cannot mount the bounded tmpfs for the workspace's changes on \(layer): \(String(cString: strerror(errno)))")
+            }
+            context.layerMount = layer
+            guard mkdir(layer + "/data", 0o755) == 0, mkdir(layer + "/work", 0o700) == 0 else {
+                throw SetupFailure(stage: "workspace", errno: errno, message: "cannot prepare \(layer): \(String(cString: strerror(errno)))")
+            }
             do {
-                let fd = try WorkspaceOverlay.mount(workspace: resolved, upper: runDirectory.upperPath, work: runDirectory.workPath,
+                let fd = try WorkspaceOverlay.mount(workspace: resolved, upper: layer + "/data", work: layer + "/work",
                                                     workerHostUid: hostUid, workerHostGid: hostGid)
                 context.descriptors.append(fd)
                 workspace = .mount(fd: fd)
@@ -514,6 +528,8 @@ final class RunContext: @unchecked Sendable {
     var resultMount: Int32 = -1
     var descriptors: [Int32] = []
     var cgroup: RunCgroup?
+    /// The tmpfs holding the overlay's upper and work directories, unmounted at the end.
+    var layerMount: String?
     /// Secret values given to this run's worker: redacted from everything stored.
     var redactor = Redactor.none
 
@@ -526,6 +542,10 @@ final class RunContext: @unchecked Sendable {
         descriptors = []
         try? cgroup?.remove()
         cgroup = nil
+        if let layer = layerMount {
+            _ = umount2(layer, Int32(MNT_DETACH))
+            layerMount = nil
+        }
         runDirectory?.close()
     }
 }

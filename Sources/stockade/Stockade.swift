@@ -14,6 +14,26 @@ struct Stockade: AsyncParsableCommand {
     )
 }
 
+/// `--state-dir` is global (DESIGN.md): given before the subcommand it is
+/// taken out and stands for every command, as `$STOCKADE_STATE_DIR` does.
+enum GlobalOptions {
+    static func apply(_ arguments: [String]) -> [String] {
+        var rest = arguments
+        while let first = rest.first, first.hasPrefix("--state-dir") {
+            if first == "--state-dir", rest.count >= 2 {
+                setenv("STOCKADE_STATE_DIR", rest[1], 1)
+                rest.removeFirst(2)
+            } else if first.hasPrefix("--state-dir=") {
+                setenv("STOCKADE_STATE_DIR", String(first.dropFirst("--state-dir=".count)), 1)
+                rest.removeFirst()
+            } else {
+                break
+            }
+        }
+        return rest
+    }
+}
+
 /// Options every command that touches the state directory takes.
 struct StateOptions: ParsableArguments {
     @Option(name: .long, help: "State directory (else $STOCKADE_STATE_DIR, $XDG_STATE_HOME/stockade, ~/.local/state/stockade).")
@@ -46,7 +66,7 @@ enum Main {
             handler.logLevel = level ?? .warning
             return handler
         }
-        let arguments = Array(CommandLine.arguments.dropFirst())
+        let arguments = GlobalOptions.apply(Array(CommandLine.arguments.dropFirst()))
         do {
             var command = try Stockade.parseAsRoot(arguments)
             if var async = command as? AsyncParsableCommand {

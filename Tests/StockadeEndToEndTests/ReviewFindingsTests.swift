@@ -20,7 +20,7 @@ struct ReviewFindingsTests {
         #expect(violations.first?["syscall"] as? String == "unknown")
     }
 
-    @Test("the workspace's changes are bounded by the profile's workspaceSize (fails today: upper/ is on the host disk, unbounded)")
+    @Test("the workspace's changes are bounded by the profile's workspaceSize, not by the host disk")
     func workspaceChangesAreBounded() throws {
         let h = try Harness()
         let ws = try makeWorkspace()
@@ -41,5 +41,65 @@ struct ReviewFindingsTests {
         let list = try h.stockade(["review", "list"])
         let lines = list.stdout.split(separator: "\n", omittingEmptySubsequences: true)
         #expect(lines.count == 1, "one diff, one line: \(list.stdout)")
+    }
+}
+
+@Suite("setup cannot be steered or stalled by what a profile or an earlier run left", .serialized,
+       .enabled(if: Harness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(2)))
+struct SetupHardeningTests {
+    @Test("a profile denying a call the worker makes before execve fails the run with a setup error instead of hanging",
+          arguments: ["prlimit64", "execve"])
+    func deniedBeforeExec(call: String) throws {
+        let h = try Harness()
+        let profile = h.stateDirectory + "/deny.json"
+        try #"{"extends":"default","seccomp":{"deny":["\#(call)"]}}"#.write(toFile: profile, atomically: true, encoding: .utf8)
+        let started = Date()
+        let r = try h.stockade(["run", "--json", "--profile", profile, "--timeout", "5", "--", "/bin/true"])
+        #expect(Date().timeIntervalSince(started) < 20)
+        let report = try r.report()
+        #expect(report.string("outcome") == "setup-failed", "\(report)")
+        #expect([125, 126].contains(r.status))
+    }
+
+    @Test("the worker cannot reach the supervisor's session keyring even when the profile allows keyctl")
+    func sessionKeyring() throws {
+        let h = try Harness()
+        let marker = "stockade-key-\(UUID().uuidString.prefix(8))"
+        try #require(FileManager.default.isExecutableFile(atPath: "/usr/bin/keyctl"), "keyctl (keyutils) is not installed")
+        let profile = h.stateDirectory + "/keys.json"
+        try #"{"extends":"default","seccomp":{"allow":["keyctl","add_key","request_key"]}}"#.write(toFile: profile, atomically: true, encoding: .utf8)
+        // In a fresh session keyring: the key is found there on the host (positive control), then the worker looks.
+        let script = "keyctl add user \(marker) secretvalue @s >/dev/null && keyctl search @s user \(marker) >/dev/null && echo CONTROL-FOUND; " +
+            "'\(Harness.stockade)' run --json --profile '\(profile)' -- /bin/sh -c 'keyctl search @s user \(marker) && echo FOUND; echo end'"
+        let r = try Harness.exec("/usr/bin/keyctl", ["session", "-", "/bin/sh", "-c", script], environment: ["STOCKADE_STATE_DIR": h.stateDirectory])
+        let lines = r.stdout.split(separator: "\n")
+        #expect(lines.first == "CONTROL-FOUND", "positive control: \(r.stdout) \(r.stderr)")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data((lines.last ?? "").utf8)) as? [String: Any])
+        let out = report["stdout"] as? String ?? ""
+        #expect(out.hasSuffix("end\n") && !out.contains("FOUND"), "\(out)")
+    }
+
+    @Test("a symlink planted in a read-write volume cannot steer a later run's mount target outside the root")
+    func plantedTarget() throws {
+        let h = try Harness()
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("stockade-plant-\(UUID().uuidString)").path
+        let outside = base + "-outside"
+        try FileManager.default.createDirectory(atPath: base + "/vol/sub", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: base + "/cache", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: outside, withIntermediateDirectories: true)
+        // The worker's uid is not the host owner: let it write the read-write volume.
+        chmod(base + "/vol", 0o777)
+        chmod(base + "/vol/sub", 0o777)
+        defer { for p in [base, outside] { try? FileManager.default.removeItem(atPath: p) } }
+        let volumes = ["--volume", "\(base)/vol:/data:rw", "--volume", "\(base)/cache:/data/sub/cache:ro"]
+        // Run 1 replaces /data/sub with a link to a host directory it can name (here: one the test made).
+        let plant = try h.stockade(["run", "--json", "--volume", "\(base)/vol:/data:rw", "--", "/bin/sh", "-c",
+                                    "rm -rf /data/sub && ln -s \(outside) /data/sub && echo planted"])
+        #expect(try plant.report().string("stdout") == "planted\n")
+        // Run 2 must refuse to build its root through the link, and create nothing outside.
+        let r = try h.stockade(["run", "--json"] + volumes + ["--", "/bin/true"])
+        #expect(r.status == 125)
+        #expect(try r.report().string("outcome") == "setup-failed")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: outside).isEmpty)
     }
 }
