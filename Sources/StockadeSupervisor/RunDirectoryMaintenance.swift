@@ -1,3 +1,4 @@
+import Glibc
 import StockadeBundles
 
 /// `stockade gc`: finished run directories past an age, never a running one
@@ -14,10 +15,24 @@ public enum RunDirectoryMaintenance {
 
     /// Removes them and returns their run ids.
     public static func collectGarbage(stateDirectory: String, olderThan seconds: Double) throws(SupervisorError) -> [String] {
+        releaseLayers(stateDirectory: stateDirectory)
         do {
             return try RunDirectory.collectGarbage(stateDirectory: stateDirectory, olderThan: seconds)
         } catch {
             throw SupervisorError(.io, error.description)
+        }
+    }
+
+    /// A supervisor that died mid-run leaves its workspace layer (a tmpfs on
+    /// `<run>/upper`) mounted: detach those of runs nobody holds any more.
+    static func releaseLayers(stateDirectory: String) {
+        let runs = stateDirectory + "/runs"
+        guard let dir = opendir(runs) else { return }
+        defer { closedir(dir) }
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard !name.hasPrefix("."), Supervisor.isFinishedRun(runs + "/" + name) else { continue }
+            _ = umount2(runs + "/" + name + "/upper", Int32(MNT_DETACH))
         }
     }
 }
