@@ -4,7 +4,11 @@ import Crypto
 import StockadePolicy
 import Synchronization
 
-/// The audit store in one SQLite file (WAL, `foreign_keys=ON`, `synchronous=FULL`).
+/// The audit store in one SQLite file (WAL, `foreign_keys=ON`). Commits are
+/// `synchronous=NORMAL` (consistent after any crash; a power cut may lose the
+/// newest commits) except the ones that close a story — a run's end, a diff,
+/// a review decision, an application, an abandonment — which are `FULL` and
+/// so also make every earlier commit durable: one fsync per run, not five.
 ///
 /// One connection serves every writer in this process, guarded by a `Mutex`; other processes open
 /// their own. Every append runs in `BEGIN IMMEDIATE`, which takes the database's single write lock
@@ -67,7 +71,7 @@ public final class SQLiteAuditStore: AuditStore {
             throw AuditError(.storage, path: path,
                              "cannot switch the audit database to WAL mode (it stayed in \(mode ?? "unknown") mode); keep the state directory on a local filesystem")
         }
-        try db.execute("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL",
+        try db.execute("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL",
                        "configure the audit database")
         return db
     }
@@ -111,7 +115,7 @@ public final class SQLiteAuditStore: AuditStore {
     }
 
     public func finishRun(runId: String, outcome: String, exitStatus: Int32, detail: JSONValue) throws(AuditError) {
-        try write { (db, sanitizer) throws(AuditError) in
+        try write(durable: true) { (db, sanitizer) throws(AuditError) in
             let now = AuditClock.now()
             try db.run("UPDATE runs SET state = 'finished', outcome = ?, exitStatus = ?, endedAt = ? WHERE runId = ? AND state = 'running'",
                        [.text(outcome), .int(Int64(exitStatus)), .text(now), .text(runId)], "finish run \(runId)")
@@ -146,7 +150,7 @@ public final class SQLiteAuditStore: AuditStore {
     public func recordDiff(runId: String, content: [UInt8], verdict: String, reason: String?) throws(AuditError) -> Int64 {
         try require(verdict, in: ["passed", "rejected"], "diff verdict")
         let sha256 = AuditChain.hex(SHA256.hash(data: content))
-        return try write { (db, sanitizer) throws(AuditError) -> Int64 in
+        return try write(durable: true) { (db, sanitizer) throws(AuditError) -> Int64 in
             let now = AuditClock.now()
             let reason = reason.map(sanitizer.sanitize)
             let rejected = verdict == "rejected"
@@ -169,7 +173,7 @@ public final class SQLiteAuditStore: AuditStore {
     }
 
     public func decide(diffId: Int64, accept: Bool, actor: String, note: String?) throws(AuditError) -> DiffRecord {
-        try write { (db, sanitizer) throws(AuditError) -> DiffRecord in
+        try write(durable: true) { (db, sanitizer) throws(AuditError) -> DiffRecord in
             let now = AuditClock.now()
             let decision = accept ? "accepted" : "rejected"
             let actor = sanitizer.sanitize(actor)
@@ -190,7 +194,7 @@ public final class SQLiteAuditStore: AuditStore {
     }
 
     public func markApplied(diffId: Int64, detail: JSONValue) throws(AuditError) {
-        try write { (db, sanitizer) throws(AuditError) in
+        try write(durable: true) { (db, sanitizer) throws(AuditError) in
             let now = AuditClock.now()
             try db.run("UPDATE diffs SET appliedAt = ? WHERE id = ? AND state = 'accepted' AND appliedAt IS NULL",
                        [.text(now), .int(diffId)], "mark diff \(diffId) applied")
@@ -204,7 +208,7 @@ public final class SQLiteAuditStore: AuditStore {
     }
 
     public func markAbandoned(isAlive: (Int32, UInt64) -> Bool) throws(AuditError) -> [String] {
-        try write { (db, sanitizer) throws(AuditError) -> [String] in
+        try write(durable: true) { (db, sanitizer) throws(AuditError) -> [String] in
             var running: [(runId: String, pid: Int32, start: UInt64)] = []
             try db.withStatement("SELECT runId, supervisorPid, supervisorStart FROM runs WHERE state = 'running' ORDER BY createdAt, runId",
                                  [], "list running runs") { (s) throws(AuditError) in
@@ -296,11 +300,15 @@ public final class SQLiteAuditStore: AuditStore {
 
     // MARK: internals
 
-    /// Runs `body` in a `BEGIN IMMEDIATE` transaction on the shared connection.
-    private func write<T: Sendable>(_ body: (SQLiteConnection, DetailSanitizer) throws(AuditError) -> T) throws(AuditError) -> T {
+    /// Runs `body` in a `BEGIN IMMEDIATE` transaction on the shared connection;
+    /// a `durable` one is committed with `synchronous=FULL`.
+    private func write<T: Sendable>(durable: Bool = false,
+                                    _ body: (SQLiteConnection, DetailSanitizer) throws(AuditError) -> T) throws(AuditError) -> T {
         try state.withLock { (state) throws(AuditError) -> T in
             let db = state.db
             let sanitizer = state.sanitizer
+            if durable { try db.execute("PRAGMA synchronous = FULL", "make the commit durable") }
+            defer { if durable { try? db.execute("PRAGMA synchronous = NORMAL", "restore the commit mode") } }
             return try db.immediateTransaction { () throws(AuditError) -> T in try body(db, sanitizer) }
         }
     }

@@ -1,6 +1,7 @@
 import CSeccomp
 import Glibc
 import StockadePolicy
+import Synchronization
 
 /// A compiled classic-BPF seccomp program, ready for the child to install.
 public struct SeccompProgram: Sendable, Equatable {
@@ -41,7 +42,21 @@ public enum SeccompCompiler {
         return String(cString: cName)
     }
 
+    /// The last few policies compiled by this process: a batch of runs under
+    /// one profile compiles its filter once (about 2 ms each).
+    private static let cache = Mutex<[(SeccompPolicy, SeccompProgram)]>([])
+
     public static func compile(_ policy: SeccompPolicy) throws(LinuxError) -> SeccompProgram {
+        if let hit = cache.withLock({ $0.first { $0.0 == policy }?.1 }) { return hit }
+        let program = try compileUncached(policy)
+        cache.withLock { entries in
+            entries.insert((policy, program), at: 0)
+            if entries.count > 8 { entries.removeLast() }
+        }
+        return program
+    }
+
+    static func compileUncached(_ policy: SeccompPolicy) throws(LinuxError) -> SeccompProgram {
         guard let ctx = seccomp_init(action(policy.defaultAction)) else {
             throw LinuxError(.seccomp, stage: "seccomp", "libseccomp could not create a filter context")
         }

@@ -22,7 +22,7 @@ struct AuditSchemaTests {
         let store = try db.store()
         #expect(try store.pragma("journal_mode") == "wal")
         #expect(try store.pragma("foreign_keys") == "1")
-        #expect(try store.pragma("synchronous") == "2")
+        #expect(try store.pragma("synchronous") == "1", "NORMAL between the durable commits")
         #expect(try store.pragma("busy_timeout") == "10000")
         var info = stat()
         #expect(stat(db.path, &info) == 0)
