@@ -5,6 +5,7 @@ import Testing
 /// The v1 hierarchies of this host, when they are all mounted and the tests run as root.
 let hostV1: CgroupV1? = {
     guard getuid() == 0, let driver = try? Cgroups.detect() as? CgroupV1 else { return nil }
+    removeTestParentsOfDeadRuns(driver)
     // A parent of its own, so these tests never touch (or removeStale) another supervisor's runs.
     return try? CgroupV1(mounts: driver.mounts, parent: "stockade-test-\(getpid())")
 }()
@@ -95,6 +96,22 @@ struct CgroupV1HostTests {
         try run.remove()
     }
 
+    @Test("killAll empties a fork bomb that keeps refilling its pids limit", .timeLimit(.minutes(1)))
+    func killAllForkBomb() throws {
+        defer { cleanUp() }
+        let run = try driver.create(name: "bomb", limits: CgroupLimits(memoryBytes: 64 << 20, cpus: 0.5, pids: 16))
+        defer { try? run.remove() }
+        // bash, unlike dash, retries a refused fork instead of exiting, so the bomb stays at its limit.
+        let bomb = try HeldProcess("exec 2>/dev/null; f() { f & f & wait; }; f", shell: "/bin/bash")
+        try join(bomb.pid, through: run.joinDescriptors)
+        bomb.start()
+        #expect(eventually { run.processes().count >= 12 && run.usage().pidsLimitHits > 0 })
+        #expect(try run.killAll() >= 12)
+        #expect(run.isEmpty())
+        #expect(bomb.reap() == SIGKILL)
+        try run.remove()
+    }
+
     @Test("removeStale kills and removes a leftover run cgroup and leaves the active one", .timeLimit(.minutes(1)))
     func removeStale() throws {
         defer { cleanUp() }
@@ -111,5 +128,18 @@ struct CgroupV1HostTests {
         for path in live.paths { #expect(access(path, F_OK) == 0, "\(path) removed") }
         try live.remove()
         try stale.remove()
+    }
+}
+
+/// A test process killed mid-run leaves its `stockade-test-<pid>` parent behind: clear those whose process
+/// is gone, with the driver's own stale-run removal.
+func removeTestParentsOfDeadRuns(_ driver: CgroupV1) {
+    for hierarchy in driver.hierarchies {
+        for name in CgroupFiles.subdirectories(hierarchy) where name.hasPrefix("stockade-test-") {
+            guard let pid = pid_t(name.dropFirst("stockade-test-".count)), kill(pid, 0) != 0, errno == ESRCH,
+                  let stale = try? CgroupV1(mounts: driver.mounts, parent: name) else { continue }
+            _ = stale.removeStale { _ in false }
+            for h in stale.hierarchies { rmdir(h + "/" + name) }
+        }
     }
 }

@@ -1,13 +1,13 @@
 import Foundation
 @testable import StockadeCgroups
 
-/// A real `/bin/sh -c SCRIPT` child that blocks on its stdin until released, so a test can place it in a
+/// A real `SHELL -c SCRIPT` child that blocks on its stdin until released, so a test can place it in a
 /// cgroup before it runs anything, as the spawner does.
 struct HeldProcess {
     let pid: pid_t
     private let release: Int32
 
-    init(_ script: String) throws {
+    init(_ script: String, shell: String = "/bin/sh") throws {
         var fds: [Int32] = [-1, -1]
         guard pipe(&fds) == 0 else { throw Failure("pipe: errno \(errno)") }
         // The parent's write end must not leak into the children, or they would never see EOF.
@@ -17,12 +17,12 @@ struct HeldProcess {
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_adddup2(&actions, fds[0], 0)
         posix_spawn_file_actions_addclose(&actions, fds[1])
-        var argv: [UnsafeMutablePointer<CChar>?] = [String]
-            .init(["/bin/sh", "-c", "read -r go; " + script]).map { (arg: String) in strdup(arg) }
+        let args: [String] = [shell, "-c", "read -r go; " + script]
+        var argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) }
         argv.append(nil)
         defer { argv.forEach { free($0) } }
         var child: pid_t = 0
-        let rc = posix_spawn(&child, "/bin/sh", &actions, nil, argv, environ)
+        let rc = posix_spawn(&child, shell, &actions, nil, argv, environ)
         close(fds[0])
         guard rc == 0 else {
             close(fds[1])
@@ -35,6 +35,11 @@ struct HeldProcess {
     /// Lets the script run.
     func start() {
         _ = "go\n".withCString { Glibc.write(release, $0, 3) }
+        close(release)
+    }
+
+    /// Closes the release pipe without starting the script (for a child killed while held).
+    func abandon() {
         close(release)
     }
 
