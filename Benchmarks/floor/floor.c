@@ -17,9 +17,11 @@
  * No init process, no /dev, no stdio pipes, no audit: this is the floor a supervisor
  * can be compared against, not a sandbox to use.
  *
- * Usage: floor [-n N] [-w WARMUP] [-q] [-t]   prints one line per run ("run <i> <microseconds>"),
+ * Usage: floor [-n N] [-w WARMUP] [-q] [-t] [-T]   prints one line per run ("run <i> <microseconds>"),
  * then "floor: n=... median_us=... p10_us=... p90_us=... mean_us=... runs_per_s=...";
- * -q omits the per-run lines, -t adds the mean time of each parent-side phase.
+ * -q omits the per-run lines, -t adds the mean time of each parent-side phase, -T joins the
+ * cgroups through "tasks" instead of "cgroup.procs" (see BENCHMARKS.md: the first cgroup.procs
+ * write after a quiet period waits for an RCU grace period on cgroup v1).
  * Must run as root on a cgroup v1 host.
  */
 #define _GNU_SOURCE
@@ -143,6 +145,9 @@ static void cgroup_path(char *buf, size_t cap, int c, const char *name, const ch
     snprintf(buf, cap, "/sys/fs/cgroup/%s/%s%s%s", controllers[c], name, file ? "/" : "", file ? file : "");
 }
 
+/* -T: join through each hierarchy's "tasks" file instead of "cgroup.procs" (the child has one thread). */
+static const char *join_file = "cgroup.procs";
+
 /* Phase totals for -t: cgroup create, clone to release, release to reaped, cgroup remove. */
 static uint64_t phase_ns[4];
 
@@ -195,7 +200,7 @@ static void one_run(int index) {
     if (write_file(path, "0 1000000000 65536\n") < 0) die(path);
     snprintf(text, sizeof text, "%ld", pid);
     for (int c = 0; c < NCTRL; c++) {
-        cgroup_path(path, sizeof path, c, name, "cgroup.procs");
+        cgroup_path(path, sizeof path, c, name, join_file);
         if (write_file(path, text) < 0) die(path);
     }
     if (write(syncpipe[1], "g", 1) != 1) die("release the child");
@@ -251,13 +256,14 @@ static uint64_t percentile(const uint64_t *sorted, int n, double p) {
 
 int main(int argc, char **argv) {
     int n = 200, warmup = 20, quiet = 0, phases = 0, opt;
-    while ((opt = getopt(argc, argv, "n:w:qt")) != -1) {
+    while ((opt = getopt(argc, argv, "n:w:qtT")) != -1) {
         if (opt == 'n') n = atoi(optarg);
         else if (opt == 'w') warmup = atoi(optarg);
         else if (opt == 'q') quiet = 1;
         else if (opt == 't') phases = 1;
+        else if (opt == 'T') join_file = "tasks";
         else {
-            fprintf(stderr, "usage: floor [-n N] [-w WARMUP] [-q] [-t]\n");
+            fprintf(stderr, "usage: floor [-n N] [-w WARMUP] [-q] [-t] [-T]\n");
             return 2;
         }
     }

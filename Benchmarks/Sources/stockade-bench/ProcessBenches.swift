@@ -119,7 +119,8 @@ struct BatchResult {
 }
 
 /// Runs `stockade batch --parallel P` over `runs` requests of `command` in `stateDir` and times each report line.
-func runBatch(stockade: String, stateDir: String, runs: Int, parallel: Int, command: [String], workDir: String) -> BatchResult {
+func runBatch(stockade: String, stateDir: String, runs: Int, parallel: Int, command: [String], workDir: String,
+              stallSeconds: Int = 30) -> BatchResult {
     let requests = workDir + "/requests-\(parallel)-\(runs).jsonl"
     writeRequests(requests, count: runs, command: command)
     let start = nowNanos()
@@ -128,7 +129,16 @@ func runBatch(stockade: String, stateDir: String, runs: Int, parallel: Int, comm
     var arrivals: [UInt64] = []
     var durations: [Double] = []
     var failed = 0
-    readLines(child.stdout) { line, at in
+    // A batch that stops reporting is killed (its workers die with it: parent-death signal), not waited on forever.
+    var killed = false
+    readLines(child.stdout, tickMillis: 500, tick: {
+        let last = arrivals.last ?? start
+        if !killed, nowNanos() - last > UInt64(stallSeconds) * 1_000_000_000 {
+            writeError("stockade-bench: no report for \(stallSeconds) s after \(arrivals.count) of \(runs) runs: killing stockade batch (pid \(child.pid))")
+            kill(child.pid, SIGKILL)
+            killed = true
+        }
+    }) { line, at in
         arrivals.append(at)
         if let d = jsonInt(line, "durationMs") { durations.append(Double(d)) }
         if !(contains(line, "\"outcome\":\"exited\"") && jsonInt(line, "exitCode") == 0) { failed += 1 }
@@ -136,7 +146,7 @@ func runBatch(stockade: String, stateDir: String, runs: Int, parallel: Int, comm
     let status = waitExit(child.pid)
     let end = nowNanos()
     unlink(requests)
-    if status != 0 { writeError("stockade-bench: stockade batch exited with status \(status)\n") }
+    if status != 0 { writeError("stockade-bench: stockade batch exited with status \(status)\(killed ? " (killed: stalled)" : "")") }
     var gaps: [Double] = []
     for i in 1..<max(arrivals.count, 1) { gaps.append(Double(arrivals[i] - arrivals[i - 1]) / 1e6) }
     return BatchResult(runs: arrivals.count, failed: failed + max(0, runs - arrivals.count),
