@@ -240,7 +240,7 @@ static int stk_count_processes(void) {
  */
 __attribute__((noreturn)) static void stk_worker(const struct stk_plan *plan, int errfd, int notify_sock) {
     if (setsid() < 0) stk_fail(errfd, STK_STAGE_SETSID);
-    if (setresgid(plan->gid, plan->gid, plan->gid) < 0 || setresuid(plan->uid, plan->uid, plan->uid) < 0)
+    if (syscall(SYS_setresgid, plan->gid, plan->gid, plan->gid) < 0 || syscall(SYS_setresuid, plan->uid, plan->uid, plan->uid) < 0)
         stk_fail(errfd, STK_STAGE_CREDENTIALS);
     if (stk_clear_capability_sets() < 0) stk_fail(errfd, STK_STAGE_CAPABILITIES);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) stk_fail(errfd, STK_STAGE_NO_NEW_PRIVS);
@@ -264,6 +264,13 @@ __attribute__((noreturn)) static void stk_worker(const struct stk_plan *plan, in
         }
     }
     if (notify_sock >= 0) close(notify_sock);
+
+    /* Last, because until the listener is handed over the worker still holds
+       the supervisor's close-on-exec descriptors: a low RLIMIT_NOFILE set
+       earlier would leave no room for the listener's fd. */
+    for (size_t i = 0; i < plan->rlimit_count; i++)
+        if (setrlimit((__rlimit_resource_t)plan->rlimits[i].resource, &plan->rlimits[i].limit) < 0)
+            stk_fail(errfd, STK_STAGE_RLIMITS);
 
     sigset_t none;
     sigemptyset(&none);
@@ -302,8 +309,10 @@ __attribute__((noreturn)) static void stk_child(const struct stk_plan *plan, int
     do got = read(syncfd, &go, 1); while (got < 0 && errno == EINTR);
     if (got != 1) _exit(127);
 
-    /* Become root of the new user namespace so files we create have a mapped owner. */
-    if (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0) stk_fail(errfd, STK_STAGE_IDENTITY);
+    /* Become root of the new user namespace so files we create have a mapped owner.
+       Raw syscalls: glibc's setresuid() signals every thread it knows of, and
+       this copy of a multithreaded process has only one, so it would hang. */
+    if (syscall(SYS_setresgid, 0, 0, 0) < 0 || syscall(SYS_setresuid, 0, 0, 0) < 0) stk_fail(errfd, STK_STAGE_IDENTITY);
     /* The identity change cleared the parent-death signal: set it again, then
        make sure the parent did not die before it was set. The parent holds the
        sync pipe's write end until the worker has exec'd, so a hang-up means it is gone. */
@@ -332,10 +341,6 @@ __attribute__((noreturn)) static void stk_child(const struct stk_plan *plan, int
 
     if (plan->loopback_up && stk_loopback_up() < 0) stk_fail(errfd, STK_STAGE_NETWORK);
     if (chdir(plan->workdir) < 0) stk_fail(errfd, STK_STAGE_WORKDIR);
-
-    for (size_t i = 0; i < plan->rlimit_count; i++)
-        if (setrlimit((__rlimit_resource_t)plan->rlimits[i].resource, &plan->rlimits[i].limit) < 0)
-            stk_fail(errfd, STK_STAGE_RLIMITS);
 
     if (setsid() < 0) stk_fail(errfd, STK_STAGE_SETSID);
     if (stk_drop_capabilities(plan->last_cap) < 0) stk_fail(errfd, STK_STAGE_CAPABILITIES);

@@ -7,22 +7,22 @@
 
 int stk_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
 
-int stk_epoll_add(int epfd, int fd) {
+int stk_epoll_add(int epfd, int fd, uint64_t token) {
     struct epoll_event ev;
     memset(&ev, 0, sizeof ev);
     ev.events = EPOLLIN | EPOLLRDHUP;
-    ev.data.fd = fd;
+    ev.data.u64 = token;
     return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
 }
 
 int stk_epoll_remove(int epfd, int fd) { return epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL); }
 
-int stk_epoll_wait(int epfd, int *fds, uint32_t *events, int capacity, int timeout_ms) {
+int stk_epoll_wait(int epfd, uint64_t *tokens, uint32_t *events, int capacity, int timeout_ms) {
     struct epoll_event evs[64];
     if (capacity > 64) capacity = 64;
     int n = epoll_wait(epfd, evs, capacity, timeout_ms);
     for (int i = 0; i < n; i++) {
-        fds[i] = evs[i].data.fd;
+        tokens[i] = evs[i].data.u64;
         events[i] = evs[i].events;
     }
     return n;

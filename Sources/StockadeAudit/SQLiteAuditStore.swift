@@ -1,3 +1,4 @@
+import Glibc
 import CSQLite
 import Crypto
 import StockadePolicy
@@ -48,7 +49,20 @@ public final class SQLiteAuditStore: AuditStore {
         // process that is creating or migrating the same file.
         db.setBusyTimeout(milliseconds: busyTimeoutMilliseconds)
         // The first statement reads the header: a non-database file fails here with .notADatabase.
-        let mode = try db.first("PRAGMA journal_mode" + (readOnly ? "" : "=WAL"), [], "read the database header and set WAL mode") { $0.text(0) }
+        // Switching to WAL takes an exclusive lock, and SQLite answers BUSY at
+        // once (without its busy handler) when another process is doing the
+        // same on a new file: retry for as long as the busy timeout.
+        var mode: String?
+        var waited = 0
+        while true {
+            do {
+                mode = try db.first("PRAGMA journal_mode" + (readOnly ? "" : "=WAL"), [], "read the database header and set WAL mode") { $0.text(0) }
+                break
+            } catch where error.code == .busy && waited < busyTimeoutMilliseconds {
+                usleep(20_000)
+                waited += 20
+            }
+        }
         if !readOnly, mode?.lowercased() != "wal" {
             throw AuditError(.storage, path: path,
                              "cannot switch the audit database to WAL mode (it stayed in \(mode ?? "unknown") mode); keep the state directory on a local filesystem")

@@ -11,8 +11,14 @@ public final class EventLoop: Sendable {
 
     public static let shared = EventLoop()
 
+    private struct Registrations {
+        var next: UInt64 = 1
+        var tokens: [Int32: UInt64] = [:]
+        var handlers: [UInt64: Handler] = [:]
+    }
+
     private let epoll: Int32
-    private let handlers = Mutex<[Int32: Handler]>([:])
+    private let registrations = Mutex(Registrations())
 
     private init() {
         epoll = stk_epoll_create()
@@ -30,31 +36,56 @@ public final class EventLoop: Sendable {
 
     /// Watches `fd` for readability (and hang-up).
     public func register(_ fd: Int32, handler: @escaping Handler) throws(LinuxError) {
-        handlers.withLock { $0[fd] = handler }
-        if stk_epoll_add(epoll, fd) != 0 {
+        let token = registrations.withLock { r in
+            let token = r.next
+            r.next += 1
+            r.tokens[fd] = token
+            r.handlers[token] = handler
+            return token
+        }
+        if stk_epoll_add(epoll, fd, token) != 0 {
             let e = errno
-            _ = handlers.withLock { $0.removeValue(forKey: fd) }
+            registrations.withLock { r in
+                r.tokens[fd] = nil
+                r.handlers[token] = nil
+            }
             throw LinuxError(.setup, stage: "epoll", errno: e, "could not watch descriptor \(fd)")
         }
     }
 
     /// Stops watching `fd` (the caller still owns and closes it).
     public func unregister(_ fd: Int32) {
-        if handlers.withLock({ $0.removeValue(forKey: fd) }) != nil {
-            _ = stk_epoll_remove(epoll, fd)
+        let removed = registrations.withLock { r -> Bool in
+            guard let token = r.tokens.removeValue(forKey: fd) else { return false }
+            r.handlers[token] = nil
+            return true
         }
+        if removed { _ = stk_epoll_remove(epoll, fd) }
+    }
+
+    /// Unregisters the registration `token` only if it is still current.
+    private func unregister(token: UInt64) {
+        let fd = registrations.withLock { r -> Int32? in
+            guard r.handlers.removeValue(forKey: token) != nil,
+                  let fd = r.tokens.first(where: { $0.value == token })?.key else { return nil }
+            r.tokens[fd] = nil
+            return fd
+        }
+        if let fd { _ = stk_epoll_remove(epoll, fd) }
     }
 
     private func run() {
-        var fds = [Int32](repeating: -1, count: 64)
+        var tokens = [UInt64](repeating: 0, count: 64)
         var events = [UInt32](repeating: 0, count: 64)
         while true {
-            let n = stk_epoll_wait(epoll, &fds, &events, 64, -1)
+            let n = stk_epoll_wait(epoll, &tokens, &events, 64, -1)
             if n < 0 { continue }
             for i in 0..<Int(n) {
-                let fd = fds[i]
-                guard let handler = handlers.withLock({ $0[fd] }) else { continue }
-                if !handler(events[i]) { unregister(fd) }
+                let token = tokens[i]
+                // A registration removed earlier in this batch (and perhaps its
+                // fd number reused) is gone from the table: its event is dropped.
+                guard let handler = registrations.withLock({ $0.handlers[token] }) else { continue }
+                if !handler(events[i]) { unregister(token: token) }
             }
         }
     }

@@ -1,0 +1,388 @@
+import Foundation
+import StockadePolicy
+import StockadeSupervisor
+import Testing
+
+/// One probe the default profile must block, and how the block must show.
+struct ProbeCase: Sendable, CustomTestStringConvertible {
+    enum Expect: Sendable {
+        /// The probe exits 0 (refused); the run's outcome is `exited`.
+        case refused
+        /// The filter kills the worker: outcome `seccomp`, exit 159.
+        case seccompKill
+    }
+
+    var probe: String
+    var args: [String] = []
+    var expect: Expect = .refused
+    /// The syscall the report's `violations` must name, when the filter refuses it by notification.
+    var violation: String?
+
+    init(_ probe: String, _ args: [String] = [], _ expect: Expect = .refused, violation: String? = nil) {
+        self.probe = probe
+        self.args = args
+        self.expect = expect
+        self.violation = violation
+    }
+
+    var testDescription: String { ([probe] + args).joined(separator: " ") }
+
+    static let blockedByDefault: [ProbeCase] = [
+        // 1 namespaces
+        ProbeCase("host-pids"),
+        ProbeCase("userns", violation: "unshare"),
+        ProbeCase("clone-newuser", violation: "clone"),
+        ProbeCase("clone3-newuser"), // ENOSYS straight from the filter, so glibc falls back: no notification
+        ProbeCase("setns", violation: "setns"),
+        ProbeCase("mount-tmpfs", violation: "mount"),
+        ProbeCase("mount-proc", violation: "mount"),
+        ProbeCase("mount-sysfs", violation: "mount"),
+        ProbeCase("sethostname", violation: "sethostname"),
+        ProbeCase("proc-sys-write"),
+        ProbeCase("chroot", violation: "chroot"),
+        ProbeCase("pivot-root", violation: "pivot_root"),
+        // 2 seccomp
+        ProbeCase("keyctl-int80", [], .seccompKill, violation: "keyctl"),
+        ProbeCase("x32-getpid", [], .seccompKill),
+        ProbeCase("add-key", violation: "add_key"),
+        ProbeCase("keyctl", violation: "keyctl"),
+        ProbeCase("io-uring-setup", violation: "io_uring_setup"),
+        ProbeCase("userfaultfd", violation: "userfaultfd"),
+        ProbeCase("perf-event-open", violation: "perf_event_open"),
+        ProbeCase("bpf", violation: "bpf"),
+        ProbeCase("ptrace", violation: "ptrace"),
+        ProbeCase("process-vm-readv", violation: "process_vm_readv"),
+        ProbeCase("open-by-handle-at", violation: "open_by_handle_at"),
+        ProbeCase("init-module", violation: "init_module"),
+        ProbeCase("clock-settime", violation: "clock_settime"),
+        ProbeCase("personality", violation: "personality"),
+        ProbeCase("socket-vsock", violation: "socket"),
+        ProbeCase("socket-packet", violation: "socket"),
+        ProbeCase("socket-alg", violation: "socket"),
+        ProbeCase("netlink-audit", violation: "socket"),
+        ProbeCase("seccomp-mode"),
+        // 3 capabilities
+        ProbeCase("caps"),
+        ProbeCase("no-new-privs"),
+        ProbeCase("setuid0"),
+        ProbeCase("capset"),
+        ProbeCase("uidmap"),
+        ProbeCase("mknod-dev"),
+        // 4 resources that hold without cgroups (tmpfs size, rlimits)
+        ProbeCase("tmpfs-fill", ["80"]),
+        ProbeCase("fd-bomb", ["300"]),
+        ProbeCase("rt-priority"),
+        ProbeCase("core-dump"),
+        // 5 filesystem
+        ProbeCase("write-host-view"),
+        // 6 network
+        ProbeCase("raw-socket"),
+        // 7 descriptors and terminals
+        ProbeCase("tiocsti", violation: "ioctl"),
+        ProbeCase("cwd-outside", violation: "chroot"),
+    ]
+}
+
+@Suite("enforcement probes, sandboxed and as positive controls",
+       .enabled(if: Harness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"),
+       .timeLimit(.minutes(3)))
+struct ProbeTests {
+    /// Skips the rest of the current case when the host itself cannot do the
+    /// forbidden thing, recording why as a known issue (the console shows its
+    /// comment; a plain `Test.cancel` shows nothing in this toolchain's output).
+    func requirePositiveControl(_ probe: String, _ args: [String] = []) throws {
+        let control = try Harness.probeUnsandboxed(probe, args)
+        if control.status != 77 {
+            let reason = "not applicable on this host: the positive control did not succeed (exit \(control.status)): \(control.stdout)\(control.stderr)"
+            withKnownIssue(Comment(rawValue: reason)) { Issue.record(Comment(rawValue: reason)) }
+            try Test.cancel(Comment(rawValue: reason))
+        }
+    }
+
+    @Test("each probe succeeds unsandboxed and is refused in the default sandbox, the refusal recorded",
+          arguments: ProbeCase.blockedByDefault)
+    func blocked(_ c: ProbeCase) throws {
+        let h = try Harness()
+        let r = try h.probe(c.probe, c.args)
+        let report = try r.report()
+        let out = report.string("stdout") ?? ""
+        switch c.expect {
+        case .refused:
+            #expect(report.string("outcome") == "exited", "\(out) \(report)")
+            #expect(r.status == 0, "the probe did the forbidden thing or could not tell: \(out)")
+            #expect(out.hasPrefix("\(c.probe): "), "one line saying what it observed: \(out)")
+        case .seccompKill:
+            #expect(report.string("outcome") == "seccomp", "\(out) \(report)")
+            #expect(r.status == 159)
+        }
+        if let syscall = c.violation {
+            #expect(report.violationSyscalls.contains(syscall), "violations name \(syscall): \(report["violations"] ?? "none")")
+        }
+        try requirePositiveControl(c.probe, c.args)
+    }
+
+    @Test("only descriptors 0, 1, 2 reach the worker, even when the supervisor inherited more")
+    func descriptors() throws {
+        // Positive control: a descriptor inherited unsandboxed is seen.
+        let control = try Harness.exec("/bin/sh", ["-c", "exec 3</ 4</etc; exec \"$0\" fds", Harness.probe])
+        #expect(control.status == 77, "\(control.stdout)")
+        #expect(control.stdout.contains("3->/"))
+        // The supervisor itself holds inheritable descriptors 3 and 4 to host directories.
+        let h = try Harness()
+        let run = "exec 3</ 4</etc; exec \"$0\" run --json --volume \"$1:/probe/stockade-probe:ro\" -- /probe/stockade-probe fds"
+        let r = try Harness.exec("/bin/sh", ["-c", run, Harness.stockade, Harness.probe],
+                                 environment: ["STOCKADE_STATE_DIR": h.stateDirectory])
+        let out = try r.report().string("stdout") ?? ""
+        #expect(r.status == 0, "\(out)")
+        #expect(out == "fds: only 0, 1, 2 open\n")
+    }
+
+    @Test("uid_map never maps host uid 0, under every built-in profile", arguments: ["default", "strict"])
+    func uidMap(_ profile: String) throws {
+        #expect(try Harness.probeUnsandboxed("uidmap").status == 77, "positive control: the host's map covers uid 0")
+        let r = try Harness().probe("uidmap", options: ["--profile", profile])
+        let out = try r.report().string("stdout") ?? ""
+        #expect(r.status == 0, "\(out)")
+        #expect(out.contains("host uid 0 not mapped"))
+    }
+
+    @Test("the host's loopback, abstract and path Unix listeners are unreachable, also with network loopback",
+          arguments: ["none", "loopback"])
+    func hostListeners(_ network: String) throws {
+        let tcp = try LoopbackListener()
+        let abstractName = "stockade-test-\(UUID().uuidString)"
+        let abstract = try UnixListener(abstract: abstractName)
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("stockade-sock-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = try UnixListener(path: dir.path + "/s")
+        let cases: [(String, String)] = [("host-loopback", String(tcp.port)), ("abstract-unix", abstractName), ("unix-path", dir.path + "/s")]
+        let h = try Harness()
+        for (probe, arg) in cases {
+            let control = try Harness.probeUnsandboxed(probe, [arg])
+            #expect(control.status == 77, "positive control \(probe): \(control.stdout)")
+            let r = try h.probe(probe, [arg], options: ["--network", network])
+            let out = try r.report().string("stdout") ?? ""
+            #expect(r.status == 0, "\(probe) with network \(network): \(out)")
+        }
+        _ = (abstract, path)
+    }
+
+    @Test("a SIGSYS from the worker's own seccomp filter is signaled and exit 137 is exited: status comes from the kernel, not the worker")
+    func statusSpoofing() throws {
+        let h = try Harness()
+        let sigsys = try h.probe("spoof-sigsys").report()
+        #expect(sigsys.string("outcome") == "signaled")
+        #expect(sigsys.int("signal") == 31)
+        #expect(sigsys.violationSyscalls.isEmpty)
+        let oom = try h.probe("spoof-oom")
+        #expect(oom.status == 137)
+        #expect(try oom.report().string("outcome") == "exited")
+    }
+}
+
+/// A listening Unix socket (abstract or at a path); connections complete into the backlog.
+final class UnixListener: @unchecked Sendable {
+    let fd: Int32
+
+    convenience init(abstract name: String) throws { try self.init(name: name, abstract: true) }
+    convenience init(path: String) throws { try self.init(name: path, abstract: false) }
+
+    private init(name: String, abstract: Bool) throws {
+        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(name.utf8)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, b) in bytes.enumerated() { raw[i + (abstract ? 1 : 0)] = b }
+        }
+        let length = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + (abstract ? 1 : 0))
+        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+        try #require(bound == 0 && listen(fd, 16) == 0, "listen on \(abstract ? "@" : "")\(name)")
+    }
+
+    deinit { close(fd) }
+}
+
+@Suite("stockade verify, end to end",
+       .enabled(if: Harness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"),
+       .timeLimit(.minutes(3)))
+struct VerifyTests {
+    func verify(_ args: [String], harness: Harness? = nil) throws -> (Harness.Result, [String: Any], [[String: Any]]) {
+        let h = try harness ?? Harness()
+        let r = try h.stockade(["verify", "--json"] + args)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], "JSON: \(r.stdout) \(r.stderr)")
+        let controls = try #require(object["controls"] as? [[String: Any]])
+        return (r, object, controls)
+    }
+
+    @Test("the default and strict profiles: every control is enforced (or the host cannot do it either), exit 0, and the audit keeps the verdicts",
+          arguments: ["default", "strict"])
+    func shippedProfiles(profile: String) throws {
+        let h = try Harness()
+        let (r, object, controls) = try verify(["--profile", profile], harness: h)
+        #expect(r.status == 0, "\(r.stdout.prefix(3000))")
+        #expect(object["passed"] as? Bool == true)
+        for c in controls {
+            let verdict = c["verdict"] as? String
+            #expect(verdict == "enforced" || (verdict == "inconclusive" && c["fails"] as? Bool == false), "\(c)")
+        }
+        let events = try h.stockade(["audit", "events", "--kind", "verification", "--json"])
+        #expect(events.stdout.contains("\"profile\":\"\(profile)\"") && events.stdout.contains("seccomp.keyrings"), "\(events.stdout.prefix(500))")
+    }
+
+    @Test("the default profile: every control that does not need cgroups is enforced or legitimately not applicable; exit 0 exactly when none fails")
+    func defaultProfile() throws {
+        let (r, object, controls) = try verify([])
+        for key in ["profile", "kernel", "cgroupMode", "controls", "enforced", "notEnforced", "notApplicable", "inconclusive", "passed"] {
+            #expect(object.keys.contains(key), "key \(key)")
+        }
+        #expect(object["profile"] as? String == "default")
+        #expect(controls.map { $0["id"] as? String ?? "" } == ControlCatalog.all.map(\.id))
+        for c in controls {
+            let id = c["id"] as? String ?? "?"
+            for key in ["id", "threatClass", "title", "verdict", "evidence"] { #expect(c.keys.contains(key), "\(id): \(key)") }
+            let verdict = c["verdict"] as? String
+            #expect(verdict != "not-applicable", "the default profile grants nothing on purpose: \(id) \(c["evidence"] ?? "")")
+            if c["needsCgroups"] as? Bool != true {
+                #expect(c["fails"] as? Bool == false, "\(id): \(verdict ?? "?"): \(c["evidence"] ?? "")")
+                #expect(verdict == "enforced" || verdict == "inconclusive", "\(id): \(verdict ?? "?")")
+            }
+            if verdict == "inconclusive" && c["fails"] as? Bool == false {
+                let positive = c["positiveControl"] as? [String: Any]
+                #expect(positive?["exitCode"] as? Int != 77, "inconclusive only when the host cannot do it: \(id)")
+            }
+        }
+        // The controls that must hold on any kernel this project supports.
+        let verdicts = Dictionary(uniqueKeysWithValues: controls.map { ($0["id"] as? String ?? "", $0["verdict"] as? String ?? "") })
+        for id in ["seccomp.keyrings", "seccomp.foreign-arch-i386", "namespaces.userns-unshare", "capabilities.uid-map",
+                   "descriptors.inherited", "network.host-loopback", "supervisor.sigsys-spoof"] {
+            #expect(verdicts[id] == "enforced", "\(id)")
+        }
+        let anyFails = controls.contains { $0["fails"] as? Bool == true }
+        #expect(r.status == (anyFails ? 1 : 0))
+        #expect(object["passed"] as? Bool == !anyFails)
+    }
+
+    @Test("a weakened profile never shows the keyring control as enforced")
+    func weakenedProfile() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("stockade-weak-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let profile = dir.appendingPathComponent("weak.json").path
+        try #"{"extends":"default","seccomp":{"allow":["keyctl","add_key"]},"network":{"mode":"loopback"}}"#
+            .write(toFile: profile, atomically: true, encoding: .utf8)
+        let (_, _, controls) = try verify(["--profile", profile])
+        let keyrings = try #require(controls.first { $0["id"] as? String == "seccomp.keyrings" })
+        let verdict = keyrings["verdict"] as? String
+        #expect(verdict == "not-enforced" || verdict == "not-applicable", "\(keyrings)")
+        // Loopback for the worker is its own: the host's listener stays unreachable.
+        let loopback = try #require(controls.first { $0["id"] as? String == "network.host-loopback" })
+        #expect(loopback["verdict"] as? String == "enforced", "\(loopback)")
+    }
+
+    @Test("without --json, a table names every control and its verdict")
+    func table() throws {
+        let h = try Harness()
+        let r = try h.stockade(["verify"])
+        for control in ControlCatalog.all {
+            #expect(r.stdout.contains(control.id), "\(control.id)")
+        }
+        #expect(r.stdout.contains("enforced"))
+    }
+}
+
+/// `stockade verify`'s judgement, from the two observations alone (no privileges needed).
+@Suite("verification verdicts")
+struct VerdictTests {
+    struct Case: Sendable, CustomTestStringConvertible {
+        var name: String
+        var control: String
+        var profile: String
+        var positive: ProbeObservation
+        var sandboxed: ProbeObservation
+        var verdict: Verdict
+        var fails: Bool
+        var testDescription: String { name }
+    }
+
+    static func exited(_ code: Int32, _ out: String = "") -> ProbeObservation {
+        ProbeObservation(outcome: "exited", exitCode: code, signal: nil, output: out)
+    }
+
+    static let seccompKilled = ProbeObservation(outcome: "seccomp", exitCode: nil, signal: 9, output: "", violations: ["i386/keyctl"])
+
+    static let cases: [Case] = [
+        Case(name: "refused in the sandbox, worked on the host: enforced", control: "seccomp.keyrings", profile: "default",
+             positive: exited(77), sandboxed: exited(0), verdict: .enforced, fails: false),
+        Case(name: "worked in the sandbox: not enforced", control: "seccomp.keyrings", profile: "default",
+             positive: exited(77), sandboxed: exited(77), verdict: .notEnforced, fails: true),
+        Case(name: "granted by the profile's seccomp allow list: not applicable", control: "seccomp.keyrings", profile: "allow-keys",
+             positive: exited(77), sandboxed: exited(77), verdict: .notApplicable, fails: false),
+        Case(name: "the host cannot do it either: inconclusive, not a failure", control: "seccomp.modules", profile: "default",
+             positive: exited(2), sandboxed: exited(0), verdict: .inconclusive, fails: false),
+        Case(name: "the sandboxed probe could not tell: inconclusive and a failure", control: "seccomp.bpf", profile: "default",
+             positive: exited(77), sandboxed: exited(2), verdict: .inconclusive, fails: true),
+        Case(name: "a foreign architecture must kill: a refusal is not enough", control: "seccomp.foreign-arch-i386", profile: "default",
+             positive: exited(77), sandboxed: exited(0), verdict: .notEnforced, fails: true),
+        Case(name: "a foreign architecture killed by the filter: enforced", control: "seccomp.foreign-arch-i386", profile: "default",
+             positive: exited(77), sandboxed: seccompKilled, verdict: .enforced, fails: false),
+        Case(name: "a kill-on-violation profile ends a refused call with outcome seccomp: enforced", control: "seccomp.bpf", profile: "default",
+             positive: exited(77), sandboxed: seccompKilled, verdict: .enforced, fails: false),
+        Case(name: "the worker's own loopback does not explain a refused host connection: enforced", control: "network.host-loopback",
+             profile: "loopback", positive: exited(77), sandboxed: exited(0), verdict: .enforced, fails: false),
+        Case(name: "a connection that got through under a loopback profile: not applicable", control: "network.host-loopback",
+             profile: "loopback", positive: exited(77), sandboxed: exited(77), verdict: .notApplicable, fails: false),
+        Case(name: "a self-raised SIGSYS classified as seccomp: not enforced", control: "supervisor.sigsys-spoof", profile: "default",
+             positive: ProbeObservation(outcome: "signaled", exitCode: nil, signal: 31, output: ""), sandboxed: seccompKilled,
+             verdict: .notEnforced, fails: true),
+        Case(name: "an OOM-killed memory bomb is contained", control: "resources.memory", profile: "default",
+             positive: exited(77), sandboxed: ProbeObservation(outcome: "oom", exitCode: nil, signal: 9, output: ""),
+             verdict: .enforced, fails: false),
+    ]
+
+    static func profile(_ name: String) -> Profile {
+        var p = Profile()
+        switch name {
+        case "allow-keys": p.seccomp.allow = ["add_key", "keyctl"]
+        case "loopback": p.network.mode = .loopback
+        default: break
+        }
+        return p
+    }
+
+    @Test("each pair of observations gets the verdict the contract gives it", arguments: cases)
+    func verdict(_ c: Case) throws {
+        let control = try #require(ControlCatalog.control(c.control))
+        let result = Verifier.judge(control, profile: Self.profile(c.profile), positive: c.positive, sandboxed: c.sandboxed)
+        #expect(result.verdict == c.verdict, "\(result.evidence)")
+        #expect(result.fails == c.fails)
+        #expect(!result.evidence.isEmpty)
+    }
+
+    @Test("every control's probe exists in the probe binary, and ids are unique")
+    func catalogMatchesProbes() throws {
+        let list = try Harness.exec(Harness.probe, ["list"])
+        let names = Set(list.stdout.split(separator: "\n").compactMap { $0.split(separator: " ").first.map(String.init) })
+        for control in ControlCatalog.all {
+            #expect(names.contains(control.probe), "\(control.id): probe \(control.probe)")
+        }
+        #expect(Set(ControlCatalog.all.map(\.id)).count == ControlCatalog.all.count)
+    }
+
+    @Test("a report's JSON carries the contract's keys and counts")
+    func reportJSON() throws {
+        let control = try #require(ControlCatalog.control("seccomp.keyrings"))
+        let result = Verifier.judge(control, profile: Profile(), positive: Self.exited(77), sandboxed: Self.exited(0))
+        let report = VerificationReport(profile: "default", profileDigest: "d", kernel: "6.x", cgroupMode: "v1", controls: [result], durationMs: 5)
+        let object = try #require(report.jsonValue.object)
+        #expect(object["enforced"] == .number("1"))
+        #expect(object["notEnforced"] == .number("0"))
+        #expect(object["passed"] == .bool(true))
+        let first = try #require(object["controls"]?.array?.first?.object)
+        #expect(first["id"] == .string("seccomp.keyrings"))
+        #expect(first["threatClass"] == .number("2"))
+        #expect(first["verdict"] == .string("enforced"))
+        #expect(report.table.contains("seccomp.keyrings"))
+    }
+}
