@@ -5,23 +5,24 @@ Usage: Benchmarks/profile.py STOCKADE_BINARY [RUNS] [STATE_DIR]
 
 Runs the binary RUNS times (default 15) under
   strace -f --seccomp-bpf -ttt -T -e trace=<a few marker syscalls>
-(only the listed syscalls stop the tracee, so the overhead stays small), splits each trace at
+(only the listed syscalls stop the tracee; thread creation is still traced, so a traced run
+takes longer than an untraced one: compare TOTAL with hyperfine's median), splits each trace at
 marker syscalls and prints the median and p10/p90 of every phase in milliseconds. The phases
 are contiguous: they add up to the whole run. Markers (all seen from the outside, no change to
 Stockade needed):
 
   start-up          execve of stockade -> first thread created (dynamic loading, Swift runtime,
                     argument parsing)
-  state+audit open  -> the audit database's -shm file opened (state dir, SQLite open, migration)
-  cgroup detect     -> the run directory's first mkdirat (cgroup driver, stale-cgroup scan,
-                    profile load)
+  supervisor init   -> the run directory's first mkdirat (state dir, audit database open and
+                    migration check, abandoned-run scan, cgroup driver detection, stale-cgroup
+                    scan, profile load)
   run dir           -> renameat2 of the run directory into place
   audit run.created -> seccomp probing starts (the run.created transaction: WAL fdatasyncs)
   seccomp compile   -> first mkdir of the run cgroup (libseccomp build + export)
   cgroup create     -> clone3 with CLONE_NEWUSER (mkdirs, limits, cgroup.procs opened, spawner
                     threads started on first use)
-  clone+maps        -> the first cgroup.procs pwrite64 (clone3 itself, setgroups, uid/gid maps)
-  cgroup join       -> the child reads the go byte (the cgroup.procs writes)
+  clone+maps+join   -> init's unshare(CLONE_NEWCGROUP) (clone3 itself, setgroups, uid/gid maps,
+                    the cgroup.procs writes, releasing the child)
   child setup       -> execve of the worker (root, mounts, pivot_root, caps, fork, seccomp)
   worker            -> exit_group of the worker (/bin/true itself)
   ns teardown       -> the supervisor's waitid sees init gone (init's exit, namespace teardown)
@@ -40,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 
-TRACE = "execve,clone3,openat,mkdirat,mkdir,renameat2,seccomp,pwrite64,read,exit_group,waitid,rmdir,fdatasync,fsync"
+TRACE = "execve,clone3,mkdirat,mkdir,renameat2,seccomp,unshare,exit_group,waitid,rmdir,fdatasync,fsync"
 
 LINE = re.compile(r"^(\d+)\s+(\d+\.\d+)\s+(.*)$")
 
@@ -95,24 +96,13 @@ def phases(events):
         marks.append((name, ts))
 
     add("start-up", first(events, lambda p, t, k: p == main and t.startswith("clone3(") and "CLONE_THREAD" in t))
-    add("state+audit open", first(events, lambda p, t, k: "audit.sqlite-shm" in t and t.startswith("openat")))
-    add("cgroup detect", first(events, lambda p, t, k: t.startswith("mkdirat(") and ".creating-" in t))
+    add("supervisor init", first(events, lambda p, t, k: t.startswith("mkdirat(") and ".creating-" in t))
     add("run dir", first(events, lambda p, t, k: t.startswith("renameat2(")))
     add("audit run.created", first(events, lambda p, t, k: t.startswith("seccomp(")))
     add("seccomp compile", first(events, lambda p, t, k: t.startswith("mkdir(\"/sys/fs/cgroup/") and "/stockade/" in t))
     clone = first(events, lambda p, t, k: t.startswith("clone3(") and "CLONE_NEWUSER" in t)
     add("cgroup create", clone)
-    add("clone+maps", first(events, lambda p, t, k: t.startswith("pwrite64(") and k in ("whole", "start"), after=clone))
-    # The init process is the clone3 child: find its pid from the clone3 result.
-    init_pid = None
-    for ts, pid, text, dur, kind in events:
-        if ts >= clone and text.startswith("clone3(") and "CLONE_NEWUSER" in text and kind in ("whole", "end"):
-            r = re.search(r"= (\d+)", text.split("=>")[-1] if "=>" in text else text)
-            m = re.search(r"\)\s*=\s*(\d+)", text)
-            if m:
-                init_pid = int(m.group(1))
-                break
-    add("cgroup join", first(events, lambda p, t, k: p == init_pid and t.startswith("read(") and k in ("end", "whole"), after=clone))
+    add("clone+maps+join", first(events, lambda p, t, k: t.startswith("unshare(") and k in ("whole", "start"), after=clone))
     worker_exec = first(events, lambda p, t, k: t.startswith("execve(\"/bin/true\"") and k in ("start", "whole"), after=clone)
     add("child setup", worker_exec)
     worker_pid = next(pid for ts, pid, text, dur, kind in events if ts == worker_exec)
