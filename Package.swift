@@ -9,6 +9,11 @@ let package = Package(
     products: [
         .executable(name: "stockade", targets: ["stockade"]),
         .executable(name: "stockade-probe", targets: ["stockade-probe"]),
+        // For the benchmark package in Benchmarks/ (not used by the root targets).
+        .library(name: "StockadeAudit", targets: ["StockadeAudit"]),
+        .library(name: "StockadePatches", targets: ["StockadePatches"]),
+        .library(name: "StockadeBundles", targets: ["StockadeBundles"]),
+        .library(name: "StockadePolicy", targets: ["StockadePolicy"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Benchmarks/run.sh [--quick]: Stockade against the C floor, bubblewrap, unshare (and nsjail if installed).
+#
+# Builds the release `stockade` (swift build -c release at the root), the C floor (gcc) and the
+# benchmark package (Benchmarks/, release), then measures everything side by side in one run and
+# prints one markdown table (also written to $STOCKADE_BENCH_OUT, default /tmp/stockade-bench/results.md).
+# Run as root on the cgroup v1 host. Not part of the test suite: run it on purpose, on a quiet machine
+# (it waits up to 5 minutes for the 1-minute load average to fall below 1.5, then goes on and says so).
+#
+# STOCKADE_BENCH_BIN=/path/to/stockade measures that release binary instead of building the root package.
+# State directories: the whole-command rows use a state dir on disk (/var/tmp, ext4) and one on
+# tmpfs (/dev/shm); the in-process rows (batch, RSS) use fresh state dirs on disk.
+set -euo pipefail
+
+QUICK=0
+for arg in "$@"; do
+    case "$arg" in
+        --quick) QUICK=1 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        *) echo "run.sh: unknown argument $arg (only --quick)" >&2; exit 2 ;;
+    esac
+done
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+WORK="${STOCKADE_BENCH_WORK:-/var/tmp/stockade-bench}"          # disk (ext4 on this host)
+SHM="${STOCKADE_BENCH_TMPFS:-/dev/shm/stockade-bench}"          # tmpfs
+OUTDIR=/tmp/stockade-bench
+OUT="${STOCKADE_BENCH_OUT:-$OUTDIR/results.md}"
+
+if [ "$(id -u)" -ne 0 ]; then echo "run.sh: run as root (cgroups, namespaces, id maps)" >&2; exit 1; fi
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need bwrap || ! need hyperfine; then
+    echo "run.sh: installing bubblewrap and hyperfine" >&2
+    apt-get install -y bubblewrap hyperfine >&2
+fi
+need python3 || { echo "run.sh: python3 is needed to summarise hyperfine's JSON" >&2; exit 1; }
+
+rm -rf "$WORK" "$SHM"
+mkdir -p "$WORK" "$SHM" "$OUTDIR" "$(dirname "$OUT")"
+
+echo "== building (release)" >&2
+if [ -n "${STOCKADE_BENCH_BIN:-}" ]; then
+    STOCKADE="$STOCKADE_BENCH_BIN"     # a prebuilt release binary to measure instead (say so in the report)
+else
+    (cd "$ROOT" && swift build -c release --product stockade >&2)
+    STOCKADE="$ROOT/.build/release/stockade"
+fi
+gcc -O2 -Wall -Wextra -Werror -o "$WORK/floor" "$HERE/floor/floor.c"
+FLOOR="$WORK/floor"
+(cd "$HERE" && swift build -c release >&2)
+BENCH="$HERE/.build/release/stockade-bench"
+
+# A quiet machine: wait (at most 5 minutes) for the 1-minute load average to drop below 1.5.
+for _ in $(seq 1 60); do
+    awk '{ exit !($1 < 1.5) }' /proc/loadavg && break
+    echo "run.sh: load $(cut -d' ' -f1 /proc/loadavg), waiting for < 1.5" >&2
+    sleep 5
+done
+LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+if [ "$QUICK" = 1 ]; then RUNS=60; WARMUP=5; QFLAG=--quick; else RUNS=300; WARMUP=20; QFLAG=; fi
+
+# ---------------------------------------------------------------- (1) whole command
+echo "== (1) whole command, hyperfine ($RUNS runs each)" >&2
+BWRAP=(bwrap --unshare-all --ro-bind /usr /usr --ro-bind /bin /bin --ro-bind /lib /lib --ro-bind /lib64 /lib64
+       --proc /proc --dev /dev true)
+UNSHARE=(unshare --user --map-root-user --pid --fork --mount --net --uts --ipc --cgroup --mount-proc /bin/true)
+q() { local out="" a; for a in "$@"; do out+="$(printf '%q' "$a") "; done; printf '%s' "${out% }"; }
+CMDS=(
+    -n "/bin/true (bare)" "/bin/true"
+    -n "stockade run -- /bin/true (state on disk)" "$(q "$STOCKADE" run --state-dir "$WORK/state-run-disk" -- /bin/true)"
+    -n "stockade run -- /bin/true (state on tmpfs)" "$(q "$STOCKADE" run --state-dir "$SHM/state-run-tmpfs" -- /bin/true)"
+    -n "bwrap --unshare-all … true" "$(q "${BWRAP[@]}")"
+    -n "unshare --user --map-root-user --pid --fork … /bin/true" "$(q "${UNSHARE[@]}")"
+)
+NSJAIL_NOTE="nsjail: not installed (not packaged in Debian 12); no row"
+if need nsjail; then
+    CMDS+=(-n "nsjail (execve mode)" "$(q nsjail -Me --quiet --disable_proc -R /usr -R /bin -R /lib -R /lib64 -- /bin/true)")
+    NSJAIL_NOTE="nsjail: $(command -v nsjail)"
+fi
+hyperfine -N --style basic --warmup "$WARMUP" --runs "$RUNS" --export-json "$OUTDIR/whole.json" "${CMDS[@]}" >&2
+# A state directory created afresh for every invocation (database creation and migration included).
+hyperfine -N --style basic --warmup 3 --runs "$(( RUNS / 3 ))" --export-json "$OUTDIR/whole-fresh.json" \
+    --prepare "rm -rf $WORK/state-fresh" \
+    -n "stockade run -- /bin/true (fresh state dir on disk each run)" "$(q "$STOCKADE" run --state-dir "$WORK/state-fresh" -- /bin/true)" >&2
+
+WHOLE_ROWS="$(python3 - "$OUTDIR/whole.json" "$OUTDIR/whole-fresh.json" <<'PY'
+import json, sys
+results = []
+for path in sys.argv[1:]:
+    results += json.load(open(path))["results"]
+def pct(ts, p):
+    s = sorted(ts); i = round(p / 100 * (len(s) - 1)); return s[i]
+bw = next(r for r in results if r["command"].startswith("bwrap"))
+bw_med = pct(bw["times"], 50)
+for r in results:
+    t = r["times"]; med = pct(t, 50)
+    name = r["command"]
+    ratio = med / bw_med
+    target, met = "–", "–"
+    if name.startswith("stockade"):
+        target = "≤ 0.8 × bwrap (≤ %.2f ms)" % (0.8 * bw_med * 1000)
+        met = "met" if ratio <= 0.8 else "not met"
+    failed = sum(1 for c in r.get("exit_codes", []) if c != 0)
+    note = "%.2f × bwrap; %d runs%s" % (ratio, len(t), ", %d non-zero exits" % failed if failed else "")
+    print("| %s | %.2f ms | %.2f – %.2f ms | %s | %s | %s |" % (name, med * 1000, pct(t, 10) * 1000, pct(t, 90) * 1000, target, met, note))
+PY
+)"
+
+# ---------------------------------------------------------------- (2) in-process, (3) RSS, (4) components
+echo "== (2) in-process: floor and stockade batch, interleaved" >&2
+BATCH_ROWS="$("$BENCH" batch --stockade "$STOCKADE" --floor "$FLOOR" --work "$WORK/batch" $QFLAG)"
+echo "== (3) supervisor RSS with 100 sleeping workers" >&2
+RSS_ROWS="$("$BENCH" rss --stockade "$STOCKADE" --work "$WORK/rss" --workers 100 --sleep 5)"
+echo "== (4) components" >&2
+COMPONENT_ROWS="$("$BENCH" components --disk "$WORK/components" --tmpfs "$SHM/components" $QFLAG)"
+LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# ---------------------------------------------------------------- report
+{
+    echo "# Stockade benchmarks $(date -u '+%Y-%m-%d %H:%M UTC')$([ "$QUICK" = 1 ] && echo ' (--quick)')"
+    echo
+    echo "- machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM, kernel $(uname -r)"
+    echo "- cgroups: $( [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ] && echo v2 || echo v1 ); disk: $(df -T /var/tmp | awk 'NR==2 {print $2" on "$1}'), rotational=$(cat /sys/block/"$(basename "$(df /var/tmp | awk 'NR==2 {print $1}')")"/queue/rotational 2>/dev/null || echo '?')"
+    echo "- load average (1, 5, 15 min): $LOAD_START at start, $LOAD_END at end"
+    echo "- stockade: $STOCKADE (worktree at $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')), release build; $(bwrap --version); $(hyperfine --version); $NSJAIL_NOTE"
+    echo
+    "$BENCH" header
+    echo "$WHOLE_ROWS"
+    echo "$BATCH_ROWS"
+    echo "$RSS_ROWS"
+    echo "$COMPONENT_ROWS"
+} | tee "$OUT"
+echo "run.sh: written to $OUT" >&2
+rm -rf "$SHM"
