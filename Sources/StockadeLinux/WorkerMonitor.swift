@@ -229,8 +229,11 @@ public final class WorkerMonitor: Sendable {
         guard let listener = worker.notifyFD else { return false }
         var n = stk_notification()
         if stk_notify_receive(listener, &n) != 0 {
-            // ENOENT: the caller died meanwhile. Hang-up: no filter user is left.
-            return errno == ENOENT || errno == EINTR || (events & UInt32(EPOLLHUP_VALUE)) == 0
+            // Hang-up: no task uses the filter any more, nothing will come: stop
+            // watching (else the loop spins on it until the run is collected).
+            // ENOENT without hang-up: that caller died meanwhile; others may follow.
+            if events & UInt32(EPOLLHUP_VALUE) != 0 { return false }
+            return errno == ENOENT || errno == EINTR || errno == EAGAIN
         }
         let native = n.arch == BPFInterpreter.auditArchX86_64 && n.nr & BPFInterpreter.x32SyscallBit == 0
         // Numbers no syscall table names share one bucket: keyed by number, a worker
