@@ -45,7 +45,10 @@ extension Supervisor {
             let id = try audit.recordDiff(runId: context.runId, content: stored, verdict: rejection == nil ? "passed" : "rejected",
                                           reason: rejection)
             report.review = RunReport.Review(id: id, state: rejection == nil ? "pending" : "rejected")
-            if rejection == nil && profile.review.autoAcceptDiffs {
+            // Only a run that ended cleanly is trusted to change the workspace
+            // unattended; a killed or failed one waits for a human.
+            let clean = report.outcome == .exited && report.exitCode == 0 && report.setupError == nil
+            if rejection == nil && profile.review.autoAcceptDiffs && clean {
                 do {
                     try accept(diffId: id, actor: "auto", note: "profile \(profile.name) sets autoAcceptDiffs")
                     report.review.state = "accepted"

@@ -119,6 +119,10 @@ struct WorkspaceReviewTests {
         #expect(review["state"] as? String == "accepted")
         #expect(try String(contentsOfFile: ws + "/made.txt", encoding: .utf8) == "auto\n")
         #expect(try h.stockade(["audit", "events", "--kind", "review.decided"]).stdout.contains("\"actor\":\"auto\""))
+        // A run that fails or is killed leaves its diff pending for a human.
+        let failed = try h.stockade(["run", "--json", "--profile", profile, "--workspace", ws, "--", "/bin/sh", "-c", "echo half > half.txt; exit 3"])
+        #expect((try failed.report()["review"] as? [String: Any])?["state"] as? String == "pending")
+        #expect(!FileManager.default.fileExists(atPath: ws + "/half.txt"))
     }
 
     @Test("without --workspace, /workspace is an empty writable directory and there is no diff")
