@@ -19,6 +19,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
@@ -524,6 +525,25 @@ int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result) {
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = (uint64_t)plan->cgroup_dir_fd;
     }
+    /* The new user namespace is owned by, and its per-user counters (inotify
+       instances, user namespaces, ...) are charged to, the creator's euid:
+       create it as the unprivileged owner uid, not as root, so a worker cannot
+       exhaust root's limits on the host. Only this thread's credentials change
+       (raw syscall), and only around the clone. */
+    int switched = 0;
+    if (plan->ns_owner_uid != 0) {
+        if (syscall(SYS_setresuid, -1, plan->ns_owner_uid, -1) < 0) {
+            result->stage = STK_STAGE_CLONE;
+            result->error = errno;
+            pthread_sigmask(SIG_SETMASK, &old, NULL);
+            stk_close(&errpipe[0]); stk_close(&errpipe[1]);
+            stk_close(&syncpipe[0]); stk_close(&syncpipe[1]);
+            stk_close(&sock[0]); stk_close(&sock[1]);
+            stk_close(&statuspipe[0]); stk_close(&statuspipe[1]);
+            return -1;
+        }
+        switched = 1;
+    }
     long pid = syscall(SYS_clone3, &args, sizeof args);
     if (pid == 0) {
         close(errpipe[0]);
@@ -533,6 +553,9 @@ int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result) {
         stk_child(plan, errpipe[1], syncpipe[0], sock[1], statuspipe[1]);
     }
     int clone_errno = errno;
+    /* Back to root for the id maps and the cgroup; if that fails this thread
+       must not spawn again with the wrong credentials. */
+    if (switched && syscall(SYS_setresuid, -1, 0, -1) < 0) abort();
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     stk_close(&errpipe[1]);
     stk_close(&syncpipe[0]);

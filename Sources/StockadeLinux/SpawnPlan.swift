@@ -36,6 +36,9 @@ final class SpawnPlan {
         plan.pointee.stderr_fd = stderr
         plan.pointee.loopback_up = spec.loopback ? 1 : 0
         plan.pointee.cgroup_dir_fd = spec.cgroupDirectoryDescriptor ?? -1
+        // CLONE_INTO_CGROUP (v2) checks the creator's right to write the
+        // cgroup: there the namespace stays root's (the run cgroup bounds pids).
+        plan.pointee.ns_owner_uid = spec.cgroupDirectoryDescriptor == nil && getuid() == 0 ? spec.hostIdBase : 0
         // The argv strings are contiguous from argv[0] to the end of the last one.
         let argc = Int(CommandLine.argc)
         if argc > 0, let first = CommandLine.unsafeArgv[0], let last = CommandLine.unsafeArgv[argc - 1] {

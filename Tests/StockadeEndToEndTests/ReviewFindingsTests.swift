@@ -103,3 +103,29 @@ struct SetupHardeningTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: outside).isEmpty)
     }
 }
+
+@Suite("per-user kernel counters", .serialized,
+       .enabled(if: Harness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(2)))
+struct UserCounterTests {
+    @Test("a worker holding every inotify instance it may have does not take them from root on the host")
+    func inotifyInstances() throws {
+        let h = try Harness()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Harness.stockade)
+        process.arguments = ["run", "--json", "--", "/usr/bin/perl", "-e",
+                             "my $n = 0; for (1..1000) { last if syscall(294, 0) < 0; $n++ } print \"instances=$n\\n\"; sleep 3"]
+        process.environment = ["STOCKADE_STATE_DIR": h.stateDirectory, "PATH": "/usr/bin:/bin"]
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        usleep(1_500_000)
+        // While the worker holds them, root on the host can still create one (inotify_init1 = 294).
+        let host = try Harness.exec("/usr/bin/perl", ["-e", "my $fd = syscall(294, 0); print $fd >= 0 ? \"ok\" : \"failed: $!\""])
+        let report = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(report.contains("instances="), "the worker ran: \(report)")
+        #expect(!report.contains("instances=0"), "the worker could create instances: \(report)")
+        #expect(host.stdout == "ok", "host root lost its inotify instances to the worker: \(host.stdout)")
+    }
+}

@@ -108,6 +108,10 @@ struct stk_plan {
        never execs) zeroes so the worker cannot read them in /proc/1/cmdline. */
     void *_Nullable scrub;
     size_t scrub_len;
+
+    /* Host uid that creates (and so owns, and is charged for) the worker's
+       user namespace; 0 to create it as the caller. */
+    uint32_t ns_owner_uid;
 };
 
 struct stk_spawn_result {
