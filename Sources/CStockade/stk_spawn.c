@@ -38,6 +38,9 @@
 #define P_PIDFD 3
 #endif
 
+/* How long the worker may take from clone to execve. */
+#define STK_EXEC_TIMEOUT_MS 15000
+
 struct stk_failure {
     int stage;
     int error;
@@ -274,7 +277,7 @@ static int stk_count_processes(void) {
  * Runs in the process init forked, so it is pid 2 of the namespace and can
  * be signalled (a pid-1 worker ignores its own signals).
  */
-__attribute__((noreturn)) static void stk_worker(const struct stk_plan *plan, int errfd, int notify_sock) {
+__attribute__((noreturn)) static void stk_worker(const struct stk_plan *plan, int errfd, int notify_sock, int gate) {
     if (setsid() < 0) stk_fail(errfd, STK_STAGE_SETSID);
     if (syscall(SYS_setresgid, plan->gid, plan->gid, plan->gid) < 0 || syscall(SYS_setresuid, plan->uid, plan->uid, plan->uid) < 0)
         stk_fail(errfd, STK_STAGE_CREDENTIALS);
@@ -311,6 +314,14 @@ __attribute__((noreturn)) static void stk_worker(const struct stk_plan *plan, in
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
+
+    /* Exec only once init has let go of the error pipe, so that the pipe's
+       end of file means exactly "the worker has exec'd": the supervisor
+       answers notifications as pre-exec ones only until then. A failed read
+       (a profile denying read) changes nothing: init has written or died. */
+    char go;
+    while (read(gate, &go, 1) < 0 && errno == EINTR) {}
+    close(gate);
 
     int reported = ENOENT;
     for (size_t i = 0; i < plan->exec_candidate_count; i++) {
@@ -389,18 +400,26 @@ __attribute__((noreturn)) static void stk_child(const struct stk_plan *plan, int
     if (stk_drop_capabilities(plan->last_cap) < 0) stk_fail(errfd, STK_STAGE_CAPABILITIES);
 
     /* glibc's fork() would run atfork handlers in a process glibc does not know it is in. */
+    int gate[2];
+    if (pipe2(gate, O_CLOEXEC) < 0) stk_fail(errfd, STK_STAGE_PIPE);
     long worker = syscall(SYS_fork);
     if (worker < 0) stk_fail(errfd, STK_STAGE_CLONE);
     if (worker == 0) {
         close(syncfd);
         close(statusfd);
-        stk_worker(plan, errfd, notify_sock);
+        close(gate[1]);
+        stk_worker(plan, errfd, notify_sock, gate[0]);
     }
 
     if (plan->scrub != NULL) memset(plan->scrub, 0, plan->scrub_len);
 
     /* Init keeps only the status pipe: the worker's stdio, the error pipe and
        the seccomp socket must close when the worker is done with them. */
+    close(gate[0]);
+    close(errfd);
+    if (notify_sock >= 0) close(notify_sock);
+    (void)stk_write_all(gate[1], "g", 1);
+    close(gate[1]);
     if (statusfd != 3 && dup2(statusfd, 3) < 0) _exit(127);
     (void)syscall(SYS_close_range, 4U, ~0U, 0U);
     close(0);
@@ -589,21 +608,20 @@ int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result) {
     if (plan->notify) result->notify_fd = stk_receive_fd(sock[0]);
 
     /* Between the filter and execve the worker still makes a few calls
-       (close, prlimit64, rt_sigprocmask, execve itself); a profile may deny
-       them, and nobody else listens yet: answer EPERM so that the step fails
-       and is reported instead of hanging. */
-    while (result->notify_fd >= 0) {
-        struct pollfd fds[2] = {{errpipe[0], POLLIN, 0}, {result->notify_fd, POLLIN, 0}};
-        if (poll(fds, 2, -1) < 0) {
-            if (errno == EINTR) continue;
-            break;
-        }
-        if (fds[0].revents) break;
-        if (fds[1].revents & POLLIN) {
-            struct stk_notification pending;
-            if (stk_notify_receive(result->notify_fd, &pending) == 0) (void)stk_notify_respond(result->notify_fd, pending.id, EPERM);
-        } else if (fds[1].revents) {
-            break;
+       (close, prlimit64, rt_sigprocmask, execve itself). A profile may deny
+       one; its notification then waits for a listener that only starts once
+       we return. Nothing is answered here (a concurrent spawn can hold this
+       error pipe open past the exec, so "not yet exec'd" cannot be told
+       apart from "exec'd"): a worker that has not reached execve in time
+       fails the setup instead of hanging. */
+    {
+        struct pollfd wait_exec = {errpipe[0], POLLIN, 0};
+        int ready;
+        do ready = poll(&wait_exec, 1, STK_EXEC_TIMEOUT_MS); while (ready < 0 && errno == EINTR);
+        if (ready == 0) {
+            result->stage = STK_STAGE_SYNC;
+            result->error = ETIMEDOUT;
+            goto fail_child;
         }
     }
 

@@ -57,6 +57,9 @@ enum SetupStage {
             message = "pivot_root into the worker's root failed: \(reason)"
         case STK_STAGE_SECCOMP.rawValue:
             message = "cannot install the seccomp filter (\(reason)): the kernel needs CONFIG_SECCOMP_FILTER and user notifications (Linux 5.0+)"
+        case STK_STAGE_SYNC.rawValue where code == ETIMEDOUT:
+            message = "the worker did not reach execve within 15 s: the profile's seccomp policy may deny a call made " +
+                "just before it (close, prlimit64, rt_sigprocmask, read, execve); allow those calls"
         case STK_STAGE_EXEC.rawValue where code == ENOENT:
             message = "command not found: \(spec.argv.first ?? "")"
         case STK_STAGE_EXEC.rawValue:

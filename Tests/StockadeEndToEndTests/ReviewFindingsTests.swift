@@ -55,10 +55,10 @@ struct SetupHardeningTests {
         try #"{"extends":"default","seccomp":{"deny":["\#(call)"]}}"#.write(toFile: profile, atomically: true, encoding: .utf8)
         let started = Date()
         let r = try h.stockade(["run", "--json", "--profile", profile, "--timeout", "5", "--", "/bin/true"])
-        #expect(Date().timeIntervalSince(started) < 20)
+        #expect(Date().timeIntervalSince(started) < 40)
         let report = try r.report()
         #expect(report.string("outcome") == "setup-failed", "\(report)")
-        #expect([125, 126].contains(r.status))
+        #expect(r.status == 125)
     }
 
     @Test("the worker cannot reach the supervisor's session keyring even when the profile allows keyctl")
