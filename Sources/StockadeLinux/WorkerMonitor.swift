@@ -59,6 +59,10 @@ public final class WorkerMonitor: Sendable {
         public var onOutput: (@Sendable (Int32, [UInt8]) -> Void)?
         /// Kills every process of the worker; defaults to SIGKILL on its init (which takes its pid namespace).
         public var killAll: (@Sendable () -> Void)?
+        /// Called on the loop thread just before the supervisor kills the worker
+        /// (reason `timeout` or `seccomp`, with the call for the latter), so the
+        /// kill is recorded before it happens: a crash in between leaves the intent.
+        public var beforeKill: (@Sendable (String, SeccompViolation?) -> Void)?
 
         public init(stdoutCap: Int, stderrCap: Int, timeoutNanos: UInt64?, policy: SeccompPolicy?) {
             self.stdoutCap = stdoutCap
@@ -81,6 +85,7 @@ public final class WorkerMonitor: Sendable {
         var timedOut = false
         var seccompKill: SeccompViolation?
         var notifications = 0
+        var killRecorded = false
         var endedAt: UInt64 = 0
         var finished = false
         var drainTimer: Int32 = -1
@@ -221,7 +226,10 @@ public final class WorkerMonitor: Sendable {
             if s.exit == nil { s.timedOut = true }
             return s.exit != nil
         }
-        if !alreadyExited { kill() }
+        if !alreadyExited {
+            config.beforeKill?("timeout", nil)
+            kill()
+        }
         return false
     }
 
@@ -259,6 +267,12 @@ public final class WorkerMonitor: Sendable {
             if kill && s.seccompKill == nil { s.seccompKill = s.violations[key] }
         }
         if kill {
+            let first = state.withLock { s -> SeccompViolation? in
+                guard !s.killRecorded else { return nil }
+                s.killRecorded = true
+                return s.seccompKill
+            }
+            if let first { config.beforeKill?("seccomp", first) }
             self.kill()
         } else {
             _ = stk_notify_respond(listener, n.id, errnoValue)

@@ -7,6 +7,7 @@ import StockadeBundles
 import StockadeCgroups
 import StockadeLinux
 import StockadePolicy
+import Synchronization
 
 /// Runs workers: one run's whole lifecycle (prepare, spawn, wait, collect,
 /// classify, record). One supervisor serves many concurrent runs and holds
@@ -283,6 +284,16 @@ public final class Supervisor: Sendable {
                                                  timeoutNanos: UInt64(profile.limits.timeoutSeconds * 1e9), policy: policy)
         let output = RedactingOutput(runPolicy.redactor, onOutput)
         config.onOutput = output?.write ?? onOutput
+        config.beforeKill = { [audit, logger] reason, call in
+            var detail: [String: JSONValue] = ["reason": .string(reason), "when": .string("before")]
+            if let call { detail["syscall"] = .string(call.syscall); detail["architecture"] = .string(call.architecture) }
+            do {
+                try audit.record(runId: runId, kind: "kill", detail: .object(detail))
+                context.killRecorded.withLock { $0 = true }
+            } catch {
+                logger.error("audit.write-failed", metadata: ["run.id": "\(runId)", "kind": "kill", "error": "\(error)"])
+            }
+        }
         let monitor: WorkerMonitor
         do {
             monitor = try WorkerMonitor(worker: worker, stdout: stdio.stdoutRead, stderr: stdio.stderrRead, configuration: config)
@@ -419,13 +430,16 @@ public final class Supervisor: Sendable {
                 "count": .number(v.count), "action": .string(v.answeredErrno == nil ? "kill" : "errno"),
             ])))
         }
-        if let kill = o.seccompKill {
+        // Kills the supervisor decided were recorded before they were sent; only
+        // one whose early record failed is written here.
+        let recordedAhead = context.killRecorded.withLock { $0 }
+        if let kill = o.seccompKill, !recordedAhead {
             events.append((context.runId, "kill", .object(["reason": .string("seccomp"), "syscall": .string(kill.syscall),
                                                             "architecture": .string(kill.architecture)])))
         }
         if o.timedOut {
             events.append((context.runId, "limit.hit", .object(["limit": .string("timeout")])))
-            events.append((context.runId, "kill", .object(["reason": .string("timeout")])))
+            if !recordedAhead { events.append((context.runId, "kill", .object(["reason": .string("timeout")]))) }
         }
         if o.orphans > 0 {
             events.append((context.runId, "kill", .object(["reason": .string("orphans"), "count": .number(o.orphans)])))
@@ -530,6 +544,8 @@ final class RunContext: @unchecked Sendable {
     var cgroup: RunCgroup?
     /// The tmpfs holding the overlay's upper and work directories, unmounted at the end.
     var layerMount: String?
+    /// Whether the supervisor's kill was recorded before it was sent.
+    let killRecorded = Mutex(false)
     /// Secret values given to this run's worker: redacted from everything stored.
     var redactor = Redactor.none
 

@@ -22,7 +22,10 @@ struct AuditTrailTests {
         let runId = try #require(report.string("runId"))
         let events = try auditEvents(h, ["--run", runId])
         let kinds = events.compactMap { $0["kind"] as? String }
-        #expect(kinds == ["run.created", "worker.started", "violation", "kill", "worker.exited", "run.finished"], "\(kinds)")
+        // The kill is recorded before it is sent (a crash in between keeps the intent).
+        #expect(kinds == ["run.created", "worker.started", "kill", "violation", "worker.exited", "run.finished"], "\(kinds)")
+        let kill = try #require(events.first { $0["kind"] as? String == "kill" }?["detail"] as? [String: Any])
+        #expect(kill["when"] as? String == "before" && kill["syscall"] as? String == "unshare", "\(kill)")
         let violation = try #require(events.first { $0["kind"] as? String == "violation" }?["detail"] as? [String: Any])
         #expect(violation["syscall"] as? String == "unshare")
         let finished = try #require(events.last?["detail"] as? [String: Any])
