@@ -108,9 +108,45 @@ public final class SQLiteAuditStore: AuditStore {
     public func recordMany(_ events: [(runId: String?, kind: String, detail: JSONValue)]) throws(AuditError) {
         guard !events.isEmpty else { return }
         try write { (db, sanitizer) throws(AuditError) in
-            for event in events {
-                try append(db, sanitizer, runId: event.runId, kind: event.kind, at: AuditClock.now(), detail: event.detail)
+            // One transaction holds the write lock, so the chain head and each
+            // run's last runSeq are read once and carried along, not per event.
+            guard var head = try db.first("SELECT seq, hash FROM chain_head WHERE id = 1", [], "read the chain head", { ($0.int64(0), $0.text(1)) }) else {
+                throw AuditError(.corruptRow, path: path, "the chain head row is missing: the database was edited by hand; run `stockade audit verify`")
             }
+            var runSeqs: [String: Int64] = [:]
+            var orphanSeq: Int64?
+            for event in events {
+                let at = AuditClock.now()
+                let runSeq: Int64
+                if let runId = event.runId {
+                    if let last = runSeqs[runId] {
+                        runSeq = last + 1
+                    } else {
+                        try requireRun(db, runId)
+                        runSeq = (try db.first("SELECT coalesce(max(runSeq), 0) FROM events WHERE runId = ?", [.text(runId)],
+                                               "read the run's last event") { $0.int64(0) } ?? 0) + 1
+                    }
+                    runSeqs[runId] = runSeq
+                } else {
+                    var last: Int64 = 0
+                    if let known = orphanSeq {
+                        last = known
+                    } else {
+                        last = try db.first("SELECT coalesce(max(runSeq), 0) FROM events WHERE runId IS NULL", [],
+                                            "read the last event without a run") { $0.int64(0) } ?? 0
+                    }
+                    runSeq = last + 1
+                    orphanSeq = runSeq
+                }
+                let seq = head.0 + 1
+                let text = sanitizer.sanitize(event.detail).serialized()
+                let hash = AuditChain.hash(prevHash: head.1, seq: seq, runId: event.runId, runSeq: runSeq, kind: event.kind, at: at, detail: text)
+                try db.run("INSERT INTO events (seq, runId, runSeq, kind, at, detail, prevHash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           [.int(seq), event.runId.sqlite, .int(runSeq), .text(event.kind), .text(at), .text(text), .text(head.1), .text(hash)],
+                           "append event \(event.kind)")
+                head = (seq, hash)
+            }
+            try db.run("UPDATE chain_head SET seq = ?, hash = ? WHERE id = 1", [.int(head.0), .text(head.1)], "advance the chain head")
         }
     }
 
