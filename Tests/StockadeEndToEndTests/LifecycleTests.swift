@@ -131,4 +131,34 @@ struct LifecycleTests {
         #expect(bad.contains("memroy") && bad.contains("setup-failed"))
         #expect(lines.contains { $0.contains("\"id\":\"ok\"") && $0.contains("\"exited\"") })
     }
+
+    @Test("gc removes finished run directories past the age, keeps younger ones and never a running one")
+    func gc() throws {
+        let h = try Harness()
+        let ws = try makeWorkspace()
+        let finished = try #require(try h.stockade(["run", "--json", "--workspace", ws, "--", "/bin/sh", "-c", "echo x > y"]).report().string("runId"))
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Harness.stockade)
+        process.arguments = ["run", "--json", "--timeout", "20", "--", "/bin/sleep", "10"]
+        process.environment = ["STOCKADE_STATE_DIR": h.stateDirectory, "PATH": "/usr/bin:/bin"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }
+        let runs = h.stateDirectory + "/runs"
+        var running: String?
+        for _ in 0..<100 where running == nil {
+            usleep(100_000)
+            running = ((try? FileManager.default.contentsOfDirectory(atPath: runs)) ?? []).first { $0 != finished && !$0.hasPrefix(".") }
+        }
+        let live = try #require(running, "the second run started")
+        let young = try h.stockade(["gc", "--older-than", "1h"])
+        #expect(young.status == 0 && young.stdout.isEmpty)
+        let old = try h.stockade(["gc", "--older-than", "0s"])
+        #expect(old.status == 0, "\(old.stderr)")
+        #expect(old.stdout == finished + "\n")
+        #expect(!FileManager.default.fileExists(atPath: runs + "/" + finished))
+        #expect(FileManager.default.fileExists(atPath: runs + "/" + live), "a running run's directory was removed")
+        #expect(try h.stockade(["gc", "--older-than", "soon"]).status == 2)
+    }
 }
