@@ -101,6 +101,7 @@ extension Profile {
             "allowedVolumeRoots": .array(allowedVolumeRoots.map { .string($0) }),
             "tmpfs": .array(tmpfs.map { .object(["target": .string($0.target), "size": size($0.sizeBytes)]) }),
             "environment": .object(["pass": .array(environment.pass.map { .string($0) }),
+                                    "secret": .array(environment.secret.map { .string($0) }),
                                     "set": .object(environment.set.mapValues { .string($0) })]),
             "secrets": .array(secrets.map { secret in
                 switch secret.source {

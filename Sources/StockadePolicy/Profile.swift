@@ -93,6 +93,9 @@ public struct Profile: Sendable, Equatable {
         public var pass: [String] = []
         /// Values set for every worker.
         public var set: [String: String] = ["PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/workspace", "LANG": "C.UTF-8"]
+        /// Names whose values, wherever they come from (`pass`, `set`, `--env`,
+        /// a request manifest), are secrets: redacted like `secrets`.
+        public var secret: [String] = []
         public init() {}
     }
 

@@ -276,7 +276,13 @@ public struct ProfileDecoder {
     }
 
     private mutating func applyEnvironment(_ value: JSONValue, to env: inout Profile.Environment) {
-        guard let o = object(value, "environment", keys: ["pass", "set"]) else { return }
+        guard let o = object(value, "environment", keys: ["pass", "set", "secret"]) else { return }
+        if let v = o["secret"], let names = strings(v, "environment.secret") {
+            for (index, name) in names.enumerated() where !ProfileDecoder.isValidEnvName(name) {
+                fail("environment.secret[\(index)]", "not a valid variable name: \(name)")
+            }
+            env.secret = names
+        }
         if let v = o["pass"], let names = strings(v, "environment.pass") {
             for (index, name) in names.enumerated() where !ProfileDecoder.isValidEnvName(name) {
                 fail("environment.pass[\(index)]", "not a valid variable name: \(name)")

@@ -172,8 +172,20 @@ public final class Supervisor: Sendable {
         }
         let runPolicy = try runPolicy(for: profile, options: options)
         // From here on no secret value reaches a row, the diff, a report or a log.
-        context.redactor = runPolicy.redactor
-        audit.addSecrets(runPolicy.redactor.secrets.map { String(decoding: $0, as: UTF8.self) })
+        // Values of variables the profile marks secret join the secrets proper.
+        let workerEnvironment = environment(for: profile, options: options, secrets: runPolicy.secrets)
+        var secretValues = runPolicy.redactor.secrets.map { String(decoding: $0, as: UTF8.self) }
+        for name in profile.environment.secret {
+            guard let value = workerEnvironment.last(where: { $0.0 == name })?.1 else { continue }
+            guard value.utf8.count >= 8 else {
+                throw SetupFailure(stage: "secrets", message: "environment.secret: the value of \(name) is \(value.utf8.count) bytes; " +
+                                   "at least 8 are needed so that redacting it cannot garble ordinary output")
+            }
+            secretValues.append(value)
+        }
+        let redactor = Redactor(secrets: secretValues)
+        context.redactor = redactor
+        audit.addSecrets(secretValues)
         profile.volumes = runPolicy.volumes
 
         let policy = runPolicy.seccomp
@@ -240,7 +252,7 @@ public final class Supervisor: Sendable {
                                 resultMount: resultMount, resultBytes: profile.limits.resultBytes)
         layout.volumes = profile.volumes.map { RootLayout.Volume(source: $0.source, target: $0.target, readOnly: $0.readOnly) }
         layout.tmpfs = profile.tmpfs.map { ($0.target, $0.sizeBytes) }
-        var spec = SandboxSpec(argv: command, environment: environment(for: profile, options: options, secrets: runPolicy.secrets),
+        var spec = SandboxSpec(argv: command, environment: workerEnvironment,
                                mounts: layout.mounts())
         spec.hostname = profile.hostname
         spec.uid = profile.user.uid
@@ -282,7 +294,7 @@ public final class Supervisor: Sendable {
 
         var config = WorkerMonitor.Configuration(stdoutCap: profile.limits.stdoutBytes, stderrCap: profile.limits.stderrBytes,
                                                  timeoutNanos: UInt64(profile.limits.timeoutSeconds * 1e9), policy: policy)
-        let output = RedactingOutput(runPolicy.redactor, onOutput)
+        let output = RedactingOutput(redactor, onOutput)
         config.onOutput = output?.write ?? onOutput
         config.beforeKill = { [audit, logger] reason, call in
             var detail: [String: JSONValue] = ["reason": .string(reason), "when": .string("before")]
@@ -315,8 +327,8 @@ public final class Supervisor: Sendable {
         forwarder?.stop()
         output?.finish()
         // Secrets never reach the report or the logs, even split across writes or cut by the cap.
-        let stdoutBytes = runPolicy.redactor.redact(captured: observation.stdout)
-        let stderrBytes = runPolicy.redactor.redact(captured: observation.stderr)
+        let stdoutBytes = redactor.redact(captured: observation.stdout)
+        let stderrBytes = redactor.redact(captured: observation.stderr)
 
         // Init's exit took the namespace with it; anything still in the cgroup
         // (nothing should be) is killed before the usage is read and the result collected.
@@ -328,8 +340,8 @@ public final class Supervisor: Sendable {
         report.cpuTimeMs = Int64(max(usage.cpuNanos, observation.userCPUNanos + observation.systemCPUNanos) / 1_000_000)
         report.memoryPeakBytes = Int64(max(usage.memoryPeakBytes, observation.maxRSSBytes))
         report.orphansKilled = observation.orphans + stragglers
-        report.stdout = runPolicy.redactor.redact(String(decoding: stdoutBytes, as: UTF8.self))
-        report.stderr = runPolicy.redactor.redact(String(decoding: stderrBytes, as: UTF8.self))
+        report.stdout = redactor.redact(String(decoding: stdoutBytes, as: UTF8.self))
+        report.stderr = redactor.redact(String(decoding: stderrBytes, as: UTF8.self))
         report.stdoutTruncated = observation.stdout.truncated
         report.stderrTruncated = observation.stderr.truncated
         recordOutcomeEvents(context, observation: observation, usage: usage, report: report)

@@ -186,3 +186,24 @@ struct SecretStorageTests {
         #expect(try h.stockade(["audit", "verify"]).status == 0)
     }
 }
+
+@Suite("variables a profile marks secret", .serialized,
+       .enabled(if: Harness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(2)))
+struct MarkedSecretTests {
+    @Test("a value given with --env under a name the profile marks secret reaches the worker and is redacted everywhere it is stored")
+    func markedEnv() throws {
+        let h = try Harness()
+        let value = "tok-\(UUID().uuidString)"
+        let profile = h.stateDirectory + "/marked.json"
+        try #"{"extends":"default","environment":{"secret":["DEPLOY_TOKEN"]}}"#.write(toFile: profile, atomically: true, encoding: .utf8)
+        let r = try h.stockade(["run", "--json", "--profile", profile, "--env", "DEPLOY_TOKEN=\(value)", "--", "/bin/sh", "-c",
+                                "echo \"t=$DEPLOY_TOKEN\"; [ $(printf %s \"$DEPLOY_TOKEN\" | wc -c) -eq \(value.utf8.count) ] && echo SEEN"])
+        let report = try r.report()
+        #expect(report.string("stdout") == "t=[REDACTED]\nSEEN\n")
+        let dump = try Harness.exec("/usr/bin/sqlite3", [h.stateDirectory + "/audit.sqlite", ".dump"])
+        #expect(!dump.stdout.contains(value) && !r.stdout.contains(value))
+        let short = try h.stockade(["run", "--json", "--profile", profile, "--env", "DEPLOY_TOKEN=abc", "--", "/bin/true"])
+        #expect(short.status == 125)
+        #expect(((try short.report()["setupError"] as? [String: Any])?["message"] as? String ?? "").contains("DEPLOY_TOKEN"))
+    }
+}
