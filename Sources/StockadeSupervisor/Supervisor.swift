@@ -147,6 +147,15 @@ public final class Supervisor: Sendable {
         }
         let command = options.command ?? []
 
+        // Secret values are known to the store before the first row, so a caller
+        // that also put one into the command line does not leak it there. (The
+        // authoritative load, whose failure fails the run, comes with the run policy.)
+        if let early = try? SecretLoader.load(profile.secrets, hostEnvironment: hostEnvironment) {
+            audit.addSecrets(early.redactor.secrets.map { String(decoding: $0, as: UTF8.self) })
+        }
+        let marked = Set(profile.environment.secret)
+        audit.addSecrets(environment(for: profile, options: options).filter { marked.contains($0.0) && $0.1.utf8.count >= 8 }.map(\.1))
+
         try recordOrFail { () throws(AuditError) in
             try audit.beginRun(runId: runId, profile: profile.name, profileDigest: loaded.digest, command: command,
                                detail: runCreatedDetail(profile: profile, source: loaded.source, options: options))

@@ -202,6 +202,11 @@ struct MarkedSecretTests {
         #expect(report.string("stdout") == "t=[REDACTED]\nSEEN\n")
         let dump = try Harness.exec("/usr/bin/sqlite3", [h.stateDirectory + "/audit.sqlite", ".dump"])
         #expect(!dump.stdout.contains(value) && !r.stdout.contains(value))
+        // Even a caller that also writes the value into the command line leaks nothing into the trail.
+        let echoed = try h.stockade(["run", "--json", "--profile", profile, "--env", "DEPLOY_TOKEN=\(value)", "--", "/bin/echo", value])
+        #expect(try echoed.report().string("stdout") == "[REDACTED]\n")
+        let again = try Harness.exec("/usr/bin/sqlite3", [h.stateDirectory + "/audit.sqlite", ".dump"])
+        #expect(!again.stdout.contains(value), "the command line's copy reached the audit database")
         let short = try h.stockade(["run", "--json", "--profile", profile, "--env", "DEPLOY_TOKEN=abc", "--", "/bin/true"])
         #expect(short.status == 125)
         #expect(((try short.report()["setupError"] as? [String: Any])?["message"] as? String ?? "").contains("DEPLOY_TOKEN"))
