@@ -32,7 +32,7 @@ public enum RunDirectoryMaintenance {
         while let entry = readdir(dir) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
             guard !name.hasPrefix("."), Supervisor.isFinishedRun(runs + "/" + name) else { continue }
-            _ = umount2(runs + "/" + name + "/upper", Int32(MNT_DETACH))
+            _ = umount2(runs + "/" + name + "/upper", Int32(MNT_DETACH) | Int32(UMOUNT_NOFOLLOW))
         }
     }
 }

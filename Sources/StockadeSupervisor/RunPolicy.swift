@@ -4,17 +4,13 @@ import StockadeLinux
 import StockadePolicy
 
 /// The host-dependent parts of a profile, resolved for one run: the volumes
-/// to mount (sources resolved), the secrets and their redactor, and the
-/// seccomp policy. `ProfileDecoder` checks a profile's form; this checks it
+/// to mount (sources resolved), the secrets, and the seccomp policy. `ProfileDecoder` checks a profile's form; this checks it
 /// against the machine (paths exist, files have safe modes, syscall names
 /// are known).
 public struct RunPolicy: Sendable {
     public var volumes: [Profile.Volume]
     public var secrets: RunSecrets
     public var seccomp: SeccompPolicy
-
-    /// Every stored or shown byte of the worker's output goes through it.
-    public var redactor: Redactor { secrets.redactor }
 }
 
 /// Loads the seccomp policy a profile chooses: Stockade's default, or a
@@ -94,17 +90,11 @@ extension Supervisor {
     /// Resolves what the profile (already merged with `options`, except
     /// volumes) needs from the host. Volume problems fail at stage `mounts`,
     /// secrets at `secrets`, seccomp at `seccomp`: all before anything runs.
-    func runPolicy(for profile: Profile, options: RunOptions) throws(SetupFailure) -> RunPolicy {
+    func runPolicy(for profile: Profile, options: RunOptions, secrets: RunSecrets) throws(SetupFailure) -> RunPolicy {
         let check = VolumePolicy.validate(VolumePolicy.entries(profile: profile.volumes, flags: options.volumes),
                                           allowedRoots: profile.allowedVolumeRoots, stateDirectory: stateDirectory)
         guard check.issues.isEmpty else {
             throw SetupFailure(stage: "mounts", errno: 0, message: ProfileError(source: nil, issues: check.issues).description)
-        }
-        let secrets: RunSecrets
-        do {
-            secrets = try SecretLoader.load(profile.secrets, hostEnvironment: hostEnvironment)
-        } catch {
-            throw SetupFailure(stage: "secrets", errno: 0, message: error.description)
         }
         let seccomp: SeccompPolicy
         do {
@@ -113,6 +103,30 @@ extension Supervisor {
             throw SetupFailure(stage: "seccomp", errno: 0, message: error.description)
         }
         return RunPolicy(volumes: check.volumes, secrets: secrets, seccomp: seccomp)
+    }
+
+    /// The run's secrets and every value to redact: the secrets proper and the
+    /// values of variables the profile marks secret. Loaded once, before the
+    /// run's first audit row, so the store knows them from the start; a failure
+    /// is returned, to be thrown once the run is recorded.
+    func loadSecrets(for profile: Profile, options: RunOptions) -> (RunSecrets, [String], SetupFailure?) {
+        let secrets: RunSecrets
+        do {
+            secrets = try SecretLoader.load(profile.secrets, hostEnvironment: hostEnvironment)
+        } catch {
+            return (.none, [], SetupFailure(stage: "secrets", errno: 0, message: error.description))
+        }
+        var values = secrets.redactor.secrets.map { String(decoding: $0, as: UTF8.self) }
+        let environment = environment(for: profile, options: options, secrets: secrets)
+        for name in profile.environment.secret {
+            guard let value = environment.last(where: { $0.0 == name })?.1 else { continue }
+            guard value.utf8.count >= 8 else {
+                return (secrets, values, SetupFailure(stage: "secrets", message: "environment.secret: the value of \(name) is " +
+                        "\(value.utf8.count) bytes; at least 8 are needed so that redacting it cannot garble ordinary output"))
+            }
+            values.append(value)
+        }
+        return (secrets, values, nil)
     }
 
     func listenForPublishedPorts(_ profile: Profile) throws(SetupFailure) -> PortForwarder? {

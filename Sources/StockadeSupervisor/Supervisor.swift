@@ -147,18 +147,19 @@ public final class Supervisor: Sendable {
         }
         let command = options.command ?? []
 
-        // Secret values are known to the store before the first row, so a caller
-        // that also put one into the command line does not leak it there. (The
-        // authoritative load, whose failure fails the run, comes with the run policy.)
-        if let early = try? SecretLoader.load(profile.secrets, hostEnvironment: hostEnvironment) {
-            audit.addSecrets(early.redactor.secrets.map { String(decoding: $0, as: UTF8.self) })
-        }
-        let marked = Set(profile.environment.secret)
-        audit.addSecrets(environment(for: profile, options: options).filter { marked.contains($0.0) && $0.1.utf8.count >= 8 }.map(\.1))
+        // Secret values are known to the store before the run's first row (a
+        // caller may have put one into the command line too).
+        let (secrets, secretValues, secretFailure) = loadSecrets(for: profile, options: options)
+        // Resolved once: what is recorded is what is mounted (and, later, what review applies to).
+        let resolvedWorkspace = options.workspace.map(Self.resolve)
+        audit.addSecrets(secretValues)
+        let redactor = Redactor(secrets: secretValues)
+        context.redactor = redactor
 
         try recordOrFail { () throws(AuditError) in
             try audit.beginRun(runId: runId, profile: profile.name, profileDigest: loaded.digest, command: command,
-                               detail: runCreatedDetail(profile: profile, source: loaded.source, options: options))
+                               detail: runCreatedDetail(profile: profile, source: loaded.source, options: options,
+                                                        workspace: try? resolvedWorkspace?.get()))
         }
         context.auditOpen = true
         switch request {
@@ -179,22 +180,9 @@ public final class Supervisor: Sendable {
         guard !command.isEmpty else {
             throw SetupFailure(stage: "usage", message: "no command: give one after -- or in the request manifest")
         }
-        let runPolicy = try runPolicy(for: profile, options: options)
-        // From here on no secret value reaches a row, the diff, a report or a log.
-        // Values of variables the profile marks secret join the secrets proper.
-        let workerEnvironment = environment(for: profile, options: options, secrets: runPolicy.secrets)
-        var secretValues = runPolicy.redactor.secrets.map { String(decoding: $0, as: UTF8.self) }
-        for name in profile.environment.secret {
-            guard let value = workerEnvironment.last(where: { $0.0 == name })?.1 else { continue }
-            guard value.utf8.count >= 8 else {
-                throw SetupFailure(stage: "secrets", message: "environment.secret: the value of \(name) is \(value.utf8.count) bytes; " +
-                                   "at least 8 are needed so that redacting it cannot garble ordinary output")
-            }
-            secretValues.append(value)
-        }
-        let redactor = Redactor(secrets: secretValues)
-        context.redactor = redactor
-        audit.addSecrets(secretValues)
+        if let secretFailure { throw secretFailure }
+        let runPolicy = try runPolicy(for: profile, options: options, secrets: secrets)
+        let workerEnvironment = environment(for: profile, options: options, secrets: secrets)
         profile.volumes = runPolicy.volumes
 
         let policy = runPolicy.seccomp
@@ -217,12 +205,14 @@ public final class Supervisor: Sendable {
         let hostUid = SandboxSpec.defaultHostIdBase + profile.user.uid
         let hostGid = SandboxSpec.defaultHostIdBase + profile.user.gid
         var workspace: RootLayout.Workspace = .empty(sizeBytes: profile.limits.workspaceBytes)
-        if let path = options.workspace {
-            guard let real = realpath(path, nil) else {
-                throw SetupFailure(stage: "workspace", errno: errno, message: "--workspace \(path): \(String(cString: strerror(errno)))")
+        if let path = options.workspace, let resolvedWorkspace {
+            let resolved: String
+            switch resolvedWorkspace {
+            case .success(let real):
+                resolved = real
+            case .failure(let error):
+                throw SetupFailure(stage: "workspace", errno: error.errno, message: "--workspace \(path): \(String(cString: strerror(error.errno)))")
             }
-            let resolved = String(cString: real)
-            free(real)
             context.workspace = resolved
             // The overlay's upper and work directories live on a tmpfs bounded in
             // bytes and inodes (its pages are charged to the worker's memory
@@ -330,6 +320,7 @@ public final class Supervisor: Sendable {
             "uid": .number(profile.user.uid), "hostUid": .number(hostUid),
             "seccompInstructions": .number(program.instructionCount),
             "cgroup": .object(["version": .string(cgroup.version.rawValue), "paths": .array(cgroup.paths.map { .string($0) })]),
+            "volumes": .array(profile.volumes.map { .string("\($0.source):\($0.target):\($0.readOnly ? "ro" : "rw")") }),
         ])
         if !startedRecorded { monitor.kill() }
         let observation = await monitor.wait()
@@ -349,8 +340,8 @@ public final class Supervisor: Sendable {
         report.cpuTimeMs = Int64(max(usage.cpuNanos, observation.userCPUNanos + observation.systemCPUNanos) / 1_000_000)
         report.memoryPeakBytes = Int64(max(usage.memoryPeakBytes, observation.maxRSSBytes))
         report.orphansKilled = observation.orphans + stragglers
-        report.stdout = redactor.redact(String(decoding: stdoutBytes, as: UTF8.self))
-        report.stderr = redactor.redact(String(decoding: stderrBytes, as: UTF8.self))
+        report.stdout = String(decoding: stdoutBytes, as: UTF8.self)
+        report.stderr = String(decoding: stderrBytes, as: UTF8.self)
         report.stdoutTruncated = observation.stdout.truncated
         report.stderrTruncated = observation.stderr.truncated
         recordOutcomeEvents(context, observation: observation, usage: usage, report: report)
@@ -395,22 +386,27 @@ public final class Supervisor: Sendable {
         }
     }
 
-    func runCreatedDetail(profile: Profile, source: String, options: RunOptions) -> JSONValue {
+    struct PathError: Error {
+        let errno: Int32
+    }
+
+    /// realpath(3), or the errno it failed with.
+    static func resolve(_ path: String) -> Result<String, PathError> {
+        guard let real = realpath(path, nil) else { return .failure(PathError(errno: errno)) }
+        defer { free(real) }
+        return .success(String(cString: real))
+    }
+
+    func runCreatedDetail(profile: Profile, source: String, options: RunOptions, workspace: String?) -> JSONValue {
         var detail: [String: JSONValue] = [
             "profileSource": .string(source),
             "limits": .object(["memory": .number(profile.limits.memoryBytes), "cpus": .number(profile.limits.cpus),
                                "pids": .number(profile.limits.pids), "timeout": .number(profile.limits.timeoutSeconds)]),
             "network": .string(profile.network.mode.rawValue),
-            "volumes": .array(profile.volumes.map { .string("\($0.source):\($0.target):\($0.readOnly ? "ro" : "rw")") }),
+            // As asked for (profile, then --volume); the resolved sources are in worker.started.
+            "volumes": .array((profile.volumes + options.volumes).map { .string("\($0.source):\($0.target):\($0.readOnly ? "ro" : "rw")") }),
         ]
-        if let w = options.workspace {
-            if let real = realpath(w, nil) {
-                detail["workspace"] = .string(String(cString: real))
-                free(real)
-            } else {
-                detail["workspace"] = .string(w)
-            }
-        }
+        if let w = workspace ?? options.workspace { detail["workspace"] = .string(w) }
         if let r = options.request { detail["request"] = .string(r) }
         return .object(detail)
     }
@@ -580,7 +576,7 @@ final class RunContext: @unchecked Sendable {
         try? cgroup?.remove()
         cgroup = nil
         if let layer = layerMount {
-            _ = umount2(layer, Int32(MNT_DETACH))
+            _ = umount2(layer, Int32(MNT_DETACH) | Int32(UMOUNT_NOFOLLOW))
             layerMount = nil
         }
         runDirectory?.close()

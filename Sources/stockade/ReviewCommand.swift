@@ -77,41 +77,42 @@ struct ReviewCommand: ParsableCommand {
         }
     }
 
-    struct Accept: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Record the decision, then apply the diff to the workspace.")
+    /// What accept and reject both take: the diff and who decides why.
+    struct Decision: ParsableArguments {
         @OptionGroup var state: StateOptions
         @Argument(help: "Diff id.") var id: Int64
         @Option(help: "Who decides (recorded).") var actor: String
         @Option(help: "Why (recorded).") var note: String?
 
-        func run() throws {
+        func record(_ decide: (Supervisor) throws(SupervisorError) -> Void, done: String) throws {
             let supervisor = try openSupervisor(state)
             do {
-                try supervisor.accept(diffId: id, actor: actor, note: note)
+                try decide(supervisor)
             } catch {
                 Console.error("stockade: \(error)")
                 throw ExitCode(1)
             }
-            Console.out("diff \(id) accepted by \(actor) and applied")
+            Console.out("diff \(id) \(done) by \(actor)")
+        }
+    }
+
+    struct Accept: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Record the decision, then apply the diff to the workspace.")
+        @OptionGroup var decision: Decision
+
+        func run() throws {
+            let d = decision
+            try d.record({ (s) throws(SupervisorError) in try s.accept(diffId: d.id, actor: d.actor, note: d.note) }, done: "accepted and applied")
         }
     }
 
     struct Reject: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Record the decision; nothing is applied.")
-        @OptionGroup var state: StateOptions
-        @Argument(help: "Diff id.") var id: Int64
-        @Option(help: "Who decides (recorded).") var actor: String
-        @Option(help: "Why (recorded).") var note: String?
+        @OptionGroup var decision: Decision
 
         func run() throws {
-            let supervisor = try openSupervisor(state)
-            do {
-                try supervisor.reject(diffId: id, actor: actor, note: note)
-            } catch {
-                Console.error("stockade: \(error)")
-                throw ExitCode(1)
-            }
-            Console.out("diff \(id) rejected by \(actor)")
+            let d = decision
+            try d.record({ (s) throws(SupervisorError) in try s.reject(diffId: d.id, actor: d.actor, note: d.note) }, done: "rejected")
         }
     }
 }
