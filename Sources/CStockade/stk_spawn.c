@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -274,10 +275,10 @@ static int stk_count_processes(void) {
 
 /*
  * The worker's main process: final credentials, stdio, seccomp, execve.
- * Runs in the process init forked, so it is pid 2 of the namespace and can
+ * Runs in the process init cloned, so it is pid 2 of the namespace and can
  * be signalled (a pid-1 worker ignores its own signals).
  */
-__attribute__((noreturn)) static void stk_worker(const struct stk_plan *plan, int errfd, int notify_sock, int gate) {
+__attribute__((noreturn)) static void stk_worker(const struct stk_plan *plan, int errfd, int notify_sock) {
     if (setsid() < 0) stk_fail(errfd, STK_STAGE_SETSID);
     if (syscall(SYS_setresgid, plan->gid, plan->gid, plan->gid) < 0 || syscall(SYS_setresuid, plan->uid, plan->uid, plan->uid) < 0)
         stk_fail(errfd, STK_STAGE_CREDENTIALS);
@@ -315,14 +316,6 @@ __attribute__((noreturn)) static void stk_worker(const struct stk_plan *plan, in
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
 
-    /* Exec only once init has let go of the error pipe, so that the pipe's
-       end of file means exactly "the worker has exec'd": the supervisor
-       answers notifications as pre-exec ones only until then. A failed read
-       (a profile denying read) changes nothing: init has written or died. */
-    char go;
-    while (read(gate, &go, 1) < 0 && errno == EINTR) {}
-    close(gate);
-
     int reported = ENOENT;
     for (size_t i = 0; i < plan->exec_candidate_count; i++) {
         execve(plan->exec_candidates[i], plan->argv, plan->envp);
@@ -330,6 +323,22 @@ __attribute__((noreturn)) static void stk_worker(const struct stk_plan *plan, in
     }
     errno = reported;
     stk_fail(errfd, STK_STAGE_EXEC);
+}
+
+#define STK_WORKER_STACK (256 * 1024)
+
+struct stk_worker_args {
+    const struct stk_plan *plan;
+    int errfd, notify_sock, syncfd, statusfd;
+};
+
+/* The worker's side of init's clone: its own fd table, so closing init's
+   pipes here leaves init's copies open. */
+static int stk_worker_entry(void *arg) {
+    const struct stk_worker_args *a = arg;
+    close(a->syncfd);
+    close(a->statusfd);
+    stk_worker(a->plan, a->errfd, a->notify_sock);
 }
 
 /*
@@ -399,27 +408,28 @@ __attribute__((noreturn)) static void stk_child(const struct stk_plan *plan, int
     if (setsid() < 0) stk_fail(errfd, STK_STAGE_SETSID);
     if (stk_drop_capabilities(plan->last_cap) < 0) stk_fail(errfd, STK_STAGE_CAPABILITIES);
 
-    /* glibc's fork() would run atfork handlers in a process glibc does not know it is in. */
-    int gate[2];
-    if (pipe2(gate, O_CLOEXEC) < 0) stk_fail(errfd, STK_STAGE_PIPE);
-    long worker = syscall(SYS_fork);
+    /* The worker shares init's memory until its execve (CLONE_VM | CLONE_VFORK,
+       as posix_spawn does), on a stack of its own: init is suspended meanwhile,
+       so nothing else touches that memory, and the supervisor's address space
+       is not copied a second time. glibc's fork() would also run atfork
+       handlers in a process glibc does not know it is in. Init holds the error
+       pipe until the worker has exec'd (or failed), so its end of file still
+       means "the worker has exec'd". */
+    struct stk_worker_args wargs = {plan, errfd, notify_sock, syncfd, statusfd};
+    void *stack = mmap(NULL, STK_WORKER_STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stack == MAP_FAILED) stk_fail(errfd, STK_STAGE_CLONE);
+    /* A guard page below the stack: an overflow faults instead of writing into init's memory. */
+    if (mprotect(stack, 4096, PROT_NONE) < 0) stk_fail(errfd, STK_STAGE_CLONE);
+    int worker = clone(stk_worker_entry, (char *)stack + STK_WORKER_STACK, CLONE_VM | CLONE_VFORK | SIGCHLD, &wargs);
     if (worker < 0) stk_fail(errfd, STK_STAGE_CLONE);
-    if (worker == 0) {
-        close(syncfd);
-        close(statusfd);
-        close(gate[1]);
-        stk_worker(plan, errfd, notify_sock, gate[0]);
-    }
+    (void)munmap(stack, STK_WORKER_STACK);
 
     if (plan->scrub != NULL) memset(plan->scrub, 0, plan->scrub_len);
 
     /* Init keeps only the status pipe: the worker's stdio, the error pipe and
        the seccomp socket must close when the worker is done with them. */
-    close(gate[0]);
     close(errfd);
     if (notify_sock >= 0) close(notify_sock);
-    (void)stk_write_all(gate[1], "g", 1);
-    close(gate[1]);
     if (statusfd != 3 && dup2(statusfd, 3) < 0) _exit(127);
     (void)syscall(SYS_close_range, 4U, ~0U, 0U);
     close(0);
