@@ -2,7 +2,7 @@ import Glibc
 
 // stockade-bench: component figures and the in-process drivers for Benchmarks/run.sh.
 //
-//   stockade-bench components --disk DIR --tmpfs DIR [--quick]
+//   stockade-bench components --disk DIR --tmpfs DIR [--quick] [--only audit|paths|diff|bundle]
 //   stockade-bench batch --stockade BIN --floor BIN --work DIR [--quick]
 //   stockade-bench rss --stockade BIN --work DIR [--workers 100] [--sleep 5]
 //
@@ -34,18 +34,32 @@ func components(_ args: [String]) {
     let tmpfs = required("--tmpfs", in: args)
     makeDirectory(disk)
     makeDirectory(tmpfs)
-    progress("audit store on disk")
-    benchAudit(directory: disk, label: "disk", scale: scale).forEach(emit)
-    progress("audit store on tmpfs")
-    benchAudit(directory: tmpfs, label: "tmpfs", scale: scale).forEach(emit)
-    progress("path guard")
-    benchPathGuard(scale: scale).forEach(emit)
-    progress("diff parser")
-    benchDiff(scale: scale).forEach(emit)
-    progress("bundle reader on tmpfs")
-    benchBundle(directory: tmpfs, label: "tmpfs", scale: scale).forEach(emit)
-    progress("bundle reader on disk")
-    benchBundle(directory: disk, label: "disk", scale: scale).forEach(emit)
+    // `--only audit|paths|diff|bundle` runs one group (to profile it, or to re-measure one row).
+    let only = option("--only", in: args)
+    func wanted(_ group: String) -> Bool { only == nil || only == group }
+    if let only, !["audit", "paths", "diff", "bundle"].contains(only) {
+        fail("--only takes audit, paths, diff or bundle, not \(only)")
+    }
+    if wanted("audit") {
+        progress("audit store on disk")
+        benchAudit(directory: disk, label: "disk", scale: scale).forEach(emit)
+        progress("audit store on tmpfs")
+        benchAudit(directory: tmpfs, label: "tmpfs", scale: scale).forEach(emit)
+    }
+    if wanted("paths") {
+        progress("path guard")
+        benchPathGuard(scale: scale).forEach(emit)
+    }
+    if wanted("diff") {
+        progress("diff parser")
+        benchDiff(scale: scale).forEach(emit)
+    }
+    if wanted("bundle") {
+        progress("bundle reader on tmpfs")
+        benchBundle(directory: tmpfs, label: "tmpfs", scale: scale).forEach(emit)
+        progress("bundle reader on disk")
+        benchBundle(directory: disk, label: "disk", scale: scale).forEach(emit)
+    }
 }
 
 // MARK: - floor and batch, interleaved
