@@ -25,6 +25,7 @@ struct AuditCommand: ParsableCommand {
 
     struct Events: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "events",
             abstract: "Audit events in seq order (resume with --since the last seq seen).")
         @OptionGroup var state: StateOptions
         @Option(name: .customLong("run"), help: "Only this run's events.") var runId: String?
@@ -54,7 +55,7 @@ struct AuditCommand: ParsableCommand {
     }
 
     struct Runs: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Runs with their outcome, oldest first.")
+        static let configuration = CommandConfiguration(commandName: "runs", abstract: "Runs with their outcome, oldest first.")
         @OptionGroup var state: StateOptions
         @Flag(help: "One JSON object a line.") var json = false
 
@@ -84,6 +85,7 @@ struct AuditCommand: ParsableCommand {
 
     struct Verify: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "verify",
             abstract: "Recompute the audit hash chain; exit 1 naming the first broken seq.")
         @OptionGroup var state: StateOptions
 

@@ -5,6 +5,7 @@ import StockadeSupervisor
 
 struct Batch: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "batch",
         abstract: "Many runs in one supervisor: one JSON request a line in, one JSON report a line out as each finishes.",
         discussion: """
             Each input line is an object with the keys of `stockade run`'s flags: {"id": "t1", "command": ["prog", "arg"], \

@@ -11,7 +11,7 @@ struct ProfileCommand: ParsableCommand {
     )
 
     struct Check: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Validate a profile; every error names the field path and the reason.")
+        static let configuration = CommandConfiguration(commandName: "check", abstract: "Validate a profile; every error names the field path and the reason.")
         @Argument(help: "Profile name or path.") var profile: String
 
         func run() throws {
@@ -30,7 +30,7 @@ struct ProfileCommand: ParsableCommand {
     }
 
     struct Show: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Print the fully resolved profile (defaults filled in) as JSON.")
+        static let configuration = CommandConfiguration(commandName: "show", abstract: "Print the fully resolved profile (defaults filled in) as JSON.")
         @Argument(help: "Profile name or path.") var profile: String
 
         func run() throws {

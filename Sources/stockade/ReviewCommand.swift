@@ -12,7 +12,7 @@ struct ReviewCommand: ParsableCommand {
     )
 
     struct List: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Diffs, oldest first.")
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "Diffs, oldest first.")
         @OptionGroup var location: StateOptions
         @Option(help: "pending, accepted or rejected.") var state: String?
         @Flag(help: "One JSON object a line.") var json = false
@@ -49,7 +49,7 @@ struct ReviewCommand: ParsableCommand {
     }
 
     struct Show: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "The diff and its validation verdict.")
+        static let configuration = CommandConfiguration(commandName: "show", abstract: "The diff and its validation verdict.")
         @OptionGroup var state: StateOptions
         @Argument(help: "Diff id.") var id: Int64
 
@@ -97,7 +97,7 @@ struct ReviewCommand: ParsableCommand {
     }
 
     struct Accept: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Record the decision, then apply the diff to the workspace.")
+        static let configuration = CommandConfiguration(commandName: "accept", abstract: "Record the decision, then apply the diff to the workspace.")
         @OptionGroup var decision: Decision
 
         func run() throws {
@@ -107,7 +107,7 @@ struct ReviewCommand: ParsableCommand {
     }
 
     struct Reject: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Record the decision; nothing is applied.")
+        static let configuration = CommandConfiguration(commandName: "reject", abstract: "Record the decision; nothing is applied.")
         @OptionGroup var decision: Decision
 
         func run() throws {

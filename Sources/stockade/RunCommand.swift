@@ -6,6 +6,7 @@ import StockadeSupervisor
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "run",
         abstract: "Run one command in a sandbox: prepare, spawn, wait, collect, validate, audit, hand to review.",
         usage: "stockade run [OPTIONS] -- CMD [ARG...]"
     )

@@ -5,6 +5,7 @@ import StockadeSupervisor
 
 struct Verify: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "verify",
         abstract: "Prove each control on this host with the built-in probes; exit 0 only if every applicable control holds.",
         discussion: "Each probe runs inside a real sandboxed run under the profile and once unsandboxed as a positive control. Verdicts: enforced, not-enforced, not-applicable (the profile grants it), inconclusive (the host cannot do it either, or the probe could not tell)."
     )
