@@ -1,3 +1,5 @@
+import Glibc
+
 /// Which cgroup hierarchy a driver manages.
 public enum CgroupVersion: String, Sendable {
     case v1, v2
@@ -19,9 +21,34 @@ public protocol CgroupDriver: Sendable {
     /// Kills the processes of, and removes, every run cgroup under the parent whose name `isActive` says
     /// is not a live run. Returns the names it removed.
     func removeStale(isActive: (String) -> Bool) -> [String]
+
+    /// Whether the run cgroup `name` holds no process and was created at least `seconds` ago: the
+    /// leftover of a supervisor that died and whose state directory is gone. A live run's cgroup holds
+    /// its init from the clone on, and the clone follows the cgroup's creation within the spawn
+    /// timeout, so an empty cgroup that old is nobody's.
+    func isAbandoned(name: String, olderThan seconds: Int) -> Bool
 }
 
 extension CgroupDriver {
+    /// Whether the run cgroup exists in some hierarchy, holds no process, and every directory of it that
+    /// exists was made at least `seconds` ago (cgroupfs directories keep their creation time as mtime). A
+    /// hierarchy without the directory is skipped: a removal cut short leaves only some of them.
+    static func isAbandoned(_ run: RunCgroup, olderThan seconds: Int) -> Bool {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        var found = false
+        for path in run.paths {
+            var st = stat()
+            if lstat(path, &st) != 0 {
+                if errno == ENOENT { continue }
+                return false
+            }
+            guard (st.st_mode & S_IFMT) == S_IFDIR, now.tv_sec - st.st_mtim.tv_sec >= seconds else { return false }
+            found = true
+        }
+        return found && run.isEmpty()
+    }
+
     /// Whether `name` can be a run cgroup: one plain path component of letters, digits, `.`, `_` and `-`,
     /// at most 128 bytes, and not `.` or `..`.
     static func isValidRunName(_ name: String) -> Bool {

@@ -81,6 +81,12 @@ public struct CgroupV1: CgroupDriver {
         return RunCgroup(name: name, layout: .v1(dirs), paths: made, joinDescriptors: joins)
     }
 
+    public func isAbandoned(name: String, olderThan seconds: Int) -> Bool {
+        guard Self.isValidRunName(name) else { return false }
+        let run = RunCgroup(name: name, layout: .v1(directories(for: name)), paths: hierarchies.map { $0 + "/" + parent + "/" + name })
+        return Self.isAbandoned(run, olderThan: seconds)
+    }
+
     public func removeStale(isActive: (String) -> Bool) -> [String] {
         var names = Set<String>()
         for hierarchy in hierarchies {

@@ -79,6 +79,13 @@ public struct CgroupV2: CgroupDriver {
         }
     }
 
+    public func isAbandoned(name: String, olderThan seconds: Int) -> Bool {
+        guard Self.isValidRunName(name) else { return false }
+        let path = root + "/" + parent + "/" + name
+        let run = RunCgroup(name: name, layout: .v2(directory: path, useKillFile: true), paths: [path], emulation: emulation)
+        return Self.isAbandoned(run, olderThan: seconds)
+    }
+
     public func removeStale(isActive: (String) -> Bool) -> [String] {
         var removed: [String] = []
         for name in CgroupFiles.subdirectories(root + "/" + parent) where Self.isValidRunName(name) && !isActive(name) {

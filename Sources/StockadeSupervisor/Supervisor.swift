@@ -43,18 +43,37 @@ public final class Supervisor: Sendable {
         cgroups = Result { () throws(CgroupError) in try Cgroups.detect() }
         if case .success(let driver) = cgroups {
             let runs = stateDirectory + "/runs/"
-            let removed = driver.removeStale { name in !Self.isFinishedRun(runs + name) }
+            // A run of this state directory is stale once its lock is free; a cgroup with no run here
+            // (a supervisor that died with its state directory removed) once it is empty and old.
+            let removed = driver.removeStale { name in
+                switch Self.runLock(runs + name) {
+                case .held: true
+                case .free: false
+                case .missing: !driver.isAbandoned(name: name, olderThan: Self.abandonedCgroupAge)
+                }
+            }
             if !removed.isEmpty { logger.warning("cgroups.stale-removed", metadata: ["cgroups": "\(removed)"]) }
         }
+    }
+
+    /// Seconds after which an empty run cgroup that no run of this state directory owns is removed.
+    static let abandonedCgroupAge = 60
+
+    enum RunLock { case held, free, missing }
+
+    /// The lock of a run directory: held by a live supervisor, free (the run is over, or its
+    /// supervisor crashed), or missing (not a run of this state directory).
+    static func runLock(_ path: String) -> RunLock {
+        let fd = open(path + "/.lock", O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { return .missing }
+        defer { close(fd) }
+        return flock(fd, LOCK_EX | LOCK_NB) == 0 ? .free : .held
     }
 
     /// A run directory of this state directory whose lock nobody holds: its
     /// cgroup is a crashed supervisor's leftover. Anything else may be live.
     static func isFinishedRun(_ path: String) -> Bool {
-        let fd = open(path + "/.lock", O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        return flock(fd, LOCK_EX | LOCK_NB) == 0
+        runLock(path) == .free
     }
 
     static func makeDirectory(_ path: String) throws(SupervisorError) {

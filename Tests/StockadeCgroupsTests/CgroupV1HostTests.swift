@@ -112,6 +112,25 @@ struct CgroupV1HostTests {
         try run.remove()
     }
 
+    @Test("a run cgroup is abandoned when it is empty and old, not while a process is in it", .timeLimit(.minutes(1)))
+    func abandoned() throws {
+        defer { cleanUp() }
+        let run = try driver.create(name: "aged", limits: limits)
+        defer { try? run.remove() }
+        #expect(!driver.isAbandoned(name: "aged", olderThan: 60), "a cgroup made just now may be waiting for its clone")
+        var old = [timespec](repeating: timespec(tv_sec: time(nil) - 120, tv_nsec: 0), count: 2)
+        for path in run.paths { #expect(utimensat(AT_FDCWD, path, &old, 0) == 0, "\(path)") }
+        #expect(driver.isAbandoned(name: "aged", olderThan: 60))
+        let member = try HeldProcess("exec sleep 100")
+        try join(member.pid, through: run.joinDescriptors)
+        member.start()
+        #expect(eventually { run.processes() == [member.pid] })
+        #expect(!driver.isAbandoned(name: "aged", olderThan: 60), "a populated cgroup is somebody's live run")
+        _ = try run.killAll()
+        #expect(member.reap() == SIGKILL)
+        try run.remove()
+    }
+
     @Test("removeStale kills and removes a leftover run cgroup and leaves the active one", .timeLimit(.minutes(1)))
     func removeStale() throws {
         defer { cleanUp() }

@@ -125,6 +125,27 @@ struct CgroupV2FakeTreeTests {
         try live.remove()
     }
 
+    @Test("an empty run cgroup is abandoned only once it is old enough; a populated one never")
+    func abandoned() throws {
+        let tree = try FakeCgroupTree()
+        let driver = try tree.driver()
+        let run = try driver.create(name: "orphan", limits: limits)
+        #expect(!driver.isAbandoned(name: "orphan", olderThan: 60), "a cgroup made just now may be waiting for its clone")
+        let path = tree.root + "/stockade/orphan"
+        var old = [timespec](repeating: timespec(tv_sec: time(nil) - 120, tv_nsec: 0), count: 2)
+        #expect(utimensat(AT_FDCWD, path, &old, 0) == 0)
+        #expect(driver.isAbandoned(name: "orphan", olderThan: 60))
+        try tree.write("4242\n", "stockade/orphan/cgroup.procs")
+        try tree.write("populated 1\nfrozen 0\n", "stockade/orphan/cgroup.events")
+        #expect(utimensat(AT_FDCWD, path, &old, 0) == 0)
+        #expect(!driver.isAbandoned(name: "orphan", olderThan: 60), "a populated cgroup is somebody's live run")
+        #expect(!driver.isAbandoned(name: "missing", olderThan: 60))
+        #expect(!driver.isAbandoned(name: "..", olderThan: 0))
+        try tree.write("", "stockade/orphan/cgroup.procs")
+        try tree.write("populated 0\nfrozen 0\n", "stockade/orphan/cgroup.events")
+        try run.remove()
+    }
+
     @Test("a second run cgroup of the same name is refused")
     func duplicateName() throws {
         let tree = try FakeCgroupTree()

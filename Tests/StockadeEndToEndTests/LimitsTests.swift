@@ -63,4 +63,28 @@ struct LimitsTests {
             #expect(!FileManager.default.fileExists(atPath: root + "/" + runId))
         }
     }
+
+    @Test("a supervisor removes an empty, old run cgroup that no state directory owns, and keeps a young one")
+    func abandonedCgroupRemoved() throws {
+        let h = try Harness()
+        // What a supervisor killed together with its (since removed) state directory leaves behind.
+        let hierarchies = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/freezer"]
+            .filter { FileManager.default.fileExists(atPath: $0 + "/stockade") }
+        try #require(!hierarchies.isEmpty, "no cgroup v1 hierarchies with a stockade parent")
+        let suffix = String(getpid())
+        let old = "01ABANDONEDOLD" + suffix, young = "01ABANDONEDYOUNG" + suffix
+        var aged = [timespec](repeating: timespec(tv_sec: time(nil) - 600, tv_nsec: 0), count: 2)
+        for root in hierarchies {
+            #expect(mkdir(root + "/stockade/" + old, 0o755) == 0)
+            #expect(utimensat(AT_FDCWD, root + "/stockade/" + old, &aged, 0) == 0)
+            #expect(mkdir(root + "/stockade/" + young, 0o755) == 0)
+        }
+        defer { for root in hierarchies { rmdir(root + "/stockade/" + old); rmdir(root + "/stockade/" + young) } }
+        let r = try h.run([], ["/bin/true"])
+        #expect(r.status == 0)
+        for root in hierarchies {
+            #expect(!FileManager.default.fileExists(atPath: root + "/stockade/" + old), "\(root): the abandoned cgroup stayed")
+            #expect(FileManager.default.fileExists(atPath: root + "/stockade/" + young), "\(root): a young cgroup was removed")
+        }
+    }
 }
