@@ -424,8 +424,6 @@ __attribute__((noreturn)) static void stk_child(const struct stk_plan *plan, int
     if (worker < 0) stk_fail(errfd, STK_STAGE_CLONE);
     (void)munmap(stack, STK_WORKER_STACK);
 
-    if (plan->scrub != NULL) memset(plan->scrub, 0, plan->scrub_len);
-
     /* Init keeps only the status pipe: the worker's stdio, the error pipe and
        the seccomp socket must close when the worker is done with them. */
     close(errfd);
@@ -520,6 +518,11 @@ static void stk_close(int *fd) {
 }
 
 int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result) {
+    return stk_spawn_flags(plan, result, 0);
+}
+
+int stk_spawn_flags(const struct stk_plan *plan, struct stk_spawn_result *result, int flags) {
+    const int sibling = (flags & STK_SPAWN_SIBLING) != 0;
     result->pid = -1;
     result->pidfd = -1;
     result->notify_fd = -1;
@@ -549,7 +552,10 @@ int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result) {
     memset(&args, 0, sizeof args);
     args.flags = CLONE_PIDFD | CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC;
     args.pidfd = (uint64_t)(uintptr_t)&pidfd;
-    args.exit_signal = SIGCHLD;
+    /* A sibling's parent is the caller's parent (the supervisor), which reaps
+       it; the kernel then takes the exit signal from the caller's. */
+    if (sibling) args.flags |= CLONE_PARENT;
+    else args.exit_signal = SIGCHLD;
     if (plan->cgroup_dir_fd >= 0) {
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = (uint64_t)plan->cgroup_dir_fd;
@@ -654,10 +660,15 @@ int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result) {
     }
 
 fail_child:
-    stk_reap(pidfd);
-    stk_close(&result->pidfd);
     stk_close(&result->notify_fd);
-    result->pid = -1;
+    if (sibling) {
+        /* Not ours to reap: kill it and hand the pidfd back so the parent does. */
+        (void)syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+    } else {
+        stk_reap(pidfd);
+        stk_close(&result->pidfd);
+        result->pid = -1;
+    }
 out:
     stk_close(&statuspipe[0]);
     stk_close(&errpipe[0]);

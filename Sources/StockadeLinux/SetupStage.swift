@@ -30,6 +30,7 @@ enum SetupStage {
         case STK_STAGE_FDS.rawValue: "close-fds"
         case STK_STAGE_SECCOMP.rawValue: "seccomp"
         case STK_STAGE_EXEC.rawValue: "exec"
+        case STK_STAGE_HELPER.rawValue: "spawn-helper"
         default: "unknown"
         }
     }
@@ -66,6 +67,9 @@ enum SetupStage {
             message = "cannot execute \(spec.argv.first ?? ""): \(reason)"
         case STK_STAGE_CGROUP.rawValue:
             message = "cannot place the worker in its cgroup: \(reason)"
+        case STK_STAGE_HELPER.rawValue:
+            message = "the spawn helper (this binary, re-executed through /proc/self/exe) could not be started or " +
+                "stopped answering (\(reason)): /proc must be mounted and the binary still present"
         default:
             message = "sandbox setup failed at \(name): \(reason)"
         }

@@ -39,16 +39,6 @@ final class SpawnPlan {
         // CLONE_INTO_CGROUP (v2) checks the creator's right to write the
         // cgroup: there the namespace stays root's (the run cgroup bounds pids).
         plan.pointee.ns_owner_uid = spec.cgroupDirectoryDescriptor == nil && getuid() == 0 ? spec.hostIdBase : 0
-        // The argv strings are contiguous from argv[0] to the end of the last one.
-        let argc = Int(CommandLine.argc)
-        if argc > 0, let first = CommandLine.unsafeArgv[0], let last = CommandLine.unsafeArgv[argc - 1] {
-            let end = UnsafeMutableRawPointer(last) + strlen(last) + 1
-            let start = UnsafeMutableRawPointer(first)
-            if end > start {
-                plan.pointee.scrub = start
-                plan.pointee.scrub_len = end - start
-            }
-        }
 
         let ops = allocate(stk_mount_op.self, count: max(spec.mounts.count, 1))
         for (i, op) in spec.mounts.enumerated() { ops[i] = try mountOp(op) }

@@ -12,20 +12,32 @@ public struct SpawnedWorker: Sendable {
     public let statusFD: Int32
 }
 
-/// Runs every clone on a few dedicated threads that live as long as the
+/// Runs every spawn on a few dedicated threads that live as long as the
 /// process: a worker's parent-death signal fires when the *thread* that
-/// cloned it exits, and pool threads may exit at any time. Several threads,
-/// because each waits for its child to reach execve.
+/// started its spawn helper exits, and pool threads may exit at any time.
+/// Several threads, because each waits for its child to reach execve. A
+/// thread hands its plan to an idle spawn helper process (stk_helper.h),
+/// starting one when none is idle; the helper does the clone, so the
+/// supervisor's memory is never copied per run.
 public final class Spawner: Sendable {
     public static let shared = Spawner()
 
     private struct Job: @unchecked Sendable {
         // The plan's C memory is touched only by the spawner thread while the caller waits.
-        let plan: SpawnPlan
+        // Without a plan, the job only makes sure a helper is ready (see `prepare`).
+        let plan: SpawnPlan?
         let done: @Sendable (stk_spawn_result) -> Void
     }
 
+    private struct Helper {
+        let socket: Int32
+        let pid: pid_t
+    }
+
     private let jobs = Mutex<[Job]>([])
+    /// Helpers not serving a spawn right now. Any spawner thread may use any of them: each was started
+    /// by a spawner thread, and those live as long as the process.
+    private let idleHelpers = Mutex<[Helper]>([])
     private let ready = Semaphore()
 
     static let threadCount = 4
@@ -42,6 +54,14 @@ public final class Spawner: Sendable {
             precondition(rc == 0, "pthread_create failed: \(rc)")
             pthread_detach(thread)
         }
+    }
+
+    /// Starts a spawn helper in the background unless one is idle, so that the first spawn does not
+    /// wait for it (a supervisor calls this while it opens its audit store).
+    public func prepare() {
+        guard idleHelpers.withLock({ $0.isEmpty }) else { return }
+        jobs.withLock { $0.append(Job(plan: nil, done: { _ in })) }
+        ready.signal()
     }
 
     /// Spawns the worker. The stdio fds are the child's ends; the caller closes them afterwards.
@@ -64,9 +84,44 @@ public final class Spawner: Sendable {
             ready.wait()
             guard let job = jobs.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else { continue }
             var result = stk_spawn_result()
-            _ = stk_spawn(job.plan.plan, &result)
+            result.pid = -1
+            result.detail = -1
+            var helper = idleHelpers.withLock { $0.popLast() }
+            if helper == nil {
+                var pid: pid_t = 0
+                let (scrub, scrubLength) = Self.argumentArea()
+                let socket = stk_helper_start(scrub, scrubLength, &pid)
+                if socket >= 0 {
+                    helper = Helper(socket: socket, pid: pid)
+                } else {
+                    result.stage = Int32(STK_STAGE_HELPER.rawValue)
+                    result.error = errno
+                }
+            }
+            if let current = helper {
+                if let plan = job.plan, stk_spawn_remote(current.socket, plan.plan, &result) != 0 {
+                    // Gone (killed, or crashed): reap it; the next spawn starts another.
+                    close(current.socket)
+                    var status: Int32 = 0
+                    while waitpid(current.pid, &status, 0) < 0 && errno == EINTR {}
+                } else {
+                    idleHelpers.withLock { $0.append(current) }
+                }
+            }
             job.done(result)
         }
+    }
+}
+
+extension Spawner {
+    /// The process's argv strings, contiguous from argv[0] to the end of the last one: the helper zeroes
+    /// its copy, so no worker's init shows the supervisor's command line in /proc/1/cmdline.
+    static func argumentArea() -> (UnsafeMutableRawPointer?, Int) {
+        let argc = Int(CommandLine.argc)
+        guard argc > 0, let first = CommandLine.unsafeArgv[0], let last = CommandLine.unsafeArgv[argc - 1] else { return (nil, 0) }
+        let start = UnsafeMutableRawPointer(first)
+        let end = UnsafeMutableRawPointer(last) + strlen(last) + 1
+        return end > start ? (start, end - start) : (nil, 0)
     }
 }
 

@@ -21,6 +21,12 @@ public final class Supervisor: Sendable {
     let logger: Logger
     let hostEnvironment: [String: String]
 
+    /// Starts a spawn helper in the background, for a command that is about to run workers: it then
+    /// starts while the supervisor opens its audit store instead of delaying the first spawn.
+    public static func prepareToSpawn() {
+        Spawner.shared.prepare()
+    }
+
     public init(stateDirectory: String, catalog: ProfileCatalog, environment: [String: String], logger: Logger) throws(SupervisorError) {
         self.stateDirectory = stateDirectory
         self.catalog = catalog

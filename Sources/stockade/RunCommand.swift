@@ -71,6 +71,7 @@ struct Run: AsyncParsableCommand {
         let logger = Logger(label: "stockade")
         let supervisor: Supervisor
         do {
+            Supervisor.prepareToSpawn()
             supervisor = try Supervisor(stateDirectory: state.resolved(), catalog: .standard(),
                                         environment: ProcessEnvironment.current(), logger: logger)
         } catch {

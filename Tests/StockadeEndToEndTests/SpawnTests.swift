@@ -122,6 +122,21 @@ struct SpawnTests {
         #expect(out.contains("PATH="))
     }
 
+    @Test("the worker cannot read the supervisor's command line, environment or memory through its init")
+    func initHidesSupervisor() throws {
+        let h = try Harness()
+        let needle = "needle-\(UUID().uuidString)"
+        // Positive control: the value is on the supervisor's command line, where the host can read it.
+        let r = try h.stockade(["run", "--json", "--env", "MARK=\(needle)", "--", "/bin/sh", "-c",
+                                "echo $MARK >/dev/null; cat /proc/1/cmdline /proc/1/environ /proc/1/maps 2>&1 | tr '\\0' ' '; " +
+                                "od -An -c /proc/1/mem 2>&1 | head -1"],
+                               environment: ["HOST_ONLY": needle + "-env"])
+        let out = try r.report().string("stdout") ?? ""
+        #expect(!out.isEmpty)
+        #expect(!out.contains(needle), "init showed the supervisor's argv or environment: \(out)")
+        #expect(!out.contains("r-xp"), "init's memory map is readable: \(out)")
+    }
+
     @Test("nested user namespaces, mount and sethostname are refused and recorded as violations")
     func namespaceEscapes() throws {
         let h = try Harness()

@@ -59,6 +59,7 @@ enum stk_stage {
     STK_STAGE_NETWORK, STK_STAGE_WORKDIR, STK_STAGE_RLIMITS, STK_STAGE_SETSID,
     STK_STAGE_CAPABILITIES, STK_STAGE_CREDENTIALS, STK_STAGE_NO_NEW_PRIVS, STK_STAGE_PARENT_DEATH,
     STK_STAGE_STDIO, STK_STAGE_FDS, STK_STAGE_SECCOMP, STK_STAGE_EXEC,
+    STK_STAGE_HELPER,
 };
 
 struct stk_plan {
@@ -104,11 +105,6 @@ struct stk_plan {
     size_t cgroup_procs_count;
     int cgroup_dir_fd;
 
-    /* The supervisor's argv strings, which init (a copy of the supervisor that
-       never execs) zeroes so the worker cannot read them in /proc/1/cmdline. */
-    void *_Nullable scrub;
-    size_t scrub_len;
-
     /* Host uid that creates (and so owns, and is charged for) the worker's
        user namespace; 0 to create it as the caller. */
     uint32_t ns_owner_uid;
@@ -138,6 +134,15 @@ struct stk_init_report_wire {
  * least as long as the worker: the worker's parent-death signal follows it.
  */
 int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result);
+
+/*
+ * stk_spawn with flags. STK_SPAWN_SIBLING: clone with CLONE_PARENT, so the
+ * child's parent is the caller's parent (the spawn helper's supervisor). On
+ * failure the child is killed but not reaped: result->pid and result->pidfd
+ * stay set for the parent to reap.
+ */
+#define STK_SPAWN_SIBLING 0x1
+int stk_spawn_flags(const struct stk_plan *plan, struct stk_spawn_result *result, int flags);
 
 /*
  * A detached tmpfs (fsopen/fsmount) owned by host `uid`/`gid`, bounded by

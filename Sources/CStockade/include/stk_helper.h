@@ -1,0 +1,39 @@
+#ifndef STK_HELPER_H
+#define STK_HELPER_H
+/*
+ * The spawn helper: a process that does the clones, so the supervisor never
+ * forks per run.
+ *
+ * A clone copies the caller's memory map and page tables and write-protects
+ * the caller's pages: a busy, multithreaded supervisor then takes
+ * copy-on-write faults and TLB shoot-downs on every thread, per run. The
+ * helper is forked once, from a spawner thread, and from then on runs only C:
+ * one thread, no Swift. It clones with CLONE_PARENT, so each worker's init is
+ * still the supervisor's child (the supervisor reaps it and holds its pidfd)
+ * but a copy of the helper. A plan travels as one memfd plus its descriptors
+ * (SCM_RIGHTS); the answer as the result plus the pidfd, listener and status
+ * descriptors.
+ */
+#include <sys/types.h>
+#include "stk_spawn.h"
+
+#pragma clang assume_nonnull begin
+
+/*
+ * Forks a helper from the calling thread (it must live as long as the
+ * workers: their parent-death signal follows the thread that started the
+ * helper). `scrub` is the supervisor's argv area, zeroed in the helper so no
+ * init shows it. Returns the socket to the helper and sets *pid, or -1 with errno.
+ */
+int stk_helper_start(void *_Nullable scrub, size_t scrub_len, pid_t *_Nonnull pid);
+
+/*
+ * Spawns `plan` through the helper on `sock`; fills `result` like stk_spawn.
+ * A failed setup's child is reaped here. Returns 0 when the helper answered,
+ * or -1 with errno when it is gone (result->stage STK_STAGE_HELPER): the
+ * caller then stops using it.
+ */
+int stk_spawn_remote(int sock, const struct stk_plan *plan, struct stk_spawn_result *result);
+
+#pragma clang assume_nonnull end
+#endif

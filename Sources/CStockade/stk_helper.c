@@ -1,0 +1,613 @@
+/*
+ * The spawn helper (see stk_helper.h): the plan's wire format, the client
+ * the supervisor's spawner threads use, and the helper's serving loop.
+ */
+#define _GNU_SOURCE
+#include "stk_helper.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/filter.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+#define STK_HELPER_FD 3
+#define STK_WIRE_MAGIC 0x53544b31u /* "STK1" */
+/* SCM_MAX_FD is 253; one goes to the memfd. */
+#define STK_WIRE_MAX_FDS 250
+#define STK_WIRE_NULL 0xffffffffu
+
+__attribute__((noreturn)) static void stk_helper_main(int sock, pid_t parent, void *scrub, size_t scrub_len);
+
+/* ---------- encoding (supervisor side) ---------- */
+
+struct stk_out {
+    uint8_t *data;
+    size_t len, cap;
+    int failed;
+    int fds[STK_WIRE_MAX_FDS];
+    int nfds;
+};
+
+static void out_put(struct stk_out *o, const void *p, size_t n) {
+    if (o->failed) return;
+    if (o->len + n > o->cap) {
+        size_t cap = o->cap ? o->cap : 4096;
+        while (cap < o->len + n) cap *= 2;
+        uint8_t *grown = realloc(o->data, cap);
+        if (grown == NULL) {
+            o->failed = ENOMEM;
+            return;
+        }
+        o->data = grown;
+        o->cap = cap;
+    }
+    memcpy(o->data + o->len, p, n);
+    o->len += n;
+}
+
+static void out_u32(struct stk_out *o, uint32_t v) { out_put(o, &v, sizeof v); }
+static void out_u64(struct stk_out *o, uint64_t v) { out_put(o, &v, sizeof v); }
+
+/* Bytes with a length, NUL-terminated on the wire so a decoded pointer is a C string. */
+static void out_bytes(struct stk_out *o, const void *p, size_t n) {
+    if (p == NULL) {
+        out_u32(o, STK_WIRE_NULL);
+        return;
+    }
+    if (n >= STK_WIRE_NULL) {
+        o->failed = E2BIG;
+        return;
+    }
+    out_u32(o, (uint32_t)n);
+    out_put(o, p, n);
+    out_put(o, "", 1);
+}
+
+static void out_str(struct stk_out *o, const char *s) { out_bytes(o, s, s ? strlen(s) : 0); }
+
+/* A descriptor travels as its index in the SCM_RIGHTS array; -1 stays -1. */
+static void out_fd(struct stk_out *o, int fd) {
+    if (fd < 0) {
+        out_u32(o, STK_WIRE_NULL);
+        return;
+    }
+    if (o->nfds == STK_WIRE_MAX_FDS) {
+        o->failed = EMFILE;
+        return;
+    }
+    o->fds[o->nfds] = fd;
+    out_u32(o, (uint32_t)o->nfds++);
+}
+
+static size_t stk_count_strings(char *const *v) {
+    size_t n = 0;
+    while (v[n] != NULL) n++;
+    return n;
+}
+
+static void stk_encode(struct stk_out *o, const struct stk_plan *plan) {
+    out_u32(o, STK_WIRE_MAGIC);
+    out_u32(o, (uint32_t)plan->exec_candidate_count);
+    for (size_t i = 0; i < plan->exec_candidate_count; i++) out_str(o, plan->exec_candidates[i]);
+    size_t argc = stk_count_strings(plan->argv);
+    out_u32(o, (uint32_t)argc);
+    for (size_t i = 0; i < argc; i++) out_str(o, plan->argv[i]);
+    size_t envc = stk_count_strings(plan->envp);
+    out_u32(o, (uint32_t)envc);
+    for (size_t i = 0; i < envc; i++) out_str(o, plan->envp[i]);
+    out_str(o, plan->root);
+    out_str(o, plan->root_data);
+    out_u32(o, (uint32_t)plan->root_readonly);
+    out_str(o, plan->workdir);
+    out_str(o, plan->hostname);
+    out_str(o, plan->uid_map);
+    out_str(o, plan->gid_map);
+    out_u32(o, plan->uid);
+    out_u32(o, plan->gid);
+    out_u32(o, (uint32_t)plan->last_cap);
+    out_fd(o, plan->stdin_fd);
+    out_fd(o, plan->stdout_fd);
+    out_fd(o, plan->stderr_fd);
+    out_bytes(o, plan->filter, plan->filter ? (size_t)plan->filter_len * sizeof(struct sock_filter) : 0);
+    out_u32(o, plan->filter_len);
+    out_u32(o, (uint32_t)plan->notify);
+    out_u32(o, (uint32_t)plan->loopback_up);
+    out_fd(o, plan->cgroup_dir_fd);
+    out_u32(o, plan->ns_owner_uid);
+    out_u32(o, (uint32_t)plan->op_count);
+    for (size_t i = 0; i < plan->op_count; i++) {
+        const struct stk_mount_op *op = &plan->ops[i];
+        out_u32(o, (uint32_t)op->kind);
+        out_u32(o, op->bind_flags);
+        /* A file's content is `length` bytes; every other source is a string. */
+        if (op->kind == STK_OP_FILE) out_bytes(o, op->source, op->length);
+        else out_str(o, op->source);
+        out_str(o, op->target);
+        out_str(o, op->data);
+        out_u64(o, op->flags);
+        out_u64(o, op->attr);
+        out_u64(o, op->length);
+        out_u32(o, op->mode);
+        out_fd(o, op->fd);
+        out_u64(o, (uint64_t)op->uid);
+        out_u64(o, (uint64_t)op->gid);
+    }
+    out_u32(o, (uint32_t)plan->rlimit_count);
+    for (size_t i = 0; i < plan->rlimit_count; i++) {
+        out_u32(o, (uint32_t)plan->rlimits[i].resource);
+        out_u64(o, plan->rlimits[i].limit.rlim_cur);
+        out_u64(o, plan->rlimits[i].limit.rlim_max);
+    }
+    out_u32(o, (uint32_t)plan->cgroup_procs_count);
+    for (size_t i = 0; i < plan->cgroup_procs_count; i++) out_fd(o, plan->cgroup_procs_fds[i]);
+}
+
+/* ---------- decoding (helper side) ---------- */
+
+struct stk_in {
+    const uint8_t *data;
+    size_t len, pos;
+    int failed;
+    const int *fds;
+    int nfds;
+};
+
+static const void *in_take(struct stk_in *in, size_t n) {
+    if (in->failed || n > in->len - in->pos) {
+        in->failed = 1;
+        return NULL;
+    }
+    const void *p = in->data + in->pos;
+    in->pos += n;
+    return p;
+}
+
+static uint32_t in_u32(struct stk_in *in) {
+    uint32_t v = 0;
+    const void *p = in_take(in, sizeof v);
+    if (p) memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static uint64_t in_u64(struct stk_in *in) {
+    uint64_t v = 0;
+    const void *p = in_take(in, sizeof v);
+    if (p) memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static const char *in_bytes(struct stk_in *in, size_t *length) {
+    uint32_t n = in_u32(in);
+    if (in->failed || n == STK_WIRE_NULL) {
+        if (length) *length = 0;
+        return NULL;
+    }
+    const char *p = in_take(in, (size_t)n + 1);
+    if (p == NULL || p[n] != '\0') {
+        in->failed = 1;
+        return NULL;
+    }
+    if (length) *length = n;
+    return p;
+}
+
+static const char *in_str(struct stk_in *in) {
+    const char *s = in_bytes(in, NULL);
+    return s ? s : "";
+}
+
+static int in_fd(struct stk_in *in) {
+    uint32_t i = in_u32(in);
+    if (i == STK_WIRE_NULL) return -1;
+    if ((int64_t)i >= in->nfds) {
+        in->failed = 1;
+        return -1;
+    }
+    return in->fds[i];
+}
+
+/* Every array of a decoded plan, freed together. */
+struct stk_decoded {
+    const char **candidates;
+    char **argv;
+    char **envp;
+    struct stk_mount_op *ops;
+    struct stk_rlimit *rlimits;
+    int *procs;
+};
+
+static void stk_decoded_free(struct stk_decoded *d) {
+    free(d->candidates);
+    free(d->argv);
+    free(d->envp);
+    free(d->ops);
+    free(d->rlimits);
+    free(d->procs);
+}
+
+/* A count that at least that many 4-byte fields could follow (bounds allocations by the message size). */
+static size_t in_count(struct stk_in *in) {
+    uint32_t n = in_u32(in);
+    if ((size_t)n > (in->len - in->pos) / 4) {
+        in->failed = 1;
+        return 0;
+    }
+    return n;
+}
+
+static char **in_string_vector(struct stk_in *in, size_t n) {
+    char **v = calloc(n + 1, sizeof *v);
+    if (v == NULL) {
+        in->failed = 1;
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) v[i] = (char *)in_str(in);
+    return v;
+}
+
+static int stk_decode(struct stk_in *in, struct stk_plan *plan, struct stk_decoded *d) {
+    memset(plan, 0, sizeof *plan);
+    memset(d, 0, sizeof *d);
+    if (in_u32(in) != STK_WIRE_MAGIC) return -1;
+    size_t n = in_count(in);
+    d->candidates = (const char **)in_string_vector(in, n);
+    d->argv = in_string_vector(in, in_count(in));
+    d->envp = in_string_vector(in, in_count(in));
+    if (in->failed) return -1;
+    plan->exec_candidates = d->candidates;
+    plan->exec_candidate_count = n;
+    plan->argv = d->argv;
+    plan->envp = d->envp;
+    plan->root = in_str(in);
+    plan->root_data = in_str(in);
+    plan->root_readonly = (int)in_u32(in);
+    plan->workdir = in_str(in);
+    plan->hostname = in_str(in);
+    plan->uid_map = in_str(in);
+    plan->gid_map = in_str(in);
+    plan->uid = in_u32(in);
+    plan->gid = in_u32(in);
+    plan->last_cap = (int)in_u32(in);
+    plan->stdin_fd = in_fd(in);
+    plan->stdout_fd = in_fd(in);
+    plan->stderr_fd = in_fd(in);
+    size_t filter_bytes = 0;
+    plan->filter = (const struct sock_filter *)in_bytes(in, &filter_bytes);
+    plan->filter_len = (unsigned short)in_u32(in);
+    if (plan->filter != NULL && filter_bytes != (size_t)plan->filter_len * sizeof(struct sock_filter)) return -1;
+    plan->notify = (int)in_u32(in);
+    plan->loopback_up = (int)in_u32(in);
+    plan->cgroup_dir_fd = in_fd(in);
+    plan->ns_owner_uid = in_u32(in);
+    size_t ops = in_count(in);
+    d->ops = calloc(ops ? ops : 1, sizeof *d->ops);
+    if (d->ops == NULL) return -1;
+    for (size_t i = 0; i < ops && !in->failed; i++) {
+        struct stk_mount_op *op = &d->ops[i];
+        op->kind = (int)in_u32(in);
+        op->bind_flags = in_u32(in);
+        size_t source_length = 0;
+        op->source = in_bytes(in, &source_length);
+        op->target = in_bytes(in, NULL);
+        op->data = in_bytes(in, NULL);
+        op->flags = (unsigned long)in_u64(in);
+        op->attr = in_u64(in);
+        op->length = (size_t)in_u64(in);
+        op->mode = in_u32(in);
+        op->fd = in_fd(in);
+        op->uid = (int64_t)in_u64(in);
+        op->gid = (int64_t)in_u64(in);
+        if (op->kind == STK_OP_FILE && op->source != NULL && op->length != source_length) in->failed = 1;
+    }
+    plan->ops = d->ops;
+    plan->op_count = ops;
+    size_t limits = in_count(in);
+    d->rlimits = calloc(limits ? limits : 1, sizeof *d->rlimits);
+    if (d->rlimits == NULL) return -1;
+    for (size_t i = 0; i < limits && !in->failed; i++) {
+        d->rlimits[i].resource = (int)in_u32(in);
+        d->rlimits[i].limit.rlim_cur = in_u64(in);
+        d->rlimits[i].limit.rlim_max = in_u64(in);
+    }
+    plan->rlimits = d->rlimits;
+    plan->rlimit_count = limits;
+    size_t procs = in_count(in);
+    d->procs = calloc(procs ? procs : 1, sizeof *d->procs);
+    if (d->procs == NULL) return -1;
+    for (size_t i = 0; i < procs && !in->failed; i++) d->procs[i] = in_fd(in);
+    plan->cgroup_procs_fds = d->procs;
+    plan->cgroup_procs_count = procs;
+    return in->failed || in->pos != in->len ? -1 : 0;
+}
+
+/* ---------- messages ---------- */
+
+struct stk_wire_result {
+    int32_t pid, stage, error, detail;
+    int32_t has_pidfd, has_notify, has_status;
+};
+
+static ssize_t stk_send_with_fds(int sock, const void *data, size_t len, const int *fds, int nfds) {
+    struct iovec iov = {(void *)data, len};
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * (STK_WIRE_MAX_FDS + 1))];
+        struct cmsghdr align;
+    } control;
+    memset(&control, 0, sizeof control);
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (nfds > 0) {
+        msg.msg_control = control.buf;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+        struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+        cmsg->cmsg_level = SOL_SOCKET;
+        cmsg->cmsg_type = SCM_RIGHTS;
+        cmsg->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+        memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * (size_t)nfds);
+    }
+    ssize_t n;
+    do n = sendmsg(sock, &msg, MSG_NOSIGNAL); while (n < 0 && errno == EINTR);
+    return n;
+}
+
+/* Receives one message; returns its length (0: the peer closed) or -1. Descriptors land in fds/nfds. */
+static ssize_t stk_receive_with_fds(int sock, void *data, size_t len, int *fds, int *nfds, int max) {
+    struct iovec iov = {data, len};
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * (STK_WIRE_MAX_FDS + 1))];
+        struct cmsghdr align;
+    } control;
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof control.buf;
+    ssize_t n;
+    do n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); while (n < 0 && errno == EINTR);
+    *nfds = 0;
+    if (n < 0) return -1;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int i = 0; i < count; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + sizeof(int) * (size_t)i, sizeof fd);
+            if (*nfds < max) fds[(*nfds)++] = fd;
+            else close(fd);
+        }
+    }
+    if (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) {
+        for (int i = 0; i < *nfds; i++) close(fds[i]);
+        *nfds = 0;
+        errno = EPROTO;
+        return -1;
+    }
+    return n;
+}
+
+/* ---------- client (supervisor side) ---------- */
+
+int stk_helper_start(void *scrub, size_t scrub_len, pid_t *pid) {
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) return -1;
+    /* glibc's fork: it leaves malloc usable in the child, which the helper needs (the decoded plan). */
+    pid_t child = fork();
+    if (child < 0) {
+        int err = errno;
+        close(sv[0]);
+        close(sv[1]);
+        errno = err;
+        return -1;
+    }
+    if (child == 0) stk_helper_main(sv[1], getppid(), scrub, scrub_len);
+    close(sv[1]);
+    *pid = child;
+    return sv[0];
+}
+
+static void stk_reap_pidfd(int pidfd) {
+    siginfo_t info;
+    while (waitid((idtype_t)P_PIDFD, (id_t)pidfd, &info, WEXITED) < 0 && errno == EINTR) {}
+}
+
+int stk_spawn_remote(int sock, const struct stk_plan *plan, struct stk_spawn_result *result) {
+    result->pid = -1;
+    result->pidfd = -1;
+    result->notify_fd = -1;
+    result->status_fd = -1;
+    result->stage = STK_STAGE_NONE;
+    result->error = 0;
+    result->detail = -1;
+
+    struct stk_out *out = calloc(1, sizeof *out);
+    if (out == NULL) {
+        result->stage = STK_STAGE_PIPE;
+        result->error = ENOMEM;
+        return 0;
+    }
+    stk_encode(out, plan);
+    int memfd = -1;
+    if (!out->failed) {
+        memfd = memfd_create("stockade-plan", MFD_CLOEXEC);
+        if (memfd < 0) out->failed = errno;
+        else {
+            size_t done = 0;
+            while (done < out->len && !out->failed) {
+                ssize_t w = write(memfd, out->data + done, out->len - done);
+                if (w < 0 && errno == EINTR) continue;
+                if (w <= 0) out->failed = w < 0 ? errno : EIO;
+                else done += (size_t)w;
+            }
+        }
+    }
+    if (out->failed) {
+        result->stage = STK_STAGE_PIPE;
+        result->error = out->failed;
+        if (memfd >= 0) close(memfd);
+        free(out->data);
+        free(out);
+        return 0;
+    }
+    int fds[STK_WIRE_MAX_FDS + 1];
+    fds[0] = memfd;
+    memcpy(fds + 1, out->fds, sizeof(int) * (size_t)out->nfds);
+    ssize_t sent = stk_send_with_fds(sock, "p", 1, fds, out->nfds + 1);
+    int send_errno = errno;
+    close(memfd);
+    free(out->data);
+    free(out);
+    if (sent != 1) {
+        result->stage = STK_STAGE_HELPER;
+        result->error = sent < 0 ? send_errno : EPIPE;
+        errno = result->error;
+        return -1;
+    }
+
+    struct stk_wire_result wire;
+    int got[3];
+    int ngot = 0;
+    ssize_t n = stk_receive_with_fds(sock, &wire, sizeof wire, got, &ngot, 3);
+    if (n != (ssize_t)sizeof wire) {
+        int err = n < 0 ? errno : EPIPE;
+        for (int i = 0; i < ngot; i++) close(got[i]);
+        result->stage = STK_STAGE_HELPER;
+        result->error = err;
+        errno = err;
+        return -1;
+    }
+    int expected = (wire.has_pidfd != 0) + (wire.has_notify != 0) + (wire.has_status != 0);
+    if (ngot != expected) {
+        for (int i = 0; i < ngot; i++) close(got[i]);
+        result->stage = STK_STAGE_HELPER;
+        result->error = EPROTO;
+        errno = EPROTO;
+        return -1;
+    }
+    int k = 0;
+    if (wire.has_pidfd) result->pidfd = got[k++];
+    if (wire.has_notify) result->notify_fd = got[k++];
+    if (wire.has_status) result->status_fd = got[k++];
+    result->pid = wire.pid;
+    result->stage = wire.stage;
+    result->error = wire.error;
+    result->detail = wire.detail;
+    if (result->stage != STK_STAGE_NONE) {
+        /* The helper killed the half-made child; it is ours to reap. */
+        if (result->pidfd >= 0) {
+            stk_reap_pidfd(result->pidfd);
+            close(result->pidfd);
+        }
+        if (result->notify_fd >= 0) close(result->notify_fd);
+        if (result->status_fd >= 0) close(result->status_fd);
+        result->pidfd = result->notify_fd = result->status_fd = -1;
+        result->pid = -1;
+    }
+    return 0;
+}
+
+/* ---------- the helper ---------- */
+
+static void stk_helper_answer(int sock, const struct stk_spawn_result *r) {
+    struct stk_wire_result wire = {r->pid, r->stage, r->error, r->detail, r->pidfd >= 0, r->notify_fd >= 0, r->status_fd >= 0};
+    int fds[3];
+    int n = 0;
+    if (r->pidfd >= 0) fds[n++] = r->pidfd;
+    if (r->notify_fd >= 0) fds[n++] = r->notify_fd;
+    if (r->status_fd >= 0) fds[n++] = r->status_fd;
+    if (stk_send_with_fds(sock, &wire, sizeof wire, fds, n) != (ssize_t)sizeof wire) {
+        /* The supervisor is gone: whatever was made dies with its parent-death signal. */
+        if (r->pidfd >= 0) (void)syscall(SYS_pidfd_send_signal, r->pidfd, SIGKILL, NULL, 0);
+        _exit(0);
+    }
+}
+
+__attribute__((noreturn)) static void stk_helper_serve(int sock) {
+    for (;;) {
+        char byte;
+        int fds[STK_WIRE_MAX_FDS + 1];
+        int nfds = 0;
+        ssize_t n = stk_receive_with_fds(sock, &byte, 1, fds, &nfds, STK_WIRE_MAX_FDS + 1);
+        if (n == 0) _exit(0);
+        if (n < 0 && errno != EPROTO) _exit(1);
+
+        struct stk_spawn_result result;
+        memset(&result, 0, sizeof result);
+        result.pid = result.pidfd = result.notify_fd = result.status_fd = -1;
+        result.detail = -1;
+        struct stat st;
+        void *map = MAP_FAILED;
+        if (n != 1 || nfds < 1 || fstat(fds[0], &st) < 0 || st.st_size <= 0 ||
+            (map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fds[0], 0)) == MAP_FAILED) {
+            result.stage = STK_STAGE_HELPER;
+            result.error = EPROTO;
+        } else {
+            struct stk_in in = {map, (size_t)st.st_size, 0, 0, fds + 1, nfds - 1};
+            struct stk_plan plan;
+            struct stk_decoded decoded;
+            if (stk_decode(&in, &plan, &decoded) == 0) {
+                (void)stk_spawn_flags(&plan, &result, STK_SPAWN_SIBLING);
+            } else {
+                result.stage = STK_STAGE_HELPER;
+                result.error = EPROTO;
+            }
+            stk_decoded_free(&decoded);
+            munmap(map, (size_t)st.st_size);
+        }
+        for (int i = 0; i < nfds; i++) close(fds[i]);
+        stk_helper_answer(sock, &result);
+        if (result.pidfd >= 0) close(result.pidfd);
+        if (result.notify_fd >= 0) close(result.notify_fd);
+        if (result.status_fd >= 0) close(result.status_fd);
+    }
+}
+
+/*
+ * The helper's life after the fork: a copy of the supervisor with one thread,
+ * which from here on runs only this file's C. It keeps nothing of the
+ * supervisor's but its memory (the workers' inits are copies of it, and the
+ * argv there is zeroed) and the socket.
+ */
+__attribute__((noreturn)) static void stk_helper_main(int sock, pid_t parent, void *scrub, size_t scrub_len) {
+    /* Die with the thread that forked us; if that already happened, stop now. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0 || getppid() != parent) _exit(1);
+    /* Whatever the supervisor has open (other runs' pipes, the audit database) is not the helper's to hold. */
+    if (sock != STK_HELPER_FD && (dup2(sock, STK_HELPER_FD) < 0)) _exit(1);
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0) _exit(1);
+    (void)syscall(SYS_close_range, STK_HELPER_FD + 1, ~0U, 0U);
+    (void)fcntl(STK_HELPER_FD, F_SETFD, FD_CLOEXEC);
+    (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    (void)prctl(PR_SET_NAME, "stockade-spawn", 0, 0, 0);
+    /* Workers inherit the helper's supplementary groups and cannot drop them
+       (setgroups is denied in their namespace): hold none. */
+    (void)syscall(SYS_setgroups, 0, NULL);
+    /* The supervisor's command line may hold secrets; every init is a copy of this process. */
+    if (scrub != NULL) memset(scrub, 0, scrub_len);
+    struct sigaction ignore;
+    memset(&ignore, 0, sizeof ignore);
+    ignore.sa_handler = SIG_IGN;
+    (void)sigaction(SIGPIPE, &ignore, NULL);
+    sigset_t none;
+    sigemptyset(&none);
+    (void)sigprocmask(SIG_SETMASK, &none, NULL);
+    stk_helper_serve(STK_HELPER_FD);
+}
