@@ -56,12 +56,15 @@ public final class Spawner: Sendable {
         }
     }
 
-    /// Starts a spawn helper in the background unless one is idle, so that the first spawn does not
-    /// wait for it (a supervisor calls this while it opens its audit store).
+    /// Forks a spawn helper now unless one is idle, and waits for it. A command that will run workers
+    /// calls this before it loads anything: the helper, and every init cloned from it, then holds a copy
+    /// of the process as it was before any secret or run was loaded.
     public func prepare() {
         guard idleHelpers.withLock({ $0.isEmpty }) else { return }
-        jobs.withLock { $0.append(Job(plan: nil, done: { _ in })) }
+        let forked = Semaphore()
+        jobs.withLock { $0.append(Job(plan: nil, done: { _ in forked.signal() })) }
         ready.signal()
+        forked.wait()
     }
 
     /// Spawns the worker. The stdio fds are the child's ends; the caller closes them afterwards.
@@ -133,6 +136,11 @@ final class Semaphore: @unchecked Sendable {
     init() {
         sem = .allocate(capacity: 1)
         sem_init(sem, 0, 0)
+    }
+
+    deinit {
+        sem_destroy(sem)
+        sem.deallocate()
     }
 
     func signal() { sem_post(sem) }

@@ -21,8 +21,9 @@ public final class Supervisor: Sendable {
     let logger: Logger
     let hostEnvironment: [String: String]
 
-    /// Starts a spawn helper in the background, for a command that is about to run workers: it then
-    /// starts while the supervisor opens its audit store instead of delaying the first spawn.
+    /// Forks the spawn helper, for a command that is about to run workers: call it first, before the
+    /// supervisor opens its audit store or loads any profile or secret, so the helper (and every
+    /// worker's init, a copy of it) holds none of that.
     public static func prepareToSpawn() {
         Spawner.shared.prepare()
     }
