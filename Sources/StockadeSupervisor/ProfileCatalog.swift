@@ -2,6 +2,7 @@ import Crypto
 import FoundationEssentials
 import Glibc
 import StockadePolicy
+import Synchronization
 
 /// A profile ready to run, with where it came from and its digest (SHA-256 of
 /// the resolved profile's canonical JSON, recorded in the audit trail).
@@ -44,16 +45,65 @@ public struct ProfileCatalog: Sendable {
     }
 
     /// Loads and resolves `nameOrPath` (a path when it contains `/` or ends in `.json`).
+    ///
+    /// A batch loads the same profile for every run: the resolved profile is kept with, for every link
+    /// of its `extends` chain, the name asked for, the file it led to and that file's bytes, and reused
+    /// only while every name still leads to the same file with the same bytes. Reading a few small files
+    /// is cheap; parsing, decoding and digesting them is what is saved. Nothing is trusted on timestamps.
     public func load(_ nameOrPath: String) throws(ProfileError) -> LoadedProfile {
+        let key = directories.joined(separator: "\u{0}") + "\u{0}" + nameOrPath
+        if let entry = Self.cache.withLock({ $0[key] }), entry.stamps.allSatisfy({ isCurrent($0) }) {
+            return entry.loaded
+        }
         var seen: [String] = []
-        let (profile, source) = try resolve(nameOrPath, seen: &seen)
+        var stamps: [SourceStamp] = []
+        let (profile, source) = try resolve(nameOrPath, seen: &seen, stamps: &stamps)
         let canonical = profile.jsonValue.serialized()
-        let digest = SHA256.hash(data: Array(canonical.utf8)).map { String(format: "%02x", $0) }.joined()
-        return LoadedProfile(profile: profile, source: source, digest: digest)
+        let digest = Self.hex(SHA256.hash(data: Array(canonical.utf8)))
+        let loaded = LoadedProfile(profile: profile, source: source, digest: digest)
+        Self.cache.withLock { cache in
+            if cache.count >= Self.cacheLimit { cache.removeAll() }
+            cache[key] = CacheEntry(loaded: loaded, stamps: stamps)
+        }
+        return loaded
     }
 
-    private func resolve(_ nameOrPath: String, seen: inout [String]) throws(ProfileError) -> (Profile, String) {
-        let (document, source) = try read(nameOrPath)
+    /// One link of a resolved chain: the name or path asked for, where it led, and the bytes read there.
+    struct SourceStamp: Sendable {
+        let nameOrPath: String
+        let source: String
+        let builtin: Bool
+        let bytes: [UInt8]
+    }
+
+    struct CacheEntry: Sendable {
+        let loaded: LoadedProfile
+        let stamps: [SourceStamp]
+    }
+
+    private static let cache = Mutex<[String: CacheEntry]>([:])
+    private static let cacheLimit = 64
+
+    private func isCurrent(_ stamp: SourceStamp) -> Bool {
+        guard let now = try? locate(stamp.nameOrPath), now.source == stamp.source, now.builtin == stamp.builtin else { return false }
+        return (try? bytes(of: now.source, builtin: now.builtin)) == stamp.bytes
+    }
+
+    static func hex(_ digest: some Sequence<UInt8>) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        for byte in digest {
+            out.append(digits[Int(byte >> 4)])
+            out.append(digits[Int(byte & 0xF)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    private func resolve(_ nameOrPath: String, seen: inout [String], stamps: inout [SourceStamp]) throws(ProfileError) -> (Profile, String) {
+        let (source, builtin) = try locate(nameOrPath)
+        let text = try bytes(of: source, builtin: builtin)
+        let document = try parse(text, source: source)
+        stamps.append(SourceStamp(nameOrPath: nameOrPath, source: source, builtin: builtin, bytes: text))
         if seen.contains(source) {
             throw ProfileError(source: source, issues: [ProfileIssue("extends", "cycle: \((seen + [source]).joined(separator: " -> "))")])
         }
@@ -63,7 +113,7 @@ public struct ProfileCatalog: Sendable {
         }
         var base = Profile()
         if let parent = ProfileDecoder.extends(of: document) {
-            base = try resolve(parent, seen: &seen).0
+            base = try resolve(parent, seen: &seen, stamps: &stamps).0
         }
         var profile = try ProfileDecoder.decode(document, onto: base, source: source)
         if document.object?["name"] == nil {
@@ -79,32 +129,31 @@ public struct ProfileCatalog: Sendable {
         return file.hasSuffix(".json") ? String(file.dropLast(5)) : file
     }
 
-    private func read(_ nameOrPath: String) throws(ProfileError) -> (JSONValue, String) {
-        if ProfileCatalog.isPath(nameOrPath) {
-            return (try parse(file: nameOrPath), nameOrPath)
-        }
+    /// Where `nameOrPath` leads: the path itself, the first `<dir>/<name>.json` that exists, or
+    /// `builtin:<name>`.
+    private func locate(_ nameOrPath: String) throws(ProfileError) -> (source: String, builtin: Bool) {
+        if ProfileCatalog.isPath(nameOrPath) { return (nameOrPath, false) }
         guard ProfileDecoder.isValidName(nameOrPath) else {
             throw ProfileError(source: nil, issues: [ProfileIssue("profile", "not a profile name or path: \(nameOrPath)")])
         }
         for dir in directories {
             let path = dir + "/" + nameOrPath + ".json"
-            if access(path, F_OK) == 0 { return (try parse(file: path), path) }
+            if access(path, F_OK) == 0 { return (path, false) }
         }
-        if let text = BuiltinProfiles.documents[nameOrPath] {
-            return (try parse(Array(text.utf8), source: "builtin:\(nameOrPath)"), "builtin:\(nameOrPath)")
-        }
+        if BuiltinProfiles.documents[nameOrPath] != nil { return ("builtin:\(nameOrPath)", true) }
         let searched = (directories + ["the built-in profiles"]).joined(separator: ", ")
         throw ProfileError(source: nil, issues: [ProfileIssue("profile", "no profile named \(nameOrPath) in \(searched)")])
     }
 
-    private func parse(file path: String) throws(ProfileError) -> JSONValue {
-        let bytes: [UInt8]
-        do {
-            bytes = try FileReading.read(path, limit: 1 << 20)
-        } catch {
-            throw ProfileError(source: path, issues: [ProfileIssue("", error.description)])
+    private func bytes(of source: String, builtin: Bool) throws(ProfileError) -> [UInt8] {
+        if builtin, let text = BuiltinProfiles.documents[String(source.dropFirst("builtin:".count))] {
+            return Array(text.utf8)
         }
-        return try parse(bytes, source: path)
+        do {
+            return try FileReading.read(source, limit: 1 << 20)
+        } catch {
+            throw ProfileError(source: source, issues: [ProfileIssue("", error.description)])
+        }
     }
 
     private func parse(_ bytes: [UInt8], source: String) throws(ProfileError) -> JSONValue {

@@ -318,6 +318,49 @@ struct ExampleProfileTests {
     }
 }
 
+@Suite("profile loading, reused while unchanged")
+struct ProfileCacheTests {
+    private func profile(memory: String, extends parent: String? = nil) -> String {
+        let base = parent.map { "\"extends\": \"\($0)\", " } ?? ""
+        return "{\(base)\"limits\": {\"memory\": \"\(memory)\"}}"
+    }
+
+    @Test("an edit to the profile, even of the same size right after the last load, is seen by the next load")
+    func editedFile() throws {
+        let dir = try temporaryDirectory("cache-edit")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let catalog = ProfileCatalog(directories: [dir])
+        try write(profile(memory: "64m"), to: dir + "/edit.json", mode: 0o644)
+        let first = try catalog.load("edit")
+        #expect(first.profile.limits.memoryBytes == 64 << 20)
+        #expect(try catalog.load("edit").digest == first.digest)
+        try write(profile(memory: "32m"), to: dir + "/edit.json", mode: 0o644)
+        let second = try catalog.load("edit")
+        #expect(second.profile.limits.memoryBytes == 32 << 20)
+        #expect(second.digest != first.digest)
+    }
+
+    @Test("an edit to a profile it extends is seen, and so is a file that now comes first in the search path")
+    func chainAndSearchPath() throws {
+        let early = try temporaryDirectory("cache-early"), late = try temporaryDirectory("cache-late")
+        defer {
+            try? FileManager.default.removeItem(atPath: early)
+            try? FileManager.default.removeItem(atPath: late)
+        }
+        let catalog = ProfileCatalog(directories: [early, late])
+        try write(profile(memory: "48m"), to: late + "/base.json", mode: 0o644)
+        try write("{\"extends\": \"base\"}", to: late + "/child.json", mode: 0o644)
+        #expect(try catalog.load("child").profile.limits.memoryBytes == 48 << 20)
+        try write(profile(memory: "40m"), to: late + "/base.json", mode: 0o644)
+        #expect(try catalog.load("child").profile.limits.memoryBytes == 40 << 20)
+        try write(profile(memory: "24m"), to: early + "/base.json", mode: 0o644)
+        let shadowed = try catalog.load("child")
+        #expect(shadowed.profile.limits.memoryBytes == 24 << 20)
+        try FileManager.default.removeItem(atPath: late + "/child.json")
+        #expect(throws: ProfileError.self) { try catalog.load("child") }
+    }
+}
+
 @Suite("redacting captured output")
 struct CapturedRedactionTests {
     @Test("output cut by its cap in the middle of a secret keeps no beginning of it")
