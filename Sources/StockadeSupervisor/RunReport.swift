@@ -1,4 +1,5 @@
 import FoundationEssentials
+import StockadePolicy
 
 /// The structured report of one run: exactly the keys of the contract
 /// (DESIGN.md, "Report"); `stockade run --json` prints it as one object.
@@ -154,12 +155,38 @@ public struct RunReport: Sendable, Equatable, Codable {
         }
     }
 
-    /// One JSON object, compact, keys in a stable order.
+    /// One JSON object, compact, keys sorted: what `encode(to:)` gives, written without an encoder
+    /// (every run's report goes through here; JSONEncoder was a measurable part of a run's CPU).
     public func json() -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        guard let data = try? encoder.encode(self) else { return "{}" }
-        return String(decoding: data, as: UTF8.self)
+        jsonValue.serialized()
+    }
+
+    /// The report as a JSON value: every contract key always present, absent values `null`; a
+    /// violation's optional keys only when set (as its synthesized `Codable` writes them).
+    public var jsonValue: JSONValue {
+        func int<I: BinaryInteger>(_ i: I?) -> JSONValue { i.map { JSONValue.number($0) } ?? .null }
+        func string(_ s: String?) -> JSONValue { s.map { JSONValue.string($0) } ?? .null }
+        var object: [String: JSONValue] = [
+            "runId": .string(runId), "profile": .string(profile), "outcome": .string(outcome.rawValue),
+            "exitCode": int(exitCode), "signal": int(signal), "durationMs": .number(durationMs),
+            "cpuTimeMs": .number(cpuTimeMs), "memoryPeakBytes": .number(memoryPeakBytes),
+            "violations": .array(violations.map { v in
+                var o: [String: JSONValue] = ["kind": .string(v.kind), "count": .number(v.count)]
+                if let syscall = v.syscall { o["syscall"] = .string(syscall) }
+                if let architecture = v.architecture { o["architecture"] = .string(architecture) }
+                if let action = v.action { o["action"] = .string(action) }
+                return .object(o)
+            }),
+            "orphansKilled": .number(orphansKilled), "stdout": .string(stdout), "stderr": .string(stderr),
+            "stdoutTruncated": .bool(stdoutTruncated), "stderrTruncated": .bool(stderrTruncated),
+            "result": .object(["status": .string(result.status), "reason": string(result.reason)]),
+            "review": .object(["id": int(review.id), "state": .string(review.state)]),
+            "setupError": setupError.map { e in
+                .object(["stage": .string(e.stage), "errno": .number(e.errno), "message": .string(e.message)])
+            } ?? .null,
+        ]
+        if let requestId { object["id"] = .string(requestId) }
+        return .object(object)
     }
 
     /// The one-line summary printed to stderr without `--json`.
