@@ -6,12 +6,25 @@ package enum AuditChain {
     /// The `prevHash` of the first event.
     package static let genesisHash = String(repeating: "0", count: 64)
 
+    /// SHA-256 of `prevHash \n seq \n runId \n runSeq \n kind \n at \n detail` (runId empty when
+    /// absent), fed piece by piece rather than through one concatenated string.
     package static func hash(prevHash: String, seq: Int64, runId: String?, runSeq: Int64, kind: String, at: String, detail: String) -> String {
-        hex(SHA256.hash(data: Array("\(prevHash)\n\(seq)\n\(runId ?? "")\n\(runSeq)\n\(kind)\n\(at)\n\(detail)".utf8)))
+        var hasher = SHA256()
+        func feed(_ text: String) {
+            var text = text
+            text.withUTF8 { hasher.update(bufferPointer: UnsafeRawBufferPointer($0)) }
+        }
+        let newline: [UInt8] = [0x0A]
+        for (i, piece) in [prevHash, String(seq), runId ?? "", String(runSeq), kind, at, detail].enumerated() {
+            if i > 0 { hasher.update(data: newline) }
+            feed(piece)
+        }
+        return hex(hasher.finalize())
     }
 
+    private static let digits: [UInt8] = Array("0123456789abcdef".utf8)
+
     package static func hex<D: Sequence>(_ digest: D) -> String where D.Element == UInt8 {
-        let digits: [UInt8] = Array("0123456789abcdef".utf8)
         var out: [UInt8] = []
         out.reserveCapacity(64)
         for byte in digest {

@@ -13,11 +13,29 @@ enum AuditClock {
         var t = time_t(seconds)
         var parts = tm()
         gmtime_r(&t, &parts)
-        func pad(_ v: Int32, _ width: Int) -> String {
-            let s = String(v)
-            return String(repeating: "0", count: max(0, width - s.count)) + s
+        // yyyy-mm-ddThh:mm:ss.mmmZ, written digit by digit: every event carries one.
+        var out = [UInt8](repeating: 0, count: 24)
+        func put(_ value: Int, _ width: Int, at offset: Int) {
+            var v = max(value, 0)
+            for i in stride(from: offset + width - 1, through: offset, by: -1) {
+                out[i] = UInt8(48 + v % 10)
+                v /= 10
+            }
         }
-        return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))"
-            + "T\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(Int32(milliseconds), 3))Z"
+        put(Int(parts.tm_year) + 1900, 4, at: 0)
+        out[4] = UInt8(ascii: "-")
+        put(Int(parts.tm_mon) + 1, 2, at: 5)
+        out[7] = UInt8(ascii: "-")
+        put(Int(parts.tm_mday), 2, at: 8)
+        out[10] = UInt8(ascii: "T")
+        put(Int(parts.tm_hour), 2, at: 11)
+        out[13] = UInt8(ascii: ":")
+        put(Int(parts.tm_min), 2, at: 14)
+        out[16] = UInt8(ascii: ":")
+        put(Int(parts.tm_sec), 2, at: 17)
+        out[19] = UInt8(ascii: ".")
+        put(milliseconds, 3, at: 20)
+        out[23] = UInt8(ascii: "Z")
+        return String(decoding: out, as: UTF8.self)
     }
 }

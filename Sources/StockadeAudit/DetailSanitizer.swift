@@ -18,6 +18,24 @@ package struct DetailSanitizer: Sendable {
     }
 
     package func sanitize(_ value: JSONValue) -> JSONValue {
+        // Most details hold nothing to cut or redact: return them as they are, without rebuilding.
+        needsSanitizing(value) ? rebuilt(value) : value
+    }
+
+    private func needsSanitizing(_ value: JSONValue) -> Bool {
+        switch value {
+        case .null, .bool, .number: false
+        case .string(let s): needsSanitizing(s)
+        case .array(let items): items.contains { needsSanitizing($0) }
+        case .object(let members): members.contains { needsSanitizing($0.key) || needsSanitizing($0.value) }
+        }
+    }
+
+    private func needsSanitizing(_ text: String) -> Bool {
+        text.utf8.count > Self.maxStringBytes || secrets.contains { text.contains($0) }
+    }
+
+    private func rebuilt(_ value: JSONValue) -> JSONValue {
         switch value {
         case .null, .bool, .number: value
         case .string(let s): .string(sanitize(s))
