@@ -338,7 +338,10 @@ static int stk_decode(struct stk_in *in, struct stk_plan *plan, struct stk_decod
 
 /* ---------- messages ---------- */
 
+/* 'S' (started: the child exists, its pidfd attached) comes first when the
+   clone succeeded; 'R' (the result, with the listener and status fds) ends a spawn. */
 struct stk_wire_result {
+    int32_t type;
     int32_t pid, stage, error, detail;
     int32_t has_pidfd, has_notify, has_status;
 };
@@ -409,6 +412,7 @@ static ssize_t stk_receive_with_fds(int sock, void *data, size_t len, int *fds, 
 int stk_helper_start(void *scrub, size_t scrub_len, pid_t *pid) {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) return -1;
+    pid_t parent = getpid();
     /* glibc's fork: it leaves malloc usable in the child, which the helper needs (the decoded plan). */
     pid_t child = fork();
     if (child < 0) {
@@ -418,7 +422,7 @@ int stk_helper_start(void *scrub, size_t scrub_len, pid_t *pid) {
         errno = err;
         return -1;
     }
-    if (child == 0) stk_helper_main(sv[1], getppid(), scrub, scrub_len);
+    if (child == 0) stk_helper_main(sv[1], parent, scrub, scrub_len);
     close(sv[1]);
     *pid = child;
     return sv[0];
@@ -477,39 +481,55 @@ int stk_spawn_remote(int sock, const struct stk_plan *plan, struct stk_spawn_res
     free(out);
     if (sent != 1) {
         result->stage = STK_STAGE_HELPER;
+        result->detail = 0;
         result->error = sent < 0 ? send_errno : EPIPE;
         errno = result->error;
         return -1;
     }
 
-    struct stk_wire_result wire;
-    int got[3];
-    int ngot = 0;
-    ssize_t n = stk_receive_with_fds(sock, &wire, sizeof wire, got, &ngot, 3);
-    if (n != (ssize_t)sizeof wire) {
-        int err = n < 0 ? errno : EPIPE;
-        for (int i = 0; i < ngot; i++) close(got[i]);
-        result->stage = STK_STAGE_HELPER;
-        result->error = err;
-        errno = err;
-        return -1;
+    /* 'S' then 'R'; or only 'R' when the clone failed. Losing the helper after 'S'
+       leaves a half-made child whose parent we are: kill and reap it here. */
+    int started_pidfd = -1;
+    for (;;) {
+        struct stk_wire_result wire;
+        int got[3];
+        int ngot = 0;
+        ssize_t n = stk_receive_with_fds(sock, &wire, sizeof wire, got, &ngot, 3);
+        int expected = n == (ssize_t)sizeof wire ? (wire.has_pidfd != 0) + (wire.has_notify != 0) + (wire.has_status != 0) : -1;
+        if (n != (ssize_t)sizeof wire || ngot != expected || (wire.type != 'S' && wire.type != 'R') ||
+            (wire.type == 'S' && (!wire.has_pidfd || started_pidfd >= 0))) {
+            int err = n < 0 ? errno : n == 0 ? EPIPE : EPROTO;
+            for (int i = 0; i < ngot; i++) close(got[i]);
+            /* detail: 1 when a child had been made (now killed and reaped), 0 when none was. */
+            result->detail = started_pidfd >= 0;
+            if (started_pidfd >= 0) {
+                (void)syscall(SYS_pidfd_send_signal, started_pidfd, SIGKILL, NULL, 0);
+                stk_reap_pidfd(started_pidfd);
+                close(started_pidfd);
+            }
+            result->pid = -1;
+            result->stage = STK_STAGE_HELPER;
+            result->error = err;
+            errno = err;
+            return -1;
+        }
+        int k = 0;
+        if (wire.type == 'S') {
+            started_pidfd = got[0];
+            result->pid = wire.pid;
+            continue;
+        }
+        if (wire.has_pidfd) result->pidfd = got[k++];
+        if (wire.has_notify) result->notify_fd = got[k++];
+        if (wire.has_status) result->status_fd = got[k++];
+        if (result->pidfd < 0) result->pidfd = started_pidfd;
+        else if (started_pidfd >= 0) close(started_pidfd);
+        result->pid = wire.pid;
+        result->stage = wire.stage;
+        result->error = wire.error;
+        result->detail = wire.detail;
+        break;
     }
-    int expected = (wire.has_pidfd != 0) + (wire.has_notify != 0) + (wire.has_status != 0);
-    if (ngot != expected) {
-        for (int i = 0; i < ngot; i++) close(got[i]);
-        result->stage = STK_STAGE_HELPER;
-        result->error = EPROTO;
-        errno = EPROTO;
-        return -1;
-    }
-    int k = 0;
-    if (wire.has_pidfd) result->pidfd = got[k++];
-    if (wire.has_notify) result->notify_fd = got[k++];
-    if (wire.has_status) result->status_fd = got[k++];
-    result->pid = wire.pid;
-    result->stage = wire.stage;
-    result->error = wire.error;
-    result->detail = wire.detail;
     if (result->stage != STK_STAGE_NONE) {
         /* The helper killed the half-made child; it is ours to reap. */
         if (result->pidfd >= 0) {
@@ -526,11 +546,24 @@ int stk_spawn_remote(int sock, const struct stk_plan *plan, struct stk_spawn_res
 
 /* ---------- the helper ---------- */
 
-static void stk_helper_answer(int sock, const struct stk_spawn_result *r) {
-    struct stk_wire_result wire = {r->pid, r->stage, r->error, r->detail, r->pidfd >= 0, r->notify_fd >= 0, r->status_fd >= 0};
+/* Tells the supervisor the child exists, with its pidfd, before it is released. */
+static void stk_helper_started(void *context, pid_t pid, int pidfd) {
+    int sock = *(int *)context;
+    struct stk_wire_result wire = {'S', pid, STK_STAGE_NONE, 0, -1, 1, 0, 0};
+    if (stk_send_with_fds(sock, &wire, sizeof wire, &pidfd, 1) != (ssize_t)sizeof wire) {
+        /* The supervisor is gone: so is the child's parent-death signal's reason to wait. */
+        (void)syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+        _exit(0);
+    }
+}
+
+/* The result; the pidfd only if 'S' did not carry it (no child, or none announced). */
+static void stk_helper_answer(int sock, const struct stk_spawn_result *r, int announced) {
+    int send_pidfd = r->pidfd >= 0 && !announced;
+    struct stk_wire_result wire = {'R', r->pid, r->stage, r->error, r->detail, send_pidfd, r->notify_fd >= 0, r->status_fd >= 0};
     int fds[3];
     int n = 0;
-    if (r->pidfd >= 0) fds[n++] = r->pidfd;
+    if (send_pidfd) fds[n++] = r->pidfd;
     if (r->notify_fd >= 0) fds[n++] = r->notify_fd;
     if (r->status_fd >= 0) fds[n++] = r->status_fd;
     if (stk_send_with_fds(sock, &wire, sizeof wire, fds, n) != (ssize_t)sizeof wire) {
@@ -540,7 +573,7 @@ static void stk_helper_answer(int sock, const struct stk_spawn_result *r) {
     }
 }
 
-__attribute__((noreturn)) static void stk_helper_serve(int sock) {
+__attribute__((noreturn)) static void stk_helper_serve(int sock, int parent_pidfd) {
     for (;;) {
         char byte;
         int fds[STK_WIRE_MAX_FDS + 1];
@@ -564,7 +597,7 @@ __attribute__((noreturn)) static void stk_helper_serve(int sock) {
             struct stk_plan plan;
             struct stk_decoded decoded;
             if (stk_decode(&in, &plan, &decoded) == 0) {
-                (void)stk_spawn_flags(&plan, &result, STK_SPAWN_SIBLING);
+                (void)stk_spawn_flags(&plan, &result, STK_SPAWN_SIBLING, parent_pidfd, stk_helper_started, &sock);
             } else {
                 result.stage = STK_STAGE_HELPER;
                 result.error = EPROTO;
@@ -573,7 +606,7 @@ __attribute__((noreturn)) static void stk_helper_serve(int sock) {
             munmap(map, (size_t)st.st_size);
         }
         for (int i = 0; i < nfds; i++) close(fds[i]);
-        stk_helper_answer(sock, &result);
+        stk_helper_answer(sock, &result, result.pidfd >= 0);
         if (result.pidfd >= 0) close(result.pidfd);
         if (result.notify_fd >= 0) close(result.notify_fd);
         if (result.status_fd >= 0) close(result.status_fd);
@@ -589,19 +622,26 @@ __attribute__((noreturn)) static void stk_helper_serve(int sock) {
 __attribute__((noreturn)) static void stk_helper_main(int sock, pid_t parent, void *scrub, size_t scrub_len) {
     /* Die with the thread that forked us; if that already happened, stop now. */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0 || getppid() != parent) _exit(1);
-    /* Whatever the supervisor has open (other runs' pipes, the audit database) is not the helper's to hold. */
-    if (sock != STK_HELPER_FD && (dup2(sock, STK_HELPER_FD) < 0)) _exit(1);
-    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-    if (null < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0) _exit(1);
+    /* Whatever the supervisor has open (other runs' pipes, the audit database) is not the helper's
+       to hold: keep the socket alone, then give stdio /dev/null. */
+    if (sock != STK_HELPER_FD && dup2(sock, STK_HELPER_FD) < 0) _exit(1);
     (void)syscall(SYS_close_range, STK_HELPER_FD + 1, ~0U, 0U);
     (void)fcntl(STK_HELPER_FD, F_SETFD, FD_CLOEXEC);
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0) _exit(1);
+    close(null);
+    /* Inits check the supervisor through this once their parent-death signal is set again. */
+    int parent_pidfd = (int)syscall(SYS_pidfd_open, parent, 0);
+    if (parent_pidfd < 0 || fcntl(parent_pidfd, F_SETFD, FD_CLOEXEC) < 0) _exit(1);
     (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     (void)prctl(PR_SET_NAME, "stockade-spawn", 0, 0, 0);
     /* Workers inherit the helper's supplementary groups and cannot drop them
-       (setgroups is denied in their namespace): hold none. */
-    (void)syscall(SYS_setgroups, 0, NULL);
-    /* The supervisor's command line may hold secrets; every init is a copy of this process. */
+       (setgroups is denied in their namespace): hold none, or serve nothing. */
+    if (syscall(SYS_setgroups, 0, NULL) < 0) _exit(1);
+    /* Every init is a copy of this process: zero what it holds of the supervisor's
+       command line and environment (where `fromEnv` secrets come from). */
     if (scrub != NULL) memset(scrub, 0, scrub_len);
+    for (char **e = environ; e != NULL && *e != NULL; e++) memset(*e, 0, strlen(*e));
     struct sigaction ignore;
     memset(&ignore, 0, sizeof ignore);
     ignore.sa_handler = SIG_IGN;
@@ -609,5 +649,5 @@ __attribute__((noreturn)) static void stk_helper_main(int sock, pid_t parent, vo
     sigset_t none;
     sigemptyset(&none);
     (void)sigprocmask(SIG_SETMASK, &none, NULL);
-    stk_helper_serve(STK_HELPER_FD);
+    stk_helper_serve(STK_HELPER_FD, parent_pidfd);
 }

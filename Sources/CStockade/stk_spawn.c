@@ -349,7 +349,10 @@ static int stk_worker_entry(void *arg) {
  * reports the wait status and the survivors over `statusfd`, then exits:
  * the kernel kills everything left in the namespace.
  */
-__attribute__((noreturn)) static void stk_child(const struct stk_plan *plan, int errfd, int syncfd, int notify_sock, int statusfd) {
+__attribute__((noreturn)) static void stk_child(const struct stk_plan *plan, int errfd, int syncfd, int notify_sock, int statusfd,
+                                                int parent_pidfd) {
+    /* Its own name: `pkill stockade-spawn` must not hit running runs' inits. */
+    (void)prctl(PR_SET_NAME, "stockade-init", 0, 0, 0);
     /* Default dispositions: handlers installed by the supervisor must not run here. */
     struct sigaction dfl;
     memset(&dfl, 0, sizeof dfl);
@@ -375,6 +378,13 @@ __attribute__((noreturn)) static void stk_child(const struct stk_plan *plan, int
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) stk_fail(errfd, STK_STAGE_PARENT_DEATH);
     struct pollfd pfd = {syncfd, POLLIN, 0};
     if (poll(&pfd, 1, 0) != 0 && (pfd.revents & (POLLHUP | POLLERR))) _exit(127);
+    /* Cloned by the spawn helper, our parent is the supervisor (CLONE_PARENT), and the
+       sync pipe says only that the helper lives: ask the supervisor's pidfd too. */
+    if (parent_pidfd >= 0) {
+        struct pollfd parent = {parent_pidfd, POLLIN, 0};
+        if (poll(&parent, 1, 0) != 0) _exit(127);
+        close(parent_pidfd);
+    }
 
     /* A fresh anonymous session keyring: the supervisor's keys stay out of reach
        even under a profile that allows keyctl. */
@@ -518,10 +528,11 @@ static void stk_close(int *fd) {
 }
 
 int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result) {
-    return stk_spawn_flags(plan, result, 0);
+    return stk_spawn_flags(plan, result, 0, -1, NULL, NULL);
 }
 
-int stk_spawn_flags(const struct stk_plan *plan, struct stk_spawn_result *result, int flags) {
+int stk_spawn_flags(const struct stk_plan *plan, struct stk_spawn_result *result, int flags, int parent_pidfd,
+                    stk_started_fn started, void *context) {
     const int sibling = (flags & STK_SPAWN_SIBLING) != 0;
     result->pid = -1;
     result->pidfd = -1;
@@ -585,7 +596,7 @@ int stk_spawn_flags(const struct stk_plan *plan, struct stk_spawn_result *result
         close(syncpipe[1]);
         if (sock[0] >= 0) close(sock[0]);
         close(statuspipe[0]);
-        stk_child(plan, errpipe[1], syncpipe[0], sock[1], statuspipe[1]);
+        stk_child(plan, errpipe[1], syncpipe[0], sock[1], statuspipe[1], parent_pidfd);
     }
     int clone_errno = errno;
     /* Back to root for the id maps and the cgroup; if that fails this thread
@@ -605,6 +616,7 @@ int stk_spawn_flags(const struct stk_plan *plan, struct stk_spawn_result *result
     }
     result->pid = (pid_t)pid;
     result->pidfd = pidfd;
+    if (started != NULL) started(context, (pid_t)pid, pidfd);
 
     if (stk_write_maps((pid_t)pid, plan) < 0) {
         result->stage = STK_STAGE_USERNS_MAP;

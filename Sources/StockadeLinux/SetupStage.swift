@@ -67,9 +67,12 @@ enum SetupStage {
             message = "cannot execute \(spec.argv.first ?? ""): \(reason)"
         case STK_STAGE_CGROUP.rawValue:
             message = "cannot place the worker in its cgroup: \(reason)"
+        case STK_STAGE_HELPER.rawValue where code == ESRCH:
+            message = "no spawn helper is left: helpers are forked once, before the supervisor loads anything " +
+                "(Supervisor.prepareToSpawn), and every one has died or none was prepared; start a new supervisor"
         case STK_STAGE_HELPER.rawValue:
-            message = "the spawn helper (this binary, re-executed through /proc/self/exe) could not be started or " +
-                "stopped answering (\(reason)): /proc must be mounted and the binary still present"
+            message = "the spawn helper stopped answering (\(reason))" +
+                (detail == 1 ? "; the half-made worker was killed and reaped" : "") + "; other helpers, if any, go on"
         default:
             message = "sandbox setup failed at \(name): \(reason)"
         }

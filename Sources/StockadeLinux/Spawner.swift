@@ -14,18 +14,24 @@ public struct SpawnedWorker: Sendable {
 
 /// Runs every spawn on a few dedicated threads that live as long as the
 /// process: a worker's parent-death signal fires when the *thread* that
-/// started its spawn helper exits, and pool threads may exit at any time.
-/// Several threads, because each waits for its child to reach execve. A
-/// thread hands its plan to an idle spawn helper process (stk_helper.h),
-/// starting one when none is idle; the helper does the clone, so the
-/// supervisor's memory is never copied per run.
+/// forked its spawn helper exits, and pool threads may exit at any time.
+/// Several threads, because each waits for its child to reach execve.
+///
+/// The clones themselves are done by spawn helper processes (stk_helper.h), so
+/// the supervisor's memory is never copied per run. Helpers are forked only by
+/// `prepare`, once, before the supervisor has loaded any profile, secret or
+/// request: every init is a copy of a helper, so a helper forked later would
+/// carry earlier runs' secrets into later runs' inits. A spawn takes an idle
+/// helper, waiting for one when all are busy; a helper that dies is not
+/// replaced, and with none left spawns fail closed.
 public final class Spawner: Sendable {
     public static let shared = Spawner()
 
     private struct Job: @unchecked Sendable {
         // The plan's C memory is touched only by the spawner thread while the caller waits.
-        // Without a plan, the job only makes sure a helper is ready (see `prepare`).
+        // Without a plan, the job forks `helpers` spawn helpers (see `prepare`).
         let plan: SpawnPlan?
+        let helpers: Int
         let done: @Sendable (stk_spawn_result) -> Void
     }
 
@@ -34,11 +40,17 @@ public final class Spawner: Sendable {
         let pid: pid_t
     }
 
+    private struct Pool {
+        var idle: [Helper] = []
+        var live = 0
+        var prepared = false
+    }
+
     private let jobs = Mutex<[Job]>([])
-    /// Helpers not serving a spawn right now. Any spawner thread may use any of them: each was started
-    /// by a spawner thread, and those live as long as the process.
-    private let idleHelpers = Mutex<[Helper]>([])
     private let ready = Semaphore()
+    private let pool = Mutex(Pool())
+    /// Posted once per helper made idle, and once per waiting thread when the last helper dies.
+    private let idleSignal = Semaphore()
 
     static let threadCount = 4
 
@@ -56,13 +68,16 @@ public final class Spawner: Sendable {
         }
     }
 
-    /// Forks a spawn helper now unless one is idle, and waits for it. A command that will run workers
-    /// calls this before it loads anything: the helper, and every init cloned from it, then holds a copy
-    /// of the process as it was before any secret or run was loaded.
-    public func prepare() {
-        guard idleHelpers.withLock({ $0.isEmpty }) else { return }
+    /// Forks `helpers` spawn helpers (1 to 4: how many spawns can be under way at once) and waits for
+    /// them. Only the first call forks; call it before loading anything a worker must not see.
+    public func prepare(helpers: Int = 1) {
+        guard pool.withLock({ p in
+            defer { p.prepared = true }
+            return !p.prepared
+        }) else { return }
         let forked = Semaphore()
-        jobs.withLock { $0.append(Job(plan: nil, done: { _ in forked.signal() })) }
+        let count = min(max(helpers, 1), Self.threadCount)
+        jobs.withLock { $0.append(Job(plan: nil, helpers: count, done: { _ in forked.signal() })) }
         ready.signal()
         forked.wait()
     }
@@ -71,7 +86,7 @@ public final class Spawner: Sendable {
     public func spawn(_ spec: SandboxSpec, stdin: Int32, stdout: Int32, stderr: Int32) async throws(LinuxError) -> SpawnedWorker {
         let plan = try SpawnPlan(spec, stdin: stdin, stdout: stdout, stderr: stderr)
         let result: stk_spawn_result = await withCheckedContinuation { continuation in
-            jobs.withLock { $0.append(Job(plan: plan, done: { continuation.resume(returning: $0) })) }
+            jobs.withLock { $0.append(Job(plan: plan, helpers: 0, done: { continuation.resume(returning: $0) })) }
             ready.signal()
         }
         withExtendedLifetime(plan) {}
@@ -88,30 +103,76 @@ public final class Spawner: Sendable {
             guard let job = jobs.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else { continue }
             var result = stk_spawn_result()
             result.pid = -1
+            result.pidfd = -1
+            result.notify_fd = -1
+            result.status_fd = -1
             result.detail = -1
-            var helper = idleHelpers.withLock { $0.popLast() }
-            if helper == nil {
-                var pid: pid_t = 0
-                let (scrub, scrubLength) = Self.argumentArea()
-                let socket = stk_helper_start(scrub, scrubLength, &pid)
-                if socket >= 0 {
-                    helper = Helper(socket: socket, pid: pid)
-                } else {
-                    result.stage = Int32(STK_STAGE_HELPER.rawValue)
-                    result.error = errno
-                }
+            guard let plan = job.plan else {
+                forkHelpers(job.helpers)
+                job.done(result)
+                continue
             }
-            if let current = helper {
-                if let plan = job.plan, stk_spawn_remote(current.socket, plan.plan, &result) != 0 {
-                    // Gone (killed, or crashed): reap it; the next spawn starts another.
-                    close(current.socket)
-                    var status: Int32 = 0
-                    while waitpid(current.pid, &status, 0) < 0 && errno == EINTR {}
-                } else {
-                    idleHelpers.withLock { $0.append(current) }
+            // A helper lost before it was handed the plan (it died idle) costs nothing: try the next one.
+            for attempt in 0..<2 {
+                guard let helper = acquire() else {
+                    result.stage = Int32(STK_STAGE_HELPER.rawValue)
+                    result.error = ESRCH
+                    break
                 }
+                if stk_spawn_remote(helper.socket, plan.plan, &result) == 0 {
+                    release(helper)
+                    break
+                }
+                retire(helper)
+                // detail 1: a child had been started (then killed and reaped): do not run the plan twice.
+                if result.detail == 1 || attempt == 1 { break }
+                result.stage = Int32(STK_STAGE_NONE.rawValue)
             }
             job.done(result)
+        }
+    }
+
+    private func forkHelpers(_ count: Int) {
+        let (scrub, scrubLength) = Self.argumentArea()
+        var made = 0
+        for _ in 0..<count {
+            var pid: pid_t = 0
+            let socket = stk_helper_start(scrub, scrubLength, &pid)
+            guard socket >= 0 else { break }
+            pool.withLock { p in
+                p.idle.append(Helper(socket: socket, pid: pid))
+                p.live += 1
+            }
+            made += 1
+        }
+        for _ in 0..<made { idleSignal.signal() }
+    }
+
+    /// An idle helper, waiting while all are busy; nil when none is left.
+    private func acquire() -> Helper? {
+        while true {
+            if pool.withLock({ $0.live }) == 0 { return nil }
+            idleSignal.wait()
+            if let helper = pool.withLock({ $0.idle.popLast() }) { return helper }
+        }
+    }
+
+    private func release(_ helper: Helper) {
+        pool.withLock { $0.idle.append(helper) }
+        idleSignal.signal()
+    }
+
+    /// A helper that stopped answering: reap it; when it was the last, wake every waiting thread.
+    private func retire(_ helper: Helper) {
+        close(helper.socket)
+        var status: Int32 = 0
+        while waitpid(helper.pid, &status, 0) < 0 && errno == EINTR {}
+        let left = pool.withLock { p -> Int in
+            p.live -= 1
+            return p.live
+        }
+        if left == 0 {
+            for _ in 0..<Self.threadCount { idleSignal.signal() }
         }
     }
 }

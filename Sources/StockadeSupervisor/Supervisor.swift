@@ -24,8 +24,9 @@ public final class Supervisor: Sendable {
     /// Forks the spawn helper, for a command that is about to run workers: call it first, before the
     /// supervisor opens its audit store or loads any profile or secret, so the helper (and every
     /// worker's init, a copy of it) holds none of that.
-    public static func prepareToSpawn() {
-        Spawner.shared.prepare()
+    /// `concurrency`: how many spawns may be under way at once (1 to 4 helpers).
+    public static func prepareToSpawn(concurrency: Int = 1) {
+        Spawner.shared.prepare(helpers: concurrency)
     }
 
     public init(stateDirectory: String, catalog: ProfileCatalog, environment: [String: String], logger: Logger) throws(SupervisorError) {
@@ -364,7 +365,8 @@ public final class Supervisor: Sendable {
         classify(observation, usage: usage, into: &report)
         report.durationMs = Int64((observation.endedAtNanos - spawnStarted) / 1_000_000)
         report.cpuTimeMs = Int64(max(usage.cpuNanos, observation.userCPUNanos + observation.systemCPUNanos) / 1_000_000)
-        report.memoryPeakBytes = Int64(max(usage.memoryPeakBytes, observation.maxRSSBytes))
+        // The cgroup's: init's rusage would count the pages it shares with the spawn helper.
+        report.memoryPeakBytes = Int64(usage.memoryPeakBytes)
         report.orphansKilled = observation.orphans + stragglers
         report.stdout = String(decoding: stdoutBytes, as: UTF8.self)
         report.stderr = String(decoding: stderrBytes, as: UTF8.self)

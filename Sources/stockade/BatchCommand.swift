@@ -28,7 +28,7 @@ struct Batch: AsyncParsableCommand {
     func run() async throws {
         let supervisor: Supervisor
         do {
-            Supervisor.prepareToSpawn()
+            Supervisor.prepareToSpawn(concurrency: parallel)
             supervisor = try Supervisor(stateDirectory: state.resolved(), catalog: .standard(),
                                         environment: ProcessEnvironment.current(), logger: Logger(label: "stockade"))
         } catch {

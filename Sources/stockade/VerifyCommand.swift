@@ -25,7 +25,7 @@ struct Verify: AsyncParsableCommand {
         }
         let report: VerificationReport
         do {
-            Supervisor.prepareToSpawn()
+            Supervisor.prepareToSpawn(concurrency: 4)
             let supervisor = try Supervisor(stateDirectory: state.resolved(), catalog: .standard(),
                                             environment: ProcessEnvironment.current(), logger: Logger(label: "stockade"))
             report = try await Verifier(supervisor: supervisor, probePath: probe, profile: profile).run()

@@ -162,3 +162,163 @@ struct LifecycleTests {
         #expect(try h.stockade(["gc", "--older-than", "soon"]).status == 2)
     }
 }
+
+/// Occurrences of `needle` in the readable memory of process `pid` (root reads any process's memory).
+func memoryOccurrences(pid: pid_t, of needle: [UInt8]) -> Int {
+    guard let maps = try? String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8) else { return 0 }
+    let mem = open("/proc/\(pid)/mem", O_RDONLY | O_CLOEXEC)
+    guard mem >= 0 else { return 0 }
+    defer { close(mem) }
+    var count = 0
+    for line in maps.split(separator: "\n") {
+        let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+        guard fields.count >= 2, fields[1].hasPrefix("r"), !line.contains("[vvar"), !line.contains("[vsyscall]") else { continue }
+        let bounds = fields[0].split(separator: "-").compactMap { UInt64($0, radix: 16) }
+        guard bounds.count == 2, bounds[1] > bounds[0], bounds[1] - bounds[0] <= 256 << 20 else { continue }
+        var buffer = [UInt8](repeating: 0, count: Int(bounds[1] - bounds[0]))
+        let n = buffer.withUnsafeMutableBytes { pread(mem, $0.baseAddress, $0.count, off_t(bounds[0])) }
+        guard n > 0 else { continue }
+        // memchr + memcmp: a byte loop in a debug build is too slow for a supervisor's whole heap.
+        buffer.withUnsafeBytes { raw in
+            needle.withUnsafeBytes { pattern in
+                let base = raw.baseAddress!
+                var offset = 0
+                while offset + pattern.count <= n,
+                      let hit = memchr(base + offset, Int32(needle[0]), n - offset - pattern.count + 1) {
+                    let at = UnsafeRawPointer(hit) - base
+                    if memcmp(hit, pattern.baseAddress!, pattern.count) == 0 { count += 1 }
+                    offset = at + 1
+                }
+            }
+        }
+    }
+    return count
+}
+
+/// The processes whose parent is `parent` and whose name is `name`.
+func children(of parent: pid_t, named name: String) -> [pid_t] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { entry -> pid_t? in
+        guard let pid = pid_t(entry),
+              let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")") else { return nil }
+        let comm = stat[stat.index(after: open)..<close]
+        let rest = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+        return comm == name && rest.count > 1 && pid_t(rest[1]) == parent ? pid : nil
+    }
+}
+
+@Suite("spawn helpers and inits hold no run's secrets", .serialized,
+       .enabled(if: Harness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(2)))
+struct HelperMemoryTests {
+    @Test("after runs with a secret, neither the spawn helpers nor a later run's init hold it; the supervisor does")
+    func secretsStayInTheSupervisor() throws {
+        let h = try Harness()
+        let needle = "stockade-needle-\(UUID().uuidString)"
+        let dir = h.stateDirectory + "/profiles"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let token = dir + "/token"
+        #expect(FileManager.default.createFile(atPath: token, contents: Data(needle.utf8), attributes: [.posixPermissions: 0o600]))
+        try #"{"extends": "default", "secrets": [{"env": "API_TOKEN", "file": "\#(token)"}]}"#
+            .write(toFile: dir + "/secretive.json", atomically: true, encoding: .utf8)
+        var lines = (0..<4).map { #"{"id":"s\#($0)","profile":"\#(dir)/secretive.json","command":["/bin/sh","-c","test -n \"$API_TOKEN\""]}"# }
+        lines += (0..<4).map { #"{"id":"l\#($0)","command":["/bin/sleep","60"]}"# }
+        let input = h.stateDirectory + "/requests.jsonl"
+        try (lines.joined(separator: "\n") + "\n").write(toFile: input, atomically: true, encoding: .utf8)
+
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Harness.stockade)
+        process.arguments = ["batch", "--parallel", "4", input]
+        process.environment = ProcessInfo.processInfo.environment.merging(["STOCKADE_STATE_DIR": h.stateDirectory]) { $1 }
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer { process.waitUntilExit() }
+        let supervisor = process.processIdentifier
+        // Wait until the four sleepers' inits are up (the secret runs, quick, are over by then).
+        var inits: [pid_t] = []
+        for _ in 0..<300 {
+            inits = children(of: supervisor, named: "stockade-init")
+            if inits.count == 4 { break }
+            usleep(10_000)
+        }
+        if inits.count != 4 { kill(supervisor, SIGKILL) }
+        try #require(inits.count == 4, "the four sleeping runs' inits")
+        let helpers = children(of: supervisor, named: "stockade-spawn")
+        #expect(helpers.count == 4)
+        let bytes = Array(needle.utf8)
+        for pid in inits + helpers {
+            // Positive control: the scan reads this process (a literal of the binary is found).
+            #expect(memoryOccurrences(pid: pid, of: Array("stockade-init".utf8)) > 0, "process \(pid) could not be read")
+            #expect(memoryOccurrences(pid: pid, of: bytes) == 0, "process \(pid) holds the secret")
+        }
+        #expect(memoryOccurrences(pid: supervisor, of: bytes) > 0, "positive control: the supervisor loaded the secret")
+        // The sleepers have served their purpose: end the batch (its workers die with it).
+        kill(supervisor, SIGKILL)
+        let reports = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(reports.split(separator: "\n").count == 4, "the four secret runs reported")
+        #expect(!reports.contains(needle))
+    }
+}
+
+@Suite("a spawn helper that dies", .serialized,
+       .enabled(if: Harness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(2)))
+struct HelperDeathTests {
+    @Test("killed mid-spawn: the run fails naming the helper, its half-made init is killed and reaped, later spawns fail closed")
+    func killedMidSpawn() throws {
+        let h = try Harness()
+        // Denying prlimit64 holds the worker just before execve, so its spawn stays in the helper.
+        let profile = h.stateDirectory + "/stall.json"
+        try #"{"extends":"default","seccomp":{"deny":["prlimit64"]}}"#.write(toFile: profile, atomically: true, encoding: .utf8)
+        let lines = [#"{"id":"stalled","profile":"\#(profile)","command":["/bin/true"]}"#,
+                     #"{"id":"sleeper","command":["/bin/sleep","3"]}"#,
+                     #"{"id":"after","command":["/bin/true"]}"#]
+        let input = h.stateDirectory + "/requests.jsonl"
+        try (lines.joined(separator: "\n") + "\n").write(toFile: input, atomically: true, encoding: .utf8)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Harness.stockade)
+        process.arguments = ["batch", "--parallel", "2", input]
+        process.environment = ProcessInfo.processInfo.environment.merging(["STOCKADE_STATE_DIR": h.stateDirectory]) { $1 }
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let supervisor = process.processIdentifier
+        var inits: [pid_t] = []
+        for _ in 0..<300 {
+            inits = children(of: supervisor, named: "stockade-init")
+            if inits.count == 2 { break }
+            usleep(10_000)
+        }
+        #expect(inits.count == 2, "the stalled run's and the sleeper's inits")
+        usleep(300_000)
+        let helpers = children(of: supervisor, named: "stockade-spawn")
+        #expect(helpers.count == 2)
+        for pid in helpers { kill(pid, SIGKILL) }
+        usleep(500_000)
+        // While the sleeper still runs: no init of the supervisor's is left a zombie.
+        let zombies = children(of: supervisor, named: "stockade-init").filter { pid in
+            ((try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? "").contains(") Z ")
+        }
+        #expect(zombies.isEmpty, "zombie inits: \(zombies)")
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        var reports: [String: [String: Any]] = [:]
+        for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
+            if let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], let id = object["id"] as? String {
+                reports[id] = object
+            }
+        }
+        let stalled = try #require(reports["stalled"])
+        #expect(stalled.string("outcome") == "setup-failed")
+        let stalledError = stalled["setupError"] as? [String: Any]
+        #expect(stalledError?["stage"] as? String == "spawn-helper")
+        let stalledMessage = (stalledError?["message"] as? String) ?? ""
+        #expect(stalledMessage.contains("killed and reaped"), "\(stalled)")
+        #expect(reports["sleeper"]?.string("outcome") == "exited", "a run already spawned is not affected")
+        let after = try #require(reports["after"])
+        #expect(after.string("outcome") == "setup-failed")
+        let afterMessage = ((after["setupError"] as? [String: Any])?["message"] as? String) ?? ""
+        #expect(afterMessage.contains("no spawn helper is left"), "\(after)")
+    }
+}

@@ -30,8 +30,9 @@ int stk_helper_start(void *_Nullable scrub, size_t scrub_len, pid_t *_Nonnull pi
 /*
  * Spawns `plan` through the helper on `sock`; fills `result` like stk_spawn.
  * A failed setup's child is reaped here. Returns 0 when the helper answered,
- * or -1 with errno when it is gone (result->stage STK_STAGE_HELPER): the
- * caller then stops using it.
+ * or -1 with errno when it is gone (result->stage STK_STAGE_HELPER, detail 1
+ * if it had already made the child, which is then killed and reaped here,
+ * else 0): the caller then stops using it.
  */
 int stk_spawn_remote(int sock, const struct stk_plan *plan, struct stk_spawn_result *result);
 

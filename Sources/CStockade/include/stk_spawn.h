@@ -139,10 +139,17 @@ int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result);
  * stk_spawn with flags. STK_SPAWN_SIBLING: clone with CLONE_PARENT, so the
  * child's parent is the caller's parent (the spawn helper's supervisor). On
  * failure the child is killed but not reaped: result->pid and result->pidfd
- * stay set for the parent to reap.
+ * stay set for the parent to reap. `started` learns the child's pid and pidfd
+ * as soon as it exists, so that the parent can kill and reap it even if the
+ * caller dies before answering.
  */
 #define STK_SPAWN_SIBLING 0x1
-int stk_spawn_flags(const struct stk_plan *plan, struct stk_spawn_result *result, int flags);
+/* Called in the parent right after the clone, before the child is released. */
+typedef void (*stk_started_fn)(void *_Nullable context, pid_t pid, int pidfd);
+/* `parent_pidfd`: with STK_SPAWN_SIBLING, a pidfd of the caller's parent (the
+   supervisor); init checks it once its parent-death signal is armed again. */
+int stk_spawn_flags(const struct stk_plan *plan, struct stk_spawn_result *result, int flags, int parent_pidfd,
+                    stk_started_fn _Nullable started, void *_Nullable context);
 
 /*
  * A detached tmpfs (fsopen/fsmount) owned by host `uid`/`gid`, bounded by
