@@ -6,9 +6,10 @@
  *
  * A clone copies the caller's memory map and page tables and write-protects
  * the caller's pages: a busy, multithreaded supervisor then takes
- * copy-on-write faults and TLB shoot-downs on every thread, per run. The
- * helper is forked once, from a spawner thread, and from then on runs only C:
- * one thread, no Swift. It clones with CLONE_PARENT, so each worker's init is
+ * copy-on-write faults and TLB shoot-downs on every thread, per run. Helpers
+ * are forked from a spawner thread before the supervisor loads anything (every
+ * init is a copy of one), and from then on run only C: one thread, no Swift.
+ * A helper clones with CLONE_PARENT, so each worker's init is
  * still the supervisor's child (the supervisor reaps it and holds its pidfd)
  * but a copy of the helper. A plan travels as one memfd plus its descriptors
  * (SCM_RIGHTS); the answer as the result plus the pidfd, listener and status
