@@ -270,6 +270,11 @@ public enum PatchApplier {
             if create {
                 if mkdirat(directory, cName(component), 0o755) == 0 {
                     created.append((directory, component))
+                    // The supervisor is root: a new directory belongs to whoever owns its parent, as if
+                    // that user had applied the diff.
+                    if let owner = owner(of: directory) {
+                        _ = fchownat(directory, cName(component), owner.uid, owner.gid, AT_SYMLINK_NOFOLLOW)
+                    }
                 } else if errno != EEXIST {
                     throw PatchError(.io, path: CQuote.display(path), errno: errno, "cannot create a parent directory beneath the workspace")
                 }
@@ -285,6 +290,13 @@ public enum PatchApplier {
         return directory
     }
 
+    /// The owner of an open directory, when the supervisor is root (nil otherwise: nothing to give away).
+    private static func owner(of directory: Int32) -> (uid: uid_t, gid: gid_t)? {
+        var info = stat()
+        guard geteuid() == 0, fstat(directory, &info) == 0 else { return nil }
+        return (info.st_uid, info.st_gid)
+    }
+
     private static func writeTemporary(in directory: Int32, _ write: Write) throws(PatchError) -> [UInt8] {
         let shown = CQuote.display(write.path)
         var generator = SystemRandomNumberGenerator()
@@ -297,7 +309,18 @@ public enum PatchApplier {
             unlinkat(directory, cName(name), 0)
             return error
         }
-        // The umask may have removed bits; set exactly 0644 or 0755.
+        // Owned as the file it replaces, or else as its directory: applying as root must not leave
+        // root-owned files in a user's workspace. (Only root can give files away; others own what they write.)
+        if geteuid() == 0 {
+            var replaced = stat()
+            let existing = fstatat(directory, cName(write.path.split(separator: UInt8(ascii: "/")).last.map(Array.init) ?? []),
+                                   &replaced, AT_SYMLINK_NOFOLLOW) == 0 && replaced.st_mode & S_IFMT == S_IFREG
+            if let owner = existing ? (uid: replaced.st_uid, gid: replaced.st_gid) : Self.owner(of: directory),
+               fchown(fd, owner.uid, owner.gid) != 0 {
+                throw fail("cannot give the new file its owner")
+            }
+        }
+        // The umask may have removed bits; set exactly 0644 or 0755 (after the owner: chown clears set-id bits).
         guard fchmod(fd, write.mode) == 0 else { throw fail("cannot set the file mode") }
         var offset = 0
         while offset < write.content.count {

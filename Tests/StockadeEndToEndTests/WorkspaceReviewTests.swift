@@ -85,6 +85,29 @@ struct WorkspaceReviewTests {
         #expect(try h.stockade(["audit", "events", "--kind", "diff.applied"]).stdout.contains("diff.applied"))
     }
 
+    @Test("accept, run by root, leaves no root-owned file: new ones belong to their directory's owner, edited ones keep theirs")
+    func acceptKeepsOwners() throws {
+        let h = try Harness()
+        let ws = try makeWorkspace()
+        // A user's workspace, owned by 4242:4343 (the worker sees that owner's files as its own).
+        for path in [ws, ws + "/src", ws + "/README.md", ws + "/src/a.txt", ws + "/src/b.txt"] {
+            #expect(chown(path, 4242, 4343) == 0)
+        }
+        let r = try h.stockade(["run", "--json", "--workspace", ws, "--", "/bin/sh", "-c",
+                                "echo more >> src/a.txt && mkdir -p new/deeper && echo n > new/deeper/f && echo c > src/c.txt"])
+        let id = try #require(((r.report()["review"] as? [String: Any])?["id"] as? NSNumber)?.intValue)
+        let accepted = try h.stockade(["review", "accept", "\(id)", "--actor", "ops-reviewer"])
+        #expect(accepted.status == 0, "\(accepted.stderr)")
+        func owner(_ path: String) -> String {
+            var st = stat()
+            return lstat(ws + "/" + path, &st) == 0 ? "\(st.st_uid):\(st.st_gid)" : "missing"
+        }
+        #expect(owner("src/a.txt") == "4242:4343", "an edited file keeps its owner")
+        #expect(owner("src/c.txt") == "4242:4343", "a new file belongs to its directory's owner")
+        #expect(owner("new") == "4242:4343" && owner("new/deeper") == "4242:4343" && owner("new/deeper/f") == "4242:4343")
+        #expect(try String(contentsOfFile: ws + "/src/a.txt", encoding: .utf8) == "one\ntwo\nthree\nmore\n")
+    }
+
     @Test("hostile workspace changes are rejected before review with their rule, and nothing is applied", arguments: [
         ("ln -s /etc/passwd link", "special_file"),
         ("mkfifo pipe", "special_file"),
