@@ -46,7 +46,7 @@ struct CgroupV1HostTests {
     }
 
     @Test("killAll kills a worker, a setsid daemon ignoring SIGTERM, and a stopped process; the cgroup ends empty",
-          .timeLimit(.minutes(1)))
+          .timeLimit(.minutes(3)))
     func killAllReachesEveryProcess() throws {
         defer { cleanUp() }
         let run = try driver.create(name: "kill", limits: limits)
@@ -81,7 +81,7 @@ struct CgroupV1HostTests {
         for path in run.paths { #expect(access(path, F_OK) != 0) }
     }
 
-    @Test("the pids limit holds and its hits are counted", .timeLimit(.minutes(1)))
+    @Test("the pids limit holds and its hits are counted", .timeLimit(.minutes(3)))
     func pidsLimitHits() throws {
         defer { cleanUp() }
         let run = try driver.create(name: "pids", limits: CgroupLimits(memoryBytes: 64 << 20, cpus: 1, pids: 4))
@@ -96,7 +96,7 @@ struct CgroupV1HostTests {
         try run.remove()
     }
 
-    @Test("killAll empties a fork bomb that keeps refilling its pids limit", .timeLimit(.minutes(1)))
+    @Test("killAll empties a fork bomb that keeps refilling its pids limit", .timeLimit(.minutes(3)))
     func killAllForkBomb() throws {
         defer { cleanUp() }
         let run = try driver.create(name: "bomb", limits: CgroupLimits(memoryBytes: 64 << 20, cpus: 0.5, pids: 16))
@@ -112,7 +112,7 @@ struct CgroupV1HostTests {
         try run.remove()
     }
 
-    @Test("a run cgroup is abandoned when it is empty and old, not while a process is in it", .timeLimit(.minutes(1)))
+    @Test("a run cgroup is abandoned when it is empty and old, not while a process is in it", .timeLimit(.minutes(3)))
     func abandoned() throws {
         defer { cleanUp() }
         let run = try driver.create(name: "aged", limits: limits)
@@ -131,7 +131,7 @@ struct CgroupV1HostTests {
         try run.remove()
     }
 
-    @Test("removeStale kills and removes a leftover run cgroup and leaves the active one", .timeLimit(.minutes(1)))
+    @Test("removeStale kills and removes a leftover run cgroup and leaves the active one", .timeLimit(.minutes(3)))
     func removeStale() throws {
         defer { cleanUp() }
         let live = try driver.create(name: "live", limits: limits)

@@ -14,7 +14,7 @@ let unifiedRoot: String? = {
        .enabled(if: unifiedRoot != nil, "needs root and a cgroup2 mount"))
 struct CgroupV2UnifiedKillTests {
     @Test("killAll empties the cgroup with cgroup.kill, and with freeze and SIGKILL where it is not used",
-          .timeLimit(.minutes(1)), arguments: [true, false])
+          .timeLimit(.minutes(3)), arguments: [true, false])
     func killAll(useKillFile: Bool) throws {
         let root = try #require(unifiedRoot)
         let parent = root + "/stockade-test-\(getpid())"

@@ -208,7 +208,7 @@ func children(of parent: pid_t, named name: String) -> [pid_t] {
 }
 
 @Suite("spawn helpers and inits hold no run's secrets", .serialized,
-       .enabled(if: Harness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(2)))
+       .enabled(if: Harness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(3)))
 struct HelperMemoryTests {
     @Test("after runs with a secret, neither the spawn helpers nor a later run's init hold it; the supervisor does")
     func secretsStayInTheSupervisor() throws {
@@ -262,7 +262,7 @@ struct HelperMemoryTests {
 }
 
 @Suite("a spawn helper that dies", .serialized,
-       .enabled(if: Harness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(2)))
+       .enabled(if: Harness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(3)))
 struct HelperDeathTests {
     @Test("killed mid-spawn: the run fails naming the helper, its half-made init is killed and reaped, later spawns fail closed")
     func killedMidSpawn() throws {

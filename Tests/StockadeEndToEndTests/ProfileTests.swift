@@ -377,7 +377,7 @@ struct CapturedRedactionTests {
 }
 
 @Suite("the port forwarder", .enabled(if: getuid() == 0, "needs root: it enters a network namespace with setns(2)"), .serialized,
-       .timeLimit(.minutes(1)))
+       .timeLimit(.minutes(3)))
 struct PortForwarderTests {
     /// Relays within the test's own namespace: the mechanics are the same as into a worker's.
     @Test("it relays both ways, bounds concurrent connections at 64, and closes everything on stop")
