@@ -1,4 +1,5 @@
 import Crypto
+import StockadePolicy
 
 /// The event hash chain. Each event's hash covers the previous hash and every column of the event,
 /// so editing, deleting, inserting or reordering a row breaks the chain at that row.
@@ -22,15 +23,7 @@ package enum AuditChain {
         return hex(hasher.finalize())
     }
 
-    private static let digits: [UInt8] = Array("0123456789abcdef".utf8)
-
     package static func hex<D: Sequence>(_ digest: D) -> String where D.Element == UInt8 {
-        var out: [UInt8] = []
-        out.reserveCapacity(64)
-        for byte in digest {
-            out.append(digits[Int(byte >> 4)])
-            out.append(digits[Int(byte & 0x0F)])
-        }
-        return String(decoding: out, as: UTF8.self)
+        Hex.lowercase(digest)
     }
 }

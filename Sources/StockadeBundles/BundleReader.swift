@@ -221,13 +221,7 @@ public enum BundleReader {
     }
 
     static func hex<D: Sequence<UInt8>>(_ digest: D) -> String {
-        let digits: [UInt8] = Array("0123456789abcdef".utf8)
-        var out: [UInt8] = []
-        for byte in digest {
-            out.append(digits[Int(byte >> 4)])
-            out.append(digits[Int(byte & 0xF)])
-        }
-        return String(decoding: out, as: UTF8.self)
+        Hex.lowercase(digest)
     }
 
     static func hex(_ digest: SHA256.Digest) -> String { hex(Array(digest)) }

@@ -59,7 +59,7 @@ public struct ProfileCatalog: Sendable {
         var stamps: [SourceStamp] = []
         let (profile, source) = try resolve(nameOrPath, seen: &seen, stamps: &stamps)
         let canonical = profile.jsonValue.serialized()
-        let digest = Self.hex(SHA256.hash(data: Array(canonical.utf8)))
+        let digest = Hex.lowercase(SHA256.hash(data: Array(canonical.utf8)))
         let loaded = LoadedProfile(profile: profile, source: source, digest: digest)
         Self.cache.withLock { cache in
             if cache.count >= Self.cacheLimit { cache.removeAll() }
@@ -87,16 +87,6 @@ public struct ProfileCatalog: Sendable {
     private func isCurrent(_ stamp: SourceStamp) -> Bool {
         guard let now = try? locate(stamp.nameOrPath), now.source == stamp.source, now.builtin == stamp.builtin else { return false }
         return (try? bytes(of: now.source, builtin: now.builtin)) == stamp.bytes
-    }
-
-    static func hex(_ digest: some Sequence<UInt8>) -> String {
-        let digits = Array("0123456789abcdef".utf8)
-        var out: [UInt8] = []
-        for byte in digest {
-            out.append(digits[Int(byte >> 4)])
-            out.append(digits[Int(byte & 0xF)])
-        }
-        return String(decoding: out, as: UTF8.self)
     }
 
     private func resolve(_ nameOrPath: String, seen: inout [String], stamps: inout [SourceStamp]) throws(ProfileError) -> (Profile, String) {
