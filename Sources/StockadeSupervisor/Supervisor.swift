@@ -107,14 +107,31 @@ public final class Supervisor: Sendable {
             report.setupError = RunReport.SetupError(stage: error.stage, errno: error.errno, message: error.message)
             report.durationMs = Int64((WorkerClock.now() - started) / 1_000_000)
             logger.error("run.setup-failed", metadata: ["run.id": "\(runId)", "stage": "\(error.stage)", "message": "\(error.message)"])
+            recordRefusal(context, profile: report.profile, stage: error.stage)
             finish(context, report: &report)
         } catch {
             report = RunReport(runId: runId, profile: options.profile, outcome: .setupFailed)
             report.setupError = RunReport.SetupError(stage: "supervisor", errno: 0, message: "\(error)")
+            recordRefusal(context, profile: report.profile, stage: "supervisor")
             finish(context, report: &report)
         }
         context.close()
         return report
+    }
+
+    /// A run refused before its first audit row (its profile could not be loaded, its run directory
+    /// not made) still gets one, so that the trail shows every attempt; `finish` then closes it as
+    /// setup-failed. The command is withheld: without the profile, the secrets to redact from it are
+    /// unknown.
+    private func recordRefusal(_ context: RunContext, profile: String, stage: String) {
+        guard !context.auditOpen else { return }
+        do {
+            try audit.beginRun(runId: context.runId, profile: profile, profileDigest: "", command: [],
+                               detail: .object(["refusedAt": .string(stage), "commandWithheld": .bool(true)]))
+            context.auditOpen = true
+        } catch {
+            logger.error("audit.refusal-not-recorded", metadata: ["run.id": "\(context.runId)", "error": "\(error)"])
+        }
     }
 
     /// The report for a request that could not be read: nothing ran.

@@ -12,6 +12,23 @@ func auditEvents(_ h: Harness, _ args: [String] = []) throws -> [[String: Any]] 
 @Suite("the audit trail, end to end", .serialized,
        .enabled(if: Harness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(3)))
 struct AuditTrailTests {
+    @Test("a run refused before it starts (its profile cannot be loaded) is in the trail too, command withheld")
+    func refusedRun() throws {
+        let h = try Harness()
+        let r = try h.stockade(["run", "--json", "--profile", h.stateDirectory + "/missing.json", "--", "/bin/echo", "token-in-argv"])
+        #expect(r.status == 125)
+        let runId = try #require(try r.report().string("runId"))
+        let events = try auditEvents(h, ["--run", runId])
+        #expect(events.compactMap { $0["kind"] as? String } == ["run.created", "run.finished"], "\(events)")
+        let created = events.first?["detail"] as? [String: Any]
+        #expect(created?["refusedAt"] as? String == "profile")
+        #expect(created?["commandWithheld"] as? Bool == true)
+        let finished = events.last?["detail"] as? [String: Any]
+        #expect(finished?["outcome"] as? String == "setup-failed")
+        #expect(!events.description.contains("token-in-argv"))
+        #expect(try h.stockade(["audit", "verify"]).status == 0)
+    }
+
     @Test("a misbehaving worker's whole story is in the trail: creation, start, violations, kill, exit, outcome")
     func story() throws {
         let h = try Harness()
