@@ -52,6 +52,51 @@ public enum PathGuard {
 
     /// Checks one name (after C-unquoting and removing the `a/`/`b/` prefix).
     public static func checkName(_ name: [UInt8]) -> PathVerdict {
+        checkPrintableASCII(name) ?? checkNameFully(name)
+    }
+
+    /// The same rules, in the same order, for a name of printable ASCII only (nearly every real name),
+    /// byte by byte and without allocating; nil when the name has any other byte (then the full check
+    /// decides). Control bytes, invalid UTF-8 and display controls cannot occur in such a name.
+    static func checkPrintableASCII(_ name: [UInt8]) -> PathVerdict? {
+        guard !name.isEmpty else { return nil }
+        var backslash = false
+        for byte in name {
+            if byte < 0x20 || byte > 0x7E { return nil }
+            if byte == 0x5C { backslash = true }
+        }
+        func reject(_ rule: PathRule, _ message: String) -> PathVerdict {
+            .rejected(path: CQuote.display(name), rule: rule, message: message)
+        }
+        if backslash { return reject(.backslash, "the name contains a backslash (a Windows separator)") }
+        if name[0] == UInt8(ascii: "/") { return reject(.absolute, "the name is absolute") }
+        if name.count > maxPathBytes { return reject(.tooLong, "the name has \(name.count) bytes, more than \(maxPathBytes)") }
+        var start = 0
+        while start <= name.count {
+            var end = start
+            while end < name.count && name[end] != UInt8(ascii: "/") { end += 1 }
+            let component = name[start..<end]
+            if component.isEmpty { return reject(.emptyComponent, "the name has an empty component (`//` or a trailing `/`)") }
+            if component.count > maxComponentBytes {
+                return reject(.tooLong, "a component has \(component.count) bytes, more than \(maxComponentBytes)")
+            }
+            var dots = true
+            for byte in component where byte != UInt8(ascii: ".") && byte != UInt8(ascii: " ") {
+                dots = false
+                break
+            }
+            if dots {
+                return reject(.dotComponent, "the component `\(String(decoding: component, as: UTF8.self))` is made of dots (a `.` or `..` in some form)")
+            }
+            if isGitDirASCII(component) {
+                return reject(.gitDir, "the component `\(String(decoding: component, as: UTF8.self))` names the .git directory in some form")
+            }
+            start = end + 1
+        }
+        return .ok
+    }
+
+    static func checkNameFully(_ name: [UInt8]) -> PathVerdict {
         func reject(_ rule: PathRule, _ message: String) -> PathVerdict {
             .rejected(path: CQuote.display(name), rule: rule, message: message)
         }
@@ -279,12 +324,24 @@ public enum PathGuard {
 
     /// ``isGitDir(_:)`` for an all-ASCII component, without building strings.
     static func isGitDirASCII(_ component: ArraySlice<UInt8>) -> Bool {
-        var name = component
-        if let colon = name.firstIndex(of: UInt8(ascii: ":")) { name = name[..<colon] }
-        while let last = name.last, last == UInt8(ascii: ".") || last == UInt8(ascii: " ") { name = name.dropLast() }
-        let lower = name.lazy.map { (0x41...0x5A).contains($0) ? $0 | 0x20 : $0 }
-        if lower.elementsEqual(".git".utf8) { return true }
-        return lower.starts(with: "git~".utf8) && name.count > 4 && name.dropFirst(4).allSatisfy { (0x30...0x39).contains($0) }
+        // Up to a `:` (an NTFS stream), without trailing dots and spaces, case folded: `.git`, or
+        // `git~` and digits (an 8.3 short name).
+        var end = component.startIndex
+        while end < component.endIndex && component[end] != UInt8(ascii: ":") { end += 1 }
+        while end > component.startIndex, component[end - 1] == UInt8(ascii: ".") || component[end - 1] == UInt8(ascii: " ") { end -= 1 }
+        let start = component.startIndex
+        let count = end - start
+        func lower(_ i: Int) -> UInt8 {
+            let b = component[start + i]
+            return b >= 0x41 && b <= 0x5A ? b | 0x20 : b
+        }
+        if count == 4 && lower(0) == UInt8(ascii: ".") && lower(1) == UInt8(ascii: "g") && lower(2) == UInt8(ascii: "i") && lower(3) == UInt8(ascii: "t") {
+            return true
+        }
+        guard count > 4, lower(0) == UInt8(ascii: "g"), lower(1) == UInt8(ascii: "i"), lower(2) == UInt8(ascii: "t"),
+              lower(3) == UInt8(ascii: "~") else { return false }
+        for i in 4..<count where !(0x30...0x39).contains(component[start + i]) { return false }
+        return true
     }
 
     /// The key two names collide under: ignorables removed, case folded; `String` equality and hashing

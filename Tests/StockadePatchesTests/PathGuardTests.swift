@@ -49,3 +49,42 @@ struct PathGuardFastPathTests {
         }
     }
 }
+
+/// The printable-ASCII fast path must give exactly the verdict (rule and message) the full check gives.
+@Suite("Path guard whole-name fast path")
+struct PathGuardWholeNameFastPathTests {
+    @Test("on random and hostile ASCII names the fast path and the full check agree")
+    func agreesWithFullCheck() {
+        let pieces = ["a", "src", ".git", ".GIT", "git~1", "GIT~12", "git~", "git~x", ".git.", ".git ", ".git:stream", ".", "..",
+                      ". .", "...", " ", "x", "\\", "a\\b", "", "dir with spaces", "~", ":", "g", ".gi", ".gitx", "0123456789"]
+        var state: UInt64 = 0x9E3779B97F4A7C15
+        func next() -> Int {
+            state ^= state << 13; state ^= state >> 7; state ^= state << 17
+            return Int(state % 1_000_003)
+        }
+        var checked = 0
+        for _ in 0..<20_000 {
+            let parts = (0..<(1 + next() % 5)).map { _ in pieces[next() % pieces.count] }
+            var name = parts.joined(separator: "/")
+            if next() % 10 == 0 { name = "/" + name }
+            if next() % 10 == 0 { name += "/" }
+            let bytes = Array(name.utf8)
+            guard let fast = PathGuard.checkPrintableASCII(bytes) else { continue }
+            #expect(fast == PathGuard.checkNameFully(bytes), "\(name)")
+            checked += 1
+        }
+        #expect(checked > 15_000)
+        let long = Array(String(repeating: "a/", count: 3000).utf8) + [UInt8(ascii: "b")]
+        #expect(PathGuard.checkPrintableASCII(long) == PathGuard.checkNameFully(long))
+        let longComponent = Array(String(repeating: "c", count: 300).utf8)
+        #expect(PathGuard.checkPrintableASCII(longComponent) == PathGuard.checkNameFully(longComponent))
+    }
+
+    @Test("a name with a control byte or a non-ASCII byte is left to the full check")
+    func leavesOthers() {
+        #expect(PathGuard.checkPrintableASCII(Array("a\tb".utf8)) == nil)
+        #expect(PathGuard.checkPrintableASCII(Array("caf\u{e9}".utf8)) == nil)
+        #expect(PathGuard.checkPrintableASCII(Array("a\u{7F}".utf8)) == nil)
+        #expect(PathGuard.checkPrintableASCII([]) == nil)
+    }
+}
