@@ -1,3 +1,4 @@
+import Glibc
 /// Parses git-style unified diffs strictly: every line must be one this parser understands, every hunk's
 /// line counts must match exactly, and every bound in ``DiffLimits`` holds while reading. Anything else
 /// is rejected with its line number; nothing is guessed. Names are not judged here: ``PathGuard`` does that.
@@ -417,8 +418,12 @@ struct LineReader {
         if let peeked { return peeked.line }
         guard position < bytes.count else { return nil }
         let limit = min(bytes.count, position + maxLineBytes + 1)
-        var end = position
-        while end < limit && bytes[end] != 0x0A { end += 1 }
+        // memchr: the newline search is most of the parser's time when done byte by byte.
+        let start = position
+        let end = bytes.withUnsafeBufferPointer { buffer -> Int in
+            guard let base = buffer.baseAddress, let hit = memchr(base + start, 0x0A, limit - start) else { return limit }
+            return UnsafeRawPointer(base).distance(to: UnsafeRawPointer(hit))
+        }
         guard end < limit else {
             if end == bytes.count { throw PatchError(.malformed, "line \(lineNumber): the diff does not end with a newline") }
             throw PatchError(.tooLarge, "line \(lineNumber): a line is longer than \(maxLineBytes) bytes")
