@@ -165,7 +165,7 @@ public enum DiffParser {
             if (kind != .added && oldEnded) || (kind != .removed && newEnded) {
                 throw malformed(ln, "a line follows `\\ No newline at end of file` on the same side")
             }
-            var hunkLine = HunkLine(kind, Array(line.dropFirst()))
+            var hunkLine = HunkLine(kind, slice: line.dropFirst())
             if let next = try reader.peek(), next.starts(with: [0x5C]) {
                 guard next.elementsEqual(Prefix.noNewline) else { throw malformed(reader.lineNumber, "unrecognised line \(show(next))") }
                 _ = try reader.next()

@@ -35,10 +35,16 @@ public struct DiffLimits: Sendable, Equatable {
 public struct HunkLine: Sendable, Equatable {
     public enum Kind: UInt8, Sendable { case context, removed, added }
     public var kind: Kind
-    public var text: [UInt8]
+    /// The line without its marker and newline. A parsed line is a slice of the diff's own bytes:
+    /// no allocation per line (a 50 MB diff has about a million of them).
+    public var text: ArraySlice<UInt8>
     public var missingNewline: Bool
 
     public init(_ kind: Kind, _ text: [UInt8], missingNewline: Bool = false) {
+        self.init(kind, slice: text[...], missingNewline: missingNewline)
+    }
+
+    public init(_ kind: Kind, slice text: ArraySlice<UInt8>, missingNewline: Bool = false) {
         self.kind = kind
         self.text = text
         self.missingNewline = missingNewline
