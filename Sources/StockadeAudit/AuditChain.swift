@@ -8,19 +8,17 @@ package enum AuditChain {
     package static let genesisHash = String(repeating: "0", count: 64)
 
     /// SHA-256 of `prevHash \n seq \n runId \n runSeq \n kind \n at \n detail` (runId empty when
-    /// absent), fed piece by piece rather than through one concatenated string.
+    /// absent), assembled in one buffer and hashed in one call.
     package static func hash(prevHash: String, seq: Int64, runId: String?, runSeq: Int64, kind: String, at: String, detail: String) -> String {
-        var hasher = SHA256()
-        func feed(_ text: String) {
-            var text = text
-            text.withUTF8 { hasher.update(bufferPointer: UnsafeRawBufferPointer($0)) }
+        var input: [UInt8] = []
+        input.reserveCapacity(prevHash.utf8.count + detail.utf8.count + kind.utf8.count + at.utf8.count + 80)
+        var first = true
+        for piece in [prevHash, String(seq), runId ?? "", String(runSeq), kind, at, detail] {
+            if !first { input.append(0x0A) }
+            first = false
+            input.append(contentsOf: piece.utf8)
         }
-        let newline: [UInt8] = [0x0A]
-        for (i, piece) in [prevHash, String(seq), runId ?? "", String(runSeq), kind, at, detail].enumerated() {
-            if i > 0 { hasher.update(data: newline) }
-            feed(piece)
-        }
-        return hex(hasher.finalize())
+        return hex(SHA256.hash(data: input))
     }
 
     package static func hex<D: Sequence>(_ digest: D) -> String where D.Element == UInt8 {

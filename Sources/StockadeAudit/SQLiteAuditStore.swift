@@ -143,7 +143,7 @@ public final class SQLiteAuditStore: AuditStore {
                 let hash = AuditChain.hash(prevHash: head.1, seq: seq, runId: event.runId, runSeq: runSeq, kind: event.kind, at: at, detail: text)
                 try db.run("INSERT INTO events (seq, runId, runSeq, kind, at, detail, prevHash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                            [.int(seq), event.runId.sqlite, .int(runSeq), .text(event.kind), .text(at), .text(text), .text(head.1), .text(hash)],
-                           "append event \(event.kind)")
+                           "append an event")
                 head = (seq, hash)
             }
             try db.run("UPDATE chain_head SET seq = ?, hash = ? WHERE id = 1", [.int(head.0), .text(head.1)], "advance the chain head")
