@@ -227,38 +227,94 @@ public enum PatchApplier {
             rollback()
             throw error
         }
-        // Everything is on disk under temporary names; from here on each step is one rename or unlink.
-        for (index, item) in staged.enumerated() {
-            if stk_renameat2(item.directory, cName(item.temporary), item.directory, cName(item.final),
-                             item.mustNotExist ? 1 : 0) != 0 {
-                let code = errno
-                for rest in staged[index...] { unlinkat(rest.directory, cName(rest.temporary), 0) }
-                throw PatchError(.io, path: CQuote.display(item.path), errno: code,
-                                 "cannot rename the new file into place; \(index) of \(staged.count) files were already written: inspect the workspace")
-            }
+        // Everything is on disk under temporary names. Each step from here is one undoable rename: a
+        // replaced file is exchanged with its new content (the old content stays under the temporary
+        // name), a new file is renamed in without replacing anything, a deleted file is renamed aside.
+        // If any step fails, the done ones are undone in reverse, and the workspace is as it was.
+        enum Done {
+            case exchanged(Staged)      // final holds the new content, temporary the old
+            case created(Staged)        // final is the new file
+            case setAside(directory: Int32, name: [UInt8], aside: [UInt8], path: [UInt8])
         }
-        var unused: [(parent: Int32, name: [UInt8])] = []
+        var done: [Done] = []
+        func undo() {
+            for step in done.reversed() {
+                switch step {
+                case .exchanged(let item):
+                    _ = stk_renameat2(item.directory, cName(item.temporary), item.directory, cName(item.final), Self.renameExchange)
+                case .created(let item):
+                    unlinkat(item.directory, cName(item.final), 0)
+                case .setAside(let directory, let name, let aside, _):
+                    _ = stk_renameat2(directory, cName(aside), directory, cName(name), Self.renameNoReplace)
+                }
+            }
+            rollback()
+        }
+        for item in staged {
+            let flags = item.mustNotExist ? Self.renameNoReplace : Self.renameExchange
+            guard stk_renameat2(item.directory, cName(item.temporary), item.directory, cName(item.final), flags) == 0 else {
+                let code = errno
+                undo()
+                let why = code == EINVAL ? "the workspace's filesystem does not support renameat2 exchange or no-replace"
+                    : item.mustNotExist ? "something appeared at its name since the check" : "it is gone since the check"
+                throw PatchError(.io, path: CQuote.display(item.path), errno: code,
+                                 "cannot move the new content into place (\(why)); nothing was changed")
+            }
+            done.append(item.mustNotExist ? .created(item) : .exchanged(item))
+        }
+        var deletionParents: [(components: [[UInt8]], chain: [Int32])] = []
         for name in plan.deletions {
             let components = name.split(separator: UInt8(ascii: "/")).map { Array($0) }
             guard let final = components.last else { continue }
             let firstOpened = openDirectories.count
-            let directory = try openParent(root: root, components.dropLast(), create: false,
+            let directory: Int32
+            do throws(PatchError) {
+                var unused: [(parent: Int32, name: [UInt8])] = []
+                directory = try openParent(root: root, components.dropLast(), create: false,
                                            created: &unused, open: &openDirectories, path: name)
+            } catch {
+                undo()
+                throw error
+            }
             var info = stat()
             guard fstatat(directory, cName(final), &info, AT_SYMLINK_NOFOLLOW) == 0, info.st_mode & S_IFMT == S_IFREG else {
-                throw PatchError(.io, path: CQuote.display(name), errno: errno, "the file to delete is gone or no longer a regular file")
+                let code = errno
+                undo()
+                throw PatchError(.io, path: CQuote.display(name), errno: code, "the file to delete is gone or no longer a regular file; nothing was changed")
             }
-            guard unlinkat(directory, cName(final), 0) == 0 else {
-                throw PatchError(.io, path: CQuote.display(name), errno: errno, "cannot delete the file")
+            let aside = Self.temporaryName()
+            guard stk_renameat2(directory, cName(final), directory, cName(aside), Self.renameNoReplace) == 0 else {
+                let code = errno
+                undo()
+                throw PatchError(.io, path: CQuote.display(name), errno: code, "cannot set the file to delete aside; nothing was changed")
             }
-            // Like git, remove directories the deletion left empty; the first non-empty one stops it.
-            let chain = [root] + openDirectories[firstOpened...]
+            done.append(.setAside(directory: directory, name: final, aside: aside, path: name))
+            deletionParents.append((components, [root] + openDirectories[firstOpened...]))
+        }
+        // Committed: drop the old contents and the deleted files.
+        for step in done {
+            switch step {
+            case .exchanged(let item): unlinkat(item.directory, cName(item.temporary), 0)
+            case .created: break
+            case .setAside(let directory, _, let aside, _): unlinkat(directory, cName(aside), 0)
+            }
+        }
+        // Like git, remove directories the deletions left empty; the first non-empty one stops it.
+        for (components, chain) in deletionParents {
             for level in stride(from: components.count - 2, through: 0, by: -1) {
                 if unlinkat(chain[level], cName(components[level]), AT_REMOVEDIR) != 0 { break }
             }
         }
         _ = fsync(root)
         for fd in openDirectories { _ = fsync(fd) }
+    }
+
+    static let renameNoReplace: UInt32 = 1  // RENAME_NOREPLACE
+    static let renameExchange: UInt32 = 2   // RENAME_EXCHANGE
+
+    static func temporaryName() -> [UInt8] {
+        var generator = SystemRandomNumberGenerator()
+        return Array(".stockade-\(String(generator.next() as UInt64, radix: 16)).tmp".utf8)
     }
 
     /// Opens (creating when asked) each directory of `components` beneath the root, refusing symlinks.
@@ -299,8 +355,7 @@ public enum PatchApplier {
 
     private static func writeTemporary(in directory: Int32, _ write: Write) throws(PatchError) -> [UInt8] {
         let shown = CQuote.display(write.path)
-        var generator = SystemRandomNumberGenerator()
-        let name = Array(".stockade-\(String(generator.next() as UInt64, radix: 16)).tmp".utf8)
+        let name = temporaryName()
         let fd = openat(directory, cName(name), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, write.mode)
         guard fd >= 0 else { throw PatchError(.io, path: shown, errno: errno, "cannot create a temporary file beside the target") }
         defer { close(fd) }

@@ -135,6 +135,49 @@ struct ApplyTests {
         #expect(sandbox.snapshot() == before)
     }
 
+    @Test("a step that fails while moving files into place undoes every earlier one: the workspace is as it was")
+    func failureDuringCommitUndoesEverything() throws {
+        let sandbox = Sandbox()
+        sandbox.file("keep/edited.txt", "old content\n")
+        sandbox.file("doomed.txt", "to delete\n")
+        let root = open(sandbox.workspace, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        defer { close(root) }
+        // A plan as the planner makes it: replace one file, create one in a new directory, create one
+        // whose name will be taken between the check and the move, delete one.
+        var plan = PatchApplier.Plan()
+        plan.writes = [
+            .init(path: Array("keep/edited.txt".utf8), content: Array("new content\n".utf8), mode: 0o644, mustNotExist: false),
+            .init(path: Array("fresh/new.txt".utf8), content: Array("brand new\n".utf8), mode: 0o644, mustNotExist: true),
+            .init(path: Array("raced.txt".utf8), content: Array("mine\n".utf8), mode: 0o644, mustNotExist: true),
+        ]
+        plan.deletions = [Array("doomed.txt".utf8)]
+        sandbox.file("raced.txt", "appeared meanwhile\n")
+        let before = sandbox.snapshot()
+        let error = #expect(throws: PatchError.self) { try PatchApplier.execute(plan, root: root) }
+        #expect(error?.path == "raced.txt")
+        #expect(error?.message.contains("nothing was changed") == true, "\(String(describing: error))")
+        #expect(sandbox.read("keep/edited.txt") == Array("old content\n".utf8))
+        #expect(sandbox.read("doomed.txt") == Array("to delete\n".utf8))
+        #expect(sandbox.read("fresh/new.txt") == nil && sandbox.mode("fresh") == nil)
+        #expect(sandbox.read("raced.txt") == Array("appeared meanwhile\n".utf8))
+        #expect(sandbox.snapshot() == before, "byte-identical, no temporary left")
+    }
+
+    @Test("a file to delete that vanished after the check undoes the writes already moved in")
+    func vanishedDeletionUndoesWrites() throws {
+        let sandbox = Sandbox()
+        sandbox.file("edited.txt", "old\n")
+        let root = open(sandbox.workspace, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        defer { close(root) }
+        var plan = PatchApplier.Plan()
+        plan.writes = [.init(path: Array("edited.txt".utf8), content: Array("new\n".utf8), mode: 0o644, mustNotExist: false)]
+        plan.deletions = [Array("vanished.txt".utf8)]
+        let error = #expect(throws: PatchError.self) { try PatchApplier.execute(plan, root: root) }
+        #expect(error?.path == "vanished.txt")
+        #expect(sandbox.read("edited.txt") == Array("old\n".utf8))
+        #expect(sandbox.snapshot().filter { $0.contains(".stockade-") }.isEmpty, "\(sandbox.snapshot())")
+    }
+
     @Test("deleting the last file of a directory removes the emptied directories, and only those")
     func deletionRemovesEmptiedDirectories() throws {
         let sandbox = Sandbox()
