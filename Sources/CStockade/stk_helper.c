@@ -4,6 +4,7 @@
  */
 #define _GNU_SOURCE
 #include "stk_helper.h"
+#include "stk_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -28,8 +29,6 @@
 
 #define STK_HELPER_FD 3
 #define STK_WIRE_MAGIC 0x53544b31u /* "STK1" */
-/* SCM_MAX_FD is 253; one goes to the memfd. */
-#define STK_WIRE_MAX_FDS 250
 #define STK_WIRE_NULL 0xffffffffu
 
 __attribute__((noreturn)) static void stk_helper_main(int sock, pid_t parent, void *scrub, size_t scrub_len);
@@ -346,67 +345,6 @@ struct stk_wire_result {
     int32_t has_pidfd, has_notify, has_status;
 };
 
-static ssize_t stk_send_with_fds(int sock, const void *data, size_t len, const int *fds, int nfds) {
-    struct iovec iov = {(void *)data, len};
-    union {
-        char buf[CMSG_SPACE(sizeof(int) * (STK_WIRE_MAX_FDS + 1))];
-        struct cmsghdr align;
-    } control;
-    memset(&control, 0, sizeof control);
-    struct msghdr msg;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    if (nfds > 0) {
-        msg.msg_control = control.buf;
-        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
-        struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-        cmsg->cmsg_level = SOL_SOCKET;
-        cmsg->cmsg_type = SCM_RIGHTS;
-        cmsg->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
-        memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * (size_t)nfds);
-    }
-    ssize_t n;
-    do n = sendmsg(sock, &msg, MSG_NOSIGNAL); while (n < 0 && errno == EINTR);
-    return n;
-}
-
-/* Receives one message; returns its length (0: the peer closed) or -1. Descriptors land in fds/nfds. */
-static ssize_t stk_receive_with_fds(int sock, void *data, size_t len, int *fds, int *nfds, int max) {
-    struct iovec iov = {data, len};
-    union {
-        char buf[CMSG_SPACE(sizeof(int) * (STK_WIRE_MAX_FDS + 1))];
-        struct cmsghdr align;
-    } control;
-    struct msghdr msg;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.buf;
-    msg.msg_controllen = sizeof control.buf;
-    ssize_t n;
-    do n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); while (n < 0 && errno == EINTR);
-    *nfds = 0;
-    if (n < 0) return -1;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-        int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-        for (int i = 0; i < count; i++) {
-            int fd;
-            memcpy(&fd, CMSG_DATA(c) + sizeof(int) * (size_t)i, sizeof fd);
-            if (*nfds < max) fds[(*nfds)++] = fd;
-            else close(fd);
-        }
-    }
-    if (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) {
-        for (int i = 0; i < *nfds; i++) close(fds[i]);
-        *nfds = 0;
-        errno = EPROTO;
-        return -1;
-    }
-    return n;
-}
-
 /* ---------- client (supervisor side) ---------- */
 
 int stk_helper_start(void *scrub, size_t scrub_len, pid_t *pid) {
@@ -428,19 +366,15 @@ int stk_helper_start(void *scrub, size_t scrub_len, pid_t *pid) {
     return sv[0];
 }
 
-static void stk_reap_pidfd(int pidfd) {
+/* SIGKILL through the pidfd (harmless when it is already dead), then reap it. */
+static void stk_kill_and_reap(int pidfd) {
     siginfo_t info;
+    (void)syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
     while (waitid((idtype_t)P_PIDFD, (id_t)pidfd, &info, WEXITED) < 0 && errno == EINTR) {}
 }
 
 int stk_spawn_remote(int sock, const struct stk_plan *plan, struct stk_spawn_result *result) {
-    result->pid = -1;
-    result->pidfd = -1;
-    result->notify_fd = -1;
-    result->status_fd = -1;
-    result->stage = STK_STAGE_NONE;
-    result->error = 0;
-    result->detail = -1;
+    stk_result_init(result);
 
     struct stk_out *out = calloc(1, sizeof *out);
     if (out == NULL) {
@@ -474,7 +408,7 @@ int stk_spawn_remote(int sock, const struct stk_plan *plan, struct stk_spawn_res
     int fds[STK_WIRE_MAX_FDS + 1];
     fds[0] = memfd;
     memcpy(fds + 1, out->fds, sizeof(int) * (size_t)out->nfds);
-    ssize_t sent = stk_send_with_fds(sock, "p", 1, fds, out->nfds + 1);
+    ssize_t sent = stk_send_fds(sock, "p", 1, fds, out->nfds + 1);
     int send_errno = errno;
     close(memfd);
     free(out->data);
@@ -494,7 +428,7 @@ int stk_spawn_remote(int sock, const struct stk_plan *plan, struct stk_spawn_res
         struct stk_wire_result wire;
         int got[3];
         int ngot = 0;
-        ssize_t n = stk_receive_with_fds(sock, &wire, sizeof wire, got, &ngot, 3);
+        ssize_t n = stk_receive_fds(sock, &wire, sizeof wire, got, &ngot, 3);
         int expected = n == (ssize_t)sizeof wire ? (wire.has_pidfd != 0) + (wire.has_notify != 0) + (wire.has_status != 0) : -1;
         if (n != (ssize_t)sizeof wire || ngot != expected || (wire.type != 'S' && wire.type != 'R') ||
             (wire.type == 'S' && (!wire.has_pidfd || started_pidfd >= 0))) {
@@ -503,8 +437,7 @@ int stk_spawn_remote(int sock, const struct stk_plan *plan, struct stk_spawn_res
             /* detail: 1 when a child had been made (now killed and reaped), 0 when none was. */
             result->detail = started_pidfd >= 0;
             if (started_pidfd >= 0) {
-                (void)syscall(SYS_pidfd_send_signal, started_pidfd, SIGKILL, NULL, 0);
-                stk_reap_pidfd(started_pidfd);
+                stk_kill_and_reap(started_pidfd);
                 close(started_pidfd);
             }
             result->pid = -1;
@@ -533,7 +466,7 @@ int stk_spawn_remote(int sock, const struct stk_plan *plan, struct stk_spawn_res
     if (result->stage != STK_STAGE_NONE) {
         /* The helper killed the half-made child; it is ours to reap. */
         if (result->pidfd >= 0) {
-            stk_reap_pidfd(result->pidfd);
+            stk_kill_and_reap(result->pidfd);
             close(result->pidfd);
         }
         if (result->notify_fd >= 0) close(result->notify_fd);
@@ -550,7 +483,7 @@ int stk_spawn_remote(int sock, const struct stk_plan *plan, struct stk_spawn_res
 static void stk_helper_started(void *context, pid_t pid, int pidfd) {
     int sock = *(int *)context;
     struct stk_wire_result wire = {'S', pid, STK_STAGE_NONE, 0, -1, 1, 0, 0};
-    if (stk_send_with_fds(sock, &wire, sizeof wire, &pidfd, 1) != (ssize_t)sizeof wire) {
+    if (stk_send_fds(sock, &wire, sizeof wire, &pidfd, 1) != (ssize_t)sizeof wire) {
         /* The supervisor is gone: so is the child's parent-death signal's reason to wait. */
         (void)syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
         _exit(0);
@@ -566,7 +499,7 @@ static void stk_helper_answer(int sock, const struct stk_spawn_result *r, int an
     if (send_pidfd) fds[n++] = r->pidfd;
     if (r->notify_fd >= 0) fds[n++] = r->notify_fd;
     if (r->status_fd >= 0) fds[n++] = r->status_fd;
-    if (stk_send_with_fds(sock, &wire, sizeof wire, fds, n) != (ssize_t)sizeof wire) {
+    if (stk_send_fds(sock, &wire, sizeof wire, fds, n) != (ssize_t)sizeof wire) {
         /* The supervisor is gone: whatever was made dies with its parent-death signal. */
         if (r->pidfd >= 0) (void)syscall(SYS_pidfd_send_signal, r->pidfd, SIGKILL, NULL, 0);
         _exit(0);
@@ -578,14 +511,12 @@ __attribute__((noreturn)) static void stk_helper_serve(int sock, int parent_pidf
         char byte;
         int fds[STK_WIRE_MAX_FDS + 1];
         int nfds = 0;
-        ssize_t n = stk_receive_with_fds(sock, &byte, 1, fds, &nfds, STK_WIRE_MAX_FDS + 1);
+        ssize_t n = stk_receive_fds(sock, &byte, 1, fds, &nfds, STK_WIRE_MAX_FDS + 1);
         if (n == 0) _exit(0);
         if (n < 0 && errno != EPROTO) _exit(1);
 
         struct stk_spawn_result result;
-        memset(&result, 0, sizeof result);
-        result.pid = result.pidfd = result.notify_fd = result.status_fd = -1;
-        result.detail = -1;
+        stk_result_init(&result);
         struct stat st;
         void *map = MAP_FAILED;
         if (n != 1 || nfds < 1 || fstat(fds[0], &st) < 0 || st.st_size <= 0 ||
@@ -597,7 +528,7 @@ __attribute__((noreturn)) static void stk_helper_serve(int sock, int parent_pidf
             struct stk_plan plan;
             struct stk_decoded decoded;
             if (stk_decode(&in, &plan, &decoded) == 0) {
-                (void)stk_spawn_flags(&plan, &result, STK_SPAWN_SIBLING, parent_pidfd, stk_helper_started, &sock);
+                (void)stk_spawn(&plan, &result, parent_pidfd, stk_helper_started, &sock);
             } else {
                 result.stage = STK_STAGE_HELPER;
                 result.error = EPROTO;

@@ -4,6 +4,7 @@
  */
 #define _GNU_SOURCE
 #include "stk_spawn.h"
+#include "stk_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -229,11 +230,16 @@ static int stk_clear_capability_sets(void) {
     return (int)syscall(SYS_capset, &header, data);
 }
 
-static int stk_send_fd(int sock, int fd) {
-    char byte = 'n';
-    struct iovec iov = {&byte, 1};
+/* ---------- descriptor passing (also the spawn helper's; see stk_internal.h) ---------- */
+
+ssize_t stk_send_fds(int sock, const void *data, size_t len, const int *fds, int nfds) {
+    if (nfds < 0 || nfds > STK_MAX_PASSED_FDS) {
+        errno = EINVAL;
+        return -1;
+    }
+    struct iovec iov = {(void *)data, len};
     union {
-        char buf[CMSG_SPACE(sizeof(int))];
+        char buf[CMSG_SPACE(sizeof(int) * STK_MAX_PASSED_FDS)];
         struct cmsghdr align;
     } control;
     memset(&control, 0, sizeof control);
@@ -241,14 +247,58 @@ static int stk_send_fd(int sock, int fd) {
     memset(&msg, 0, sizeof msg);
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
+    if (nfds > 0) {
+        msg.msg_control = control.buf;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+        struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+        cmsg->cmsg_level = SOL_SOCKET;
+        cmsg->cmsg_type = SCM_RIGHTS;
+        cmsg->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+        memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * (size_t)nfds);
+    }
+    ssize_t n;
+    do n = sendmsg(sock, &msg, MSG_NOSIGNAL); while (n < 0 && errno == EINTR);
+    return n;
+}
+
+ssize_t stk_receive_fds(int sock, void *data, size_t len, int *fds, int *nfds, int max) {
+    struct iovec iov = {data, len};
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * STK_MAX_PASSED_FDS)];
+        struct cmsghdr align;
+    } control;
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
     msg.msg_control = control.buf;
     msg.msg_controllen = sizeof control.buf;
-    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cmsg), &fd, sizeof fd);
-    return sendmsg(sock, &msg, MSG_NOSIGNAL) == 1 ? 0 : -1;
+    ssize_t n;
+    do n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); while (n < 0 && errno == EINTR);
+    *nfds = 0;
+    if (n < 0) return -1;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int i = 0; i < count; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + sizeof(int) * (size_t)i, sizeof fd);
+            if (*nfds < max) fds[(*nfds)++] = fd;
+            else close(fd);
+        }
+    }
+    if (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) {
+        for (int i = 0; i < *nfds; i++) close(fds[i]);
+        *nfds = 0;
+        errno = EPROTO;
+        return -1;
+    }
+    return n;
+}
+
+static int stk_send_fd(int sock, int fd) {
+    char byte = 'n';
+    return stk_send_fds(sock, &byte, 1, &fd, 1) == 1 ? 0 : -1;
 }
 
 /* Counts the processes in this pid namespace other than init, from /proc. */
@@ -495,45 +545,12 @@ static int stk_join_cgroups(pid_t pid, const struct stk_plan *plan) {
 
 static int stk_receive_fd(int sock) {
     char byte;
-    struct iovec iov = {&byte, 1};
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } control;
-    struct msghdr msg;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.buf;
-    msg.msg_controllen = sizeof control.buf;
-    ssize_t n;
-    do n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); while (n < 0 && errno == EINTR);
-    if (n <= 0) return -1;
-    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-    if (cmsg == NULL || cmsg->cmsg_type != SCM_RIGHTS) return -1;
-    int fd;
-    memcpy(&fd, CMSG_DATA(cmsg), sizeof fd);
-    return fd;
+    int fd = -1, count = 0;
+    ssize_t n = stk_receive_fds(sock, &byte, 1, &fd, &count, 1);
+    return n > 0 && count == 1 ? fd : -1;
 }
 
-static void stk_reap(int pidfd) {
-    siginfo_t info;
-    (void)syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
-    while (waitid((idtype_t)P_PIDFD, (id_t)pidfd, &info, WEXITED) < 0 && errno == EINTR) {}
-}
-
-static void stk_close(int *fd) {
-    if (*fd >= 0) close(*fd);
-    *fd = -1;
-}
-
-int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result) {
-    return stk_spawn_flags(plan, result, 0, -1, NULL, NULL);
-}
-
-int stk_spawn_flags(const struct stk_plan *plan, struct stk_spawn_result *result, int flags, int parent_pidfd,
-                    stk_started_fn started, void *context) {
-    const int sibling = (flags & STK_SPAWN_SIBLING) != 0;
+void stk_result_init(struct stk_spawn_result *result) {
     result->pid = -1;
     result->pidfd = -1;
     result->notify_fd = -1;
@@ -541,6 +558,16 @@ int stk_spawn_flags(const struct stk_plan *plan, struct stk_spawn_result *result
     result->stage = STK_STAGE_NONE;
     result->error = 0;
     result->detail = -1;
+}
+
+static void stk_close(int *fd) {
+    if (*fd >= 0) close(*fd);
+    *fd = -1;
+}
+
+int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result, int parent_pidfd,
+              stk_started_fn started, void *context) {
+    stk_result_init(result);
 
     int errpipe[2] = {-1, -1}, syncpipe[2] = {-1, -1}, sock[2] = {-1, -1}, statuspipe[2] = {-1, -1};
     if (pipe2(errpipe, O_CLOEXEC) < 0 || pipe2(syncpipe, O_CLOEXEC) < 0 || pipe2(statuspipe, O_CLOEXEC | O_NONBLOCK) < 0 ||
@@ -563,10 +590,9 @@ int stk_spawn_flags(const struct stk_plan *plan, struct stk_spawn_result *result
     memset(&args, 0, sizeof args);
     args.flags = CLONE_PIDFD | CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC;
     args.pidfd = (uint64_t)(uintptr_t)&pidfd;
-    /* A sibling's parent is the caller's parent (the supervisor), which reaps
-       it; the kernel then takes the exit signal from the caller's. */
-    if (sibling) args.flags |= CLONE_PARENT;
-    else args.exit_signal = SIGCHLD;
+    /* The child's parent is the caller's parent (the supervisor), which reaps
+       it; the kernel takes the exit signal from the caller's (exit_signal stays 0). */
+    args.flags |= CLONE_PARENT;
     if (plan->cgroup_dir_fd >= 0) {
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = (uint64_t)plan->cgroup_dir_fd;
@@ -673,14 +699,8 @@ int stk_spawn_flags(const struct stk_plan *plan, struct stk_spawn_result *result
 
 fail_child:
     stk_close(&result->notify_fd);
-    if (sibling) {
-        /* Not ours to reap: kill it and hand the pidfd back so the parent does. */
-        (void)syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
-    } else {
-        stk_reap(pidfd);
-        stk_close(&result->pidfd);
-        result->pid = -1;
-    }
+    /* Not ours to reap: kill it and hand the pidfd back so the supervisor does. */
+    (void)syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
 out:
     stk_close(&statuspipe[0]);
     stk_close(&errpipe[0]);

@@ -18,12 +18,15 @@ public struct LinuxError: Error, Sendable, Equatable, CustomStringConvertible {
     public let stage: String
     public let errno: Int32
     public let message: String
+    /// A worker had been started and was killed because of this failure (the supervisor audits the kill).
+    public let killedWorker: Bool
 
-    public init(_ code: Code, stage: String, errno: Int32 = 0, _ message: String) {
+    public init(_ code: Code, stage: String, errno: Int32 = 0, _ message: String, killedWorker: Bool = false) {
         self.code = code
         self.stage = stage
         self.errno = errno
         self.message = message
+        self.killedWorker = killedWorker
     }
 
     public var description: String {

@@ -76,6 +76,8 @@ enum SetupStage {
         default:
             message = "sandbox setup failed at \(name): \(reason)"
         }
-        return LinuxError(UInt32(stage) == STK_STAGE_EXEC.rawValue ? .exec : .setup, stage: name, errno: code, message)
+        // Killed by the spawn path itself: a worker stuck before execve, or one whose helper was lost.
+        let killed = (UInt32(stage) == STK_STAGE_SYNC.rawValue && code == ETIMEDOUT) || (UInt32(stage) == STK_STAGE_HELPER.rawValue && detail == 1)
+        return LinuxError(UInt32(stage) == STK_STAGE_EXEC.rawValue ? .exec : .setup, stage: name, errno: code, message, killedWorker: killed)
     }
 }

@@ -34,7 +34,6 @@ public struct WorkerObservation: Sendable {
     public var orphans: Int
     public var userCPUNanos: UInt64
     public var systemCPUNanos: UInt64
-    public var maxRSSBytes: UInt64
     public var stdout: CapturedOutput
     public var stderr: CapturedOutput
     public var violations: [SeccompViolation]
@@ -307,7 +306,6 @@ public final class WorkerMonitor: Sendable {
                 orphans: s.orphans,
                 userCPUNanos: UInt64(usage.ru_utime.tv_sec) * 1_000_000_000 + UInt64(usage.ru_utime.tv_usec) * 1000,
                 systemCPUNanos: UInt64(usage.ru_stime.tv_sec) * 1_000_000_000 + UInt64(usage.ru_stime.tv_usec) * 1000,
-                maxRSSBytes: UInt64(usage.ru_maxrss) * 1024,
                 stdout: s.stdout, stderr: s.stderr,
                 violations: s.violationOrder.compactMap { s.violations[$0] },
                 timedOut: s.timedOut, seccompKill: s.seccompKill,

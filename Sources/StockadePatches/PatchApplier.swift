@@ -27,6 +27,8 @@ public enum PatchApplier {
         var content: [UInt8]
         var mode: mode_t
         var mustNotExist: Bool
+        /// The owner of the file it replaces in place; nil for a new name (it takes its directory's owner).
+        var owner: (uid: uid_t, gid: gid_t)? = nil
     }
 
     struct Plan {
@@ -44,10 +46,12 @@ public enum PatchApplier {
             let shownPath = CQuote.display(file.targetPath ?? file.sourcePath ?? [])
             var old: [UInt8] = []
             var oldMode: mode_t = 0o644
+            var oldOwner: (uid: uid_t, gid: gid_t)?
             if let source = file.sourcePath {
                 let current = try readRegular(root: root, source, limits: limits)
                 old = current.content
                 oldMode = current.mode
+                oldOwner = current.owner
                 let declared = file.deletedFileMode ?? file.oldMode
                 if let declared, mode_t(declared & 0o777) != oldMode {
                     throw PatchError(.doesNotApply, path: CQuote.display(source),
@@ -78,7 +82,8 @@ public enum PatchApplier {
                 throw PatchError(.tooLarge, path: shownPath, "the patched file would have \(new.count) bytes, more than \(limits.maxFileBytes)")
             }
             let mode: mode_t = (file.newFileMode ?? file.newMode).map { mode_t($0 & 0o777) } ?? oldMode
-            plan.writes.append(Write(path: target, content: new, mode: mode, mustNotExist: file.isCreation || file.isRename || file.isCopy))
+            let newName = file.isCreation || file.isRename || file.isCopy
+            plan.writes.append(Write(path: target, content: new, mode: mode, mustNotExist: newName, owner: newName ? nil : oldOwner))
             if file.isRename, let source = file.sourcePath { plan.deletions.append(source) }
         }
         return plan
@@ -152,7 +157,8 @@ public enum PatchApplier {
 
     // MARK: - Reading
 
-    static func readRegular(root: Int32, _ name: [UInt8], limits: DiffLimits) throws(PatchError) -> (content: [UInt8], mode: mode_t) {
+    static func readRegular(root: Int32, _ name: [UInt8], limits: DiffLimits) throws(PatchError)
+        -> (content: [UInt8], mode: mode_t, owner: (uid: uid_t, gid: gid_t)) {
         let shown = CQuote.display(name)
         let fd = openBeneath(root, name, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else {
@@ -180,7 +186,7 @@ public enum PatchApplier {
                 throw PatchError(.tooLarge, path: shown, "the file is larger than the limit of \(limits.maxFileBytes) bytes")
             }
         }
-        return (content, info.st_mode & 0o111 != 0 ? 0o755 : 0o644)
+        return (content, info.st_mode & 0o111 != 0 ? 0o755 : 0o644, (info.st_uid, info.st_gid))
     }
 
     private static func requireAbsent(root: Int32, _ name: [UInt8]) throws(PatchError) {
@@ -366,14 +372,8 @@ public enum PatchApplier {
         }
         // Owned as the file it replaces, or else as its directory: applying as root must not leave
         // root-owned files in a user's workspace. (Only root can give files away; others own what they write.)
-        if geteuid() == 0 {
-            var replaced = stat()
-            let existing = fstatat(directory, cName(write.path.split(separator: UInt8(ascii: "/")).last.map(Array.init) ?? []),
-                                   &replaced, AT_SYMLINK_NOFOLLOW) == 0 && replaced.st_mode & S_IFMT == S_IFREG
-            if let owner = existing ? (uid: replaced.st_uid, gid: replaced.st_gid) : Self.owner(of: directory),
-               fchown(fd, owner.uid, owner.gid) != 0 {
-                throw fail("cannot give the new file its owner")
-            }
+        if geteuid() == 0, let owner = write.owner ?? Self.owner(of: directory), fchown(fd, owner.uid, owner.gid) != 0 {
+            throw fail("cannot give the new file its owner")
         }
         // The umask may have removed bits; set exactly 0644 or 0755 (after the owner: chown clears set-id bits).
         guard fchmod(fd, write.mode) == 0 else { throw fail("cannot set the file mode") }

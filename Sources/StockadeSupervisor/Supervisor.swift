@@ -323,6 +323,7 @@ public final class Supervisor: Sendable {
         } catch {
             stdio.closeAll()
             forwarder?.stop()
+            if error.killedWorker { _ = recordQuietly(context, "kill", ["reason": .string(error.stage), "when": .string("setup")]) }
             throw SetupFailure(error)
         }
         stdio.closeChildEnds()
@@ -330,6 +331,7 @@ public final class Supervisor: Sendable {
             try forwarder?.attach(workerPid: worker.pid)
         } catch {
             _ = stk_pidfd_send_signal(worker.pidfd, SIGKILL)
+            _ = recordQuietly(context, "kill", ["reason": .string("publish"), "when": .string("setup")])
             forwarder?.stop()
             throw SetupFailure(stage: error.stage, errno: error.errno, message: error.message)
         }

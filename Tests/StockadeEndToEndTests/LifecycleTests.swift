@@ -195,6 +195,21 @@ func memoryOccurrences(pid: pid_t, of needle: [UInt8]) -> Int {
     return count
 }
 
+/// `stockade batch --parallel N` over `lines`, started and left running: its stdout is the pipe returned.
+func startBatch(_ h: Harness, _ lines: [String], parallel: Int) throws -> (Process, Pipe) {
+    let input = h.stateDirectory + "/requests.jsonl"
+    try (lines.joined(separator: "\n") + "\n").write(toFile: input, atomically: true, encoding: .utf8)
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: Harness.stockade)
+    process.arguments = ["batch", "--parallel", String(parallel), input]
+    process.environment = ProcessInfo.processInfo.environment.merging(["STOCKADE_STATE_DIR": h.stateDirectory]) { $1 }
+    let out = Pipe()
+    process.standardOutput = out
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    return (process, out)
+}
+
 /// The processes whose parent is `parent` and whose name is `name`.
 func children(of parent: pid_t, named name: String) -> [pid_t] {
     ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { entry -> pid_t? in
@@ -205,6 +220,17 @@ func children(of parent: pid_t, named name: String) -> [pid_t] {
         let rest = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
         return comm == name && rest.count > 1 && pid_t(rest[1]) == parent ? pid : nil
     }
+}
+
+/// `children(of:named:)` once it has `count` entries, or as it is after about three seconds.
+func waitForChildren(of parent: pid_t, named name: String, count: Int) -> [pid_t] {
+    var found: [pid_t] = []
+    for _ in 0..<300 {
+        found = children(of: parent, named: name)
+        if found.count == count { break }
+        usleep(10_000)
+    }
+    return found
 }
 
 @Suite("spawn helpers and inits hold no run's secrets", .serialized,
@@ -222,26 +248,11 @@ struct HelperMemoryTests {
             .write(toFile: dir + "/secretive.json", atomically: true, encoding: .utf8)
         var lines = (0..<4).map { #"{"id":"s\#($0)","profile":"\#(dir)/secretive.json","command":["/bin/sh","-c","test -n \"$API_TOKEN\""]}"# }
         lines += (0..<4).map { #"{"id":"l\#($0)","command":["/bin/sleep","60"]}"# }
-        let input = h.stateDirectory + "/requests.jsonl"
-        try (lines.joined(separator: "\n") + "\n").write(toFile: input, atomically: true, encoding: .utf8)
-
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Harness.stockade)
-        process.arguments = ["batch", "--parallel", "4", input]
-        process.environment = ProcessInfo.processInfo.environment.merging(["STOCKADE_STATE_DIR": h.stateDirectory]) { $1 }
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        try process.run()
+        let (process, out) = try startBatch(h, lines, parallel: 4)
         defer { process.waitUntilExit() }
         let supervisor = process.processIdentifier
         // Wait until the four sleepers' inits are up (the secret runs, quick, are over by then).
-        var inits: [pid_t] = []
-        for _ in 0..<300 {
-            inits = children(of: supervisor, named: "stockade-init")
-            if inits.count == 4 { break }
-            usleep(10_000)
-        }
+        let inits = waitForChildren(of: supervisor, named: "stockade-init", count: 4)
         if inits.count != 4 { kill(supervisor, SIGKILL) }
         try #require(inits.count == 4, "the four sleeping runs' inits")
         let helpers = children(of: supervisor, named: "stockade-spawn")
@@ -273,23 +284,9 @@ struct HelperDeathTests {
         let lines = [#"{"id":"stalled","profile":"\#(profile)","command":["/bin/true"]}"#,
                      #"{"id":"sleeper","command":["/bin/sleep","3"]}"#,
                      #"{"id":"after","command":["/bin/true"]}"#]
-        let input = h.stateDirectory + "/requests.jsonl"
-        try (lines.joined(separator: "\n") + "\n").write(toFile: input, atomically: true, encoding: .utf8)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Harness.stockade)
-        process.arguments = ["batch", "--parallel", "2", input]
-        process.environment = ProcessInfo.processInfo.environment.merging(["STOCKADE_STATE_DIR": h.stateDirectory]) { $1 }
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        try process.run()
+        let (process, out) = try startBatch(h, lines, parallel: 2)
         let supervisor = process.processIdentifier
-        var inits: [pid_t] = []
-        for _ in 0..<300 {
-            inits = children(of: supervisor, named: "stockade-init")
-            if inits.count == 2 { break }
-            usleep(10_000)
-        }
+        let inits = waitForChildren(of: supervisor, named: "stockade-init", count: 2)
         #expect(inits.count == 2, "the stalled run's and the sleeper's inits")
         usleep(300_000)
         let helpers = children(of: supervisor, named: "stockade-spawn")
@@ -315,6 +312,9 @@ struct HelperDeathTests {
         #expect(stalledError?["stage"] as? String == "spawn-helper")
         let stalledMessage = (stalledError?["message"] as? String) ?? ""
         #expect(stalledMessage.contains("killed and reaped"), "\(stalled)")
+        let stalledId = try #require(stalled.string("runId"))
+        let kills = try auditEvents(h, ["--run", stalledId, "--kind", "kill"])
+        #expect(kills.contains { ($0["detail"] as? [String: Any])?["reason"] as? String == "spawn-helper" }, "\(kills)")
         #expect(reports["sleeper"]?.string("outcome") == "exited", "a run already spawned is not affected")
         let after = try #require(reports["after"])
         #expect(after.string("outcome") == "setup-failed")

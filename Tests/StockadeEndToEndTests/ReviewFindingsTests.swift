@@ -59,6 +59,10 @@ struct SetupHardeningTests {
         let report = try r.report()
         #expect(report.string("outcome") == "setup-failed", "\(report)")
         #expect(r.status == 125)
+        // The stuck worker was killed by the spawn path: that kill is in the trail.
+        let runId = try #require(report.string("runId"))
+        let kills = try auditEvents(h, ["--run", runId, "--kind", "kill"])
+        #expect(kills.contains { ($0["detail"] as? [String: Any])?["reason"] as? String == "sync" }, "\(kills)")
     }
 
     @Test("the worker cannot reach the supervisor's session keyring even when the profile allows keyctl")

@@ -4,7 +4,8 @@
  * The child path: clone3 into fresh namespaces, build the root, drop every
  * privilege, install seccomp, execve. It is C because between clone and exec
  * only async-signal-safe code may run: no malloc, no stdio, no Swift. Swift
- * builds a `stk_plan` with everything the child needs and makes one call.
+ * builds a `stk_plan` with everything the child needs and hands it to a spawn
+ * helper (stk_helper.h), which makes the clone.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -125,31 +126,6 @@ struct stk_init_report_wire {
     int32_t status;   /* wait status of the main process */
     int32_t orphans;  /* processes still alive in the namespace at that moment */
 };
-
-/*
- * Spawns the worker described by `plan`. Returns 0 once the worker has called
- * execve successfully (result->pid, pidfd, notify_fd set), or -1 with
- * result->stage and result->error naming what failed; then no process is left
- * behind (the child is reaped). Must be called from a thread that lives at
- * least as long as the worker: the worker's parent-death signal follows it.
- */
-int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result);
-
-/*
- * stk_spawn with flags. STK_SPAWN_SIBLING: clone with CLONE_PARENT, so the
- * child's parent is the caller's parent (the spawn helper's supervisor). On
- * failure the child is killed but not reaped: result->pid and result->pidfd
- * stay set for the parent to reap. `started` learns the child's pid and pidfd
- * as soon as it exists, so that the parent can kill and reap it even if the
- * caller dies before answering.
- */
-#define STK_SPAWN_SIBLING 0x1
-/* Called in the parent right after the clone, before the child is released. */
-typedef void (*stk_started_fn)(void *_Nullable context, pid_t pid, int pidfd);
-/* `parent_pidfd`: with STK_SPAWN_SIBLING, a pidfd of the caller's parent (the
-   supervisor); init checks it once its parent-death signal is armed again. */
-int stk_spawn_flags(const struct stk_plan *plan, struct stk_spawn_result *result, int flags, int parent_pidfd,
-                    stk_started_fn _Nullable started, void *_Nullable context);
 
 /*
  * A detached tmpfs (fsopen/fsmount) owned by host `uid`/`gid`, bounded by

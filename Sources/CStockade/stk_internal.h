@@ -1,0 +1,43 @@
+#ifndef STK_INTERNAL_H
+#define STK_INTERNAL_H
+/* Shared by the C files of this target only (not part of the module Swift sees). */
+#include <sys/types.h>
+#include "stk_spawn.h"
+
+#pragma clang assume_nonnull begin
+
+/* SCM_MAX_FD: the most descriptors one message can carry. */
+#define STK_MAX_PASSED_FDS 253
+/* A spawn plan's descriptors: one of the message's goes to the memfd. */
+#define STK_WIRE_MAX_FDS 250
+
+/* sendmsg of `len` bytes with `nfds` descriptors (SCM_RIGHTS), MSG_NOSIGNAL, retried on EINTR.
+   Async-signal-safe: the worker uses it to hand over its seccomp listener. */
+ssize_t stk_send_fds(int sock, const void *data, size_t len, const int *fds, int nfds);
+
+/* Receives one message into `data`; returns its length (0: the peer closed) or -1. Up to `max`
+   descriptors land in fds, their count in nfds (close-on-exec); extra ones are closed, and truncated control data
+   closes them all and fails with EPROTO. */
+ssize_t stk_receive_fds(int sock, void *data, size_t len, int *fds, int *nfds, int max);
+
+/*
+ * Spawns the worker described by `plan`; only the spawn helper calls it
+ * (stk_helper.h). The clone has CLONE_PARENT: the child's parent is the
+ * helper's parent, the supervisor, which reaps it. Returns 0 once the worker
+ * has called execve (result->pid, pidfd, notify_fd, status_fd set), or -1 with
+ * result->stage and result->error naming what failed; the child is then
+ * killed, not reaped, and result->pid and result->pidfd stay set for the
+ * supervisor to reap. `started` learns the child's pid and pidfd as soon as it
+ * exists (before it is released), so the supervisor can kill and reap it even
+ * if the helper dies before answering. `parent_pidfd` is a pidfd of the
+ * supervisor: init checks it once its parent-death signal is armed again.
+ */
+typedef void (*stk_started_fn)(void *_Nullable context, pid_t pid, int pidfd);
+int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result, int parent_pidfd,
+              stk_started_fn _Nullable started, void *_Nullable context);
+
+/* A result that says nothing happened yet: no process, no descriptors, stage none. */
+void stk_result_init(struct stk_spawn_result *result);
+
+#pragma clang assume_nonnull end
+#endif
