@@ -387,6 +387,7 @@ struct PortForwarderTests {
         let free = try hostListener()
         close(free.fd)
         let forwarder = try PortForwarder.start(mappings: [Profile.PortMapping(hostPort: free.port, workerPort: server.port)], workerPid: getpid())
+        defer { forwarder.stop() }  // idempotent; stops it also when an expectation below ends the test early
         // Echo one line per connection on a thread: accept, read, answer.
         let echo = Thread {
             let c = accept(server.fd, nil, nil)
@@ -407,8 +408,15 @@ struct PortForwarderTests {
             let fd = try #require(connectedSocket(port: free.port))
             held.append(fd)
         }
-        // Once all 64 are being relayed, one more is turned away.
-        while forwarder.activeConnections < PortForwarder.maxConnections { usleep(10_000) }
+        // Once all 64 are being relayed, one more is turned away. (Bounded: a synchronous loop is not
+        // stopped by the time limit, and a hang would stall the whole run.)
+        var waited = 0
+        while forwarder.activeConnections < PortForwarder.maxConnections && waited < 2_000 {
+            usleep(10_000)
+            waited += 1
+        }
+        try #require(forwarder.activeConnections == PortForwarder.maxConnections,
+                     "only \(forwarder.activeConnections) connections are being relayed after 20 s")
         let extra = try #require(connectedSocket(port: free.port))
         held.append(extra)
         #expect(readAll(extra) == "")
@@ -477,7 +485,9 @@ private func hostListener() throws -> (fd: Int32, port: UInt16) {
     var length = socklen_t(MemoryLayout<sockaddr_in>.size)
     let rc = withUnsafeMutablePointer(to: &address) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { p in
-            bind(fd, p, length) == 0 && listen(fd, 8) == 0 && getsockname(fd, p, &length) == 0
+            // A backlog above the forwarder's 64 connections: with a smaller one the kernel resets
+            // some relayed connections once its accept queue overflows, and they stop counting as active.
+            bind(fd, p, length) == 0 && listen(fd, 128) == 0 && getsockname(fd, p, &length) == 0
         }
     }
     try #require(rc)
