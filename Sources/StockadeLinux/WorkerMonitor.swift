@@ -234,12 +234,19 @@ public final class WorkerMonitor: Sendable {
 
     private func handleNotification(_ events: UInt32) -> Bool {
         guard let listener = worker.notifyFD else { return false }
+        // Receive only when a notification is pending. Before Linux 6.6 the receive
+        // ioctl sleeps until one arrives, whatever the descriptor's flags, and a
+        // listener whose tasks are all gone reports hang-up alone: receiving then
+        // blocked this loop thread for good (every run of the process hung). With
+        // EPOLLIN set a notification is queued, so the receive returns at once
+        // (ENOENT if its caller died in between).
+        guard events & UInt32(EPOLLIN_VALUE) != 0 else {
+            // Hang-up: no task uses the filter any more, nothing will come.
+            return events & UInt32(EPOLLHUP_VALUE) == 0
+        }
         var n = stk_notification()
         if stk_notify_receive(listener, &n) != 0 {
-            // Hang-up: no task uses the filter any more, nothing will come: stop
-            // watching (else the loop spins on it until the run is collected).
-            // ENOENT without hang-up: that caller died meanwhile; others may follow.
-            if events & UInt32(EPOLLHUP_VALUE) != 0 { return false }
+            // ENOENT: that caller died meanwhile; others may follow.
             return errno == ENOENT || errno == EINTR || errno == EAGAIN
         }
         let native = n.arch == BPFInterpreter.auditArchX86_64 && n.nr & BPFInterpreter.x32SyscallBit == 0
@@ -329,3 +336,4 @@ public final class WorkerMonitor: Sendable {
 }
 
 let EPOLLHUP_VALUE: UInt32 = 0x010
+let EPOLLIN_VALUE: UInt32 = 0x001
