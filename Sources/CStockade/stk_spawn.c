@@ -396,8 +396,9 @@ static int stk_worker_entry(void *arg) {
  * and drops what it can, forks the worker, and stays behind as pid 1 under a
  * different uid (0 inside, no capabilities, not dumpable), so the worker can
  * neither signal nor trace it. It reaps, and when the main process exits it
- * reports the wait status and the survivors over `statusfd`, then exits:
- * the kernel kills everything left in the namespace.
+ * reports the wait status and the survivors over `statusfd`, waits there
+ * until the supervisor releases it, then exits: the kernel kills everything
+ * left in the namespace.
  */
 __attribute__((noreturn)) static void stk_child(const struct stk_plan *plan, int errfd, int syncfd, int notify_sock, int statusfd,
                                                 int parent_pidfd) {
@@ -510,6 +511,13 @@ __attribute__((noreturn)) static void stk_child(const struct stk_plan *plan, int
     while (syscall(SYS_wait4, -1, NULL, WNOHANG, NULL) > 0) {}
     report.orphans = stk_count_processes();
     (void)stk_write_all(3, &report, sizeof report);
+    /* Hold the namespace until the supervisor releases it (a byte or end of
+       file): processes left behind may have denied calls pending in the seccomp
+       listener, and the kernel withdraws those when the namespace dies. The
+       supervisor drains and records them first. If it dies, the parent-death
+       signal ends this wait. */
+    char release;
+    while (read(3, &release, 1) < 0 && errno == EINTR) {}
     _exit(0);
 }
 
@@ -570,7 +578,8 @@ int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result, int 
     stk_result_init(result);
 
     int errpipe[2] = {-1, -1}, syncpipe[2] = {-1, -1}, sock[2] = {-1, -1}, statuspipe[2] = {-1, -1};
-    if (pipe2(errpipe, O_CLOEXEC) < 0 || pipe2(syncpipe, O_CLOEXEC) < 0 || pipe2(statuspipe, O_CLOEXEC | O_NONBLOCK) < 0 ||
+    if (pipe2(errpipe, O_CLOEXEC) < 0 || pipe2(syncpipe, O_CLOEXEC) < 0 || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, statuspipe) < 0 ||
+        fcntl(statuspipe[0], F_SETFL, O_NONBLOCK) < 0 ||
         (plan->notify && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sock) < 0)) {
         result->stage = STK_STAGE_PIPE;
         result->error = errno;

@@ -88,6 +88,13 @@ public final class WorkerMonitor: Sendable {
         var endedAt: UInt64 = 0
         var finished = false
         var drainTimer: Int32 = -1
+        /// Init's report of the main process's end, once it arrived (init then holds the namespace).
+        var mainReport: (exit: WorkerExit, orphans: Int)?
+        var mainEndedAt: UInt64 = 0
+        /// While init holds the namespace: the settle timer, and the notification count at its last tick.
+        var holdTimer: Int32 = -1
+        var notificationsAtTick = 0
+        var released = false
         var waiter: CheckedContinuation<WorkerObservation, Never>?
         var result: WorkerObservation?
     }
@@ -117,6 +124,7 @@ public final class WorkerMonitor: Sendable {
         if timerFD >= 0 {
             try loop.register(timerFD) { [self] _ in self.deadline() }
         }
+        try loop.register(worker.statusFD) { [self] _ in self.mainExited() }
         try loop.register(worker.pidfd) { [self] _ in self.reap() }
     }
 
@@ -181,18 +189,15 @@ public final class WorkerMonitor: Sendable {
         // killed (deadline, seccomp kill, OOM) its own status stands.
         var exit: WorkerExit = code == CLD_EXITED ? .exited(status) : .signaled(status)
         var orphans = 0
-        var wire = stk_init_report_wire()
-        let got = withUnsafeMutableBytes(of: &wire) { read(worker.statusFD, $0.baseAddress, $0.count) }
-        if got == MemoryLayout<stk_init_report_wire>.size {
-            let st = wire.status
-            exit = st & 0x7F == 0 ? .exited((st >> 8) & 0xFF) : .signaled(st & 0x7F)
-            orphans = Int(max(wire.orphans, 0))
+        if let report = state.withLock({ $0.mainReport }) ?? readInitReport() {
+            exit = report.exit
+            orphans = report.orphans
         }
         state.withLock { s in
             s.exit = exit
             s.orphans = orphans
             s.usage = usage
-            s.endedAt = Self.now()
+            s.endedAt = s.mainReport == nil ? Self.now() : s.mainEndedAt
             // Grandchildren died with the pid namespace; whatever still holds the
             // pipes gets a short grace before the supervisor stops reading.
             s.drainTimer = stk_timerfd_after(2_000_000_000)
@@ -204,6 +209,82 @@ public final class WorkerMonitor: Sendable {
         finishIfDone()
         return false
     }
+
+    /// Init's report, if it wrote one: the main process's wait status and the survivors.
+    private func readInitReport() -> (exit: WorkerExit, orphans: Int)? {
+        var wire = stk_init_report_wire()
+        let got = withUnsafeMutableBytes(of: &wire) { read(worker.statusFD, $0.baseAddress, $0.count) }
+        guard got == MemoryLayout<stk_init_report_wire>.size else { return nil }
+        let st = wire.status
+        return (st & 0x7F == 0 ? .exited((st >> 8) & 0xFF) : .signaled(st & 0x7F), Int(max(wire.orphans, 0)))
+    }
+
+    /// The main process ended and init holds the namespace. Survivors may have denied calls
+    /// pending in the listener, which the kernel would withdraw when the namespace dies: with
+    /// survivors and a listener, init is released only once no notification came for a settle
+    /// interval (bounded), after a last drain. Without either, at once.
+    private func mainExited() -> Bool {
+        guard let report = readInitReport() else {
+            // Nothing yet (spurious wake-up), or init died without reporting: the pidfd tells.
+            return errno == EAGAIN || errno == EINTR
+        }
+        let hold = state.withLock { s -> Bool in
+            s.mainReport = report
+            s.mainEndedAt = Self.now()
+            s.notificationsAtTick = s.notifications
+            return worker.notifyFD != nil && report.orphans > 0 && !s.finished
+        }
+        if hold { armHoldTimer() } else { release() }
+        return false
+    }
+
+    private func armHoldTimer() {
+        let timer = stk_timerfd_after(Self.holdSettleNanos)
+        guard timer >= 0 else { return release() }
+        state.withLock { $0.holdTimer = timer }
+        do {
+            try loop.register(timer) { [self] _ in self.holdTick() }
+        } catch {
+            release()
+        }
+    }
+
+    private func holdTick() -> Bool {
+        let again = state.withLock { s -> Bool in
+            if s.holdTimer >= 0 {
+                loop.unregister(s.holdTimer)
+                close(s.holdTimer)
+                s.holdTimer = -1
+            }
+            let busy = s.notifications != s.notificationsAtTick
+            s.notificationsAtTick = s.notifications
+            return busy && Self.now() - s.mainEndedAt < Self.holdLimitNanos && !s.released
+        }
+        if again { armHoldTimer() } else { release() }
+        return false
+    }
+
+    /// Records every notification still queued, then lets init exit (which ends the namespace).
+    private func release() {
+        let first = state.withLock { s -> Bool in
+            defer { s.released = true }
+            return !s.released
+        }
+        guard first else { return }
+        if let listener = worker.notifyFD {
+            var pending = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+            var drained = 0
+            while drained < Self.notificationBudget, poll(&pending, 1, 0) > 0, pending.revents & Int16(POLLIN) != 0 {
+                _ = handleNotification(UInt32(EPOLLIN_VALUE))
+                drained += 1
+            }
+        }
+        _ = shutdown(worker.statusFD, Int32(SHUT_RDWR))
+    }
+
+    /// Quiet time after which a held namespace is released, and the longest hold.
+    static let holdSettleNanos: UInt64 = 30_000_000
+    static let holdLimitNanos: UInt64 = 1_000_000_000
 
     private func stopDraining() -> Bool {
         let fds: [Int32] = state.withLock { s in
@@ -221,10 +302,12 @@ public final class WorkerMonitor: Sendable {
     }
 
     private func deadline() -> Bool {
-        let alreadyExited = state.withLock { s -> Bool in
-            if s.exit == nil { s.timedOut = true }
-            return s.exit != nil
+        let (alreadyExited, held) = state.withLock { s -> (Bool, Bool) in
+            if s.exit == nil && s.mainReport == nil { s.timedOut = true }
+            return (s.exit != nil, s.mainReport != nil)
         }
+        // The main process ended before the deadline: not a timeout; end the hold.
+        if held { release(); return false }
         if !alreadyExited {
             config.beforeKill?("timeout", nil)
             kill()
@@ -320,11 +403,11 @@ public final class WorkerMonitor: Sendable {
             s.result = result
             let waiter = s.waiter
             s.waiter = nil
-            var fds = [worker.pidfd]
-            close(worker.statusFD)
+            var fds = [worker.pidfd, worker.statusFD]
             if let notify = worker.notifyFD { fds.append(notify) }
             if timerFD >= 0 { fds.append(timerFD) }
             if s.drainTimer >= 0 { fds.append(s.drainTimer) }
+            if s.holdTimer >= 0 { fds.append(s.holdTimer); s.holdTimer = -1 }
             return (result, waiter, fds)
         }
         for fd in cleanup {

@@ -115,7 +115,8 @@ struct stk_spawn_result {
     pid_t pid;
     int pidfd;
     int notify_fd;   /* seccomp listener, -1 without notify */
-    int status_fd;   /* read end of init's report (struct stk_init_report_wire), non-blocking */
+    int status_fd;   /* supervisor end of init's status socket (non-blocking): init writes its report
+                        (struct stk_init_report_wire) and waits for a byte or end of file before exiting */
     int stage;       /* enum stk_stage, STK_STAGE_NONE on success */
     int error;       /* errno of the failed stage */
     int detail;      /* with STK_STAGE_MOUNTS: the index of the failed step; else -1 */

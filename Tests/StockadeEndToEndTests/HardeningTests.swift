@@ -1,0 +1,64 @@
+import Foundation
+import Testing
+
+/// Findings of the adversarial review (threat classes 4, 7, 8 and 12), each attacked through the real binary.
+@Suite("hardening after review, end to end", .serialized,
+       .enabled(if: Harness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(3)))
+struct HardeningTests {
+    /// Perl (the host's, under the read-only /usr) forks `children` processes that each make
+    /// `keyctl` twice (denied by every built-in profile); the main process exits as soon as
+    /// all of them have started, while their calls are pending in the seccomp listener.
+    static func denialsAtExit(children: Int, forever: Bool = false) -> [String] {
+        let calls = forever ? "while (1) { syscall(250, 0, 0, 0, 0) }" : "syscall(250, 0, 0, 0, 0); syscall(250, 0, 0, 0, 0);"
+        let script = """
+        pipe(my $r, my $w) or die; for (1..\(children)) { my $p = fork(); die "fork: $!" unless defined $p;
+        if (!$p) { close $r; syswrite($w, "x"); \(calls) exit 0 } }
+        close $w; my ($got, $b) = (0, ""); while ($got < \(children)) { my $n = sysread($r, $b, 64); last unless $n; $got += $n }
+        print "started $got\\n"; exit 0;
+        """
+        return ["/usr/bin/perl", "-e", script]
+    }
+
+    static func seccompCount(_ report: [String: Any], _ syscall: String) -> Int {
+        ((report["violations"] as? [[String: Any]]) ?? [])
+            .filter { $0["kind"] as? String == "seccomp" && $0["syscall"] as? String == syscall }
+            .reduce(0) { $0 + (($1["count"] as? NSNumber)?.intValue ?? 0) }
+    }
+
+    @Test("denied calls pending when the main process exits are all recorded: 40 children, 80 calls")
+    func pendingDenialsAreDrained() throws {
+        // Positive control: unsandboxed, the same calls are made and answered by the kernel (no filter).
+        let control = try Harness.exec("/usr/bin/perl", Array(Self.denialsAtExit(children: 40).dropFirst()))
+        #expect(control.stdout == "started 40\n")
+
+        let h = try Harness()
+        let r = try h.run([], Self.denialsAtExit(children: 40))
+        let report = try r.report()
+        #expect(report.string("outcome") == "exited", "\(report)")
+        #expect(report.string("stdout") == "started 40\n")
+        #expect(Self.seccompCount(report, "keyctl") == 80, "\(report["violations"] ?? [])")
+        let runId = try #require(report.string("runId"))
+        let recorded = try auditEvents(h, ["--run", runId]).filter { $0["kind"] as? String == "violation" }
+            .reduce(0) { $0 + ((($1["detail"] as? [String: Any])?["count"] as? NSNumber)?.intValue ?? 0) }
+        #expect(recorded == 80)
+    }
+
+    @Test("under strict (kill on any violation) a call pending at the main process's exit makes the outcome seccomp")
+    func pendingDenialUnderStrictIsSeccomp() throws {
+        let h = try Harness()
+        let r = try h.run(["--profile", "strict"], Self.denialsAtExit(children: 20))
+        let report = try r.report()
+        #expect(report.string("outcome") == "seccomp", "\(report)")
+        #expect(r.status == 159)
+    }
+
+    @Test("survivors that never stop making denied calls cannot hold the run open: it ends within the hold bound")
+    func endlessDenialsDoNotHoldTheRun() throws {
+        let h = try Harness()
+        let r = try h.run(["--timeout", "20"], Self.denialsAtExit(children: 2, forever: true))
+        let report = try r.report()
+        #expect(report.string("outcome") == "exited", "\(report)")
+        // "exited", not "timeout": the hold is bounded (one second after the main process's exit).
+        #expect(Self.seccompCount(report, "keyctl") > 0)
+    }
+}
