@@ -50,12 +50,52 @@ public struct CgroupV2: CgroupDriver {
         }
     }
 
+    /// Name of the leaf that holds the processes of a cgroup namespace's root (see `enableControllersAtRoot`).
+    public static let supervisorLeaf = "stockade-supervisor"
+
+    /// Enables the controllers at `root`. Inside a container (a private cgroup namespace, cgroup2
+    /// mounted at the container's own cgroup) the supervisor and its companions sit in `root`
+    /// itself, and cgroup v2's no-internal-processes rule refuses controllers for children of a
+    /// non-root cgroup that holds processes (EBUSY). Then every process of `root` is moved into
+    /// the leaf `root/stockade-supervisor` first, as container init systems do, and the write retried.
+    private func enableControllersAtRoot() throws(CgroupError) {
+        do throws(CgroupError) {
+            try enableControllers(in: root)
+        } catch where error.errno == EBUSY {
+            try moveProcessesToLeaf()
+            do throws(CgroupError) {
+                try enableControllers(in: root)
+            } catch {
+                let left = (CgroupFiles.read(root + "/cgroup.procs") ?? "").split(whereSeparator: \.isWhitespace).joined(separator: " ")
+                throw CgroupError(.fileSystem, path: root + "/cgroup.subtree_control", errno: error.errno,
+                                  "cgroup v2 refuses controllers for the children of a cgroup that holds processes, and \(root) still holds [\(left)] after they were moved to \(Self.supervisorLeaf)/: move them into a leaf cgroup yourself, or run the supervisor in a delegated subtree whose own cgroup holds no processes")
+            }
+        }
+    }
+
+    private func moveProcessesToLeaf() throws(CgroupError) {
+        let leaf = root + "/" + Self.supervisorLeaf
+        if try CgroupFiles.makeDirectory(leaf) { emulation?.populate(leaf) }
+        // A process may exit between the read and the write (ESRCH): one pass per listed process, a few passes.
+        for _ in 0..<4 {
+            let pids = (CgroupFiles.read(root + "/cgroup.procs") ?? "").split(whereSeparator: \.isWhitespace)
+            if pids.isEmpty { return }
+            for pid in pids {
+                do throws(CgroupError) {
+                    try CgroupFiles.write(String(pid), to: leaf + "/cgroup.procs")
+                } catch where error.errno == ESRCH {
+                    continue
+                }
+            }
+        }
+    }
+
     public func create(name: String, limits: CgroupLimits) throws(CgroupError) -> RunCgroup {
         try Self.checkRunName(name)
         try limits.validate()
         let parentPath = root + "/" + parent
         let path = parentPath + "/" + name
-        try enableControllers(in: root)
+        try enableControllersAtRoot()
         if try CgroupFiles.makeDirectory(parentPath) { emulation?.populate(parentPath) }
         try enableControllers(in: parentPath)
         guard try CgroupFiles.makeDirectory(path) else {
