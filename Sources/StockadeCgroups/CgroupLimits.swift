@@ -21,6 +21,14 @@ public struct CgroupLimits: Sendable, Equatable {
     static let maximumCPUs = 4096.0
 
     /// The CFS quota per period, in microseconds.
+    /// cgroup v1 keeps a worker's TCP socket buffers in a counter of their own, outside
+    /// `memory.limit_in_bytes` (and otherwise unbounded: they count only against the host-wide
+    /// `tcp_mem`). They are bounded at a quarter of the memory limit, at least 1 MiB. (v2 charges
+    /// socket memory to `memory.max` itself.)
+    var tcpBufferBytes: Int64 {
+        max(1 << 20, (memoryBytes / 4) & ~4095)
+    }
+
     var cpuQuotaMicros: Int {
         max(Self.minimumQuotaMicros, Int((cpus * Double(Self.cpuPeriodMicros)).rounded()))
     }

@@ -33,6 +33,7 @@ struct CgroupV1HostTests {
         if access(d.memory + "/memory.memsw.limit_in_bytes", F_OK) == 0 {
             #expect(trimmed(d.memory + "/memory.memsw.limit_in_bytes") == "67108864")
         }
+        #expect(trimmed(d.memory + "/memory.kmem.tcp.limit_in_bytes") == "16777216")
         #expect(trimmed(d.cpu + "/cpu.cfs_period_us") == "100000")
         #expect(trimmed(d.cpu + "/cpu.cfs_quota_us") == "50000")
         #expect(trimmed(d.pids + "/pids.max") == "16")

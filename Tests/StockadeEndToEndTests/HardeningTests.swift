@@ -61,4 +61,43 @@ struct HardeningTests {
         // "exited", not "timeout": the hold is bounded (one second after the main process's exit).
         #expect(Self.seccompCount(report, "keyctl") > 0)
     }
+
+    /// Opens connections to a listener of its own that never reads, and queues up to `cap` bytes
+    /// into them without blocking; prints how many bytes the kernel took.
+    static let tcpSelfQueue = """
+    import socket, sys
+    cap = int(sys.argv[1]); chunk = b"x" * 65536; total = 0; held = []
+    srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(128); port = srv.getsockname()[1]
+    for i in range(64):
+        try:
+            c = socket.create_connection(("127.0.0.1", port)); a, _ = srv.accept()
+        except OSError:
+            break
+        c.setblocking(False); held.append((c, a))
+        while total < cap:
+            try:
+                n = c.send(chunk)
+            except OSError:
+                break
+            total += n
+        if total >= cap:
+            break
+    print(total)
+    """
+
+    @Test("TCP buffers a worker queues to itself over loopback are bounded by its memory limit (cgroup v1 counts them apart)")
+    func tcpSelfQueueIsBounded() throws {
+        let cap = 160 << 20
+        // Positive control: unsandboxed, on the host's loopback, the kernel queues far more than 64 MiB.
+        let control = try Harness.exec("/usr/bin/python3", ["-c", Self.tcpSelfQueue, String(cap)])
+        let controlBytes = Int(control.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+        #expect(controlBytes > 100 << 20, "control queued \(controlBytes) bytes: \(control.stderr)")
+
+        let h = try Harness()
+        let r = try h.run(["--network", "loopback", "--memory", "64m", "--timeout", "30"], ["/usr/bin/python3", "-c", Self.tcpSelfQueue, String(cap)])
+        let report = try r.report()
+        let queued = Int((report.string("stdout") ?? "").trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+        // A quarter of 64 MiB on v1 (the separate TCP counter), within memory.max on v2; slack for in-flight segments.
+        #expect(queued >= 0 && queued <= 40 << 20, "queued \(queued) bytes: \(report)")
+    }
 }
