@@ -327,6 +327,8 @@ public final class Supervisor: Sendable {
             throw SetupFailure(error)
         }
         stdio.closeChildEnds()
+        // Named now, while init lives: the kernel's log names an OOM victim by its host pid.
+        let mainPid = OOMEvidence.mainProcess(ofInit: worker.pid)
         do {
             try forwarder?.attach(workerPid: worker.pid)
         } catch {
@@ -381,7 +383,15 @@ public final class Supervisor: Sendable {
         let stragglers = (try? cgroup.killAll()) ?? 0
         let usage = cgroup.usage()
         var report = RunReport(runId: runId, profile: profile.name, outcome: .exited)
-        classify(observation, usage: usage, into: &report)
+        var oomHitMain = false
+        if usage.oomKills > 0, case .signaled(SIGKILL) = observation.exit {
+            // The counter says some process was OOM-killed; the kernel's log says which. Where the log
+            // cannot be read (a container without /dev/kmsg), the counter and the signal stand.
+            let evidence = mainPid.flatMap { OOMEvidence.killedByOOM(pid: $0, cgroupName: cgroup.name) }
+            if evidence == nil { logger.info("oom.victim-unknown", metadata: ["run.id": "\(runId)"]) }
+            oomHitMain = evidence ?? true
+        }
+        classify(observation, usage: usage, oomHitMain: oomHitMain, into: &report)
         report.durationMs = Int64((observation.endedAtNanos - spawnStarted) / 1_000_000)
         report.cpuTimeMs = Int64(max(usage.cpuNanos, observation.userCPUNanos + observation.systemCPUNanos) / 1_000_000)
         // The cgroup's: init's rusage would count the pages it shares with the spawn helper.
@@ -523,7 +533,8 @@ public final class Supervisor: Sendable {
 
     /// The outcome, from the kernel only: the wait status init reported, the
     /// cgroup's OOM counter, the filter's notifications, the supervisor's deadline.
-    func classify(_ o: WorkerObservation, usage: CgroupUsage, into report: inout RunReport) {
+    /// `oomHitMain`: the kernel's OOM killer killed the main process itself (see `OOMEvidence`).
+    func classify(_ o: WorkerObservation, usage: CgroupUsage, oomHitMain: Bool, into report: inout RunReport) {
         report.violations = o.violations.map {
             RunReport.Violation(kind: "seccomp", syscall: $0.syscall, architecture: $0.architecture, count: $0.count,
                                 action: $0.answeredErrno == nil ? "kill" : "errno")
@@ -540,7 +551,7 @@ public final class Supervisor: Sendable {
         }
         if o.seccompKill != nil {
             report.outcome = .seccomp
-        } else if usage.oomKills > 0, case .signaled(SIGKILL) = o.exit {
+        } else if oomHitMain {
             report.outcome = .oom
         } else if o.timedOut {
             report.outcome = .timeout

@@ -100,4 +100,24 @@ struct HardeningTests {
         // A quarter of 64 MiB on v1 (the separate TCP counter), within memory.max on v2; slack for in-flight segments.
         #expect(queued >= 0 && queued <= 40 << 20, "queued \(queued) bytes: \(report)")
     }
+
+    @Test("a worker whose child is OOM-killed and which then sends itself SIGKILL is signaled, not oom")
+    func oomSpoofIsSignaled() throws {
+        let h = try Harness()
+        // The child grows until the OOM killer takes it; the parent then kills itself with SIGKILL.
+        let spoof = """
+        my $p = fork(); if (!$p) { my @a; while (1) { push @a, "x" x 1048576 } }
+        $| = 1; waitpid($p, 0); print "child status $?\n"; kill 9, $$; sleep 5;
+        """
+        let r = try h.run(["--memory", "64m"], ["/usr/bin/perl", "-e", spoof])
+        let report = try r.report()
+        #expect(report.string("stdout") == "child status 9\n", "the child was OOM-killed: \(report)")
+        #expect(((report["violations"] as? [[String: Any]]) ?? []).contains { $0["kind"] as? String == "memory" })
+        #expect(report.string("outcome") == "signaled", "\(report)")
+        #expect(report.int("signal") == 9 && r.status == 137)
+
+        // The genuine case still is oom: the main process itself is the victim.
+        let real = try h.run(["--memory", "64m"], ["/usr/bin/perl", "-e", "my @a; while (1) { push @a, 'x' x 1048576 }"])
+        #expect(try real.report().string("outcome") == "oom")
+    }
 }

@@ -1,0 +1,63 @@
+import Glibc
+
+/// Which process the kernel's OOM killer chose, from what the kernel itself logs.
+///
+/// A cgroup's OOM counter says that *some* process of the run was OOM-killed, not which: a worker
+/// that lets a child be OOM-killed and then sends itself SIGKILL would look OOM-killed by the
+/// counter and its wait status alone. The kernel names every victim in its log, with its host pid
+/// and memory cgroup (`oom-kill:constraint=...,task_memcg=/stockade/<run>,task=sh,pid=123,uid=...`),
+/// and only the kernel writes that line.
+public enum OOMEvidence {
+    /// The worker's main process (init's only child right after the spawn), in host pid terms.
+    public static func mainProcess(ofInit initPid: Int32) -> Int32? {
+        let fd = open("/proc/\(initPid)/task/\(initPid)/children", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        guard n > 0 else { return nil }
+        let digits = buffer[0..<n].prefix { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
+        return Int32(String(decoding: digits, as: UTF8.self))
+    }
+
+    /// Whether the kernel log names `pid` as an OOM victim in the memory cgroup whose last path
+    /// component is `cgroupName`: true or false, or nil when the log cannot be read here (no
+    /// `/dev/kmsg`, or no permission to read it).
+    public static func killedByOOM(pid: Int32, cgroupName: String) -> Bool? {
+        let fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        let marker = Array("task_memcg=".utf8)
+        let memcg = Array(("/" + cgroupName + ",").utf8)
+        let victim = Array(",pid=\(pid),".utf8)
+        var record = [UInt8](repeating: 0, count: 8192)
+        var readAny = false
+        // One record per read, oldest first; EPIPE means records were overwritten meanwhile (go on).
+        for _ in 0..<1_000_000 {
+            let n = record.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EPIPE || errno == EINTR { continue }
+                return readAny ? false : nil
+            }
+            if n == 0 { break }
+            readAny = true
+            let line = record[0..<n]
+            guard let at = Self.find(marker, in: line) else { continue }
+            let rest = line[(at + marker.count)...]
+            if Self.find(memcg, in: rest) != nil && Self.find(victim, in: rest) != nil { return true }
+        }
+        return false
+    }
+}
+
+extension OOMEvidence {
+    static func find(_ needle: [UInt8], in haystack: ArraySlice<UInt8>) -> Int? {
+        guard needle.count <= haystack.count, let first = needle.first else { return nil }
+        var i = haystack.startIndex
+        while i + needle.count <= haystack.endIndex {
+            if haystack[i] == first && haystack[i..<(i + needle.count)].elementsEqual(needle) { return i }
+            i += 1
+        }
+        return nil
+    }
+}
