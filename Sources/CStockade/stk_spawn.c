@@ -624,6 +624,24 @@ int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result, int 
             return -1;
         }
         switched = 1;
+        /* CLONE_INTO_CGROUP (cgroup v2) checks the right to write the run cgroup's and
+           its ancestors' cgroup.procs with the file-system uid: keep that root's (the
+           real uid is still 0, so this needs no capability) while the effective uid,
+           which owns the new user namespace, is the run's own. */
+        if (plan->cgroup_dir_fd >= 0) {
+            (void)syscall(SYS_setfsuid, 0);
+            if ((int)syscall(SYS_setfsuid, -1) != 0) {
+                result->stage = STK_STAGE_CLONE;
+                result->error = EPERM;
+                (void)syscall(SYS_setresuid, -1, 0, -1);
+                pthread_sigmask(SIG_SETMASK, &old, NULL);
+                stk_close(&errpipe[0]); stk_close(&errpipe[1]);
+                stk_close(&syncpipe[0]); stk_close(&syncpipe[1]);
+                stk_close(&sock[0]); stk_close(&sock[1]);
+                stk_close(&statuspipe[0]); stk_close(&statuspipe[1]);
+                return -1;
+            }
+        }
     }
     long pid = syscall(SYS_clone3, &args, sizeof args);
     if (pid == 0) {

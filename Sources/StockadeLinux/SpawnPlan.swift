@@ -36,9 +36,9 @@ final class SpawnPlan {
         plan.pointee.stderr_fd = stderr
         plan.pointee.loopback_up = spec.loopback ? 1 : 0
         plan.pointee.cgroup_dir_fd = spec.cgroupDirectoryDescriptor ?? -1
-        // CLONE_INTO_CGROUP (v2) checks the creator's right to write the
-        // cgroup: there the namespace stays root's (the run cgroup bounds pids).
-        plan.pointee.ns_owner_uid = spec.cgroupDirectoryDescriptor == nil && getuid() == 0 ? spec.hostIdBase : 0
+        // The run's own host uid owns its user namespace, so per-user kernel
+        // quotas (inotify instances, user namespaces, ...) are the run's alone.
+        plan.pointee.ns_owner_uid = getuid() == 0 ? spec.hostIdBase : 0
 
         let ops = allocate(stk_mount_op.self, count: max(spec.mounts.count, 1))
         for (i, op) in spec.mounts.enumerated() { ops[i] = try mountOp(op) }

@@ -246,8 +246,16 @@ public final class Supervisor: Sendable {
         }
         context.cgroup = cgroup
 
-        let hostUid = SandboxSpec.defaultHostIdBase + profile.user.uid
-        let hostGid = SandboxSpec.defaultHostIdBase + profile.user.gid
+        // The run's own host id range: no per-user kernel quota is shared with another run.
+        let ids: IdRangeLease
+        do {
+            ids = try IdRangeLease.acquire()
+        } catch {
+            throw SetupFailure(error)
+        }
+        context.ids = ids
+        let hostUid = ids.base + profile.user.uid
+        let hostGid = ids.base + profile.user.gid
         var workspace: RootLayout.Workspace = .empty(sizeBytes: profile.limits.workspaceBytes)
         if let path = options.workspace, let resolvedWorkspace {
             let resolved: String
@@ -298,6 +306,7 @@ public final class Supervisor: Sendable {
         var spec = SandboxSpec(argv: command, environment: workerEnvironment,
                                mounts: layout.mounts())
         spec.hostname = profile.hostname
+        spec.hostIdBase = ids.base
         spec.uid = profile.user.uid
         spec.gid = profile.user.gid
         spec.loopback = profile.network.mode == .loopback || !profile.network.publish.isEmpty
@@ -619,6 +628,8 @@ final class RunContext: @unchecked Sendable {
     var cgroup: RunCgroup?
     /// The tmpfs holding the overlay's upper and work directories, unmounted at the end.
     var layerMount: String?
+    /// The run's host id range, released when the run is over.
+    var ids: IdRangeLease?
     /// Whether the supervisor's kill was recorded before it was sent.
     let killRecorded = Mutex(false)
     /// Secret values given to this run's worker: redacted from everything stored.
@@ -638,6 +649,7 @@ final class RunContext: @unchecked Sendable {
             layerMount = nil
         }
         runDirectory?.close()
+        ids = nil
     }
 }
 

@@ -120,4 +120,40 @@ struct HardeningTests {
         let real = try h.run(["--memory", "64m"], ["/usr/bin/perl", "-e", "my @a; while (1) { push @a, 'x' x 1048576 }"])
         #expect(try real.report().string("outcome") == "oom")
     }
+
+    @Test("two concurrent workers each get their own host id range and their own inotify quota")
+    func perRunKernelQuotas() throws {
+        let limit = Int((try String(contentsOfFile: "/proc/sys/fs/inotify/max_user_instances", encoding: .utf8))
+            .trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+        try #require(limit > 0 && limit <= 1024, "fs.inotify.max_user_instances is \(limit)")
+        // Each worker opens as many inotify instances as the kernel lets it (up to the limit + 50),
+        // holds them while the other does the same, and prints how many it got and its host id base.
+        let script = """
+        import ctypes, time
+        libc = ctypes.CDLL(None); got = []
+        while len(got) < \(limit + 50):
+            fd = libc.inotify_init1(0)
+            if fd < 0: break
+            got.append(fd)
+        time.sleep(2)
+        print(len(got), open("/proc/self/uid_map").read().split()[1])
+        """
+        let h = try Harness()
+        func line(_ id: String) throws -> String {
+            let object: [String: Any] = ["id": id, "command": ["/usr/bin/python3", "-c", script], "pids": 16, "memory": "64m"]
+            return String(decoding: try JSONSerialization.data(withJSONObject: object), as: UTF8.self)
+        }
+        let r = try h.stockade(["batch", "--parallel", "2", "-"], stdin: try line("a") + "\n" + line("b") + "\n")
+        let reports = r.stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        try #require(reports.count == 2, "\(r.stdout) \(r.stderr)")
+        let results = reports.map { ($0["stdout"] as? String ?? "").split(separator: " ").map { String($0).trimmingCharacters(in: .whitespacesAndNewlines) } }
+        for (report, fields) in zip(reports, results) {
+            #expect(report["outcome"] as? String == "exited", "\(report)")
+            // Each worker gets the whole per-user quota (a worker holds nothing of its own yet but
+            // Python's own descriptors): with one shared owner uid the two together got `limit`.
+            #expect(Int(fields.first ?? "") ?? 0 >= limit - 8, "\(fields) of \(limit)")
+        }
+        let bases = Set(results.compactMap { $0.last.flatMap { UInt32($0) } })
+        #expect(bases.count == 2 && bases.allSatisfy { $0 >= 1_000_000_000 }, "host id bases \(bases)")
+    }
 }
