@@ -2,6 +2,10 @@
 #include "stk_mounts.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <fcntl.h>
 #include <linux/mount.h>
 #include <linux/sched.h>
@@ -69,47 +73,94 @@ static int stk_set(int fs, const char *key, const char *value) {
     return (int)syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, key, value, 0);
 }
 
-int stk_workspace_overlay(const char *lower, const char *upper, const char *work, int userns_fd, const char **stage) {
-    *stage = "open_tree";
-    int tree = (int)syscall(SYS_open_tree, AT_FDCWD, lower, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
-    if (tree < 0) return -1;
+struct stk_layer_job {
+    const char *lower, *anchor, *tmpfs_options;
+    uint32_t uid, gid;
+    int userns_fd;
+    int overlay_fd, layer_fd, error;
+    const char *stage;
+};
+
+
+/* Runs on a thread of its own, in a mount namespace of its own that dies with it. */
+static void *stk_layer_thread(void *arg) {
+    struct stk_layer_job *job = arg;
+    char path[4096];
+    int tree = -1, fs = -1;
+    job->stage = "namespace";
+    /* A private mount namespace for this thread alone (CLONE_NEWNS implies CLONE_FS):
+       nothing mounted below is ever visible on the host, and nothing propagates back. */
+    if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) goto fail;
+
+    job->stage = "tmpfs";
+    if (mount("tmpfs", job->anchor, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, job->tmpfs_options) < 0) goto fail;
+    job->layer_fd = open(job->anchor, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    if (job->layer_fd < 0 || mkdirat(job->layer_fd, "data", 0755) < 0 || mkdirat(job->layer_fd, "work", 0700) < 0 ||
+        mkdirat(job->layer_fd, "lower", 0755) < 0)
+        goto fail;
+    /* The overlay's root takes its owner from upper: the worker's. */
+    if (fchownat(job->layer_fd, "data", job->uid, job->gid, AT_SYMLINK_NOFOLLOW) < 0) goto fail;
+
+    job->stage = "open_tree";
+    tree = (int)syscall(SYS_open_tree, AT_FDCWD, job->lower, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+    if (tree < 0) goto fail;
     struct mount_attr attr;
     memset(&attr, 0, sizeof attr);
     attr.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
-    if (userns_fd >= 0) {
+    if (job->userns_fd >= 0) {
         attr.attr_set |= MOUNT_ATTR_IDMAP;
-        attr.userns_fd = (uint64_t)userns_fd;
+        attr.userns_fd = (uint64_t)job->userns_fd;
     }
-    *stage = "idmap";
-    if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0) goto fail_tree;
+    job->stage = "idmap";
+    if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0) goto fail;
+    /* Attached here, not passed as a detached mount: before Linux 6.15 overlayfs
+       takes only layers mounted in the caller's own mount namespace. */
+    job->stage = "move_mount";
+    if (syscall(SYS_move_mount, tree, "", job->layer_fd, "lower", MOVE_MOUNT_F_EMPTY_PATH) < 0) goto fail;
 
-    *stage = "overlay";
-    int fs = (int)syscall(SYS_fsopen, "overlay", FSOPEN_CLOEXEC);
-    if (fs < 0) goto fail_tree;
-    char lowerdir[64];
-    snprintf(lowerdir, sizeof lowerdir, "/proc/self/fd/%d", tree);
+    job->stage = "overlay";
+    fs = (int)syscall(SYS_fsopen, "overlay", FSOPEN_CLOEXEC);
+    if (fs < 0) goto fail;
+    char lower[4200], upper[4200], work[4200];
+    snprintf(path, sizeof path, "%s", job->anchor);
+    snprintf(lower, sizeof lower, "%s/lower", path);
+    snprintf(upper, sizeof upper, "%s/data", path);
+    snprintf(work, sizeof work, "%s/work", path);
     /* No redirects, metacopy or index: the upper layer must be a plain tree
        of whole files, whiteouts and opaque markers for the scanner. */
-    if (stk_set(fs, "lowerdir", lowerdir) < 0 || stk_set(fs, "upperdir", upper) < 0 ||
+    if (stk_set(fs, "lowerdir", lower) < 0 || stk_set(fs, "upperdir", upper) < 0 ||
         stk_set(fs, "workdir", work) < 0 || stk_set(fs, "redirect_dir", "off") < 0 ||
         stk_set(fs, "metacopy", "off") < 0 || stk_set(fs, "index", "off") < 0 ||
-        syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0) {
-        int saved = errno;
-        close(fs);
-        close(tree);
-        errno = saved;
-        return -1;
-    }
-    int mnt = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV);
-    int saved = errno;
+        syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
+        goto fail;
+    job->overlay_fd = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV);
+    if (job->overlay_fd < 0) goto fail;
     close(fs);
     close(tree);
-    errno = saved;
-    return mnt;
+    return NULL;
 
-fail_tree:
-    saved = errno;
-    close(tree);
-    errno = saved;
-    return -1;
+fail:
+    job->error = errno;
+    if (fs >= 0) close(fs);
+    if (tree >= 0) close(tree);
+    if (job->layer_fd >= 0) close(job->layer_fd);
+    job->layer_fd = -1;
+    return NULL;
+}
+
+int stk_workspace_overlay(const char *lower, const char *anchor, const char *tmpfs_options, uint32_t uid, uint32_t gid,
+                          int userns_fd, int *layer_fd, const char **stage) {
+    struct stk_layer_job job = {lower, anchor, tmpfs_options, uid, gid, userns_fd, -1, -1, 0, "thread"};
+    pthread_t thread;
+    int rc = pthread_create(&thread, NULL, stk_layer_thread, &job);
+    if (rc != 0) {
+        *stage = "thread";
+        errno = rc;
+        return -1;
+    }
+    pthread_join(thread, NULL);
+    *stage = job.stage;
+    *layer_fd = job.layer_fd;
+    if (job.overlay_fd < 0) errno = job.error;
+    return job.overlay_fd;
 }

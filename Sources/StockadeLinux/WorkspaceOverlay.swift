@@ -8,9 +8,12 @@ import Glibc
 /// workspace's owner appear owned by the worker (others stay read-only);
 /// the worker's changes land in `upper`, never in the workspace.
 public enum WorkspaceOverlay {
-    /// Returns the detached overlay's mount fd (the caller closes it after the spawn).
-    public static func mount(workspace: String, upper: String, work: String,
-                             workerHostUid: UInt32, workerHostGid: UInt32) throws(LinuxError) -> Int32 {
+    /// The overlay's mount fd (attached by the worker's init) and an fd of the root of the bounded
+    /// tmpfs holding its upper (`data/`) and work directories. Both live only as long as these
+    /// descriptors and the worker's mount namespace: they are made in a private mount namespace
+    /// (see `stk_workspace_overlay`), never mounted on the host.
+    public static func mount(workspace: String, anchor: String, sizeBytes: Int64, inodes: Int,
+                             workerHostUid: UInt32, workerHostGid: UInt32) throws(LinuxError) -> (overlay: Int32, layer: Int32) {
         var st = stat()
         guard stat(workspace, &st) == 0 else {
             throw LinuxError(.setup, stage: "workspace", errno: errno,
@@ -19,10 +22,6 @@ public enum WorkspaceOverlay {
         guard st.st_mode & S_IFMT == S_IFDIR else {
             throw LinuxError(.setup, stage: "workspace", errno: ENOTDIR, "--workspace \(workspace) is not a directory")
         }
-        // The overlay's root takes its owner from upper: the worker's.
-        guard chown(upper, workerHostUid, workerHostGid) == 0, chmod(upper, 0o755) == 0 else {
-            throw LinuxError(.setup, stage: "workspace", errno: errno, "cannot hand \(upper) to the worker's uid")
-        }
         let ns = stk_idmap_userns("\(st.st_uid) \(workerHostUid) 1\n", "\(st.st_gid) \(workerHostGid) 1\n")
         guard ns >= 0 else {
             throw LinuxError(.setup, stage: "workspace", errno: errno,
@@ -30,15 +29,18 @@ public enum WorkspaceOverlay {
         }
         defer { close(ns) }
         var stage: UnsafePointer<CChar>? = nil
-        let fd = stk_workspace_overlay(workspace, upper, work, ns, &stage)
+        var layer: Int32 = -1
+        let fd = stk_workspace_overlay(workspace, anchor, "size=\(sizeBytes),nr_inodes=\(inodes),mode=0700",
+                                       workerHostUid, workerHostGid, ns, &layer, &stage)
         guard fd >= 0 else {
             let e = errno
             let step = stage.map { String(cString: $0) } ?? "overlay"
             let hint = step == "idmap" ? ": the workspace's filesystem must support idmapped mounts (Linux 5.12+; ext4, xfs, btrfs, tmpfs 6.3+)"
-                : step == "overlay" ? ": overlayfs with idmapped lower layers is required (Linux 5.19+, CONFIG_OVERLAY_FS)" : ""
+                : step == "overlay" ? ": overlayfs with idmapped lower layers is required (Linux 5.19+, CONFIG_OVERLAY_FS)"
+                : step == "tmpfs" ? ": the bounded tmpfs for the workspace's changes could not be mounted" : ""
             throw LinuxError(.setup, stage: "workspace", errno: e,
                              "cannot mount the copy-on-write workspace over \(workspace) (\(step): \(String(cString: strerror(e))))\(hint)")
         }
-        return fd
+        return (fd, layer)
     }
 }

@@ -23,8 +23,9 @@ public enum RunDirectoryMaintenance {
         }
     }
 
-    /// A supervisor that died mid-run leaves its workspace layer (a tmpfs on
-    /// `<run>/upper`) mounted: detach those of runs nobody holds any more.
+    /// Earlier versions mounted a run's workspace layer (a tmpfs) on `<run>/upper`, where a
+    /// supervisor that died mid-run left it: detach any such leftover of runs nobody holds.
+    /// (The layer is now made in a private mount namespace and never mounted on the host.)
     static func releaseLayers(stateDirectory: String) {
         let runs = stateDirectory + "/runs"
         guard let dir = opendir(runs) else { return }

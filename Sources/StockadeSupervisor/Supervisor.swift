@@ -269,21 +269,15 @@ public final class Supervisor: Sendable {
             // The overlay's upper and work directories live on a tmpfs bounded in
             // bytes and inodes (its pages are charged to the worker's memory
             // cgroup): the worker cannot fill the host's disk through /workspace.
-            let layer = runDirectory.upperPath
-            let inodes = max(4096, profile.bundles.maxFiles + 1024)
-            guard mount("tmpfs", layer, "tmpfs", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC),
-                        "size=\(profile.limits.workspaceBytes),nr_inodes=\(inodes),mode=0700") == 0 else {
-                throw SetupFailure(stage: "workspace", errno: errno,
-                                   message: "cannot mount the bounded tmpfs for the workspace's changes on \(layer): \(String(cString: strerror(errno)))")
-            }
-            context.layerMount = layer
-            guard mkdir(layer + "/data", 0o755) == 0, mkdir(layer + "/work", 0o700) == 0 else {
-                throw SetupFailure(stage: "workspace", errno: errno, message: "cannot prepare \(layer): \(String(cString: strerror(errno)))")
-            }
+            // It is never mounted on the host: only the run's descriptors hold it.
             do {
-                let fd = try WorkspaceOverlay.mount(workspace: resolved, upper: layer + "/data", work: layer + "/work",
-                                                    workerHostUid: hostUid, workerHostGid: hostGid)
+                let (fd, layer) = try WorkspaceOverlay.mount(workspace: resolved, anchor: runDirectory.upperPath,
+                                                             sizeBytes: profile.limits.workspaceBytes,
+                                                             inodes: max(4096, profile.bundles.maxFiles + 1024),
+                                                             workerHostUid: hostUid, workerHostGid: hostGid)
                 context.descriptors.append(fd)
+                context.descriptors.append(layer)
+                context.layer = layer
                 workspace = .mount(fd: fd)
             } catch {
                 throw SetupFailure(error)
@@ -626,8 +620,8 @@ final class RunContext: @unchecked Sendable {
     var resultMount: Int32 = -1
     var descriptors: [Int32] = []
     var cgroup: RunCgroup?
-    /// The tmpfs holding the overlay's upper and work directories, unmounted at the end.
-    var layerMount: String?
+    /// Root of the tmpfs holding the overlay's upper (`data/`) and work directories (closed with `descriptors`).
+    var layer: Int32 = -1
     /// The run's host id range, released when the run is over.
     var ids: IdRangeLease?
     /// Whether the supervisor's kill was recorded before it was sent.
@@ -644,10 +638,6 @@ final class RunContext: @unchecked Sendable {
         descriptors = []
         try? cgroup?.remove()
         cgroup = nil
-        if let layer = layerMount {
-            _ = umount2(layer, Int32(MNT_DETACH) | Int32(UMOUNT_NOFOLLOW))
-            layerMount = nil
-        }
         runDirectory?.close()
         ids = nil
     }

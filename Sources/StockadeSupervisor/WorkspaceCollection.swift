@@ -11,7 +11,7 @@ import SystemPackage
 extension Supervisor {
     func collectWorkspace(_ context: RunContext, profile: Profile, patches: [UInt8], report: inout RunReport) {
         guard let dir = context.runDirectory, context.workspace != nil || !patches.isEmpty else { return }
-        let upper = context.workspace == nil ? -1 : open(dir.upperPath + "/data", O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
+        let upper = context.workspace == nil || context.layer < 0 ? -1 : openat(context.layer, "data", O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
         let lower = context.workspace.map { open($0, O_RDONLY | O_DIRECTORY | O_CLOEXEC) } ?? -1
         defer {
             if upper >= 0 { close(upper) }

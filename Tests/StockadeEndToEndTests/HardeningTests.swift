@@ -156,4 +156,45 @@ struct HardeningTests {
         let bases = Set(results.compactMap { $0.last.flatMap { UInt32($0) } })
         #expect(bases.count == 2 && bases.allSatisfy { $0 >= 1_000_000_000 }, "host id bases \(bases)")
     }
+
+    /// Mount points under `path` in the host's mount table.
+    static func hostMounts(under path: String) -> [String] {
+        let table = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        return table.split(separator: "\n").compactMap { line in
+            let fields = line.split(separator: " ")
+            return fields.count > 4 && fields[4].hasPrefix(path) ? String(fields[4]) : nil
+        }
+    }
+
+    @Test("the workspace layer is never mounted on the host, so a SIGKILL of the supervisor leaves nothing mounted")
+    func workspaceLayerNotOnHost() throws {
+        let h = try Harness()
+        let workspace = h.stateDirectory + "-workspace"
+        try FileManager.default.createDirectory(atPath: workspace, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: workspace) }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Harness.stockade)
+        process.arguments = ["run", "--json", "--workspace", workspace, "--timeout", "60", "--",
+                             "/bin/sh", "-c", "echo planted > /workspace/planted && exec sleep 994"]
+        process.environment = ["STOCKADE_STATE_DIR": h.stateDirectory, "PATH": "/usr/bin:/bin"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        func sleepers() -> [Int32] {
+            workerProcesses().filter { ((try? String(contentsOfFile: "/proc/\($0)/cmdline", encoding: .utf8)) ?? "").contains("994") }
+        }
+        var waited = 0
+        while sleepers().isEmpty && waited < 100 { usleep(100_000); waited += 1 }
+        // Positive control: the run is live and its overlay holds the worker's file (seen from the worker's side).
+        let worker = try #require(sleepers().first, "the worker started")
+        #expect((try? String(contentsOfFile: "/proc/\(worker)/root/workspace/planted", encoding: .utf8)) == "planted\n")
+        #expect(Self.hostMounts(under: h.stateDirectory).isEmpty, "mounted on the host while running: \(Self.hostMounts(under: h.stateDirectory))")
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        waited = 0
+        while !sleepers().isEmpty && waited < 50 { usleep(100_000); waited += 1 }
+        #expect(sleepers().isEmpty)
+        #expect(Self.hostMounts(under: h.stateDirectory).isEmpty, "left mounted: \(Self.hostMounts(under: h.stateDirectory))")
+        #expect(!FileManager.default.fileExists(atPath: workspace + "/planted"), "the real workspace was written")
+    }
 }

@@ -23,12 +23,19 @@ int stk_idmap_userns(const char *uid_map, const char *gid_map);
 /*
  * The worker's copy-on-write workspace: an overlay whose lower layer is a
  * read-only, idmapped (through `userns_fd`, or not idmapped when -1) clone of
- * `lower`, with `upper` and `work` as its upper and work directories, mounted
- * nosuid, nodev. Returns the detached mount fd, or -1 with errno; `*stage`
- * names the step that failed ("open_tree", "idmap", "overlay").
+ * `lower`, and whose upper and work directories live on a tmpfs (mount data
+ * `tmpfs_options`) with `data/` owned by uid:gid. All of it is made on a thread
+ * of its own in a private mount namespace that dies with the thread, using
+ * `anchor` (an existing directory) as its mount point there: nothing of the
+ * layer is ever mounted on the host, so nothing can outlive the run even when
+ * the supervisor is killed; the returned descriptors are all that hold it.
+ * Returns the detached overlay mount fd and, in `*layer_fd`, an fd of the
+ * tmpfs's root (its `data/` is the upper directory to collect), or -1 with
+ * errno; `*stage` names the step that failed ("namespace", "tmpfs",
+ * "open_tree", "idmap", "move_mount", "overlay").
  */
-int stk_workspace_overlay(const char *lower, const char *upper, const char *work, int userns_fd,
-                          const char *_Nullable *_Nonnull stage);
+int stk_workspace_overlay(const char *lower, const char *anchor, const char *tmpfs_options, uint32_t uid, uint32_t gid,
+                          int userns_fd, int *_Nonnull layer_fd, const char *_Nullable *_Nonnull stage);
 
 #pragma clang assume_nonnull end
 #endif
