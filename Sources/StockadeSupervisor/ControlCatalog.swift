@@ -140,6 +140,8 @@ public enum ControlCatalog {
                 grants: [syscalls("add_key", "keyctl", "request_key")]),
         Control("seccomp.io-uring", class: 2, "no io_uring (answered ENOSYS)", probe: "io-uring-setup",
                 grants: [syscalls("io_uring_setup")]),
+        Control("seccomp.linux-aio", class: 2, "no Linux AIO (answered ENOSYS)", probe: "io-setup",
+                grants: [syscalls("io_setup")]),
         Control("seccomp.userfaultfd", class: 2, "no userfaultfd", probe: "userfaultfd", grants: [syscalls("userfaultfd")]),
         Control("seccomp.perf-event-open", class: 2, "no perf_event_open", probe: "perf-event-open",
                 grants: [syscalls("perf_event_open")]),

@@ -38,7 +38,7 @@ STK_PROBE(probe_mount_proc); STK_PROBE(probe_mount_sysfs); STK_PROBE(probe_setho
 STK_PROBE(probe_proc_sys_write); STK_PROBE(probe_chroot); STK_PROBE(probe_pivot_root);
 /* seccomp (2) */
 STK_PROBE(probe_add_key); STK_PROBE(probe_keyctl); STK_PROBE(probe_keyctl_int80); STK_PROBE(probe_x32_getpid);
-STK_PROBE(probe_io_uring_setup); STK_PROBE(probe_userfaultfd); STK_PROBE(probe_perf_event_open);
+STK_PROBE(probe_io_uring_setup); STK_PROBE(probe_io_setup); STK_PROBE(probe_userfaultfd); STK_PROBE(probe_perf_event_open);
 STK_PROBE(probe_bpf); STK_PROBE(probe_ptrace); STK_PROBE(probe_process_vm_readv);
 STK_PROBE(probe_open_by_handle_at); STK_PROBE(probe_init_module); STK_PROBE(probe_clock_settime);
 STK_PROBE(probe_personality); STK_PROBE(probe_socket_vsock); STK_PROBE(probe_socket_packet);

@@ -34,6 +34,7 @@ static const struct { const char *name; stk_probe_fn fn; const char *args; } pro
     {"keyctl-int80", probe_keyctl_int80, ""},
     {"x32-getpid", probe_x32_getpid, ""},
     {"io-uring-setup", probe_io_uring_setup, ""},
+    {"io-setup", probe_io_setup, ""},
     {"userfaultfd", probe_userfaultfd, ""},
     {"perf-event-open", probe_perf_event_open, ""},
     {"bpf", probe_bpf, ""},
