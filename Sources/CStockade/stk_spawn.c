@@ -188,6 +188,17 @@ static int stk_run_op(const char *root, int rootfd, const struct stk_mount_op *o
         return (int)syscall(SYS_move_mount, op->fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH);
     case STK_OP_SETATTR:
         return stk_mount_setattr(target, 0, op->attr);
+    case STK_OP_MASK:
+    case STK_OP_READONLY_IN_PLACE: {
+        struct stat st;
+        if (lstat(target, &st) < 0) return errno == ENOENT ? 0 : -1;
+        if (op->kind == STK_OP_MASK && S_ISDIR(st.st_mode))
+            return mount("tmpfs", target, "tmpfs", op->flags, op->data);
+        const char *source = op->kind == STK_OP_MASK ? op->source : target;
+        if (source == NULL) { errno = EINVAL; return -1; }
+        if (mount(source, target, NULL, MS_BIND, NULL) < 0) return -1;
+        return stk_mount_setattr(target, 0, op->attr);
+    }
     default:
         errno = EINVAL;
         return -1;
