@@ -188,6 +188,22 @@ static int stk_run_op(const char *root, int rootfd, const struct stk_mount_op *o
         return (int)syscall(SYS_move_mount, op->fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH);
     case STK_OP_SETATTR:
         return stk_mount_setattr(target, 0, op->attr);
+    /* The worker cannot lift these: it runs without capabilities in every set
+       (umount2 needs CAP_SYS_ADMIN in this namespace's owner), the filter
+       refuses mount and umount2, and a nested user namespace gets them locked
+       together with the proc they cover (umount fails, and the kernel refuses
+       a fresh proc over a proc with covered entries). */
+    case STK_OP_MASK:
+    case STK_OP_READONLY_IN_PLACE: {
+        struct stat st;
+        if (lstat(target, &st) < 0) return errno == ENOENT ? 0 : -1;
+        if (op->kind == STK_OP_MASK && S_ISDIR(st.st_mode))
+            return mount("tmpfs", target, "tmpfs", op->flags, op->data);
+        const char *source = op->kind == STK_OP_MASK ? op->source : target;
+        if (source == NULL) { errno = EINVAL; return -1; }
+        if (mount(source, target, NULL, MS_BIND, NULL) < 0) return -1;
+        return stk_mount_setattr(target, 0, op->attr);
+    }
     default:
         errno = EINVAL;
         return -1;

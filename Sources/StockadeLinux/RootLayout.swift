@@ -2,7 +2,7 @@ import Glibc
 
 /// The worker's minimal root, as the ordered mount steps the child executes:
 /// read-only host `/usr` and library directories, a minimal `/etc`, fresh
-/// `/proc`, a device-less `/dev` with the few safe nodes, bounded tmpfs
+/// `/proc` with the host's kernel details masked, a device-less `/dev` with the few safe nodes, bounded tmpfs
 /// `/tmp`, `/workspace`, `/sandbox/request` and `/sandbox/result`.
 public struct RootLayout: Sendable {
     public enum Workspace: Sendable {
@@ -50,6 +50,13 @@ public struct RootLayout: Sendable {
 
     static let systemDirectories = ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"]
     static let deviceNodes = ["null", "zero", "full", "random", "urandom"]
+    /// What Docker masks in /proc, and the host's boot command line (boot
+    /// parameters, console and debug ports). The worker has no /sys at all
+    /// (volumes may not target it), so Docker's /sys/firmware has nothing to cover.
+    static let procMasked = ["acpi", "asound", "cmdline", "interrupts", "kcore", "keys", "latency_stats", "sched_debug",
+                             "scsi", "timer_list", "timer_stats"]
+    /// Kernel interfaces the worker may read but never write, as Docker keeps them.
+    static let procReadOnly = ["bus", "fs", "irq", "sys", "sysrq-trigger"]
 
     public func mounts() -> [MountOp] {
         var ops: [MountOp] = [.bind(source: hostRoot + "/usr", target: "/usr", isFile: false, readOnly: true)]
@@ -62,6 +69,8 @@ public struct RootLayout: Sendable {
         }
         ops += etc()
         ops.append(.proc(target: "/proc"))
+        ops += Self.procMasked.map { .mask(target: "/proc/" + $0) }
+        ops += Self.procReadOnly.map { .readOnlyInPlace(target: "/proc/" + $0) }
         ops += dev()
         ops.append(.tmpfs(target: "/tmp", sizeBytes: tmpBytes, mode: 0o1777))
         switch workspace {

@@ -13,6 +13,14 @@ public enum MountOp: Sendable, Equatable {
     /// Attach a detached mount (from `stk_tmpfs_detached`) at `target`.
     case attach(fd: Int32, target: String)
     case readOnly(target: String)
+    /// Hides `target` when it exists: a directory under an empty read-only
+    /// tmpfs, anything else under a read-only bind of /dev/null. An absent
+    /// target is skipped (not every kernel has every file); one that exists
+    /// but cannot be covered fails the setup.
+    case mask(target: String)
+    /// Binds `target` onto itself read-only, nosuid, nodev, noexec when it
+    /// exists (skipped when absent).
+    case readOnlyInPlace(target: String)
 
     public static func == (l: MountOp, r: MountOp) -> Bool { String(describing: l) == String(describing: r) }
 }

@@ -159,6 +159,19 @@ final class SpawnPlan {
             m.kind = Int32(STK_OP_SETATTR.rawValue)
             m.target = cString(target)
             m.attr = Self.attrReadOnly | Self.attrNoSuid | Self.attrNoDev
+        case let .mask(target):
+            m.kind = Int32(STK_OP_MASK.rawValue)
+            m.target = cString(target)
+            // Device access stays on the /dev/null bind so that a read finds
+            // end of file, as in Docker, rather than an error.
+            m.source = cString("/dev/null")
+            m.attr = Self.attrReadOnly | Self.attrNoSuid | Self.attrNoExec
+            m.data = cString("size=4k,nr_inodes=2,mode=0555")
+            m.flags = UInt(MS_RDONLY) | nosuidNodev | UInt(MS_NOEXEC)
+        case let .readOnlyInPlace(target):
+            m.kind = Int32(STK_OP_READONLY_IN_PLACE.rawValue)
+            m.target = cString(target)
+            m.attr = Self.attrReadOnly | Self.attrNoSuid | Self.attrNoDev | Self.attrNoExec
         }
         return m
     }

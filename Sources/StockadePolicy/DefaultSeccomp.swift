@@ -22,8 +22,7 @@ extension SeccompPolicy {
         "getcwd", "getdents", "getdents64", "getegid", "geteuid", "getgid", "getgroups", "getitimer", "getpeername",
         "getpgid", "getpgrp", "getpid", "getppid", "getpriority", "getrandom", "getresgid", "getresuid", "getrlimit",
         "getrusage", "getsid", "getsockname", "getsockopt", "gettid", "gettimeofday", "getuid", "getxattr",
-        "inotify_add_watch", "inotify_init", "inotify_init1", "inotify_rm_watch", "io_cancel", "io_destroy",
-        "io_getevents", "io_pgetevents", "io_setup", "io_submit", "ioprio_get", "ioprio_set", "kill",
+        "inotify_add_watch", "inotify_init", "inotify_init1", "inotify_rm_watch", "ioprio_get", "ioprio_set", "kill",
         "landlock_add_rule", "landlock_create_ruleset", "landlock_restrict_self", "lchown", "lgetxattr", "link",
         "linkat", "listen", "listxattr", "llistxattr", "lremovexattr", "lseek", "lsetxattr", "lstat", "madvise",
         "mbind", "membarrier", "memfd_create", "mincore", "mkdir", "mkdirat", "mknod", "mknodat", "mlock", "mlock2",
@@ -75,8 +74,15 @@ extension SeccompPolicy {
         return rules
     }
 
-    /// io_uring bypasses per-call filtering: answered ENOSYS (after notification).
-    public static let unsupportedSyscalls = ["io_uring_setup", "io_uring_enter", "io_uring_register"]
+    /// Answered ENOSYS (after notification), so that callers fall back to
+    /// plain reads and writes: io_uring bypasses per-call filtering, and Linux
+    /// AIO contexts come from one host-wide pool (`fs.aio-max-nr`) that no
+    /// cgroup bounds, so one worker could take every context of the host.
+    /// A profile that needs them allows them by name (`seccomp.allow`).
+    public static let unsupportedSyscalls = [
+        "io_uring_setup", "io_uring_enter", "io_uring_register",
+        "io_setup", "io_submit", "io_getevents", "io_pgetevents", "io_cancel", "io_destroy",
+    ]
 
     /// The default policy, adjusted by a profile's `allow`, `deny` and `onViolation`.
     public static func stockadeDefault(allow extraAllow: [String] = [], deny: [String] = [], killOnViolation: Bool = false) -> SeccompPolicy {

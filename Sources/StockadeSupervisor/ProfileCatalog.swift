@@ -103,7 +103,7 @@ public struct ProfileCatalog: Sendable {
         }
         var base = Profile()
         if let parent = ProfileDecoder.extends(of: document) {
-            base = try resolve(parent, seen: &seen, stamps: &stamps).0
+            base = try resolve(Self.relative(parent, to: source, builtin: builtin), seen: &seen, stamps: &stamps).0
         }
         var profile = try ProfileDecoder.decode(document, onto: base, source: source)
         if document.object?["name"] == nil {
@@ -113,6 +113,15 @@ public struct ProfileCatalog: Sendable {
     }
 
     static func isPath(_ s: String) -> Bool { s.contains("/") || s.hasSuffix(".json") }
+
+    /// A relative `extends` path read from the profile file `source` names a
+    /// file beside it, wherever the supervisor was started; names and absolute
+    /// paths are left as they are.
+    static func relative(_ parent: String, to source: String, builtin: Bool) -> String {
+        guard !builtin, isPath(parent), !parent.hasPrefix("/") else { return parent }
+        guard let slash = source.lastIndex(of: "/") else { return parent }
+        return String(source[...slash]) + parent
+    }
 
     static func stem(_ path: String) -> String {
         let file = path.split(separator: "/").last.map(String.init) ?? path

@@ -12,8 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -151,6 +154,69 @@ STK_PROBE(probe_proc_sys_write) {
     close(fd);
     if (rc < 0 && err == EROFS) return stk_report(STK_PROBE_BLOCKED, "proc-sys-write", "write: errno %d (EROFS)", err);
     return stk_verdict_call("proc-sys-write", "write /proc/sys/kernel/hostname (same value)", rc, err, NULL);
+}
+
+/* Whether each /proc path named is covered as Docker covers it: a file by a
+ * bind of /dev/null (a character device 1:3 that reads empty), a directory
+ * by an empty tmpfs. An absent path is skipped; any other is the host's. */
+STK_PROBE(probe_proc_masked) {
+    if (argc < 1) return stk_report(STK_PROBE_USAGE, "proc-masked", "usage: proc-masked PATH...");
+    char seen[384] = "";
+    int exposed = 0, present = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *path = argv[i], *state;
+        struct stat st;
+        struct statfs fs;
+        if (stat(path, &st) < 0) {
+            state = errno == ENOENT ? "absent" : stk_errno_name(errno);
+        } else if (S_ISDIR(st.st_mode)) {
+            DIR *dir = opendir(path);
+            int entries = 0;
+            for (struct dirent *e; dir && (e = readdir(dir));)
+                if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) entries++;
+            if (dir) closedir(dir);
+            int tmpfs = statfs(path, &fs) == 0 && fs.f_type == TMPFS_MAGIC;
+            present++;
+            if (tmpfs && entries == 0) state = "empty-tmpfs";
+            else { state = "host-directory"; exposed++; }
+        } else {
+            char buf[256];
+            ssize_t n = -1;
+            int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+            if (fd >= 0) { n = read(fd, buf, sizeof buf); close(fd); }
+            present++;
+            if (S_ISCHR(st.st_mode) && major(st.st_rdev) == 1 && minor(st.st_rdev) == 3 && n <= 0) state = "dev-null";
+            else { state = n > 0 ? "host-file-readable" : "host-file"; exposed++; }
+        }
+        size_t len = strlen(seen);
+        snprintf(seen + len, sizeof seen - len, "%s%s=%s", len ? " " : "", path, state);
+    }
+    if (present == 0) return stk_report(STK_PROBE_ERROR, "proc-masked", "none present: %s", seen);
+    return stk_report(exposed ? STK_PROBE_SUCCEEDED : STK_PROBE_BLOCKED, "proc-masked", "%s", seen);
+}
+
+/* Opens each path for writing with O_TRUNC (nothing is written): on a
+ * read-only mount the kernel refuses with EROFS before any permission check,
+ * so EROFS shows the mount, not merely the file's mode, holds. */
+STK_PROBE(probe_proc_write) {
+    if (argc < 1) return stk_report(STK_PROBE_USAGE, "proc-write", "usage: proc-write PATH...");
+    char seen[384] = "";
+    int opened = 0, present = 0, readOnly = 0;
+    for (int i = 0; i < argc; i++) {
+        int fd = open(argv[i], O_WRONLY | O_TRUNC | O_CLOEXEC | O_NONBLOCK);
+        int err = errno;
+        const char *state = fd >= 0 ? "opened" : stk_errno_name(err);
+        if (fd >= 0) { close(fd); opened++; }
+        if (fd >= 0 || err != ENOENT) present++;
+        if (fd < 0 && err == EROFS) readOnly++;
+        size_t len = strlen(seen);
+        snprintf(seen + len, sizeof seen - len, "%s%s=%s", len ? " " : "", argv[i], state);
+    }
+    if (present == 0) return stk_report(STK_PROBE_ERROR, "proc-write", "none present: %s", seen);
+    if (opened) return stk_report(STK_PROBE_SUCCEEDED, "proc-write", "%s", seen);
+    /* Refused by the file's mode alone says nothing about the mount. */
+    if (readOnly < present) return stk_report(STK_PROBE_ERROR, "proc-write", "%s: refused, not all by a read-only mount", seen);
+    return stk_report(STK_PROBE_BLOCKED, "proc-write", "%s", seen);
 }
 
 /* chroot into a fresh directory, in a child so the probe itself can remove it. */

@@ -35,10 +35,10 @@ typedef int (*stk_probe_fn)(int argc, char **argv);
 STK_PROBE(probe_host_pids); STK_PROBE(probe_userns); STK_PROBE(probe_clone_newuser);
 STK_PROBE(probe_clone3_newuser); STK_PROBE(probe_setns); STK_PROBE(probe_mount_tmpfs);
 STK_PROBE(probe_mount_proc); STK_PROBE(probe_mount_sysfs); STK_PROBE(probe_sethostname);
-STK_PROBE(probe_proc_sys_write); STK_PROBE(probe_chroot); STK_PROBE(probe_pivot_root);
+STK_PROBE(probe_proc_sys_write); STK_PROBE(probe_proc_masked); STK_PROBE(probe_proc_write); STK_PROBE(probe_chroot); STK_PROBE(probe_pivot_root);
 /* seccomp (2) */
 STK_PROBE(probe_add_key); STK_PROBE(probe_keyctl); STK_PROBE(probe_keyctl_int80); STK_PROBE(probe_x32_getpid);
-STK_PROBE(probe_io_uring_setup); STK_PROBE(probe_userfaultfd); STK_PROBE(probe_perf_event_open);
+STK_PROBE(probe_io_uring_setup); STK_PROBE(probe_io_setup); STK_PROBE(probe_userfaultfd); STK_PROBE(probe_perf_event_open);
 STK_PROBE(probe_bpf); STK_PROBE(probe_ptrace); STK_PROBE(probe_process_vm_readv);
 STK_PROBE(probe_open_by_handle_at); STK_PROBE(probe_init_module); STK_PROBE(probe_clock_settime);
 STK_PROBE(probe_personality); STK_PROBE(probe_socket_vsock); STK_PROBE(probe_socket_packet);

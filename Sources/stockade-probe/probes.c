@@ -26,6 +26,8 @@ static const struct { const char *name; stk_probe_fn fn; const char *args; } pro
     {"mount-sysfs", probe_mount_sysfs, ""},
     {"sethostname", probe_sethostname, ""},
     {"proc-sys-write", probe_proc_sys_write, ""},
+    {"proc-masked", probe_proc_masked, "PATH..."},
+    {"proc-write", probe_proc_write, "PATH..."},
     {"chroot", probe_chroot, ""},
     {"pivot-root", probe_pivot_root, ""},
     /* 2 seccomp */
@@ -34,6 +36,7 @@ static const struct { const char *name; stk_probe_fn fn; const char *args; } pro
     {"keyctl-int80", probe_keyctl_int80, ""},
     {"x32-getpid", probe_x32_getpid, ""},
     {"io-uring-setup", probe_io_uring_setup, ""},
+    {"io-setup", probe_io_setup, ""},
     {"userfaultfd", probe_userfaultfd, ""},
     {"perf-event-open", probe_perf_event_open, ""},
     {"bpf", probe_bpf, ""},

@@ -99,6 +99,18 @@ STK_PROBE(probe_io_uring_setup) {
     return stk_verdict_call("io-uring-setup", "io_uring_setup", fd, err, NULL);
 }
 
+/* A Linux AIO context of one event, destroyed at once. Every context comes
+ * from the host-wide fs.aio-max-nr pool, which no cgroup bounds. */
+STK_PROBE(probe_io_setup) {
+    (void)argc; (void)argv;
+    unsigned long context = 0;  /* aio_context_t */
+    long rc = syscall(SYS_io_setup, 1U, &context);
+    int err = errno;
+    if (rc == 0) (void)syscall(SYS_io_destroy, context);
+    if (rc < 0 && err == ENOSYS) return stk_report(STK_PROBE_BLOCKED, "io-setup", "io_setup: errno %d (ENOSYS)", err);
+    return stk_verdict_call("io-setup", "io_setup", rc, err, NULL);
+}
+
 /* UFFD_USER_MODE_ONLY lets an unprivileged caller succeed, so only the filter can refuse it. */
 STK_PROBE(probe_userfaultfd) {
     (void)argc; (void)argv;

@@ -47,6 +47,7 @@ struct ProbeCase: Sendable, CustomTestStringConvertible {
         ProbeCase("add-key", violation: "add_key"),
         ProbeCase("keyctl", violation: "keyctl"),
         ProbeCase("io-uring-setup", violation: "io_uring_setup"),
+        ProbeCase("io-setup", violation: "io_setup"),
         ProbeCase("userfaultfd", violation: "userfaultfd"),
         ProbeCase("perf-event-open", violation: "perf_event_open"),
         ProbeCase("bpf", violation: "bpf"),

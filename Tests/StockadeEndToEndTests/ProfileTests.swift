@@ -361,6 +361,59 @@ struct ProfileCacheTests {
     }
 }
 
+@Suite("a relative extends path")
+struct RelativeExtendsTests {
+    @Test("a relative extends path names a file beside the profile, wherever the command is started")
+    func besideTheProfile() throws {
+        let dir = try temporaryDirectory("extends-beside"), elsewhere = try temporaryDirectory("extends-elsewhere")
+        defer {
+            try? FileManager.default.removeItem(atPath: dir)
+            try? FileManager.default.removeItem(atPath: elsewhere)
+        }
+        try write(#"{"limits": {"memory": "48m"}}"#, to: dir + "/base.json", mode: 0o644)
+        try write(#"{"extends": "./base.json", "limits": {"cpus": 0.5}}"#, to: dir + "/child.json", mode: 0o644)
+        // A decoy where the old lookup (against the current directory) would have looked.
+        try write(#"{"limits": {"memory": "24m"}}"#, to: elsewhere + "/base.json", mode: 0o644)
+
+        let loaded = try ProfileCatalog(directories: []).load(dir + "/child.json")
+        #expect(loaded.profile.limits.memoryBytes == 48 << 20)
+        #expect(FileManager.default.currentDirectoryPath != dir)
+
+        // Through the binary, started in the decoy's directory.
+        let shown = try Harness.exec("/bin/sh", ["-c", "cd \"$1\" && exec \"$0\" profile show \"$2\"", Harness.stockade, elsewhere,
+                                                 dir + "/child.json"])
+        #expect(shown.status == 0, "\(shown.stderr)")
+        #expect(shown.stdout.contains(#""memory": "48m""#), "\(shown.stdout)")
+    }
+
+    @Test("a missing base is reported by the path it was resolved to")
+    func missingBase() throws {
+        let dir = try temporaryDirectory("extends-missing")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try write(#"{"extends": "parts/base.json"}"#, to: dir + "/child.json", mode: 0o644)
+        #expect {
+            try ProfileCatalog(directories: []).load(dir + "/child.json")
+        } throws: { error in
+            (error as? ProfileError)?.source == dir + "/parts/base.json"
+        }
+        let r = try Harness.exec("/bin/sh", ["-c", "cd / && exec \"$0\" profile show \"$1\"", Harness.stockade, dir + "/child.json"])
+        #expect(r.status == 1)
+        #expect(r.stderr.contains(dir + "/parts/base.json"), "\(r.stderr)")
+    }
+
+    @Test("names, absolute paths and built-in profiles are not rebased", arguments: [
+        ("default", "/p/child.json", false, "default"),
+        ("/abs/base.json", "/p/child.json", false, "/abs/base.json"),
+        ("base.json", "/p/child.json", false, "/p/base.json"),
+        ("../up/base.json", "/p/q/child.json", false, "/p/q/../up/base.json"),
+        ("./base.json", "child.json", false, "./base.json"),
+        ("./base.json", "builtin:strict", true, "./base.json"),
+    ])
+    func rebasing(_ parent: String, _ source: String, _ builtin: Bool, _ expected: String) {
+        #expect(ProfileCatalog.relative(parent, to: source, builtin: builtin) == expected)
+    }
+}
+
 @Suite("redacting captured output")
 struct CapturedRedactionTests {
     @Test("output cut by its cap in the middle of a secret keeps no beginning of it")

@@ -43,6 +43,23 @@ struct RootLayoutTests {
         #expect(ops.contains { if case .tmpfs("/workspace", 1 << 20, _, _, _) = $0 { return true } else { return false } })
     }
 
+    @Test("right after /proc is mounted its host details are masked and its tunables made read-only; there is no /sys")
+    func procMasks() {
+        let ops = layout().mounts()
+        let proc = ops.firstIndex(of: .proc(target: "/proc"))
+        let masks = ops.indices.filter { if case .mask = ops[$0] { return true } else { return false } }
+        let readOnly = ops.indices.filter { if case .readOnlyInPlace = ops[$0] { return true } else { return false } }
+        #expect(proc != nil && masks.first == proc.map { $0 + 1 })
+        #expect(masks.last.map { $0 + 1 } == readOnly.first)
+        for path in ["/proc/cmdline", "/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug", "/proc/acpi", "/proc/scsi"] {
+            #expect(ops.contains(.mask(target: path)), "\(path)")
+        }
+        for path in ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"] {
+            #expect(ops.contains(.readOnlyInPlace(target: path)), "\(path)")
+        }
+        #expect(!ops.contains { String(describing: $0).contains("\"/sys") })
+    }
+
     @Test("a volume gets its parent directories created before the bind")
     func volumeParents() {
         var l = layout()

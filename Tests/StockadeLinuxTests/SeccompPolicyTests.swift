@@ -108,6 +108,22 @@ struct SeccompFilterTests {
         #expect(try interpreter.evaluate(arch: BPFInterpreter.auditArchX86_64, nr: try #require(SeccompCompiler.syscallNumber("uname"))) == Self.notify)
     }
 
+    static let linuxAIO = ["io_setup", "io_submit", "io_getevents", "io_pgetevents", "io_cancel", "io_destroy"]
+
+    @Test("Linux AIO is notified and answered ENOSYS by default, and allowed by a profile that names it")
+    func linuxAIO() throws {
+        let policy = SeccompPolicy.stockadeDefault()
+        for name in Self.linuxAIO {
+            #expect(try verdict(name) == Self.notify, "\(name)")
+            #expect(policy.notifyErrno[name] == 38, "\(name) answered ENOSYS")
+        }
+        let allowing = BPFInterpreter(try SeccompCompiler.compile(.stockadeDefault(allow: Self.linuxAIO)))
+        for name in Self.linuxAIO {
+            let nr = try #require(SeccompCompiler.syscallNumber(name))
+            #expect(try allowing.evaluate(arch: BPFInterpreter.auditArchX86_64, nr: nr) == Self.allow, "\(name)")
+        }
+    }
+
     @Test("an unknown syscall name is an error naming it")
     func unknownName() {
         let policy = SeccompPolicy(defaultAction: .notify, badArchAction: .notify, rules: [.init("no_such_call", .allow)])

@@ -26,6 +26,9 @@ enum stk_mount_kind {
     STK_OP_MOVE_FD = 7,   /* attach the detached mount `fd` at target (move_mount) */
     STK_OP_SETATTR = 8,   /* mount_setattr(target, attr) (not recursive), e.g. read-only after populating */
     STK_OP_OVERLAY = 9,   /* overlay at target with data */
+    STK_OP_MASK = 10,     /* if target exists: a directory gets a tmpfs (data, flags), anything else a bind of
+                             source then mount_setattr(attr); an absent target is skipped */
+    STK_OP_READONLY_IN_PLACE = 11, /* if target exists: bind it onto itself, then mount_setattr(attr) */
 };
 
 /* Bind flag: the source is a regular file, so the mount point is a file. */
