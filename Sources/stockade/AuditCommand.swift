@@ -44,7 +44,9 @@ struct AuditCommand: ParsableCommand {
                             "detail": event.detailValue ?? .string(event.detail), "hash": .string(event.hash),
                         ]).serialized())
                     } else {
-                        Console.out("\(event.seq)\t\(event.at)\t\(event.runId ?? "-")\t\(event.kind)\t\(event.detail)")
+                        // Every field escaped: a worker-chosen string must not start a row or split a column.
+                        let fields = [event.at, event.runId ?? "-", event.kind, event.detail].map(TerminalOutput.field)
+                        Console.out(([String(event.seq)] + fields).joined(separator: "\t"))
                     }
                 }
             } catch {
@@ -72,8 +74,10 @@ struct AuditCommand: ParsableCommand {
                             "createdAt": .string(run.createdAt), "endedAt": run.endedAt.map { .string($0) } ?? .null,
                         ]).serialized())
                     } else {
-                        let command = run.command.joined(separator: " ")
-                        Console.out("\(run.runId)\t\(run.createdAt)\t\(run.profile)\t\(run.state)\t\(run.outcome ?? "-")\t\(run.exitStatus.map(String.init) ?? "-")\t\(command)")
+                        // Every field escaped: a command holding a newline or tab must stay one row.
+                        let command = run.command.map(TerminalOutput.field).joined(separator: " ")
+                        let fields = [run.runId, run.createdAt, run.profile, run.state, run.outcome ?? "-"].map(TerminalOutput.field)
+                        Console.out((fields + [run.exitStatus.map(String.init) ?? "-", command]).joined(separator: "\t"))
                     }
                 }
             } catch {
