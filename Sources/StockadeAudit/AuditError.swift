@@ -52,4 +52,10 @@ extension AuditError.Code {
     public static let invalidState = Self(rawValue: "invalid-state")
     /// A stored row cannot be decoded (hand-edited or corrupt).
     public static let corruptRow = Self(rawValue: "corrupt-row")
+    /// A checkpoint document is not one: unreadable, not JSON, a field missing, unknown or malformed.
+    public static let invalidCheckpoint = Self(rawValue: "invalid-checkpoint")
+    /// A checkpoint's signature does not verify with the trusted key, or another key signed it.
+    public static let badSignature = Self(rawValue: "bad-signature")
+    /// A checkpoint key file is missing, unsafe (a symlink, another owner, readable by others) or malformed.
+    public static let keyFile = Self(rawValue: "key-file")
 }

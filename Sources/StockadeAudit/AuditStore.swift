@@ -53,12 +53,33 @@ public protocol AuditStore: Sendable {
     /// Streams runs in creation order.
     func runs(_ body: (AuditRunRecord) throws -> Void) throws
 
-    /// Recomputes the hash chain and the sequence numbers from the first event to the last.
-    func verifyChain() throws(AuditError) -> ChainVerification
+    /// Recomputes the hash chain and the sequence numbers from the first event to the last, and checks
+    /// that every anchor (a chain head a verified checkpoint signed) is still in the chain: the event at
+    /// its seq exists and has its hash. Without anchors nothing shows that events were cut from the end.
+    func verifyChain(anchors: [AuditChainHead]) throws(AuditError) -> ChainVerification
 
     /// Marks `abandoned` every running run whose supervisor (pid, start time) `isAlive` says is gone,
     /// with an event `run.abandoned`; returns their ids.
     func markAbandoned(isAlive: (Int32, UInt64) -> Bool) throws(AuditError) -> [String]
+}
+
+extension AuditStore {
+    /// The chain alone: proves the integrity of the events there are, not that none were cut from the end.
+    public func verifyChain() throws(AuditError) -> ChainVerification {
+        try verifyChain(anchors: [])
+    }
+}
+
+/// The last event of the chain, as `verifyChain` reports it and a checkpoint signs it.
+public struct AuditChainHead: Sendable, Equatable {
+    public let seq: Int64
+    /// The event's hash, lowercase hex SHA-256.
+    public let hash: String
+
+    public init(seq: Int64, hash: String) {
+        self.seq = seq
+        self.hash = hash
+    }
 }
 
 /// One row of the event stream.
@@ -168,12 +189,15 @@ public struct ChainVerification: Sendable, Equatable {
     public let firstBrokenSeq: Int64?
     /// Why it is broken, naming what was expected.
     public let reason: String?
+    /// The last event when the whole chain holds (nil when it is broken or empty): what a checkpoint signs.
+    public let head: AuditChainHead?
 
     public var isValid: Bool { firstBrokenSeq == nil }
 
-    public init(eventsChecked: Int64, firstBrokenSeq: Int64?, reason: String?) {
+    public init(eventsChecked: Int64, firstBrokenSeq: Int64?, reason: String?, head: AuditChainHead? = nil) {
         self.eventsChecked = eventsChecked
         self.firstBrokenSeq = firstBrokenSeq
         self.reason = reason
+        self.head = head
     }
 }

@@ -1,14 +1,22 @@
 /// Walks events in `seq` order and reports the first one at which the chain does not hold: a missing
 /// or extra `seq`, a `prevHash` that is not the previous row's hash, a hash that does not match the
-/// row's content, or a `runSeq` that is not the run's next number.
+/// row's content, or a `runSeq` that is not the run's next number. With anchors (the heads of
+/// verified checkpoints) also an event at an anchor's seq with another hash, and a chain that ends
+/// before an anchor: the one change a chain alone cannot show, a truncated and re-headed tail.
 package struct ChainVerifier {
     private var checked: Int64 = 0
     private var lastSeq: Int64 = 0
     private var lastHash = AuditChain.genesisHash
     /// The last runSeq per run ("" stands for events without a run, which have their own numbering).
     private var runSeqs: [String?: Int64] = [:]
+    /// The hashes signed for each anchored seq (two checkpoints may name the same seq).
+    private let anchors: [Int64: [String]]
 
-    package init() {}
+    package init(anchors: [AuditChainHead] = []) {
+        var bySeq: [Int64: [String]] = [:]
+        for anchor in anchors { bySeq[anchor.seq, default: []].append(anchor.hash) }
+        self.anchors = bySeq
+    }
 
     package mutating func check(_ event: AuditEvent) -> ChainVerification? {
         let expectedSeq = lastSeq + 1
@@ -26,6 +34,9 @@ package struct ChainVerifier {
         let expectedRunSeq = (runSeqs[event.runId] ?? 0) + 1
         if event.runSeq != expectedRunSeq {
             return broken(at: event.seq, "seq \(event.seq) has runSeq \(event.runSeq) for run \(event.runId ?? "(none)"), expected \(expectedRunSeq)")
+        }
+        if let signed = anchors[event.seq]?.first(where: { $0 != event.hash }) {
+            return broken(at: event.seq, "the hash of seq \(event.seq) is not the one a checkpoint signed (\(signed)): the event was changed, or the chain was rewritten from there")
         }
         runSeqs[event.runId] = event.runSeq
         lastSeq = event.seq
@@ -48,7 +59,11 @@ package struct ChainVerifier {
         if head.hash != lastHash {
             return broken(at: lastSeq, "the hash of seq \(lastSeq) is not the one the chain head records")
         }
-        return ChainVerification(eventsChecked: checked, firstBrokenSeq: nil, reason: nil)
+        if let signed = anchors.keys.filter({ $0 > lastSeq }).max() {
+            return broken(at: lastSeq + 1, "the chain ends at seq \(lastSeq) but a checkpoint signed seq \(signed): \(lastSeq + 1 == signed ? "event \(signed) was" : "events \(lastSeq + 1) to \(signed) were") removed (the tail was truncated)")
+        }
+        return ChainVerification(eventsChecked: checked, firstBrokenSeq: nil, reason: nil,
+                                 head: lastSeq > 0 ? AuditChainHead(seq: lastSeq, hash: lastHash) : nil)
     }
 
     private func broken(at seq: Int64, _ reason: String) -> ChainVerification {

@@ -308,11 +308,11 @@ public final class SQLiteAuditStore: AuditStore {
         }
     }
 
-    public func verifyChain() throws(AuditError) -> ChainVerification {
+    public func verifyChain(anchors: [AuditChainHead]) throws(AuditError) -> ChainVerification {
         let db = try Self.open(path: path, readOnly: true)
         do {
             return try db.readTransaction { () throws(AuditError) -> ChainVerification in
-                var verifier = ChainVerifier()
+                var verifier = ChainVerifier(anchors: anchors)
                 let statement = try db.prepare("SELECT seq, runId, runSeq, kind, at, detail, prevHash, hash FROM events ORDER BY seq", "read events")
                 while try statement.step() {
                     if let broken = verifier.check(Self.event(statement)) { return broken }

@@ -20,7 +20,7 @@ struct AuditCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "audit",
         abstract: "Read and verify the audit trail.",
-        subcommands: [Events.self, Runs.self, Verify.self]
+        subcommands: [Events.self, Runs.self, Verify.self, Checkpoint.self]
     )
 
     struct Events: ParsableCommand {
@@ -44,7 +44,9 @@ struct AuditCommand: ParsableCommand {
                             "detail": event.detailValue ?? .string(event.detail), "hash": .string(event.hash),
                         ]).serialized())
                     } else {
-                        Console.out("\(event.seq)\t\(event.at)\t\(event.runId ?? "-")\t\(event.kind)\t\(event.detail)")
+                        // Every field escaped: a worker-chosen string must not start a row or split a column.
+                        let fields = [event.at, event.runId ?? "-", event.kind, event.detail].map(TerminalOutput.field)
+                        Console.out(([String(event.seq)] + fields).joined(separator: "\t"))
                     }
                 }
             } catch {
@@ -72,8 +74,10 @@ struct AuditCommand: ParsableCommand {
                             "createdAt": .string(run.createdAt), "endedAt": run.endedAt.map { .string($0) } ?? .null,
                         ]).serialized())
                     } else {
-                        let command = run.command.joined(separator: " ")
-                        Console.out("\(run.runId)\t\(run.createdAt)\t\(run.profile)\t\(run.state)\t\(run.outcome ?? "-")\t\(run.exitStatus.map(String.init) ?? "-")\t\(command)")
+                        // Every field escaped: a command holding a newline or tab must stay one row.
+                        let command = run.command.map(TerminalOutput.field).joined(separator: " ")
+                        let fields = [run.runId, run.createdAt, run.profile, run.state, run.outcome ?? "-"].map(TerminalOutput.field)
+                        Console.out((fields + [run.exitStatus.map(String.init) ?? "-", command]).joined(separator: "\t"))
                     }
                 }
             } catch {
@@ -86,23 +90,173 @@ struct AuditCommand: ParsableCommand {
     struct Verify: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "verify",
-            abstract: "Recompute the audit hash chain; exit 1 naming the first broken seq.")
+            abstract: "Recompute the audit hash chain; exit 1 naming the first broken seq.",
+            discussion: """
+                Without a checkpoint this proves the integrity of the events there are, not that none \
+                were removed from the end. With --checkpoint FILE it also fails when the event at the \
+                checkpoint's seq is missing or changed, or its signature does not verify with the \
+                trusted key: --public-key FILE, else the state directory's checkpoint key (never the \
+                key the checkpoint carries).
+                """)
         @OptionGroup var state: StateOptions
+        @Option(help: "A checkpoint from `stockade audit checkpoint` the trail must still hold (repeatable).")
+        var checkpoint: [String] = []
+        @Option(help: "A file holding the trusted public key for --checkpoint (64 hex digits, as in <key>.pub); default: the state directory's checkpoint key.")
+        var publicKey: String?
+        @Flag(help: "The result as one JSON object.") var json = false
+
+        func validate() throws {
+            if publicKey != nil && checkpoint.isEmpty {
+                throw ValidationError("--public-key: only used with --checkpoint FILE")
+            }
+        }
 
         func run() throws {
             let supervisor = try openSupervisor(state)
+            var checked: [(path: String, checkpoint: AuditCheckpoint)] = []
+            if !checkpoint.isEmpty {
+                do {
+                    // Never the key a checkpoint carries: whoever can cut the trail can sign with a key of their own.
+                    let trusted = if let publicKey {
+                        try CheckpointKeyFile.loadPublicKey(path: publicKey)
+                    } else {
+                        try CheckpointKeyFile.load(path: CheckpointKeyFile.defaultPath(stateDirectory: supervisor.stateDirectory)).publicKey
+                    }
+                    for path in checkpoint {
+                        let document = try AuditCheckpoint.read(path: path)
+                        do throws(AuditError) {
+                            try document.verify(trusting: trusted)
+                        } catch {
+                            fail(seq: document.head.seq, "checkpoint \(path): \(error.message)")
+                        }
+                        checked.append((path, document))
+                    }
+                } catch {
+                    fail(seq: nil, "\(error)")
+                }
+            }
             let result: ChainVerification
             do {
-                result = try supervisor.audit.verifyChain()
+                result = try supervisor.audit.verifyChain(anchors: checked.map { $0.checkpoint.head })
             } catch {
+                fail(seq: nil, "\(error)")
+            }
+            if let seq = result.firstBrokenSeq {
+                fail(seq: seq, "audit chain broken at seq \(seq): \(TerminalOutput.field(result.reason ?? "hash mismatch")) (\(result.eventsChecked) events checked)",
+                     eventsChecked: result.eventsChecked)
+            }
+            if json {
+                var head = JSONValue.null
+                if let h = result.head { head = .object(["seq": .number(h.seq), "hash": .string(h.hash)]) }
+                var checkpoints: [JSONValue] = []
+                for (path, document) in checked {
+                    checkpoints.append(.object([
+                        "file": .string(path), "seq": .number(document.head.seq), "hash": .string(document.head.hash),
+                        "at": .string(document.at), "keyId": .string(document.keyId),
+                    ]))
+                }
+                let members: [String: JSONValue] = [
+                    "valid": .bool(true), "eventsChecked": .number(result.eventsChecked), "head": head,
+                    "checkpoints": .array(checkpoints), "firstBrokenSeq": .null, "reason": .null,
+                ]
+                Console.out(JSONValue.object(members).serialized())
+            } else if checked.isEmpty {
+                Console.out("audit chain intact: \(result.eventsChecked) events (no checkpoint given: events cut from the end would not show)")
+            } else {
+                let through = checked.map { $0.checkpoint.head.seq }.max() ?? 0
+                Console.out("audit chain intact: \(result.eventsChecked) events; holds every signed checkpoint (through seq \(through))")
+            }
+        }
+
+        /// Exit 1 naming the seq: on stderr, or as the JSON result on stdout.
+        private func fail(seq: Int64?, _ message: String, eventsChecked: Int64? = nil) -> Never {
+            if json {
+                Console.out(JSONValue.object([
+                    "valid": .bool(false), "eventsChecked": eventsChecked.map { .number($0) } ?? .null,
+                    "firstBrokenSeq": seq.map { .number($0) } ?? .null, "reason": .string(message),
+                ]).serialized())
+            } else {
+                Console.error(seq == nil ? "stockade: \(message)" : message)
+            }
+            Glibc.exit(1)
+        }
+    }
+
+    struct Checkpoint: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "checkpoint",
+            abstract: "Sign the audit chain's head with the checkpoint key; write the checkpoint where it cannot be edited with the database.",
+            discussion: """
+                The chain is verified first; a broken chain is never signed. The checkpoint (JSON: seq, \
+                hash, time, key id, public key, signature) goes to stdout or --out. Keep it, and the \
+                public key, away from the state directory: `stockade audit verify --checkpoint FILE \
+                --public-key FILE` then fails if any event up to that seq was changed or removed.
+                """)
+        @OptionGroup var state: StateOptions
+        @Option(help: "The Ed25519 key file (default <state>/keys/audit-checkpoint.ed25519; created on first use, mode 0600).")
+        var key: String?
+        @Option(help: "Write the checkpoint to this file instead of stdout.") var out: String?
+        @Flag(help: "Also print the checkpoint on stdout when --out is given; no summary on stderr.") var json = false
+
+        func run() throws {
+            let supervisor = try openSupervisor(state)
+            let keyPath = key ?? CheckpointKeyFile.defaultPath(stateDirectory: supervisor.stateDirectory)
+            let document: AuditCheckpoint
+            do {
+                let verification = try supervisor.audit.verifyChain()
+                if let seq = verification.firstBrokenSeq {
+                    Console.error("stockade: not signing a broken chain: audit chain broken at seq \(seq): \(TerminalOutput.field(verification.reason ?? "hash mismatch"))")
+                    throw ExitCode(1)
+                }
+                guard let head = verification.head else {
+                    Console.error("stockade: the audit trail is empty: there is nothing to checkpoint yet")
+                    throw ExitCode(1)
+                }
+                let (signingKey, created) = try CheckpointKeyFile.loadOrCreate(path: keyPath)
+                if created {
+                    Console.error("stockade: created checkpoint key \(keyPath) (public key in \(CheckpointKeyFile.publicPath(of: keyPath)): copy it to where checkpoints are checked)")
+                }
+                document = try AuditCheckpoint.sign(head, with: signingKey)
+            } catch let error as AuditError {
                 Console.error("stockade: \(error)")
                 throw ExitCode(1)
             }
-            if let seq = result.firstBrokenSeq {
-                Console.error("audit chain broken at seq \(seq): \(result.reason ?? "hash mismatch") (\(result.eventsChecked) events checked)")
-                throw ExitCode(1)
+            let text = document.serialized() + "\n"
+            if let out {
+                do throws(FileWriteError) {
+                    try writeFile(out, Array(text.utf8))
+                } catch {
+                    Console.error("stockade: --out \(out): \(error.description)")
+                    throw ExitCode(1)
+                }
+                if json { Console.out(text) }
+            } else {
+                Console.out(text)
             }
-            Console.out("audit chain intact: \(result.eventsChecked) events")
+            if !json {
+                Console.error("stockade: checkpoint of seq \(document.head.seq) (hash \(document.head.hash)) signed by key \(document.keyId)")
+            }
+        }
+
+        private func writeFile(_ path: String, _ bytes: [UInt8]) throws(FileWriteError) {
+            let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o644)
+            guard fd >= 0 else { throw FileWriteError(errno) }
+            defer { close(fd) }
+            var offset = 0
+            while offset < bytes.count {
+                let n = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { throw FileWriteError(errno) }
+                offset += n
+            }
+            guard fsync(fd) == 0 else { throw FileWriteError(errno) }
         }
     }
+}
+
+/// An errno as a message, for the CLI's own small file writes.
+struct FileWriteError: Error, CustomStringConvertible {
+    let code: Int32
+    init(_ code: Int32) { self.code = code }
+    var description: String { String(cString: strerror(code)) }
 }

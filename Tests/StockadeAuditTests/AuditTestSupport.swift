@@ -95,6 +95,12 @@ func expectGapFree(_ events: [AuditEvent], sourceLocation: SourceLocation = #_so
     }
 }
 
+/// The chain holds: `events` events checked, none broken, the reported head at the last one.
+func expectIntact(_ result: ChainVerification, events: Int64, sourceLocation: SourceLocation = #_sourceLocation) {
+    #expect(result.eventsChecked == events && result.firstBrokenSeq == nil && result.reason == nil, "\(result)", sourceLocation: sourceLocation)
+    #expect(result.head?.seq == (events == 0 ? nil : events), "\(result)", sourceLocation: sourceLocation)
+}
+
 extension JSONValue {
     static func str(_ s: String) -> JSONValue { .string(s) }
 }
