@@ -79,7 +79,9 @@ struct Run: AsyncParsableCommand {
             throw ExitCode(125)
         }
         let stream: (@Sendable (Int32, [UInt8]) -> Void)? = json ? nil : Self.streamToTerminal
-        let report = await supervisor.run(options(), onOutput: stream)
+        let cancellation = RunCancellation()
+        Interrupts.install(first: { cancellation.cancel() }, forced: { supervisor.recordForcedExit() })
+        let report = await supervisor.run(options(), onOutput: stream, cancellation: cancellation)
         if json {
             print(report.json())
         } else {
