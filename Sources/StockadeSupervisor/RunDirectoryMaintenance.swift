@@ -23,6 +23,16 @@ public enum RunDirectoryMaintenance {
         }
     }
 
+    /// Removes these finished run directories at once (`stockade verify`'s probe
+    /// runs, whose evidence the audit trail keeps); returns the ids removed.
+    public static func remove(stateDirectory: String, runIds: [String]) throws(SupervisorError) -> [String] {
+        do {
+            return try RunDirectory.remove(stateDirectory: stateDirectory, runIds: runIds)
+        } catch {
+            throw SupervisorError(.io, error.description)
+        }
+    }
+
     /// A supervisor that died mid-run leaves its workspace layer (a tmpfs on
     /// `<run>/upper`) mounted: detach those of runs nobody holds any more.
     static func releaseLayers(stateDirectory: String) {
