@@ -31,11 +31,24 @@ public final class Supervisor: Sendable {
         Spawner.shared.prepare(helpers: concurrency)
     }
 
-    public init(stateDirectory: String, catalog: ProfileCatalog, environment: [String: String], logger: Logger) throws(SupervisorError) {
+    /// `readOnly`: for commands that only query the state (audit events/runs/verify, review list/show):
+    /// nothing is created, migrated, marked abandoned or swept, no credential changes; running workers
+    /// through such a supervisor fails closed.
+    public init(stateDirectory: String, catalog: ProfileCatalog, environment: [String: String], logger: Logger,
+                readOnly: Bool = false) throws(SupervisorError) {
         self.stateDirectory = stateDirectory
         self.catalog = catalog
         self.logger = logger
         self.hostEnvironment = environment
+        if readOnly {
+            do {
+                audit = try SQLiteAuditStore(readingAt: stateDirectory + "/audit.sqlite")
+            } catch {
+                throw SupervisorError(.audit, "cannot open the audit database: \(error)")
+            }
+            cgroups = .failure(CgroupError(.noCgroupFilesystem, "this supervisor was opened read-only, for queries: it runs no workers"))
+            return
+        }
         try Self.makeDirectory(stateDirectory)
         try Self.makeDirectory(stateDirectory + "/runs")
         // Workers inherit the supervisor's supplementary groups, and setgroups
