@@ -111,9 +111,10 @@ public final class Supervisor: Sendable {
 
     /// Runs one worker and returns its report; never throws: every failure is a classified report.
     /// `cancellation`: lets the caller cancel the run (outcome `cancelled`).
+    /// `runId`: the id to use (a `RunService` hands it out at submission), else a new one.
     public func run(_ options: RunOptions, onOutput: (@Sendable (Int32, [UInt8]) -> Void)? = nil,
-                    cancellation: RunCancellation? = nil) async -> RunReport {
-        let runId = RunIdentifier.make()
+                    cancellation: RunCancellation? = nil, runId: String? = nil) async -> RunReport {
+        let runId = runId ?? RunIdentifier.make()
         let started = WorkerClock.now()
         let context = RunContext(runId: runId)
         context.cancellation = cancellation
@@ -172,6 +173,9 @@ public final class Supervisor: Sendable {
     }
 
     struct CancelledBeforeStart: Error {}
+
+    /// A new run id (sorts by time).
+    public static func makeRunId() -> String { RunIdentifier.make() }
 
     /// The report for a request that could not be read: nothing ran.
     public func rejectedRequest(reason: String) -> RunReport {
@@ -435,7 +439,7 @@ public final class Supervisor: Sendable {
         if usage.oomKills > 0, case .signaled(SIGKILL) = observation.exit {
             // The counter says some process was OOM-killed; the kernel's log says which. Where the log
             // cannot be read (a container without /dev/kmsg), the counter and the signal stand.
-            let evidence = mainPid.flatMap { OOMEvidence.killedByOOM(pid: $0, cgroupName: cgroup.name) }
+            let evidence = mainPid.flatMap { OOMEvidence.killedByOOM(pid: $0, cgroupName: cgroup.name, sinceMicros: spawnStarted / 1000 - min(spawnStarted / 1000, 2_000_000)) }
             if evidence == nil { logger.info("oom.victim-unknown", metadata: ["run.id": "\(runId)"]) }
             oomHitMain = evidence ?? true
         }

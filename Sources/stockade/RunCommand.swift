@@ -79,9 +79,16 @@ struct Run: AsyncParsableCommand {
             throw ExitCode(125)
         }
         let stream: (@Sendable (Int32, [UInt8]) -> Void)? = json ? nil : Self.streamToTerminal
-        let cancellation = RunCancellation()
-        Interrupts.install(first: { cancellation.cancel() }, forced: { supervisor.recordForcedExit() })
-        let report = await supervisor.run(options(), onOutput: stream, cancellation: cancellation)
+        let service = RunService(supervisor: supervisor, admission: .init(maxRunning: 1, maxQueued: 0))
+        let handle: RunHandle
+        do {
+            handle = try await service.submit(options(), onOutput: stream)
+        } catch {
+            Console.error("stockade: \(error)")
+            throw ExitCode(125)
+        }
+        Interrupts.install(first: { handle.cancel() }, forced: { supervisor.recordForcedExit() })
+        let report = await handle.report()
         if json {
             print(report.json())
         } else {
