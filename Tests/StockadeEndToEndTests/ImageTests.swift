@@ -95,4 +95,24 @@ struct ImageTests {
         #expect(gc.stderr.contains("removed 1 unused image layer"), "\(gc.stderr)")
         #expect(((try? FileManager.default.contentsOfDirectory(atPath: h.stateDirectory + "/images/layers")) ?? ["?"]).isEmpty)
     }
+
+    @Test("a layout written by umoci (a real peer's output) imports and runs its Cmd",
+          .enabled(if: FileManager.default.fileExists(atPath: "/usr/bin/umoci"), "needs umoci (apt-get install umoci)"))
+    func umociLayout() throws {
+        let dir = NSTemporaryDirectory() + "umoci-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let script = """
+            set -e; cd \(dir); umoci init --layout bb; umoci new --image bb:latest; umoci unpack --image bb:latest bundle
+            mkdir -p bundle/rootfs/bin; cp /bin/busybox bundle/rootfs/bin/; ln -s busybox bundle/rootfs/bin/sh
+            umoci repack --image bb:latest bundle
+            umoci config --image bb:latest --config.env GREETING=from-umoci --config.cmd /bin/sh --config.cmd -c --config.cmd 'echo $GREETING'
+            """
+        let made = try Harness.exec("/bin/sh", ["-c", script])
+        try #require(made.status == 0, "umoci: \(made.stderr)")
+        let h = try Harness()
+        let imported = try h.stockade(["image", "import", dir + "/bb:latest", "--name", "umoci-bb"])
+        #expect(imported.status == 0, "\(imported.stderr)")
+        let r = try h.stockade(["run", "--json", "--image", "umoci-bb"])
+        #expect(try r.report().string("stdout") == "from-umoci\n", "\(r.stdout) \(r.stderr)")
+    }
 }
