@@ -28,6 +28,7 @@ let package = Package(
         .systemLibrary(name: "CCap", pkgConfig: "libcap", providers: [.apt(["libcap-dev"])]),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
 
         // Pure values: profiles, limits, seccomp policy model, strict JSON.
         .target(name: "StockadePolicy", swiftSettings: strict),
@@ -56,16 +57,21 @@ let package = Package(
             "CSQLite", "StockadePolicy",
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
+        // OCI image layouts read as hostile input: verified blobs, layers unpacked into a content-addressed cache.
+        .target(name: "StockadeImages", dependencies: [
+            "CStockade", "CArchive", "StockadePolicy", "StockadeBundles",
+            .product(name: "Crypto", package: "swift-crypto"),
+        ], swiftSettings: strict),
         // One run's lifecycle, concurrency, review queue.
         .target(name: "StockadeSupervisor", dependencies: [
             "StockadePolicy", "StockadeCgroups", "StockadeLinux", "StockadeBundles",
-            "StockadePatches", "StockadeAudit",
+            "StockadePatches", "StockadeAudit", "StockadeImages",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
         .executableTarget(name: "stockade", dependencies: [
-            "StockadeSupervisor",
+            "StockadeSupervisor", "StockadeImages",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
@@ -84,6 +90,7 @@ let package = Package(
         .testTarget(name: "StockadeAuditTests", dependencies: ["StockadeAudit", "StockadePolicy", "CSQLite"], swiftSettings: strict),
         .testTarget(name: "StockadeWorkspaceTests", dependencies: ["StockadeBundles"], swiftSettings: strict),
         .testTarget(name: "StockadePatchesTests", dependencies: ["StockadePatches"], swiftSettings: strict),
+        .testTarget(name: "StockadeImagesTests", dependencies: ["StockadeImages", "StockadePolicy", "CStockade"], swiftSettings: strict),
         // Runs the real `stockade` binary with the probes: both must be built first.
         .testTarget(name: "StockadeEndToEndTests", dependencies: ["StockadeSupervisor", "stockade", "stockade-probe"], swiftSettings: strict),
     ],

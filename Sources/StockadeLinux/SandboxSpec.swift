@@ -42,6 +42,9 @@ public struct SandboxSpec: Sendable {
     /// directory every uid can reach; bind sources come as descriptors.
     public var rootDirectory: String = "/tmp"
     public var mounts: [MountOp]
+    /// A detached mount (an image's root overlay, `ImageRoot`) the child attaches as its new root
+    /// instead of an empty tmpfs; the mounts are then made on top of it.
+    public var rootMount: Int32?
     public var workdir: String = "/workspace"
     public var loopback: Bool = false
     /// (resource, soft, hard)

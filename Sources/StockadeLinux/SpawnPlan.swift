@@ -23,6 +23,7 @@ final class SpawnPlan {
         plan.pointee.envp = UnsafePointer(stringArray(spec.environment.map { "\($0.0)=\($0.1)" }, terminated: true))
         plan.pointee.root = cString(spec.rootDirectory)
         plan.pointee.root_data = cString("size=1m,nr_inodes=4096,mode=0755")
+        plan.pointee.root_fd = spec.rootMount ?? -1
         plan.pointee.root_readonly = 1
         plan.pointee.workdir = cString(spec.workdir)
         plan.pointee.hostname = cString(spec.hostname)

@@ -85,6 +85,8 @@ public struct RunReport: Sendable, Equatable, Codable {
     public var setupError: SetupError?
     /// The batch request's `id`, echoed as the key `id` (only in `stockade batch` output).
     public var requestId: String?
+    /// The manifest digest of the image the worker's root was made from.
+    public var image: String?
 
     public init(runId: String, profile: String, outcome: Outcome) {
         self.runId = runId
@@ -187,6 +189,7 @@ public struct RunReport: Sendable, Equatable, Codable {
             } ?? .null,
         ]
         if let requestId { object["id"] = .string(requestId) }
+        if let image { object["image"] = .string(image) }
         return .object(object)
     }
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import Glibc
 import StockadeAudit
 import StockadePolicy
+import StockadeImages
 import StockadeSupervisor
 
 struct ReviewCommand: ParsableCommand {
@@ -135,6 +136,11 @@ struct Gc: ParsableCommand {
             let removed = try RunDirectoryMaintenance.collectGarbage(stateDirectory: state.resolved(), olderThan: seconds)
             for id in removed { Console.out(id) }
             Console.error("stockade: removed \(removed.count) run director\(removed.count == 1 ? "y" : "ies")")
+            // Image layers no imported image names, unless an import or a run holds the cache.
+            let layers = try ImageStore(stateDirectory: state.resolved()).collectGarbage()
+            for digest in layers.removed { Console.out(digest) }
+            Console.error(layers.busy ? "stockade: image layers not collected: an import or a run is using the cache"
+                                      : "stockade: removed \(layers.removed.count) unused image layer\(layers.removed.count == 1 ? "" : "s")")
         } catch {
             Console.error("stockade: \(error)")
             throw ExitCode(1)

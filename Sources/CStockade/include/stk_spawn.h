@@ -76,6 +76,8 @@ struct stk_plan {
     /* Host directory the new root's tmpfs is mounted on, and its mount data. */
     const char *root;
     const char *root_data;
+    /* A detached mount (an image's overlay) attached at `root` instead of the tmpfs; -1 for the tmpfs. */
+    int root_fd;
     const struct stk_mount_op *_Nullable ops;
     size_t op_count;
     int root_readonly;
