@@ -24,7 +24,7 @@ struct ReviewCommand: ParsableCommand {
         }
 
         func run() throws {
-            let supervisor = try openSupervisor(location)
+            let supervisor = try openSupervisor(location, readOnly: true)
             let records: [DiffRecord]
             do {
                 records = try supervisor.audit.diffs(state: state)
@@ -64,7 +64,7 @@ struct ReviewCommand: ParsableCommand {
         @Argument(help: "Diff id.") var id: Int64
 
         func run() throws {
-            let supervisor = try openSupervisor(state)
+            let supervisor = try openSupervisor(state, readOnly: true)
             let record: DiffRecord?
             do {
                 record = try supervisor.audit.diff(id: id)
@@ -98,7 +98,7 @@ struct ReviewCommand: ParsableCommand {
         @Option(help: "Why (recorded).") var note: String?
 
         func record(_ decide: (Supervisor) throws(SupervisorError) -> Void, done: String) throws {
-            let supervisor = try openSupervisor(state)
+            let supervisor = try openSupervisor(state, readOnly: false)
             do {
                 try decide(supervisor)
             } catch {
