@@ -51,6 +51,8 @@ let package = Package(
         .target(name: "StockadePatches", dependencies: [
             "CStockade", "CZlib", "StockadePolicy",
             .product(name: "SystemPackage", package: "swift-system"),
+            // Insecure.SHA1 for git blob ids in `index` lines (git apply requires them on binary patches).
+            .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
         // SQLite audit store.
         .target(name: "StockadeAudit", dependencies: [

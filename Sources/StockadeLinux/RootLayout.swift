@@ -32,6 +32,10 @@ public struct RootLayout: Sendable {
     public var resultMount: Int32?
     public var resultBytes: Int64
     public var volumes: [Volume] = []
+    /// The worker's host uid and gid (its run's id range base plus its ids). When set, a writable
+    /// volume is an idmapped bind: its owner is shown as the worker, so the worker can write there and
+    /// what it writes belongs to the directory's owner on the host. Read-only volumes are plain binds.
+    public var workerHostIds: (uid: UInt32, gid: UInt32)?
     public var tmpfs: [(target: String, sizeBytes: Int64)] = []
     /// Where host system directories are looked up (tests point it elsewhere).
     public var hostRoot: String = ""
@@ -100,7 +104,11 @@ public struct RootLayout: Sendable {
         for volume in volumes {
             ops += parents(of: volume.target)
             let isFile = fileKind(volume.source) == .file
-            ops.append(.bind(source: volume.source, target: volume.target, isFile: isFile, readOnly: volume.readOnly))
+            if !volume.readOnly, let owner = workerHostIds {
+                ops.append(.bindOwned(source: volume.source, target: volume.target, isFile: isFile, owner: owner))
+            } else {
+                ops.append(.bind(source: volume.source, target: volume.target, isFile: isFile, readOnly: volume.readOnly))
+            }
         }
         for mount in tmpfs {
             ops += parents(of: mount.target)

@@ -206,6 +206,15 @@ public struct RunReport: Sendable, Equatable, Codable {
         if !violations.isEmpty {
             line += "; violations: " + violations.map { "\($0.kind)\($0.syscall.map { ":" + $0 } ?? "")×\($0.count)" }.joined(separator: ", ")
         }
+        if let id = review.id {
+            // The diff id is what the next command needs: name it with the way to look at it.
+            let named: String = switch review.state {
+            case "pending": "; diff \(id) pending review: stockade review show \(id)"
+            case "conflict": "; diff \(id) in conflict: stockade review show \(id)"
+            default: "; diff \(id) \(review.state)"
+            }
+            line += named
+        }
         return line
     }
 }

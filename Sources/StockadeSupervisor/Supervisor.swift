@@ -350,6 +350,7 @@ public final class Supervisor: Sendable {
                                 requestDirectory: request == nil ? nil : runDirectory.requestPath,
                                 resultMount: resultMount, resultBytes: profile.limits.resultBytes)
         layout.volumes = profile.volumes.map { RootLayout.Volume(source: $0.source, target: $0.target, readOnly: $0.readOnly) }
+        layout.workerHostIds = (hostUid, hostGid)
         layout.tmpfs = profile.tmpfs.map { ($0.target, $0.sizeBytes) }
         var rootMount: Int32?
         if !root.layers.isEmpty {

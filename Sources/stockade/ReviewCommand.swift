@@ -15,12 +15,12 @@ struct ReviewCommand: ParsableCommand {
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "list", abstract: "Diffs, oldest first.")
         @OptionGroup var location: StateOptions
-        @Option(help: "pending, accepted or rejected.") var state: String?
+        @Option(help: "pending, accepted, rejected or conflict.") var state: String?
         @Flag(help: "One JSON object a line.") var json = false
 
         func validate() throws {
-            if let state, !["pending", "accepted", "rejected"].contains(state) {
-                throw ValidationError("--state: expected pending, accepted or rejected, found \(state)")
+            if let state, !["pending", "accepted", "rejected", "conflict"].contains(state) {
+                throw ValidationError("--state: expected pending, accepted, rejected or conflict, found \(state)")
             }
         }
 
@@ -41,12 +41,22 @@ struct ReviewCommand: ParsableCommand {
                         "createdAt": .string(r.createdAt), "decidedBy": r.decidedBy.map { .string($0) } ?? .null,
                         "note": r.note.map { .string($0) } ?? .null, "decidedAt": r.decidedAt.map { .string($0) } ?? .null,
                         "appliedAt": r.appliedAt.map { .string($0) } ?? .null,
+                        "conflict": r.conflict.map { c in
+                            .object(["file": c.file.map { .string($0) } ?? .null, "hunk": c.hunk.map { .string($0) } ?? .null,
+                                     "reason": .string(c.reason)])
+                        } ?? .null,
                     ]).serialized())
                 } else {
-                    Console.out("\(r.id)\t\(r.runId)\t\(r.state)\t\(r.verdict)\t\(r.bytes) bytes\t\(r.createdAt)\(r.reason.map { "\t" + TerminalOutput.field($0) } ?? "")")
+                    // The reason column: the guard's reason, or for a diff in conflict where it stopped applying.
+                    let why = r.state == "conflict" ? r.conflict.map { ReviewCommand.conflictText($0) } : r.reason
+                    Console.out("\(r.id)\t\(r.runId)\t\(r.state)\t\(r.verdict)\t\(r.bytes) bytes\t\(r.createdAt)\(why.map { "\t" + TerminalOutput.field($0) } ?? "")")
                 }
             }
         }
+    }
+
+    static func conflictText(_ c: DiffConflict) -> String {
+        "conflict in \(c.file ?? "the workspace")\(c.hunk.map { " at " + $0 } ?? "")"
     }
 
     struct Show: ParsableCommand {
@@ -73,6 +83,9 @@ struct ReviewCommand: ParsableCommand {
                 head += "; decided by \(TerminalOutput.field(by)) at \(record.decidedAt ?? "?")\(record.note.map { ": \(TerminalOutput.field($0))" } ?? "")"
             }
             if let applied = record.appliedAt { head += "; applied at \(applied)" }
+            if record.state == "conflict", let conflict = record.conflict {
+                head += "; \(TerminalOutput.field(ReviewCommand.conflictText(conflict))): \(TerminalOutput.field(conflict.reason))"
+            }
             Console.error(head)
             TerminalOutput.write(record.content, to: 1)
         }
@@ -98,7 +111,7 @@ struct ReviewCommand: ParsableCommand {
     }
 
     struct Accept: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "accept", abstract: "Record the decision, then apply the diff to the workspace.")
+        static let configuration = CommandConfiguration(commandName: "accept", abstract: "Record the decision, then apply the diff to the workspace (a pending diff, or one in conflict once the workspace is fixed).")
         @OptionGroup var decision: Decision
 
         func run() throws {
@@ -108,7 +121,7 @@ struct ReviewCommand: ParsableCommand {
     }
 
     struct Reject: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "reject", abstract: "Record the decision; nothing is applied.")
+        static let configuration = CommandConfiguration(commandName: "reject", abstract: "Record the decision on a pending diff or one in conflict; nothing is applied.")
         @OptionGroup var decision: Decision
 
         func run() throws {
