@@ -78,7 +78,7 @@ struct RunServiceTests {
             _ = try await service.submit(RunOptions(command: ["c"]))
             Issue.record("a third run was admitted past one running and one queued")
         } catch {
-            guard case .queueFull(let running, let queued, let limit) = error else { return Issue.record("\(error)") }
+            guard case .queueFull(let running, let queued, let limit) = error else { Issue.record("\(error)"); return }
             #expect(running + queued == 2 && limit == 1)
         }
         await held.waitStarted(1)
