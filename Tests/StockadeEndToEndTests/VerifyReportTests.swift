@@ -55,7 +55,10 @@ struct VerifyReportTests {
         return path
     }
 
-    static let python = "/usr/bin/python3"
+    /// python3 from PATH (the one with jsonschema may not be /usr/bin's).
+    static func python(_ args: [String]) throws -> Harness.Result { try Harness.exec("/usr/bin/env", ["python3"] + args) }
+
+    static func hasPython(_ module: String) -> Bool { (try? python(["-c", "import \(module)"]).status) == 0 }
 
     @Test("every control names a threat class of the model, what it proves and its probe; the classic escapes cite their incident")
     func catalogue() throws {
@@ -153,7 +156,7 @@ struct VerifyReportTests {
     }
 
     @Test("JUnit XML is well-formed, one testcase per control, failures for failing controls and skipped for not-applicable, counts as in the JSON",
-          .enabled(if: FileManager.default.isExecutableFile(atPath: python), "needs python3 for xml.etree"), .timeLimit(.minutes(1)))
+          .enabled(if: hasPython("xml.etree.ElementTree"), "needs python3 for xml.etree"), .timeLimit(.minutes(1)))
     func junit() throws {
         // Hostile evidence: markup and control bytes XML 1.0 cannot carry.
         let reports = try SyntheticReports.reports(evidence: "</failure><x a=\"1\"> & \u{1B}[2J\u{07}\u{0}")
@@ -176,7 +179,7 @@ struct VerifyReportTests {
                     "evidence": [c.find("system-out").text for c in cases]})
             print(json.dumps(out))
             """
-        let r = try Harness.exec(Self.python, ["-c", script, path])
+        let r = try Self.python(["-c", script, path])
         #expect(r.status == 0, "\(r.stderr)")
         let parsed = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], "\(r.stdout) \(r.stderr)")
         let suites = try #require(parsed["suites"] as? [[String: Any]])
@@ -238,10 +241,7 @@ struct VerifyReportTests {
                                   "logicalLocations": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}}}}}}
     """#
 
-    static let hasJSONSchema: Bool = {
-        guard FileManager.default.isExecutableFile(atPath: python) else { return false }
-        return (try? Harness.exec(python, ["-c", "import jsonschema"]).status) == 0
-    }()
+    static let hasJSONSchema = hasPython("jsonschema")
 
     @Test("SARIF 2.1.0 validates against the schema's required structure: a rule per control, a result per failing control, counts as in the JSON",
           .enabled(if: hasJSONSchema, "needs python3 with jsonschema"), .timeLimit(.minutes(1)))
@@ -267,7 +267,7 @@ struct VerifyReportTests {
             print(json.dumps([{"rules": [r["id"] for r in run["tool"]["driver"]["rules"]],
                                "results": [r["ruleId"] for r in run["results"]]} for run in doc["runs"]]))
             """
-        let r = try Harness.exec(Self.python, ["-c", script, document, schema])
+        let r = try Self.python(["-c", script, document, schema])
         #expect(r.status == 0, "\(r.stdout) \(r.stderr)")
         let runs = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: [String]]], "\(r.stdout)")
         for (report, run) in zip(reports, runs) {
@@ -277,8 +277,12 @@ struct VerifyReportTests {
         }
         #expect(runs.first?["results"] == ["seccomp.bpf"])
         #expect(runs.last?["results"] == [])
-        // A profile from a file is the finding's location, its path a URI reference.
-        #expect(sarif.serialized().contains(#""uri":"/etc/stockade/profiles/weak%20profile.json""#))
+        // A profile from a file is the finding's location, its path a URI reference; a built-in one has none.
+        #expect(!sarif.serialized().contains(#""physicalLocation""#))
+        var fromFile = reports[0]
+        fromFile.profileSource = "/etc/stockade/profiles/team profile.json"
+        let located = VerificationFormats.sarif([fromFile], toolVersion: "0.1.0").serialized()
+        #expect(located.contains(#""physicalLocation":{"artifactLocation":{"uri":"/etc/stockade/profiles/team%20profile.json"}}"#), "\(located)")
     }
 
     @Test("the profile matrix marks the rows a weakened profile grants and shows the grant; the JSON matrix says the same")
