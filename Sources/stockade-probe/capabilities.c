@@ -152,7 +152,7 @@ STK_PROBE(probe_ptrace_init) {
     if (pipe(fds) != 0) return stk_report(STK_PROBE_ERROR, "ptrace-init", "pipe: errno %d (%s)", errno, stk_errno_name(errno));
     const char *target = "pid 1 (the namespace's init)";
     int pid;
-    if (unshare(CLONE_NEWPID) == 0) {
+    if (stk_has_sys_admin() && unshare(CLONE_NEWPID) == 0) {
         target = "pid 1 of a pid namespace the probe made";
         pid = fork();
         if (pid == 0) {

@@ -248,7 +248,7 @@ STK_PROBE(probe_helper_write) { return open_for_writing("helper-write", argc, ar
  * /sys/fs/cgroup, only asked (stk_writable): the host's are never opened. */
 STK_PROBE(probe_cgroup_release_agent) {
     (void)argc; (void)argv;
-    if (unshare(CLONE_NEWNS) == 0) (void)mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
+    if (stk_has_sys_admin() && unshare(CLONE_NEWNS) == 0) (void)mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
     char dir[256];
     if (stk_temp_dir(dir, sizeof dir) != 0)
         return stk_report(STK_PROBE_ERROR, "cgroup-release-agent", "cannot make a temporary directory: errno %d (%s)", errno, stk_errno_name(errno));

@@ -28,6 +28,11 @@ long stk_arg_long(int argc, char **argv, int index, long min, long max);
  * it: no write access is ever taken, so a positive control run unsandboxed
  * changes nothing and wakes no watcher. 0, or the errno (EROFS, EACCES, ...). */
 int stk_writable(const char *path);
+/* Whether CAP_SYS_ADMIN is in the effective set. A probe makes a namespace of
+ * its own (to stay harmless unsandboxed) only when it has it: without it the
+ * unshare could only fail, and under a kill-on-violation profile it would end
+ * the probe before the attempt that is its control's evidence. */
+int stk_has_sys_admin(void);
 /* Forks a child that sleeps until killed (dies with its parent). Returns its pid or -1. */
 int stk_sleeping_child(void);
 /* SIGKILLs and reaps `pid`. */
