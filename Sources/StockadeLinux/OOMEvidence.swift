@@ -20,6 +20,18 @@ public enum OOMEvidence {
         return Int32(String(decoding: digits, as: UTF8.self))
     }
 
+    /// Keeps the OOM killer off the worker's init (`oom_score_adj` -1000, written as host root):
+    /// init holds a copy of the spawn helper's pages, so a small fork bomb's OOM could otherwise
+    /// pick init, whose death ends the namespace and hides which process used the memory. Called
+    /// after the worker is forked, so nothing inherits the value. Best effort: false if refused.
+    @discardableResult
+    public static func exempt(initPid: Int32) -> Bool {
+        let fd = open("/proc/\(initPid)/oom_score_adj", O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        return write(fd, "-1000", 5) == 5
+    }
+
     /// Whether the kernel log names `pid` as an OOM victim of a memory cgroup since `sinceMicros`
     /// (CLOCK_MONOTONIC, the clock of the log's timestamps): true or false, or nil when the log
     /// cannot be read here (no `/dev/kmsg`, or no permission to read it).
@@ -29,13 +41,18 @@ public enum OOMEvidence {
     /// Killed process N (comm)` (never rate-limited). The first must name this run's cgroup; the
     /// second names a host pid, which only the run's main process holds since the run started.
     public static func killedByOOM(pid: Int32, cgroupName: String, sinceMicros: UInt64) -> Bool? {
+        killedByOOM(pids: [pid], cgroupName: cgroupName, sinceMicros: sinceMicros)
+    }
+
+    /// As above, for any of `pids` (the main process and the init whose death ends the namespace).
+    public static func killedByOOM(pids: [Int32], cgroupName: String, sinceMicros: UInt64) -> Bool? {
         let fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         let summary = Array("task_memcg=".utf8)
         let memcg = Array(("/" + cgroupName + ",").utf8)
-        let victim = Array(",pid=\(pid),".utf8)
-        let killed = Array("Memory cgroup out of memory: Killed process \(pid) (".utf8)
+        let victims = pids.map { Array(",pid=\($0),".utf8) }
+        let killed = pids.map { Array("Memory cgroup out of memory: Killed process \($0) (".utf8) }
         var record = [UInt8](repeating: 0, count: 8192)
         var readAny = false
         // One record per read, oldest first; EPIPE means records were overwritten meanwhile (go on).
@@ -55,8 +72,8 @@ public enum OOMEvidence {
             let message = line[(semicolon + 1)...]
             if let i = Self.find(summary, in: message) {
                 let rest = message[(i + summary.count)...]
-                if Self.find(memcg, in: rest) != nil && Self.find(victim, in: rest) != nil { return true }
-            } else if Self.find(killed, in: message) != nil {
+                if Self.find(memcg, in: rest) != nil && victims.contains(where: { Self.find($0, in: rest) != nil }) { return true }
+            } else if killed.contains(where: { Self.find($0, in: message) != nil }) {
                 return true
             }
         }

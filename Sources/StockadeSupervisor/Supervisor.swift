@@ -409,6 +409,7 @@ public final class Supervisor: Sendable {
         stdio.closeChildEnds()
         // Named now, while init lives: the kernel's log names an OOM victim by its host pid.
         let mainPid = OOMEvidence.mainProcess(ofInit: worker.pid)
+        OOMEvidence.exempt(initPid: worker.pid)
         do {
             try forwarder?.attach(workerPid: worker.pid)
         } catch {
@@ -469,7 +470,10 @@ public final class Supervisor: Sendable {
         if usage.oomKills > 0, case .signaled(SIGKILL) = observation.exit {
             // The counter says some process was OOM-killed; the kernel's log says which. Where the log
             // cannot be read (a container without /dev/kmsg), the counter and the signal stand.
-            let evidence = mainPid.flatMap { OOMEvidence.killedByOOM(pid: $0, cgroupName: cgroup.name, sinceMicros: spawnStarted / 1000 - min(spawnStarted / 1000, 2_000_000)) }
+            // The main process's end is the OOM killer's when it chose the main process, or init (whose
+            // death ends the namespace).
+            let evidence = mainPid.flatMap { OOMEvidence.killedByOOM(pids: [$0, worker.pid], cgroupName: cgroup.name,
+                                                                    sinceMicros: spawnStarted / 1000 - min(spawnStarted / 1000, 2_000_000)) }
             if evidence == nil { logger.info("oom.victim-unknown", metadata: ["run.id": "\(runId)"]) }
             oomHitMain = evidence ?? true
         }
