@@ -24,6 +24,7 @@ struct Verify: AsyncParsableCommand {
     @Option(help: "A JSON file of the controls each profile must hold (see docs/CONTRACT.md); exit 1 when one is not as required.")
     var controls: String?
     @Option(help: "Verify only these controls: an id, a prefix ending in *, class:N (repeatable).") var only: [String] = []
+    @Option(help: "Run the probes on this imported image's root (stockade image import) instead of the profile's.") var image: String?
 
     var resolvedFormat: Format { format ?? (json ? .json : .text) }
 
@@ -82,7 +83,8 @@ struct Verify: AsyncParsableCommand {
             let supervisor = try Supervisor(stateDirectory: state.resolved(), catalog: .standard(),
                                             environment: ProcessEnvironment.current(), logger: Logger(label: "stockade"))
             for name in names {
-                let verifier = Verifier(supervisor: supervisor, probePath: probe, profile: name, controls: selectedControls)
+                var verifier = Verifier(supervisor: supervisor, probePath: probe, profile: name, controls: selectedControls)
+                verifier.image = image
                 let report = try await verifier.run()
                 // The evidence is part of the trail: a verification nobody can find later proves nothing.
                 // The probe runs were real runs of this state directory, so their own events (run.created,

@@ -115,4 +115,22 @@ struct ImageTests {
         let r = try h.stockade(["run", "--json", "--image", "umoci-bb"])
         #expect(try r.report().string("stdout") == "from-umoci\n", "\(r.stdout) \(r.stderr)")
     }
+
+    @Test("stockade verify --image runs the probes on the image's root: the controls hold there too")
+    func verifyOnImage() throws {
+        let layout = try BusyboxLayout(env: ["PATH=/bin"], cmd: ["/bin/sh"])
+        let h = try Harness()
+        #expect(try h.stockade(["image", "import", layout.path, "--name", "busybox:verify"]).status == 0)
+        let r = try h.stockade(["verify", "--image", "busybox:verify", "--json", "--only", "seccomp.keyrings", "--only", "namespaces.*",
+                                "--only", "resources.pids"])
+        let report = try #require((try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8))) as? [String: Any], "\(r.stdout) \(r.stderr)")
+        #expect(r.status == 0, "\(r.stdout.prefix(2000)) \(r.stderr)")
+        #expect(report["image"] as? String == "busybox:verify")
+        let controls = (report["controls"] as? [[String: Any]]) ?? []
+        #expect(controls.count > 5 && controls.allSatisfy { $0["verdict"] as? String != "not-enforced" })
+        // The probe ran on the image's root: its runs recorded the image's digest.
+        let runId = try #require((report["runs"] as? [String])?.first)
+        let created = try auditEvents(h, ["--run", runId]).first { $0["kind"] as? String == "run.created" }
+        #expect("\(created ?? [:])".contains(layout.manifestDigest))
+    }
 }
