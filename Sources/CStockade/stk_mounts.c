@@ -148,17 +148,24 @@ fail:
     return NULL;
 }
 
+/* Runs `body(job)` on a thread of its own and waits for it: a thread that unshares its mount
+   namespace takes that namespace with it when it ends. 0, or the pthread_create error. */
+static int stk_on_own_thread(void *(*body)(void *), void *job) {
+    pthread_t thread;
+    int rc = pthread_create(&thread, NULL, body, job);
+    if (rc == 0) pthread_join(thread, NULL);
+    return rc;
+}
+
 int stk_workspace_overlay(const char *lower, const char *anchor, const char *tmpfs_options, uint32_t uid, uint32_t gid,
                           int userns_fd, int *layer_fd, const char **stage) {
     struct stk_layer_job job = {lower, anchor, tmpfs_options, uid, gid, userns_fd, -1, -1, 0, "thread"};
-    pthread_t thread;
-    int rc = pthread_create(&thread, NULL, stk_layer_thread, &job);
+    int rc = stk_on_own_thread(stk_layer_thread, &job);
     if (rc != 0) {
         *stage = "thread";
         errno = rc;
         return -1;
     }
-    pthread_join(thread, NULL);
     *stage = job.stage;
     *layer_fd = job.layer_fd;
     if (job.overlay_fd < 0) errno = job.error;
@@ -236,14 +243,12 @@ fail:
 int stk_image_root(const char *anchor, int upper_fd, const char *const *layers, size_t layer_count, int userns_fd,
                    const char **stage) {
     struct stk_image_job job = {anchor, upper_fd, layers, layer_count, userns_fd, -1, 0, "thread"};
-    pthread_t thread;
-    int rc = pthread_create(&thread, NULL, stk_image_thread, &job);
+    int rc = stk_on_own_thread(stk_image_thread, &job);
     if (rc != 0) {
         *stage = "thread";
         errno = rc;
         return -1;
     }
-    pthread_join(thread, NULL);
     *stage = job.stage;
     if (job.overlay_fd < 0) errno = job.error;
     return job.overlay_fd;

@@ -634,14 +634,8 @@ int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result, int 
     int switched = 0;
     if (plan->ns_owner_uid != 0) {
         if (syscall(SYS_setresuid, -1, plan->ns_owner_uid, -1) < 0) {
-            result->stage = STK_STAGE_CLONE;
             result->error = errno;
-            pthread_sigmask(SIG_SETMASK, &old, NULL);
-            stk_close(&errpipe[0]); stk_close(&errpipe[1]);
-            stk_close(&syncpipe[0]); stk_close(&syncpipe[1]);
-            stk_close(&sock[0]); stk_close(&sock[1]);
-            stk_close(&statuspipe[0]); stk_close(&statuspipe[1]);
-            return -1;
+            goto fail_before_clone;
         }
         switched = 1;
         /* CLONE_INTO_CGROUP (cgroup v2) checks the right to write the run cgroup's and
@@ -651,15 +645,9 @@ int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result, int 
         if (plan->cgroup_dir_fd >= 0) {
             (void)syscall(SYS_setfsuid, 0);
             if ((int)syscall(SYS_setfsuid, -1) != 0) {
-                result->stage = STK_STAGE_CLONE;
                 result->error = EPERM;
-                (void)syscall(SYS_setresuid, -1, 0, -1);
-                pthread_sigmask(SIG_SETMASK, &old, NULL);
-                stk_close(&errpipe[0]); stk_close(&errpipe[1]);
-                stk_close(&syncpipe[0]); stk_close(&syncpipe[1]);
-                stk_close(&sock[0]); stk_close(&sock[1]);
-                stk_close(&statuspipe[0]); stk_close(&statuspipe[1]);
-                return -1;
+                if (syscall(SYS_setresuid, -1, 0, -1) < 0) abort();
+                goto fail_before_clone;
             }
         }
     }
@@ -754,6 +742,16 @@ out:
     stk_close(&syncpipe[1]);
     stk_close(&sock[0]);
     return rc;
+
+fail_before_clone:
+    /* Nothing was cloned: back to the caller's signal mask, every end closed. */
+    result->stage = STK_STAGE_CLONE;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    stk_close(&errpipe[0]); stk_close(&errpipe[1]);
+    stk_close(&syncpipe[0]); stk_close(&syncpipe[1]);
+    stk_close(&sock[0]); stk_close(&sock[1]);
+    stk_close(&statuspipe[0]); stk_close(&statuspipe[1]);
+    return -1;
 }
 
 int stk_tmpfs_detached(uint64_t size_bytes, uint64_t inodes, uint32_t uid, uint32_t gid, uint32_t mode) {
