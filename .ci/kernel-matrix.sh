@@ -229,14 +229,15 @@ mkdir /newroot && mount -t tmpfs -o size=90% tmpfs /newroot
 for e in /*; do
     case $e in /newroot|/proc|/sys|/dev|/init) mkdir -p "/newroot$e";; *) cp -a "$e" /newroot/;; esac
 done
-umount /dev
+mount --move /dev /newroot/dev
 exec switch_root /newroot /checks
 EOF
 cat > "$R/checks" <<'EOF'
 #!/bin/sh
 # Runs as PID 1 of the guest; everything goes to the serial console, which the host keeps as the log.
 export PATH=/usr/local/bin:/usr/bin:/usr/sbin HOME=/root STOCKADE_STATE_DIR=/var/lib/stockade
-mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
+mount -t proc proc /proc; mount -t sysfs sysfs /sys
+mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
 exec >/dev/console 2>&1 </dev/null
 mount -t tmpfs -o mode=1777 tmpfs /tmp; mount -t tmpfs tmpfs /run
 mkdir -p /dev/pts /dev/shm /var/lib; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /dev/shm
