@@ -13,8 +13,8 @@
 #   GUEST_TIMEOUT        wall-clock bound on one guest, seconds (default 900)
 #   RUN_TIMEOUT          bound on one `stockade run` inside the guest, seconds (default 40); verify gets 5x
 #   ACCEL                qemu accelerator (default tcg: KVM guests hang on nested VMs such as CI's)
-# Needs root (apt-get download into the cache is fine as any user), qemu-system-x86, busybox-static,
-# cpio, a C compiler with static glibc (gcc, libc6-dev) and util-linux's unshare.
+# Needs qemu-system-x86, busybox-static, cpio, a C compiler with static glibc (gcc, libc6-dev) and
+# util-linux's unshare; root only when apt has no package lists yet (it runs apt-get update then).
 # Exit status: 0 only when every guest finished and passed every check.
 set -euo pipefail
 
@@ -36,7 +36,7 @@ die() { echo "kernel-matrix: $*" >&2; exit 2; }
 [ -x "$PROBE" ] || die "no stockade-probe next to $STOCKADE: build it (--product stockade-probe)"
 missing=()
 command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
-{ [ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; } || missing+=(busybox-static)
+{ [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1; } || missing+=(busybox-static)   # static: ldd refuses it
 command -v cpio >/dev/null || missing+=(cpio)
 command -v "$CC" >/dev/null || missing+=(gcc libc6-dev)
 command -v unshare >/dev/null || missing+=(util-linux)
