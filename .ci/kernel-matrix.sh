@@ -40,7 +40,7 @@ command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
 command -v cpio >/dev/null || missing+=(cpio)
 command -v "$CC" >/dev/null || missing+=(gcc libc6-dev)
 command -v unshare >/dev/null || missing+=(util-linux)
-[ ${#missing[@]} -eq 0 ] || die "missing host tools: apt-get install ${missing[*]}"
+[ ${#missing[@]} -eq 0 ] || die "missing host tools: apt-get install ${missing[*]} (.ci/run installs .ci/kernel-matrix-packages.txt)"
 mkdir -p "$W/kernels" "$W/bin"
 
 # --- Kernels -------------------------------------------------------------------------------------
