@@ -32,15 +32,10 @@ struct ReviewCommand: ParsableCommand {
                 Console.error("stockade: \(error)")
                 throw ExitCode(1)
             }
+            if !json { Console.out(["ID", "RUN", "STATE", "VERDICT", "BYTES", "CREATED", "REASON"].joined(separator: "\t")) }
             for r in records {
                 if json {
-                    Console.out(JSONValue.object([
-                        "id": .number(r.id), "runId": .string(r.runId), "state": .string(r.state), "verdict": .string(r.verdict),
-                        "reason": r.reason.map { .string($0) } ?? .null, "bytes": .number(r.bytes), "sha256": .string(r.sha256),
-                        "createdAt": .string(r.createdAt), "decidedBy": r.decidedBy.map { .string($0) } ?? .null,
-                        "note": r.note.map { .string($0) } ?? .null, "decidedAt": r.decidedAt.map { .string($0) } ?? .null,
-                        "appliedAt": r.appliedAt.map { .string($0) } ?? .null,
-                    ]).serialized())
+                    Console.out(ReviewCommand.json(r).serialized())
                 } else {
                     Console.out("\(r.id)\t\(r.runId)\t\(r.state)\t\(r.verdict)\t\(r.bytes) bytes\t\(r.createdAt)\(r.reason.map { "\t" + TerminalOutput.field($0) } ?? "")")
                 }
@@ -48,10 +43,28 @@ struct ReviewCommand: ParsableCommand {
         }
     }
 
+    /// A diff's record as `review list --json` prints it; with `content`, the diff itself
+    /// (and `contentBase64` when its bytes are not valid UTF-8).
+    static func json(_ r: DiffRecord, content: Bool = false) -> JSONValue {
+        var members: [String: JSONValue] = [
+            "id": .number(r.id), "runId": .string(r.runId), "state": .string(r.state), "verdict": .string(r.verdict),
+            "reason": r.reason.map { .string($0) } ?? .null, "bytes": .number(r.bytes), "sha256": .string(r.sha256),
+            "createdAt": .string(r.createdAt), "decidedBy": r.decidedBy.map { .string($0) } ?? .null,
+            "note": r.note.map { .string($0) } ?? .null, "decidedAt": r.decidedAt.map { .string($0) } ?? .null,
+            "appliedAt": r.appliedAt.map { .string($0) } ?? .null,
+        ]
+        if content {
+            members["content"] = .string(String(decoding: r.content, as: UTF8.self))
+            if let base64 = RunReport.base64IfNotUTF8(r.content) { members["contentBase64"] = .string(base64) }
+        }
+        return .object(members)
+    }
+
     struct Show: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "show", abstract: "The diff and its validation verdict.")
         @OptionGroup var state: StateOptions
         @Argument(help: "Diff id.") var id: Int64
+        @Flag(help: "The record and the diff (`content`) as one JSON object.") var json = false
 
         func run() throws {
             let supervisor = try openSupervisor(state)
@@ -65,6 +78,10 @@ struct ReviewCommand: ParsableCommand {
             guard let record else {
                 Console.error("stockade: no diff with id \(id)")
                 throw ExitCode(1)
+            }
+            if json {
+                Console.out(ReviewCommand.json(record, content: true).serialized())
+                return
             }
             var head = "diff \(record.id) of run \(record.runId): \(record.state); guard verdict \(record.verdict)"
             if let reason = record.reason { head += " (\(TerminalOutput.field(reason)))" }
@@ -83,6 +100,7 @@ struct ReviewCommand: ParsableCommand {
         @Argument(help: "Diff id.") var id: Int64
         @Option(help: "Who decides (recorded).") var actor: String
         @Option(help: "Why (recorded).") var note: String?
+        @Flag(help: "The diff's record after the decision as one JSON object.") var json = false
 
         func record(_ decide: (Supervisor) throws(SupervisorError) -> Void, done: String) throws {
             let supervisor = try openSupervisor(state)
@@ -92,7 +110,11 @@ struct ReviewCommand: ParsableCommand {
                 Console.error("stockade: \(error)")
                 throw ExitCode(1)
             }
-            Console.out("diff \(id) \(done) by \(actor)")
+            if json, let record = try? supervisor.audit.diff(id: id) {
+                Console.out(ReviewCommand.json(record).serialized())
+            } else {
+                Console.out("diff \(id) \(done) by \(actor)")
+            }
         }
     }
 
@@ -122,6 +144,7 @@ struct Gc: ParsableCommand {
         commandName: "gc", abstract: "Remove finished run directories older than a duration (never a running one).")
     @OptionGroup var state: StateOptions
     @Option(help: "Age such as 30s, 15m, 12h, 7d.") var olderThan: String
+    @Flag(help: "One JSON object: {\"removed\": [run ids]}.") var json = false
 
     func run() throws {
         let seconds: Double
@@ -133,6 +156,10 @@ struct Gc: ParsableCommand {
         }
         do {
             let removed = try RunDirectoryMaintenance.collectGarbage(stateDirectory: state.resolved(), olderThan: seconds)
+            if json {
+                Console.out(JSONValue.object(["removed": .array(removed.map { .string($0) })]).serialized())
+                return
+            }
             for id in removed { Console.out(id) }
             Console.error("stockade: removed \(removed.count) run director\(removed.count == 1 ? "y" : "ies")")
         } catch {
