@@ -577,6 +577,12 @@ __attribute__((noreturn)) static void stk_helper_main(int sock, pid_t parent, vo
     memset(&ignore, 0, sizeof ignore);
     ignore.sa_handler = SIG_IGN;
     (void)sigaction(SIGPIPE, &ignore, NULL);
+    /* Ctrl-C and a SIGTERM to the process group are the supervisor's to handle (it cancels
+       runs and reports them): a helper dies only with the supervisor (its parent-death signal). */
+    (void)sigaction(SIGINT, &ignore, NULL);
+    (void)sigaction(SIGTERM, &ignore, NULL);
+    (void)sigaction(SIGHUP, &ignore, NULL);
+    (void)sigaction(SIGQUIT, &ignore, NULL);
     sigset_t none;
     sigemptyset(&none);
     (void)sigprocmask(SIG_SETMASK, &none, NULL);

@@ -41,6 +41,18 @@ public final class SQLiteAuditStore: AuditStore {
         state = Mutex(State(db: db))
     }
 
+    /// Opens an existing database for queries only: no schema migration, no WAL switch, no write;
+    /// the files are left as they are. Fails when there is no database at `path`.
+    public init(readingAt path: String) throws(AuditError) {
+        guard access(path, F_OK) == 0 else {
+            throw AuditError(.storage, path: path, "there is no audit database here: nothing has run with this state directory (set --state-dir or STOCKADE_STATE_DIR)")
+        }
+        self.path = path
+        self.supervisorPid = 0
+        self.supervisorStart = 0
+        state = Mutex(State(db: try Self.open(path: path, readOnly: true)))
+    }
+
     /// Adds secret values (profile secrets, values of env keys marked secret): from now on every
     /// occurrence in a detail, reason, note or command stored by this store is replaced by `[redacted]`.
     public func addSecrets(_ values: [String]) {

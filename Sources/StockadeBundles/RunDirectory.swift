@@ -220,6 +220,28 @@ public final class RunDirectory: Sendable {
         return removed.sorted()
     }
 
+    /// Removes these finished run directories whatever their age (never a locked,
+    /// running one, nor a name `create` does not make); returns the ids removed.
+    public static func remove(stateDirectory: String, runIds: [String]) throws(BundleError) -> [String] {
+        let runs: Int32
+        do {
+            runs = try openRuns(stateDirectory, create: false)
+        } catch let error where error.errno == ENOENT {
+            return []
+        }
+        defer { Glibc.close(runs) }
+        var runsStat = stat()
+        guard fstat(runs, &runsStat) == 0 else { throw failure(stateDirectory + "/runs", errno, "cannot stat") }
+        var removed: [String] = []
+        for runId in runIds where isRunDirectoryName(runId) {
+            if try collect(runs: runs, runId: runId, path: stateDirectory + "/runs/" + runId, device: runsStat.st_dev,
+                           cutoff: .infinity) {
+                removed.append(runId)
+            }
+        }
+        return removed
+    }
+
     /// Removes one run directory if it is old enough and not locked; true when it was removed.
     private static func collect(runs: Int32, runId: String, path: String, device: dev_t,
                                 cutoff: Double) throws(BundleError) -> Bool {

@@ -41,6 +41,8 @@ public struct WorkerObservation: Sendable {
     public var timedOut: Bool
     /// The supervisor killed the worker because of a seccomp notification.
     public var seccompKill: SeccompViolation?
+    /// The run was cancelled (a signal to the CLI, or a caller) and the supervisor killed the worker.
+    public var cancelled: Bool
     public var startedAtNanos: UInt64
     public var endedAtNanos: UInt64
 }
@@ -82,6 +84,7 @@ public final class WorkerMonitor: Sendable {
         var violations: [String: SeccompViolation] = [:]
         var violationOrder: [String] = []
         var timedOut = false
+        var cancelled = false
         var seccompKill: SeccompViolation?
         var notifications = 0
         var killRecorded = false
@@ -138,6 +141,19 @@ public final class WorkerMonitor: Sendable {
             }
             if let ready { continuation.resume(returning: ready) }
         }
+    }
+
+    /// Cancels the run: unless the main process has already ended, records the intent (`beforeKill`
+    /// with reason `cancelled`) and kills the worker as the deadline does. Safe from any thread.
+    public func cancel() {
+        let act = state.withLock { s -> Bool in
+            guard s.exit == nil, s.mainReport == nil, !s.timedOut, !s.cancelled else { return false }
+            s.cancelled = true
+            return true
+        }
+        guard act else { return }
+        config.beforeKill?("cancelled", nil)
+        kill()
     }
 
     /// Kills the worker now (used on supervisor-side failures and by the deadline).
@@ -302,13 +318,13 @@ public final class WorkerMonitor: Sendable {
     }
 
     private func deadline() -> Bool {
-        let (alreadyExited, held) = state.withLock { s -> (Bool, Bool) in
-            if s.exit == nil && s.mainReport == nil { s.timedOut = true }
-            return (s.exit != nil, s.mainReport != nil)
+        let (fire, held) = state.withLock { s -> (Bool, Bool) in
+            if s.exit == nil && s.mainReport == nil && !s.cancelled { s.timedOut = true }
+            return (s.timedOut, s.mainReport != nil)
         }
         // The main process ended before the deadline: not a timeout; end the hold.
         if held { release(); return false }
-        if !alreadyExited {
+        if fire {
             config.beforeKill?("timeout", nil)
             kill()
         }
@@ -398,7 +414,7 @@ public final class WorkerMonitor: Sendable {
                 systemCPUNanos: UInt64(usage.ru_stime.tv_sec) * 1_000_000_000 + UInt64(usage.ru_stime.tv_usec) * 1000,
                 stdout: s.stdout, stderr: s.stderr,
                 violations: s.violationOrder.compactMap { s.violations[$0] },
-                timedOut: s.timedOut, seccompKill: s.seccompKill,
+                timedOut: s.timedOut, seccompKill: s.seccompKill, cancelled: s.cancelled,
                 startedAtNanos: startedAt, endedAtNanos: s.endedAt)
             s.result = result
             let waiter = s.waiter

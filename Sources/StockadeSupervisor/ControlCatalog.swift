@@ -47,6 +47,56 @@ public struct Control: Sendable, Equatable {
         case inheritedDescriptor
     }
 
+    /// The mechanism whose own action is the evidence that this control holds.
+    /// A probe stopped by something else (the memory limit ending a fork bomb,
+    /// a missing capability refusing a call the filter let through) proves
+    /// nothing about this control.
+    public enum Mechanism: Sendable, Equatable {
+        /// The probe reads the state the mechanism sets (capability sets, the
+        /// uid map, rlimits, the pid namespace's view, a read-only mount): its
+        /// refusal is the evidence. A seccomp kill counts only at one of `calls`
+        /// (the forbidden attempt itself).
+        case probe(calls: [String])
+        /// The seccomp filter: a violation (or kill) recorded for one of these calls.
+        case filter([String])
+        /// The seccomp filter answers the call itself with this errno, unrecorded
+        /// (clone3: ENOSYS so that glibc falls back to clone): the probe's report names it.
+        case filterAnswer(call: String, errno: String)
+        /// The filter's foreign-architecture rule: a kill recorded for a call of this architecture.
+        case foreignArchitecture(String)
+        /// The pids controller refused a fork: a `pids` violation (its `max` event counter moved).
+        case pidsLimit
+        /// The memory controller: an OOM kill in the run's cgroup (a `memory` violation).
+        case memoryLimit
+        /// A size or descriptor limit: the probe's refusal ends in this errno (ENOSPC, EMFILE).
+        case refusalErrno(String)
+        /// The supervisor's own classification of how the worker ended.
+        case classification
+
+        /// The supervisor records this mechanism acting (a filter
+        /// notification, a cgroup counter), independently of the probe's word.
+        public var recordedBySupervisor: Bool {
+            switch self {
+            case .filter, .foreignArchitecture, .pidsLimit, .memoryLimit: true
+            case .probe, .filterAnswer, .refusalErrno, .classification: false
+            }
+        }
+
+        /// The mechanism, in words.
+        public var name: String {
+            switch self {
+            case .probe: "the mechanism the probe observes"
+            case .filter(let calls): "the filter (\(calls.joined(separator: "/")))"
+            case .filterAnswer(let call, let errno): "the filter's \(errno) for \(call)"
+            case .foreignArchitecture(let arch): "the filter's \(arch) rule"
+            case .pidsLimit: "the pids limit"
+            case .memoryLimit: "the memory limit"
+            case .refusalErrno(let errno): "the limit that answers \(errno)"
+            case .classification: "the supervisor's classification"
+            }
+        }
+    }
+
     /// A probe argument: literal, or derived from the profile's limits.
     public enum Argument: Sendable, Equatable {
         case literal(String)
@@ -69,10 +119,13 @@ public struct Control: Sendable, Equatable {
     public var fixture: Fixture
     /// Held only once the worker runs in its own cgroup with limits.
     public var needsCgroups: Bool
+    public var mechanism: Mechanism
 
+    /// Without `mechanism`, a control the profile's seccomp allow list can
+    /// grant is the filter's (on the calls it names); any other is the probe's own observation.
     public init(_ id: String, class threatClass: Int, _ title: String, probe: String, _ arguments: [Argument] = [],
                 expect expectation: Expectation = .refused, grants: [Grant] = [], fixture: Fixture = .none,
-                needsCgroups: Bool = false) {
+                needsCgroups: Bool = false, mechanism: Mechanism? = nil) {
         self.id = id
         self.threatClass = threatClass
         self.title = title
@@ -82,6 +135,11 @@ public struct Control: Sendable, Equatable {
         self.grants = grants
         self.fixture = fixture
         self.needsCgroups = needsCgroups
+        let filtered = grants.flatMap { grant -> [String] in
+            if case .seccompAllows(let calls) = grant { return calls }
+            return []
+        }
+        self.mechanism = mechanism ?? (filtered.isEmpty ? .probe(calls: []) : .filter(filtered))
     }
 
     /// The first way `profile` grants what this control forbids, as a sentence; nil when it grants none.
@@ -118,7 +176,7 @@ public enum ControlCatalog {
         Control("namespaces.userns-clone", class: 1, "no nested user namespace by clone", probe: "clone-newuser",
                 grants: [syscalls("clone")]),
         Control("namespaces.userns-clone3", class: 1, "no nested user namespace by clone3", probe: "clone3-newuser",
-                grants: [syscalls("clone3")]),
+                grants: [syscalls("clone3")], mechanism: .filterAnswer(call: "clone3", errno: "ENOSYS")),
         Control("namespaces.setns", class: 1, "no joining another namespace", probe: "setns", grants: [syscalls("setns")]),
         Control("namespaces.mount-tmpfs", class: 1, "no mounting tmpfs", probe: "mount-tmpfs", grants: [syscalls("mount")]),
         Control("namespaces.mount-proc", class: 1, "no mounting proc", probe: "mount-proc", grants: [syscalls("mount")]),
@@ -138,8 +196,9 @@ public enum ControlCatalog {
     static let seccomp: [Control] = [
         Control("seccomp.filter-installed", class: 2, "a seccomp filter is installed (mode 2)", probe: "seccomp-mode"),
         Control("seccomp.foreign-arch-i386", class: 2, "i386 calls (int $0x80) kill the worker", probe: "keyctl-int80",
-                expect: .seccompKill),
-        Control("seccomp.foreign-arch-x32", class: 2, "x32 calls kill the worker", probe: "x32-getpid", expect: .seccompKill),
+                expect: .seccompKill, mechanism: .foreignArchitecture("i386")),
+        Control("seccomp.foreign-arch-x32", class: 2, "x32 calls kill the worker", probe: "x32-getpid", expect: .seccompKill,
+                mechanism: .foreignArchitecture("x32")),
         Control("seccomp.keyrings", class: 2, "no kernel keyrings (add_key, keyctl)", probe: "add-key",
                 grants: [syscalls("add_key", "keyctl", "request_key")]),
         Control("seccomp.io-uring", class: 2, "no io_uring (answered ENOSYS)", probe: "io-uring-setup",
@@ -170,22 +229,24 @@ public enum ControlCatalog {
     static let capabilities: [Control] = [
         Control("capabilities.empty-sets", class: 3, "every capability set is empty", probe: "caps"),
         Control("capabilities.no-new-privs", class: 3, "no_new_privs is set", probe: "no-new-privs"),
-        Control("capabilities.setuid0", class: 3, "no setuid(0)", probe: "setuid0", grants: [.rootInside]),
-        Control("capabilities.capset", class: 3, "no raising capabilities with capset", probe: "capset"),
+        Control("capabilities.setuid0", class: 3, "no setuid(0)", probe: "setuid0", grants: [.rootInside],
+                mechanism: .probe(calls: ["setuid"])),
+        Control("capabilities.capset", class: 3, "no raising capabilities with capset", probe: "capset", mechanism: .probe(calls: ["capset"])),
         Control("capabilities.uid-map", class: 3, "host uid 0 is never mapped", probe: "uidmap"),
-        Control("capabilities.mknod", class: 3, "no device nodes", probe: "mknod-dev"),
+        Control("capabilities.mknod", class: 3, "no device nodes", probe: "mknod-dev", mechanism: .probe(calls: ["mknod", "mknodat"])),
     ]
 
     static let resources: [Control] = [
         Control("resources.pids", class: 4, "the pids limit holds (fork bomb)", probe: "fork-bomb", [.pidsAbove(16)],
-                expect: .contained, needsCgroups: true),
+                expect: .contained, needsCgroups: true, mechanism: .pidsLimit),
         Control("resources.memory", class: 4, "the memory limit holds (anonymous memory)", probe: "mem-bomb",
-                [.memoryMiBAbove(64)], expect: .contained, needsCgroups: true),
+                [.memoryMiBAbove(64)], expect: .contained, needsCgroups: true, mechanism: .memoryLimit),
         Control("resources.tmp-size", class: 4, "the /tmp size limit holds", probe: "tmpfs-fill", [.tmpMiBAbove(16)],
-                expect: .contained),
+                expect: .contained, mechanism: .refusalErrno("ENOSPC")),
         Control("resources.descriptors", class: 4, "the descriptor limit holds", probe: "fd-bomb", [.descriptorsAbove(16)],
-                expect: .contained),
-        Control("resources.rt-priority", class: 4, "no real-time scheduling", probe: "rt-priority"),
+                expect: .contained, mechanism: .refusalErrno("EMFILE")),
+        Control("resources.rt-priority", class: 4, "no real-time scheduling", probe: "rt-priority",
+                mechanism: .probe(calls: ["sched_setscheduler"])),
         Control("resources.core-dumps", class: 4, "no core dumps", probe: "core-dump", grants: [.coreDumps]),
     ]
 
@@ -201,21 +262,23 @@ public enum ControlCatalog {
                 [.fixture], fixture: .abstractListener),
         Control("network.unix-path", class: 6, "no connecting to the host's path Unix sockets", probe: "unix-path",
                 [.fixture], fixture: .pathListener),
-        Control("network.raw-socket", class: 6, "no raw sockets", probe: "raw-socket"),
+        Control("network.raw-socket", class: 6, "no raw sockets", probe: "raw-socket", mechanism: .probe(calls: ["socket"])),
     ]
 
     static let descriptors: [Control] = [
         Control("descriptors.inherited", class: 7, "only descriptors 0, 1, 2 reach the worker", probe: "fds",
                 fixture: .inheritedDescriptor),
-        Control("descriptors.cwd-outside", class: 7, "no working directory or descriptor outside the root", probe: "cwd-outside"),
+        Control("descriptors.cwd-outside", class: 7, "no working directory or descriptor outside the root", probe: "cwd-outside",
+                mechanism: .probe(calls: ["chroot"])),
         Control("terminals.tiocsti", class: 7, "no TIOCSTI injection (also with the high bits set)", probe: "tiocsti",
                 grants: [syscalls("ioctl")]),
     ]
 
     static let supervisor: [Control] = [
         Control("supervisor.sigsys-spoof", class: 8, "a SIGSYS from the worker's own filter is signaled, not a seccomp kill", probe: "spoof-sigsys",
-                expect: .signaled(31)),
-        Control("supervisor.oom-spoof", class: 8, "exit 137 is an exit, not an OOM", probe: "spoof-oom", expect: .exited(137)),
+                expect: .signaled(31), mechanism: .classification),
+        Control("supervisor.oom-spoof", class: 8, "exit 137 is an exit, not an OOM", probe: "spoof-oom", expect: .exited(137),
+                mechanism: .classification),
     ]
 
     /// The control with this id.

@@ -23,6 +23,16 @@ public enum RunDirectoryMaintenance {
         }
     }
 
+    /// Removes these finished run directories at once (`stockade verify`'s probe
+    /// runs, whose evidence the audit trail keeps); returns the ids removed.
+    public static func remove(stateDirectory: String, runIds: [String]) throws(SupervisorError) -> [String] {
+        do {
+            return try RunDirectory.remove(stateDirectory: stateDirectory, runIds: runIds)
+        } catch {
+            throw SupervisorError(.io, error.description)
+        }
+    }
+
     /// Earlier versions mounted a run's workspace layer (a tmpfs) on `<run>/upper`, where a
     /// supervisor that died mid-run left it: detach any such leftover of runs nobody holds.
     /// (The layer is now made in a private mount namespace and never mounted on the host.)

@@ -5,7 +5,7 @@ import StockadePolicy
 /// (DESIGN.md, "Report"); `stockade run --json` prints it as one object.
 public struct RunReport: Sendable, Equatable, Codable {
     public enum Outcome: String, Sendable, Codable, CaseIterable {
-        case exited, signaled, oom, timeout, seccomp
+        case exited, signaled, oom, timeout, seccomp, cancelled
         case setupFailed = "setup-failed"
     }
 
@@ -161,6 +161,7 @@ public struct RunReport: Sendable, Equatable, Codable {
         case .oom: 137
         case .timeout: 124
         case .seccomp: 159
+        case .cancelled: 130
         case .setupFailed:
             switch (setupError?.stage, setupError?.errno) {
             case ("exec", 2?): Int32(127) // ENOENT: command not found

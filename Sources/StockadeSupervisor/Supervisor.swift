@@ -20,6 +20,8 @@ public final class Supervisor: Sendable {
     let cgroups: Result<any CgroupDriver, CgroupError>
     let logger: Logger
     let hostEnvironment: [String: String]
+    /// Runs under way, for `recordForcedExit`.
+    let activeRuns = Mutex(Set<String>())
 
     /// Forks the spawn helper, for a command that is about to run workers: call it first, before the
     /// supervisor opens its audit store or loads any profile or secret, so the helper (and every
@@ -29,11 +31,24 @@ public final class Supervisor: Sendable {
         Spawner.shared.prepare(helpers: concurrency)
     }
 
-    public init(stateDirectory: String, catalog: ProfileCatalog, environment: [String: String], logger: Logger) throws(SupervisorError) {
+    /// `readOnly`: for commands that only query the state (audit events/runs/verify, review list/show):
+    /// nothing is created, migrated, marked abandoned or swept, no credential changes; running workers
+    /// through such a supervisor fails closed.
+    public init(stateDirectory: String, catalog: ProfileCatalog, environment: [String: String], logger: Logger,
+                readOnly: Bool = false) throws(SupervisorError) {
         self.stateDirectory = stateDirectory
         self.catalog = catalog
         self.logger = logger
         self.hostEnvironment = environment
+        if readOnly {
+            do {
+                audit = try SQLiteAuditStore(readingAt: stateDirectory + "/audit.sqlite")
+            } catch {
+                throw SupervisorError(.audit, "cannot open the audit database: \(error)")
+            }
+            cgroups = .failure(CgroupError(.noCgroupFilesystem, "this supervisor was opened read-only, for queries: it runs no workers"))
+            return
+        }
         try Self.makeDirectory(stateDirectory)
         try Self.makeDirectory(stateDirectory + "/runs")
         // Workers inherit the supervisor's supplementary groups, and setgroups
@@ -95,13 +110,26 @@ public final class Supervisor: Sendable {
     }
 
     /// Runs one worker and returns its report; never throws: every failure is a classified report.
-    public func run(_ options: RunOptions, onOutput: (@Sendable (Int32, [UInt8]) -> Void)? = nil) async -> RunReport {
+    /// `cancellation`: lets the caller cancel the run (outcome `cancelled`).
+    public func run(_ options: RunOptions, onOutput: (@Sendable (Int32, [UInt8]) -> Void)? = nil,
+                    cancellation: RunCancellation? = nil) async -> RunReport {
         let runId = RunIdentifier.make()
         let started = WorkerClock.now()
         let context = RunContext(runId: runId)
+        context.cancellation = cancellation
+        activeRuns.withLock { _ = $0.insert(runId) }
+        defer {
+            activeRuns.withLock { _ = $0.remove(runId) }
+            cancellation?.markFinished()
+        }
         var report: RunReport
         do {
             report = try await execute(context, options: options, onOutput: onOutput)
+        } catch is CancelledBeforeStart {
+            report = RunReport(runId: runId, profile: context.profileName ?? options.profile, outcome: .cancelled)
+            report.durationMs = Int64((WorkerClock.now() - started) / 1_000_000)
+            recordRefusal(context, profile: report.profile, stage: "cancelled")
+            finish(context, report: &report)
         } catch let error as SetupFailure {
             report = RunReport(runId: runId, profile: context.profileName ?? options.profile, outcome: .setupFailed)
             report.setupError = RunReport.SetupError(stage: error.stage, errno: error.errno, message: error.message)
@@ -133,6 +161,17 @@ public final class Supervisor: Sendable {
             logger.error("audit.refusal-not-recorded", metadata: ["run.id": "\(context.runId)", "error": "\(error)"])
         }
     }
+
+    /// A second interrupt ends the process at once: each run still under way gets a `kill` event
+    /// (reason `cancelled`, forced); its worker dies with the supervisor (parent-death signal), and
+    /// the next supervisor on this state directory marks the run abandoned.
+    public func recordForcedExit() {
+        for runId in activeRuns.withLock({ $0 }) {
+            _ = try? audit.record(runId: runId, kind: "kill", detail: .object(["reason": .string("cancelled"), "when": .string("forced-exit")]))
+        }
+    }
+
+    struct CancelledBeforeStart: Error {}
 
     /// The report for a request that could not be read: nothing ran.
     public func rejectedRequest(reason: String) -> RunReport {
@@ -319,6 +358,11 @@ public final class Supervisor: Sendable {
             forwarder?.stop()
             throw error
         }
+        if context.cancellation?.isCancelled == true {
+            stdio.closeAll()
+            forwarder?.stop()
+            throw CancelledBeforeStart()
+        }
         let spawnStarted = WorkerClock.now()
         let worker: SpawnedWorker
         do {
@@ -374,6 +418,7 @@ public final class Supervisor: Sendable {
             "volumes": .array(profile.volumes.map { .string("\($0.source):\($0.target):\($0.readOnly ? "ro" : "rw")") }),
         ])
         if !startedRecorded { monitor.kill() }
+        context.cancellation?.attach(monitor)
         let observation = await monitor.wait()
         forwarder?.stop()
         stdio.input?.stop()
@@ -519,6 +564,9 @@ public final class Supervisor: Sendable {
             events.append((context.runId, "kill", .object(["reason": .string("seccomp"), "syscall": .string(kill.syscall),
                                                             "architecture": .string(kill.architecture)])))
         }
+        if o.cancelled && !recordedAhead {
+            events.append((context.runId, "kill", .object(["reason": .string("cancelled")])))
+        }
         if o.timedOut {
             events.append((context.runId, "limit.hit", .object(["limit": .string("timeout")])))
             if !recordedAhead { events.append((context.runId, "kill", .object(["reason": .string("timeout")]))) }
@@ -561,6 +609,8 @@ public final class Supervisor: Sendable {
             report.outcome = .seccomp
         } else if oomHitMain {
             report.outcome = .oom
+        } else if o.cancelled {
+            report.outcome = .cancelled
         } else if o.timedOut {
             report.outcome = .timeout
         } else if case .signaled = o.exit {
@@ -631,6 +681,8 @@ final class RunContext: @unchecked Sendable {
     var ids: IdRangeLease?
     /// Whether the supervisor's kill was recorded before it was sent.
     let killRecorded = Mutex(false)
+    /// The caller's handle to cancel this run, if it gave one.
+    var cancellation: RunCancellation?
     /// Secret values given to this run's worker: redacted from everything stored.
     var redactor = Redactor.none
 

@@ -5,15 +5,28 @@ import StockadePolicy
 
 /// How one control fared on this host under one profile.
 public enum Verdict: String, Sendable, Equatable, CaseIterable {
-    /// The sandboxed probe was refused and the same probe succeeded unsandboxed.
+    /// The control's own mechanism stopped the sandboxed probe (the filter
+    /// recorded the call, the pids counter moved, ...), and the same probe
+    /// succeeded unsandboxed (or the mechanism's own record shows it acted).
     case enforced
-    /// The sandboxed probe did the forbidden thing.
+    /// The sandboxed probe did the forbidden thing, or a call the filter must
+    /// stop got past it (something else refused it).
     case notEnforced = "not-enforced"
     /// The profile grants it on purpose.
     case notApplicable = "not-applicable"
-    /// No proof either way: the positive control also failed on this host, or
-    /// the sandboxed probe could not tell.
+    /// No proof either way: the positive control also failed on this host, the
+    /// sandboxed probe could not tell, or another mechanism stopped it first.
     case inconclusive
+
+    /// The SGR colour of the verdict on a terminal; nil for plain text.
+    var terminalColor: Int? {
+        switch self {
+        case .enforced: 32
+        case .notEnforced: 31
+        case .inconclusive: 33
+        case .notApplicable: nil
+        }
+    }
 }
 
 /// What one probe run showed: how it ended and what it printed.
@@ -24,23 +37,35 @@ public struct ProbeObservation: Sendable, Equatable {
     public var signal: Int32?
     /// The probe's output, trimmed to its first two lines.
     public var output: String
-    /// Seccomp violations the supervisor recorded, as `arch/syscall`.
+    /// Violations the supervisor recorded: seccomp ones as `arch/syscall`,
+    /// limits by their kind (`pids`, `memory`).
     public var violations: [String]
+    /// The call the filter killed the worker at, as `arch/syscall`.
+    public var seccompKill: String?
     /// Why the run itself failed, if it did.
     public var setupError: String?
     /// Anything unusual about how the observation was made (a repeated run).
     public var note: String?
+    /// The sandboxed run's id (its events stay in the audit trail).
+    public var runId: String?
 
     public init(outcome: String, exitCode: Int32?, signal: Int32?, output: String, violations: [String] = [],
-                setupError: String? = nil, note: String? = nil) {
+                seccompKill: String? = nil, setupError: String? = nil, note: String? = nil, runId: String? = nil) {
         self.outcome = outcome
         self.exitCode = exitCode
         self.signal = signal
         self.output = output
         self.violations = violations
+        self.seccompKill = seccompKill
         self.setupError = setupError
         self.note = note
+        self.runId = runId
     }
+
+    var refused: Bool { outcome == "exited" && exitCode == 0 }
+
+    /// The syscall names of the recorded seccomp violations (any architecture).
+    var violatedCalls: [String] { violations.compactMap { $0.split(separator: "/", maxSplits: 1).last.map(String.init) } }
 
     var summary: String {
         var s = output.isEmpty ? "(no output)" : output
@@ -62,8 +87,10 @@ public struct ProbeObservation: Sendable, Equatable {
             "signal": signal.map { .number($0) } ?? .null,
             "output": .string(output),
             "violations": .array(violations.map { .string($0) }),
+            "seccompKill": seccompKill.map { .string($0) } ?? .null,
             "setupError": setupError.map { .string($0) } ?? .null,
             "note": note.map { .string($0) } ?? .null,
+            "runId": runId.map { .string($0) } ?? .null,
         ])
     }
 }
@@ -104,14 +131,19 @@ public struct VerificationReport: Sendable, Equatable {
     public var cgroupMode: String
     public var controls: [ControlResult]
     public var durationMs: Int64
+    /// Every sandboxed probe run, repeated ones included: their events stay in
+    /// the audit trail; their run directories are removed once this report is recorded.
+    public var runIds: [String]
 
-    public init(profile: String, profileDigest: String, kernel: String, cgroupMode: String, controls: [ControlResult], durationMs: Int64) {
+    public init(profile: String, profileDigest: String, kernel: String, cgroupMode: String, controls: [ControlResult], durationMs: Int64,
+                runIds: [String] = []) {
         self.profile = profile
         self.profileDigest = profileDigest
         self.kernel = kernel
         self.cgroupMode = cgroupMode
         self.controls = controls
         self.durationMs = durationMs
+        self.runIds = runIds
     }
 
     public func count(_ verdict: Verdict) -> Int { controls.filter { $0.verdict == verdict }.count }
@@ -133,17 +165,31 @@ public struct VerificationReport: Sendable, Equatable {
             "inconclusive": .number(count(.inconclusive)),
             "passed": .bool(passed),
             "durationMs": .number(durationMs),
+            "runs": .array(runIds.map { .string($0) }),
         ])
     }
 
     /// A readable table: control, verdict, evidence.
-    public var table: String {
+    public var table: String { table(colored: false) }
+
+    /// The table, with each verdict in its colour when `colored` (for a
+    /// terminal: green enforced, red not-enforced, yellow inconclusive).
+    /// `escape` is applied to every text field (the evidence quotes what ran in
+    /// the sandbox), so that the colour codes are the only control bytes a
+    /// caller writing the result to a terminal unescaped lets through.
+    public func table(colored: Bool, escape: (String) -> String = { $0 }) -> String {
         let width = max(7, controls.map(\.control.id.count).max() ?? 0)
         func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
-        var lines = ["profile \(profile), kernel \(kernel), cgroup \(cgroupMode)", ""]
+        func paint(_ verdict: Verdict) -> String {
+            let padded = pad(verdict.rawValue, 14)
+            guard colored, let code = verdict.terminalColor else { return padded }
+            // Only the word is coloured; the padding stays outside so columns line up.
+            return "\u{1B}[\(code)m\(verdict.rawValue)\u{1B}[0m" + String(padded.dropFirst(verdict.rawValue.count))
+        }
+        var lines = [escape("profile \(profile), kernel \(kernel), cgroup \(cgroupMode)"), ""]
         lines.append(pad("CONTROL", width) + "  " + pad("VERDICT", 14) + "  EVIDENCE")
         for r in controls {
-            lines.append(pad(r.control.id, width) + "  " + pad(r.verdict.rawValue, 14) + "  " + r.evidence)
+            lines.append(pad(escape(r.control.id), width) + "  " + paint(r.verdict) + "  " + escape(r.evidence))
         }
         lines.append("")
         lines.append("\(count(.enforced)) enforced, \(count(.notEnforced)) not enforced, \(count(.notApplicable)) not applicable, "
@@ -210,17 +256,22 @@ public struct Verifier: Sendable {
         let positives = await Blocking.run { jobs.map { PositiveControl.run(probePath, [$0.0.probe] + $0.1) } }
 
         var sandboxed = [ProbeObservation?](repeating: nil, count: jobs.count)
-        await withTaskGroup(of: (Int, ProbeObservation).self) { group in
+        var runIds = [[String]](repeating: [], count: jobs.count)
+        await withTaskGroup(of: (Int, ProbeObservation, [String]).self) { group in
             var next = 0
             func start() {
                 guard next < jobs.count else { return }
                 let index = next
                 next += 1
-                group.addTask { (index, await self.sandboxed(jobs[index].0, jobs[index].1, profile: profile)) }
+                group.addTask {
+                    let (observation, ids) = await self.sandboxed(jobs[index].0, jobs[index].1, profile: profile)
+                    return (index, observation, ids)
+                }
             }
             for _ in 0..<concurrency { start() }
-            while let (index, observation) = await group.next() {
+            while let (index, observation, ids) = await group.next() {
                 sandboxed[index] = observation
+                runIds[index] = ids
                 start()
             }
         }
@@ -231,11 +282,20 @@ public struct Verifier: Sendable {
         }
         return VerificationReport(profile: profile.name, profileDigest: loaded.digest, kernel: Self.kernelRelease(),
                                   cgroupMode: Self.cgroupMode(), controls: results,
-                                  durationMs: Int64((WorkerClock.now() - started) / 1_000_000))
+                                  durationMs: Int64((WorkerClock.now() - started) / 1_000_000), runIds: runIds.flatMap { $0 })
     }
 
-    /// The probe inside a real run under the profile, bound read-only at `/probe/stockade-probe`.
-    func sandboxed(_ control: Control, _ arguments: [String], profile: Profile) async -> ProbeObservation {
+    /// Removes the run directories of a verification's probe runs, once the
+    /// verification is recorded: the audit keeps every run's events and the
+    /// verification event keeps each probe's output, so the directories hold
+    /// nothing the trail lacks. Returns how many were removed.
+    public func removeRunDirectories(of report: VerificationReport) throws(SupervisorError) -> Int {
+        try RunDirectoryMaintenance.remove(stateDirectory: supervisor.stateDirectory, runIds: report.runIds).count
+    }
+
+    /// The probe inside a real run under the profile, bound read-only at `/probe/stockade-probe`;
+    /// with the ids of the runs it took.
+    func sandboxed(_ control: Control, _ arguments: [String], profile: Profile) async -> (ProbeObservation, [String]) {
         var options = RunOptions(command: [Self.probeMountPoint, control.probe] + arguments)
         options.profile = self.profile
         options.volumes = [Profile.Volume(source: probePath, target: Self.probeMountPoint, readOnly: true)]
@@ -244,15 +304,23 @@ public struct Verifier: Sendable {
         // Every probe is bounded well under the deadline, so a timeout is never
         // a probe's answer; one more run tells a stuck run from a stuck probe.
         var note: String?
+        var ids = [report.runId]
         if report.outcome == .timeout {
             note = "run \(report.runId) timed out; this is a second run"
             report = await supervisor.run(options)
+            ids.append(report.runId)
         }
-        return ProbeObservation(
+        func name(_ v: RunReport.Violation) -> String {
+            v.kind == "seccomp" ? "\(v.architecture ?? "?")/\(v.syscall ?? "?")" : v.kind
+        }
+        let observation = ProbeObservation(
             outcome: report.outcome.rawValue, exitCode: report.exitCode, signal: report.signal,
             output: Self.firstLines(report.stdout.isEmpty ? report.stderr : report.stdout),
-            violations: report.violations.map { "\($0.architecture ?? "?")/\($0.syscall ?? $0.kind)" },
-            setupError: report.setupError.map { "\($0.stage): \($0.message)" }, note: note)
+            violations: report.violations.map(name),
+            seccompKill: report.outcome == .seccomp
+                ? report.violations.first { $0.kind == "seccomp" && $0.action == "kill" }.map(name) : nil,
+            setupError: report.setupError.map { "\($0.stage): \($0.message)" }, note: note, runId: report.runId)
+        return (observation, ids)
     }
 
     func argument(for argument: Control.Argument, control: Control, profile: Profile, fixtures: Fixtures) -> String {
@@ -293,26 +361,42 @@ public struct Verifier: Sendable {
         case .refused, .seccompKill, .contained: positiveHeld = positive.outcome == "exited" && positive.exitCode == 77
         }
 
-        let held: Bool
+        // The probe was stopped, by whatever means.
+        let stopped: Bool
         switch control.expectation {
-        case .refused:
-            held = (sandboxed.outcome == "exited" && sandboxed.exitCode == 0) || sandboxed.outcome == "seccomp"
-        case .seccompKill:
-            held = sandboxed.outcome == "seccomp"
-        case .contained:
-            held = (sandboxed.outcome == "exited" && sandboxed.exitCode == 0) || sandboxed.outcome == "oom"
-        case .signaled(let signal):
-            held = sandboxed.outcome == "signaled" && sandboxed.signal == signal
-        case .exited(let code):
-            held = sandboxed.outcome == "exited" && sandboxed.exitCode == code
+        case .refused: stopped = sandboxed.refused || sandboxed.outcome == "seccomp"
+        case .seccompKill: stopped = sandboxed.outcome == "seccomp"
+        case .contained: stopped = sandboxed.refused || sandboxed.outcome == "oom"
+        case .signaled(let signal): stopped = sandboxed.outcome == "signaled" && sandboxed.signal == signal
+        case .exited(let code): stopped = sandboxed.outcome == "exited" && sandboxed.exitCode == code
         }
+        // ... and by this control's own mechanism: what it did, in words.
+        let acted = stopped ? Self.action(of: control.mechanism, in: sandboxed) : nil
 
+        if let acted {
+            if positiveHeld { return result(.enforced, "\(acted): \(sandboxed.summary)", fails: false) }
+            // The supervisor's record of the mechanism acting is itself the
+            // positive evidence (the filter saw the call; the counter moved),
+            // even where this host cannot do the forbidden thing unsandboxed.
+            if control.mechanism.recordedBySupervisor {
+                return result(.enforced, "\(acted) (this host cannot do it unsandboxed either: \(positive.summary)): \(sandboxed.summary)",
+                              fails: false)
+            }
+        }
         // The host cannot do it either: nothing to prove (unless the sandboxed run itself broke).
         if !positiveHeld && sandboxed.outcome != "setup-failed" {
             return result(.inconclusive, "the positive control failed on this host: \(positive.summary); sandboxed: \(sandboxed.summary)", fails: false)
         }
-        if held {
-            return result(.enforced, sandboxed.summary, fails: false)
+        if stopped {
+            // Stopped, but not by this control's mechanism: no evidence for it.
+            let other = Self.otherStopper(sandboxed)
+            // A refused call the filter never saw got past it: that is the filter failing.
+            if case .filter(let calls) = control.mechanism, sandboxed.refused {
+                return result(.notEnforced, "the filter recorded no \(calls.joined(separator: "/")): the call got past it and \(other): \(sandboxed.summary)",
+                              fails: true)
+            }
+            return result(.inconclusive, "\(other), not \(control.mechanism.name): no evidence that this control holds: \(sandboxed.summary)",
+                          fails: true)
         }
         switch control.expectation {
         case .signaled, .exited:
@@ -322,6 +406,48 @@ public struct Verifier: Sendable {
         case .refused, .seccompKill, .contained:
             return result(.inconclusive, "the sandboxed probe could not tell: \(sandboxed.summary)", fails: true)
         }
+    }
+
+    /// What `mechanism` did to the stopped probe, as a phrase; nil when it did not act.
+    static func action(of mechanism: Control.Mechanism, in o: ProbeObservation) -> String? {
+        func killed(at calls: [String]) -> String? {
+            guard let kill = o.seccompKill, let call = kill.split(separator: "/").last, calls.contains(String(call)) else { return nil }
+            return "the filter killed the worker at \(kill)"
+        }
+        switch mechanism {
+        case .probe(let calls):
+            if o.refused { return "refused, as the probe observed" }
+            return killed(at: calls)
+        case .filter(let calls):
+            if let kill = killed(at: calls) { return kill }
+            guard o.refused, let call = o.violatedCalls.first(where: calls.contains) else { return nil }
+            return "the filter refused \(call) (violation recorded)"
+        case .filterAnswer(let call, let errno):
+            if let kill = killed(at: [call]) { return kill }
+            guard o.refused else { return nil }
+            if o.violatedCalls.contains(call) { return "the filter refused \(call) (violation recorded)" }
+            return o.output.contains("(\(errno))") ? "the filter answered \(call) with \(errno) (by design unrecorded)" : nil
+        case .foreignArchitecture(let arch):
+            guard let kill = o.seccompKill, kill.hasPrefix(arch + "/") else { return nil }
+            return "the filter killed the worker at \(kill)"
+        case .pidsLimit:
+            return o.violations.contains("pids") ? "the pids limit refused a fork (pids violation recorded)" : nil
+        case .memoryLimit:
+            return o.outcome == "oom" || o.violations.contains("memory") ? "the memory limit OOM-killed the probe (memory violation recorded)" : nil
+        case .refusalErrno(let errno):
+            return o.refused && o.output.contains("(\(errno))") ? "refused with \(errno)" : nil
+        case .classification:
+            return "classified from the kernel's report"
+        }
+    }
+
+    /// What did stop a probe its control's mechanism did not, as a phrase.
+    static func otherStopper(_ o: ProbeObservation) -> String {
+        if o.outcome == "oom" { return "the memory limit stopped it (OOM kill)" }
+        if let kill = o.seccompKill { return "the filter killed it at \(kill)" }
+        if o.violations.contains("memory") { return "the memory limit acted (OOM kill)" }
+        if o.violations.contains("pids") { return "the pids limit acted" }
+        return "something else refused it"
     }
 
     static func firstLines(_ text: String) -> String {

@@ -36,15 +36,26 @@ STK_PROBE(probe_fork_bomb) {
     return stk_report(STK_PROBE_BLOCKED, "fork-bomb", "forked %ld of %ld, then errno %d (%s)", made, n, err, stk_errno_name(err));
 }
 
+/* Where mem-bomb keeps its blocks: a volatile chain the optimiser must
+ * assume is read, so no allocation or store can be removed (a plain
+ * malloc + memset of memory never read again is dead code at -O2, and a
+ * release build then "allocated" every MiB without touching one page). */
+static void *volatile mem_bomb_chain;
+
 /* mem-bomb MB: allocates and touches MB MiB, one MiB at a time. */
 STK_PROBE(probe_mem_bomb) {
     long mb = stk_arg_long(argc, argv, 0, 1, 65536);
     if (mb < 0) return stk_report(STK_PROBE_USAGE, "mem-bomb", "usage: mem-bomb MB");
+    const size_t block = 1 << 20, page = 4096;
     long got = 0;
     for (; got < mb; got++) {
-        char *p = malloc(1 << 20);
+        char *p = malloc(block);
         if (!p) break;
-        memset(p, 0x5a, 1 << 20);
+        /* Every page written through a volatile pointer: each store must happen. */
+        volatile char *v = p;
+        for (size_t i = 0; i < block; i += page) v[i] = (char)(0x5a ^ i);
+        *(void **)p = mem_bomb_chain;
+        mem_bomb_chain = p;
     }
     if (got == mb) return stk_report(STK_PROBE_SUCCEEDED, "mem-bomb", "allocated and touched %ld MiB", mb);
     return stk_report(STK_PROBE_BLOCKED, "mem-bomb", "allocation failed after %ld of %ld MiB", got, mb);

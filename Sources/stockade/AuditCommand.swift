@@ -5,11 +5,13 @@ import StockadeAudit
 import StockadePolicy
 import StockadeSupervisor
 
-/// Opens the state directory's supervisor (and its audit store) for a query command.
-func openSupervisor(_ state: StateOptions) throws -> Supervisor {
+/// Opens the state directory's supervisor (and its audit store) for a command that runs no worker.
+/// `readOnly` for queries: they change nothing in the state directory (no migration, no abandoned-run
+/// marking, no cgroup sweep).
+func openSupervisor(_ state: StateOptions, readOnly: Bool) throws -> Supervisor {
     do {
         return try Supervisor(stateDirectory: state.resolved(), catalog: .standard(),
-                              environment: ProcessEnvironment.current(), logger: Logger(label: "stockade"))
+                              environment: ProcessEnvironment.current(), logger: Logger(label: "stockade"), readOnly: readOnly)
     } catch {
         Console.error("stockade: \(error)")
         throw ExitCode(1)
@@ -40,7 +42,7 @@ struct AuditCommand: ParsableCommand {
         }
 
         func run() throws {
-            let supervisor = try openSupervisor(state)
+            let supervisor = try openSupervisor(state, readOnly: true)
             if let runId {
                 var known = false
                 do {
@@ -87,7 +89,7 @@ struct AuditCommand: ParsableCommand {
         }
 
         func run() throws {
-            let supervisor = try openSupervisor(state)
+            let supervisor = try openSupervisor(state, readOnly: true)
             let wanted = label.compactMap { l in
                 l.firstIndex(of: "=").map { (String(l[..<$0]), String(l[l.index(after: $0)...])) }
             }
@@ -157,7 +159,7 @@ struct AuditCommand: ParsableCommand {
         }
 
         func run() throws {
-            let supervisor = try openSupervisor(state)
+            let supervisor = try openSupervisor(state, readOnly: true)
             var checked: [(path: String, checkpoint: AuditCheckpoint)] = []
             if !checkpoint.isEmpty {
                 do {
@@ -244,7 +246,7 @@ struct AuditCommand: ParsableCommand {
         @Flag(help: "Also print the checkpoint on stdout when --out is given; no summary on stderr.") var json = false
 
         func run() throws {
-            let supervisor = try openSupervisor(state)
+            let supervisor = try openSupervisor(state, readOnly: true)
             let keyPath = key ?? CheckpointKeyFile.defaultPath(stateDirectory: supervisor.stateDirectory)
             let document: AuditCheckpoint
             do {

@@ -46,13 +46,16 @@ struct Batch: AsyncParsableCommand {
             throw ExitCode(1)
         }
         let lines = LineReader(fd: fd, maxLine: 1 << 20)
+        // An interrupt cancels every run under way and stops reading requests.
+        let interrupted = RunCancellationGroup()
+        Interrupts.install(first: { interrupted.cancelAll() }, forced: { supervisor.recordForcedExit() })
         let invalid = await withTaskGroup(of: Bool.self) { group in
             var invalid = 0
             var running = 0
             var lineNumber = 0
             // Ids given so far and their lines: a report must name one request only.
             var seen: [String: Int] = [:]
-            while let line = lines.next() {
+            while !interrupted.isCancelled, let line = lines.next() {
                 lineNumber += 1
                 if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) { continue }
                 if running >= parallel, let ok = await group.next() {
@@ -74,7 +77,7 @@ struct Batch: AsyncParsableCommand {
                     var report: RunReport
                     switch parsed {
                     case .success(let request)?:
-                        report = await supervisor.run(request.options)
+                        report = await supervisor.run(request.options, cancellation: interrupted.make())
                         report.requestId = request.id
                     case .failure(let failure)?:
                         report = supervisor.rejectedRequest(reason: "line \(number): \(failure.description)")
@@ -91,6 +94,7 @@ struct Batch: AsyncParsableCommand {
             return invalid
         }
         if fd != 0 { close(fd) }
+        if interrupted.isCancelled { throw ExitCode(130) }
         if invalid > 0 { throw ExitCode(1) }
     }
 }

@@ -24,7 +24,7 @@ struct ReviewCommand: ParsableCommand {
         }
 
         func run() throws {
-            let supervisor = try openSupervisor(location)
+            let supervisor = try openSupervisor(location, readOnly: true)
             let records: [DiffRecord]
             do {
                 records = try supervisor.audit.diffs(state: state)
@@ -67,7 +67,7 @@ struct ReviewCommand: ParsableCommand {
         @Flag(help: "The record and the diff (`content`) as one JSON object.") var json = false
 
         func run() throws {
-            let supervisor = try openSupervisor(state)
+            let supervisor = try openSupervisor(state, readOnly: true)
             let record: DiffRecord?
             do {
                 record = try supervisor.audit.diff(id: id)
@@ -103,7 +103,7 @@ struct ReviewCommand: ParsableCommand {
         @Flag(help: "The diff's record after the decision as one JSON object.") var json = false
 
         func record(_ decide: (Supervisor) throws(SupervisorError) -> Void, done: String) throws {
-            let supervisor = try openSupervisor(state)
+            let supervisor = try openSupervisor(state, readOnly: false)
             do {
                 try decide(supervisor)
             } catch {

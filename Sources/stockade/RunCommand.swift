@@ -112,7 +112,9 @@ struct Run: AsyncParsableCommand {
             throw ExitCode(125)
         }
         let stream: (@Sendable (Int32, [UInt8]) -> Void)? = json ? nil : Self.streamToTerminal
-        let report = await supervisor.run(try options(), onOutput: stream)
+        let cancellation = RunCancellation()
+        Interrupts.install(first: { cancellation.cancel() }, forced: { supervisor.recordForcedExit() })
+        let report = await supervisor.run(try options(), onOutput: stream, cancellation: cancellation)
         if json {
             print(report.json())
         } else {
@@ -126,8 +128,8 @@ struct Run: AsyncParsableCommand {
 /// terminal every control character except newline and tab is made visible,
 /// so escape sequences cannot drive the operator's terminal.
 enum TerminalOutput {
-    static func write(_ bytes: [UInt8], to fd: Int32) {
-        let out = isatty(fd) == 1 ? sanitize(bytes) : bytes
+    static func write(_ bytes: [UInt8], to fd: Int32, sanitizing: Bool = true) {
+        let out = sanitizing && isatty(fd) == 1 ? sanitize(bytes) : bytes
         var offset = 0
         while offset < out.count {
             let n = out[offset...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }

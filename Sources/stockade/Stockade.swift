@@ -189,4 +189,11 @@ enum Console {
         let bytes = Array((text.hasSuffix("\n") ? text : text + "\n").utf8)
         lock.withLock { _ in TerminalOutput.write(bytes, to: 1) }
     }
+
+    /// Writes `text` to stdout as is, even on a terminal: only for text whose
+    /// every untrusted field the caller has already escaped (`TerminalOutput.sanitize`).
+    static func outUnescaped(_ text: String) {
+        let bytes = Array((text.hasSuffix("\n") ? text : text + "\n").utf8)
+        lock.withLock { _ in TerminalOutput.write(bytes, to: 1, sanitizing: false) }
+    }
 }

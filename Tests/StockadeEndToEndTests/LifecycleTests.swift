@@ -218,7 +218,8 @@ func children(of parent: pid_t, named name: String) -> [pid_t] {
               let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")") else { return nil }
         let comm = stat[stat.index(after: open)..<close]
         let rest = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
-        return comm == name && rest.count > 1 && pid_t(rest[1]) == parent ? pid : nil
+        // Live processes only: an init that has exited (state Z) until the supervisor reaps it has no memory to scan.
+        return comm == name && rest.count > 1 && rest[0] != "Z" && pid_t(rest[1]) == parent ? pid : nil
     }
 }
 
@@ -251,8 +252,16 @@ struct HelperMemoryTests {
         let (process, out) = try startBatch(h, lines, parallel: 4)
         defer { process.waitUntilExit() }
         let supervisor = process.processIdentifier
-        // Wait until the four sleepers' inits are up (the secret runs, quick, are over by then).
-        let inits = waitForChildren(of: supervisor, named: "stockade-init", count: 4)
+        // Wait until the four sleepers' inits are up and the secret runs' inits are gone (each init
+        // lives until its main process has exited and the supervisor has released it).
+        var inits: [pid_t] = []
+        for _ in 0..<300 {
+            inits = children(of: supervisor, named: "stockade-init").filter { pid in
+                ((try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? "").isEmpty == false
+            }
+            if inits.count == 4 && children(of: supervisor, named: "stockade-init").count == 4 { break }
+            usleep(10_000)
+        }
         if inits.count != 4 { kill(supervisor, SIGKILL) }
         try #require(inits.count == 4, "the four sleeping runs' inits")
         let helpers = children(of: supervisor, named: "stockade-spawn")

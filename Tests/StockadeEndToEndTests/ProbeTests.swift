@@ -282,7 +282,7 @@ struct VerifyTests {
         #expect(loopback["verdict"] as? String == "enforced", "\(loopback)")
     }
 
-    @Test("without --json, a table names every control and its verdict")
+    @Test("without --json, a table names every control and its verdict, uncoloured into a pipe")
     func table() throws {
         let h = try Harness()
         let r = try h.stockade(["verify"])
@@ -290,6 +290,89 @@ struct VerifyTests {
             #expect(r.stdout.contains(control.id), "\(control.id)")
         }
         #expect(r.stdout.contains("enforced"))
+        #expect(!r.stdout.contains("\u{1B}"), "no escape sequences into a pipe")
+    }
+
+    @Test("on a terminal the verdicts are coloured; with --json or NO_COLOR they are not",
+          .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/script"), "needs script(1) for a pseudo-terminal"))
+    func colouredOnATerminal() throws {
+        let h = try Harness()
+        func onTerminal(_ args: String, noColor: Bool = false) throws -> String {
+            // script(1) gives stockade a pseudo-terminal as stdout; its own stdout is our pipe.
+            // `swift test` itself sets NO_COLOR for the tests it runs: only the last case keeps one.
+            let r = try Harness.exec("/usr/bin/env", ["-u", "NO_COLOR"] + (noColor ? ["NO_COLOR=1"] : [])
+                                         + ["/usr/bin/script", "-qec", "\(Harness.stockade) \(args)", "/dev/null"],
+                                     environment: ["STOCKADE_STATE_DIR": h.stateDirectory])
+            return r.stdout
+        }
+        let table = try onTerminal("verify")
+        #expect(table.contains("\u{1B}[32menforced\u{1B}[0m"), "\(table.prefix(600))")
+        let json = try onTerminal("verify --json")
+        #expect(json.contains("\"verdict\":\"enforced\"") && !json.contains("\u{1B}["), "\(json.prefix(300))")
+        let noColor = try onTerminal("verify", noColor: true)
+        #expect(noColor.contains("enforced") && !noColor.contains("\u{1B}["), "\(noColor.prefix(300))")
+    }
+
+    @Test("verify leaves no run directories behind; the audit keeps one verification naming its probe runs, and their own events")
+    func cleansUp() throws {
+        let h = try Harness()
+        let (_, object, controls) = try verify([], harness: h)
+        let runs = try #require(object["runs"] as? [String])
+        #expect(runs.count >= ControlCatalog.all.count)
+        for c in controls {
+            let sandboxed = c["sandboxed"] as? [String: Any]
+            #expect((sandboxed?["runId"] as? String).map(runs.contains) == true, "\(c["id"] ?? "?")")
+        }
+        let left = try FileManager.default.contentsOfDirectory(atPath: h.stateDirectory + "/runs")
+        #expect(left.isEmpty, "left behind: \(left.prefix(5))")
+        let verifications = try h.stockade(["audit", "events", "--kind", "verification", "--json"])
+        let lines = verifications.stdout.split(separator: "\n")
+        #expect(lines.count == 1, "\(verifications.stdout.prefix(300))")
+        #expect(verifications.stdout.contains(runs[0]))
+        // The probe runs really happened: their own records stay (the filter's violation among them).
+        let keyrings = try #require(controls.first { $0["id"] as? String == "seccomp.keyrings" })
+        let keyringRun = try #require((keyrings["sandboxed"] as? [String: Any])?["runId"] as? String)
+        let events = try h.stockade(["audit", "events", "--run", keyringRun, "--json"])
+        #expect(events.stdout.contains("run.created") && events.stdout.contains("add_key"), "\(events.stdout.prefix(600))")
+        #expect(try h.stockade(["audit", "verify"]).status == 0)
+    }
+
+    @Test("with a pids limit the memory limit reaches first, the fork bomb's end is no evidence for the pids limit")
+    func pidsLimitBehindTheMemoryLimit() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("stockade-pids-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let profile = dir.appendingPathComponent("many-pids.json").path
+        try #"{"extends":"default","limits":{"pids":4096,"memory":"64m"}}"#.write(toFile: profile, atomically: true, encoding: .utf8)
+        let (r, _, controls) = try verify(["--profile", profile])
+        let pids = try #require(controls.first { $0["id"] as? String == "resources.pids" })
+        let evidence = pids["evidence"] as? String ?? ""
+        #expect(pids["verdict"] as? String != "enforced", "\(evidence)")
+        #expect(pids["fails"] as? Bool == true)
+        #expect(!evidence.contains("pids limit refused"), "\(evidence)")
+        #expect(evidence.contains("not the pids limit"), "\(evidence)")
+        #expect(r.status == 1, "an unproven applicable control fails the verification")
+        // Positive control in the same run: the memory limit itself is proven by its own OOM kill.
+        let memory = try #require(controls.first { $0["id"] as? String == "resources.memory" })
+        #expect(memory["verdict"] as? String == "enforced", "\(memory)")
+        #expect((memory["evidence"] as? String ?? "").contains("memory limit OOM-killed"))
+    }
+
+    @Test("under the default profile the pids and memory limits are each enforced by their own mechanism, and x32 by the filter")
+    func ownMechanisms() throws {
+        let (_, _, controls) = try verify([])
+        func evidence(_ id: String) throws -> (String?, String) {
+            let c = try #require(controls.first { $0["id"] as? String == id })
+            return (c["verdict"] as? String, c["evidence"] as? String ?? "")
+        }
+        let pids = try evidence("resources.pids")
+        #expect(pids.0 == "enforced" && pids.1.contains("pids limit refused a fork"), "\(pids)")
+        let memory = try evidence("resources.memory")
+        #expect(memory.0 == "enforced" && memory.1.contains("memory limit OOM-killed"), "\(memory)")
+        let x32 = try evidence("seccomp.foreign-arch-x32")
+        #expect(x32.0 == "enforced" && x32.1.contains("filter killed the worker at x32/"), "\(x32)")
+        let keys = try evidence("seccomp.keyrings")
+        #expect(keys.0 == "enforced" && keys.1.contains("filter refused add_key"), "\(keys)")
     }
 }
 
@@ -311,11 +394,25 @@ struct VerdictTests {
         ProbeObservation(outcome: "exited", exitCode: code, signal: nil, output: out)
     }
 
-    static let seccompKilled = ProbeObservation(outcome: "seccomp", exitCode: nil, signal: 9, output: "", violations: ["i386/keyctl"])
+    static func killed(at call: String) -> ProbeObservation {
+        ProbeObservation(outcome: "seccomp", exitCode: nil, signal: 9, output: "", violations: [call], seccompKill: call)
+    }
+
+    static func refused(_ out: String = "", recorded violations: [String]) -> ProbeObservation {
+        ProbeObservation(outcome: "exited", exitCode: 0, signal: nil, output: out, violations: violations)
+    }
+
+    static let seccompKilled = killed(at: "i386/keyctl")
+    static let oomKilled = ProbeObservation(outcome: "oom", exitCode: nil, signal: 9, output: "", violations: ["memory"])
 
     static let cases: [Case] = [
-        Case(name: "refused in the sandbox, worked on the host: enforced", control: "seccomp.keyrings", profile: "default",
-             positive: exited(77), sandboxed: exited(0), verdict: .enforced, fails: false),
+        Case(name: "refused in the sandbox with the filter's record, worked on the host: enforced", control: "seccomp.keyrings",
+             profile: "default", positive: exited(77), sandboxed: refused(recorded: ["x86_64/add_key"]), verdict: .enforced, fails: false),
+        Case(name: "refused in the sandbox but never seen by the filter (something else refused it): not enforced",
+             control: "seccomp.keyrings", profile: "default", positive: exited(77), sandboxed: exited(0, "add_key(user): errno 13 (EACCES)"),
+             verdict: .notEnforced, fails: true),
+        Case(name: "the filter recorded another call than the control's: not enforced", control: "seccomp.keyrings", profile: "default",
+             positive: exited(77), sandboxed: refused(recorded: ["x86_64/bpf"]), verdict: .notEnforced, fails: true),
         Case(name: "worked in the sandbox: not enforced", control: "seccomp.keyrings", profile: "default",
              positive: exited(77), sandboxed: exited(77), verdict: .notEnforced, fails: true),
         Case(name: "granted by the profile's seccomp allow list: not applicable", control: "seccomp.keyrings", profile: "allow-keys",
@@ -328,8 +425,46 @@ struct VerdictTests {
              positive: exited(77), sandboxed: exited(0), verdict: .notEnforced, fails: true),
         Case(name: "a foreign architecture killed by the filter: enforced", control: "seccomp.foreign-arch-i386", profile: "default",
              positive: exited(77), sandboxed: seccompKilled, verdict: .enforced, fails: false),
-        Case(name: "a kill-on-violation profile ends a refused call with outcome seccomp: enforced", control: "seccomp.bpf", profile: "default",
-             positive: exited(77), sandboxed: seccompKilled, verdict: .enforced, fails: false),
+        Case(name: "a kill-on-violation profile ends the control's call with outcome seccomp: enforced", control: "seccomp.bpf", profile: "default",
+             positive: exited(77), sandboxed: killed(at: "x86_64/bpf"), verdict: .enforced, fails: false),
+        Case(name: "a seccomp kill at another call than the control's is no evidence for it: inconclusive and a failure",
+             control: "seccomp.bpf", profile: "default", positive: exited(77), sandboxed: killed(at: "x86_64/mount"),
+             verdict: .inconclusive, fails: true),
+        Case(name: "a probe-observed control killed at its own forbidden call: enforced", control: "capabilities.mknod", profile: "default",
+             positive: exited(77), sandboxed: killed(at: "x86_64/mknodat"), verdict: .enforced, fails: false),
+        Case(name: "a probe-observed control killed at an unrelated call: inconclusive and a failure", control: "capabilities.empty-sets",
+             profile: "default", positive: exited(77), sandboxed: killed(at: "x86_64/ioctl"), verdict: .inconclusive, fails: true),
+        Case(name: "x32 killed by the filter's x32 rule: enforced", control: "seccomp.foreign-arch-x32", profile: "default",
+             positive: exited(77), sandboxed: killed(at: "x32/getpid"), verdict: .enforced, fails: false),
+        Case(name: "x32 killed by the filter on a kernel without the x32 ABI (positive control ENOSYS): the filter's record is the evidence, enforced",
+             control: "seccomp.foreign-arch-x32", profile: "default",
+             positive: exited(2, "x32-getpid: x32 getpid: ENOSYS (x32 ABI disabled in this kernel): cannot tell"),
+             sandboxed: killed(at: "x32/getpid"), verdict: .enforced, fails: false),
+        Case(name: "an x32 probe killed at an i386 call is no evidence for the x32 rule", control: "seccomp.foreign-arch-x32", profile: "default",
+             positive: exited(77), sandboxed: seccompKilled, verdict: .inconclusive, fails: true),
+        Case(name: "clone3 answered ENOSYS by the filter's own rule (unrecorded by design): enforced", control: "namespaces.userns-clone3",
+             profile: "default", positive: exited(77), sandboxed: exited(0, "clone3-newuser: clone3(CLONE_NEWUSER): errno 38 (ENOSYS)"),
+             verdict: .enforced, fails: false),
+        Case(name: "a fork bomb the pids limit stopped (the pids counter moved): enforced", control: "resources.pids", profile: "default",
+             positive: exited(77), sandboxed: refused("fork-bomb: forked 61 of 80, then errno 11 (EAGAIN)", recorded: ["pids"]),
+             verdict: .enforced, fails: false),
+        Case(name: "a fork bomb the memory limit stopped is no evidence for the pids limit: inconclusive and a failure",
+             control: "resources.pids", profile: "default", positive: exited(77), sandboxed: oomKilled, verdict: .inconclusive, fails: true),
+        Case(name: "a fork refused without the pids counter moving (ENOMEM) is no evidence for the pids limit", control: "resources.pids",
+             profile: "default", positive: exited(77), sandboxed: exited(0, "fork-bomb: forked 900 of 4096, then errno 12 (ENOMEM)"),
+             verdict: .inconclusive, fails: true),
+        Case(name: "a memory bomb whose allocation failed without an OOM kill is no evidence for the memory limit", control: "resources.memory",
+             profile: "default", positive: exited(77), sandboxed: exited(0, "mem-bomb: allocation failed after 10 of 320 MiB"),
+             verdict: .inconclusive, fails: true),
+        Case(name: "/tmp filled up to its size (ENOSPC): enforced", control: "resources.tmp-size", profile: "default", positive: exited(77),
+             sandboxed: exited(0, "tmpfs-fill: wrote 63 of 80 MiB to /tmp, then errno 28 (ENOSPC)"), verdict: .enforced, fails: false),
+        Case(name: "/tmp filling stopped by the file-size rlimit (EFBIG) is no evidence for the /tmp size", control: "resources.tmp-size",
+             profile: "default", positive: exited(77), sandboxed: exited(0, "tmpfs-fill: wrote 64 of 80 MiB to /tmp, then errno 27 (EFBIG)"),
+             verdict: .inconclusive, fails: true),
+        Case(name: "/tmp filling stopped by the memory limit is no evidence for the /tmp size", control: "resources.tmp-size",
+             profile: "default", positive: exited(77), sandboxed: oomKilled, verdict: .inconclusive, fails: true),
+        Case(name: "descriptors refused at the rlimit (EMFILE): enforced", control: "resources.descriptors", profile: "default",
+             positive: exited(77), sandboxed: exited(0, "fd-bomb: opened 253 of 272, then errno 24 (EMFILE)"), verdict: .enforced, fails: false),
         Case(name: "the worker's own loopback does not explain a refused host connection: enforced", control: "network.host-loopback",
              profile: "loopback", positive: exited(77), sandboxed: exited(0), verdict: .enforced, fails: false),
         Case(name: "a connection that got through under a loopback profile: not applicable", control: "network.host-loopback",
@@ -338,8 +473,7 @@ struct VerdictTests {
              positive: ProbeObservation(outcome: "signaled", exitCode: nil, signal: 31, output: ""), sandboxed: seccompKilled,
              verdict: .notEnforced, fails: true),
         Case(name: "an OOM-killed memory bomb is contained", control: "resources.memory", profile: "default",
-             positive: exited(77), sandboxed: ProbeObservation(outcome: "oom", exitCode: nil, signal: 9, output: ""),
-             verdict: .enforced, fails: false),
+             positive: exited(77), sandboxed: oomKilled, verdict: .enforced, fails: false),
     ]
 
     static func profile(_ name: String) -> Profile {
@@ -361,6 +495,79 @@ struct VerdictTests {
         #expect(!result.evidence.isEmpty)
     }
 
+    @Test("an enforced verdict's evidence names the mechanism that acted")
+    func evidenceNamesTheMechanism() throws {
+        let pids = try #require(ControlCatalog.control("resources.pids"))
+        let byPids = Verifier.judge(pids, profile: Profile(), positive: Self.exited(77), sandboxed: Self.refused(recorded: ["pids"]))
+        #expect(byPids.evidence.contains("pids limit"), "\(byPids.evidence)")
+        let byMemory = Verifier.judge(pids, profile: Profile(), positive: Self.exited(77), sandboxed: Self.oomKilled)
+        #expect(byMemory.evidence.contains("memory limit") && byMemory.evidence.contains("not the pids limit"), "\(byMemory.evidence)")
+        let keys = try #require(ControlCatalog.control("seccomp.keyrings"))
+        let byFilter = Verifier.judge(keys, profile: Profile(), positive: Self.exited(77), sandboxed: Self.refused(recorded: ["x86_64/add_key"]))
+        #expect(byFilter.evidence.contains("filter refused add_key"), "\(byFilter.evidence)")
+        let x32 = try #require(ControlCatalog.control("seccomp.foreign-arch-x32"))
+        let noABI = Verifier.judge(x32, profile: Profile(), positive: Self.exited(2, "ENOSYS"), sandboxed: Self.killed(at: "x32/getpid"))
+        #expect(noABI.evidence.contains("filter killed the worker at x32/getpid") && noABI.evidence.contains("cannot do it unsandboxed"),
+                "\(noABI.evidence)")
+    }
+
+    @Test("every control names the mechanism its verdict must be evidence for; the filter's controls name the calls they grant")
+    func everyControlHasItsMechanism() {
+        for control in ControlCatalog.all {
+            let granted = control.grants.flatMap { grant -> [String] in
+                if case .seccompAllows(let calls) = grant { return calls }
+                return []
+            }
+            switch control.mechanism {
+            case .filter(let calls): #expect(calls == granted, "\(control.id)")
+            case .filterAnswer(let call, _): #expect(granted.contains(call), "\(control.id)")
+            case .probe: #expect(granted.isEmpty, "\(control.id): a call the allow list grants is the filter's to stop")
+            case .pidsLimit, .memoryLimit: #expect(control.needsCgroups, "\(control.id)")
+            case .foreignArchitecture: #expect(control.expectation == .seccompKill, "\(control.id)")
+            case .refusalErrno: #expect(control.expectation == .contained, "\(control.id)")
+            case .classification: #expect(control.threatClass == 8, "\(control.id)")
+            }
+        }
+    }
+
+    @Test("verdicts are coloured only when asked: green enforced, red not-enforced, yellow inconclusive; the columns line up either way")
+    func colouredTable() throws {
+        let keys = try #require(ControlCatalog.control("seccomp.keyrings"))
+        let bpf = try #require(ControlCatalog.control("seccomp.bpf"))
+        let modules = try #require(ControlCatalog.control("seccomp.modules"))
+        let results = [
+            Verifier.judge(keys, profile: Profile(), positive: Self.exited(77), sandboxed: Self.refused(recorded: ["x86_64/add_key"])),
+            Verifier.judge(bpf, profile: Profile(), positive: Self.exited(77), sandboxed: Self.exited(77)),
+            Verifier.judge(modules, profile: Profile(), positive: Self.exited(2), sandboxed: Self.exited(0)),
+        ]
+        #expect(results.map(\.verdict) == [.enforced, .notEnforced, .inconclusive])
+        let report = VerificationReport(profile: "default", profileDigest: "d", kernel: "6.x", cgroupMode: "v1", controls: results, durationMs: 1)
+        let plain = report.table(colored: false)
+        #expect(!plain.contains("\u{1B}"))
+        #expect(report.table == plain)
+        let coloured = report.table(colored: true)
+        #expect(coloured.contains("\u{1B}[32menforced\u{1B}[0m"))
+        #expect(coloured.contains("\u{1B}[31mnot-enforced\u{1B}[0m"))
+        #expect(coloured.contains("\u{1B}[33minconclusive\u{1B}[0m"))
+        // Without the escapes, the coloured table is the plain one.
+        let stripped = coloured.replacing(/\x{1B}\[[0-9]+m/, with: "")
+        #expect(stripped == plain)
+    }
+
+    @Test("a coloured table escapes every field it quotes, so the colour codes are its only control bytes")
+    func colouredTableEscapesFields() throws {
+        let keys = try #require(ControlCatalog.control("seccomp.keyrings"))
+        let hostile = Self.refused("add-key: \u{1B}]0;owned\u{07}\u{1B}[2J", recorded: ["x86_64/add_key"])
+        let result = Verifier.judge(keys, profile: Profile(), positive: Self.exited(77), sandboxed: hostile)
+        let report = VerificationReport(profile: "default", profileDigest: "d", kernel: "6.x", cgroupMode: "v1", controls: [result], durationMs: 1)
+        let escaped = report.table(colored: true) { $0.replacing("\u{1B}", with: "\\x1b").replacing("\u{07}", with: "\\x07") }
+        #expect(escaped.contains("\\x1b]0;owned\\x07\\x1b[2J"), "\(escaped)")
+        let controls = escaped.replacing(/\x{1B}\[3[123]m|\x{1B}\[0m/, with: "")
+        #expect(!controls.contains("\u{1B}") && !controls.contains("\u{07}"))
+        // Positive control: without the escape the hostile bytes are there.
+        #expect(report.table(colored: true).contains("\u{1B}[2J"))
+    }
+
     @Test("every control's probe exists in the probe binary, and ids are unique")
     func catalogMatchesProbes() throws {
         let list = try Harness.exec(Harness.probe, ["list"])
@@ -374,16 +581,61 @@ struct VerdictTests {
     @Test("a report's JSON carries the contract's keys and counts")
     func reportJSON() throws {
         let control = try #require(ControlCatalog.control("seccomp.keyrings"))
-        let result = Verifier.judge(control, profile: Profile(), positive: Self.exited(77), sandboxed: Self.exited(0))
-        let report = VerificationReport(profile: "default", profileDigest: "d", kernel: "6.x", cgroupMode: "v1", controls: [result], durationMs: 5)
+        let result = Verifier.judge(control, profile: Profile(), positive: Self.exited(77), sandboxed: Self.refused(recorded: ["x86_64/add_key"]))
+        let report = VerificationReport(profile: "default", profileDigest: "d", kernel: "6.x", cgroupMode: "v1", controls: [result], durationMs: 5,
+                                        runIds: ["r1"])
         let object = try #require(report.jsonValue.object)
         #expect(object["enforced"] == .number("1"))
         #expect(object["notEnforced"] == .number("0"))
         #expect(object["passed"] == .bool(true))
+        #expect(object["runs"] == .array([.string("r1")]))
         let first = try #require(object["controls"]?.array?.first?.object)
         #expect(first["id"] == .string("seccomp.keyrings"))
         #expect(first["threatClass"] == .number("2"))
         #expect(first["verdict"] == .string("enforced"))
         #expect(report.table.contains("seccomp.keyrings"))
+    }
+}
+
+/// The probes mean what they say in every build configuration: an optimiser
+/// that removes a probe's work (a release build once dropped the memory
+/// bomb's malloc + memset) makes `verify` report a holding limit as broken.
+@Suite("the probe binary under the optimiser", .timeLimit(.minutes(1)))
+struct ProbeBinaryTests {
+    /// Runs the probe unsandboxed; its exit status and its page faults (from wait4).
+    /// Faults, not peak RSS: a spawned child's peak RSS starts at its parent's, while
+    /// its fault count starts at zero, and each page the bomb first touches faults once.
+    static func pageFaults(_ args: [String]) throws -> (status: Int32, faults: Int) {
+        var pid: pid_t = 0
+        let argv = ([Harness.probe] + args).map { strdup($0) } + [nil]
+        defer { for p in argv { free(p) } }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        let rc = posix_spawn(&pid, Harness.probe, &actions, nil, argv, environ)
+        try #require(rc == 0, "posix_spawn: \(rc)")
+        var status: Int32 = 0
+        var usage = rusage()
+        while wait4(pid, &status, 0, &usage) < 0 && errno == EINTR {}
+        return ((status >> 8) & 0xFF, usage.ru_minflt + usage.ru_majflt)
+    }
+
+    static let pagesPerMiB = 256
+
+    @Test("the memory bomb really touches every MiB it reports: at least one fault per page")
+    func memoryBombTouchesItsMemory() throws {
+        let (status, faults) = try Self.pageFaults(["mem-bomb", "48"])
+        #expect(status == 77, "the bomb reports all 48 MiB allocated and touched")
+        #expect(faults >= 48 * Self.pagesPerMiB, "\(faults) page faults for 48 MiB: the pages were never touched")
+    }
+
+    @Test("positive control: a bomb a tenth the size faults far less, so the count measures the bomb")
+    func smallerBombFewerFaults() throws {
+        let small = try Self.pageFaults(["mem-bomb", "4"])
+        let large = try Self.pageFaults(["mem-bomb", "48"])
+        #expect(small.status == 77)
+        #expect(small.faults < 24 * Self.pagesPerMiB, "\(small.faults) faults for 4 MiB")
+        #expect(large.faults - small.faults >= 40 * Self.pagesPerMiB, "\(small.faults) vs \(large.faults) faults")
     }
 }

@@ -87,6 +87,24 @@ struct RunDirectoryTests {
         #expect(!s.exists("runs/running"))
     }
 
+    @Test("removing named runs takes exactly the finished ones named, however new; never a held one, another run, or a name create does not make")
+    func removeNamed() throws {
+        let s = try Scratch("state")
+        let done = try RunDirectory.create(stateDirectory: s.path, runId: "probe-done")
+        done.close()
+        let other = try RunDirectory.create(stateDirectory: s.path, runId: "other-done")
+        other.close()
+        let running = try RunDirectory.create(stateDirectory: s.path, runId: "probe-running")
+        let removed = try RunDirectory.remove(stateDirectory: s.path, runIds: ["probe-done", "probe-running", "../state", "missing"])
+        #expect(removed == ["probe-done"])
+        #expect(!s.exists("runs/probe-done"))
+        #expect(s.exists("runs/probe-running/upper"))
+        #expect(s.exists("runs/other-done"))
+        running.close()
+        #expect(try RunDirectory.remove(stateDirectory: s.path, runIds: ["probe-running"]) == ["probe-running"])
+        #expect(!s.exists("runs/probe-running"))
+    }
+
     @Test("gc removes finished runs older than the cutoff, aged by report.json else by the directory")
     func ages() throws {
         let s = try Scratch("state")

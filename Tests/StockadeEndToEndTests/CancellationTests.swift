@@ -1,0 +1,84 @@
+import Foundation
+import Testing
+
+@Suite("cancellation by SIGTERM and SIGINT, end to end", .serialized,
+       .enabled(if: Harness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(3)))
+struct CancellationTests {
+    /// Starts `stockade ARGS` in the background; returns the process and its stdout pipe.
+    static func start(_ h: Harness, _ args: [String], stdin: String? = nil) throws -> (Process, Pipe) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Harness.stockade)
+        process.arguments = args
+        process.environment = ["STOCKADE_STATE_DIR": h.stateDirectory, "PATH": "/usr/bin:/bin"]
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        if let stdin {
+            let input = Pipe()
+            process.standardInput = input
+            try process.run()
+            input.fileHandleForWriting.write(Data(stdin.utf8))
+            try input.fileHandleForWriting.close()
+        } else {
+            try process.run()
+        }
+        return (process, out)
+    }
+
+    /// Waits until a worker running `marker` in its command line is alive (the run has started).
+    static func waitForWorker(_ marker: String, count: Int = 1) -> Bool {
+        for _ in 0..<150 {
+            let live = workerProcesses().filter { ((try? String(contentsOfFile: "/proc/\($0)/cmdline", encoding: .utf8)) ?? "").contains(marker) }
+            if live.count >= count { return true }
+            usleep(100_000)
+        }
+        return false
+    }
+
+    @Test("SIGTERM to stockade run mid-run: the worker is killed, the report says cancelled, exit 130, the trail has the kill")
+    func sigtermCancels() throws {
+        let h = try Harness()
+        let (process, out) = try Self.start(h, ["run", "--json", "--timeout", "60", "--", "/bin/sh", "-c", "echo started; exec sleep 993"])
+        #expect(Self.waitForWorker("993"), "the worker started")
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 130)
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        let report = try #require((try? JSONSerialization.jsonObject(with: data)) as? [String: Any], "\(String(decoding: data, as: UTF8.self))")
+        #expect(report["outcome"] as? String == "cancelled")
+        #expect(report["stdout"] as? String == "started\n")
+        #expect(Self.waitForWorkerGone("993"), "the worker is gone")
+        let runId = try #require(report["runId"] as? String)
+        let events = try auditEvents(h, ["--run", runId])
+        #expect(events.contains { $0["kind"] as? String == "kill" && ($0["detail"] as? [String: Any])?["reason"] as? String == "cancelled" })
+        let finished = events.first { $0["kind"] as? String == "run.finished" }
+        #expect(finished != nil)
+        let runs = try h.stockade(["audit", "runs", "--json"])
+        #expect(runs.stdout.contains("\"cancelled\""), "\(runs.stdout)")
+        // The run's cgroup is gone.
+        #expect(!FileManager.default.fileExists(atPath: "/sys/fs/cgroup/memory/stockade/\(runId)"))
+    }
+
+    static func waitForWorkerGone(_ marker: String) -> Bool {
+        for _ in 0..<50 {
+            if workerProcesses().allSatisfy({ !((try? String(contentsOfFile: "/proc/\($0)/cmdline", encoding: .utf8)) ?? "").contains(marker) }) { return true }
+            usleep(100_000)
+        }
+        return false
+    }
+
+    @Test("SIGINT to stockade batch cancels every run under way, each gets a cancelled report, exit 130")
+    func sigintCancelsBatch() throws {
+        let h = try Harness()
+        let line = #"{"id":"x","command":["/bin/sleep","992"],"timeout":60}"#
+        let (process, out) = try Self.start(h, ["batch", "--parallel", "2", "-"], stdin: line.replacingOccurrences(of: "\"x\"", with: "\"a\"") + "\n" + line.replacingOccurrences(of: "\"x\"", with: "\"b\"") + "\n")
+        #expect(Self.waitForWorker("992", count: 2), "both workers started")
+        kill(process.processIdentifier, SIGINT)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 130)
+        let lines = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).split(separator: "\n")
+        let outcomes = lines.compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }.compactMap { $0["outcome"] as? String }
+        #expect(outcomes == ["cancelled", "cancelled"], "\(lines)")
+        #expect(Self.waitForWorkerGone("992"))
+    }
+}
