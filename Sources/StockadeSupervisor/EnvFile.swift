@@ -1,3 +1,4 @@
+import Glibc
 import StockadePolicy
 
 /// `--env-file FILE` in docker's format: one `KEY=VALUE` a line (the value taken as written,
@@ -5,13 +6,30 @@ import StockadePolicy
 /// `#` comments and blank lines; leading whitespace is ignored. Errors name the file and line.
 public enum EnvFile {
     public static func read(_ path: String, hostEnvironment: [String: String]) throws(RunValues.Invalid) -> [(String, String)] {
-        let bytes: [UInt8]
-        do {
-            bytes = try FileReading.read(path, limit: 1 << 20)
-        } catch {
-            throw RunValues.Invalid(description: "--env-file \(path): \(error.description)")
+        return try parse(try contents(path), path: path, hostEnvironment: hostEnvironment)
+    }
+
+    /// The caller's own file, so links are followed and a pipe is read too (`--env-file <(...)`);
+    /// at most 1 MiB.
+    static func contents(_ path: String) throws(RunValues.Invalid) -> [UInt8] {
+        func fail(_ reason: String) -> RunValues.Invalid { RunValues.Invalid(description: "--env-file \(path): \(reason)") }
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw fail(String(cString: strerror(errno))) }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG || st.st_mode & S_IFMT == S_IFIFO else {
+            throw fail("not a regular file or a pipe")
         }
-        return try parse(bytes, path: path, hostEnvironment: hostEnvironment)
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 { throw fail(String(cString: strerror(errno))) }
+            if n == 0 { return out }
+            out += buffer[0..<n]
+            if out.count > 1 << 20 { throw fail("larger than 1 MiB") }
+        }
     }
 
     public static func parse(_ bytes: [UInt8], path: String, hostEnvironment: [String: String]) throws(RunValues.Invalid) -> [(String, String)] {

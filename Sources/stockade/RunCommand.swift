@@ -38,12 +38,13 @@ struct Run: AsyncParsableCommand {
     var command: [String] = []
 
     func validate() throws {
-        _ = try options()
+        _ = try options(readingFiles: false)
         if command.isEmpty && request == nil { throw ValidationError("no command: stockade run [OPTIONS] -- CMD [ARG...]") }
     }
 
-    /// The flags as run options; every error names its flag and what it must be.
-    func options() throws -> RunOptions {
+    /// The flags as run options; every error names its flag and what it must be. Files are read
+    /// once only (`readingFiles`), after validation: an `--env-file` may be a pipe.
+    func options(readingFiles: Bool) throws -> RunOptions {
         var o = RunOptions(command: command.isEmpty ? nil : command)
         do throws(RunValues.Invalid) {
             o.profile = profile
@@ -66,7 +67,7 @@ struct Run: AsyncParsableCommand {
                 o.volumes.append(parsed)
             }
             // --env-file first, then --env: a flag given on the command line wins, as in docker.
-            for file in envFile {
+            for file in envFile where readingFiles {
                 o.environment += try EnvFile.read(file, hostEnvironment: ProcessEnvironment.current())
             }
             for e in env {
@@ -102,9 +103,17 @@ struct Run: AsyncParsableCommand {
             throw ExitCode(125)
         }
         let logger = Logger(label: "stockade")
+        // The spawn helper first: an env file may hold secrets, which it must not carry.
+        Supervisor.prepareToSpawn()
+        let options: RunOptions
+        do {
+            options = try self.options(readingFiles: true)
+        } catch {
+            Console.error("stockade run: \(error)")
+            throw ExitCode(125)
+        }
         let supervisor: Supervisor
         do {
-            Supervisor.prepareToSpawn()
             supervisor = try Supervisor(stateDirectory: state.resolved(), catalog: .standard(),
                                         environment: ProcessEnvironment.current(), logger: logger)
         } catch {
@@ -114,7 +123,7 @@ struct Run: AsyncParsableCommand {
         let stream: (@Sendable (Int32, [UInt8]) -> Void)? = json ? nil : Self.streamToTerminal
         let cancellation = RunCancellation()
         Interrupts.install(first: { cancellation.cancel() }, forced: { supervisor.recordForcedExit() })
-        let report = await supervisor.run(try options(), onOutput: stream, cancellation: cancellation)
+        let report = await supervisor.run(options, onOutput: stream, cancellation: cancellation)
         if json {
             print(report.json())
         } else {

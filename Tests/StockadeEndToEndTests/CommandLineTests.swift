@@ -62,6 +62,9 @@ struct CommandLineTests {
                                environment: ["FROM_HOST": "passed"])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.stdout == "flag wins|\"kept\"|passed|unset\n")
+        // Through a pipe, as with `--env-file <(...)`.
+        let piped = try shell(h, #"printf 'A=from a pipe\n' | "$STOCKADE" run --env-file /dev/stdin -- /bin/sh -c 'echo "$A"'"#)
+        #expect(piped.stdout == "from a pipe\n", "\(piped.stderr)")
         try "OK=1\nnot a name=2\n".write(toFile: file, atomically: true, encoding: .utf8)
         let bad = try h.stockade(["run", "--env-file", file, "--", "/bin/true"])
         #expect(bad.status == 125)
@@ -259,6 +262,13 @@ struct CommandLineTests {
         let reject = try h.stockade(["review", "reject", "--json", "\(id)", "--actor", "me", "--note", "no"])
         let rejected = try #require(try JSONSerialization.jsonObject(with: Data(reject.stdout.utf8)) as? [String: Any])
         #expect(rejected["state"] as? String == "rejected" && rejected["decidedBy"] as? String == "me")
+
+        let second = try h.stockade(["run", "--json", "--workspace", ws, "--", "/bin/sh", "-c", "echo again >> README.md"])
+        let id2 = try #require((try second.report()["review"] as? [String: Any])?["id"] as? NSNumber).intValue
+        let accept = try h.stockade(["review", "accept", "--json", "\(id2)", "--actor", "me"])
+        let accepted = try #require(try JSONSerialization.jsonObject(with: Data(accept.stdout.utf8)) as? [String: Any], "\(accept.stdout) \(accept.stderr)")
+        #expect(accepted["state"] as? String == "accepted" && accepted["appliedAt"] is String, "\(accept.stdout)")
+        #expect(try String(contentsOfFile: ws + "/README.md", encoding: .utf8) == "hello\nagain\n")
 
         let kind = try h.stockade(["audit", "events", "--kind", "violations"])
         #expect(kind.status == 2 && kind.stderr.contains("unknown event kind violations; known kinds: run.created"), "\(kind.stderr)")
