@@ -477,8 +477,12 @@ __attribute__((noreturn)) static void stk_child(const struct stk_plan *plan, int
 
     if (plan->loopback_up && stk_unprivileged_ports() < 0) stk_fail(errfd, STK_STAGE_NETWORK);
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) stk_fail(errfd, STK_STAGE_MOUNT_PRIVATE);
-    if (mount("tmpfs", plan->root, "tmpfs", MS_NOSUID | MS_NODEV, plan->root_data) < 0)
+    if (plan->root_fd >= 0) {
+        if (syscall(SYS_move_mount, plan->root_fd, "", AT_FDCWD, plan->root, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+            stk_fail(errfd, STK_STAGE_ROOT);
+    } else if (mount("tmpfs", plan->root, "tmpfs", MS_NOSUID | MS_NODEV, plan->root_data) < 0) {
         stk_fail(errfd, STK_STAGE_ROOT);
+    }
     int rootfd = open(plan->root, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (rootfd < 0) stk_fail(errfd, STK_STAGE_ROOT);
     for (size_t i = 0; i < plan->op_count; i++) {
@@ -848,6 +852,14 @@ int stk_cap_last_cap(void) {
     int value = 0;
     for (ssize_t i = 0; i < n && buf[i] >= '0' && buf[i] <= '9'; i++) value = value * 10 + (buf[i] - '0');
     return value;
+}
+
+int stk_tree_idmap(int tree_fd, int userns_fd) {
+    struct mount_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.attr_set = MOUNT_ATTR_IDMAP;
+    attr.userns_fd = (uint64_t)userns_fd;
+    return (int)syscall(SYS_mount_setattr, tree_fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr);
 }
 
 int stk_clone_tree(const char *path, uint64_t attr_set) {

@@ -3,7 +3,7 @@
 public enum AuditEventKind {
     public static let known: [String] = [
         "run.created", "bundle.accepted", "bundle.rejected", "worker.started", "violation", "limit.hit", "kill",
-        "worker.exited", "diff.recorded", "diff.rejected", "review.decided", "diff.applied", "diff.apply-failed",
+        "worker.exited", "diff.recorded", "diff.rejected", "review.decided", "diff.applied", "diff.conflict",
         "run.finished", "run.abandoned", "verification",
     ]
 }

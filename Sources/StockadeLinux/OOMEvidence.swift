@@ -20,16 +20,22 @@ public enum OOMEvidence {
         return Int32(String(decoding: digits, as: UTF8.self))
     }
 
-    /// Whether the kernel log names `pid` as an OOM victim in the memory cgroup whose last path
-    /// component is `cgroupName`: true or false, or nil when the log cannot be read here (no
-    /// `/dev/kmsg`, or no permission to read it).
-    public static func killedByOOM(pid: Int32, cgroupName: String) -> Bool? {
+    /// Whether the kernel log names `pid` as an OOM victim of a memory cgroup since `sinceMicros`
+    /// (CLOCK_MONOTONIC, the clock of the log's timestamps): true or false, or nil when the log
+    /// cannot be read here (no `/dev/kmsg`, or no permission to read it).
+    ///
+    /// Two lines name a victim: the summary `oom-kill:...,task_memcg=/stockade/<run>,task=...,pid=N,`
+    /// (part of the OOM report, which the kernel rate-limits) and `Memory cgroup out of memory:
+    /// Killed process N (comm)` (never rate-limited). The first must name this run's cgroup; the
+    /// second names a host pid, which only the run's main process holds since the run started.
+    public static func killedByOOM(pid: Int32, cgroupName: String, sinceMicros: UInt64) -> Bool? {
         let fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
-        let marker = Array("task_memcg=".utf8)
+        let summary = Array("task_memcg=".utf8)
         let memcg = Array(("/" + cgroupName + ",").utf8)
         let victim = Array(",pid=\(pid),".utf8)
+        let killed = Array("Memory cgroup out of memory: Killed process \(pid) (".utf8)
         var record = [UInt8](repeating: 0, count: 8192)
         var readAny = false
         // One record per read, oldest first; EPIPE means records were overwritten meanwhile (go on).
@@ -42,9 +48,17 @@ public enum OOMEvidence {
             if n == 0 { break }
             readAny = true
             let line = record[0..<n]
-            guard let at = Self.find(marker, in: line) else { continue }
-            let rest = line[(at + marker.count)...]
-            if Self.find(memcg, in: rest) != nil && Self.find(victim, in: rest) != nil { return true }
+            // "priority,sequence,microseconds,flags[,...];message"
+            guard let semicolon = line.firstIndex(of: UInt8(ascii: ";")) else { continue }
+            let header = line[..<semicolon].split(separator: UInt8(ascii: ","))
+            guard header.count >= 3, let at = UInt64(String(decoding: header[2], as: UTF8.self)), at >= sinceMicros else { continue }
+            let message = line[(semicolon + 1)...]
+            if let i = Self.find(summary, in: message) {
+                let rest = message[(i + summary.count)...]
+                if Self.find(memcg, in: rest) != nil && Self.find(victim, in: rest) != nil { return true }
+            } else if Self.find(killed, in: message) != nil {
+                return true
+            }
         }
         return false
     }

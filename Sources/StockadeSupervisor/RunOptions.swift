@@ -21,6 +21,9 @@ public struct RunOptions: Sendable {
     /// `-i`: a descriptor (the supervisor's stdin) copied into the worker's stdin until its end;
     /// nil keeps the worker's stdin /dev/null.
     public var input: Int32?
+    /// The worker's root: an imported image, or a directory (else the profile's `root`).
+    public var image: String?
+    public var rootfs: String?
 
     public init(command: [String]? = nil) {
         self.command = command

@@ -96,6 +96,8 @@ public struct RunReport: Sendable, Equatable, Codable {
     public static func base64IfNotUTF8(_ bytes: [UInt8]) -> String? {
         String(validating: bytes, as: UTF8.self) == nil ? Data(bytes).base64EncodedString() : nil
     }
+    /// The manifest digest of the image the worker's root was made from.
+    public var image: String?
 
     public init(runId: String, profile: String, outcome: Outcome) {
         self.runId = runId
@@ -205,6 +207,7 @@ public struct RunReport: Sendable, Equatable, Codable {
         if let line { object["line"] = .number(line) }
         if let stdoutBase64 { object["stdoutBase64"] = .string(stdoutBase64) }
         if let stderrBase64 { object["stderrBase64"] = .string(stderrBase64) }
+        if let image { object["image"] = .string(image) }
         return .object(object)
     }
 
@@ -220,6 +223,15 @@ public struct RunReport: Sendable, Equatable, Codable {
         line += " in \(durationMs) ms"
         if !violations.isEmpty {
             line += "; violations: " + violations.map { "\($0.kind)\($0.syscall.map { ":" + $0 } ?? "")×\($0.count)" }.joined(separator: ", ")
+        }
+        if let id = review.id {
+            // The diff id is what the next command needs: name it with the way to look at it.
+            let named: String = switch review.state {
+            case "pending": "; diff \(id) pending review: stockade review show \(id)"
+            case "conflict": "; diff \(id) in conflict: stockade review show \(id)"
+            default: "; diff \(id) \(review.state)"
+            }
+            line += named
         }
         return line
     }

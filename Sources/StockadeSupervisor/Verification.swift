@@ -112,6 +112,7 @@ public struct ControlResult: Sendable, Equatable {
             "id": .string(control.id),
             "threatClass": .number(control.threatClass),
             "title": .string(control.title),
+            "incident": control.incident.map { .string($0) } ?? .null,
             "verdict": .string(verdict.rawValue),
             "evidence": .string(evidence),
             "fails": .bool(fails),
@@ -134,9 +135,12 @@ public struct VerificationReport: Sendable, Equatable {
     /// Every sandboxed probe run, repeated ones included: their events stay in
     /// the audit trail; their run directories are removed once this report is recorded.
     public var runIds: [String]
+    /// Where the profile came from: its file, or `builtin:NAME`.
+    public var profileSource: String?
 
     public init(profile: String, profileDigest: String, kernel: String, cgroupMode: String, controls: [ControlResult], durationMs: Int64,
-                runIds: [String] = []) {
+                runIds: [String] = [], profileSource: String? = nil) {
+        self.profileSource = profileSource
         self.profile = profile
         self.profileDigest = profileDigest
         self.kernel = kernel
@@ -156,6 +160,7 @@ public struct VerificationReport: Sendable, Equatable {
         .object([
             "profile": .string(profile),
             "profileDigest": .string(profileDigest),
+            "profileSource": profileSource.map { .string($0) } ?? .null,
             "kernel": .string(kernel),
             "cgroupMode": .string(cgroupMode),
             "controls": .array(controls.map(\.jsonValue)),
@@ -282,7 +287,8 @@ public struct Verifier: Sendable {
         }
         return VerificationReport(profile: profile.name, profileDigest: loaded.digest, kernel: Self.kernelRelease(),
                                   cgroupMode: Self.cgroupMode(), controls: results,
-                                  durationMs: Int64((WorkerClock.now() - started) / 1_000_000), runIds: runIds.flatMap { $0 })
+                                  durationMs: Int64((WorkerClock.now() - started) / 1_000_000), runIds: runIds.flatMap { $0 },
+                                  profileSource: loaded.source)
     }
 
     /// Removes the run directories of a verification's probe runs, once the

@@ -2,6 +2,7 @@ import ArgumentParser
 import Glibc
 import StockadeAudit
 import StockadePolicy
+import StockadeImages
 import StockadeSupervisor
 
 struct ReviewCommand: ParsableCommand {
@@ -14,12 +15,12 @@ struct ReviewCommand: ParsableCommand {
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "list", abstract: "Diffs, oldest first.")
         @OptionGroup var location: StateOptions
-        @Option(help: "pending, accepted or rejected.") var state: String?
+        @Option(help: "pending, accepted, rejected or conflict.") var state: String?
         @Flag(help: "One JSON object a line.") var json = false
 
         func validate() throws {
-            if let state, !["pending", "accepted", "rejected"].contains(state) {
-                throw ValidationError("--state: expected pending, accepted or rejected, found \(state)")
+            if let state, !["pending", "accepted", "rejected", "conflict"].contains(state) {
+                throw ValidationError("--state: expected pending, accepted, rejected or conflict, found \(state)")
             }
         }
 
@@ -37,7 +38,9 @@ struct ReviewCommand: ParsableCommand {
                 if json {
                     Console.out(ReviewCommand.json(r).serialized())
                 } else {
-                    Console.out("\(r.id)\t\(r.runId)\t\(r.state)\t\(r.verdict)\t\(r.bytes) bytes\t\(r.createdAt)\(r.reason.map { "\t" + TerminalOutput.field($0) } ?? "")")
+                    // The reason column: the guard's reason, or for a diff in conflict where it stopped applying.
+                    let why = r.state == "conflict" ? r.conflict.map { ReviewCommand.conflictText($0) } : r.reason
+                    Console.out("\(r.id)\t\(r.runId)\t\(r.state)\t\(r.verdict)\t\(r.bytes) bytes\t\(r.createdAt)\(why.map { "\t" + TerminalOutput.field($0) } ?? "")")
                 }
             }
         }
@@ -52,12 +55,20 @@ struct ReviewCommand: ParsableCommand {
             "createdAt": .string(r.createdAt), "decidedBy": r.decidedBy.map { .string($0) } ?? .null,
             "note": r.note.map { .string($0) } ?? .null, "decidedAt": r.decidedAt.map { .string($0) } ?? .null,
             "appliedAt": r.appliedAt.map { .string($0) } ?? .null,
+            "conflict": r.conflict.map { c in
+                .object(["file": c.file.map { .string($0) } ?? .null, "hunk": c.hunk.map { .string($0) } ?? .null,
+                         "reason": .string(c.reason)])
+            } ?? .null,
         ]
         if content {
             members["content"] = .string(String(decoding: r.content, as: UTF8.self))
             if let base64 = RunReport.base64IfNotUTF8(r.content) { members["contentBase64"] = .string(base64) }
         }
         return .object(members)
+    }
+
+    static func conflictText(_ c: DiffConflict) -> String {
+        "conflict in \(c.file ?? "the workspace")\(c.hunk.map { " at " + $0 } ?? "")"
     }
 
     struct Show: ParsableCommand {
@@ -89,6 +100,9 @@ struct ReviewCommand: ParsableCommand {
                 head += "; decided by \(TerminalOutput.field(by)) at \(record.decidedAt ?? "?")\(record.note.map { ": \(TerminalOutput.field($0))" } ?? "")"
             }
             if let applied = record.appliedAt { head += "; applied at \(applied)" }
+            if record.state == "conflict", let conflict = record.conflict {
+                head += "; \(TerminalOutput.field(ReviewCommand.conflictText(conflict))): \(TerminalOutput.field(conflict.reason))"
+            }
             Console.error(head)
             TerminalOutput.write(record.content, to: 1)
         }
@@ -119,7 +133,7 @@ struct ReviewCommand: ParsableCommand {
     }
 
     struct Accept: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "accept", abstract: "Record the decision, then apply the diff to the workspace.")
+        static let configuration = CommandConfiguration(commandName: "accept", abstract: "Record the decision, then apply the diff to the workspace (a pending diff, or one in conflict once the workspace is fixed).")
         @OptionGroup var decision: Decision
 
         func run() throws {
@@ -129,7 +143,7 @@ struct ReviewCommand: ParsableCommand {
     }
 
     struct Reject: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "reject", abstract: "Record the decision; nothing is applied.")
+        static let configuration = CommandConfiguration(commandName: "reject", abstract: "Record the decision on a pending diff or one in conflict; nothing is applied.")
         @OptionGroup var decision: Decision
 
         func run() throws {
@@ -144,7 +158,7 @@ struct Gc: ParsableCommand {
         commandName: "gc", abstract: "Remove finished run directories older than a duration (never a running one).")
     @OptionGroup var state: StateOptions
     @Option(help: "Age such as 30s, 15m, 12h, 7d.") var olderThan: String
-    @Flag(help: "One JSON object: {\"removed\": [run ids]}.") var json = false
+    @Flag(help: "One JSON object: {\"removed\": [run ids], \"layers\": [layer digests], \"layersBusy\": bool}.") var json = false
 
     func run() throws {
         let seconds: Double
@@ -156,12 +170,20 @@ struct Gc: ParsableCommand {
         }
         do {
             let removed = try RunDirectoryMaintenance.collectGarbage(stateDirectory: state.resolved(), olderThan: seconds)
+            // Image layers no imported image names, unless an import or a run holds the cache.
+            let layers = try ImageStore(stateDirectory: state.resolved()).collectGarbage()
             if json {
-                Console.out(JSONValue.object(["removed": .array(removed.map { .string($0) })]).serialized())
+                Console.out(JSONValue.object([
+                    "removed": .array(removed.map { .string($0) }), "layers": .array(layers.removed.map { .string($0) }),
+                    "layersBusy": .bool(layers.busy),
+                ]).serialized())
                 return
             }
             for id in removed { Console.out(id) }
             Console.error("stockade: removed \(removed.count) run director\(removed.count == 1 ? "y" : "ies")")
+            for digest in layers.removed { Console.out(digest) }
+            Console.error(layers.busy ? "stockade: image layers not collected: an import or a run is using the cache"
+                                      : "stockade: removed \(layers.removed.count) unused image layer\(layers.removed.count == 1 ? "" : "s")")
         } catch {
             Console.error("stockade: \(error)")
             throw ExitCode(1)

@@ -32,14 +32,19 @@ struct Run: AsyncParsableCommand {
     var interactive = false
     @Option(help: "Workspace directory shown copy-on-write at /workspace.") var workspace: String?
     @Option(help: "Request bundle directory shown read-only at /sandbox/request.") var request: String?
+    @Option(help: "Imported image (NAME[:TAG] or sha256:DIGEST) whose layers are the worker's read-only root.") var image: String?
+    @Option(help: "Directory shown read-only as the worker's root instead of the host's system directories.") var rootfs: String?
     @Flag(help: "Print one JSON report on stdout instead of streaming the worker's output.") var json = false
 
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.")
     var command: [String] = []
 
     func validate() throws {
+        if image != nil && rootfs != nil { throw ValidationError("--image and --rootfs: give one") }
+        if let rootfs, !rootfs.hasPrefix("/") { throw ValidationError("--rootfs: expected an absolute path, found \(rootfs)") }
         _ = try options(readingFiles: false)
-        if command.isEmpty && request == nil { throw ValidationError("no command: stockade run [OPTIONS] -- CMD [ARG...]") }
+        // An image's Entrypoint/Cmd may be the command.
+        if command.isEmpty && request == nil && image == nil { throw ValidationError("no command: stockade run [OPTIONS] -- CMD [ARG...]") }
     }
 
     /// The flags as run options; every error names its flag and what it must be. Files are read
@@ -48,6 +53,8 @@ struct Run: AsyncParsableCommand {
         var o = RunOptions(command: command.isEmpty ? nil : command)
         do throws(RunValues.Invalid) {
             o.profile = profile
+            o.image = image
+            o.rootfs = rootfs
             o.memoryBytes = try memory.map { (text) throws(RunValues.Invalid) in try RunValues.memory(text, field: "--memory") }
             o.cpus = try cpus.map { (value) throws(RunValues.Invalid) in try RunValues.cpus(value, field: "--cpus") }
             o.pids = try pids.map { (value) throws(RunValues.Invalid) in try RunValues.pids(Int64(value), field: "--pids") }
@@ -121,9 +128,16 @@ struct Run: AsyncParsableCommand {
             throw ExitCode(125)
         }
         let stream: (@Sendable (Int32, [UInt8]) -> Void)? = json ? nil : Self.streamToTerminal
-        let cancellation = RunCancellation()
-        Interrupts.install(first: { cancellation.cancel() }, forced: { supervisor.recordForcedExit() })
-        let report = await supervisor.run(options, onOutput: stream, cancellation: cancellation)
+        let service = RunService(supervisor: supervisor, admission: .init(maxRunning: 1, maxQueued: 0))
+        let handle: RunHandle
+        do {
+            handle = try await service.submit(options, onOutput: stream)
+        } catch {
+            Console.error("stockade: \(error)")
+            throw ExitCode(125)
+        }
+        Interrupts.install(first: { handle.cancel() }, forced: { supervisor.recordForcedExit() })
+        let report = await handle.report()
         if json {
             print(report.json())
         } else {

@@ -253,7 +253,7 @@ struct CommandLineTests {
         let run = try h.stockade(["run", "--json", "--workspace", ws, "--", "/bin/sh", "-c", "echo more >> README.md"])
         let id = try #require((try run.report()["review"] as? [String: Any])?["id"] as? NSNumber).intValue
         let gc = try h.stockade(["gc", "--json", "--older-than", "1h"])
-        #expect(gc.status == 0 && gc.stdout == "{\"removed\":[]}\n" && gc.stderr.isEmpty, "\(gc.stdout) \(gc.stderr)")
+        #expect(gc.status == 0 && gc.stdout == "{\"layers\":[],\"layersBusy\":false,\"removed\":[]}\n" && gc.stderr.isEmpty, "\(gc.stdout) \(gc.stderr)")
         let list = try h.stockade(["review", "list"])
         #expect(list.stdout.split(separator: "\n").first == "ID\tRUN\tSTATE\tVERDICT\tBYTES\tCREATED\tREASON")
         let show = try h.stockade(["review", "show", "--json", "\(id)"])
