@@ -3,10 +3,26 @@ import StockadeSupervisor
 import Testing
 
 /// `sh -c SCRIPT` with `$STOCKADE` naming the binary under test and the harness's state directory:
-/// pipelines typed as a user types them.
+/// pipelines typed as a user types them. Output goes to files, not pipes: a process another test
+/// spawns at the same moment (a minutes-long compiler run) can inherit a pipe's write end, and a
+/// reader waiting for end of file would wait for that process too; the shell's exit is enough here.
 func shell(_ h: Harness, _ script: String, environment: [String: String] = [:]) throws -> Harness.Result {
-    try Harness.exec("/bin/sh", ["-c", script],
-                     environment: environment.merging(["STOCKADE": Harness.stockade, "STOCKADE_STATE_DIR": h.stateDirectory]) { $1 })
+    let base = h.stateDirectory + "/shell-\(UUID().uuidString)"
+    _ = FileManager.default.createFile(atPath: base + ".out", contents: nil)
+    _ = FileManager.default.createFile(atPath: base + ".err", contents: nil)
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/bin/sh")
+    process.arguments = ["-c", script]
+    process.environment = ProcessInfo.processInfo.environment
+        .merging(environment.merging(["STOCKADE": Harness.stockade, "STOCKADE_STATE_DIR": h.stateDirectory]) { $1 }) { $1 }
+    process.standardInput = FileHandle.nullDevice
+    process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: base + ".out"))
+    process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: base + ".err"))
+    try process.run()
+    process.waitUntilExit()
+    let out = try String(contentsOfFile: base + ".out", encoding: .utf8)
+    let err = try String(contentsOfFile: base + ".err", encoding: .utf8)
+    return Harness.Result(status: process.terminationStatus, stdout: out, stderr: err)
 }
 
 /// What a newcomer types: input, docker-style values, labels and names, one line per failure, JSON.
