@@ -1,5 +1,6 @@
 import CStockade
 import Glibc
+import StockadePolicy
 import Synchronization
 
 /// One run's directory, `<state>/runs/<run-id>/` (mode 0700), with `request/`, `result/`, `upper/`,
@@ -280,21 +281,11 @@ public final class RunDirectory: Sendable {
     /// Parses an `--older-than` duration: a number of seconds, or a number followed by `s`, `m`,
     /// `h` or `d` (`30s`, `15m`, `12h`, `7d`, `3600`, `1.5h`). The error names the text.
     public static func parseDuration(_ text: String) throws(BundleError) -> Double {
-        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
-        var number = Substring(text)
-        var scale = 1.0
-        if let last = number.last, let unit = units[last] {
-            scale = unit
-            number = number.dropLast()
-        }
-        let digits = number.split(separator: ".", omittingEmptySubsequences: false)
-        let wellFormed = (1...2).contains(digits.count)
-            && digits.allSatisfy { !$0.isEmpty && $0.utf8.allSatisfy { (0x30...0x39).contains($0) } }
-        guard wellFormed, let value = Double(number), (value * scale).isFinite, value * scale < 1e12 else {
+        guard let seconds = DurationText.parse(text) else {
             throw BundleError(.invalidDuration,
                               "\"\(text)\" is not a duration: write a number of seconds, optionally with a unit s, m, h or d (30s, 15m, 12h, 7d)")
         }
-        return value * scale
+        return seconds
     }
 
     // MARK: Helpers

@@ -37,6 +37,10 @@ public struct Profile: Sendable, Equatable {
     }
 
     public struct Limits: Sendable, Equatable {
+        /// Below this a limit is refused: measured on Linux 6.1 (cgroup v2), 256 KiB is OOM-killed
+        /// before `echo` runs, 512 KiB runs `echo`, 1 MiB runs `sh` and `perl`; 4 MiB leaves room
+        /// for what init and the filter are charged on other kernels.
+        public static let minimumMemoryBytes: Int64 = 4 << 20
         public var memoryBytes: Int64 = 256 << 20
         public var cpus: Double = 1
         public var pids: Int = 64

@@ -81,7 +81,7 @@ public struct ProfileDecoder {
         default: bytes = nil
         }
         guard let bytes else {
-            fail(field, "expected a size such as 65536, \"64k\", \"64m\" or \"1g\"")
+            fail(field, "expected a size: \(ByteSize.forms)")
             return nil
         }
         guard range.contains(bytes) else {
@@ -171,7 +171,7 @@ public struct ProfileDecoder {
         let keys: Set = ["memory", "cpus", "pids", "timeout", "stdoutBytes", "stderrBytes", "tmpSize",
                          "workspaceSize", "resultSize", "resultInodes", "rlimits"]
         guard let o = object(value, "limits", keys: keys) else { return }
-        if let v = o["memory"], let b = size(v, "limits.memory", in: (4 << 20)...(1 << 40)) { limits.memoryBytes = b }
+        if let v = o["memory"], let b = size(v, "limits.memory", in: Profile.Limits.minimumMemoryBytes...(1 << 40)) { limits.memoryBytes = b }
         if let v = o["cpus"] {
             if let cpus = v.double, cpus >= 0.01, cpus <= 1024 { limits.cpus = cpus } else {
                 fail("limits.cpus", "expected a number of CPUs from 0.01 to 1024")
@@ -179,8 +179,8 @@ public struct ProfileDecoder {
         }
         if let v = o["pids"], let n = integer(v, "limits.pids", in: 1...65536) { limits.pids = Int(n) }
         if let v = o["timeout"] {
-            if let t = v.double, t > 0, t <= 86_400 { limits.timeoutSeconds = t } else {
-                fail("limits.timeout", "expected seconds from 0 (exclusive) to 86400")
+            if let t = v.double ?? v.string.flatMap(DurationText.parse), t > 0, t <= 86_400 { limits.timeoutSeconds = t } else {
+                fail("limits.timeout", "expected a duration from 0 (exclusive) to 24h: \(DurationText.forms)")
             }
         }
         if let v = o["stdoutBytes"], let b = size(v, "limits.stdoutBytes", in: 0...(1 << 30)) { limits.stdoutBytes = Int(b) }

@@ -9,10 +9,15 @@ public struct BatchRequest: Sendable {
     public struct Failure: Error, Sendable, CustomStringConvertible {
         public let id: String?
         public let description: String
+
+        public init(id: String?, description: String) {
+            self.id = id
+            self.description = description
+        }
     }
 
     static let keys: Set = ["id", "command", "profile", "memory", "cpus", "pids", "timeout", "network", "publish",
-                            "env", "volumes", "workspace", "request"]
+                            "env", "volumes", "workspace", "request", "labels", "name"]
 
     /// Parses one request line; the error names the offending key.
     public static func parse(_ line: [UInt8]) throws(Failure) -> BatchRequest {
@@ -44,35 +49,64 @@ public struct BatchRequest: Sendable {
             guard let s = v.string else { throw fail("profile", "expected a string") }
             options.profile = s
         }
+        func check<T>(_ body: () throws(RunValues.Invalid) -> T) throws(Failure) -> T {
+            do {
+                return try body()
+            } catch {
+                throw Failure(id: id, description: error.description)
+            }
+        }
         if let v = object["memory"] {
-            let bytes: Int64? = v.exactInt64 ?? v.string.flatMap(ByteSize.parse)
-            guard let bytes, bytes > 0 else { throw fail("memory", "expected bytes or a size such as \"64m\"") }
-            options.memoryBytes = bytes
+            if let bytes = v.exactInt64 {
+                options.memoryBytes = try check { () throws(RunValues.Invalid) in try RunValues.memory(bytes, field: "memory") }
+            } else if let text = v.string {
+                options.memoryBytes = try check { () throws(RunValues.Invalid) in try RunValues.memory(text, field: "memory") }
+            } else {
+                throw fail("memory", "must be bytes or a size such as \"64m\"")
+            }
         }
         if let v = object["cpus"] {
-            guard let cpus = v.double, cpus >= 0.01, cpus <= 1024 else { throw fail("cpus", "expected a number from 0.01 to 1024") }
-            options.cpus = cpus
+            guard let cpus = v.double else { throw fail("cpus", "must be a number of CPUs") }
+            options.cpus = try check { () throws(RunValues.Invalid) in try RunValues.cpus(cpus, field: "cpus") }
         }
         if let v = object["pids"] {
-            guard let n = v.exactInt64, (1...65536).contains(n) else { throw fail("pids", "expected a whole number from 1 to 65536") }
-            options.pids = Int(n)
+            guard let n = v.exactInt64 else { throw fail("pids", "must be a whole number from 1 to 65536") }
+            options.pids = try check { () throws(RunValues.Invalid) in try RunValues.pids(n, field: "pids") }
         }
         if let v = object["timeout"] {
-            guard let t = v.double, t > 0, t <= 86_400 else { throw fail("timeout", "expected seconds from 0 (exclusive) to 86400") }
-            options.timeoutSeconds = t
+            if let t = v.double {
+                options.timeoutSeconds = try check { () throws(RunValues.Invalid) in try RunValues.timeout(t, field: "timeout") }
+            } else if let text = v.string {
+                options.timeoutSeconds = try check { () throws(RunValues.Invalid) in try RunValues.timeout(text, field: "timeout") }
+            } else {
+                throw fail("timeout", "must be seconds or a duration such as \"10s\"")
+            }
         }
         if let v = object["network"] {
-            guard let s = v.string, let mode = Profile.NetworkMode(rawValue: s) else { throw fail("network", "expected none or loopback") }
+            guard let s = v.string, let mode = Profile.NetworkMode(rawValue: s) else { throw fail("network", "must be none or loopback") }
             options.network = mode
         }
         if let v = object["publish"] {
-            guard let items = v.array else { throw fail("publish", "expected an array of \"HOSTPORT:WORKERPORT\"") }
+            guard let items = v.array else { throw fail("publish", "must be an array of \"HOSTPORT:WORKERPORT\"") }
             for (i, item) in items.enumerated() {
-                guard let s = item.string, let mapping = ProfileDecoder.parsePublish(s) else {
-                    throw fail("publish[\(i)]", "expected \"HOSTPORT:WORKERPORT\"")
-                }
-                options.publish.append(mapping)
+                guard let s = item.string else { throw fail("publish[\(i)]", "must be \"HOSTPORT:WORKERPORT\"") }
+                options.publish.append(try check { () throws(RunValues.Invalid) in try RunValues.publish(s, field: "publish[\(i)]") })
             }
+        }
+        try check { () throws(RunValues.Invalid) in
+            try RunValues.network(options.network, publishing: !options.publish.isEmpty, fields: ("network", "publish"))
+        }
+        if let v = object["labels"] {
+            guard let labels = v.object else { throw fail("labels", "must be an object of strings") }
+            for (key, item) in labels.sorted(by: { $0.key < $1.key }) {
+                guard let value = item.string else { throw fail("labels.\(key)", "must be a string") }
+                try check { () throws(RunValues.Invalid) in try RunValues.label(key: key, value: value, field: "labels.\(key)") }
+                options.labels[key] = value
+            }
+        }
+        if let v = object["name"] {
+            guard let s = v.string else { throw fail("name", "must be a string") }
+            options.name = try check { () throws(RunValues.Invalid) in try RunValues.name(s, field: "name") }
         }
         if let v = object["volumes"] {
             guard let items = v.array else { throw fail("volumes", "expected an array of \"HOST:WORKER[:ro|rw]\"") }

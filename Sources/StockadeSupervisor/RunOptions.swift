@@ -14,6 +14,13 @@ public struct RunOptions: Sendable {
     public var environment: [(String, String)] = []
     public var workspace: String?
     public var request: String?
+    /// `--label k=v`: recorded in `run.created`, shown and filtered by `audit runs`.
+    public var labels: [String: String] = [:]
+    /// `--name`: what a person calls the run, recorded in `run.created`.
+    public var name: String?
+    /// `-i`: a descriptor (the supervisor's stdin) copied into the worker's stdin until its end;
+    /// nil keeps the worker's stdin /dev/null.
+    public var input: Int32?
     /// The worker's root: an imported image, or a directory (else the profile's `root`).
     public var image: String?
     public var rootfs: String?

@@ -85,6 +85,17 @@ public struct RunReport: Sendable, Equatable, Codable {
     public var setupError: SetupError?
     /// The batch request's `id`, echoed as the key `id` (only in `stockade batch` output).
     public var requestId: String?
+    /// The batch input line the request was on, as the key `line` (only in `stockade batch` output).
+    public var line: Int?
+    /// The captured bytes exactly, base64, only when they are not valid UTF-8 (`stdout` then holds
+    /// them with U+FFFD for each invalid sequence).
+    public var stdoutBase64: String?
+    public var stderrBase64: String?
+
+    /// Base64 of `bytes` when they are not valid UTF-8, else nil.
+    public static func base64IfNotUTF8(_ bytes: [UInt8]) -> String? {
+        String(validating: bytes, as: UTF8.self) == nil ? Data(bytes).base64EncodedString() : nil
+    }
     /// The manifest digest of the image the worker's root was made from.
     public var image: String?
 
@@ -112,6 +123,7 @@ public struct RunReport: Sendable, Equatable, Codable {
         case runId, profile, outcome, exitCode, signal, durationMs, cpuTimeMs, memoryPeakBytes, violations,
              orphansKilled, stdout, stderr, stdoutTruncated, stderrTruncated, result, review, setupError
         case requestId = "id"
+        case line, stdoutBase64, stderrBase64
     }
 
     /// Every key is always present; absent values are `null`, as the contract says.
@@ -135,6 +147,9 @@ public struct RunReport: Sendable, Equatable, Codable {
         try c.encode(review, forKey: .review)
         try c.encode(setupError, forKey: .setupError)
         if let requestId { try c.encode(requestId, forKey: .requestId) }
+        if let line { try c.encode(line, forKey: .line) }
+        if let stdoutBase64 { try c.encode(stdoutBase64, forKey: .stdoutBase64) }
+        if let stderrBase64 { try c.encode(stderrBase64, forKey: .stderrBase64) }
     }
 
     /// The exit status of `stockade run` for this report (DESIGN.md, "Exit status").
@@ -189,6 +204,9 @@ public struct RunReport: Sendable, Equatable, Codable {
             } ?? .null,
         ]
         if let requestId { object["id"] = .string(requestId) }
+        if let line { object["line"] = .number(line) }
+        if let stdoutBase64 { object["stdoutBase64"] = .string(stdoutBase64) }
+        if let stderrBase64 { object["stderrBase64"] = .string(stderrBase64) }
         if let image { object["image"] = .string(image) }
         return .object(object)
     }

@@ -59,7 +59,7 @@ public final class Supervisor: Sendable {
             let store = try SQLiteAuditStore(path: stateDirectory + "/audit.sqlite", supervisorPid: getpid(),
                                              supervisorStart: ProcessIdentity.currentStartTime)
             let abandoned = try store.markAbandoned(isAlive: ProcessIdentity.isAlive)
-            if !abandoned.isEmpty { logger.warning("runs.abandoned", metadata: ["runs": "\(abandoned)"]) }
+            if !abandoned.isEmpty { logger.info("runs.abandoned", metadata: ["runs": "\(abandoned)"]) }
             audit = store
         } catch {
             throw SupervisorError(.audit, "cannot open the audit database: \(error)")
@@ -76,7 +76,7 @@ public final class Supervisor: Sendable {
                 case .missing: !driver.isAbandoned(name: name, olderThan: Self.abandonedCgroupAge)
                 }
             }
-            if !removed.isEmpty { logger.warning("cgroups.stale-removed", metadata: ["cgroups": "\(removed)"]) }
+            if !removed.isEmpty { logger.info("cgroups.stale-removed", metadata: ["cgroups": "\(removed)"]) }
         }
     }
 
@@ -136,7 +136,7 @@ public final class Supervisor: Sendable {
             report = RunReport(runId: runId, profile: context.profileName ?? options.profile, outcome: .setupFailed)
             report.setupError = RunReport.SetupError(stage: error.stage, errno: error.errno, message: error.message)
             report.durationMs = Int64((WorkerClock.now() - started) / 1_000_000)
-            logger.error("run.setup-failed", metadata: ["run.id": "\(runId)", "stage": "\(error.stage)", "message": "\(error.message)"])
+            logger.info("run.setup-failed", metadata: ["run.id": "\(runId)", "stage": "\(error.stage)", "message": "\(error.message)"])
             recordRefusal(context, profile: report.profile, stage: error.stage)
             finish(context, report: &report)
         } catch {
@@ -386,7 +386,7 @@ public final class Supervisor: Sendable {
         let forwarder = try listenForPublishedPorts(profile)
         let stdio: Pipes
         do {
-            stdio = try Pipes()
+            stdio = try Pipes(input: options.input)
         } catch {
             forwarder?.stop()
             throw error
@@ -455,6 +455,7 @@ public final class Supervisor: Sendable {
         context.cancellation?.attach(monitor)
         let observation = await monitor.wait()
         forwarder?.stop()
+        stdio.input?.stop()
         output?.finish()
         // Secrets never reach the report or the logs, even split across writes or cut by the cap.
         let stdoutBytes = redactor.redact(captured: observation.stdout)
@@ -485,6 +486,8 @@ public final class Supervisor: Sendable {
         report.orphansKilled = observation.orphans + stragglers
         report.stdout = String(decoding: stdoutBytes, as: UTF8.self)
         report.stderr = String(decoding: stderrBytes, as: UTF8.self)
+        report.stdoutBase64 = RunReport.base64IfNotUTF8(stdoutBytes)
+        report.stderrBase64 = RunReport.base64IfNotUTF8(stderrBytes)
         report.stdoutTruncated = observation.stdout.truncated
         report.stderrTruncated = observation.stderr.truncated
         recordOutcomeEvents(context, observation: observation, usage: usage, report: report)
@@ -582,6 +585,8 @@ public final class Supervisor: Sendable {
         ]
         if let w = workspace ?? options.workspace { detail["workspace"] = .string(w) }
         if let r = options.request { detail["request"] = .string(r) }
+        if !options.labels.isEmpty { detail["labels"] = .object(options.labels.mapValues { .string($0) }) }
+        if let name = options.name { detail["name"] = .string(name) }
         if let image = root.image { detail["image"] = .object(["name": .string(image.name), "digest": .string(image.digest.description)]) }
         if let dir = root.rootfs { detail["rootfs"] = .string(dir) }
         return .object(detail)
@@ -786,13 +791,21 @@ final class Pipes: Sendable {
     let stdoutRead: Int32, stdoutWrite: Int32
     let stderrRead: Int32, stderrWrite: Int32
 
-    init() throws {
+    /// With `-i`: copies the caller's input into the worker's stdin (else stdin is /dev/null).
+    let input: InputForwarder?
+
+    init(input source: Int32? = nil) throws {
         var out: [Int32] = [-1, -1], err: [Int32] = [-1, -1]
-        let devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
-        guard devNull >= 0, stk_pipe_cloexec(&out, O_NONBLOCK) == 0, stk_pipe_cloexec(&err, O_NONBLOCK) == 0 else {
+        do throws(LinuxError) {
+            input = try source.map { (fd) throws(LinuxError) in try InputForwarder(source: fd) }
+        } catch {
+            throw Supervisor.SetupFailure(error)
+        }
+        let stdinEnd = input?.workerEnd ?? open("/dev/null", O_RDONLY | O_CLOEXEC)
+        guard stdinEnd >= 0, stk_pipe_cloexec(&out, O_NONBLOCK) == 0, stk_pipe_cloexec(&err, O_NONBLOCK) == 0 else {
             throw Supervisor.SetupFailure(stage: "pipe", errno: errno, message: "cannot create the worker's stdio pipes")
         }
-        stdin = devNull
+        stdin = stdinEnd
         stdoutRead = out[0]
         stdoutWrite = out[1]
         stderrRead = err[0]
@@ -809,6 +822,7 @@ final class Pipes: Sendable {
     }
 
     func closeAll() {
+        input?.stop()
         closeChildEnds()
         close(stdoutRead)
         close(stderrRead)

@@ -35,8 +35,27 @@ struct AuditCommand: ParsableCommand {
         @Option(help: "Only events of this kind (e.g. violation, kill, review.decided).") var kind: String?
         @Flag(help: "One JSON object a line.") var json = false
 
+        func validate() throws {
+            if let kind, !AuditEventKind.known.contains(kind) {
+                throw ValidationError("--kind: unknown event kind \(kind); known kinds: \(AuditEventKind.known.joined(separator: ", "))")
+            }
+        }
+
         func run() throws {
             let supervisor = try openSupervisor(state, readOnly: true)
+            if let runId {
+                var known = false
+                do {
+                    try supervisor.audit.runs { run in if run.runId == runId { known = true } }
+                } catch {
+                    Console.error("stockade: \(error)")
+                    throw ExitCode(1)
+                }
+                guard known else {
+                    Console.error("stockade: --run: no run \(TerminalOutput.field(runId)) in this state directory's audit trail (see `stockade audit runs`)")
+                    throw ExitCode(1)
+                }
+            }
             do {
                 try supervisor.audit.events(runId: runId, since: since, kind: kind) { event in
                     if json {
@@ -59,14 +78,36 @@ struct AuditCommand: ParsableCommand {
     }
 
     struct Runs: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "runs", abstract: "Runs with their outcome, oldest first.")
+        static let configuration = CommandConfiguration(
+            commandName: "runs", abstract: "Runs with their outcome, oldest first (a header row, then one run a line).")
         @OptionGroup var state: StateOptions
-        @Flag(help: "One JSON object a line.") var json = false
+        @Option(help: "Only runs recorded with this label KEY=VALUE (repeatable: all must match).") var label: [String] = []
+        @Flag(help: "One JSON object a line, no header.") var json = false
+
+        func validate() throws {
+            for l in label where !l.contains("=") { throw ValidationError("--label: must be KEY=VALUE, found \(l)") }
+        }
 
         func run() throws {
             let supervisor = try openSupervisor(state, readOnly: true)
+            let wanted = label.compactMap { l in
+                l.firstIndex(of: "=").map { (String(l[..<$0]), String(l[l.index(after: $0)...])) }
+            }
             do {
+                // Labels and names are in each run's `run.created` event.
+                var tags: [String: (name: String?, labels: [String: String])] = [:]
+                try supervisor.audit.events(runId: nil, since: nil, kind: "run.created") { event in
+                    guard let runId = event.runId, let detail = event.detailValue?.object else { return }
+                    var labels: [String: String] = [:]
+                    for (k, v) in detail["labels"]?.object ?? [:] { if let s = v.string { labels[k] = s } }
+                    tags[runId] = (detail["name"]?.string, labels)
+                }
+                if !json {
+                    Console.out(["RUN", "CREATED", "PROFILE", "STATE", "OUTCOME", "EXIT", "NAME", "LABELS", "COMMAND"].joined(separator: "\t"))
+                }
                 try supervisor.audit.runs { run in
+                    let tag = tags[run.runId] ?? (nil, [:])
+                    guard wanted.allSatisfy({ tag.labels[$0.0] == $0.1 }) else { return }
                     if json {
                         Console.out(JSONValue.object([
                             "runId": .string(run.runId), "profile": .string(run.profile), "profileDigest": .string(run.profileDigest),
@@ -74,12 +115,16 @@ struct AuditCommand: ParsableCommand {
                             "outcome": run.outcome.map { .string($0) } ?? .null,
                             "exitStatus": run.exitStatus.map { .number($0) } ?? .null,
                             "createdAt": .string(run.createdAt), "endedAt": run.endedAt.map { .string($0) } ?? .null,
+                            "name": tag.name.map { .string($0) } ?? .null,
+                            "labels": .object(tag.labels.mapValues { .string($0) }),
                         ]).serialized())
                     } else {
                         // Every field escaped: a command holding a newline or tab must stay one row.
                         let command = run.command.map(TerminalOutput.field).joined(separator: " ")
+                        let labels = tag.labels.sorted { $0.key < $1.key }.map { TerminalOutput.field("\($0.key)=\($0.value)") }.joined(separator: ",")
                         let fields = [run.runId, run.createdAt, run.profile, run.state, run.outcome ?? "-"].map(TerminalOutput.field)
-                        Console.out((fields + [run.exitStatus.map(String.init) ?? "-", command]).joined(separator: "\t"))
+                        Console.out((fields + [run.exitStatus.map(String.init) ?? "-", TerminalOutput.field(tag.name ?? "-"),
+                                               labels.isEmpty ? "-" : labels, command]).joined(separator: "\t"))
                     }
                 }
             } catch {

@@ -10,8 +10,9 @@ struct Batch: AsyncParsableCommand {
         discussion: """
             Each input line is an object with the keys of `stockade run`'s flags: {"id": "t1", "command": ["prog", "arg"], \
             "profile": "default", "memory": "64m", "cpus": 0.5, "pids": 32, "timeout": 10, "network": "none", \
-            "env": {"K": "V"}, "volumes": ["/h:/w:ro"], "publish": ["8080:80"], "workspace": "/dir", "request": "/dir"} \
-            (all but command optional). Each output line is the `run --json` report plus the request's id. \
+            "env": {"K": "V"}, "volumes": ["/h:/w:ro"], "publish": ["8080:80"], "workspace": "/dir", "request": "/dir", \
+            "labels": {"k": "v"}, "name": "n"} (all but command optional). Each output line is the `run --json` report \
+            plus the request's id and its input line number (`line`); an id used twice is refused. \
             A line that cannot be read gets a setup-failed report naming the offending key. \
             Exit status: 0 when every line was a valid request, 1 otherwise.
             """
@@ -26,6 +27,10 @@ struct Batch: AsyncParsableCommand {
     }
 
     func run() async throws {
+        guard geteuid() == 0 else {
+            Console.error("stockade batch: \(Run.needsRoot)")
+            throw ExitCode(1)
+        }
         let supervisor: Supervisor
         do {
             Supervisor.prepareToSpawn(concurrency: parallel)
@@ -49,26 +54,41 @@ struct Batch: AsyncParsableCommand {
         let invalid = await withTaskGroup(of: Bool.self) { group in
             var invalid = 0
             var lineNumber = 0
+            // Ids given so far and their lines: a report must name one request only.
+            var seen: [String: Int] = [:]
             while await !service.isClosed, let line = lines.next() {
                 lineNumber += 1
                 if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) { continue }
                 let number = lineNumber
-                switch line.count > (1 << 20) ? nil : Result(catching: { () throws(BatchRequest.Failure) in try BatchRequest.parse(line) }) {
+                var parsed: Result<BatchRequest, BatchRequest.Failure>? = line.count > (1 << 20) ? nil
+                    : Result(catching: { () throws(BatchRequest.Failure) in try BatchRequest.parse(line) })
+                if case .success(let request)? = parsed, let id = request.id {
+                    if let first = seen[id] {
+                        parsed = .failure(BatchRequest.Failure(id: id, description: "id: \"\(id)\" was already used on line \(first): ids must be unique"))
+                    } else {
+                        seen[id] = number
+                    }
+                }
+                switch parsed {
                 case .success(let request)?:
                     guard let handle = try? await service.submit(request.options, whenFull: .wait) else { break }
                     group.addTask {
                         var report = await handle.report()
                         report.requestId = request.id
+                        report.line = number
                         Console.out(report.json())
                         return true
                     }
                 case .failure(let failure)?:
                     var report = supervisor.rejectedRequest(reason: "line \(number): \(failure.description)")
                     report.requestId = failure.id
+                    report.line = number
                     Console.out(report.json())
                     invalid += 1
                 case nil:
-                    Console.out(supervisor.rejectedRequest(reason: "line \(number): longer than 1 MiB").json())
+                    var report = supervisor.rejectedRequest(reason: "line \(number): longer than 1 MiB")
+                    report.line = number
+                    Console.out(report.json())
                     invalid += 1
                 }
             }

@@ -13,6 +13,8 @@ struct ProfileCommand: ParsableCommand {
     struct Check: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "check", abstract: "Validate a profile; every error names the field path and the reason.")
         @Argument(help: "Profile name or path.") var profile: String
+        @Flag(help: "The result as one JSON object: valid, source, name, digest, errors (each with field and message).")
+        var json = false
 
         func run() throws {
             do {
@@ -21,9 +23,29 @@ struct ProfileCommand: ParsableCommand {
                 let state = StateDirectory.resolve(explicit: nil, environment: ProcessEnvironment.current())
                 let issues = ProfileHostCheck.issues(loaded.profile, stateDirectory: state)
                 if !issues.isEmpty { throw ProfileError(source: loaded.source, issues: issues) }
-                print("\(loaded.source): ok (profile \(loaded.profile.name), digest \(loaded.digest.prefix(16)))")
+                if json {
+                    Console.out(JSONValue.object([
+                        "valid": .bool(true), "source": .string(loaded.source), "name": .string(loaded.profile.name),
+                        "digest": .string(loaded.digest), "errors": .array([]),
+                    ]).serialized())
+                } else {
+                    print("\(loaded.source): ok (profile \(loaded.profile.name), digest \(loaded.digest.prefix(16)))")
+                }
+            } catch let error as ProfileError where json {
+                Console.out(JSONValue.object([
+                    "valid": .bool(false), "source": error.source.map { .string($0) } ?? .null, "name": .null, "digest": .null,
+                    "errors": .array(error.issues.map { .object(["field": .string($0.field), "message": .string($0.reason)]) }),
+                ]).serialized())
+                throw ExitCode(1)
             } catch {
-                Console.error("\(error)")
+                if json {
+                    Console.out(JSONValue.object([
+                        "valid": .bool(false), "source": .null, "name": .null, "digest": .null,
+                        "errors": .array([.object(["field": .string(""), "message": .string("\(error)")])]),
+                    ]).serialized())
+                } else {
+                    Console.error("\(error)")
+                }
                 throw ExitCode(1)
             }
         }

@@ -33,19 +33,10 @@ struct ReviewCommand: ParsableCommand {
                 Console.error("stockade: \(error)")
                 throw ExitCode(1)
             }
+            if !json { Console.out(["ID", "RUN", "STATE", "VERDICT", "BYTES", "CREATED", "REASON"].joined(separator: "\t")) }
             for r in records {
                 if json {
-                    Console.out(JSONValue.object([
-                        "id": .number(r.id), "runId": .string(r.runId), "state": .string(r.state), "verdict": .string(r.verdict),
-                        "reason": r.reason.map { .string($0) } ?? .null, "bytes": .number(r.bytes), "sha256": .string(r.sha256),
-                        "createdAt": .string(r.createdAt), "decidedBy": r.decidedBy.map { .string($0) } ?? .null,
-                        "note": r.note.map { .string($0) } ?? .null, "decidedAt": r.decidedAt.map { .string($0) } ?? .null,
-                        "appliedAt": r.appliedAt.map { .string($0) } ?? .null,
-                        "conflict": r.conflict.map { c in
-                            .object(["file": c.file.map { .string($0) } ?? .null, "hunk": c.hunk.map { .string($0) } ?? .null,
-                                     "reason": .string(c.reason)])
-                        } ?? .null,
-                    ]).serialized())
+                    Console.out(ReviewCommand.json(r).serialized())
                 } else {
                     // The reason column: the guard's reason, or for a diff in conflict where it stopped applying.
                     let why = r.state == "conflict" ? r.conflict.map { ReviewCommand.conflictText($0) } : r.reason
@@ -53,6 +44,27 @@ struct ReviewCommand: ParsableCommand {
                 }
             }
         }
+    }
+
+    /// A diff's record as `review list --json` prints it; with `content`, the diff itself
+    /// (and `contentBase64` when its bytes are not valid UTF-8).
+    static func json(_ r: DiffRecord, content: Bool = false) -> JSONValue {
+        var members: [String: JSONValue] = [
+            "id": .number(r.id), "runId": .string(r.runId), "state": .string(r.state), "verdict": .string(r.verdict),
+            "reason": r.reason.map { .string($0) } ?? .null, "bytes": .number(r.bytes), "sha256": .string(r.sha256),
+            "createdAt": .string(r.createdAt), "decidedBy": r.decidedBy.map { .string($0) } ?? .null,
+            "note": r.note.map { .string($0) } ?? .null, "decidedAt": r.decidedAt.map { .string($0) } ?? .null,
+            "appliedAt": r.appliedAt.map { .string($0) } ?? .null,
+            "conflict": r.conflict.map { c in
+                .object(["file": c.file.map { .string($0) } ?? .null, "hunk": c.hunk.map { .string($0) } ?? .null,
+                         "reason": .string(c.reason)])
+            } ?? .null,
+        ]
+        if content {
+            members["content"] = .string(String(decoding: r.content, as: UTF8.self))
+            if let base64 = RunReport.base64IfNotUTF8(r.content) { members["contentBase64"] = .string(base64) }
+        }
+        return .object(members)
     }
 
     static func conflictText(_ c: DiffConflict) -> String {
@@ -63,6 +75,7 @@ struct ReviewCommand: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "show", abstract: "The diff and its validation verdict.")
         @OptionGroup var state: StateOptions
         @Argument(help: "Diff id.") var id: Int64
+        @Flag(help: "The record and the diff (`content`) as one JSON object.") var json = false
 
         func run() throws {
             let supervisor = try openSupervisor(state, readOnly: true)
@@ -76,6 +89,10 @@ struct ReviewCommand: ParsableCommand {
             guard let record else {
                 Console.error("stockade: no diff with id \(id)")
                 throw ExitCode(1)
+            }
+            if json {
+                Console.out(ReviewCommand.json(record, content: true).serialized())
+                return
             }
             var head = "diff \(record.id) of run \(record.runId): \(record.state); guard verdict \(record.verdict)"
             if let reason = record.reason { head += " (\(TerminalOutput.field(reason)))" }
@@ -97,6 +114,7 @@ struct ReviewCommand: ParsableCommand {
         @Argument(help: "Diff id.") var id: Int64
         @Option(help: "Who decides (recorded).") var actor: String
         @Option(help: "Why (recorded).") var note: String?
+        @Flag(help: "The diff's record after the decision as one JSON object.") var json = false
 
         func record(_ decide: (Supervisor) throws(SupervisorError) -> Void, done: String) throws {
             let supervisor = try openSupervisor(state, readOnly: false)
@@ -106,7 +124,11 @@ struct ReviewCommand: ParsableCommand {
                 Console.error("stockade: \(error)")
                 throw ExitCode(1)
             }
-            Console.out("diff \(id) \(done) by \(actor)")
+            if json, let record = try? supervisor.audit.diff(id: id) {
+                Console.out(ReviewCommand.json(record).serialized())
+            } else {
+                Console.out("diff \(id) \(done) by \(actor)")
+            }
         }
     }
 
@@ -136,6 +158,7 @@ struct Gc: ParsableCommand {
         commandName: "gc", abstract: "Remove finished run directories older than a duration (never a running one).")
     @OptionGroup var state: StateOptions
     @Option(help: "Age such as 30s, 15m, 12h, 7d.") var olderThan: String
+    @Flag(help: "One JSON object: {\"removed\": [run ids], \"layers\": [layer digests], \"layersBusy\": bool}.") var json = false
 
     func run() throws {
         let seconds: Double
@@ -147,10 +170,17 @@ struct Gc: ParsableCommand {
         }
         do {
             let removed = try RunDirectoryMaintenance.collectGarbage(stateDirectory: state.resolved(), olderThan: seconds)
-            for id in removed { Console.out(id) }
-            Console.error("stockade: removed \(removed.count) run director\(removed.count == 1 ? "y" : "ies")")
             // Image layers no imported image names, unless an import or a run holds the cache.
             let layers = try ImageStore(stateDirectory: state.resolved()).collectGarbage()
+            if json {
+                Console.out(JSONValue.object([
+                    "removed": .array(removed.map { .string($0) }), "layers": .array(layers.removed.map { .string($0) }),
+                    "layersBusy": .bool(layers.busy),
+                ]).serialized())
+                return
+            }
+            for id in removed { Console.out(id) }
+            Console.error("stockade: removed \(removed.count) run director\(removed.count == 1 ? "y" : "ies")")
             for digest in layers.removed { Console.out(digest) }
             Console.error(layers.busy ? "stockade: image layers not collected: an import or a run is using the cache"
                                       : "stockade: removed \(layers.removed.count) unused image layer\(layers.removed.count == 1 ? "" : "s")")

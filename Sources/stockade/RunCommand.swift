@@ -14,14 +14,22 @@ struct Run: AsyncParsableCommand {
     @OptionGroup var state: StateOptions
 
     @Option(help: "Profile name or path.") var profile: String = "default"
-    @Option(help: "Memory limit in bytes (suffixes k, m, g).") var memory: String?
-    @Option(help: "CPU limit (fractional).") var cpus: Double?
-    @Option(help: "Process limit.") var pids: Int?
-    @Option(help: "Wall-clock limit in seconds.") var timeout: Double?
+    @Option(parsing: .unconditional, help: "Memory limit: bytes or a size such as 512k, 64m, 64MiB, 1.5g (binary units; at least 4m).")
+    var memory: String?
+    @Option(parsing: .unconditional, help: "CPU limit (fractional, at most the host's CPU count).") var cpus: Double?
+    @Option(parsing: .unconditional, help: "Process limit (1 to 65536).") var pids: Int?
+    @Option(parsing: .unconditional, help: "Wall-clock limit: seconds or a duration such as 10s, 1.5s, 5m, 1h.") var timeout: String?
     @Option(help: "none or loopback.") var network: String?
-    @Option(help: "Forward host 127.0.0.1:HOSTPORT to the worker's WORKERPORT.") var publish: [String] = []
+    @Option(help: "Forward host 127.0.0.1:HOSTPORT to the worker's WORKERPORT (needs a network: not with --network none).")
+    var publish: [String] = []
     @Option(help: "HOSTPATH:WORKERPATH[:ro|rw] (ro when omitted).") var volume: [String] = []
     @Option(help: "KEY=VALUE for the worker's environment.") var env: [String] = []
+    @Option(help: "A file of KEY=VALUE lines for the worker's environment (docker's format: # comments, KEY alone passes this process's value).")
+    var envFile: [String] = []
+    @Option(help: "KEY=VALUE recorded with the run (repeatable); shown and filtered by `audit runs`.") var label: [String] = []
+    @Option(help: "A name for the run, recorded with it and shown by `audit runs`.") var name: String?
+    @Flag(name: [.short, .long], help: "Pass this process's standard input to the worker (through a pipe; never a terminal).")
+    var interactive = false
     @Option(help: "Workspace directory shown copy-on-write at /workspace.") var workspace: String?
     @Option(help: "Request bundle directory shown read-only at /sandbox/request.") var request: String?
     @Option(help: "Imported image (NAME[:TAG] or sha256:DIGEST) whose layers are the worker's read-only root.") var image: String?
@@ -32,41 +40,60 @@ struct Run: AsyncParsableCommand {
     var command: [String] = []
 
     func validate() throws {
-        if let memory, ByteSize.parse(memory) == nil { throw ValidationError("--memory: expected bytes with an optional k, m or g suffix, found \(memory)") }
-        if let cpus, !(cpus >= 0.01 && cpus <= 1024) { throw ValidationError("--cpus: expected a number from 0.01 to 1024") }
-        if let pids, !(1...65536).contains(pids) { throw ValidationError("--pids: expected 1 to 65536") }
-        if let timeout, !(timeout > 0 && timeout <= 86_400) { throw ValidationError("--timeout: expected seconds from 0 (exclusive) to 86400") }
-        if let network, Profile.NetworkMode(rawValue: network) == nil { throw ValidationError("--network: expected none or loopback, found \(network)") }
-        for p in publish where ProfileDecoder.parsePublish(p) == nil { throw ValidationError("--publish: expected HOSTPORT:WORKERPORT, found \(p)") }
-        for v in volume where ProfileDecoder.parseVolume(v) == nil { throw ValidationError("--volume: expected HOSTPATH:WORKERPATH[:ro|rw], found \(v)") }
-        for e in env {
-            guard let eq = e.firstIndex(of: "="), ProfileDecoder.isValidEnvName(String(e[..<eq])) else {
-                throw ValidationError("--env: expected KEY=VALUE with a valid name, found \(e)")
-            }
-        }
         if image != nil && rootfs != nil { throw ValidationError("--image and --rootfs: give one") }
         if let rootfs, !rootfs.hasPrefix("/") { throw ValidationError("--rootfs: expected an absolute path, found \(rootfs)") }
+        _ = try options(readingFiles: false)
         // An image's Entrypoint/Cmd may be the command.
         if command.isEmpty && request == nil && image == nil { throw ValidationError("no command: stockade run [OPTIONS] -- CMD [ARG...]") }
     }
 
-    func options() -> RunOptions {
+    /// The flags as run options; every error names its flag and what it must be. Files are read
+    /// once only (`readingFiles`), after validation: an `--env-file` may be a pipe.
+    func options(readingFiles: Bool) throws -> RunOptions {
         var o = RunOptions(command: command.isEmpty ? nil : command)
-        o.profile = profile
-        o.image = image
-        o.rootfs = rootfs
-        o.memoryBytes = memory.flatMap(ByteSize.parse)
-        o.cpus = cpus
-        o.pids = pids
-        o.timeoutSeconds = timeout
-        o.network = network.flatMap(Profile.NetworkMode.init(rawValue:))
-        o.publish = publish.compactMap(ProfileDecoder.parsePublish)
-        o.volumes = volume.compactMap(ProfileDecoder.parseVolume)
-        o.environment = env.compactMap { e in
-            e.firstIndex(of: "=").map { (String(e[..<$0]), String(e[e.index(after: $0)...])) }
+        do throws(RunValues.Invalid) {
+            o.profile = profile
+            o.image = image
+            o.rootfs = rootfs
+            o.memoryBytes = try memory.map { (text) throws(RunValues.Invalid) in try RunValues.memory(text, field: "--memory") }
+            o.cpus = try cpus.map { (value) throws(RunValues.Invalid) in try RunValues.cpus(value, field: "--cpus") }
+            o.pids = try pids.map { (value) throws(RunValues.Invalid) in try RunValues.pids(Int64(value), field: "--pids") }
+            o.timeoutSeconds = try timeout.map { (text) throws(RunValues.Invalid) in try RunValues.timeout(text, field: "--timeout") }
+            if let network {
+                guard let mode = Profile.NetworkMode(rawValue: network) else {
+                    throw RunValues.Invalid(description: "--network: must be none or loopback, found \(network)")
+                }
+                o.network = mode
+            }
+            for p in publish { o.publish.append(try RunValues.publish(p, field: "--publish")) }
+            try RunValues.network(o.network, publishing: !publish.isEmpty, fields: ("--network", "--publish"))
+            for v in volume {
+                guard let parsed = ProfileDecoder.parseVolume(v) else {
+                    throw RunValues.Invalid(description: "--volume: must be HOSTPATH:WORKERPATH[:ro|rw], found \(v)")
+                }
+                o.volumes.append(parsed)
+            }
+            // --env-file first, then --env: a flag given on the command line wins, as in docker.
+            for file in envFile where readingFiles {
+                o.environment += try EnvFile.read(file, hostEnvironment: ProcessEnvironment.current())
+            }
+            for e in env {
+                guard let eq = e.firstIndex(of: "="), ProfileDecoder.isValidEnvName(String(e[..<eq])) else {
+                    throw RunValues.Invalid(description: "--env: must be KEY=VALUE with a valid name, found \(e)")
+                }
+                o.environment.append((String(e[..<eq]), String(e[e.index(after: eq)...])))
+            }
+            for l in label {
+                let (key, value) = try RunValues.label(l, field: "--label")
+                o.labels[key] = value
+            }
+            o.name = try name.map { (text) throws(RunValues.Invalid) in try RunValues.name(text, field: "--name") }
+        } catch {
+            throw ValidationError(error.description)
         }
         o.workspace = workspace
         o.request = request
+        if interactive { o.input = 0 }
         return o
     }
 
@@ -74,11 +101,26 @@ struct Run: AsyncParsableCommand {
         TerminalOutput.write(bytes, to: fd == 1 ? 1 : 2)
     }
 
+    /// Said before anything is touched, so the one line says what to do.
+    static let needsRoot = "needs root: each worker runs under host ids of its own (a user namespace mapping beyond the caller's uid) in a cgroup of its own, which only root may set up; run it as root (e.g. with sudo)"
+
     func run() async throws {
+        guard geteuid() == 0 else {
+            Console.error("stockade run: \(Self.needsRoot)")
+            throw ExitCode(125)
+        }
         let logger = Logger(label: "stockade")
+        // The spawn helper first: an env file may hold secrets, which it must not carry.
+        Supervisor.prepareToSpawn()
+        let options: RunOptions
+        do {
+            options = try self.options(readingFiles: true)
+        } catch {
+            Console.error("stockade run: \(error)")
+            throw ExitCode(125)
+        }
         let supervisor: Supervisor
         do {
-            Supervisor.prepareToSpawn()
             supervisor = try Supervisor(stateDirectory: state.resolved(), catalog: .standard(),
                                         environment: ProcessEnvironment.current(), logger: logger)
         } catch {
@@ -89,7 +131,7 @@ struct Run: AsyncParsableCommand {
         let service = RunService(supervisor: supervisor, admission: .init(maxRunning: 1, maxQueued: 0))
         let handle: RunHandle
         do {
-            handle = try await service.submit(options(), onOutput: stream)
+            handle = try await service.submit(options, onOutput: stream)
         } catch {
             Console.error("stockade: \(error)")
             throw ExitCode(125)

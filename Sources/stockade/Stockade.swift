@@ -8,29 +8,105 @@ struct Stockade: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "stockade",
         abstract: "Run untrusted workers in Linux namespaces with seccomp, cgroup limits and an audit trail.",
-        discussion: "Exit status of `run`: the worker's code; 128+signal; 137 oom; 124 timeout; 159 seccomp; 125 setup failure, bad profile or usage; 126/127 command not executable/not found. Other commands: 0 success, 1 failure, 2 usage. --state-dir DIR (else $STOCKADE_STATE_DIR, $XDG_STATE_HOME/stockade, ~/.local/state/stockade) may come before the subcommand or after it.",
+        discussion: "Exit status of `run`: the worker's code; 128+signal; 137 oom; 124 timeout; 159 seccomp; 125 setup failure, bad profile or usage; 126/127 command not executable/not found. Other commands: 0 success, 1 failure, 2 usage. --state-dir DIR (else $STOCKADE_STATE_DIR, $XDG_STATE_HOME/stockade, ~/.local/state/stockade) may come before the subcommand or after it. --log-format text|json (before the subcommand): the format of log lines on stderr; $STOCKADE_LOG sets their level (default warning).",
         version: "0.1.0",
         subcommands: [Run.self, Batch.self, ProfileCommand.self, AuditCommand.self, ReviewCommand.self, Verify.self, Gc.self, ImageCommand.self]
     )
 }
 
-/// `--state-dir` is global (DESIGN.md): given before the subcommand it is
-/// taken out and stands for every command, as `$STOCKADE_STATE_DIR` does.
+/// `--state-dir` and `--log-format` are global (DESIGN.md): given before the subcommand they are
+/// taken out; `--state-dir` then stands for every command, as `$STOCKADE_STATE_DIR` does.
 enum GlobalOptions {
-    static func apply(_ arguments: [String]) -> [String] {
+    struct Invalid: Error {
+        let message: String
+    }
+
+    static func apply(_ arguments: [String]) throws(Invalid) -> (arguments: [String], logFormat: LogFormat) {
         var rest = arguments
-        while let first = rest.first, first.hasPrefix("--state-dir") {
-            if first == "--state-dir", rest.count >= 2 {
-                setenv("STOCKADE_STATE_DIR", rest[1], 1)
+        var format = LogFormat.text
+        while let first = rest.first {
+            let name: String, value: String
+            if first == "--state-dir" || first == "--log-format" {
+                guard rest.count >= 2 else { throw Invalid(message: "\(first): needs a value") }
+                (name, value) = (first, rest[1])
                 rest.removeFirst(2)
-            } else if first.hasPrefix("--state-dir=") {
-                setenv("STOCKADE_STATE_DIR", String(first.dropFirst("--state-dir=".count)), 1)
+            } else if let eq = first.firstIndex(of: "="), ["--state-dir", "--log-format"].contains(String(first[..<eq])) {
+                (name, value) = (String(first[..<eq]), String(first[first.index(after: eq)...]))
                 rest.removeFirst()
             } else {
                 break
             }
+            if name == "--state-dir" {
+                setenv("STOCKADE_STATE_DIR", value, 1)
+            } else {
+                guard let f = LogFormat(rawValue: value) else { throw Invalid(message: "--log-format: must be text or json, found \(value)") }
+                format = f
+            }
         }
-        return rest
+        return (rest, format)
+    }
+}
+
+/// Hints for the usage errors a newcomer makes: a mistyped command, a command without `--`.
+enum UsageHints {
+    /// "did you mean" for a word that is not a subcommand where one is expected (nil when it is one).
+    static func unknownSubcommand(_ arguments: [String]) -> String? {
+        var command: any ParsableCommand.Type = Stockade.self
+        var path = ["stockade"]
+        for word in arguments {
+            let subcommands = command.configuration.subcommands
+            guard !subcommands.isEmpty, !word.hasPrefix("-") else { return nil }
+            let names = subcommands.compactMap { $0.configuration.commandName } + ["help"]
+            guard let next = subcommands.first(where: { $0.configuration.commandName == word }) else {
+                if word == "help" { return nil }
+                let nearest = names.min { distance(word, $0) < distance(word, $1) } ?? names[0]
+                let guess = distance(word, nearest) <= max(2, nearest.count / 2) ? "did you mean '\(nearest)'? " : ""
+                return "\(path.joined(separator: " ")): unknown command '\(word)': \(guess)(commands: \(names.joined(separator: ", ")))"
+            }
+            command = next
+            path.append(word)
+        }
+        return nil
+    }
+
+    /// For `stockade run echo hi`: the words ArgumentParser did not expect were the command.
+    static func commandWithoutTerminator(_ arguments: [String]) -> String? {
+        guard arguments.first == "run", !arguments.contains("--") else { return nil }
+        let flags: Set = ["--json", "-i", "--interactive", "-h", "--help"]
+        var words: [String] = []
+        var index = 1
+        while index < arguments.count {
+            let word = arguments[index]
+            if !words.isEmpty {
+                // From the first word that is no option on, everything is the command's.
+                words.append(word)
+                index += 1
+            } else if word.hasPrefix("-") {
+                // An option's value is the next word unless it came with `=`.
+                index += flags.contains(word) || word.contains("=") ? 1 : 2
+            } else {
+                words.append(word)
+                index += 1
+            }
+        }
+        guard !words.isEmpty else { return nil }
+        return "stockade run: put the command after --, as in: stockade run [OPTIONS] -- \(words.joined(separator: " "))"
+    }
+
+    /// Levenshtein distance: small enough names that the quadratic table costs nothing.
+    static func distance(_ a: String, _ b: String) -> Int {
+        let a = Array(a), b = Array(b)
+        var row = Array(0...b.count)
+        for i in 1...max(a.count, 1) where !a.isEmpty {
+            var previous = row[0]
+            row[0] = i
+            for j in 1...max(b.count, 1) where !b.isEmpty {
+                let current = row[j]
+                row[j] = min(row[j] + 1, row[j - 1] + 1, previous + (a[i - 1] == b[j - 1] ? 0 : 1))
+                previous = current
+            }
+        }
+        return row[b.count]
     }
 }
 
@@ -60,13 +136,20 @@ enum ProcessEnvironment {
 @main
 enum Main {
     static func main() async {
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
+        let arguments: [String]
+        do throws(GlobalOptions.Invalid) {
+            let global = try GlobalOptions.apply(Array(CommandLine.arguments.dropFirst()))
+            arguments = global.arguments
             let level = ProcessEnvironment.current()["STOCKADE_LOG"].flatMap { Logger.Level(rawValue: $0) }
-            handler.logLevel = level ?? .warning
-            return handler
+            LogFormat.bootstrap(global.logFormat, level: level ?? .warning)
+        } catch {
+            Console.error("stockade: \(error.message)")
+            Glibc.exit(2)
         }
-        let arguments = GlobalOptions.apply(Array(CommandLine.arguments.dropFirst()))
+        if let hint = UsageHints.unknownSubcommand(arguments) {
+            Console.error(hint)
+            Glibc.exit(2)
+        }
         do {
             var command = try Stockade.parseAsRoot(arguments)
             if var async = command as? AsyncParsableCommand {
@@ -78,7 +161,8 @@ enum Main {
             Glibc.exit(exit.rawValue)
         } catch {
             let code = Stockade.exitCode(for: error)
-            let message = Stockade.fullMessage(for: error)
+            var message = Stockade.fullMessage(for: error)
+            if code == .validationFailure, let hint = UsageHints.commandWithoutTerminator(arguments) { message = hint }
             if !message.isEmpty {
                 if code == .success { Console.out(message) } else { Console.error(message) }
             }

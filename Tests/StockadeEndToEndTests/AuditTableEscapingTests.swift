@@ -13,9 +13,10 @@ struct AuditTableEscapingTests {
         let runs = try h.stockade(["audit", "runs"])
         #expect(runs.status == 0)
         let rows = runs.stdout.split(separator: "\n")
-        #expect(rows.count == 1, "\(runs.stdout)")
-        #expect(rows.first?.hasSuffix("/bin/echo a\\x0Afake-row\\x09x") == true, "\(runs.stdout)")
-        #expect(rows.first?.split(separator: "\t", omittingEmptySubsequences: false).count == 7)
+        #expect(rows.count == 2, "a header and one run: \(runs.stdout)")
+        #expect(rows.first?.hasPrefix("RUN\tCREATED") == true, "\(runs.stdout)")
+        #expect(rows.last?.hasSuffix("/bin/echo a\\x0Afake-row\\x09x") == true, "\(runs.stdout)")
+        #expect(rows.last?.split(separator: "\t", omittingEmptySubsequences: false).count == 9)
 
         // Positive control: the stored command really holds the newline and the tab.
         let json = try h.stockade(["audit", "runs", "--json"])
@@ -41,7 +42,7 @@ struct AuditTableEscapingTests {
                                  environment: ["STOCKADE_STATE_DIR": h.stateDirectory])
         #expect(r.status == 0)
         let rows = r.stdout.split(whereSeparator: { $0 == "\n" || $0 == "\r\n" || $0 == "\r" })
-        #expect(rows.count == 1 && rows.first?.hasPrefix(runId) == true, "\(r.stdout)")
+        #expect(rows.count == 2 && rows.last?.hasPrefix(runId) == true, "\(r.stdout)")
         #expect(r.stdout.contains("a\\x0Afake-row\\x09x"))
     }
 }

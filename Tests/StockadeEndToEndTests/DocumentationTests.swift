@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import StockadeAudit
 import StockadePolicy
 import StockadeSupervisor
 import Testing
@@ -106,6 +107,9 @@ struct DocumentationTests {
         }
         var report = RunReport(runId: "R", profile: "p", outcome: .exited)
         report.requestId = "id"
+        report.line = 1
+        report.stdoutBase64 = ""
+        report.stderrBase64 = ""
         report.setupError = RunReport.SetupError(stage: "s", errno: 0, message: "m")
         guard case .object(let keys) = report.jsonValue else {
             Issue.record("the report is not a JSON object")
@@ -194,6 +198,12 @@ struct DocumentationTests {
         }
         let missing = kinds.sorted().filter { !contract.contains("`\($0)`") }
         #expect(missing.isEmpty, "audit event kinds (and violation kinds) not in docs/CONTRACT.md: \(missing)")
+    }
+
+    @Test("the kinds `audit events --kind` accepts are exactly the kinds the code writes")
+    func knownKindsMatchTheCode() throws {
+        let violationKinds: Set = ["seccomp", "pids", "memory"]
+        #expect(Set(AuditEventKind.known) == (try Self.auditKinds()).subtracting(violationKinds))
     }
 
     @Test("every control stockade verify runs is in docs/THREAT-MODEL.md")
