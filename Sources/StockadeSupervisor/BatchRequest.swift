@@ -17,7 +17,7 @@ public struct BatchRequest: Sendable {
     }
 
     static let keys: Set = ["id", "command", "profile", "memory", "cpus", "pids", "timeout", "network", "publish",
-                            "env", "volumes", "workspace", "request", "labels", "name"]
+                            "env", "volumes", "workspace", "request", "labels", "name", "image", "rootfs"]
 
     /// Parses one request line; the error names the offending key.
     public static func parse(_ line: [UInt8]) throws(Failure) -> BatchRequest {
@@ -130,8 +130,17 @@ public struct BatchRequest: Sendable {
             guard let s = v.string, s.hasPrefix("/") else { throw fail(key, "expected an absolute path") }
             if key == "workspace" { options.workspace = s } else { options.request = s }
         }
-        if options.command == nil && options.request == nil {
-            throw fail("command", "is required (or a request bundle whose manifest names one)")
+        if let v = object["image"] {
+            guard let s = v.string, !s.isEmpty, !s.utf8.contains(0) else { throw fail("image", "expected an imported image's name") }
+            options.image = s
+        }
+        if let v = object["rootfs"] {
+            guard let s = v.string, s.hasPrefix("/") else { throw fail("rootfs", "expected an absolute path") }
+            guard options.image == nil else { throw fail("rootfs", "give image or rootfs, not both") }
+            options.rootfs = s
+        }
+        if options.command == nil && options.request == nil && options.image == nil {
+            throw fail("command", "is required (or a request bundle whose manifest names one, or an image whose config does)")
         }
         return BatchRequest(id: id, options: options)
     }

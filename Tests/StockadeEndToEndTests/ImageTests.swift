@@ -133,4 +133,19 @@ struct ImageTests {
         let created = try auditEvents(h, ["--run", runId]).first { $0["kind"] as? String == "run.created" }
         #expect("\(created ?? [:])".contains(layout.manifestDigest))
     }
+
+    @Test("a batch line names an image: its Cmd runs when the line gives no command, and a bad image key names the field")
+    func batchOnImage() throws {
+        let layout = try BusyboxLayout(env: ["PATH=/bin"], cmd: ["/bin/sh", "-c", "echo batch on the image"])
+        let h = try Harness()
+        #expect(try h.stockade(["image", "import", layout.path, "--name", "busybox:batch"]).status == 0)
+        let input = #"{"id":"a","image":"busybox:batch"}"# + "\n" + #"{"id":"b","image":"busybox:batch","rootfs":"/srv"}"# + "\n"
+        let r = try h.stockade(["batch", "-"], stdin: input)
+        let reports = r.stdout.split(separator: "\n").compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
+        let a = reports.first { $0["id"] as? String == "a" }
+        let b = reports.first { $0["id"] as? String == "b" }
+        #expect(a?["stdout"] as? String == "batch on the image\n", "\(reports)")
+        let message = (b?["setupError"] as? [String: Any])?["message"] as? String
+        #expect(message?.contains("rootfs") == true, "\(reports)")
+    }
 }
