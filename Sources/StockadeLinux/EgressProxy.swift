@@ -101,17 +101,9 @@ public final class EgressProxy: Sendable {
         self.stopTrigger = stopPipe[1]
     }
 
-    /// Listens on 127.0.0.1:`port` in the network namespace of `workerPid` and serves until `stop()`.
-    public static func start(workerPid: Int32, port: UInt16 = EgressProxy.port, configuration: Configuration) throws(LinuxError) -> EgressProxy {
-        let ns = open("/proc/\(workerPid)/ns/net", O_RDONLY | O_CLOEXEC)
-        guard ns >= 0 else {
-            throw LinuxError(.egress, stage: "egress", errno: errno, "cannot open the network namespace of worker \(workerPid)")
-        }
-        defer { close(ns) }
-        let listener = listenInNamespace(ns, port: port)
-        guard listener >= 0 else {
-            throw LinuxError(.egress, stage: "egress", errno: -listener, "cannot listen on 127.0.0.1:\(port) in the worker's network namespace")
-        }
+    /// Serves on `listener` (the spawn made it in the worker's network namespace,
+    /// `SandboxSpec.listenPort`) until `stop()`; takes ownership of it.
+    public static func start(listener: Int32, configuration: Configuration) throws(LinuxError) -> EgressProxy {
         var stopPipe: [Int32] = [-1, -1]
         guard stk_pipe_cloexec(&stopPipe, O_NONBLOCK) == 0 else {
             close(listener)
@@ -127,42 +119,13 @@ public final class EgressProxy: Sendable {
         return proxy
     }
 
-    /// A listening socket made in `namespace` by a thread of its own (setns changes only the
-    /// calling thread's namespace; that thread ends right after). -errno on failure.
-    static func listenInNamespace(_ namespace: Int32, port: UInt16) -> Int32 {
-        final class Box: @unchecked Sendable { var fd: Int32 = -EINVAL }
-        let box = Box()
-        let body = Unmanaged.passRetained(ThreadBody {
-            guard stk_setns_net(namespace) == 0 else { box.fd = -errno; return }
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            guard fd >= 0 else { box.fd = -errno; return }
-            var one: Int32 = 1
-            _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-            // The worker may bring lo up after this: bind to the address regardless.
-            _ = setsockopt(fd, Int32(IPPROTO_IP), IP_FREEBIND, &one, socklen_t(MemoryLayout<Int32>.size))
-            var address = PortForwarder.loopbackAddress(port: port)
-            let bound = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-            guard bound == 0, Glibc.listen(fd, 128) == 0 else {
-                box.fd = -errno
-                close(fd)
-                return
-            }
-            box.fd = fd
-        })
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { arg in
-            guard let arg else { return nil }
-            Unmanaged<ThreadBody>.fromOpaque(arg).takeRetainedValue().run()
-            return nil
-        }, body.toOpaque())
-        guard rc == 0 else {
-            body.release()
-            return -rc
+    /// Listens on 127.0.0.1:`port` (0: any) in the network namespace of process `pid` and serves until `stop()`.
+    public static func start(inNamespaceOf pid: Int32, port: UInt16, configuration: Configuration) throws(LinuxError) -> EgressProxy {
+        let listener = stk_listen_in_netns(pid, port)
+        guard listener >= 0 else {
+            throw LinuxError(.egress, stage: "egress", errno: errno, "cannot listen on 127.0.0.1:\(port) in the network namespace of \(pid)")
         }
-        pthread_join(thread, nil)
-        return box.fd
+        return try start(listener: listener, configuration: configuration)
     }
 
     /// Closes the listener and every connection and waits for every thread. Connections

@@ -7,8 +7,8 @@ extension Profile {
         public var allow: [EgressRule] = []
         /// Checked first: a deny rule wins over any allow rule.
         public var deny: [EgressRule] = []
-        /// Loopback, private, link-local (cloud metadata), CGNAT, multicast and
-        /// unspecified addresses are refused unless this is set.
+        /// Loopback, private, CGNAT, multicast, reserved and unspecified addresses
+        /// are refused unless this is set; link-local (cloud metadata) always is.
         public var allowPrivate = false
         /// Connections per run, refused or not; the next one is refused and recorded as `limit.hit`.
         public var maxConnections = 64
@@ -191,8 +191,9 @@ public struct EgressPolicy: Sendable, Equatable {
 
     /// Why an address the name resolved to may not be connected to, or nil when it may.
     public func refusal(for address: [UInt8]) -> String? {
-        guard !egress.allowPrivate, let kind = IPAddress.specialKind(address) else { return nil }
-        return "\(kind)-address"
+        guard let kind = IPAddress.specialKind(address) else { return nil }
+        // Link-local holds the cloud metadata services: never reachable, allowPrivate or not.
+        return kind == "link-local" || !egress.allowPrivate ? "\(kind)-address" : nil
     }
 }
 

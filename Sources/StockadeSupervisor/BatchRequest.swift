@@ -62,7 +62,7 @@ public struct BatchRequest: Sendable {
             options.timeoutSeconds = t
         }
         if let v = object["network"] {
-            guard let s = v.string, let mode = Profile.NetworkMode(rawValue: s) else { throw fail("network", "expected none or loopback") }
+            guard let s = v.string, let mode = Profile.NetworkMode(rawValue: s) else { throw fail("network", "expected none, loopback or proxy") }
             options.network = mode
         }
         if let v = object["publish"] {

@@ -15,13 +15,37 @@ public struct RunReport: Sendable, Equatable, Codable {
         public var architecture: String?
         public var count: Int
         public var action: String?
+        /// For `egress`: the host and port the worker asked for, and why it was refused.
+        public var host: String?
+        public var port: Int?
+        public var reason: String?
 
-        public init(kind: String, syscall: String? = nil, architecture: String? = nil, count: Int, action: String? = nil) {
+        public init(kind: String, syscall: String? = nil, architecture: String? = nil, count: Int, action: String? = nil,
+                    host: String? = nil, port: Int? = nil, reason: String? = nil) {
             self.kind = kind
             self.syscall = syscall
             self.architecture = architecture
             self.count = count
             self.action = action
+            self.host = host
+            self.port = port
+            self.reason = reason
+        }
+    }
+
+    /// What a run in `network.mode: "proxy"` sent through the egress proxy.
+    public struct Egress: Sendable, Equatable, Codable {
+        public var connections: Int
+        public var allowed: Int
+        public var denied: Int
+        public var bytesOut: Int64
+        public var bytesIn: Int64
+        public init(connections: Int = 0, allowed: Int = 0, denied: Int = 0, bytesOut: Int64 = 0, bytesIn: Int64 = 0) {
+            self.connections = connections
+            self.allowed = allowed
+            self.denied = denied
+            self.bytesOut = bytesOut
+            self.bytesIn = bytesIn
         }
     }
 
@@ -83,6 +107,8 @@ public struct RunReport: Sendable, Equatable, Codable {
     public var result: ResultVerdict
     public var review: Review
     public var setupError: SetupError?
+    /// Egress totals; nil (null) unless the run's network mode is `proxy`.
+    public var egress: Egress?
     /// The batch request's `id`, echoed as the key `id` (only in `stockade batch` output).
     public var requestId: String?
 
@@ -104,11 +130,12 @@ public struct RunReport: Sendable, Equatable, Codable {
         result = ResultVerdict(status: "none", reason: nil)
         review = Review(id: nil, state: "none")
         setupError = nil
+        egress = nil
     }
 
     enum CodingKeys: String, CodingKey {
         case runId, profile, outcome, exitCode, signal, durationMs, cpuTimeMs, memoryPeakBytes, violations,
-             orphansKilled, stdout, stderr, stdoutTruncated, stderrTruncated, result, review, setupError
+             orphansKilled, stdout, stderr, stdoutTruncated, stderrTruncated, result, review, setupError, egress
         case requestId = "id"
     }
 
@@ -132,6 +159,7 @@ public struct RunReport: Sendable, Equatable, Codable {
         try c.encode(result, forKey: .result)
         try c.encode(review, forKey: .review)
         try c.encode(setupError, forKey: .setupError)
+        try c.encode(egress, forKey: .egress)
         if let requestId { try c.encode(requestId, forKey: .requestId) }
     }
 
@@ -176,6 +204,9 @@ public struct RunReport: Sendable, Equatable, Codable {
                 if let syscall = v.syscall { o["syscall"] = .string(syscall) }
                 if let architecture = v.architecture { o["architecture"] = .string(architecture) }
                 if let action = v.action { o["action"] = .string(action) }
+                if let host = v.host { o["host"] = .string(host) }
+                if let port = v.port { o["port"] = .number(port) }
+                if let reason = v.reason { o["reason"] = .string(reason) }
                 return .object(o)
             }),
             "orphansKilled": .number(orphansKilled), "stdout": .string(stdout), "stderr": .string(stderr),
@@ -184,6 +215,10 @@ public struct RunReport: Sendable, Equatable, Codable {
             "review": .object(["id": int(review.id), "state": .string(review.state)]),
             "setupError": setupError.map { e in
                 .object(["stage": .string(e.stage), "errno": .number(e.errno), "message": .string(e.message)])
+            } ?? .null,
+            "egress": egress.map { e in
+                .object(["connections": .number(e.connections), "allowed": .number(e.allowed), "denied": .number(e.denied),
+                         "bytesOut": .number(e.bytesOut), "bytesIn": .number(e.bytesIn)])
             } ?? .null,
         ]
         if let requestId { object["id"] = .string(requestId) }

@@ -18,7 +18,9 @@ struct Run: AsyncParsableCommand {
     @Option(help: "CPU limit (fractional).") var cpus: Double?
     @Option(help: "Process limit.") var pids: Int?
     @Option(help: "Wall-clock limit in seconds.") var timeout: Double?
-    @Option(help: "none or loopback.") var network: String?
+    @Option(help: "none, loopback or proxy.") var network: String?
+    @Option(name: .customLong("allow-host"), help: "NAME[:PORT], *.SUFFIX[:PORT] or an IP address the egress proxy admits (ports 80 and 443 when omitted); implies --network proxy.")
+    var allowHost: [String] = []
     @Option(help: "Forward host 127.0.0.1:HOSTPORT to the worker's WORKERPORT.") var publish: [String] = []
     @Option(help: "HOSTPATH:WORKERPATH[:ro|rw] (ro when omitted).") var volume: [String] = []
     @Option(help: "KEY=VALUE for the worker's environment.") var env: [String] = []
@@ -34,7 +36,13 @@ struct Run: AsyncParsableCommand {
         if let cpus, !(cpus >= 0.01 && cpus <= 1024) { throw ValidationError("--cpus: expected a number from 0.01 to 1024") }
         if let pids, !(1...65536).contains(pids) { throw ValidationError("--pids: expected 1 to 65536") }
         if let timeout, !(timeout > 0 && timeout <= 86_400) { throw ValidationError("--timeout: expected seconds from 0 (exclusive) to 86400") }
-        if let network, Profile.NetworkMode(rawValue: network) == nil { throw ValidationError("--network: expected none or loopback, found \(network)") }
+        if let network, Profile.NetworkMode(rawValue: network) == nil { throw ValidationError("--network: expected none, loopback or proxy, found \(network)") }
+        for h in allowHost where EgressRule.parse(h) == nil {
+            throw ValidationError("--allow-host: expected NAME[:PORT], *.SUFFIX[:PORT] or an IP address (IPv6 in brackets), found \(h)")
+        }
+        if !allowHost.isEmpty, let network, network != "proxy" {
+            throw ValidationError("--allow-host needs --network proxy, not \(network)")
+        }
         for p in publish where ProfileDecoder.parsePublish(p) == nil { throw ValidationError("--publish: expected HOSTPORT:WORKERPORT, found \(p)") }
         for v in volume where ProfileDecoder.parseVolume(v) == nil { throw ValidationError("--volume: expected HOSTPATH:WORKERPATH[:ro|rw], found \(v)") }
         for e in env {
@@ -54,6 +62,7 @@ struct Run: AsyncParsableCommand {
         o.timeoutSeconds = timeout
         o.network = network.flatMap(Profile.NetworkMode.init(rawValue:))
         o.publish = publish.compactMap(ProfileDecoder.parsePublish)
+        o.allowHosts = allowHost.compactMap(EgressRule.parse)
         o.volumes = volume.compactMap(ProfileDecoder.parseVolume)
         o.environment = env.compactMap { e in
             e.firstIndex(of: "=").map { (String(e[..<$0]), String(e[e.index(after: $0)...])) }

@@ -91,7 +91,7 @@ struct EgressProxyTests {
         }
         c.onEvent = { e in recorder.events.withLock { $0.append(e) } }
         c.onLimit = { l in recorder.limits.withLock { $0.append(l) } }
-        return try EgressProxy.start(workerPid: getpid(), port: 0, configuration: c)
+        return try EgressProxy.start(inNamespaceOf: getpid(), port: 0, configuration: c)
     }
 
     static func nowMs() -> Int64 {

@@ -68,6 +68,8 @@ struct EgressPolicyTests {
         #expect(p.refusal(for: [127, 0, 0, 1]) == "loopback-address")
         let open = try Self.policy(allow: ["mirror.internal"], hosts: ["mirror.internal": "127.0.0.1"], allowPrivate: true)
         #expect(open.refusal(for: [127, 0, 0, 1]) == nil)
+        // Metadata stays out of reach even with allowPrivate.
+        #expect(open.refusal(for: [169, 254, 169, 254]) == "link-local-address")
     }
 
     @Test("private, metadata and other special addresses are classed; public ones are not", arguments: [
