@@ -283,7 +283,7 @@ public final class EgressProxy: Sendable {
         let deadline = started + Int64(configuration.headTimeoutMs)
         var buffer: [UInt8] = []
         guard read(client, into: &buffer, atLeast: 1, deadline: deadline) else {
-            event.reason = "request-timeout"
+            event.reason = readFailure(deadline)
             return
         }
         let request: ProxyRequest
@@ -298,8 +298,8 @@ public final class EgressProxy: Sendable {
                     return
                 }
                 guard read(client, into: &buffer, atLeast: buffer.count + 1, deadline: deadline) else {
-                    event.reason = "request-timeout"
-                    reply(client, ProxyRequest.response(status: 408, reason: "request timeout"))
+                    event.reason = readFailure(deadline)
+                    if event.reason == "request-timeout" { reply(client, ProxyRequest.response(status: 408, reason: "request timeout")) }
                     return
                 }
             }
@@ -362,7 +362,46 @@ public final class EgressProxy: Sendable {
         case .socks5: reply(client, Self.socksReply(0))
         case .http: buffer = request.upstreamHead + buffer
         }
+        if request.kind != .http && request.port == 443 {
+            // Domain fronting: a tunnel to an admitted name must not carry TLS for another one.
+            guard checkServerName(client, &buffer, host: request.host, deadline: Self.nowMs() + Int64(configuration.headTimeoutMs),
+                                  event: &event) else {
+                event.allowed = false
+                return
+            }
+        }
         relay(client: client, upstream: upstream, pending: buffer, event: &event)
+    }
+
+    /// Reads the tunnel's first TLS record; false (and the reason set) when its server name
+    /// differs from `host`, or when a handshake record is malformed or not complete by the
+    /// deadline (fail closed: the rest could name another host). A client whose first byte is not
+    /// a TLS handshake record is relayed: it is not TLS, so it names no other host.
+    private func checkServerName(_ client: Int32, _ buffer: inout [UInt8], host: String, deadline: Int64, event: inout Event) -> Bool {
+        while true {
+            switch ProxyRequest.clientHello(buffer) {
+            case .notTLS, .noServerName:
+                return true
+            case .malformed:
+                event.reason = "bad-tls"
+                return false
+            case .serverName(let name):
+                guard EgressHost.parse(name) == EgressHost.parse(host) else {
+                    event.reason = "sni-mismatch"
+                    event.rule = nil
+                    event.host = host
+                    return false
+                }
+                return true
+            case .incomplete:
+                // Nothing by the deadline is refused too: a client that waited could then name another host.
+                guard buffer.count < ProxyRequest.maxClientHello,
+                      read(client, into: &buffer, atLeast: buffer.count + 1, deadline: deadline, cap: ProxyRequest.maxClientHello) else {
+                    event.reason = buffer.isEmpty ? "tls-timeout" : "bad-tls"
+                    return false
+                }
+            }
+        }
     }
 
     /// A SOCKS5 greeting and CONNECT request (RFC 1928), no authentication. nil after replying with a refusal.
@@ -370,7 +409,7 @@ public final class EgressProxy: Sendable {
         event.kind = .socks5
         func need(_ n: Int) -> Bool {
             guard n <= 600, read(client, into: &buffer, atLeast: n, deadline: deadline) else {
-                event.reason = "request-timeout"
+                event.reason = readFailure(deadline)
                 return false
             }
             return true
@@ -419,7 +458,8 @@ public final class EgressProxy: Sendable {
     static func socksReply(_ code: UInt8) -> [UInt8] { [5, code, 0, 1, 0, 0, 0, 0, 0, 0] }
 
     /// Reads until `buffer` holds at least `count` bytes; false on end of file, error, deadline or stop.
-    private func read(_ fd: Int32, into buffer: inout [UInt8], atLeast count: Int, deadline: Int64) -> Bool {
+    private func read(_ fd: Int32, into buffer: inout [UInt8], atLeast count: Int, deadline: Int64,
+                      cap: Int = ProxyRequest.maxHead + 1) -> Bool {
         var chunk = [UInt8](repeating: 0, count: 4096)
         while buffer.count < count {
             let left = deadline - Self.nowMs()
@@ -430,7 +470,7 @@ public final class EgressProxy: Sendable {
             if n < 0 || fds[1].revents != 0 { return false }
             if n == 0 { continue }
             // Never more than the head may hold: a 1 MB line is refused after 16 KiB.
-            let room = min(chunk.count, ProxyRequest.maxHead + 1 - buffer.count)
+            let room = min(chunk.count, cap - buffer.count)
             guard room > 0 else { return true }
             let got = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, room, Int32(MSG_DONTWAIT)) }
             if got < 0 && (errno == EAGAIN || errno == EINTR) { continue }
@@ -438,6 +478,12 @@ public final class EgressProxy: Sendable {
             buffer += chunk[0..<got]
         }
         return true
+    }
+
+    /// Why a read of the request ended early: the deadline, the proxy stopping, or the client.
+    private func readFailure(_ deadline: Int64) -> String {
+        if state.withLock({ $0.stopped }) { return "stopped" }
+        return Self.nowMs() >= deadline ? "request-timeout" : "client-closed"
     }
 
     /// Best effort: a refusal the client may read before the connection closes.

@@ -146,6 +146,55 @@ public struct ProxyRequest: Sendable, Equatable {
         (48...57).contains(b) || (65...90).contains(b) || (97...122).contains(b) || Array("!#$%&'*+-.^_`|~".utf8).contains(b)
     }
 
+    /// What the first bytes a client sends through a tunnel say about TLS.
+    public enum ClientHello: Sendable, Equatable {
+        /// Not all of the first TLS record yet.
+        case incomplete
+        /// Not a TLS handshake record.
+        case notTLS
+        /// A handshake record that is not a ClientHello that parses.
+        case malformed
+        /// A ClientHello without a server name.
+        case noServerName
+        case serverName(String)
+    }
+
+    /// The largest first record read: a TLS record holds at most 16 KiB plus its header.
+    public static let maxClientHello = 5 + 16384
+
+    /// The server name (SNI) of the ClientHello that `bytes` begin with (RFC 8446 4.1.2, RFC 6066 3).
+    public static func clientHello(_ bytes: [UInt8]) -> ClientHello {
+        guard let first = bytes.first else { return .incomplete }
+        guard first == 0x16 else { return .notTLS }
+        guard bytes.count >= 5 else { return .incomplete }
+        let length = Int(bytes[3]) << 8 | Int(bytes[4])
+        guard length >= 4, length <= 16384 else { return .malformed }
+        guard bytes.count >= 5 + length else { return .incomplete }
+        let r = bytes[5..<(5 + length)]
+        var i = r.startIndex
+        func take(_ n: Int) -> ArraySlice<UInt8>? {
+            guard n >= 0, i + n <= r.endIndex else { return nil }
+            defer { i += n }
+            return r[i..<(i + n)]
+        }
+        func number(_ n: Int) -> Int? { take(n).map { $0.reduce(0) { $0 << 8 | Int($1) } } }
+        guard take(1) == [1], let bodyLength = number(3), bodyLength <= r.endIndex - i,
+              take(2 + 32) != nil, let session = number(1), take(session) != nil,
+              let suites = number(2), take(suites) != nil, let compressions = number(1), take(compressions) != nil else {
+            return .malformed
+        }
+        guard let extensionsLength = number(2) else { return .noServerName }
+        let end = min(r.endIndex, i + extensionsLength)
+        while i + 4 <= end {
+            guard let type = number(2), let size = number(2), i + size <= end else { return .malformed }
+            guard type == 0 else { i += size; continue }
+            guard let listLength = number(2), listLength + 2 == size, take(1) == [0], let nameLength = number(2),
+                  let name = take(nameLength), nameLength > 0 else { return .malformed }
+            return .serverName(String(decoding: name, as: UTF8.self))
+        }
+        return .noServerName
+    }
+
     /// A plain-text refusal the worker's client shows its user.
     public static func response(status: Int, reason: String) -> [UInt8] {
         let phrase = [400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 429: "Too Many Requests",

@@ -15,12 +15,13 @@ struct EgressTests {
         private var count = 0
         var connections: Int { lock.withLock { count } }
 
-        init(body: String) throws {
+        init(body: String, address: UInt32 = 0x7F00_0001, listenPort: UInt16 = 0) throws {
             let sock = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             fd = sock
             var a = sockaddr_in()
             a.sin_family = sa_family_t(AF_INET)
-            a.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+            a.sin_addr.s_addr = address.bigEndian
+            a.sin_port = listenPort.bigEndian
             var len = socklen_t(MemoryLayout<sockaddr_in>.size)
             let ok = withUnsafeMutablePointer(to: &a) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(sock, $0, len) == 0 && listen(sock, 64) == 0 && getsockname(sock, $0, &len) == 0 }
@@ -213,5 +214,75 @@ struct EgressTests {
         #expect(reasons.contains("request-too-large"), "\(reasons)")
         // The slow one ends with the run (stopped) or at the head timeout: either way, on record.
         #expect(reasons.count == 2, "\(reasons)")
+    }
+
+    @Test("a TLS ClientHello naming another host than the CONNECT is refused; the same name is relayed")
+    func domainFronting() throws {
+        // Port 443 on a loopback address of its own (the check applies to port 443).
+        let last = UInt32.random(in: 2...250)
+        let upstream = try Upstream(body: "not tls", address: 0x7F00_0000 | last, listenPort: 443)
+        defer { upstream.stop() }
+        let h = try Harness()
+        let p = try Self.profile("""
+            {"extends": "default", "network": {"mode": "proxy", "egress": {"allow": ["tls.test:443"], "allowPrivate": true},
+              "hosts": {"tls.test": "127.0.0.\(last)"}}}
+            """)
+        let script = """
+            import socket, ssl
+            def tunnel(sni):
+                s = socket.create_connection(("127.0.0.1", 3128))
+                s.sendall(b"CONNECT tls.test:443 HTTP/1.1\\r\\n\\r\\n")
+                print(sni, s.recv(4096)[:12])
+                ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+                try:
+                    ctx.wrap_socket(s, server_hostname=sni)
+                except Exception as e:
+                    print(sni, "handshake failed")
+            tunnel("evil.test"); tunnel("tls.test")
+            """
+        let r = try h.run(["--profile", p], ["/usr/bin/python3", "-c", script])
+        let out = try r.report().string("stdout") ?? ""
+        #expect(out.contains("evil.test b'HTTP/1.1 200'") && out.contains("tls.test b'HTTP/1.1 200'"), "\(out) \(r.stderr)")
+        let events = try auditEvents(h).filter { ($0["kind"] as? String)?.hasPrefix("egress.") == true }
+        #expect(events.count == 2)
+        let denied = try #require(events.first { $0["kind"] as? String == "egress.denied" }?["detail"] as? [String: Any])
+        #expect(denied["reason"] as? String == "sni-mismatch" && (denied["bytesOut"] as? NSNumber)?.intValue == 0, "\(denied)")
+        // Positive control: the matching name's ClientHello went through.
+        let allowed = try #require(events.first { $0["kind"] as? String == "egress.allowed" }?["detail"] as? [String: Any])
+        #expect(((allowed["bytesOut"] as? NSNumber)?.intValue ?? 0) > 100, "\(allowed)")
+        let v = try #require((try r.report()["violations"] as? [[String: Any]])?.first)
+        #expect(v["reason"] as? String == "sni-mismatch")
+    }
+
+    @Test("10,000 connections: past maxConnections each is refused at once, the trail stays bounded and the run ends")
+    func manyConnections() throws {
+        let h = try Harness()
+        let p = try Self.loopbackProfile(9, extra: "")
+        let script = """
+            import socket
+            refused = 0
+            for i in range(10000):
+                s = socket.create_connection(("127.0.0.1", 3128))
+                if i >= 64:
+                    s.sendall(b"CONNECT allowed.test:9 HTTP/1.1\\r\\n\\r\\n")
+                    try:
+                        refused += s.recv(64).startswith(b"HTTP/1.1 429")
+                    except OSError:
+                        pass
+                s.close()
+            print("refused", refused)
+            """
+        let started = Date()
+        let r = try h.run(["--profile", p, "--timeout", "120"], ["/usr/bin/python3", "-c", script])
+        let report = try r.report()
+        #expect(report.string("outcome") == "exited", "\(report)")
+        let out = report.string("stdout") ?? ""
+        let refused = Int(out.split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
+        #expect(refused > 9000, "\(out) \(r.stderr)")
+        let egress = try #require(report["egress"] as? [String: Any])
+        #expect((egress["connections"] as? NSNumber)?.intValue == 10000)
+        let rows = try auditEvents(h).filter { ($0["kind"] as? String)?.hasPrefix("egress.") == true }
+        #expect(rows.count == 65, "64 served connections and one for the limit: \(rows.count)")
+        #expect(Date().timeIntervalSince(started) < 100)
     }
 }

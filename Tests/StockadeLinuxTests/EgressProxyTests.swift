@@ -238,3 +238,37 @@ struct EgressProxyTests {
         #expect(proxy.totals.connections == 5 && proxy.totals.denied == 4)
     }
 }
+
+@Suite("TLS ClientHello server names")
+struct ClientHelloTests {
+    /// A minimal ClientHello record naming `name` (or none), as clients build them.
+    static func hello(_ name: String?) -> [UInt8] {
+        var extensions: [UInt8] = []
+        if let name {
+            let n = Array(name.utf8)
+            let entry: [UInt8] = [0] + [UInt8(n.count >> 8), UInt8(n.count & 0xFF)] + n
+            let list = [UInt8(entry.count >> 8), UInt8(entry.count & 0xFF)] + entry
+            extensions += [0, 0, UInt8(list.count >> 8), UInt8(list.count & 0xFF)] + list
+        }
+        extensions = [0x00, 0x17, 0, 0] + extensions  // extended_master_secret first: the parser must skip it
+        var body: [UInt8] = [3, 3] + [UInt8](repeating: 7, count: 32) + [0] + [0, 2, 0x13, 0x01] + [1, 0]
+        body += [UInt8(extensions.count >> 8), UInt8(extensions.count & 0xFF)] + extensions
+        let handshake: [UInt8] = [1, 0, UInt8(body.count >> 8), UInt8(body.count & 0xFF)] + body
+        return [0x16, 3, 1, UInt8(handshake.count >> 8), UInt8(handshake.count & 0xFF)] + handshake
+    }
+
+    @Test("the server name is found after other extensions; partial, absent, plain and malformed hellos are told apart")
+    func serverName() {
+        let record = Self.hello("allowed.test")
+        #expect(ProxyRequest.clientHello(record) == .serverName("allowed.test"))
+        #expect(ProxyRequest.clientHello(Array(record.prefix(40))) == .incomplete)
+        #expect(ProxyRequest.clientHello(Self.hello(nil)) == .noServerName)
+        #expect(ProxyRequest.clientHello(Array("GET / HTTP/1.1\r\n".utf8)) == .notTLS)
+        var broken = record
+        broken[5] = 2  // a ServerHello, not a ClientHello
+        #expect(ProxyRequest.clientHello(broken) == .malformed)
+        var lying = record
+        lying[lying.count - 13] = 0xFF  // the name's length runs past the extension
+        #expect(ProxyRequest.clientHello(lying) == .malformed)
+    }
+}
