@@ -269,6 +269,7 @@ public final class EgressProxy: Sendable {
 
     private func serve(_ client: Int32) {
         _ = fcntl(client, F_SETFL, fcntl(client, F_GETFL) | O_NONBLOCK)
+        Self.noDelay(client)
         let started = Self.nowMs()
         var event = Event(allowed: false, policy: true)
         defer {
@@ -355,6 +356,7 @@ public final class EgressProxy: Sendable {
             return
         }
         defer { close(upstream) }
+        Self.noDelay(upstream)
         event.allowed = true
         event.reason = nil
         switch request.kind {
@@ -642,6 +644,13 @@ public final class EgressProxy: Sendable {
             }
             return .moved(read)
         }
+    }
+
+    /// A relay forwards what each side wrote as it arrives: Nagle's wait on top of the
+    /// sender's own would add a delayed-ACK round (tens of ms) to small exchanges.
+    static func noDelay(_ fd: Int32) {
+        var one: Int32 = 1
+        _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
     }
 
     static func nowMs() -> Int64 {

@@ -130,6 +130,21 @@ struct EgressTests {
         #expect((denied.first?["detail"] as? [String: Any])?["host"] as? String == "denied.test")
     }
 
+    @Test("the proxy listens before the worker's first instruction: a static probe's immediate connect always succeeds")
+    func listensBeforeTheWorkerRuns() throws {
+        // With the listener made after the spawn returned, 9 of 10 of these were refused (ECONNREFUSED).
+        let h = try Harness()
+        let p = try Self.profile(#"{"extends": "default", "network": {"mode": "proxy", "egress": {"allow": ["allowed.test"]}}}"#)
+        for attempt in 0..<10 {
+            let r = try h.probe("host-loopback", ["3128"], options: ["--profile", p])
+            #expect(try r.report().string("stdout")?.hasPrefix("host-loopback: connected to 127.0.0.1:3128") == true,
+                    "attempt \(attempt): \(r.stdout)")
+        }
+        // Negative control: without proxy mode nothing listens there.
+        let plain = try h.probe("host-loopback", ["3128"], options: ["--network", "loopback"])
+        #expect(try plain.report().string("stdout")?.contains("ECONNREFUSED") == true, "\(plain.stdout)")
+    }
+
     @Test("a name pinned to loopback is refused without allowPrivate")
     func loopbackNeedsAllowPrivate() throws {
         let upstream = try Upstream(body: "private")
