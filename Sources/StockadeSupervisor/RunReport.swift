@@ -236,7 +236,7 @@ public struct RunReport: Sendable, Equatable, Codable {
         }
         line += " in \(durationMs) ms"
         if !violations.isEmpty {
-            line += "; violations: " + violations.map { "\($0.kind)\($0.syscall.map { ":" + $0 } ?? "")×\($0.count)" }.joined(separator: ", ")
+            line += "; violations: " + violations.map { "\($0.kind)\(($0.syscall ?? $0.host).map { ":" + $0 } ?? "")×\($0.count)" }.joined(separator: ", ")
         }
         return line
     }

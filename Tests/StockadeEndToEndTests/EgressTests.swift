@@ -54,8 +54,9 @@ struct EgressTests {
         }
     }
 
+    /// A profile file in the test's state directory (removed with it).
     static func profile(_ json: String) throws -> String {
-        let path = "/tmp/stockade-egress-\(UUID().uuidString).json"
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("stockade-egress-\(UUID().uuidString).json").path
         try Data(json.utf8).write(to: URL(fileURLWithPath: path))
         return path
     }
@@ -79,6 +80,7 @@ struct EgressTests {
         defer { upstream.stop() }
         let h = try Harness()
         let p = try Self.loopbackProfile(upstream.port)
+        defer { try? FileManager.default.removeItem(atPath: p) }
         let url = "http://allowed.test:\(upstream.port)/x"
         let r = try h.run(["--profile", p], ["/bin/sh", "-c", """
             echo "proxy=$http_proxy $HTTPS_PROXY $ALL_PROXY"
@@ -107,6 +109,7 @@ struct EgressTests {
         defer { upstream.stop() }
         let h = try Harness()
         let p = try Self.loopbackProfile(upstream.port)
+        defer { try? FileManager.default.removeItem(atPath: p) }
         let port = upstream.port
         let r = try h.run(["--profile", p], ["/bin/sh", "-c", """
             \(Self.curl("--proxytunnel http://denied.test:\(port)/"))
@@ -135,6 +138,7 @@ struct EgressTests {
         // With the listener made after the spawn returned, 9 of 10 of these were refused (ECONNREFUSED).
         let h = try Harness()
         let p = try Self.profile(#"{"extends": "default", "network": {"mode": "proxy", "egress": {"allow": ["allowed.test"]}}}"#)
+        defer { try? FileManager.default.removeItem(atPath: p) }
         for attempt in 0..<10 {
             let r = try h.probe("host-loopback", ["3128"], options: ["--profile", p])
             #expect(try r.report().string("stdout")?.hasPrefix("host-loopback: connected to 127.0.0.1:3128") == true,
@@ -143,6 +147,41 @@ struct EgressTests {
         // Negative control: without proxy mode nothing listens there.
         let plain = try h.probe("host-loopback", ["3128"], options: ["--network", "loopback"])
         #expect(try plain.report().string("stdout")?.contains("ECONNREFUSED") == true, "\(plain.stdout)")
+    }
+
+    @Test("a relay the worker runs itself reaches only the proxy: a denied name through it is still refused")
+    func relayInsideTheWorker() throws {
+        let upstream = try Upstream(body: "through the relay")
+        defer { upstream.stop() }
+        let h = try Harness()
+        let p = try Self.loopbackProfile(upstream.port)
+        defer { try? FileManager.default.removeItem(atPath: p) }
+        // A second HTTP proxy in the worker: it relays every connection to the only way out it has.
+        let relay = """
+            import socket, threading
+            def pipe(a, b):
+                while (d := a.recv(65536)): b.sendall(d)
+                b.shutdown(socket.SHUT_WR)
+            l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            l.bind(("127.0.0.1", 8080)); l.listen(8)
+            while True:
+                c, _ = l.accept(); u = socket.create_connection(("127.0.0.1", 3128))
+                threading.Thread(target=pipe, args=(c, u), daemon=True).start()
+                threading.Thread(target=pipe, args=(u, c), daemon=True).start()
+            """
+        let r = try h.run(["--profile", p], ["/bin/sh", "-c", """
+            /usr/bin/python3 -c '\(relay)' & sleep 0.5
+            \(Self.curl("--proxy http://127.0.0.1:8080 --noproxy '' --proxytunnel http://denied.test:\(upstream.port)/"))
+            \(Self.curl("--proxy http://127.0.0.1:8080 --noproxy '' http://allowed.test:\(upstream.port)/"))
+            kill %1
+            """])
+        let out = try r.report().string("stdout") ?? ""
+        #expect(out.contains("connect=403"), "\(out) \(r.stderr)")
+        // Positive control: the relay itself works, for a name the rules admit.
+        #expect(out.contains("through the relay code=200"), "\(out)")
+        #expect(upstream.connections == 1)
+        let denied = try auditEvents(h).filter { $0["kind"] as? String == "egress.denied" }
+        #expect(denied.count == 1 && (denied.first?["detail"] as? [String: Any])?["host"] as? String == "denied.test")
     }
 
     @Test("a name pinned to loopback is refused without allowPrivate")
@@ -154,6 +193,7 @@ struct EgressTests {
             {"extends": "default", "network": {"mode": "proxy", "egress": {"allow": ["allowed.test:\(upstream.port)"]},
               "hosts": {"allowed.test": "127.0.0.1"}}}
             """)
+        defer { try? FileManager.default.removeItem(atPath: p) }
         let r = try h.run(["--profile", p], ["/bin/sh", "-c", Self.curl("--proxytunnel http://allowed.test:\(upstream.port)/")])
         let report = try r.report()
         #expect((report.string("stdout") ?? "").contains("403"), "\(report)")
@@ -170,6 +210,7 @@ struct EgressTests {
         let p = try Self.profile("""
             {"extends": "default", "network": {"egress": {"allowPrivate": true}, "hosts": {"allowed.test": "127.0.0.1"}}}
             """)
+        defer { try? FileManager.default.removeItem(atPath: p) }
         let r = try h.run(["--profile", p, "--network", "proxy", "--allow-host", "allowed.test:\(upstream.port)"],
                           ["/bin/sh", "-c", Self.curl("http://allowed.test:\(upstream.port)/")])
         #expect((try r.report().string("stdout") ?? "").contains("flag code=200"), "\(r.stdout)")
@@ -183,6 +224,7 @@ struct EgressTests {
         defer { upstream.stop() }
         let h = try Harness()
         let p = try Self.loopbackProfile(upstream.port, extra: #", "maxConnections": 3, "maxBytes": "64k""#)
+        defer { try? FileManager.default.removeItem(atPath: p) }
         let url = "http://allowed.test:\(upstream.port)/"
         let r = try h.run(["--profile", p], ["/bin/sh", "-c", """
             \(Self.curl("-o /dev/null \(url)"))
@@ -207,6 +249,7 @@ struct EgressTests {
         defer { upstream.stop() }
         let h = try Harness()
         let p = try Self.loopbackProfile(upstream.port)
+        defer { try? FileManager.default.removeItem(atPath: p) }
         let script = """
             import socket, time
             slow = socket.create_connection(("127.0.0.1", 3128)); slow.send(b"CONNECT allowed.test:")
@@ -242,6 +285,7 @@ struct EgressTests {
             {"extends": "default", "network": {"mode": "proxy", "egress": {"allow": ["tls.test:443"], "allowPrivate": true},
               "hosts": {"tls.test": "127.0.0.\(last)"}}}
             """)
+        defer { try? FileManager.default.removeItem(atPath: p) }
         let script = """
             import socket, ssl
             def tunnel(sni):
@@ -273,6 +317,7 @@ struct EgressTests {
     func manyConnections() throws {
         let h = try Harness()
         let p = try Self.loopbackProfile(9, extra: "")
+        defer { try? FileManager.default.removeItem(atPath: p) }
         let script = """
             import socket
             refused = 0
