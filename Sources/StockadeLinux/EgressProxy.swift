@@ -168,8 +168,9 @@ public final class EgressProxy: Sendable {
         var attributes = pthread_attr_t()
         pthread_attr_init(&attributes)
         defer { pthread_attr_destroy(&attributes) }
-        // getaddrinfo and the relay need little stack: 256 KiB bounds a run's 64 threads to 16 MiB of address space.
-        pthread_attr_setstacksize(&attributes, 256 << 10)
+        // getaddrinfo (with its NSS modules) and the relay need little stack: 512 KiB bounds a
+        // run's 64 threads to 32 MiB of address space, touched only as used.
+        pthread_attr_setstacksize(&attributes, 512 << 10)
         let rc = pthread_create(&thread, &attributes, { arg in
             guard let arg else { return nil }
             Unmanaged<ThreadBody>.fromOpaque(arg).takeRetainedValue().run()
@@ -441,6 +442,12 @@ public final class EgressProxy: Sendable {
         case 3:
             let n = Int(buffer[4])
             guard n > 0, need(7 + n) else { return nil }
+            // Printable ASCII only: the name is recorded and may be shown on an operator's terminal.
+            guard buffer[5..<(5 + n)].allSatisfy({ $0 > 32 && $0 < 127 }) else {
+                event.reason = "bad-request"
+                reply(client, Self.socksReply(8))
+                return nil
+            }
             host = String(decoding: buffer[5..<(5 + n)], as: UTF8.self)
             length = 7 + n
         case 4:

@@ -139,6 +139,9 @@ struct EgressProxyTests {
         #expect(denied.hasPrefix("HTTP/1.1 403"), "\(denied)")
         let viaSocks = try Self.exchange(proxy.port, [5, 1, 0, 5, 1, 0, 3, 20] + Array("exfil2.attacker.test".utf8) + [0, 80])
         #expect(Array(viaSocks.utf8).prefix(4) == [5, 0, 5, 2], "\(Array(viaSocks.utf8))")
+        // A SOCKS name with a terminal escape in it is refused before anything records it.
+        let escaped = try Self.exchange(proxy.port, [5, 1, 0, 5, 1, 0, 3, 6] + Array("a\u{1B}[2Jb".utf8) + [1, 187])
+        #expect(Array(escaped.utf8).prefix(4) == [5, 0, 5, 8], "\(Array(escaped.utf8))")
         #expect(recorder.lookups.withLock { $0 } == [], "a denied name reached the resolver")
         // Positive control: the admitted name is looked up once and the upstream's bytes arrive.
         let allowed = try Self.exchange(proxy.port, Array("CONNECT allowed.test:\(upstream.port) HTTP/1.1\r\n\r\nGET / HTTP/1.0\r\n\r\n".utf8))
@@ -147,11 +150,12 @@ struct EgressProxyTests {
         proxy.stop()
         #expect(recorder.lookups.withLock { $0 } == ["allowed.test"])
         let events = recorder.events.withLock { $0 }
-        #expect(events.count == 3)
-        #expect(events.filter { !$0.allowed }.map(\.reason) == ["not-allowed", "not-allowed"])
+        #expect(events.count == 4)
+        #expect(events.filter { !$0.allowed }.map(\.reason) == ["not-allowed", "not-allowed", "bad-request"])
+        #expect(events.filter { !$0.allowed }.map(\.host) == ["exfil-data.attacker.test", "exfil2.attacker.test", nil])
         let ok = try #require(events.first { $0.allowed })
         #expect(ok.address == "127.0.0.1" && ok.rule == "allowed.test:\(upstream.port)" && ok.bytesIn > 19 && ok.bytesOut == 18)
-        #expect(proxy.totals.connections == 3 && proxy.totals.allowed == 1 && proxy.totals.denied == 2)
+        #expect(proxy.totals.connections == 4 && proxy.totals.allowed == 1 && proxy.totals.denied == 3)
     }
 
     @Test("plain HTTP: the absolute URI is rewritten to origin form with the checked Host and Connection: close", .timeLimit(.minutes(1)))
