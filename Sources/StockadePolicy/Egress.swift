@@ -14,6 +14,9 @@ extension Profile {
         public var maxConnections = 64
         /// Bytes relayed per run, both ways together; a connection that crosses it is closed.
         public var maxBytes: Int64 = 1 << 30
+        /// `IPV4:PORT` of the DNS server that resolves admitted names (A records), instead of
+        /// the host's resolver; nil: getaddrinfo.
+        public var resolver: String?
         public init() {}
     }
 }

