@@ -28,6 +28,7 @@ let package = Package(
         .systemLibrary(name: "CCap", pkgConfig: "libcap", providers: [.apt(["libcap-dev"])]),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
 
         // Pure values: profiles, limits, seccomp policy model, strict JSON.
         .target(name: "StockadePolicy", swiftSettings: strict),
@@ -50,22 +51,29 @@ let package = Package(
         .target(name: "StockadePatches", dependencies: [
             "CStockade", "CZlib", "StockadePolicy",
             .product(name: "SystemPackage", package: "swift-system"),
+            // Insecure.SHA1 for git blob ids in `index` lines (git apply requires them on binary patches).
+            .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
         // SQLite audit store.
         .target(name: "StockadeAudit", dependencies: [
             "CSQLite", "StockadePolicy",
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
+        // OCI image layouts read as hostile input: verified blobs, layers unpacked into a content-addressed cache.
+        .target(name: "StockadeImages", dependencies: [
+            "CStockade", "CArchive", "StockadePolicy", "StockadeBundles",
+            .product(name: "Crypto", package: "swift-crypto"),
+        ], swiftSettings: strict),
         // One run's lifecycle, concurrency, review queue.
         .target(name: "StockadeSupervisor", dependencies: [
             "StockadePolicy", "StockadeCgroups", "StockadeLinux", "StockadeBundles",
-            "StockadePatches", "StockadeAudit",
+            "StockadePatches", "StockadeAudit", "StockadeImages",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
         .executableTarget(name: "stockade", dependencies: [
-            "StockadeSupervisor",
+            "StockadeSupervisor", "StockadeImages",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
@@ -77,12 +85,14 @@ let package = Package(
                           linkerSettings: [.unsafeFlags(["-static-executable"])]),
 
         .testTarget(name: "StockadePolicyTests", dependencies: ["StockadePolicy"], swiftSettings: strict),
+        .testTarget(name: "StockadeSupervisorTests", dependencies: ["StockadeSupervisor"], swiftSettings: strict),
         .testTarget(name: "StockadeBundlesTests", dependencies: ["StockadeBundles", "StockadePolicy"], swiftSettings: strict),
         .testTarget(name: "StockadeCgroupsTests", dependencies: ["StockadeCgroups"], swiftSettings: strict),
         .testTarget(name: "StockadeLinuxTests", dependencies: ["StockadeLinux"], swiftSettings: strict),
         .testTarget(name: "StockadeAuditTests", dependencies: ["StockadeAudit", "StockadePolicy", "CSQLite"], swiftSettings: strict),
         .testTarget(name: "StockadeWorkspaceTests", dependencies: ["StockadeBundles"], swiftSettings: strict),
         .testTarget(name: "StockadePatchesTests", dependencies: ["StockadePatches"], swiftSettings: strict),
+        .testTarget(name: "StockadeImagesTests", dependencies: ["StockadeImages", "StockadePolicy", "CStockade"], swiftSettings: strict),
         // Runs the real `stockade` binary with the probes: both must be built first.
         .testTarget(name: "StockadeEndToEndTests", dependencies: ["StockadeSupervisor", "stockade", "stockade-probe"], swiftSettings: strict),
     ],

@@ -112,6 +112,7 @@ static void stk_encode(struct stk_out *o, const struct stk_plan *plan) {
     for (size_t i = 0; i < envc; i++) out_str(o, plan->envp[i]);
     out_str(o, plan->root);
     out_str(o, plan->root_data);
+    out_fd(o, plan->root_fd);
     out_u32(o, (uint32_t)plan->root_readonly);
     out_str(o, plan->workdir);
     out_str(o, plan->hostname);
@@ -276,6 +277,7 @@ static int stk_decode(struct stk_in *in, struct stk_plan *plan, struct stk_decod
     plan->envp = d->envp;
     plan->root = in_str(in);
     plan->root_data = in_str(in);
+    plan->root_fd = in_fd(in);
     plan->root_readonly = (int)in_u32(in);
     plan->workdir = in_str(in);
     plan->hostname = in_str(in);

@@ -148,19 +148,108 @@ fail:
     return NULL;
 }
 
+/* Runs `body(job)` on a thread of its own and waits for it: a thread that unshares its mount
+   namespace takes that namespace with it when it ends. 0, or the pthread_create error. */
+static int stk_on_own_thread(void *(*body)(void *), void *job) {
+    pthread_t thread;
+    int rc = pthread_create(&thread, NULL, body, job);
+    if (rc == 0) pthread_join(thread, NULL);
+    return rc;
+}
+
 int stk_workspace_overlay(const char *lower, const char *anchor, const char *tmpfs_options, uint32_t uid, uint32_t gid,
                           int userns_fd, int *layer_fd, const char **stage) {
     struct stk_layer_job job = {lower, anchor, tmpfs_options, uid, gid, userns_fd, -1, -1, 0, "thread"};
-    pthread_t thread;
-    int rc = pthread_create(&thread, NULL, stk_layer_thread, &job);
+    int rc = stk_on_own_thread(stk_layer_thread, &job);
     if (rc != 0) {
         *stage = "thread";
         errno = rc;
         return -1;
     }
-    pthread_join(thread, NULL);
     *stage = job.stage;
     *layer_fd = job.layer_fd;
+    if (job.overlay_fd < 0) errno = job.error;
+    return job.overlay_fd;
+}
+
+struct stk_image_job {
+    const char *anchor;
+    int upper_fd;
+    const char *const *layers;
+    size_t layer_count;
+    int userns_fd;
+    int overlay_fd, error;
+    const char *stage;
+};
+
+/* Runs on a thread of its own, in a mount namespace of its own that dies with it. */
+static void *stk_image_thread(void *arg) {
+    struct stk_image_job *job = arg;
+    int fs = -1;
+    job->stage = "namespace";
+    if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) goto fail;
+    job->stage = "upper";
+    if (syscall(SYS_move_mount, job->upper_fd, "", AT_FDCWD, job->anchor, MOVE_MOUNT_F_EMPTY_PATH) < 0) goto fail;
+    /* CLONE_NEWNS gave this thread its own cwd: the layers' paths below are short and relative. */
+    if (chdir(job->anchor) < 0) goto fail;
+    char lowers[4096];
+    size_t used = 0;
+    lowers[0] = '\0';
+    for (size_t i = job->layer_count; i-- > 0;) {  /* overlay lists the top layer first */
+        char name[32];
+        snprintf(name, sizeof name, "lower/%zu", i);
+        job->stage = "open_tree";
+        int tree = (int)syscall(SYS_open_tree, AT_FDCWD, job->layers[i], OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+        if (tree < 0) goto fail;
+        struct mount_attr attr;
+        memset(&attr, 0, sizeof attr);
+        attr.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_IDMAP;
+        attr.userns_fd = (uint64_t)job->userns_fd;
+        job->stage = "idmap";
+        if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0) {
+            int saved = errno;
+            close(tree);
+            errno = saved;
+            goto fail;
+        }
+        job->stage = "move_mount";
+        long moved = syscall(SYS_move_mount, tree, "", AT_FDCWD, name, MOVE_MOUNT_F_EMPTY_PATH);
+        int saved = errno;
+        close(tree);
+        errno = saved;
+        if (moved < 0) goto fail;
+        int n = snprintf(lowers + used, sizeof lowers - used, "%s%s", used ? ":" : "", name);
+        if (n < 0 || (size_t)n >= sizeof lowers - used) { errno = E2BIG; goto fail; }
+        used += (size_t)n;
+    }
+    job->stage = "overlay";
+    fs = (int)syscall(SYS_fsopen, "overlay", FSOPEN_CLOEXEC);
+    if (fs < 0) goto fail;
+    if (stk_set(fs, "lowerdir", lowers) < 0 || stk_set(fs, "upperdir", "upper") < 0 || stk_set(fs, "workdir", "work") < 0 ||
+        stk_set(fs, "redirect_dir", "off") < 0 || stk_set(fs, "metacopy", "off") < 0 || stk_set(fs, "index", "off") < 0 ||
+        syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
+        goto fail;
+    job->overlay_fd = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV);
+    if (job->overlay_fd < 0) goto fail;
+    close(fs);
+    return NULL;
+
+fail:
+    job->error = errno;
+    if (fs >= 0) close(fs);
+    return NULL;
+}
+
+int stk_image_root(const char *anchor, int upper_fd, const char *const *layers, size_t layer_count, int userns_fd,
+                   const char **stage) {
+    struct stk_image_job job = {anchor, upper_fd, layers, layer_count, userns_fd, -1, 0, "thread"};
+    int rc = stk_on_own_thread(stk_image_thread, &job);
+    if (rc != 0) {
+        *stage = "thread";
+        errno = rc;
+        return -1;
+    }
+    *stage = job.stage;
     if (job.overlay_fd < 0) errno = job.error;
     return job.overlay_fd;
 }

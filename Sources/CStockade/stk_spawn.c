@@ -462,8 +462,12 @@ __attribute__((noreturn)) static void stk_child(const struct stk_plan *plan, int
     if (sethostname(plan->hostname, stk_strlen(plan->hostname)) < 0) stk_fail(errfd, STK_STAGE_HOSTNAME);
 
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) stk_fail(errfd, STK_STAGE_MOUNT_PRIVATE);
-    if (mount("tmpfs", plan->root, "tmpfs", MS_NOSUID | MS_NODEV, plan->root_data) < 0)
+    if (plan->root_fd >= 0) {
+        if (syscall(SYS_move_mount, plan->root_fd, "", AT_FDCWD, plan->root, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+            stk_fail(errfd, STK_STAGE_ROOT);
+    } else if (mount("tmpfs", plan->root, "tmpfs", MS_NOSUID | MS_NODEV, plan->root_data) < 0) {
         stk_fail(errfd, STK_STAGE_ROOT);
+    }
     int rootfd = open(plan->root, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (rootfd < 0) stk_fail(errfd, STK_STAGE_ROOT);
     for (size_t i = 0; i < plan->op_count; i++) {
@@ -632,14 +636,8 @@ int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result, int 
     int switched = 0;
     if (plan->ns_owner_uid != 0) {
         if (syscall(SYS_setresuid, -1, plan->ns_owner_uid, -1) < 0) {
-            result->stage = STK_STAGE_CLONE;
             result->error = errno;
-            pthread_sigmask(SIG_SETMASK, &old, NULL);
-            stk_close(&errpipe[0]); stk_close(&errpipe[1]);
-            stk_close(&syncpipe[0]); stk_close(&syncpipe[1]);
-            stk_close(&sock[0]); stk_close(&sock[1]);
-            stk_close(&statuspipe[0]); stk_close(&statuspipe[1]);
-            return -1;
+            goto fail_before_clone;
         }
         switched = 1;
         /* CLONE_INTO_CGROUP (cgroup v2) checks the right to write the run cgroup's and
@@ -649,15 +647,9 @@ int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result, int 
         if (plan->cgroup_dir_fd >= 0) {
             (void)syscall(SYS_setfsuid, 0);
             if ((int)syscall(SYS_setfsuid, -1) != 0) {
-                result->stage = STK_STAGE_CLONE;
                 result->error = EPERM;
-                (void)syscall(SYS_setresuid, -1, 0, -1);
-                pthread_sigmask(SIG_SETMASK, &old, NULL);
-                stk_close(&errpipe[0]); stk_close(&errpipe[1]);
-                stk_close(&syncpipe[0]); stk_close(&syncpipe[1]);
-                stk_close(&sock[0]); stk_close(&sock[1]);
-                stk_close(&statuspipe[0]); stk_close(&statuspipe[1]);
-                return -1;
+                if (syscall(SYS_setresuid, -1, 0, -1) < 0) abort();
+                goto fail_before_clone;
             }
         }
     }
@@ -758,6 +750,16 @@ out:
     stk_close(&syncpipe[1]);
     stk_close(&sock[0]);
     return rc;
+
+fail_before_clone:
+    /* Nothing was cloned: back to the caller's signal mask, every end closed. */
+    result->stage = STK_STAGE_CLONE;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    stk_close(&errpipe[0]); stk_close(&errpipe[1]);
+    stk_close(&syncpipe[0]); stk_close(&syncpipe[1]);
+    stk_close(&sock[0]); stk_close(&sock[1]);
+    stk_close(&statuspipe[0]); stk_close(&statuspipe[1]);
+    return -1;
 }
 
 int stk_tmpfs_detached(uint64_t size_bytes, uint64_t inodes, uint32_t uid, uint32_t gid, uint32_t mode) {
@@ -840,6 +842,14 @@ int stk_cap_last_cap(void) {
     int value = 0;
     for (ssize_t i = 0; i < n && buf[i] >= '0' && buf[i] <= '9'; i++) value = value * 10 + (buf[i] - '0');
     return value;
+}
+
+int stk_tree_idmap(int tree_fd, int userns_fd) {
+    struct mount_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.attr_set = MOUNT_ATTR_IDMAP;
+    attr.userns_fd = (uint64_t)userns_fd;
+    return (int)syscall(SYS_mount_setattr, tree_fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr);
 }
 
 int stk_clone_tree(const char *path, uint64_t attr_set) {

@@ -75,6 +75,33 @@ enum AuditSchema {
             );
             CREATE INDEX diffs_state ON diffs (state, id);
             """),
+        // A diff whose application failed is `conflict`, with the file and hunk that did not apply; SQLite
+        // cannot widen a CHECK constraint in place, so the table is rebuilt (same rows, same ids).
+        Migration(name: "0002-diff-conflict", sql: """
+            CREATE TABLE diffs_0002 (
+                id INTEGER PRIMARY KEY NOT NULL,
+                runId TEXT NOT NULL REFERENCES runs (runId),
+                sha256 TEXT NOT NULL,
+                bytes INTEGER NOT NULL,
+                content BLOB NOT NULL,
+                verdict TEXT NOT NULL CHECK (verdict IN ('passed', 'rejected')),
+                reason TEXT,
+                state TEXT NOT NULL CHECK (state IN ('pending', 'accepted', 'rejected', 'conflict')),
+                decidedBy TEXT,
+                note TEXT,
+                decidedAt TEXT,
+                appliedAt TEXT,
+                createdAt TEXT NOT NULL,
+                conflictFile TEXT,
+                conflictHunk TEXT,
+                conflictReason TEXT
+            );
+            INSERT INTO diffs_0002 (id, runId, sha256, bytes, content, verdict, reason, state, decidedBy, note, decidedAt, appliedAt, createdAt)
+                SELECT id, runId, sha256, bytes, content, verdict, reason, state, decidedBy, note, decidedAt, appliedAt, createdAt FROM diffs;
+            DROP TABLE diffs;
+            ALTER TABLE diffs_0002 RENAME TO diffs;
+            CREATE INDEX diffs_state ON diffs (state, id);
+            """),
     ]
 
     /// Creates or updates the schema. Runs under `BEGIN IMMEDIATE`, so two processes opening a new

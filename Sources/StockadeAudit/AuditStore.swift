@@ -34,16 +34,20 @@ public protocol AuditStore: Sendable {
     /// the diff is visible to review. Returns the diff id.
     func recordDiff(runId: String, content: [UInt8], verdict: String, reason: String?) throws(AuditError) -> Int64
 
-    /// Accepts or rejects a pending diff and appends `review.decided`. Fails naming the current state
-    /// when the diff is not pending.
+    /// Accepts or rejects a `pending` diff, or one in `conflict` (a retry after the workspace was fixed, or
+    /// giving up on it), and appends `review.decided`. Fails naming the current state otherwise.
     func decide(diffId: Int64, accept: Bool, actor: String, note: String?) throws(AuditError) -> DiffRecord
 
     /// Records that an accepted diff was written to the workspace (`diff.applied`).
     func markApplied(diffId: Int64, detail: JSONValue) throws(AuditError)
 
+    /// Records that an accepted diff could not be applied and nothing was written: the diff becomes
+    /// `conflict` with the file, hunk and reason, and `diff.conflict` is appended.
+    func markConflict(diffId: Int64, conflict: DiffConflict, detail: JSONValue) throws(AuditError)
+
     func diff(id: Int64) throws(AuditError) -> DiffRecord?
 
-    /// Diffs in id order, all of them or those in `state` (pending|accepted|rejected).
+    /// Diffs in id order, all of them or those in `state` (pending|accepted|rejected|conflict).
     func diffs(state: String?) throws(AuditError) -> [DiffRecord]
 
     /// Streams events in `seq` order, filtered by run, by `seq > since`, and by kind. `body` may call
@@ -155,7 +159,7 @@ public struct DiffRecord: Sendable, Equatable {
     /// passed | rejected: the path guard's verdict.
     public let verdict: String
     public let reason: String?
-    /// pending | accepted | rejected
+    /// pending | accepted | rejected | conflict
     public let state: String
     /// The actor of the decision (`guard` for a diff the path guard rejected, `auto` for autoAcceptDiffs).
     public let decidedBy: String?
@@ -163,9 +167,13 @@ public struct DiffRecord: Sendable, Equatable {
     public let decidedAt: String?
     public let appliedAt: String?
     public let createdAt: String
+    /// Why the last attempt to apply it failed; kept when a diff in conflict is rejected, cleared when it applies.
+    public let conflict: DiffConflict?
 
     public init(id: Int64, runId: String, sha256: String, bytes: Int64, content: [UInt8], verdict: String, reason: String?,
-                state: String, decidedBy: String?, note: String?, decidedAt: String?, appliedAt: String?, createdAt: String) {
+                state: String, decidedBy: String?, note: String?, decidedAt: String?, appliedAt: String?, createdAt: String,
+                conflict: DiffConflict? = nil) {
+        self.conflict = conflict
         self.id = id
         self.runId = runId
         self.sha256 = sha256
@@ -179,6 +187,20 @@ public struct DiffRecord: Sendable, Equatable {
         self.decidedAt = decidedAt
         self.appliedAt = appliedAt
         self.createdAt = createdAt
+    }
+}
+
+/// Where an accepted diff stopped applying: the file (as the diff names it), the hunk when a hunk's
+/// lines no longer match (`hunk 2 (@@ -4,3 +4,4 @@)`), and the applier's reason.
+public struct DiffConflict: Sendable, Equatable {
+    public let file: String?
+    public let hunk: String?
+    public let reason: String
+
+    public init(file: String?, hunk: String?, reason: String) {
+        self.file = file
+        self.hunk = hunk
+        self.reason = reason
     }
 }
 

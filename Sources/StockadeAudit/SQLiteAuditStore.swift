@@ -41,6 +41,18 @@ public final class SQLiteAuditStore: AuditStore {
         state = Mutex(State(db: db))
     }
 
+    /// Opens an existing database for queries only: no schema migration, no WAL switch, no write;
+    /// the files are left as they are. Fails when there is no database at `path`.
+    public init(readingAt path: String) throws(AuditError) {
+        guard access(path, F_OK) == 0 else {
+            throw AuditError(.storage, path: path, "there is no audit database here: nothing has run with this state directory (set --state-dir or STOCKADE_STATE_DIR)")
+        }
+        self.path = path
+        self.supervisorPid = 0
+        self.supervisorStart = 0
+        state = Mutex(State(db: try Self.open(path: path, readOnly: true)))
+    }
+
     /// Adds secret values (profile secrets, values of env keys marked secret): from now on every
     /// occurrence in a detail, reason, note or command stored by this store is replaced by `[redacted]`.
     public func addSecrets(_ values: [String]) {
@@ -214,17 +226,18 @@ public final class SQLiteAuditStore: AuditStore {
             let decision = accept ? "accepted" : "rejected"
             let actor = sanitizer.sanitize(actor)
             let note = note.map(sanitizer.sanitize)
-            try db.run("UPDATE diffs SET state = ?, decidedBy = ?, note = ?, decidedAt = ? WHERE id = ? AND state = 'pending'",
-                       [.text(decision), .text(actor), note.sqlite, .text(now), .int(diffId)], "decide diff \(diffId)")
-            if db.changes == 0 {
-                guard let current = try readDiff(db, id: diffId) else { throw unknownDiff(diffId) }
+            // Read and updated under the write transaction's lock: of two deciders, one wins and the other is told.
+            guard let before = try readDiff(db, id: diffId) else { throw unknownDiff(diffId) }
+            guard ["pending", "conflict"].contains(before.state) else {
                 throw AuditError(.invalidState, path: path,
-                                 "diff \(diffId) is already \(current.state) (by \(current.decidedBy ?? "?") at \(current.decidedAt ?? "?")): only a pending diff can be accepted or rejected")
+                                 "diff \(diffId) is already \(before.state) (by \(before.decidedBy ?? "?") at \(before.decidedAt ?? "?")): only a pending diff, or one in conflict, can be accepted or rejected")
             }
+            try db.run("UPDATE diffs SET state = ?, decidedBy = ?, note = ?, decidedAt = ? WHERE id = ? AND state = ?",
+                       [.text(decision), .text(actor), note.sqlite, .text(now), .int(diffId), .text(before.state)], "decide diff \(diffId)")
             guard let record = try readDiff(db, id: diffId) else { throw unknownDiff(diffId) }
             try append(db, sanitizer, runId: record.runId, kind: "review.decided", at: now,
                        detail: .object(["diffId": .number(diffId), "decision": .string(decision), "actor": .string(actor),
-                                        "note": note.map { .string($0) } ?? .null]))
+                                        "note": note.map { .string($0) } ?? .null, "from": .string(before.state)]))
             return record
         }
     }
@@ -232,14 +245,36 @@ public final class SQLiteAuditStore: AuditStore {
     public func markApplied(diffId: Int64, detail: JSONValue) throws(AuditError) {
         try write(durable: true) { (db, sanitizer) throws(AuditError) in
             let now = AuditClock.now()
-            try db.run("UPDATE diffs SET appliedAt = ? WHERE id = ? AND state = 'accepted' AND appliedAt IS NULL",
-                       [.text(now), .int(diffId)], "mark diff \(diffId) applied")
+            try db.run("""
+                UPDATE diffs SET appliedAt = ?, conflictFile = NULL, conflictHunk = NULL, conflictReason = NULL
+                WHERE id = ? AND state = 'accepted' AND appliedAt IS NULL
+                """, [.text(now), .int(diffId)], "mark diff \(diffId) applied")
             guard let record = try readDiff(db, id: diffId) else { throw unknownDiff(diffId) }
             if db.changes == 0 {
                 let why = record.state == "accepted" ? "was already applied at \(record.appliedAt ?? "?")" : "is \(record.state), not accepted"
                 throw AuditError(.invalidState, path: path, "diff \(diffId) \(why): only an accepted diff is applied, once")
             }
             try append(db, sanitizer, runId: record.runId, kind: "diff.applied", at: now, detail: merged(detail, ["diffId": .number(diffId)]))
+        }
+    }
+
+    public func markConflict(diffId: Int64, conflict: DiffConflict, detail: JSONValue) throws(AuditError) {
+        try write(durable: true) { (db, sanitizer) throws(AuditError) in
+            let now = AuditClock.now()
+            let file = conflict.file.map(sanitizer.sanitize), hunk = conflict.hunk.map(sanitizer.sanitize)
+            let reason = sanitizer.sanitize(conflict.reason)
+            try db.run("""
+                UPDATE diffs SET state = 'conflict', conflictFile = ?, conflictHunk = ?, conflictReason = ?
+                WHERE id = ? AND state = 'accepted' AND appliedAt IS NULL
+                """, [file.sqlite, hunk.sqlite, .text(reason), .int(diffId)], "mark diff \(diffId) in conflict")
+            guard let record = try readDiff(db, id: diffId) else { throw unknownDiff(diffId) }
+            if db.changes == 0 {
+                let why = record.state == "accepted" ? "was already applied at \(record.appliedAt ?? "?")" : "is \(record.state), not accepted"
+                throw AuditError(.invalidState, path: path, "diff \(diffId) \(why): only an accepted, unapplied diff can be in conflict")
+            }
+            try append(db, sanitizer, runId: record.runId, kind: "diff.conflict", at: now,
+                       detail: merged(detail, ["diffId": .number(diffId), "file": file.map { .string($0) } ?? .null,
+                                               "hunk": hunk.map { .string($0) } ?? .null, "reason": .string(reason)]))
         }
     }
 
@@ -273,7 +308,7 @@ public final class SQLiteAuditStore: AuditStore {
     }
 
     public func diffs(state wanted: String?) throws(AuditError) -> [DiffRecord] {
-        if let wanted { try require(wanted, in: ["pending", "accepted", "rejected"], "review state") }
+        if let wanted { try require(wanted, in: ["pending", "accepted", "rejected", "conflict"], "review state") }
         return try state.withLock { (state) throws(AuditError) -> [DiffRecord] in
             try state.db.withStatement("SELECT \(Self.diffColumns) FROM diffs WHERE ?1 IS NULL OR state = ?1 ORDER BY id",
                                        [wanted.sqlite], "list diffs") { (s) throws(AuditError) -> [DiffRecord] in
@@ -405,7 +440,10 @@ public final class SQLiteAuditStore: AuditStore {
         }
     }
 
-    private static let diffColumns = "id, runId, sha256, bytes, content, verdict, reason, state, decidedBy, note, decidedAt, appliedAt, createdAt"
+    private static let diffColumns = """
+        id, runId, sha256, bytes, content, verdict, reason, state, decidedBy, note, decidedAt, appliedAt, createdAt,
+        conflictFile, conflictHunk, conflictReason
+        """
 
     private func readDiff(_ db: SQLiteConnection, id: Int64) throws(AuditError) -> DiffRecord? {
         try db.first("SELECT \(Self.diffColumns) FROM diffs WHERE id = ?", [.int(id)], "read diff \(id)") { Self.diffRecord($0) }
@@ -414,7 +452,8 @@ public final class SQLiteAuditStore: AuditStore {
     private static func diffRecord(_ s: SQLiteStatement) -> DiffRecord {
         DiffRecord(id: s.int64(0), runId: s.text(1), sha256: s.text(2), bytes: s.int64(3), content: s.blob(4), verdict: s.text(5),
                    reason: s.optionalText(6), state: s.text(7), decidedBy: s.optionalText(8), note: s.optionalText(9),
-                   decidedAt: s.optionalText(10), appliedAt: s.optionalText(11), createdAt: s.text(12))
+                   decidedAt: s.optionalText(10), appliedAt: s.optionalText(11), createdAt: s.text(12),
+                   conflict: s.optionalText(15).map { DiffConflict(file: s.optionalText(13), hunk: s.optionalText(14), reason: $0) })
     }
 
     private static func event(_ s: SQLiteStatement) -> AuditEvent {

@@ -103,3 +103,27 @@ struct TreeRemover {
                     "\(what): \(DirectoryEntries.describe(code)); the run directory \(topPath) is left partly removed, run gc again after fixing this")
     }
 }
+
+/// Removes the hostile tree `name` in the directory open at `parent` (for other targets:
+/// the image cache's half-unpacked layers). A missing entry is not an error.
+package enum HostileTree {
+    package static func remove(parent: Int32, name: String) throws(BundleError) {
+        let directory = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard directory >= 0 else {
+            if errno == ENOENT { return }
+            if errno == ENOTDIR || errno == ELOOP, unlinkat(parent, name, 0) == 0 { return }
+            throw BundleError(.garbageCollectionFailed, path: name, errno: errno, "cannot open \(name) to remove it: \(DirectoryEntries.describe(errno))")
+        }
+        defer { close(directory) }
+        var st = stat()
+        guard fstat(directory, &st) == 0 else {
+            throw BundleError(.garbageCollectionFailed, path: name, errno: errno, "cannot stat \(name): \(DirectoryEntries.describe(errno))")
+        }
+        var remover = TreeRemover(top: directory, device: st.st_dev, topPath: name)
+        try remover.empty(directory, depth: 0, path: name)
+        if unlinkat(parent, name, AT_REMOVEDIR) != 0 && errno != ENOENT {
+            throw BundleError(.garbageCollectionFailed, path: name, errno: errno,
+                              "emptied \(name) but cannot remove it: \(DirectoryEntries.describe(errno))")
+        }
+    }
+}

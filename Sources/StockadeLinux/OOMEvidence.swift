@@ -20,16 +20,39 @@ public enum OOMEvidence {
         return Int32(String(decoding: digits, as: UTF8.self))
     }
 
-    /// Whether the kernel log names `pid` as an OOM victim in the memory cgroup whose last path
-    /// component is `cgroupName`: true or false, or nil when the log cannot be read here (no
-    /// `/dev/kmsg`, or no permission to read it).
-    public static func killedByOOM(pid: Int32, cgroupName: String) -> Bool? {
+    /// Keeps the OOM killer off the worker's init (`oom_score_adj` -1000, written as host root):
+    /// init holds a copy of the spawn helper's pages, so a small fork bomb's OOM could otherwise
+    /// pick init, whose death ends the namespace and hides which process used the memory. Called
+    /// after the worker is forked, so nothing inherits the value. Best effort: false if refused.
+    @discardableResult
+    public static func exempt(initPid: Int32) -> Bool {
+        let fd = open("/proc/\(initPid)/oom_score_adj", O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        return write(fd, "-1000", 5) == 5
+    }
+
+    /// Whether the kernel log names `pid` as an OOM victim of a memory cgroup since `sinceMicros`
+    /// (CLOCK_MONOTONIC, the clock of the log's timestamps): true or false, or nil when the log
+    /// cannot be read here (no `/dev/kmsg`, or no permission to read it).
+    ///
+    /// Two lines name a victim: the summary `oom-kill:...,task_memcg=/stockade/<run>,task=...,pid=N,`
+    /// (part of the OOM report, which the kernel rate-limits) and `Memory cgroup out of memory:
+    /// Killed process N (comm)` (never rate-limited). The first must name this run's cgroup; the
+    /// second names a host pid, which only the run's main process holds since the run started.
+    public static func killedByOOM(pid: Int32, cgroupName: String, sinceMicros: UInt64) -> Bool? {
+        killedByOOM(pids: [pid], cgroupName: cgroupName, sinceMicros: sinceMicros)
+    }
+
+    /// As above, for any of `pids` (the main process and the init whose death ends the namespace).
+    public static func killedByOOM(pids: [Int32], cgroupName: String, sinceMicros: UInt64) -> Bool? {
         let fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
-        let marker = Array("task_memcg=".utf8)
+        let summary = Array("task_memcg=".utf8)
         let memcg = Array(("/" + cgroupName + ",").utf8)
-        let victim = Array(",pid=\(pid),".utf8)
+        let victims = pids.map { Array(",pid=\($0),".utf8) }
+        let killed = pids.map { Array("Memory cgroup out of memory: Killed process \($0) (".utf8) }
         var record = [UInt8](repeating: 0, count: 8192)
         var readAny = false
         // One record per read, oldest first; EPIPE means records were overwritten meanwhile (go on).
@@ -42,9 +65,17 @@ public enum OOMEvidence {
             if n == 0 { break }
             readAny = true
             let line = record[0..<n]
-            guard let at = Self.find(marker, in: line) else { continue }
-            let rest = line[(at + marker.count)...]
-            if Self.find(memcg, in: rest) != nil && Self.find(victim, in: rest) != nil { return true }
+            // "priority,sequence,microseconds,flags[,...];message"
+            guard let semicolon = line.firstIndex(of: UInt8(ascii: ";")) else { continue }
+            let header = line[..<semicolon].split(separator: UInt8(ascii: ","))
+            guard header.count >= 3, let at = UInt64(String(decoding: header[2], as: UTF8.self)), at >= sinceMicros else { continue }
+            let message = line[(semicolon + 1)...]
+            if let i = Self.find(summary, in: message) {
+                let rest = message[(i + summary.count)...]
+                if Self.find(memcg, in: rest) != nil && victims.contains(where: { Self.find($0, in: rest) != nil }) { return true }
+            } else if killed.contains(where: { Self.find($0, in: message) != nil }) {
+                return true
+            }
         }
         return false
     }

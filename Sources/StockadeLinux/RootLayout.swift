@@ -32,9 +32,17 @@ public struct RootLayout: Sendable {
     public var resultMount: Int32?
     public var resultBytes: Int64
     public var volumes: [Volume] = []
+    /// The worker's host uid and gid (its run's id range base plus its ids). When set, a writable
+    /// volume is an idmapped bind: its owner is shown as the worker, so the worker can write there and
+    /// what it writes belongs to the directory's owner on the host. Read-only volumes are plain binds.
+    public var workerHostIds: (uid: UInt32, gid: UInt32)?
     public var tmpfs: [(target: String, sizeBytes: Int64)] = []
     /// Where host system directories are looked up (tests point it elsewhere).
     public var hostRoot: String = ""
+    /// The root is an image's (`ImageRoot`): no host directory is shown, and the generated `/etc`
+    /// files and every mount point are made by the supervisor in the image root's upper layer
+    /// (`imageFiles()`, `mountPoints()`), never by the child through the image's own links.
+    public var fromImage = false
 
     public init(uid: UInt32, gid: UInt32, hostname: String, tmpBytes: Int64, workspace: Workspace,
                 requestDirectory: String? = nil, resultMount: Int32? = nil, resultBytes: Int64) {
@@ -59,15 +67,18 @@ public struct RootLayout: Sendable {
     static let procReadOnly = ["bus", "fs", "irq", "sys", "sysrq-trigger"]
 
     public func mounts() -> [MountOp] {
-        var ops: [MountOp] = [.bind(source: hostRoot + "/usr", target: "/usr", isFile: false, readOnly: true)]
-        for dir in Self.systemDirectories {
-            switch fileKind(hostRoot + dir) {
-            case .symlink(let target): ops.append(.symlink(target: dir, pointsTo: target))
-            case .directory: ops.append(.bind(source: hostRoot + dir, target: dir, isFile: false, readOnly: true))
-            default: break
+        var ops: [MountOp] = []
+        if !fromImage {
+            ops.append(.bind(source: hostRoot + "/usr", target: "/usr", isFile: false, readOnly: true))
+            for dir in Self.systemDirectories {
+                switch fileKind(hostRoot + dir) {
+                case .symlink(let target): ops.append(.symlink(target: dir, pointsTo: target))
+                case .directory: ops.append(.bind(source: hostRoot + dir, target: dir, isFile: false, readOnly: true))
+                default: break
+                }
             }
+            ops += etc()
         }
-        ops += etc()
         ops.append(.proc(target: "/proc"))
         ops += Self.procMasked.map { .mask(target: "/proc/" + $0) }
         ops += Self.procReadOnly.map { .readOnlyInPlace(target: "/proc/" + $0) }
@@ -93,7 +104,11 @@ public struct RootLayout: Sendable {
         for volume in volumes {
             ops += parents(of: volume.target)
             let isFile = fileKind(volume.source) == .file
-            ops.append(.bind(source: volume.source, target: volume.target, isFile: isFile, readOnly: volume.readOnly))
+            if !volume.readOnly, let owner = workerHostIds {
+                ops.append(.bindOwned(source: volume.source, target: volume.target, isFile: isFile, owner: owner))
+            } else {
+                ops.append(.bind(source: volume.source, target: volume.target, isFile: isFile, readOnly: volume.readOnly))
+            }
         }
         for mount in tmpfs {
             ops += parents(of: mount.target)
@@ -102,21 +117,45 @@ public struct RootLayout: Sendable {
         return ops
     }
 
-    private func etc() -> [MountOp] {
-        var ops: [MountOp] = [.mkdir("/etc", mode: 0o755)]
+    /// With an image root: the generated `/etc` files, written over the image's own.
+    public func imageFiles() -> [(path: String, contents: [UInt8])] {
+        generatedEtc().map { ("/etc/" + $0.0, Array($0.1.utf8)) }
+    }
+
+    /// With an image root: every directory (and file, for file binds) the mounts are made on,
+    /// outside /proc and /dev (made fresh), for the supervisor to create in the upper layer.
+    public func mountPoints() -> [(path: String, isFile: Bool, mode: UInt32)] {
+        var points: [(String, Bool, UInt32)] = [("/proc", false, 0o555), ("/dev", false, 0o755)]
+        for op in mounts() {
+            switch op {
+            case let .mkdir(path, mode, _): points.append((path, false, mode))
+            case let .bind(_, target, isFile, _, _, _): points.append((target, isFile, 0o755))
+            case let .tmpfs(target, _, mode, _, _): points.append((target, false, mode))
+            case let .attach(_, target): points.append((target, false, 0o755))
+            default: continue
+            }
+        }
+        return points.filter { !$0.0.hasPrefix("/proc/") && !$0.0.hasPrefix("/dev/") }
+    }
+
+    private func generatedEtc() -> [(String, String)] {
         var passwd = "root:x:0:0:root:/root:/bin/sh\n"
         var group = "root:x:0:\n"
         if uid != 0 { passwd += "worker:x:\(uid):\(gid):worker:/workspace:/bin/sh\n" }
         if gid != 0 { group += "worker:x:\(gid):\n" }
         passwd += "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
         group += "nogroup:x:65534:\n"
-        let files: [(String, String)] = [
+        return [
             ("passwd", passwd), ("group", group),
             ("hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t\(hostname)\n"),
             ("hostname", hostname + "\n"),
             ("nsswitch.conf", "passwd: files\ngroup: files\nhosts: files\n"),
         ]
-        for (name, text) in files { ops.append(.file(target: "/etc/" + name, contents: Array(text.utf8), mode: 0o644)) }
+    }
+
+    private func etc() -> [MountOp] {
+        var ops: [MountOp] = [.mkdir("/etc", mode: 0o755)]
+        for (name, text) in generatedEtc() { ops.append(.file(target: "/etc/" + name, contents: Array(text.utf8), mode: 0o644)) }
         for name in ["ld.so.cache", "localtime"] where fileKind(hostRoot + "/etc/" + name) != .missing {
             ops.append(.bind(source: hostRoot + "/etc/" + name, target: "/etc/" + name, isFile: true, readOnly: true))
         }

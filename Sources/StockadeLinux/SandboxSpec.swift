@@ -5,6 +5,11 @@ public enum MountOp: Sendable, Equatable {
     case mkdir(String, mode: UInt32, owner: (uid: UInt32, gid: UInt32)? = nil)
     /// Bind `source` (host) at `target`, recursively, with these MOUNT_ATTR_* flags.
     case bind(source: String, target: String, isFile: Bool, readOnly: Bool, noexec: Bool = false, devices: Bool = false)
+    /// Bind `source` (host) at `target` writable through an idmapped mount: the owner of `source` (uid
+    /// and gid, read from the cloned tree itself) is shown as host `owner` (the worker's host ids), so
+    /// the worker writes there as that owner and what it creates belongs to that owner on the host.
+    /// Ids other than the owner's are unmapped: the worker sees them as nobody and cannot take them.
+    case bindOwned(source: String, target: String, isFile: Bool, owner: (uid: UInt32, gid: UInt32))
     case tmpfs(target: String, sizeBytes: Int64, mode: UInt32, owner: (uid: UInt32, gid: UInt32)? = nil, noexec: Bool = false)
     case overlay(target: String, lower: String, upper: String, work: String)
     case proc(target: String)
@@ -42,6 +47,9 @@ public struct SandboxSpec: Sendable {
     /// directory every uid can reach; bind sources come as descriptors.
     public var rootDirectory: String = "/tmp"
     public var mounts: [MountOp]
+    /// A detached mount (an image's root overlay, `ImageRoot`) the child attaches as its new root
+    /// instead of an empty tmpfs; the mounts are then made on top of it.
+    public var rootMount: Int32?
     public var workdir: String = "/workspace"
     public var loopback: Bool = false
     /// Nonzero: a listener on 127.0.0.1:`listenPort` is made in the worker's network namespace

@@ -23,6 +23,7 @@ final class SpawnPlan {
         plan.pointee.envp = UnsafePointer(stringArray(spec.environment.map { "\($0.0)=\($0.1)" }, terminated: true))
         plan.pointee.root = cString(spec.rootDirectory)
         plan.pointee.root_data = cString("size=1m,nr_inodes=4096,mode=0755")
+        plan.pointee.root_fd = spec.rootMount ?? -1
         plan.pointee.root_readonly = 1
         plan.pointee.workdir = cString(spec.workdir)
         plan.pointee.hostname = cString(spec.hostname)
@@ -100,6 +101,43 @@ final class SpawnPlan {
     }
 
     // MOUNT_ATTR_* (linux/mount.h)
+    /// A writable detached clone of `source` whose owner is shown as `owner` through an idmapped mount.
+    /// The owner is read from the clone itself, not from the path, so a path swapped after the volume
+    /// was checked cannot lend the worker another owner's files.
+    private static func ownedTree(_ source: String, target: String, attr: UInt64,
+                                  owner: (uid: UInt32, gid: UInt32)) throws(LinuxError) -> Int32 {
+        let fd = stk_clone_tree(source, attr)
+        guard fd >= 0 else {
+            throw LinuxError(.setup, stage: "mounts", errno: errno,
+                             "cannot open \(source) to show it at \(target): \(String(cString: strerror(errno)))")
+        }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else {
+            let e = errno
+            close(fd)
+            throw LinuxError(.setup, stage: "mounts", errno: e, "cannot read the owner of the volume \(source): \(String(cString: strerror(e)))")
+        }
+        let ns = stk_idmap_userns("\(st.st_uid) \(owner.uid) 1\n", "\(st.st_gid) \(owner.gid) 1\n")
+        guard ns >= 0 else {
+            let e = errno
+            close(fd)
+            throw LinuxError(.setup, stage: "mounts", errno: e,
+                             "cannot create the id map for the writable volume \(source): \(String(cString: strerror(e))); user namespaces are required")
+        }
+        defer { close(ns) }
+        guard stk_tree_idmap(fd, ns) == 0 else {
+            let e = errno
+            close(fd)
+            throw LinuxError(.setup, stage: "mounts", errno: e, """
+                cannot make the volume \(source) writable at \(target): its filesystem cannot map the owner \
+                (uid \(st.st_uid), gid \(st.st_gid)) to the worker with an idmapped mount (\(String(cString: strerror(e)))); \
+                it needs Linux 5.12+ and a filesystem that supports idmapped mounts (ext4, xfs, btrfs; tmpfs since 6.3): \
+                mount it read-only (:ro) or use a directory on such a filesystem
+                """)
+        }
+        return fd
+    }
+
     private static let attrReadOnly: UInt64 = 0x1, attrNoSuid: UInt64 = 0x2, attrNoDev: UInt64 = 0x4, attrNoExec: UInt64 = 0x8
 
     private func mountOp(_ op: MountOp) throws(LinuxError) -> stk_mount_op {
@@ -122,6 +160,16 @@ final class SpawnPlan {
                 throw LinuxError(.setup, stage: "mounts", errno: errno,
                                  "cannot open \(source) to show it at \(target): \(String(cString: strerror(errno)))")
             }
+            sourceDescriptors.append(fd)
+            m.fd = fd
+            m.source = cString(source)
+            m.target = cString(target)
+            m.bind_flags = isFile ? UInt32(STK_BIND_FILE) : 0
+            m.attr = attr
+        case let .bindOwned(source, target, isFile, owner):
+            m.kind = Int32(STK_OP_BIND.rawValue)
+            let attr = Self.attrNoSuid | Self.attrNoDev
+            let fd = try Self.ownedTree(source, target: target, attr: attr, owner: owner)
             sourceDescriptors.append(fd)
             m.fd = fd
             m.source = cString(source)

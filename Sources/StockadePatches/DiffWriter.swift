@@ -1,3 +1,6 @@
+import Crypto
+import StockadePolicy
+
 /// Writes git-style unified diff sections that ``DiffParser`` reads back and ``PatchApplier`` applies
 /// exactly: 3 lines of context, `\ No newline at end of file`, mode lines, and `GIT binary patch`
 /// literals for content that has a NUL byte or is not UTF-8.
@@ -29,6 +32,10 @@ public enum DiffWriter {
         }
         let before = old ?? [], after = new ?? []
         if before == after { return out }
+        // Full blob ids: `git apply` refuses a binary patch without them ("without full index line") and
+        // checks the file against the old id and its result against the new one.
+        let unchangedMode = old != nil && new != nil && fromMode == toMode
+        line(Array("index \(blobId(old))..\(blobId(new))\(unchangedMode ? " " + String(toMode, radix: 8) : "")".utf8))
         if isBinary(before) || isBinary(after) {
             line(Array("GIT binary patch".utf8))
             for content in [after, before] {
@@ -44,6 +51,16 @@ public enum DiffWriter {
         line(Array("+++ ".utf8), new == nil ? Array("/dev/null".utf8) : bName, new == nil ? [] : tab)
         out += hunks(before, after)
         return out
+    }
+
+    /// The git object id of `content` as a blob: SHA-1 of `blob <length>\0` and the content, in hex;
+    /// 40 zeros for a side that does not exist. The corresponding git command is `git hash-object`.
+    public static func blobId(_ content: [UInt8]?) -> String {
+        guard let content else { return String(repeating: "0", count: 40) }
+        var hasher = Insecure.SHA1()
+        hasher.update(data: Array("blob \(content.count)\0".utf8))
+        hasher.update(data: content)
+        return Hex.lowercase(hasher.finalize())
     }
 
     static func isBinary(_ content: [UInt8]) -> Bool {

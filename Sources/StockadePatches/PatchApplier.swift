@@ -124,8 +124,9 @@ public enum PatchApplier {
         }
         for (number, hunk) in hunks.enumerated() {
             func mismatch(_ why: String) -> PatchError {
-                PatchError(.doesNotApply, path: path,
-                           "hunk \(number + 1) (`@@ -\(hunk.oldStart),\(hunk.oldCount) +\(hunk.newStart),\(hunk.newCount) @@`, diff line \(hunk.diffLine)) does not apply: \(why); the workspace changed since the diff was made, so nothing was written")
+                let header = "@@ -\(hunk.oldStart),\(hunk.oldCount) +\(hunk.newStart),\(hunk.newCount) @@"
+                return PatchError(.doesNotApply, path: path, hunk: "hunk \(number + 1) (\(header))",
+                                  "hunk \(number + 1) (`\(header)`, diff line \(hunk.diffLine)) does not apply: \(why); the workspace changed since the diff was made, so nothing was written")
             }
             let position = hunk.oldCount == 0 ? hunk.oldStart : hunk.oldStart - 1
             guard position >= cursor, position + hunk.oldCount <= oldLines.count else {

@@ -10,11 +10,14 @@ public struct PatchError: Error, Sendable, Equatable, CustomStringConvertible {
     public let path: String?
     public let errno: Int32?
     public let message: String
+    /// The hunk that did not apply, as `hunk N (@@ -a,b +c,d @@)`, for a `doesNotApply` inside a file.
+    public let hunk: String?
 
-    public init(_ code: Code, path: String? = nil, errno: Int32? = nil, _ message: String) {
+    public init(_ code: Code, path: String? = nil, errno: Int32? = nil, hunk: String? = nil, _ message: String) {
         self.code = code
         self.path = path
         self.errno = errno
+        self.hunk = hunk
         self.message = message
     }
 

@@ -12,11 +12,11 @@ extension SeccompPolicy {
 
     /// Calls allowed without conditions.
     public static let allowedSyscalls: [String] = [
-        "accept", "accept4", "access", "alarm", "arch_prctl", "bind", "brk", "capget", "capset", "chdir", "chmod",
+        "accept", "accept4", "access", "alarm", "arch_prctl", "bind", "brk", "capget", "capset", "chdir",
         "chown", "clock_getres", "clock_gettime", "clock_nanosleep", "close", "close_range", "connect",
-        "copy_file_range", "creat", "dup", "dup2", "dup3", "epoll_create", "epoll_create1", "epoll_ctl", "epoll_pwait",
+        "copy_file_range", "dup", "dup2", "dup3", "epoll_create", "epoll_create1", "epoll_ctl", "epoll_pwait",
         "epoll_pwait2", "epoll_wait", "eventfd", "eventfd2", "execve", "execveat", "exit", "exit_group", "faccessat",
-        "faccessat2", "fadvise64", "fallocate", "fchdir", "fchmod", "fchmodat", "fchown", "fchownat", "fcntl",
+        "faccessat2", "fadvise64", "fallocate", "fchdir", "fchown", "fchownat", "fcntl",
         "fdatasync", "fgetxattr", "flistxattr", "flock", "fork", "fremovexattr", "fsetxattr", "fstat", "fstatfs",
         "fsync", "ftruncate", "futex", "futex_waitv", "futimesat", "get_mempolicy", "get_robust_list", "getcpu",
         "getcwd", "getdents", "getdents64", "getegid", "geteuid", "getgid", "getgroups", "getitimer", "getpeername",
@@ -25,10 +25,10 @@ extension SeccompPolicy {
         "inotify_add_watch", "inotify_init", "inotify_init1", "inotify_rm_watch", "ioprio_get", "ioprio_set", "kill",
         "landlock_add_rule", "landlock_create_ruleset", "landlock_restrict_self", "lchown", "lgetxattr", "link",
         "linkat", "listen", "listxattr", "llistxattr", "lremovexattr", "lseek", "lsetxattr", "lstat", "madvise",
-        "mbind", "membarrier", "memfd_create", "mincore", "mkdir", "mkdirat", "mknod", "mknodat", "mlock", "mlock2",
+        "mbind", "membarrier", "memfd_create", "mincore", "mlock", "mlock2",
         "mlockall", "mmap", "mprotect", "mq_getsetattr", "mq_notify", "mq_open", "mq_timedreceive", "mq_timedsend",
         "mq_unlink", "mremap", "msgctl", "msgget", "msgrcv", "msgsnd", "msync", "munlock", "munlockall", "munmap",
-        "name_to_handle_at", "nanosleep", "newfstatat", "open", "openat", "openat2", "pause", "pidfd_open",
+        "name_to_handle_at", "nanosleep", "newfstatat", "pause", "pidfd_open",
         "pidfd_send_signal", "pipe", "pipe2", "pkey_alloc", "pkey_free", "pkey_mprotect", "poll", "ppoll", "prctl",
         "pread64", "preadv", "preadv2", "prlimit64", "pselect6", "pwrite64", "pwritev", "pwritev2", "read",
         "readahead", "readlink", "readlinkat", "readv", "recvfrom", "recvmmsg", "recvmsg", "remap_file_pages",
@@ -48,9 +48,23 @@ extension SeccompPolicy {
         "waitid", "write", "writev",
     ]
 
+    static let setIDBits: UInt64 = 0o6000 // S_ISUID | S_ISGID
+
+    /// Calls that set a file's mode, with the index of their mode argument. They are allowed
+    /// only without the set-user-ID and set-group-ID bits: a worker writing an rw volume as the
+    /// directory's owner (root, say) must not leave a set-ID file that host users could run
+    /// (the worker's own mounts are nosuid; the host's view of the volume is not).
+    static let modeArguments: [(String, Int)] = [
+        ("chmod", 1), ("fchmod", 1), ("fchmodat", 2), ("creat", 1), ("open", 2), ("openat", 3),
+        ("mkdir", 1), ("mkdirat", 2), ("mknod", 1), ("mknodat", 2),
+    ]
+
     /// Rules with argument conditions; calls not matched fall to the default (notify).
     public static var conditionalRules: [Rule] {
         var rules: [Rule] = []
+        for (name, argument) in modeArguments {
+            rules.append(Rule(name, .allow, [Comparison(argument: argument, .maskedEqual(mask: setIDBits), 0)]))
+        }
         // Threads and processes, never new namespaces.
         rules.append(Rule("clone", .allow, [Comparison(argument: 0, .maskedEqual(mask: namespaceCloneFlags), 0)]))
         // clone3 passes its flags in memory a filter cannot read: report it as
@@ -78,8 +92,10 @@ extension SeccompPolicy {
     /// plain reads and writes: io_uring bypasses per-call filtering, and Linux
     /// AIO contexts come from one host-wide pool (`fs.aio-max-nr`) that no
     /// cgroup bounds, so one worker could take every context of the host.
-    /// A profile that needs them allows them by name (`seccomp.allow`).
+    /// A profile that needs them allows them by name (`seccomp.allow`). `openat2` passes its
+    /// mode in memory the filter cannot read (see `modeArguments`): callers fall back to `openat`.
     public static let unsupportedSyscalls = [
+        "openat2",
         "io_uring_setup", "io_uring_enter", "io_uring_register",
         "io_setup", "io_submit", "io_getevents", "io_pgetevents", "io_cancel", "io_destroy",
     ]

@@ -138,7 +138,7 @@ extension Profile {
             seccomp["dockerProfile"] = .string(path)
         }
         let b = bundles
-        return .object([
+        var object: [String: JSONValue] = [
             "name": .string(name), "description": .string(description),
             "user": .object(["uid": .number(user.uid), "gid": .number(user.gid)]),
             "hostname": .string(hostname),
@@ -170,6 +170,12 @@ extension Profile {
                                 "maxPathLength": .number(b.maxPathLength), "maxPathDepth": .number(b.maxPathDepth),
                                 "maxPatches": .number(b.maxPatches)]),
             "review": .object(["autoAcceptDiffs": .bool(review.autoAcceptDiffs)]),
-        ])
+        ]
+        switch root {
+        case .host: break
+        case .image(let name): object["root"] = .object(["image": .string(name)])
+        case .rootfs(let dir): object["root"] = .object(["rootfs": .string(dir)])
+        }
+        return .object(object)
     }
 }

@@ -17,8 +17,18 @@ public struct Profile: Sendable, Equatable {
     public var seccomp = Seccomp()
     public var bundles = BundleBounds()
     public var review = Review()
+    /// What the worker's `/` is: the host's system directories (the default), an imported image, or a directory.
+    public var root: Root = .host
 
     public init() {}
+
+    public enum Root: Sendable, Equatable {
+        case host
+        /// An imported OCI image, by NAME[:TAG] or manifest digest.
+        case image(String)
+        /// A directory tree, shown read-only as the root's only layer.
+        case rootfs(String)
+    }
 
     public struct User: Sendable, Equatable {
         public var uid: UInt32 = 1000

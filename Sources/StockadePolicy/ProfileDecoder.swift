@@ -105,7 +105,7 @@ public struct ProfileDecoder {
 
     private mutating func apply(_ document: JSONValue, to profile: inout Profile) {
         let keys: Set = ["name", "description", "extends", "user", "hostname", "limits", "network", "volumes",
-                         "allowedVolumeRoots", "tmpfs", "environment", "secrets", "seccomp", "bundles", "review"]
+                         "allowedVolumeRoots", "tmpfs", "environment", "secrets", "seccomp", "bundles", "review", "root"]
         guard let root = object(document, "", keys: keys) else { return }
         if let v = root["name"], let name = string(v, "name") {
             if ProfileDecoder.isValidName(name) { profile.name = name } else {
@@ -122,6 +122,7 @@ public struct ProfileDecoder {
             }
         }
         if let v = root["user"] { applyUser(v, to: &profile.user) }
+        if let v = root["root"] { applyRoot(v, to: &profile.root) }
         if let v = root["limits"] { applyLimits(v, to: &profile.limits) }
         if let v = root["network"] { applyNetwork(v, to: &profile.network) }
         if let v = root["volumes"] { profile.volumes = decodeVolumes(v) }
@@ -145,6 +146,18 @@ public struct ProfileDecoder {
     public static func isValidName(_ name: String) -> Bool {
         !name.isEmpty && name.utf8.count <= 64 && !name.hasPrefix(".") && name.utf8.allSatisfy {
             $0 == 45 || $0 == 46 || $0 == 95 || (48...57).contains($0) || (97...122).contains($0)
+        }
+    }
+
+    /// `{"image": "NAME[:TAG]"}` or `{"rootfs": "/absolute/dir"}`, exactly one.
+    private mutating func applyRoot(_ value: JSONValue, to root: inout Profile.Root) {
+        guard let o = object(value, "root", keys: ["image", "rootfs"]) else { return }
+        guard o.count == 1 else { return fail("root", "give exactly one of \"image\" and \"rootfs\"") }
+        if let v = o["image"], let name = string(v, "root.image") {
+            if name.isEmpty { fail("root.image", "must name an imported image (stockade image list)") } else { root = .image(name) }
+        }
+        if let v = o["rootfs"], let dir = string(v, "root.rootfs") {
+            if dir.hasPrefix("/") { root = .rootfs(dir) } else { fail("root.rootfs", "must be an absolute path") }
         }
     }
 

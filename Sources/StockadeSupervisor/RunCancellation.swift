@@ -7,7 +7,6 @@ import Synchronization
 public final class RunCancellation: Sendable {
     private struct State {
         var cancelled = false
-        var finished = false
         var monitor: WorkerMonitor?
     }
 
@@ -25,14 +24,9 @@ public final class RunCancellation: Sendable {
         monitor?.cancel()
     }
 
-    /// False once the run has ended.
-    var isPending: Bool { state.withLock { !$0.finished } }
-
     func markFinished() {
-        state.withLock { s in
-            s.finished = true
-            s.monitor = nil
-        }
+        // The run is over: drop the monitor (and what it holds).
+        state.withLock { $0.monitor = nil }
     }
 
     /// Watches `monitor` from now on; cancels it at once if the run was cancelled meanwhile.
@@ -45,36 +39,3 @@ public final class RunCancellation: Sendable {
     }
 }
 
-/// Cancellations for many runs at once (a batch): `make` hands out one per run, `cancelAll`
-/// cancels those and every one made later.
-public final class RunCancellationGroup: Sendable {
-    private struct State {
-        var cancelled = false
-        var members: [RunCancellation] = []
-    }
-
-    private let state = Mutex(State())
-
-    public init() {}
-
-    public var isCancelled: Bool { state.withLock { $0.cancelled } }
-
-    public func make() -> RunCancellation {
-        let member = RunCancellation()
-        let cancelled = state.withLock { s -> Bool in
-            s.members.removeAll { !$0.isPending }
-            s.members.append(member)
-            return s.cancelled
-        }
-        if cancelled { member.cancel() }
-        return member
-    }
-
-    public func cancelAll() {
-        let members = state.withLock { s -> [RunCancellation] in
-            s.cancelled = true
-            return s.members
-        }
-        for member in members { member.cancel() }
-    }
-}

@@ -16,6 +16,9 @@ public struct RunOptions: Sendable {
     public var environment: [(String, String)] = []
     public var workspace: String?
     public var request: String?
+    /// The worker's root: an imported image, or a directory (else the profile's `root`).
+    public var image: String?
+    public var rootfs: String?
 
     public init(command: [String]? = nil) {
         self.command = command

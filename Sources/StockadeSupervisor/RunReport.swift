@@ -111,6 +111,8 @@ public struct RunReport: Sendable, Equatable, Codable {
     public var egress: Egress?
     /// The batch request's `id`, echoed as the key `id` (only in `stockade batch` output).
     public var requestId: String?
+    /// The manifest digest of the image the worker's root was made from.
+    public var image: String?
 
     public init(runId: String, profile: String, outcome: Outcome) {
         self.runId = runId
@@ -222,6 +224,7 @@ public struct RunReport: Sendable, Equatable, Codable {
             } ?? .null,
         ]
         if let requestId { object["id"] = .string(requestId) }
+        if let image { object["image"] = .string(image) }
         return .object(object)
     }
 
@@ -237,6 +240,15 @@ public struct RunReport: Sendable, Equatable, Codable {
         line += " in \(durationMs) ms"
         if !violations.isEmpty {
             line += "; violations: " + violations.map { "\($0.kind)\(($0.syscall ?? $0.host).map { ":" + $0 } ?? "")×\($0.count)" }.joined(separator: ", ")
+        }
+        if let id = review.id {
+            // The diff id is what the next command needs: name it with the way to look at it.
+            let named: String = switch review.state {
+            case "pending": "; diff \(id) pending review: stockade review show \(id)"
+            case "conflict": "; diff \(id) in conflict: stockade review show \(id)"
+            default: "; diff \(id) \(review.state)"
+            }
+            line += named
         }
         return line
     }

@@ -5,6 +5,7 @@ import Logging
 import StockadeAudit
 import StockadeBundles
 import StockadeCgroups
+import StockadeImages
 import StockadeLinux
 import StockadePolicy
 import Synchronization
@@ -31,11 +32,24 @@ public final class Supervisor: Sendable {
         Spawner.shared.prepare(helpers: concurrency)
     }
 
-    public init(stateDirectory: String, catalog: ProfileCatalog, environment: [String: String], logger: Logger) throws(SupervisorError) {
+    /// `readOnly`: for commands that only query the state (audit events/runs/verify, review list/show):
+    /// nothing is created, migrated, marked abandoned or swept, no credential changes; running workers
+    /// through such a supervisor fails closed.
+    public init(stateDirectory: String, catalog: ProfileCatalog, environment: [String: String], logger: Logger,
+                readOnly: Bool = false) throws(SupervisorError) {
         self.stateDirectory = stateDirectory
         self.catalog = catalog
         self.logger = logger
         self.hostEnvironment = environment
+        if readOnly {
+            do {
+                audit = try SQLiteAuditStore(readingAt: stateDirectory + "/audit.sqlite")
+            } catch {
+                throw SupervisorError(.audit, "cannot open the audit database: \(error)")
+            }
+            cgroups = .failure(CgroupError(.noCgroupFilesystem, "this supervisor was opened read-only, for queries: it runs no workers"))
+            return
+        }
         try Self.makeDirectory(stateDirectory)
         try Self.makeDirectory(stateDirectory + "/runs")
         // Workers inherit the supervisor's supplementary groups, and setgroups
@@ -98,9 +112,10 @@ public final class Supervisor: Sendable {
 
     /// Runs one worker and returns its report; never throws: every failure is a classified report.
     /// `cancellation`: lets the caller cancel the run (outcome `cancelled`).
+    /// `runId`: the id to use (a `RunService` hands it out at submission), else a new one.
     public func run(_ options: RunOptions, onOutput: (@Sendable (Int32, [UInt8]) -> Void)? = nil,
-                    cancellation: RunCancellation? = nil) async -> RunReport {
-        let runId = RunIdentifier.make()
+                    cancellation: RunCancellation? = nil, runId: String? = nil) async -> RunReport {
+        let runId = runId ?? RunIdentifier.make()
         let started = WorkerClock.now()
         let context = RunContext(runId: runId)
         context.cancellation = cancellation
@@ -160,6 +175,9 @@ public final class Supervisor: Sendable {
 
     struct CancelledBeforeStart: Error {}
 
+    /// A new run id (sorts by time).
+    public static func makeRunId() -> String { RunIdentifier.make() }
+
     /// The report for a request that could not be read: nothing ran.
     public func rejectedRequest(reason: String) -> RunReport {
         var report = RunReport(runId: RunIdentifier.make(), profile: "", outcome: .setupFailed)
@@ -195,6 +213,12 @@ public final class Supervisor: Sendable {
         var profile = loaded.profile
         apply(options, to: &profile)
         context.profileName = profile.name
+        let root = try workerRoot(for: profile, options: options)
+        if let hold = root.hold { context.descriptors.append(hold) }
+        if let image = root.image, let uid = image.uid {
+            profile.user.uid = uid
+            profile.user.gid = image.gid ?? uid
+        }
         let runDirectory: RunDirectory
         do {
             runDirectory = try RunDirectory.create(stateDirectory: stateDirectory, runId: runId)
@@ -215,6 +239,10 @@ public final class Supervisor: Sendable {
                 options.environment.append((k, v))
             }
         }
+        if options.command?.isEmpty ?? true, let config = root.image?.config {
+            let fromImage = (config.entrypoint ?? []) + (config.cmd ?? [])
+            if !fromImage.isEmpty { options.command = fromImage }
+        }
         let command = options.command ?? []
 
         // Secret values are known to the store before the run's first row (a
@@ -229,7 +257,7 @@ public final class Supervisor: Sendable {
         try recordOrFail { () throws(AuditError) in
             try audit.beginRun(runId: runId, profile: profile.name, profileDigest: loaded.digest, command: command,
                                detail: runCreatedDetail(profile: profile, source: loaded.source, options: options,
-                                                        workspace: try? resolvedWorkspace?.get()))
+                                                        workspace: try? resolvedWorkspace?.get(), root: root))
         }
         context.auditOpen = true
         switch request {
@@ -252,7 +280,7 @@ public final class Supervisor: Sendable {
         }
         if let secretFailure { throw secretFailure }
         let runPolicy = try runPolicy(for: profile, options: options, secrets: secrets)
-        let workerEnvironment = environment(for: profile, options: options, secrets: secrets)
+        let workerEnvironment = environment(for: profile, options: options, secrets: secrets, image: root.image?.config.env ?? [])
         profile.volumes = runPolicy.volumes
 
         let policy = runPolicy.seccomp
@@ -322,9 +350,27 @@ public final class Supervisor: Sendable {
                                 requestDirectory: request == nil ? nil : runDirectory.requestPath,
                                 resultMount: resultMount, resultBytes: profile.limits.resultBytes)
         layout.volumes = profile.volumes.map { RootLayout.Volume(source: $0.source, target: $0.target, readOnly: $0.readOnly) }
+        layout.workerHostIds = (hostUid, hostGid)
         layout.tmpfs = profile.tmpfs.map { ($0.target, $0.sizeBytes) }
+        var rootMount: Int32?
+        if !root.layers.isEmpty {
+            layout.fromImage = true
+            let anchor = runDirectory.path + "/image-root"
+            guard mkdir(anchor, 0o700) == 0 else {
+                throw SetupFailure(stage: "image", errno: errno, message: "cannot create \(anchor): \(String(cString: strerror(errno)))")
+            }
+            do {
+                let fd = try ImageRoot.mount(layers: root.layers, anchor: anchor, layout: layout, hostIdBase: ids.base, idCount: 65536)
+                context.descriptors.append(fd)
+                rootMount = fd
+            } catch {
+                throw SetupFailure(error)
+            }
+        }
         var spec = SandboxSpec(argv: command, environment: workerEnvironment,
                                mounts: layout.mounts())
+        spec.rootMount = rootMount
+        if let dir = root.image?.config.workingDir { spec.workdir = dir }
         spec.hostname = profile.hostname
         spec.hostIdBase = ids.base
         spec.uid = profile.user.uid
@@ -381,6 +427,7 @@ public final class Supervisor: Sendable {
         }
         // Named now, while init lives: the kernel's log names an OOM victim by its host pid.
         let mainPid = OOMEvidence.mainProcess(ofInit: worker.pid)
+        OOMEvidence.exempt(initPid: worker.pid)
         do {
             try forwarder?.attach(workerPid: worker.pid)
         } catch {
@@ -440,11 +487,15 @@ public final class Supervisor: Sendable {
         let stragglers = (try? cgroup.killAll()) ?? 0
         let usage = cgroup.usage()
         var report = RunReport(runId: runId, profile: profile.name, outcome: .exited)
+        report.image = root.image?.digest.description
         var oomHitMain = false
         if usage.oomKills > 0, case .signaled(SIGKILL) = observation.exit {
             // The counter says some process was OOM-killed; the kernel's log says which. Where the log
             // cannot be read (a container without /dev/kmsg), the counter and the signal stand.
-            let evidence = mainPid.flatMap { OOMEvidence.killedByOOM(pid: $0, cgroupName: cgroup.name) }
+            // The main process's end is the OOM killer's when it chose the main process, or init (whose
+            // death ends the namespace).
+            let evidence = mainPid.flatMap { OOMEvidence.killedByOOM(pids: [$0, worker.pid], cgroupName: cgroup.name,
+                                                                    sinceMicros: spawnStarted / 1000 - min(spawnStarted / 1000, 2_000_000)) }
             if evidence == nil { logger.info("oom.victim-unknown", metadata: ["run.id": "\(runId)"]) }
             oomHitMain = evidence ?? true
         }
@@ -517,7 +568,38 @@ public final class Supervisor: Sendable {
         return .success(String(cString: real))
     }
 
-    func runCreatedDetail(profile: Profile, source: String, options: RunOptions, workspace: String?) -> JSONValue {
+    /// The worker's root as the profile and the run name it: the image record (its layers verified
+    /// present, the cache held for the run so `gc` leaves them) or the directory, as lower layers.
+    func workerRoot(for profile: Profile, options: RunOptions) throws(SetupFailure) -> WorkerRoot {
+        var root = profile.root
+        if let image = options.image { root = .image(image) }
+        if let dir = options.rootfs { root = .rootfs(dir) }
+        switch root {
+        case .host:
+            return WorkerRoot()
+        case .image(let reference):
+            let store = ImageStore(stateDirectory: stateDirectory)
+            do {
+                let record = try store.find(reference)
+                try store.verifyPresent(record)
+                return WorkerRoot(image: record, layers: record.layers.map(store.layerPath), hold: try store.hold())
+            } catch {
+                throw SetupFailure(stage: "image", errno: error.errno ?? 0, message: error.message)
+            }
+        case .rootfs(let dir):
+            guard let real = realpath(dir, nil) else {
+                throw SetupFailure(stage: "image", errno: errno, message: "--rootfs \(dir): \(String(cString: strerror(errno)))")
+            }
+            defer { free(real) }
+            var st = stat()
+            guard stat(real, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
+                throw SetupFailure(stage: "image", errno: ENOTDIR, message: "--rootfs \(dir) is not a directory")
+            }
+            return WorkerRoot(rootfs: String(cString: real), layers: [String(cString: real)])
+        }
+    }
+
+    func runCreatedDetail(profile: Profile, source: String, options: RunOptions, workspace: String?, root: WorkerRoot = WorkerRoot()) -> JSONValue {
         var detail: [String: JSONValue] = [
             "profileSource": .string(source),
             "limits": .object(["memory": .number(profile.limits.memoryBytes), "cpus": .number(profile.limits.cpus),
@@ -528,6 +610,8 @@ public final class Supervisor: Sendable {
         ]
         if let w = workspace ?? options.workspace { detail["workspace"] = .string(w) }
         if let r = options.request { detail["request"] = .string(r) }
+        if let image = root.image { detail["image"] = .object(["name": .string(image.name), "digest": .string(image.digest.description)]) }
+        if let dir = root.rootfs { detail["rootfs"] = .string(dir) }
         return .object(detail)
     }
 
@@ -650,8 +734,12 @@ public final class Supervisor: Sendable {
 
     /// Only what the profile passes or sets, then per-run values, then the
     /// profile's secrets (which nothing overrides); nothing else of the supervisor's.
-    func environment(for profile: Profile, options: RunOptions, secrets: RunSecrets = .none) -> [(String, String)] {
+    func environment(for profile: Profile, options: RunOptions, secrets: RunSecrets = .none, image: [String] = []) -> [(String, String)] {
         var env: [String: String] = [:]
+        // The image's Env first: the profile and the run override it.
+        for entry in image {
+            if let eq = entry.firstIndex(of: "=") { env[String(entry[..<eq])] = String(entry[entry.index(after: eq)...]) }
+        }
         for name in profile.environment.pass {
             if let value = hostEnvironment[name] { env[name] = value }
         }
@@ -685,6 +773,16 @@ public final class Supervisor: Sendable {
 
 /// What one run holds while it is prepared and collected: descriptors to
 /// close, the run directory (and its lock), and whether the audit knows it.
+/// What the worker's `/` is made of (no layers: the host view).
+struct WorkerRoot {
+    var image: ImageRecord?
+    var rootfs: String?
+    /// Lower layers, bottom first.
+    var layers: [String] = []
+    /// The image cache's shared lock, held for the run (closed with the run's descriptors).
+    var hold: Int32?
+}
+
 final class RunContext: @unchecked Sendable {
     // Used by one run's task only, never concurrently.
     let runId: String

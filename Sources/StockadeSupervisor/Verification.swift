@@ -112,6 +112,7 @@ public struct ControlResult: Sendable, Equatable {
             "id": .string(control.id),
             "threatClass": .number(control.threatClass),
             "title": .string(control.title),
+            "incident": control.incident.map { .string($0) } ?? .null,
             "verdict": .string(verdict.rawValue),
             "evidence": .string(evidence),
             "fails": .bool(fails),
@@ -127,6 +128,8 @@ public struct ControlResult: Sendable, Equatable {
 public struct VerificationReport: Sendable, Equatable {
     public var profile: String
     public var profileDigest: String
+    /// The image the probes ran on, if any.
+    public var image: String?
     public var kernel: String
     public var cgroupMode: String
     public var controls: [ControlResult]
@@ -134,9 +137,13 @@ public struct VerificationReport: Sendable, Equatable {
     /// Every sandboxed probe run, repeated ones included: their events stay in
     /// the audit trail; their run directories are removed once this report is recorded.
     public var runIds: [String]
+    /// Where the profile came from: its file, or `builtin:NAME`.
+    public var profileSource: String?
 
     public init(profile: String, profileDigest: String, kernel: String, cgroupMode: String, controls: [ControlResult], durationMs: Int64,
-                runIds: [String] = []) {
+                runIds: [String] = [], profileSource: String? = nil, image: String? = nil) {
+        self.profileSource = profileSource
+        self.image = image
         self.profile = profile
         self.profileDigest = profileDigest
         self.kernel = kernel
@@ -156,6 +163,7 @@ public struct VerificationReport: Sendable, Equatable {
         .object([
             "profile": .string(profile),
             "profileDigest": .string(profileDigest),
+            "profileSource": profileSource.map { .string($0) } ?? .null,
             "kernel": .string(kernel),
             "cgroupMode": .string(cgroupMode),
             "controls": .array(controls.map(\.jsonValue)),
@@ -166,6 +174,7 @@ public struct VerificationReport: Sendable, Equatable {
             "passed": .bool(passed),
             "durationMs": .number(durationMs),
             "runs": .array(runIds.map { .string($0) }),
+            "image": image.map { .string($0) } ?? .null,
         ])
     }
 
@@ -206,6 +215,8 @@ public struct Verifier: Sendable {
     public var probePath: String
     public var profile: String
     public var controls: [Control]
+    /// An imported image whose root the probes run on (else the profile's root).
+    public var image: String?
     /// Probes in flight at once (each is a sandboxed and an unsandboxed run).
     public var concurrency: Int
 
@@ -282,7 +293,8 @@ public struct Verifier: Sendable {
         }
         return VerificationReport(profile: profile.name, profileDigest: loaded.digest, kernel: Self.kernelRelease(),
                                   cgroupMode: Self.cgroupMode(), controls: results,
-                                  durationMs: Int64((WorkerClock.now() - started) / 1_000_000), runIds: runIds.flatMap { $0 })
+                                  durationMs: Int64((WorkerClock.now() - started) / 1_000_000), runIds: runIds.flatMap { $0 },
+                                  profileSource: loaded.source, image: image)
     }
 
     /// Removes the run directories of a verification's probe runs, once the
@@ -298,6 +310,7 @@ public struct Verifier: Sendable {
     func sandboxed(_ control: Control, _ arguments: [String], profile: Profile) async -> (ProbeObservation, [String]) {
         var options = RunOptions(command: [Self.probeMountPoint, control.probe] + arguments)
         options.profile = self.profile
+        options.image = image
         options.volumes = [Profile.Volume(source: probePath, target: Self.probeMountPoint, readOnly: true)]
         options.timeoutSeconds = min(profile.limits.timeoutSeconds, 15)
         var report = await supervisor.run(options)

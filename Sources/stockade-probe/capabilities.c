@@ -4,12 +4,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ptrace.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* Copies the value of `key:` in /proc/self/status into `out`; 0 on success. */
@@ -125,4 +128,51 @@ STK_PROBE(probe_mknod_dev) {
     unlink(path);
     rmdir(dir);
     return stk_verdict_call("mknod-dev", "mknod(char 1:3)", rc, err, NULL);
+}
+
+struct seize_result { long rc; int err; };
+
+/* PTRACE_SEIZE of pid 1 from a child (which then exits: the kernel detaches
+ * on the tracer's exit, and a seize never stops the tracee). */
+static void seize_init(int out) {
+    struct seize_result r;
+    r.rc = ptrace(PTRACE_SEIZE, 1, NULL, NULL);
+    r.err = errno;
+    (void)!write(out, &r, sizeof r);
+}
+
+/* Traces the init of the probe's pid namespace, the process that holds the
+ * namespace (in a sandbox, Stockade's init; runc's CVE-2016-9962 was the same
+ * reach into the runtime). Where the probe can make a pid namespace of its own
+ * (unsandboxed as root) it does, and traces that namespace's init, a child of
+ * its own: the host's init is never touched. */
+STK_PROBE(probe_ptrace_init) {
+    (void)argc; (void)argv;
+    int fds[2];
+    if (pipe(fds) != 0) return stk_report(STK_PROBE_ERROR, "ptrace-init", "pipe: errno %d (%s)", errno, stk_errno_name(errno));
+    const char *target = "pid 1 (the namespace's init)";
+    int pid;
+    if (stk_has_sys_admin() && unshare(CLONE_NEWPID) == 0) {
+        target = "pid 1 of a pid namespace the probe made";
+        pid = fork();
+        if (pid == 0) {
+            /* pid 1 of the new namespace: its child traces it. */
+            int tracer = fork();
+            if (tracer == 0) { seize_init(fds[1]); _exit(0); }
+            if (tracer > 0) waitpid(tracer, NULL, 0);
+            _exit(0);
+        }
+    } else {
+        pid = fork();
+        if (pid == 0) { seize_init(fds[1]); _exit(0); }
+    }
+    close(fds[1]);
+    struct seize_result r = {-1, 0};
+    ssize_t n = pid > 0 ? read(fds[0], &r, sizeof r) : -1;
+    close(fds[0]);
+    if (pid > 0) waitpid(pid, NULL, 0);
+    if (n != (ssize_t)sizeof r) return stk_report(STK_PROBE_ERROR, "ptrace-init", "the tracer did not report");
+    char what[96];
+    snprintf(what, sizeof what, "ptrace(PTRACE_SEIZE, %s)", target);
+    return stk_verdict_call("ptrace-init", what, r.rc, r.err, NULL);
 }

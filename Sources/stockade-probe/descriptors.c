@@ -107,6 +107,24 @@ STK_PROBE(probe_cwd_outside) {
         }
         closedir(d);
     }
+    /* CVE-2024-21626: a working directory taken through a descriptor's /proc
+     * link (runc's `cwd: /proc/self/fd/7`), or through init's cwd and root. */
+    int here = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    char link[64];
+    for (int fd = -2; fd < 64; fd++) {
+        if (fd >= 0 && (fd == here || fcntl(fd, F_GETFD) < 0)) continue;
+        if (fd == -2) snprintf(link, sizeof link, "/proc/1/cwd");
+        else if (fd == -1) snprintf(link, sizeof link, "/proc/1/root");
+        else snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+        if (chdir(link) != 0) continue;
+        int outside = unreachable_cwd(cwd, sizeof cwd);
+        if (here >= 0) (void)!fchdir(here);
+        if (outside) {
+            if (here >= 0) close(here);
+            return stk_report(STK_PROBE_SUCCEEDED, "cwd-outside", "chdir %s: working directory outside the root: %s", link, cwd);
+        }
+    }
+    if (here >= 0) close(here);
     char dir[256];
     if (stk_temp_dir(dir, sizeof dir) != 0)
         return stk_report(STK_PROBE_ERROR, "cwd-outside", "cannot make a temporary directory: errno %d (%s)", errno, stk_errno_name(errno));

@@ -1,5 +1,6 @@
 /* Threat class 1, namespaces: host processes, nested user namespaces,
- * setns, mounts, hostname, /proc/sys writes, chroot and pivot_root. */
+ * setns, mounts, hostname, /proc/sys writes, chroot and pivot_root, and the
+ * host helpers an escape writes (cgroup release_agent, core_pattern, ...). */
 #define _GNU_SOURCE
 #include "probe_util.h"
 #include <dirent.h>
@@ -195,28 +196,93 @@ STK_PROBE(probe_proc_masked) {
     return stk_report(exposed ? STK_PROBE_SUCCEEDED : STK_PROBE_BLOCKED, "proc-masked", "%s", seen);
 }
 
-/* Opens each path for writing with O_TRUNC (nothing is written): on a
- * read-only mount the kernel refuses with EROFS before any permission check,
- * so EROFS shows the mount, not merely the file's mode, holds. */
-STK_PROBE(probe_proc_write) {
-    if (argc < 1) return stk_report(STK_PROBE_USAGE, "proc-write", "usage: proc-write PATH...");
-    char seen[384] = "";
+/* Opens each path for writing with `flags` (nothing is ever written), or with
+ * `flags` -1 only asks the kernel whether it could (stk_writable), and reports
+ * each path's answer. Returns the probe's code: any path writable is success;
+ * with `require_erofs`, every present path must be refused by a read-only
+ * mount, not merely by the file's mode. */
+static int open_for_writing(const char *name, int argc, char **argv, int flags, int require_erofs) {
+    if (argc < 1) return stk_report(STK_PROBE_USAGE, name, "usage: %s PATH...", name);
+    char seen[512] = "";
     int opened = 0, present = 0, readOnly = 0;
     for (int i = 0; i < argc; i++) {
-        int fd = open(argv[i], O_WRONLY | O_TRUNC | O_CLOEXEC | O_NONBLOCK);
-        int err = errno;
-        const char *state = fd >= 0 ? "opened" : stk_errno_name(err);
-        if (fd >= 0) { close(fd); opened++; }
+        int fd, err;
+        if (flags < 0) {
+            err = stk_writable(argv[i]);
+            fd = err ? -1 : INT32_MAX;  /* writable: nothing to close */
+        } else {
+            fd = open(argv[i], O_WRONLY | O_CLOEXEC | O_NONBLOCK | flags);
+            err = errno;
+        }
+        const char *state = fd >= 0 ? (flags < 0 ? "writable" : "opened") : stk_errno_name(err);
+        if (fd >= 0) { if (flags >= 0) close(fd); opened++; }
         if (fd >= 0 || err != ENOENT) present++;
         if (fd < 0 && err == EROFS) readOnly++;
         size_t len = strlen(seen);
         snprintf(seen + len, sizeof seen - len, "%s%s=%s", len ? " " : "", argv[i], state);
     }
-    if (present == 0) return stk_report(STK_PROBE_ERROR, "proc-write", "none present: %s", seen);
-    if (opened) return stk_report(STK_PROBE_SUCCEEDED, "proc-write", "%s", seen);
+    if (present == 0) return stk_report(STK_PROBE_ERROR, name, "none present: %s", seen);
+    if (opened) return stk_report(STK_PROBE_SUCCEEDED, name, "%s", seen);
     /* Refused by the file's mode alone says nothing about the mount. */
-    if (readOnly < present) return stk_report(STK_PROBE_ERROR, "proc-write", "%s: refused, not all by a read-only mount", seen);
-    return stk_report(STK_PROBE_BLOCKED, "proc-write", "%s", seen);
+    if (require_erofs && readOnly < present) return stk_report(STK_PROBE_ERROR, name, "%s: refused, not all by a read-only mount", seen);
+    return stk_report(STK_PROBE_BLOCKED, name, "%s", seen);
+}
+
+/* O_TRUNC: on a read-only mount the kernel refuses with EROFS before any
+ * permission check, so EROFS shows the mount, not merely the file's mode, holds. */
+STK_PROBE(probe_proc_write) { return open_for_writing("proc-write", argc, argv, O_TRUNC, 1); }
+
+/* The host's helpers that the kernel runs as root when a file is written:
+ * core_pattern, modprobe, uevent_helper, binfmt_misc's register. Only asked
+ * (stk_writable), never opened, so the positive control run unsandboxed as
+ * root changes nothing on the host. Any refusal counts (EROFS from a
+ * read-only /proc/sys, EACCES, an absent /sys). */
+STK_PROBE(probe_helper_write) { return open_for_writing("helper-write", argc, argv, -1, 0); }
+
+/* CVE-2022-0492: mount a cgroup v1 hierarchy and write its release_agent,
+ * which the kernel runs as root on the host when a cgroup empties. First in a
+ * private mount namespace where the probe can make one (unsandboxed as root:
+ * the mount never reaches the host's table); a named hierarchy of its own (no
+ * controller), so no host hierarchy is touched; release_agent is opened for
+ * writing and closed unwritten. Then any release_agent already visible under
+ * /sys/fs/cgroup, only asked (stk_writable): the host's are never opened. */
+STK_PROBE(probe_cgroup_release_agent) {
+    (void)argc; (void)argv;
+    if (stk_has_sys_admin() && unshare(CLONE_NEWNS) == 0) (void)mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
+    char dir[256];
+    if (stk_temp_dir(dir, sizeof dir) != 0)
+        return stk_report(STK_PROBE_ERROR, "cgroup-release-agent", "cannot make a temporary directory: errno %d (%s)", errno, stk_errno_name(errno));
+    char options[64];
+    snprintf(options, sizeof options, "none,name=stockade-probe-%d", (int)getpid());
+    long rc = mount("cgroup", dir, "cgroup", MS_NOSUID | MS_NODEV | MS_NOEXEC, options);
+    int mount_err = errno;
+    int agent_err = 0, agent_opened = 0;
+    if (rc == 0) {
+        char path[300];
+        snprintf(path, sizeof path, "%s/release_agent", dir);
+        int fd = open(path, O_WRONLY | O_CLOEXEC | O_NONBLOCK);
+        agent_err = errno;
+        if (fd >= 0) { close(fd); agent_opened = 1; }
+        umount2(dir, MNT_DETACH);
+    }
+    rmdir(dir);
+    if (agent_opened)
+        return stk_report(STK_PROBE_SUCCEEDED, "cgroup-release-agent", "mounted cgroup (%s) and opened its release_agent for writing", options);
+    /* Any hierarchy the sandbox shows (none is expected). */
+    DIR *d = opendir("/sys/fs/cgroup");
+    for (struct dirent *e; d && (e = readdir(d));) {
+        if (e->d_name[0] == '.') continue;
+        char path[300];
+        snprintf(path, sizeof path, "/sys/fs/cgroup/%s/release_agent", e->d_name);
+        if (stk_writable(path) == 0) {
+            closedir(d);
+            return stk_report(STK_PROBE_SUCCEEDED, "cgroup-release-agent", "%s is writable", path);
+        }
+    }
+    if (d) closedir(d);
+    if (rc == 0)
+        return stk_report(STK_PROBE_BLOCKED, "cgroup-release-agent", "mounted cgroup, but release_agent refused: errno %d (%s)", agent_err, stk_errno_name(agent_err));
+    return stk_verdict_call("cgroup-release-agent", "mount -t cgroup (named v1 hierarchy)", -1, mount_err, (const int[]){ENODEV, 0});
 }
 
 /* chroot into a fresh directory, in a child so the probe itself can remove it. */

@@ -23,6 +23,16 @@ int stk_verdict_call(const char *name, const char *what, long rc, int err, const
 int stk_temp_dir(char *out, size_t size);
 /* Parses a decimal argument in [min, max]; returns -1 when absent or invalid. */
 long stk_arg_long(int argc, char **argv, int index, long min, long max);
+/* Whether `path` may be opened for writing, by the kernel's own permission
+ * walk (magic links' ptrace check, read-only mounts, modes) without opening
+ * it: no write access is ever taken, so a positive control run unsandboxed
+ * changes nothing and wakes no watcher. 0, or the errno (EROFS, EACCES, ...). */
+int stk_writable(const char *path);
+/* Whether CAP_SYS_ADMIN is in the effective set. A probe makes a namespace of
+ * its own (to stay harmless unsandboxed) only when it has it: without it the
+ * unshare could only fail, and under a kill-on-violation profile it would end
+ * the probe before the attempt that is its control's evidence. */
+int stk_has_sys_admin(void);
 /* Forks a child that sleeps until killed (dies with its parent). Returns its pid or -1. */
 int stk_sleeping_child(void);
 /* SIGKILLs and reaps `pid`. */
@@ -36,6 +46,7 @@ STK_PROBE(probe_host_pids); STK_PROBE(probe_userns); STK_PROBE(probe_clone_newus
 STK_PROBE(probe_clone3_newuser); STK_PROBE(probe_setns); STK_PROBE(probe_mount_tmpfs);
 STK_PROBE(probe_mount_proc); STK_PROBE(probe_mount_sysfs); STK_PROBE(probe_sethostname);
 STK_PROBE(probe_proc_sys_write); STK_PROBE(probe_proc_masked); STK_PROBE(probe_proc_write); STK_PROBE(probe_chroot); STK_PROBE(probe_pivot_root);
+STK_PROBE(probe_cgroup_release_agent); STK_PROBE(probe_helper_write);
 /* seccomp (2) */
 STK_PROBE(probe_add_key); STK_PROBE(probe_keyctl); STK_PROBE(probe_keyctl_int80); STK_PROBE(probe_x32_getpid);
 STK_PROBE(probe_io_uring_setup); STK_PROBE(probe_io_setup); STK_PROBE(probe_userfaultfd); STK_PROBE(probe_perf_event_open);
@@ -45,7 +56,7 @@ STK_PROBE(probe_personality); STK_PROBE(probe_socket_vsock); STK_PROBE(probe_soc
 STK_PROBE(probe_socket_alg); STK_PROBE(probe_netlink_audit);
 /* capabilities (3) */
 STK_PROBE(probe_caps); STK_PROBE(probe_no_new_privs); STK_PROBE(probe_seccomp_mode); STK_PROBE(probe_setuid0);
-STK_PROBE(probe_capset); STK_PROBE(probe_uidmap); STK_PROBE(probe_mknod_dev);
+STK_PROBE(probe_capset); STK_PROBE(probe_uidmap); STK_PROBE(probe_mknod_dev); STK_PROBE(probe_ptrace_init);
 /* resources (4) */
 STK_PROBE(probe_fork_bomb); STK_PROBE(probe_mem_bomb); STK_PROBE(probe_tmpfs_fill); STK_PROBE(probe_fd_bomb);
 STK_PROBE(probe_rt_priority); STK_PROBE(probe_core_dump); STK_PROBE(probe_daemon); STK_PROBE(probe_spin);
@@ -57,5 +68,5 @@ STK_PROBE(probe_raw_socket);
 /* descriptors and terminals (7) */
 STK_PROBE(probe_fds); STK_PROBE(probe_tiocsti); STK_PROBE(probe_cwd_outside);
 /* supervisor robustness (8) */
-STK_PROBE(probe_spoof_sigsys); STK_PROBE(probe_spoof_oom);
+STK_PROBE(probe_spoof_sigsys); STK_PROBE(probe_spoof_oom); STK_PROBE(probe_exe_overwrite);
 #endif

@@ -30,6 +30,8 @@ static const struct { const char *name; stk_probe_fn fn; const char *args; } pro
     {"proc-write", probe_proc_write, "PATH..."},
     {"chroot", probe_chroot, ""},
     {"pivot-root", probe_pivot_root, ""},
+    {"cgroup-release-agent", probe_cgroup_release_agent, ""},
+    {"helper-write", probe_helper_write, "PATH..."},
     /* 2 seccomp */
     {"add-key", probe_add_key, ""},
     {"keyctl", probe_keyctl, ""},
@@ -58,6 +60,7 @@ static const struct { const char *name; stk_probe_fn fn; const char *args; } pro
     {"capset", probe_capset, ""},
     {"uidmap", probe_uidmap, ""},
     {"mknod-dev", probe_mknod_dev, ""},
+    {"ptrace-init", probe_ptrace_init, ""},
     /* 4 resources */
     {"fork-bomb", probe_fork_bomb, "N"},
     {"mem-bomb", probe_mem_bomb, "MB"},
@@ -81,6 +84,7 @@ static const struct { const char *name; stk_probe_fn fn; const char *args; } pro
     /* 8 supervisor robustness */
     {"spoof-sigsys", probe_spoof_sigsys, ""},
     {"spoof-oom", probe_spoof_oom, ""},
+    {"exe-overwrite", probe_exe_overwrite, "PATH..."},
 };
 
 int stk_probe_run(const char *name, int argc, char **argv) {

@@ -1,14 +1,17 @@
 /* Threat class 8, supervisor robustness: status spoofing. These probes do
  * not follow the 0/77 convention: the supervisor's classification of how they
  * end is what is checked (a self-inflicted SIGSYS is `signaled`, not
- * `seccomp`; exit 137 is `exited`, not `oom`). */
+ * `seccomp`; exit 137 is `exited`, not `oom`). And the runtime's own binary,
+ * which must be out of the worker's reach (exe-overwrite, 0/77 as usual). */
 #define _GNU_SOURCE
 #include "probe_util.h"
+#include <errno.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <stddef.h>
 #include <signal.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -38,4 +41,26 @@ STK_PROBE(probe_spoof_oom) {
     (void)argc; (void)argv;
     stk_report(0, "spoof-oom", "exiting with 137 (what a SIGKILLed shell reports)");
     return 137;
+}
+
+/* CVE-2019-5736: the runtime's binary reached through /proc/self/exe or
+ * /proc/1/exe for writing (runc's attacker reopened it O_WRONLY once runc had
+ * exited). Only asked (stk_writable: the magic link's ptrace check, the
+ * mount, the mode), never opened: unsandboxed, /proc/1 is the host's init,
+ * whose binary must not even see an open for writing. A running binary's
+ * ETXTBSY is no defence: it lasts only until the binary exits. */
+STK_PROBE(probe_exe_overwrite) {
+    if (argc < 1) return stk_report(STK_PROBE_USAGE, "exe-overwrite", "usage: exe-overwrite PATH...");
+    char seen[512] = "";
+    int reachable = 0, present = 0;
+    for (int i = 0; i < argc; i++) {
+        int err = stk_writable(argv[i]);
+        const char *state = err == 0 || err == ETXTBSY ? "writable" : stk_errno_name(err);
+        if (err == 0 || err == ETXTBSY) reachable++;
+        if (err != ENOENT) present++;
+        size_t len = strlen(seen);
+        snprintf(seen + len, sizeof seen - len, "%s%s=%s", len ? " " : "", argv[i], state);
+    }
+    if (present == 0) return stk_report(STK_PROBE_ERROR, "exe-overwrite", "none present: %s", seen);
+    return stk_report(reachable ? STK_PROBE_SUCCEEDED : STK_PROBE_BLOCKED, "exe-overwrite", "%s", seen);
 }

@@ -5,11 +5,13 @@ import StockadeAudit
 import StockadePolicy
 import StockadeSupervisor
 
-/// Opens the state directory's supervisor (and its audit store) for a query command.
-func openSupervisor(_ state: StateOptions) throws -> Supervisor {
+/// Opens the state directory's supervisor (and its audit store) for a command that runs no worker.
+/// `readOnly` for queries: they change nothing in the state directory (no migration, no abandoned-run
+/// marking, no cgroup sweep).
+func openSupervisor(_ state: StateOptions, readOnly: Bool) throws -> Supervisor {
     do {
         return try Supervisor(stateDirectory: state.resolved(), catalog: .standard(),
-                              environment: ProcessEnvironment.current(), logger: Logger(label: "stockade"))
+                              environment: ProcessEnvironment.current(), logger: Logger(label: "stockade"), readOnly: readOnly)
     } catch {
         Console.error("stockade: \(error)")
         throw ExitCode(1)
@@ -34,7 +36,7 @@ struct AuditCommand: ParsableCommand {
         @Flag(help: "One JSON object a line.") var json = false
 
         func run() throws {
-            let supervisor = try openSupervisor(state)
+            let supervisor = try openSupervisor(state, readOnly: true)
             do {
                 try supervisor.audit.events(runId: runId, since: since, kind: kind) { event in
                     if json {
@@ -62,7 +64,7 @@ struct AuditCommand: ParsableCommand {
         @Flag(help: "One JSON object a line.") var json = false
 
         func run() throws {
-            let supervisor = try openSupervisor(state)
+            let supervisor = try openSupervisor(state, readOnly: true)
             do {
                 try supervisor.audit.runs { run in
                     if json {
@@ -112,7 +114,7 @@ struct AuditCommand: ParsableCommand {
         }
 
         func run() throws {
-            let supervisor = try openSupervisor(state)
+            let supervisor = try openSupervisor(state, readOnly: true)
             var checked: [(path: String, checkpoint: AuditCheckpoint)] = []
             if !checkpoint.isEmpty {
                 do {
@@ -199,7 +201,7 @@ struct AuditCommand: ParsableCommand {
         @Flag(help: "Also print the checkpoint on stdout when --out is given; no summary on stderr.") var json = false
 
         func run() throws {
-            let supervisor = try openSupervisor(state)
+            let supervisor = try openSupervisor(state, readOnly: true)
             let keyPath = key ?? CheckpointKeyFile.defaultPath(stateDirectory: supervisor.stateDirectory)
             let document: AuditCheckpoint
             do {

@@ -41,43 +41,42 @@ struct Batch: AsyncParsableCommand {
             throw ExitCode(1)
         }
         let lines = LineReader(fd: fd, maxLine: 1 << 20)
+        // Admission is the service's: `parallel` runs at once and as many waiting; reading the
+        // next line waits while both are full, so a long input never piles up in memory.
+        let service = RunService(supervisor: supervisor, admission: .init(maxRunning: parallel, maxQueued: parallel))
         // An interrupt cancels every run under way and stops reading requests.
-        let interrupted = RunCancellationGroup()
-        Interrupts.install(first: { interrupted.cancelAll() }, forced: { supervisor.recordForcedExit() })
+        Interrupts.install(first: { Task { await service.cancelAll() } }, forced: { supervisor.recordForcedExit() })
         let invalid = await withTaskGroup(of: Bool.self) { group in
             var invalid = 0
-            var running = 0
             var lineNumber = 0
-            while !interrupted.isCancelled, let line = lines.next() {
+            while await !service.isClosed, let line = lines.next() {
                 lineNumber += 1
                 if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) { continue }
-                if running >= parallel, let ok = await group.next() {
-                    running -= 1
-                    if !ok { invalid += 1 }
-                }
                 let number = lineNumber
-                running += 1
-                group.addTask {
-                    var report: RunReport
-                    switch line.count > (1 << 20) ? nil : Result(catching: { () throws(BatchRequest.Failure) in try BatchRequest.parse(line) }) {
-                    case .success(let request)?:
-                        report = await supervisor.run(request.options, cancellation: interrupted.make())
+                switch line.count > (1 << 20) ? nil : Result(catching: { () throws(BatchRequest.Failure) in try BatchRequest.parse(line) }) {
+                case .success(let request)?:
+                    guard let handle = try? await service.submit(request.options, whenFull: .wait) else { break }
+                    group.addTask {
+                        var report = await handle.report()
                         report.requestId = request.id
-                    case .failure(let failure)?:
-                        report = supervisor.rejectedRequest(reason: "line \(number): \(failure.description)")
-                        report.requestId = failure.id
-                    case nil:
-                        report = supervisor.rejectedRequest(reason: "line \(number): longer than 1 MiB")
+                        Console.out(report.json())
+                        return true
                     }
+                case .failure(let failure)?:
+                    var report = supervisor.rejectedRequest(reason: "line \(number): \(failure.description)")
+                    report.requestId = failure.id
                     Console.out(report.json())
-                    return report.setupError?.stage != "request-line"
+                    invalid += 1
+                case nil:
+                    Console.out(supervisor.rejectedRequest(reason: "line \(number): longer than 1 MiB").json())
+                    invalid += 1
                 }
             }
             for await ok in group where !ok { invalid += 1 }
             return invalid
         }
         if fd != 0 { close(fd) }
-        if interrupted.isCancelled { throw ExitCode(130) }
+        if await service.isClosed { throw ExitCode(130) }
         if invalid > 0 { throw ExitCode(1) }
     }
 }

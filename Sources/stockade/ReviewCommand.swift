@@ -2,6 +2,7 @@ import ArgumentParser
 import Glibc
 import StockadeAudit
 import StockadePolicy
+import StockadeImages
 import StockadeSupervisor
 
 struct ReviewCommand: ParsableCommand {
@@ -14,17 +15,17 @@ struct ReviewCommand: ParsableCommand {
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "list", abstract: "Diffs, oldest first.")
         @OptionGroup var location: StateOptions
-        @Option(help: "pending, accepted or rejected.") var state: String?
+        @Option(help: "pending, accepted, rejected or conflict.") var state: String?
         @Flag(help: "One JSON object a line.") var json = false
 
         func validate() throws {
-            if let state, !["pending", "accepted", "rejected"].contains(state) {
-                throw ValidationError("--state: expected pending, accepted or rejected, found \(state)")
+            if let state, !["pending", "accepted", "rejected", "conflict"].contains(state) {
+                throw ValidationError("--state: expected pending, accepted, rejected or conflict, found \(state)")
             }
         }
 
         func run() throws {
-            let supervisor = try openSupervisor(location)
+            let supervisor = try openSupervisor(location, readOnly: true)
             let records: [DiffRecord]
             do {
                 records = try supervisor.audit.diffs(state: state)
@@ -40,12 +41,22 @@ struct ReviewCommand: ParsableCommand {
                         "createdAt": .string(r.createdAt), "decidedBy": r.decidedBy.map { .string($0) } ?? .null,
                         "note": r.note.map { .string($0) } ?? .null, "decidedAt": r.decidedAt.map { .string($0) } ?? .null,
                         "appliedAt": r.appliedAt.map { .string($0) } ?? .null,
+                        "conflict": r.conflict.map { c in
+                            .object(["file": c.file.map { .string($0) } ?? .null, "hunk": c.hunk.map { .string($0) } ?? .null,
+                                     "reason": .string(c.reason)])
+                        } ?? .null,
                     ]).serialized())
                 } else {
-                    Console.out("\(r.id)\t\(r.runId)\t\(r.state)\t\(r.verdict)\t\(r.bytes) bytes\t\(r.createdAt)\(r.reason.map { "\t" + TerminalOutput.field($0) } ?? "")")
+                    // The reason column: the guard's reason, or for a diff in conflict where it stopped applying.
+                    let why = r.state == "conflict" ? r.conflict.map { ReviewCommand.conflictText($0) } : r.reason
+                    Console.out("\(r.id)\t\(r.runId)\t\(r.state)\t\(r.verdict)\t\(r.bytes) bytes\t\(r.createdAt)\(why.map { "\t" + TerminalOutput.field($0) } ?? "")")
                 }
             }
         }
+    }
+
+    static func conflictText(_ c: DiffConflict) -> String {
+        "conflict in \(c.file ?? "the workspace")\(c.hunk.map { " at " + $0 } ?? "")"
     }
 
     struct Show: ParsableCommand {
@@ -54,7 +65,7 @@ struct ReviewCommand: ParsableCommand {
         @Argument(help: "Diff id.") var id: Int64
 
         func run() throws {
-            let supervisor = try openSupervisor(state)
+            let supervisor = try openSupervisor(state, readOnly: true)
             let record: DiffRecord?
             do {
                 record = try supervisor.audit.diff(id: id)
@@ -72,6 +83,9 @@ struct ReviewCommand: ParsableCommand {
                 head += "; decided by \(TerminalOutput.field(by)) at \(record.decidedAt ?? "?")\(record.note.map { ": \(TerminalOutput.field($0))" } ?? "")"
             }
             if let applied = record.appliedAt { head += "; applied at \(applied)" }
+            if record.state == "conflict", let conflict = record.conflict {
+                head += "; \(TerminalOutput.field(ReviewCommand.conflictText(conflict))): \(TerminalOutput.field(conflict.reason))"
+            }
             Console.error(head)
             TerminalOutput.write(record.content, to: 1)
         }
@@ -85,7 +99,7 @@ struct ReviewCommand: ParsableCommand {
         @Option(help: "Why (recorded).") var note: String?
 
         func record(_ decide: (Supervisor) throws(SupervisorError) -> Void, done: String) throws {
-            let supervisor = try openSupervisor(state)
+            let supervisor = try openSupervisor(state, readOnly: false)
             do {
                 try decide(supervisor)
             } catch {
@@ -97,7 +111,7 @@ struct ReviewCommand: ParsableCommand {
     }
 
     struct Accept: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "accept", abstract: "Record the decision, then apply the diff to the workspace.")
+        static let configuration = CommandConfiguration(commandName: "accept", abstract: "Record the decision, then apply the diff to the workspace (a pending diff, or one in conflict once the workspace is fixed).")
         @OptionGroup var decision: Decision
 
         func run() throws {
@@ -107,7 +121,7 @@ struct ReviewCommand: ParsableCommand {
     }
 
     struct Reject: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "reject", abstract: "Record the decision; nothing is applied.")
+        static let configuration = CommandConfiguration(commandName: "reject", abstract: "Record the decision on a pending diff or one in conflict; nothing is applied.")
         @OptionGroup var decision: Decision
 
         func run() throws {
@@ -135,6 +149,11 @@ struct Gc: ParsableCommand {
             let removed = try RunDirectoryMaintenance.collectGarbage(stateDirectory: state.resolved(), olderThan: seconds)
             for id in removed { Console.out(id) }
             Console.error("stockade: removed \(removed.count) run director\(removed.count == 1 ? "y" : "ies")")
+            // Image layers no imported image names, unless an import or a run holds the cache.
+            let layers = try ImageStore(stateDirectory: state.resolved()).collectGarbage()
+            for digest in layers.removed { Console.out(digest) }
+            Console.error(layers.busy ? "stockade: image layers not collected: an import or a run is using the cache"
+                                      : "stockade: removed \(layers.removed.count) unused image layer\(layers.removed.count == 1 ? "" : "s")")
         } catch {
             Console.error("stockade: \(error)")
             throw ExitCode(1)

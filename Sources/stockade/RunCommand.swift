@@ -26,6 +26,8 @@ struct Run: AsyncParsableCommand {
     @Option(help: "KEY=VALUE for the worker's environment.") var env: [String] = []
     @Option(help: "Workspace directory shown copy-on-write at /workspace.") var workspace: String?
     @Option(help: "Request bundle directory shown read-only at /sandbox/request.") var request: String?
+    @Option(help: "Imported image (NAME[:TAG] or sha256:DIGEST) whose layers are the worker's read-only root.") var image: String?
+    @Option(help: "Directory shown read-only as the worker's root instead of the host's system directories.") var rootfs: String?
     @Flag(help: "Print one JSON report on stdout instead of streaming the worker's output.") var json = false
 
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.")
@@ -50,12 +52,17 @@ struct Run: AsyncParsableCommand {
                 throw ValidationError("--env: expected KEY=VALUE with a valid name, found \(e)")
             }
         }
-        if command.isEmpty && request == nil { throw ValidationError("no command: stockade run [OPTIONS] -- CMD [ARG...]") }
+        if image != nil && rootfs != nil { throw ValidationError("--image and --rootfs: give one") }
+        if let rootfs, !rootfs.hasPrefix("/") { throw ValidationError("--rootfs: expected an absolute path, found \(rootfs)") }
+        // An image's Entrypoint/Cmd may be the command.
+        if command.isEmpty && request == nil && image == nil { throw ValidationError("no command: stockade run [OPTIONS] -- CMD [ARG...]") }
     }
 
     func options() -> RunOptions {
         var o = RunOptions(command: command.isEmpty ? nil : command)
         o.profile = profile
+        o.image = image
+        o.rootfs = rootfs
         o.memoryBytes = memory.flatMap(ByteSize.parse)
         o.cpus = cpus
         o.pids = pids
@@ -88,9 +95,16 @@ struct Run: AsyncParsableCommand {
             throw ExitCode(125)
         }
         let stream: (@Sendable (Int32, [UInt8]) -> Void)? = json ? nil : Self.streamToTerminal
-        let cancellation = RunCancellation()
-        Interrupts.install(first: { cancellation.cancel() }, forced: { supervisor.recordForcedExit() })
-        let report = await supervisor.run(options(), onOutput: stream, cancellation: cancellation)
+        let service = RunService(supervisor: supervisor, admission: .init(maxRunning: 1, maxQueued: 0))
+        let handle: RunHandle
+        do {
+            handle = try await service.submit(options(), onOutput: stream)
+        } catch {
+            Console.error("stockade: \(error)")
+            throw ExitCode(125)
+        }
+        Interrupts.install(first: { handle.cancel() }, forced: { supervisor.recordForcedExit() })
+        let report = await handle.report()
         if json {
             print(report.json())
         } else {

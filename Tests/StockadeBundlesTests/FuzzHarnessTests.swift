@@ -10,7 +10,9 @@ private let fuzzingWanted = ProcessInfo.processInfo.environment["STOCKADE_SKIP_F
 /// and manifest parser (no crash, accepted manifests survive a round trip), and
 /// the diff parser with the path guard (no crash, no name the guard lets
 /// through that its own name check refuses).
-@Suite("libFuzzer harnesses", .enabled(if: fuzzingWanted, "STOCKADE_SKIP_FUZZ is set"), .timeLimit(.minutes(5)))
+// The diff harness first builds the package with the fuzzer and address sanitizer (a separate
+// build directory, every dependency again): minutes on 2 cores, more when the machine is busy.
+@Suite("libFuzzer harnesses", .enabled(if: fuzzingWanted, "STOCKADE_SKIP_FUZZ is set"), .timeLimit(.minutes(15)))
 struct FuzzHarnessTests {
     @Test("ten seconds of coverage-guided fuzzing find nothing", arguments: ["run-manifest-fuzz.sh", "run-diff-fuzz.sh"])
     func briefFuzz(script: String) throws {

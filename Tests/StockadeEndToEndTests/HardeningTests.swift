@@ -197,4 +197,38 @@ struct HardeningTests {
         #expect(Self.hostMounts(under: h.stateDirectory).isEmpty, "left mounted: \(Self.hostMounts(under: h.stateDirectory))")
         #expect(!FileManager.default.fileExists(atPath: workspace + "/planted"), "the real workspace was written")
     }
+
+    @Test("a worker writing a root-owned rw volume as its owner cannot leave a set-user-ID or set-group-ID file there")
+    func noSetIDFilesInVolumes() throws {
+        let h = try Harness()
+        let volume = h.stateDirectory + "-volume"
+        try FileManager.default.createDirectory(atPath: volume, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: volume) }
+        // Positive control: on the host, the owner (root) can set the bits.
+        let control = volume + "/control"
+        #expect(FileManager.default.createFile(atPath: control, contents: Data("x".utf8)))
+        #expect(chmod(control, 0o4755) == 0)
+        try FileManager.default.removeItem(atPath: control)
+
+        let script = """
+        cp /bin/true /data/t && chmod 755 /data/t && echo plain-ok
+        chmod u+s /data/t || echo chmod-refused
+        chmod g+s /data/t || echo chmod-g-refused
+        mkdir -m 2775 /data/d || echo mkdir-refused
+        python3 -c 'import os; os.open("/data/s", os.O_CREAT | os.O_WRONLY, 0o4755)' 2>/dev/null || echo create-refused
+        """
+        let r = try h.run(["--volume", "\(volume):/data:rw"], ["/bin/sh", "-c", script])
+        let report = try r.report()
+        #expect(report.string("stdout") == "plain-ok\nchmod-refused\nchmod-g-refused\nmkdir-refused\ncreate-refused\n", "\(report)")
+        // Host side: the worker's file exists, owned by root, and nothing under the volume has a set-ID bit.
+        var st = stat()
+        #expect(stat(volume + "/t", &st) == 0 && st.st_uid == 0)
+        for name in (try FileManager.default.contentsOfDirectory(atPath: volume)) {
+            var entry = stat()
+            #expect(lstat(volume + "/" + name, &entry) == 0 && entry.st_mode & (S_ISUID | S_ISGID) == 0, "\(name) has a set-ID bit")
+        }
+        // Each refusal is a recorded violation.
+        let calls = Set(((report["violations"] as? [[String: Any]]) ?? []).compactMap { $0["syscall"] as? String })
+        #expect(calls.isSuperset(of: ["fchmodat", "mkdir", "openat"]), "\(calls)")
+    }
 }

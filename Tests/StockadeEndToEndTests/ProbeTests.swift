@@ -81,6 +81,21 @@ struct ProbeCase: Sendable, CustomTestStringConvertible {
         // 7 descriptors and terminals
         ProbeCase("tiocsti", violation: "ioctl"),
         ProbeCase("cwd-outside", violation: "chroot"),
+    ] + classicEscapes.prefix(4)
+
+    /// The escapes that broke real container runtimes (issue 22), each refused under every built-in
+    /// profile: the first four have probes of their own, the rest are controls that already were.
+    static let classicEscapes: [ProbeCase] = [
+        ProbeCase("cgroup-release-agent", violation: "mount"),  // CVE-2022-0492
+        ProbeCase("helper-write", ["/proc/sys/kernel/core_pattern", "/proc/sys/kernel/modprobe", "/sys/kernel/uevent_helper"]),
+        ProbeCase("exe-overwrite", ["/proc/self/exe", "/proc/1/exe"]),  // CVE-2019-5736
+        ProbeCase("ptrace-init", violation: "ptrace"),  // CVE-2016-9962
+        ProbeCase("keyctl", violation: "keyctl"),
+        ProbeCase("mount-proc", violation: "mount"),  // unmasking /proc
+        ProbeCase("open-by-handle-at", violation: "open_by_handle_at"),  // shocker
+        ProbeCase("cwd-outside", violation: "chroot"),  // CVE-2024-21626
+        ProbeCase("userfaultfd", violation: "userfaultfd"),
+        ProbeCase("io-uring-setup", violation: "io_uring_setup"),
     ]
 }
 
@@ -120,6 +135,33 @@ struct ProbeTests {
             #expect(report.violationSyscalls.contains(syscall), "violations name \(syscall): \(report["violations"] ?? "none")")
         }
         try requirePositiveControl(c.probe, c.args)
+    }
+
+    @Test("each classic escape is refused under the strict profile too, and recorded", arguments: ProbeCase.classicEscapes)
+    func classicEscapeUnderStrict(_ c: ProbeCase) throws {
+        let r = try Harness().probe(c.probe, c.args, options: ["--profile", "strict"])
+        let report = try r.report()
+        let out = report.string("stdout") ?? ""
+        // strict kills at a violation: then the kill must be at the escape's own call.
+        if let syscall = c.violation {
+            #expect(report.violationSyscalls == [syscall], "only \(syscall), the escape itself: \(report["violations"] ?? "none")")
+            #expect(report.string("outcome") == "seccomp" && r.status == 159, "\(out) \(report)")
+        } else {
+            #expect(report.string("outcome") == "exited" && r.status == 0, "the probe did the forbidden thing or could not tell: \(out) \(report)")
+        }
+        try requirePositiveControl(c.probe, c.args)
+    }
+
+    @Test("the classic escapes' positive controls leave the host as it was: no mount left, core_pattern unchanged")
+    func classicEscapesAreHarmless() throws {
+        let mounts = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
+        let pattern = try String(contentsOfFile: "/proc/sys/kernel/core_pattern", encoding: .utf8)
+        var outputs: [String] = []
+        for c in ProbeCase.classicEscapes { outputs.append(try Harness.probeUnsandboxed(c.probe, c.args).stdout) }
+        #expect(try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) == mounts)
+        #expect(try String(contentsOfFile: "/proc/sys/kernel/core_pattern", encoding: .utf8) == pattern)
+        // The check compares something: the release_agent probe did mount cgroupfs (in a mount namespace of its own).
+        #expect(outputs[0].contains("mounted cgroup"), "\(outputs[0])")
     }
 
     @Test("only descriptors 0, 1, 2 reach the worker, even when the supervisor inherited more")

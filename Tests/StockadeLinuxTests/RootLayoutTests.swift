@@ -69,6 +69,17 @@ struct RootLayoutTests {
         #expect(mkdirs.contains("/data") && mkdirs.contains("/data/deep"))
         #expect(ops.last == .bind(source: "/usr/share", target: "/data/deep/share", isFile: false, readOnly: true))
     }
+
+    @Test("with the worker's host ids known, an rw volume is an idmapped bind to them and an ro one a plain read-only bind")
+    func writableVolumesAreOwned() {
+        var l = layout()
+        l.volumes = [.init(source: "/srv/rw", target: "/rw", readOnly: false), .init(source: "/srv/ro", target: "/ro", readOnly: true)]
+        l.workerHostIds = (uid: 1_000_066_536, gid: 1_000_066_537)
+        let ops = l.mounts()
+        #expect(ops.contains(.bindOwned(source: "/srv/rw", target: "/rw", isFile: false, owner: (uid: 1_000_066_536, gid: 1_000_066_537))))
+        #expect(ops.contains(.bind(source: "/srv/ro", target: "/ro", isFile: false, readOnly: true)))
+        #expect(!ops.contains { if case .bind(_, "/rw", _, _, _, _) = $0 { return true } else { return false } })
+    }
 }
 
 @Suite("command lookup")

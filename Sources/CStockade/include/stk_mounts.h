@@ -37,5 +37,20 @@ int stk_idmap_userns(const char *uid_map, const char *gid_map);
 int stk_workspace_overlay(const char *lower, const char *anchor, const char *tmpfs_options, uint32_t uid, uint32_t gid,
                           int userns_fd, int *_Nonnull layer_fd, const char *_Nullable *_Nonnull stage);
 
+/*
+ * The worker's root from an image: an overlay whose lower layers are
+ * read-only, nosuid, nodev clones of the cached layer directories `layers`
+ * (bottom first), each idmapped through `userns_fd`, and whose upper and work
+ * directories are `upper/` and `work/` of the detached tmpfs `upper_fd`
+ * (which must also hold empty directories `lower/0` .. `lower/N-1`). Made, like
+ * the workspace, on a thread of its own in a private mount namespace, with
+ * `anchor` as the tmpfs's mount point there, because overlayfs before Linux
+ * 6.15 refuses detached layers. Returns the detached overlay mount fd, or -1
+ * with errno and `*stage` ("namespace", "upper", "open_tree", "idmap",
+ * "move_mount", "overlay").
+ */
+int stk_image_root(const char *anchor, int upper_fd, const char *_Nonnull const *_Nonnull layers, size_t layer_count,
+                   int userns_fd, const char *_Nullable *_Nonnull stage);
+
 #pragma clang assume_nonnull end
 #endif

@@ -76,6 +76,8 @@ struct stk_plan {
     /* Host directory the new root's tmpfs is mounted on, and its mount data. */
     const char *root;
     const char *root_data;
+    /* A detached mount (an image's overlay) attached at `root` instead of the tmpfs; -1 for the tmpfs. */
+    int root_fd;
     const struct stk_mount_op *_Nullable ops;
     size_t op_count;
     int root_readonly;
@@ -153,6 +155,14 @@ int stk_tmpfs_detached(uint64_t size_bytes, uint64_t inodes, uint32_t uid, uint3
  * Why C: no glibc wrappers for open_tree/mount_setattr.
  */
 int stk_clone_tree(const char *path, uint64_t attr_set);
+
+/*
+ * Idmaps the detached tree `tree_fd` (from stk_clone_tree, not yet attached)
+ * through the user namespace `userns_fd` (see stk_idmap_userns), recursively.
+ * Returns 0 or -1 with errno (EINVAL: a filesystem in the tree cannot be
+ * idmapped). Why C: no glibc wrapper for mount_setattr.
+ */
+int stk_tree_idmap(int tree_fd, int userns_fd);
 
 /* pidfd_send_signal(2). Why C: no glibc wrapper. */
 int stk_pidfd_send_signal(int pidfd, int sig);

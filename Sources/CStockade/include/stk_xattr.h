@@ -26,5 +26,12 @@ ssize_t stk_flistxattr(int fd, char *_Nullable list, size_t size);
  */
 ssize_t stk_fgetxattr(int fd, const char *name, void *_Nullable value, size_t size);
 
+/*
+ * fsetxattr(2) with no flags: sets `name` of `fd` to `size` bytes of `value`
+ * (the image cache marks opaque directories with trusted.overlay.opaque).
+ * Returns 0, or -1 with errno set. Why C: as above.
+ */
+int stk_fsetxattr(int fd, const char *name, const void *value, size_t size);
+
 #pragma clang assume_nonnull end
 #endif

@@ -1,0 +1,171 @@
+import Synchronization
+
+/// The one way runs are submitted, for the CLI's `run`, `batch` and a long-running service alike:
+/// `submit` returns a handle at once (its run id, its state, `cancel`, the final report), and the
+/// service starts queued runs as running ones finish. Admission lives here: at most `maxRunning`
+/// runs at once and at most `maxQueued` waiting; a submission past that is refused
+/// (`queueFull`) or, for a caller that can apply back-pressure (a batch reading its input), waits.
+public actor RunService {
+    public struct Admission: Sendable {
+        public var maxRunning: Int
+        public var maxQueued: Int
+
+        public init(maxRunning: Int, maxQueued: Int) {
+            self.maxRunning = max(1, maxRunning)
+            self.maxQueued = max(0, maxQueued)
+        }
+    }
+
+    public enum WhenFull: Sendable {
+        /// Throw `RunServiceError.queueFull` (an API answers 429).
+        case refuse
+        /// Suspend the submitter until a queued run starts.
+        case wait
+    }
+
+    /// Runs one request to its report (the supervisor's `run`).
+    package typealias Runner = @Sendable (RunOptions, (@Sendable (Int32, [UInt8]) -> Void)?, RunCancellation, String) async -> RunReport
+
+    public nonisolated let admission: Admission
+    private let runner: Runner
+    private var running = 0
+    private var queued = 0
+    private var startWaiters: [CheckedContinuation<Void, Never>] = []
+    private var roomWaiters: [CheckedContinuation<Void, Never>] = []
+    private var outstanding: [String: RunHandle] = [:]
+    private var closed = false
+
+    public init(supervisor: Supervisor, admission: Admission) {
+        self.init(admission: admission) { options, onOutput, cancellation, runId in
+            await supervisor.run(options, onOutput: onOutput, cancellation: cancellation, runId: runId)
+        }
+    }
+
+    /// Over any runner: the admission rules are tested without spawning workers.
+    package init(admission: Admission, runner: @escaping Runner) {
+        self.admission = admission
+        self.runner = runner
+    }
+
+    /// Queues a run. The handle's report arrives when the run has ended, whatever happens: every
+    /// failure is a classified report.
+    public func submit(_ options: RunOptions, onOutput: (@Sendable (Int32, [UInt8]) -> Void)? = nil,
+                       whenFull: WhenFull = .refuse) async throws(RunServiceError) -> RunHandle {
+        while running + queued >= admission.maxRunning + admission.maxQueued && !closed {
+            guard whenFull == .wait else {
+                throw RunServiceError.queueFull(running: running, queued: queued, limit: admission.maxQueued)
+            }
+            await withCheckedContinuation { roomWaiters.append($0) }
+        }
+        guard !closed else { throw RunServiceError.closed }
+        queued += 1
+        let handle = RunHandle(runId: Supervisor.makeRunId())
+        outstanding[handle.runId] = handle
+        let runner = self.runner
+        handle.start { [self] cancellation, runId in
+            await self.waitForSlot()
+            handle.markRunning()
+            let report = await runner(options, onOutput, cancellation, runId)
+            await self.finished(runId)
+            return report
+        }
+        return handle
+    }
+
+    /// Runs under way and waiting, for a service's metrics and a queue's `Retry-After`.
+    public var load: (running: Int, queued: Int) { (running, queued) }
+
+    private func waitForSlot() async {
+        if running < admission.maxRunning {
+            running += 1
+            queued -= 1
+            return
+        }
+        // Woken by `finished`, which hands this run the slot it frees.
+        await withCheckedContinuation { startWaiters.append($0) }
+    }
+
+    /// Stops admitting runs and cancels every queued and running one (an interrupt, a shutdown).
+    public func cancelAll() {
+        closed = true
+        for handle in outstanding.values { handle.cancel() }
+        for waiter in roomWaiters { waiter.resume() }
+        roomWaiters = []
+    }
+
+    public var isClosed: Bool { closed }
+
+    private func finished(_ runId: String) {
+        outstanding[runId] = nil
+        if let next = startWaiters.popFirst() {
+            queued -= 1
+            roomWaiters.popFirst()?.resume()
+            next.resume()
+        } else {
+            running -= 1
+            roomWaiters.popFirst()?.resume()
+        }
+    }
+}
+
+public enum RunServiceError: Error, Sendable, Equatable, CustomStringConvertible {
+    case queueFull(running: Int, queued: Int, limit: Int)
+    case closed
+
+    public var description: String {
+        switch self {
+        case .queueFull(let running, let queued, let limit):
+            "the run queue is full (\(running) running, \(queued) of \(limit) queued): retry when a run has finished"
+        case .closed:
+            "the run service is shutting down and admits no more runs"
+        }
+    }
+}
+
+/// A submitted run: its id from the start, its state, a way to cancel it, and its report.
+public final class RunHandle: Sendable {
+    public enum State: String, Sendable { case queued, running, finished }
+
+    public let runId: String
+    public let cancellation = RunCancellation()
+    private let state = Mutex(State.queued)
+    private let task = Mutex<Task<RunReport, Never>?>(nil)
+
+    init(runId: String) {
+        self.runId = runId
+    }
+
+    func start(_ body: @escaping @Sendable (RunCancellation, String) async -> RunReport) {
+        let cancellation = self.cancellation, runId = self.runId
+        let started = Task { [self] in
+            let report = await body(cancellation, runId)
+            state.withLock { $0 = .finished }
+            return report
+        }
+        task.withLock { $0 = started }
+    }
+
+    func markRunning() {
+        state.withLock { if $0 == .queued { $0 = .running } }
+    }
+
+    public var currentState: State { state.withLock { $0 } }
+
+    /// Cancels the run: a queued one never starts its worker, a running one is killed (outcome `cancelled`).
+    public func cancel() {
+        cancellation.cancel()
+    }
+
+    /// The final report, when the run has ended.
+    public func report() async -> RunReport {
+        // `start` is called before the handle is returned, so the task is there.
+        guard let running = task.withLock({ $0 }) else { preconditionFailure("a RunHandle is started before it is handed out") }
+        return await running.value
+    }
+}
+
+extension Array {
+    fileprivate mutating func popFirst() -> Element? {
+        isEmpty ? nil : removeFirst()
+    }
+}

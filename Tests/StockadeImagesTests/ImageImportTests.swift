@@ -1,0 +1,176 @@
+import CStockade
+import Foundation
+import StockadeImages
+import StockadePolicy
+import Testing
+
+private func freshStore(_ configure: (inout ImageBounds) -> Void = { _ in }) -> ImageStore {
+    var store = ImageStore(stateDirectory: NSTemporaryDirectory() + "stockade-images-\(UUID().uuidString)")
+    configure(&store.bounds)
+    return store
+}
+
+private func contents(_ dir: String) -> [String] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).sorted()
+}
+
+/// Import must fail with `code`, naming `entry`, and leave nothing in the cache.
+private func expectRefused(_ layout: LayoutFixture, _ code: ImageError.Code, entry: String?, store: ImageStore = freshStore(),
+                           sourceLocation: SourceLocation = #_sourceLocation) {
+    do {
+        let result = try store.importLayout(layout.path, name: "hostile")
+        Issue.record("imported \(result.record.name) where a refusal was expected", sourceLocation: sourceLocation)
+    } catch {
+        #expect(error.code == code, "\(error.message)", sourceLocation: sourceLocation)
+        if let entry { #expect(error.entry == entry, "\(error.message)", sourceLocation: sourceLocation) }
+        if let entry { #expect(error.message.contains(entry), "the reason names the entry: \(error.message)", sourceLocation: sourceLocation) }
+    }
+    #expect(contents(store.path + "/layers").isEmpty, "no layer is kept", sourceLocation: sourceLocation)
+    #expect(contents(store.path + "/tmp").isEmpty, "no half-unpacked layer is left", sourceLocation: sourceLocation)
+    #expect(contents(store.path + "/names").isEmpty, "no image is named", sourceLocation: sourceLocation)
+}
+
+@Suite("image import: OCI layouts read as hostile input", .enabled(if: getuid() == 0, "unpacking keeps the image's owners and makes overlay whiteouts: needs root"))
+struct ImageImportTests {
+    @Test("a layout's files, directories, links and whiteouts are unpacked once, owners kept and setuid dropped")
+    func unpacksLayer() throws {
+        let tar = Tar.archive([
+            .dir("bin/"), .file("bin/tool", "#!/bin/sh\n", mode: 0o4755), .hardlink("bin/tool2", to: "bin/tool"),
+            .symlink("bin/sh", to: "tool"), .symlink("etc-link", to: "/etc"),
+            TarEntry(name: "home/app/owned", uid: 1000, gid: 1000, data: Array("x".utf8)),
+            .file("gone/.wh.old"), .file("fresh/.wh..wh..opq"),
+        ])
+        let layout = try LayoutFixture(layers: [try Tar.gzip(tar)], mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
+                                       config: ["Env": .array([.string("PATH=/bin")]), "Cmd": .array([.string("/bin/sh")])])
+        let store = freshStore()
+        let result = try store.importLayout(layout.path, name: "fixture:1")
+        #expect(result.record.name == "fixture:1")
+        #expect(result.record.config.env == ["PATH=/bin"])
+        #expect(result.record.config.cmd == ["/bin/sh"])
+        let layer = store.layerPath(try #require(result.record.layers.first))
+        var st = stat()
+        #expect(lstat(layer + "/bin/tool", &st) == 0)
+        #expect(st.st_mode & 0o7777 == 0o755, "setuid dropped")
+        #expect(st.st_nlink == 2, "the hard link is to the same file")
+        #expect(result.unpacked.values.first?.strippedModes == 1)
+        #expect(lstat(layer + "/home/app/owned", &st) == 0 && st.st_uid == 1000 && st.st_gid == 1000)
+        #expect(lstat(layer + "/gone/old", &st) == 0 && st.st_mode & S_IFMT == S_IFCHR && st.st_rdev == 0, "an overlay whiteout")
+        #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: layer + "/etc-link")) == "/etc")
+        var value = [UInt8](repeating: 0, count: 4)
+        let fresh = open(layer + "/fresh", O_RDONLY | O_DIRECTORY)
+        defer { close(fresh) }
+        #expect(stk_fgetxattr(fresh, "trusted.overlay.opaque", &value, 4) == 1 && value[0] == UInt8(ascii: "y"))
+        #expect(contents(store.path + "/tmp").isEmpty)
+
+        let again = try store.importLayout(layout.path, name: "fixture:2")
+        #expect(again.unpacked.isEmpty && again.reused.count == 1, "a cached layer is not unpacked again")
+        #expect(try store.list().map(\.name) == ["fixture:1", "fixture:2"])
+    }
+
+    @Test("hostile entries are refused, naming the entry, with nothing written outside the cache", arguments: [
+        ("../escape-marker", [TarEntry.file("../escape-marker", "x")], "../escape-marker"),
+        ("absolute", [TarEntry.file("/tmp/escape-marker-abs", "x")], "/tmp/escape-marker-abs"),
+        ("a file through a symlink to /etc", [TarEntry.symlink("evil", to: "/etc"), .file("evil/stockade-escape", "x")], "evil/stockade-escape"),
+        ("a file through a relative symlink", [TarEntry.symlink("up", to: "."), .file("up/x", "x")], "up/x"),
+        ("a symlink that climbs out", [TarEntry.symlink("a/b", to: "../../outside")], "a/b"),
+        ("a hard link to a host path", [TarEntry.hardlink("passwd", to: "/etc/passwd")], "passwd"),
+        ("a hard link climbing out", [TarEntry.hardlink("passwd", to: "../../../../etc/passwd")], "passwd"),
+        ("a hard link to no earlier file", [TarEntry.hardlink("later", to: "missing"), .file("missing")], "later"),
+        ("a device node", [TarEntry(name: "dev/sda", kind: .character, mode: 0o600)], "dev/sda"),
+        ("a whiteout naming ..", [TarEntry.file("dir/.wh..."), ], "dir/.wh..."),
+        ("an owner outside the worker's range", [TarEntry(name: "big", uid: 70000)], "big"),
+    ] as [(String, [TarEntry], String)])
+    func hostileEntry(_ label: String, _ entries: [TarEntry], _ entry: String) throws {
+        let layout = try LayoutFixture(layers: [Tar.archive(entries)])
+        expectRefused(layout, .badEntry, entry: entry)
+        #expect(!FileManager.default.fileExists(atPath: "/etc/stockade-escape"), "\(label)")
+        #expect(!FileManager.default.fileExists(atPath: "/tmp/escape-marker-abs"), "\(label)")
+    }
+
+    @Test("a gzip bomb stops at the layer's byte bound")
+    func gzipBomb() throws {
+        let bomb = try Tar.gzip(Tar.archive([TarEntry(name: "zeros", data: [UInt8](repeating: 0, count: 64 << 20))]))
+        #expect(bomb.count < 1 << 20, "64 MiB of zeros compress to \(bomb.count) bytes")
+        let layout = try LayoutFixture(layers: [bomb], mediaType: "application/vnd.oci.image.layer.v1.tar+gzip")
+        expectRefused(layout, .overBound, entry: "zeros", store: freshStore { $0.maxLayerBytes = 1 << 20 })
+    }
+
+    @Test("a layer of many empty files stops at the entry bound")
+    func manyFiles() throws {
+        let layout = try LayoutFixture(layers: [Tar.archive((0..<1200).map { TarEntry.file("f\($0)") })])
+        expectRefused(layout, .overBound, entry: "f1000", store: freshStore { $0.maxLayerEntries = 1000 })
+    }
+
+    @Test("a layer blob whose bytes do not match its digest is refused and not kept")
+    func digestMismatch() throws {
+        let good = Tar.archive([.file("a", "original")])
+        let layout = try LayoutFixture(layers: [good])
+        let hex = Digest.of(good).hex
+        var evil = Tar.archive([.file("a", "tampered")])
+        evil = Array(evil.prefix(good.count))
+        try Data(evil).write(to: URL(fileURLWithPath: layout.path + "/blobs/sha256/" + hex))
+        expectRefused(layout, .digestMismatch, entry: "sha256:" + hex)
+    }
+
+    @Test("a manifest naming a blob outside blobs/ is refused", arguments: [
+        "sha256:../../../../etc/passwd", "sha256:/etc/passwd", "sha512:" + String(repeating: "0", count: 128),
+    ])
+    func outsideBlobs(_ digest: String) throws {
+        let layout = try LayoutFixture(layers: [Tar.archive([.file("a")])], layerDigests: [digest])
+        expectRefused(layout, .badDescriptor, entry: nil)
+    }
+
+    @Test("a blob that is a symlink out of the layout is refused")
+    func blobSymlink() throws {
+        let tar = Tar.archive([.file("a")])
+        let layout = try LayoutFixture(layers: [tar])
+        let path = layout.path + "/blobs/sha256/" + Digest.of(tar).hex
+        try FileManager.default.removeItem(atPath: path)
+        try FileManager.default.createSymbolicLink(atPath: path, withDestinationPath: "/etc/passwd")
+        expectRefused(layout, .badDescriptor, entry: "sha256:" + Digest.of(tar).hex)
+    }
+
+    @Test("two imports of one image at once leave one good copy", .timeLimit(.minutes(2)))
+    func concurrentImports() async throws {
+        let tar = Tar.archive((0..<300).map { TarEntry.file("d/f\($0)", String(repeating: "y", count: $0)) })
+        let layout = try LayoutFixture(layers: [tar])
+        let store = freshStore()
+        let results = await withTaskGroup(of: Result<ImportResult, ImageError>.self) { group in
+            for i in 0..<2 {
+                group.addTask {
+                    do throws(ImageError) { return .success(try store.importLayout(layout.path, name: "same:\(i)")) } catch { return .failure(error) }
+                }
+            }
+            var all: [Result<ImportResult, ImageError>] = []
+            for await r in group { all.append(r) }
+            return all
+        }
+        for r in results { if case .failure(let e) = r { Issue.record("\(e)") } }
+        #expect(contents(store.path + "/layers") == [Digest.of(tar).hex])
+        #expect(contents(store.path + "/tmp").isEmpty)
+        #expect(contents(store.path + "/layers/" + Digest.of(tar).hex + "/d").count == 300, "the copy kept is whole")
+    }
+
+    @Test("gc removes a layer once no image names it, and keeps it while one does")
+    func garbage() throws {
+        let layout = try LayoutFixture(layers: [Tar.archive([.file("a")])])
+        let store = freshStore()
+        _ = try store.importLayout(layout.path, name: "keep")
+        #expect(try store.collectGarbage().removed.isEmpty)
+        try store.remove("keep")
+        #expect(try store.collectGarbage().removed.count == 1)
+        #expect(contents(store.path + "/layers").isEmpty)
+    }
+
+    @Test("image names are NAME[:TAG] and refused otherwise", arguments: [
+        ("busybox", "busybox:latest"), ("tools/py:3.12", "tools/py:3.12"),
+    ])
+    func names(_ text: String, _ normalized: String) throws {
+        #expect(try ImageStore.normalize(text) == normalized)
+    }
+
+    @Test("bad image names are refused", arguments: ["", "../x", "Upper", "a:b:c/d", "x:"])
+    func badNames(_ text: String) {
+        #expect(throws: ImageError.self) { try ImageStore.normalize(text) }
+    }
+}
