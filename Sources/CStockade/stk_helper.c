@@ -128,6 +128,7 @@ static void stk_encode(struct stk_out *o, const struct stk_plan *plan) {
     out_u32(o, plan->filter_len);
     out_u32(o, (uint32_t)plan->notify);
     out_u32(o, (uint32_t)plan->loopback_up);
+    out_u32(o, (uint32_t)plan->listen_port);
     out_fd(o, plan->cgroup_dir_fd);
     out_u32(o, plan->ns_owner_uid);
     out_u32(o, (uint32_t)plan->op_count);
@@ -294,6 +295,7 @@ static int stk_decode(struct stk_in *in, struct stk_plan *plan, struct stk_decod
     if (plan->filter != NULL && filter_bytes != (size_t)plan->filter_len * sizeof(struct sock_filter)) return -1;
     plan->notify = (int)in_u32(in);
     plan->loopback_up = (int)in_u32(in);
+    plan->listen_port = (int)in_u32(in);
     plan->cgroup_dir_fd = in_fd(in);
     plan->ns_owner_uid = in_u32(in);
     size_t ops = in_count(in);
@@ -344,7 +346,7 @@ static int stk_decode(struct stk_in *in, struct stk_plan *plan, struct stk_decod
 struct stk_wire_result {
     int32_t type;
     int32_t pid, stage, error, detail;
-    int32_t has_pidfd, has_notify, has_status;
+    int32_t has_pidfd, has_notify, has_status, has_listen;
 };
 
 /* ---------- client (supervisor side) ---------- */
@@ -428,10 +430,11 @@ int stk_spawn_remote(int sock, const struct stk_plan *plan, struct stk_spawn_res
     int started_pidfd = -1;
     for (;;) {
         struct stk_wire_result wire;
-        int got[3];
+        int got[4];
         int ngot = 0;
-        ssize_t n = stk_receive_fds(sock, &wire, sizeof wire, got, &ngot, 3);
-        int expected = n == (ssize_t)sizeof wire ? (wire.has_pidfd != 0) + (wire.has_notify != 0) + (wire.has_status != 0) : -1;
+        ssize_t n = stk_receive_fds(sock, &wire, sizeof wire, got, &ngot, 4);
+        int expected = n == (ssize_t)sizeof wire
+            ? (wire.has_pidfd != 0) + (wire.has_notify != 0) + (wire.has_status != 0) + (wire.has_listen != 0) : -1;
         if (n != (ssize_t)sizeof wire || ngot != expected || (wire.type != 'S' && wire.type != 'R') ||
             (wire.type == 'S' && (!wire.has_pidfd || started_pidfd >= 0))) {
             int err = n < 0 ? errno : n == 0 ? EPIPE : EPROTO;
@@ -457,6 +460,7 @@ int stk_spawn_remote(int sock, const struct stk_plan *plan, struct stk_spawn_res
         if (wire.has_pidfd) result->pidfd = got[k++];
         if (wire.has_notify) result->notify_fd = got[k++];
         if (wire.has_status) result->status_fd = got[k++];
+        if (wire.has_listen) result->listen_fd = got[k++];
         if (result->pidfd < 0) result->pidfd = started_pidfd;
         else if (started_pidfd >= 0) close(started_pidfd);
         result->pid = wire.pid;
@@ -473,7 +477,8 @@ int stk_spawn_remote(int sock, const struct stk_plan *plan, struct stk_spawn_res
         }
         if (result->notify_fd >= 0) close(result->notify_fd);
         if (result->status_fd >= 0) close(result->status_fd);
-        result->pidfd = result->notify_fd = result->status_fd = -1;
+        if (result->listen_fd >= 0) close(result->listen_fd);
+        result->pidfd = result->notify_fd = result->status_fd = result->listen_fd = -1;
         result->pid = -1;
     }
     return 0;
@@ -484,7 +489,7 @@ int stk_spawn_remote(int sock, const struct stk_plan *plan, struct stk_spawn_res
 /* Tells the supervisor the child exists, with its pidfd, before it is released. */
 static void stk_helper_started(void *context, pid_t pid, int pidfd) {
     int sock = *(int *)context;
-    struct stk_wire_result wire = {'S', pid, STK_STAGE_NONE, 0, -1, 1, 0, 0};
+    struct stk_wire_result wire = {'S', pid, STK_STAGE_NONE, 0, -1, 1, 0, 0, 0};
     if (stk_send_fds(sock, &wire, sizeof wire, &pidfd, 1) != (ssize_t)sizeof wire) {
         /* The supervisor is gone: so is the child's parent-death signal's reason to wait. */
         (void)syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
@@ -495,12 +500,14 @@ static void stk_helper_started(void *context, pid_t pid, int pidfd) {
 /* The result; the pidfd only if 'S' did not carry it (no child, or none announced). */
 static void stk_helper_answer(int sock, const struct stk_spawn_result *r, int announced) {
     int send_pidfd = r->pidfd >= 0 && !announced;
-    struct stk_wire_result wire = {'R', r->pid, r->stage, r->error, r->detail, send_pidfd, r->notify_fd >= 0, r->status_fd >= 0};
-    int fds[3];
+    struct stk_wire_result wire = {'R', r->pid, r->stage, r->error, r->detail, send_pidfd, r->notify_fd >= 0, r->status_fd >= 0,
+                                   r->listen_fd >= 0};
+    int fds[4];
     int n = 0;
     if (send_pidfd) fds[n++] = r->pidfd;
     if (r->notify_fd >= 0) fds[n++] = r->notify_fd;
     if (r->status_fd >= 0) fds[n++] = r->status_fd;
+    if (r->listen_fd >= 0) fds[n++] = r->listen_fd;
     if (stk_send_fds(sock, &wire, sizeof wire, fds, n) != (ssize_t)sizeof wire) {
         /* The supervisor is gone: whatever was made dies with its parent-death signal. */
         if (r->pidfd >= 0) (void)syscall(SYS_pidfd_send_signal, r->pidfd, SIGKILL, NULL, 0);
@@ -543,6 +550,7 @@ __attribute__((noreturn)) static void stk_helper_serve(int sock, int parent_pidf
         if (result.pidfd >= 0) close(result.pidfd);
         if (result.notify_fd >= 0) close(result.notify_fd);
         if (result.status_fd >= 0) close(result.status_fd);
+        if (result.listen_fd >= 0) close(result.listen_fd);
     }
 }
 

@@ -4,6 +4,7 @@
  */
 #define _GNU_SOURCE
 #include "stk_spawn.h"
+#include "stk_net.h"
 #include "stk_internal.h"
 
 #include <errno.h>
@@ -602,6 +603,7 @@ void stk_result_init(struct stk_spawn_result *result) {
     result->stage = STK_STAGE_NONE;
     result->error = 0;
     result->detail = -1;
+    result->listen_fd = -1;
 }
 
 static void stk_close(int *fd) {
@@ -705,6 +707,11 @@ int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result, int 
         result->error = errno;
         goto fail_child;
     }
+    if (plan->listen_port > 0 && (result->listen_fd = stk_listen_in_netns((pid_t)pid, (uint16_t)plan->listen_port)) < 0) {
+        result->stage = STK_STAGE_NETWORK;
+        result->error = errno;
+        goto fail_child;
+    }
     if (stk_write_all(syncpipe[1], "g", 1) < 0) {
         result->stage = STK_STAGE_SYNC;
         result->error = errno;
@@ -750,6 +757,7 @@ int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result, int 
 
 fail_child:
     stk_close(&result->notify_fd);
+    stk_close(&result->listen_fd);
     /* Not ours to reap: kill it and hand the pidfd back so the supervisor does. */
     (void)syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
 out:

@@ -52,6 +52,10 @@ public struct SandboxSpec: Sendable {
     public var rootMount: Int32?
     public var workdir: String = "/workspace"
     public var loopback: Bool = false
+    /// Nonzero: a listener on 127.0.0.1:`listenPort` is made in the worker's network namespace
+    /// before the worker is released (`SpawnedWorker.listenFD`): the egress proxy's, there before
+    /// the worker's first connection attempt.
+    public var listenPort: UInt16 = 0
     /// (resource, soft, hard)
     public var rlimits: [(Int32, UInt64, UInt64)] = []
     public var seccomp: SeccompProgram?

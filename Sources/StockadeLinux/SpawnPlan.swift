@@ -36,6 +36,7 @@ final class SpawnPlan {
         plan.pointee.stdout_fd = stdout
         plan.pointee.stderr_fd = stderr
         plan.pointee.loopback_up = spec.loopback ? 1 : 0
+        plan.pointee.listen_port = Int32(spec.listenPort)
         plan.pointee.cgroup_dir_fd = spec.cgroupDirectoryDescriptor ?? -1
         // The run's own host uid owns its user namespace, so per-user kernel
         // quotas (inotify instances, user namespaces, ...) are the run's alone.

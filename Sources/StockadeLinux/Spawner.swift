@@ -10,6 +10,8 @@ public struct SpawnedWorker: Sendable {
     public let notifyFD: Int32?
     /// Read end of the report the worker's init writes when the main process exits.
     public let statusFD: Int32
+    /// The listener `SandboxSpec.listenPort` asked for (the caller closes it), else nil.
+    public var listenFD: Int32? = nil
 }
 
 /// Runs every spawn on a few dedicated threads that live as long as the
@@ -94,7 +96,7 @@ public final class Spawner: Sendable {
             throw SetupStage.error(stage: result.stage, errno: result.error, detail: result.detail, spec: spec)
         }
         return SpawnedWorker(pid: result.pid, pidfd: result.pidfd, notifyFD: result.notify_fd >= 0 ? result.notify_fd : nil,
-                             statusFD: result.status_fd)
+                             statusFD: result.status_fd, listenFD: result.listen_fd >= 0 ? result.listen_fd : nil)
     }
 
     private func run() {
@@ -107,6 +109,7 @@ public final class Spawner: Sendable {
             result.notify_fd = -1
             result.status_fd = -1
             result.detail = -1
+            result.listen_fd = -1
             guard let plan = job.plan else {
                 forkHelpers(job.helpers)
                 job.done(result)

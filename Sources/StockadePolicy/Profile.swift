@@ -65,6 +65,9 @@ public struct Profile: Sendable, Equatable {
 
     public enum NetworkMode: String, Sendable, Equatable, CaseIterable {
         case none, loopback
+        /// Only `lo`, with the supervisor's egress proxy on it: names the profile's
+        /// `network.egress` admits are reachable through it, nothing else.
+        case proxy
     }
 
     public struct PortMapping: Sendable, Equatable {
@@ -79,6 +82,10 @@ public struct Profile: Sendable, Equatable {
     public struct Network: Sendable, Equatable {
         public var mode: NetworkMode = .none
         public var publish: [PortMapping] = []
+        /// Used in `proxy` mode only.
+        public var egress = Egress()
+        /// Pinned names for the proxy's resolver (as /etc/hosts): name to address, both validated.
+        public var hosts: [String: String] = [:]
         public init() {}
     }
 

@@ -198,10 +198,31 @@ public struct ProfileDecoder {
     }
 
     private mutating func applyNetwork(_ value: JSONValue, to network: inout Profile.Network) {
-        guard let o = object(value, "network", keys: ["mode", "publish"]) else { return }
+        guard let o = object(value, "network", keys: ["mode", "publish", "egress", "hosts"]) else { return }
         if let v = o["mode"], let text = string(v, "network.mode") {
             if let mode = Profile.NetworkMode(rawValue: text) { network.mode = mode } else {
-                fail("network.mode", "expected one of none, loopback; found \(text)")
+                fail("network.mode", "expected one of none, loopback, proxy; found \(text)")
+            }
+        }
+        if let v = o["egress"] { applyEgress(v, to: &network.egress) }
+        if let v = o["hosts"] {
+            if let pairs = v.object {
+                network.hosts = [:]
+                for (name, item) in pairs.sorted(by: { $0.key < $1.key }) {
+                    let field = "network.hosts.\(name)"
+                    guard let address = string(item, field) else { continue }
+                    guard case .name(let normalized)? = EgressHost.parse(name) else {
+                        fail(field, "not a host name (1-253 characters of dot-separated labels of a-z, 0-9 and '-')")
+                        continue
+                    }
+                    guard IPAddress.parse(address) != nil else {
+                        fail(field, "expected an IPv4 or IPv6 address, found \(address)")
+                        continue
+                    }
+                    network.hosts[normalized] = address
+                }
+            } else {
+                fail("network.hosts", "expected an object of host names to addresses, found \(v.typeName)")
             }
         }
         if let v = o["publish"], let items = strings(v, "network.publish") {
@@ -212,6 +233,37 @@ public struct ProfileDecoder {
                 }
             }
         }
+    }
+
+    private mutating func applyEgress(_ value: JSONValue, to egress: inout Profile.Egress) {
+        guard let o = object(value, "network.egress", keys: ["allow", "deny", "allowPrivate", "maxConnections", "maxBytes", "resolver"]) else { return }
+        for key in ["allow", "deny"] {
+            guard let v = o[key], let items = strings(v, "network.egress.\(key)") else { continue }
+            var rules: [EgressRule] = []
+            for (index, item) in items.enumerated() {
+                if let rule = EgressRule.parse(item) { rules.append(rule) } else {
+                    fail("network.egress.\(key)[\(index)]",
+                         "expected NAME, *.SUFFIX or an IP address, with an optional :PORT (IPv6 in brackets), found \(item)")
+                }
+            }
+            if key == "allow" { egress.allow = rules } else { egress.deny = rules }
+        }
+        if let v = o["allowPrivate"], let flag = bool(v, "network.egress.allowPrivate") { egress.allowPrivate = flag }
+        if let v = o["maxConnections"], let n = integer(v, "network.egress.maxConnections", in: 1...100_000) { egress.maxConnections = Int(n) }
+        if let v = o["maxBytes"], let n = size(v, "network.egress.maxBytes", in: 0...(1 << 40)) { egress.maxBytes = n }
+        if let v = o["resolver"], let text = string(v, "network.egress.resolver") {
+            if ProfileDecoder.parseResolver(text) != nil { egress.resolver = text } else {
+                fail("network.egress.resolver", "expected IPV4:PORT of a DNS server, found \(text)")
+            }
+        }
+    }
+
+    /// Parses `IPV4:PORT` (a DNS server for the egress proxy).
+    public static func parseResolver(_ text: String) -> (address: [UInt8], port: UInt16)? {
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 2, let address = IPAddress.parse(String(parts[0])), address.count == 4,
+              let port = UInt16(parts[1]), port > 0 else { return nil }
+        return (address, port)
     }
 
     /// Parses `HOSTPORT:WORKERPORT`.

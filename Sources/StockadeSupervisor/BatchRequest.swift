@@ -83,7 +83,7 @@ public struct BatchRequest: Sendable {
             }
         }
         if let v = object["network"] {
-            guard let s = v.string, let mode = Profile.NetworkMode(rawValue: s) else { throw fail("network", "must be none or loopback") }
+            guard let s = v.string, let mode = Profile.NetworkMode(rawValue: s) else { throw fail("network", "must be none, loopback or proxy") }
             options.network = mode
         }
         if let v = object["publish"] {

@@ -10,6 +10,8 @@ public struct RunOptions: Sendable {
     public var timeoutSeconds: Double?
     public var network: Profile.NetworkMode?
     public var publish: [Profile.PortMapping] = []
+    /// `--allow-host`: added to the profile's `network.egress.allow`; implies `network.mode` proxy.
+    public var allowHosts: [EgressRule] = []
     public var volumes: [Profile.Volume] = []
     public var environment: [(String, String)] = []
     public var workspace: String?

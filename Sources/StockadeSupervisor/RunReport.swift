@@ -15,13 +15,37 @@ public struct RunReport: Sendable, Equatable, Codable {
         public var architecture: String?
         public var count: Int
         public var action: String?
+        /// For `egress`: the host and port the worker asked for, and why it was refused.
+        public var host: String?
+        public var port: Int?
+        public var reason: String?
 
-        public init(kind: String, syscall: String? = nil, architecture: String? = nil, count: Int, action: String? = nil) {
+        public init(kind: String, syscall: String? = nil, architecture: String? = nil, count: Int, action: String? = nil,
+                    host: String? = nil, port: Int? = nil, reason: String? = nil) {
             self.kind = kind
             self.syscall = syscall
             self.architecture = architecture
             self.count = count
             self.action = action
+            self.host = host
+            self.port = port
+            self.reason = reason
+        }
+    }
+
+    /// What a run in `network.mode: "proxy"` sent through the egress proxy.
+    public struct Egress: Sendable, Equatable, Codable {
+        public var connections: Int
+        public var allowed: Int
+        public var denied: Int
+        public var bytesOut: Int64
+        public var bytesIn: Int64
+        public init(connections: Int = 0, allowed: Int = 0, denied: Int = 0, bytesOut: Int64 = 0, bytesIn: Int64 = 0) {
+            self.connections = connections
+            self.allowed = allowed
+            self.denied = denied
+            self.bytesOut = bytesOut
+            self.bytesIn = bytesIn
         }
     }
 
@@ -83,6 +107,8 @@ public struct RunReport: Sendable, Equatable, Codable {
     public var result: ResultVerdict
     public var review: Review
     public var setupError: SetupError?
+    /// Egress totals; nil (null) unless the run's network mode is `proxy`.
+    public var egress: Egress?
     /// The batch request's `id`, echoed as the key `id` (only in `stockade batch` output).
     public var requestId: String?
     /// The batch input line the request was on, as the key `line` (only in `stockade batch` output).
@@ -117,11 +143,12 @@ public struct RunReport: Sendable, Equatable, Codable {
         result = ResultVerdict(status: "none", reason: nil)
         review = Review(id: nil, state: "none")
         setupError = nil
+        egress = nil
     }
 
     enum CodingKeys: String, CodingKey {
         case runId, profile, outcome, exitCode, signal, durationMs, cpuTimeMs, memoryPeakBytes, violations,
-             orphansKilled, stdout, stderr, stdoutTruncated, stderrTruncated, result, review, setupError
+             orphansKilled, stdout, stderr, stdoutTruncated, stderrTruncated, result, review, setupError, egress
         case requestId = "id"
         case line, stdoutBase64, stderrBase64
     }
@@ -146,6 +173,7 @@ public struct RunReport: Sendable, Equatable, Codable {
         try c.encode(result, forKey: .result)
         try c.encode(review, forKey: .review)
         try c.encode(setupError, forKey: .setupError)
+        try c.encode(egress, forKey: .egress)
         if let requestId { try c.encode(requestId, forKey: .requestId) }
         if let line { try c.encode(line, forKey: .line) }
         if let stdoutBase64 { try c.encode(stdoutBase64, forKey: .stdoutBase64) }
@@ -193,6 +221,9 @@ public struct RunReport: Sendable, Equatable, Codable {
                 if let syscall = v.syscall { o["syscall"] = .string(syscall) }
                 if let architecture = v.architecture { o["architecture"] = .string(architecture) }
                 if let action = v.action { o["action"] = .string(action) }
+                if let host = v.host { o["host"] = .string(host) }
+                if let port = v.port { o["port"] = .number(port) }
+                if let reason = v.reason { o["reason"] = .string(reason) }
                 return .object(o)
             }),
             "orphansKilled": .number(orphansKilled), "stdout": .string(stdout), "stderr": .string(stderr),
@@ -201,6 +232,10 @@ public struct RunReport: Sendable, Equatable, Codable {
             "review": .object(["id": int(review.id), "state": .string(review.state)]),
             "setupError": setupError.map { e in
                 .object(["stage": .string(e.stage), "errno": .number(e.errno), "message": .string(e.message)])
+            } ?? .null,
+            "egress": egress.map { e in
+                .object(["connections": .number(e.connections), "allowed": .number(e.allowed), "denied": .number(e.denied),
+                         "bytesOut": .number(e.bytesOut), "bytesIn": .number(e.bytesIn)])
             } ?? .null,
         ]
         if let requestId { object["id"] = .string(requestId) }
@@ -222,7 +257,7 @@ public struct RunReport: Sendable, Equatable, Codable {
         }
         line += " in \(durationMs) ms"
         if !violations.isEmpty {
-            line += "; violations: " + violations.map { "\($0.kind)\($0.syscall.map { ":" + $0 } ?? "")×\($0.count)" }.joined(separator: ", ")
+            line += "; violations: " + violations.map { "\($0.kind)\(($0.syscall ?? $0.host).map { ":" + $0 } ?? "")×\($0.count)" }.joined(separator: ", ")
         }
         if let id = review.id {
             // The diff id is what the next command needs: name it with the way to look at it.

@@ -375,7 +375,8 @@ public final class Supervisor: Sendable {
         spec.hostIdBase = ids.base
         spec.uid = profile.user.uid
         spec.gid = profile.user.gid
-        spec.loopback = profile.network.mode == .loopback || !profile.network.publish.isEmpty
+        spec.loopback = profile.network.mode != .none || !profile.network.publish.isEmpty
+        if profile.network.mode == .proxy { spec.listenPort = EgressProxy.port }
         spec.seccomp = program
         spec.seccompNotify = policy.usesNotifications
         spec.rlimits = rlimits(for: profile)
@@ -407,6 +408,23 @@ public final class Supervisor: Sendable {
             throw SetupFailure(error)
         }
         stdio.closeChildEnds()
+        // The proxy's listener was made in the worker's namespace before the worker ran.
+        var egress: (proxy: EgressProxy, recorder: EgressRecorder)?
+        if profile.network.mode == .proxy {
+            let recorder = EgressRecorder(audit: audit, runId: runId, logger: logger)
+            do throws(LinuxError) {
+                guard let listener = worker.listenFD else {
+                    throw LinuxError(.egress, stage: "egress", "the spawn returned no listener for the egress proxy")
+                }
+                let policy = EgressPolicy(egress: profile.network.egress, hosts: profile.network.hosts)
+                egress = (try EgressProxy.start(listener: listener, configuration: recorder.configuration(policy: policy)), recorder)
+            } catch {
+                _ = stk_pidfd_send_signal(worker.pidfd, SIGKILL)
+                _ = recordQuietly(context, "kill", ["reason": .string("egress"), "when": .string("setup")])
+                forwarder?.stop()
+                throw SetupFailure(stage: error.stage, errno: error.errno, message: error.message)
+            }
+        }
         // Named now, while init lives: the kernel's log names an OOM victim by its host pid.
         let mainPid = OOMEvidence.mainProcess(ofInit: worker.pid)
         OOMEvidence.exempt(initPid: worker.pid)
@@ -416,6 +434,7 @@ public final class Supervisor: Sendable {
             _ = stk_pidfd_send_signal(worker.pidfd, SIGKILL)
             _ = recordQuietly(context, "kill", ["reason": .string("publish"), "when": .string("setup")])
             forwarder?.stop()
+            egress?.proxy.stop()
             throw SetupFailure(stage: error.stage, errno: error.errno, message: error.message)
         }
         logger.debug("worker.started", metadata: ["run.id": "\(runId)", "worker.pid": "\(worker.pid)"])
@@ -440,6 +459,7 @@ public final class Supervisor: Sendable {
         } catch {
             _ = stk_pidfd_send_signal(worker.pidfd, SIGKILL)
             forwarder?.stop()
+            egress?.proxy.stop()
             throw SetupFailure(error)
         }
         let startedRecorded = recordQuietly(context, "worker.started", [
@@ -456,6 +476,8 @@ public final class Supervisor: Sendable {
         let observation = await monitor.wait()
         forwarder?.stop()
         stdio.input?.stop()
+        // Every connection's event is recorded before stop returns, so before run.finished.
+        egress?.proxy.stop()
         output?.finish()
         // Secrets never reach the report or the logs, even split across writes or cut by the cap.
         let stdoutBytes = redactor.redact(captured: observation.stdout)
@@ -479,6 +501,12 @@ public final class Supervisor: Sendable {
             oomHitMain = evidence ?? true
         }
         classify(observation, usage: usage, oomHitMain: oomHitMain, into: &report)
+        if let egress {
+            let t = egress.proxy.totals
+            report.egress = RunReport.Egress(connections: t.connections, allowed: t.allowed, denied: t.denied, bytesOut: t.bytesOut, bytesIn: t.bytesIn)
+            report.violations += egress.recorder.violations
+            if egress.recorder.failed { context.auditFailed = true }
+        }
         report.durationMs = Int64((observation.endedAtNanos - spawnStarted) / 1_000_000)
         report.cpuTimeMs = Int64(max(usage.cpuNanos, observation.userCPUNanos + observation.systemCPUNanos) / 1_000_000)
         // The cgroup's: init's rusage would count the pages it shares with the spawn helper.
@@ -698,8 +726,10 @@ public final class Supervisor: Sendable {
         if let v = options.timeoutSeconds { profile.limits.timeoutSeconds = v }
         if let v = options.network { profile.network.mode = v }
         profile.network.publish += options.publish
+        profile.network.egress.allow += options.allowHosts
+        if !options.allowHosts.isEmpty { profile.network.mode = .proxy }
         // Publishing needs the worker's loopback up (it is still the worker's only interface).
-        if !profile.network.publish.isEmpty { profile.network.mode = .loopback }
+        if !profile.network.publish.isEmpty && profile.network.mode == .none { profile.network.mode = .loopback }
         // Volumes from options are checked (as `--volume[i]`) and added by `runPolicy(for:options:)`.
     }
 
@@ -719,6 +749,15 @@ public final class Supervisor: Sendable {
             if let value = hostEnvironment[name] { env[name] = value }
         }
         for (k, v) in profile.environment.set { env[k] = v }
+        if profile.network.mode == .proxy {
+            // The proxy is the only way out: every common client finds it here (curl reads only lower-case http_proxy).
+            let http = "http://127.0.0.1:\(EgressProxy.port)"
+            for (k, v) in [("HTTP_PROXY", http), ("HTTPS_PROXY", http), ("ALL_PROXY", "socks5h://127.0.0.1:\(EgressProxy.port)"),
+                           ("NO_PROXY", "localhost,127.0.0.1,::1")] {
+                env[k] = v
+                env[k.lowercased()] = v
+            }
+        }
         for (k, v) in options.environment { env[k] = v }
         for (k, v) in secrets.environment { env[k] = v }
         return env.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }

@@ -19,7 +19,9 @@ struct Run: AsyncParsableCommand {
     @Option(parsing: .unconditional, help: "CPU limit (fractional, at most the host's CPU count).") var cpus: Double?
     @Option(parsing: .unconditional, help: "Process limit (1 to 65536).") var pids: Int?
     @Option(parsing: .unconditional, help: "Wall-clock limit: seconds or a duration such as 10s, 1.5s, 5m, 1h.") var timeout: String?
-    @Option(help: "none or loopback.") var network: String?
+    @Option(help: "none, loopback or proxy.") var network: String?
+    @Option(name: .customLong("allow-host"), help: "NAME[:PORT], *.SUFFIX[:PORT] or an IP address the egress proxy admits (ports 80 and 443 when omitted); implies --network proxy.")
+    var allowHost: [String] = []
     @Option(help: "Forward host 127.0.0.1:HOSTPORT to the worker's WORKERPORT (needs a network: not with --network none).")
     var publish: [String] = []
     @Option(help: "HOSTPATH:WORKERPATH[:ro|rw] (ro when omitted).") var volume: [String] = []
@@ -61,9 +63,18 @@ struct Run: AsyncParsableCommand {
             o.timeoutSeconds = try timeout.map { (text) throws(RunValues.Invalid) in try RunValues.timeout(text, field: "--timeout") }
             if let network {
                 guard let mode = Profile.NetworkMode(rawValue: network) else {
-                    throw RunValues.Invalid(description: "--network: must be none or loopback, found \(network)")
+                    throw RunValues.Invalid(description: "--network: must be none, loopback or proxy, found \(network)")
                 }
                 o.network = mode
+            }
+            for h in allowHost {
+                guard let rule = EgressRule.parse(h) else {
+                    throw RunValues.Invalid(description: "--allow-host: must be NAME[:PORT], *.SUFFIX[:PORT] or an IP address (IPv6 in brackets), found \(h)")
+                }
+                o.allowHosts.append(rule)
+            }
+            if !allowHost.isEmpty, let network, network != "proxy" {
+                throw RunValues.Invalid(description: "--allow-host needs --network proxy, not \(network)")
             }
             for p in publish { o.publish.append(try RunValues.publish(p, field: "--publish")) }
             try RunValues.network(o.network, publishing: !publish.isEmpty, fields: ("--network", "--publish"))

@@ -14,7 +14,9 @@ struct ReportJSONTests {
         full.cpuTimeMs = 56
         full.memoryPeakBytes = 7_340_032
         full.violations = [RunReport.Violation(kind: "seccomp", syscall: "keyctl", architecture: "x86_64", count: 3, action: "kill"),
-                           RunReport.Violation(kind: "pids", count: 1)]
+                           RunReport.Violation(kind: "pids", count: 1),
+                           RunReport.Violation(kind: "egress", count: 2, action: "refused", host: "evil.test", port: 443, reason: "not-allowed")]
+        full.egress = RunReport.Egress(connections: 5, allowed: 3, denied: 2, bytesOut: 1200, bytesIn: 65536)
         full.orphansKilled = 2
         full.stdout = "line\n\ttab \u{1} ctl \u{7F} del \u{85} c1 \u{2028} sep é 🦀"
         full.stderr = "back\\slash\u{8}\u{C}"
@@ -40,7 +42,7 @@ struct ReportJSONTests {
         let object = try #require(try JSONSerialization.jsonObject(with: Data(Self.reports()[0].json().utf8)) as? [String: Any])
         #expect(Set(object.keys) == ["runId", "profile", "outcome", "exitCode", "signal", "durationMs", "cpuTimeMs", "memoryPeakBytes",
                                      "violations", "orphansKilled", "stdout", "stderr", "stdoutTruncated", "stderrTruncated",
-                                     "result", "review", "setupError"])
-        #expect(object["setupError"] is NSNull && object["signal"] is NSNull)
+                                     "result", "review", "setupError", "egress"])
+        #expect(object["setupError"] is NSNull && object["signal"] is NSNull && object["egress"] is NSNull)
     }
 }

@@ -6,6 +6,9 @@
  * is not built with.
  */
 
+#include <stdint.h>
+#include <sys/types.h>
+
 #pragma clang assume_nonnull begin
 
 /*
@@ -21,6 +24,16 @@ int stk_setns_net(int nsfd);
  * Returns the new fd, or -1 with errno set. Why C: accept4 needs _GNU_SOURCE.
  */
 int stk_accept_cloexec(int fd);
+
+/*
+ * A listening TCP socket on 127.0.0.1:port (IP_FREEBIND, non-blocking,
+ * close-on-exec) made in the network namespace of `pid`: the calling thread
+ * enters it for socket(2) only and returns (aborting if it cannot: it must
+ * not stay there). Returns the fd, or -1 with errno set.
+ * Why C: the spawn helper calls it between clone and release, where no Swift
+ * runs; setns needs _GNU_SOURCE.
+ */
+int stk_listen_in_netns(pid_t pid, uint16_t port);
 
 #pragma clang assume_nonnull end
 #endif

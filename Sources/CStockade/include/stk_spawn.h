@@ -104,6 +104,10 @@ struct stk_plan {
     size_t rlimit_count;
 
     int loopback_up;
+    /* Nonzero: before the child is released, a TCP listener on 127.0.0.1:listen_port
+       is made in its network namespace (the egress proxy's), returned as
+       result->listen_fd: it exists before any worker code runs. */
+    int listen_port;
 
     /* cgroup: fds of cgroup.procs files the parent writes the pid into before
        releasing the child; or a v2 cgroup directory fd for CLONE_INTO_CGROUP (-1 if none). */
@@ -125,6 +129,7 @@ struct stk_spawn_result {
     int stage;       /* enum stk_stage, STK_STAGE_NONE on success */
     int error;       /* errno of the failed stage */
     int detail;      /* with STK_STAGE_MOUNTS: the index of the failed step; else -1 */
+    int listen_fd;   /* with plan->listen_port: the listener in the worker's network namespace; else -1 */
 };
 
 /* What the worker's init writes on status_fd when the main process exits. */

@@ -1,0 +1,692 @@
+import CStockade
+import Glibc
+import StockadePolicy
+import Synchronization
+
+extension LinuxError.Code {
+    /// The egress proxy could not be set up.
+    public static let egress = LinuxError.Code(rawValue: "egress")
+}
+
+/// The worker's only way out in `network.mode: "proxy"`: an HTTP proxy (CONNECT,
+/// and absolute-URI requests for plain HTTP) and a SOCKS5 proxy (CONNECT only) on
+/// one listener at 127.0.0.1:`port` inside the worker's network namespace (made
+/// there as the port forwarder makes its sockets: setns(2) on one thread, and back).
+/// Every outbound connection is made by the supervisor, from the host's namespace,
+/// to the one address it checked.
+///
+/// A request is judged by `EgressPolicy.decide` before anything is resolved: a name
+/// no rule admits never reaches a resolver. An admitted name is resolved from the
+/// pinned hosts, else by `resolve`; each address is checked (private classes) and the
+/// first acceptable one is connected to (no second lookup).
+///
+/// Hostile input is bounded: the request head (`ProxyRequest.maxHead`, lines
+/// `maxLine`), the time to send it (`headTimeout`), connections in flight
+/// (`maxConcurrent`, each one thread and two 64 KiB buffers), connections per run
+/// and bytes per run (the profile's limits), idle relays (`idleTimeout`).
+public final class EgressProxy: Sendable {
+    public static let port: UInt16 = 3128
+    public static let maxConcurrent = 64
+
+    /// One connection's end, for the audit trail.
+    public struct Event: Sendable {
+        public var allowed: Bool
+        public var kind: ProxyRequest.Kind?
+        public var host: String?
+        public var port: UInt16?
+        public var address: String?
+        public var rule: String?
+        /// Why it was refused or ended early (nil: relayed to the end).
+        public var reason: String?
+        /// A refusal the policy made (not a lookup or connect failure upstream).
+        public var policy: Bool
+        public var bytesOut: Int64 = 0
+        public var bytesIn: Int64 = 0
+        public var durationMs: Int64 = 0
+    }
+
+    public struct Configuration: Sendable {
+        public var policy: EgressPolicy
+        public var headTimeoutMs: Int32 = 10_000
+        public var connectTimeoutMs: Int32 = 10_000
+        public var idleTimeoutMs: Int32 = 300_000
+        /// Addresses for an admitted name without a pinned one. Called only for names the policy admitted.
+        public var resolve: @Sendable (String) -> [[UInt8]] = EgressProxy.systemResolve
+        /// Each connection's end (called on the connection's thread).
+        public var onEvent: @Sendable (Event) -> Void = { _ in }
+        /// A per-run limit reached for the first time: "egress.connections" or "egress.bytes".
+        public var onLimit: @Sendable (String) -> Void = { _ in }
+
+        public init(policy: EgressPolicy) {
+            self.policy = policy
+        }
+    }
+
+    public struct Totals: Sendable, Equatable {
+        public var connections = 0
+        public var allowed = 0
+        public var denied = 0
+        public var bytesOut: Int64 = 0
+        public var bytesIn: Int64 = 0
+    }
+
+    private struct State {
+        var stopped = false
+        var active = 0
+        var threads: [pthread_t] = []
+        var finished: [pthread_t] = []
+        var totals = Totals()
+        var bytesUsed: Int64 = 0
+        var limitsHit: Set<String> = []
+    }
+
+    private let configuration: Configuration
+    /// The port it listens on (the one asked for, or the one the kernel chose for 0).
+    public let port: UInt16
+    private let listener: Int32
+    private let stopEvent: Int32
+    private let stopTrigger: Int32
+    private let state = Mutex(State())
+
+    private init(configuration: Configuration, listener: Int32, stopPipe: [Int32]) {
+        self.configuration = configuration
+        self.listener = listener
+        var address = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &length) }
+        }
+        self.port = UInt16(bigEndian: address.sin_port)
+        self.stopEvent = stopPipe[0]
+        self.stopTrigger = stopPipe[1]
+    }
+
+    /// Serves on `listener` (the spawn made it in the worker's network namespace,
+    /// `SandboxSpec.listenPort`) until `stop()`; takes ownership of it.
+    public static func start(listener: Int32, configuration: Configuration) throws(LinuxError) -> EgressProxy {
+        var stopPipe: [Int32] = [-1, -1]
+        guard stk_pipe_cloexec(&stopPipe, O_NONBLOCK) == 0 else {
+            close(listener)
+            throw LinuxError(.egress, stage: "egress", errno: errno, "cannot create a pipe for the egress proxy")
+        }
+        let proxy = EgressProxy(configuration: configuration, listener: listener, stopPipe: stopPipe)
+        do {
+            try proxy.startThread { [proxy] in proxy.acceptLoop() }
+        } catch {
+            proxy.stop()
+            throw error
+        }
+        return proxy
+    }
+
+    /// Listens on 127.0.0.1:`port` (0: any) in the network namespace of process `pid` and serves until `stop()`.
+    public static func start(inNamespaceOf pid: Int32, port: UInt16, configuration: Configuration) throws(LinuxError) -> EgressProxy {
+        let listener = stk_listen_in_netns(pid, port)
+        guard listener >= 0 else {
+            throw LinuxError(.egress, stage: "egress", errno: errno, "cannot listen on 127.0.0.1:\(port) in the network namespace of \(pid)")
+        }
+        return try start(listener: listener, configuration: configuration)
+    }
+
+    /// Closes the listener and every connection and waits for every thread. Connections
+    /// end with their events delivered before this returns.
+    public func stop() {
+        let first = state.withLock { s -> Bool in
+            defer { s.stopped = true }
+            return !s.stopped
+        }
+        guard first else { return }
+        var one: UInt8 = 1
+        _ = write(stopTrigger, &one, 1)
+        while true {
+            let threads = state.withLock { s -> [pthread_t] in
+                defer { s.threads = []; s.finished = [] }
+                return s.threads + s.finished
+            }
+            if threads.isEmpty { break }
+            for t in threads { pthread_join(t, nil) }
+        }
+        close(listener)
+        close(stopEvent)
+        close(stopTrigger)
+    }
+
+    deinit {
+        stop()
+    }
+
+    public var totals: Totals { state.withLock { $0.totals } }
+
+    private final class ThreadBody {
+        let run: () -> Void
+        init(_ run: @escaping () -> Void) { self.run = run }
+    }
+
+    private func startThread(_ body: @escaping @Sendable () -> Void) throws(LinuxError) {
+        let box = Unmanaged.passRetained(ThreadBody(body))
+        var thread = pthread_t()
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        defer { pthread_attr_destroy(&attributes) }
+        // getaddrinfo (with its NSS modules) and the relay need little stack: 512 KiB bounds a
+        // run's 64 threads to 32 MiB of address space, touched only as used.
+        pthread_attr_setstacksize(&attributes, 512 << 10)
+        let rc = pthread_create(&thread, &attributes, { arg in
+            guard let arg else { return nil }
+            Unmanaged<ThreadBody>.fromOpaque(arg).takeRetainedValue().run()
+            return nil
+        }, box.toOpaque())
+        guard rc == 0 else {
+            box.release()
+            throw LinuxError(.egress, stage: "egress", errno: rc, "cannot start an egress proxy thread")
+        }
+        state.withLock { $0.threads.append(thread) }
+    }
+
+    private func joinFinished() {
+        let done = state.withLock { s -> [pthread_t] in
+            defer { s.finished = [] }
+            return s.finished
+        }
+        for t in done { pthread_join(t, nil) }
+    }
+
+    private func limitHit(_ name: String) {
+        let first = state.withLock { $0.limitsHit.insert(name).inserted }
+        if first { configuration.onLimit(name) }
+    }
+
+    private func acceptLoop() {
+        var fds = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0), pollfd(fd: stopEvent, events: Int16(POLLIN), revents: 0)]
+        while true {
+            joinFinished()
+            let n = poll(&fds, 2, -1)
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 || fds[1].revents != 0 { return }
+            guard fds[0].revents & Int16(POLLIN) != 0 else { continue }
+            let client = stk_accept_cloexec(listener)
+            if client < 0 { continue }
+            enum Admission { case stopped, overLimit(first: Bool), busy, admitted }
+            let admission = state.withLock { s -> Admission in
+                if s.stopped { return .stopped }
+                s.totals.connections += 1
+                if s.totals.connections > configuration.policy.egress.maxConnections {
+                    s.totals.denied += 1
+                    return .overLimit(first: !s.limitsHit.contains("egress.connections"))
+                }
+                if s.active >= EgressProxy.maxConcurrent {
+                    s.totals.denied += 1
+                    return .busy
+                }
+                s.active += 1
+                return .admitted
+            }
+            switch admission {
+            case .stopped:
+                close(client)
+                return
+            case .overLimit(let first):
+                // Only the first refusal is a row of its own: a worker must not flood the audit trail.
+                refuseAtOnce(client, ProxyRequest.response(status: 429, reason: "connection limit"))
+                if first {
+                    limitHit("egress.connections")
+                    configuration.onEvent(Event(allowed: false, reason: "connection-limit", policy: true))
+                }
+            case .busy:
+                refuseAtOnce(client, ProxyRequest.response(status: 429, reason: "too many connections at once"))
+            case .admitted:
+                do {
+                    try startThread { [self] in
+                        serve(client)
+                        close(client)
+                        let me = pthread_self()
+                        state.withLock { s in
+                            s.active -= 1
+                            if let i = s.threads.firstIndex(where: { pthread_equal($0, me) != 0 }) {
+                                s.threads.remove(at: i)
+                                s.finished.append(me)
+                            }
+                        }
+                    }
+                } catch {
+                    close(client)
+                    state.withLock { $0.active -= 1 }
+                }
+            }
+        }
+    }
+
+    /// Answers and closes without a thread. What the client already sent is read first, so
+    /// that the close is a FIN after the answer rather than a reset that may discard it.
+    private func refuseAtOnce(_ client: Int32, _ response: [UInt8]) {
+        var scratch = [UInt8](repeating: 0, count: 4096)
+        _ = recv(client, &scratch, scratch.count, Int32(MSG_DONTWAIT))
+        _ = response.withUnsafeBytes { send(client, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+        _ = shutdown(client, Int32(SHUT_WR))
+        close(client)
+    }
+
+    // MARK: one connection
+
+    private func serve(_ client: Int32) {
+        _ = fcntl(client, F_SETFL, fcntl(client, F_GETFL) | O_NONBLOCK)
+        Self.noDelay(client)
+        let started = Self.nowMs()
+        var event = Event(allowed: false, policy: true)
+        defer {
+            event.durationMs = Self.nowMs() - started
+            state.withLock { s in
+                if event.allowed { s.totals.allowed += 1 } else { s.totals.denied += 1 }
+                s.totals.bytesOut += event.bytesOut
+                s.totals.bytesIn += event.bytesIn
+            }
+            configuration.onEvent(event)
+        }
+        let deadline = started + Int64(configuration.headTimeoutMs)
+        var buffer: [UInt8] = []
+        guard read(client, into: &buffer, atLeast: 1, deadline: deadline) else {
+            event.reason = readFailure(deadline)
+            return
+        }
+        let request: ProxyRequest
+        if buffer[0] == 5 {
+            guard let r = socksRequest(client, &buffer, deadline: deadline, event: &event) else { return }
+            request = r
+        } else {
+            while ProxyRequest.headEnd(buffer) == nil {
+                if ProxyRequest.headOverflows(buffer) {
+                    event.reason = "request-too-large"
+                    reply(client, ProxyRequest.response(status: 431, reason: "request head too large"))
+                    return
+                }
+                guard read(client, into: &buffer, atLeast: buffer.count + 1, deadline: deadline) else {
+                    event.reason = readFailure(deadline)
+                    if event.reason == "request-timeout" { reply(client, ProxyRequest.response(status: 408, reason: "request timeout")) }
+                    return
+                }
+            }
+            let end = ProxyRequest.headEnd(buffer) ?? buffer.count
+            switch ProxyRequest.parseHTTP(buffer[..<end]) {
+            case .success(let r): request = r
+            case .failure(let f):
+                event.reason = "bad-request"
+                reply(client, ProxyRequest.response(status: f.status, reason: f.reason))
+                return
+            }
+            buffer.removeFirst(end)
+        }
+        event.kind = request.kind
+        event.host = request.host
+        event.port = request.port
+        let refuse = { (status: Int, socks: UInt8, reason: String) in
+            if request.kind == .socks5 { self.reply(client, Self.socksReply(socks)) } else {
+                self.reply(client, ProxyRequest.response(status: status, reason: reason))
+            }
+        }
+
+        let policy = configuration.policy
+        let candidates: [[UInt8]]
+        switch policy.decide(host: request.host, port: request.port) {
+        case .deny(let reason, let rule):
+            event.reason = reason
+            event.rule = rule
+            refuse(403, 2, "denied: \(reason)")
+            return
+        case .allow(let rule, let pinned):
+            event.rule = rule
+            candidates = pinned.map { [$0] } ?? configuration.resolve(EgressHost.parse(request.host)?.description ?? request.host)
+        }
+        guard !candidates.isEmpty else {
+            event.reason = "resolve-failed"
+            event.policy = false
+            refuse(502, 4, "cannot resolve the name")
+            return
+        }
+        guard let address = candidates.first(where: { policy.refusal(for: $0) == nil }) else {
+            event.address = IPAddress.format(candidates[0])
+            event.reason = policy.refusal(for: candidates[0])
+            refuse(403, 2, "denied: \(event.reason ?? "address")")
+            return
+        }
+        event.address = IPAddress.format(address)
+        let upstream = connect(to: address, port: request.port)
+        guard upstream >= 0 else {
+            event.reason = upstream == -ETIMEDOUT ? "connect-timeout" : "connect-failed"
+            event.policy = false
+            refuse(502, 5, "cannot connect upstream")
+            return
+        }
+        defer { close(upstream) }
+        Self.noDelay(upstream)
+        event.allowed = true
+        event.reason = nil
+        switch request.kind {
+        case .connect: reply(client, Array("HTTP/1.1 200 Connection established\r\n\r\n".utf8))
+        case .socks5: reply(client, Self.socksReply(0))
+        case .http: buffer = request.upstreamHead + buffer
+        }
+        if request.kind != .http && request.port == 443 {
+            // Domain fronting: a tunnel to an admitted name must not carry TLS for another one.
+            guard checkServerName(client, &buffer, host: request.host, deadline: Self.nowMs() + Int64(configuration.headTimeoutMs),
+                                  event: &event) else {
+                event.allowed = false
+                return
+            }
+        }
+        relay(client: client, upstream: upstream, pending: buffer, event: &event)
+    }
+
+    /// Reads the tunnel's first TLS record; false (and the reason set) when its server name
+    /// differs from `host`, or when a handshake record is malformed or not complete by the
+    /// deadline (fail closed: the rest could name another host). A client whose first byte is not
+    /// a TLS handshake record is relayed: it is not TLS, so it names no other host.
+    private func checkServerName(_ client: Int32, _ buffer: inout [UInt8], host: String, deadline: Int64, event: inout Event) -> Bool {
+        while true {
+            switch ProxyRequest.clientHello(buffer) {
+            case .notTLS, .noServerName:
+                return true
+            case .malformed:
+                event.reason = "bad-tls"
+                return false
+            case .serverName(let name):
+                guard EgressHost.parse(name) == EgressHost.parse(host) else {
+                    event.reason = "sni-mismatch"
+                    event.rule = nil
+                    event.host = host
+                    return false
+                }
+                return true
+            case .incomplete:
+                // Nothing by the deadline is refused too: a client that waited could then name another host.
+                guard buffer.count < ProxyRequest.maxClientHello,
+                      read(client, into: &buffer, atLeast: buffer.count + 1, deadline: deadline, cap: ProxyRequest.maxClientHello) else {
+                    event.reason = buffer.isEmpty ? "tls-timeout" : "bad-tls"
+                    return false
+                }
+            }
+        }
+    }
+
+    /// A SOCKS5 greeting and CONNECT request (RFC 1928), no authentication. nil after replying with a refusal.
+    private func socksRequest(_ client: Int32, _ buffer: inout [UInt8], deadline: Int64, event: inout Event) -> ProxyRequest? {
+        event.kind = .socks5
+        func need(_ n: Int) -> Bool {
+            guard n <= 600, read(client, into: &buffer, atLeast: n, deadline: deadline) else {
+                event.reason = readFailure(deadline)
+                return false
+            }
+            return true
+        }
+        guard need(2), need(2 + Int(buffer[1])) else { return nil }
+        let methods = buffer[2..<(2 + Int(buffer[1]))]
+        guard methods.contains(0) else {
+            event.reason = "bad-request"
+            reply(client, [5, 0xFF])
+            return nil
+        }
+        buffer.removeFirst(2 + Int(buffer[1]))
+        reply(client, [5, 0])
+        guard need(5) else { return nil }
+        guard buffer[0] == 5, buffer[1] == 1, buffer[2] == 0 else {
+            event.reason = buffer[1] == 1 ? "bad-request" : "socks-command-not-supported"
+            reply(client, Self.socksReply(buffer[1] == 1 ? 1 : 7))
+            return nil
+        }
+        let host: String
+        let length: Int
+        switch buffer[3] {
+        case 1:
+            guard need(10) else { return nil }
+            host = IPAddress.format(Array(buffer[4..<8]))
+            length = 10
+        case 3:
+            let n = Int(buffer[4])
+            guard n > 0, need(7 + n) else { return nil }
+            // Printable ASCII only: the name is recorded and may be shown on an operator's terminal.
+            guard buffer[5..<(5 + n)].allSatisfy({ $0 > 32 && $0 < 127 }) else {
+                event.reason = "bad-request"
+                reply(client, Self.socksReply(8))
+                return nil
+            }
+            host = String(decoding: buffer[5..<(5 + n)], as: UTF8.self)
+            length = 7 + n
+        case 4:
+            guard need(22) else { return nil }
+            host = IPAddress.format(Array(buffer[4..<20]))
+            length = 22
+        default:
+            event.reason = "bad-request"
+            reply(client, Self.socksReply(8))
+            return nil
+        }
+        let port = UInt16(buffer[length - 2]) << 8 | UInt16(buffer[length - 1])
+        buffer.removeFirst(length)
+        return ProxyRequest(kind: .socks5, host: host, port: port)
+    }
+
+    static func socksReply(_ code: UInt8) -> [UInt8] { [5, code, 0, 1, 0, 0, 0, 0, 0, 0] }
+
+    /// Reads until `buffer` holds at least `count` bytes; false on end of file, error, deadline or stop.
+    private func read(_ fd: Int32, into buffer: inout [UInt8], atLeast count: Int, deadline: Int64,
+                      cap: Int = ProxyRequest.maxHead + 1) -> Bool {
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while buffer.count < count {
+            let left = deadline - Self.nowMs()
+            guard left > 0 else { return false }
+            var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: stopEvent, events: Int16(POLLIN), revents: 0)]
+            let n = poll(&fds, 2, Int32(min(left, 60_000)))
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 || fds[1].revents != 0 { return false }
+            if n == 0 { continue }
+            // Never more than the head may hold: a 1 MB line is refused after 16 KiB.
+            let room = min(chunk.count, cap - buffer.count)
+            guard room > 0 else { return true }
+            let got = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, room, Int32(MSG_DONTWAIT)) }
+            if got < 0 && (errno == EAGAIN || errno == EINTR) { continue }
+            if got <= 0 { return false }
+            buffer += chunk[0..<got]
+        }
+        return true
+    }
+
+    /// Why a read of the request ended early: the deadline, the proxy stopping, or the client.
+    private func readFailure(_ deadline: Int64) -> String {
+        if state.withLock({ $0.stopped }) { return "stopped" }
+        return Self.nowMs() >= deadline ? "request-timeout" : "client-closed"
+    }
+
+    /// Best effort: a refusal the client may read before the connection closes.
+    private func reply(_ fd: Int32, _ bytes: [UInt8]) {
+        var offset = 0
+        let deadline = Self.nowMs() + 2_000
+        while offset < bytes.count && Self.nowMs() < deadline {
+            let n = bytes[offset...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+            if n > 0 { offset += n; continue }
+            if n < 0 && errno != EAGAIN && errno != EINTR { return }
+            var fds = [pollfd(fd: fd, events: Int16(POLLOUT), revents: 0), pollfd(fd: stopEvent, events: Int16(POLLIN), revents: 0)]
+            if poll(&fds, 2, 500) < 0 && errno != EINTR { return }
+            if fds[1].revents != 0 { return }
+        }
+    }
+
+    /// A non-blocking TCP connection from the host's namespace to exactly `address`; -errno on failure.
+    private func connect(to address: [UInt8], port: UInt16) -> Int32 {
+        let family = address.count == 16 ? AF_INET6 : AF_INET
+        let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        guard fd >= 0 else { return -errno }
+        var storage = sockaddr_storage()
+        let length: socklen_t
+        if address.count == 16 {
+            var a = sockaddr_in6()
+            a.sin6_family = sa_family_t(AF_INET6)
+            a.sin6_port = port.bigEndian
+            withUnsafeMutableBytes(of: &a.sin6_addr) { $0.copyBytes(from: address) }
+            withUnsafeMutableBytes(of: &storage) { s in withUnsafeBytes(of: a) { s.copyMemory(from: $0) } }
+            length = socklen_t(MemoryLayout<sockaddr_in6>.size)
+        } else {
+            var a = sockaddr_in()
+            a.sin_family = sa_family_t(AF_INET)
+            a.sin_port = port.bigEndian
+            withUnsafeMutableBytes(of: &a.sin_addr) { $0.copyBytes(from: address) }
+            withUnsafeMutableBytes(of: &storage) { s in withUnsafeBytes(of: a) { s.copyMemory(from: $0) } }
+            length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        }
+        let rc = withUnsafePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, length) }
+        }
+        if rc == 0 { return fd }
+        guard errno == EINPROGRESS else {
+            let e = errno
+            close(fd)
+            return -e
+        }
+        let deadline = Self.nowMs() + Int64(configuration.connectTimeoutMs)
+        var fds = [pollfd(fd: fd, events: Int16(POLLOUT), revents: 0), pollfd(fd: stopEvent, events: Int16(POLLIN), revents: 0)]
+        while true {
+            let left = deadline - Self.nowMs()
+            guard left > 0 else { close(fd); return -ETIMEDOUT }
+            let n = poll(&fds, 2, Int32(left))
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 || fds[1].revents != 0 { close(fd); return -ECANCELED }
+            if fds[0].revents != 0 { break }
+        }
+        var error: Int32 = 0
+        var size = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &size) == 0, error == 0 else {
+            close(fd)
+            return -(error == 0 ? ECONNREFUSED : error)
+        }
+        return fd
+    }
+
+    /// Takes `n` bytes from the run's budget; false (and the limit recorded) when it is spent.
+    private func spend(_ n: Int) -> Bool {
+        let ok = state.withLock { s -> Bool in
+            guard s.bytesUsed + Int64(n) <= configuration.policy.egress.maxBytes else { return false }
+            s.bytesUsed += Int64(n)
+            return true
+        }
+        if !ok { limitHit("egress.bytes") }
+        return ok
+    }
+
+    /// Both directions until both ended, the byte budget is spent, the relay idles too long, or stop.
+    private func relay(client: Int32, upstream: Int32, pending: [UInt8], event: inout Event) {
+        var out = Pipe(from: client, to: upstream)
+        var back = Pipe(from: upstream, to: client)
+        if !pending.isEmpty {
+            guard spend(pending.count) else { event.reason = "byte-limit"; return }
+            out.buffer.replaceSubrange(0..<pending.count, with: pending)
+            out.end = pending.count
+            event.bytesOut += Int64(pending.count)
+        }
+        while !(out.done && back.done) {
+            var fds = [
+                pollfd(fd: client, events: out.readInterest | back.writeInterest, revents: 0),
+                pollfd(fd: upstream, events: back.readInterest | out.writeInterest, revents: 0),
+                pollfd(fd: stopEvent, events: Int16(POLLIN), revents: 0),
+            ]
+            let n = poll(&fds, 3, configuration.idleTimeoutMs)
+            if n < 0 && errno == EINTR { continue }
+            if n == 0 { event.reason = "idle-timeout"; return }
+            if n < 0 || fds[2].revents != 0 { event.reason = "stopped"; return }
+            if (fds[0].revents | fds[1].revents) & Int16(POLLERR | POLLNVAL) != 0 { event.reason = "reset"; return }
+            for outward in [true, false] {
+                switch outward ? out.step(spend) : back.step(spend) {
+                case .failed: event.reason = "reset"; return
+                case .overBudget: event.reason = "byte-limit"; return
+                case .moved(let bytes):
+                    if outward { event.bytesOut += Int64(bytes) } else { event.bytesIn += Int64(bytes) }
+                }
+            }
+        }
+    }
+
+    struct Pipe {
+        enum Step { case moved(Int), failed, overBudget }
+        let from: Int32
+        let to: Int32
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        var start = 0
+        var end = 0
+        var eof = false
+        var done = false
+
+        init(from: Int32, to: Int32) {
+            self.from = from
+            self.to = to
+        }
+
+        var readInterest: Int16 { !eof && start == end ? Int16(POLLIN) : 0 }
+        var writeInterest: Int16 { start < end ? Int16(POLLOUT) : 0 }
+
+        /// Reads what is there (charging it to the budget), writes what it can.
+        mutating func step(_ spend: (Int) -> Bool) -> Step {
+            if done { return .moved(0) }
+            var read = 0
+            if start == end && !eof {
+                let n = buffer.withUnsafeMutableBytes { recv(from, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                if n > 0 {
+                    guard spend(n) else { return .overBudget }
+                    start = 0
+                    end = n
+                    read = n
+                } else if n == 0 {
+                    eof = true
+                } else if errno != EAGAIN && errno != EINTR {
+                    return .failed
+                }
+            }
+            if start < end {
+                let n = buffer[start..<end].withUnsafeBytes { send(to, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+                if n > 0 {
+                    start += n
+                } else if n < 0 && errno != EAGAIN && errno != EINTR {
+                    return .failed
+                }
+            }
+            if eof && start == end {
+                _ = shutdown(to, Int32(SHUT_WR))
+                done = true
+            }
+            return .moved(read)
+        }
+    }
+
+    /// A relay forwards what each side wrote as it arrives: Nagle's wait on top of the
+    /// sender's own would add a delayed-ACK round (tens of ms) to small exchanges.
+    static func noDelay(_ fd: Int32) {
+        var one: Int32 = 1
+        _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    static func nowMs() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+    }
+
+    /// getaddrinfo(3) for TCP, addresses in the order it gives them (IPv4 and IPv6).
+    public static func systemResolve(_ name: String) -> [[UInt8]] {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var list: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(name, nil, &hints, &list) == 0, let first = list else { return [] }
+        defer { freeaddrinfo(first) }
+        var out: [[UInt8]] = []
+        var node: UnsafeMutablePointer<addrinfo>? = first
+        while let n = node, out.count < 16 {
+            if let sa = n.pointee.ai_addr {
+                if n.pointee.ai_family == AF_INET {
+                    let a = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr }
+                    out.append(withUnsafeBytes(of: a) { Array($0) })
+                } else if n.pointee.ai_family == AF_INET6 {
+                    let a = sa.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee.sin6_addr }
+                    out.append(withUnsafeBytes(of: a) { Array($0) })
+                }
+            }
+            node = n.pointee.ai_next
+        }
+        return out
+    }
+}

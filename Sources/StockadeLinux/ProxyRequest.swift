@@ -1,0 +1,205 @@
+/// One request a worker sent to the egress proxy, parsed from hostile bytes:
+/// an HTTP `CONNECT host:port`, an absolute-URI request for plain HTTP
+/// (`GET http://host[:port]/path`), or a SOCKS5 CONNECT. Everything is bounded
+/// (`maxHead`, `maxLine`, `maxHeaders`) and strict: CRLF line ends only, no
+/// header folding, no user info in the URI, tokens of the RFC 9110 characters.
+public struct ProxyRequest: Sendable, Equatable {
+    public enum Kind: String, Sendable, Equatable {
+        case connect
+        case http
+        case socks5
+    }
+
+    public var kind: Kind
+    public var host: String
+    public var port: UInt16
+    /// For `http`: the request head to send upstream (origin-form target, our Host, `Connection: close`).
+    public var upstreamHead: [UInt8] = []
+
+    public static let maxHead = 16 << 10
+    public static let maxLine = 8 << 10
+    public static let maxHeaders = 100
+
+    public struct Failure: Error, Sendable, Equatable {
+        public var status: Int
+        public var reason: String
+    }
+
+    /// The index just past the head's blank line in `bytes`, if it is complete.
+    public static func headEnd(_ bytes: [UInt8]) -> Int? {
+        guard bytes.count >= 4 else { return nil }
+        for i in 0...(bytes.count - 4) where bytes[i] == 13 && bytes[i + 1] == 10 && bytes[i + 2] == 13 && bytes[i + 3] == 10 {
+            return i + 4
+        }
+        return nil
+    }
+
+    /// Whether a partial head can never become a valid one (too long, or a line too long).
+    public static func headOverflows(_ bytes: [UInt8]) -> Bool {
+        if bytes.count > maxHead { return true }
+        var run = 0
+        for b in bytes {
+            if b == 10 { run = 0 } else { run += 1 }
+            if run > maxLine { return true }
+        }
+        return false
+    }
+
+    /// Parses a complete HTTP request head (through its blank line).
+    public static func parseHTTP(_ head: ArraySlice<UInt8>) -> Result<ProxyRequest, Failure> {
+        guard head.count <= maxHead else { return .failure(Failure(status: 431, reason: "request head too large")) }
+        var lines: [ArraySlice<UInt8>] = []
+        var start = head.startIndex
+        var i = head.startIndex
+        while i < head.endIndex {
+            if head[i] == 10 {
+                guard i > start, head[i - 1] == 13 else { return .failure(Failure(status: 400, reason: "bare LF in the request head")) }
+                lines.append(head[start..<(i - 1)])
+                start = i + 1
+            }
+            i += 1
+        }
+        guard start == head.endIndex, lines.count >= 2, lines.last?.isEmpty == true else {
+            return .failure(Failure(status: 400, reason: "incomplete request head"))
+        }
+        lines.removeLast()
+        guard lines.count - 1 <= maxHeaders else { return .failure(Failure(status: 431, reason: "too many header lines")) }
+        for line in lines where line.count > maxLine || line.contains(13) || line.contains(0) {
+            return .failure(Failure(status: 431, reason: "header line too long or with CR/NUL"))
+        }
+        let parts = lines[0].split(separator: 32, omittingEmptySubsequences: false)
+        guard parts.count == 3, !parts[0].isEmpty, parts[0].allSatisfy({ (65...90).contains($0) }),
+              parts[2].elementsEqual("HTTP/1.1".utf8) || parts[2].elementsEqual("HTTP/1.0".utf8) else {
+            return .failure(Failure(status: 400, reason: "malformed request line"))
+        }
+        let method = String(decoding: parts[0], as: UTF8.self)
+        let target = String(decoding: parts[1], as: UTF8.self)
+        guard target.utf8.allSatisfy({ $0 > 32 && $0 < 127 }) else { return .failure(Failure(status: 400, reason: "malformed request target")) }
+        var headers: [(String, ArraySlice<UInt8>)] = []
+        for line in lines.dropFirst() {
+            guard let colon = line.firstIndex(of: 58), colon > line.startIndex,
+                  line[line.startIndex..<colon].allSatisfy(isTokenByte) else {
+                return .failure(Failure(status: 400, reason: "malformed header line"))
+            }
+            headers.append((String(decoding: line[line.startIndex..<colon], as: UTF8.self).lowercased(), line[(colon + 1)...]))
+        }
+        if method == "CONNECT" {
+            guard let (host, port) = authority(target, defaultPort: nil) else {
+                return .failure(Failure(status: 400, reason: "CONNECT needs host:port"))
+            }
+            return .success(ProxyRequest(kind: .connect, host: host, port: port))
+        }
+        guard target.utf8.count > 7, target.prefix(7).lowercased() == "http://" else {
+            return .failure(Failure(status: 400, reason: "only CONNECT and absolute http:// requests are proxied"))
+        }
+        let rest = target.dropFirst(7)
+        let cut = rest.firstIndex { $0 == "/" || $0 == "?" } ?? rest.endIndex
+        let authorityText = String(rest[..<cut])
+        guard !authorityText.contains("@"), let (host, port) = authority(authorityText, defaultPort: 80) else {
+            return .failure(Failure(status: 400, reason: "malformed host in the request URI"))
+        }
+        var path = String(rest[cut...])
+        if path.isEmpty { path = "/" } else if path.hasPrefix("?") { path = "/" + path }
+        // Hop-by-hop and proxy headers stop here; the Host is the one that was checked.
+        let dropped: Set = ["host", "connection", "proxy-connection", "keep-alive", "proxy-authorization", "te", "upgrade"]
+        var out = Array("\(method) \(path) \(String(decoding: parts[2], as: UTF8.self))\r\nHost: \(authorityText)\r\n".utf8)
+        for (name, line) in zip(headers.map(\.0), lines.dropFirst()) where !dropped.contains(name) {
+            out += line
+            out += [13, 10]
+        }
+        out += Array("Connection: close\r\n\r\n".utf8)
+        return .success(ProxyRequest(kind: .http, host: host, port: port, upstreamHead: out))
+    }
+
+    /// `host:port`, `[v6]:port`, or a host alone when `defaultPort` is given.
+    static func authority(_ text: String, defaultPort: UInt16?) -> (String, UInt16)? {
+        var host: Substring
+        var portText: Substring?
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { return nil }
+            host = text[text.startIndex...close]
+            let rest = text[text.index(after: close)...]
+            if !rest.isEmpty {
+                guard rest.hasPrefix(":") else { return nil }
+                portText = rest.dropFirst()
+            }
+        } else if let colon = text.lastIndex(of: ":") {
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+        } else {
+            host = Substring(text)
+        }
+        guard !host.isEmpty, host.utf8.count <= 255 else { return nil }
+        let port: UInt16
+        if let portText {
+            guard !portText.isEmpty, portText.utf8.count <= 5, portText.utf8.allSatisfy({ (48...57).contains($0) }),
+                  let p = UInt16(portText), p > 0 else { return nil }
+            port = p
+        } else {
+            guard let defaultPort else { return nil }
+            port = defaultPort
+        }
+        return (String(host), port)
+    }
+
+    static func isTokenByte(_ b: UInt8) -> Bool {
+        (48...57).contains(b) || (65...90).contains(b) || (97...122).contains(b) || Array("!#$%&'*+-.^_`|~".utf8).contains(b)
+    }
+
+    /// What the first bytes a client sends through a tunnel say about TLS.
+    public enum ClientHello: Sendable, Equatable {
+        /// Not all of the first TLS record yet.
+        case incomplete
+        /// Not a TLS handshake record.
+        case notTLS
+        /// A handshake record that is not a ClientHello that parses.
+        case malformed
+        /// A ClientHello without a server name.
+        case noServerName
+        case serverName(String)
+    }
+
+    /// The largest first record read: a TLS record holds at most 16 KiB plus its header.
+    public static let maxClientHello = 5 + 16384
+
+    /// The server name (SNI) of the ClientHello that `bytes` begin with (RFC 8446 4.1.2, RFC 6066 3).
+    public static func clientHello(_ bytes: [UInt8]) -> ClientHello {
+        guard let first = bytes.first else { return .incomplete }
+        guard first == 0x16 else { return .notTLS }
+        guard bytes.count >= 5 else { return .incomplete }
+        let length = Int(bytes[3]) << 8 | Int(bytes[4])
+        guard length >= 4, length <= 16384 else { return .malformed }
+        guard bytes.count >= 5 + length else { return .incomplete }
+        let r = bytes[5..<(5 + length)]
+        var i = r.startIndex
+        func take(_ n: Int) -> ArraySlice<UInt8>? {
+            guard n >= 0, i + n <= r.endIndex else { return nil }
+            defer { i += n }
+            return r[i..<(i + n)]
+        }
+        func number(_ n: Int) -> Int? { take(n).map { $0.reduce(0) { $0 << 8 | Int($1) } } }
+        guard take(1) == [1], let bodyLength = number(3), bodyLength <= r.endIndex - i,
+              take(2 + 32) != nil, let session = number(1), take(session) != nil,
+              let suites = number(2), take(suites) != nil, let compressions = number(1), take(compressions) != nil else {
+            return .malformed
+        }
+        guard let extensionsLength = number(2) else { return .noServerName }
+        let end = min(r.endIndex, i + extensionsLength)
+        while i + 4 <= end {
+            guard let type = number(2), let size = number(2), i + size <= end else { return .malformed }
+            guard type == 0 else { i += size; continue }
+            guard let listLength = number(2), listLength + 2 == size, take(1) == [0], let nameLength = number(2),
+                  let name = take(nameLength), nameLength > 0 else { return .malformed }
+            return .serverName(String(decoding: name, as: UTF8.self))
+        }
+        return .noServerName
+    }
+
+    /// A plain-text refusal the worker's client shows its user.
+    public static func response(status: Int, reason: String) -> [UInt8] {
+        let phrase = [400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 429: "Too Many Requests",
+                      431: "Request Header Fields Too Large", 502: "Bad Gateway", 504: "Gateway Timeout"][status] ?? "Error"
+        let body = "stockade egress: \(reason)\n"
+        return Array("HTTP/1.1 \(status) \(phrase)\r\nContent-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\nX-Stockade-Egress: \(reason)\r\n\r\n\(body)".utf8)
+    }
+}

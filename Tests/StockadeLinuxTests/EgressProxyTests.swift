@@ -1,0 +1,278 @@
+import Glibc
+import StockadeLinux
+import StockadePolicy
+import Synchronization
+import Testing
+
+/// The proxy run in the test's own network namespace (the worker-pid argument is this
+/// process), against upstream servers on 127.0.0.1 only, with an injected resolver
+/// that counts its calls: the proof that a refused name is never looked up.
+@Suite("the egress proxy", .serialized)
+struct EgressProxyTests {
+    final class Recorder: Sendable {
+        let events = Mutex<[EgressProxy.Event]>([])
+        let limits = Mutex<[String]>([])
+        let lookups = Mutex<[String]>([])
+    }
+
+    /// A loopback server answering every connection with `body` (after reading what arrives first).
+    final class Upstream: @unchecked Sendable {
+        let fd: Int32
+        let port: UInt16
+        let body: [UInt8]
+        var thread: Thread?
+
+        init(body: [UInt8]) throws {
+            let sock = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            fd = sock
+            var a = sockaddr_in()
+            a.sin_family = sa_family_t(AF_INET)
+            a.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let ok = withUnsafeMutablePointer(to: &a) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(sock, $0, len) == 0 && listen(sock, 64) == 0 && getsockname(sock, $0, &len) == 0 }
+            }
+            try #require(ok)
+            port = UInt16(bigEndian: a.sin_port)
+            self.body = body
+            let fd = self.fd, body = self.body
+            let t = Thread {
+                while true {
+                    let c = accept(fd, nil, nil)
+                    if c < 0 { return }
+                    var scratch = [UInt8](repeating: 0, count: 4096)
+                    _ = recv(c, &scratch, scratch.count, 0)
+                    var off = 0
+                    while off < body.count {
+                        let n = body[off...].withUnsafeBytes { send(c, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                        if n <= 0 { break }
+                        off += n
+                    }
+                    close(c)
+                }
+            }
+            thread = t
+            t.start()
+        }
+
+        func stop() {
+            shutdown(fd, Int32(SHUT_RDWR))
+            close(fd)
+        }
+    }
+
+    final class Thread: @unchecked Sendable {
+        let body: () -> Void
+        var handle = pthread_t()
+        init(_ body: @escaping () -> Void) { self.body = body }
+        func start() {
+            let box = Unmanaged.passRetained(self)
+            pthread_create(&handle, nil, { arg in
+                Unmanaged<Thread>.fromOpaque(arg!).takeRetainedValue().body()
+                return nil
+            }, box.toOpaque())
+            pthread_detach(handle)
+        }
+    }
+
+    static func start(allow: [String], hosts: [String: String] = ["allowed.test": "127.0.0.1"], allowPrivate: Bool = true,
+                      maxConnections: Int = 64, maxBytes: Int64 = 1 << 30, headTimeoutMs: Int32 = 10_000,
+                      recorder: Recorder) throws -> EgressProxy {
+        var egress = Profile.Egress()
+        egress.allow = allow.compactMap(EgressRule.parse)
+        egress.allowPrivate = allowPrivate
+        egress.maxConnections = maxConnections
+        egress.maxBytes = maxBytes
+        var c = EgressProxy.Configuration(policy: EgressPolicy(egress: egress, hosts: hosts))
+        c.headTimeoutMs = headTimeoutMs
+        c.resolve = { name in
+            recorder.lookups.withLock { $0.append(name) }
+            return [[127, 0, 0, 1]]
+        }
+        c.onEvent = { e in recorder.events.withLock { $0.append(e) } }
+        c.onLimit = { l in recorder.limits.withLock { $0.append(l) } }
+        return try EgressProxy.start(inNamespaceOf: getpid(), port: 0, configuration: c)
+    }
+
+    static func nowMs() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+    }
+
+    static func connect(_ port: UInt16) throws -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_port = port.bigEndian
+        a.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+        let rc = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        try #require(rc == 0)
+        var tv = timeval(tv_sec: 20, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        return fd
+    }
+
+    /// Sends `request` and reads to end of file (or the 20 s receive timeout).
+    static func exchange(_ port: UInt16, _ request: [UInt8]) throws -> String {
+        let fd = try connect(port)
+        defer { close(fd) }
+        _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = recv(fd, &chunk, chunk.count, 0)
+            if n <= 0 { break }
+            out += chunk[0..<n]
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    @Test("a refused name gets 403 and is never resolved; an admitted one is resolved once and relayed", .timeLimit(.minutes(1)))
+    func refusedNamesAreNeverResolved() throws {
+        let upstream = try Upstream(body: Array("HTTP/1.0 200 OK\r\n\r\nhello from upstream".utf8))
+        defer { upstream.stop() }
+        let recorder = Recorder()
+        // No pinned host: the resolver is the only way to an address.
+        let proxy = try Self.start(allow: ["allowed.test:\(upstream.port)"], hosts: [:], recorder: recorder)
+        let denied = try Self.exchange(proxy.port, Array("CONNECT exfil-data.attacker.test:\(upstream.port) HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+        #expect(denied.hasPrefix("HTTP/1.1 403"), "\(denied)")
+        let viaSocks = try Self.exchange(proxy.port, [5, 1, 0, 5, 1, 0, 3, 20] + Array("exfil2.attacker.test".utf8) + [0, 80])
+        #expect(Array(viaSocks.utf8).prefix(4) == [5, 0, 5, 2], "\(Array(viaSocks.utf8))")
+        // A SOCKS name with a terminal escape in it is refused before anything records it.
+        let escaped = try Self.exchange(proxy.port, [5, 1, 0, 5, 1, 0, 3, 6] + Array("a\u{1B}[2Jb".utf8) + [1, 187])
+        #expect(Array(escaped.utf8).prefix(4) == [5, 0, 5, 8], "\(Array(escaped.utf8))")
+        #expect(recorder.lookups.withLock { $0 } == [], "a denied name reached the resolver")
+        // Positive control: the admitted name is looked up once and the upstream's bytes arrive.
+        let allowed = try Self.exchange(proxy.port, Array("CONNECT allowed.test:\(upstream.port) HTTP/1.1\r\n\r\nGET / HTTP/1.0\r\n\r\n".utf8))
+        #expect(allowed.hasPrefix("HTTP/1.1 200 Connection established\r\n\r\nHTTP/1.0 200 OK"), "\(allowed)")
+        #expect(allowed.hasSuffix("hello from upstream"))
+        proxy.stop()
+        #expect(recorder.lookups.withLock { $0 } == ["allowed.test"])
+        let events = recorder.events.withLock { $0 }
+        #expect(events.count == 4)
+        #expect(events.filter { !$0.allowed }.map(\.reason) == ["not-allowed", "not-allowed", "bad-request"])
+        #expect(events.filter { !$0.allowed }.map(\.host) == ["exfil-data.attacker.test", "exfil2.attacker.test", nil])
+        let ok = try #require(events.first { $0.allowed })
+        #expect(ok.address == "127.0.0.1" && ok.rule == "allowed.test:\(upstream.port)" && ok.bytesIn > 19 && ok.bytesOut == 18)
+        #expect(proxy.totals.connections == 4 && proxy.totals.allowed == 1 && proxy.totals.denied == 3)
+    }
+
+    @Test("plain HTTP: the absolute URI is rewritten to origin form with the checked Host and Connection: close", .timeLimit(.minutes(1)))
+    func plainHTTP() throws {
+        let head = "GET http://Allowed.test:8080/p?q=1 HTTP/1.1\r\nHost: evil.test\r\nProxy-Connection: keep-alive\r\nAccept: */*\r\n\r\n"
+        let parsed = try ProxyRequest.parseHTTP(ArraySlice(Array(head.utf8))).get()
+        #expect(parsed.kind == .http && parsed.host == "Allowed.test" && parsed.port == 8080)
+        #expect(String(decoding: parsed.upstreamHead, as: UTF8.self)
+                == "GET /p?q=1 HTTP/1.1\r\nHost: Allowed.test:8080\r\nAccept: */*\r\nConnection: close\r\n\r\n")
+        for bad in ["GET / HTTP/1.1\r\n\r\n", "GET https://a.test/ HTTP/1.1\r\n\r\n", "GET http://u@a.test/ HTTP/1.1\r\n\r\n",
+                    "CONNECT a.test HTTP/1.1\r\n\r\n", "GET http://a.test/ HTTP/1.1\nHost: a\r\n\r\n", "GET http://a.test/ HTTP/1.1\r\n folded\r\n\r\n",
+                    "get http://a.test/ HTTP/1.1\r\n\r\n", "GET http://a.test/ HTTP/2\r\n\r\n"] {
+            guard case .failure = ProxyRequest.parseHTTP(ArraySlice(Array(bad.utf8))) else {
+                Issue.record("accepted: \(bad.debugDescription)")
+                continue
+            }
+        }
+    }
+
+    @Test("IP literals, loopback without allowPrivate, metadata and other ports are refused before any connection", .timeLimit(.minutes(1)))
+    func refusals() throws {
+        let upstream = try Upstream(body: Array("unreachable".utf8))
+        defer { upstream.stop() }
+        let recorder = Recorder()
+        let proxy = try Self.start(allow: ["allowed.test:\(upstream.port)", "meta.test:\(upstream.port)"],
+                                   hosts: ["allowed.test": "127.0.0.1", "meta.test": "169.254.169.254"], allowPrivate: false,
+                                   recorder: recorder)
+        for (target, reason) in [("127.0.0.1:\(upstream.port)", "ip-literal"), ("allowed.test:\(upstream.port)", "loopback-address"),
+                                 ("meta.test:\(upstream.port)", "link-local-address"), ("allowed.test:22", "port-not-allowed")] {
+            let r = try Self.exchange(proxy.port, Array("CONNECT \(target) HTTP/1.1\r\n\r\n".utf8))
+            #expect(r.hasPrefix("HTTP/1.1 403") && r.contains(reason), "\(target): \(r)")
+            #expect(!r.contains("unreachable"))
+        }
+        proxy.stop()
+        #expect(recorder.events.withLock { $0.map(\.reason) } == ["ip-literal", "loopback-address", "link-local-address", "port-not-allowed"])
+        #expect(recorder.lookups.withLock { $0 } == [])
+    }
+
+    @Test("a 1 MB header line and a request that never finishes are cut off while others are served", .timeLimit(.minutes(1)))
+    func hostileRequests() throws {
+        let upstream = try Upstream(body: Array("HTTP/1.0 200 OK\r\n\r\nok".utf8))
+        defer { upstream.stop() }
+        let recorder = Recorder()
+        let proxy = try Self.start(allow: ["allowed.test:\(upstream.port)"], headTimeoutMs: 1_500, recorder: recorder)
+        let slow = try Self.connect(proxy.port)
+        defer { close(slow) }
+        _ = send(slow, "CONNECT allowed.test:", 21, Int32(MSG_NOSIGNAL))
+        let huge = Array("GET http://allowed.test:\(upstream.port)/ HTTP/1.1\r\nX: ".utf8) + [UInt8](repeating: 65, count: 1 << 20) + Array("\r\n\r\n".utf8)
+        let big = try Self.exchange(proxy.port, huge)
+        // The proxy closes with most of the line unread: the client may see the 431 or only a reset.
+        #expect(big.isEmpty || big.hasPrefix("HTTP/1.1 431"), "\(big.prefix(80))")
+        // Served while the slow one is still pending.
+        let started = Self.nowMs()
+        let ok = try Self.exchange(proxy.port, Array("GET http://allowed.test:\(upstream.port)/ HTTP/1.1\r\n\r\n".utf8))
+        #expect(ok.hasSuffix("ok"), "\(ok)")
+        #expect(Self.nowMs() - started < 1_000)
+        var buffer = [UInt8](repeating: 0, count: 512)
+        let n = recv(slow, &buffer, buffer.count, 0)
+        #expect(n > 0 && String(decoding: buffer[0..<n], as: UTF8.self).hasPrefix("HTTP/1.1 408"))
+        proxy.stop()
+        #expect(Set(recorder.events.withLock { $0.compactMap(\.reason) }) == ["request-too-large", "request-timeout"])
+    }
+
+    @Test("the connection limit and the byte limit refuse and are reported once", .timeLimit(.minutes(1)))
+    func limits() throws {
+        let upstream = try Upstream(body: [UInt8](repeating: 66, count: 1 << 20))
+        defer { upstream.stop() }
+        let recorder = Recorder()
+        let proxy = try Self.start(allow: ["allowed.test:\(upstream.port)"], maxConnections: 3, maxBytes: 256 << 10, recorder: recorder)
+        let first = try Self.exchange(proxy.port, Array("CONNECT allowed.test:\(upstream.port) HTTP/1.1\r\n\r\nx".utf8))
+        #expect(first.hasPrefix("HTTP/1.1 200"))
+        #expect(first.utf8.count < 256 << 10 + 100, "the byte cap cut the download: \(first.utf8.count)")
+        #expect(first.utf8.count > 64 << 10, "bytes below the cap were relayed")
+        _ = try Self.exchange(proxy.port, Array("CONNECT other.test:443 HTTP/1.1\r\n\r\n".utf8))
+        _ = try Self.exchange(proxy.port, Array("CONNECT other.test:443 HTTP/1.1\r\n\r\n".utf8))
+        let fourth = try Self.exchange(proxy.port, Array("CONNECT allowed.test:\(upstream.port) HTTP/1.1\r\n\r\n".utf8))
+        #expect(fourth.hasPrefix("HTTP/1.1 429"), "\(fourth)")
+        let fifth = try Self.exchange(proxy.port, Array("CONNECT allowed.test:\(upstream.port) HTTP/1.1\r\n\r\n".utf8))
+        #expect(fifth.hasPrefix("HTTP/1.1 429"))
+        proxy.stop()
+        #expect(recorder.limits.withLock { $0 } == ["egress.bytes", "egress.connections"])
+        let reasons = recorder.events.withLock { $0.map { $0.reason ?? "ok" } }
+        #expect(reasons == ["byte-limit", "not-allowed", "not-allowed", "connection-limit"], "\(reasons)")
+        #expect(proxy.totals.connections == 5 && proxy.totals.denied == 4)
+    }
+}
+
+@Suite("TLS ClientHello server names")
+struct ClientHelloTests {
+    /// A minimal ClientHello record naming `name` (or none), as clients build them.
+    static func hello(_ name: String?) -> [UInt8] {
+        var extensions: [UInt8] = []
+        if let name {
+            let n = Array(name.utf8)
+            let entry: [UInt8] = [0] + [UInt8(n.count >> 8), UInt8(n.count & 0xFF)] + n
+            let list = [UInt8(entry.count >> 8), UInt8(entry.count & 0xFF)] + entry
+            extensions += [0, 0, UInt8(list.count >> 8), UInt8(list.count & 0xFF)] + list
+        }
+        extensions = [0x00, 0x17, 0, 0] + extensions  // extended_master_secret first: the parser must skip it
+        var body: [UInt8] = [3, 3] + [UInt8](repeating: 7, count: 32) + [0] + [0, 2, 0x13, 0x01] + [1, 0]
+        body += [UInt8(extensions.count >> 8), UInt8(extensions.count & 0xFF)] + extensions
+        let handshake: [UInt8] = [1, 0, UInt8(body.count >> 8), UInt8(body.count & 0xFF)] + body
+        return [0x16, 3, 1, UInt8(handshake.count >> 8), UInt8(handshake.count & 0xFF)] + handshake
+    }
+
+    @Test("the server name is found after other extensions; partial, absent, plain and malformed hellos are told apart")
+    func serverName() {
+        let record = Self.hello("allowed.test")
+        #expect(ProxyRequest.clientHello(record) == .serverName("allowed.test"))
+        #expect(ProxyRequest.clientHello(Array(record.prefix(40))) == .incomplete)
+        #expect(ProxyRequest.clientHello(Self.hello(nil)) == .noServerName)
+        #expect(ProxyRequest.clientHello(Array("GET / HTTP/1.1\r\n".utf8)) == .notTLS)
+        var broken = record
+        broken[5] = 2  // a ServerHello, not a ClientHello
+        #expect(ProxyRequest.clientHello(broken) == .malformed)
+        var lying = record
+        lying[lying.count - 13] = 0xFF  // the name's length runs past the extension
+        #expect(ProxyRequest.clientHello(lying) == .malformed)
+    }
+}
