@@ -73,8 +73,6 @@ public final class EgressProxy: Sendable {
     private struct State {
         var stopped = false
         var active = 0
-        var threads: [pthread_t] = []
-        var finished: [pthread_t] = []
         var totals = Totals()
         var bytesUsed: Int64 = 0
         var limitsHit: Set<String> = []
@@ -84,11 +82,12 @@ public final class EgressProxy: Sendable {
     /// The port it listens on (the one asked for, or the one the kernel chose for 0).
     public let port: UInt16
     private let listener: Int32
-    private let stopEvent: Int32
-    private let stopTrigger: Int32
+    private let threads: ServiceThreads
+    /// Readable once `stop()` ran: it wakes every poll.
+    private var stopEvent: Int32 { threads.stopEvent }
     private let state = Mutex(State())
 
-    private init(configuration: Configuration, listener: Int32, stopPipe: [Int32]) {
+    private init(configuration: Configuration, listener: Int32, threads: ServiceThreads) {
         self.configuration = configuration
         self.listener = listener
         var address = sockaddr_in()
@@ -97,21 +96,26 @@ public final class EgressProxy: Sendable {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &length) }
         }
         self.port = UInt16(bigEndian: address.sin_port)
-        self.stopEvent = stopPipe[0]
-        self.stopTrigger = stopPipe[1]
+        self.threads = threads
     }
 
     /// Serves on `listener` (the spawn made it in the worker's network namespace,
     /// `SandboxSpec.listenPort`) until `stop()`; takes ownership of it.
     public static func start(listener: Int32, configuration: Configuration) throws(LinuxError) -> EgressProxy {
-        var stopPipe: [Int32] = [-1, -1]
-        guard stk_pipe_cloexec(&stopPipe, O_NONBLOCK) == 0 else {
-            close(listener)
-            throw LinuxError(.egress, stage: "egress", errno: errno, "cannot create a pipe for the egress proxy")
-        }
-        let proxy = EgressProxy(configuration: configuration, listener: listener, stopPipe: stopPipe)
+        // getaddrinfo (with its NSS modules) and the relay need little stack: 512 KiB bounds a
+        // run's 64 threads to 32 MiB of address space, touched only as used.
+        let threads: ServiceThreads
         do {
-            try proxy.startThread { [proxy] in proxy.acceptLoop() }
+            threads = try ServiceThreads(stackSize: 512 << 10) { rc in
+                LinuxError(.egress, stage: "egress", errno: rc, "cannot start the egress proxy (a thread or its stop pipe)")
+            }
+        } catch {
+            close(listener)
+            throw error
+        }
+        let proxy = EgressProxy(configuration: configuration, listener: listener, threads: threads)
+        do {
+            try threads.start { [proxy] in proxy.acceptLoop() }
         } catch {
             proxy.stop()
             throw error
@@ -136,19 +140,8 @@ public final class EgressProxy: Sendable {
             return !s.stopped
         }
         guard first else { return }
-        var one: UInt8 = 1
-        _ = write(stopTrigger, &one, 1)
-        while true {
-            let threads = state.withLock { s -> [pthread_t] in
-                defer { s.threads = []; s.finished = [] }
-                return s.threads + s.finished
-            }
-            if threads.isEmpty { break }
-            for t in threads { pthread_join(t, nil) }
-        }
+        threads.stopAndJoin()
         close(listener)
-        close(stopEvent)
-        close(stopTrigger)
     }
 
     deinit {
@@ -156,40 +149,6 @@ public final class EgressProxy: Sendable {
     }
 
     public var totals: Totals { state.withLock { $0.totals } }
-
-    private final class ThreadBody {
-        let run: () -> Void
-        init(_ run: @escaping () -> Void) { self.run = run }
-    }
-
-    private func startThread(_ body: @escaping @Sendable () -> Void) throws(LinuxError) {
-        let box = Unmanaged.passRetained(ThreadBody(body))
-        var thread = pthread_t()
-        var attributes = pthread_attr_t()
-        pthread_attr_init(&attributes)
-        defer { pthread_attr_destroy(&attributes) }
-        // getaddrinfo (with its NSS modules) and the relay need little stack: 512 KiB bounds a
-        // run's 64 threads to 32 MiB of address space, touched only as used.
-        pthread_attr_setstacksize(&attributes, 512 << 10)
-        let rc = pthread_create(&thread, &attributes, { arg in
-            guard let arg else { return nil }
-            Unmanaged<ThreadBody>.fromOpaque(arg).takeRetainedValue().run()
-            return nil
-        }, box.toOpaque())
-        guard rc == 0 else {
-            box.release()
-            throw LinuxError(.egress, stage: "egress", errno: rc, "cannot start an egress proxy thread")
-        }
-        state.withLock { $0.threads.append(thread) }
-    }
-
-    private func joinFinished() {
-        let done = state.withLock { s -> [pthread_t] in
-            defer { s.finished = [] }
-            return s.finished
-        }
-        for t in done { pthread_join(t, nil) }
-    }
 
     private func limitHit(_ name: String) {
         let first = state.withLock { $0.limitsHit.insert(name).inserted }
@@ -199,7 +158,7 @@ public final class EgressProxy: Sendable {
     private func acceptLoop() {
         var fds = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0), pollfd(fd: stopEvent, events: Int16(POLLIN), revents: 0)]
         while true {
-            joinFinished()
+            threads.joinFinished()
             let n = poll(&fds, 2, -1)
             if n < 0 && errno == EINTR { continue }
             if n < 0 || fds[1].revents != 0 { return }
@@ -236,17 +195,10 @@ public final class EgressProxy: Sendable {
                 refuseAtOnce(client, ProxyRequest.response(status: 429, reason: "too many connections at once"))
             case .admitted:
                 do {
-                    try startThread { [self] in
+                    try threads.start(connection: true) { [self] in
                         serve(client)
                         close(client)
-                        let me = pthread_self()
-                        state.withLock { s in
-                            s.active -= 1
-                            if let i = s.threads.firstIndex(where: { pthread_equal($0, me) != 0 }) {
-                                s.threads.remove(at: i)
-                                s.finished.append(me)
-                            }
-                        }
+                        state.withLock { $0.active -= 1 }
                     }
                 } catch {
                     close(client)

@@ -24,24 +24,20 @@ public final class PortForwarder: Sendable {
     private struct State {
         var stopped = false
         var active = 0
-        var threads: [pthread_t] = []
-        /// Relay threads that ended, to be joined by the next accept.
-        var finished: [pthread_t] = []
         var workerNamespace: Int32 = -1
     }
 
     public let mappings: [Profile.PortMapping]
     private let listeners: [Int32]
-    /// The read end is readable once `stop()` ran: it wakes every poll.
-    private let stopEvent: Int32
-    private let stopTrigger: Int32
+    private let threads: ServiceThreads
+    /// Readable once `stop()` ran: it wakes every poll.
+    private var stopEvent: Int32 { threads.stopEvent }
     private let state = Mutex(State())
 
-    private init(mappings: [Profile.PortMapping], listeners: [Int32], stopPipe: [Int32]) {
+    private init(mappings: [Profile.PortMapping], listeners: [Int32], threads: ServiceThreads) {
         self.mappings = mappings
         self.listeners = listeners
-        self.stopEvent = stopPipe[0]
-        self.stopTrigger = stopPipe[1]
+        self.threads = threads
     }
 
     /// Listens on every host port and relays to the worker `workerPid`.
@@ -63,14 +59,10 @@ public final class PortForwarder: Sendable {
         for m in mappings where !seen.insert(m.hostPort).inserted {
             throw LinuxError(.publish, stage: "publish", "host port \(m.hostPort) is published twice: give each mapping its own host port")
         }
-        var stopPipe: [Int32] = [-1, -1]
-        guard stk_pipe_cloexec(&stopPipe, O_NONBLOCK) == 0 else {
-            throw LinuxError(.publish, stage: "publish", errno: errno, "cannot create a pipe for the port forwarder")
+        let threads = try ServiceThreads { rc in
+            LinuxError(.publish, stage: "publish", errno: rc, "cannot start the port forwarder (a thread or its stop pipe)")
         }
-        func closeStop() {
-            close(stopPipe[0])
-            close(stopPipe[1])
-        }
+        func closeStop() { threads.stopAndJoin() }
         var listeners: [Int32] = []
         for m in mappings {
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -97,7 +89,7 @@ public final class PortForwarder: Sendable {
             }
             listeners.append(fd)
         }
-        return PortForwarder(mappings: mappings, listeners: listeners, stopPipe: stopPipe)
+        return PortForwarder(mappings: mappings, listeners: listeners, threads: threads)
     }
 
     /// Starts relaying into the network namespace of `workerPid` (which must
@@ -122,7 +114,7 @@ public final class PortForwarder: Sendable {
         }
         for (index, listener) in listeners.enumerated() {
             let port = mappings[index].workerPort
-            try startThread { [self] in acceptLoop(listener: listener, workerPort: port, namespace: ns) }
+            try threads.start { [self] in acceptLoop(listener: listener, workerPort: port, namespace: ns) }
         }
     }
 
@@ -133,24 +125,13 @@ public final class PortForwarder: Sendable {
             return !s.stopped
         }
         guard first else { return }
-        var one: UInt8 = 1
-        _ = write(stopTrigger, &one, 1)
-        while true {
-            let threads = state.withLock { s -> [pthread_t] in
-                defer { s.threads = []; s.finished = [] }
-                return s.threads + s.finished
-            }
-            if threads.isEmpty { break }
-            for t in threads { pthread_join(t, nil) }
-        }
+        threads.stopAndJoin()
         for l in listeners { close(l) }
         let ns = state.withLock { s -> Int32 in
             defer { s.workerNamespace = -1 }
             return s.workerNamespace
         }
         if ns >= 0 { close(ns) }
-        close(stopEvent)
-        close(stopTrigger)
     }
 
     deinit {
@@ -165,26 +146,6 @@ public final class PortForwarder: Sendable {
         return address
     }
 
-    private final class ThreadBody {
-        let run: () -> Void
-        init(_ run: @escaping () -> Void) { self.run = run }
-    }
-
-    private func startThread(_ body: @escaping @Sendable () -> Void) throws(LinuxError) {
-        let box = Unmanaged.passRetained(ThreadBody(body))
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { arg in
-            guard let arg else { return nil }
-            Unmanaged<ThreadBody>.fromOpaque(arg).takeRetainedValue().run()
-            return nil
-        }, box.toOpaque())
-        guard rc == 0 else {
-            box.release()
-            throw LinuxError(.publish, stage: "publish", errno: rc, "cannot start a port forwarder thread")
-        }
-        state.withLock { $0.threads.append(thread) }
-    }
-
     private var isStopped: Bool { state.withLock { $0.stopped } }
 
     /// Connections being relayed now.
@@ -193,7 +154,7 @@ public final class PortForwarder: Sendable {
     private func acceptLoop(listener: Int32, workerPort: UInt16, namespace: Int32) {
         var fds = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0), pollfd(fd: stopEvent, events: Int16(POLLIN), revents: 0)]
         while !isStopped {
-            joinFinished()
+            threads.joinFinished()
             let n = poll(&fds, 2, -1)
             if n < 0 && errno == EINTR { continue }
             if n < 0 || fds[1].revents != 0 { return }
@@ -210,32 +171,16 @@ public final class PortForwarder: Sendable {
                 continue
             }
             do {
-                try startThread { [self] in
+                try threads.start(connection: true) { [self] in
                     relay(client: client, workerPort: workerPort, namespace: namespace)
                     close(client)
-                    let me = pthread_self()
-                    state.withLock { s in
-                        s.active -= 1
-                        if let i = s.threads.firstIndex(where: { pthread_equal($0, me) != 0 }) {
-                            s.threads.remove(at: i)
-                            s.finished.append(me)
-                        }
-                    }
+                    state.withLock { $0.active -= 1 }
                 }
             } catch {
                 close(client)
                 state.withLock { $0.active -= 1 }
             }
         }
-    }
-
-    /// Joins relay threads that have ended (they removed themselves from `threads`).
-    private func joinFinished() {
-        let done = state.withLock { s -> [pthread_t] in
-            defer { s.finished = [] }
-            return s.finished
-        }
-        for t in done { pthread_join(t, nil) }
     }
 
     /// A TCP socket created inside the worker's network namespace; this thread
