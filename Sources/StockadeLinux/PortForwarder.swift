@@ -205,8 +205,8 @@ public final class PortForwarder: Sendable {
         // would otherwise hold this thread in connect(2), and stop() with it.
         _ = fcntl(upstream, F_SETFL, fcntl(upstream, F_GETFL) | O_NONBLOCK)
         guard connect(upstream, workerPort: workerPort) else { return }
-        var toWorker = Direction(from: client, to: upstream)
-        var toClient = Direction(from: upstream, to: client)
+        var toWorker = RelayDirection(from: client, to: upstream)
+        var toClient = RelayDirection(from: upstream, to: client)
         while !(toWorker.done && toClient.done) {
             var fds = [
                 pollfd(fd: client, events: toWorker.readInterest | toClient.writeInterest, revents: 0),
@@ -217,7 +217,8 @@ public final class PortForwarder: Sendable {
             if n < 0 && errno == EINTR { continue }
             if n < 0 || fds[2].revents != 0 { return }
             if (fds[0].revents | fds[1].revents) & Int16(POLLERR | POLLNVAL) != 0 { return }
-            guard toWorker.step(), toClient.step() else { return }
+            // Published ports have no byte budget: only a failed socket ends the relay.
+            guard case .moved = toWorker.step({ _ in true }), case .moved = toClient.step({ _ in true }) else { return }
         }
     }
 
@@ -240,53 +241,5 @@ public final class PortForwarder: Sendable {
         var error: Int32 = 0
         var length = socklen_t(MemoryLayout<Int32>.size)
         return getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0 && error == 0
-    }
-
-    /// One direction of a relayed connection, on non-blocking sockets.
-    struct Direction {
-        let from: Int32
-        let to: Int32
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        var start = 0
-        var end = 0
-        var eof = false
-        var done = false
-
-        init(from: Int32, to: Int32) {
-            self.from = from
-            self.to = to
-        }
-
-        var readInterest: Int16 { !eof && start == end ? Int16(POLLIN) : 0 }
-        var writeInterest: Int16 { start < end ? Int16(POLLOUT) : 0 }
-
-        /// Moves what it can; false when the connection must close.
-        mutating func step() -> Bool {
-            if done { return true }
-            if start == end && !eof {
-                let n = buffer.withUnsafeMutableBytes { recv(from, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-                if n > 0 {
-                    start = 0
-                    end = n
-                } else if n == 0 {
-                    eof = true
-                } else if errno != EAGAIN && errno != EINTR {
-                    return false
-                }
-            }
-            if start < end {
-                let n = buffer[start..<end].withUnsafeBytes { send(to, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
-                if n > 0 {
-                    start += n
-                } else if n < 0 && errno != EAGAIN && errno != EINTR {
-                    return false
-                }
-            }
-            if eof && start == end {
-                _ = shutdown(to, Int32(SHUT_WR))
-                done = true
-            }
-            return true
-        }
     }
 }

@@ -1,0 +1,55 @@
+import Glibc
+
+/// One direction of a relayed connection on non-blocking sockets (the port forwarder, the egress
+/// proxy): a 64 KiB buffer read only when empty, so a side that does not read holds the other
+/// back instead of growing memory; end of file is passed on as a half-close.
+struct RelayDirection {
+    enum Step { case moved(Int), failed, overBudget }
+    let from: Int32
+    let to: Int32
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    var start = 0
+    var end = 0
+    var eof = false
+    var done = false
+
+    init(from: Int32, to: Int32) {
+        self.from = from
+        self.to = to
+    }
+
+    var readInterest: Int16 { !eof && start == end ? Int16(POLLIN) : 0 }
+    var writeInterest: Int16 { start < end ? Int16(POLLOUT) : 0 }
+
+    /// Reads what is there (charging it to the budget), writes what it can.
+    mutating func step(_ spend: (Int) -> Bool) -> Step {
+        if done { return .moved(0) }
+        var read = 0
+        if start == end && !eof {
+            let n = buffer.withUnsafeMutableBytes { recv(from, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            if n > 0 {
+                guard spend(n) else { return .overBudget }
+                start = 0
+                end = n
+                read = n
+            } else if n == 0 {
+                eof = true
+            } else if errno != EAGAIN && errno != EINTR {
+                return .failed
+            }
+        }
+        if start < end {
+            let n = buffer[start..<end].withUnsafeBytes { send(to, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+            if n > 0 {
+                start += n
+            } else if n < 0 && errno != EAGAIN && errno != EINTR {
+                return .failed
+            }
+        }
+        if eof && start == end {
+            _ = shutdown(to, Int32(SHUT_WR))
+            done = true
+        }
+        return .moved(read)
+    }
+}
