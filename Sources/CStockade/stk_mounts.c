@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <fcntl.h>
 #include <linux/mount.h>
@@ -27,28 +28,28 @@ static int stk_write_text(const char *path, const char *text) {
     return n == (ssize_t)len ? 0 : -1;
 }
 
+/*
+ * A user namespace that only carries an id map. The child that owns it is killed and reaped here,
+ * after the namespace's descriptor is open. It must not wait for anything another process can hold:
+ * runs are set up on several threads at once, and a child forked by one thread holds copies of
+ * whatever the others had open at that moment (once, the child waited for its hold pipe's end, two
+ * runs' children held each other's pipe open, and both runs hung for good). So it closes every
+ * inherited descriptor and sleeps until the kill, or dies with the thread that made it.
+ */
 int stk_idmap_userns(const char *uid_map, const char *gid_map) {
-    int hold[2];
-    if (pipe2(hold, O_CLOEXEC) < 0) return -1;
     struct clone_args args;
     memset(&args, 0, sizeof args);
     args.flags = CLONE_NEWUSER;
     args.exit_signal = SIGCHLD;
+    pid_t parent = getpid();
     long pid = syscall(SYS_clone3, &args, sizeof args);
     if (pid == 0) {
-        /* Only waits for the parent to finish with our namespace. */
-        char byte;
-        close(hold[1]);
-        while (read(hold[0], &byte, 1) < 0 && errno == EINTR) {}
-        _exit(0);
+        /* Only async-signal-safe calls: this is a fork of a process with many threads. */
+        (void)syscall(SYS_close_range, 0U, ~0U, 0U);
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0 || getppid() != parent) _exit(1);
+        for (;;) pause();
     }
-    int saved = errno;
-    close(hold[0]);
-    if (pid < 0) {
-        close(hold[1]);
-        errno = saved;
-        return -1;
-    }
+    if (pid < 0) return -1;
     char path[64];
     int fd = -1;
     snprintf(path, sizeof path, "/proc/%ld/setgroups", pid);
@@ -62,8 +63,8 @@ int stk_idmap_userns(const char *uid_map, const char *gid_map) {
             }
         }
     }
-    saved = errno;
-    close(hold[1]);
+    int saved = errno;
+    (void)kill((pid_t)pid, SIGKILL);
     while (waitpid((pid_t)pid, NULL, 0) < 0 && errno == EINTR) {}
     errno = saved;
     return fd;

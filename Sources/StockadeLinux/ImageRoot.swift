@@ -36,11 +36,8 @@ public enum ImageRoot {
         try makeDirectory(upper, "upper/etc", mode: 0o755, owner: owner)
         for file in layout.imageFiles() { try makeFile(upper, "upper" + file.path, contents: file.contents, mode: 0o644, owner: owner) }
 
-        let ns = stk_idmap_userns("0 \(hostIdBase) \(idCount)\n", "0 \(hostIdBase) \(idCount)\n")
-        guard ns >= 0 else {
-            throw LinuxError(.setup, stage: "image", errno: errno,
-                             "cannot create the id map for the image's layers: \(String(cString: strerror(errno))); user namespaces are required")
-        }
+        let map = "0 \(hostIdBase) \(idCount)\n"
+        let ns = try IdMappedUserNamespace.make(uidMap: map, gidMap: map, stage: "image", purpose: "the image's layers")
         defer { close(ns) }
         let paths = layers.map { strdup($0) }
         defer { for p in paths { free(p) } }

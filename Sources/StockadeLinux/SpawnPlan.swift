@@ -117,12 +117,13 @@ final class SpawnPlan {
             close(fd)
             throw LinuxError(.setup, stage: "mounts", errno: e, "cannot read the owner of the volume \(source): \(String(cString: strerror(e)))")
         }
-        let ns = stk_idmap_userns("\(st.st_uid) \(owner.uid) 1\n", "\(st.st_gid) \(owner.gid) 1\n")
-        guard ns >= 0 else {
-            let e = errno
+        let ns: Int32
+        do {
+            ns = try IdMappedUserNamespace.make(uidMap: "\(st.st_uid) \(owner.uid) 1\n", gidMap: "\(st.st_gid) \(owner.gid) 1\n",
+                                                stage: "mounts", purpose: "the writable volume \(source)")
+        } catch {
             close(fd)
-            throw LinuxError(.setup, stage: "mounts", errno: e,
-                             "cannot create the id map for the writable volume \(source): \(String(cString: strerror(e))); user namespaces are required")
+            throw error
         }
         defer { close(ns) }
         guard stk_tree_idmap(fd, ns) == 0 else {

@@ -22,11 +22,8 @@ public enum WorkspaceOverlay {
         guard st.st_mode & S_IFMT == S_IFDIR else {
             throw LinuxError(.setup, stage: "workspace", errno: ENOTDIR, "--workspace \(workspace) is not a directory")
         }
-        let ns = stk_idmap_userns("\(st.st_uid) \(workerHostUid) 1\n", "\(st.st_gid) \(workerHostGid) 1\n")
-        guard ns >= 0 else {
-            throw LinuxError(.setup, stage: "workspace", errno: errno,
-                             "cannot create the id map for the workspace: \(String(cString: strerror(errno))); user namespaces are required")
-        }
+        let ns = try IdMappedUserNamespace.make(uidMap: "\(st.st_uid) \(workerHostUid) 1\n", gidMap: "\(st.st_gid) \(workerHostGid) 1\n",
+                                                stage: "workspace", purpose: "the workspace")
         defer { close(ns) }
         var stage: UnsafePointer<CChar>? = nil
         var layer: Int32 = -1

@@ -85,6 +85,14 @@ struct Harness {
             process.standardInput = FileHandle.nullDevice
             try process.run()
         }
+        // A hung `stockade` fails its test and is killed, instead of holding the whole suite.
+        let watchdog = Watchdog(pid: process.processIdentifier, seconds: Harness.deadlineSeconds)
+        defer {
+            watchdog.finish()
+            if let diagnosis = watchdog.diagnosis {
+                Issue.record("stockade \(args.prefix(3).joined(separator: " ")) did not exit within \(Harness.deadlineSeconds) s and was killed: \(diagnosis)")
+            }
+        }
         // Read both pipes concurrently so neither fills while the other is drained.
         let errData = LockedData()
         let reader = Thread { errData.set(err.fileHandleForReading.readDataToEndOfFile()) }
@@ -94,6 +102,61 @@ struct Harness {
         while !errData.done { usleep(1000) }
         return Result(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
                       stderr: String(decoding: errData.value, as: UTF8.self))
+    }
+}
+
+extension Harness {
+    /// No `stockade` command of the suite takes a minute; one that takes this long is hung.
+    static let deadlineSeconds = 240
+}
+
+/// Kills `pid` with SIGKILL if `finish()` is not called within `seconds`, after noting what each of
+/// its threads and its children were waiting in (the workers die with it: parent-death signal).
+final class Watchdog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var done = false
+    private var note: String?
+
+    init(pid: pid_t, seconds: Int) {
+        Thread { [self] in
+            for _ in 0..<(seconds * 10) {
+                if self.isDone { return }
+                usleep(100_000)
+            }
+            let text = Watchdog.describe(pid)
+            self.lock.lock()
+            let fire = !self.done
+            if fire { self.note = text }
+            self.lock.unlock()
+            if fire { kill(pid, SIGKILL) }
+        }.start()
+    }
+
+    private var isDone: Bool { lock.lock(); defer { lock.unlock() }; return done }
+    func finish() { lock.lock(); done = true; lock.unlock() }
+    var diagnosis: String? { lock.lock(); defer { lock.unlock() }; return note }
+
+    /// Each thread's state and kernel wait channel, and the same for every direct child.
+    static func describe(_ pid: pid_t) -> String {
+        func threads(_ pid: pid_t) -> String {
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+            return tasks.sorted().map { tid in
+                let wchan = (try? String(contentsOfFile: "/proc/\(pid)/task/\(tid)/wchan", encoding: .utf8)) ?? "?"
+                let comm = ((try? String(contentsOfFile: "/proc/\(pid)/task/\(tid)/comm", encoding: .utf8)) ?? "?")
+                    .trimmingCharacters(in: .whitespacesAndNewlines)
+                return "\(tid) \(comm) in \(wchan)"
+            }.joined(separator: ", ")
+        }
+        var lines = ["pid \(pid): \(threads(pid))"]
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let child = Int32(entry),
+                  let stat = try? String(contentsOfFile: "/proc/\(child)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { continue }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            guard fields.count > 1, Int32(fields[1]) == pid else { continue }
+            lines.append("child \(child): \(threads(child))")
+        }
+        return lines.joined(separator: "; ")
     }
 }
 
