@@ -16,7 +16,7 @@ public struct BatchRequest: Sendable {
         }
     }
 
-    static let keys: Set = ["id", "command", "profile", "memory", "cpus", "pids", "timeout", "network", "publish",
+    static let keys: Set = ["id", "command", "profile", "memory", "cpus", "pids", "timeout", "network", "publish", "allowHosts",
                             "env", "volumes", "workspace", "request", "labels", "name", "image", "rootfs"]
 
     /// Parses one request line; the error names the offending key.
@@ -95,6 +95,16 @@ public struct BatchRequest: Sendable {
         }
         try check { () throws(RunValues.Invalid) in
             try RunValues.network(options.network, publishing: !options.publish.isEmpty, fields: ("network", "publish"))
+        }
+        if let v = object["allowHosts"] {
+            guard let items = v.array else { throw fail("allowHosts", "must be an array of \"NAME[:PORT]\"") }
+            for (i, item) in items.enumerated() {
+                guard let s = item.string else { throw fail("allowHosts[\(i)]", "must be a string \"NAME[:PORT]\"") }
+                options.allowHosts.append(try check { () throws(RunValues.Invalid) in try RunValues.allowHost(s, field: "allowHosts[\(i)]") })
+            }
+            try check { () throws(RunValues.Invalid) in
+                try RunValues.allowHosts(options.network, count: options.allowHosts.count, fields: ("network", "allowHosts"))
+            }
         }
         if let v = object["labels"] {
             guard let labels = v.object else { throw fail("labels", "must be an object of strings") }

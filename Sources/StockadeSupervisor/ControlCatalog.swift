@@ -72,12 +72,14 @@ public struct Control: Sendable, Equatable {
         case refusalErrno(String)
         /// The supervisor's own classification of how the worker ended.
         case classification
+        /// The egress proxy refused the connection for this reason (an `egress` violation recorded).
+        case egress(reason: String)
 
         /// The supervisor records this mechanism acting (a filter
         /// notification, a cgroup counter), independently of the probe's word.
         public var recordedBySupervisor: Bool {
             switch self {
-            case .filter, .foreignArchitecture, .pidsLimit, .memoryLimit: true
+            case .filter, .foreignArchitecture, .pidsLimit, .memoryLimit, .egress: true
             case .probe, .filterAnswer, .refusalErrno, .classification: false
             }
         }
@@ -93,8 +95,17 @@ public struct Control: Sendable, Equatable {
             case .memoryLimit: "the memory limit"
             case .refusalErrno(let errno): "the limit that answers \(errno)"
             case .classification: "the supervisor's classification"
+            case .egress(let reason): "the egress proxy's \(reason) refusal"
             }
         }
+    }
+
+    /// How the sandboxed run's network is set for an egress control: the profile's own, switched to
+    /// `proxy` with verify's rules added (its test names admitted and pinned to the loopback fixture).
+    public struct EgressSetup: Sendable, Equatable {
+        /// `network.egress.allowPrivate` for the run: on to prove the name and literal checks
+        /// alone (the fixture is on loopback), off to prove the address check.
+        public var allowPrivate: Bool
     }
 
     /// A probe argument: literal, or derived from the profile's limits.
@@ -122,12 +133,15 @@ public struct Control: Sendable, Equatable {
     public var mechanism: Mechanism
     /// The public incident or CVE class this control guards against, where there is one.
     public var incident: String?
+    /// Set for egress controls: the run goes through the proxy with verify's rules.
+    public var egress: EgressSetup?
 
     /// Without `mechanism`, a control the profile's seccomp allow list can
     /// grant is the filter's (on the calls it names); any other is the probe's own observation.
     public init(_ id: String, class threatClass: Int, _ title: String, probe: String, _ arguments: [Argument] = [],
                 expect expectation: Expectation = .refused, grants: [Grant] = [], fixture: Fixture = .none,
-                needsCgroups: Bool = false, mechanism: Mechanism? = nil) {
+                needsCgroups: Bool = false, mechanism: Mechanism? = nil, egress: EgressSetup? = nil) {
+        self.egress = egress
         self.id = id
         self.threatClass = threatClass
         self.title = title
@@ -198,7 +212,7 @@ public struct Control: Sendable, Equatable {
 public enum ControlCatalog {
     static func syscalls(_ names: String...) -> Control.Grant { .seccompAllows(names) }
 
-    public static let all: [Control] = namespaces + seccomp + capabilities + resources + filesystem + network
+    public static let all: [Control] = namespaces + seccomp + capabilities + resources + filesystem + network + egress
         + descriptors + supervisor
 
     static let namespaces: [Control] = [
@@ -349,6 +363,38 @@ public enum ControlCatalog {
             .citing("a host daemon's socket inside the sandbox (docker.sock exposure)"),
         Control("network.raw-socket", class: 6, "no raw sockets", probe: "raw-socket", mechanism: .probe(calls: ["socket"]))
             .citing("raw sockets for spoofing (CVE-2020-14386 class)"),
+    ]
+
+    /// Test names of verify's egress controls, pinned for the run to the loopback fixture. `.invalid`
+    /// (RFC 2606) is never a real name: were one ever looked up, no server would answer for it.
+    public enum EgressNames {
+        public static let admitted = "admitted.verify.stockade.invalid"
+        public static let denied = "denied.verify.stockade.invalid"
+        public static let privateAddress = "private.verify.stockade.invalid"
+        /// The names verify's rules admit (on the fixture's port) and the names pinned, all to 127.0.0.1.
+        public static let allowed = [admitted, privateAddress]
+        public static let pinned = [admitted, denied, privateAddress]
+    }
+
+    /// Run with the worker's network switched to the egress proxy (verify's rules added): each
+    /// must be refused by the proxy for its own reason, and the same destination must answer a
+    /// direct connection unsandboxed.
+    static let egress: [Control] = [
+        Control("egress.denied-name", class: 14, "a name no rule admits is refused, and never looked up", probe: "egress-connect",
+                [.literal(EgressNames.denied), .literal("127.0.0.1"), .fixture, .literal(EgressNames.admitted)],
+                fixture: .loopbackListener, mechanism: .egress(reason: "not-allowed"), egress: .init(allowPrivate: true))
+            .citing("data carried out in DNS lookups of denied names (allowlist bypasses of agent sandboxes)"),
+        Control("egress.ip-literal", class: 14, "an IP literal is refused unless a rule names that address", probe: "egress-connect",
+                [.literal("127.0.0.1"), .literal("127.0.0.1"), .fixture, .literal(EgressNames.admitted)],
+                fixture: .loopbackListener, mechanism: .egress(reason: "ip-literal"), egress: .init(allowPrivate: true))
+            .citing("allowlists bypassed by connecting to an address instead of a name"),
+        Control("egress.private-address", class: 14, "an admitted name resolving to a private or loopback address is refused",
+                probe: "egress-connect", [.literal(EgressNames.privateAddress), .literal("127.0.0.1"), .fixture],
+                fixture: .loopbackListener, mechanism: .egress(reason: "loopback-address"), egress: .init(allowPrivate: false))
+            .citing("SSRF to internal services and cloud metadata through an allowed name (DNS rebinding class)"),
+        Control("egress.direct", class: 14, "a connection around the proxy reaches nothing", probe: "host-loopback",
+                [.fixture], fixture: .loopbackListener, mechanism: .probe(calls: ["connect"]), egress: .init(allowPrivate: true))
+            .citing("clients that ignore HTTP_PROXY and connect directly"),
     ]
 
     static let descriptors: [Control] = [

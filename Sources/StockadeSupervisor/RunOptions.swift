@@ -12,6 +12,12 @@ public struct RunOptions: Sendable {
     public var publish: [Profile.PortMapping] = []
     /// `--allow-host`: added to the profile's `network.egress.allow`; implies `network.mode` proxy.
     public var allowHosts: [EgressRule] = []
+    /// Pinned names added to the profile's `network.hosts` (validated by the caller: `verify` pins
+    /// its own test names to its loopback fixture).
+    public var pinnedHosts: [String: String] = [:]
+    /// Overrides the profile's `network.egress.allowPrivate` (for `verify`'s egress controls, which
+    /// prove the address check with it off and the name checks with it on).
+    public var allowPrivate: Bool?
     public var volumes: [Profile.Volume] = []
     public var environment: [(String, String)] = []
     public var workspace: String?

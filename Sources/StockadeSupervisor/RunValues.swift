@@ -80,6 +80,21 @@ public enum RunValues {
         }
     }
 
+    /// `--allow-host NAME[:PORT]` (and a batch line's `allowHosts[i]`): one egress allow rule.
+    public static func allowHost(_ text: String, field: String) throws(Invalid) -> EgressRule {
+        guard let rule = EgressRule.parse(text) else {
+            throw Invalid(description: "\(field): must be NAME[:PORT], *.SUFFIX[:PORT] or an IP address (IPv6 in brackets), found \(text)")
+        }
+        return rule
+    }
+
+    /// Allow rules are for the egress proxy: with another network mode they would be silently unused.
+    public static func allowHosts(_ mode: Profile.NetworkMode?, count: Int, fields: (String, String)) throws(Invalid) {
+        if count > 0, let mode, mode != .proxy {
+            throw Invalid(description: "\(fields.1) needs \(fields.0) proxy, not \(mode.rawValue)")
+        }
+    }
+
     /// `--label k=v`: a key of 1-128 printable characters without `=`, a value of at most 1024.
     public static func label(_ text: String, field: String) throws(Invalid) -> (String, String) {
         guard let eq = text.firstIndex(of: "=") else { throw Invalid(description: "\(field): must be KEY=VALUE, found \(text)") }

@@ -615,6 +615,17 @@ public final class Supervisor: Sendable {
         if let r = options.request { detail["request"] = .string(r) }
         if !options.labels.isEmpty { detail["labels"] = .object(options.labels.mapValues { .string($0) }) }
         if let name = options.name { detail["name"] = .string(name) }
+        if profile.network.mode == .proxy {
+            // The rules the proxy enforces for this run, as resolved (profile, then --allow-host).
+            let e = profile.network.egress
+            var egress: [String: JSONValue] = [
+                "allow": .array(e.allow.map { .string($0.description) }), "deny": .array(e.deny.map { .string($0.description) }),
+                "allowPrivate": .bool(e.allowPrivate), "maxConnections": .number(e.maxConnections), "maxBytes": .number(e.maxBytes),
+            ]
+            if !profile.network.hosts.isEmpty { egress["hosts"] = .object(profile.network.hosts.mapValues { .string($0) }) }
+            if let r = e.resolver { egress["resolver"] = .string(r) }
+            detail["egress"] = .object(egress)
+        }
         if let image = root.image { detail["image"] = .object(["name": .string(image.name), "digest": .string(image.digest.description)]) }
         if let dir = root.rootfs { detail["rootfs"] = .string(dir) }
         return .object(detail)
@@ -728,6 +739,8 @@ public final class Supervisor: Sendable {
         profile.network.publish += options.publish
         profile.network.egress.allow += options.allowHosts
         if !options.allowHosts.isEmpty { profile.network.mode = .proxy }
+        profile.network.hosts.merge(options.pinnedHosts) { $1 }
+        if let v = options.allowPrivate { profile.network.egress.allowPrivate = v }
         // Publishing needs the worker's loopback up (it is still the worker's only interface).
         if !profile.network.publish.isEmpty && profile.network.mode == .none { profile.network.mode = .loopback }
         // Volumes from options are checked (as `--volume[i]`) and added by `runPolicy(for:options:)`.

@@ -313,6 +313,12 @@ public struct Verifier: Sendable {
         options.image = image
         options.volumes = [Profile.Volume(source: probePath, target: Self.probeMountPoint, readOnly: true)]
         options.timeoutSeconds = min(profile.limits.timeoutSeconds, 15)
+        if let egress = control.egress, let port = fixturePort(control, arguments) {
+            options.network = .proxy
+            options.allowHosts = ControlCatalog.EgressNames.allowed.compactMap { EgressRule.parse("\($0):\(port)") }
+            options.pinnedHosts = Dictionary(uniqueKeysWithValues: ControlCatalog.EgressNames.pinned.map { ($0, "127.0.0.1") })
+            options.allowPrivate = egress.allowPrivate
+        }
         var report = await supervisor.run(options)
         // Every probe is bounded well under the deadline, so a timeout is never
         // a probe's answer; one more run tells a stuck run from a stuck probe.
@@ -324,7 +330,11 @@ public struct Verifier: Sendable {
             ids.append(report.runId)
         }
         func name(_ v: RunReport.Violation) -> String {
-            v.kind == "seccomp" ? "\(v.architecture ?? "?")/\(v.syscall ?? "?")" : v.kind
+            switch v.kind {
+            case "seccomp": "\(v.architecture ?? "?")/\(v.syscall ?? "?")"
+            case "egress": "egress/\(v.reason ?? "?")"
+            default: v.kind
+            }
         }
         let observation = ProbeObservation(
             outcome: report.outcome.rawValue, exitCode: report.exitCode, signal: report.signal,
@@ -334,6 +344,12 @@ public struct Verifier: Sendable {
                 ? report.violations.first { $0.kind == "seccomp" && $0.action == "kill" }.map(name) : nil,
             setupError: report.setupError.map { "\($0.stage): \($0.message)" }, note: note, runId: report.runId)
         return (observation, ids)
+    }
+
+    /// The fixture's port among a control's resolved arguments (where `.fixture` stood).
+    func fixturePort(_ control: Control, _ arguments: [String]) -> String? {
+        guard let i = control.arguments.firstIndex(of: .fixture), i < arguments.count else { return nil }
+        return arguments[i]
     }
 
     func argument(for argument: Control.Argument, control: Control, profile: Profile, fixtures: Fixtures) -> String {
@@ -451,6 +467,8 @@ public struct Verifier: Sendable {
             return o.refused && o.output.contains("(\(errno))") ? "refused with \(errno)" : nil
         case .classification:
             return "classified from the kernel's report"
+        case .egress(let reason):
+            return o.refused && o.violations.contains("egress/\(reason)") ? "the egress proxy refused it (\(reason), violation recorded)" : nil
         }
     }
 

@@ -65,6 +65,8 @@ STK_PROBE(probe_write_host_view);
 /* network (6) */
 STK_PROBE(probe_host_loopback); STK_PROBE(probe_abstract_unix); STK_PROBE(probe_unix_path);
 STK_PROBE(probe_raw_socket);
+/* egress (14) */
+STK_PROBE(probe_egress_connect);
 /* descriptors and terminals (7) */
 STK_PROBE(probe_fds); STK_PROBE(probe_tiocsti); STK_PROBE(probe_cwd_outside);
 /* supervisor robustness (8) */

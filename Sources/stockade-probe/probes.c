@@ -77,6 +77,8 @@ static const struct { const char *name; stk_probe_fn fn; const char *args; } pro
     {"abstract-unix", probe_abstract_unix, "NAME"},
     {"unix-path", probe_unix_path, "PATH"},
     {"raw-socket", probe_raw_socket, ""},
+    /* 14 egress */
+    {"egress-connect", probe_egress_connect, "NAME ADDR PORT [ADMITTED]"},
     /* 7 descriptors and terminals */
     {"fds", probe_fds, ""},
     {"tiocsti", probe_tiocsti, ""},

@@ -67,15 +67,8 @@ struct Run: AsyncParsableCommand {
                 }
                 o.network = mode
             }
-            for h in allowHost {
-                guard let rule = EgressRule.parse(h) else {
-                    throw RunValues.Invalid(description: "--allow-host: must be NAME[:PORT], *.SUFFIX[:PORT] or an IP address (IPv6 in brackets), found \(h)")
-                }
-                o.allowHosts.append(rule)
-            }
-            if !allowHost.isEmpty, let network, network != "proxy" {
-                throw RunValues.Invalid(description: "--allow-host needs --network proxy, not \(network)")
-            }
+            o.allowHosts = try allowHost.map { (text) throws(RunValues.Invalid) in try RunValues.allowHost(text, field: "--allow-host") }
+            try RunValues.allowHosts(o.network, count: allowHost.count, fields: ("--network", "--allow-host"))
             for p in publish { o.publish.append(try RunValues.publish(p, field: "--publish")) }
             try RunValues.network(o.network, publishing: !publish.isEmpty, fields: ("--network", "--publish"))
             for v in volume {

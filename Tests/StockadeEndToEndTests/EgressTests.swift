@@ -425,4 +425,63 @@ struct EgressTests {
         #expect(rows.count == 65, "64 served connections and one for the limit: \(rows.count)")
         #expect(Date().timeIntervalSince(started) < 100)
     }
+
+    @Test("a batch line's allowHosts admits a name; run.created records the rules the proxy enforced; a bad entry names its field")
+    func batchAllowHosts() throws {
+        let upstream = try Upstream(body: "batch")
+        defer { upstream.stop() }
+        let h = try Harness()
+        let p = try Self.profile("""
+            {"extends": "default", "network": {"egress": {"allowPrivate": true}, "hosts": {"allowed.test": "127.0.0.1"}}}
+            """)
+        defer { try? FileManager.default.removeItem(atPath: p) }
+        let line = """
+            {"id": "a", "profile": "\(p)", "network": "proxy", "allowHosts": ["allowed.test:\(upstream.port)"], \
+            "command": ["/bin/sh", "-c", "\(Self.curl("http://allowed.test:\(upstream.port)/").replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\""))"]}
+            {"id": "b", "network": "loopback", "allowHosts": ["allowed.test"], "command": ["/bin/true"]}
+            {"id": "c", "network": "proxy", "allowHosts": ["bad host"], "command": ["/bin/true"]}
+            """
+        let r = try h.stockade(["batch", "-"], stdin: line + "\n")
+        let reports = r.stdout.split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
+        var byId: [String: [String: Any]] = [:]
+        for report in reports { if let id = report["id"] as? String { byId[id] = report } }
+        let stdoutA = (byId["a"]?["stdout"] as? String) ?? ""
+        let messageB = ((byId["b"]?["setupError"] as? [String: Any])?["message"] as? String) ?? ""
+        let messageC = ((byId["c"]?["setupError"] as? [String: Any])?["message"] as? String) ?? ""
+        #expect(stdoutA.contains("batch code=200"), "\(r.stdout) \(r.stderr)")
+        #expect(byId["b"]?["outcome"] as? String == "setup-failed")
+        #expect(messageB.contains("allowHosts needs network proxy"), "\(r.stdout)")
+        #expect(messageC.contains("allowHosts[0]"), "\(r.stdout)")
+        // The run's own record of what the proxy enforced: the profile's settings and the line's rule.
+        let created = try #require(try auditEvents(h).first { $0["kind"] as? String == "run.created" && $0["runId"] as? String == byId["a"]?["runId"] as? String })
+        let egress = try #require((created["detail"] as? [String: Any])?["egress"] as? [String: Any], "\(created)")
+        #expect(egress["allow"] as? [String] == ["allowed.test:\(upstream.port)"])
+        #expect(egress["allowPrivate"] as? Bool == true)
+        #expect((egress["hosts"] as? [String: String])?["allowed.test"] == "127.0.0.1")
+    }
+
+    @Test("stockade verify proves the egress controls: a denied name, an IP literal, a private address, a direct connection")
+    func verifyEgressControls() throws {
+        let h = try Harness()
+        let r = try h.stockade(["verify", "--json", "--only", "egress.*"])
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], "\(r.stdout) \(r.stderr)")
+        let controls = try #require(report["controls"] as? [[String: Any]])
+        #expect(Set(controls.compactMap { $0["id"] as? String }) == ["egress.denied-name", "egress.ip-literal", "egress.private-address", "egress.direct"])
+        for c in controls {
+            #expect(c["verdict"] as? String == "enforced", "\(c)")
+            // Positive control: unsandboxed, the same destination answers a direct connection.
+            #expect(((c["positiveControl"] as? [String: Any])?["exitCode"] as? NSNumber)?.intValue == 77, "\(c)")
+        }
+        #expect(r.status == 0)
+        // Host side: the proxy's own records of each refusal, with its reason, in the audit trail.
+        let reasons = Set(try auditEvents(h).filter { $0["kind"] as? String == "egress.denied" }
+            .compactMap { ($0["detail"] as? [String: Any])?["reason"] as? String })
+        #expect(reasons.isSuperset(of: ["not-allowed", "ip-literal", "loopback-address"]), "\(reasons)")
+        // The admitted name got through first in the same runs: the proxy was working when it refused.
+        let allowed = try auditEvents(h).filter { $0["kind"] as? String == "egress.allowed" }
+            .compactMap { ($0["detail"] as? [String: Any])?["host"] as? String }
+        #expect(allowed.filter { $0 == "admitted.verify.stockade.invalid" }.count == 2, "\(allowed)")
+    }
 }

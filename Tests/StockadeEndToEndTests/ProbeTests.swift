@@ -516,6 +516,17 @@ struct VerdictTests {
              verdict: .notEnforced, fails: true),
         Case(name: "an OOM-killed memory bomb is contained", control: "resources.memory", profile: "default",
              positive: exited(77), sandboxed: oomKilled, verdict: .enforced, fails: false),
+        Case(name: "a denied name refused by the proxy with its not-allowed record: enforced", control: "egress.denied-name",
+             profile: "default", positive: exited(77), sandboxed: refused(recorded: ["egress/not-allowed"]), verdict: .enforced, fails: false),
+        Case(name: "a denied name that the proxy connected: not enforced", control: "egress.denied-name",
+             profile: "default", positive: exited(77), sandboxed: exited(77), verdict: .notEnforced, fails: true),
+        Case(name: "a denied name refused for another reason (the address check) is no evidence for the name rule",
+             control: "egress.denied-name", profile: "default", positive: exited(77),
+             sandboxed: refused(recorded: ["egress/loopback-address"]), verdict: .inconclusive, fails: true),
+        Case(name: "a proxy that admitted nothing (the probe cannot tell): inconclusive and failing", control: "egress.ip-literal",
+             profile: "default", positive: exited(77), sandboxed: exited(2), verdict: .inconclusive, fails: true),
+        Case(name: "a private address refused with the proxy's record: enforced", control: "egress.private-address",
+             profile: "default", positive: exited(77), sandboxed: refused(recorded: ["egress/loopback-address"]), verdict: .enforced, fails: false),
     ]
 
     static func profile(_ name: String) -> Profile {
@@ -568,7 +579,9 @@ struct VerdictTests {
             case .foreignArchitecture: #expect(control.expectation == .seccompKill, "\(control.id)")
             case .refusalErrno: #expect(control.expectation == .contained, "\(control.id)")
             case .classification: #expect(control.threatClass == 8, "\(control.id)")
+            case .egress: #expect(control.egress != nil && control.threatClass == 14, "\(control.id): the proxy acts only in proxy runs")
             }
+            #expect(control.egress == nil || control.threatClass == 14, "\(control.id)")
         }
     }
 
