@@ -85,7 +85,7 @@ let package = Package(
                           linkerSettings: [.unsafeFlags(["-static-executable"])]),
 
         .testTarget(name: "StockadePolicyTests", dependencies: ["StockadePolicy"], swiftSettings: strict),
-        .testTarget(name: "StockadeSupervisorTests", dependencies: ["StockadeSupervisor"], swiftSettings: strict),
+        .testTarget(name: "StockadeSupervisorTests", dependencies: ["StockadeSupervisor", "StockadePolicy", "StockadeBundles", "StockadeImages"], swiftSettings: strict),
         .testTarget(name: "StockadeBundlesTests", dependencies: ["StockadeBundles", "StockadePolicy"], swiftSettings: strict),
         .testTarget(name: "StockadeCgroupsTests", dependencies: ["StockadeCgroups"], swiftSettings: strict),
         .testTarget(name: "StockadeLinuxTests", dependencies: ["StockadeLinux"], swiftSettings: strict),

@@ -107,7 +107,7 @@ public final class EgressProxy: Sendable {
         let threads: ServiceThreads
         do {
             threads = try ServiceThreads(stackSize: 512 << 10) { rc in
-                LinuxError(.egress, stage: "egress", errno: rc, "cannot start the egress proxy (a thread or its stop pipe)")
+                LinuxError(.egress, stage: .egress, errno: rc, "cannot start the egress proxy (a thread or its stop pipe)")
             }
         } catch {
             close(listener)
@@ -127,7 +127,7 @@ public final class EgressProxy: Sendable {
     public static func start(inNamespaceOf pid: Int32, port: UInt16, configuration: Configuration) throws(LinuxError) -> EgressProxy {
         let listener = stk_listen_in_netns(pid, port)
         guard listener >= 0 else {
-            throw LinuxError(.egress, stage: "egress", errno: errno, "cannot listen on 127.0.0.1:\(port) in the network namespace of \(pid)")
+            throw LinuxError(.egress, stage: .egress, errno: errno, "cannot listen on 127.0.0.1:\(port) in the network namespace of \(pid)")
         }
         return try start(listener: listener, configuration: configuration)
     }

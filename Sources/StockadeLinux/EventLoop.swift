@@ -49,7 +49,7 @@ public final class EventLoop: Sendable {
                 r.tokens[fd] = nil
                 r.handlers[token] = nil
             }
-            throw LinuxError(.setup, stage: "epoll", errno: e, "could not watch descriptor \(fd)")
+            throw LinuxError(.setup, stage: .epoll, errno: e, "could not watch descriptor \(fd)")
         }
     }
 

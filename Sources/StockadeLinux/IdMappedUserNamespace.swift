@@ -1,5 +1,6 @@
 import CStockade
 import Glibc
+import StockadePolicy
 
 /// A user namespace that only carries an id map, for `mount_setattr(MOUNT_ATTR_IDMAP)`: image
 /// layers, the workspace's lower layer and writable volumes are shown to the worker through one.
@@ -7,7 +8,7 @@ import Glibc
 enum IdMappedUserNamespace {
     /// The namespace's descriptor. `stage` and `purpose` name the failure: "cannot create the id map
     /// for PURPOSE".
-    static func make(uidMap: String, gidMap: String, stage: String, purpose: String) throws(LinuxError) -> Int32 {
+    static func make(uidMap: String, gidMap: String, stage: SetupStage, purpose: String) throws(LinuxError) -> Int32 {
         let fd = stk_idmap_userns(uidMap, gidMap)
         guard fd >= 0 else {
             throw LinuxError(.setup, stage: stage, errno: errno,

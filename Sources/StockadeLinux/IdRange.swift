@@ -33,7 +33,7 @@ public final class IdRangeLease: Sendable {
         for part in directory.split(separator: "/") {
             prefix += "/" + part
             if mkdir(prefix, 0o700) != 0 && errno != EEXIST {
-                throw LinuxError(.setup, stage: "id-range", errno: errno,
+                throw LinuxError(.setup, stage: .idRange, errno: errno,
                                  "cannot create \(prefix) to lease the run's host id range: \(String(cString: strerror(errno)))")
             }
         }
@@ -42,13 +42,13 @@ public final class IdRangeLease: Sendable {
             let slot = (start + i) % slots
             let fd = open(directory + "/\(slot)", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
             guard fd >= 0 else {
-                throw LinuxError(.setup, stage: "id-range", errno: errno,
+                throw LinuxError(.setup, stage: .idRange, errno: errno,
                                  "cannot open \(directory)/\(slot) to lease a host id range: \(String(cString: strerror(errno)))")
             }
             if flock(fd, LOCK_EX | LOCK_NB) == 0 { return IdRangeLease(slot: slot, lockFD: fd) }
             close(fd)
         }
-        throw LinuxError(.setup, stage: "id-range", errno: EAGAIN,
+        throw LinuxError(.setup, stage: .idRange, errno: EAGAIN,
                          "all \(slots) host id ranges are in use by running workers: wait for runs to finish")
     }
 }

@@ -10,10 +10,10 @@ import Glibc
 public enum ImageRoot {
     public static func mount(layers: [String], anchor: String, layout: RootLayout, hostIdBase: UInt32, idCount: UInt32,
                              upperBytes: Int64 = 4 << 20) throws(LinuxError) -> Int32 {
-        guard !layers.isEmpty else { throw LinuxError(.setup, stage: "image", errno: EINVAL, "the image has no layers") }
+        guard !layers.isEmpty else { throw LinuxError(.setup, stage: .image, errno: EINVAL, "the image has no layers") }
         let upper = stk_tmpfs_detached(UInt64(upperBytes), 4096, hostIdBase, hostIdBase, 0o755)
         guard upper >= 0 else {
-            throw LinuxError(.setup, stage: "image", errno: errno, "cannot create the image root's upper layer: \(String(cString: strerror(errno)))")
+            throw LinuxError(.setup, stage: .image, errno: errno, "cannot create the image root's upper layer: \(String(cString: strerror(errno)))")
         }
         defer { close(upper) }
         let owner = (hostIdBase, hostIdBase)
@@ -37,7 +37,7 @@ public enum ImageRoot {
         for file in layout.imageFiles() { try makeFile(upper, "upper" + file.path, contents: file.contents, mode: 0o644, owner: owner) }
 
         let map = "0 \(hostIdBase) \(idCount)\n"
-        let ns = try IdMappedUserNamespace.make(uidMap: map, gidMap: map, stage: "image", purpose: "the image's layers")
+        let ns = try IdMappedUserNamespace.make(uidMap: map, gidMap: map, stage: .image, purpose: "the image's layers")
         defer { close(ns) }
         let paths = layers.map { strdup($0) }
         defer { for p in paths { free(p) } }
@@ -50,7 +50,7 @@ public enum ImageRoot {
             let step = stage.map { String(cString: $0) } ?? "overlay"
             let hint = step == "idmap" ? ": the image cache's filesystem must support idmapped mounts (Linux 5.12+; ext4, xfs, btrfs, tmpfs 6.3+)"
                 : step == "overlay" ? ": overlayfs with idmapped lower layers is required (Linux 5.19+, CONFIG_OVERLAY_FS)" : ""
-            throw LinuxError(.setup, stage: "image", errno: e, "cannot mount the image's layers as the worker's root (\(step): \(String(cString: strerror(e))))\(hint)")
+            throw LinuxError(.setup, stage: .image, errno: e, "cannot mount the image's layers as the worker's root (\(step): \(String(cString: strerror(e))))\(hint)")
         }
         return fd
     }
@@ -60,24 +60,24 @@ public enum ImageRoot {
         if mkdirat(root, path, mode_t(mode)) != 0 {
             var st = stat()
             guard errno == EEXIST, fstatat(root, path, &st, AT_SYMLINK_NOFOLLOW) == 0, st.st_mode & S_IFMT == S_IFDIR else {
-                throw LinuxError(.setup, stage: "image", errno: errno, "cannot make \(path) in the image root's upper layer: \(String(cString: strerror(errno)))")
+                throw LinuxError(.setup, stage: .image, errno: errno, "cannot make \(path) in the image root's upper layer: \(String(cString: strerror(errno)))")
             }
             return
         }
         if let owner, fchownat(root, path, owner.0, owner.1, AT_SYMLINK_NOFOLLOW) != 0 {
-            throw LinuxError(.setup, stage: "image", errno: errno, "cannot give \(path) to the worker's root: \(String(cString: strerror(errno)))")
+            throw LinuxError(.setup, stage: .image, errno: errno, "cannot give \(path) to the worker's root: \(String(cString: strerror(errno)))")
         }
     }
 
     private static func makeFile(_ root: Int32, _ path: String, contents: [UInt8], mode: UInt32, owner: (UInt32, UInt32)) throws(LinuxError) {
         let fd = openat(root, path, O_CREAT | O_TRUNC | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, mode_t(mode))
         guard fd >= 0 else {
-            throw LinuxError(.setup, stage: "image", errno: errno, "cannot write \(path) in the image root's upper layer: \(String(cString: strerror(errno)))")
+            throw LinuxError(.setup, stage: .image, errno: errno, "cannot write \(path) in the image root's upper layer: \(String(cString: strerror(errno)))")
         }
         defer { close(fd) }
         let n = contents.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         guard n == contents.count, fchown(fd, owner.0, owner.1) == 0, fchmod(fd, mode_t(mode)) == 0 else {
-            throw LinuxError(.setup, stage: "image", errno: errno, "cannot write \(path) in the image root's upper layer: \(String(cString: strerror(errno)))")
+            throw LinuxError(.setup, stage: .image, errno: errno, "cannot write \(path) in the image root's upper layer: \(String(cString: strerror(errno)))")
         }
     }
 }

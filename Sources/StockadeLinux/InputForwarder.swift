@@ -17,13 +17,13 @@ public final class InputForwarder: Sendable {
     public init(source: Int32) throws(LinuxError) {
         var data: [Int32] = [-1, -1], stop: [Int32] = [-1, -1]
         guard stk_pipe_cloexec(&data, 0) == 0 else {
-            throw LinuxError(.setup, stage: "pipe", errno: errno, "cannot create the worker's stdin pipe")
+            throw LinuxError(.setup, stage: .pipe, errno: errno, "cannot create the worker's stdin pipe")
         }
         guard stk_pipe_cloexec(&stop, 0) == 0 else {
             let e = errno
             close(data[0])
             close(data[1])
-            throw LinuxError(.setup, stage: "pipe", errno: e, "cannot create the worker's stdin pipe")
+            throw LinuxError(.setup, stage: .pipe, errno: e, "cannot create the worker's stdin pipe")
         }
         // Only the supervisor's end never blocks: a full pipe is waited for in poll, where stop reaches it.
         _ = fcntl(data[1], F_SETFL, O_NONBLOCK)
@@ -43,7 +43,7 @@ public final class InputForwarder: Sendable {
             close(data[1])
             close(stop[0])
             close(stop[1])
-            throw LinuxError(.setup, stage: "pipe", errno: rc, "cannot start the thread that copies stdin to the worker")
+            throw LinuxError(.setup, stage: .pipe, errno: rc, "cannot start the thread that copies stdin to the worker")
         }
         pthread_detach(thread)
     }

@@ -1,3 +1,5 @@
+import StockadePolicy
+
 /// The one public error of StockadeLinux: what failed (`code`), the setup
 /// `stage` it failed in, the errno when a syscall failed, and a message that
 /// says what is missing and how to enable it.
@@ -15,13 +17,13 @@ public struct LinuxError: Error, Sendable, Equatable, CustomStringConvertible {
     }
 
     public let code: Code
-    public let stage: String
+    public let stage: SetupStage
     public let errno: Int32
     public let message: String
     /// A worker had been started and was killed because of this failure (the supervisor audits the kill).
     public let killedWorker: Bool
 
-    public init(_ code: Code, stage: String, errno: Int32 = 0, _ message: String, killedWorker: Bool = false) {
+    public init(_ code: Code, stage: SetupStage, errno: Int32 = 0, _ message: String, killedWorker: Bool = false) {
         self.code = code
         self.stage = stage
         self.errno = errno
@@ -30,6 +32,6 @@ public struct LinuxError: Error, Sendable, Equatable, CustomStringConvertible {
     }
 
     public var description: String {
-        errno == 0 ? "\(stage): \(message)" : "\(stage): \(message) (errno \(errno))"
+        errno == 0 ? "\(stage.rawValue): \(message)" : "\(stage.rawValue): \(message) (errno \(errno))"
     }
 }

@@ -57,10 +57,10 @@ public final class PortForwarder: Sendable {
     public static func listen(mappings: [Profile.PortMapping]) throws(LinuxError) -> PortForwarder {
         var seen: Set<UInt16> = []
         for m in mappings where !seen.insert(m.hostPort).inserted {
-            throw LinuxError(.publish, stage: "publish", "host port \(m.hostPort) is published twice: give each mapping its own host port")
+            throw LinuxError(.publish, stage: .publish, "host port \(m.hostPort) is published twice: give each mapping its own host port")
         }
         let threads = try ServiceThreads { rc in
-            LinuxError(.publish, stage: "publish", errno: rc, "cannot start the port forwarder (a thread or its stop pipe)")
+            LinuxError(.publish, stage: .publish, errno: rc, "cannot start the port forwarder (a thread or its stop pipe)")
         }
         func closeStop() { threads.stopAndJoin() }
         var listeners: [Int32] = []
@@ -70,7 +70,7 @@ public final class PortForwarder: Sendable {
                 let e = errno
                 for l in listeners { close(l) }
                 closeStop()
-                throw LinuxError(.publish, stage: "publish", errno: e, "cannot create a socket for host port \(m.hostPort)")
+                throw LinuxError(.publish, stage: .publish, errno: e, "cannot create a socket for host port \(m.hostPort)")
             }
             var one: Int32 = 1
             _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
@@ -85,7 +85,7 @@ public final class PortForwarder: Sendable {
                 closeStop()
                 let why = e == EADDRINUSE ? "it is already in use on the host: choose another HOSTPORT or stop what listens there"
                     : e == EACCES ? "ports below 1024 need root or CAP_NET_BIND_SERVICE" : String(cString: strerror(e))
-                throw LinuxError(.publish, stage: "publish", errno: e, "cannot listen on 127.0.0.1:\(m.hostPort) to publish worker port \(m.workerPort): \(why)")
+                throw LinuxError(.publish, stage: .publish, errno: e, "cannot listen on 127.0.0.1:\(m.hostPort) to publish worker port \(m.workerPort): \(why)")
             }
             listeners.append(fd)
         }
@@ -101,7 +101,7 @@ public final class PortForwarder: Sendable {
         let ns = open("/proc/\(workerPid)/ns/net", O_RDONLY | O_CLOEXEC)
         guard ns >= 0 else {
             if errno == ENOENT && access("/proc/\(workerPid)", F_OK) == 0 { return }
-            throw LinuxError(.publish, stage: "publish", errno: errno, "cannot open the network namespace of worker \(workerPid)")
+            throw LinuxError(.publish, stage: .publish, errno: errno, "cannot open the network namespace of worker \(workerPid)")
         }
         let proceed = state.withLock { s -> Bool in
             guard !s.stopped, s.workerNamespace < 0 else { return false }
@@ -110,7 +110,7 @@ public final class PortForwarder: Sendable {
         }
         guard proceed else {
             close(ns)
-            throw LinuxError(.publish, stage: "publish", "the port forwarder was stopped or already attached")
+            throw LinuxError(.publish, stage: .publish, "the port forwarder was stopped or already attached")
         }
         for (index, listener) in listeners.enumerated() {
             let port = mappings[index].workerPort

@@ -58,7 +58,7 @@ public enum SeccompCompiler {
 
     static func compileUncached(_ policy: SeccompPolicy) throws(LinuxError) -> SeccompProgram {
         guard let ctx = seccomp_init(action(policy.defaultAction)) else {
-            throw LinuxError(.seccomp, stage: "seccomp", "libseccomp could not create a filter context")
+            throw LinuxError(.seccomp, stage: .seccomp, "libseccomp could not create a filter context")
         }
         defer { seccomp_release(ctx) }
         try check(seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, action(policy.badArchAction)), "set the foreign-architecture action")
@@ -67,7 +67,7 @@ public enum SeccompCompiler {
 
         for rule in policy.rules where rule.action != policy.defaultAction {
             guard let nr = syscallNumber(rule.syscall) else {
-                throw LinuxError(.seccomp, stage: "seccomp", "unknown syscall name \(rule.syscall)")
+                throw LinuxError(.seccomp, stage: .seccomp, "unknown syscall name \(rule.syscall)")
             }
             var comparisons = rule.comparisons.map { c -> scmp_arg_cmp in
                 var cmp = scmp_arg_cmp()
@@ -92,13 +92,13 @@ public enum SeccompCompiler {
             }
             // -EEXIST: the same rule again (e.g. a profile allow of an allowed call).
             if rc != 0 && rc != -EEXIST {
-                throw LinuxError(.seccomp, stage: "seccomp", errno: -rc, "libseccomp refused the rule for \(rule.syscall)")
+                throw LinuxError(.seccomp, stage: .seccomp, errno: -rc, "libseccomp refused the rule for \(rule.syscall)")
             }
         }
 
         var fds: [Int32] = [-1, -1]
         guard pipe(&fds) == 0 else {
-            throw LinuxError(.seccomp, stage: "seccomp", errno: errno, "could not create a pipe to export the filter")
+            throw LinuxError(.seccomp, stage: .seccomp, errno: errno, "could not create a pipe to export the filter")
         }
         defer { close(fds[0]) }
         let rc = seccomp_export_bpf(ctx, fds[1])
@@ -113,12 +113,12 @@ public enum SeccompCompiler {
             bytes += chunk[0..<n]
         }
         guard !bytes.isEmpty, bytes.count % 8 == 0, bytes.count / 8 <= 4096 else {
-            throw LinuxError(.seccomp, stage: "seccomp", "the exported filter has an invalid size of \(bytes.count) bytes")
+            throw LinuxError(.seccomp, stage: .seccomp, "the exported filter has an invalid size of \(bytes.count) bytes")
         }
         return SeccompProgram(bytes: bytes)
     }
 
     private static func check(_ rc: Int32, _ what: String) throws(LinuxError) {
-        if rc != 0 { throw LinuxError(.seccomp, stage: "seccomp", errno: -rc, "libseccomp could not \(what)") }
+        if rc != 0 { throw LinuxError(.seccomp, stage: .seccomp, errno: -rc, "libseccomp could not \(what)") }
     }
 }

@@ -108,19 +108,19 @@ final class SpawnPlan {
                                   owner: (uid: UInt32, gid: UInt32)) throws(LinuxError) -> Int32 {
         let fd = stk_clone_tree(source, attr)
         guard fd >= 0 else {
-            throw LinuxError(.setup, stage: "mounts", errno: errno,
+            throw LinuxError(.setup, stage: .mounts, errno: errno,
                              "cannot open \(source) to show it at \(target): \(String(cString: strerror(errno)))")
         }
         var st = stat()
         guard fstat(fd, &st) == 0 else {
             let e = errno
             close(fd)
-            throw LinuxError(.setup, stage: "mounts", errno: e, "cannot read the owner of the volume \(source): \(String(cString: strerror(e)))")
+            throw LinuxError(.setup, stage: .mounts, errno: e, "cannot read the owner of the volume \(source): \(String(cString: strerror(e)))")
         }
         let ns: Int32
         do {
             ns = try IdMappedUserNamespace.make(uidMap: "\(st.st_uid) \(owner.uid) 1\n", gidMap: "\(st.st_gid) \(owner.gid) 1\n",
-                                                stage: "mounts", purpose: "the writable volume \(source)")
+                                                stage: .mounts, purpose: "the writable volume \(source)")
         } catch {
             close(fd)
             throw error
@@ -129,7 +129,7 @@ final class SpawnPlan {
         guard stk_tree_idmap(fd, ns) == 0 else {
             let e = errno
             close(fd)
-            throw LinuxError(.setup, stage: "mounts", errno: e, """
+            throw LinuxError(.setup, stage: .mounts, errno: e, """
                 cannot make the volume \(source) writable at \(target): its filesystem cannot map the owner \
                 (uid \(st.st_uid), gid \(st.st_gid)) to the worker with an idmapped mount (\(String(cString: strerror(e)))); \
                 it needs Linux 5.12+ and a filesystem that supports idmapped mounts (ext4, xfs, btrfs; tmpfs since 6.3): \
@@ -158,7 +158,7 @@ final class SpawnPlan {
             let attr = Self.attrNoSuid | (devices ? 0 : Self.attrNoDev) | (readOnly ? Self.attrReadOnly : 0) | (noexec ? Self.attrNoExec : 0)
             let fd = stk_clone_tree(source, attr)
             guard fd >= 0 else {
-                throw LinuxError(.setup, stage: "mounts", errno: errno,
+                throw LinuxError(.setup, stage: .mounts, errno: errno,
                                  "cannot open \(source) to show it at \(target): \(String(cString: strerror(errno)))")
             }
             sourceDescriptors.append(fd)

@@ -93,7 +93,7 @@ public final class Spawner: Sendable {
         }
         withExtendedLifetime(plan) {}
         if result.stage != Int32(STK_STAGE_NONE.rawValue) {
-            throw SetupStage.error(stage: result.stage, errno: result.error, detail: result.detail, spec: spec)
+            throw SpawnStage.error(stage: result.stage, errno: result.error, detail: result.detail, spec: spec)
         }
         return SpawnedWorker(pid: result.pid, pidfd: result.pidfd, notifyFD: result.notify_fd >= 0 ? result.notify_fd : nil,
                              statusFD: result.status_fd, listenFD: result.listen_fd >= 0 ? result.listen_fd : nil)

@@ -16,14 +16,14 @@ public enum WorkspaceOverlay {
                              workerHostUid: UInt32, workerHostGid: UInt32) throws(LinuxError) -> (overlay: Int32, layer: Int32) {
         var st = stat()
         guard stat(workspace, &st) == 0 else {
-            throw LinuxError(.setup, stage: "workspace", errno: errno,
+            throw LinuxError(.setup, stage: .workspace, errno: errno,
                              "cannot use --workspace \(workspace): \(String(cString: strerror(errno)))")
         }
         guard st.st_mode & S_IFMT == S_IFDIR else {
-            throw LinuxError(.setup, stage: "workspace", errno: ENOTDIR, "--workspace \(workspace) is not a directory")
+            throw LinuxError(.setup, stage: .workspace, errno: ENOTDIR, "--workspace \(workspace) is not a directory")
         }
         let ns = try IdMappedUserNamespace.make(uidMap: "\(st.st_uid) \(workerHostUid) 1\n", gidMap: "\(st.st_gid) \(workerHostGid) 1\n",
-                                                stage: "workspace", purpose: "the workspace")
+                                                stage: .workspace, purpose: "the workspace")
         defer { close(ns) }
         var stage: UnsafePointer<CChar>? = nil
         var layer: Int32 = -1
@@ -35,7 +35,7 @@ public enum WorkspaceOverlay {
             let hint = step == "idmap" ? ": the workspace's filesystem must support idmapped mounts (Linux 5.12+; ext4, xfs, btrfs, tmpfs 6.3+)"
                 : step == "overlay" ? ": overlayfs with idmapped lower layers is required (Linux 5.19+, CONFIG_OVERLAY_FS)"
                 : step == "tmpfs" ? ": the bounded tmpfs for the workspace's changes could not be mounted" : ""
-            throw LinuxError(.setup, stage: "workspace", errno: e,
+            throw LinuxError(.setup, stage: .workspace, errno: e,
                              "cannot mount the copy-on-write workspace over \(workspace) (\(step): \(String(cString: strerror(e))))\(hint)")
         }
         return (fd, layer)

@@ -11,12 +11,12 @@ extension Supervisor {
     func admitRequest(_ path: String, into dir: RunDirectory, bounds: BundleBounds) -> Result<VerifiedBundle, SetupFailure> {
         let source = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard source >= 0 else {
-            return .failure(SetupFailure(stage: "request", errno: errno, message: "--request \(path): \(String(cString: strerror(errno)))"))
+            return .failure(SetupFailure(stage: .request, errno: errno, message: "--request \(path): \(String(cString: strerror(errno)))"))
         }
         defer { close(source) }
         let destination = open(dir.requestPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
         guard destination >= 0 else {
-            return .failure(SetupFailure(stage: "request", errno: errno, message: "cannot open \(dir.requestPath)"))
+            return .failure(SetupFailure(stage: .request, errno: errno, message: "cannot open \(dir.requestPath)"))
         }
         defer { close(destination) }
         switch BundleReader.read(directory: source, bounds: bounds, role: .request, copyTo: destination) {
@@ -25,9 +25,9 @@ extension Supervisor {
             Self.openForReading(dir.requestPath)
             return .success(bundle)
         case .rejected(let rejection):
-            return .failure(SetupFailure(stage: "request", message: "request bundle \(path) rejected: \(rejection.description)"))
+            return .failure(SetupFailure(stage: .request, message: "request bundle \(path) rejected: \(rejection.description)"))
         case .failed(let error):
-            return .failure(SetupFailure(stage: "request", errno: error.errno ?? 0, message: "request bundle \(path): \(error.description)"))
+            return .failure(SetupFailure(stage: .request, errno: error.errno ?? 0, message: "request bundle \(path): \(error.description)"))
         }
     }
 
@@ -48,7 +48,7 @@ extension Supervisor {
 
     /// Reads the result bundle the worker left (if any), records the verdict,
     /// and returns the bytes of the patches it declares when it was accepted.
-    func collectResult(_ context: RunContext, profile: Profile, report: inout RunReport) -> [UInt8] {
+    func collectResult(_ context: RunScope, profile: Profile, report: inout RunReport) -> [UInt8] {
         guard context.resultMount >= 0, let dir = context.runDirectory else { return [] }
         let root = openat(context.resultMount, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard root >= 0 else {
@@ -96,14 +96,14 @@ extension Supervisor {
         if case .failure(let error) = recorded {
             context.auditFailed = true
             if report.setupError == nil {
-                report.setupError = RunReport.SetupError(stage: "audit", errno: 0, message: "the result verdict could not be recorded: \(error)")
+                report.setupError = RunReport.SetupError(stage: .audit, errno: 0, message: "the result verdict could not be recorded: \(error)")
             }
         }
         return patches
     }
 
     /// The first file of an accepted result that holds a secret value, if any.
-    func leakedSecret(in bundle: VerifiedBundle, at root: String, context: RunContext, bounds: BundleBounds) -> String? {
+    func leakedSecret(in bundle: VerifiedBundle, at root: String, context: RunScope, bounds: BundleBounds) -> String? {
         guard !context.redactor.isEmpty else { return nil }
         for file in bundle.manifest.files {
             guard let bytes = try? FileReading.read(root + "/" + file.path, limit: Int(bounds.maxFileBytes)) else { continue }

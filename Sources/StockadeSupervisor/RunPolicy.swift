@@ -94,13 +94,13 @@ extension Supervisor {
         let check = VolumePolicy.validate(VolumePolicy.entries(profile: profile.volumes, flags: options.volumes),
                                           allowedRoots: profile.allowedVolumeRoots, stateDirectory: stateDirectory)
         guard check.issues.isEmpty else {
-            throw SetupFailure(stage: "mounts", errno: 0, message: ProfileError(source: nil, issues: check.issues).description)
+            throw SetupFailure(stage: .mounts, errno: 0, message: ProfileError(source: nil, issues: check.issues).description)
         }
         let seccomp: SeccompPolicy
         do {
             seccomp = try seccompPolicy(for: profile)
         } catch {
-            throw SetupFailure(stage: "seccomp", errno: 0, message: error.description)
+            throw SetupFailure(stage: .seccomp, errno: 0, message: error.description)
         }
         return RunPolicy(volumes: check.volumes, secrets: secrets, seccomp: seccomp)
     }
@@ -114,14 +114,14 @@ extension Supervisor {
         do {
             secrets = try SecretLoader.load(profile.secrets, hostEnvironment: hostEnvironment)
         } catch {
-            return (.none, [], SetupFailure(stage: "secrets", errno: 0, message: error.description))
+            return (.none, [], SetupFailure(stage: .secrets, errno: 0, message: error.description))
         }
         var values = secrets.redactor.secrets.map { String(decoding: $0, as: UTF8.self) }
-        let environment = environment(for: profile, options: options, secrets: secrets)
+        let environment = planner.environment(for: profile, options: options, secrets: secrets)
         for name in profile.environment.secret {
             guard let value = environment.last(where: { $0.0 == name })?.1 else { continue }
             guard value.utf8.count >= 8 else {
-                return (secrets, values, SetupFailure(stage: "secrets", message: "environment.secret: the value of \(name) is " +
+                return (secrets, values, SetupFailure(stage: .secrets, message: "environment.secret: the value of \(name) is " +
                         "\(value.utf8.count) bytes; at least 8 are needed so that redacting it cannot garble ordinary output"))
             }
             values.append(value)

@@ -80,10 +80,10 @@ public struct RunReport: Sendable, Equatable, Codable {
     }
 
     public struct SetupError: Sendable, Equatable, Codable {
-        public var stage: String
+        public var stage: SetupStage
         public var errno: Int32
         public var message: String
-        public init(stage: String, errno: Int32, message: String) {
+        public init(stage: SetupStage, errno: Int32, message: String) {
             self.stage = stage
             self.errno = errno
             self.message = message
@@ -194,8 +194,8 @@ public struct RunReport: Sendable, Equatable, Codable {
         case .cancelled: 130
         case .setupFailed:
             switch (setupError?.stage, setupError?.errno) {
-            case ("exec", 2?): Int32(127) // ENOENT: command not found
-            case ("exec", _): 126  // found but cannot be executed
+            case (.exec?, 2?): Int32(127) // ENOENT: command not found
+            case (.exec?, _): 126  // found but cannot be executed
             default: 125
             }
         }
@@ -231,7 +231,7 @@ public struct RunReport: Sendable, Equatable, Codable {
             "result": .object(["status": .string(result.status), "reason": string(result.reason)]),
             "review": .object(["id": int(review.id), "state": .string(review.state)]),
             "setupError": setupError.map { e in
-                .object(["stage": .string(e.stage), "errno": .number(e.errno), "message": .string(e.message)])
+                .object(["stage": .string(e.stage.rawValue), "errno": .number(e.errno), "message": .string(e.message)])
             } ?? .null,
             "egress": egress.map { e in
                 .object(["connections": .number(e.connections), "allowed": .number(e.allowed), "denied": .number(e.denied),

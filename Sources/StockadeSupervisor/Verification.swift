@@ -1,6 +1,6 @@
-import CStockade
 import FoundationEssentials
 import Glibc
+import StockadeLinux
 import StockadePolicy
 
 /// How one control fared on this host under one profile.
@@ -342,7 +342,7 @@ public struct Verifier: Sendable {
             violations: report.violations.map(name),
             seccompKill: report.outcome == .seccomp
                 ? report.violations.first { $0.kind == "seccomp" && $0.action == "kill" }.map(name) : nil,
-            setupError: report.setupError.map { "\($0.stage): \($0.message)" }, note: note, runId: report.runId)
+            setupError: report.setupError.map { "\($0.stage.rawValue): \($0.message)" }, note: note, runId: report.runId)
         return (observation, ids)
     }
 
@@ -586,9 +586,12 @@ enum PositiveControl {
     static let deadlineMs: Int32 = 20_000
 
     static func run(_ path: String, _ arguments: [String]) -> ProbeObservation {
-        var pipeFDs: [Int32] = [-1, -1]
-        guard stk_pipe_cloexec(&pipeFDs, 0) == 0 else {
-            return ProbeObservation(outcome: "setup-failed", exitCode: nil, signal: nil, output: "", setupError: "pipe: \(String(cString: strerror(errno)))")
+        let pipeFDs: [Int32]
+        do {
+            let pipe = try LinuxPipe.make()
+            pipeFDs = [pipe.read, pipe.write]
+        } catch {
+            return ProbeObservation(outcome: "setup-failed", exitCode: nil, signal: nil, output: "", setupError: "pipe: \(error.message)")
         }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)

@@ -9,7 +9,7 @@ import SystemPackage
 /// it, records it (the event is committed before the diff can be listed),
 /// and hands it to review, or applies it at once under `autoAcceptDiffs`.
 extension Supervisor {
-    func collectWorkspace(_ context: RunContext, profile: Profile, patches: [UInt8], report: inout RunReport) {
+    func collectWorkspace(_ context: RunScope, profile: Profile, patches: [UInt8], report: inout RunReport) {
         guard let dir = context.runDirectory, context.workspace != nil || !patches.isEmpty else { return }
         let upper = context.workspace == nil || context.layer < 0 ? -1 : openat(context.layer, "data", O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
         let lower = context.workspace.map { open($0, O_RDONLY | O_DIRECTORY | O_CLOEXEC) } ?? -1
@@ -60,7 +60,7 @@ extension Supervisor {
         } catch {
             context.auditFailed = true
             if report.setupError == nil {
-                report.setupError = RunReport.SetupError(stage: "audit", errno: 0, message: "the run's diff could not be recorded: \(error)")
+                report.setupError = RunReport.SetupError(stage: .audit, errno: 0, message: "the run's diff could not be recorded: \(error)")
             }
         }
     }

@@ -105,12 +105,17 @@ struct DocumentationTests {
         for outcome in RunReport.Outcome.allCases {
             #expect(contract.contains("`\(outcome.rawValue)`"), "outcome \(outcome.rawValue) is not in docs/CONTRACT.md")
         }
+        // Every setup stage a report can name, in the paragraph that lists them.
+        let stages = try #require(contract.range(of: "`setupError.stage` names what failed").map { String(contract[$0.lowerBound...].prefix(2000)) })
+        for stage in SetupStage.allCases {
+            #expect(stages.contains("`\(stage.rawValue)`"), "setup stage \(stage.rawValue) is not listed in docs/CONTRACT.md")
+        }
         var report = RunReport(runId: "R", profile: "p", outcome: .exited)
         report.requestId = "id"
         report.line = 1
         report.stdoutBase64 = ""
         report.stderrBase64 = ""
-        report.setupError = RunReport.SetupError(stage: "s", errno: 0, message: "m")
+        report.setupError = RunReport.SetupError(stage: .usage, errno: 0, message: "m")
         guard case .object(let keys) = report.jsonValue else {
             Issue.record("the report is not a JSON object")
             return
@@ -166,8 +171,8 @@ struct DocumentationTests {
     /// and outcome-event helpers, and the two kinds the store builds from a bundle's status.
     static func auditKinds() throws -> Set<String> {
         var kinds: Set<String> = ["bundle.accepted", "bundle.rejected"]
-        let patterns = [#"kind: "([a-z][a-z.-]*[a-z])""#, #"recordQuietly\(context, "([a-z][a-z.-]*[a-z])""#,
-                        #"\(context\.runId, "([a-z][a-z.-]*[a-z])""#]
+        let patterns = [#"kind: "([a-z][a-z.-]*[a-z])""#, #"recordQuietly\((?:context|scope), "([a-z][a-z.-]*[a-z])""#,
+                        #"\((?:context|scope)\.runId, "([a-z][a-z.-]*[a-z])""#]
         let regexes = try patterns.map { try NSRegularExpression(pattern: $0) }
         var scanned = 0
         for directory in ["Sources/StockadeAudit", "Sources/StockadeSupervisor", "Sources/stockade"] {

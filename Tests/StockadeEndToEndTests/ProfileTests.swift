@@ -495,7 +495,7 @@ struct PortForwarderTests {
         do {
             _ = try PortForwarder.listen(mappings: [Profile.PortMapping(hostPort: busy.port, workerPort: 80)])
         } catch {
-            #expect(error.stage == "publish")
+            #expect(error.stage == .publish)
             #expect(error.message.contains("127.0.0.1:\(busy.port)") && error.message.contains("already in use"))
         }
     }

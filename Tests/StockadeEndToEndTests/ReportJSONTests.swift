@@ -25,7 +25,7 @@ struct ReportJSONTests {
         full.review = RunReport.Review(id: 42, state: "pending")
         full.requestId = "t-1"
         var failed = RunReport(runId: "01GHI", profile: "default", outcome: .setupFailed)
-        failed.setupError = RunReport.SetupError(stage: "exec", errno: 2, message: "command not found: nope")
+        failed.setupError = RunReport.SetupError(stage: .exec, errno: 2, message: "command not found: nope")
         return [bare, full, failed]
     }
 

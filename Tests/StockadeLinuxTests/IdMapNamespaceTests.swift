@@ -23,7 +23,7 @@ struct IdMapNamespaceTests {
             Thread {
                 for _ in 0..<rounds {
                     do {
-                        let fd = try IdMappedUserNamespace.make(uidMap: map, gidMap: map, stage: "test", purpose: "the test")
+                        let fd = try IdMappedUserNamespace.make(uidMap: map, gidMap: map, stage: .workspace, purpose: "the test")
                         // Positive check: the descriptor is a user namespace carrying the map.
                         var st = stat()
                         if fstat(fd, &st) != 0 { failures.withLock { $0.append("fstat: \(errno)") } }

@@ -1,37 +1,38 @@
 import CStockade
 import Glibc
+import StockadePolicy
 
 /// Names and remedies for the stages of `stk_spawn`.
-enum SetupStage {
-    static func name(_ stage: Int32) -> String {
+enum SpawnStage {
+    static func name(_ stage: Int32) -> SetupStage {
         switch UInt32(stage) {
-        case STK_STAGE_PIPE.rawValue: "pipe"
-        case STK_STAGE_CLONE.rawValue: "clone"
-        case STK_STAGE_USERNS_MAP.rawValue: "userns-map"
-        case STK_STAGE_CGROUP.rawValue: "cgroup-join"
-        case STK_STAGE_SYNC.rawValue: "sync"
-        case STK_STAGE_SIGNALS.rawValue: "signals"
-        case STK_STAGE_IDENTITY.rawValue: "identity"
-        case STK_STAGE_CGROUPNS.rawValue: "cgroup-namespace"
-        case STK_STAGE_HOSTNAME.rawValue: "hostname"
-        case STK_STAGE_MOUNT_PRIVATE.rawValue: "mount-private"
-        case STK_STAGE_ROOT.rawValue: "root"
-        case STK_STAGE_MOUNTS.rawValue: "mounts"
-        case STK_STAGE_PIVOT_ROOT.rawValue: "pivot-root"
-        case STK_STAGE_NETWORK.rawValue: "network"
-        case STK_STAGE_WORKDIR.rawValue: "workdir"
-        case STK_STAGE_RLIMITS.rawValue: "rlimits"
-        case STK_STAGE_SETSID.rawValue: "setsid"
-        case STK_STAGE_CAPABILITIES.rawValue: "capabilities"
-        case STK_STAGE_CREDENTIALS.rawValue: "credentials"
-        case STK_STAGE_NO_NEW_PRIVS.rawValue: "no-new-privs"
-        case STK_STAGE_PARENT_DEATH.rawValue: "parent-death-signal"
-        case STK_STAGE_STDIO.rawValue: "stdio"
-        case STK_STAGE_FDS.rawValue: "close-fds"
-        case STK_STAGE_SECCOMP.rawValue: "seccomp"
-        case STK_STAGE_EXEC.rawValue: "exec"
-        case STK_STAGE_HELPER.rawValue: "spawn-helper"
-        default: "unknown"
+        case STK_STAGE_PIPE.rawValue: .pipe
+        case STK_STAGE_CLONE.rawValue: .clone
+        case STK_STAGE_USERNS_MAP.rawValue: .usernsMap
+        case STK_STAGE_CGROUP.rawValue: .cgroupJoin
+        case STK_STAGE_SYNC.rawValue: .sync
+        case STK_STAGE_SIGNALS.rawValue: .signals
+        case STK_STAGE_IDENTITY.rawValue: .identity
+        case STK_STAGE_CGROUPNS.rawValue: .cgroupNamespace
+        case STK_STAGE_HOSTNAME.rawValue: .hostname
+        case STK_STAGE_MOUNT_PRIVATE.rawValue: .mountPrivate
+        case STK_STAGE_ROOT.rawValue: .root
+        case STK_STAGE_MOUNTS.rawValue: .mounts
+        case STK_STAGE_PIVOT_ROOT.rawValue: .pivotRoot
+        case STK_STAGE_NETWORK.rawValue: .network
+        case STK_STAGE_WORKDIR.rawValue: .workdir
+        case STK_STAGE_RLIMITS.rawValue: .rlimits
+        case STK_STAGE_SETSID.rawValue: .setsid
+        case STK_STAGE_CAPABILITIES.rawValue: .capabilities
+        case STK_STAGE_CREDENTIALS.rawValue: .credentials
+        case STK_STAGE_NO_NEW_PRIVS.rawValue: .noNewPrivs
+        case STK_STAGE_PARENT_DEATH.rawValue: .parentDeathSignal
+        case STK_STAGE_STDIO.rawValue: .stdio
+        case STK_STAGE_FDS.rawValue: .closeFds
+        case STK_STAGE_SECCOMP.rawValue: .seccomp
+        case STK_STAGE_EXEC.rawValue: .exec
+        case STK_STAGE_HELPER.rawValue: .spawnHelper
+        default: .unknown
         }
     }
 
@@ -74,7 +75,7 @@ enum SetupStage {
             message = "the spawn helper stopped answering (\(reason))" +
                 (detail == 1 ? "; the half-made worker was killed and reaped" : "") + "; other helpers, if any, go on"
         default:
-            message = "sandbox setup failed at \(name): \(reason)"
+            message = "sandbox setup failed at \(name.rawValue): \(reason)"
         }
         // Killed by the spawn path itself: a worker stuck before execve, or one whose helper was lost.
         let killed = (UInt32(stage) == STK_STAGE_SYNC.rawValue && code == ETIMEDOUT) || (UInt32(stage) == STK_STAGE_HELPER.rawValue && detail == 1)
