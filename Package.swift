@@ -25,7 +25,6 @@ let package = Package(
         // C: the child path from clone3 to execve, and syscall shims glibc lacks.
         .target(name: "CStockade", cSettings: [.unsafeFlags(["-Wall", "-Wextra", "-Werror"])]),
         .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
-        .systemLibrary(name: "CCap", pkgConfig: "libcap", providers: [.apt(["libcap-dev"])]),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
@@ -38,7 +37,7 @@ let package = Package(
         ], swiftSettings: strict),
         // Namespaces, mounts, seccomp compilation, capabilities, spawn, exit watching.
         .target(name: "StockadeLinux", dependencies: [
-            "CStockade", "CSeccomp", "CCap", "StockadePolicy", "StockadeCgroups",
+            "CStockade", "CSeccomp", "StockadePolicy", "StockadeCgroups",
             .product(name: "SystemPackage", package: "swift-system"),
         ], swiftSettings: strict),
         // Manifests, bounded hostile-tree reader, run directory.
@@ -79,6 +78,8 @@ let package = Package(
         ], swiftSettings: strict),
         // The diff parser and path guard under libFuzzer (Fuzz/run-diff-fuzz.sh); a corpus replayer otherwise.
         .executableTarget(name: "stockade-diff-fuzz", dependencies: ["StockadePatches"], swiftSettings: strict),
+        // The strict JSON parser and the bundle manifest decoder under libFuzzer (Fuzz/run-manifest-fuzz.sh); a replayer otherwise.
+        .executableTarget(name: "stockade-manifest-fuzz", dependencies: ["StockadeBundles", "StockadePolicy"], swiftSettings: strict),
         // Enforcement probes: small static C programs run inside the sandbox.
         .executableTarget(name: "stockade-probe",
                           cSettings: [.unsafeFlags(["-Wall", "-Werror"])],

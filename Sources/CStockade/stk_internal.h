@@ -39,5 +39,23 @@ int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result, int 
 /* A result that says nothing happened yet: no process, no descriptors, stage none. */
 void stk_result_init(struct stk_spawn_result *result);
 
+
+/* How long the worker may take from clone to execve. */
+#define STK_EXEC_TIMEOUT_MS 15000
+
+struct stk_failure {
+    int stage;
+    int error;
+    int detail;
+};
+
+/* write(2) until all of `len` is written, retried on EINTR. Async-signal-safe. */
+int stk_write_all(int fd, const void *data, size_t len);
+
+/* The child of the spawn's clone3 (stk_child.c): becomes init of the worker's pid namespace,
+   then forks the worker. Never returns. */
+__attribute__((noreturn)) void stk_child(const struct stk_plan *plan, int errfd, int syncfd, int notify_sock, int statusfd,
+                                         int parent_pidfd);
+
 #pragma clang assume_nonnull end
 #endif

@@ -254,3 +254,55 @@ int stk_image_root(const char *anchor, int upper_fd, const char *const *layers, 
     if (job.overlay_fd < 0) errno = job.error;
     return job.overlay_fd;
 }
+
+int stk_tmpfs_detached(uint64_t size_bytes, uint64_t inodes, uint32_t uid, uint32_t gid, uint32_t mode) {
+    int fs = (int)syscall(SYS_fsopen, "tmpfs", FSOPEN_CLOEXEC);
+    if (fs < 0) return -1;
+    char value[32];
+    int rc = 0;
+    snprintf(value, sizeof value, "%llu", (unsigned long long)size_bytes);
+    rc |= (int)syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, "size", value, 0);
+    snprintf(value, sizeof value, "%llu", (unsigned long long)inodes);
+    rc |= (int)syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, "nr_inodes", value, 0);
+    snprintf(value, sizeof value, "%u", uid);
+    rc |= (int)syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, "uid", value, 0);
+    snprintf(value, sizeof value, "%u", gid);
+    rc |= (int)syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, "gid", value, 0);
+    snprintf(value, sizeof value, "%o", mode);
+    rc |= (int)syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, "mode", value, 0);
+    if (rc != 0 || syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0) {
+        int saved = errno;
+        close(fs);
+        errno = saved;
+        return -1;
+    }
+    int mnt = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC,
+                           MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC);
+    int saved = errno;
+    close(fs);
+    errno = saved;
+    return mnt;
+}
+
+int stk_tree_idmap(int tree_fd, int userns_fd) {
+    struct mount_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.attr_set = MOUNT_ATTR_IDMAP;
+    attr.userns_fd = (uint64_t)userns_fd;
+    return (int)syscall(SYS_mount_setattr, tree_fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr);
+}
+
+int stk_clone_tree(const char *path, uint64_t attr_set) {
+    int fd = (int)syscall(SYS_open_tree, AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+    if (fd < 0) return -1;
+    struct mount_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.attr_set = attr_set;
+    if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) < 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}

@@ -1,6 +1,12 @@
 #define _GNU_SOURCE
 #include "stk_sys.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <sys/epoll.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
@@ -41,4 +47,36 @@ int stk_timerfd_after(uint64_t nanoseconds) {
         return -1;
     }
     return fd;
+}
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+int stk_pidfd_send_signal(int pidfd, int sig) {
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+
+int stk_waitid_pidfd(int pidfd, int options, int *code, int *status, pid_t *pid, struct rusage *usage) {
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    long rc;
+    do rc = syscall(SYS_waitid, P_PIDFD, pidfd, &info, WEXITED | options, usage); while (rc < 0 && errno == EINTR);
+    if (rc < 0) return -1;
+    *code = info.si_code;
+    *status = info.si_status;
+    *pid = info.si_pid;
+    return 0;
+}
+
+int stk_cap_last_cap(void) {
+    int fd = open("/proc/sys/kernel/cap_last_cap", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return CAP_LAST_CAP;
+    char buf[16];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return CAP_LAST_CAP;
+    int value = 0;
+    for (ssize_t i = 0; i < n && buf[i] >= '0' && buf[i] <= '9'; i++) value = value * 10 + (buf[i] - '0');
+    return value;
 }

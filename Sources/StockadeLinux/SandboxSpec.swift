@@ -11,7 +11,6 @@ public enum MountOp: Sendable, Equatable {
     /// Ids other than the owner's are unmapped: the worker sees them as nobody and cannot take them.
     case bindOwned(source: String, target: String, isFile: Bool, owner: (uid: UInt32, gid: UInt32))
     case tmpfs(target: String, sizeBytes: Int64, mode: UInt32, owner: (uid: UInt32, gid: UInt32)? = nil, noexec: Bool = false)
-    case overlay(target: String, lower: String, upper: String, work: String)
     case proc(target: String)
     case symlink(target: String, pointsTo: String)
     case file(target: String, contents: [UInt8], mode: UInt32)

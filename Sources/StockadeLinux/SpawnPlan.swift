@@ -183,11 +183,6 @@ final class SpawnPlan {
             m.data = cString("size=\(size),mode=\(String(mode, radix: 8))")
             m.flags = nosuidNodev | (noexec ? UInt(MS_NOEXEC) : 0)
             if let owner { m.uid = Int64(owner.uid); m.gid = Int64(owner.gid) }
-        case let .overlay(target, lower, upper, work):
-            m.kind = Int32(STK_OP_OVERLAY.rawValue)
-            m.target = cString(target)
-            m.data = cString("lowerdir=\(lower),upperdir=\(upper),workdir=\(work)")
-            m.flags = nosuidNodev
         case let .proc(target):
             m.kind = Int32(STK_OP_PROC.rawValue)
             m.target = cString(target)

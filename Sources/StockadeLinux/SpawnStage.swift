@@ -11,7 +11,6 @@ enum SpawnStage {
         case STK_STAGE_USERNS_MAP.rawValue: .usernsMap
         case STK_STAGE_CGROUP.rawValue: .cgroupJoin
         case STK_STAGE_SYNC.rawValue: .sync
-        case STK_STAGE_SIGNALS.rawValue: .signals
         case STK_STAGE_IDENTITY.rawValue: .identity
         case STK_STAGE_CGROUPNS.rawValue: .cgroupNamespace
         case STK_STAGE_HOSTNAME.rawValue: .hostname

@@ -15,7 +15,7 @@ public enum SetupStage: String, Sendable, CaseIterable, Codable {
     case clone
     case usernsMap = "userns-map"
     case cgroupJoin = "cgroup-join"
-    case sync, signals, identity
+    case sync, identity
     case cgroupNamespace = "cgroup-namespace"
     case hostname
     case mountPrivate = "mount-private"

@@ -52,5 +52,31 @@ int stk_workspace_overlay(const char *lower, const char *anchor, const char *tmp
 int stk_image_root(const char *anchor, int upper_fd, const char *_Nonnull const *_Nonnull layers, size_t layer_count,
                    int userns_fd, const char *_Nullable *_Nonnull stage);
 
+/*
+ * A detached tmpfs (fsopen/fsmount) owned by host `uid`/`gid`, bounded by
+ * `size_bytes` and `inodes`, nosuid, nodev, noexec. Returns the mount fd or -1
+ * with errno. The fd keeps the filesystem alive after the worker's mount
+ * namespace is gone, so the supervisor reads the result from it.
+ * Why C: no glibc wrappers for fsopen/fsconfig/fsmount.
+ */
+int stk_tmpfs_detached(uint64_t size_bytes, uint64_t inodes, uint32_t uid, uint32_t gid, uint32_t mode);
+
+/*
+ * A detached recursive bind of `path` (open_tree OPEN_TREE_CLONE) with
+ * MOUNT_ATTR_* `attr_set` applied to the whole tree. Made by the supervisor in
+ * the initial user namespace, so the worker cannot clear those flags; the
+ * child attaches it with move_mount. Returns the fd or -1 with errno.
+ * Why C: no glibc wrappers for open_tree/mount_setattr.
+ */
+int stk_clone_tree(const char *path, uint64_t attr_set);
+
+/*
+ * Idmaps the detached tree `tree_fd` (from stk_clone_tree, not yet attached)
+ * through the user namespace `userns_fd` (see stk_idmap_userns), recursively.
+ * Returns 0 or -1 with errno (EINVAL: a filesystem in the tree cannot be
+ * idmapped). Why C: no glibc wrapper for mount_setattr.
+ */
+int stk_tree_idmap(int tree_fd, int userns_fd);
+
 #pragma clang assume_nonnull end
 #endif

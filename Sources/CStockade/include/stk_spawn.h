@@ -18,14 +18,13 @@
 /* One step of building the worker's root, executed in order by the child. */
 enum stk_mount_kind {
     STK_OP_MKDIR = 1,     /* mkdir target (mode), chown uid/gid when uid != -1 */
-    STK_OP_BIND = 2,      /* attach fd (from stk_clone_tree) at target; without fd, bind source and mount_setattr(attr) */
+    STK_OP_BIND = 2,      /* attach fd (from stk_clone_tree, required) at target */
     STK_OP_TMPFS = 3,     /* tmpfs at target with data ("size=..,mode=.."), flags; chown */
     STK_OP_PROC = 4,      /* fresh proc at target */
     STK_OP_SYMLINK = 5,   /* symlink target -> source */
     STK_OP_FILE = 6,      /* regular file at target with `length` bytes of `source` (mode) */
     STK_OP_MOVE_FD = 7,   /* attach the detached mount `fd` at target (move_mount) */
     STK_OP_SETATTR = 8,   /* mount_setattr(target, attr) (not recursive), e.g. read-only after populating */
-    STK_OP_OVERLAY = 9,   /* overlay at target with data */
     STK_OP_MASK = 10,     /* if target exists: a directory gets a tmpfs (data, flags), anything else a bind of
                              source then mount_setattr(attr); an absent target is skipped */
     STK_OP_READONLY_IN_PLACE = 11, /* if target exists: bind it onto itself, then mount_setattr(attr) */
@@ -58,7 +57,7 @@ struct stk_rlimit {
 enum stk_stage {
     STK_STAGE_NONE = 0,
     STK_STAGE_PIPE, STK_STAGE_CLONE, STK_STAGE_USERNS_MAP, STK_STAGE_CGROUP, STK_STAGE_SYNC,
-    STK_STAGE_SIGNALS, STK_STAGE_IDENTITY, STK_STAGE_CGROUPNS, STK_STAGE_HOSTNAME,
+    STK_STAGE_IDENTITY, STK_STAGE_CGROUPNS, STK_STAGE_HOSTNAME,
     STK_STAGE_MOUNT_PRIVATE, STK_STAGE_ROOT, STK_STAGE_MOUNTS, STK_STAGE_PIVOT_ROOT,
     STK_STAGE_NETWORK, STK_STAGE_WORKDIR, STK_STAGE_RLIMITS, STK_STAGE_SETSID,
     STK_STAGE_CAPABILITIES, STK_STAGE_CREDENTIALS, STK_STAGE_NO_NEW_PRIVS, STK_STAGE_PARENT_DEATH,
@@ -137,59 +136,6 @@ struct stk_init_report_wire {
     int32_t status;   /* wait status of the main process */
     int32_t orphans;  /* processes still alive in the namespace at that moment */
 };
-
-/*
- * A detached tmpfs (fsopen/fsmount) owned by host `uid`/`gid`, bounded by
- * `size_bytes` and `inodes`, nosuid, nodev, noexec. Returns the mount fd or -1
- * with errno. The fd keeps the filesystem alive after the worker's mount
- * namespace is gone, so the supervisor reads the result from it.
- * Why C: no glibc wrappers for fsopen/fsconfig/fsmount.
- */
-int stk_tmpfs_detached(uint64_t size_bytes, uint64_t inodes, uint32_t uid, uint32_t gid, uint32_t mode);
-
-/*
- * A detached recursive bind of `path` (open_tree OPEN_TREE_CLONE) with
- * MOUNT_ATTR_* `attr_set` applied to the whole tree. Made by the supervisor in
- * the initial user namespace, so the worker cannot clear those flags; the
- * child attaches it with move_mount. Returns the fd or -1 with errno.
- * Why C: no glibc wrappers for open_tree/mount_setattr.
- */
-int stk_clone_tree(const char *path, uint64_t attr_set);
-
-/*
- * Idmaps the detached tree `tree_fd` (from stk_clone_tree, not yet attached)
- * through the user namespace `userns_fd` (see stk_idmap_userns), recursively.
- * Returns 0 or -1 with errno (EINVAL: a filesystem in the tree cannot be
- * idmapped). Why C: no glibc wrapper for mount_setattr.
- */
-int stk_tree_idmap(int tree_fd, int userns_fd);
-
-/* pidfd_send_signal(2). Why C: no glibc wrapper. */
-int stk_pidfd_send_signal(int pidfd, int sig);
-
-/*
- * waitid(P_PIDFD, pidfd, WEXITED | options) with the rusage the raw syscall
- * returns. Returns 0 (info->si_pid 0 when WNOHANG and still running) or -1.
- * Why C: glibc's waitid drops the rusage argument.
- */
-int stk_waitid_pidfd(int pidfd, int options, int *_Nonnull code, int *_Nonnull status, pid_t *_Nonnull pid, struct rusage *_Nonnull usage);
-
-/* Seccomp user notifications. Why C: the ioctl numbers are function-like macros. */
-struct stk_notification {
-    uint64_t id;
-    uint32_t pid;
-    int32_t nr;
-    uint32_t arch;
-    uint64_t instruction_pointer;
-    uint64_t args[6];
-};
-/* Receives one notification; returns 0, or -1 with errno (ENOENT: the target died). */
-int stk_notify_receive(int listener, struct stk_notification *_Nonnull out);
-/* Answers notification `id` with -error (error > 0), or lets it continue when error == 0. */
-int stk_notify_respond(int listener, uint64_t id, int error);
-
-/* The highest capability number of the running kernel (/proc/sys/kernel/cap_last_cap). */
-int stk_cap_last_cap(void);
 
 #pragma clang assume_nonnull end
 #endif

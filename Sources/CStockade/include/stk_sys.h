@@ -6,6 +6,8 @@
  * a packed struct on x86_64.
  */
 #include <stdint.h>
+#include <sys/resource.h>
+#include <sys/types.h>
 
 #pragma clang assume_nonnull begin
 
@@ -20,6 +22,19 @@ int stk_epoll_remove(int epfd, int fd);
 int stk_epoll_wait(int epfd, uint64_t *_Nonnull tokens, uint32_t *_Nonnull events, int capacity, int timeout_ms);
 /* A non-blocking, close-on-exec CLOCK_MONOTONIC timerfd that fires once after `nanoseconds`. */
 int stk_timerfd_after(uint64_t nanoseconds);
+
+/* pidfd_send_signal(2). Why C: no glibc wrapper. */
+int stk_pidfd_send_signal(int pidfd, int sig);
+
+/*
+ * waitid(P_PIDFD, pidfd, WEXITED | options) with the rusage the raw syscall
+ * returns. Returns 0 (info->si_pid 0 when WNOHANG and still running) or -1.
+ * Why C: glibc's waitid drops the rusage argument.
+ */
+int stk_waitid_pidfd(int pidfd, int options, int *_Nonnull code, int *_Nonnull status, pid_t *_Nonnull pid, struct rusage *_Nonnull usage);
+
+/* The highest capability number of the running kernel (/proc/sys/kernel/cap_last_cap). */
+int stk_cap_last_cap(void);
 
 #pragma clang assume_nonnull end
 #endif

@@ -1,1 +1,0 @@
-#include <sys/capability.h>
