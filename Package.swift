@@ -64,6 +64,11 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
         // One run's lifecycle, concurrency, review queue.
+        // `stockade verify`: the control catalogue, the probes' verdicts and their reports; a client
+        // of the run service like any other.
+        .target(name: "StockadeVerify", dependencies: [
+            "StockadeSupervisor", "StockadeLinux", "StockadePolicy", "StockadeAudit",
+        ], swiftSettings: strict),
         .target(name: "StockadeSupervisor", dependencies: [
             "StockadePolicy", "StockadeCgroups", "StockadeLinux", "StockadeBundles",
             "StockadePatches", "StockadeAudit", "StockadeImages",
@@ -72,7 +77,7 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
         .executableTarget(name: "stockade", dependencies: [
-            "StockadeSupervisor", "StockadeImages",
+            "StockadeSupervisor", "StockadeVerify", "StockadeImages",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
@@ -95,7 +100,7 @@ let package = Package(
         .testTarget(name: "StockadePatchesTests", dependencies: ["StockadePatches"], swiftSettings: strict),
         .testTarget(name: "StockadeImagesTests", dependencies: ["StockadeImages", "StockadePolicy", "CStockade"], swiftSettings: strict),
         // Runs the real `stockade` binary with the probes: both must be built first.
-        .testTarget(name: "StockadeEndToEndTests", dependencies: ["StockadeSupervisor", "stockade", "stockade-probe"], swiftSettings: strict),
+        .testTarget(name: "StockadeEndToEndTests", dependencies: ["StockadeSupervisor", "StockadeVerify", "stockade", "stockade-probe"], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]
 )

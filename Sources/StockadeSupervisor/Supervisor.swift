@@ -541,8 +541,9 @@ final class Pipes: Sendable {
     }
 }
 
-enum WorkerClock {
-    static func now() -> UInt64 {
+/// CLOCK_MONOTONIC in nanoseconds: durations that no clock change can distort.
+package enum WorkerClock {
+    package static func now() -> UInt64 {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)

@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import StockadePolicy
 import StockadeSupervisor
+import StockadeVerify
 
 struct Verify: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -86,15 +87,10 @@ struct Verify: AsyncParsableCommand {
                 var verifier = Verifier(supervisor: supervisor, probePath: probe, profile: name, controls: selectedControls)
                 verifier.image = image
                 let report = try await verifier.run()
-                // The evidence is part of the trail: a verification nobody can find later proves nothing.
-                // The probe runs were real runs of this state directory, so their own events (run.created,
-                // violations, kills) stay in the trail too, named by the verification's `runs`; only their
-                // directories go, and only once the verification that names them is recorded.
-                try supervisor.audit.record(runId: nil, kind: "verification", detail: report.jsonValue)
                 do {
-                    _ = try verifier.removeRunDirectories(of: report)
-                } catch {
-                    Console.error("stockade verify: recorded, but cannot remove the probe run directories: \(error)")
+                    try verifier.record(report)
+                } catch let error as Verifier.CleanupFailure {
+                    Console.error("stockade verify: recorded, but cannot remove the probe run directories: \(error.underlying)")
                 }
                 reports.append(report)
             }

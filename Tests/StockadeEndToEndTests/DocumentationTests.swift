@@ -3,6 +3,7 @@ import Foundation
 import StockadeAudit
 import StockadePolicy
 import StockadeSupervisor
+@testable import StockadeVerify
 import Testing
 
 /// The repository's documents, kept true where a test can check them: every flag the CLI's help
@@ -175,7 +176,7 @@ struct DocumentationTests {
                         #"\((?:context|scope)\.runId, "([a-z][a-z.-]*[a-z])""#]
         let regexes = try patterns.map { try NSRegularExpression(pattern: $0) }
         var scanned = 0
-        for directory in ["Sources/StockadeAudit", "Sources/StockadeSupervisor", "Sources/stockade"] {
+        for directory in ["Sources/StockadeAudit", "Sources/StockadeSupervisor", "Sources/StockadeVerify", "Sources/stockade"] {
             let url = root.appendingPathComponent(directory)
             for name in try FileManager.default.contentsOfDirectory(atPath: url.path) where name.hasSuffix(".swift") {
                 let source = try String(contentsOf: url.appendingPathComponent(name), encoding: .utf8)

@@ -1,6 +1,7 @@
 import Foundation
 import StockadePolicy
 import StockadeSupervisor
+@testable import StockadeVerify
 import Testing
 
 /// One probe the default profile must block, and how the block must show.

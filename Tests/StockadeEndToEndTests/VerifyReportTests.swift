@@ -1,6 +1,7 @@
 import Foundation
 import StockadePolicy
 import StockadeSupervisor
+@testable import StockadeVerify
 import Testing
 
 /// Synthetic verification reports: real verdicts from `Verifier.judge` on observations a test chooses.

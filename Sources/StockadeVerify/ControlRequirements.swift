@@ -1,3 +1,4 @@
+import StockadeSupervisor
 import StockadePolicy
 
 /// A security team's threat model as a file (`stockade verify --controls FILE`):

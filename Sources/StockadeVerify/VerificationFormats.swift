@@ -1,3 +1,4 @@
+import StockadeSupervisor
 import StockadePolicy
 
 /// The reports other tools read (`stockade verify --format junit|sarif`) and

@@ -1,3 +1,4 @@
+import StockadeSupervisor
 import FoundationEssentials
 import Glibc
 import StockadeLinux
@@ -220,14 +221,40 @@ public struct Verifier: Sendable {
     /// Probes in flight at once (each is a sandboxed and an unsandboxed run).
     public var concurrency: Int
 
+    /// The run service the probes' sandboxed runs are submitted to, as any client's runs are (a
+    /// daemon passes its own, so verification shares its admission); nil: one of its own, admitting
+    /// `concurrency` at once.
+    public var service: RunService?
+
     public static let probeMountPoint = "/probe/stockade-probe"
 
-    public init(supervisor: Supervisor, probePath: String, profile: String, controls: [Control] = ControlCatalog.all, concurrency: Int = 4) {
+    public init(supervisor: Supervisor, probePath: String, profile: String, controls: [Control] = ControlCatalog.all, concurrency: Int = 4,
+                service: RunService? = nil) {
         self.supervisor = supervisor
         self.probePath = probePath
         self.profile = profile
         self.controls = controls
         self.concurrency = max(1, concurrency)
+        self.service = service
+    }
+
+    /// The probe runs' directories could not be removed (the verification itself is recorded).
+    public struct CleanupFailure: Error {
+        public var underlying: SupervisorError
+    }
+
+    /// Records the verification in the audit trail, then removes its probe runs' directories.
+    /// The evidence is part of the trail: a verification nobody can find later proves nothing. The
+    /// probe runs were real runs of this state directory, so their own events (run.created,
+    /// violations, kills) stay in the trail too, named by the verification's `runs`; only their
+    /// directories go, and only once the verification that names them is recorded.
+    public func record(_ report: VerificationReport) throws {
+        try supervisor.audit.record(runId: nil, kind: "verification", detail: report.jsonValue)
+        do {
+            _ = try removeRunDirectories(of: report)
+        } catch {
+            throw CleanupFailure(underlying: error)
+        }
     }
 
     /// `stockade-probe` next to the running executable (`/proc/self/exe`).
@@ -266,24 +293,21 @@ public struct Verifier: Sendable {
         let probePath = self.probePath
         let positives = await Blocking.run { jobs.map { PositiveControl.run(probePath, [$0.0.probe] + $0.1) } }
 
+        // Every probe is submitted at once; the run service admits `concurrency` at a time.
+        let service = self.service ?? RunService(supervisor: supervisor,
+                                                 admission: .init(maxRunning: concurrency, maxQueued: 2 * jobs.count))
         var sandboxed = [ProbeObservation?](repeating: nil, count: jobs.count)
         var runIds = [[String]](repeating: [], count: jobs.count)
         await withTaskGroup(of: (Int, ProbeObservation, [String]).self) { group in
-            var next = 0
-            func start() {
-                guard next < jobs.count else { return }
-                let index = next
-                next += 1
+            for index in jobs.indices {
                 group.addTask {
-                    let (observation, ids) = await self.sandboxed(jobs[index].0, jobs[index].1, profile: profile)
+                    let (observation, ids) = await self.sandboxed(jobs[index].0, jobs[index].1, profile: profile, service: service)
                     return (index, observation, ids)
                 }
             }
-            for _ in 0..<concurrency { start() }
             while let (index, observation, ids) = await group.next() {
                 sandboxed[index] = observation
                 runIds[index] = ids
-                start()
             }
         }
         var results: [ControlResult] = []
@@ -307,7 +331,7 @@ public struct Verifier: Sendable {
 
     /// The probe inside a real run under the profile, bound read-only at `/probe/stockade-probe`;
     /// with the ids of the runs it took.
-    func sandboxed(_ control: Control, _ arguments: [String], profile: Profile) async -> (ProbeObservation, [String]) {
+    func sandboxed(_ control: Control, _ arguments: [String], profile: Profile, service: RunService) async -> (ProbeObservation, [String]) {
         var options = RunOptions(command: [Self.probeMountPoint, control.probe] + arguments)
         options.profile = self.profile
         options.image = image
@@ -319,15 +343,24 @@ public struct Verifier: Sendable {
             options.pinnedHosts = Dictionary(uniqueKeysWithValues: ControlCatalog.EgressNames.pinned.map { ($0, "127.0.0.1") })
             options.allowPrivate = egress.allowPrivate
         }
-        var report = await supervisor.run(options)
+        func submit() async -> RunReport {
+            do {
+                return try await service.submit(options, whenFull: .wait).report()
+            } catch {
+                var refused = RunReport(runId: "", profile: self.profile, outcome: .setupFailed)
+                refused.setupError = RunReport.SetupError(stage: .supervisor, errno: 0, message: "the run service refused the probe: \(error)")
+                return refused
+            }
+        }
+        var report = await submit()
         // Every probe is bounded well under the deadline, so a timeout is never
         // a probe's answer; one more run tells a stuck run from a stuck probe.
         var note: String?
-        var ids = [report.runId]
+        var ids = [report.runId].filter { !$0.isEmpty }
         if report.outcome == .timeout {
             note = "run \(report.runId) timed out; this is a second run"
-            report = await supervisor.run(options)
-            ids.append(report.runId)
+            report = await submit()
+            if !report.runId.isEmpty { ids.append(report.runId) }
         }
         func name(_ v: RunReport.Violation) -> String {
             switch v.kind {

@@ -1,3 +1,4 @@
+import StockadeSupervisor
 import StockadePolicy
 
 /// One enforcement control `stockade verify` proves on this host: a probe of
