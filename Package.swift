@@ -11,6 +11,7 @@ let package = Package(
         .executable(name: "stockade-probe", targets: ["stockade-probe"]),
         // For the benchmark package in Benchmarks/ (not used by the root targets).
         .library(name: "StockadeAudit", targets: ["StockadeAudit"]),
+        .library(name: "StockadeAuditSQLite", targets: ["StockadeAuditSQLite"]),
         .library(name: "StockadePatches", targets: ["StockadePatches"]),
         .library(name: "StockadeBundles", targets: ["StockadeBundles"]),
         .library(name: "StockadePolicy", targets: ["StockadePolicy"]),
@@ -53,11 +54,13 @@ let package = Package(
             // Insecure.SHA1 for git blob ids in `index` lines (git apply requires them on binary patches).
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
-        // SQLite audit store.
+        // The audit ledger: hash chain, run and review state machines, redaction; storage behind AuditBackend.
         .target(name: "StockadeAudit", dependencies: [
-            "CSQLite", "StockadePolicy",
+            "StockadePolicy",
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
+        // The ledger's SQLite backend: connection, schema and migrations, SQL.
+        .target(name: "StockadeAuditSQLite", dependencies: ["CSQLite", "StockadeAudit", "StockadePolicy"], swiftSettings: strict),
         // OCI image layouts read as hostile input: verified blobs, layers unpacked into a content-addressed cache.
         .target(name: "StockadeImages", dependencies: [
             "CStockade", "CArchive", "StockadePolicy", "StockadeBundles",
@@ -71,7 +74,7 @@ let package = Package(
         ], swiftSettings: strict),
         .target(name: "StockadeSupervisor", dependencies: [
             "StockadePolicy", "StockadeCgroups", "StockadeLinux", "StockadeBundles",
-            "StockadePatches", "StockadeAudit", "StockadeImages",
+            "StockadePatches", "StockadeAudit", "StockadeAuditSQLite", "StockadeImages",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Crypto", package: "swift-crypto"),
@@ -95,7 +98,7 @@ let package = Package(
         .testTarget(name: "StockadeBundlesTests", dependencies: ["StockadeBundles", "StockadePolicy"], swiftSettings: strict),
         .testTarget(name: "StockadeCgroupsTests", dependencies: ["StockadeCgroups"], swiftSettings: strict),
         .testTarget(name: "StockadeLinuxTests", dependencies: ["StockadeLinux"], swiftSettings: strict),
-        .testTarget(name: "StockadeAuditTests", dependencies: ["StockadeAudit", "StockadePolicy", "CSQLite"], swiftSettings: strict),
+        .testTarget(name: "StockadeAuditTests", dependencies: ["StockadeAudit", "StockadeAuditSQLite", "StockadePolicy", "CSQLite"], swiftSettings: strict),
         .testTarget(name: "StockadeWorkspaceTests", dependencies: ["StockadeBundles"], swiftSettings: strict),
         .testTarget(name: "StockadePatchesTests", dependencies: ["StockadePatches"], swiftSettings: strict),
         .testTarget(name: "StockadeImagesTests", dependencies: ["StockadeImages", "StockadePolicy", "CStockade"], swiftSettings: strict),

@@ -14,6 +14,7 @@ let package = Package(
         // statistics (warm-up, then median and p10/p90 over repetitions).
         .executableTarget(name: "stockade-bench", dependencies: [
             .product(name: "StockadeAudit", package: "Stockade"),
+            .product(name: "StockadeAuditSQLite", package: "Stockade"),
             .product(name: "StockadePatches", package: "Stockade"),
             .product(name: "StockadeBundles", package: "Stockade"),
             .product(name: "StockadePolicy", package: "Stockade"),

@@ -2,14 +2,14 @@ import Glibc
 
 /// Timestamps for audit rows: RFC 3339, UTC, millisecond precision (`2026-11-25T13:19:26.123Z`),
 /// fixed width so that text order is time order.
-enum AuditClock {
-    static func now() -> String {
+package enum AuditClock {
+    package static func now() -> String {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         return format(seconds: ts.tv_sec, milliseconds: Int(ts.tv_nsec / 1_000_000))
     }
 
-    static func format(seconds: Int, milliseconds: Int) -> String {
+    package static func format(seconds: Int, milliseconds: Int) -> String {
         var t = time_t(seconds)
         var parts = tm()
         gmtime_r(&t, &parts)

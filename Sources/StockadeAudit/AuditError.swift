@@ -58,4 +58,6 @@ extension AuditError.Code {
     public static let badSignature = Self(rawValue: "bad-signature")
     /// A checkpoint key file is missing, unsafe (a symlink, another owner, readable by others) or malformed.
     public static let keyFile = Self(rawValue: "key-file")
+    /// This host's identity cannot be determined, or `$STOCKADE_HOST_ID` is not a usable id.
+    public static let hostIdentity = Self(rawValue: "host-identity")
 }

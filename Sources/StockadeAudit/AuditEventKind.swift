@@ -1,9 +1,27 @@
-/// The kinds of event the trail holds (docs/CONTRACT.md, "Event kinds"): `audit events --kind`
-/// refuses any other, so a typo is an error rather than an empty answer.
-public enum AuditEventKind {
-    public static let known: [String] = [
-        "run.created", "bundle.accepted", "bundle.rejected", "worker.started", "violation", "limit.hit", "kill",
-        "worker.exited", "diff.recorded", "diff.rejected", "review.decided", "diff.applied", "diff.conflict",
-        "run.finished", "run.abandoned", "verification", "egress.allowed", "egress.denied",
-    ]
+/// The kinds of event the trail holds (docs/CONTRACT.md, "Event kinds"); the raw values are the
+/// strings stored in `events.kind`. `audit events --kind` refuses any other, so a typo is an error
+/// rather than an empty answer. The store itself appends any kind a caller names: the ledger writes
+/// its own kinds through these cases, the supervisor the rest by name.
+public enum AuditEventKind: String, CaseIterable, Sendable {
+    case runCreated = "run.created"
+    case bundleAccepted = "bundle.accepted"
+    case bundleRejected = "bundle.rejected"
+    case workerStarted = "worker.started"
+    case violation = "violation"
+    case limitHit = "limit.hit"
+    case kill = "kill"
+    case workerExited = "worker.exited"
+    case diffRecorded = "diff.recorded"
+    case diffRejected = "diff.rejected"
+    case reviewDecided = "review.decided"
+    case diffApplied = "diff.applied"
+    case diffConflict = "diff.conflict"
+    case runFinished = "run.finished"
+    case runAbandoned = "run.abandoned"
+    case verification = "verification"
+    case egressAllowed = "egress.allowed"
+    case egressDenied = "egress.denied"
+
+    /// Every kind's stored name, in declaration order.
+    public static let known: [String] = allCases.map(\.rawValue)
 }

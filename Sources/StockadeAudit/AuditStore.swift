@@ -4,8 +4,8 @@ import StockadePolicy
 ///
 /// Every method that appends events does so in one write transaction, so an event and the rows it
 /// describes become visible together, and the chain never forks, loses or duplicates a `seq` even when
-/// several supervisors share the store. `SQLiteAuditStore` is the local backend; a PostgreSQL backend
-/// for many hosts goes behind the same protocol.
+/// several supervisors share the store. `AuditLedger` implements it over any `AuditBackend`;
+/// `SQLiteAuditStore` (in StockadeAuditSQLite) is the ledger over the local SQLite backend.
 public protocol AuditStore: Sendable {
     /// Registers secret values (profile secrets, values of env keys the profile marks secret): from then
     /// on every occurrence in a stored detail, command, reason, actor or note is replaced by `[redacted]`.
@@ -62,8 +62,9 @@ public protocol AuditStore: Sendable {
     /// its seq exists and has its hash. Without anchors nothing shows that events were cut from the end.
     func verifyChain(anchors: [AuditChainHead]) throws(AuditError) -> ChainVerification
 
-    /// Marks `abandoned` every running run whose supervisor (pid, start time) `isAlive` says is gone,
-    /// with an event `run.abandoned`; returns their ids.
+    /// Marks `abandoned` every running run of this host whose supervisor (pid, start time) `isAlive`
+    /// says is gone, with an event `run.abandoned`; returns their ids. A run another host began is never
+    /// judged: its pid means nothing here.
     func markAbandoned(isAlive: (Int32, UInt64) -> Bool) throws(AuditError) -> [String]
 }
 
@@ -131,9 +132,12 @@ public struct AuditRunRecord: Sendable, Equatable {
     public let endedAt: String?
     public let supervisorPid: Int32
     public let supervisorStart: UInt64
+    /// The host that began the run (`HostIdentity`); nil for runs recorded before runs carried it.
+    public let hostId: String?
 
     public init(runId: String, profile: String, profileDigest: String, command: [String], state: String, outcome: String?,
-                exitStatus: Int32?, createdAt: String, endedAt: String?, supervisorPid: Int32, supervisorStart: UInt64) {
+                exitStatus: Int32?, createdAt: String, endedAt: String?, supervisorPid: Int32, supervisorStart: UInt64,
+                hostId: String? = nil) {
         self.runId = runId
         self.profile = profile
         self.profileDigest = profileDigest
@@ -145,6 +149,7 @@ public struct AuditRunRecord: Sendable, Equatable {
         self.endedAt = endedAt
         self.supervisorPid = supervisorPid
         self.supervisorStart = supervisorStart
+        self.hostId = hostId
     }
 }
 

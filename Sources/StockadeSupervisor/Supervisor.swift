@@ -2,6 +2,7 @@ import FoundationEssentials
 import Glibc
 import Logging
 import StockadeAudit
+import StockadeAuditSQLite
 import StockadeBundles
 import StockadeCgroups
 import StockadeImages

@@ -115,6 +115,7 @@ struct AuditCommand: ParsableCommand {
                             "outcome": run.outcome.map { .string($0) } ?? .null,
                             "exitStatus": run.exitStatus.map { .number($0) } ?? .null,
                             "createdAt": .string(run.createdAt), "endedAt": run.endedAt.map { .string($0) } ?? .null,
+                            "hostId": run.hostId.map { .string($0) } ?? .null,
                             "name": tag.name.map { .string($0) } ?? .null,
                             "labels": .object(tag.labels.mapValues { .string($0) }),
                         ]).serialized())

@@ -3,6 +3,7 @@ import Glibc
 import StockadePolicy
 import Testing
 @testable import StockadeAudit
+@testable import StockadeAuditSQLite
 
 /// A checkpoint as a tamperer would rewrite it: every field settable.
 private func forged(_ c: AuditCheckpoint, seq: Int64? = nil, hash: String? = nil, at: String? = nil,

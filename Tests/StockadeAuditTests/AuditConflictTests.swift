@@ -2,6 +2,7 @@ import Glibc
 import StockadePolicy
 import Testing
 @testable import StockadeAudit
+@testable import StockadeAuditSQLite
 
 @Suite("SQLite audit store: diffs in conflict")
 struct AuditConflictTests {

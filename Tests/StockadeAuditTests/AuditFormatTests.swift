@@ -1,6 +1,7 @@
 import Crypto
 import Testing
 @testable import StockadeAudit
+@testable import StockadeAuditSQLite
 import StockadePolicy
 
 /// The chain's hash input and the timestamp text are part of what `stockade audit verify` recomputes:

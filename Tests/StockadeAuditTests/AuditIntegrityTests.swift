@@ -3,6 +3,7 @@ import StockadePolicy
 import Synchronization
 import Testing
 @testable import StockadeAudit
+@testable import StockadeAuditSQLite
 
 @Suite("SQLite audit store: hash chain")
 struct AuditChainTests {

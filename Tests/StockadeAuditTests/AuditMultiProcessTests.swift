@@ -2,6 +2,7 @@ import Glibc
 import StockadePolicy
 import Testing
 @testable import StockadeAudit
+@testable import StockadeAuditSQLite
 
 /// Separate processes sharing one audit file: the test binary re-executes itself, running only the
 /// child test below, which is enabled by the environment variables the parent sets.

@@ -4,6 +4,7 @@ import StockadePolicy
 import Synchronization
 import Testing
 @testable import StockadeAudit
+@testable import StockadeAuditSQLite
 
 /// A fresh directory under /tmp holding one audit database path.
 struct TempDatabase {

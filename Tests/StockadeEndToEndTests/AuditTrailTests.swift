@@ -111,6 +111,53 @@ struct AuditTrailTests {
         #expect(try h.stockade(["audit", "verify"]).status == 0)
     }
 
+    @Test("runs carry their host: STOCKADE_HOST_ID when set; a supervisor never marks another host's run abandoned")
+    func hostIdentity() throws {
+        let h = try Harness()
+        #expect(try h.run([], ["/bin/true"], environment: ["STOCKADE_HOST_ID": "e2e-host-1"]).status == 0)
+        let bad = try h.run([], ["/bin/true"], environment: ["STOCKADE_HOST_ID": "two words"])
+        #expect(bad.status == 125 && bad.stderr.contains("STOCKADE_HOST_ID"), "\(bad.stderr)")
+
+        // A supervisor of another host dies mid-run, leaving its run `running` in the shared store.
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Harness.stockade)
+        process.arguments = ["run", "--json", "--", "/bin/sleep", "60"]
+        process.environment = ["STOCKADE_STATE_DIR": h.stateDirectory, "PATH": "/usr/bin:/bin", "STOCKADE_HOST_ID": "elsewhere"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        var started = false
+        for _ in 0..<100 where !started {
+            usleep(100_000)
+            started = ((try? auditEvents(h)) ?? []).contains { $0["kind"] as? String == "worker.started" }
+        }
+        #expect(started)
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+
+        func runs() throws -> [[String: Any]] {
+            try h.stockade(["audit", "runs", "--json"]).stdout.split(separator: "\n").map {
+                try #require(try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])
+            }
+        }
+        // This host's next supervisor leaves it alone: its pid means nothing here.
+        #expect(try h.run([], ["/bin/true"]).status == 0)
+        var all = try runs()
+        #expect(all.count == 3, "\(all)")
+        #expect(all.map { $0["hostId"] as? String }.first == "e2e-host-1")
+        let elsewhere = try #require(all.first { $0["hostId"] as? String == "elsewhere" })
+        #expect(elsewhere["state"] as? String == "running", "\(all)")
+        let local = try #require(all.last?["hostId"] as? String)
+        #expect(!local.isEmpty && local != "elsewhere" && local != "e2e-host-1")
+        #expect(!(try auditEvents(h)).contains { $0["kind"] as? String == "run.abandoned" })
+
+        // That host's next supervisor marks it.
+        #expect(try h.run([], ["/bin/true"], environment: ["STOCKADE_HOST_ID": "elsewhere"]).status == 0)
+        all = try runs()
+        #expect(all.first { $0["runId"] as? String == elsewhere["runId"] as? String }?["state"] as? String == "abandoned", "\(all)")
+        #expect(try h.stockade(["audit", "verify"]).status == 0)
+    }
+
     @Test("four concurrent stockade processes lose and duplicate no event")
     func concurrentSupervisors() throws {
         let h = try Harness()

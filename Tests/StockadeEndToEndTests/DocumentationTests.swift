@@ -168,12 +168,15 @@ struct DocumentationTests {
         #expect(missing.isEmpty, "profile keys not in docs/CONTRACT.md: \(missing)")
     }
 
-    /// Event kinds as the code writes them: `kind: "…"` arguments, the supervisor's `recordQuietly`
-    /// and outcome-event helpers, and the two kinds the store builds from a bundle's status.
+    /// Event kinds as the code writes them: `kind: "…"` arguments, the ledger's typed `kind: .case`
+    /// arguments (an `AuditEventKind` case, read as its stored name), the supervisor's `recordQuietly`
+    /// and outcome-event helpers, and the two kinds the ledger builds from a bundle's status.
     static func auditKinds() throws -> Set<String> {
         var kinds: Set<String> = ["bundle.accepted", "bundle.rejected"]
         let patterns = [#"kind: "([a-z][a-z.-]*[a-z])""#, #"recordQuietly\((?:context|scope), "([a-z][a-z.-]*[a-z])""#,
                         #"\((?:context|scope)\.runId, "([a-z][a-z.-]*[a-z])""#]
+        let typedKind = try NSRegularExpression(pattern: #"kind: \.([a-z][A-Za-z]*)\b"#)
+        let caseNames = Dictionary(uniqueKeysWithValues: AuditEventKind.allCases.map { (String(describing: $0), $0.rawValue) })
         let regexes = try patterns.map { try NSRegularExpression(pattern: $0) }
         var scanned = 0
         for directory in ["Sources/StockadeAudit", "Sources/StockadeSupervisor", "Sources/StockadeVerify", "Sources/stockade"] {
@@ -186,12 +189,17 @@ struct DocumentationTests {
                         if let range = Range(match.range(at: 1), in: source) { kinds.insert(String(source[range])) }
                     }
                 }
+                for match in typedKind.matches(in: source, range: NSRange(source.startIndex..., in: source)) {
+                    if let range = Range(match.range(at: 1), in: source), let kind = caseNames[String(source[range])] { kinds.insert(kind) }
+                }
             }
         }
         #expect(scanned > 10, "the audit kind scan read the sources")
         // The store builds these from the role-checked status: keep the list above in step.
-        let store = try text("Sources/StockadeAudit/SQLiteAuditStore.swift")
-        #expect(store.contains(#"kind: "bundle.\(status)""#), "bundle event kinds are still built from the status")
+        let ledger = try text("Sources/StockadeAudit/AuditLedger.swift")
+        let states = try text("Sources/StockadeAudit/AuditStates.swift")
+        #expect(ledger.contains("kind: status.eventKind") && states.contains("case .accepted: .bundleAccepted")
+                    && states.contains("case .rejected: .bundleRejected"), "bundle event kinds are still built from the status")
         return kinds
     }
 

@@ -1,5 +1,6 @@
 import Glibc
 import StockadeAudit
+import StockadeAuditSQLite
 import StockadeBundles
 import StockadePatches
 import StockadePolicy

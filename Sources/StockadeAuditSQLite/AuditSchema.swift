@@ -1,3 +1,5 @@
+import StockadeAudit
+
 /// The audit schema as named, forward-only migrations. A migration, once released, never changes:
 /// a new column or table is a new entry at the end. Each applied name is recorded in
 /// `schema_migrations`, so opening an up-to-date database changes nothing.
@@ -102,6 +104,9 @@ enum AuditSchema {
             ALTER TABLE diffs_0002 RENAME TO diffs;
             CREATE INDEX diffs_state ON diffs (state, id);
             """),
+        // The host that began each run (`HostIdentity`), so that hosts sharing a store judge only their
+        // own runs abandoned. Runs recorded before it stay NULL: the ledger counts them as this host's.
+        Migration(name: "0003-run-host", sql: "ALTER TABLE runs ADD COLUMN hostId TEXT"),
     ]
 
     /// Creates or updates the schema. Runs under `BEGIN IMMEDIATE`, so two processes opening a new

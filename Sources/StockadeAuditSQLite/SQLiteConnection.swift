@@ -1,4 +1,5 @@
 import CSQLite
+import StockadeAudit
 import Glibc
 
 /// `SQLITE_TRANSIENT` is a C macro (`(sqlite3_destructor_type)-1`) that Swift cannot import: it tells

@@ -1,0 +1,301 @@
+import CSQLite
+import Glibc
+import StockadeAudit
+import StockadePolicy
+import Synchronization
+
+/// The audit store's rows in one SQLite file (WAL, `foreign_keys=ON`). Commits are
+/// `synchronous=NORMAL` (consistent after any crash; a power cut may lose the newest commits) except
+/// the durable ones, which are `FULL` and so also make every earlier commit durable: one fsync per
+/// run, not five.
+///
+/// One connection serves every writer in this process, guarded by a `Mutex`; other processes open
+/// their own. Every write transaction is `BEGIN IMMEDIATE`, which takes the database's single write
+/// lock before the ledger reads the chain head, so appends from every thread and process are
+/// serialized and the chain is one line. Streams (`events`, `runs`, `scanChain`) read on a private
+/// read-only connection, so they never hold the writers' lock and their bodies may write.
+public final class SQLiteAuditBackend: AuditBackend {
+    public let path: String
+    public var location: String { path }
+    private let state: Mutex<State>
+    /// Whether `runs` has the `hostId` column: a database opened read-only is not migrated, and one
+    /// written before migration 0003 has none.
+    private let hasHostColumn: Bool
+
+    private struct State: ~Copyable {
+        let db: SQLiteConnection
+    }
+
+    /// How long a writer waits for another process's write lock before failing with `.busy`.
+    public static let busyTimeoutMilliseconds: Int32 = 10_000
+
+    /// Opens or creates the database at `path` and brings its schema up to date.
+    public init(path: String) throws(AuditError) {
+        self.path = path
+        let db = try Self.open(path: path, readOnly: false)
+        try AuditSchema.migrate(db)
+        hasHostColumn = true
+        state = Mutex(State(db: db))
+    }
+
+    /// Opens an existing database for queries only: no schema migration, no WAL switch, no write;
+    /// the files are left as they are. Fails when there is no database at `path`.
+    public init(readingAt path: String) throws(AuditError) {
+        guard access(path, F_OK) == 0 else {
+            throw AuditError(.storage, path: path, "there is no audit database here: nothing has run with this state directory (set --state-dir or STOCKADE_STATE_DIR)")
+        }
+        self.path = path
+        let db = try Self.open(path: path, readOnly: true)
+        hasHostColumn = try db.first("SELECT count(*) FROM pragma_table_info('runs') WHERE name = 'hostId'", [],
+                                     "read the columns of runs") { $0.int64(0) } == 1
+        state = Mutex(State(db: db))
+    }
+
+    private static func open(path: String, readOnly: Bool) throws(AuditError) -> SQLiteConnection {
+        let db = try SQLiteConnection(path: path, readOnly: readOnly)
+        // Before anything touches the file, so that even the first statement waits for another
+        // process that is creating or migrating the same file.
+        db.setBusyTimeout(milliseconds: busyTimeoutMilliseconds)
+        // The first statement reads the header: a non-database file fails here with .notADatabase.
+        // Switching to WAL takes an exclusive lock, and SQLite answers BUSY at
+        // once (without its busy handler) when another process is doing the
+        // same on a new file: retry for as long as the busy timeout.
+        var mode: String?
+        var waited = 0
+        while true {
+            do {
+                mode = try db.first("PRAGMA journal_mode" + (readOnly ? "" : "=WAL"), [], "read the database header and set WAL mode") { $0.text(0) }
+                break
+            } catch where error.code == .busy && waited < busyTimeoutMilliseconds {
+                usleep(20_000)
+                waited += 20
+            }
+        }
+        if !readOnly, mode?.lowercased() != "wal" {
+            throw AuditError(.storage, path: path,
+                             "cannot switch the audit database to WAL mode (it stayed in \(mode ?? "unknown") mode); keep the state directory on a local filesystem")
+        }
+        try db.execute("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL",
+                       "configure the audit database")
+        return db
+    }
+
+    // MARK: AuditBackend
+
+    /// `BEGIN IMMEDIATE` on the shared connection; a `durable` one is committed with `synchronous=FULL`.
+    public func withTransaction<T: Sendable>(durable: Bool,
+                                             _ body: (SQLiteAuditTransaction) throws(AuditError) -> T) throws(AuditError) -> T {
+        try state.withLock { (state) throws(AuditError) -> T in
+            let db = state.db
+            if durable { try db.execute("PRAGMA synchronous = FULL", "make the commit durable") }
+            defer { if durable { try? db.execute("PRAGMA synchronous = NORMAL", "restore the commit mode") } }
+            return try db.immediateTransaction { () throws(AuditError) -> T in
+                try body(SQLiteAuditTransaction(db: db, path: path))
+            }
+        }
+    }
+
+    public func diff(id: Int64) throws(AuditError) -> DiffRecord? {
+        try state.withLock { (state) throws(AuditError) -> DiffRecord? in try Self.readDiff(state.db, id: id) }
+    }
+
+    public func diffs(state wanted: DiffState?) throws(AuditError) -> [DiffRecord] {
+        try state.withLock { (state) throws(AuditError) -> [DiffRecord] in
+            try state.db.withStatement("SELECT \(Self.diffColumns) FROM diffs WHERE ?1 IS NULL OR state = ?1 ORDER BY id",
+                                       [wanted.map(\.rawValue).sqlite], "list diffs") { (s) throws(AuditError) -> [DiffRecord] in
+                var out: [DiffRecord] = []
+                while try s.step() { out.append(Self.diffRecord(s)) }
+                return out
+            }
+        }
+    }
+
+    public func events(_ query: AuditEventQuery, _ body: (AuditEvent) throws -> Void) throws {
+        let db = try Self.open(path: path, readOnly: true)
+        try db.readTransaction {
+            let statement = try db.prepare("""
+                SELECT \(Self.eventColumns) FROM events
+                WHERE (?1 IS NULL OR runId = ?1) AND seq > ?2 AND (?3 IS NULL OR kind = ?3)
+                ORDER BY seq
+                """, "read events")
+            try statement.bind([query.runId.sqlite, .int(query.since ?? 0), query.kind.sqlite])
+            while try statement.step() { try body(Self.event(statement)) }
+        }
+    }
+
+    public func runs(_ body: (AuditRunRecord) throws -> Void) throws {
+        let db = try Self.open(path: path, readOnly: true)
+        try db.readTransaction {
+            let statement = try db.prepare("""
+                SELECT runId, profile, profileDigest, command, state, outcome, exitStatus, createdAt, endedAt, supervisorPid, supervisorStart,
+                       \(hasHostColumn ? "hostId" : "NULL")
+                FROM runs ORDER BY createdAt, runId
+                """, "read runs")
+            while try statement.step() { try body(try runRecord(statement)) }
+        }
+    }
+
+    public func scanChain(_ visit: (AuditEvent) -> Bool) throws(AuditError) -> AuditChainHead? {
+        let db = try Self.open(path: path, readOnly: true)
+        do {
+            return try db.readTransaction { () throws(AuditError) -> AuditChainHead? in
+                let statement = try db.prepare("SELECT \(Self.eventColumns) FROM events ORDER BY seq", "read events")
+                while try statement.step() {
+                    if !visit(Self.event(statement)) { return nil }
+                }
+                return try SQLiteAuditTransaction.readHead(db)
+            }
+        } catch let error as AuditError {
+            throw error
+        } catch {
+            throw AuditError(.sqlite, path: path, "cannot verify the chain: \(error)")
+        }
+    }
+
+    /// The value of a pragma on the shared connection (for tests of the connection's settings).
+    func pragma(_ name: String) throws(AuditError) -> String? {
+        try state.withLock { (state) throws(AuditError) -> String? in
+            try state.db.first("PRAGMA \(name)", [], "read pragma \(name)") { $0.text(0) }
+        }
+    }
+
+    // MARK: rows
+
+    static let eventColumns = "seq, runId, runSeq, kind, at, detail, prevHash, hash"
+
+    static let diffColumns = """
+        id, runId, sha256, bytes, content, verdict, reason, state, decidedBy, note, decidedAt, appliedAt, createdAt,
+        conflictFile, conflictHunk, conflictReason
+        """
+
+    static func readDiff(_ db: SQLiteConnection, id: Int64) throws(AuditError) -> DiffRecord? {
+        try db.first("SELECT \(diffColumns) FROM diffs WHERE id = ?", [.int(id)], "read diff \(id)") { diffRecord($0) }
+    }
+
+    static func diffRecord(_ s: SQLiteStatement) -> DiffRecord {
+        DiffRecord(id: s.int64(0), runId: s.text(1), sha256: s.text(2), bytes: s.int64(3), content: s.blob(4), verdict: s.text(5),
+                   reason: s.optionalText(6), state: s.text(7), decidedBy: s.optionalText(8), note: s.optionalText(9),
+                   decidedAt: s.optionalText(10), appliedAt: s.optionalText(11), createdAt: s.text(12),
+                   conflict: s.optionalText(15).map { DiffConflict(file: s.optionalText(13), hunk: s.optionalText(14), reason: $0) })
+    }
+
+    static func event(_ s: SQLiteStatement) -> AuditEvent {
+        AuditEvent(seq: s.int64(0), runId: s.optionalText(1), runSeq: s.int64(2), kind: s.text(3), at: s.text(4), detail: s.text(5),
+                   prevHash: s.text(6), hash: s.text(7))
+    }
+
+    private func runRecord(_ s: SQLiteStatement) throws(AuditError) -> AuditRunRecord {
+        let runId = s.text(0)
+        let commandText = s.text(3)
+        guard let parsed = try? StrictJSON.parse(Array(commandText.utf8), limits: .init(maxBytes: Int.max, maxDepth: 4)),
+              let items = parsed.array else {
+            throw AuditError(.corruptRow, path: path, "the command of run \(runId) is not a JSON array; the row was edited by hand: run `stockade audit verify`")
+        }
+        return AuditRunRecord(runId: runId, profile: s.text(1), profileDigest: s.text(2), command: items.map { $0.string ?? $0.serialized() },
+                              state: s.text(4), outcome: s.optionalText(5), exitStatus: s.optionalInt64(6).map { Int32(truncatingIfNeeded: $0) },
+                              createdAt: s.text(7), endedAt: s.optionalText(8), supervisorPid: Int32(truncatingIfNeeded: s.int64(9)),
+                              supervisorStart: UInt64(bitPattern: s.int64(10)), hostId: s.optionalText(11))
+    }
+}
+
+/// One `BEGIN IMMEDIATE` transaction on the backend's shared connection; valid only inside
+/// `SQLiteAuditBackend.withTransaction`'s body, which holds the connection's lock.
+public struct SQLiteAuditTransaction: AuditTransaction {
+    let db: SQLiteConnection
+    let path: String
+
+    public func chainHead() throws(AuditError) -> AuditChainHead? {
+        try Self.readHead(db)
+    }
+
+    static func readHead(_ db: SQLiteConnection) throws(AuditError) -> AuditChainHead? {
+        try db.first("SELECT seq, hash FROM chain_head WHERE id = 1", [], "read the chain head") { AuditChainHead(seq: $0.int64(0), hash: $0.text(1)) }
+    }
+
+    public func setChainHead(_ head: AuditChainHead) throws(AuditError) {
+        try db.run("UPDATE chain_head SET seq = ?, hash = ? WHERE id = 1", [.int(head.seq), .text(head.hash)], "advance the chain head")
+    }
+
+    public func lastRunSeq(runId: String?) throws(AuditError) -> Int64 {
+        try db.first("SELECT coalesce(max(runSeq), 0) FROM events WHERE runId IS ?", [runId.sqlite], "read the run's last event") { $0.int64(0) } ?? 0
+    }
+
+    public func insertEvent(_ event: AuditEvent) throws(AuditError) {
+        try db.run("INSERT INTO events (seq, runId, runSeq, kind, at, detail, prevHash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   [.int(event.seq), event.runId.sqlite, .int(event.runSeq), .text(event.kind), .text(event.at), .text(event.detail),
+                    .text(event.prevHash), .text(event.hash)],
+                   "append event \(event.kind)")
+    }
+
+    public func runState(runId: String) throws(AuditError) -> AuditRunState? {
+        guard let text = try db.first("SELECT state FROM runs WHERE runId = ?", [.text(runId)], "read run \(runId)", { $0.text(0) }) else {
+            return nil
+        }
+        guard let state = AuditRunState(rawValue: text) else {
+            throw AuditError(.corruptRow, path: path, "run \(runId) has the unknown state \(text); the row was edited by hand")
+        }
+        return state
+    }
+
+    public func insertRun(_ run: AuditRunRecord) throws(AuditError) {
+        try db.run("""
+            INSERT INTO runs (runId, profile, profileDigest, command, state, outcome, exitStatus, createdAt, endedAt,
+                              supervisorPid, supervisorStart, hostId)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """, [.text(run.runId), .text(run.profile), .text(run.profileDigest),
+                  .text(JSONValue.array(run.command.map { .string($0) }).serialized()), .text(run.state), run.outcome.sqlite,
+                  run.exitStatus.map { .int(Int64($0)) } ?? .null, .text(run.createdAt), run.endedAt.sqlite,
+                  .int(Int64(run.supervisorPid)), .int(Int64(bitPattern: run.supervisorStart)), run.hostId.sqlite],
+            "insert run \(run.runId)")
+    }
+
+    public func endRun(runId: String, _ ending: AuditRunEnding) throws(AuditError) {
+        try db.run("UPDATE runs SET state = ?, outcome = ?, exitStatus = ?, endedAt = ? WHERE runId = ?",
+                   [.text(ending.state.rawValue), ending.outcome.sqlite, ending.exitStatus.map { .int(Int64($0)) } ?? .null,
+                    .text(ending.endedAt), .text(runId)], "end run \(runId)")
+    }
+
+    public func runningRuns() throws(AuditError) -> [AuditRunOwner] {
+        try db.withStatement("SELECT runId, supervisorPid, supervisorStart, hostId FROM runs WHERE state = 'running' ORDER BY createdAt, runId",
+                             [], "list running runs") { (s) throws(AuditError) -> [AuditRunOwner] in
+            var out: [AuditRunOwner] = []
+            while try s.step() {
+                out.append(AuditRunOwner(runId: s.text(0), supervisorPid: Int32(truncatingIfNeeded: s.int64(1)),
+                                         supervisorStart: UInt64(bitPattern: s.int64(2)), hostId: s.optionalText(3)))
+            }
+            return out
+        }
+    }
+
+    public func insertBundle(_ bundle: AuditBundleRow) throws(AuditError) -> Int64 {
+        try db.run("INSERT INTO bundles (runId, role, status, reason, files, bytes, manifestSha256, createdAt) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   [.text(bundle.runId), .text(bundle.role.rawValue), .text(bundle.status.rawValue), bundle.reason.sqlite,
+                    .int(bundle.files), .int(bundle.bytes), bundle.manifestSha256.sqlite, .text(bundle.createdAt)],
+                   "insert the \(bundle.role.rawValue) bundle of run \(bundle.runId)")
+        return db.lastInsertRowID
+    }
+
+    public func insertDiff(_ diff: AuditDiffRow) throws(AuditError) -> Int64 {
+        try db.run("""
+            INSERT INTO diffs (runId, sha256, bytes, content, verdict, reason, state, decidedBy, decidedAt, createdAt)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """, [.text(diff.runId), .text(diff.sha256), .int(Int64(diff.content.count)), .blob(diff.content), .text(diff.verdict.rawValue),
+                  diff.reason.sqlite, .text(diff.state.rawValue), diff.decidedBy.sqlite, diff.decidedAt.sqlite, .text(diff.createdAt)],
+            "insert the diff of run \(diff.runId)")
+        return db.lastInsertRowID
+    }
+
+    public func diff(id: Int64) throws(AuditError) -> DiffRecord? {
+        try SQLiteAuditBackend.readDiff(db, id: id)
+    }
+
+    public func updateDiff(_ diff: DiffRecord) throws(AuditError) {
+        try db.run("""
+            UPDATE diffs SET state = ?, decidedBy = ?, note = ?, decidedAt = ?, appliedAt = ?,
+                             conflictFile = ?, conflictHunk = ?, conflictReason = ?
+            WHERE id = ?
+            """, [.text(diff.state), diff.decidedBy.sqlite, diff.note.sqlite, diff.decidedAt.sqlite, diff.appliedAt.sqlite,
+                  (diff.conflict?.file).sqlite, (diff.conflict?.hunk).sqlite, (diff.conflict?.reason).sqlite, .int(diff.id)],
+            "update diff \(diff.id)")
+    }
+}
