@@ -367,7 +367,8 @@ extension Supervisor {
             // The main process's end is the OOM killer's when it chose the main process, or init (whose
             // death ends the namespace).
             let since = live.spawnStarted / 1000 - min(live.spawnStarted / 1000, 2_000_000)
-            let evidence = live.mainPid.flatMap { OOMEvidence.killedByOOM(pids: [$0, live.worker.pid], cgroupName: cgroup.name, sinceMicros: since) }
+            let evidence = live.mainPid.flatMap { OOMEvidence.killedByOOM(pids: [$0, live.worker.pid], cgroupName: cgroup.name, sinceMicros: since,
+                                                                                    settleMicros: 300_000) }
             if evidence == nil { logger.info("oom.victim-unknown", metadata: ["run.id": "\(scope.runId)"]) }
             oomHitMain = evidence ?? true
         }

@@ -59,11 +59,7 @@ struct AuditCommand: ParsableCommand {
             do {
                 try supervisor.audit.events(runId: runId, since: since, kind: kind) { event in
                     if json {
-                        Console.out(JSONValue.object([
-                            "seq": .number(event.seq), "runId": event.runId.map { .string($0) } ?? .null,
-                            "runSeq": .number(event.runSeq), "kind": .string(event.kind), "at": .string(event.at),
-                            "detail": event.detailValue ?? .string(event.detail), "hash": .string(event.hash),
-                        ]).serialized())
+                        Console.out(event.jsonValue.serialized())
                     } else {
                         // Every field escaped: a worker-chosen string must not start a row or split a column.
                         let fields = [event.at, event.runId ?? "-", event.kind, event.detail].map(TerminalOutput.field)
@@ -94,37 +90,19 @@ struct AuditCommand: ParsableCommand {
                 l.firstIndex(of: "=").map { (String(l[..<$0]), String(l[l.index(after: $0)...])) }
             }
             do {
-                // Labels and names are in each run's `run.created` event.
-                var tags: [String: (name: String?, labels: [String: String])] = [:]
-                try supervisor.audit.events(runId: nil, since: nil, kind: "run.created") { event in
-                    guard let runId = event.runId, let detail = event.detailValue?.object else { return }
-                    var labels: [String: String] = [:]
-                    for (k, v) in detail["labels"]?.object ?? [:] { if let s = v.string { labels[k] = s } }
-                    tags[runId] = (detail["name"]?.string, labels)
-                }
                 if !json {
                     Console.out(["RUN", "CREATED", "PROFILE", "STATE", "OUTCOME", "EXIT", "NAME", "LABELS", "COMMAND"].joined(separator: "\t"))
                 }
-                try supervisor.audit.runs { run in
-                    let tag = tags[run.runId] ?? (nil, [:])
-                    guard wanted.allSatisfy({ tag.labels[$0.0] == $0.1 }) else { return }
+                try supervisor.runSummaries(labels: wanted) { summary in
                     if json {
-                        Console.out(JSONValue.object([
-                            "runId": .string(run.runId), "profile": .string(run.profile), "profileDigest": .string(run.profileDigest),
-                            "command": .array(run.command.map { .string($0) }), "state": .string(run.state),
-                            "outcome": run.outcome.map { .string($0) } ?? .null,
-                            "exitStatus": run.exitStatus.map { .number($0) } ?? .null,
-                            "createdAt": .string(run.createdAt), "endedAt": run.endedAt.map { .string($0) } ?? .null,
-                            "hostId": run.hostId.map { .string($0) } ?? .null,
-                            "name": tag.name.map { .string($0) } ?? .null,
-                            "labels": .object(tag.labels.mapValues { .string($0) }),
-                        ]).serialized())
+                        Console.out(summary.jsonValue.serialized())
                     } else {
+                        let run = summary.record
                         // Every field escaped: a command holding a newline or tab must stay one row.
                         let command = run.command.map(TerminalOutput.field).joined(separator: " ")
-                        let labels = tag.labels.sorted { $0.key < $1.key }.map { TerminalOutput.field("\($0.key)=\($0.value)") }.joined(separator: ",")
+                        let labels = summary.labels.sorted { $0.key < $1.key }.map { TerminalOutput.field("\($0.key)=\($0.value)") }.joined(separator: ",")
                         let fields = [run.runId, run.createdAt, run.profile, run.state, run.outcome ?? "-"].map(TerminalOutput.field)
-                        Console.out((fields + [run.exitStatus.map(String.init) ?? "-", TerminalOutput.field(tag.name ?? "-"),
+                        Console.out((fields + [run.exitStatus.map(String.init) ?? "-", TerminalOutput.field(summary.name ?? "-"),
                                                labels.isEmpty ? "-" : labels, command]).joined(separator: "\t"))
                     }
                 }
@@ -194,20 +172,7 @@ struct AuditCommand: ParsableCommand {
                      eventsChecked: result.eventsChecked)
             }
             if json {
-                var head = JSONValue.null
-                if let h = result.head { head = .object(["seq": .number(h.seq), "hash": .string(h.hash)]) }
-                var checkpoints: [JSONValue] = []
-                for (path, document) in checked {
-                    checkpoints.append(.object([
-                        "file": .string(path), "seq": .number(document.head.seq), "hash": .string(document.head.hash),
-                        "at": .string(document.at), "keyId": .string(document.keyId),
-                    ]))
-                }
-                let members: [String: JSONValue] = [
-                    "valid": .bool(true), "eventsChecked": .number(result.eventsChecked), "head": head,
-                    "checkpoints": .array(checkpoints), "firstBrokenSeq": .null, "reason": .null,
-                ]
-                Console.out(JSONValue.object(members).serialized())
+                Console.out(result.jsonValue(checkpoints: checked.map { (file: $0.0, head: $0.1.head, at: $0.1.at, keyId: $0.1.keyId) }).serialized())
             } else if checked.isEmpty {
                 Console.out("audit chain intact: \(result.eventsChecked) events (no checkpoint given: events cut from the end would not show)")
             } else {
@@ -219,10 +184,7 @@ struct AuditCommand: ParsableCommand {
         /// Exit 1 naming the seq: on stderr, or as the JSON result on stdout.
         private func fail(seq: Int64?, _ message: String, eventsChecked: Int64? = nil) -> Never {
             if json {
-                Console.out(JSONValue.object([
-                    "valid": .bool(false), "eventsChecked": eventsChecked.map { .number($0) } ?? .null,
-                    "firstBrokenSeq": seq.map { .number($0) } ?? .null, "reason": .string(message),
-                ]).serialized())
+                Console.out(ChainVerification.failureJSON(firstBrokenSeq: seq, reason: message, eventsChecked: eventsChecked).serialized())
             } else {
                 Console.error(seq == nil ? "stockade: \(message)" : message)
             }

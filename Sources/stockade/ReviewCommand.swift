@@ -36,7 +36,7 @@ struct ReviewCommand: ParsableCommand {
             if !json { Console.out(["ID", "RUN", "STATE", "VERDICT", "BYTES", "CREATED", "REASON"].joined(separator: "\t")) }
             for r in records {
                 if json {
-                    Console.out(ReviewCommand.json(r).serialized())
+                    Console.out(r.jsonValue().serialized())
                 } else {
                     // The reason column: the guard's reason, or for a diff in conflict where it stopped applying.
                     let why = r.state == "conflict" ? r.conflict.map { ReviewCommand.conflictText($0) } : r.reason
@@ -44,27 +44,6 @@ struct ReviewCommand: ParsableCommand {
                 }
             }
         }
-    }
-
-    /// A diff's record as `review list --json` prints it; with `content`, the diff itself
-    /// (and `contentBase64` when its bytes are not valid UTF-8).
-    static func json(_ r: DiffRecord, content: Bool = false) -> JSONValue {
-        var members: [String: JSONValue] = [
-            "id": .number(r.id), "runId": .string(r.runId), "state": .string(r.state), "verdict": .string(r.verdict),
-            "reason": r.reason.map { .string($0) } ?? .null, "bytes": .number(r.bytes), "sha256": .string(r.sha256),
-            "createdAt": .string(r.createdAt), "decidedBy": r.decidedBy.map { .string($0) } ?? .null,
-            "note": r.note.map { .string($0) } ?? .null, "decidedAt": r.decidedAt.map { .string($0) } ?? .null,
-            "appliedAt": r.appliedAt.map { .string($0) } ?? .null,
-            "conflict": r.conflict.map { c in
-                .object(["file": c.file.map { .string($0) } ?? .null, "hunk": c.hunk.map { .string($0) } ?? .null,
-                         "reason": .string(c.reason)])
-            } ?? .null,
-        ]
-        if content {
-            members["content"] = .string(String(decoding: r.content, as: UTF8.self))
-            if let base64 = RunReport.base64IfNotUTF8(r.content) { members["contentBase64"] = .string(base64) }
-        }
-        return .object(members)
     }
 
     static func conflictText(_ c: DiffConflict) -> String {
@@ -91,7 +70,7 @@ struct ReviewCommand: ParsableCommand {
                 throw ExitCode(1)
             }
             if json {
-                Console.out(ReviewCommand.json(record, content: true).serialized())
+                Console.out(record.jsonValue(content: true).serialized())
                 return
             }
             var head = "diff \(record.id) of run \(record.runId): \(record.state); guard verdict \(record.verdict)"
@@ -125,7 +104,7 @@ struct ReviewCommand: ParsableCommand {
                 throw ExitCode(1)
             }
             if json, let record = try? supervisor.audit.diff(id: id) {
-                Console.out(ReviewCommand.json(record).serialized())
+                Console.out(record.jsonValue().serialized())
             } else {
                 Console.out("diff \(id) \(done) by \(actor)")
             }
