@@ -94,16 +94,19 @@ let package = Package(
                           linkerSettings: [.unsafeFlags(["-static-executable"])]),
 
         .testTarget(name: "StockadePolicyTests", dependencies: ["StockadePolicy"], swiftSettings: strict),
-        .testTarget(name: "StockadeSupervisorTests", dependencies: ["StockadeSupervisor", "StockadePolicy", "StockadeBundles", "StockadeImages"], swiftSettings: strict),
+        // Helpers the test targets share (paths, temporary directories, files with a mode).
+        .target(name: "StockadeTestSupport", path: "Tests/StockadeTestSupport", swiftSettings: strict),
+        .testTarget(name: "StockadeSupervisorTests", dependencies: ["StockadeSupervisor", "StockadePolicy", "StockadeBundles", "StockadeImages",
+                                                                    "StockadeLinux", "StockadeTestSupport"], swiftSettings: strict),
         .testTarget(name: "StockadeBundlesTests", dependencies: ["StockadeBundles", "StockadePolicy"], swiftSettings: strict),
         .testTarget(name: "StockadeCgroupsTests", dependencies: ["StockadeCgroups"], swiftSettings: strict),
-        .testTarget(name: "StockadeLinuxTests", dependencies: ["StockadeLinux"], swiftSettings: strict),
+        .testTarget(name: "StockadeLinuxTests", dependencies: ["StockadeLinux", "StockadePolicy", "StockadeTestSupport"], swiftSettings: strict),
         .testTarget(name: "StockadeAuditTests", dependencies: ["StockadeAudit", "StockadeAuditSQLite", "StockadePolicy", "CSQLite"], swiftSettings: strict),
         .testTarget(name: "StockadeWorkspaceTests", dependencies: ["StockadeBundles"], swiftSettings: strict),
         .testTarget(name: "StockadePatchesTests", dependencies: ["StockadePatches"], swiftSettings: strict),
         .testTarget(name: "StockadeImagesTests", dependencies: ["StockadeImages", "StockadePolicy", "CStockade"], swiftSettings: strict),
         // Runs the real `stockade` binary with the probes: both must be built first.
-        .testTarget(name: "StockadeEndToEndTests", dependencies: ["StockadeSupervisor", "StockadeVerify", "stockade", "stockade-probe"], swiftSettings: strict),
+        .testTarget(name: "StockadeEndToEndTests", dependencies: ["StockadeSupervisor", "StockadeVerify", "StockadeTestSupport", "stockade", "stockade-probe"], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]
 )
