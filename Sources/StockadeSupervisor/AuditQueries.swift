@@ -99,3 +99,53 @@ extension Supervisor {
         }
     }
 }
+
+/// `profile check`'s answer: the profile loaded and passed this machine's checks, or the errors
+/// (each naming its field).
+public struct ProfileCheckResult: Sendable {
+    public var source: String?
+    public var name: String?
+    public var digest: String?
+    public var errors: [(field: String, message: String)]
+
+    public var valid: Bool { errors.isEmpty }
+
+    public static func passed(_ loaded: LoadedProfile) -> ProfileCheckResult {
+        ProfileCheckResult(source: loaded.source, name: loaded.profile.name, digest: loaded.digest, errors: [])
+    }
+
+    public static func failed(_ error: ProfileError) -> ProfileCheckResult {
+        ProfileCheckResult(source: error.source, name: nil, digest: nil, errors: error.issues.map { ($0.field, $0.reason) })
+    }
+
+    public static func failed(_ error: any Error) -> ProfileCheckResult {
+        ProfileCheckResult(source: nil, name: nil, digest: nil, errors: [("", "\(error)")])
+    }
+
+    public var jsonValue: JSONValue {
+        .object([
+            "valid": .bool(valid), "source": source.map { .string($0) } ?? .null, "name": name.map { .string($0) } ?? .null,
+            "digest": digest.map { .string($0) } ?? .null,
+            "errors": .array(errors.map { .object(["field": .string($0.field), "message": .string($0.message)]) }),
+        ])
+    }
+}
+
+/// What `gc` removed: finished run directories past the age, and image layers no image names
+/// (none while an import or a run holds the image cache: `layersBusy`).
+public struct GarbageCollection: Sendable {
+    public var removed: [String]
+    public var layers: [String]
+    public var layersBusy: Bool
+
+    public init(removed: [String], layers: [String], layersBusy: Bool) {
+        self.removed = removed
+        self.layers = layers
+        self.layersBusy = layersBusy
+    }
+
+    public var jsonValue: JSONValue {
+        .object(["removed": .array(removed.map { .string($0) }), "layers": .array(layers.map { .string($0) }),
+                 "layersBusy": .bool(layersBusy)])
+    }
+}

@@ -132,3 +132,12 @@ public struct ControlRequirements: Sendable, Equatable {
         return unmet
     }
 }
+
+extension ControlRequirements {
+    /// The verdict on a controls file: met when every profile verified holds every control the
+    /// file requires of it, and the file names requirements for each.
+    public static func resultJSON(file: String, unmet: [Unmet], profilesNotNamed: [String]) -> JSONValue {
+        .object(["file": .string(file), "met": .bool(unmet.isEmpty && profilesNotNamed.isEmpty), "unmet": .array(unmet.map(\.jsonValue)),
+                 "profilesNotNamed": .array(profilesNotNamed.map { .string($0) })])
+    }
+}

@@ -24,25 +24,16 @@ struct ProfileCommand: ParsableCommand {
                 let issues = ProfileHostCheck.issues(loaded.profile, stateDirectory: state)
                 if !issues.isEmpty { throw ProfileError(source: loaded.source, issues: issues) }
                 if json {
-                    Console.out(JSONValue.object([
-                        "valid": .bool(true), "source": .string(loaded.source), "name": .string(loaded.profile.name),
-                        "digest": .string(loaded.digest), "errors": .array([]),
-                    ]).serialized())
+                    Console.out(ProfileCheckResult.passed(loaded).jsonValue.serialized())
                 } else {
                     print("\(loaded.source): ok (profile \(loaded.profile.name), digest \(loaded.digest.prefix(16)))")
                 }
             } catch let error as ProfileError where json {
-                Console.out(JSONValue.object([
-                    "valid": .bool(false), "source": error.source.map { .string($0) } ?? .null, "name": .null, "digest": .null,
-                    "errors": .array(error.issues.map { .object(["field": .string($0.field), "message": .string($0.reason)]) }),
-                ]).serialized())
+                Console.out(ProfileCheckResult.failed(error).jsonValue.serialized())
                 throw ExitCode(1)
             } catch {
                 if json {
-                    Console.out(JSONValue.object([
-                        "valid": .bool(false), "source": .null, "name": .null, "digest": .null,
-                        "errors": .array([.object(["field": .string(""), "message": .string("\(error)")])]),
-                    ]).serialized())
+                    Console.out(ProfileCheckResult.failed(error).jsonValue.serialized())
                 } else {
                     Console.error("\(error)")
                 }

@@ -152,10 +152,7 @@ struct Gc: ParsableCommand {
             // Image layers no imported image names, unless an import or a run holds the cache.
             let layers = try ImageStore(stateDirectory: state.resolved()).collectGarbage()
             if json {
-                Console.out(JSONValue.object([
-                    "removed": .array(removed.map { .string($0) }), "layers": .array(layers.removed.map { .string($0) }),
-                    "layersBusy": .bool(layers.busy),
-                ]).serialized())
+                Console.out(GarbageCollection(removed: removed, layers: layers.removed, layersBusy: layers.busy).jsonValue.serialized())
                 return
             }
             for id in removed { Console.out(id) }

@@ -106,10 +106,7 @@ struct Verify: AsyncParsableCommand {
                 if let found = requirements.unmet(in: report, requestedAs: names[index]) { unmet += found } else { unnamed.append(report.profile) }
             }
         }
-        let requirementsJSON: JSONValue? = controls.map { file in
-            .object(["file": .string(file), "met": .bool(unmet.isEmpty && unnamed.isEmpty), "unmet": .array(unmet.map(\.jsonValue)),
-                     "profilesNotNamed": .array(unnamed.map { .string($0) })])
-        }
+        let requirementsJSON = controls.map { ControlRequirements.resultJSON(file: $0, unmet: unmet, profilesNotNamed: unnamed) }
         write(reports, requirements: requirementsJSON)
         if controls != nil {
             var lines = unmet.map { "required control not held: \($0)" }

@@ -2,6 +2,7 @@ import CSQLite
 import Glibc
 import StockadePolicy
 import Synchronization
+import StockadeTestSupport
 import Testing
 @testable import StockadeAudit
 @testable import StockadeAuditSQLite
@@ -12,10 +13,7 @@ struct TempDatabase {
     let path: String
 
     init() {
-        var template = Array("/tmp/stockade-audit-XXXXXX".utf8CString)
-        let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-        precondition(made != nil, "mkdtemp failed")
-        directory = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        directory = makeScratchDirectory("audit")
         path = directory + "/audit.sqlite"
     }
 

@@ -212,7 +212,7 @@ struct BundleReaderTests {
 
     @Test("a hostile bundle is rejected with the rule and entry, leaving the destination as it was", arguments: hostile)
     func rejects(_ tree: HostileTree) throws {
-        let scratch = try Scratch()
+        let scratch = Scratch()
         let outside = try scratch.sub("outside")
         try Tree.write(outside + "/canary", canary)
         let dir = try scratch.sub("bundle")
@@ -237,7 +237,7 @@ struct BundleReaderTests {
 
     @Test("a character device in the bundle is a special file", .enabled(if: getuid() == 0, "needs root to mknod a device"))
     func device() throws {
-        let scratch = try Scratch()
+        let scratch = Scratch()
         let dir = try scratch.sub("bundle")
         try standard(dir)
         guard mknod(dir + "/null", S_IFCHR | 0o666, dev_t(0x103)) == 0 else { throw POSIXError(.EPERM) }
@@ -248,7 +248,7 @@ struct BundleReaderTests {
 
     @Test("a valid bundle is accepted and its verified copy is byte-identical, mode 0644, with the manifest")
     func happyPath() throws {
-        let scratch = try Scratch()
+        let scratch = Scratch()
         let dir = try scratch.sub("bundle")
         let destination = try scratch.sub("copy")
         let files = standardFiles + [(path: "patches/x.diff", contents: Array("--- a/x\n+++ b/x\n".utf8)),
@@ -274,7 +274,7 @@ struct BundleReaderTests {
 
     @Test("the same bundle read as a result is refused for carrying a command")
     func roleMatters() throws {
-        let scratch = try Scratch()
+        let scratch = Scratch()
         let dir = try scratch.sub("bundle")
         try BundleWriter.write(files: standardFiles, to: dir, command: ["prog"])
         #expect(readBundle(dir, role: .request).verified != nil)
@@ -283,7 +283,7 @@ struct BundleReaderTests {
 
     @Test("a destination that already holds a listed name fails the copy and removes what was copied")
     func destinationConflict() throws {
-        let scratch = try Scratch()
+        let scratch = Scratch()
         let dir = try scratch.sub("bundle")
         let destination = try scratch.sub("copy")
         try standard(dir)
@@ -301,7 +301,7 @@ struct BundleReaderTests {
 
     @Test("a destination with a planted symlink directory is never written through")
     func destinationSymlink() throws {
-        let scratch = try Scratch()
+        let scratch = Scratch()
         let dir = try scratch.sub("bundle")
         let destination = try scratch.sub("copy")
         let elsewhere = try scratch.sub("elsewhere")
@@ -317,7 +317,7 @@ struct BundleReaderTests {
 
     @Test("a flood of 100 000 files is rejected as too many files, without reading them")
     func fileFlood() throws {
-        let scratch = try Scratch(base: "/dev/shm")
+        let scratch = Scratch(base: "/dev/shm")
         let dir = try scratch.sub("bundle")
         try BundleWriter.write(files: [(path: "flood/00000", contents: [])], to: dir)
         for i in 1..<100_000 {
@@ -331,7 +331,7 @@ struct BundleReaderTests {
 
     @Test("an empty directory is told apart from a bundle, and path-based reading matches fd-based reading")
     func emptyDirectoryAndPaths() throws {
-        let scratch = try Scratch()
+        let scratch = Scratch()
         let dir = try scratch.sub("bundle")
         let fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         defer { close(fd) }
@@ -354,7 +354,7 @@ struct BundleReaderTests {
 
     @Test("an empty bundle with an empty manifest is accepted")
     func emptyBundle() throws {
-        let scratch = try Scratch()
+        let scratch = Scratch()
         let dir = try scratch.sub("bundle")
         try BundleWriter.write(files: [], to: dir)
         let verified = try #require(readBundle(dir).verified)
@@ -364,7 +364,7 @@ struct BundleReaderTests {
 
     @Test("the writer refuses a bundle the reader would reject, and writes nothing")
     func writerChecks() throws {
-        let scratch = try Scratch()
+        let scratch = Scratch()
         let dir = try scratch.sub("bundle")
         #expect(throws: BundleError.self) { try BundleWriter.write(files: [(path: "../x", contents: [])], to: dir) }
         #expect(throws: BundleError.self) { try BundleWriter.write(files: [(path: "A", contents: []), (path: "a", contents: [])], to: dir) }
@@ -375,7 +375,7 @@ struct BundleReaderTests {
     /// Ad hoc throughput: STOCKADE_BENCH=1 swift test --filter throughput. Prints MB/s; asserts only acceptance.
     @Test("reading, hashing and copying a 100 MB bundle", .enabled(if: ProcessInfo.processInfo.environment["STOCKADE_BENCH"] == "1"))
     func throughput() throws {
-        let scratch = try Scratch()
+        let scratch = Scratch()
         let dir = try scratch.sub("bundle")
         let chunk = (0..<(25 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 2654435761 >> 13) }
         try BundleWriter.write(files: (0..<4).map { (path: "blob\($0)", contents: chunk) }, to: dir)

@@ -2,27 +2,10 @@ import Foundation
 import Glibc
 import StockadeBundles
 import StockadePolicy
+import StockadeTestSupport
 
-/// A scratch directory removed when the value goes away.
-final class Scratch: Sendable {
-    let path: String
-
-    /// - Parameter base: where to make it; `/dev/shm` (tmpfs) makes creating many files fast.
-    init(base: String = "/tmp") throws {
-        let usable = access(base, W_OK) == 0 ? base : "/tmp"
-        var template = Array("\(usable)/stockade-bundles-XXXXXX".utf8CString)
-        guard let made = mkdtemp(&template) else { throw POSIXError(.EIO) }
-        path = String(cString: made)
-    }
-
-    deinit { try? FileManager.default.removeItem(atPath: path) }
-
-    func sub(_ name: String) throws -> String {
-        let p = path + "/" + name
-        try FileManager.default.createDirectory(atPath: p, withIntermediateDirectories: true)
-        return p
-    }
-}
+/// The shared scratch directory (StockadeTestSupport).
+typealias Scratch = ScratchDirectory
 
 enum Tree {
     static func write(_ path: String, _ contents: [UInt8]) throws {

@@ -1,25 +1,22 @@
 import Glibc
 @testable import StockadePatches
+import StockadeTestSupport
 import SystemPackage
 
 /// A scratch directory holding `workspace/` and a sibling `canary/` with one file, so a test can prove
 /// that nothing changed inside the workspace and nothing appeared next to it.
 struct Sandbox: ~Copyable {
-    let base: String
+    /// The shared scratch directory (StockadeTestSupport), removed with the sandbox.
+    private let scratch = ScratchDirectory("patches")
+    var base: String { scratch.path }
     var workspace: String { base + "/workspace" }
     var canary: String { base + "/canary" }
 
     init() {
-        var template = Array("/tmp/stockade-patches-XXXXXX".utf8CString)
-        let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-        precondition(made != nil, "mkdtemp failed")
-        base = String(decoding: template.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        mkdir(base + "/workspace", 0o755)
-        mkdir(base + "/canary", 0o755)
-        Self.write(base + "/canary/secret", Array("canary\n".utf8))
+        mkdir(scratch.path + "/workspace", 0o755)
+        mkdir(scratch.path + "/canary", 0o755)
+        Self.write(scratch.path + "/canary/secret", Array("canary\n".utf8))
     }
-
-    deinit { Self.removeTree(base) }
 
     static func write(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644) {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, mode)
@@ -113,21 +110,4 @@ struct Sandbox: ~Copyable {
         }
     }
 
-    static func removeTree(_ path: String) {
-        guard let dir = opendir(path) else { unlink(path); return }
-        var names: [String] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        closedir(dir)
-        for name in names {
-            let full = path + "/" + name
-            var info = stat()
-            if lstat(full, &info) == 0, info.st_mode & S_IFMT == S_IFDIR { removeTree(full) } else { unlink(full) }
-        }
-        rmdir(path)
-    }
 }

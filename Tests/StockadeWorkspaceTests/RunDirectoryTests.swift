@@ -11,7 +11,7 @@ struct RunDirectoryTests {
 
     @Test("create makes the run directory 0700 with its subdirectories and a held lock")
     func create() throws {
-        let s = try Scratch("state")
+        let s = Scratch("state")
         let run = try RunDirectory.create(stateDirectory: s["state"], runId: "01JRUN0001")
         #expect(run.path == s["state/runs/01JRUN0001"])
         #expect(mode(run.path) == 0o700)
@@ -35,7 +35,7 @@ struct RunDirectoryTests {
     @Test("granting overlay access gives upper and work to the worker's ids and makes the path searchable",
           .enabled(if: isRoot, "needs CAP_CHOWN"))
     func overlayAccess() throws {
-        let s = try Scratch("state")
+        let s = Scratch("state")
         let run = try RunDirectory.create(stateDirectory: s.path, runId: "granted")
         defer { run.close() }
         try run.grantOverlayAccess(uid: 100_000, gid: 100_001)
@@ -50,7 +50,7 @@ struct RunDirectoryTests {
 
     @Test("a run id that exists already is refused")
     func duplicate() throws {
-        let s = try Scratch("state")
+        let s = Scratch("state")
         let run = try RunDirectory.create(stateDirectory: s.path, runId: "same")
         defer { run.close() }
         #expect(throws: BundleError.self) { try RunDirectory.create(stateDirectory: s.path, runId: "same") }
@@ -63,7 +63,7 @@ struct RunDirectoryTests {
 
     @Test("run ids that are not plain names are refused", arguments: ["", ".", "..", ".hidden", "a/b", "../x", "a\nb", "é", String(repeating: "x", count: 129)])
     func invalidIds(id: String) throws {
-        let s = try Scratch("state")
+        let s = Scratch("state")
         do {
             _ = try RunDirectory.create(stateDirectory: s.path, runId: id)
             Issue.record("accepted \(id)")
@@ -75,7 +75,7 @@ struct RunDirectoryTests {
 
     @Test("gc never removes a run whose lock is held, however old")
     func lockedRunSurvives() throws {
-        let s = try Scratch("state")
+        let s = Scratch("state")
         let run = try RunDirectory.create(stateDirectory: s.path, runId: "running")
         let removed = try RunDirectory.collectGarbage(stateDirectory: s.path, olderThan: 0,
                                                       now: RunDirectory.currentTime() + 86400)
@@ -89,7 +89,7 @@ struct RunDirectoryTests {
 
     @Test("removing named runs takes exactly the finished ones named, however new; never a held one, another run, or a name create does not make")
     func removeNamed() throws {
-        let s = try Scratch("state")
+        let s = Scratch("state")
         let done = try RunDirectory.create(stateDirectory: s.path, runId: "probe-done")
         done.close()
         let other = try RunDirectory.create(stateDirectory: s.path, runId: "other-done")
@@ -107,7 +107,7 @@ struct RunDirectoryTests {
 
     @Test("gc removes finished runs older than the cutoff, aged by report.json else by the directory")
     func ages() throws {
-        let s = try Scratch("state")
+        let s = Scratch("state")
         for id in ["old", "young", "old-dir-fresh-report"] {
             try RunDirectory.create(stateDirectory: s.path, runId: id).close()
         }
@@ -131,7 +131,7 @@ struct RunDirectoryTests {
 
     @Test("gc collects a run directory a crash left half-made, and create refuses its id meanwhile")
     func halfMade() throws {
-        let s = try Scratch("state")
+        let s = Scratch("state")
         try s.write("runs/.creating-crashed/upper/file", "x")
         do {
             _ = try RunDirectory.create(stateDirectory: s.path, runId: "crashed")
@@ -149,13 +149,13 @@ struct RunDirectoryTests {
 
     @Test("gc without a state directory removes nothing")
     func missingState() throws {
-        let s = try Scratch("state")
+        let s = Scratch("state")
         #expect(try RunDirectory.collectGarbage(stateDirectory: s["nope"], olderThan: 0) == [])
     }
 
     @Test("gc removes a hostile upper tree without following its links or leaving mode-000 directories behind")
     func hostileTree() throws {
-        let s = try Scratch("state")
+        let s = Scratch("state")
         try s.write("canary/file", "alive")
         try s.mkdir("canary/dir")
         try s.write("canary/dir/inner", "alive too")
@@ -192,7 +192,7 @@ struct RunDirectoryTests {
 
     @Test("gc leaves alone entries of runs/ that are not run directories")
     func strangers() throws {
-        let s = try Scratch("state")
+        let s = Scratch("state")
         try s.write("canary/file", "alive")
         try s.mkdir("state/runs")
         try s.symlink("state/runs/link", to: s["canary"])

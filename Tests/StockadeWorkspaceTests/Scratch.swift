@@ -1,57 +1,11 @@
 import Glibc
+import StockadeTestSupport
 import Testing
 
-/// A temporary directory for one test, removed (with `rm -rf`, which copes with mode-000
-/// directories as root) when the object goes away.
-final class Scratch {
-    let path: String
+/// The shared scratch directory (StockadeTestSupport), with what only the workspace tests need.
+typealias Scratch = ScratchDirectory
 
-    init(_ label: String = "ws") throws {
-        var template = Array("/tmp/stk-\(label)-XXXXXX".utf8CString)
-        let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-        try #require(made != nil, "mkdtemp failed: errno \(errno)")
-        path = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
-    deinit {
-        _ = try? run(["/bin/rm", "-rf", path])
-    }
-
-    subscript(_ relative: String) -> String { path + "/" + relative }
-
-    func mkdir(_ relative: String, mode: mode_t = 0o755) throws {
-        var prefix = path
-        for component in relative.split(separator: "/") {
-            prefix += "/" + component
-            if Glibc.mkdir(prefix, 0o755) != 0 {
-                try #require(errno == EEXIST, "mkdir \(prefix): errno \(errno)")
-            }
-        }
-        try #require(chmod(self[relative], mode) == 0)
-    }
-
-    func write(_ relative: String, _ text: String, mode: mode_t = 0o644) throws {
-        try write(relative, Array(text.utf8), mode: mode)
-    }
-
-    func write(_ relative: String, _ bytes: [UInt8], mode: mode_t = 0o644) throws {
-        if let slash = relative.lastIndex(of: "/") { try mkdir(String(relative[..<slash])) }
-        let fd = open(self[relative], O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        try #require(fd >= 0, "open \(relative): errno \(errno)")
-        defer { close(fd) }
-        let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-        try #require(written == bytes.count)
-        try #require(fchmod(fd, mode) == 0)
-    }
-
-    func symlink(_ relative: String, to target: String) throws {
-        try #require(Glibc.symlink(target, self[relative]) == 0, "symlink: errno \(errno)")
-    }
-
-    func fifo(_ relative: String) throws {
-        try #require(mkfifo(self[relative], 0o644) == 0, "mkfifo: errno \(errno)")
-    }
-
+extension ScratchDirectory {
     /// A character device node; (0, 0) is an overlay whiteout. Needs CAP_MKNOD.
     func device(_ relative: String, major: UInt32 = 0, minor: UInt32 = 0, block: Bool = false) throws {
         let type = block ? S_IFBLK : S_IFCHR
@@ -62,20 +16,6 @@ final class Scratch {
         let bytes = Array(value.utf8)
         let result = bytes.withUnsafeBytes { XattrCalls.set(self[relative], name, $0.baseAddress, $0.count, 0) }
         try #require(result == 0, "setxattr \(name) on \(relative): errno \(errno)")
-    }
-
-    func exists(_ relative: String) -> Bool {
-        var st = stat()
-        return lstat(self[relative], &st) == 0
-    }
-
-    func read(_ relative: String) -> String? {
-        let fd = open(self[relative], O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        let count = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-        return count < 0 ? nil : String(decoding: buffer[0..<count], as: UTF8.self)
     }
 
     func openDirectory(_ relative: String) throws -> Int32 {

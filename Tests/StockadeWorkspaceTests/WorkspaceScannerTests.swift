@@ -68,7 +68,7 @@ struct OverlayMountTests {
 
     @Test("edits made through an overlay scan to exactly the changes made", arguments: OverlayMount.allCases)
     func editsThroughOverlay(mount how: OverlayMount) throws {
-        let s = try Scratch("ovl")
+        let s = Scratch("ovl")
         try makeLower(s)
         switch how {
         case .root:
@@ -109,7 +109,7 @@ struct OverlayMountTests {
     @Test("whiteouts are 0:0 character devices and opaque markers use the namespace of the mount",
           arguments: OverlayMount.allCases)
     func markerFormat(mount how: OverlayMount) throws {
-        let s = try Scratch("ovl")
+        let s = Scratch("ovl")
         try makeLower(s)
         let script = "rm -rf gone && rm -rf keep && mkdir keep"
         switch how {
@@ -131,7 +131,7 @@ struct OverlayMountTests {
 
     @Test("in a user namespace an overlay without userxattr cannot delete a lower directory, so the sandbox must mount with userxattr")
     func userNamespaceNeedsUserxattr() throws {
-        let s = try Scratch("ovl")
+        let s = Scratch("ovl")
         try makeLower(s)
         let inner = "mount -t overlay overlay -o \(options(s)) \(s["M"]) && cd \(s["M"]) && rm -rf gone"
         #expect(try run(["/usr/bin/unshare", "-Urm", "/bin/sh", "-c", inner]) != 0)
@@ -141,7 +141,7 @@ struct OverlayMountTests {
 @Suite("The workspace scanner on hand-built upper trees")
 struct HandBuiltUpperTests {
     func fresh() throws -> Scratch {
-        let s = try Scratch("upper")
+        let s = Scratch("upper")
         try s.mkdir("U")
         try s.mkdir("L")
         return s
@@ -366,7 +366,7 @@ struct ScanBoundsTests {
 
     /// big (4000 bytes), many/0...9 (1000 bytes each), d1/d2/d3/d4/leaf.
     func tree() throws -> Scratch {
-        let s = try Scratch("bounds")
+        let s = Scratch("bounds")
         try s.mkdir("L")
         try s.write("U/big", [UInt8](repeating: 0x61, count: 4000))
         for index in 0..<10 { try s.write("U/many/\(index)", [UInt8](repeating: 0x62, count: 1000)) }
@@ -384,7 +384,7 @@ struct ScanBoundsTests {
 
     @Test("a sparse file claiming a terabyte is refused after reading just past the bound")
     func sparse() throws {
-        let s = try Scratch("bounds")
+        let s = Scratch("bounds")
         try s.mkdir("L")
         try s.write("U/sparse", "")
         try #require(truncate(s["U/sparse"], 1 << 40) == 0)
@@ -396,7 +396,7 @@ struct ScanBoundsTests {
     @Test("deletions expanded from the real workspace count against the same bounds",
           .enabled(if: isRoot, "needs CAP_MKNOD for the whiteout"))
     func lowerCounts() throws {
-        let s = try Scratch("bounds")
+        let s = Scratch("bounds")
         try s.mkdir("U")
         for index in 0..<20 { try s.write("L/huge/\(index)", "x") }
         try s.device("U/huge")
