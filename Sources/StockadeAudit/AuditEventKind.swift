@@ -4,6 +4,6 @@ public enum AuditEventKind {
     public static let known: [String] = [
         "run.created", "bundle.accepted", "bundle.rejected", "worker.started", "violation", "limit.hit", "kill",
         "worker.exited", "diff.recorded", "diff.rejected", "review.decided", "diff.applied", "diff.conflict",
-        "run.finished", "run.abandoned", "verification", "egress.allowed", "egress.denied",
+        "run.finished", "run.abandoned", "verification", "egress.allowed", "egress.denied", "api.request",
     ]
 }
