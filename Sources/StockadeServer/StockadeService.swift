@@ -55,6 +55,9 @@ public enum StockadeService {
                 throw ServiceFailure(description: "--listen \(options.listen): \(error)")
             }
             address = .unixDomainSocket(path: path)
+            // bind(2) makes the socket 0777 minus the umask, and it is 0660 only once bound: keep
+            // group and others from writing (connecting) in between, whatever umask we were given.
+            umask(umask(0) | 0o022)
         case .tcp(let host, let port):
             address = .hostname(host, port: port)
         }
@@ -77,7 +80,10 @@ public enum StockadeService {
             logger: logger)
         let drain = Drain(registry: registry, shutdown: shutdown, graceSeconds: options.graceSeconds, logger: logger)
         // Shut down in reverse order: the drain first (runs finish or are cancelled), then the listener.
-        let group = ServiceGroup(configuration: .init(services: [app, drain], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        var configuration = ServiceGroupConfiguration(services: [app, drain], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        // A shutdown that hangs past the grace period and a margin is cancelled rather than waited for.
+        configuration.maximumGracefulShutdownDuration = .seconds(options.graceSeconds + 60)
+        let group = ServiceGroup(configuration: configuration)
         do {
             try await group.run()
         } catch {
