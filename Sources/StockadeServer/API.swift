@@ -233,6 +233,8 @@ final class API: Sendable {
             throw refusal
         case .failure(.closed):
             throw APIError(.serviceUnavailable, "shutting-down", "the service is shutting down and admits no more runs")
+        case .failure(.keyStoreFailed(let message)):
+            throw APIError(.internalServerError, "idempotency-store-unavailable", "cannot read the stored idempotency keys, so nothing was started: \(message)")
         case .failure(.keyReused):
             throw APIError(.unprocessableContent, "idempotency-key-reused",
                            "this Idempotency-Key was used before with another body: use a new key for a new run", field: "Idempotency-Key")

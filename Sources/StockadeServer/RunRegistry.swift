@@ -1,5 +1,7 @@
 import Foundation
+import Logging
 import StockadeSupervisor
+import StockadeTokens
 import Synchronization
 
 /// The runs this service submitted and still has in hand, and the idempotency keys of submissions.
@@ -16,6 +18,8 @@ actor RunRegistry {
         case closed
         /// The key was used before by this principal with another body.
         case keyReused
+        /// The stored keys could not be read: nothing was started.
+        case keyStoreFailed(String)
     }
 
     private enum Slot {
@@ -24,14 +28,19 @@ actor RunRegistry {
     }
 
     let service: RunService
+    /// Where keys outlive the process (`idempotency_keys`): a retry after a restart still answers the first run.
+    let keyStore: TokenStore
+    let logger: Logger
     private var runs: [String: Submitted] = [:]
     private var keys: [String: Slot] = [:]
     private var keyOrder: [String] = []
     private static let maxKeys = 100_000
     private var draining = false
 
-    init(service: RunService) {
+    init(service: RunService, keyStore: TokenStore, logger: Logger) {
         self.service = service
+        self.keyStore = keyStore
+        self.logger = logger
     }
 
     func submitted(_ runId: String) -> Submitted? { runs[runId] }
@@ -53,6 +62,17 @@ actor RunRegistry {
             guard hash == bodyHash else { return .failure(.keyReused) }
             return await task.value.map { ($0, true) }
         case nil:
+            // A key from before a restart: no actor suspension between this read and taking the slot.
+            let stored: (bodySha256: String, runId: String)?
+            do {
+                stored = try keyStore.submission(principal: principal, key: idempotencyKey)
+            } catch {
+                return .failure(.keyStoreFailed(error.description))
+            }
+            if let stored {
+                keys[slotKey] = .done(bodyHash: stored.bodySha256, runId: stored.runId)
+                return stored.bodySha256 == bodyHash ? .success((stored.runId, true)) : .failure(.keyReused)
+            }
             // The slot is taken before the first suspension: a concurrent retry finds it.
             let task = Task { await self.start(options) }
             keys[slotKey] = .pending(bodyHash: bodyHash, task)
@@ -60,6 +80,12 @@ actor RunRegistry {
             switch result {
             case .success(let runId):
                 keys[slotKey] = .done(bodyHash: bodyHash, runId: runId)
+                do {
+                    try keyStore.rememberSubmission(principal: principal, key: idempotencyKey, bodySha256: bodyHash, runId: runId)
+                } catch {
+                    // The run is under way; only a retry after a restart could start it twice.
+                    logger.error("idempotency-key.not-stored", metadata: ["run.id": "\(runId)", "error": "\(error)"])
+                }
                 keyOrder.append(slotKey)
                 if keyOrder.count > Self.maxKeys { keys[keyOrder.removeFirst()] = nil }
             case .failure:

@@ -42,7 +42,7 @@ public enum StockadeService {
             throw ServiceFailure(description: "\(error)")
         }
         let service = RunService(supervisor: supervisor, admission: .init(maxRunning: options.maxRunning, maxQueued: options.maxQueued))
-        let registry = RunRegistry(service: service)
+        let registry = RunRegistry(service: service, keyStore: tokens, logger: logger)
         let shutdown = ShutdownFlag()
         let api = API(supervisor: supervisor, registry: registry, tokens: tokens, shutdown: shutdown, logger: logger)
 

@@ -57,8 +57,9 @@ public enum TokenRejection: String, Error, Sendable {
     case missing, malformed, unknown, expired, revoked
 }
 
-/// Bearer tokens in the state directory's audit database, table `tokens` (created idempotently).
-/// The table is not recorded in `schema_migrations`: the audit store refuses a database holding a
+/// Bearer tokens in the state directory's audit database, table `tokens`, and the API's
+/// idempotency keys, table `idempotency_keys` (both created idempotently).
+/// The tables are not recorded in `schema_migrations`: the audit store refuses a database holding a
 /// migration it does not know, so recording it there needs a change in StockadeAudit.
 public final class TokenStore: @unchecked Sendable {
     public let path: String
@@ -102,8 +103,40 @@ public final class TokenStore: @unchecked Sendable {
                 createdAt INTEGER NOT NULL,
                 expiresAt INTEGER NOT NULL,
                 revokedAt INTEGER
+            );
+            CREATE TABLE IF NOT EXISTS idempotency_keys (
+                principal TEXT NOT NULL,
+                key TEXT NOT NULL,
+                bodySha256 TEXT NOT NULL,
+                runId TEXT NOT NULL,
+                createdAt INTEGER NOT NULL,
+                PRIMARY KEY (principal, key)
             )
             """)
+    }
+
+    /// How long a submission's idempotency key is remembered (across restarts of the service).
+    public static let idempotencyKeySeconds: Int64 = 7 * 86400
+
+    /// The run an earlier submission with this key from this principal started, with its body's hash.
+    public func submission(principal: String, key: String, now: Int64 = Int64(Date().timeIntervalSince1970)) throws(TokenError) -> (bodySha256: String, runId: String)? {
+        lock.lock(); defer { lock.unlock() }
+        let statement = try prepare("SELECT bodySha256, runId FROM idempotency_keys WHERE principal = ? AND key = ? AND createdAt > ?",
+                                    [.text(principal), .text(key), .int(now - Self.idempotencyKeySeconds)])
+        defer { sqlite3_finalize(statement) }
+        let rc = sqlite3_step(statement)
+        if rc == SQLITE_DONE { return nil }
+        guard rc == SQLITE_ROW else { throw TokenError("token store \(path): \(String(cString: sqlite3_errmsg(db)))") }
+        func text(_ i: Int32) -> String { sqlite3_column_text(statement, i).map { String(cString: $0) } ?? "" }
+        return (text(0), text(1))
+    }
+
+    /// Remembers a submission's key (and forgets keys older than `idempotencyKeySeconds`).
+    public func rememberSubmission(principal: String, key: String, bodySha256: String, runId: String,
+                                   now: Int64 = Int64(Date().timeIntervalSince1970)) throws(TokenError) {
+        try run("DELETE FROM idempotency_keys WHERE createdAt <= ?", [.int(now - Self.idempotencyKeySeconds)])
+        try run("INSERT OR REPLACE INTO idempotency_keys (principal, key, bodySha256, runId, createdAt) VALUES (?, ?, ?, ?, ?)",
+                [.text(principal), .text(key), .text(bodySha256), .text(runId), .int(now)])
     }
 
     deinit { sqlite3_close_v2(db) }

@@ -269,12 +269,16 @@ final class ServerHarness {
 
     var client: HTTPClient { HTTPClient(address: .unix(socketPath)) }
 
-    init(arguments: [String] = [], start: Bool = true) throws {
-        directory = "/tmp/stk-serve-" + UUID().uuidString.prefix(8)
+    /// Removes the directory at the end unless it is another harness's (`sharing`).
+    private let ownsDirectory: Bool
+
+    init(arguments: [String] = [], start: Bool = true, sharing other: ServerHarness? = nil) throws {
+        directory = other?.directory ?? "/tmp/stk-serve-" + UUID().uuidString.prefix(8)
+        ownsDirectory = other == nil
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         stateDirectory = directory + "/state"
         socketPath = directory + "/api.sock"
-        logPath = directory + "/server.log"
+        logPath = directory + (other == nil ? "/server.log" : "/server-\(UUID().uuidString.prefix(4)).log")
         if start { try self.start(arguments) }
     }
 
@@ -327,7 +331,7 @@ final class ServerHarness {
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
         }
-        try? FileManager.default.removeItem(atPath: directory)
+        if ownsDirectory { try? FileManager.default.removeItem(atPath: directory) }
     }
 
     static func exec(_ path: String, _ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, stdout: String, stderr: String) {

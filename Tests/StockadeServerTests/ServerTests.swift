@@ -144,6 +144,33 @@ struct ServerTests {
         #expect(server.terminate() == 0)
     }
 
+    @Test("an idempotency key outlives a restart of the service: the retry answers the first run, none is started")
+    func idempotencyAcrossRestart() throws {
+        let first = try ServerHarness()
+        let token = try first.token("engine", scopes: "run:read,run:write")
+        let body = #"{"command":["/bin/sh","-c","echo once"]}"#
+        let submitted = try first.client.request("POST", "/v1/runs", token: token, headers: ["Idempotency-Key": "job-7"], json: body)
+        let id = try #require(try submitted.json()["id"] as? String)
+        _ = try first.client.request("GET", "/v1/runs/\(id)/wait", token: token)
+        #expect(first.terminate() == 0)
+
+        let second = try ServerHarness(sharing: first)
+        let retried = try second.client.request("POST", "/v1/runs", token: token, headers: ["Idempotency-Key": "job-7"], json: body)
+        #expect(retried.status == 202, "\(retried.text)")
+        #expect(try retried.json()["id"] as? String == id)
+        #expect(try retried.json()["replayed"] as? Bool == true)
+        let other = try second.client.request("POST", "/v1/runs", token: token, headers: ["Idempotency-Key": "job-7"], json: #"{"command":["true"]}"#)
+        #expect(other.status == 422)
+        // Keys are per principal: another token's job-7 is a run of its own.
+        let colleague = try second.token("colleague", scopes: "run:read,run:write")
+        let theirs = try second.client.request("POST", "/v1/runs", token: colleague, headers: ["Idempotency-Key": "job-7"], json: body)
+        let theirId = try #require(try theirs.json()["id"] as? String)
+        #expect(theirId != id)
+        _ = try second.client.request("GET", "/v1/runs/\(theirId)/wait", token: colleague)
+        #expect(try second.stockade(["audit", "runs", "--json"]).stdout.split(separator: "\n").count == 2)
+        #expect(second.terminate() == 0)
+    }
+
     @Test("a sleeping run is cancelled: its report says cancelled")
     func cancel() throws {
         let server = try ServerHarness()
