@@ -458,7 +458,11 @@ struct EventStream: Sendable {
     static let batch = 256
     static let pollMilliseconds: UInt64 = 200
     static let keepAliveSeconds = 15.0
-    static let stallSeconds: UInt64 = 30
+    /// 30 s, or `$STOCKADE_SERVE_STALL_SECONDS` (1 to 3600) for tests that stall a reader.
+    static let stallSeconds: UInt64 = {
+        let value = ProcessInfo.processInfo.environment["STOCKADE_SERVE_STALL_SECONDS"].flatMap(UInt64.init) ?? 30
+        return (1...3600).contains(value) ? value : 30
+    }()
 
     struct Full: Error {}
     struct Stalled: Error {}

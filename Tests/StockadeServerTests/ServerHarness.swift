@@ -201,6 +201,26 @@ final class EventStreamReader {
 
     deinit { close(fd) }
 
+    /// Reads and counts everything until the server closes the connection (or `seconds` pass
+    /// with nothing read): true when the server closed it.
+    func drainUntilClosed(seconds: Int) -> (closed: Bool, events: Int) {
+        var tv = timeval(tv_sec: seconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var count = 0
+        while true {
+            do {
+                guard try next() != nil else { break }
+                count += 1
+            } catch {
+                break
+            }
+        }
+        // next() returns nil at EOF (read 0) and at the timeout (read -1, EAGAIN).
+        var probe: UInt8 = 0
+        let n = recv(fd, &probe, 1, Int32(MSG_DONTWAIT))
+        return (n == 0, count)
+    }
+
     /// The next event (comments skipped), or nil when the stream ended or timed out.
     func next() throws -> SSEEvent? {
         while true {
@@ -272,19 +292,20 @@ final class ServerHarness {
     /// Removes the directory at the end unless it is another harness's (`sharing`).
     private let ownsDirectory: Bool
 
-    init(arguments: [String] = [], start: Bool = true, sharing other: ServerHarness? = nil) throws {
+    init(arguments: [String] = [], start: Bool = true, sharing other: ServerHarness? = nil, environment: [String: String] = [:]) throws {
         directory = other?.directory ?? "/tmp/stk-serve-" + UUID().uuidString.prefix(8)
         ownsDirectory = other == nil
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         stateDirectory = directory + "/state"
         socketPath = directory + "/api.sock"
         logPath = directory + (other == nil ? "/server.log" : "/server-\(UUID().uuidString.prefix(4)).log")
-        if start { try self.start(arguments) }
+        if start { try self.start(arguments, environment: environment) }
     }
 
-    func start(_ arguments: [String], listen: String? = nil) throws {
+    func start(_ arguments: [String], listen: String? = nil, environment: [String: String] = [:]) throws {
         process.executableURL = URL(fileURLWithPath: Self.stockade)
         process.arguments = ["serve", "--listen", listen ?? "unix://\(socketPath)", "--state-dir", stateDirectory] + arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
         process.standardOutput = log

@@ -242,6 +242,29 @@ struct ServerTests {
         #expect(server.terminate() == 0)
     }
 
+    @Test("an event-stream reader that stops reading is disconnected after the stall limit, not buffered for")
+    func slowReader() throws {
+        let server = try ServerHarness(environment: ["STOCKADE_SERVE_STALL_SECONDS": "2"])
+        let token = try server.token("auditor", scopes: "audit:read")
+        // Enough events (each an api.request of about 250 bytes) to fill the socket's buffers.
+        for _ in 0..<3000 { _ = try server.client.request("GET", "/v1/health") }
+        let stream = try EventStreamReader(client: server.client, path: "/v1/events", token: token)
+        #expect(try stream.next() != nil)
+        // Stop reading: the server's write waits on a full socket, then gives up.
+        var stalled = false
+        for _ in 0..<200 where !stalled {
+            usleep(100_000)
+            stalled = server.log.contains("events.stalled")
+        }
+        #expect(stalled, "the server cut the stalled stream: \(server.log)")
+        let drained = stream.drainUntilClosed(seconds: 10)
+        #expect(drained.closed, "the connection was closed after \(drained.events) buffered events")
+        #expect(drained.events < 3000, "not every event was sent: the stream stopped at the stall")
+        // The service goes on: a new stream reads from where that one stopped.
+        #expect(try server.client.request("GET", "/v1/health").status == 200)
+        #expect(server.terminate() == 0)
+    }
+
     @Test("SIGTERM: new runs refused, a short run finishes, a long one is cancelled after the grace period, exit 0")
     func gracefulShutdown() throws {
         let server = try ServerHarness(arguments: ["--grace", "3s"])
