@@ -9,6 +9,8 @@ let package = Package(
     products: [
         .executable(name: "stockade", targets: ["stockade"]),
         .executable(name: "stockade-probe", targets: ["stockade-probe"]),
+        // `stockade serve` execs it: the one-shot CLI does not link the HTTP stack.
+        .executable(name: "stockade-server", targets: ["stockade-server"]),
         // For the benchmark package in Benchmarks/ (not used by the root targets).
         .library(name: "StockadeAudit", targets: ["StockadeAudit"]),
         .library(name: "StockadeAuditSQLite", targets: ["StockadeAuditSQLite"]),
@@ -21,6 +23,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.0.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.0.0"),
     ],
     targets: [
         // C: the child path from clone3 to execve, and syscall shims glibc lacks.
@@ -79,8 +83,25 @@ let package = Package(
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
+        // API bearer tokens in the state directory's audit database (table `tokens`): CLI and server share it.
+        .target(name: "StockadeTokens", dependencies: [
+            "CSQLite",
+            .product(name: "Crypto", package: "swift-crypto"),
+        ], swiftSettings: strict),
+        // `stockade serve`: the HTTP API over a Unix socket (Hummingbird on SwiftNIO).
+        .target(name: "StockadeServer", dependencies: [
+            "StockadeSupervisor", "StockadeAudit", "StockadePolicy", "StockadeTokens",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
+        .executableTarget(name: "stockade-server", dependencies: [
+            "StockadeServer", "StockadeSupervisor",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         .executableTarget(name: "stockade", dependencies: [
-            "StockadeSupervisor", "StockadeVerify", "StockadeImages",
+            "StockadeSupervisor", "StockadeVerify", "StockadeImages", "StockadeTokens",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
@@ -107,6 +128,8 @@ let package = Package(
         .testTarget(name: "StockadeImagesTests", dependencies: ["StockadeImages", "StockadePolicy", "CStockade"], swiftSettings: strict),
         // Runs the real `stockade` binary with the probes: both must be built first.
         .testTarget(name: "StockadeEndToEndTests", dependencies: ["StockadeSupervisor", "StockadeVerify", "StockadeTestSupport", "stockade", "stockade-probe"], swiftSettings: strict),
+        // Runs the real `stockade-server` over a Unix socket and the `stockade` CLI: both built first.
+        .testTarget(name: "StockadeServerTests", dependencies: ["StockadePolicy", "StockadeTokens", "stockade", "stockade-server"], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]
 )

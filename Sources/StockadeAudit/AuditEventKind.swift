@@ -21,6 +21,8 @@ public enum AuditEventKind: String, CaseIterable, Sendable {
     case verification = "verification"
     case egressAllowed = "egress.allowed"
     case egressDenied = "egress.denied"
+    /// A call to the service's API (`stockade serve`).
+    case apiRequest = "api.request"
 
     /// Every kind's stored name, in declaration order.
     public static let known: [String] = allCases.map(\.rawValue)

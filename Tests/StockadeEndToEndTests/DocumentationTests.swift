@@ -26,6 +26,7 @@ struct DocumentationTests {
         [], ["run"], ["batch"], ["verify"], ["gc"], ["profile"], ["profile", "check"], ["profile", "show"],
         ["audit"], ["audit", "events"], ["audit", "runs"], ["audit", "verify"],
         ["review"], ["review", "list"], ["review", "show"], ["review", "accept"], ["review", "reject"],
+        ["serve"], ["token"], ["token", "create"], ["token", "list"], ["token", "revoke"],
     ]
 
     static func help(_ path: [String]) throws -> String {
@@ -179,7 +180,7 @@ struct DocumentationTests {
         let caseNames = Dictionary(uniqueKeysWithValues: AuditEventKind.allCases.map { (String(describing: $0), $0.rawValue) })
         let regexes = try patterns.map { try NSRegularExpression(pattern: $0) }
         var scanned = 0
-        for directory in ["Sources/StockadeAudit", "Sources/StockadeSupervisor", "Sources/StockadeVerify", "Sources/stockade"] {
+        for directory in ["Sources/StockadeAudit", "Sources/StockadeSupervisor", "Sources/StockadeVerify", "Sources/stockade", "Sources/StockadeServer"] {
             let url = root.appendingPathComponent(directory)
             for name in try FileManager.default.contentsOfDirectory(atPath: url.path) where name.hasSuffix(".swift") {
                 let source = try String(contentsOf: url.appendingPathComponent(name), encoding: .utf8)

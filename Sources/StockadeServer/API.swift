@@ -1,0 +1,561 @@
+import Crypto
+import Foundation
+import Glibc
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import StockadeAudit
+import StockadePolicy
+import StockadeSupervisor
+import StockadeTokens
+
+/// An error answer: `{"error":{"code":"...","message":"...","field":"..."}}`.
+struct APIError: Error {
+    let status: HTTPResponse.Status
+    let code: String
+    let message: String
+    var field: String?
+    var headers: HTTPFields = [:]
+
+    init(_ status: HTTPResponse.Status, _ code: String, _ message: String, field: String? = nil) {
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+    }
+
+    var response: Response {
+        var error: [String: JSONValue] = ["code": .string(code), "message": .string(message)]
+        error["field"] = field.map { .string($0) } ?? .null
+        return API.json(.object(["error": .object(error)]), status: status, headers: headers)
+    }
+}
+
+/// What a handler answers, and the run it concerned (for the audit record).
+struct Reply {
+    var response: Response
+    var runId: String?
+}
+
+/// Who is calling: the token's name and scopes.
+struct Principal: Sendable {
+    let name: String
+    let record: TokenRecord
+}
+
+/// The `/v1` routes. Every call, answered or refused, is recorded as an `api.request` event.
+final class API: Sendable {
+    static let maxBody = 1 << 20
+    static let idempotencyKey = HTTPField.Name("Idempotency-Key")!
+    static let lastEventID = HTTPField.Name("Last-Event-ID")!
+    static let nextOffset = HTTPField.Name("Stockade-Next-Offset")!
+
+    let supervisor: Supervisor
+    let registry: RunRegistry
+    let tokens: TokenStore
+    let shutdown: ShutdownFlag
+    let logger: Logger
+
+    init(supervisor: Supervisor, registry: RunRegistry, tokens: TokenStore, shutdown: ShutdownFlag, logger: Logger) {
+        self.supervisor = supervisor
+        self.registry = registry
+        self.tokens = tokens
+        self.shutdown = shutdown
+        self.logger = logger
+    }
+
+    var stateDirectory: String { supervisor.stateDirectory }
+
+    func router() -> Router<BasicRequestContext> {
+        let router = Router()
+        router.addMiddleware { UnmatchedRoutes(api: self) }
+        router.get("/v1/health", use: endpoint("/v1/health", scope: nil, health))
+        router.post("/v1/runs", use: endpoint("/v1/runs", scope: .runWrite, submit))
+        router.get("/v1/runs", use: endpoint("/v1/runs", scope: .runRead, list))
+        router.get("/v1/runs/{id}", use: endpoint("/v1/runs/{id}", scope: .runRead, show))
+        router.post("/v1/runs/{id}/cancel", use: endpoint("/v1/runs/{id}/cancel", scope: .runWrite, cancel))
+        router.get("/v1/runs/{id}/wait", use: endpoint("/v1/runs/{id}/wait", scope: .runRead, wait))
+        router.get("/v1/runs/{id}/logs", use: endpoint("/v1/runs/{id}/logs", scope: .runRead, logs))
+        router.get("/v1/events", use: endpoint("/v1/events", scope: .auditRead, events))
+        return router
+    }
+
+    // MARK: The frame: authentication, errors, audit
+
+    typealias Handler = @Sendable (Request, BasicRequestContext, Principal?) async throws -> Reply
+
+    func endpoint(_ route: String, scope: TokenScope?, _ handler: @escaping Handler) -> @Sendable (Request, BasicRequestContext) async throws -> Response {
+        { request, context in
+            var principal: Principal?
+            var authFailure: String?
+            var reply: Reply
+            do {
+                if let scope {
+                    principal = try self.authenticate(request, &authFailure)
+                    guard principal!.record.allows(scope) else {
+                        throw APIError(.forbidden, "forbidden", "this token lacks the scope \(scope.rawValue) that \(request.method.rawValue) \(route) needs")
+                    }
+                }
+                reply = try await handler(request, context, principal)
+            } catch let error as APIError {
+                reply = Reply(response: error.response, runId: context.parameters.get("id"))
+            } catch {
+                self.logger.error("api.failed", metadata: ["route": "\(route)", "error": "\(error)"])
+                reply = Reply(response: APIError(.internalServerError, "internal", "the service failed: \(error)").response, runId: nil)
+            }
+            return self.audited(request, route: route, principal: principal?.name, authFailure: authFailure, reply: reply)
+        }
+    }
+
+    /// Records the call; a call the trail cannot record is answered 500 (its effect, if any, stands).
+    func audited(_ request: Request, route: String, principal: String?, authFailure: String?, reply: Reply) -> Response {
+        var detail: [String: JSONValue] = [
+            "principal": principal.map { .string($0) } ?? .null, "method": .string(request.method.rawValue),
+            "route": .string(route), "status": .number(reply.response.status.code),
+            "runId": reply.runId.flatMap { RunIds.isValid($0) ? JSONValue.string($0) : nil } ?? .null,
+        ]
+        if let authFailure { detail["authFailure"] = .string(authFailure) }
+        do {
+            try supervisor.audit.record(runId: nil, kind: "api.request", detail: .object(detail))
+        } catch {
+            logger.error("audit.write-failed", metadata: ["kind": "api.request", "error": "\(error)"])
+            return APIError(.internalServerError, "audit-unavailable", "the call could not be recorded in the audit trail: \(error)").response
+        }
+        return reply.response
+    }
+
+    func authenticate(_ request: Request, _ failure: inout String?) throws -> Principal {
+        let header = request.headers[.authorization]
+        var presented: String?
+        if let header {
+            guard header.hasPrefix("Bearer ") else {
+                failure = "malformed"
+                throw unauthorized("the Authorization header must be \"Bearer <token>\"")
+            }
+            presented = String(header.dropFirst("Bearer ".count)).trimmingCharacters(in: .whitespaces)
+        }
+        let result: Result<TokenRecord, TokenRejection>
+        do {
+            result = try tokens.authenticate(presented)
+        } catch {
+            throw APIError(.internalServerError, "token-store-unavailable", "cannot read the token store: \(error)")
+        }
+        switch result {
+        case .success(let record):
+            return Principal(name: record.name, record: record)
+        case .failure(let rejection):
+            failure = rejection.rawValue
+            switch rejection {
+            case .missing: throw unauthorized("no bearer token: send Authorization: Bearer <token> (stockade token create makes one)")
+            default: throw unauthorized("the bearer token is unknown, expired or revoked")
+            }
+        }
+    }
+
+    func unauthorized(_ message: String) -> APIError {
+        var error = APIError(.unauthorized, "unauthorized", message)
+        error.headers[.wwwAuthenticate] = "Bearer"
+        return error
+    }
+
+    static func json(_ value: JSONValue, status: HTTPResponse.Status = .ok, headers: HTTPFields = [:]) -> Response {
+        var headers = headers
+        headers[.contentType] = "application/json"
+        var buffer = ByteBuffer()
+        buffer.writeString(value.serialized() + "\n")
+        return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: buffer))
+    }
+
+    static func query(_ request: Request) -> [String: String] {
+        var out: [String: String] = [:]
+        guard let query = request.uri.query else { return out }
+        for pair in query.split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            func decode(_ s: Substring) -> String { String(s).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String(s) }
+            let key = decode(parts[0])
+            if out[key] == nil { out[key] = parts.count > 1 ? decode(parts[1]) : "" }
+        }
+        return out
+    }
+
+    func runId(_ context: BasicRequestContext) throws -> String {
+        let id = context.parameters.get("id") ?? ""
+        guard RunIds.isValid(id) else { throw APIError(.notFound, "not-found", "no run \(id) (run ids are 26-character ULIDs)", field: "id") }
+        return id
+    }
+
+    // MARK: Routes
+
+    @Sendable func health(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+        let load = await registry.service.load
+        let draining = await registry.isDraining
+        return Reply(response: API.json(.object([
+            "status": .string(draining ? "draining" : "ok"), "running": .number(load.running), "queued": .number(load.queued),
+            "maxRunning": .number(registry.service.admission.maxRunning), "maxQueued": .number(registry.service.admission.maxQueued),
+        ])), runId: nil)
+    }
+
+    @Sendable func submit(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+        if let length = request.headers[.contentLength].flatMap(Int.init), length > API.maxBody {
+            throw APIError(.contentTooLarge, "body-too-large", "the request body is \(length) bytes; at most 1 MiB (1048576) is accepted")
+        }
+        var body: [UInt8] = []
+        for try await buffer in request.body {
+            body += buffer.readableBytesView
+            if body.count > API.maxBody {
+                throw APIError(.contentTooLarge, "body-too-large", "the request body is over 1 MiB (1048576 bytes)")
+            }
+        }
+        var key: String?
+        if let value = request.headers[API.idempotencyKey] {
+            guard (1...255).contains(value.utf8.count), value.utf8.allSatisfy({ $0 >= 0x21 && $0 <= 0x7E }) else {
+                throw APIError(.badRequest, "invalid-header", "Idempotency-Key: must be 1 to 255 printable ASCII characters without spaces", field: "Idempotency-Key")
+            }
+            key = value
+        }
+        let parsed: BatchRequest
+        do {
+            parsed = try BatchRequest.parse(body)
+        } catch {
+            throw API.invalidRequest(error.description)
+        }
+        let hash = SHA256.hash(data: body).map { String(format: "%02x", $0) }.joined()
+        switch await registry.submit(parsed.options, principal: principal?.name ?? "", idempotencyKey: key, bodyHash: hash) {
+        case .success(let (runId, replayed)):
+            let state = await registry.submitted(runId)?.handle.currentState.rawValue ?? "finished"
+            var answer: [String: JSONValue] = ["id": .string(runId), "state": .string(state), "replayed": .bool(replayed)]
+            if let requestId = parsed.id { answer["requestId"] = .string(requestId) }
+            return Reply(response: API.json(.object(answer), status: .accepted), runId: runId)
+        case .failure(.queueFull(let error)):
+            var refusal = APIError(.tooManyRequests, "queue-full", error.description)
+            refusal.headers[.retryAfter] = "5"
+            throw refusal
+        case .failure(.closed):
+            throw APIError(.serviceUnavailable, "shutting-down", "the service is shutting down and admits no more runs")
+        case .failure(.keyStoreFailed(let message)):
+            throw APIError(.internalServerError, "idempotency-store-unavailable", "cannot read the stored idempotency keys, so nothing was started: \(message)")
+        case .failure(.keyReused):
+            throw APIError(.unprocessableContent, "idempotency-key-reused",
+                           "this Idempotency-Key was used before with another body: use a new key for a new run", field: "Idempotency-Key")
+        }
+    }
+
+    /// A batch parser message (`key: reason`, `not valid JSON: ...`) as a 400 naming the field.
+    static func invalidRequest(_ description: String) -> APIError {
+        if description.hasPrefix("not valid JSON") || description.hasPrefix("expected a JSON object") {
+            return APIError(.badRequest, "invalid-json", "the body must be one JSON object: \(description)")
+        }
+        if let colon = description.range(of: ": ") {
+            let field = String(description[..<colon.lowerBound])
+            if !field.isEmpty, field.count <= 200, !field.contains(" ") {
+                return APIError(.badRequest, "invalid-field", description, field: field)
+            }
+        }
+        return APIError(.badRequest, "invalid-request", description)
+    }
+
+    /// A run's state and, once finished, its report: from this service's registry, else the run
+    /// directory's report.json, else the audit trail. Nil when no run has the id.
+    func lookup(_ runId: String) async throws -> (state: String, report: JSONValue?)? {
+        if let submitted = await registry.submitted(runId) {
+            let state = submitted.handle.currentState
+            if state == .finished { return ("finished", await submitted.handle.report().jsonValue) }
+            return (state.rawValue, nil)
+        }
+        let reportPath = stateDirectory + "/runs/" + runId + "/report.json"
+        if let bytes = FileBytes.read(reportPath, limit: 64 << 20),
+           let value = try? StrictJSON.parse(bytes, limits: .init(maxBytes: 64 << 20, maxDepth: 16)) {
+            return ("finished", value)
+        }
+        var found: String?
+        try supervisor.audit.runs { run in
+            if run.runId == runId { found = run.state }
+        }
+        return found.map { ($0, nil) }
+    }
+
+    @Sendable func show(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+        let id = try runId(context)
+        guard let (state, report) = try await lookup(id) else { throw APIError(.notFound, "not-found", "no run \(id)", field: "id") }
+        return Reply(response: API.json(.object(["id": .string(id), "state": .string(state), "report": report ?? .null])), runId: id)
+    }
+
+    @Sendable func wait(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+        let id = try runId(context)
+        if let submitted = await registry.submitted(id) {
+            let report = await submitted.handle.report()
+            return Reply(response: API.json(.object(["id": .string(id), "state": .string("finished"), "report": report.jsonValue])), runId: id)
+        }
+        guard let (state, report) = try await lookup(id) else { throw APIError(.notFound, "not-found", "no run \(id)", field: "id") }
+        guard let report else {
+            throw APIError(.conflict, "not-waitable", "run \(id) is \(state) and was not started by this service: its report cannot be awaited here")
+        }
+        return Reply(response: API.json(.object(["id": .string(id), "state": .string(state), "report": report])), runId: id)
+    }
+
+    @Sendable func cancel(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+        let id = try runId(context)
+        if let submitted = await registry.submitted(id) {
+            submitted.handle.cancel()
+            return Reply(response: API.json(.object(["id": .string(id), "state": .string(submitted.handle.currentState.rawValue),
+                                                     "cancelRequested": .bool(true)]), status: .accepted), runId: id)
+        }
+        guard let (state, _) = try await lookup(id) else { throw APIError(.notFound, "not-found", "no run \(id)", field: "id") }
+        throw APIError(.conflict, "not-cancellable", "run \(id) is \(state)\(state == "finished" ? "" : " and was not started by this service"): it cannot be cancelled")
+    }
+
+    @Sendable func list(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+        let query = API.query(request)
+        let states: Set = ["queued", "running", "finished", "abandoned"]
+        if let state = query["state"], !states.contains(state) {
+            throw APIError(.badRequest, "invalid-parameter", "state: must be queued, running, finished or abandoned, found \(state)", field: "state")
+        }
+        var wantedLabel: (String, String)?
+        if let label = query["label"] {
+            guard let eq = label.firstIndex(of: "=") else {
+                throw APIError(.badRequest, "invalid-parameter", "label: must be KEY=VALUE, found \(label)", field: "label")
+            }
+            wantedLabel = (String(label[..<eq]), String(label[label.index(after: eq)...]))
+        }
+        var limit = 100
+        if let text = query["limit"] {
+            guard let n = Int(text), (1...1000).contains(n) else {
+                throw APIError(.badRequest, "invalid-parameter", "limit: must be 1 to 1000, found \(text)", field: "limit")
+            }
+            limit = n
+        }
+        let after = query["after"] ?? ""
+        if !after.isEmpty && !RunIds.isValid(after) {
+            throw APIError(.badRequest, "invalid-parameter", "after: must be a run id (the last id of the previous page)", field: "after")
+        }
+        struct Row { var state: String; var outcome: String?; var exitStatus: Int32?; var name: String?; var labels: [String: String]; var createdAt: String? }
+        var rows: [String: Row] = [:]
+        var tags: [String: (String?, [String: String])] = [:]
+        try supervisor.audit.events(runId: nil, since: nil, kind: "run.created") { event in
+            guard let runId = event.runId, let detail = event.detailValue?.object else { return }
+            var labels: [String: String] = [:]
+            for (k, v) in detail["labels"]?.object ?? [:] { if let s = v.string { labels[k] = s } }
+            tags[runId] = (detail["name"]?.string, labels)
+        }
+        try supervisor.audit.runs { run in
+            let tag = tags[run.runId] ?? (nil, [:])
+            rows[run.runId] = Row(state: run.state, outcome: run.outcome, exitStatus: run.exitStatus, name: tag.0, labels: tag.1, createdAt: run.createdAt)
+        }
+        for (runId, submitted) in await registry.all {
+            let state = submitted.handle.currentState
+            if var row = rows[runId] {
+                if state != .finished { row.state = state.rawValue }
+                rows[runId] = row
+            } else {
+                rows[runId] = Row(state: state == .finished ? "running" : state.rawValue, outcome: nil, exitStatus: nil,
+                                  name: submitted.name, labels: submitted.labels, createdAt: nil)
+            }
+        }
+        let selected = rows.filter { id, row in
+            id > after && (query["state"].map { row.state == $0 } ?? true)
+                && (wantedLabel.map { row.labels[$0.0] == $0.1 } ?? true)
+        }.sorted { $0.key < $1.key }
+        let page = selected.prefix(limit)
+        let items: [JSONValue] = page.map { id, row in
+            .object([
+                "id": .string(id), "state": .string(row.state), "outcome": row.outcome.map { .string($0) } ?? .null,
+                "exitStatus": row.exitStatus.map { .number($0) } ?? .null, "name": row.name.map { .string($0) } ?? .null,
+                "labels": .object(row.labels.mapValues { .string($0) }), "createdAt": row.createdAt.map { .string($0) } ?? .null,
+            ])
+        }
+        let next: JSONValue = selected.count > limit ? .string(page.last!.key) : .null
+        return Reply(response: API.json(.object(["runs": .array(items), "next": next])), runId: nil)
+    }
+
+    @Sendable func logs(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+        let id = try runId(context)
+        let query = API.query(request)
+        let stream = query["stream"] ?? "stdout"
+        guard stream == "stdout" || stream == "stderr" else {
+            throw APIError(.badRequest, "invalid-parameter", "stream: must be stdout or stderr, found \(stream)", field: "stream")
+        }
+        var offset = 0
+        if let text = query["offset"] {
+            guard let n = Int(text), n >= 0 else { throw APIError(.badRequest, "invalid-parameter", "offset: must be a byte offset (0 or more), found \(text)", field: "offset") }
+            offset = n
+        }
+        if let follow = query["follow"], follow != "false" {
+            throw APIError(.badRequest, "unsupported", "follow: streaming logs as they are written is not supported yet; the logs are readable once the run has finished (wait for it with /v1/runs/{id}/wait)", field: "follow")
+        }
+        guard let (state, _) = try await lookup(id) else { throw APIError(.notFound, "not-found", "no run \(id)", field: "id") }
+        guard state == "finished" else {
+            throw APIError(.conflict, "logs-not-ready", "run \(id) is \(state): its logs are written when it ends")
+        }
+        let path = stateDirectory + "/runs/" + id + "/logs/" + stream + ".log"
+        guard let bytes = FileBytes.read(path, limit: 64 << 20) else {
+            throw APIError(.notFound, "no-logs", "run \(id) has no \(stream) log (it was refused before it ran, or its run directory was collected)")
+        }
+        let slice = offset < bytes.count ? Array(bytes[offset...]) : []
+        var headers = HTTPFields()
+        headers[.contentType] = "application/octet-stream"
+        headers[API.nextOffset] = String(max(offset, bytes.count))
+        return Reply(response: Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: slice))), runId: id)
+    }
+
+    // MARK: Events
+
+    @Sendable func events(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+        let query = API.query(request)
+        var since: Int64 = 0
+        if let text = request.headers[API.lastEventID] {
+            guard let n = Int64(text.trimmingCharacters(in: .whitespaces)), n >= 0 else {
+                throw APIError(.badRequest, "invalid-header", "Last-Event-ID: must be an event seq, found \(text)", field: "Last-Event-ID")
+            }
+            since = n
+        } else if let text = query["since"] {
+            guard let n = Int64(text), n >= 0 else { throw APIError(.badRequest, "invalid-parameter", "since: must be an event seq (0 or more), found \(text)", field: "since") }
+            since = n
+        }
+        let run = query["run"]
+        if let run, !RunIds.isValid(run) { throw APIError(.badRequest, "invalid-parameter", "run: must be a run id, found \(run)", field: "run") }
+        let kind = query["kind"]
+        if let kind, !AuditEventKind.known.contains(kind) {
+            throw APIError(.badRequest, "invalid-parameter", "kind: unknown event kind \(kind) (known: \(AuditEventKind.known.joined(separator: ", ")))", field: "kind")
+        }
+        var headers = HTTPFields()
+        headers[.contentType] = "text/event-stream"
+        headers[.cacheControl] = "no-store"
+        let stream = EventStream(audit: supervisor.audit, shutdown: shutdown, since: since, runId: run, kind: kind, logger: logger)
+        return Reply(response: Response(status: .ok, headers: headers, body: ResponseBody { writer in
+            try await stream.run(&writer)
+        }), runId: run)
+    }
+}
+
+/// A route no handler matches: a JSON 404 (or the router's status), recorded like any other call.
+struct UnmatchedRoutes: RouterMiddleware {
+    typealias Context = BasicRequestContext
+    let api: API
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as HTTPError {
+            let reply = Reply(response: APIError(error.status, error.status == .notFound ? "not-found" : "http-error",
+                                                 error.status == .notFound ? "no route \(request.method.rawValue) \(request.uri.path)" : (error.body ?? "\(error.status)")).response,
+                              runId: nil)
+            return api.audited(request, route: "unmatched", principal: nil, authFailure: nil, reply: reply)
+        }
+    }
+}
+
+/// Server-Sent Events over the audit trail: `id:` is the event's seq. The store is polled; each
+/// batch is bounded, and a write the client does not take within `stallSeconds` ends the stream,
+/// so a slow reader holds at most one batch and the socket's buffers.
+struct EventStream: Sendable {
+    let audit: any AuditStore
+    let shutdown: ShutdownFlag
+    var since: Int64
+    let runId: String?
+    let kind: String?
+    let logger: Logger
+    static let batch = 256
+    static let pollMilliseconds: UInt64 = 200
+    static let keepAliveSeconds = 15.0
+    /// 30 s, or `$STOCKADE_SERVE_STALL_SECONDS` (1 to 3600) for tests that stall a reader.
+    static let stallSeconds: UInt64 = {
+        let value = ProcessInfo.processInfo.environment["STOCKADE_SERVE_STALL_SECONDS"].flatMap(UInt64.init) ?? 30
+        return (1...3600).contains(value) ? value : 30
+    }()
+
+    struct Full: Error {}
+    struct Stalled: Error {}
+
+    func run(_ writer: inout any ResponseBodyWriter) async throws {
+        var cursor = since
+        var lastWrite = ContinuousClock.now
+        // A comment first: the client knows the stream is open before any event exists.
+        try await write(&writer, ": stockade events after seq \(cursor)\n\n")
+        while !shutdown.isSet && !Task.isCancelled {
+            var events: [AuditEvent] = []
+            do {
+                try audit.events(runId: runId, since: cursor, kind: kind) { event in
+                    events.append(event)
+                    if events.count >= Self.batch { throw Full() }
+                }
+            } catch is Full {}
+            if events.isEmpty {
+                if ContinuousClock.now - lastWrite > .seconds(Self.keepAliveSeconds) {
+                    try await write(&writer, ": keep-alive\n\n")
+                    lastWrite = .now
+                }
+                try await Task.sleep(for: .milliseconds(Self.pollMilliseconds))
+                continue
+            }
+            var text = ""
+            for event in events {
+                // The same object `stockade audit events --json` prints.
+                let data = event.jsonValue.serialized()
+                text += "id: \(event.seq)\nevent: \(event.kind)\ndata: \(data)\n\n"
+            }
+            try await write(&writer, text)
+            lastWrite = .now
+            cursor = events.last!.seq
+        }
+        try await writer.finish(nil)
+    }
+
+    /// Holds the writer while a child task writes and the parent waits on the stall timer: only one
+    /// task touches it at a time (the parent is suspended until both children have ended).
+    private final class WriterBox: @unchecked Sendable {
+        var writer: any ResponseBodyWriter
+        init(_ writer: any ResponseBodyWriter) { self.writer = writer }
+    }
+
+    private func write(_ writer: inout any ResponseBodyWriter, _ text: String) async throws {
+        let buffer = ByteBuffer(string: text)
+        // The write waits while the client does not read (NIO's back-pressure); past the stall
+        // limit the stream is cut rather than buffered.
+        let box = WriterBox(writer)
+        let written = try await withThrowingTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                try await box.writer.write(buffer)
+                return true
+            }
+            group.addTask {
+                try await Task.sleep(for: .seconds(Self.stallSeconds))
+                return false
+            }
+            let first = try await group.next()!
+            group.cancelAll()
+            return first
+        }
+        writer = box.writer
+        guard written else {
+            logger.notice("events.stalled", metadata: ["after": "\(Self.stallSeconds)s"])
+            throw Stalled()
+        }
+    }
+}
+
+enum RunIds {
+    /// A ULID: 26 characters of Crockford base32. Checked before an id reaches a path.
+    static func isValid(_ id: String) -> Bool {
+        id.utf8.count == 26 && id.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) }
+    }
+}
+
+enum FileBytes {
+    /// The whole file (no symlink followed at the last component), or nil.
+    static func read(_ path: String, limit: Int) -> [UInt8]? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while out.count <= limit {
+            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 { return nil }
+            if n == 0 { return out }
+            out += chunk[0..<n]
+        }
+        return nil
+    }
+}

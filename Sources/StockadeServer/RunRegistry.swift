@@ -1,0 +1,135 @@
+import Foundation
+import Logging
+import StockadeSupervisor
+import StockadeTokens
+import Synchronization
+
+/// The runs this service submitted and still has in hand, and the idempotency keys of submissions.
+/// A finished run leaves the registry: its report is then read from its run directory.
+actor RunRegistry {
+    struct Submitted: Sendable {
+        let handle: RunHandle
+        let labels: [String: String]
+        let name: String?
+    }
+
+    enum SubmitError: Error {
+        case queueFull(RunServiceError)
+        case closed
+        /// The key was used before by this principal with another body.
+        case keyReused
+        /// The stored keys could not be read: nothing was started.
+        case keyStoreFailed(String)
+    }
+
+    private enum Slot {
+        case pending(bodyHash: String, Task<Result<String, SubmitError>, Never>)
+        case done(bodyHash: String, runId: String)
+    }
+
+    let service: RunService
+    /// Where keys outlive the process (`idempotency_keys`): a retry after a restart still answers the first run.
+    let keyStore: TokenStore
+    let logger: Logger
+    private var runs: [String: Submitted] = [:]
+    private var keys: [String: Slot] = [:]
+    private var keyOrder: [String] = []
+    private static let maxKeys = 100_000
+    private var draining = false
+
+    init(service: RunService, keyStore: TokenStore, logger: Logger) {
+        self.service = service
+        self.keyStore = keyStore
+        self.logger = logger
+    }
+
+    func submitted(_ runId: String) -> Submitted? { runs[runId] }
+
+    var all: [String: Submitted] { runs }
+
+    var isDraining: Bool { draining }
+
+    /// Submits a run, or answers the first run of an earlier submission with the same key from the
+    /// same principal (never starting a second one, even for concurrent retries).
+    /// Returns the run id and whether it was a replay.
+    func submit(_ options: RunOptions, principal: String, idempotencyKey: String?, bodyHash: String) async -> Result<(String, Bool), SubmitError> {
+        guard let idempotencyKey else { return await start(options).map { ($0, false) } }
+        let slotKey = principal + "\n" + idempotencyKey
+        switch keys[slotKey] {
+        case .done(let hash, let runId)?:
+            return hash == bodyHash ? .success((runId, true)) : .failure(.keyReused)
+        case .pending(let hash, let task)?:
+            guard hash == bodyHash else { return .failure(.keyReused) }
+            return await task.value.map { ($0, true) }
+        case nil:
+            // A key from before a restart: no actor suspension between this read and taking the slot.
+            let stored: (bodySha256: String, runId: String)?
+            do {
+                stored = try keyStore.submission(principal: principal, key: idempotencyKey)
+            } catch {
+                return .failure(.keyStoreFailed(error.description))
+            }
+            if let stored {
+                keys[slotKey] = .done(bodyHash: stored.bodySha256, runId: stored.runId)
+                return stored.bodySha256 == bodyHash ? .success((stored.runId, true)) : .failure(.keyReused)
+            }
+            // The slot is taken before the first suspension: a concurrent retry finds it.
+            let task = Task { await self.start(options) }
+            keys[slotKey] = .pending(bodyHash: bodyHash, task)
+            let result = await task.value
+            switch result {
+            case .success(let runId):
+                keys[slotKey] = .done(bodyHash: bodyHash, runId: runId)
+                do {
+                    try keyStore.rememberSubmission(principal: principal, key: idempotencyKey, bodySha256: bodyHash, runId: runId)
+                } catch {
+                    // The run is under way; only a retry after a restart could start it twice.
+                    logger.error("idempotency-key.not-stored", metadata: ["run.id": "\(runId)", "error": "\(error)"])
+                }
+                keyOrder.append(slotKey)
+                if keyOrder.count > Self.maxKeys { keys[keyOrder.removeFirst()] = nil }
+            case .failure:
+                // A refused submission started nothing: a retry with the key may start the run.
+                keys[slotKey] = nil
+            }
+            return result.map { ($0, false) }
+        }
+    }
+
+    private func start(_ options: RunOptions) async -> Result<String, SubmitError> {
+        guard !draining else { return .failure(.closed) }
+        let handle: RunHandle
+        do {
+            handle = try await service.submit(options, whenFull: .refuse)
+        } catch {
+            if case .closed = error { return .failure(.closed) }
+            return .failure(.queueFull(error))
+        }
+        runs[handle.runId] = Submitted(handle: handle, labels: options.labels, name: options.name)
+        let runId = handle.runId
+        Task {
+            _ = await handle.report()
+            self.forget(runId)
+        }
+        return .success(runId)
+    }
+
+    private func forget(_ runId: String) {
+        runs[runId] = nil
+    }
+
+    /// Refuses new runs and cancels the queued ones (they never start); running ones go on.
+    func beginDrain() {
+        draining = true
+        for submitted in runs.values where submitted.handle.currentState == .queued { submitted.handle.cancel() }
+    }
+
+    var outstanding: [RunHandle] { runs.values.map(\.handle) }
+}
+
+/// Set once the runs are drained: event streams end and the listener closes.
+final class ShutdownFlag: Sendable {
+    private let value = Mutex(false)
+    var isSet: Bool { value.withLock { $0 } }
+    func set() { value.withLock { $0 = true } }
+}
