@@ -90,13 +90,13 @@ let package = Package(
         ], swiftSettings: strict),
         // `stockade serve`: the HTTP API over a Unix socket (Hummingbird on SwiftNIO).
         .target(name: "StockadeServer", dependencies: [
-            "StockadeSupervisor", "StockadeAudit", "StockadePolicy", "StockadeTokens",
+            "StockadeSupervisor", "StockadeAudit", "StockadePolicy", "StockadeTokens", "StockadeVerify",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .executableTarget(name: "stockade-server", dependencies: [
-            "StockadeServer", "StockadeSupervisor",
+            "StockadeServer", "StockadeSupervisor", "StockadeVerify",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),

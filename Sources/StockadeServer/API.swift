@@ -57,7 +57,12 @@ final class API: Sendable {
     let shutdown: ShutdownFlag
     let logger: Logger
 
-    init(supervisor: Supervisor, registry: RunRegistry, tokens: TokenStore, shutdown: ShutdownFlag, logger: Logger) {
+    /// The continuous verification's latest proof per profile (`--verify-every`), if it runs.
+    let verification: VerificationStatus?
+
+    init(supervisor: Supervisor, registry: RunRegistry, tokens: TokenStore, shutdown: ShutdownFlag, logger: Logger,
+         verification: VerificationStatus? = nil) {
+        self.verification = verification
         self.supervisor = supervisor
         self.registry = registry
         self.tokens = tokens
@@ -78,6 +83,7 @@ final class API: Sendable {
         router.get("/v1/runs/{id}/wait", use: endpoint("/v1/runs/{id}/wait", scope: .runRead, wait))
         router.get("/v1/runs/{id}/logs", use: endpoint("/v1/runs/{id}/logs", scope: .runRead, logs))
         router.get("/v1/events", use: endpoint("/v1/events", scope: .auditRead, events))
+        router.get("/metrics", use: endpoint("/metrics", scope: .auditRead, metrics))
         return router
     }
 
@@ -196,6 +202,15 @@ final class API: Sendable {
         ])), runId: nil)
     }
 
+    @Sendable func metrics(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+        let load = await registry.service.load
+        let entries = await verification?.entries ?? [:]
+        var headers = HTTPFields()
+        headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
+        let text = Metrics.text(load: load, verification: entries)
+        return Reply(response: Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: text))), runId: nil)
+    }
+
     @Sendable func submit(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
         if let length = request.headers[.contentLength].flatMap(Int.init), length > API.maxBody {
             throw APIError(.contentTooLarge, "body-too-large", "the request body is \(length) bytes; at most 1 MiB (1048576) is accepted")
@@ -219,6 +234,12 @@ final class API: Sendable {
             parsed = try BatchRequest.parse(body)
         } catch {
             throw API.invalidRequest(error.description)
+        }
+        // A profile under continuous verification whose required controls stopped holding runs nothing.
+        if let verification, let reason = await verification.refusal(for: parsed.options.profile) {
+            var refusal = APIError(.serviceUnavailable, "profile-not-verified", reason, field: "profile")
+            refusal.headers[.retryAfter] = "10"
+            throw refusal
         }
         let hash = SHA256.hash(data: body).map { String(format: "%02x", $0) }.joined()
         switch await registry.submit(parsed.options, principal: principal?.name ?? "", idempotencyKey: key, bodyHash: hash) {

@@ -14,8 +14,11 @@ public struct ServiceOptions: Sendable {
     public var maxRunning: Int
     public var maxQueued: Int
     public var graceSeconds: Int64
+    /// `--verify-every` and its companions; nil: no continuous verification.
+    public var verify: VerifyOptions?
 
-    public init(listen: Listen, stateDirectory: String, maxRunning: Int, maxQueued: Int, graceSeconds: Int64) {
+    public init(listen: Listen, stateDirectory: String, maxRunning: Int, maxQueued: Int, graceSeconds: Int64, verify: VerifyOptions? = nil) {
+        self.verify = verify
         self.listen = listen
         self.stateDirectory = stateDirectory
         self.maxRunning = maxRunning
@@ -44,7 +47,9 @@ public enum StockadeService {
         let service = RunService(supervisor: supervisor, admission: .init(maxRunning: options.maxRunning, maxQueued: options.maxQueued))
         let registry = RunRegistry(service: service, keyStore: tokens, logger: logger)
         let shutdown = ShutdownFlag()
-        let api = API(supervisor: supervisor, registry: registry, tokens: tokens, shutdown: shutdown, logger: logger)
+        let verification = options.verify.map { VerificationStatus(refuse: $0.refuse, profiles: $0.profiles) }
+        let api = API(supervisor: supervisor, registry: registry, tokens: tokens, shutdown: shutdown, logger: logger,
+                      verification: verification)
 
         let address: BindAddress
         switch options.listen {
@@ -80,7 +85,12 @@ public enum StockadeService {
             logger: logger)
         let drain = Drain(registry: registry, shutdown: shutdown, graceSeconds: options.graceSeconds, logger: logger)
         // Shut down in reverse order: the drain first (runs finish or are cancelled), then the listener.
-        var configuration = ServiceGroupConfiguration(services: [app, drain], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        var services: [any Service] = [app, drain]
+        if let verify = options.verify, let verification {
+            // Last in, first out at shutdown: no new verification starts once the service is stopping.
+            services.append(ContinuousVerification(supervisor: supervisor, service: service, options: verify, status: verification, logger: logger))
+        }
+        var configuration = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         // A shutdown that hangs past the grace period and a margin is cancelled rather than waited for.
         configuration.maximumGracefulShutdownDuration = .seconds(options.graceSeconds + 60)
         let group = ServiceGroup(configuration: configuration)

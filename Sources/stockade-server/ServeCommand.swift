@@ -5,6 +5,7 @@ import Logging
 import StockadeServer
 import StockadeSupervisor
 import StockadeTokens
+import StockadeVerify
 
 /// The `stockade serve` binary: `stockade serve ARGS` execs it with ARGS.
 struct Serve: AsyncParsableCommand {
@@ -20,12 +21,29 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Runs at once (1 to 256).") var maxRunning: Int = 2
     @Option(help: "Runs waiting beyond those (0 to 10000); past that a submission is answered 429.") var maxQueued: Int = 16
     @Option(help: "How long running runs may go on after SIGTERM before they are cancelled: seconds or 30s, 5m.") var grace: String = "30s"
+    @Option(help: "Prove the controls continuously: verify each --verify-profile at start, this often (seconds or 30s, 6h), and whenever its file changes; record each verification and publish it in /metrics.")
+    var verifyEvery: String?
+    @Option(help: "A profile kept under proof (repeatable; default: default).") var verifyProfile: [String] = []
+    @Option(help: "Only these controls (an id, a prefix ending in *, class:N; repeatable), as verify --only.") var verifyOnly: [String] = []
+    @Option(help: "The required controls, as verify --controls FILE; without it every applicable control must hold.") var verifyControls: String?
+    @Option(help: "When a profile's required controls do not hold (or are not proven yet): refuse (default) new runs under it with 503, or allow them.")
+    var onVerifyFailure: String = "refuse"
 
     func validate() throws {
         do { _ = try Listen.parse(listen) } catch { throw ValidationError(error.description) }
         guard (1...256).contains(maxRunning) else { throw ValidationError("--max-running: expected 1 to 256, found \(maxRunning)") }
         guard (0...10_000).contains(maxQueued) else { throw ValidationError("--max-queued: expected 0 to 10000, found \(maxQueued)") }
         guard DurationText.seconds(grace) != nil else { throw ValidationError("--grace: expected seconds or a duration such as 30s or 5m, found \(grace)") }
+        if let verifyEvery, (DurationText.seconds(verifyEvery) ?? 0) < 1 {
+            throw ValidationError("--verify-every: expected seconds or a duration such as 30s or 6h, found \(verifyEvery)")
+        }
+        guard ["refuse", "allow"].contains(onVerifyFailure) else { throw ValidationError("--on-verify-failure: expected refuse or allow, found \(onVerifyFailure)") }
+        for selector in verifyOnly where ControlCatalog.select(selector).isEmpty {
+            throw ValidationError("--verify-only: \(selector) names no control (see stockade verify --list)")
+        }
+        if verifyEvery == nil && (!verifyProfile.isEmpty || !verifyOnly.isEmpty || verifyControls != nil) {
+            throw ValidationError("--verify-profile, --verify-only and --verify-controls need --verify-every")
+        }
     }
 
     func run() async throws {
@@ -36,10 +54,25 @@ struct Serve: AsyncParsableCommand {
         // The spawn helpers first, before the audit store, any profile or the HTTP stack exists.
         Supervisor.prepareToSpawn(concurrency: min(maxRunning, 4))
         let environment = ProcessInfo.processInfo.environment
+        var verify: VerifyOptions?
+        if let verifyEvery {
+            var requirements: ControlRequirements?
+            if let file = verifyControls {
+                do {
+                    let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: file)))
+                    requirements = try ControlRequirements.parse(bytes)
+                } catch {
+                    FileHandle.standardError.write(Data("stockade serve: --verify-controls \(file): \(error)\n".utf8))
+                    throw ExitCode(2)
+                }
+            }
+            verify = VerifyOptions(everySeconds: DurationText.seconds(verifyEvery) ?? 21600, profiles: verifyProfile.isEmpty ? ["default"] : verifyProfile,
+                                   only: verifyOnly, requirements: requirements, refuse: onVerifyFailure == "refuse")
+        }
         let options = ServiceOptions(
             listen: try Listen.parse(listen),
             stateDirectory: StateDirectory.resolve(explicit: stateDir, environment: environment),
-            maxRunning: maxRunning, maxQueued: maxQueued, graceSeconds: DurationText.seconds(grace) ?? 30)
+            maxRunning: maxRunning, maxQueued: maxQueued, graceSeconds: DurationText.seconds(grace) ?? 30, verify: verify)
         let level = environment["STOCKADE_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .notice
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)

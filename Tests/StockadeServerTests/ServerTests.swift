@@ -356,4 +356,58 @@ struct ServerTests {
         #expect(result.stderr.contains("run.finished"))
         #expect(server.terminate() == 0)
     }
+
+    @Test("--verify-every: each profile proven at start and on change, published in /metrics and the trail; runs under a failing one refused")
+    func continuousVerification() throws {
+        let dir = "/tmp/stk-verify-" + UUID().uuidString.prefix(8)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // A profile that grants the keyring calls: the required control cannot hold under it.
+        let weak = dir + "/weak.json"
+        try Data(#"{"extends":"default","seccomp":{"allow":["add_key","keyctl"]}}"#.utf8).write(to: URL(fileURLWithPath: weak))
+        let controls = dir + "/controls.json"
+        try Data(#"{"version":1,"profiles":{"*":{"require":["seccomp.keyrings"]}}}"#.utf8).write(to: URL(fileURLWithPath: controls))
+        let server = try ServerHarness(arguments: ["--verify-every", "1h", "--verify-profile", "default", "--verify-profile", weak,
+                                                   "--verify-only", "seccomp.keyrings", "--verify-controls", controls])
+        let auditor = try server.token("scraper", scopes: "audit:read")
+        let engine = try server.token("engine", scopes: "run:read,run:write")
+        func metrics() throws -> String { try server.client.request("GET", "/metrics", token: auditor).text }
+        func waitFor(_ line: String, seconds: Int = 90) throws -> String {
+            var text = ""
+            for _ in 0..<(seconds * 4) {
+                text = try metrics()
+                if text.contains(line) { return text }
+                usleep(250_000)
+            }
+            Issue.record("no \(line) in /metrics after \(seconds) s: \(text)\n\(server.log)")
+            return text
+        }
+        let text = try waitFor(#"stockade_verification_passed{profile="\#(weak)"}"#)
+        _ = try waitFor(#"stockade_verification_passed{profile="default"}"#)
+        let all = try metrics()
+        #expect(all.contains(#"stockade_verification_passed{profile="default"} 1"#), "\(all)")
+        #expect(all.contains(#"stockade_controls{profile="default",verdict="enforced"} 1"#), "\(all)")
+        #expect(all.contains(#"stockade_verification_passed{profile="\#(weak)"} 0"#), "\(text)")
+        #expect(all.contains(#"stockade_controls{profile="\#(weak)",verdict="not-applicable"} 1"#), "\(all)")
+        #expect(try server.client.request("GET", "/metrics", token: engine).status == 403, "metrics need audit:read")
+
+        // A run under the failing profile is refused, naming it; under the proven one it runs.
+        let refused = try server.client.request("POST", "/v1/runs", token: engine, json: #"{"profile":"\#(weak)","command":["/bin/true"]}"#)
+        #expect(refused.status == 503, "\(refused.text)")
+        #expect(try refused.error().code == "profile-not-verified")
+        #expect(try refused.error().field == "profile")
+        let accepted = try server.client.request("POST", "/v1/runs", token: engine, json: #"{"command":["/bin/true"]}"#)
+        #expect(accepted.status == 202, "\(accepted.text)")
+
+        // Each verification is on record.
+        let events = try server.stockade(["audit", "events", "--kind", "verification", "--json"]).stdout.split(separator: "\n")
+        #expect(events.count >= 2, "\(events)")
+
+        // The profile is fixed: the change is seen and proven again without waiting the hour, and runs go.
+        try Data(#"{"extends":"default"}"#.utf8).write(to: URL(fileURLWithPath: weak))
+        _ = try waitFor(#"stockade_verification_passed{profile="\#(weak)"} 1"#)
+        let now = try server.client.request("POST", "/v1/runs", token: engine, json: #"{"profile":"\#(weak)","command":["/bin/true"]}"#)
+        #expect(now.status == 202, "\(now.text)")
+        #expect(server.terminate() == 0)
+    }
 }
