@@ -272,4 +272,16 @@ struct DocumentationTests {
     static func sha256(_ bytes: [UInt8]) -> String {
         SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
     }
+
+    @Test("the shipped systemd unit starts stockade serve with flags it has, and delegates its cgroup subtree")
+    func systemdUnit() throws {
+        let unit = try Self.text("packaging/stockade.service")
+        let exec = try #require(unit.split(separator: "\n").first { $0.hasPrefix("ExecStart=") }.map(String.init))
+        #expect(exec.contains("/stockade serve "), "\(exec)")
+        let help = try Harness.exec(Harness.stockade, ["serve", "--help"])
+        for flag in exec.split(separator: " ").filter({ $0.hasPrefix("--") }) {
+            #expect(help.stdout.contains(String(flag)), "\(flag) is not a flag of stockade serve")
+        }
+        #expect(unit.contains("Delegate=yes") && unit.contains("KillSignal=SIGTERM"))
+    }
 }
