@@ -1,4 +1,5 @@
 import Foundation
+import StockadeLinux
 import Testing
 
 /// Findings of the adversarial review (threat classes 4, 7, 8 and 12), each attacked through the real binary.
@@ -9,7 +10,10 @@ struct HardeningTests {
     /// `keyctl` twice (denied by every built-in profile); the main process exits as soon as
     /// all of them have started, while their calls are pending in the seccomp listener.
     static func denialsAtExit(children: Int, forever: Bool = false) -> [String] {
-        let calls = forever ? "while (1) { syscall(250, 0, 0, 0, 0) }" : "syscall(250, 0, 0, 0, 0); syscall(250, 0, 0, 0, 0);"
+        // Forever, paced at one call a millisecond: never near the notification budget within the hold
+        // bound, so the run's end is the hold's doing (a tight loop may reach the budget on a fast host:
+        // that is `notificationFloodIsAViolation`'s case).
+        let calls = forever ? "while (1) { syscall(250, 0, 0, 0, 0); select(undef, undef, undef, 0.001) }" : "syscall(250, 0, 0, 0, 0); syscall(250, 0, 0, 0, 0);"
         let script = """
         pipe(my $r, my $w) or die; for (1..\(children)) { my $p = fork(); die "fork: $!" unless defined $p;
         if (!$p) { close $r; syswrite($w, "x"); \(calls) exit 0 } }
@@ -60,6 +64,22 @@ struct HardeningTests {
         #expect(report.string("outcome") == "exited", "\(report)")
         // "exited", not "timeout": the hold is bounded (one second after the main process's exit).
         #expect(Self.seccompCount(report, "keyctl") > 0)
+    }
+
+    @Test("a worker flooding the supervisor with denied calls is killed past the notification budget: outcome seccomp, the kill on record")
+    func notificationFloodIsAViolation() throws {
+        // Positive control: unsandboxed, the loop runs until its own bound (the kernel answers each call).
+        let loop = "for (1..200000) { syscall(250, 0, 0, 0, 0) } print \"done\\n\";"
+        #expect(try Harness.exec("/usr/bin/perl", ["-e", loop]).stdout == "done\n")
+        let h = try Harness()
+        let r = try h.run(["--timeout", "60"], ["/usr/bin/perl", "-e", loop])
+        let report = try r.report()
+        #expect(report.string("outcome") == "seccomp", "\(report)")
+        #expect(report.string("stdout") == "", "the loop never finished")
+        #expect(Self.seccompCount(report, "keyctl") > WorkerMonitor.notificationBudget)
+        let runId = try #require(report.string("runId"))
+        let kills = try auditEvents(h, ["--run", runId]).filter { $0["kind"] as? String == "kill" }
+        #expect(kills.contains { ($0["detail"] as? [String: Any])?["reason"] as? String == "seccomp" }, "\(kills)")
     }
 
     /// Opens connections to a listener of its own that never reads, and queues up to `cap` bytes
