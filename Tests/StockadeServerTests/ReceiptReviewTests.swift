@@ -73,9 +73,11 @@ struct ReceiptReviewTests {
         let last = try #require((seqs["last"] as? NSNumber)?.intValue)
         #expect(first < last)
         // The range is the run's events: run.created first, run.finished last.
-        let events = try server.stockade(["audit", "events", "--run", id, "--json"]).stdout.split(separator: "\n")
-        #expect(events.first?.contains("\"seq\":\(first),") == true && events.first?.contains("run.created") == true)
-        #expect(events.last?.contains("\"seq\":\(last),") == true && events.last?.contains("run.finished") == true)
+        let events = try server.stockade(["audit", "events", "--run", id, "--json"]).stdout.split(separator: "\n").map {
+            try #require(try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])
+        }
+        #expect((events.first?["seq"] as? NSNumber)?.intValue == first && events.first?["kind"] as? String == "run.created")
+        #expect((events.last?["seq"] as? NSNumber)?.intValue == last && events.last?["kind"] as? String == "run.finished")
         // Signed with the checkpoint key; the document carries its id and public key.
         let publicHex = try String(contentsOfFile: server.stateDirectory + "/keys/audit-checkpoint.ed25519.pub", encoding: .utf8)
             .trimmingCharacters(in: .whitespacesAndNewlines)
@@ -166,7 +168,7 @@ struct ReceiptReviewTests {
 
         // Scopes: review:read cannot decide; run tokens cannot read reviews.
         let forbidden = try server.client.request("POST", "/v1/reviews/\(diff)/accept", token: reader, json: "{}")
-        #expect(forbidden.status == 403 && (try forbidden.error().code) == "forbidden")
+        #expect(try forbidden.status == 403 && forbidden.error().code == "forbidden")
 
         // The principal that submitted the run may not accept its diff.
         let own = try server.client.request("POST", "/v1/reviews/\(diff)/accept", token: engine, json: #"{"note":"mine"}"#)
@@ -176,7 +178,7 @@ struct ReceiptReviewTests {
         #expect(try server.client.request("POST", "/v1/reviews/\(diff)/reject", token: engine, json: "{}").status == 403)
         // A body with an unknown key names it.
         let badBody = try server.client.request("POST", "/v1/reviews/\(diff)/accept", token: reviewer, json: #"{"notes":"x"}"#)
-        #expect(badBody.status == 400 && (try badBody.error().field) == "notes", "\(badBody.text)")
+        #expect(try badBody.status == 400 && badBody.error().field == "notes", "\(badBody.text)")
 
         let accepted = try server.client.request("POST", "/v1/reviews/\(diff)/accept", token: reviewer, json: #"{"note":"looks right"}"#)
         #expect(accepted.status == 200, "\(accepted.text)")
@@ -185,7 +187,7 @@ struct ReceiptReviewTests {
         #expect(try accepted.json()["note"] as? String == "looks right")
         #expect(try String(contentsOfFile: ws + "/made.txt", encoding: .utf8) == "made\n")
         let again = try server.client.request("POST", "/v1/reviews/\(diff)/reject", token: reviewer, json: "{}")
-        #expect(again.status == 409 && (try again.error().code) == "already-decided", "\(again.text)")
+        #expect(try again.status == 409 && again.error().code == "already-decided", "\(again.text)")
         #expect(try server.client.request("POST", "/v1/reviews/99999/accept", token: reviewer, json: "{}").status == 404)
         #expect(try server.client.request("GET", "/v1/reviews/99999", token: reader).status == 404)
         #expect(try server.client.request("GET", "/v1/reviews/x1", token: reader).status == 404)
@@ -206,7 +208,7 @@ struct ReceiptReviewTests {
         #expect(server.terminate() == 0)
         let restarted = try ServerHarness(sharing: server)
         let stillOwn = try restarted.client.request("POST", "/v1/reviews/\(thirdDiff)/accept", token: engine, json: "{}")
-        #expect(stillOwn.status == 403 && (try stillOwn.error().code) == "self-approval", "\(stillOwn.text)")
+        #expect(try stillOwn.status == 403 && stillOwn.error().code == "self-approval", "\(stillOwn.text)")
         #expect(restarted.terminate() == 0)
     }
 
@@ -224,7 +226,7 @@ struct ReceiptReviewTests {
         #expect(try String(contentsOfFile: ws + "/own.txt", encoding: .utf8) == "own\n")
         // A wrong type for the key is refused by name.
         try #"{"extends": "default", "review": {"allowSelfApproval": "yes"}}"#.write(toFile: profile, atomically: true, encoding: .utf8)
-        let check = try server.stockade(["profile", "check", profile])
+        let check = try ServerHarness.exec(ServerHarness.stockade, ["profile", "check", profile])
         #expect(check.status != 0 && (check.stdout + check.stderr).contains("review.allowSelfApproval"), "\(check.stdout) \(check.stderr)")
         #expect(server.terminate() == 0)
     }
