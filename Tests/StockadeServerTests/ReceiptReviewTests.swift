@@ -165,6 +165,10 @@ struct ReceiptReviewTests {
         let cli = try server.stockade(["review", "show", "\(diff)", "--json"])
         #expect(try JSONSerialization.jsonObject(with: Data(cli.stdout.utf8)) as? NSDictionary == (try shown.json()) as NSDictionary)
         #expect(try server.client.request("GET", "/v1/reviews?state=bogus", token: reader).status == 400)
+        // The run's receipt carries the diff's SHA-256 from its record.
+        let receipt = try #require(try server.client.request("GET", "/v1/runs/\(id)/receipt", token: engine).json()["receipt"] as? [String: Any])
+        #expect(receipt["diffSha256"] as? String == (try shown.json()["sha256"] as? String), "\(receipt)")
+        #expect((receipt["diffSha256"] as? String)?.count == 64)
 
         // Scopes: review:read cannot decide; run tokens cannot read reviews.
         let forbidden = try server.client.request("POST", "/v1/reviews/\(diff)/accept", token: reader, json: "{}")
