@@ -101,7 +101,8 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .executableTarget(name: "stockade", dependencies: [
-            "StockadeSupervisor", "StockadeVerify", "StockadeImages", "StockadeTokens",
+            "StockadeSupervisor", "StockadeVerify", "StockadeImages", "StockadeTokens", "StockadeAudit",
+            .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
@@ -129,7 +130,8 @@ let package = Package(
         // Runs the real `stockade` binary with the probes: both must be built first.
         .testTarget(name: "StockadeEndToEndTests", dependencies: ["StockadeSupervisor", "StockadeVerify", "StockadeTestSupport", "stockade", "stockade-probe"], swiftSettings: strict),
         // Runs the real `stockade-server` over a Unix socket and the `stockade` CLI: both built first.
-        .testTarget(name: "StockadeServerTests", dependencies: ["StockadePolicy", "StockadeTokens", "stockade", "stockade-server"], swiftSettings: strict),
+        .testTarget(name: "StockadeServerTests", dependencies: ["StockadePolicy", "StockadeTokens", "stockade", "stockade-server",
+                                                                .product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]
 )

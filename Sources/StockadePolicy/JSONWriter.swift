@@ -169,7 +169,7 @@ extension Profile {
                                 "maxFileBytes": size(b.maxFileBytes), "maxTotalBytes": size(b.maxTotalBytes),
                                 "maxPathLength": .number(b.maxPathLength), "maxPathDepth": .number(b.maxPathDepth),
                                 "maxPatches": .number(b.maxPatches)]),
-            "review": .object(["autoAcceptDiffs": .bool(review.autoAcceptDiffs)]),
+            "review": .object(["autoAcceptDiffs": .bool(review.autoAcceptDiffs), "allowSelfApproval": .bool(review.allowSelfApproval)]),
         ]
         switch root {
         case .host: break

@@ -158,6 +158,8 @@ public struct Profile: Sendable, Equatable {
 
     public struct Review: Sendable, Equatable {
         public var autoAcceptDiffs = false
+        /// Whether the principal that submitted a run through the API may decide its diff.
+        public var allowSelfApproval = false
         public init() {}
     }
 }

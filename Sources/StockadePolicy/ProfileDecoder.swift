@@ -137,9 +137,13 @@ public struct ProfileDecoder {
         if let v = root["secrets"] { profile.secrets = decodeSecrets(v) }
         if let v = root["seccomp"] { applySeccomp(v, to: &profile.seccomp) }
         if let v = root["bundles"] { applyBundles(v, to: &profile.bundles) }
-        if let v = root["review"], let review = object(v, "review", keys: ["autoAcceptDiffs"]),
-           let flag = review["autoAcceptDiffs"], let accept = bool(flag, "review.autoAcceptDiffs") {
-            profile.review.autoAcceptDiffs = accept
+        if let v = root["review"], let review = object(v, "review", keys: ["autoAcceptDiffs", "allowSelfApproval"]) {
+            if let flag = review["autoAcceptDiffs"], let accept = bool(flag, "review.autoAcceptDiffs") {
+                profile.review.autoAcceptDiffs = accept
+            }
+            if let flag = review["allowSelfApproval"], let allow = bool(flag, "review.allowSelfApproval") {
+                profile.review.allowSelfApproval = allow
+            }
         }
     }
 

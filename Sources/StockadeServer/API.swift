@@ -82,6 +82,11 @@ final class API: Sendable {
         router.post("/v1/runs/{id}/cancel", use: endpoint("/v1/runs/{id}/cancel", scope: .runWrite, cancel))
         router.get("/v1/runs/{id}/wait", use: endpoint("/v1/runs/{id}/wait", scope: .runRead, wait))
         router.get("/v1/runs/{id}/logs", use: endpoint("/v1/runs/{id}/logs", scope: .runRead, logs))
+        router.get("/v1/runs/{id}/receipt", use: endpoint("/v1/runs/{id}/receipt", scope: .runRead, receipt))
+        router.get("/v1/reviews", use: endpoint("/v1/reviews", scope: .reviewRead, reviews))
+        router.get("/v1/reviews/{id}", use: endpoint("/v1/reviews/{id}", scope: .reviewRead, review))
+        router.post("/v1/reviews/{id}/accept", use: endpoint("/v1/reviews/{id}/accept", scope: .reviewSubmit, acceptReview))
+        router.post("/v1/reviews/{id}/reject", use: endpoint("/v1/reviews/{id}/reject", scope: .reviewSubmit, rejectReview))
         router.get("/v1/events", use: endpoint("/v1/events", scope: .auditRead, events))
         router.get("/metrics", use: endpoint("/metrics", scope: .auditRead, metrics))
         return router
@@ -212,16 +217,7 @@ final class API: Sendable {
     }
 
     @Sendable func submit(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
-        if let length = request.headers[.contentLength].flatMap(Int.init), length > API.maxBody {
-            throw APIError(.contentTooLarge, "body-too-large", "the request body is \(length) bytes; at most 1 MiB (1048576) is accepted")
-        }
-        var body: [UInt8] = []
-        for try await buffer in request.body {
-            body += buffer.readableBytesView
-            if body.count > API.maxBody {
-                throw APIError(.contentTooLarge, "body-too-large", "the request body is over 1 MiB (1048576 bytes)")
-            }
-        }
+        let body = try await API.body(request)
         var key: String?
         if let value = request.headers[API.idempotencyKey] {
             guard (1...255).contains(value.utf8.count), value.utf8.allSatisfy({ $0 >= 0x21 && $0 <= 0x7E }) else {
@@ -229,12 +225,14 @@ final class API: Sendable {
             }
             key = value
         }
-        let parsed: BatchRequest
+        var parsed: BatchRequest
         do {
             parsed = try BatchRequest.parse(body)
         } catch {
             throw API.invalidRequest(error.description)
         }
+        // Recorded in run.created: the principal that may not decide this run's diff.
+        parsed.options.submittedBy = principal?.name
         // A profile under continuous verification whose required controls stopped holding runs nothing.
         if let verification, let reason = await verification.refusal(for: parsed.options.profile) {
             var refusal = APIError(.serviceUnavailable, "profile-not-verified", reason, field: "profile")
@@ -260,6 +258,21 @@ final class API: Sendable {
             throw APIError(.unprocessableContent, "idempotency-key-reused",
                            "this Idempotency-Key was used before with another body: use a new key for a new run", field: "Idempotency-Key")
         }
+    }
+
+    /// The request body, at most 1 MiB (413 beyond).
+    static func body(_ request: Request) async throws -> [UInt8] {
+        if let length = request.headers[.contentLength].flatMap(Int.init), length > API.maxBody {
+            throw APIError(.contentTooLarge, "body-too-large", "the request body is \(length) bytes; at most 1 MiB (1048576) is accepted")
+        }
+        var body: [UInt8] = []
+        for try await buffer in request.body {
+            body += buffer.readableBytesView
+            if body.count > API.maxBody {
+                throw APIError(.contentTooLarge, "body-too-large", "the request body is over 1 MiB (1048576 bytes)")
+            }
+        }
+        return body
     }
 
     /// A batch parser message (`key: reason`, `not valid JSON: ...`) as a 400 naming the field.

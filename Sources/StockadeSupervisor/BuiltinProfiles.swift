@@ -29,7 +29,7 @@ enum BuiltinProfiles {
   },
   "secrets": [],
   "seccomp": { "base": "stockade", "allow": [], "deny": [], "onViolation": "errno" },
-  "review": { "autoAcceptDiffs": false }
+  "review": { "autoAcceptDiffs": false, "allowSelfApproval": false }
 }
 """#,
         "strict": #"""

@@ -32,6 +32,10 @@ public struct RunOptions: Sendable {
     /// The worker's root: an imported image, or a directory (else the profile's `root`).
     public var image: String?
     public var rootfs: String?
+    /// The API principal (token name) that submitted the run, recorded in `run.created` as
+    /// `submittedBy`: who may not decide the run's diff (see `review.allowSelfApproval`). Set by the
+    /// service, never from a request body; nil for runs started from the command line.
+    public var submittedBy: String?
 
     public init(command: [String]? = nil) {
         self.command = command

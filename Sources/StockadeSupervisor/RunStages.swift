@@ -1,3 +1,4 @@
+import Crypto
 import Glibc
 import Logging
 import StockadeAudit
@@ -336,6 +337,8 @@ extension Supervisor {
             "profileDigest": .string(plan.loaded.digest),
             "uid": .number(profile.user.uid), "hostUid": .number(sandbox.hostUid),
             "seccompInstructions": .number(sandbox.program.instructionCount),
+            // SHA-256 of the compiled BPF program as loaded (8 bytes an instruction): run receipts carry it.
+            "seccompSha256": .string(Hex.lowercase(SHA256.hash(data: sandbox.program.bytes))),
             "cgroup": .object(["version": .string(sandbox.cgroup.version.rawValue), "paths": .array(sandbox.cgroup.paths.map { .string($0) })]),
             "volumes": .array(profile.volumes.map { .string("\($0.source):\($0.target):\($0.readOnly ? "ro" : "rw")") }),
         ])

@@ -285,6 +285,10 @@ public final class Supervisor: Sendable {
         if let r = options.request { detail["request"] = .string(r) }
         if !options.labels.isEmpty { detail["labels"] = .object(options.labels.mapValues { .string($0) }) }
         if let name = options.name { detail["name"] = .string(name) }
+        if let principal = options.submittedBy { detail["submittedBy"] = .string(principal) }
+        // What the run's profile said about self-approval when it ran: a later edit of the profile
+        // cannot widen who may decide this run's diff.
+        detail["allowSelfApproval"] = .bool(profile.review.allowSelfApproval)
         if profile.network.mode == .proxy {
             // The rules the proxy enforces for this run, as resolved (profile, then --allow-host).
             let e = profile.network.egress

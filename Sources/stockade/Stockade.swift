@@ -10,7 +10,7 @@ struct Stockade: AsyncParsableCommand {
         abstract: "Run untrusted workers in Linux namespaces with seccomp, cgroup limits and an audit trail.",
         discussion: "Exit status of `run`: the worker's code; 128+signal; 137 oom; 124 timeout; 159 seccomp; 125 setup failure, bad profile or usage; 126/127 command not executable/not found. Other commands: 0 success, 1 failure, 2 usage. --state-dir DIR (else $STOCKADE_STATE_DIR, $XDG_STATE_HOME/stockade, ~/.local/state/stockade) may come before the subcommand or after it. --log-format text|json (before the subcommand): the format of log lines on stderr; $STOCKADE_LOG sets their level (default warning).",
         version: "0.1.0",
-        subcommands: [Run.self, Batch.self, ProfileCommand.self, AuditCommand.self, ReviewCommand.self, Verify.self, Gc.self, ImageCommand.self, Serve.self, TokenCommand.self]
+        subcommands: [Run.self, Batch.self, ProfileCommand.self, AuditCommand.self, ReviewCommand.self, Verify.self, Gc.self, ImageCommand.self, Serve.self, TokenCommand.self, ReceiptCommand.self]
     )
 }
 

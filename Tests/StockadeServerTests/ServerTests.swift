@@ -11,6 +11,12 @@ private let protectedRoutes: [(method: String, path: String, scope: String)] = [
     ("POST", "/v1/runs/01M8T8XVRWJ2JTE6RJBTBY81KR/cancel", "run:write"),
     ("GET", "/v1/runs/01M8T8XVRWJ2JTE6RJBTBY81KR/wait", "run:read"),
     ("GET", "/v1/runs/01M8T8XVRWJ2JTE6RJBTBY81KR/logs", "run:read"),
+    ("GET", "/v1/runs/01M8T8XVRWJ2JTE6RJBTBY81KR/receipt", "run:read"),
+    ("GET", "/v1/reviews", "review:read"),
+    ("GET", "/v1/reviews?state=pending", "review:read"),
+    ("GET", "/v1/reviews/1", "review:read"),
+    ("POST", "/v1/reviews/1/accept", "review:submit"),
+    ("POST", "/v1/reviews/1/reject", "review:submit"),
     ("GET", "/v1/events", "audit:read"),
 ]
 
