@@ -164,13 +164,15 @@ public struct AuditCheckpoint: Sendable, Equatable {
     }
 
     /// Lowercase hex only: one spelling per value, so the text a checkpoint signs has one form.
-    static func decodeHex(_ text: String) -> [UInt8]? {
+    /// With `allowUppercase`, for keys a person types (`receipt verify --public-key`).
+    public static func decodeHex(_ text: String, allowUppercase: Bool = false) -> [UInt8]? {
         let digits = Array(text.utf8)
         guard digits.count % 2 == 0 else { return nil }
         func nibble(_ d: UInt8) -> UInt8? {
             switch d {
             case 0x30...0x39: d - 0x30
             case 0x61...0x66: d - 0x57
+            case 0x41...0x46 where allowUppercase: d - 0x37
             default: nil
             }
         }

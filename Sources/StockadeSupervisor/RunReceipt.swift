@@ -236,7 +236,7 @@ public enum RunReceipt {
     /// checkpoint key's `.pub`), or the key itself as 64 hex digits or base64 of its 32 bytes.
     public static func publicKey(_ argument: String) throws -> Curve25519.Signing.PublicKey {
         let inline: [UInt8]? = {
-            if argument.utf8.count == 64, let raw = hexBytes(argument) { return raw }
+            if argument.utf8.count == 64, let raw = AuditCheckpoint.decodeHex(argument, allowUppercase: true) { return raw }
             if argument.utf8.count == 44, let data = Data(base64Encoded: argument), data.count == 32 { return Array(data) }
             return nil
         }()
@@ -244,27 +244,5 @@ public enum RunReceipt {
             return try Curve25519.Signing.PublicKey(rawRepresentation: inline)
         }
         return try CheckpointKeyFile.loadPublicKey(path: argument)
-    }
-
-    /// Lowercase or uppercase hex digits only (no sign, no prefix).
-    static func hexBytes(_ text: String) -> [UInt8]? {
-        let digits = Array(text.utf8)
-        guard digits.count % 2 == 0 else { return nil }
-        func nibble(_ d: UInt8) -> UInt8? {
-            switch d {
-            case 0x30...0x39: d - 0x30
-            case 0x61...0x66: d - 0x57
-            case 0x41...0x46: d - 0x37
-            default: nil
-            }
-        }
-        var out: [UInt8] = []
-        var i = 0
-        while i < digits.count {
-            guard let high = nibble(digits[i]), let low = nibble(digits[i + 1]) else { return nil }
-            out.append(high << 4 | low)
-            i += 2
-        }
-        return out
     }
 }

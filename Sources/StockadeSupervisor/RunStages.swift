@@ -327,6 +327,8 @@ extension Supervisor {
         do {
             monitor = try WorkerMonitor(worker: worker, stdout: stdio.stdoutRead, stderr: stdio.stderrRead, configuration: config)
         } catch {
+            // The scope's guard kills the worker: on record first, as every setup kill is.
+            _ = recordQuietly(scope, "kill", ["reason": .string(error.stage.rawValue), "when": .string("setup")])
             throw SetupFailure(error)
         }
         stdio.readEndsHandedOver()
