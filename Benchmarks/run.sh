@@ -47,8 +47,12 @@ if [ -n "${STOCKADE_BENCH_BIN:-}" ]; then
 else
     # As deployed: the Swift standard library linked statically (start-up 15 -> 8 ms).
     (cd "$ROOT" && swift build -c release --static-swift-stdlib --scratch-path .build-static --product stockade >&2)
+    (cd "$ROOT" && swift build -c release --static-swift-stdlib --scratch-path .build-static --product stockade-server >&2)
     STOCKADE="$ROOT/.build-static/release/stockade"
 fi
+# `stockade serve` execs the stockade-server beside the stockade binary.
+SERVER="$(dirname "$STOCKADE")/stockade-server"
+[ -x "$SERVER" ] || { echo "run.sh: $SERVER is missing (build the stockade-server product beside $STOCKADE)" >&2; exit 1; }
 gcc -O2 -Wall -Wextra -Werror -o "$WORK/floor" "$HERE/floor/floor.c"
 FLOOR="$WORK/floor"
 (cd "$HERE" && swift build -c release >&2)
@@ -118,6 +122,8 @@ echo "== (3) supervisor RSS with 100 sleeping workers" >&2
 RSS_ROWS="$("$BENCH" rss --stockade "$STOCKADE" --work "$WORK/rss" --workers 100 --sleep 5)"
 echo "== (4) components" >&2
 COMPONENT_ROWS="$("$BENCH" components --disk "$WORK/components" --tmpfs "$SHM/components" $QFLAG)"
+echo "== (5) the service: throughput from 8 clients, latency, RSS with 100 queued and 50 running" >&2
+SERVE_ROWS="$("$BENCH" serve --server "$SERVER" --stockade "$STOCKADE" --work "$WORK/serve" $QFLAG)"
 LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # ---------------------------------------------------------------- report
@@ -134,6 +140,7 @@ LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
     echo "$BATCH_ROWS"
     echo "$RSS_ROWS"
     echo "$COMPONENT_ROWS"
+    echo "$SERVE_ROWS"
 } | tee "$OUT"
 echo "run.sh: written to $OUT" >&2
 rm -rf "$SHM"

@@ -5,6 +5,7 @@ import Glibc
 //   stockade-bench components --disk DIR --tmpfs DIR [--quick] [--only audit|paths|diff|bundle]
 //   stockade-bench batch --stockade BIN --floor BIN --work DIR [--quick]
 //   stockade-bench rss --stockade BIN --work DIR [--workers 100] [--sleep 5]
+//   stockade-bench serve --server BIN --stockade BIN --work DIR [--quick]
 //
 // Each prints rows of one markdown table (see Row.header()); progress goes to stderr.
 
@@ -189,8 +190,9 @@ switch arguments.first {
 case "components": components(arguments)
 case "batch": batch(arguments)
 case "rss": rss(arguments)
+case "serve": serve(arguments)
 case "header": writeAll(1, Row.header() + "\n")
 default:
-    writeError("usage: stockade-bench components|batch|rss|header ... (see Benchmarks/run.sh)\n")
+    writeError("usage: stockade-bench components|batch|rss|serve|header ... (see Benchmarks/run.sh)\n")
     exit(2)
 }
