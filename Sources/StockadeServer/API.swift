@@ -83,6 +83,8 @@ final class API: Sendable {
         router.get("/v1/runs/{id}/wait", use: endpoint("/v1/runs/{id}/wait", scope: .runRead, wait))
         router.get("/v1/runs/{id}/logs", use: endpoint("/v1/runs/{id}/logs", scope: .runRead, logs))
         router.get("/v1/runs/{id}/receipt", use: endpoint("/v1/runs/{id}/receipt", scope: .runRead, receipt))
+        router.get("/v1/runs/{id}/result", use: endpoint("/v1/runs/{id}/result", scope: .runRead, result))
+        router.get("/v1/runs/{id}/result/**", use: endpoint("/v1/runs/{id}/result/{path}", scope: .runRead, resultFile))
         router.get("/v1/reviews", use: endpoint("/v1/reviews", scope: .reviewRead, reviews))
         router.get("/v1/reviews/{id}", use: endpoint("/v1/reviews/{id}", scope: .reviewRead, review))
         router.post("/v1/reviews/{id}/accept", use: endpoint("/v1/reviews/{id}/accept", scope: .reviewSubmit, acceptReview))
