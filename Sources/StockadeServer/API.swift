@@ -85,6 +85,7 @@ final class API: Sendable {
         router.get("/v1/runs/{id}/receipt", use: endpoint("/v1/runs/{id}/receipt", scope: .runRead, receipt))
         router.get("/v1/runs/{id}/result", use: endpoint("/v1/runs/{id}/result", scope: .runRead, result))
         router.get("/v1/runs/{id}/result/**", use: endpoint("/v1/runs/{id}/result/{path}", scope: .runRead, resultFile))
+        router.post("/v1/verify", use: endpoint("/v1/verify", scope: .admin, verify))
         router.get("/v1/reviews", use: endpoint("/v1/reviews", scope: .reviewRead, reviews))
         router.get("/v1/reviews/{id}", use: endpoint("/v1/reviews/{id}", scope: .reviewRead, review))
         router.post("/v1/reviews/{id}/accept", use: endpoint("/v1/reviews/{id}/accept", scope: .reviewSubmit, acceptReview))
