@@ -128,6 +128,36 @@ struct RunOutputRoutesTests {
         #expect(server.terminate() == 0)
     }
 
+    @Test("a follower that stops reading is cut off after the stall limit, not buffered for; it resumes from its offset and gets the rest")
+    func stalledFollower() throws {
+        let server = try ServerHarness(environment: ["STOCKADE_SERVE_STALL_SECONDS": "2"])
+        let token = try server.token("engine", scopes: "run:read,run:write")
+        // 1 MiB (the default cap), more than the socket's buffers hold; the run stays up a while.
+        let script = "head -c 1048576 /dev/zero | tr '\\0' a; sleep 6"
+        let body = try JSONSerialization.data(withJSONObject: ["command": ["/bin/sh", "-c", script]])
+        let id = try #require(try server.client.request("POST", "/v1/runs", token: token, body: Array(body)).json()["id"] as? String)
+        let full = 1 << 20
+        for _ in 0..<400 {
+            let size = (try? FileManager.default.attributesOfItem(atPath: server.stateDirectory + "/runs/\(id)/logs/stdout.log")[.size] as? Int) ?? 0
+            if size == full { break }
+            usleep(25_000)
+        }
+        let reader = try LogFollowReader(client: server.client, path: "/v1/runs/\(id)/logs?follow=true", token: token)
+        // Read the head only, then take nothing for longer than the stall limit.
+        try reader.read { !$0.isEmpty }
+        sleep(4)
+        let ended = try reader.read()
+        #expect(!ended, "the stream was cut, not ended")
+        #expect(reader.body.count < full, "the stalled follower did not get the whole log: \(reader.body.count)")
+        #expect(server.log.contains("stream.stalled"), "\(server.log)")
+        let rest = try LogFollowReader(client: server.client, path: "/v1/runs/\(id)/logs?follow=true&offset=\(reader.body.count)", token: token)
+        #expect(try rest.read())
+        let log = try Data(contentsOf: URL(fileURLWithPath: server.stateDirectory + "/runs/\(id)/logs/stdout.log"))
+        #expect(reader.body + rest.body == Array(log))
+        #expect(log.count == full)
+        #expect(server.terminate() == 0)
+    }
+
     @Test("the accepted result: its manifest and files served as verified; traversal, unlisted paths and planted links refused without reading outside")
     func results() throws {
         let server = try ServerHarness()
