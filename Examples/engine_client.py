@@ -4,6 +4,8 @@
 Submits one run over the service's Unix socket (with an Idempotency-Key, so a retry after a
 lost answer never starts a second run), follows the run's audit events as Server-Sent Events
 (resuming with Last-Event-ID if the stream is cut), and prints the final report as JSON.
+With --logs it follows the worker's stdout as it is written instead of the events, copying it to
+stderr (resuming from the byte offset it reached if the stream is cut).
 
     STOCKADE_TOKEN=stk_... python3 Examples/engine_client.py \
         --socket /run/stockade/stockade.sock -- /bin/sh -c 'echo hi'
@@ -85,12 +87,37 @@ def follow_events(args, run_id, last_event_id):
             conn.close()
 
 
+def follow_log(args, run_id, stream="stdout"):
+    """Yields the run's log as it is written until the run has ended; a cut stream is resumed
+    from the byte offset reached, so nothing is lost or repeated."""
+    offset = 0
+    while True:
+        conn = UnixHTTPConnection(args.socket)
+        conn.request("GET", f"/v1/runs/{run_id}/logs?stream={stream}&follow=true&offset={offset}",
+                     headers={"Authorization": "Bearer " + args.token})
+        response = conn.getresponse()
+        if response.status != 200:
+            raise APIError(f"GET /v1/runs/{run_id}/logs: {response.status} {response.read().decode(errors='replace').strip()}")
+        try:
+            while True:
+                chunk = response.read1(65536)
+                if not chunk:
+                    return
+                offset += len(chunk)
+                yield chunk
+        except (ConnectionError, socket.timeout, http.client.IncompleteRead):
+            pass  # cut: resume from the offset reached
+        finally:
+            conn.close()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--socket", default="/run/stockade/stockade.sock")
     parser.add_argument("--token", default=os.environ.get("STOCKADE_TOKEN"))
     parser.add_argument("--memory", default="64m")
     parser.add_argument("--timeout", default="60s")
+    parser.add_argument("--logs", action="store_true", help="follow the worker's stdout (to stderr) instead of the events")
     parser.add_argument("command", nargs="+")
     args = parser.parse_args()
     if not args.token:
@@ -101,8 +128,13 @@ def main():
         submitted = call(args, "POST", "/v1/runs", request, {"Idempotency-Key": str(uuid.uuid4())})
         run_id = submitted["id"]
         print(f"submitted {run_id} ({submitted['state']})", file=sys.stderr)
-        for seq, kind, _ in follow_events(args, run_id, None):
-            print(f"event {seq} {kind}", file=sys.stderr)
+        if args.logs:
+            for chunk in follow_log(args, run_id):
+                sys.stderr.buffer.write(chunk)
+                sys.stderr.buffer.flush()
+        else:
+            for seq, kind, _ in follow_events(args, run_id, None):
+                print(f"event {seq} {kind}", file=sys.stderr)
         final = call(args, "GET", f"/v1/runs/{run_id}/wait")
         print(json.dumps(final["report"], sort_keys=True))
         return 0

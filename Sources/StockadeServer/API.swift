@@ -83,6 +83,9 @@ final class API: Sendable {
         router.get("/v1/runs/{id}/wait", use: endpoint("/v1/runs/{id}/wait", scope: .runRead, wait))
         router.get("/v1/runs/{id}/logs", use: endpoint("/v1/runs/{id}/logs", scope: .runRead, logs))
         router.get("/v1/runs/{id}/receipt", use: endpoint("/v1/runs/{id}/receipt", scope: .runRead, receipt))
+        router.get("/v1/runs/{id}/result", use: endpoint("/v1/runs/{id}/result", scope: .runRead, result))
+        router.get("/v1/runs/{id}/result/**", use: endpoint("/v1/runs/{id}/result/{path}", scope: .runRead, resultFile))
+        router.post("/v1/verify", use: endpoint("/v1/verify", scope: .admin, verify))
         router.get("/v1/reviews", use: endpoint("/v1/reviews", scope: .reviewRead, reviews))
         router.get("/v1/reviews/{id}", use: endpoint("/v1/reviews/{id}", scope: .reviewRead, review))
         router.post("/v1/reviews/{id}/accept", use: endpoint("/v1/reviews/{id}/accept", scope: .reviewSubmit, acceptReview))
@@ -400,36 +403,6 @@ final class API: Sendable {
         }
         let next: JSONValue = selected.count > limit ? .string(page.last!.key) : .null
         return Reply(response: API.json(.object(["runs": .array(items), "next": next])), runId: nil)
-    }
-
-    @Sendable func logs(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
-        let id = try runId(context)
-        let query = API.query(request)
-        let stream = query["stream"] ?? "stdout"
-        guard stream == "stdout" || stream == "stderr" else {
-            throw APIError(.badRequest, "invalid-parameter", "stream: must be stdout or stderr, found \(stream)", field: "stream")
-        }
-        var offset = 0
-        if let text = query["offset"] {
-            guard let n = Int(text), n >= 0 else { throw APIError(.badRequest, "invalid-parameter", "offset: must be a byte offset (0 or more), found \(text)", field: "offset") }
-            offset = n
-        }
-        if let follow = query["follow"], follow != "false" {
-            throw APIError(.badRequest, "unsupported", "follow: streaming logs as they are written is not supported yet; the logs are readable once the run has finished (wait for it with /v1/runs/{id}/wait)", field: "follow")
-        }
-        guard let (state, _) = try await lookup(id) else { throw APIError(.notFound, "not-found", "no run \(id)", field: "id") }
-        guard state == "finished" else {
-            throw APIError(.conflict, "logs-not-ready", "run \(id) is \(state): its logs are written when it ends")
-        }
-        let path = stateDirectory + "/runs/" + id + "/logs/" + stream + ".log"
-        guard let bytes = FileBytes.read(path, limit: 64 << 20) else {
-            throw APIError(.notFound, "no-logs", "run \(id) has no \(stream) log (it was refused before it ran, or its run directory was collected)")
-        }
-        let slice = offset < bytes.count ? Array(bytes[offset...]) : []
-        var headers = HTTPFields()
-        headers[.contentType] = "application/octet-stream"
-        headers[API.nextOffset] = String(max(offset, bytes.count))
-        return Reply(response: Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: slice))), runId: id)
     }
 
     // MARK: Events

@@ -247,6 +247,8 @@ extension Supervisor {
         var forwarder: PortForwarder?
         var stdio: Pipes
         var output: RedactingOutput?
+        var log: LiveLog
+        var flusher: Task<Void, Never>
         var spawnStarted: UInt64
         var mainPid: Int32?
         var startedRecorded: Bool
@@ -258,6 +260,7 @@ extension Supervisor {
             stdio.input?.stop()
             egress?.proxy.stop()
             output?.finish()
+            flusher.cancel()
         }
     }
 
@@ -312,7 +315,15 @@ extension Supervisor {
         var config = WorkerMonitor.Configuration(stdoutCap: profile.limits.stdoutBytes, stderrCap: profile.limits.stderrBytes,
                                                  timeoutNanos: UInt64(profile.limits.timeoutSeconds * 1e9), policy: sandbox.policy)
         let output = RedactingOutput(plan.redactor, onOutput)
-        config.onOutput = output?.write ?? onOutput
+        let terminal = output?.write ?? onOutput
+        // The logs are written as the output arrives (capped and redacted as the report is), so
+        // readers can follow the run; the flusher writes what small chunks left waiting.
+        let log = LiveLog(directory: plan.runDirectory.logsPath, stdoutCap: profile.limits.stdoutBytes,
+                          stderrCap: profile.limits.stderrBytes, redactor: plan.redactor, logger: logger)
+        config.onOutput = { stream, bytes in
+            log.append(stream, bytes)
+            terminal?(stream, bytes)
+        }
         config.beforeKill = { [audit, logger] reason, call in
             var detail: [String: JSONValue] = ["reason": .string(reason), "when": .string("before")]
             if let call { detail["syscall"] = .string(call.syscall); detail["architecture"] = .string(call.architecture) }
@@ -329,9 +340,17 @@ extension Supervisor {
         } catch {
             // The scope's guard kills the worker: on record first, as every setup kill is.
             _ = recordQuietly(scope, "kill", ["reason": .string(error.stage.rawValue), "when": .string("setup")])
+            log.discard()
             throw SetupFailure(error)
         }
         stdio.readEndsHandedOver()
+        let flusher = Task.detached {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: LiveLog.flushInterval)
+                log.flush()
+            }
+        }
+        scope.onClose { flusher.cancel() }
         guardian.disarm()
         let startedRecorded = recordQuietly(scope, "worker.started", [
             "pid": .number(worker.pid),
@@ -347,7 +366,7 @@ extension Supervisor {
         if !startedRecorded { monitor.kill() }
         scope.cancellation?.attach(monitor)
         return Live(worker: worker, monitor: monitor, egress: egress, forwarder: sandbox.forwarder, stdio: stdio, output: output,
-                    spawnStarted: spawnStarted, mainPid: mainPid, startedRecorded: startedRecorded)
+                    log: log, flusher: flusher, spawnStarted: spawnStarted, mainPid: mainPid, startedRecorded: startedRecorded)
     }
 
     /// The report from what the kernel and the monitor saw: outcome, usage, output (redacted),
@@ -358,6 +377,8 @@ extension Supervisor {
         // Secrets never reach the report or the logs, even split across writes or cut by the cap.
         let stdoutBytes = plan.redactor.redact(captured: observation.stdout)
         let stderrBytes = plan.redactor.redact(captured: observation.stderr)
+        // The live logs become exactly these bytes (what followers have read is a prefix of them).
+        live.log.finish(stdout: stdoutBytes, stderr: stderrBytes)
 
         // Init's exit took the namespace with it; anything still in the cgroup
         // (nothing should be) is killed before the usage is read and the result collected.
@@ -399,8 +420,6 @@ extension Supervisor {
 
         let patches = collectResult(scope, profile: sandbox.profile, report: &report)
         collectWorkspace(scope, profile: sandbox.profile, patches: patches, report: &report)
-        try? FileReading.writeAtomically(plan.runDirectory.logsPath + "/stdout.log", stdoutBytes)
-        try? FileReading.writeAtomically(plan.runDirectory.logsPath + "/stderr.log", stderrBytes)
         return report
     }
 

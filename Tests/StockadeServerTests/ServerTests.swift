@@ -12,6 +12,9 @@ private let protectedRoutes: [(method: String, path: String, scope: String)] = [
     ("GET", "/v1/runs/01M8T8XVRWJ2JTE6RJBTBY81KR/wait", "run:read"),
     ("GET", "/v1/runs/01M8T8XVRWJ2JTE6RJBTBY81KR/logs", "run:read"),
     ("GET", "/v1/runs/01M8T8XVRWJ2JTE6RJBTBY81KR/receipt", "run:read"),
+    ("GET", "/v1/runs/01M8T8XVRWJ2JTE6RJBTBY81KR/result", "run:read"),
+    ("GET", "/v1/runs/01M8T8XVRWJ2JTE6RJBTBY81KR/result/out/a.txt", "run:read"),
+    ("POST", "/v1/verify", "admin"),
     ("GET", "/v1/reviews", "review:read"),
     ("GET", "/v1/reviews?state=pending", "review:read"),
     ("GET", "/v1/reviews/1", "review:read"),
@@ -187,8 +190,9 @@ struct ServerTests {
             if try server.client.request("GET", "/v1/runs/\(id)", token: token).json()["state"] as? String == "running" { break }
             usleep(50_000)
         }
+        // Logs are readable while the run goes (it has written nothing yet).
         let logs = try server.client.request("GET", "/v1/runs/\(id)/logs", token: token)
-        #expect(logs.status == 409, "logs before the end: \(logs.text)")
+        #expect(logs.status == 200 && logs.body.isEmpty, "logs before the end: \(logs.text)")
         let cancelled = try server.client.request("POST", "/v1/runs/\(id)/cancel", token: token)
         #expect(cancelled.status == 202, "\(cancelled.text)")
         let started = Date()
@@ -360,6 +364,11 @@ struct ServerTests {
         #expect(report["outcome"] as? String == "exited")
         #expect(report["stdout"] as? String == "from-engine\n")
         #expect(result.stderr.contains("run.finished"))
+        // --logs follows the worker's stdout as it is written, to the end of the run.
+        let followed = try ServerHarness.exec("/usr/bin/python3", [script, "--socket", server.socketPath, "--logs", "--", "/bin/sh", "-c",
+                                                                   "echo one; sleep 0.3; echo two"], environment: ["STOCKADE_TOKEN": token])
+        #expect(followed.status == 0, "\(followed.stderr)")
+        #expect(followed.stderr.contains("one\ntwo\n"), "\(followed.stderr)")
         #expect(server.terminate() == 0)
     }
 
