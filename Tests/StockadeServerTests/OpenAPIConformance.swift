@@ -36,7 +36,10 @@ struct OpenAPIDocument: @unchecked Sendable {
     func template(method: String, path: String) -> String? {
         let concrete = path.split(separator: "?", maxSplits: 1).first.map { $0.split(separator: "/").map(String.init) } ?? []
         var best: (template: String, literals: Int)?
-        for op in operations where op.method == method && op.segments.count == concrete.count {
+        for op in operations where op.method == method {
+            // A trailing `{path}` takes the rest of the path, slashes included.
+            let rest = op.segments.last == "{path}"
+            guard rest ? concrete.count >= op.segments.count : op.segments.count == concrete.count else { continue }
             var literals = 0
             var matches = true
             for (t, c) in zip(op.segments, concrete) {

@@ -15,7 +15,8 @@ struct OpenAPITests {
             let regex = try NSRegularExpression(pattern: pattern)
             for match in regex.matches(in: text, range: NSRange(text.startIndex..., in: text)) {
                 guard let method = Range(match.range(at: 1), in: text), let route = Range(match.range(at: 2), in: text) else { continue }
-                routes.insert("\(text[method].uppercased()) \(text[route])")
+                // Hummingbird's `**` (the rest of the path) is the document's `{path}`.
+                routes.insert("\(text[method].uppercased()) \(text[route].replacingOccurrences(of: "/**", with: "/{path}"))")
             }
         }
         return routes
@@ -82,5 +83,7 @@ struct OpenAPITests {
         }
         #expect(document.template(method: "GET", path: "/v1/runs/01M8T8XVRWJ2JTE6RJBTBY81KR/wait?x=1") == "/v1/runs/{id}/wait")
         #expect(document.template(method: "DELETE", path: "/v1/runs") == nil)
+        #expect(document.template(method: "GET", path: "/v1/runs/01M8T8XVRWJ2JTE6RJBTBY81KR/result/a/b.txt") == "/v1/runs/{id}/result/{path}")
+        #expect(document.template(method: "GET", path: "/v1/runs/01M8T8XVRWJ2JTE6RJBTBY81KR/result") == "/v1/runs/{id}/result")
     }
 }
