@@ -86,6 +86,16 @@ struct TLSListenerTests {
         let untrusted = try Ops.curl(["https://127.0.0.1:\(port)/v1/health"])
         #expect(untrusted.status != 0 && !untrusted.stdout.contains("status"))
 
+        // TLS 1.2 at least: a client that offers only TLS 1.1 (allowed on its side) gets no session.
+        let handshake = { (version: String) in
+            try ServerHarness.exec("/usr/bin/openssl", ["s_client", "-connect", "127.0.0.1:\(port)", version,
+                                                        "-cipher", "DEFAULT@SECLEVEL=0", "-CAfile", cert])
+        }
+        let modern = try handshake("-tls1_2")
+        #expect(modern.status == 0 && modern.stdout.contains("New, TLSv1.2"), "a TLS 1.2 client is served: \(modern.stdout) \(modern.stderr)")
+        let old = try handshake("-tls1_1")
+        #expect(old.status != 0 && old.stdout.contains("Cipher is (NONE)"), "a TLS 1.1 client is refused: \(old.stdout)")
+
         // Plain HTTP on the same port: the server speaks TLS only, so no HTTP answer ever comes.
         let fd = try HTTPClient(address: .tcp(port: port)).connect(timeoutSeconds: 10)
         defer { close(fd) }
