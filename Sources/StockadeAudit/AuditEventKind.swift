@@ -23,6 +23,10 @@ public enum AuditEventKind: String, CaseIterable, Sendable {
     case egressDenied = "egress.denied"
     /// A call to the service's API (`stockade serve`).
     case apiRequest = "api.request"
+    /// `stockade token create`: a bearer token for the API was made (never the token or its hash).
+    case tokenCreated = "token.created"
+    /// `stockade token revoke`.
+    case tokenRevoked = "token.revoked"
 
     /// Every kind's stored name, in declaration order.
     public static let known: [String] = allCases.map(\.rawValue)

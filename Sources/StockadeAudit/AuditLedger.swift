@@ -10,7 +10,7 @@ import Synchronization
 /// describes become visible together. Commits that close a story (a run's end, a diff, a review
 /// decision, an application, an abandonment) are durable; the others may be lost by a power cut but
 /// are made durable by the next durable one.
-public final class AuditLedger<Backend: AuditBackend>: AuditStore {
+public final class AuditLedger<Backend: AuditBackend>: AuditStore, AuditWriteObserving {
     public let backend: Backend
     /// Stored on each run this ledger begins: a later supervisor on the same host judges by them
     /// whether the run's supervisor is still alive.
@@ -20,6 +20,7 @@ public final class AuditLedger<Backend: AuditBackend>: AuditStore {
     /// runs `markAbandoned` judges.
     public let hostId: String
     private let secrets = Mutex(DetailSanitizer())
+    private let writeObserver = Mutex<(@Sendable (Duration) -> Void)?>(nil)
 
     public init(backend: Backend, supervisorPid: Int32, supervisorStart: UInt64, hostId: String) {
         self.backend = backend
@@ -30,6 +31,10 @@ public final class AuditLedger<Backend: AuditBackend>: AuditStore {
 
     public func addSecrets(_ values: [String]) {
         secrets.withLock { $0.addSecrets(values) }
+    }
+
+    public func observeWrites(_ observer: @escaping @Sendable (Duration) -> Void) {
+        writeObserver.withLock { $0 = observer }
     }
 
     // MARK: runs
@@ -232,6 +237,10 @@ public final class AuditLedger<Backend: AuditBackend>: AuditStore {
     private func write<T: Sendable>(durable: Bool = false,
                                     _ body: (Backend.Transaction, inout ChainAppender<Backend.Transaction>) throws(AuditError) -> T) throws(AuditError) -> T {
         let sanitizer = secrets.withLock { $0 }
+        let started = ContinuousClock.now
+        defer {
+            if let observer = writeObserver.withLock({ $0 }) { observer(ContinuousClock.now - started) }
+        }
         return try backend.withTransaction(durable: durable) { (tx) throws(AuditError) -> T in
             var chain = ChainAppender(tx, sanitizer: sanitizer, location: backend.location)
             let result = try body(tx, &chain)

@@ -228,3 +228,10 @@ public struct ChainVerification: Sendable, Equatable {
         self.head = head
     }
 }
+
+/// A store that tells how long each of its write transactions took (every append, committed or
+/// failed, lock waits included): what a service publishes as its audit write latency.
+public protocol AuditWriteObserving: Sendable {
+    /// Replaces the observer. It runs on the writing thread after each transaction: keep it cheap.
+    func observeWrites(_ observer: @escaping @Sendable (Duration) -> Void)
+}

@@ -59,10 +59,13 @@ final class API: Sendable {
 
     /// The continuous verification's latest proof per profile (`--verify-every`), if it runs.
     let verification: VerificationStatus?
+    /// The counters and histograms `/metrics` publishes after its gauges.
+    let metrics: ServiceMetrics?
 
     init(supervisor: Supervisor, registry: RunRegistry, tokens: TokenStore, shutdown: ShutdownFlag, logger: Logger,
-         verification: VerificationStatus? = nil) {
+         verification: VerificationStatus? = nil, metrics: ServiceMetrics? = nil) {
         self.verification = verification
+        self.metrics = metrics
         self.supervisor = supervisor
         self.registry = registry
         self.tokens = tokens
@@ -130,13 +133,15 @@ final class API: Sendable {
             "runId": reply.runId.flatMap { RunIds.isValid($0) ? JSONValue.string($0) : nil } ?? .null,
         ]
         if let authFailure { detail["authFailure"] = .string(authFailure) }
+        var response = reply.response
         do {
             try supervisor.audit.record(runId: nil, kind: "api.request", detail: .object(detail))
         } catch {
             logger.error("audit.write-failed", metadata: ["kind": "api.request", "error": "\(error)"])
-            return APIError(.internalServerError, "audit-unavailable", "the call could not be recorded in the audit trail: \(error)").response
+            response = APIError(.internalServerError, "audit-unavailable", "the call could not be recorded in the audit trail: \(error)").response
         }
-        return reply.response
+        metrics?.request(route: route, method: request.method.rawValue, status: response.status.code)
+        return response
     }
 
     func authenticate(_ request: Request, _ failure: inout String?) throws -> Principal {
@@ -215,7 +220,7 @@ final class API: Sendable {
         let entries = await verification?.entries ?? [:]
         var headers = HTTPFields()
         headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
-        let text = Metrics.text(load: load, verification: entries)
+        let text = Metrics.text(load: load, verification: entries) + (metrics?.text ?? "")
         return Reply(response: Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: text))), runId: nil)
     }
 
@@ -251,6 +256,11 @@ final class API: Sendable {
             return Reply(response: API.json(.object(answer), status: .accepted), runId: runId)
         case .failure(.queueFull(let error)):
             var refusal = APIError(.tooManyRequests, "queue-full", error.description)
+            refusal.headers[.retryAfter] = "5"
+            throw refusal
+        case .failure(.quotaExceeded(let limit)):
+            var refusal = APIError(.tooManyRequests, "quota-exceeded",
+                                   "\(principal?.name ?? "this principal") has \(limit) runs queued or running, the most --max-per-principal allows: wait for one to finish")
             refusal.headers[.retryAfter] = "5"
             throw refusal
         case .failure(.closed):

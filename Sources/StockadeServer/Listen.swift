@@ -1,8 +1,8 @@
 import Foundation
 import Glibc
 
-/// Where the service listens: a Unix socket (the default) or loopback TCP. Any other TCP address
-/// needs TLS, which this service does not have yet: it is refused, never served in the clear.
+/// Where the service listens: a Unix socket (the default) or TCP on a numeric address. TCP beyond
+/// loopback is served only with TLS (`--tls-cert`/`--tls-key`), never in the clear: see `requireTLS`.
 public enum Listen: Sendable, Equatable, CustomStringConvertible {
     case unix(path: String)
     case tcp(host: String, port: Int)
@@ -46,12 +46,24 @@ public enum Listen: Sendable, Equatable, CustomStringConvertible {
             guard let port = Int(portText), (1...65535).contains(port) else {
                 throw Invalid(description: "--listen: the port must be 1 to 65535, found \(portText.isEmpty ? "none" : portText) in \(text)")
             }
-            guard isLoopback(host) else {
-                throw Invalid(description: "--listen: \(text) is not a loopback address: TCP beyond 127.0.0.0/8 and ::1 requires TLS, which stockade serve does not support yet; listen on a Unix socket (unix:///path) or on 127.0.0.1 / [::1]")
+            guard isNumeric(host) else {
+                throw Invalid(description: "--listen: \(host) is not a numeric IPv4 or IPv6 address (a host name could resolve anywhere): use tcp://127.0.0.1:PORT, tcp://[::1]:PORT or the address of one interface")
             }
             return .tcp(host: host, port: port)
         }
         throw Invalid(description: "--listen: expected unix:///path or tcp://127.0.0.1:PORT, found \(text)")
+    }
+
+    /// A TCP listener beyond loopback without TLS is refused: the API carries bearer tokens and run
+    /// requests that are as powerful as root on the host.
+    public func requireTLS(_ hasTLS: Bool) throws(Invalid) {
+        guard case .tcp(let host, _) = self, !hasTLS, !Self.isLoopback(host) else { return }
+        throw Invalid(description: "--listen: \(self) is not a loopback address: TCP beyond 127.0.0.0/8 and ::1 requires TLS: pass --tls-cert FILE and --tls-key FILE (PEM), or listen on a Unix socket (unix:///path) or on 127.0.0.1 / [::1]")
+    }
+
+    static func isNumeric(_ host: String) -> Bool {
+        var v4 = in_addr(), v6 = in6_addr()
+        return inet_pton(AF_INET, host, &v4) == 1 || inet_pton(AF_INET6, host, &v6) == 1
     }
 
     /// Only numeric loopback addresses: a name could resolve anywhere.

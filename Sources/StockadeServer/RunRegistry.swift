@@ -20,6 +20,8 @@ actor RunRegistry {
         case keyReused
         /// The stored keys could not be read: nothing was started.
         case keyStoreFailed(String)
+        /// The principal has `maxPerPrincipal` runs queued and running already.
+        case quotaExceeded(limit: Int)
     }
 
     private enum Slot {
@@ -36,12 +38,23 @@ actor RunRegistry {
     private var keyOrder: [String] = []
     private static let maxKeys = 100_000
     private var draining = false
+    /// `--max-per-principal`; 0: no limit.
+    let maxPerPrincipal: Int
+    /// Runs queued and running per principal, counted from admission (before the first suspension,
+    /// so concurrent submissions cannot both take the last place) until the run's report exists.
+    private var active: [String: Int] = [:]
+    let metrics: ServiceMetrics?
 
-    init(service: RunService, keyStore: TokenStore, logger: Logger) {
+    init(service: RunService, keyStore: TokenStore, logger: Logger, maxPerPrincipal: Int = 0, metrics: ServiceMetrics? = nil) {
         self.service = service
         self.keyStore = keyStore
         self.logger = logger
+        self.maxPerPrincipal = maxPerPrincipal
+        self.metrics = metrics
     }
+
+    /// Runs queued and running that `principal` submitted.
+    func activeRuns(of principal: String) -> Int { active[principal] ?? 0 }
 
     func submitted(_ runId: String) -> Submitted? { runs[runId] }
 
@@ -53,7 +66,7 @@ actor RunRegistry {
     /// same principal (never starting a second one, even for concurrent retries).
     /// Returns the run id and whether it was a replay.
     func submit(_ options: RunOptions, principal: String, idempotencyKey: String?, bodyHash: String) async -> Result<(String, Bool), SubmitError> {
-        guard let idempotencyKey else { return await start(options).map { ($0, false) } }
+        guard let idempotencyKey else { return await start(options, principal: principal).map { ($0, false) } }
         let slotKey = principal + "\n" + idempotencyKey
         switch keys[slotKey] {
         case .done(let hash, let runId)?:
@@ -74,7 +87,7 @@ actor RunRegistry {
                 return stored.bodySha256 == bodyHash ? .success((stored.runId, true)) : .failure(.keyReused)
             }
             // The slot is taken before the first suspension: a concurrent retry finds it.
-            let task = Task { await self.start(options) }
+            let task = Task { await self.start(options, principal: principal) }
             keys[slotKey] = .pending(bodyHash: bodyHash, task)
             let result = await task.value
             switch result {
@@ -96,26 +109,36 @@ actor RunRegistry {
         }
     }
 
-    private func start(_ options: RunOptions) async -> Result<String, SubmitError> {
+    private func start(_ options: RunOptions, principal: String) async -> Result<String, SubmitError> {
         guard !draining else { return .failure(.closed) }
+        if maxPerPrincipal > 0, activeRuns(of: principal) >= maxPerPrincipal { return .failure(.quotaExceeded(limit: maxPerPrincipal)) }
+        active[principal, default: 0] += 1
         let handle: RunHandle
         do {
             handle = try await service.submit(options, whenFull: .refuse)
         } catch {
+            release(principal)
             if case .closed = error { return .failure(.closed) }
             return .failure(.queueFull(error))
         }
         runs[handle.runId] = Submitted(handle: handle, labels: options.labels, name: options.name)
         let runId = handle.runId
         Task {
-            _ = await handle.report()
-            self.forget(runId)
+            let report = await handle.report()
+            self.metrics?.runFinished(report)
+            self.forget(runId, principal: principal)
         }
         return .success(runId)
     }
 
-    private func forget(_ runId: String) {
+    private func forget(_ runId: String, principal: String) {
         runs[runId] = nil
+        release(principal)
+    }
+
+    private func release(_ principal: String) {
+        let left = (active[principal] ?? 1) - 1
+        active[principal] = left > 0 ? left : nil
     }
 
     /// Refuses new runs and cancels the queued ones (they never start); running ones go on.

@@ -1,9 +1,11 @@
 import Foundation
 import Glibc
 import Hummingbird
+import HummingbirdCore
 import Logging
 import NIOCore
 import ServiceLifecycle
+import StockadeAudit
 import StockadeSupervisor
 import StockadeTokens
 
@@ -16,8 +18,17 @@ public struct ServiceOptions: Sendable {
     public var graceSeconds: Int64
     /// `--verify-every` and its companions; nil: no continuous verification.
     public var verify: VerifyOptions?
+    /// `--tls-cert`/`--tls-key`: the TCP listener serves HTTPS only. Required beyond loopback.
+    public var tls: ServerTLS?
+    public var timeouts: ConnectionTimeouts
+    /// `--max-per-principal`: runs queued and running at once per token name; 0: no limit.
+    public var maxPerPrincipal: Int
 
-    public init(listen: Listen, stateDirectory: String, maxRunning: Int, maxQueued: Int, graceSeconds: Int64, verify: VerifyOptions? = nil) {
+    public init(listen: Listen, stateDirectory: String, maxRunning: Int, maxQueued: Int, graceSeconds: Int64, verify: VerifyOptions? = nil,
+                tls: ServerTLS? = nil, timeouts: ConnectionTimeouts = .standard, maxPerPrincipal: Int = 0) {
+        self.tls = tls
+        self.timeouts = timeouts
+        self.maxPerPrincipal = maxPerPrincipal
         self.verify = verify
         self.listen = listen
         self.stateDirectory = stateDirectory
@@ -35,6 +46,16 @@ public enum StockadeService {
     /// Serves until SIGTERM or SIGINT, then drains (see `Drain`) and returns. Call
     /// `Supervisor.prepareToSpawn` first, before anything else is loaded.
     public static func run(_ options: ServiceOptions, logger: Logger) async throws(ServiceFailure) {
+        // Fail closed here too, whoever builds the options: never TCP beyond loopback in the clear.
+        do throws(Listen.Invalid) {
+            try options.listen.requireTLS(options.tls != nil)
+        } catch {
+            throw ServiceFailure(description: error.description)
+        }
+        if options.tls != nil, case .unix = options.listen {
+            throw ServiceFailure(description: "--tls-cert/--tls-key apply to a tcp:// listener only, not \(options.listen)")
+        }
+        let descriptors = DescriptorLimit.raise()
         let environment = ProcessInfo.processInfo.environment
         let supervisor: Supervisor
         let tokens: TokenStore
@@ -45,11 +66,17 @@ public enum StockadeService {
             throw ServiceFailure(description: "\(error)")
         }
         let service = RunService(supervisor: supervisor, admission: .init(maxRunning: options.maxRunning, maxQueued: options.maxQueued))
-        let registry = RunRegistry(service: service, keyStore: tokens, logger: logger)
+        let metrics = ServiceMetrics()
+        if let observed = supervisor.audit as? any AuditWriteObserving {
+            observed.observeWrites { metrics.auditWrite($0) }
+        } else {
+            throw ServiceFailure(description: "the audit store \(type(of: supervisor.audit)) cannot report its write latency for /metrics (stockade_audit_write_seconds)")
+        }
+        let registry = RunRegistry(service: service, keyStore: tokens, logger: logger, maxPerPrincipal: options.maxPerPrincipal, metrics: metrics)
         let shutdown = ShutdownFlag()
         let verification = options.verify.map { VerificationStatus(refuse: $0.refuse, profiles: $0.profiles) }
         let api = API(supervisor: supervisor, registry: registry, tokens: tokens, shutdown: shutdown, logger: logger,
-                      verification: verification)
+                      verification: verification, metrics: metrics)
 
         let address: BindAddress
         switch options.listen {
@@ -67,8 +94,16 @@ public enum StockadeService {
             address = .hostname(host, port: port)
         }
         let listen = options.listen
+        let server: HTTPServerBuilder
+        do {
+            server = try options.timeouts.serverBuilder(tls: options.tls, logger: logger)
+        } catch {
+            throw ServiceFailure(description: "--tls-cert/--tls-key: \(error)")
+        }
+        let scheme = options.tls == nil ? "http" : "https"
         let app = Application(
             router: api.router(),
+            server: server,
             configuration: .init(address: address, serverName: "stockade"),
             onServerRunning: { _ in
                 if case .unix(let path) = listen {
@@ -80,7 +115,7 @@ public enum StockadeService {
                         Glibc.exit(1)
                     }
                 }
-                logger.notice("service.listening", metadata: ["listen": "\(listen)"])
+                logger.notice("service.listening", metadata: ["listen": "\(listen)", "scheme": "\(scheme)", "nofile": "\(descriptors)"])
             },
             logger: logger)
         let drain = Drain(registry: registry, shutdown: shutdown, graceSeconds: options.graceSeconds, logger: logger)

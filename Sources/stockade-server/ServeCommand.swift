@@ -14,8 +14,20 @@ struct Serve: AsyncParsableCommand {
         abstract: "Run the supervisor as a service: the HTTP API under /v1 (docs/CONTRACT.md, \"The API\").",
         discussion: "Needs root. SIGTERM or SIGINT: new runs are refused, queued ones cancelled, running ones get --grace to finish and are then cancelled; exit 0.")
 
-    @Option(help: "unix:///PATH (default unix:///run/stockade/stockade.sock) or tcp://127.0.0.1:PORT / tcp://[::1]:PORT; other TCP addresses need TLS, which is not supported yet.")
+    @Option(help: "unix:///PATH (default unix:///run/stockade/stockade.sock) or tcp://ADDRESS:PORT (numeric; beyond 127.0.0.0/8 and [::1] only with --tls-cert and --tls-key).")
     var listen: String = "unix://" + Listen.defaultSocket
+    @Option(help: "PEM certificate chain: the tcp:// listener serves HTTPS only (TLS 1.2 or later). Needs --tls-key.")
+    var tlsCert: String?
+    @Option(help: "PEM private key of --tls-cert (unencrypted, not readable by others).")
+    var tlsKey: String?
+    @Option(help: "Close a connection with no request under way after this long: seconds or 60s, 5m (1s to 1h).")
+    var idleTimeout: String = "60s"
+    @Option(help: "Close a connection whose request head is not complete this long after its first byte (1s to 10m).")
+    var headerTimeout: String = "10s"
+    @Option(help: "Close a connection whose request body is not complete this long after its head (1s to 1h).")
+    var bodyTimeout: String = "30s"
+    @Option(help: "Runs queued and running at once per token name (0: no limit, the default); past that 429 quota-exceeded.")
+    var maxPerPrincipal: Int = 0
     @Option(help: "State directory (else $STOCKADE_STATE_DIR, $XDG_STATE_HOME/stockade, ~/.local/state/stockade).")
     var stateDir: String?
     @Option(help: "Runs at once (1 to 256).") var maxRunning: Int = 2
@@ -30,7 +42,21 @@ struct Serve: AsyncParsableCommand {
     var onVerifyFailure: String = "refuse"
 
     func validate() throws {
-        do { _ = try Listen.parse(listen) } catch { throw ValidationError(error.description) }
+        let parsed: Listen
+        do { parsed = try Listen.parse(listen) } catch { throw ValidationError(error.description) }
+        if tlsCert != nil || tlsKey != nil {
+            guard case .tcp = parsed else {
+                throw ValidationError("--tls-cert/--tls-key: TLS applies to a tcp:// listener, not \(listen) (a Unix socket is guarded by its mode and group)")
+            }
+            guard tlsCert != nil, tlsKey != nil else { throw ValidationError("--tls-cert and --tls-key go together: pass both") }
+        }
+        do { try parsed.requireTLS(tlsCert != nil) } catch { throw ValidationError(error.description) }
+        for (flag, text, most) in [("--idle-timeout", idleTimeout, 3600), ("--header-timeout", headerTimeout, 600), ("--body-timeout", bodyTimeout, 3600)] {
+            guard let seconds = DurationText.seconds(text), (1...Int64(most)).contains(seconds) else {
+                throw ValidationError("\(flag): expected 1 to \(most) seconds, as 10, 30s or 5m; found \(text)")
+            }
+        }
+        guard (0...10_000).contains(maxPerPrincipal) else { throw ValidationError("--max-per-principal: expected 0 (no limit) to 10000, found \(maxPerPrincipal)") }
         guard (1...256).contains(maxRunning) else { throw ValidationError("--max-running: expected 1 to 256, found \(maxRunning)") }
         guard (0...10_000).contains(maxQueued) else { throw ValidationError("--max-queued: expected 0 to 10000, found \(maxQueued)") }
         guard DurationText.seconds(grace) != nil else { throw ValidationError("--grace: expected seconds or a duration such as 30s or 5m, found \(grace)") }
@@ -69,10 +95,22 @@ struct Serve: AsyncParsableCommand {
             verify = VerifyOptions(everySeconds: DurationText.seconds(verifyEvery) ?? 21600, profiles: verifyProfile.isEmpty ? ["default"] : verifyProfile,
                                    only: verifyOnly, requirements: requirements, refuse: onVerifyFailure == "refuse")
         }
+        var tls: ServerTLS?
+        if let tlsCert, let tlsKey {
+            do {
+                tls = try ServerTLS.load(certificate: tlsCert, key: tlsKey)
+            } catch {
+                FileHandle.standardError.write(Data("stockade serve: \(error)\n".utf8))
+                throw ExitCode(2)
+            }
+        }
+        let timeouts = ConnectionTimeouts(idleSeconds: DurationText.seconds(idleTimeout) ?? 60, headerSeconds: DurationText.seconds(headerTimeout) ?? 10,
+                                          bodySeconds: DurationText.seconds(bodyTimeout) ?? 30)
         let options = ServiceOptions(
             listen: try Listen.parse(listen),
             stateDirectory: StateDirectory.resolve(explicit: stateDir, environment: environment),
-            maxRunning: maxRunning, maxQueued: maxQueued, graceSeconds: DurationText.seconds(grace) ?? 30, verify: verify)
+            maxRunning: maxRunning, maxQueued: maxQueued, graceSeconds: DurationText.seconds(grace) ?? 30, verify: verify,
+            tls: tls, timeouts: timeouts, maxPerPrincipal: maxPerPrincipal)
         let level = environment["STOCKADE_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .notice
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Glibc
 import StockadePolicy
+import StockadeSupervisor
 import StockadeTokens
 
 /// `stockade token create|list|revoke`: the API's bearer tokens, in the state directory's audit
@@ -23,6 +24,24 @@ struct TokenCommand: ParsableCommand {
         } catch {
             Console.error("stockade token: \(error)")
             throw ExitCode(1)
+        }
+    }
+
+    /// The user running the command, plus `(sudo from USER)`: recorded as a token's creator or revoker.
+    static func actor() -> String {
+        var actor = String(cString: getpwuid(geteuid())?.pointee.pw_name ?? strdup("uid \(geteuid())"))
+        if let sudo = ProcessEnvironment.current()["SUDO_USER"], !sudo.isEmpty { actor += " (sudo from \(sudo))" }
+        return actor
+    }
+
+    /// Appends `token.created` or `token.revoked` to the state directory's audit trail (never the
+    /// token or its hash). The caller undoes or reports what the trail could not record.
+    static func record(_ supervisor: Supervisor, kind: String, _ detail: [String: JSONValue]) -> String? {
+        do {
+            try supervisor.audit.record(runId: nil, kind: kind, detail: .object(detail))
+            return nil
+        } catch {
+            return "\(error)"
         }
     }
 
@@ -53,14 +72,25 @@ struct TokenCommand: ParsableCommand {
 
         func run() throws {
             let store = try TokenCommand.open(state)
+            // The trail first: a token whose creation cannot be recorded is not made.
+            let supervisor = try openSupervisor(state, readOnly: false)
             let scopes: [TokenScope]
             do { scopes = try TokenScope.parseList(scope) } catch { throw ValidationError(error.description) }
             let ttlSeconds = DurationText.seconds(ttl) ?? 0
-            var creator = String(cString: getpwuid(geteuid())?.pointee.pw_name ?? strdup("uid \(geteuid())"))
-            if let sudo = ProcessEnvironment.current()["SUDO_USER"], !sudo.isEmpty { creator += " (sudo from \(sudo))" }
+            let creator = TokenCommand.actor()
             let now = Int64(Date().timeIntervalSince1970)
             do {
                 let token = try store.create(name: name, scopes: scopes, createdBy: creator, ttlSeconds: ttlSeconds, now: now)
+                if let failure = TokenCommand.record(supervisor, kind: "token.created", [
+                    "name": .string(name), "scopes": .array(scopes.map { .string($0.rawValue) }),
+                    "expiresAt": .string(TokenCommand.iso(now + ttlSeconds)), "createdBy": .string(creator),
+                ]) {
+                    // Fail closed: an unrecorded token must not work. It is revoked and never printed.
+                    let revoked = (try? store.revoke(name: name)) == true
+                    Console.error("stockade token create: the audit trail could not record token.created (\(failure)); "
+                        + (revoked ? "the token was revoked and not printed" : "revoking it failed too: run stockade token revoke \(name)"))
+                    throw ExitCode(1)
+                }
                 if json {
                     Console.out(JSONValue.object([
                         "name": .string(name), "token": .string(token),
@@ -120,9 +150,15 @@ struct TokenCommand: ParsableCommand {
 
         func run() throws {
             let store = try TokenCommand.open(state)
+            let supervisor = try openSupervisor(state, readOnly: false)
             do {
                 guard try store.revoke(name: name) else {
                     Console.error("stockade token revoke: no active token named \"\(name)\" (see stockade token list)")
+                    throw ExitCode(1)
+                }
+                if let failure = TokenCommand.record(supervisor, kind: "token.revoked", ["name": .string(name), "revokedBy": .string(TokenCommand.actor())]) {
+                    // The revocation holds (the safe side); only its record is missing.
+                    Console.error("stockade token revoke: \(name) is revoked, but the audit trail could not record token.revoked: \(failure)")
                     throw ExitCode(1)
                 }
                 Console.out("revoked \(name)")

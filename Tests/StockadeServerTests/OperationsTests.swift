@@ -1,0 +1,433 @@
+import Crypto
+import Foundation
+import Glibc
+import Testing
+
+/// Helpers for the operations suites: free loopback ports, certificates, raw sockets, /proc.
+enum Ops {
+    /// A TCP port on 127.0.0.1 nobody listens on right now.
+    static func freePort() -> UInt16 {
+        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(probe) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe, $0, &length) } }
+        return UInt16(bigEndian: address.sin_port)
+    }
+
+    /// A self-signed P-256 certificate for IP 127.0.0.1 and its key (mode 0600), made by the openssl CLI.
+    static func certificate(in directory: String, name: String = "server") throws -> (cert: String, key: String) {
+        let cert = "\(directory)/\(name).crt", key = "\(directory)/\(name).key"
+        let made = try ServerHarness.exec("/usr/bin/openssl", [
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+            "-subj", "/CN=stockade-test", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert,
+        ])
+        try #require(made.status == 0, "openssl req: \(made.stderr)")
+        chmod(key, 0o600)
+        return (cert, key)
+    }
+
+    static func curl(_ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+        try ServerHarness.exec("/usr/bin/curl", ["-sS", "--max-time", "20"] + arguments)
+    }
+
+    /// Whether the peer closed the connection within `seconds` (read returns 0 or the connection is
+    /// reset), and the bytes it sent before that.
+    static func closedByPeer(_ fd: Int32, within seconds: Int) -> (closed: Bool, received: [UInt8]) {
+        var tv = timeval(tv_sec: seconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var received: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n > 0 { received += chunk[0..<n]; continue }
+            if n < 0 && errno == EINTR { continue }
+            return (n == 0 || errno == ECONNRESET, received)
+        }
+    }
+
+    /// A field of /proc/PID/status in kB (VmRSS, ...).
+    static func status(_ pid: Int32, _ field: String) -> Int? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix(field + ":") {
+            return Int(line.dropFirst(field.count + 1).trimmingCharacters(in: .whitespaces).split(separator: " ").first ?? "")
+        }
+        return nil
+    }
+
+    static func openDescriptors(_ pid: Int32) -> Int {
+        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? 0
+    }
+
+    static func limit(_ pid: Int32, _ name: String) -> String? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/limits", encoding: .utf8) else { return nil }
+        return text.split(separator: "\n").first { $0.hasPrefix(name) }.map(String.init)
+    }
+}
+
+@Suite("stockade serve: TLS on TCP", .serialized,
+       .enabled(if: ServerHarness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(3)))
+struct TLSListenerTests {
+    @Test("with --tls-cert/--tls-key loopback TCP answers HTTPS only: curl --cacert gets /v1/health, plain HTTP gets no HTTP answer")
+    func httpsOnLoopback() throws {
+        let server = try ServerHarness(start: false)
+        let (cert, key) = try Ops.certificate(in: server.directory)
+        let port = Ops.freePort()
+        try server.start(["--tls-cert", cert, "--tls-key", key], listen: "tcp://127.0.0.1:\(port)")
+        #expect(server.log.contains("scheme=https"), "\(server.log)")
+
+        let health = try Ops.curl(["--cacert", cert, "https://127.0.0.1:\(port)/v1/health"])
+        #expect(health.status == 0, "curl https: \(health.stderr)")
+        #expect(health.stdout.contains(#""status":"ok""#), "\(health.stdout)")
+        // The certificate is checked: without the CA, curl refuses the unknown issuer.
+        let untrusted = try Ops.curl(["https://127.0.0.1:\(port)/v1/health"])
+        #expect(untrusted.status != 0 && !untrusted.stdout.contains("status"))
+
+        // TLS 1.2 at least: a client that offers only TLS 1.1 (allowed on its side) gets no session.
+        let handshake = { (version: String) in
+            try ServerHarness.exec("/usr/bin/openssl", ["s_client", "-connect", "127.0.0.1:\(port)", version,
+                                                        "-cipher", "DEFAULT@SECLEVEL=0", "-CAfile", cert])
+        }
+        let modern = try handshake("-tls1_2")
+        #expect(modern.status == 0 && modern.stdout.contains("New, TLSv1.2"), "a TLS 1.2 client is served: \(modern.stdout) \(modern.stderr)")
+        let old = try handshake("-tls1_1")
+        #expect(old.status != 0 && old.stdout.contains("Cipher is (NONE)"), "a TLS 1.1 client is refused: \(old.stdout)")
+
+        // Plain HTTP on the same port: the server speaks TLS only, so no HTTP answer ever comes.
+        let fd = try HTTPClient(address: .tcp(port: port)).connect(timeoutSeconds: 10)
+        defer { close(fd) }
+        try HTTPClient.send(fd, HTTPClient.head("GET", "/v1/health", token: nil, headers: [:], bodyCount: nil))
+        let (closed, received) = Ops.closedByPeer(fd, within: 10)
+        #expect(closed, "the server closes a connection that does not speak TLS")
+        #expect(!String(decoding: received, as: UTF8.self).contains("HTTP/1.1"), "no HTTP answer in the clear: \(received.prefix(64))")
+        let plainCurl = try Ops.curl(["http://127.0.0.1:\(port)/v1/health"])
+        #expect(plainCurl.status != 0 && !plainCurl.stdout.contains("status"), "curl http: \(plainCurl.status) \(plainCurl.stdout)")
+
+        // Requests go through the same API: a token works over HTTPS.
+        let token = try server.token("engine", scopes: "run:read")
+        let listed = try Ops.curl(["--cacert", cert, "-H", "Authorization: Bearer \(token)", "https://127.0.0.1:\(port)/v1/runs"])
+        #expect(listed.status == 0 && listed.stdout.contains(#""runs":[]"#), "\(listed.stdout) \(listed.stderr)")
+        #expect(server.terminate() == 0)
+    }
+
+    @Test("beyond loopback: 0.0.0.0 served with TLS (reached via 127.0.0.1), refused without; TLS flags on a Unix socket, a missing key, a mismatched key refused naming the flag")
+    func beyondLoopback() throws {
+        let server = try ServerHarness(start: false)
+        let (cert, key) = try Ops.certificate(in: server.directory)
+        let port = Ops.freePort()
+        try server.start(["--tls-cert", cert, "--tls-key", key], listen: "tcp://0.0.0.0:\(port)")
+        let health = try Ops.curl(["--cacert", cert, "https://127.0.0.1:\(port)/v1/health"])
+        #expect(health.status == 0 && health.stdout.contains(#""status":"ok""#), "\(health.stdout) \(health.stderr)")
+        #expect(server.terminate() == 0)
+
+        let state = ["--state-dir", server.stateDirectory]
+        let other = Ops.freePort()
+        let clear = try ServerHarness.exec(ServerHarness.stockade, ["serve", "--listen", "tcp://0.0.0.0:\(other)"] + state)
+        #expect(clear.status == 2)
+        #expect(clear.stderr.contains("requires TLS") && clear.stderr.contains("--tls-cert"), "\(clear.stderr)")
+
+        let unix = try ServerHarness.exec(ServerHarness.stockade, ["serve", "--listen", "unix://\(server.socketPath)", "--tls-cert", cert, "--tls-key", key] + state)
+        #expect(unix.status == 2)
+        #expect(unix.stderr.contains("tcp://"), "\(unix.stderr)")
+
+        let alone = try ServerHarness.exec(ServerHarness.stockade, ["serve", "--listen", "tcp://127.0.0.1:\(other)", "--tls-cert", cert] + state)
+        #expect(alone.status == 2 && alone.stderr.contains("--tls-key"), "\(alone.stderr)")
+
+        let missing = server.directory + "/no-such.key"
+        let noKey = try ServerHarness.exec(ServerHarness.stockade, ["serve", "--listen", "tcp://127.0.0.1:\(other)", "--tls-cert", cert, "--tls-key", missing] + state)
+        #expect(noKey.status == 2)
+        #expect(noKey.stderr.contains("--tls-key \(missing)") && noKey.stderr.contains("no such file"), "\(noKey.stderr)")
+
+        let notPEM = try ServerHarness.exec(ServerHarness.stockade, ["serve", "--listen", "tcp://127.0.0.1:\(other)", "--tls-cert", key, "--tls-key", key] + state)
+        #expect(notPEM.status == 2 && notPEM.stderr.contains("--tls-cert \(key)"), "\(notPEM.stderr)")
+
+        let (_, otherKey) = try Ops.certificate(in: server.directory, name: "other")
+        let mismatch = try ServerHarness.exec(ServerHarness.stockade, ["serve", "--listen", "tcp://127.0.0.1:\(other)", "--tls-cert", cert, "--tls-key", otherKey] + state)
+        #expect(mismatch.status == 2 && mismatch.stderr.contains("--tls-key \(otherKey)"), "\(mismatch.stderr)")
+
+        chmod(key, 0o644)
+        let exposed = try ServerHarness.exec(ServerHarness.stockade, ["serve", "--listen", "tcp://127.0.0.1:\(other)", "--tls-cert", cert, "--tls-key", key] + state)
+        #expect(exposed.status == 2 && exposed.stderr.contains("readable by other users"), "\(exposed.stderr)")
+    }
+}
+
+@Suite("stockade serve: hostile clients", .serialized,
+       .enabled(if: ServerHarness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(5)))
+struct HostileClientTests {
+    @Test("half a request head, then silence: closed by --header-timeout; a body that trickles: cut by --body-timeout; neither answered")
+    func stalledRequests() throws {
+        // The idle timeout is far away: only the header and body deadlines can close these.
+        let server = try ServerHarness(arguments: ["--idle-timeout", "120s", "--header-timeout", "2s", "--body-timeout", "2s"])
+        let token = try server.token("engine", scopes: "run:write")
+
+        let half = try server.client.connect(timeoutSeconds: 30)
+        defer { close(half) }
+        try HTTPClient.send(half, Array("GET /v1/health HTTP/1.1\r\nHost: stockade\r\n".utf8))
+        let stalled = Ops.closedByPeer(half, within: 30)
+        #expect(stalled.closed, "a half-sent head is closed within 30 s")
+        #expect(stalled.received.isEmpty, "and never answered: \(String(decoding: stalled.received, as: UTF8.self))")
+
+        // A complete head, then one byte of a 200-byte body every 300 ms: it would take a minute.
+        let trickle = try server.client.connect(timeoutSeconds: 30)
+        defer { close(trickle) }
+        try HTTPClient.send(trickle, HTTPClient.head("POST", "/v1/runs", token: token, headers: [:], bodyCount: 200))
+        var sent = 0
+        var cut = false
+        while sent < 200 {
+            var byte: UInt8 = 0x20
+            if Glibc.send(trickle, &byte, 1, Int32(MSG_NOSIGNAL)) != 1 { cut = true; break }
+            sent += 1
+            var probe: UInt8 = 0
+            let n = recv(trickle, &probe, 1, Int32(MSG_DONTWAIT))
+            if n == 0 || (n < 0 && errno == ECONNRESET) { cut = true; break }
+            #expect(n < 0, "no answer to a request whose body has not arrived")
+            usleep(300_000)
+        }
+        #expect(cut, "the trickling body was cut off after \(sent) of 200 bytes")
+        #expect(sent < 100, "cut long before the body could complete: \(sent) bytes")
+
+        // A well-behaved client is still served.
+        #expect(try server.client.request("GET", "/v1/health").status == 200)
+        #expect(server.terminate() == 0)
+    }
+
+    @Test("an idle keep-alive connection is closed after --idle-timeout; a connection that never sends is closed too")
+    func idleConnections() throws {
+        let server = try ServerHarness(arguments: ["--idle-timeout", "2s", "--header-timeout", "60s", "--body-timeout", "60s"])
+        let fd = try server.client.connect(timeoutSeconds: 30)
+        defer { close(fd) }
+        var head = HTTPClient.head("GET", "/v1/health", token: nil, headers: [:], bodyCount: nil)
+        // Keep-alive: the harness's head says Connection: close; this one must not.
+        head = Array(String(decoding: head, as: UTF8.self).replacingOccurrences(of: "Connection: close\r\n", with: "").utf8)
+        try HTTPClient.send(fd, head)
+        let (closed, received) = Ops.closedByPeer(fd, within: 30)
+        let text = String(decoding: received, as: UTF8.self)
+        #expect(text.hasPrefix("HTTP/1.1 200"), "the request was answered: \(text)")
+        #expect(closed, "then the idle connection was closed within 30 s")
+
+        let silent = try server.client.connect(timeoutSeconds: 30)
+        defer { close(silent) }
+        let quiet = Ops.closedByPeer(silent, within: 30)
+        #expect(quiet.closed && quiet.received.isEmpty, "a connection that sends nothing is closed")
+        #expect(server.terminate() == 0)
+    }
+
+    @Test("1000 idle connections: another client's submit, run and wait still succeed; RSS grows < 64 MiB; RLIMIT_NOFILE raised to the hard limit")
+    func manyIdleConnections() throws {
+        // This process holds the 1000 client ends: raise its own soft limit too.
+        var limit = rlimit()
+        getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+        let saved = limit
+        limit.rlim_cur = limit.rlim_max
+        setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+        defer {
+            var restore = saved
+            setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &restore)
+        }
+        try #require(limit.rlim_max >= 1200, "the hard RLIMIT_NOFILE (\(limit.rlim_max)) leaves room for 1000 connections")
+
+        // Start the service with a low soft limit, as a service manager might: it raises it itself.
+        var low = limit
+        low.rlim_cur = 256
+        setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &low)
+        let server: ServerHarness
+        do {
+            server = try ServerHarness()
+        } catch {
+            setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+            throw error
+        }
+        setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+        let pid = server.process.processIdentifier
+        let limits = try #require(Ops.limit(pid, "Max open files"))
+        let fields = limits.split(separator: " ").filter { !$0.isEmpty }
+        #expect(fields.count >= 5 && fields[3] == fields[4], "soft == hard in the service: \(limits)")
+        #expect(fields[3] != "256", "the inherited soft limit was raised: \(limits)")
+
+        let token = try server.token("engine", scopes: "run:read,run:write")
+        // Warm up the paths a run takes, then measure.
+        let warm = try server.client.request("POST", "/v1/runs", token: token, json: #"{"command":["/bin/true"]}"#)
+        let warmId = try #require(try warm.json()["id"] as? String)
+        #expect(try server.client.request("GET", "/v1/runs/\(warmId)/wait", token: token).status == 200)
+        let rssBefore = try #require(Ops.status(pid, "VmRSS"))
+        let descriptorsBefore = Ops.openDescriptors(pid)
+
+        var idle: [Int32] = []
+        defer { for fd in idle { close(fd) } }
+        for _ in 0..<1000 { idle.append(try server.client.connect(timeoutSeconds: 60)) }
+        // Wait until the service has accepted them all (each is a descriptor of its own). The
+        // warm-up's own connections may still have been open at the first count: allow for them.
+        var accepted = 0
+        for _ in 0..<600 {
+            accepted = Ops.openDescriptors(pid) - descriptorsBefore
+            if accepted >= 995 { break }
+            usleep(50_000)
+        }
+        #expect(accepted >= 995, "the service accepted the 1000 connections (\(accepted) new descriptors)")
+
+        let submitted = try server.client.request("POST", "/v1/runs", token: token, json: #"{"command":["/bin/sh","-c","echo through"]}"#)
+        #expect(submitted.status == 202, "\(submitted.text)")
+        let id = try #require(try submitted.json()["id"] as? String)
+        let waited = try server.client.request("GET", "/v1/runs/\(id)/wait", token: token)
+        #expect(waited.status == 200)
+        let report = try #require(try waited.json()["report"] as? [String: Any])
+        #expect(report["outcome"] as? String == "exited" && report["stdout"] as? String == "through\n", "\(report)")
+
+        let rssAfter = try #require(Ops.status(pid, "VmRSS"))
+        let growth = rssAfter - rssBefore
+        print("stockade serve RSS with 1000 idle connections: before \(rssBefore) kB, after \(rssAfter) kB, growth \(growth) kB")
+        #expect(growth < 64 * 1024, "RSS grew by \(growth) kB with 1000 idle connections")
+        // The idle connections are still open (not refused or dropped to make room).
+        var probe: UInt8 = 0
+        let open = idle.prefix(50).filter { recv($0, &probe, 1, Int32(MSG_DONTWAIT)) < 0 && errno == EAGAIN }.count
+        #expect(open == 50, "idle connections still open: \(open) of 50 looked at")
+        for fd in idle { close(fd) }
+        idle.removeAll()
+        #expect(server.terminate() == 0)
+    }
+}
+
+@Suite("stockade serve: per-principal quota", .serialized,
+       .enabled(if: ServerHarness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(3)))
+struct QuotaTests {
+    @Test("--max-per-principal 1: a token's second run is 429 quota-exceeded with Retry-After; another token still submits; the place frees when the run ends")
+    func perPrincipal() throws {
+        let server = try ServerHarness(arguments: ["--max-per-principal", "1", "--max-running", "4"])
+        let alice = try server.token("alice", scopes: "run:read,run:write")
+        let bob = try server.token("bob", scopes: "run:read,run:write")
+        let long = #"{"command":["/bin/sh","-c","sleep 30"]}"#
+
+        let first = try server.client.request("POST", "/v1/runs", token: alice, json: long)
+        #expect(first.status == 202, "\(first.text)")
+        let firstId = try #require(try first.json()["id"] as? String)
+        let second = try server.client.request("POST", "/v1/runs", token: alice, json: long)
+        #expect(second.status == 429, "\(second.text)")
+        #expect(try second.error().code == "quota-exceeded")
+        #expect(try second.error().field == nil)
+        #expect(second.headers["retry-after"] != nil)
+
+        let other = try server.client.request("POST", "/v1/runs", token: bob, json: #"{"command":["/bin/true"]}"#)
+        #expect(other.status == 202, "another principal is not limited by alice's runs: \(other.text)")
+        let otherId = try #require(try other.json()["id"] as? String)
+        #expect(try server.client.request("GET", "/v1/runs/\(otherId)/wait", token: bob).status == 200)
+
+        #expect(try server.client.request("POST", "/v1/runs/\(firstId)/cancel", token: alice).status == 202)
+        #expect(try server.client.request("GET", "/v1/runs/\(firstId)/wait", token: alice).status == 200)
+        // The report exists, so the place is free again (the registry releases it right after).
+        var again = try server.client.request("POST", "/v1/runs", token: alice, json: #"{"command":["/bin/true"]}"#)
+        for _ in 0..<50 where again.status == 429 {
+            usleep(100_000)
+            again = try server.client.request("POST", "/v1/runs", token: alice, json: #"{"command":["/bin/true"]}"#)
+        }
+        #expect(again.status == 202, "alice submits again once her run ended: \(again.text)")
+        let refused = try server.stockade(["audit", "events", "--kind", "api.request", "--json"]).stdout
+        #expect(refused.contains(#""principal":"alice""#) && refused.contains(#""status":429"#))
+        let bad = try ServerHarness.exec(ServerHarness.stockade, ["serve", "--max-per-principal", "-1", "--state-dir", server.stateDirectory])
+        #expect(bad.status == 2 && bad.stderr.contains("--max-per-principal"), "\(bad.stderr)")
+        #expect(server.terminate() == 0)
+    }
+}
+
+@Suite("stockade token: administration in the audit trail", .serialized,
+       .enabled(if: ServerHarness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(2)))
+struct TokenAuditTests {
+    @Test("token create and revoke are recorded as token.created and token.revoked, never with the token or its hash")
+    func recorded() throws {
+        let server = try ServerHarness(start: false)
+        let token = try server.token("ci-bot", scopes: "run:read,audit:read", ttl: "2h")
+        #expect(token.hasPrefix("stk_"))
+        #expect(try server.stockade(["token", "revoke", "ci-bot"]).status == 0)
+        #expect(try server.stockade(["token", "revoke", "ci-bot"]).status == 1, "a second revoke records nothing")
+
+        let events = try server.stockade(["audit", "events", "--json"])
+        #expect(events.status == 0, "\(events.stderr)")
+        let objects = events.stdout.split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
+        let created = objects.filter { $0["kind"] as? String == "token.created" }
+        let revoked = objects.filter { $0["kind"] as? String == "token.revoked" }
+        #expect(created.count == 1 && revoked.count == 1, "\(events.stdout)")
+        let detail = try #require(created.first?["detail"] as? [String: Any])
+        #expect(detail["name"] as? String == "ci-bot")
+        #expect(detail["scopes"] as? [String] == ["run:read", "audit:read"])
+        #expect((detail["expiresAt"] as? String)?.hasSuffix("Z") == true, "\(detail)")
+        #expect((detail["createdBy"] as? String)?.isEmpty == false, "\(detail)")
+        #expect(created.first?["runId"] is NSNull)
+        #expect((revoked.first?["detail"] as? [String: Any])?["name"] as? String == "ci-bot")
+        #expect((created.first?["seq"] as? Int ?? 0) < (revoked.first?["seq"] as? Int ?? 0))
+
+        let hash = SHA256.hash(data: Data(token.utf8)).map { String(format: "%02x", $0) }.joined()
+        #expect(!events.stdout.contains(token) && !events.stdout.contains("stk_"), "no token in the trail")
+        #expect(!events.stdout.contains(hash), "no token hash in the trail")
+        let byKind = try server.stockade(["audit", "events", "--kind", "token.revoked"])
+        #expect(byKind.status == 0 && byKind.stdout.contains("token.revoked"), "\(byKind.stdout) \(byKind.stderr)")
+        #expect(try server.stockade(["audit", "verify"]).status == 0)
+    }
+}
+
+@Suite("stockade serve: /metrics", .serialized,
+       .enabled(if: ServerHarness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(3)))
+struct MetricsTests {
+    /// The value of one sample line (`name{labels} value`), nil when absent.
+    static func sample(_ text: String, _ series: String) -> Double? {
+        for line in text.split(separator: "\n") where line.hasPrefix(series + " ") {
+            return Double(line.dropFirst(series.count + 1).trimmingCharacters(in: .whitespaces))
+        }
+        return nil
+    }
+
+    @Test("after an ok run, a timed-out run and a seccomp kill: runs by outcome, durations, violations by kind, API requests, audit write latency")
+    func fullSet() throws {
+        let server = try ServerHarness()
+        let token = try server.token("ops", scopes: "run:read,run:write,audit:read")
+        let bodies = [
+            #"{"command":["/bin/true"]}"#,
+            #"{"command":["/bin/sh","-c","sleep 30"],"timeout":1}"#,
+            #"{"command":["/bin/sh","-c","unshare -U true"],"profile":"strict"}"#,
+        ]
+        var ids: [String] = []
+        for body in bodies {
+            let submitted = try server.client.request("POST", "/v1/runs", token: token, json: body)
+            #expect(submitted.status == 202, "\(submitted.text)")
+            ids.append(try #require(try submitted.json()["id"] as? String))
+        }
+        var outcomes: [String] = []
+        for id in ids {
+            let waited = try server.client.request("GET", "/v1/runs/\(id)/wait", token: token)
+            outcomes.append((try waited.json()["report"] as? [String: Any])?["outcome"] as? String ?? "")
+        }
+        #expect(outcomes == ["exited", "timeout", "seccomp"], "\(outcomes)")
+        #expect(try server.client.request("GET", "/v1/runs/not-a-run", token: token).status == 404)
+
+        // The registry counts a run right after its report exists: scrape until all three are in.
+        var text = ""
+        for _ in 0..<50 {
+            let scraped = try server.client.request("GET", "/metrics", token: token)
+            #expect(scraped.status == 200)
+            text = scraped.text
+            if Self.sample(text, #"stockade_run_duration_seconds_count"#) == 3 { break }
+            usleep(100_000)
+        }
+        #expect(text.contains("stockade_runs_running 0") && text.contains("stockade_runs_queued 0"), "the gauges stay")
+        #expect(Self.sample(text, #"stockade_runs_total{outcome="exited"}"#) == 1, "\(text)")
+        #expect(Self.sample(text, #"stockade_runs_total{outcome="timeout"}"#) == 1)
+        #expect(Self.sample(text, #"stockade_runs_total{outcome="seccomp"}"#) == 1)
+        #expect(text.contains("# TYPE stockade_runs_total counter"))
+        #expect(Self.sample(text, "stockade_run_duration_seconds_count") == 3)
+        #expect((Self.sample(text, "stockade_run_duration_seconds_sum") ?? 0) >= 1, "the timed-out run alone lasted a second: \(text)")
+        #expect(text.contains("# TYPE stockade_run_duration_seconds histogram"))
+        #expect((Self.sample(text, #"stockade_violations_total{kind="seccomp"}"#) ?? 0) >= 1, "\(text)")
+        #expect(Self.sample(text, #"stockade_api_requests_total{route="/v1/runs",method="POST",status="202"}"#) == 3, "\(text)")
+        #expect(Self.sample(text, #"stockade_api_requests_total{route="/v1/runs/{id}",method="GET",status="404"}"#) == 1)
+        #expect((Self.sample(text, #"stockade_api_requests_total{route="/v1/runs/{id}/wait",method="GET",status="200"}"#) ?? 0) == 3)
+        // Every ledger write of the service: its runs' events and each api.request.
+        let writes = try #require(Self.sample(text, "stockade_audit_write_seconds_count"))
+        #expect(writes >= 10, "run events and api.request appends were timed: \(writes)")
+        #expect(text.contains("# TYPE stockade_audit_write_seconds histogram"))
+        #expect(text.contains(#"stockade_audit_write_seconds_bucket{le="+Inf"}"#))
+        #expect(server.terminate() == 0)
+    }
+}
