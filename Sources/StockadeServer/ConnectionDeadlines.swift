@@ -25,36 +25,18 @@ public struct ConnectionTimeouts: Sendable, Equatable {
 
     /// The HTTP/1.1 server: Hummingbird's idle timeout, the header and body deadlines, and TLS when given.
     func serverBuilder(tls: ServerTLS?, logger: Logger) throws -> HTTPServerBuilder {
-        let configuration = HTTP1Channel.Configuration(additionalChannelHandlers: [RequestPartWatch()],
-                                                       idleTimeout: .seconds(idleSeconds))
         let header = TimeAmount.seconds(headerSeconds), body = TimeAmount.seconds(bodySeconds)
-        let plain = HTTPServerBuilder { responder in
-            DeadlineChannel(base: HTTP1Channel(responder: responder, configuration: configuration), header: header, body: body)
-        }
+        // The watch (behind the HTTP decoder) puts its `RequestDeadlines` at the front of the pipeline
+        // when it is added. (Wrapping HTTP1Channel in a ServerChildChannel of our own instead lost the
+        // response body's back-pressure: a log follower that stopped reading was buffered for.)
+        let configuration = HTTP1Channel.Configuration(additionalChannelHandlers: [RequestPartWatch(header: header, body: body, logger: logger)],
+                                                       idleTimeout: .seconds(idleSeconds))
+        let plain = HTTPServerBuilder.http1(configuration: configuration)
         guard let tls else { return plain }
-        // TLS outermost: the deadlines see the decrypted bytes, and a handshake that never ends is
-        // closed by the idle timeout like any connection that sends no request.
+        // With TLS, `RequestDeadlines` sits in front of the TLS handler: the first bytes of the
+        // handshake arm the header deadline, so a handshake that stalls is closed like a stalled
+        // header; a connection that sends nothing at all is closed by the idle timeout.
         return try .tls(plain, tlsConfiguration: tls.configuration)
-    }
-}
-
-/// Puts `RequestDeadlines` in front of the HTTP decoder of each connection.
-struct DeadlineChannel<Base: ServerChildChannel>: ServerChildChannel {
-    typealias Value = Base.Value
-    let base: Base
-    let header: TimeAmount
-    let body: TimeAmount
-
-    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
-        channel.eventLoop.makeCompletedFuture {
-            try channel.pipeline.syncOperations.addHandler(RequestDeadlines(header: header, body: body, logger: logger))
-        }.flatMap {
-            base.setup(channel: channel, logger: logger)
-        }
-    }
-
-    func handle(value: Value, logger: Logger) async {
-        await base.handle(value: value, logger: logger)
     }
 }
 
@@ -138,12 +120,26 @@ final class RequestPartWatch: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundIn = HTTPResponsePart
     typealias OutboundOut = HTTPResponsePart
 
+    private let header: TimeAmount
+    private let body: TimeAmount
+    private let logger: Logger
     private var deadlines: RequestDeadlines?
 
+    init(header: TimeAmount, body: TimeAmount, logger: Logger) {
+        self.header = header
+        self.body = body
+        self.logger = logger
+    }
+
     func handlerAdded(context: ChannelHandlerContext) {
-        deadlines = try? context.pipeline.syncOperations.handler(type: RequestDeadlines.self)
-        // Fail closed: a connection without its deadlines is not served.
-        if deadlines == nil { context.close(promise: nil) }
+        let deadlines = RequestDeadlines(header: header, body: body, logger: logger)
+        do {
+            try context.pipeline.syncOperations.addHandler(deadlines, position: .first)
+            self.deadlines = deadlines
+        } catch {
+            // Fail closed: a connection without its deadlines is not served.
+            context.close(promise: nil)
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
