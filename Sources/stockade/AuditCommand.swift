@@ -45,7 +45,6 @@ struct AuditCommand: ParsableCommand {
             if follow, !remote {
                 throw ValidationError("--follow: only with --host (the service's event stream); without it, resume with --since the last seq seen")
             }
-            if let since, since < 0 { throw ValidationError("--since: must be an event seq (0 or more), found \(since)") }
             if let kind, !AuditEventKind.known.contains(kind) {
                 throw ValidationError("--kind: unknown event kind \(kind); known kinds: \(AuditEventKind.known.joined(separator: ", "))")
             }

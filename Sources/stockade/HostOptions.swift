@@ -35,6 +35,15 @@ struct HostOptions: ParsableArguments {
 /// How a command that went through the service ends when the call fails: one line
 /// `stockade: MESSAGE`, and the exit status the local command would have for the same cause.
 enum ServiceFailure {
+    /// The one-line message for a failed call.
+    static func message(_ error: any Error) -> String {
+        switch error {
+        case let error as ClientError: error.message
+        case let refusal as ServiceRefusal: TerminalOutput.field(refusal.message)
+        default: "\(error)"
+        }
+    }
+
     /// `usage`: the status of a usage error (125 for `run`, 2 otherwise); `failure`: of any other failure.
     static func exit(_ error: any Error, usage: Int32, failure: Int32) -> ExitCode {
         switch error {

@@ -25,15 +25,9 @@ private func absolute(_ path: String) -> String {
 
 /// A random Idempotency-Key: a retried submission (429, a lost answer) never starts a second run.
 private func idempotencyKey() -> String {
-    var bytes = [UInt8](repeating: 0, count: 16)
-    var filled = 0
-    while filled < bytes.count {
-        let n = bytes[filled...].withUnsafeMutableBytes { getrandom($0.baseAddress, $0.count, 0) }
-        if n < 0 && errno == EINTR { continue }
-        if n <= 0 { break }
-        filled += n
-    }
-    return "stockade-cli-" + bytes.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
+    var generator = SystemRandomNumberGenerator()
+    let digits = Array("0123456789abcdef")
+    return "stockade-cli-" + String((0..<32).map { _ in digits[Int(generator.next() % 16)] })
 }
 
 /// A string-valued JSON object from `KEY=VALUE` pairs; a later pair wins, as it does locally.
@@ -74,6 +68,10 @@ enum ServiceRuns {
                 return report
             } catch let error as ClientError where error.code == .protocolViolation && attempts < 3 {
                 attempts += 1
+            } catch let refusal as ServiceRefusal where refusal.status == 409 && refusal.code == "not-waitable" {
+                // The service forgets a finished run and reads its report from its run directory; a run
+                // refused before it had one (an unknown profile, say) leaves no report to read.
+                throw ClientError(.protocolViolation, "run \(id) ended on the service, which kept no report of it (it failed before its run directory was made, e.g. an unknown profile); its events: stockade audit events --host … --run \(id)")
             }
         }
     }
@@ -165,9 +163,9 @@ extension Batch {
         }
         defer { if fd != 0 { close(fd) } }
         let lines = LineReader(fd: fd, maxLine: 1 << 20)
-        let outcome = await withTaskGroup(of: (invalid: Bool, failure: (any Error)?).self) { group in
+        let outcome = await withTaskGroup(of: LineResult.self) { group in
             var invalid = 0
-            var failure: (any Error)?
+            var failure: String?
             var lineNumber = 0
             var running = 0
             var seen: [String: Int] = [:]
@@ -178,10 +176,13 @@ extension Batch {
                 Console.out(report.json())
                 invalid += 1
             }
-            func take(_ result: (invalid: Bool, failure: (any Error)?)) {
+            func take(_ result: LineResult) {
                 running -= 1
-                if result.invalid { invalid += 1 }
-                if let error = result.failure, failure == nil { failure = error }
+                switch result {
+                case .reported: break
+                case .refused: invalid += 1
+                case .failed(let message): if failure == nil { failure = message }
+                }
             }
             while failure == nil, let line = lines.next() {
                 lineNumber += 1
@@ -192,7 +193,7 @@ extension Batch {
                     continue
                 }
                 let request: BatchRequest
-                do {
+                do throws(BatchRequest.Failure) {
                     request = try BatchRequest.parse(line)
                 } catch {
                     reject(error.description, id: error.id, line: number)
@@ -210,23 +211,27 @@ extension Batch {
                 running += 1
                 let body = line
                 group.addTask {
-                    await Blocking.run { () -> (invalid: Bool, failure: (any Error)?) in
+                    await Blocking.run { () -> LineResult in
                         do {
                             let id = try ServiceRuns.submit(client, body)
-                            guard var report = try ServiceRuns.wait(client, id).object else { return (false, nil) }
+                            guard var report = try ServiceRuns.wait(client, id).object else { return .reported }
                             if let requestId = request.id { report["id"] = .string(requestId) }
                             report["line"] = .number(number)
                             Console.out(JSONValue.object(report).serialized())
-                            return (false, nil)
+                            return .reported
                         } catch let refusal as ServiceRefusal where refusal.status == 400 {
                             // The service's own checks of the line: refused as a local batch refuses it.
                             var report = Supervisor.rejectedRequest(reason: "line \(number): \(refusal.message)")
                             report.requestId = request.id
                             report.line = number
                             Console.out(report.json())
-                            return (true, nil)
+                            return .refused
+                        } catch let error as ClientError where error.code == .protocolViolation {
+                            // This line's run only: the batch goes on, and exits 1.
+                            Console.error("stockade: line \(number): \(error.message)")
+                            return .refused
                         } catch {
-                            return (false, error)
+                            return .failed(ServiceFailure.message(error))
                         }
                     }
                 }
@@ -234,8 +239,20 @@ extension Batch {
             for await result in group { take(result) }
             return (invalid, failure)
         }
-        if let failure = outcome.1 { throw ServiceFailure.exit(failure, usage: 2, failure: 1) }
+        if let failure = outcome.1 {
+            Console.error("stockade: \(failure)")
+            throw ExitCode(1)
+        }
         if outcome.0 > 0 { throw ExitCode(1) }
+    }
+
+    /// What became of one submitted line.
+    enum LineResult: Sendable {
+        case reported
+        /// The service refused the line (400): a `request-line` report was printed.
+        case refused
+        /// The service could not be used: the batch stops.
+        case failed(String)
     }
 }
 

@@ -32,6 +32,13 @@ private func normalized(_ stderr: String) -> String {
         .replacingOccurrences(of: #" in [0-9]+ ms"#, with: " in N ms", options: .regularExpression)
 }
 
+/// A JSON value as text with sorted keys: equal values, equal text.
+private func canonical(_ value: Any?) -> String {
+    guard let value else { return "absent" }
+    guard let data = try? JSONSerialization.data(withJSONObject: [value], options: [.sortedKeys, .fragmentsAllowed]) else { return "\(value)" }
+    return String(decoding: data, as: UTF8.self)
+}
+
 private func object(_ text: String) throws -> [String: Any] {
     try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], "a JSON object: \(text)")
 }
@@ -66,7 +73,7 @@ struct ClientTests {
         let a = try object(hereJSON.stdout), b = try object(thereJSON.stdout)
         #expect(Set(a.keys) == Set(b.keys))
         for key in a.keys where !["runId", "durationMs", "cpuTimeMs", "memoryPeakBytes"].contains(key) {
-            #expect("\(a[key] ?? "")" == "\(b[key] ?? "")", "report key \(key): local \(a[key] ?? "") service \(b[key] ?? "")")
+            #expect(canonical(a[key]) == canonical(b[key]), "report key \(key): local \(a[key] ?? "") service \(b[key] ?? "")")
         }
         // The run is the service's: recorded in its trail, not in the client's state directory.
         let runId = try #require(b["runId"] as? String)
@@ -79,8 +86,11 @@ struct ClientTests {
     func runRefusals() throws {
         let server = try ServerHarness()
         let client = Client(server: server, token: try server.token("engine", scopes: "run:read,run:write"))
+        // The service keeps no report of a run refused before its run directory existed (its
+        // registry forgets finished runs): said plainly, exit 125 as for any run that did not start.
         let badProfile = try client.stockade(["run", "--profile", "no-such-profile", "--", "/bin/true"])
         #expect(badProfile.status == 125, "\(badProfile)")
+        #expect(badProfile.stderr.contains("kept no report") && badProfile.stderr.contains("--run "), "\(badProfile.stderr)")
         let interactive = try client.stockade(["run", "-i", "--", "/bin/cat"])
         #expect(interactive.status == 125)
         #expect(interactive.stderr.contains("--interactive") && interactive.stderr.contains("standard input"), "\(interactive.stderr)")
@@ -106,7 +116,7 @@ struct ClientTests {
         {"id":"b","command":["/bin/sh","-c","exit 4"],"timeout":"10s"}
         {"id":"c","memory":"lots","command":["/bin/true"]}
         {"id":"a","command":["/bin/true"]}
-        {"id":"d","command":["/bin/true"],"profile":"no-such-profile"}
+        {"id":"d","command":["/bin/sh","-c","echo D >&2; exit 9"]}
 
         """.write(toFile: input, atomically: true, encoding: .utf8)
         let there = try client.stockade(["batch", "--parallel", "2", input])
@@ -126,15 +136,16 @@ struct ClientTests {
         for (line, row) in remote {
             let other = try #require(reference[line])
             #expect(Set(row.keys) == Set(other.keys), "line \(line)")
-            for key in ["id", "outcome", "exitCode", "stdout", "setupError"] {
-                #expect("\(row[key] ?? "")" == "\(other[key] ?? "")", "line \(line) key \(key): \(row[key] ?? "") vs \(other[key] ?? "")")
+            for key in ["id", "outcome", "exitCode", "stdout", "stderr", "setupError"] {
+                #expect(canonical(row[key]) == canonical(other[key]), "line \(line) key \(key): \(row[key] ?? "") vs \(other[key] ?? "")")
             }
         }
         #expect(remote[1]?["stdout"] as? String == "A\n")
         #expect((remote[3]?["exitCode"] as? NSNumber)?.intValue == 4)
         let refused = try #require(remote[4]?["setupError"] as? [String: Any])
         #expect(refused["stage"] as? String == "request-line" && (refused["message"] as? String ?? "").hasPrefix("line 4: memory"), "\(refused)")
-        #expect(((remote[5]?["setupError"] as? [String: Any])?["message"] as? String ?? "").contains("already used on line 1"))
+        let repeated = (remote[5]?["setupError"] as? [String: Any])?["message"] as? String
+        #expect(repeated?.contains("already used on line 1") == true, "\(repeated ?? "none")")
     }
 
     @Test("review list, show and accept through the service print what the local commands print; self-approval is refused with exit 1")
