@@ -102,13 +102,16 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
+        // The CLI as a client of `stockade serve` (`--host`): a small bounded HTTP/1.1 client over a
+        // Unix socket or loopback TCP. No SwiftNIO: the one-shot CLI must start fast.
+        .target(name: "StockadeClient", dependencies: ["StockadePolicy"], swiftSettings: strict),
         .executableTarget(name: "stockade-server", dependencies: [
             "StockadeServer", "StockadeSupervisor", "StockadeVerify",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .executableTarget(name: "stockade", dependencies: [
-            "StockadeSupervisor", "StockadeVerify", "StockadeImages", "StockadeTokens", "StockadeAudit",
+            "StockadeSupervisor", "StockadeVerify", "StockadeImages", "StockadeTokens", "StockadeAudit", "StockadeClient",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),

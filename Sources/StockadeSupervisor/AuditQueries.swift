@@ -1,3 +1,4 @@
+import FoundationEssentials
 import StockadeAudit
 import StockadePolicy
 
@@ -147,5 +148,51 @@ public struct GarbageCollection: Sendable {
     public var jsonValue: JSONValue {
         .object(["removed": .array(removed.map { .string($0) }), "layers": .array(layers.map { .string($0) }),
                  "layersBusy": .bool(layersBusy)])
+    }
+}
+
+// The inverses, for a client of the service (`stockade … --host`): the objects the API sends back
+// as the values the CLI prints. Nil when a required key is missing or of the wrong type.
+
+extension AuditEvent {
+    /// An event from the object `jsonValue` writes; `prevHash` is not sent and is left empty.
+    public init?(json: JSONValue) {
+        guard let o = json.object, let seq = o["seq"]?.exactInt64, let runSeq = o["runSeq"]?.exactInt64,
+              let kind = o["kind"]?.string, let at = o["at"]?.string, let hash = o["hash"]?.string, let detail = o["detail"] else { return nil }
+        let runId: String?
+        switch o["runId"] {
+        case .string(let s)?: runId = s
+        case .null?: runId = nil
+        default: return nil
+        }
+        // A detail that was not JSON in the store travels as a string: shown as it was stored.
+        let text = detail.string ?? detail.serialized()
+        self.init(seq: seq, runId: runId, runSeq: runSeq, kind: kind, at: at, detail: text, prevHash: "", hash: hash)
+    }
+}
+
+extension DiffRecord {
+    /// A diff's record from the object `jsonValue(content:)` writes (`content`, or `contentBase64`
+    /// when its bytes are not UTF-8; empty when neither is present).
+    public init?(json: JSONValue) {
+        guard let o = json.object, let id = o["id"]?.exactInt64, let runId = o["runId"]?.string, let state = o["state"]?.string,
+              let verdict = o["verdict"]?.string, let bytes = o["bytes"]?.exactInt64, let sha256 = o["sha256"]?.string,
+              let createdAt = o["createdAt"]?.string else { return nil }
+        func text(_ key: String) -> String? { o[key]?.string }
+        var content: [UInt8] = []
+        if let base64 = text("contentBase64") {
+            guard let data = Data(base64Encoded: base64) else { return nil }
+            content = Array(data)
+        } else if let s = text("content") {
+            content = Array(s.utf8)
+        }
+        var conflict: DiffConflict?
+        if let c = o["conflict"]?.object {
+            guard let reason = c["reason"]?.string else { return nil }
+            conflict = DiffConflict(file: c["file"]?.string, hunk: c["hunk"]?.string, reason: reason)
+        }
+        self.init(id: id, runId: runId, sha256: sha256, bytes: bytes, content: content, verdict: verdict, reason: text("reason"),
+                  state: state, decidedBy: text("decidedBy"), note: text("note"), decidedAt: text("decidedAt"),
+                  appliedAt: text("appliedAt"), createdAt: createdAt, conflict: conflict)
     }
 }

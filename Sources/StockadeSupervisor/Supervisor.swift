@@ -183,6 +183,11 @@ public final class Supervisor: Sendable {
 
     /// The report for a request that could not be read: nothing ran.
     public func rejectedRequest(reason: String) -> RunReport {
+        Self.rejectedRequest(reason: reason)
+    }
+
+    /// The same report without a supervisor: a client of the service (`batch --host`) refuses the lines it cannot read.
+    public static func rejectedRequest(reason: String) -> RunReport {
         var report = RunReport(runId: RunIdentifier.make(), profile: "", outcome: .setupFailed)
         report.setupError = RunReport.SetupError(stage: .requestLine, errno: 0, message: reason)
         return report

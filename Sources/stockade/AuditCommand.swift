@@ -30,18 +30,28 @@ struct AuditCommand: ParsableCommand {
             commandName: "events",
             abstract: "Audit events in seq order (resume with --since the last seq seen).")
         @OptionGroup var state: StateOptions
+        @OptionGroup var remote: HostOptions
         @Option(name: .customLong("run"), help: "Only this run's events.") var runId: String?
         @Option(help: "Only events with seq greater than this.") var since: Int64?
         @Option(help: "Only events of this kind (e.g. violation, kill, review.decided).") var kind: String?
+        @Flag(help: "With --host: go on printing events as the service records them (until interrupted).") var follow = false
         @Flag(help: "One JSON object a line.") var json = false
 
         func validate() throws {
+            let remote = try self.remote.client() != nil
+            if remote, state.stateDir != nil {
+                throw ValidationError("--state-dir: with --host the service's own state directory is used; leave --state-dir out")
+            }
+            if follow, !remote {
+                throw ValidationError("--follow: only with --host (the service's event stream); without it, resume with --since the last seq seen")
+            }
             if let kind, !AuditEventKind.known.contains(kind) {
                 throw ValidationError("--kind: unknown event kind \(kind); known kinds: \(AuditEventKind.known.joined(separator: ", "))")
             }
         }
 
         func run() throws {
+            if let client = try remote.client() { return try run(through: client) }
             let supervisor = try openSupervisor(state, readOnly: true)
             if let runId {
                 var known = false
@@ -57,18 +67,21 @@ struct AuditCommand: ParsableCommand {
                 }
             }
             do {
-                try supervisor.audit.events(runId: runId, since: since, kind: kind) { event in
-                    if json {
-                        Console.out(event.jsonValue.serialized())
-                    } else {
-                        // Every field escaped: a worker-chosen string must not start a row or split a column.
-                        let fields = [event.at, event.runId ?? "-", event.kind, event.detail].map(TerminalOutput.field)
-                        Console.out(([String(event.seq)] + fields).joined(separator: "\t"))
-                    }
-                }
+                try supervisor.audit.events(runId: runId, since: since, kind: kind) { event in show(event) }
             } catch {
                 Console.error("stockade: \(error)")
                 throw ExitCode(1)
+            }
+        }
+
+        /// One event as a row, or its JSON object (from the store or the service's stream).
+        func show(_ event: AuditEvent) {
+            if json {
+                Console.out(event.jsonValue.serialized())
+            } else {
+                // Every field escaped: a worker-chosen string must not start a row or split a column.
+                let fields = [event.at, event.runId ?? "-", event.kind, event.detail].map(TerminalOutput.field)
+                Console.out(([String(event.seq)] + fields).joined(separator: "\t"))
             }
         }
     }

@@ -19,14 +19,19 @@ struct Batch: AsyncParsableCommand {
     )
 
     @OptionGroup var state: StateOptions
-    @Option(help: "How many runs at once (admission limit).") var parallel: Int = 1
+    @OptionGroup var remote: HostOptions
+    @Option(help: "How many runs at once (admission limit; with --host, how many of this batch's runs are under way on the service at once).") var parallel: Int = 1
     @Argument(help: "File of JSON request lines, or - for standard input.") var file: String
 
     func validate() throws {
         if !(1...256).contains(parallel) { throw ValidationError("--parallel: expected 1 to 256") }
+        if try remote.client() != nil, state.stateDir != nil {
+            throw ValidationError("--state-dir: with --host the service's own state directory is used; leave --state-dir out")
+        }
     }
 
     func run() async throws {
+        if let client = try remote.client() { return try await run(through: client) }
         guard geteuid() == 0 else {
             Console.error("stockade batch: \(Run.needsRoot)")
             throw ExitCode(1)

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import StockadeAudit
+import StockadeClient
 import StockadePolicy
 import StockadeImages
 import StockadeSupervisor
@@ -15,16 +16,19 @@ struct ReviewCommand: ParsableCommand {
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "list", abstract: "Diffs, oldest first.")
         @OptionGroup var location: StateOptions
+        @OptionGroup var remote: HostOptions
         @Option(help: "pending, accepted, rejected or conflict.") var state: String?
         @Flag(help: "One JSON object a line.") var json = false
 
         func validate() throws {
+            try ReviewCommand.checkRemote(remote, location)
             if let state, !["pending", "accepted", "rejected", "conflict"].contains(state) {
                 throw ValidationError("--state: expected pending, accepted, rejected or conflict, found \(state)")
             }
         }
 
         func run() throws {
+            if let client = try remote.client() { return try run(through: client) }
             let supervisor = try openSupervisor(location, readOnly: true)
             let records: [DiffRecord]
             do {
@@ -33,6 +37,11 @@ struct ReviewCommand: ParsableCommand {
                 Console.error("stockade: \(error)")
                 throw ExitCode(1)
             }
+            Self.show(records, json: json)
+        }
+
+        /// The rows (or JSON lines) of `review list`, from the store or from the service.
+        static func show(_ records: [DiffRecord], json: Bool) {
             if !json { Console.out(["ID", "RUN", "STATE", "VERDICT", "BYTES", "CREATED", "REASON"].joined(separator: "\t")) }
             for r in records {
                 if json {
@@ -46,6 +55,13 @@ struct ReviewCommand: ParsableCommand {
         }
     }
 
+    /// `--host` reaches the service's state directory, not the one `--state-dir` names.
+    static func checkRemote(_ remote: HostOptions, _ state: StateOptions) throws {
+        if try remote.client() != nil, state.stateDir != nil {
+            throw ValidationError("--state-dir: with --host the service's own state directory is used; leave --state-dir out")
+        }
+    }
+
     static func conflictText(_ c: DiffConflict) -> String {
         "conflict in \(c.file ?? "the workspace")\(c.hunk.map { " at " + $0 } ?? "")"
     }
@@ -53,10 +69,16 @@ struct ReviewCommand: ParsableCommand {
     struct Show: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "show", abstract: "The diff and its validation verdict.")
         @OptionGroup var state: StateOptions
+        @OptionGroup var remote: HostOptions
         @Argument(help: "Diff id.") var id: Int64
         @Flag(help: "The record and the diff (`content`) as one JSON object.") var json = false
 
+        func validate() throws {
+            try ReviewCommand.checkRemote(remote, state)
+        }
+
         func run() throws {
+            if let client = try remote.client() { return try run(through: client) }
             let supervisor = try openSupervisor(state, readOnly: true)
             let record: DiffRecord?
             do {
@@ -69,6 +91,11 @@ struct ReviewCommand: ParsableCommand {
                 Console.error("stockade: no diff with id \(id)")
                 throw ExitCode(1)
             }
+            Self.show(record, json: json)
+        }
+
+        /// `review show`'s header line (stderr) and diff (stdout), or its JSON object.
+        static func show(_ record: DiffRecord, json: Bool) {
             if json {
                 Console.out(record.jsonValue(content: true).serialized())
                 return
@@ -90,15 +117,27 @@ struct ReviewCommand: ParsableCommand {
     /// What accept and reject both take: the diff and who decides why.
     struct Decision: ParsableArguments {
         @OptionGroup var state: StateOptions
+        @OptionGroup var remote: HostOptions
         @Argument(help: "Diff id.") var id: Int64
-        @Option(help: "Who decides (recorded).") var actor: String
+        @Option(help: "Who decides (recorded; required without --host; with --host the token's name is recorded).") var actor: String?
         @Option(help: "Why (recorded).") var note: String?
         @Flag(help: "The diff's record after the decision as one JSON object.") var json = false
 
-        func record(_ decide: (Supervisor) throws(SupervisorError) -> Void, done: String) throws {
+        func validate() throws {
+            try ReviewCommand.checkRemote(remote, state)
+            let remote = try self.remote.client() != nil
+            if remote, actor != nil {
+                throw ValidationError("--actor: through the service the decision is recorded under the token's name; leave --actor out (or make a token named for the person deciding)")
+            }
+            if !remote, actor == nil { throw ValidationError("--actor: required: who decides (recorded with the decision)") }
+        }
+
+        func record(_ decide: (Supervisor, String) throws(SupervisorError) -> Void, verb: String, done: String) throws {
+            if let client = try remote.client() { return try record(through: client, verb: verb, done: done) }
+            let actor = self.actor ?? ""
             let supervisor = try openSupervisor(state, readOnly: false)
             do {
-                try decide(supervisor)
+                try decide(supervisor, actor)
             } catch {
                 Console.error("stockade: \(error)")
                 throw ExitCode(1)
@@ -117,7 +156,7 @@ struct ReviewCommand: ParsableCommand {
 
         func run() throws {
             let d = decision
-            try d.record({ (s) throws(SupervisorError) in try s.accept(diffId: d.id, actor: d.actor, note: d.note) }, done: "accepted and applied")
+            try d.record({ (s, actor) throws(SupervisorError) in try s.accept(diffId: d.id, actor: actor, note: d.note) }, verb: "accept", done: "accepted and applied")
         }
     }
 
@@ -127,7 +166,7 @@ struct ReviewCommand: ParsableCommand {
 
         func run() throws {
             let d = decision
-            try d.record({ (s) throws(SupervisorError) in try s.reject(diffId: d.id, actor: d.actor, note: d.note) }, done: "rejected")
+            try d.record({ (s, actor) throws(SupervisorError) in try s.reject(diffId: d.id, actor: actor, note: d.note) }, verb: "reject", done: "rejected")
         }
     }
 }

@@ -12,6 +12,7 @@ struct Run: AsyncParsableCommand {
     )
 
     @OptionGroup var state: StateOptions
+    @OptionGroup var remote: HostOptions
 
     @Option(help: "Profile name or path.") var profile: String = "default"
     @Option(parsing: .unconditional, help: "Memory limit: bytes or a size such as 512k, 64m, 64MiB, 1.5g (binary units; at least 4m).")
@@ -47,6 +48,14 @@ struct Run: AsyncParsableCommand {
         _ = try options(readingFiles: false)
         // An image's Entrypoint/Cmd may be the command.
         if command.isEmpty && request == nil && image == nil { throw ValidationError("no command: stockade run [OPTIONS] -- CMD [ARG...]") }
+        if try remote.client() != nil {
+            if interactive {
+                throw ValidationError("-i/--interactive: the service's API takes no standard input; run without --host on the service's host, or hand the input over as a file (--request DIR or --workspace DIR)")
+            }
+            if state.stateDir != nil {
+                throw ValidationError("--state-dir: with --host the service's own state directory is used; leave --state-dir out")
+            }
+        }
     }
 
     /// The flags as run options; every error names its flag and what it must be. Files are read
@@ -109,6 +118,8 @@ struct Run: AsyncParsableCommand {
     static let needsRoot = "needs root: each worker runs under host ids of its own (a user namespace mapping beyond the caller's uid) in a cgroup of its own, which only root may set up; run it as root (e.g. with sudo)"
 
     func run() async throws {
+        // Through the service: its user runs the worker; this process needs only the socket.
+        if let client = try remote.client() { return try run(through: client) }
         guard geteuid() == 0 else {
             Console.error("stockade run: \(Self.needsRoot)")
             throw ExitCode(125)

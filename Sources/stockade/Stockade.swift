@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import Logging
+import StockadeClient
 import StockadeSupervisor
 import Synchronization
 
@@ -14,8 +15,9 @@ struct Stockade: AsyncParsableCommand {
     )
 }
 
-/// `--state-dir` and `--log-format` are global (DESIGN.md): given before the subcommand they are
-/// taken out; `--state-dir` then stands for every command, as `$STOCKADE_STATE_DIR` does.
+/// `--state-dir`, `--log-format` and `--host` are global (DESIGN.md): given before the subcommand they
+/// are taken out; `--state-dir` then stands for every command, as `$STOCKADE_STATE_DIR` does, and
+/// `--host` for the command, as `$STOCKADE_HOST` does (refused before a command that cannot take it).
 enum GlobalOptions {
     struct Invalid: Error {
         let message: String
@@ -24,13 +26,15 @@ enum GlobalOptions {
     static func apply(_ arguments: [String]) throws(Invalid) -> (arguments: [String], logFormat: LogFormat) {
         var rest = arguments
         var format = LogFormat.text
+        var host: String?
+        let names = ["--state-dir", "--log-format", "--host"]
         while let first = rest.first {
             let name: String, value: String
-            if first == "--state-dir" || first == "--log-format" {
+            if names.contains(first) {
                 guard rest.count >= 2 else { throw Invalid(message: "\(first): needs a value") }
                 (name, value) = (first, rest[1])
                 rest.removeFirst(2)
-            } else if let eq = first.firstIndex(of: "="), ["--state-dir", "--log-format"].contains(String(first[..<eq])) {
+            } else if let eq = first.firstIndex(of: "="), names.contains(String(first[..<eq])) {
                 (name, value) = (String(first[..<eq]), String(first[first.index(after: eq)...]))
                 rest.removeFirst()
             } else {
@@ -38,10 +42,21 @@ enum GlobalOptions {
             }
             if name == "--state-dir" {
                 setenv("STOCKADE_STATE_DIR", value, 1)
+            } else if name == "--host" {
+                do throws(ClientError) {
+                    _ = try ServiceAddress(parsing: value, field: "--host")
+                } catch {
+                    throw Invalid(message: error.message)
+                }
+                host = value
             } else {
                 guard let f = LogFormat(rawValue: value) else { throw Invalid(message: "--log-format: must be text or json, found \(value)") }
                 format = f
             }
+        }
+        if let host {
+            if let refusal = HostOptions.refusal(rest) { throw Invalid(message: refusal) }
+            setenv("STOCKADE_HOST", host, 1)
         }
         return (rest, format)
     }

@@ -1,0 +1,215 @@
+/// An HTTP/1.1 response's status line and header fields.
+public struct ResponseHead: Sendable {
+    public var status: Int
+    /// Field names lowercased, in the order received.
+    public var fields: [(name: String, value: String)]
+
+    public func field(_ name: String) -> String? {
+        fields.first { $0.name == name }?.value
+    }
+}
+
+/// Reads one response from the service, treating it as hostile input: the head, each line and the
+/// body are bounded; the body is framed by `Content-Length`, `Transfer-Encoding: chunked`, or the
+/// end of the connection, and nothing else.
+struct ResponseReader {
+    static let maxHeadBytes = 64 << 10
+    static let maxFields = 100
+    static let maxChunkLine = 1024
+
+    private let connection: ServiceConnection
+    private var buffer: [UInt8] = []
+    private var start = 0
+    private var framing: Framing = .none
+
+    enum Framing {
+        case none
+        case length(remaining: Int)
+        /// `remaining` data bytes of the current chunk; 0 between chunks.
+        case chunked(remaining: Int)
+        case untilClose
+        case done
+    }
+
+    init(_ connection: ServiceConnection) {
+        self.connection = connection
+    }
+
+    private func broken(_ reason: String) -> ClientError {
+        ClientError(.protocolViolation, "the service at \(connection.address) answered something that is not HTTP this client accepts: \(reason)")
+    }
+
+    /// Reads more bytes; false at the end of the stream.
+    private mutating func fill() throws(ClientError) -> Bool {
+        if start > 0 && start == buffer.count {
+            buffer.removeAll(keepingCapacity: true)
+            start = 0
+        } else if start > 65536 {
+            buffer.removeFirst(start)
+            start = 0
+        }
+        return try connection.receive(into: &buffer, count: 65536) > 0
+    }
+
+    /// One line without its CRLF (a bare LF is taken too), at most `limit` bytes.
+    private mutating func line(limit: Int, what: String) throws(ClientError) -> [UInt8] {
+        // Bytes after `start` already searched for the LF (fill() may move `start`).
+        var searched = 0
+        while true {
+            if let lf = buffer[(start + searched)...].firstIndex(of: 0x0A) {
+                var end = lf
+                if end > start && buffer[end - 1] == 0x0D { end -= 1 }
+                guard end - start <= limit else { throw broken("\(what) longer than \(limit) bytes") }
+                let line = Array(buffer[start..<end])
+                start = lf + 1
+                return line
+            }
+            // One more byte for the CR of the CRLF.
+            guard buffer.count - start <= limit + 1 else { throw broken("\(what) longer than \(limit) bytes") }
+            searched = buffer.count - start
+            guard try fill() else { throw broken("the connection ended inside the \(what)") }
+        }
+    }
+
+    /// The status line and header fields (informational 1xx answers are skipped), and the body's framing.
+    mutating func head() throws(ClientError) -> ResponseHead {
+        while true {
+            var total = 0
+            let statusLine = try line(limit: 8192, what: "status line")
+            total += statusLine.count
+            let parts = statusLine.split(separator: 0x20, maxSplits: 2, omittingEmptySubsequences: false)
+            guard parts.count >= 2, parts[0].elementsEqual("HTTP/1.1".utf8) || parts[0].elementsEqual("HTTP/1.0".utf8),
+                  parts[1].count == 3, parts[1].allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
+                  let status = Int(String(decoding: parts[1], as: UTF8.self)), status >= 100 else {
+                throw broken("a bad status line (\(Self.printable(statusLine)))")
+            }
+            var fields: [(name: String, value: String)] = []
+            while true {
+                let field = try line(limit: Self.maxHeadBytes, what: "header")
+                if field.isEmpty { break }
+                total += field.count
+                guard total <= Self.maxHeadBytes else { throw broken("a head longer than \(Self.maxHeadBytes) bytes") }
+                guard fields.count < Self.maxFields else { throw broken("more than \(Self.maxFields) header fields") }
+                guard let colon = field.firstIndex(of: 0x3A), colon > 0,
+                      field[..<colon].allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+                    throw broken("a bad header field (\(Self.printable(field)))")
+                }
+                let value = field[(colon + 1)...].drop { $0 == 0x20 || $0 == 0x09 }
+                fields.append((String(decoding: field[..<colon], as: UTF8.self).lowercased(),
+                               String(decoding: value, as: UTF8.self).trimmingSuffix { $0 == " " || $0 == "\t" }))
+            }
+            if (100...199).contains(status) { continue }
+            let head = ResponseHead(status: status, fields: fields)
+            try frame(head)
+            return head
+        }
+    }
+
+    private mutating func frame(_ head: ResponseHead) throws(ClientError) {
+        if head.status == 204 || head.status == 304 {
+            framing = .done
+            return
+        }
+        if let encoding = head.field("transfer-encoding") {
+            guard encoding.lowercased() == "chunked" else { throw broken("Transfer-Encoding \(encoding) (only chunked is accepted)") }
+            framing = .chunked(remaining: 0)
+            return
+        }
+        let lengths = head.fields.filter { $0.name == "content-length" }.map(\.value)
+        if let first = lengths.first {
+            guard lengths.allSatisfy({ $0 == first }), !first.isEmpty, first.utf8.count <= 18,
+                  first.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), let length = Int(first) else {
+                throw broken("a bad Content-Length (\(lengths.joined(separator: ", ")))")
+            }
+            framing = length == 0 ? .done : .length(remaining: length)
+            return
+        }
+        framing = .untilClose
+    }
+
+    /// The next bytes of the body, or nil at its end.
+    mutating func bodyBytes() throws(ClientError) -> ArraySlice<UInt8>? {
+        while true {
+            switch framing {
+            case .none, .done:
+                return nil
+            case .untilClose:
+                if start == buffer.count, try !fill() {
+                    framing = .done
+                    return nil
+                }
+                let out = buffer[start...]
+                start = buffer.count
+                return out
+            case .length(let remaining):
+                if start == buffer.count, try !fill() {
+                    throw broken("the connection ended \(remaining) bytes before the end of the body its Content-Length announced")
+                }
+                let take = min(remaining, buffer.count - start)
+                let out = buffer[start..<(start + take)]
+                start += take
+                framing = remaining == take ? .done : .length(remaining: remaining - take)
+                return out
+            case .chunked(let remaining) where remaining > 0:
+                if start == buffer.count, try !fill() { throw broken("the connection ended inside a chunk") }
+                let take = min(remaining, buffer.count - start)
+                let out = buffer[start..<(start + take)]
+                start += take
+                if remaining == take {
+                    // The chunk's data ends with CRLF.
+                    guard try line(limit: 0, what: "chunk's end").isEmpty else { throw broken("a chunk longer than its size") }
+                    framing = .chunked(remaining: 0)
+                } else {
+                    framing = .chunked(remaining: remaining - take)
+                }
+                return out
+            case .chunked:
+                let sizeLine = try line(limit: Self.maxChunkLine, what: "chunk size line")
+                let digits = sizeLine.prefix { $0 != 0x3B && $0 != 0x20 && $0 != 0x09 }
+                guard !digits.isEmpty, digits.count <= 15, let size = Int(String(decoding: digits, as: UTF8.self), radix: 16) else {
+                    throw broken("a bad chunk size (\(Self.printable(sizeLine)))")
+                }
+                if size == 0 {
+                    // Trailer fields, bounded like the head, are read and ignored.
+                    var total = 0
+                    while true {
+                        let trailer = try line(limit: Self.maxHeadBytes, what: "trailer")
+                        if trailer.isEmpty { break }
+                        total += trailer.count
+                        guard total <= Self.maxHeadBytes else { throw broken("trailers longer than \(Self.maxHeadBytes) bytes") }
+                    }
+                    framing = .done
+                    return nil
+                }
+                framing = .chunked(remaining: size)
+            }
+        }
+    }
+
+    /// The whole body, at most `limit` bytes.
+    mutating func body(limit: Int) throws(ClientError) -> [UInt8] {
+        var out: [UInt8] = []
+        while let bytes = try bodyBytes() {
+            guard out.count + bytes.count <= limit else { throw broken("a body longer than \(limit) bytes") }
+            out += bytes
+        }
+        return out
+    }
+
+    /// At most 200 characters of a line, control characters escaped, for an error message.
+    static func printable(_ bytes: [UInt8]) -> String {
+        var out = ""
+        for b in bytes.prefix(200) {
+            if b >= 0x20 && b < 0x7F { out.append(Character(Unicode.Scalar(b))) } else { out += "\\x" + String(b, radix: 16) }
+        }
+        return bytes.count > 200 ? out + "…" : out
+    }
+}
+
+extension String {
+    func trimmingSuffix(while predicate: (Character) -> Bool) -> String {
+        var s = Substring(self)
+        while let last = s.last, predicate(last) { s = s.dropLast() }
+        return String(s)
+    }
+}

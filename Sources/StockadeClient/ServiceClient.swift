@@ -1,0 +1,110 @@
+import StockadePolicy
+
+/// A client of `stockade serve`: where it listens and the bearer token to present. Each call is one
+/// request on a connection of its own; answers are read with bounds (`ResponseReader`).
+public struct ServiceClient: Sendable {
+    public let address: ServiceAddress
+    let token: String
+
+    /// `--host` if given, else `$STOCKADE_HOST` (empty counts as unset); nil when neither names a
+    /// service. The token is `$STOCKADE_TOKEN`, required then.
+    public static func configured(host flag: String?, environment: [String: String]) throws(ClientError) -> ServiceClient? {
+        let text: String, field: String
+        if let flag {
+            (text, field) = (flag, "--host")
+        } else if let value = environment["STOCKADE_HOST"], !value.isEmpty {
+            (text, field) = (value, "$STOCKADE_HOST")
+        } else {
+            return nil
+        }
+        let address = try ServiceAddress(parsing: text, field: field)
+        guard let token = environment["STOCKADE_TOKEN"], !token.isEmpty else {
+            throw ClientError(.usage, "\(field): $STOCKADE_TOKEN is not set: the service needs a bearer token (make one on the service's host with stockade token create --name NAME --scope SCOPES, then export STOCKADE_TOKEN)")
+        }
+        return try ServiceClient(address: address, token: token)
+    }
+
+    public init(address: ServiceAddress, token: String) throws(ClientError) {
+        // It goes into a header line: no controls, no spaces, nothing beyond ASCII.
+        guard token.utf8.count <= 4096, token.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+            throw ClientError(.usage, "$STOCKADE_TOKEN: a bearer token is printable ASCII without spaces (as stockade token create prints it)")
+        }
+        self.address = address
+        self.token = token
+    }
+
+    public struct Response: Sendable {
+        public var head: ResponseHead
+        public var body: [UInt8]
+        public var status: Int { head.status }
+    }
+
+    private func open(_ method: String, _ path: String, body: [UInt8]?, headers: [(String, String)]) throws(ClientError) -> ResponseReader {
+        let connection = try ServiceConnection(address)
+        var head = "\(method) \(path) HTTP/1.1\r\nHost: stockade\r\nConnection: close\r\nAuthorization: Bearer \(token)\r\n"
+        for (name, value) in headers { head += "\(name): \(value)\r\n" }
+        if let body { head += "Content-Type: application/json\r\nContent-Length: \(body.count)\r\n" }
+        try connection.send(Array((head + "\r\n").utf8) + (body ?? []))
+        return ResponseReader(connection)
+    }
+
+    /// One request; the answer whatever its status, its body at most `limit` bytes.
+    public func call(_ method: String, _ path: String, body: [UInt8]? = nil, headers: [(String, String)] = [],
+                     limit: Int = 16 << 20) throws(ClientError) -> Response {
+        var reader = try open(method, path, body: body, headers: headers)
+        let head = try reader.head()
+        let bytes = try reader.body(limit: limit)
+        return Response(head: head, body: bytes)
+    }
+
+    /// One request whose 2xx answer's body (an event stream's, say) is not read: its head only.
+    /// An error answer throws `ServiceRefusal`.
+    public func head(_ method: String, _ path: String) throws -> ResponseHead {
+        var reader = try open(method, path, body: nil, headers: [])
+        let head = try reader.head()
+        guard (200...299).contains(head.status) else { throw refusal(Response(head: head, body: try reader.body(limit: 1 << 20))) }
+        return head
+    }
+
+    /// One request whose 2xx answer is a JSON document; an error answer throws `ServiceRefusal`.
+    public func json(_ method: String, _ path: String, body: [UInt8]? = nil, headers: [(String, String)] = [],
+                     limit: Int = 16 << 20) throws -> JSONValue {
+        let response = try call(method, path, body: body, headers: headers, limit: limit)
+        guard (200...299).contains(response.status) else { throw refusal(response) }
+        do {
+            return try StrictJSON.parse(response.body, limits: .init(maxBytes: limit, maxDepth: 64))
+        } catch {
+            throw ClientError(.protocolViolation, "the service at \(address) answered \(method) \(path) with a body that is not JSON: \(error)")
+        }
+    }
+
+    /// The service's error object as a refusal (or a plain description of an answer that has none).
+    public func refusal(_ response: Response) -> ServiceRefusal {
+        let retryAfter = response.head.field("retry-after").flatMap { Int($0) }.map { min(max($0, 0), 3600) }
+        if let value = try? StrictJSON.parse(response.body, limits: .init(maxBytes: 1 << 20, maxDepth: 8)),
+           let error = value.object?["error"]?.object, let code = error["code"]?.string, let message = error["message"]?.string {
+            return ServiceRefusal(status: response.status, code: code, message: message, field: error["field"]?.string, retryAfter: retryAfter)
+        }
+        let text = ResponseReader.printable(Array(response.body.prefix(200)))
+        return ServiceRefusal(status: response.status, code: "http-\(response.status)",
+                              message: "the service at \(address) answered HTTP \(response.status)\(text.isEmpty ? "" : ": " + text)",
+                              field: nil, retryAfter: retryAfter)
+    }
+
+    /// `GET path` as an event stream: `onEvent` for each event until it returns false or the
+    /// stream ends. An error answer throws `ServiceRefusal`.
+    public func events(_ path: String, headers: [(String, String)] = [], maxEventBytes: Int = 8 << 20,
+                       onEvent: (ServerSentEvent) throws -> Bool) throws {
+        var reader = try open("GET", path, body: nil, headers: headers + [("Accept", "text/event-stream")])
+        let head = try reader.head()
+        guard (200...299).contains(head.status) else {
+            throw refusal(Response(head: head, body: try reader.body(limit: 1 << 20)))
+        }
+        var parser = ServerSentEventParser(maxEventBytes: maxEventBytes)
+        while let bytes = try reader.bodyBytes() {
+            for event in try parser.feed(bytes) {
+                guard try onEvent(event) else { return }
+            }
+        }
+    }
+}
