@@ -310,6 +310,7 @@ final class API: Sendable {
             if state == .finished { return ("finished", await submitted.handle.report().jsonValue) }
             return (state.rawValue, nil)
         }
+        if let report = await registry.refusedReport(runId) { return ("finished", report.jsonValue) }
         let reportPath = stateDirectory + "/runs/" + runId + "/report.json"
         if let bytes = FileBytes.read(reportPath, limit: 64 << 20),
            let value = try? StrictJSON.parse(bytes, limits: .init(maxBytes: 64 << 20, maxDepth: 16)) {

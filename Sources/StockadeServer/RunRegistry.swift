@@ -5,7 +5,9 @@ import StockadeTokens
 import Synchronization
 
 /// The runs this service submitted and still has in hand, and the idempotency keys of submissions.
-/// A finished run leaves the registry: its report is then read from its run directory.
+/// A finished run leaves the registry: its report is then read from its run directory, or, for a run
+/// refused in setup (which may have no run directory: an unknown profile), from the last
+/// `maxRefusedReports` such reports kept here, so `wait` answers it too.
 actor RunRegistry {
     struct Submitted: Sendable {
         let handle: RunHandle
@@ -34,6 +36,9 @@ actor RunRegistry {
     let keyStore: TokenStore
     let logger: Logger
     private var runs: [String: Submitted] = [:]
+    private var refused: [String: RunReport] = [:]
+    private var refusedOrder: [String] = []
+    static let maxRefusedReports = 1024
     private var keys: [String: Slot] = [:]
     private var keyOrder: [String] = []
     private static let maxKeys = 100_000
@@ -57,6 +62,9 @@ actor RunRegistry {
     func activeRuns(of principal: String) -> Int { active[principal] ?? 0 }
 
     func submitted(_ runId: String) -> Submitted? { runs[runId] }
+
+    /// The report of a run this service submitted that was refused in setup, while it is kept.
+    func refusedReport(_ runId: String) -> RunReport? { refused[runId] }
 
     var all: [String: Submitted] { runs }
 
@@ -126,13 +134,18 @@ actor RunRegistry {
         Task {
             let report = await handle.report()
             self.metrics?.runFinished(report)
-            self.forget(runId, principal: principal)
+            self.forget(runId, principal: principal, report: report)
         }
         return .success(runId)
     }
 
-    private func forget(_ runId: String, principal: String) {
+    private func forget(_ runId: String, principal: String, report: RunReport) {
         runs[runId] = nil
+        if report.setupError != nil {
+            refused[runId] = report
+            refusedOrder.append(runId)
+            if refusedOrder.count > Self.maxRefusedReports { refused[refusedOrder.removeFirst()] = nil }
+        }
         release(principal)
     }
 

@@ -86,11 +86,13 @@ struct ClientTests {
     func runRefusals() throws {
         let server = try ServerHarness()
         let client = Client(server: server, token: try server.token("engine", scopes: "run:read,run:write"))
-        // The service keeps no report of a run refused before its run directory existed (its
-        // registry forgets finished runs): said plainly, exit 125 as for any run that did not start.
+        // A run refused in setup before its run directory existed: the service keeps its report, so
+        // the client prints the setup error as a local run does, and exits 125.
         let badProfile = try client.stockade(["run", "--profile", "no-such-profile", "--", "/bin/true"])
         #expect(badProfile.status == 125, "\(badProfile)")
-        #expect(badProfile.stderr.contains("kept no report") && badProfile.stderr.contains("--run "), "\(badProfile.stderr)")
+        #expect(badProfile.stderr.contains("no-such-profile") && !badProfile.stderr.contains("kept no report"), "\(badProfile.stderr)")
+        let badProfileJSON = try client.stockade(["run", "--json", "--profile", "no-such-profile", "--", "/bin/true"])
+        #expect(badProfileJSON.status == 125 && badProfileJSON.stdout.contains(#""stage":"profile""#), "\(badProfileJSON)")
         let interactive = try client.stockade(["run", "-i", "--", "/bin/cat"])
         #expect(interactive.status == 125)
         #expect(interactive.stderr.contains("--interactive") && interactive.stderr.contains("standard input"), "\(interactive.stderr)")
