@@ -120,7 +120,10 @@ public enum StockadeService {
             logger: logger)
         let drain = Drain(registry: registry, shutdown: shutdown, graceSeconds: options.graceSeconds, logger: logger)
         // Shut down in reverse order: the drain first (runs finish or are cancelled), then the listener.
-        var services: [any Service] = [app, drain]
+        // SIGHUP: every profile read again and checked, the result logged (ProfileReload); once now too.
+        let reload = ProfileReload(catalog: supervisor.catalog, logger: logger)
+        reload.check()
+        var services: [any Service] = [app, drain, reload]
         if let verify = options.verify, let verification {
             // Last in, first out at shutdown: no new verification starts once the service is stopping.
             services.append(ContinuousVerification(supervisor: supervisor, service: service, options: verify, status: verification, logger: logger))

@@ -44,6 +44,22 @@ public struct ProfileCatalog: Sendable {
         return nil
     }
 
+    /// Every profile this catalogue can name: the built-in ones and each `NAME.json` directly in its
+    /// directories (a name found twice once: the first directory wins, as `load` finds it), sorted.
+    public func names() -> [String] {
+        var found = Set(BuiltinProfiles.documents.keys)
+        for directory in directories {
+            guard let dir = opendir(directory) else { continue }
+            defer { closedir(dir) }
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self) }
+                guard name.hasSuffix(".json"), !name.hasPrefix("."), name.count > 5 else { continue }
+                found.insert(String(name.dropLast(5)))
+            }
+        }
+        return found.sorted()
+    }
+
     /// Loads and resolves `nameOrPath` (a path when it contains `/` or ends in `.json`).
     ///
     /// A batch loads the same profile for every run: the resolved profile is kept with, for every link

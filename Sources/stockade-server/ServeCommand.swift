@@ -12,7 +12,7 @@ struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "stockade serve",
         abstract: "Run the supervisor as a service: the HTTP API under /v1 (docs/CONTRACT.md, \"The API\").",
-        discussion: "Needs root. SIGTERM or SIGINT: new runs are refused, queued ones cancelled, running ones get --grace to finish and are then cancelled; exit 0.")
+        discussion: "Needs root. SIGTERM or SIGINT: new runs are refused, queued ones cancelled, running ones get --grace to finish and are then cancelled; exit 0. SIGHUP: every profile is read again and checked, the result logged (profiles.reloaded, profile.invalid).")
 
     @Option(help: "unix:///PATH (default unix:///run/stockade/stockade.sock) or tcp://ADDRESS:PORT (numeric; beyond 127.0.0.0/8 and [::1] only with --tls-cert and --tls-key).")
     var listen: String = "unix://" + Listen.defaultSocket

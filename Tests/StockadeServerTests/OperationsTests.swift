@@ -431,3 +431,46 @@ struct MetricsTests {
         #expect(server.terminate() == 0)
     }
 }
+
+@Suite("stockade serve: SIGHUP re-reads the profiles", .serialized,
+       .enabled(if: ServerHarness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(3)))
+struct ProfileReloadTests {
+    @Test("at start and on SIGHUP every profile is checked and logged; a broken edit is named; runs use the edited file; the service goes on")
+    func sighup() throws {
+        let profiles = "/tmp/stk-profiles-" + UUID().uuidString.prefix(8)
+        try FileManager.default.createDirectory(atPath: profiles, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: profiles) }
+        let good = #"{"name":"tight","extends":"default","limits":{"memory":"64m","pids":16}}"#
+        try good.write(toFile: profiles + "/tight.json", atomically: true, encoding: .utf8)
+        let server = try ServerHarness(environment: ["STOCKADE_PROFILES_DIR": profiles])
+        func lines(_ name: String) -> [String] { server.log.split(separator: "\n").map(String.init).filter { $0.contains(name) } }
+        var reloaded = lines("profiles.reloaded")
+        #expect(reloaded.count == 1 && reloaded[0].contains("invalid=0"), "\(server.log)")
+
+        // Break the profile; SIGHUP names it, with the field, and the service still answers.
+        try #"{"name":"tight","extends":"default","limits":{"memory":"lots"}}"#.write(toFile: profiles + "/tight.json", atomically: true, encoding: .utf8)
+        kill(server.process.processIdentifier, SIGHUP)
+        for _ in 0..<200 where lines("profiles.reloaded").count < 2 { usleep(25_000) }
+        reloaded = lines("profiles.reloaded")
+        #expect(reloaded.count == 2 && reloaded.last?.contains("invalid=1") == true, "\(server.log)")
+        let invalid = lines("profile.invalid")
+        #expect(invalid.count == 1 && invalid[0].contains("profile=tight") && invalid[0].contains("limits.memory"), "\(invalid)")
+        #expect(try server.client.request("GET", "/v1/health").status == 200)
+        #expect(server.process.isRunning)
+
+        // Mended: the next SIGHUP says so, and a run under the profile gets the edited limit.
+        try #"{"name":"tight","extends":"default","limits":{"memory":"48m","pids":16}}"#.write(toFile: profiles + "/tight.json", atomically: true, encoding: .utf8)
+        kill(server.process.processIdentifier, SIGHUP)
+        for _ in 0..<200 where lines("profiles.reloaded").count < 3 { usleep(25_000) }
+        #expect(lines("profiles.reloaded").last?.contains("invalid=0") == true, "\(server.log)")
+        let token = try server.token("engine", scopes: "run:read,run:write")
+        let submitted = try server.client.request("POST", "/v1/runs", token: token,
+                                                  json: #"{"profile":"tight","command":["/bin/true"]}"#)
+        let id = try #require(try submitted.json()["id"] as? String, "\(submitted.text)")
+        let report = try #require(try server.client.request("GET", "/v1/runs/\(id)/wait", token: token).json()["report"] as? [String: Any])
+        #expect(report["outcome"] as? String == "exited", "\(report)")
+        let created = try server.stockade(["audit", "events", "--run", id, "--kind", "run.created", "--json"]).stdout
+        #expect(created.contains(#""memory":\#(48 << 20)"#), "run.created: \(created)")
+        #expect(server.terminate() == 0)
+    }
+}
