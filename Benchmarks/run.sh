@@ -68,6 +68,17 @@ LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 if [ "$QUICK" = 1 ]; then RUNS=60; WARMUP=5; QFLAG=--quick; else RUNS=300; WARMUP=20; QFLAG=; fi
 
+# A warm service for the one-shot row through it: stockade-server on a socket in a fresh state
+# directory, a token for this run (the service is stopped when the script exits).
+SERVE_DIR="$WORK/serve-warm"
+mkdir -p "$SERVE_DIR/state"
+export STOCKADE_TOKEN="$("$STOCKADE" token create --state-dir "$SERVE_DIR/state" --name bench --scope run:read,run:write --ttl 2h)"
+"$SERVER" --listen "unix://$SERVE_DIR/api.sock" --state-dir "$SERVE_DIR/state" --max-running 2 --grace 0s 2>"$SERVE_DIR/server.log" &
+SERVER_PID=$!
+trap 'kill $SERVER_PID 2>/dev/null || true' EXIT
+for _ in $(seq 1 300); do [ -S "$SERVE_DIR/api.sock" ] && break; sleep 0.05; done
+[ -S "$SERVE_DIR/api.sock" ] || { echo "run.sh: stockade-server did not start (see $SERVE_DIR/server.log)" >&2; exit 1; }
+
 # ---------------------------------------------------------------- (1) whole command
 echo "== (1) whole command, hyperfine ($RUNS runs each)" >&2
 BWRAP=(bwrap --unshare-all --ro-bind /usr /usr --ro-bind /bin /bin --ro-bind /lib /lib --ro-bind /lib64 /lib64
@@ -78,6 +89,7 @@ CMDS=(
     -n "/bin/true (bare)" "/bin/true"
     -n "stockade run -- /bin/true (state on disk)" "$(q "$STOCKADE" run --state-dir "$WORK/state-run-disk" -- /bin/true)"
     -n "stockade run -- /bin/true (state on tmpfs)" "$(q "$STOCKADE" run --state-dir "$SHM/state-run-tmpfs" -- /bin/true)"
+    -n "stockade --host (warm service) run -- /bin/true" "$(q "$STOCKADE" --host "unix://$SERVE_DIR/api.sock" run -- /bin/true)"
     -n "bwrap --unshare-all … true" "$(q "${BWRAP[@]}")"
     -n "unshare --user --map-root-user --pid --fork … /bin/true" "$(q "${UNSHARE[@]}")"
 )
@@ -122,6 +134,8 @@ echo "== (3) supervisor RSS with 100 sleeping workers" >&2
 RSS_ROWS="$("$BENCH" rss --stockade "$STOCKADE" --work "$WORK/rss" --workers 100 --sleep 5)"
 echo "== (4) components" >&2
 COMPONENT_ROWS="$("$BENCH" components --disk "$WORK/components" --tmpfs "$SHM/components" $QFLAG)"
+kill "$SERVER_PID" 2>/dev/null || true
+wait "$SERVER_PID" 2>/dev/null || true
 echo "== (5) the service: throughput from 8 clients, latency, RSS with 100 queued and 50 running" >&2
 SERVE_ROWS="$("$BENCH" serve --server "$SERVER" --stockade "$STOCKADE" --work "$WORK/serve" $QFLAG)"
 LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
