@@ -75,8 +75,8 @@ final class API: Sendable {
 
     var stateDirectory: String { supervisor.stateDirectory }
 
-    func router() -> Router<BasicRequestContext> {
-        let router = Router()
+    func router() -> Router<StockadeRequestContext> {
+        let router = Router(context: StockadeRequestContext.self)
         router.addMiddleware { UnmatchedRoutes(api: self) }
         router.get("/v1/health", use: endpoint("/v1/health", scope: nil, health))
         router.post("/v1/runs", use: endpoint("/v1/runs", scope: .runWrite, submit))
@@ -100,9 +100,9 @@ final class API: Sendable {
 
     // MARK: The frame: authentication, errors, audit
 
-    typealias Handler = @Sendable (Request, BasicRequestContext, Principal?) async throws -> Reply
+    typealias Handler = @Sendable (Request, StockadeRequestContext, Principal?) async throws -> Reply
 
-    func endpoint(_ route: String, scope: TokenScope?, _ handler: @escaping Handler) -> @Sendable (Request, BasicRequestContext) async throws -> Response {
+    func endpoint(_ route: String, scope: TokenScope?, _ handler: @escaping Handler) -> @Sendable (Request, StockadeRequestContext) async throws -> Response {
         { request, context in
             var principal: Principal?
             var authFailure: String?
@@ -198,7 +198,7 @@ final class API: Sendable {
         return out
     }
 
-    func runId(_ context: BasicRequestContext) throws -> String {
+    func runId(_ context: StockadeRequestContext) throws -> String {
         let id = context.parameters.get("id") ?? ""
         guard RunIds.isValid(id) else { throw APIError(.notFound, "not-found", "no run \(id) (run ids are 26-character ULIDs)", field: "id") }
         return id
@@ -206,7 +206,7 @@ final class API: Sendable {
 
     // MARK: Routes
 
-    @Sendable func health(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+    @Sendable func health(_ request: Request, _ context: StockadeRequestContext, _ principal: Principal?) async throws -> Reply {
         let load = await registry.service.load
         let draining = await registry.isDraining
         return Reply(response: API.json(.object([
@@ -215,7 +215,7 @@ final class API: Sendable {
         ])), runId: nil)
     }
 
-    @Sendable func metrics(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+    @Sendable func metrics(_ request: Request, _ context: StockadeRequestContext, _ principal: Principal?) async throws -> Reply {
         let load = await registry.service.load
         let entries = await verification?.entries ?? [:]
         var headers = HTTPFields()
@@ -224,7 +224,7 @@ final class API: Sendable {
         return Reply(response: Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: text))), runId: nil)
     }
 
-    @Sendable func submit(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+    @Sendable func submit(_ request: Request, _ context: StockadeRequestContext, _ principal: Principal?) async throws -> Reply {
         let body = try await API.body(request)
         var key: String?
         if let value = request.headers[API.idempotencyKey] {
@@ -323,13 +323,13 @@ final class API: Sendable {
         return found.map { ($0, nil) }
     }
 
-    @Sendable func show(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+    @Sendable func show(_ request: Request, _ context: StockadeRequestContext, _ principal: Principal?) async throws -> Reply {
         let id = try runId(context)
         guard let (state, report) = try await lookup(id) else { throw APIError(.notFound, "not-found", "no run \(id)", field: "id") }
         return Reply(response: API.json(.object(["id": .string(id), "state": .string(state), "report": report ?? .null])), runId: id)
     }
 
-    @Sendable func wait(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+    @Sendable func wait(_ request: Request, _ context: StockadeRequestContext, _ principal: Principal?) async throws -> Reply {
         let id = try runId(context)
         if let submitted = await registry.submitted(id) {
             let report = await submitted.handle.report()
@@ -342,7 +342,7 @@ final class API: Sendable {
         return Reply(response: API.json(.object(["id": .string(id), "state": .string(state), "report": report])), runId: id)
     }
 
-    @Sendable func cancel(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+    @Sendable func cancel(_ request: Request, _ context: StockadeRequestContext, _ principal: Principal?) async throws -> Reply {
         let id = try runId(context)
         if let submitted = await registry.submitted(id) {
             submitted.handle.cancel()
@@ -353,7 +353,7 @@ final class API: Sendable {
         throw APIError(.conflict, "not-cancellable", "run \(id) is \(state)\(state == "finished" ? "" : " and was not started by this service"): it cannot be cancelled")
     }
 
-    @Sendable func list(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+    @Sendable func list(_ request: Request, _ context: StockadeRequestContext, _ principal: Principal?) async throws -> Reply {
         let query = API.query(request)
         let states: Set = ["queued", "running", "finished", "abandoned"]
         if let state = query["state"], !states.contains(state) {
@@ -418,7 +418,7 @@ final class API: Sendable {
 
     // MARK: Events
 
-    @Sendable func events(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+    @Sendable func events(_ request: Request, _ context: StockadeRequestContext, _ principal: Principal?) async throws -> Reply {
         let query = API.query(request)
         var since: Int64 = 0
         if let text = request.headers[API.lastEventID] {
@@ -439,7 +439,7 @@ final class API: Sendable {
         var headers = HTTPFields()
         headers[.contentType] = "text/event-stream"
         headers[.cacheControl] = "no-store"
-        let stream = EventStream(audit: supervisor.audit, shutdown: shutdown, since: since, runId: run, kind: kind, logger: logger)
+        let stream = EventStream(audit: supervisor.audit, channel: context.channel, shutdown: shutdown, since: since, runId: run, kind: kind, logger: logger)
         return Reply(response: Response(status: .ok, headers: headers, body: ResponseBody { writer in
             try await stream.run(&writer)
         }), runId: run)
@@ -448,7 +448,7 @@ final class API: Sendable {
 
 /// A route no handler matches: a JSON 404 (or the router's status), recorded like any other call.
 struct UnmatchedRoutes: RouterMiddleware {
-    typealias Context = BasicRequestContext
+    typealias Context = StockadeRequestContext
     let api: API
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
@@ -468,6 +468,8 @@ struct UnmatchedRoutes: RouterMiddleware {
 /// so a slow reader holds at most one batch and the socket's buffers.
 struct EventStream: Sendable {
     let audit: any AuditStore
+    /// The client's connection: each write waits until it has taken the last one (`BoundedWrite`).
+    let channel: any Channel
     let shutdown: ShutdownFlag
     var since: Int64
     let runId: String?
@@ -483,7 +485,6 @@ struct EventStream: Sendable {
     }()
 
     struct Full: Error {}
-    struct Stalled: Error {}
 
     func run(_ writer: inout any ResponseBodyWriter) async throws {
         var cursor = since
@@ -519,36 +520,8 @@ struct EventStream: Sendable {
         try await writer.finish(nil)
     }
 
-    /// Holds the writer while a child task writes and the parent waits on the stall timer: only one
-    /// task touches it at a time (the parent is suspended until both children have ended).
-    private final class WriterBox: @unchecked Sendable {
-        var writer: any ResponseBodyWriter
-        init(_ writer: any ResponseBodyWriter) { self.writer = writer }
-    }
-
     private func write(_ writer: inout any ResponseBodyWriter, _ text: String) async throws {
-        let buffer = ByteBuffer(string: text)
-        // The write waits while the client does not read (NIO's back-pressure); past the stall
-        // limit the stream is cut rather than buffered.
-        let box = WriterBox(writer)
-        let written = try await withThrowingTaskGroup(of: Bool.self) { group in
-            group.addTask {
-                try await box.writer.write(buffer)
-                return true
-            }
-            group.addTask {
-                try await Task.sleep(for: .seconds(Self.stallSeconds))
-                return false
-            }
-            let first = try await group.next()!
-            group.cancelAll()
-            return first
-        }
-        writer = box.writer
-        guard written else {
-            logger.notice("events.stalled", metadata: ["after": "\(Self.stallSeconds)s"])
-            throw Stalled()
-        }
+        try await BoundedWrite.write(&writer, ByteBuffer(string: text), channel: channel, logger: logger, what: "events")
     }
 }
 

@@ -27,8 +27,7 @@ public struct ConnectionTimeouts: Sendable, Equatable {
     func serverBuilder(tls: ServerTLS?, logger: Logger) throws -> HTTPServerBuilder {
         let header = TimeAmount.seconds(headerSeconds), body = TimeAmount.seconds(bodySeconds)
         // The watch (behind the HTTP decoder) puts its `RequestDeadlines` at the front of the pipeline
-        // when it is added. (Wrapping HTTP1Channel in a ServerChildChannel of our own instead lost the
-        // response body's back-pressure: a log follower that stopped reading was buffered for.)
+        // when it is added, so Hummingbird's own HTTP/1 channel is used unchanged.
         let configuration = HTTP1Channel.Configuration(additionalChannelHandlers: [RequestPartWatch(header: header, body: body, logger: logger)],
                                                        idleTimeout: .seconds(idleSeconds))
         let plain = HTTPServerBuilder.http1(configuration: configuration)

@@ -12,7 +12,7 @@ extension API {
     /// At most this much is answered at once without `follow` (`Stockade-Next-Offset` says where to go on).
     static let logAnswerBytes = 64 << 20
 
-    @Sendable func logs(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+    @Sendable func logs(_ request: Request, _ context: StockadeRequestContext, _ principal: Principal?) async throws -> Reply {
         let id = try runId(context)
         let query = API.query(request)
         let stream = query["stream"] ?? "stdout"
@@ -53,7 +53,7 @@ extension API {
             return Reply(response: Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes))), runId: id)
         }
         headers[.cacheControl] = "no-store"
-        let follower = LogFollower(path: path, offset: offset, shutdown: shutdown, logger: logger) { [self] in await logComplete(id) }
+        let follower = LogFollower(path: path, offset: offset, channel: context.channel, shutdown: shutdown, logger: logger) { [self] in await logComplete(id) }
         return Reply(response: Response(status: .ok, headers: headers, body: ResponseBody { writer in
             try await follower.run(&writer)
         }), runId: id)
@@ -82,15 +82,17 @@ extension API {
 struct LogFollower: Sendable {
     let path: String
     let offset: Int
+    let channel: any Channel
     let shutdown: ShutdownFlag
     let logger: Logger
     let isComplete: @Sendable () async -> Bool
     static let chunkBytes = 64 << 10
     static let pollMilliseconds: UInt64 = 100
 
-    init(path: String, offset: Int, shutdown: ShutdownFlag, logger: Logger, isComplete: @escaping @Sendable () async -> Bool) {
+    init(path: String, offset: Int, channel: any Channel, shutdown: ShutdownFlag, logger: Logger, isComplete: @escaping @Sendable () async -> Bool) {
         self.path = path
         self.offset = offset
+        self.channel = channel
         self.shutdown = shutdown
         self.logger = logger
         self.isComplete = isComplete
@@ -102,7 +104,7 @@ struct LogFollower: Sendable {
         var completeSeen = false
         while !Task.isCancelled {
             if case .bytes(let chunk) = try LogFile.read(path, from: offset, limit: Self.chunkBytes), !chunk.isEmpty {
-                try await BoundedWrite.write(&writer, ByteBuffer(bytes: chunk), logger: logger, what: "logs")
+                try await BoundedWrite.write(&writer, ByteBuffer(bytes: chunk), channel: channel, logger: logger, what: "logs")
                 offset += chunk.count
                 continue
             }

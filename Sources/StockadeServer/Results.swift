@@ -14,7 +14,7 @@ import StockadeSupervisor
 extension API {
     static let resultChunkBytes = 64 << 10
 
-    @Sendable func result(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+    @Sendable func result(_ request: Request, _ context: StockadeRequestContext, _ principal: Principal?) async throws -> Reply {
         let id = try runId(context)
         let result = try await acceptedResult(id)
         let files: [JSONValue] = result.manifest.files.map { file in
@@ -28,7 +28,7 @@ extension API {
         ])), runId: id)
     }
 
-    @Sendable func resultFile(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+    @Sendable func resultFile(_ request: Request, _ context: StockadeRequestContext, _ principal: Principal?) async throws -> Reply {
         let id = try runId(context)
         // The raw path of the request, not the router's view of it: `a//b`, `%2e%2e` and the like
         // are judged here, byte for byte, before anything is looked up.
@@ -61,11 +61,12 @@ extension API {
         headers[.contentType] = "application/octet-stream"
         let size = Int(file.size)
         let logger = self.logger
+        let channel = context.channel
         return Reply(response: Response(status: .ok, headers: headers, body: ResponseBody(contentLength: size) { writer in
             var offset = 0
             while offset < size {
                 let chunk = try handle.read(at: offset, count: min(API.resultChunkBytes, size - offset))
-                try await BoundedWrite.write(&writer, ByteBuffer(bytes: chunk), logger: logger, what: "result")
+                try await BoundedWrite.write(&writer, ByteBuffer(bytes: chunk), channel: channel, logger: logger, what: "result")
                 offset += chunk.count
             }
             try await writer.finish(nil)

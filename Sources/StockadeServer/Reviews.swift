@@ -8,7 +8,7 @@ import StockadeSupervisor
 extension API {
     // MARK: Receipts
 
-    @Sendable func receipt(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+    @Sendable func receipt(_ request: Request, _ context: StockadeRequestContext, _ principal: Principal?) async throws -> Reply {
         let id = try runId(context)
         if let submitted = await registry.submitted(id), submitted.handle.currentState != .finished {
             throw APIError(.conflict, "not-finished", "run \(id) is \(submitted.handle.currentState.rawValue): a receipt is issued once it has finished")
@@ -37,7 +37,7 @@ extension API {
 
     // MARK: Reviews
 
-    func diffId(_ context: BasicRequestContext) throws -> Int64 {
+    func diffId(_ context: StockadeRequestContext) throws -> Int64 {
         let text = context.parameters.get("id") ?? ""
         guard let id = Int64(text), id >= 1, String(id) == text else {
             throw APIError(.notFound, "not-found", "no diff \(text) (diff ids are positive integers)", field: "id")
@@ -56,7 +56,7 @@ extension API {
         return record
     }
 
-    @Sendable func reviews(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+    @Sendable func reviews(_ request: Request, _ context: StockadeRequestContext, _ principal: Principal?) async throws -> Reply {
         let state = API.query(request)["state"]
         if let state, !["pending", "accepted", "rejected", "conflict"].contains(state) {
             throw APIError(.badRequest, "invalid-parameter", "state: must be pending, accepted, rejected or conflict, found \(state)", field: "state")
@@ -70,16 +70,16 @@ extension API {
         return Reply(response: API.json(.object(["reviews": .array(records.map { $0.jsonValue() })])), runId: nil)
     }
 
-    @Sendable func review(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+    @Sendable func review(_ request: Request, _ context: StockadeRequestContext, _ principal: Principal?) async throws -> Reply {
         let record = try diffRecord(try diffId(context))
         return Reply(response: API.json(record.jsonValue(content: true)), runId: record.runId)
     }
 
-    @Sendable func acceptReview(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+    @Sendable func acceptReview(_ request: Request, _ context: StockadeRequestContext, _ principal: Principal?) async throws -> Reply {
         try await decide(request, context, principal, accept: true)
     }
 
-    @Sendable func rejectReview(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+    @Sendable func rejectReview(_ request: Request, _ context: StockadeRequestContext, _ principal: Principal?) async throws -> Reply {
         try await decide(request, context, principal, accept: false)
     }
 
@@ -120,7 +120,7 @@ extension API {
         return found
     }
 
-    func decide(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?, accept: Bool) async throws -> Reply {
+    func decide(_ request: Request, _ context: StockadeRequestContext, _ principal: Principal?, accept: Bool) async throws -> Reply {
         let id = try diffId(context)
         let note = try API.decisionNote(try await API.body(request))
         let record = try diffRecord(id)

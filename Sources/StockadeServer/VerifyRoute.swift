@@ -12,7 +12,7 @@ extension API {
     /// Held while a verification started through the API runs.
     static let verifyGate = VerifyGate()
 
-    @Sendable func verify(_ request: Request, _ context: BasicRequestContext, _ principal: Principal?) async throws -> Reply {
+    @Sendable func verify(_ request: Request, _ context: StockadeRequestContext, _ principal: Principal?) async throws -> Reply {
         let (profile, controls) = try parseVerifyBody(try await API.body(request))
         if await registry.isDraining {
             throw APIError(.serviceUnavailable, "shutting-down", "the service is shutting down and starts no verification")

@@ -149,7 +149,7 @@ struct RunOutputRoutesTests {
         let ended = try reader.read()
         #expect(!ended, "the stream was cut, not ended")
         #expect(reader.body.count < full, "the stalled follower did not get the whole log: \(reader.body.count)")
-        #expect(server.log.contains("stream.stalled"), "\(server.log)")
+        #expect(server.log.contains("logs.stalled"), "\(server.log)")
         let rest = try LogFollowReader(client: server.client, path: "/v1/runs/\(id)/logs?follow=true&offset=\(reader.body.count)", token: token)
         #expect(try rest.read())
         let log = try Data(contentsOf: URL(fileURLWithPath: server.stateDirectory + "/runs/\(id)/logs/stdout.log"))
