@@ -87,7 +87,11 @@ struct LogFollower: Sendable {
     let logger: Logger
     let isComplete: @Sendable () async -> Bool
     static let chunkBytes = 64 << 10
-    static let pollMilliseconds: UInt64 = 100
+    /// The file is polled: first after 2 ms, the wait doubling while nothing comes, up to 100 ms, and
+    /// back to 2 ms after bytes came (a short run's first line reaches its follower in milliseconds;
+    /// a quiet run costs its follower ten stats a second).
+    static let firstPollMilliseconds: UInt64 = 2
+    static let maxPollMilliseconds: UInt64 = 100
 
     init(path: String, offset: Int, channel: any Channel, shutdown: ShutdownFlag, logger: Logger, isComplete: @escaping @Sendable () async -> Bool) {
         self.path = path
@@ -102,10 +106,12 @@ struct LogFollower: Sendable {
         var offset = self.offset
         // Set once the run was seen complete: the next empty read is the end of the log.
         var completeSeen = false
+        var poll = Self.firstPollMilliseconds
         while !Task.isCancelled {
             if case .bytes(let chunk) = try LogFile.read(path, from: offset, limit: Self.chunkBytes), !chunk.isEmpty {
                 try await BoundedWrite.write(&writer, ByteBuffer(bytes: chunk), channel: channel, logger: logger, what: "logs")
                 offset += chunk.count
+                poll = Self.firstPollMilliseconds
                 continue
             }
             if completeSeen { break }
@@ -115,7 +121,8 @@ struct LogFollower: Sendable {
                 continue
             }
             if shutdown.isSet { break }
-            try await Task.sleep(for: .milliseconds(Self.pollMilliseconds))
+            try await Task.sleep(for: .milliseconds(poll))
+            poll = min(poll * 2, Self.maxPollMilliseconds)
         }
         try await writer.finish(nil)
     }
