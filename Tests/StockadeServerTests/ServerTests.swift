@@ -334,15 +334,7 @@ struct ServerTests {
         #expect(server.terminate() == 0)
 
         // Loopback TCP.
-        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
-        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe, $0, &length) } }
-        let port = UInt16(bigEndian: address.sin_port)
-        close(probe)
+        let port = Ops.freePort()
         let tcp = try ServerHarness(start: false)
         try tcp.start([], listen: "tcp://127.0.0.1:\(port)")
         let health = try HTTPClient(address: .tcp(port: port)).request("GET", "/v1/health")
