@@ -25,6 +25,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "3.0.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
@@ -104,8 +105,15 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         // The CLI as a client of `stockade serve` (`--host`): a small bounded HTTP/1.1 client over a
-        // Unix socket or loopback TCP. No SwiftNIO: the one-shot CLI must start fast.
-        .target(name: "StockadeClient", dependencies: ["StockadePolicy"], swiftSettings: strict),
+        // Unix socket, loopback TCP, or TLS (SwiftNIO and swift-nio-ssl relay https:// only).
+        .target(name: "StockadeClient", dependencies: [
+            "StockadePolicy",
+            // https:// only (TLSBridge); plain sockets otherwise.
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOTLS", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        ], swiftSettings: strict),
         .executableTarget(name: "stockade-server", dependencies: [
             "StockadeServer", "StockadeSupervisor", "StockadeVerify",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -1,14 +1,15 @@
 import Glibc
 
-/// Where `stockade serve` listens, from `--host URL` or `$STOCKADE_HOST`: a Unix socket, or plaintext
-/// HTTP on a numeric loopback address. Nothing else: the service serves TLS on no listener yet, and
-/// the one-shot CLI links no TLS client (it must start in a few milliseconds).
+/// Where `stockade serve` listens, from `--host URL` or `$STOCKADE_HOST`: a Unix socket, plaintext
+/// HTTP on a numeric loopback address, or HTTPS anywhere (`stockade serve --tls-cert/--tls-key`).
 public enum ServiceAddress: Sendable, Equatable, CustomStringConvertible {
     case unix(path: String)
     /// A numeric loopback address (127.0.0.0/8 or ::1) and a port.
     case loopback(host: String, port: UInt16)
+    /// A host name or address and a port, over TLS (`TLSBridge`).
+    case tls(host: String, port: UInt16)
 
-    static let forms = "unix:///PATH, http://127.0.0.1:PORT or http://[::1]:PORT"
+    static let forms = "unix:///PATH, http://127.0.0.1:PORT, http://[::1]:PORT or https://HOST[:PORT]"
 
     /// Parses `unix:///PATH`, `http://127.0.0.1:PORT`, `http://[::1]:PORT` (`tcp://` as `stockade serve
     /// --listen` spells it is taken as `http://`). `field` names the flag or variable in errors.
@@ -24,11 +25,11 @@ public enum ServiceAddress: Sendable, Equatable, CustomStringConvertible {
             self = .unix(path: path)
             return
         }
-        if text.hasPrefix("https://") {
-            throw fail("https:// is not supported: the service serves no TLS yet and this client links none (to keep the CLI's start-up fast); on the service's host use unix:///run/stockade/stockade.sock (or http://127.0.0.1:PORT), and from another host an SSH tunnel to the socket (ssh -L 127.0.0.1:8700:/run/stockade/stockade.sock HOST, then --host http://127.0.0.1:8700)")
-        }
         let rest: Substring
-        if text.hasPrefix("http://") {
+        let secure = text.hasPrefix("https://")
+        if secure {
+            rest = text.dropFirst("https://".count)
+        } else if text.hasPrefix("http://") {
             rest = text.dropFirst("http://".count)
         } else if text.hasPrefix("tcp://") {
             rest = text.dropFirst("tcp://".count)
@@ -45,17 +46,32 @@ public enum ServiceAddress: Sendable, Equatable, CustomStringConvertible {
             guard let close = authority.firstIndex(of: "]") else { throw fail("an IPv6 address needs a closing ], found \(text)") }
             host = String(authority[authority.index(after: authority.startIndex)..<close])
             let after = authority[authority.index(after: close)...]
-            guard after.hasPrefix(":") else { throw fail("a port is required (http://[::1]:PORT), found \(text)") }
-            portText = after.dropFirst()
-        } else {
-            guard let colon = authority.lastIndex(of: ":") else { throw fail("a port is required (http://127.0.0.1:PORT), found \(text)") }
+            if secure && after.isEmpty {
+                portText = "443"
+            } else {
+                guard after.hasPrefix(":") else { throw fail("a port is required (http://[::1]:PORT), found \(text)") }
+                portText = after.dropFirst()
+            }
+        } else if let colon = authority.lastIndex(of: ":") {
             host = String(authority[..<colon])
             portText = authority[authority.index(after: colon)...]
+        } else {
+            guard secure else { throw fail("a port is required (http://127.0.0.1:PORT), found \(text)") }
+            host = String(authority)
+            portText = "443"
         }
         guard let port = UInt16(portText), port > 0 else { throw fail("the port must be 1 to 65535, found \(portText.isEmpty ? "nothing" : String(portText))") }
+        if secure {
+            // A name is resolved by the system and checked against the certificate: TLS makes any host safe to reach.
+            guard !host.isEmpty, host.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || $0 == 0x2E || $0 == 0x2D || $0 == 0x3A }) else {
+                throw fail("expected a host name or address in https://HOST[:PORT], found \(host.isEmpty ? "nothing" : host)")
+            }
+            self = .tls(host: host, port: port)
+            return
+        }
         guard Self.isLoopback(host) else {
             if Self.isNumeric(host) {
-                throw fail("plaintext http:// is allowed on loopback only (127.0.0.0/8 or [::1]), found \(host): the API's bearer token and runs must not cross a network in the clear; reach another host through an SSH tunnel to its socket (ssh -L 127.0.0.1:8700:/run/stockade/stockade.sock HOST, then --host http://127.0.0.1:8700)")
+                throw fail("plaintext http:// is allowed on loopback only (127.0.0.0/8 or [::1]), found \(host): the API's bearer token and runs must not cross a network in the clear; use https://\(host):PORT (stockade serve --tls-cert/--tls-key), or an SSH tunnel to the socket (ssh -L 127.0.0.1:8700:/run/stockade/stockade.sock HOST, then --host http://127.0.0.1:8700)")
             }
             throw fail("host names are not resolved (a name may resolve beyond loopback): write the numeric loopback address, 127.0.0.1 or [::1], found \(host)")
         }
@@ -81,6 +97,7 @@ public enum ServiceAddress: Sendable, Equatable, CustomStringConvertible {
         switch self {
         case .unix(let path): "unix://\(path)"
         case .loopback(let host, let port): host.contains(":") ? "http://[\(host)]:\(port)" : "http://\(host):\(port)"
+        case .tls(let host, let port): host.contains(":") ? "https://[\(host)]:\(port)" : "https://\(host):\(port)"
         }
     }
 }

@@ -33,6 +33,8 @@ final class ServiceConnection {
                 v6.sin6_port = port.bigEndian
                 fd = try Self.connect(AF_INET6, &v6, address)
             }
+        case .tls(let host, let port):
+            fd = try TLSBridge.connect(host: host, port: port, description: address.description, caFile: getenv("STOCKADE_CA_FILE").map { String(cString: $0) })
         }
     }
 
@@ -67,7 +69,7 @@ final class ServiceConnection {
             return "cannot reach the service at \(path): \(why)"
         case (.loopback, ECONNREFUSED):
             return "cannot reach the service at \(address): \(why): is it running? start it with stockade serve --listen \(address.description.replacingFirst("http://", with: "tcp://"))"
-        case (.loopback, _):
+        case (.loopback, _), (.tls, _):
             return "cannot reach the service at \(address): \(why)"
         }
     }
@@ -104,3 +106,4 @@ extension String {
         hasPrefix(prefix) ? replacement + dropFirst(prefix.count) : self
     }
 }
+

@@ -254,7 +254,7 @@ struct ClientTests {
         #expect(process.isRunning, "--follow does not end by itself")
     }
 
-    @Test("usage: a missing token, a bad URL, plaintext beyond loopback, https and --host before a command that cannot take it are refused naming the fix")
+    @Test("usage: a missing token, a bad URL, plaintext beyond loopback, a bad https host and --host before a command that cannot take it are refused naming the fix")
     func usage() throws {
         let server = try ServerHarness()
         let none = Client(server: server, token: nil)
@@ -266,10 +266,10 @@ struct ClientTests {
         let client = Client(server: server, token: "stk_unused")
         for (host, words) in [("ftp://127.0.0.1:1", ["expected unix:///PATH"]),
                               ("unix://relative.sock", ["absolute path"]),
-                              ("http://10.1.2.3:8700", ["loopback only", "SSH tunnel"]),
+                              ("http://10.1.2.3:8700", ["loopback only", "https://10.1.2.3:PORT", "SSH tunnel"]),
                               ("http://localhost:8700", ["host names are not resolved"]),
                               ("http://127.0.0.1", ["a port is required"]),
-                              ("https://127.0.0.1:8443", ["https:// is not supported", "unix://", "SSH tunnel"])] {
+                              ("https://bad_host!:8443", ["host name or address"])] {
             let viaFlag = try client.stockade(["review", "list", "--host", host])
             #expect(viaFlag.status == 2, "\(host): \(viaFlag.stderr)")
             #expect(viaFlag.stderr.hasPrefix("Error: --host:") || viaFlag.stderr.hasPrefix("stockade: --host:") || viaFlag.stderr.contains("--host: "), "\(viaFlag.stderr)")
@@ -305,5 +305,52 @@ struct ClientTests {
         #expect(tcp.terminate() == 0)
         let refused = try client.stockade(["run", "--", "/bin/true"], environment: ["STOCKADE_HOST": "http://127.0.0.1:\(port)"])
         #expect(refused.status == 125 && refused.stderr.contains("127.0.0.1:\(port)") && refused.stderr.contains("stockade serve"), "\(refused.stderr)")
+    }
+}
+
+@Suite("stockade --host https://: the CLI over TLS", .serialized,
+       .enabled(if: ServerHarness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(3)))
+struct ClientTLSTests {
+    @Test("run and review list over https with $STOCKADE_CA_FILE print what a local run prints; an untrusted certificate, plain http to the TLS port and a wrong CA fail closed")
+    func https() throws {
+        let server = try ServerHarness(start: false)
+        let (cert, key) = try Ops.certificate(in: server.directory)
+        let port = Ops.freePort()
+        try server.start(["--tls-cert", cert, "--tls-key", key], listen: "tcp://127.0.0.1:\(port)")
+        let token = try server.token("engine", scopes: "run:read,run:write,review:read")
+        let env = ["STOCKADE_HOST": "https://127.0.0.1:\(port)", "STOCKADE_TOKEN": token, "STOCKADE_CA_FILE": cert,
+                   "STOCKADE_STATE_DIR": server.directory + "/client-state"]
+        let command = ["run", "--", "/bin/sh", "-c", "echo over-tls; echo err >&2; exit 4"]
+        let remote = try ServerHarness.exec(ServerHarness.stockade, command, environment: env)
+        let here = try local(server, command)
+        #expect(remote.status == 4 && here.status == 4, "\(remote) \(here)")
+        #expect(remote.stdout == "over-tls\n" && remote.stdout == here.stdout)
+        #expect(normalized(remote.stderr) == normalized(here.stderr), "\(remote.stderr) vs \(here.stderr)")
+        let listed = try ServerHarness.exec(ServerHarness.stockade, ["review", "list", "--json"], environment: env)
+        #expect(listed.status == 0, "\(listed.stderr)")
+
+        // Fail closed: no trusted CA (the system's roots do not know this certificate), a CA that is
+        // not the service's, plaintext to the TLS port: nothing runs, the error names the service.
+        var untrusted = env
+        untrusted["STOCKADE_CA_FILE"] = ""
+        let noCA = try ServerHarness.exec(ServerHarness.stockade, ["run", "--", "/bin/true"], environment: untrusted)
+        #expect(noCA.status == 125 && noCA.stderr.contains("https://127.0.0.1:\(port)"), "\(noCA.stderr)")
+        let (otherCert, _) = try Ops.certificate(in: server.directory, name: "other")
+        var wrongCA = env
+        wrongCA["STOCKADE_CA_FILE"] = otherCert
+        let wrong = try ServerHarness.exec(ServerHarness.stockade, ["run", "--", "/bin/true"], environment: wrongCA)
+        #expect(wrong.status == 125 && wrong.stderr.contains("TLS"), "\(wrong.stderr)")
+        var clear = env
+        clear["STOCKADE_HOST"] = "http://127.0.0.1:\(port)"
+        let plain = try ServerHarness.exec(ServerHarness.stockade, ["run", "--", "/bin/true"], environment: clear)
+        #expect(plain.status == 125, "\(plain)")
+        var badFile = env
+        badFile["STOCKADE_CA_FILE"] = server.directory + "/no-such.pem"
+        let missing = try ServerHarness.exec(ServerHarness.stockade, ["run", "--", "/bin/true"], environment: badFile)
+        #expect(missing.status == 125 && missing.stderr.contains("STOCKADE_CA_FILE"), "\(missing.stderr)")
+        // Only the first run ran: every refused one left no run behind.
+        let runs = try server.stockade(["audit", "runs", "--json"]).stdout.split(separator: "\n").count
+        #expect(runs == 1, "runs on the service: \(runs)")
+        #expect(server.terminate() == 0)
     }
 }
