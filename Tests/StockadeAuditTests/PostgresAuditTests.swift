@@ -33,7 +33,7 @@ struct PostgresAuditTests {
         let threads = ["thread-0", "thread-1", "thread-2", "thread-3"]
         for run in processes + threads { try store.beginRun(runId: run, profile: "p", profileDigest: "d", command: [], detail: .null) }
 
-        let children = try processes.map { run in try spawnChild("childWriter", [Self.childURL: url.description, Self.childRun: run]) }
+        let children = try processes.map { run in try spawnChild("childWriter", [Self.childURL: PostgresTestServer.connectableText(url), Self.childRun: run]) }
         let failures = FailureLog()
         let writers = threads.map { run in
             TestThread {
@@ -133,7 +133,7 @@ struct PostgresAuditTests {
         try store.beginRun(runId: "r", profile: "p", profileDigest: "d", command: [], detail: .null)
         try store.record(runId: "r", kind: "before", detail: .null)
 
-        let child = try spawnChild("lockHoldingChild", [Self.childURL: url.description, Self.childRun: "hold"])
+        let child = try spawnChild("lockHoldingChild", [Self.childURL: PostgresTestServer.connectableText(url), Self.childRun: "hold"])
         var reaped = false
         defer { if !reaped { kill(child, SIGKILL); waitpid(child, nil, 0) } }
         // Wait for the child to hold the writers' lock (pg_locks shows it granted to another backend).
@@ -248,7 +248,7 @@ struct PostgresAuditTests {
         let executable = try #require(readSelfExecutable())
         let arguments = [executable, "--testing-library", "swift-testing", "--filter", "PostgresAuditTests/\(test)"]
         var set = variables
-        set[PostgresTestServer.urlVariable] = try PostgresTestServer.adminURL().description
+        set[PostgresTestServer.urlVariable] = PostgresTestServer.connectableText(try PostgresTestServer.adminURL())
         var environment = PostgresTestServer.environment().filter { set[$0.key] == nil }.map { "\($0.key)=\($0.value)" }
         environment += set.map { "\($0.key)=\($0.value)" }
         let argv = arguments.map { strdup($0) } + [nil]

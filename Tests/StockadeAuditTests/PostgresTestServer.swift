@@ -87,6 +87,20 @@ enum PostgresTestServer {
         }
     }
 
+    /// `url` as text a child test process can connect with: the description, with the password put
+    /// back when the URL has one (the description shows `***`). Only for handing to a child.
+    static func connectableText(_ url: PostgresStoreURL) -> String {
+        var text = url.description
+        if let password = url.password, let range = text.range(of: ":***@") {
+            let escaped = password.utf8.map { byte -> String in
+                let c = Character(Unicode.Scalar(byte))
+                return c.isLetter && c.isASCII || c.isNumber && c.isASCII ? String(c) : "%" + String(byte, radix: 16).uppercased().paddedHex
+            }.joined()
+            text.replaceSubrange(range, with: ":" + escaped + "@")
+        }
+        return text
+    }
+
     /// A cell as text, whichever format the server sent it in (PostgresNIO asks for binary).
     private static func text(_ cell: PostgresCell) -> String? {
         guard cell.bytes != nil else { return nil }
@@ -215,6 +229,8 @@ enum PostgresTestServer {
 }
 
 private extension String {
+    var paddedHex: String { count == 1 ? "0" + self : self }
+
     init(contentsOfFileAt path: String) throws {
         let fd = open(path, O_RDONLY)
         guard fd >= 0 else { throw PostgresTestServer.TestServerError(description: "cannot read \(path)") }
