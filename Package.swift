@@ -14,6 +14,7 @@ let package = Package(
         // For the benchmark package in Benchmarks/ (not used by the root targets).
         .library(name: "StockadeAudit", targets: ["StockadeAudit"]),
         .library(name: "StockadeAuditSQLite", targets: ["StockadeAuditSQLite"]),
+        .library(name: "StockadeAuditPostgres", targets: ["StockadeAuditPostgres"]),
         .library(name: "StockadePatches", targets: ["StockadePatches"]),
         .library(name: "StockadeBundles", targets: ["StockadeBundles"]),
         .library(name: "StockadePolicy", targets: ["StockadePolicy"]),
