@@ -69,7 +69,9 @@ public final class PostgresAuditBackend: AuditBackend {
                 try session.query("""
                     SELECT set_config('synchronous_commit', $1, true), set_config('lock_timeout', $2, true), pg_advisory_xact_lock($3)
                     """, binds, "take the store's writer lock")
-                value = try body(PostgresAuditTransaction(session: session))
+                let transaction = PostgresAuditTransaction(session: session)
+                value = try body(transaction)
+                try transaction.flush()
             } catch {
                 PostgresTransactions.rollback(session)
                 throw error
@@ -240,11 +242,60 @@ public final class PostgresAuditBackend: AuditBackend {
 
 /// One write transaction on a session of the backend's pool, holding the store's writer lock; valid
 /// only inside `PostgresAuditBackend.withTransaction`'s body.
+///
+/// Events are not sent one by one: `insertEvent` queues them and they go as multi-row INSERTs before
+/// the transaction's next statement of any other kind (so every read sees them) and before COMMIT.
+/// A batch of 1000 events is then a few round trips instead of 1000.
 public struct PostgresAuditTransaction: AuditTransaction {
     let session: PostgresSession
+    private let queued: QueuedEvents
+
+    init(session: PostgresSession) {
+        self.session = session
+        queued = QueuedEvents()
+    }
+
+    /// Events inserted but not yet sent. The transaction is used by one thread, inside its body.
+    final class QueuedEvents {
+        var events: [AuditEvent] = []
+    }
+
+    /// Rows per INSERT: 8 parameters each, well under the protocol's 65535.
+    static let rowsPerInsert = 1000
+
+    /// Sends the queued events.
+    func flush() throws(AuditError) {
+        guard !queued.events.isEmpty else { return }
+        let events = queued.events
+        queued.events = []
+        var start = 0
+        while start < events.count {
+            let chunk = events[start..<min(start + Self.rowsPerInsert, events.count)]
+            var binds = PostgresBindings(capacity: chunk.count * 8)
+            var values: [String] = []
+            values.reserveCapacity(chunk.count)
+            for event in chunk {
+                let first = binds.count + 1
+                values.append("(" + (first..<first + 8).map { "$\($0)" }.joined(separator: ", ") + ")")
+                binds.append(event.seq)
+                binds.append(event.runId)
+                binds.append(event.runSeq)
+                binds.append(event.kind)
+                binds.append(event.at)
+                binds.append(event.detail)
+                binds.append(event.prevHash)
+                binds.append(event.hash)
+            }
+            let kinds = Set(chunk.map(\.kind)).sorted().joined(separator: ", ")
+            try session.query("INSERT INTO events (seq, runId, runSeq, kind, at, detail, prevHash, hash) VALUES " + values.joined(separator: ", "),
+                              binds, "append \(chunk.count == 1 ? "event" : "\(chunk.count) events") \(kinds)")
+            start += chunk.count
+        }
+    }
 
     public func chainHead() throws(AuditError) -> AuditChainHead? {
-        try Self.readHead(session)
+        try flush()
+        return try Self.readHead(session)
     }
 
     static func readHead(_ session: PostgresSession) throws(AuditError) -> AuditChainHead? {
@@ -255,6 +306,7 @@ public struct PostgresAuditTransaction: AuditTransaction {
     }
 
     public func setChainHead(_ head: AuditChainHead) throws(AuditError) {
+        try flush()
         var binds = PostgresBindings()
         binds.append(head.seq)
         binds.append(head.hash)
@@ -262,6 +314,7 @@ public struct PostgresAuditTransaction: AuditTransaction {
     }
 
     public func lastRunSeq(runId: String?) throws(AuditError) -> Int64 {
+        try flush()
         var binds = PostgresBindings()
         let sql: String
         if let runId {
@@ -275,20 +328,11 @@ public struct PostgresAuditTransaction: AuditTransaction {
     }
 
     public func insertEvent(_ event: AuditEvent) throws(AuditError) {
-        var binds = PostgresBindings()
-        binds.append(event.seq)
-        binds.append(event.runId)
-        binds.append(event.runSeq)
-        binds.append(event.kind)
-        binds.append(event.at)
-        binds.append(event.detail)
-        binds.append(event.prevHash)
-        binds.append(event.hash)
-        try session.query("INSERT INTO events (seq, runId, runSeq, kind, at, detail, prevHash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                          binds, "append event \(event.kind)")
+        queued.events.append(event)
     }
 
     public func runState(runId: String) throws(AuditError) -> AuditRunState? {
+        try flush()
         var binds = PostgresBindings()
         binds.append(runId)
         guard let row = try session.query("SELECT state FROM runs WHERE runId = $1", binds, "read run \(runId)").first else { return nil }
@@ -300,6 +344,7 @@ public struct PostgresAuditTransaction: AuditTransaction {
     }
 
     public func insertRun(_ run: AuditRunRecord) throws(AuditError) {
+        try flush()
         var binds = PostgresBindings()
         binds.append(run.runId)
         binds.append(run.profile)
@@ -321,6 +366,7 @@ public struct PostgresAuditTransaction: AuditTransaction {
     }
 
     public func endRun(runId: String, _ ending: AuditRunEnding) throws(AuditError) {
+        try flush()
         var binds = PostgresBindings()
         binds.append(ending.state.rawValue)
         binds.append(ending.outcome)
@@ -331,7 +377,8 @@ public struct PostgresAuditTransaction: AuditTransaction {
     }
 
     public func runningRuns() throws(AuditError) -> [AuditRunOwner] {
-        try session.query("SELECT runId, supervisorPid, supervisorStart, hostId FROM runs WHERE state = 'running' ORDER BY createdAt, runId",
+        try flush()
+        return try session.query("SELECT runId, supervisorPid, supervisorStart, hostId FROM runs WHERE state = 'running' ORDER BY createdAt, runId",
                           "list running runs").map { (row) throws(AuditError) in
             let (runId, pid, start, hostId) = try PostgresRows.decode(row, session) { try $0.decode((String, Int32, Int64, String?).self) }
             return AuditRunOwner(runId: runId, supervisorPid: pid, supervisorStart: UInt64(bitPattern: start), hostId: hostId)
@@ -339,6 +386,7 @@ public struct PostgresAuditTransaction: AuditTransaction {
     }
 
     public func insertBundle(_ bundle: AuditBundleRow) throws(AuditError) -> Int64 {
+        try flush()
         var binds = PostgresBindings()
         binds.append(bundle.runId)
         binds.append(bundle.role.rawValue)
@@ -355,6 +403,7 @@ public struct PostgresAuditTransaction: AuditTransaction {
     }
 
     public func insertDiff(_ diff: AuditDiffRow) throws(AuditError) -> Int64 {
+        try flush()
         var binds = PostgresBindings()
         binds.append(diff.runId)
         binds.append(diff.sha256)
@@ -380,10 +429,12 @@ public struct PostgresAuditTransaction: AuditTransaction {
     }
 
     public func diff(id: Int64) throws(AuditError) -> DiffRecord? {
-        try PostgresAuditBackend.readDiff(session, id: id)
+        try flush()
+        return try PostgresAuditBackend.readDiff(session, id: id)
     }
 
     public func updateDiff(_ diff: DiffRecord) throws(AuditError) {
+        try flush()
         var binds = PostgresBindings()
         binds.append(diff.state)
         binds.append(diff.decidedBy)

@@ -49,7 +49,7 @@ func benchAuditPostgres(url text: String, scale: Scale) -> [Row] {
         fail("cannot open the PostgreSQL audit store: \(error)")
     }
     return benchAudit(store, label: "postgres", scale: scale,
-                      singleNote: "each a BEGIN, advisory lock, 4 statements, COMMIT (synchronous_commit off) over the URL's socket")
+                      singleNote: "each 8 round trips over the URL's socket: BEGIN, advisory lock, head, run, last runSeq, insert, head, COMMIT (synchronous_commit off)")
 }
 
 private func benchAudit(_ store: some AuditStore, label: String, scale: Scale, singleNote: String) -> [Row] {
