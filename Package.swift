@@ -14,6 +14,7 @@ let package = Package(
         // For the benchmark package in Benchmarks/ (not used by the root targets).
         .library(name: "StockadeAudit", targets: ["StockadeAudit"]),
         .library(name: "StockadeAuditSQLite", targets: ["StockadeAuditSQLite"]),
+        .library(name: "StockadeAuditPostgres", targets: ["StockadeAuditPostgres"]),
         .library(name: "StockadePatches", targets: ["StockadePatches"]),
         .library(name: "StockadeBundles", targets: ["StockadeBundles"]),
         .library(name: "StockadePolicy", targets: ["StockadePolicy"]),
@@ -25,10 +26,11 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "3.0.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.0.0"),
-        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.81.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
     ],
     targets: [
         // C: the child path from clone3 to execve, and syscall shims glibc lacks.
@@ -69,6 +71,16 @@ let package = Package(
         ], swiftSettings: strict),
         // The ledger's SQLite backend: connection, schema and migrations, SQL.
         .target(name: "StockadeAuditSQLite", dependencies: ["CSQLite", "StockadeAudit", "StockadePolicy"], swiftSettings: strict),
+        // The ledger's PostgreSQL backend (many hosts, one store): PostgresNIO bridged to the synchronous seam.
+        // Not linked by the one-shot `stockade` CLI (it would bring SwiftNIO in).
+        .target(name: "StockadeAuditPostgres", dependencies: [
+            "StockadeAudit", "StockadePolicy",
+            .product(name: "PostgresNIO", package: "postgres-nio"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         // OCI image layouts read as hostile input: verified blobs, layers unpacked into a content-addressed cache.
         .target(name: "StockadeImages", dependencies: [
             "CStockade", "CArchive", "StockadePolicy", "StockadeBundles",
@@ -142,7 +154,8 @@ let package = Package(
         .testTarget(name: "StockadeBundlesTests", dependencies: ["StockadeBundles", "StockadePolicy", "StockadeTestSupport"], swiftSettings: strict),
         .testTarget(name: "StockadeCgroupsTests", dependencies: ["StockadeCgroups"], swiftSettings: strict),
         .testTarget(name: "StockadeLinuxTests", dependencies: ["StockadeLinux", "StockadePolicy", "StockadeTestSupport"], swiftSettings: strict),
-        .testTarget(name: "StockadeAuditTests", dependencies: ["StockadeAudit", "StockadeAuditSQLite", "StockadePolicy", "CSQLite", "StockadeTestSupport"], swiftSettings: strict),
+        .testTarget(name: "StockadeAuditTests", dependencies: ["StockadeAudit", "StockadeAuditSQLite", "StockadeAuditPostgres", "StockadePolicy", "CSQLite",
+                                                          "StockadeTestSupport", .product(name: "PostgresNIO", package: "postgres-nio")], swiftSettings: strict),
         .testTarget(name: "StockadeWorkspaceTests", dependencies: ["StockadeBundles", "StockadeTestSupport"], swiftSettings: strict),
         .testTarget(name: "StockadePatchesTests", dependencies: ["StockadePatches", "StockadeTestSupport"], swiftSettings: strict),
         .testTarget(name: "StockadeImagesTests", dependencies: ["StockadeImages", "StockadePolicy", "CStockade"], swiftSettings: strict),

@@ -15,6 +15,7 @@ let package = Package(
         .executableTarget(name: "stockade-bench", dependencies: [
             .product(name: "StockadeAudit", package: "Stockade"),
             .product(name: "StockadeAuditSQLite", package: "Stockade"),
+            .product(name: "StockadeAuditPostgres", package: "Stockade"),
             .product(name: "StockadePatches", package: "Stockade"),
             .product(name: "StockadeBundles", package: "Stockade"),
             .product(name: "StockadePolicy", package: "Stockade"),

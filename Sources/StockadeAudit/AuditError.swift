@@ -38,6 +38,10 @@ extension AuditError.Code {
     public static let constraint = Self(rawValue: "constraint")
     /// Any other SQLite failure.
     public static let sqlite = Self(rawValue: "sqlite")
+    /// Any other PostgreSQL failure (the server's message and SQLSTATE are in the message).
+    public static let postgres = Self(rawValue: "postgres")
+    /// The store's server cannot be reached, or the connection broke: nothing further was written.
+    public static let unreachable = Self(rawValue: "store-unreachable")
     /// The schema could not be brought up to date, or was written by a newer Stockade.
     public static let migration = Self(rawValue: "migration")
     /// A caller passed a value outside the documented set (role, status, verdict).

@@ -2,6 +2,7 @@ import Glibc
 import StockadePolicy
 import Testing
 @testable import StockadeAudit
+@testable import StockadeAuditPostgres
 @testable import StockadeAuditSQLite
 
 /// One empty store for one conformance test, opened as many times as the test needs, with the raw
@@ -26,6 +27,8 @@ struct BackendFactory: Sendable, CustomTestStringConvertible {
     var testDescription: String { name }
 
     static let sqlite = BackendFactory(name: "sqlite") { SQLiteConformanceDatabase() }
+    /// A new database on the tests' PostgreSQL server (`PostgresTestServer`).
+    static let postgres = BackendFactory(name: "postgres") { try PostgresConformanceDatabase() }
 }
 
 struct SQLiteConformanceDatabase: ConformanceDatabase {
@@ -49,11 +52,40 @@ struct SQLiteConformanceDatabase: ConformanceDatabase {
     }
 }
 
+struct PostgresConformanceDatabase: ConformanceDatabase {
+    let url: PostgresStoreURL
+
+    init() throws { url = try PostgresTestServer.createDatabase() }
+
+    func ledger(hostId: String, supervisorPid: Int32, supervisorStart: UInt64) throws -> any AuditStore {
+        try PostgresAuditStore(url: url, environment: [:], supervisorPid: supervisorPid, supervisorStart: supervisorStart, hostId: hostId)
+    }
+
+    func tamper(seq: Int64, detail: String) {
+        #expect(throws: Never.self) { try PostgresTestServer.execute(url, "UPDATE events SET detail = '\(detail)' WHERE seq = \(seq)") }
+    }
+
+    func clearHost(runId: String) {
+        #expect(throws: Never.self) { try PostgresTestServer.execute(url, "UPDATE runs SET hostId = NULL WHERE runId = '\(runId)'") }
+    }
+
+    func remove() { PostgresTestServer.dropDatabase(url) }
+}
+
 /// The behaviour every `AuditBackend` must give `AuditLedger`, run once per backend.
 @Suite("audit ledger: backend conformance")
 struct BackendConformanceTests {
-    static let backends: [BackendFactory] = [.sqlite]
+    /// PostgreSQL joins when a server can be had (`PostgresTestServer`); when not, `postgresSkipped`
+    /// below is reported skipped with the reason, so the gap is never silent.
+    static let backends: [BackendFactory] = [.sqlite] + (PostgresTestServer.unavailableReason == nil ? [.postgres] : [])
     static let host = "host-a"
+
+    @Test("the conformance tests also run on PostgreSQL",
+          .disabled(if: PostgresTestServer.unavailableReason != nil, Comment(rawValue: PostgresTestServer.unavailableReason ?? "")))
+    func postgresIncluded() throws {
+        #expect(Self.backends.map(\.name) == ["sqlite", "postgres"])
+        _ = try PostgresTestServer.adminURL()
+    }
 
     /// A fresh store and a ledger on it as this process on `host`.
     private func open(_ backend: BackendFactory) throws -> (any ConformanceDatabase, any AuditStore) {

@@ -1,5 +1,6 @@
 import Glibc
 import StockadeAudit
+import StockadeAuditPostgres
 import StockadeAuditSQLite
 import StockadeBundles
 import StockadePatches
@@ -31,7 +32,28 @@ func benchAudit(directory: String, label: String, scale: Scale) -> [Row] {
     } catch {
         fail("cannot open the audit store at \(path): \(error)")
     }
-    let runId = "01BENCH0000000000000000000"
+    defer { for suffix in ["", "-wal", "-shm"] { unlink(path + suffix) } }
+    return benchAudit(store, label: label, scale: scale, singleNote: "each a BEGIN IMMEDIATE … COMMIT with WAL fsync")
+}
+
+/// The same figures on a PostgreSQL store (`--postgres URL`; an empty database is best, the rows stay).
+func benchAuditPostgres(url text: String, scale: Scale) -> [Row] {
+    let store: PostgresAuditStore
+    do {
+        guard case .postgres(let url) = try StoreURL.parse(text) else { fail("--postgres takes a postgres:// URL, not \(text)") }
+        var environment: [String: String] = [:]
+        for name in ["PGPASSWORD", "STOCKADE_STORE_PASSWORD_FILE"] { if let value = getenv(name) { environment[name] = String(cString: value) } }
+        store = try PostgresAuditStore(url: url, environment: environment, supervisorPid: getpid(),
+                                       supervisorStart: ProcessIdentity.currentStartTime, hostId: "bench")
+    } catch {
+        fail("cannot open the PostgreSQL audit store: \(error)")
+    }
+    return benchAudit(store, label: "postgres", scale: scale,
+                      singleNote: "each 8 round trips over the URL's socket: BEGIN, advisory lock, head, run, last runSeq, insert, head, COMMIT (synchronous_commit off)")
+}
+
+private func benchAudit(_ store: some AuditStore, label: String, scale: Scale, singleNote: String) -> [Row] {
+    let runId = "01BENCH\(getpid())-\(time(nil))"
     do {
         try store.beginRun(runId: runId, profile: "default", profileDigest: String(repeating: "ab", count: 32),
                            command: ["/bin/true"], detail: .object(["source": .string("benchmark")]))
@@ -58,10 +80,9 @@ func benchAudit(directory: String, label: String, scale: Scale) -> [Row] {
     let verification: ChainVerification
     do { verification = try store.verifyChain() } catch { fail("verifyChain failed: \(error)") }
     if !verification.isValid { fail("the audit chain written by the benchmark does not verify: \(verification)") }
-    for suffix in ["", "-wal", "-shm"] { unlink(path + suffix) }
     return [
         rateRow("audit `record`, 1 event per transaction (\(label))", single, unit: "events/s", target: nil,
-                note: "\(scale.singleRecords) events × \(scale.repetitions) reps; each a BEGIN IMMEDIATE … COMMIT with WAL fsync"),
+                note: "\(scale.singleRecords) events × \(scale.repetitions) reps; \(singleNote)"),
         rateRow("audit `recordMany`, batches of 1000 (\(label))", many, unit: "events/s", target: 100_000,
                 note: "\(batchesPerRep) batches × \(scale.repetitions) reps; chain verified afterwards (\(verification.eventsChecked) events)"),
     ]

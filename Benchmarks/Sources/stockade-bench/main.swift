@@ -2,7 +2,7 @@ import Glibc
 
 // stockade-bench: component figures and the in-process drivers for Benchmarks/run.sh.
 //
-//   stockade-bench components --disk DIR --tmpfs DIR [--quick] [--only audit|paths|diff|bundle]
+//   stockade-bench components --disk DIR --tmpfs DIR [--quick] [--only audit|paths|diff|bundle] [--postgres URL]
 //   stockade-bench batch --stockade BIN --floor BIN --work DIR [--quick]
 //   stockade-bench rss --stockade BIN --work DIR [--workers 100] [--sleep 5]
 //   stockade-bench serve --server BIN --stockade BIN --work DIR [--quick]
@@ -46,6 +46,11 @@ func components(_ args: [String]) {
         benchAudit(directory: disk, label: "disk", scale: scale).forEach(emit)
         progress("audit store on tmpfs")
         benchAudit(directory: tmpfs, label: "tmpfs", scale: scale).forEach(emit)
+        // `--postgres URL`: the same on a PostgreSQL store (the script does not start a server).
+        if let url = option("--postgres", in: args) {
+            progress("audit store on PostgreSQL")
+            benchAuditPostgres(url: url, scale: scale).forEach(emit)
+        }
     }
     if wanted("paths") {
         progress("path guard")
