@@ -61,35 +61,6 @@ struct AuditMultiProcessTests {
 
     /// Starts this test binary again, running only `childWriter`, with the database and run in its environment.
     private func spawnChild(database: String, run: String) throws -> pid_t {
-        let executable = try #require(readSelfExecutable())
-        let arguments = [executable, "--testing-library", "swift-testing", "--filter", "AuditMultiProcessTests/childWriter"]
-        var environment = [String]()
-        var entry = environ
-        while let pointer = entry.pointee {
-            let text = String(cString: pointer)
-            if !text.hasPrefix(Self.childDatabase + "="), !text.hasPrefix(Self.childRun + "=") { environment.append(text) }
-            entry += 1
-        }
-        environment += ["\(Self.childDatabase)=\(database)", "\(Self.childRun)=\(run)"]
-        let argv = arguments.map { strdup($0) } + [nil]
-        let envp = environment.map { strdup($0) } + [nil]
-        defer { (argv + envp).forEach { free($0) } }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        // Keep the child's test report off our output: its exit status says whether it passed.
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, executable, &actions, nil, argv, envp)
-        try #require(rc == 0, "posix_spawn of \(executable) failed: \(rc)")
-        return pid
-    }
-
-    private func readSelfExecutable() -> String? {
-        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        guard n > 0 else { return nil }
-        return String(decoding: buffer[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        try TestChild.spawn("AuditMultiProcessTests/childWriter", [Self.childDatabase: database, Self.childRun: run])
     }
 }

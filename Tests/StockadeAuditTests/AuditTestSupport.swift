@@ -133,3 +133,36 @@ final class FailureLog: Sendable {
     func add(_ entry: String) { entries.withLock { $0.append(entry) } }
     var all: [String] { entries.withLock { $0 } }
 }
+
+/// This test binary started again, running only `filter` (`Suite/test`), with this process's
+/// environment plus (or overridden by) `variables`; its output goes to /dev/null (its exit status says
+/// whether it passed).
+enum TestChild {
+    static func spawn(_ filter: String, _ variables: [String: String]) throws -> pid_t {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        try #require(n > 0, "readlink /proc/self/exe: \(errno)")
+        let executable = String(decoding: buffer[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let arguments = [executable, "--testing-library", "swift-testing", "--filter", filter]
+        var environment: [String] = []
+        var entry = environ
+        while let pointer = entry.pointee {
+            let text = String(cString: pointer)
+            if let eq = text.firstIndex(of: "="), variables[String(text[..<eq])] == nil { environment.append(text) }
+            entry += 1
+        }
+        environment += variables.map { "\($0.key)=\($0.value)" }
+        let argv = arguments.map { strdup($0) } + [nil]
+        let envp = environment.map { strdup($0) } + [nil]
+        defer { (argv + envp).forEach { free($0) } }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, executable, &actions, nil, argv, envp)
+        try #require(rc == 0, "posix_spawn of \(executable) failed: \(rc)")
+        return pid
+    }
+}

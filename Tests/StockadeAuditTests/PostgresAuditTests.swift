@@ -245,30 +245,8 @@ struct PostgresAuditTests {
     /// Starts this test binary again running only `test`, with the test server's URL (so the child uses
     /// this process's server) and `variables` in its environment.
     private func spawnChild(_ test: String, _ variables: [String: String]) throws -> pid_t {
-        let executable = try #require(readSelfExecutable())
-        let arguments = [executable, "--testing-library", "swift-testing", "--filter", "PostgresAuditTests/\(test)"]
         var set = variables
         set[PostgresTestServer.urlVariable] = PostgresTestServer.connectableText(try PostgresTestServer.adminURL())
-        var environment = PostgresTestServer.environment().filter { set[$0.key] == nil }.map { "\($0.key)=\($0.value)" }
-        environment += set.map { "\($0.key)=\($0.value)" }
-        let argv = arguments.map { strdup($0) } + [nil]
-        let envp = environment.map { strdup($0) } + [nil]
-        defer { (argv + envp).forEach { free($0) } }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, executable, &actions, nil, argv, envp)
-        try #require(rc == 0, "posix_spawn of \(executable) failed: \(rc)")
-        return pid
-    }
-
-    private func readSelfExecutable() -> String? {
-        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        guard n > 0 else { return nil }
-        return String(decoding: buffer[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return try TestChild.spawn("PostgresAuditTests/\(test)", set)
     }
 }
