@@ -10,8 +10,8 @@ import NIOTLS
 ///
 /// The certificate must verify against the system's trust roots, or against the PEM file named by
 /// `$STOCKADE_CA_FILE` (for a private CA or a self-signed service), for the host named in the URL.
-/// TLS 1.2 or later. Linking the TLS stack costs the CLI's start-up under a millisecond (measured:
-/// `stockade --version` beside `stockade-server --help`, which links all of SwiftNIO and the server).
+/// TLS 1.2 or later. Linking the TLS stack costs the static CLI 0.7 ms of start-up (`stockade
+/// --version` 7.9 → 8.6 ms, side by side) and 34 MB of binary.
 enum TLSBridge {
     /// Bytes relayed one way: from `partner`'s reads to this channel's writes; either side closing
     /// closes the other.
