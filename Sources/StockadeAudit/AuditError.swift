@@ -64,4 +64,10 @@ extension AuditError.Code {
     public static let keyFile = Self(rawValue: "key-file")
     /// This host's identity cannot be determined, or `$STOCKADE_HOST_ID` is not a usable id.
     public static let hostIdentity = Self(rawValue: "host-identity")
+    /// The run queue: another live process is registered under this node name.
+    public static let nodeInUse = Self(rawValue: "node-in-use")
+    /// The run queue: this node's registration was replaced by another process of the same name.
+    public static let nodeReplaced = Self(rawValue: "node-replaced")
+    /// The run queue: the run is not claimed by this node (never was, or was taken after its lease expired).
+    public static let notClaimed = Self(rawValue: "not-claimed")
 }

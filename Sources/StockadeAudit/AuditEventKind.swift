@@ -18,6 +18,8 @@ public enum AuditEventKind: String, CaseIterable, Sendable {
     case diffConflict = "diff.conflict"
     case runFinished = "run.finished"
     case runAbandoned = "run.abandoned"
+    /// The run queue queued a new attempt of a run whose node died (the request allowed retries).
+    case runRetried = "run.retried"
     case verification = "verification"
     case egressAllowed = "egress.allowed"
     case egressDenied = "egress.denied"

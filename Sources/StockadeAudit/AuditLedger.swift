@@ -86,6 +86,47 @@ public final class AuditLedger<Backend: AuditBackend>: AuditStore, AuditWriteObs
         }
     }
 
+    /// Records runs a run queue's reaper took from a node that stopped heartbeating, in one durable
+    /// transaction together with whatever `select` writes through the same backend transaction (the
+    /// queue's own rows), so the queue and the trail change together or not at all. `select` returns
+    /// the runs it took. For each: `run.abandoned` when the trail has it `running` (a node may die before
+    /// `run.created`: then only the queue records it); `run.retried` when a new attempt was queued, on
+    /// the run when the trail has it, else as an event of no run. `markedByNode` is the reaper's node.
+    /// Returns the ids of the runs it recorded `run.abandoned` for.
+    public func abandonRuns(markedByNode: String,
+                            _ select: (Backend.Transaction) throws(AuditError) -> [RunAbandonment]) throws(AuditError) -> Set<String> {
+        try write(durable: true) { (tx, chain) throws(AuditError) -> Set<String> in
+            let taken = try select(tx)
+            guard !taken.isEmpty else { return [] }
+            let owners = Dictionary(try tx.runningRuns().map { ($0.runId, $0) }, uniquingKeysWith: { first, _ in first })
+            var audited: Set<String> = []
+            for run in taken {
+                let now = AuditClock.now()
+                let state = try tx.runState(runId: run.runId)
+                let retry: JSONValue = run.retryRunId.map { .string($0) } ?? .null
+                if state == .running {
+                    let owner = owners[run.runId]
+                    try tx.endRun(runId: run.runId, AuditRunEnding(state: .abandoned, outcome: nil, exitStatus: nil, endedAt: now))
+                    try chain.append(runId: run.runId, kind: .runAbandoned, at: now, detail: .object([
+                        "supervisorPid": owner.map { .number($0.supervisorPid) } ?? .null,
+                        "supervisorStart": owner.map { .number($0.supervisorStart) } ?? .null,
+                        "markedBy": .number(supervisorPid), "markedByNode": .string(markedByNode),
+                        "node": .string(run.node), "reason": .string(run.reason), "attempt": .number(run.attempt), "retryRunId": retry,
+                    ]))
+                    audited.insert(run.runId)
+                }
+                if let retryRunId = run.retryRunId {
+                    try chain.append(runId: state == nil ? nil : run.runId, kind: .runRetried, at: now, detail: .object([
+                        "runId": .string(run.runId), "retryRunId": .string(retryRunId), "attempt": .number(run.attempt + 1),
+                        "retries": .number(run.retries), "node": .string(run.node), "reason": .string(run.reason),
+                        "markedByNode": .string(markedByNode),
+                    ]))
+                }
+            }
+            return audited
+        }
+    }
+
     private func isOwnedHere(_ run: AuditRunOwner) -> Bool {
         guard let owner = run.hostId, !owner.isEmpty else { return true }
         return owner == hostId

@@ -97,6 +97,48 @@ enum PostgresAuditSchema {
         ]),
         // The host that began each run (`HostIdentity`).
         Migration(name: "0003-run-host", statements: ["ALTER TABLE runs ADD COLUMN hostId TEXT"]),
+        // The run queue that `stockade serve --node` nodes share (PostgreSQL only: an embedded SQLite
+        // store has one node). Times are the server's (`clock_timestamp()`): every lease is judged on
+        // one clock, whatever the nodes' clocks say.
+        Migration(name: "pg-0001-run-queue", statements: [
+            """
+            CREATE TABLE nodes (
+                name TEXT COLLATE "C" PRIMARY KEY NOT NULL,
+                labels JSONB NOT NULL,
+                capacity INTEGER NOT NULL CHECK (capacity >= 1),
+                leaseSeconds INTEGER NOT NULL CHECK (leaseSeconds >= 1),
+                incarnation TEXT NOT NULL,
+                hostId TEXT NOT NULL,
+                startedAt TIMESTAMPTZ NOT NULL,
+                heartbeatAt TIMESTAMPTZ NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE run_queue (
+                seq BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+                runId TEXT COLLATE "C" PRIMARY KEY NOT NULL,
+                principal TEXT,
+                request TEXT NOT NULL,
+                requiredLabels JSONB NOT NULL,
+                retries INTEGER NOT NULL CHECK (retries BETWEEN 0 AND 10),
+                attempt INTEGER NOT NULL CHECK (attempt >= 1),
+                retryOf TEXT COLLATE "C" REFERENCES run_queue (runId),
+                retriedBy TEXT COLLATE "C",
+                state TEXT NOT NULL CHECK (state IN ('queued', 'claimed', 'finished', 'abandoned', 'cancelled')),
+                node TEXT COLLATE "C",
+                incarnation TEXT,
+                submittedOn TEXT,
+                submittedAt TIMESTAMPTZ NOT NULL,
+                claimedAt TIMESTAMPTZ,
+                finishedAt TIMESTAMPTZ,
+                report TEXT,
+                cancelRequested BOOLEAN NOT NULL DEFAULT false,
+                endReason TEXT
+            )
+            """,
+            "CREATE INDEX run_queue_queued ON run_queue (seq) WHERE state = 'queued'",
+            "CREATE INDEX run_queue_node ON run_queue (node, state)",
+        ]),
     ]
 
     /// The advisory lock every writer and every migration takes first, for the length of its

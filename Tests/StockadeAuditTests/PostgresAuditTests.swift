@@ -109,10 +109,10 @@ struct PostgresAuditTests {
         openers.forEach { $0.join() }
         #expect(failures.all == [])
         let names = { try PostgresTestServer.execute(url, "SELECT name FROM schema_migrations ORDER BY name").map { $0.first ?? nil } }
-        #expect(try names() == ["0001-initial", "0002-diff-conflict", "0003-run-host"])
+        #expect(try names() == ["0001-initial", "0002-diff-conflict", "0003-run-host", "pg-0001-run-queue"])
         let store = try open(url)
         try store.beginRun(runId: "r", profile: "p", profileDigest: "d", command: [], detail: .null)
-        #expect(try names().count == 3)
+        #expect(try names().count == 4)
         #expect(try PostgresTestServer.execute(url, "SELECT seq FROM chain_head").first?.first == "1")
 
         try PostgresTestServer.execute(url, "INSERT INTO schema_migrations (name, appliedAt) VALUES ('9999-future', 'x')")
