@@ -239,6 +239,9 @@ final class API: Sendable {
         } catch {
             throw API.invalidRequest(error.description)
         }
+        if let problem = parsed.withoutNodesProblem("this service (started without --node)") {
+            throw API.invalidRequest(problem.description)
+        }
         // Recorded in run.created: the principal that may not decide this run's diff.
         parsed.options.submittedBy = principal?.name
         // A profile under continuous verification whose required controls stopped holding runs nothing.

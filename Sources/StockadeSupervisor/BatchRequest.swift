@@ -1,3 +1,4 @@
+import StockadeAudit
 import StockadePolicy
 
 /// One line of `stockade batch` input: the same choices as `stockade run`'s
@@ -5,6 +6,10 @@ import StockadePolicy
 public struct BatchRequest: Sendable {
     public var id: String?
     public var options: RunOptions
+    /// `nodeLabels`: labels the node that runs it must carry (`stockade serve --node` only).
+    public var nodeLabels: [String: String] = [:]
+    /// `retries`: further attempts when its node dies under it, 0 to 10 (`stockade serve --node` only).
+    public var retries: Int = 0
 
     public struct Failure: Error, Sendable, CustomStringConvertible {
         public let id: String?
@@ -17,7 +22,20 @@ public struct BatchRequest: Sendable {
     }
 
     static let keys: Set = ["id", "command", "profile", "memory", "cpus", "pids", "timeout", "network", "publish", "allowHosts",
-                            "env", "volumes", "workspace", "request", "labels", "name", "image", "rootfs"]
+                            "env", "volumes", "workspace", "request", "labels", "name", "image", "rootfs", "nodeLabels", "retries"]
+
+    /// Why this request cannot run where there are no nodes (`stockade batch`, `stockade serve` without
+    /// `--node`): it asks for node labels or retries, which only a node of a shared queue honours. Nil
+    /// when it asks for neither.
+    public func withoutNodesProblem(_ `where`: String) -> Failure? {
+        if !nodeLabels.isEmpty {
+            return Failure(id: id, description: "nodeLabels: only `stockade serve --node` places runs on nodes by label; \(`where`) runs it here, where nothing checks the labels: drop the key or submit it to a node")
+        }
+        if retries > 0 {
+            return Failure(id: id, description: "retries: only `stockade serve --node` retries a run whose node died; \(`where`) does not: drop the key or submit it to a node")
+        }
+        return nil
+    }
 
     /// Parses one request line; the error names the offending key.
     public static func parse(_ line: [UInt8]) throws(Failure) -> BatchRequest {
@@ -149,9 +167,28 @@ public struct BatchRequest: Sendable {
             guard options.image == nil else { throw fail("rootfs", "give image or rootfs, not both") }
             options.rootfs = s
         }
+        var nodeLabels: [String: String] = [:]
+        if let v = object["nodeLabels"] {
+            guard let labels = v.object else { throw fail("nodeLabels", "must be an object of strings") }
+            guard labels.count <= NodeLabels.maxCount else { throw fail("nodeLabels", "at most \(NodeLabels.maxCount) labels, found \(labels.count)") }
+            for (key, item) in labels.sorted(by: { $0.key < $1.key }) {
+                if let problem = NodeLabels.keyProblem(key) { throw fail("nodeLabels.\(key)", "the key \(problem)") }
+                guard let value = item.string else { throw fail("nodeLabels.\(key)", "must be a string") }
+                if let problem = NodeLabels.valueProblem(value) { throw fail("nodeLabels.\(key)", "the value \(problem)") }
+                nodeLabels[key] = value
+            }
+        }
+        var retries = 0
+        if let v = object["retries"] {
+            guard let n = v.exactInt64, (0...10).contains(n) else { throw fail("retries", "must be a whole number from 0 to 10") }
+            retries = Int(n)
+        }
         if options.command == nil && options.request == nil && options.image == nil {
             throw fail("command", "is required (or a request bundle whose manifest names one, or an image whose config does)")
         }
-        return BatchRequest(id: id, options: options)
+        var request = BatchRequest(id: id, options: options)
+        request.nodeLabels = nodeLabels
+        request.retries = retries
+        return request
     }
 }

@@ -67,6 +67,9 @@ struct Batch: AsyncParsableCommand {
                 let number = lineNumber
                 var parsed: Result<BatchRequest, BatchRequest.Failure>? = line.count > (1 << 20) ? nil
                     : Result(catching: { () throws(BatchRequest.Failure) in try BatchRequest.parse(line) })
+                if case .success(let request)? = parsed, let problem = request.withoutNodesProblem("stockade batch") {
+                    parsed = .failure(problem)
+                }
                 if case .success(let request)? = parsed, let id = request.id {
                     if let first = seen[id] {
                         parsed = .failure(BatchRequest.Failure(id: id, description: "id: \"\(id)\" was already used on line \(first): ids must be unique"))

@@ -146,6 +146,13 @@ struct ServerTests {
         #expect(try badItem.error().field == "command[1]")
         let unknownKey = try server.client.request("POST", "/v1/runs", token: token, json: #"{"command":["true"],"memroy":"64m"}"#)
         #expect(try unknownKey.error().field == "memroy")
+        // Placement on nodes is refused by a service without --node, not ignored.
+        let nodeLabels = try server.client.request("POST", "/v1/runs", token: token, json: #"{"command":["true"],"nodeLabels":{"gpu":"yes"}}"#)
+        #expect(nodeLabels.status == 400, "\(nodeLabels.text)")
+        #expect(try nodeLabels.error().field == "nodeLabels")
+        let retries = try server.client.request("POST", "/v1/runs", token: token, json: #"{"command":["true"],"retries":2}"#)
+        #expect(retries.status == 400, "\(retries.text)")
+        #expect(try retries.error().field == "retries")
         let malformed = try server.client.request("POST", "/v1/runs", token: token, json: #"{"command":["#)
         #expect(malformed.status == 400)
         #expect(try malformed.error().code == "invalid-json")
