@@ -74,7 +74,7 @@ let package = Package(
         // The ledger's PostgreSQL backend (many hosts, one store): PostgresNIO bridged to the synchronous seam.
         // Not linked by the one-shot `stockade` CLI (it would bring SwiftNIO in).
         .target(name: "StockadeAuditPostgres", dependencies: [
-            "StockadeAudit", "StockadePolicy",
+            "StockadeAudit", "StockadePolicy", "StockadeTokens",
             .product(name: "PostgresNIO", package: "postgres-nio"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -82,6 +82,9 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         // OCI image layouts read as hostile input: verified blobs, layers unpacked into a content-addressed cache.
+        .target(name: "StockadeStore", dependencies: [
+            "StockadeAudit", "StockadeAuditSQLite", "StockadeAuditPostgres", "StockadeTokens",
+        ], swiftSettings: strict),
         .target(name: "StockadeImages", dependencies: [
             "CStockade", "CArchive", "StockadePolicy", "StockadeBundles",
             .product(name: "Crypto", package: "swift-crypto"),
@@ -94,7 +97,7 @@ let package = Package(
         ], swiftSettings: strict),
         .target(name: "StockadeSupervisor", dependencies: [
             "StockadePolicy", "StockadeCgroups", "StockadeLinux", "StockadeBundles",
-            "StockadePatches", "StockadeAudit", "StockadeAuditSQLite", "StockadeImages",
+            "StockadePatches", "StockadeAudit", "StockadeAuditSQLite", "StockadeImages", "StockadeStore", "StockadeTokens",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Crypto", package: "swift-crypto"),
@@ -106,7 +109,7 @@ let package = Package(
         ], swiftSettings: strict),
         // `stockade serve`: the HTTP API over a Unix socket (Hummingbird on SwiftNIO).
         .target(name: "StockadeServer", dependencies: [
-            "StockadeSupervisor", "StockadeAudit", "StockadePolicy", "StockadeTokens", "StockadeVerify",
+            "StockadeSupervisor", "StockadeAudit", "StockadePolicy", "StockadeTokens", "StockadeVerify", "StockadeStore",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdTLS", package: "hummingbird"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -127,12 +130,12 @@ let package = Package(
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ], swiftSettings: strict),
         .executableTarget(name: "stockade-server", dependencies: [
-            "StockadeServer", "StockadeSupervisor", "StockadeVerify",
+            "StockadeServer", "StockadeSupervisor", "StockadeVerify", "StockadeStore", "StockadeAudit",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .executableTarget(name: "stockade", dependencies: [
-            "StockadeSupervisor", "StockadeVerify", "StockadeImages", "StockadeTokens", "StockadeAudit", "StockadeClient",
+            "StockadeSupervisor", "StockadeVerify", "StockadeImages", "StockadeTokens", "StockadeAudit", "StockadeClient", "StockadeStore",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
@@ -148,7 +151,9 @@ let package = Package(
 
         .testTarget(name: "StockadePolicyTests", dependencies: ["StockadePolicy"], swiftSettings: strict),
         // Helpers the test targets share (paths, temporary directories, files with a mode).
-        .target(name: "StockadeTestSupport", path: "Tests/StockadeTestSupport", swiftSettings: strict),
+        .target(name: "StockadeTestSupport", dependencies: [
+            "StockadeAudit", "StockadeAuditPostgres", .product(name: "PostgresNIO", package: "postgres-nio"),
+        ], path: "Tests/StockadeTestSupport", swiftSettings: strict),
         .testTarget(name: "StockadeSupervisorTests", dependencies: ["StockadeSupervisor", "StockadePolicy", "StockadeBundles", "StockadeImages",
                                                                     "StockadeLinux", "StockadeTestSupport"], swiftSettings: strict),
         .testTarget(name: "StockadeBundlesTests", dependencies: ["StockadeBundles", "StockadePolicy", "StockadeTestSupport"], swiftSettings: strict),
@@ -162,7 +167,7 @@ let package = Package(
         // Runs the real `stockade` binary with the probes: both must be built first.
         .testTarget(name: "StockadeEndToEndTests", dependencies: ["StockadeSupervisor", "StockadeVerify", "StockadeTestSupport", "stockade", "stockade-probe"], swiftSettings: strict),
         // Runs the real `stockade-server` over a Unix socket and the `stockade` CLI: both built first.
-        .testTarget(name: "StockadeServerTests", dependencies: ["StockadePolicy", "StockadeTokens", "stockade", "stockade-server",
+        .testTarget(name: "StockadeServerTests", dependencies: ["StockadePolicy", "StockadeTokens", "StockadeAudit", "StockadeTestSupport", "stockade", "stockade-server",
                                                                 .product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]

@@ -40,8 +40,10 @@ public final class PostgresAuditBackend: AuditBackend {
     /// Connects to the store at `url` (the password resolved from `environment` as
     /// `PostgresStoreURL.resolvingPassword` says) and brings its schema up to date. `logger` receives
     /// PostgresNIO's connection events (none by default); the password is never in them.
+    /// `migrate` false (the read-only commands): nothing is created or changed; a store whose schema
+    /// is not up to date is refused, naming what is missing.
     public init(url: PostgresStoreURL, environment: [String: String], maxConnections: Int = defaultMaxConnections,
-                logger: Logger? = nil) throws(AuditError) {
+                logger: Logger? = nil, migrate: Bool = true) throws(AuditError) {
         guard maxConnections >= 1 else {
             throw AuditError(.invalidArgument, path: url.description, "maxConnections must be at least 1, not \(maxConnections)")
         }
@@ -49,7 +51,9 @@ public final class PostgresAuditBackend: AuditBackend {
         let password = try url.resolvingPassword(environment: environment)
         pool = PostgresSessionPool(url: url, password: password, capacity: maxConnections, waitSeconds: Self.lockTimeoutSeconds,
                                    logger: logger ?? PostgresSessionPool.silentLogger)
-        try pool.withSessionTyped { (session) throws(AuditError) in try PostgresAuditSchema.migrate(session) }
+        try pool.withSessionTyped { (session) throws(AuditError) in
+            if migrate { try PostgresAuditSchema.migrate(session) } else { try PostgresAuditSchema.requireCurrent(session) }
+        }
     }
 
     deinit { pool.shutdown() }

@@ -185,4 +185,26 @@ enum PostgresAuditSchema {
             throw error
         }
     }
+
+    /// Checks, without writing, that every migration this Stockade knows is applied and no other.
+    static func requireCurrent(_ session: PostgresSession) throws(AuditError) {
+        let exists = try session.query("SELECT to_regclass('schema_migrations') IS NOT NULL", "look for the schema_migrations table")
+        guard let row = exists.first, try PostgresRows.decode(row, Bool.self, session) else {
+            throw AuditError(.migration, path: session.store,
+                             "the store has no Stockade schema yet (no schema_migrations table): this command only reads; start `stockade serve --store URL` (or any command that writes) once to create it")
+        }
+        var applied: Set<String> = []
+        for row in try session.query("SELECT name FROM schema_migrations", "read the applied migrations") {
+            applied.insert(try PostgresRows.decode(row, String.self, session))
+        }
+        let known = Set(migrations.map(\.name))
+        if let unknown = applied.subtracting(known).sorted().first {
+            throw AuditError(.migration, path: session.store,
+                             "the audit store has migration \(unknown), which this Stockade does not know: it was written by a newer version; use that version")
+        }
+        if let missing = known.subtracting(applied).sorted().first {
+            throw AuditError(.migration, path: session.store,
+                             "the audit store lacks migration \(missing): this command only reads; start `stockade serve --store URL` with this version once to migrate it")
+        }
+    }
 }

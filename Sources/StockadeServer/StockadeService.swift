@@ -6,6 +6,7 @@ import Logging
 import NIOCore
 import ServiceLifecycle
 import StockadeAudit
+import StockadeStore
 import StockadeSupervisor
 import StockadeTokens
 
@@ -23,9 +24,17 @@ public struct ServiceOptions: Sendable {
     public var timeouts: ConnectionTimeouts
     /// `--max-per-principal`: runs queued and running at once per token name; 0: no limit.
     public var maxPerPrincipal: Int
+    /// `--store` / `$STOCKADE_STORE`: the audit store, tokens and idempotency keys (nil: the state
+    /// directory's SQLite file).
+    public var store: StoreURL?
+    /// `--store-connections`: connections to a PostgreSQL store this service holds at most.
+    public var storeConnections: Int
 
     public init(listen: Listen, stateDirectory: String, maxRunning: Int, maxQueued: Int, graceSeconds: Int64, verify: VerifyOptions? = nil,
-                tls: ServerTLS? = nil, timeouts: ConnectionTimeouts = .standard, maxPerPrincipal: Int = 0) {
+                tls: ServerTLS? = nil, timeouts: ConnectionTimeouts = .standard, maxPerPrincipal: Int = 0, store: StoreURL? = nil,
+                storeConnections: Int = StoreOpener.defaultConnections) {
+        self.store = store
+        self.storeConnections = storeConnections
         self.tls = tls
         self.timeouts = timeouts
         self.maxPerPrincipal = maxPerPrincipal
@@ -60,8 +69,9 @@ public enum StockadeService {
         let supervisor: Supervisor
         let tokens: TokenStore
         do {
-            supervisor = try Supervisor(stateDirectory: options.stateDirectory, catalog: .standard(), environment: environment, logger: logger)
-            tokens = try TokenStore(stateDirectory: options.stateDirectory)
+            supervisor = try Supervisor(stateDirectory: options.stateDirectory, catalog: .standard(), environment: environment, logger: logger,
+                                        store: options.store, storeConnections: options.storeConnections)
+            tokens = try supervisor.openTokens()
         } catch {
             throw ServiceFailure(description: "\(error)")
         }
@@ -101,6 +111,7 @@ public enum StockadeService {
             throw ServiceFailure(description: "--tls-cert/--tls-key: \(error)")
         }
         let scheme = options.tls == nil ? "http" : "https"
+        let storeName = supervisor.store.description
         let app = Application(
             router: api.router(),
             server: server,
@@ -115,7 +126,8 @@ public enum StockadeService {
                         Glibc.exit(1)
                     }
                 }
-                logger.notice("service.listening", metadata: ["listen": "\(listen)", "scheme": "\(scheme)", "nofile": "\(descriptors)"])
+                logger.notice("service.listening", metadata: ["listen": "\(listen)", "scheme": "\(scheme)", "nofile": "\(descriptors)",
+                                                              "store": "\(storeName)"])
             },
             logger: logger)
         let drain = Drain(registry: registry, shutdown: shutdown, graceSeconds: options.graceSeconds, logger: logger)

@@ -8,6 +8,8 @@ import StockadeCgroups
 import StockadeImages
 import StockadeLinux
 import StockadePolicy
+import StockadeStore
+import StockadeTokens
 import Synchronization
 
 /// Runs workers: one run's whole lifecycle (prepare, spawn, wait, collect,
@@ -17,6 +19,8 @@ public final class Supervisor: Sendable {
     public let stateDirectory: String
     public let catalog: ProfileCatalog
     public let audit: any AuditStore
+    /// Where `audit` lives: `<state>/audit.sqlite` unless `--store` / `$STOCKADE_STORE` names another.
+    public let store: StoreURL
     /// The host's cgroup driver, or why there is none (runs then fail closed).
     let cgroups: Result<any CgroupDriver, CgroupError>
     let logger: Logger
@@ -37,18 +41,23 @@ public final class Supervisor: Sendable {
     /// `readOnly`: for commands that only query the state (audit events/runs/verify, review list/show):
     /// nothing is created, migrated, marked abandoned or swept, no credential changes; running workers
     /// through such a supervisor fails closed.
+    /// `store`: the audit store (nil: `<stateDirectory>/audit.sqlite`); `storeConnections`: how many
+    /// connections to a PostgreSQL store this process may hold at once.
     public init(stateDirectory: String, catalog: ProfileCatalog, environment: [String: String], logger: Logger,
-                readOnly: Bool = false) throws(SupervisorError) {
+                readOnly: Bool = false, store: StoreURL? = nil, storeConnections: Int = StoreOpener.defaultConnections) throws(SupervisorError) {
         self.stateDirectory = stateDirectory
         self.catalog = catalog
         self.logger = logger
         self.hostEnvironment = environment
         self.planner = RunPlanner(hostEnvironment: environment)
+        let store = store ?? .sqlite(path: StoreOpener.defaultPath(stateDirectory: stateDirectory))
+        self.store = store
         if readOnly {
             do {
-                audit = try SQLiteAuditStore(readingAt: stateDirectory + "/audit.sqlite")
+                audit = try StoreOpener.openAudit(store, readOnly: true, environment: environment, supervisorPid: getpid(),
+                                                  supervisorStart: ProcessIdentity.currentStartTime, maxConnections: storeConnections)
             } catch {
-                throw SupervisorError(.audit, "cannot open the audit database: \(error)")
+                throw SupervisorError(.audit, "cannot open the audit store: \(error)")
             }
             cgroups = .failure(CgroupError(.noCgroupFilesystem, "this supervisor was opened read-only, for queries: it runs no workers"))
             return
@@ -59,13 +68,13 @@ public final class Supervisor: Sendable {
         // is denied in their namespace: hold none, so they hold none.
         _ = setgroups(0, nil)
         do {
-            let store = try SQLiteAuditStore(path: stateDirectory + "/audit.sqlite", supervisorPid: getpid(),
-                                             supervisorStart: ProcessIdentity.currentStartTime)
-            let abandoned = try store.markAbandoned(isAlive: ProcessIdentity.isAlive)
+            let opened = try StoreOpener.openAudit(store, readOnly: false, environment: environment, supervisorPid: getpid(),
+                                                   supervisorStart: ProcessIdentity.currentStartTime, maxConnections: storeConnections)
+            let abandoned = try opened.markAbandoned(isAlive: ProcessIdentity.isAlive)
             if !abandoned.isEmpty { logger.info("runs.abandoned", metadata: ["runs": "\(abandoned)"]) }
-            audit = store
+            audit = opened
         } catch {
-            throw SupervisorError(.audit, "cannot open the audit database: \(error)")
+            throw SupervisorError(.audit, "cannot open the audit store: \(error)")
         }
         cgroups = Result { () throws(CgroupError) in try Cgroups.detect() }
         if case .success(let driver) = cgroups {
@@ -81,6 +90,11 @@ public final class Supervisor: Sendable {
             }
             if !removed.isEmpty { logger.info("cgroups.stale-removed", metadata: ["cgroups": "\(removed)"]) }
         }
+    }
+
+    /// The API's tokens and idempotency keys, in the same store as `audit`.
+    public func openTokens() throws(TokenError) -> TokenStore {
+        try StoreOpener.openTokens(store, audit: audit)
     }
 
     /// Seconds after which an empty run cgroup that no run of this state directory owns is removed.
@@ -326,7 +340,7 @@ public final class Supervisor: Sendable {
         do {
             try body()
         } catch {
-            throw SetupFailure(stage: .audit, message: "cannot record the run in the audit database: \(error)")
+            throw SetupFailure(stage: .audit, message: "cannot record the run in the audit store: \(error)")
         }
     }
 

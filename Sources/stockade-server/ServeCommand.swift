@@ -2,7 +2,9 @@ import ArgumentParser
 import Foundation
 import Glibc
 import Logging
+import StockadeAudit
 import StockadeServer
+import StockadeStore
 import StockadeSupervisor
 import StockadeTokens
 import StockadeVerify
@@ -30,6 +32,10 @@ struct Serve: AsyncParsableCommand {
     var maxPerPrincipal: Int = 0
     @Option(help: "State directory (else $STOCKADE_STATE_DIR, $XDG_STATE_HOME/stockade, ~/.local/state/stockade).")
     var stateDir: String?
+    @Option(help: "The audit store, tokens and idempotency keys: sqlite:///PATH (default: <state>/audit.sqlite), postgres://USER@HOST:PORT/DB or postgresql:///DB?host=/SOCKET/DIR (else $STOCKADE_STORE). The password comes from the URL, passwordFile=, $STOCKADE_STORE_PASSWORD_FILE or $PGPASSWORD and is never logged.")
+    var store: String?
+    @Option(help: "Connections to a PostgreSQL store held at most (1 to 64).")
+    var storeConnections: Int = StoreOpener.defaultConnections
     @Option(help: "Runs at once (1 to 256).") var maxRunning: Int = 2
     @Option(help: "Runs waiting beyond those (0 to 10000); past that a submission is answered 429.") var maxQueued: Int = 16
     @Option(help: "How long running runs may go on after SIGTERM before they are cancelled: seconds or 30s, 5m.") var grace: String = "30s"
@@ -57,6 +63,12 @@ struct Serve: AsyncParsableCommand {
             }
         }
         guard (0...10_000).contains(maxPerPrincipal) else { throw ValidationError("--max-per-principal: expected 0 (no limit) to 10000, found \(maxPerPrincipal)") }
+        guard StoreOpener.connectionRange.contains(storeConnections) else {
+            throw ValidationError("--store-connections: expected \(StoreOpener.connectionRange.lowerBound) to \(StoreOpener.connectionRange.upperBound), found \(storeConnections)")
+        }
+        if let store {
+            do throws(AuditError) { _ = try StoreURL.parse(store) } catch { throw ValidationError("--store \(error.description)") }
+        }
         guard (1...256).contains(maxRunning) else { throw ValidationError("--max-running: expected 1 to 256, found \(maxRunning)") }
         guard (0...10_000).contains(maxQueued) else { throw ValidationError("--max-queued: expected 0 to 10000, found \(maxQueued)") }
         guard DurationText.seconds(grace) != nil else { throw ValidationError("--grace: expected seconds or a duration such as 30s or 5m, found \(grace)") }
@@ -106,11 +118,19 @@ struct Serve: AsyncParsableCommand {
         }
         let timeouts = ConnectionTimeouts(idleSeconds: DurationText.seconds(idleTimeout) ?? 60, headerSeconds: DurationText.seconds(headerTimeout) ?? 10,
                                           bodySeconds: DurationText.seconds(bodyTimeout) ?? 30)
+        let stateDirectory = StateDirectory.resolve(explicit: stateDir, environment: environment)
+        let storeURL: StoreURL
+        do {
+            storeURL = try StoreOpener.resolve(flag: store, environment: environment, stateDirectory: stateDirectory)
+        } catch {
+            FileHandle.standardError.write(Data("stockade serve: \(error.description)\n".utf8))
+            throw ExitCode(2)
+        }
         let options = ServiceOptions(
             listen: try Listen.parse(listen),
-            stateDirectory: StateDirectory.resolve(explicit: stateDir, environment: environment),
+            stateDirectory: stateDirectory,
             maxRunning: maxRunning, maxQueued: maxQueued, graceSeconds: DurationText.seconds(grace) ?? 30, verify: verify,
-            tls: tls, timeouts: timeouts, maxPerPrincipal: maxPerPrincipal)
+            tls: tls, timeouts: timeouts, maxPerPrincipal: maxPerPrincipal, store: storeURL, storeConnections: storeConnections)
         let level = environment["STOCKADE_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .notice
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)

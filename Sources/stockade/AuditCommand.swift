@@ -8,10 +8,12 @@ import StockadeSupervisor
 /// Opens the state directory's supervisor (and its audit store) for a command that runs no worker.
 /// `readOnly` for queries: they change nothing in the state directory (no migration, no abandoned-run
 /// marking, no cgroup sweep).
-func openSupervisor(_ state: StateOptions, readOnly: Bool) throws -> Supervisor {
+/// `store`: the `--store` flag (else `$STOCKADE_STORE`, else the state directory's SQLite file).
+func openSupervisor(_ state: StateOptions, store: String?, readOnly: Bool) throws -> Supervisor {
+    let url = try resolveStore(state, store)
     do {
         return try Supervisor(stateDirectory: state.resolved(), catalog: .standard(),
-                              environment: ProcessEnvironment.current(), logger: Logger(label: "stockade"), readOnly: readOnly)
+                              environment: ProcessEnvironment.current(), logger: Logger(label: "stockade"), readOnly: readOnly, store: url)
     } catch {
         Console.error("stockade: \(error)")
         throw ExitCode(1)
@@ -30,6 +32,7 @@ struct AuditCommand: ParsableCommand {
             commandName: "events",
             abstract: "Audit events in seq order (resume with --since the last seq seen).")
         @OptionGroup var state: StateOptions
+        @OptionGroup var storeOptions: StoreOptions
         @OptionGroup var remote: HostOptions
         @Option(name: .customLong("run"), help: "Only this run's events.") var runId: String?
         @Option(help: "Only events with seq greater than this.") var since: Int64?
@@ -52,7 +55,7 @@ struct AuditCommand: ParsableCommand {
 
         func run() throws {
             if let client = try remote.client() { return try run(through: client) }
-            let supervisor = try openSupervisor(state, readOnly: true)
+            let supervisor = try openSupervisor(state, store: storeOptions.store, readOnly: true)
             if let runId {
                 var known = false
                 do {
@@ -90,6 +93,7 @@ struct AuditCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "runs", abstract: "Runs with their outcome, oldest first (a header row, then one run a line).")
         @OptionGroup var state: StateOptions
+        @OptionGroup var storeOptions: StoreOptions
         @Option(help: "Only runs recorded with this label KEY=VALUE (repeatable: all must match).") var label: [String] = []
         @Flag(help: "One JSON object a line, no header.") var json = false
 
@@ -98,7 +102,7 @@ struct AuditCommand: ParsableCommand {
         }
 
         func run() throws {
-            let supervisor = try openSupervisor(state, readOnly: true)
+            let supervisor = try openSupervisor(state, store: storeOptions.store, readOnly: true)
             let wanted = label.compactMap { l in
                 l.firstIndex(of: "=").map { (String(l[..<$0]), String(l[l.index(after: $0)...])) }
             }
@@ -138,6 +142,7 @@ struct AuditCommand: ParsableCommand {
                 key the checkpoint carries).
                 """)
         @OptionGroup var state: StateOptions
+        @OptionGroup var storeOptions: StoreOptions
         @Option(help: "A checkpoint from `stockade audit checkpoint` the trail must still hold (repeatable).")
         var checkpoint: [String] = []
         @Option(help: "A file holding the trusted public key for --checkpoint (64 hex digits, as in <key>.pub); default: the state directory's checkpoint key.")
@@ -151,7 +156,7 @@ struct AuditCommand: ParsableCommand {
         }
 
         func run() throws {
-            let supervisor = try openSupervisor(state, readOnly: true)
+            let supervisor = try openSupervisor(state, store: storeOptions.store, readOnly: true)
             var checked: [(path: String, checkpoint: AuditCheckpoint)] = []
             if !checkpoint.isEmpty {
                 do {
@@ -216,13 +221,14 @@ struct AuditCommand: ParsableCommand {
                 --public-key FILE` then fails if any event up to that seq was changed or removed.
                 """)
         @OptionGroup var state: StateOptions
+        @OptionGroup var storeOptions: StoreOptions
         @Option(help: "The Ed25519 key file (default <state>/keys/audit-checkpoint.ed25519; created on first use, mode 0600).")
         var key: String?
         @Option(help: "Write the checkpoint to this file instead of stdout.") var out: String?
         @Flag(help: "Also print the checkpoint on stdout when --out is given; no summary on stderr.") var json = false
 
         func run() throws {
-            let supervisor = try openSupervisor(state, readOnly: true)
+            let supervisor = try openSupervisor(state, store: storeOptions.store, readOnly: true)
             let keyPath = key ?? CheckpointKeyFile.defaultPath(stateDirectory: supervisor.stateDirectory)
             let document: AuditCheckpoint
             do {

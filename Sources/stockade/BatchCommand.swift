@@ -40,7 +40,7 @@ struct Batch: AsyncParsableCommand {
         do {
             Supervisor.prepareToSpawn(concurrency: parallel)
             supervisor = try Supervisor(stateDirectory: state.resolved(), catalog: .standard(),
-                                        environment: ProcessEnvironment.current(), logger: Logger(label: "stockade"))
+                                        environment: ProcessEnvironment.current(), logger: Logger(label: "stockade"), store: resolveStore(state, nil))
         } catch {
             Console.error("stockade: \(error)")
             throw ExitCode(1)

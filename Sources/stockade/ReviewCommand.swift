@@ -16,6 +16,7 @@ struct ReviewCommand: ParsableCommand {
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "list", abstract: "Diffs, oldest first.")
         @OptionGroup var location: StateOptions
+        @OptionGroup var storeOptions: StoreOptions
         @OptionGroup var remote: HostOptions
         @Option(help: "pending, accepted, rejected or conflict.") var state: String?
         @Flag(help: "One JSON object a line.") var json = false
@@ -29,7 +30,7 @@ struct ReviewCommand: ParsableCommand {
 
         func run() throws {
             if let client = try remote.client() { return try run(through: client) }
-            let supervisor = try openSupervisor(location, readOnly: true)
+            let supervisor = try openSupervisor(location, store: storeOptions.store, readOnly: true)
             let records: [DiffRecord]
             do {
                 records = try supervisor.audit.diffs(state: state)
@@ -69,6 +70,7 @@ struct ReviewCommand: ParsableCommand {
     struct Show: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "show", abstract: "The diff and its validation verdict.")
         @OptionGroup var state: StateOptions
+        @OptionGroup var storeOptions: StoreOptions
         @OptionGroup var remote: HostOptions
         @Argument(help: "Diff id.") var id: Int64
         @Flag(help: "The record and the diff (`content`) as one JSON object.") var json = false
@@ -79,7 +81,7 @@ struct ReviewCommand: ParsableCommand {
 
         func run() throws {
             if let client = try remote.client() { return try run(through: client) }
-            let supervisor = try openSupervisor(state, readOnly: true)
+            let supervisor = try openSupervisor(state, store: storeOptions.store, readOnly: true)
             let record: DiffRecord?
             do {
                 record = try supervisor.audit.diff(id: id)
@@ -117,6 +119,7 @@ struct ReviewCommand: ParsableCommand {
     /// What accept and reject both take: the diff and who decides why.
     struct Decision: ParsableArguments {
         @OptionGroup var state: StateOptions
+        @OptionGroup var storeOptions: StoreOptions
         @OptionGroup var remote: HostOptions
         @Argument(help: "Diff id.") var id: Int64
         @Option(help: "Who decides (recorded; required without --host; with --host the token's name is recorded).") var actor: String?
@@ -135,7 +138,7 @@ struct ReviewCommand: ParsableCommand {
         func record(_ decide: (Supervisor, String) throws(SupervisorError) -> Void, verb: String, done: String) throws {
             if let client = try remote.client() { return try record(through: client, verb: verb, done: done) }
             let actor = self.actor ?? ""
-            let supervisor = try openSupervisor(state, readOnly: false)
+            let supervisor = try openSupervisor(state, store: storeOptions.store, readOnly: false)
             do {
                 try decide(supervisor, actor)
             } catch {

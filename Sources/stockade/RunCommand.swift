@@ -137,7 +137,7 @@ struct Run: AsyncParsableCommand {
         let supervisor: Supervisor
         do {
             supervisor = try Supervisor(stateDirectory: state.resolved(), catalog: .standard(),
-                                        environment: ProcessEnvironment.current(), logger: logger)
+                                        environment: ProcessEnvironment.current(), logger: logger, store: resolveStore(state, nil))
         } catch {
             Console.error("stockade: \(error)")
             throw ExitCode(125)

@@ -1,7 +1,9 @@
 import ArgumentParser
 import Glibc
 import Logging
+import StockadeAudit
 import StockadeClient
+import StockadeStore
 import StockadeSupervisor
 import Synchronization
 
@@ -132,6 +134,22 @@ struct StateOptions: ParsableArguments {
 
     func resolved() -> String {
         StateDirectory.resolve(explicit: stateDir, environment: ProcessEnvironment.current())
+    }
+}
+
+/// `--store`: which store a command that reads or writes the trail (and the tokens) opens.
+struct StoreOptions: ParsableArguments {
+    @Option(help: "The store: sqlite:///PATH (default: <state>/audit.sqlite), postgres://USER@HOST:PORT/DB or postgresql:///DB?host=/SOCKET/DIR (else $STOCKADE_STORE).")
+    var store: String?
+}
+
+/// The store a command opens: `flag` (`--store`), else `$STOCKADE_STORE`, else the state directory's
+/// SQLite file. A bad URL is a usage error naming where it came from.
+func resolveStore(_ state: StateOptions, _ flag: String?) throws -> StoreURL {
+    do {
+        return try StoreOpener.resolve(flag: flag, environment: ProcessEnvironment.current(), stateDirectory: state.resolved())
+    } catch {
+        throw ValidationError(error.description)
     }
 }
 

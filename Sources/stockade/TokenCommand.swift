@@ -1,7 +1,9 @@
 import ArgumentParser
 import Foundation
 import Glibc
+import StockadeAudit
 import StockadePolicy
+import StockadeStore
 import StockadeSupervisor
 import StockadeTokens
 
@@ -13,14 +15,26 @@ struct TokenCommand: ParsableCommand {
         abstract: "Bearer tokens for the stockade serve API (the store keeps only their SHA-256).",
         subcommands: [Create.self, List.self, Revoke.self])
 
-    static func open(_ state: StateOptions) throws -> TokenStore {
-        let directory = state.resolved()
-        if mkdir(directory, 0o700) != 0 && errno != EEXIST {
-            Console.error("stockade token: cannot create the state directory \(directory): \(String(cString: strerror(errno)))")
-            throw ExitCode(1)
-        }
+    /// The token table of the store `--store` names (else `$STOCKADE_STORE`, else the state
+    /// directory's SQLite file, created if needed).
+    static func open(_ state: StateOptions, store flag: String?) throws -> TokenStore {
+        let url = try resolveStore(state, flag)
         do {
-            return try TokenStore(stateDirectory: directory)
+            switch url {
+            case .sqlite(let path):
+                let directory = state.resolved()
+                if path == StoreOpener.defaultPath(stateDirectory: directory), mkdir(directory, 0o700) != 0 && errno != EEXIST {
+                    Console.error("stockade token: cannot create the state directory \(directory): \(String(cString: strerror(errno)))")
+                    throw ExitCode(1)
+                }
+                return TokenStore(backend: try SQLiteTokenBackend(path: path))
+            case .postgres:
+                let audit = try StoreOpener.openAudit(url, readOnly: false, environment: ProcessEnvironment.current(), supervisorPid: getpid(),
+                                                      supervisorStart: ProcessIdentity.currentStartTime)
+                return try StoreOpener.openTokens(url, audit: audit)
+            }
+        } catch let error as ExitCode {
+            throw error
         } catch {
             Console.error("stockade token: \(error)")
             throw ExitCode(1)
@@ -56,6 +70,7 @@ struct TokenCommand: ParsableCommand {
             commandName: "create",
             abstract: "Create a token and print it once on stdout (it cannot be shown again).")
         @OptionGroup var state: StateOptions
+        @OptionGroup var storeOptions: StoreOptions
         @Option(help: "A unique name: 1 to 64 of A-Z a-z 0-9 . _ - (recorded as the principal of each API call).") var name: String
         @Option(help: "Comma-separated scopes: run:read, run:write, review:read, review:submit, audit:read, admin.") var scope: String
         @Option(help: "Lifetime: seconds or 90s, 15m, 1h, 30d (at most 3650d).") var ttl: String = "30d"
@@ -71,9 +86,9 @@ struct TokenCommand: ParsableCommand {
         }
 
         func run() throws {
-            let store = try TokenCommand.open(state)
+            let store = try TokenCommand.open(state, store: storeOptions.store)
             // The trail first: a token whose creation cannot be recorded is not made.
-            let supervisor = try openSupervisor(state, readOnly: false)
+            let supervisor = try openSupervisor(state, store: storeOptions.store, readOnly: false)
             let scopes: [TokenScope]
             do { scopes = try TokenScope.parseList(scope) } catch { throw ValidationError(error.description) }
             let ttlSeconds = DurationText.seconds(ttl) ?? 0
@@ -111,10 +126,11 @@ struct TokenCommand: ParsableCommand {
             commandName: "list",
             abstract: "Tokens with their scopes, creator, expiry and state (never the token or its hash).")
         @OptionGroup var state: StateOptions
+        @OptionGroup var storeOptions: StoreOptions
         @Flag(help: "One JSON object a line, no header.") var json = false
 
         func run() throws {
-            let store = try TokenCommand.open(state)
+            let store = try TokenCommand.open(state, store: storeOptions.store)
             let now = Int64(Date().timeIntervalSince1970)
             do {
                 let records = try store.list()
@@ -146,11 +162,12 @@ struct TokenCommand: ParsableCommand {
             commandName: "revoke",
             abstract: "Revoke a token by name: the API refuses it (401) from the next request on.")
         @OptionGroup var state: StateOptions
+        @OptionGroup var storeOptions: StoreOptions
         @Argument(help: "The token's name.") var name: String
 
         func run() throws {
-            let store = try TokenCommand.open(state)
-            let supervisor = try openSupervisor(state, readOnly: false)
+            let store = try TokenCommand.open(state, store: storeOptions.store)
+            let supervisor = try openSupervisor(state, store: storeOptions.store, readOnly: false)
             do {
                 guard try store.revoke(name: name) else {
                     Console.error("stockade token revoke: no active token named \"\(name)\" (see stockade token list)")

@@ -82,7 +82,7 @@ struct Verify: AsyncParsableCommand {
         do {
             Supervisor.prepareToSpawn(concurrency: 4)
             let supervisor = try Supervisor(stateDirectory: state.resolved(), catalog: .standard(),
-                                            environment: ProcessEnvironment.current(), logger: Logger(label: "stockade"))
+                                            environment: ProcessEnvironment.current(), logger: Logger(label: "stockade"), store: resolveStore(state, nil))
             for name in names {
                 var verifier = Verifier(supervisor: supervisor, probePath: probe, profile: name, controls: selectedControls)
                 verifier.image = image

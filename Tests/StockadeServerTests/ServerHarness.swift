@@ -305,7 +305,12 @@ final class ServerHarness {
         if start { try self.start(arguments, environment: environment) }
     }
 
+    /// The environment the daemon got beyond this process's (`$STOCKADE_STORE`…): `stockade(_:)` passes
+    /// it on, so `token create` writes where the daemon reads.
+    private(set) var environment: [String: String] = [:]
+
     func start(_ arguments: [String], listen: String? = nil, environment: [String: String] = [:]) throws {
+        self.environment = environment
         process.executableURL = URL(fileURLWithPath: Self.stockade)
         process.arguments = ["serve", "--listen", listen ?? "unix://\(socketPath)", "--state-dir", stateDirectory] + arguments
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
@@ -332,7 +337,7 @@ final class ServerHarness {
 
     /// `stockade ARGS --state-dir STATE`.
     func stockade(_ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
-        try Self.exec(Self.stockade, arguments + ["--state-dir", stateDirectory])
+        try Self.exec(Self.stockade, arguments + ["--state-dir", stateDirectory], environment: environment)
     }
 
     func token(_ name: String, scopes: String, ttl: String = "1h") throws -> String {

@@ -1,6 +1,5 @@
 import Glibc
 import PostgresNIO
-import StockadeTestSupport
 import Synchronization
 import Testing
 @testable import StockadeAudit
@@ -14,11 +13,11 @@ import Testing
 /// Nothing is left behind: the server is stopped (`pg_ctl stop -m immediate`) and its directory
 /// removed at exit, and a watchdog started with it does the same if this process dies without exiting
 /// (a crash, SIGKILL).
-enum PostgresTestServer {
-    static let urlVariable = "STOCKADE_TEST_POSTGRES_URL"
+public enum PostgresTestServer {
+    public static let urlVariable = "STOCKADE_TEST_POSTGRES_URL"
 
     /// Why PostgreSQL tests cannot run here; nil when they can.
-    static let unavailableReason: String? = {
+    public static let unavailableReason: String? = {
         if let url = getenv(urlVariable), url.pointee != 0 { return nil }
         guard binDirectory != nil else {
             return "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb): apt-get install postgresql, or set \(urlVariable)"
@@ -30,7 +29,7 @@ enum PostgresTestServer {
     }()
 
     /// The newest installed server's bin directory.
-    static let binDirectory: String? = {
+    public static let binDirectory: String? = {
         guard let dir = opendir("/usr/lib/postgresql") else { return nil }
         defer { closedir(dir) }
         var versions: [Int] = []
@@ -44,12 +43,13 @@ enum PostgresTestServer {
     private static let state = Mutex<Result<PostgresStoreURL, TestServerError>?>(nil)
     private static let counter = Atomic<Int>(0)
 
-    struct TestServerError: Error, CustomStringConvertible {
-        let description: String
+    public struct TestServerError: Error, CustomStringConvertible {
+        public let description: String
+        public init(description: String) { self.description = description }
     }
 
     /// The server's administrative URL, starting the scratch server on first use.
-    static func adminURL() throws -> PostgresStoreURL {
+    public static func adminURL() throws -> PostgresStoreURL {
         try state.withLock { (state) throws -> PostgresStoreURL in
             if state == nil {
                 do { state = .success(try start()) } catch let error as TestServerError { state = .failure(error) }
@@ -59,7 +59,7 @@ enum PostgresTestServer {
     }
 
     /// A new empty database on the server; its URL.
-    static func createDatabase() throws -> PostgresStoreURL {
+    public static func createDatabase() throws -> PostgresStoreURL {
         let admin = try adminURL()
         let name = "stockade_test_\(getpid())_\(counter.wrappingAdd(1, ordering: .relaxed).newValue)"
         try execute(admin, "CREATE DATABASE \(name)")
@@ -69,7 +69,7 @@ enum PostgresTestServer {
     }
 
     /// Drops the database, closing whatever connections a test left open on it.
-    static func dropDatabase(_ url: PostgresStoreURL) {
+    public static func dropDatabase(_ url: PostgresStoreURL) {
         guard let admin = try? adminURL() else { return }
         do { try execute(admin, "DROP DATABASE IF EXISTS \(url.database) WITH (FORCE)") } catch {
             Issue.record("cannot drop the test database \(url.database): \(error)")
@@ -78,7 +78,7 @@ enum PostgresTestServer {
 
     /// Runs `sql` on its own connection (the tamperer's, or the administrator's, view).
     @discardableResult
-    static func execute(_ url: PostgresStoreURL, _ sql: String) throws -> [[String?]] {
+    public static func execute(_ url: PostgresStoreURL, _ sql: String) throws -> [[String?]] {
         let pool = PostgresSessionPool(url: url, password: try url.resolvingPassword(environment: environment()), capacity: 1,
                                        waitSeconds: 10)
         defer { pool.shutdown() }
@@ -89,7 +89,7 @@ enum PostgresTestServer {
 
     /// `url` as text a child test process can connect with: the description, with the password put
     /// back when the URL has one (the description shows `***`). Only for handing to a child.
-    static func connectableText(_ url: PostgresStoreURL) -> String {
+    public static func connectableText(_ url: PostgresStoreURL) -> String {
         var text = url.description
         if let password = url.password, let range = text.range(of: ":***@") {
             let escaped = password.utf8.map { byte -> String in
@@ -114,7 +114,7 @@ enum PostgresTestServer {
     }
 
     /// Polls `condition` until it holds; a condition still false after a minute is a failure, not a hang.
-    static func waitUntil(_ what: String, sourceLocation: SourceLocation = #_sourceLocation, _ condition: () throws -> Bool) throws {
+    public static func waitUntil(_ what: String, sourceLocation: SourceLocation = #_sourceLocation, _ condition: () throws -> Bool) throws {
         for _ in 0..<3000 {
             if try condition() { return }
             usleep(20_000)
@@ -122,7 +122,7 @@ enum PostgresTestServer {
         throw TestServerError(description: "still waiting after a minute for \(what)")
     }
 
-    static func environment() -> [String: String] {
+    public static func environment() -> [String: String] {
         var out: [String: String] = [:]
         var entry = environ
         while let pointer = entry.pointee {
