@@ -109,7 +109,7 @@ let package = Package(
         ], swiftSettings: strict),
         // `stockade serve`: the HTTP API over a Unix socket (Hummingbird on SwiftNIO).
         .target(name: "StockadeServer", dependencies: [
-            "StockadeSupervisor", "StockadeAudit", "StockadePolicy", "StockadeTokens", "StockadeVerify", "StockadeStore",
+            "StockadeSupervisor", "StockadeAudit", "StockadePolicy", "StockadeTokens", "StockadeVerify", "StockadeStore", "StockadeAuditPostgres",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdTLS", package: "hummingbird"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),

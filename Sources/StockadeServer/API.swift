@@ -17,6 +17,8 @@ struct APIError: Error {
     let message: String
     var field: String?
     var headers: HTTPFields = [:]
+    /// `run-on-other-node`: the node that ran the run.
+    var node: String?
 
     init(_ status: HTTPResponse.Status, _ code: String, _ message: String, field: String? = nil) {
         self.status = status
@@ -28,6 +30,7 @@ struct APIError: Error {
     var response: Response {
         var error: [String: JSONValue] = ["code": .string(code), "message": .string(message)]
         error["field"] = field.map { .string($0) } ?? .null
+        if let node { error["node"] = .string(node) }
         return API.json(.object(["error": .object(error)]), status: status, headers: headers)
     }
 }
@@ -239,7 +242,7 @@ final class API: Sendable {
         } catch {
             throw API.invalidRequest(error.description)
         }
-        if let problem = parsed.withoutNodesProblem("this service (started without --node)") {
+        if registry.node == nil, let problem = parsed.withoutNodesProblem("this service (started without --node)") {
             throw API.invalidRequest(problem.description)
         }
         // Recorded in run.created: the principal that may not decide this run's diff.
@@ -251,9 +254,13 @@ final class API: Sendable {
             throw refusal
         }
         let hash = SHA256.hash(data: body).map { String(format: "%02x", $0) }.joined()
-        switch await registry.submit(parsed.options, principal: principal?.name ?? "", idempotencyKey: key, bodyHash: hash) {
+        let queued = registry.node.map { _ in
+            RunRegistry.Queued(body: String(decoding: body, as: UTF8.self), nodeLabels: parsed.nodeLabels, retries: parsed.retries)
+        }
+        switch await registry.submit(parsed.options, principal: principal?.name ?? "", idempotencyKey: key, bodyHash: hash, queued: queued) {
         case .success(let (runId, replayed)):
-            let state = await registry.submitted(runId)?.handle.currentState.rawValue ?? "finished"
+            var state = await registry.submitted(runId)?.handle.currentState.rawValue ?? "finished"
+            if registry.node != nil, let row = try queuedRun(runId) { state = API.state(row) }
             var answer: [String: JSONValue] = ["id": .string(runId), "state": .string(state), "replayed": .bool(replayed)]
             if let requestId = parsed.id { answer["requestId"] = .string(requestId) }
             return Reply(response: API.json(.object(answer), status: .accepted), runId: runId)
@@ -268,6 +275,8 @@ final class API: Sendable {
             throw refusal
         case .failure(.closed):
             throw APIError(.serviceUnavailable, "shutting-down", "the service is shutting down and admits no more runs")
+        case .failure(.queueFailed(let message)):
+            throw APIError(.internalServerError, "queue-unavailable", "the shared run queue did not take the run, so nothing was queued: \(message)")
         case .failure(.keyStoreFailed(let message)):
             throw APIError(.internalServerError, "idempotency-store-unavailable", "cannot read the stored idempotency keys, so nothing was started: \(message)")
         case .failure(.keyReused):
@@ -328,15 +337,27 @@ final class API: Sendable {
 
     @Sendable func show(_ request: Request, _ context: StockadeRequestContext, _ principal: Principal?) async throws -> Reply {
         let id = try runId(context)
+        if registry.node != nil, await registry.submitted(id) == nil, let row = try queuedRun(id) {
+            var answer = API.placement(row)
+            answer["id"] = .string(id)
+            answer["state"] = .string(API.state(row))
+            answer["report"] = API.report(row) ?? .null
+            return Reply(response: API.json(.object(answer)), runId: id)
+        }
         guard let (state, report) = try await lookup(id) else { throw APIError(.notFound, "not-found", "no run \(id)", field: "id") }
-        return Reply(response: API.json(.object(["id": .string(id), "state": .string(state), "report": report ?? .null])), runId: id)
+        return Reply(response: API.json(.object(try withPlacement(["id": .string(id), "state": .string(state), "report": report ?? .null], id))),
+                     runId: id)
     }
 
     @Sendable func wait(_ request: Request, _ context: StockadeRequestContext, _ principal: Principal?) async throws -> Reply {
         let id = try runId(context)
         if let submitted = await registry.submitted(id) {
             let report = await submitted.handle.report()
-            return Reply(response: API.json(.object(["id": .string(id), "state": .string("finished"), "report": report.jsonValue])), runId: id)
+            return Reply(response: API.json(.object(try withPlacement(["id": .string(id), "state": .string("finished"), "report": report.jsonValue], id))),
+                         runId: id)
+        }
+        if registry.node != nil, try queuedRun(id) != nil {
+            return try await waitInQueue(id)
         }
         guard let (state, report) = try await lookup(id) else { throw APIError(.notFound, "not-found", "no run \(id)", field: "id") }
         guard let report else {
@@ -352,15 +373,33 @@ final class API: Sendable {
             return Reply(response: API.json(.object(["id": .string(id), "state": .string(submitted.handle.currentState.rawValue),
                                                      "cancelRequested": .bool(true)]), status: .accepted), runId: id)
         }
+        if let node = registry.node, try queuedRun(id) != nil {
+            let outcome: QueueCancel
+            do {
+                outcome = try node.queue.requestCancel(runId: id)
+            } catch {
+                throw API.queueUnavailable(error)
+            }
+            switch outcome {
+            case .cancelled:
+                return Reply(response: API.json(.object(["id": .string(id), "state": .string("cancelled"), "cancelRequested": .bool(true)]),
+                                                status: .accepted), runId: id)
+            case .requested(let owner):
+                return Reply(response: API.json(.object(["id": .string(id), "state": .string("running"), "cancelRequested": .bool(true),
+                                                         "node": .string(owner)]), status: .accepted), runId: id)
+            case .ended(let state):
+                throw APIError(.conflict, "not-cancellable", "run \(id) is \(state == .claimed ? "running" : state.rawValue): it cannot be cancelled")
+            }
+        }
         guard let (state, _) = try await lookup(id) else { throw APIError(.notFound, "not-found", "no run \(id)", field: "id") }
         throw APIError(.conflict, "not-cancellable", "run \(id) is \(state)\(state == "finished" ? "" : " and was not started by this service"): it cannot be cancelled")
     }
 
     @Sendable func list(_ request: Request, _ context: StockadeRequestContext, _ principal: Principal?) async throws -> Reply {
         let query = API.query(request)
-        let states: Set = ["queued", "running", "finished", "abandoned"]
+        let states: Set = registry.node == nil ? ["queued", "running", "finished", "abandoned"] : ["queued", "running", "finished", "abandoned", "cancelled"]
         if let state = query["state"], !states.contains(state) {
-            throw APIError(.badRequest, "invalid-parameter", "state: must be queued, running, finished or abandoned, found \(state)", field: "state")
+            throw APIError(.badRequest, "invalid-parameter", "state: must be \(states.sorted().joined(separator: ", ")), found \(state)", field: "state")
         }
         var wantedLabel: (String, String)?
         if let label = query["label"] {
@@ -379,6 +418,9 @@ final class API: Sendable {
         let after = query["after"] ?? ""
         if !after.isEmpty && !RunIds.isValid(after) {
             throw APIError(.badRequest, "invalid-parameter", "after: must be a run id (the last id of the previous page)", field: "after")
+        }
+        if let node = registry.node {
+            return try listQueue(node, after: after, limit: limit, state: query["state"], label: wantedLabel)
         }
         struct Row { var state: String; var outcome: String?; var exitStatus: Int32?; var name: String?; var labels: [String: String]; var createdAt: String? }
         var rows: [String: Row] = [:]

@@ -14,6 +14,7 @@ extension API {
 
     @Sendable func logs(_ request: Request, _ context: StockadeRequestContext, _ principal: Principal?) async throws -> Reply {
         let id = try runId(context)
+        try await requireRunHere(id)
         let query = API.query(request)
         let stream = query["stream"] ?? "stdout"
         guard stream == "stdout" || stream == "stderr" else {

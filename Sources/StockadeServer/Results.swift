@@ -16,6 +16,7 @@ extension API {
 
     @Sendable func result(_ request: Request, _ context: StockadeRequestContext, _ principal: Principal?) async throws -> Reply {
         let id = try runId(context)
+        try await requireRunHere(id)
         let result = try await acceptedResult(id)
         let files: [JSONValue] = result.manifest.files.map { file in
             .object(["path": .string(file.path), "size": .number(file.size), "sha256": .string(file.sha256)])
@@ -30,6 +31,7 @@ extension API {
 
     @Sendable func resultFile(_ request: Request, _ context: StockadeRequestContext, _ principal: Principal?) async throws -> Reply {
         let id = try runId(context)
+        try await requireRunHere(id)
         // The raw path of the request, not the router's view of it: `a//b`, `%2e%2e` and the like
         // are judged here, byte for byte, before anything is looked up.
         let prefix = "/v1/runs/\(id)/result/"

@@ -10,6 +10,7 @@ extension API {
 
     @Sendable func receipt(_ request: Request, _ context: StockadeRequestContext, _ principal: Principal?) async throws -> Reply {
         let id = try runId(context)
+        try await requireRunHere(id)
         if let submitted = await registry.submitted(id), submitted.handle.currentState != .finished {
             throw APIError(.conflict, "not-finished", "run \(id) is \(submitted.handle.currentState.rawValue): a receipt is issued once it has finished")
         }

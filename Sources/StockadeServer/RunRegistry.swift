@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import StockadeAudit
 import StockadeSupervisor
 import StockadeTokens
 import Synchronization
@@ -24,6 +25,16 @@ actor RunRegistry {
         case keyStoreFailed(String)
         /// The principal has `maxPerPrincipal` runs queued and running already.
         case quotaExceeded(limit: Int)
+        /// Node mode: the shared run queue did not take the run (nothing was queued).
+        case queueFailed(String)
+    }
+
+    /// Node mode: the submission as it goes into the shared queue.
+    struct Queued: Sendable {
+        /// The request object as submitted: what the claiming node parses and runs.
+        let body: String
+        let nodeLabels: [String: String]
+        let retries: Int
     }
 
     private enum Slot {
@@ -49,8 +60,13 @@ actor RunRegistry {
     /// so concurrent submissions cannot both take the last place) until the run's report exists.
     private var active: [String: Int] = [:]
     let metrics: ServiceMetrics?
+    /// `--node`: submissions go into the shared run queue, and this registry holds the runs this
+    /// node claimed from it.
+    let node: NodeQueue?
 
-    init(service: RunService, keyStore: TokenStore, logger: Logger, maxPerPrincipal: Int = 0, metrics: ServiceMetrics? = nil) {
+    init(service: RunService, keyStore: TokenStore, logger: Logger, maxPerPrincipal: Int = 0, metrics: ServiceMetrics? = nil,
+         node: NodeQueue? = nil) {
+        self.node = node
         self.service = service
         self.keyStore = keyStore
         self.logger = logger
@@ -73,8 +89,9 @@ actor RunRegistry {
     /// Submits a run, or answers the first run of an earlier submission with the same key from the
     /// same principal (never starting a second one, even for concurrent retries).
     /// Returns the run id and whether it was a replay.
-    func submit(_ options: RunOptions, principal: String, idempotencyKey: String?, bodyHash: String) async -> Result<(String, Bool), SubmitError> {
-        guard let idempotencyKey else { return await start(options, principal: principal).map { ($0, false) } }
+    func submit(_ options: RunOptions, principal: String, idempotencyKey: String?, bodyHash: String,
+                queued: Queued? = nil) async -> Result<(String, Bool), SubmitError> {
+        guard let idempotencyKey else { return await start(options, principal: principal, queued: queued).map { ($0, false) } }
         let slotKey = principal + "\n" + idempotencyKey
         switch keys[slotKey] {
         case .done(let hash, let runId)?:
@@ -95,7 +112,7 @@ actor RunRegistry {
                 return stored.bodySha256 == bodyHash ? .success((stored.runId, true)) : .failure(.keyReused)
             }
             // The slot is taken before the first suspension: a concurrent retry finds it.
-            let task = Task { await self.start(options, principal: principal) }
+            let task = Task { await self.start(options, principal: principal, queued: queued) }
             keys[slotKey] = .pending(bodyHash: bodyHash, task)
             let result = await task.value
             switch result {
@@ -117,8 +134,20 @@ actor RunRegistry {
         }
     }
 
-    private func start(_ options: RunOptions, principal: String) async -> Result<String, SubmitError> {
+    private func start(_ options: RunOptions, principal: String, queued: Queued?) async -> Result<String, SubmitError> {
         guard !draining else { return .failure(.closed) }
+        if let node {
+            // Any node may run it: it is queued in the store, and this node claims like the others.
+            guard let queued else { return .failure(.queueFailed("no request body to queue")) }
+            let runId = Supervisor.makeRunId()
+            do {
+                try node.queue.enqueue(QueueSubmission(runId: runId, principal: principal.isEmpty ? nil : principal, request: queued.body,
+                                                       requiredLabels: queued.nodeLabels, retries: queued.retries, submittedOn: node.name))
+            } catch {
+                return .failure(.queueFailed(error.description))
+            }
+            return .success(runId)
+        }
         if maxPerPrincipal > 0, activeRuns(of: principal) >= maxPerPrincipal { return .failure(.quotaExceeded(limit: maxPerPrincipal)) }
         active[principal, default: 0] += 1
         let handle: RunHandle
@@ -137,6 +166,35 @@ actor RunRegistry {
             self.forget(runId, principal: principal, report: report)
         }
         return .success(runId)
+    }
+
+    /// Node mode: runs a run this node claimed from the shared queue, under the queue's run id, and
+    /// hands its report to `record` (which writes it to the queue) when it has ended.
+    func adopt(_ options: RunOptions, runId: String, record: @escaping @Sendable (RunReport) -> Void) async {
+        let handle: RunHandle
+        do {
+            handle = try await service.submit(options, whenFull: .wait, runId: runId)
+        } catch {
+            // Shutting down: the run stays claimed until this node leaves, then the reaper takes it.
+            logger.error("node.run-not-started", metadata: ["run.id": "\(runId)", "error": "\(error)"])
+            return
+        }
+        runs[runId] = Submitted(handle: handle, labels: options.labels, name: options.name)
+        Task {
+            let report = await handle.report()
+            self.metrics?.runFinished(report)
+            record(report)
+            self.forgetAdopted(runId, report: report)
+        }
+    }
+
+    private func forgetAdopted(_ runId: String, report: RunReport) {
+        runs[runId] = nil
+        if report.setupError != nil {
+            refused[runId] = report
+            refusedOrder.append(runId)
+            if refusedOrder.count > Self.maxRefusedReports { refused[refusedOrder.removeFirst()] = nil }
+        }
     }
 
     private func forget(_ runId: String, principal: String, report: RunReport) {

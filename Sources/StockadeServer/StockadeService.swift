@@ -29,10 +29,13 @@ public struct ServiceOptions: Sendable {
     public var store: StoreURL?
     /// `--store-connections`: connections to a PostgreSQL store this service holds at most.
     public var storeConnections: Int
+    /// `--node`: one node of many sharing the store's run queue (needs a PostgreSQL store).
+    public var node: NodeOptions?
 
     public init(listen: Listen, stateDirectory: String, maxRunning: Int, maxQueued: Int, graceSeconds: Int64, verify: VerifyOptions? = nil,
                 tls: ServerTLS? = nil, timeouts: ConnectionTimeouts = .standard, maxPerPrincipal: Int = 0, store: StoreURL? = nil,
-                storeConnections: Int = StoreOpener.defaultConnections) {
+                storeConnections: Int = StoreOpener.defaultConnections, node: NodeOptions? = nil) {
+        self.node = node
         self.store = store
         self.storeConnections = storeConnections
         self.tls = tls
@@ -82,7 +85,9 @@ public enum StockadeService {
         } else {
             throw ServiceFailure(description: "the audit store \(type(of: supervisor.audit)) cannot report its write latency for /metrics (stockade_audit_write_seconds)")
         }
-        let registry = RunRegistry(service: service, keyStore: tokens, logger: logger, maxPerPrincipal: options.maxPerPrincipal, metrics: metrics)
+        let node = try options.node.map { (node) throws(ServiceFailure) in try NodeQueue.register(node, audit: supervisor.audit, store: supervisor.store) }
+        let registry = RunRegistry(service: service, keyStore: tokens, logger: logger, maxPerPrincipal: options.maxPerPrincipal, metrics: metrics,
+                                   node: node)
         let shutdown = ShutdownFlag()
         let verification = options.verify.map { VerificationStatus(refuse: $0.refuse, profiles: $0.profiles) }
         let api = API(supervisor: supervisor, registry: registry, tokens: tokens, shutdown: shutdown, logger: logger,
@@ -135,7 +140,10 @@ public enum StockadeService {
         // SIGHUP: every profile read again and checked, the result logged (ProfileReload); once now too.
         let reload = ProfileReload(catalog: supervisor.catalog, logger: logger)
         reload.check()
-        var services: [any Service] = [app, drain, reload]
+        var services: [any Service] = [app]
+        // Before the drain: shut down after it, so the node heartbeats until its runs are done.
+        if let node { services.append(NodeWorker(node: node, registry: registry, logger: logger)) }
+        services += [drain, reload]
         if let verify = options.verify, let verification {
             // Last in, first out at shutdown: no new verification starts once the service is stopping.
             services.append(ContinuousVerification(supervisor: supervisor, service: service, options: verify, status: verification, logger: logger))

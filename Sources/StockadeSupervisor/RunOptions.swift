@@ -36,6 +36,9 @@ public struct RunOptions: Sendable {
     /// `submittedBy`: who may not decide the run's diff (see `review.allowSelfApproval`). Set by the
     /// service, never from a request body; nil for runs started from the command line.
     public var submittedBy: String?
+    /// A run claimed from a shared run queue (`stockade serve --node`): the node running it, its
+    /// attempt and the attempt it retries, recorded in `run.created`. Set by the service only.
+    public var queuePlacement: QueuePlacement?
 
     public init(command: [String]? = nil) {
         self.command = command
@@ -51,5 +54,18 @@ public enum StateDirectory {
         if let xdg = environment["XDG_STATE_HOME"], !xdg.isEmpty { return xdg + "/stockade" }
         let home = environment["HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? "/root"
         return home + "/.local/state/stockade"
+    }
+}
+
+/// Where a queued run runs: recorded in its `run.created` as `node`, `attempt` and `retryOf`.
+public struct QueuePlacement: Sendable, Equatable {
+    public let node: String
+    public let attempt: Int
+    public let retryOf: String?
+
+    public init(node: String, attempt: Int, retryOf: String?) {
+        self.node = node
+        self.attempt = attempt
+        self.retryOf = retryOf
     }
 }

@@ -305,6 +305,11 @@ public final class Supervisor: Sendable {
         if !options.labels.isEmpty { detail["labels"] = .object(options.labels.mapValues { .string($0) }) }
         if let name = options.name { detail["name"] = .string(name) }
         if let principal = options.submittedBy { detail["submittedBy"] = .string(principal) }
+        if let placement = options.queuePlacement {
+            detail["node"] = .string(placement.node)
+            detail["attempt"] = .number(placement.attempt)
+            detail["retryOf"] = placement.retryOf.map { .string($0) } ?? .null
+        }
         // What the run's profile said about self-approval when it ran: a later edit of the profile
         // cannot widen who may decide this run's diff.
         detail["allowSelfApproval"] = .bool(profile.review.allowSelfApproval)

@@ -36,6 +36,14 @@ struct Serve: AsyncParsableCommand {
     var store: String?
     @Option(help: "Connections to a PostgreSQL store held at most (1 to 64).")
     var storeConnections: Int = StoreOpener.defaultConnections
+    @Option(help: "Join the run queue of the --store (PostgreSQL) as this node (1-63 of A-Z a-z 0-9 . _ -): runs submitted to any node are queued in the store, and each node claims them up to its --capacity.")
+    var node: String?
+    @Option(help: "With --node: labels this node carries, KEY=VALUE,… (a run's nodeLabels must be among them).")
+    var labels: String?
+    @Option(help: "With --node: queued runs this node runs at once (1 to --max-running; default --max-running).")
+    var capacity: Int?
+    @Option(help: "With --node: how long after this node's last heartbeat another node may take its runs: seconds or 15s, 1m (1s to 1h; heartbeats every third of it).")
+    var lease: String?
     @Option(help: "Runs at once (1 to 256).") var maxRunning: Int = 2
     @Option(help: "Runs waiting beyond those (0 to 10000); past that a submission is answered 429.") var maxQueued: Int = 16
     @Option(help: "How long running runs may go on after SIGTERM before they are cancelled: seconds or 30s, 5m.") var grace: String = "30s"
@@ -70,6 +78,29 @@ struct Serve: AsyncParsableCommand {
             do throws(AuditError) { _ = try StoreURL.parse(store) } catch { throw ValidationError("--store \(error.description)") }
         }
         guard (1...256).contains(maxRunning) else { throw ValidationError("--max-running: expected 1 to 256, found \(maxRunning)") }
+        if let node {
+            if let problem = NodeLabels.nameProblem(node) { throw ValidationError("--node \(node): the name \(problem)") }
+            if let labels {
+                do throws(AuditError) { _ = try NodeLabels.parse(labels) } catch { throw ValidationError("--labels: \(error.message)") }
+            }
+            if let capacity, !(1...maxRunning).contains(capacity) {
+                throw ValidationError("--capacity: expected 1 to --max-running (\(maxRunning)), found \(capacity)")
+            }
+            if let lease, !(1...3600).contains(DurationText.seconds(lease) ?? 0) {
+                throw ValidationError("--lease: expected 1 to 3600 seconds, as 15, 15s or 1m; found \(lease)")
+            }
+            // Not yet enforced across nodes: refused rather than enforced on one node only.
+            if maxPerPrincipal > 0 {
+                throw ValidationError("--max-per-principal with --node: the quota counts one node's runs, and queued runs go to any node, so it would not hold; leave it out")
+            }
+            if verifyEvery != nil {
+                throw ValidationError("--verify-every with --node: the proof gates submissions on the node that takes them, while any node may run them; leave it out (run `stockade verify` on each node)")
+            }
+        } else {
+            for (flag, given) in [("--labels", labels != nil), ("--capacity", capacity != nil), ("--lease", lease != nil)] where given {
+                throw ValidationError("\(flag) applies to a node of a shared run queue: it needs --node NAME")
+            }
+        }
         guard (0...10_000).contains(maxQueued) else { throw ValidationError("--max-queued: expected 0 to 10000, found \(maxQueued)") }
         guard DurationText.seconds(grace) != nil else { throw ValidationError("--grace: expected seconds or a duration such as 30s or 5m, found \(grace)") }
         if let verifyEvery, (DurationText.seconds(verifyEvery) ?? 0) < 1 {
@@ -82,6 +113,17 @@ struct Serve: AsyncParsableCommand {
         if verifyEvery == nil && (!verifyProfile.isEmpty || !verifyOnly.isEmpty || verifyControls != nil) {
             throw ValidationError("--verify-profile, --verify-only and --verify-controls need --verify-every")
         }
+    }
+
+    /// `--node` and its companions, checked in `validate`; a node needs a PostgreSQL store.
+    func nodeOptions(_ store: StoreURL) throws -> NodeOptions? {
+        guard let node else { return nil }
+        guard case .postgres = store else {
+            FileHandle.standardError.write(Data("stockade serve: --node \(node): a node shares its run queue through a PostgreSQL store, and the store is \(store): pass --store postgres://… (or set $STOCKADE_STORE), the same for every node\n".utf8))
+            throw ExitCode(2)
+        }
+        return NodeOptions(name: node, labels: (try? NodeLabels.parse(labels ?? "")) ?? [:], capacity: capacity ?? maxRunning,
+                           leaseSeconds: Int(lease.flatMap(DurationText.seconds) ?? 15))
     }
 
     func run() async throws {
@@ -130,7 +172,8 @@ struct Serve: AsyncParsableCommand {
             listen: try Listen.parse(listen),
             stateDirectory: stateDirectory,
             maxRunning: maxRunning, maxQueued: maxQueued, graceSeconds: DurationText.seconds(grace) ?? 30, verify: verify,
-            tls: tls, timeouts: timeouts, maxPerPrincipal: maxPerPrincipal, store: storeURL, storeConnections: storeConnections)
+            tls: tls, timeouts: timeouts, maxPerPrincipal: maxPerPrincipal, store: storeURL, storeConnections: storeConnections,
+            node: try nodeOptions(storeURL))
         let level = environment["STOCKADE_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .notice
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)

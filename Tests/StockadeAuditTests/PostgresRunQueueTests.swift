@@ -1,5 +1,6 @@
 import Glibc
 import StockadePolicy
+import StockadeTestSupport
 import Synchronization
 import Testing
 @testable import StockadeAudit

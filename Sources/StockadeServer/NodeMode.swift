@@ -1,0 +1,177 @@
+import Foundation
+import Logging
+import ServiceLifecycle
+import StockadeAudit
+import StockadeAuditPostgres
+import StockadePolicy
+import StockadeSupervisor
+
+/// `stockade serve --node NAME`: this service is one node of many that share a PostgreSQL store's run
+/// queue (docs/CONTRACT.md, "The run queue").
+public struct NodeOptions: Sendable, Equatable {
+    public var name: String
+    /// `--labels`: what runs may require of the node that runs them.
+    public var labels: [String: String]
+    /// `--capacity`: queued runs this node runs at once.
+    public var capacity: Int
+    /// `--lease`: seconds after its last heartbeat that another node may take its runs.
+    public var leaseSeconds: Int
+
+    public init(name: String, labels: [String: String], capacity: Int, leaseSeconds: Int) {
+        self.name = name
+        self.labels = labels
+        self.capacity = capacity
+        self.leaseSeconds = leaseSeconds
+    }
+
+    /// Heartbeats (and the reaper) run this often: three to a lease.
+    var heartbeatMilliseconds: Int { max(100, leaseSeconds * 1000 / 3) }
+}
+
+/// This node's place in the shared queue: the queue, the node's registration, its options.
+final class NodeQueue: Sendable {
+    let queue: PostgresRunQueue
+    let lease: NodeLease
+    let options: NodeOptions
+    var name: String { options.name }
+    /// How often the claim loop looks for work and for cancellations.
+    static let pollMilliseconds = 100
+
+    init(queue: PostgresRunQueue, lease: NodeLease, options: NodeOptions) {
+        self.queue = queue
+        self.lease = lease
+        self.options = options
+    }
+
+    /// Registers the node on the store `audit` is opened on, which must be a PostgreSQL store.
+    static func register(_ options: NodeOptions, audit: any AuditStore, store: StoreURL) throws(ServiceFailure) -> NodeQueue {
+        guard let ledger = audit as? PostgresAuditStore else {
+            throw ServiceFailure(description: "--node \(options.name): a node shares its run queue through a PostgreSQL store, and this service's store is \(store): pass --store postgres://… (or $STOCKADE_STORE), the same for every node")
+        }
+        let queue = PostgresRunQueue(store: ledger)
+        do {
+            let lease = try queue.register(QueueNode(name: options.name, labels: options.labels, capacity: options.capacity,
+                                                     leaseSeconds: options.leaseSeconds, hostId: ledger.hostId))
+            return NodeQueue(queue: queue, lease: lease, options: options)
+        } catch {
+            throw ServiceFailure(description: "--node \(options.name): \(error.message)")
+        }
+    }
+}
+
+/// The node's own loop: heartbeats (and after each, the reaper), claims queued runs while it has room
+/// and is not draining, runs each through the local `RunService` under the queue's run id, records
+/// each report in the queue, and passes on cancellations asked for through any node. Listed before
+/// the drain among the services, so at shutdown it stops only after the drain has finished this
+/// node's runs: it keeps heartbeating meanwhile, and then leaves the queue.
+struct NodeWorker: Service {
+    let node: NodeQueue
+    let registry: RunRegistry
+    let logger: Logger
+
+    func run() async throws {
+        logger.notice("node.joined", metadata: ["node": "\(node.name)", "labels": "\(node.options.labels)",
+                                                "capacity": "\(node.options.capacity)", "lease": "\(node.options.leaseSeconds)s"])
+        var nextBeat = ContinuousClock.now
+        var heartbeatFailed = false
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            if ContinuousClock.now >= nextBeat {
+                nextBeat = ContinuousClock.now + .milliseconds(node.options.heartbeatMilliseconds)
+                heartbeatFailed = !beat()
+            }
+            if !heartbeatFailed, !(await registry.isDraining) { await claim() }
+            await passOnCancellations()
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .milliseconds(NodeQueue.pollMilliseconds)) }
+        }
+        // The drain has run (it is shut down before this service): no run of this node is left.
+        do {
+            try node.queue.leave(node.lease)
+            logger.notice("node.left", metadata: ["node": "\(node.name)"])
+        } catch {
+            logger.error("node.leave-failed", metadata: ["node": "\(node.name)", "error": "\(error)"])
+        }
+    }
+
+    /// Heartbeat, then reap the runs of nodes whose lease has run out. False when the heartbeat failed.
+    private func beat() -> Bool {
+        do {
+            try node.queue.heartbeat(node.lease)
+        } catch {
+            logger.error("node.heartbeat-failed", metadata: ["node": "\(node.name)", "error": "\(error)"])
+            return false
+        }
+        do {
+            for reaped in try node.queue.reap(by: node.lease, newRunId: Supervisor.makeRunId) {
+                logger.notice("node.reaped", metadata: ["run.id": "\(reaped.runId)", "node": "\(reaped.node)", "reason": "\(reaped.reason)",
+                                                        "action": "\(reaped.action)"])
+            }
+        } catch {
+            logger.error("node.reap-failed", metadata: ["node": "\(node.name)", "error": "\(error)"])
+        }
+        return true
+    }
+
+    private func claim() async {
+        let room = node.options.capacity - (await registry.all.count)
+        guard room > 0 else { return }
+        let claimed: [QueuedRun]
+        do {
+            claimed = try node.queue.claim(node.lease, limit: room)
+        } catch {
+            logger.error("node.claim-failed", metadata: ["node": "\(node.name)", "error": "\(error)"])
+            return
+        }
+        for run in claimed { await start(run) }
+    }
+
+    private func start(_ run: QueuedRun) async {
+        let runId = run.runId
+        let request: BatchRequest
+        do {
+            request = try BatchRequest.parse(Array(run.request.utf8))
+        } catch {
+            // Validated when it was queued: a row that no longer parses was changed behind the service.
+            finish(runId, report: Supervisor.rejectedRequest(reason: "the queued request no longer parses: \(error.description)"), as: runId)
+            return
+        }
+        var options = request.options
+        options.submittedBy = run.principal
+        options.queuePlacement = QueuePlacement(node: node.name, attempt: run.attempt, retryOf: run.retryOf)
+        let queue = node
+        let log = logger
+        await registry.adopt(options, runId: runId) { report in
+            NodeWorker.record(queue, runId, report, log)
+        }
+        logger.info("node.run-claimed", metadata: ["run.id": "\(runId)", "attempt": "\(run.attempt)"])
+    }
+
+    private func finish(_ runId: String, report: RunReport, as id: String) {
+        var report = report
+        report.runId = id
+        Self.record(node, runId, report, logger)
+    }
+
+    /// Records a run's report in the queue; a node that lost the run (its lease ran out) is told so.
+    static func record(_ node: NodeQueue, _ runId: String, _ report: RunReport, _ logger: Logger) {
+        do {
+            try node.queue.finish(runId: runId, lease: node.lease, report: report.jsonValue.serialized())
+        } catch {
+            logger.error("node.finish-failed", metadata: ["run.id": "\(runId)", "error": "\(error)"])
+        }
+    }
+
+    private func passOnCancellations() async {
+        let wanted: [String]
+        do {
+            wanted = try node.queue.cancelRequests(node.lease)
+        } catch {
+            logger.error("node.cancel-poll-failed", metadata: ["node": "\(node.name)", "error": "\(error)"])
+            return
+        }
+        for runId in wanted {
+            if let submitted = await registry.submitted(runId), submitted.handle.currentState != .finished, !submitted.handle.cancellation.isCancelled {
+                submitted.handle.cancel()
+            }
+        }
+    }
+}
