@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Logging
 import ServiceLifecycle
 import StockadeAudit
@@ -36,6 +37,9 @@ final class NodeQueue: Sendable {
     var name: String { options.name }
     /// How often the claim loop looks for work and for cancellations.
     static let pollMilliseconds = 100
+
+    /// Wakes the claim loop at once: a run of this node ended (a slot is free) or this node queued one.
+    let wakeup = Wakeup()
 
     init(queue: PostgresRunQueue, lease: NodeLease, options: NodeOptions) {
         self.queue = queue
@@ -81,7 +85,9 @@ struct NodeWorker: Service {
             }
             if !heartbeatFailed, !(await registry.isDraining) { await claim() }
             await passOnCancellations()
-            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .milliseconds(NodeQueue.pollMilliseconds)) }
+            // Another node's submissions are seen at the next poll; this node's own, and a freed
+            // slot, wake it at once.
+            await node.wakeup.wait(upTo: .milliseconds(NodeQueue.pollMilliseconds))
         }
         // The drain has run (it is shut down before this service): no run of this node is left.
         do {
@@ -131,7 +137,9 @@ struct NodeWorker: Service {
             request = try BatchRequest.parse(Array(run.request.utf8))
         } catch {
             // Validated when it was queued: a row that no longer parses was changed behind the service.
-            finish(runId, report: Supervisor.rejectedRequest(reason: "the queued request no longer parses: \(error.description)"), as: runId)
+            var report = Supervisor.rejectedRequest(reason: "the queued request no longer parses: \(error.description)")
+            report.runId = runId
+            Self.record(node, runId, report, logger)
             return
         }
         var options = request.options
@@ -143,12 +151,6 @@ struct NodeWorker: Service {
             NodeWorker.record(queue, runId, report, log)
         }
         logger.info("node.run-claimed", metadata: ["run.id": "\(runId)", "attempt": "\(run.attempt)"])
-    }
-
-    private func finish(_ runId: String, report: RunReport, as id: String) {
-        var report = report
-        report.runId = id
-        Self.record(node, runId, report, logger)
     }
 
     /// Records a run's report in the queue; a node that lost the run (its lease ran out) is told so.
@@ -173,5 +175,48 @@ struct NodeWorker: Service {
                 submitted.handle.cancel()
             }
         }
+    }
+}
+
+/// A wake-up call for one waiter, remembered when nobody waits: the claim loop sleeps until it is
+/// signalled or its poll interval has passed.
+final class Wakeup: Sendable {
+    private struct State: Sendable {
+        var pending = false
+        var waiter: CheckedContinuation<Void, Never>?
+    }
+
+    private let state = Mutex(State())
+
+    func signal() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            guard let waiter = state.waiter else {
+                state.pending = true
+                return nil
+            }
+            state.waiter = nil
+            return waiter
+        }
+        waiter?.resume()
+    }
+
+    /// Returns once signalled (or at once when a signal came since the last wait), or after `timeout`.
+    func wait(upTo timeout: Duration) async {
+        let timer = Task { [self] in
+            try? await Task.sleep(for: timeout)
+            if !Task.isCancelled { signal() }
+        }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { state -> Bool in
+                if state.pending {
+                    state.pending = false
+                    return true
+                }
+                state.waiter = continuation
+                return false
+            }
+            if now { continuation.resume() }
+        }
+        timer.cancel()
     }
 }

@@ -146,6 +146,7 @@ actor RunRegistry {
             } catch {
                 return .failure(.queueFailed(error.description))
             }
+            node.wakeup.signal()
             return .success(runId)
         }
         if maxPerPrincipal > 0, activeRuns(of: principal) >= maxPerPrincipal { return .failure(.quotaExceeded(limit: maxPerPrincipal)) }
@@ -185,6 +186,7 @@ actor RunRegistry {
             self.metrics?.runFinished(report)
             record(report)
             self.forgetAdopted(runId, report: report)
+            self.node?.wakeup.signal()
         }
     }
 

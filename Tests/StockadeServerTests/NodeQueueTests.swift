@@ -209,6 +209,32 @@ struct NodeQueueTests {
         #expect(d.log.contains("node.left"), "\(d.log)")
     }
 
+    @Test("SIGTERM on a node: it stops claiming, finishes its own run, leaves; the run still queued stays queued and another node runs it")
+    func drainLeavesQueuedRuns() throws {
+        let url = try PostgresTestServer.createDatabase()
+        defer { PostgresTestServer.dropDatabase(url) }
+        let environment = ["STOCKADE_STORE": PostgresTestServer.connectableText(url)]
+        let a = try Self.node("a", environment, labels: "pool=p", maxRunning: 1)
+        let token = try a.token("engine", scopes: "run:read,run:write")
+        let first = try Self.submit(a, token: token, #"{"command":["/bin/sh","-c","sleep 2; echo first"],"nodeLabels":{"pool":"p"}}"#)
+        let second = try Self.submit(a, token: token, #"{"command":["/bin/echo","second"],"nodeLabels":{"pool":"p"}}"#)
+        try Self.waitUntil("a to start the first run") {
+            try Self.rows(url, "SELECT count(*) FROM events WHERE kind = 'worker.started' AND runid = '\(first)'") == [["1"]]
+        }
+        #expect(try Self.rows(url, "SELECT state FROM run_queue WHERE runid = '\(second)'") == [["queued"]], "capacity 1: the second waits")
+        #expect(a.terminate(within: 60) == 0, "\(a.log)")
+        #expect(try Self.rows(url, "SELECT state, report::jsonb ->> 'stdout' FROM run_queue WHERE runid = '\(first)'") == [["finished", "first\n"]])
+        #expect(try Self.rows(url, "SELECT state FROM run_queue WHERE runid = '\(second)'") == [["queued"]], "left for the other nodes")
+        #expect(try Self.rows(url, "SELECT count(*) FROM events WHERE runid = '\(second)'") == [["0"]])
+        #expect(try Self.rows(url, "SELECT count(*) FROM nodes") == [["0"]] && a.log.contains("node.left"), "\(a.log)")
+
+        let b = try Self.node("b", environment, labels: "pool=p")
+        let waited = try b.client.request("GET", "/v1/runs/\(second)/wait", token: token)
+        #expect(try waited.json()["node"] as? String == "b", "\(waited.text)")
+        #expect(try (waited.json()["report"] as? [String: Any])?["stdout"] as? String == "second\n", "\(waited.text)")
+        #expect(b.terminate() == 0)
+    }
+
     @Test("--node needs a PostgreSQL store; its companions need --node; a cancelled queued run never starts, and any node cancels a run another node holds")
     func flagsAndCancel() throws {
         let refused = try ServerHarness(start: false)
