@@ -48,9 +48,10 @@ public actor RunService {
     }
 
     /// Queues a run. The handle's report arrives when the run has ended, whatever happens: every
-    /// failure is a classified report.
+    /// failure is a classified report. `runId`: the id the caller reserved for it (`Supervisor.makeRunId`),
+    /// else a new one.
     public func submit(_ options: RunOptions, onOutput: (@Sendable (Int32, [UInt8]) -> Void)? = nil,
-                       whenFull: WhenFull = .refuse) async throws(RunServiceError) -> RunHandle {
+                       whenFull: WhenFull = .refuse, runId: String? = nil) async throws(RunServiceError) -> RunHandle {
         while running + queued >= admission.maxRunning + admission.maxQueued && !closed {
             guard whenFull == .wait else {
                 throw RunServiceError.queueFull(running: running, queued: queued, limit: admission.maxQueued)
@@ -59,7 +60,7 @@ public actor RunService {
         }
         guard !closed else { throw RunServiceError.closed }
         queued += 1
-        let handle = RunHandle(runId: Supervisor.makeRunId())
+        let handle = RunHandle(runId: runId ?? Supervisor.makeRunId())
         outstanding[handle.runId] = handle
         let runner = self.runner
         handle.start { [self] cancellation, runId in
