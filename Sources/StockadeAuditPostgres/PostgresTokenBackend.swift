@@ -85,29 +85,36 @@ public final class PostgresTokenBackend: TokenBackend {
         }
     }
 
-    public func submission(principal: String, key: String, notBefore: Int64) throws(TokenError) -> (bodySha256: String, runId: String)? {
-        var binds = PostgresBindings()
-        binds.append(principal); binds.append(key); binds.append(notBefore)
-        return try call("read the idempotency key") { (session) throws(AuditError) -> (bodySha256: String, runId: String)? in
-            guard let row = try session.query("SELECT bodySha256, runId FROM idempotency_keys WHERE principal = $1 AND key = $2 AND createdAt > $3",
-                                              binds, "read the idempotency key").first else { return nil }
-            let (body, runId) = try PostgresRows.decode(row, session) { row in try row.decode((String, String).self) }
-            return (body, runId)
-        }
-    }
-
-    public func rememberSubmission(principal: String, key: String, bodySha256: String, runId: String, createdAt: Int64,
-                                   forgetBefore: Int64) throws(TokenError) {
+    public func reserveSubmission(principal: String, key: String, bodySha256: String, runId: String, createdAt: Int64,
+                                  forgetBefore: Int64) throws(TokenError) -> (bodySha256: String, runId: String)? {
         var forget = PostgresBindings()
         forget.append(forgetBefore)
         var binds = PostgresBindings()
         binds.append(principal); binds.append(key); binds.append(bodySha256); binds.append(runId); binds.append(createdAt)
-        try call("store the idempotency key") { (session) throws(AuditError) in
+        var read = PostgresBindings()
+        read.append(principal); read.append(key)
+        return try call("reserve the idempotency key") { (session) throws(AuditError) -> (bodySha256: String, runId: String)? in
             try session.query("DELETE FROM idempotency_keys WHERE createdAt <= $1", forget, "forget old idempotency keys")
-            try session.query("""
+            // The primary key decides between hosts inserting at once: one row wins, the others read it.
+            let inserted = try session.query("""
                 INSERT INTO idempotency_keys (principal, key, bodySha256, runId, createdAt) VALUES ($1, $2, $3, $4, $5)
-                ON CONFLICT (principal, key) DO UPDATE SET bodySha256 = EXCLUDED.bodySha256, runId = EXCLUDED.runId, createdAt = EXCLUDED.createdAt
-                """, binds, "store the idempotency key")
+                ON CONFLICT (principal, key) DO NOTHING RETURNING runId
+                """, binds, "reserve the idempotency key")
+            if !inserted.isEmpty { return nil }
+            guard let row = try session.query("SELECT bodySha256, runId FROM idempotency_keys WHERE principal = $1 AND key = $2",
+                                              read, "read the idempotency key").first else {
+                throw AuditError(.busy, path: session.store, "the idempotency key was removed while it was being reserved: retry")
+            }
+            let (body, stored) = try PostgresRows.decode(row, session) { row in try row.decode((String, String).self) }
+            return (body, stored)
+        }
+    }
+
+    public func forgetSubmission(principal: String, key: String, runId: String) throws(TokenError) {
+        var binds = PostgresBindings()
+        binds.append(principal); binds.append(key); binds.append(runId)
+        _ = try call("release the idempotency key") { (session) throws(AuditError) in
+            try session.query("DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND runId = $3", binds, "release the idempotency key")
         }
     }
 

@@ -100,10 +100,13 @@ actor RunRegistry {
             guard hash == bodyHash else { return .failure(.keyReused) }
             return await task.value.map { ($0, true) }
         case nil:
-            // A key from before a restart: no actor suspension between this read and taking the slot.
+            // The key is reserved in the store before the run starts, so a retry that reaches another
+            // service on the same store (or this one after a restart) finds it. No actor suspension
+            // between this call and taking the slot: a concurrent retry here finds the slot.
+            let runId = Supervisor.makeRunId()
             let stored: (bodySha256: String, runId: String)?
             do {
-                stored = try keyStore.submission(principal: principal, key: idempotencyKey)
+                stored = try keyStore.reserveSubmission(principal: principal, key: idempotencyKey, bodySha256: bodyHash, runId: runId)
             } catch {
                 return .failure(.keyStoreFailed(error.description))
             }
@@ -111,35 +114,33 @@ actor RunRegistry {
                 keys[slotKey] = .done(bodyHash: stored.bodySha256, runId: stored.runId)
                 return stored.bodySha256 == bodyHash ? .success((stored.runId, true)) : .failure(.keyReused)
             }
-            // The slot is taken before the first suspension: a concurrent retry finds it.
-            let task = Task { await self.start(options, principal: principal, queued: queued) }
+            let task = Task { await self.start(options, principal: principal, queued: queued, runId: runId) }
             keys[slotKey] = .pending(bodyHash: bodyHash, task)
             let result = await task.value
             switch result {
-            case .success(let runId):
+            case .success:
                 keys[slotKey] = .done(bodyHash: bodyHash, runId: runId)
-                do {
-                    try keyStore.rememberSubmission(principal: principal, key: idempotencyKey, bodySha256: bodyHash, runId: runId)
-                } catch {
-                    // The run is under way; only a retry after a restart could start it twice.
-                    logger.error("idempotency-key.not-stored", metadata: ["run.id": "\(runId)", "error": "\(error)"])
-                }
                 keyOrder.append(slotKey)
                 if keyOrder.count > Self.maxKeys { keys[keyOrder.removeFirst()] = nil }
             case .failure:
                 // A refused submission started nothing: a retry with the key may start the run.
                 keys[slotKey] = nil
+                do {
+                    try keyStore.forgetSubmission(principal: principal, key: idempotencyKey, runId: runId)
+                } catch {
+                    logger.error("idempotency-key.not-released", metadata: ["run.id": "\(runId)", "error": "\(error)"])
+                }
             }
             return result.map { ($0, false) }
         }
     }
 
-    private func start(_ options: RunOptions, principal: String, queued: Queued?) async -> Result<String, SubmitError> {
+    private func start(_ options: RunOptions, principal: String, queued: Queued?, runId: String? = nil) async -> Result<String, SubmitError> {
         guard !draining else { return .failure(.closed) }
         if let node {
             // Any node may run it: it is queued in the store, and this node claims like the others.
             guard let queued else { return .failure(.queueFailed("no request body to queue")) }
-            let runId = Supervisor.makeRunId()
+            let runId = runId ?? Supervisor.makeRunId()
             do {
                 try node.queue.enqueue(QueueSubmission(runId: runId, principal: principal.isEmpty ? nil : principal, request: queued.body,
                                                        requiredLabels: queued.nodeLabels, retries: queued.retries, submittedOn: node.name))
@@ -153,7 +154,7 @@ actor RunRegistry {
         active[principal, default: 0] += 1
         let handle: RunHandle
         do {
-            handle = try await service.submit(options, whenFull: .refuse)
+            handle = try await service.submit(options, whenFull: .refuse, runId: runId)
         } catch {
             release(principal)
             if case .closed = error { return .failure(.closed) }

@@ -48,8 +48,8 @@ public actor RunService {
     }
 
     /// Queues a run. The handle's report arrives when the run has ended, whatever happens: every
-    /// failure is a classified report. `runId`: the id the run was given elsewhere (a shared run
-    /// queue's), else a new one.
+    /// failure is a classified report. `runId`: the id the caller reserved for it (`Supervisor.makeRunId`,
+    /// or a shared run queue's), else a new one.
     public func submit(_ options: RunOptions, onOutput: (@Sendable (Int32, [UInt8]) -> Void)? = nil,
                        whenFull: WhenFull = .refuse, runId: String? = nil) async throws(RunServiceError) -> RunHandle {
         while running + queued >= admission.maxRunning + admission.maxQueued && !closed {

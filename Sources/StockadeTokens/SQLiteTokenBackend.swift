@@ -99,23 +99,27 @@ public final class SQLiteTokenBackend: TokenBackend, @unchecked Sendable {
         return rows
     }
 
-    public func submission(principal: String, key: String, notBefore: Int64) throws(TokenError) -> (bodySha256: String, runId: String)? {
+    public func reserveSubmission(principal: String, key: String, bodySha256: String, runId: String, createdAt: Int64,
+                                  forgetBefore: Int64) throws(TokenError) -> (bodySha256: String, runId: String)? {
+        // The primary key decides between writers: INSERT OR IGNORE keeps the first row, the read returns it.
+        try run("DELETE FROM idempotency_keys WHERE createdAt <= ?", [.int(forgetBefore)])
+        try run("INSERT OR IGNORE INTO idempotency_keys (principal, key, bodySha256, runId, createdAt) VALUES (?, ?, ?, ?, ?)",
+                [.text(principal), .text(key), .text(bodySha256), .text(runId), .int(createdAt)])
         lock.lock(); defer { lock.unlock() }
-        let statement = try prepare("SELECT bodySha256, runId FROM idempotency_keys WHERE principal = ? AND key = ? AND createdAt > ?",
-                                    [.text(principal), .text(key), .int(notBefore)])
+        let statement = try prepare("SELECT bodySha256, runId FROM idempotency_keys WHERE principal = ? AND key = ?", [.text(principal), .text(key)])
         defer { sqlite3_finalize(statement) }
         let rc = sqlite3_step(statement)
-        if rc == SQLITE_DONE { return nil }
-        guard rc == SQLITE_ROW else { throw failure() }
+        guard rc == SQLITE_ROW else {
+            if rc == SQLITE_DONE { throw TokenError("token store \(path): the idempotency key just stored is gone (removed by hand?)") }
+            throw failure()
+        }
         func text(_ i: Int32) -> String { sqlite3_column_text(statement, i).map { String(cString: $0) } ?? "" }
-        return (text(0), text(1))
+        let stored = (bodySha256: text(0), runId: text(1))
+        return stored.runId == runId ? nil : stored
     }
 
-    public func rememberSubmission(principal: String, key: String, bodySha256: String, runId: String, createdAt: Int64,
-                                   forgetBefore: Int64) throws(TokenError) {
-        try run("DELETE FROM idempotency_keys WHERE createdAt <= ?", [.int(forgetBefore)])
-        try run("INSERT OR REPLACE INTO idempotency_keys (principal, key, bodySha256, runId, createdAt) VALUES (?, ?, ?, ?, ?)",
-                [.text(principal), .text(key), .text(bodySha256), .text(runId), .int(createdAt)])
+    public func forgetSubmission(principal: String, key: String, runId: String) throws(TokenError) {
+        try run("DELETE FROM idempotency_keys WHERE principal = ? AND key = ? AND runId = ?", [.text(principal), .text(key), .text(runId)])
     }
 
     // MARK: SQLite

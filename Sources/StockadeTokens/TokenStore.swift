@@ -78,10 +78,13 @@ public protocol TokenBackend: Sendable {
     func revokeToken(name: String, at: Int64) throws(TokenError) -> Bool
     /// Every token row, in creation order, then name.
     func tokenRows() throws(TokenError) -> [TokenRow]
-    /// The submission stored under (principal, key) created after `notBefore`.
-    func submission(principal: String, key: String, notBefore: Int64) throws(TokenError) -> (bodySha256: String, runId: String)?
-    /// Stores (or replaces) a submission's key, and forgets keys created at or before `forgetBefore`.
-    func rememberSubmission(principal: String, key: String, bodySha256: String, runId: String, createdAt: Int64, forgetBefore: Int64) throws(TokenError)
+    /// In one step, atomic among every process and host sharing the store: forgets keys created at or
+    /// before `forgetBefore`; then returns the submission stored under (principal, key) when there
+    /// is one, else stores this one and returns nil.
+    func reserveSubmission(principal: String, key: String, bodySha256: String, runId: String, createdAt: Int64,
+                           forgetBefore: Int64) throws(TokenError) -> (bodySha256: String, runId: String)?
+    /// Removes the key (principal, key) if it still names `runId`.
+    func forgetSubmission(principal: String, key: String, runId: String) throws(TokenError)
 }
 
 /// One row of `tokens`: the record and the stored hash.
@@ -116,16 +119,19 @@ public final class TokenStore: Sendable {
     /// How long a submission's idempotency key is remembered (across restarts of the service).
     public static let idempotencyKeySeconds: Int64 = 7 * 86400
 
-    /// The run an earlier submission with this key from this principal started, with its body's hash.
-    public func submission(principal: String, key: String, now: Int64 = Int64(Date().timeIntervalSince1970)) throws(TokenError) -> (bodySha256: String, runId: String)? {
-        try backend.submission(principal: principal, key: key, notBefore: now - Self.idempotencyKeySeconds)
+    /// Reserves this principal's `key` for run `runId` before the run is started, or returns the run
+    /// an earlier submission with the key reserved (and its body's hash): whichever process or host
+    /// of the store a retry reaches, one key starts one run. Keys older than `idempotencyKeySeconds`
+    /// are forgotten.
+    public func reserveSubmission(principal: String, key: String, bodySha256: String, runId: String,
+                                  now: Int64 = Int64(Date().timeIntervalSince1970)) throws(TokenError) -> (bodySha256: String, runId: String)? {
+        try backend.reserveSubmission(principal: principal, key: key, bodySha256: bodySha256, runId: runId, createdAt: now,
+                                      forgetBefore: now - Self.idempotencyKeySeconds)
     }
 
-    /// Remembers a submission's key (and forgets keys older than `idempotencyKeySeconds`).
-    public func rememberSubmission(principal: String, key: String, bodySha256: String, runId: String,
-                                   now: Int64 = Int64(Date().timeIntervalSince1970)) throws(TokenError) {
-        try backend.rememberSubmission(principal: principal, key: key, bodySha256: bodySha256, runId: runId, createdAt: now,
-                                       forgetBefore: now - Self.idempotencyKeySeconds)
+    /// Releases a reservation whose run was refused (nothing started), so a retry with the key may start it.
+    public func forgetSubmission(principal: String, key: String, runId: String) throws(TokenError) {
+        try backend.forgetSubmission(principal: principal, key: key, runId: runId)
     }
 
     /// A new token: `stk_` and 32 random bytes in unpadded base64url.

@@ -20,7 +20,8 @@ struct NodeQueueTests {
     static func submit(_ server: ServerHarness, token: String, _ json: String) throws -> String {
         let answer = try server.client.request("POST", "/v1/runs", token: token, json: json)
         try #require(answer.status == 202, "submit: \(answer.status) \(answer.text)")
-        #expect(try answer.json()["state"] as? String == "queued")
+        // Queued in the store; a node may have claimed it before the answer was written.
+        #expect(try ["queued", "running"].contains(answer.json()["state"] as? String ?? ""), "\(answer.text)")
         return try #require(answer.json()["id"] as? String)
     }
 

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import StockadeAudit
 import StockadeTestSupport
+import Synchronization
 import Testing
 
 /// `stockade serve --store URL` on a real PostgreSQL (a scratch server the tests start, or
@@ -79,6 +80,38 @@ struct StoreTests {
         #expect(verified.status == 0, "\(verified.stdout) \(verified.stderr)")
         let events = try PostgresTestServer.execute(url, "SELECT kind FROM events WHERE kind LIKE 'token.%' ORDER BY seq").map { $0[0] ?? "" }
         #expect(events == ["token.created", "token.revoked"], "\(events)")
+        #expect(a.terminate() == 0 && b.terminate() == 0)
+    }
+
+    @Test("one Idempotency-Key sent at once to two services on one store starts one run: both answer its id, the store holds one run")
+    func idempotencyAcrossServices() throws {
+        let (url, _, environment) = try Self.database()
+        defer { PostgresTestServer.dropDatabase(url) }
+        let a = try ServerHarness(environment: environment)
+        let b = try ServerHarness(environment: environment)
+        let token = try a.token("engine", scopes: "run:read,run:write")
+        for round in 0..<5 {
+            let body = #"{"command":["/bin/echo","round \#(round)"]}"#
+            let headers = ["Idempotency-Key": "retry-\(round)"]
+            let answers = Mutex<[Int: HTTPClient.Response]>([:])
+            let clients = [a.client, b.client]
+            DispatchQueue.concurrentPerform(iterations: 4) { i in
+                if let answer = try? clients[i % 2].request("POST", "/v1/runs", token: token, headers: headers, json: body) {
+                    answers.withLock { $0[i] = answer }
+                }
+            }
+            let got = answers.withLock { $0 }
+            #expect(got.count == 4 && got.values.allSatisfy { $0.status == 202 }, "round \(round): \(got.mapValues(\.text))")
+            let ids = Set(got.values.compactMap { try? $0.json()["id"] as? String })
+            #expect(ids.count == 1, "round \(round): one key started \(ids.count) runs: \(ids)")
+            let replayed = got.values.filter { (try? $0.json()["replayed"] as? Bool) == true }.count
+            #expect(replayed == 3, "round \(round): \(replayed) answers were replays, not 3")
+        }
+        try PostgresTestServer.waitUntil("the five runs to finish") {
+            try PostgresTestServer.execute(url, "SELECT count(*) FROM runs WHERE state = 'finished'").first?[0] == "5"
+        }
+        let created = try PostgresTestServer.execute(url, "SELECT count(*) FROM events WHERE kind = 'run.created'")
+        #expect(created.first?[0] == "5", "\(created)")
         #expect(a.terminate() == 0 && b.terminate() == 0)
     }
 
