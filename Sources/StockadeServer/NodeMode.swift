@@ -76,18 +76,24 @@ struct NodeWorker: Service {
     func run() async throws {
         logger.notice("node.joined", metadata: ["node": "\(node.name)", "labels": "\(node.options.labels)",
                                                 "capacity": "\(node.options.capacity)", "lease": "\(node.options.leaseSeconds)s"])
-        var nextBeat = ContinuousClock.now
-        var heartbeatFailed = false
-        while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            if ContinuousClock.now >= nextBeat {
-                nextBeat = ContinuousClock.now + .milliseconds(node.options.heartbeatMilliseconds)
-                heartbeatFailed = !beat()
+        let healthy = HeartbeatState()
+        // Two loops, so a slow claim or a run waiting for a local slot never delays a heartbeat.
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                while !Task.isShuttingDownGracefully && !Task.isCancelled {
+                    healthy.set(beat())
+                    try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .milliseconds(node.options.heartbeatMilliseconds)) }
+                }
             }
-            if !heartbeatFailed, !(await registry.isDraining) { await claim() }
-            await passOnCancellations()
-            // Another node's submissions are seen at the next poll; this node's own, and a freed
-            // slot, wake it at once.
-            await node.wakeup.wait(upTo: .milliseconds(NodeQueue.pollMilliseconds))
+            group.addTask {
+                while !Task.isShuttingDownGracefully && !Task.isCancelled {
+                    if healthy.isSet, !(await registry.isDraining) { await claim() }
+                    await passOnCancellations()
+                    // Another node's submissions are seen at the next poll; this node's own, and a
+                    // freed slot, wake it at once.
+                    await node.wakeup.wait(upTo: .milliseconds(NodeQueue.pollMilliseconds))
+                }
+            }
         }
         // The drain has run (it is shut down before this service): no run of this node is left.
         do {
@@ -130,6 +136,13 @@ struct NodeWorker: Service {
         for run in claimed { await start(run) }
     }
 
+    /// Whether the last heartbeat went through: a node that cannot heartbeat claims nothing.
+    final class HeartbeatState: Sendable {
+        private let value = Mutex(true)
+        var isSet: Bool { value.withLock { $0 } }
+        func set(_ healthy: Bool) { value.withLock { $0 = healthy } }
+    }
+
     private func start(_ run: QueuedRun) async {
         let runId = run.runId
         let request: BatchRequest
@@ -147,8 +160,15 @@ struct NodeWorker: Service {
         options.queuePlacement = QueuePlacement(node: node.name, attempt: run.attempt, retryOf: run.retryOf)
         let queue = node
         let log = logger
-        await registry.adopt(options, runId: runId) { report in
-            NodeWorker.record(queue, runId, report, log)
+        let registry = registry
+        // Not awaited: a run that waits for a local slot (the service's probe runs may hold them)
+        // does not hold up the claim loop; the queue bounds the node's claims by its capacity.
+        // Announced first, so a drain that starts now waits for it.
+        await registry.expectAdoption()
+        Task {
+            await registry.adopt(options, runId: runId) { report in
+                NodeWorker.record(queue, runId, report, log)
+            }
         }
         logger.info("node.run-claimed", metadata: ["run.id": "\(runId)", "attempt": "\(run.attempt)"])
     }

@@ -170,9 +170,19 @@ actor RunRegistry {
         return .success(runId)
     }
 
+    /// Node mode: claimed runs announced (`expectAdoption`) and not yet handed to the run service:
+    /// the drain waits for them too.
+    private(set) var adopting = 0
+
+    func expectAdoption() { adopting += 1 }
+
+    /// Runs in hand, or claimed runs on their way to the run service: what a drain waits for.
+    var hasWork: Bool { !runs.isEmpty || adopting > 0 }
+
     /// Node mode: runs a run this node claimed from the shared queue, under the queue's run id, and
     /// hands its report to `record` (which writes it to the queue) when it has ended.
     func adopt(_ options: RunOptions, runId: String, record: @escaping @Sendable (RunReport) -> Void) async {
+        defer { adopting -= 1 }
         let handle: RunHandle
         do {
             handle = try await service.submit(options, whenFull: .wait, runId: runId)

@@ -176,7 +176,7 @@ struct Drain: Service {
         logger.notice("service.draining", metadata: ["grace": "\(graceSeconds)s"])
         await registry.beginDrain()
         let deadline = ContinuousClock.now + .seconds(graceSeconds)
-        while !(await registry.outstanding.isEmpty) && ContinuousClock.now < deadline {
+        while await registry.hasWork && ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(100))
         }
         let left = await registry.outstanding
