@@ -133,6 +133,8 @@ let package = Package(
         ], swiftSettings: strict),
         .executableTarget(name: "stockade", dependencies: [
             "StockadeSupervisor", "StockadeVerify", "StockadeImages", "StockadeTokens", "StockadeAudit", "StockadeClient",
+            // `audit backup|export|import`: the SQLite backup API, and PostgreSQL stores by URL.
+            "StockadeAuditSQLite", "StockadeAuditPostgres",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
