@@ -1,7 +1,6 @@
 import Glibc
 import StockadePolicy
 import StockadeTestSupport
-import Synchronization
 import Testing
 @testable import StockadeAudit
 @testable import StockadeAuditPostgres
@@ -291,44 +290,67 @@ struct AuditTransferTests {
 
     // MARK: backup
 
-    @Test("a backup taken while another connection keeps appending is the snapshot it began with; it restores and verifies")
-    func backupWhileWriting() throws {
+    static let childDatabase = "STOCKADE_AUDIT_BACKUP_CHILD_DB"
+
+    /// The last seq, read on a connection of its own (what other processes have committed).
+    static func lastSeq(_ path: String) -> Int64 {
+        RawSQL.scalar(path, "SELECT coalesce(max(seq), 0) FROM events").flatMap { Int64($0) } ?? 0
+    }
+
+    /// Appends to run "r" of `path` until the file `path.stop` exists (at most a minute).
+    static func appendUntilStopped(_ path: String) throws {
+        let writer = try SQLiteAuditStore(path: path, supervisorPid: getpid(), supervisorStart: ProcessIdentity.currentStartTime, hostId: "host-a")
+        let deadline = ContinuousClock.now + .seconds(60)
+        var n = 0
+        while access(path + ".stop", F_OK) != 0, ContinuousClock.now < deadline {
+            try writer.record(runId: "r", kind: "during", detail: .object(["n": .number(n), "pid": .number(getpid())]))
+            n += 1
+        }
+    }
+
+    @Test("a backup taken while another thread or process keeps appending is the snapshot it began with; it restores and verifies",
+          arguments: ["thread", "process"])
+    func backupWhileWriting(_ writerKind: String) throws {
         let database = TempDatabase()
         let store = try Self.sqliteStore(database)
         try store.beginRun(runId: "r", profile: "p", profileDigest: "d", command: [], detail: .null)
         // Enough pages that the copy takes many steps.
         try store.recordMany((0..<300).map { (runId: "r", kind: "fill", detail: .object(["i": .number($0), "pad": .str(String(repeating: "x", count: 2000))])) })
-        let writer = try Self.sqliteStore(database)
-        let shared = WriterState()
         let failures = FailureLog()
-        let thread = TestThread {
-            while !shared.stop.load(ordering: .relaxed) {
-                do {
-                    try writer.record(runId: "r", kind: "during", detail: .object(["n": .number(shared.appended.load(ordering: .relaxed))]))
-                    shared.appended.add(1, ordering: .relaxed)
-                } catch {
-                    failures.add("\(error)")
-                    return
-                }
+        let path = database.path
+        var thread: TestThread?
+        var child: pid_t = 0
+        if writerKind == "thread" {
+            thread = TestThread {
+                do { try Self.appendUntilStopped(path) } catch { failures.add("\(error)") }
             }
+            thread?.start()
+        } else {
+            child = try TestChild.spawn("AuditTransferTests/childAppender", [Self.childDatabase: path])
         }
-        thread.start()
         let destination = database.directory + "/backup.sqlite"
         var steps = 0
         var waitsTimedOut = 0
         let summary: SQLiteBackupSummary
         do {
             defer {
-                shared.stop.store(true, ordering: .relaxed)
-                thread.join()
+                let fd = open(path + ".stop", O_WRONLY | O_CREAT, 0o600)
+                close(fd)
+                thread?.join()
+                if child > 0 {
+                    var status: Int32 = 0
+                    #expect(waitpid(child, &status, 0) == child)
+                    #expect(status & 0x7F == 0 && (status >> 8) & 0xFF == 0, "the child writer exited with wait status \(status)")
+                }
             }
-            summary = try SQLiteBackup.copy(from: database.path, to: destination, pagesPerStep: 4) { _, _ in
+            try PostgresTestServer.waitUntil("the \(writerKind) writer appends") { Self.lastSeq(path) > 301 }
+            summary = try SQLiteBackup.copy(from: path, to: destination, pagesPerStep: 4) { _, _ in
                 steps += 1
                 guard steps <= 5 else { return }
                 // The writer commits while the backup holds its snapshot: readers never block writers.
-                let before = shared.appended.load(ordering: .relaxed)
+                let before = Self.lastSeq(path)
                 var waited = 0
-                while shared.appended.load(ordering: .relaxed) == before, waited < 3000 {
+                while Self.lastSeq(path) == before, waited < 3000 {
                     usleep(10_000)
                     waited += 1
                 }
@@ -339,7 +361,7 @@ struct AuditTransferTests {
         #expect(waitsTimedOut == 0, "the writer made no progress while the backup held its snapshot")
         #expect(steps >= 5, "the copy took \(steps) steps")
         let sourceEvents = try store.verifyChain().eventsChecked
-        #expect(summary.counts.events >= 301)
+        #expect(summary.counts.events > 301)
         #expect(summary.counts.events < sourceEvents, "events appended during the copy are not in it (a snapshot)")
         #expect(summary.counts.runs == 1)
         #expect(summary.head?.seq == summary.counts.events)
@@ -356,6 +378,12 @@ struct AuditTransferTests {
         try expectIntact(reopened.verifyChain(), events: summary.counts.events)
         try reopened.record(runId: "r", kind: "after-restore", detail: .null)
         try expectIntact(reopened.verifyChain(), events: summary.counts.events + 1)
+    }
+
+    @Test("child appender: writes until told to stop (runs only when spawned by the backup test)",
+          .enabled(if: getenv(childDatabase) != nil, "runs only as a child process of the backup test"))
+    func childAppender() throws {
+        try Self.appendUntilStopped(String(cString: try #require(getenv(Self.childDatabase))))
     }
 
     @Test("a backup never replaces a file, and a missing source is named")
@@ -403,10 +431,4 @@ struct AuditTransferTests {
             try #require(buffer.withUnsafeBytes { write(output, $0.baseAddress, n) } == n)
         }
     }
-}
-
-/// What the backup test's writer thread and the test share.
-final class WriterState: Sendable {
-    let appended = Atomic<Int>(0)
-    let stop = Atomic<Bool>(false)
 }
