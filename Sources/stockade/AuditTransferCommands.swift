@@ -293,19 +293,19 @@ struct LineSink {
         if buffer.count >= 1 << 16 { try flush() }
     }
 
-    /// Everything written and, for a file, synced and in place.
+    /// Everything written and, for a file, synced and in place (on failure, `abandon` cleans up).
     mutating func finish() throws(AuditError) {
         try flush()
         guard let path, let temporary else { return }
-        defer { close(fd) }
         guard fsync(fd) == 0 else { throw AuditError(.storage, path: temporary, errno: errno, "cannot sync the export to disk") }
         guard link(temporary, path) == 0 else {
             throw AuditError(.storage, path: path, errno: errno, "cannot put the export in place (a file of that name appeared meanwhile?)")
         }
+        close(fd)
         unlink(temporary)
     }
 
-    /// After a failure: the temporary file is removed; nothing is left under the file's name.
+    /// After a failure: the temporary file is closed and removed; nothing is left under the file's name.
     func abandon() {
         guard let temporary else { return }
         close(fd)
