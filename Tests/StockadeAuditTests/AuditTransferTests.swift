@@ -331,6 +331,7 @@ struct AuditTransferTests {
         let destination = database.directory + "/backup.sqlite"
         var steps = 0
         var waitsTimedOut = 0
+        var progress: [(remaining: Int32, total: Int32)] = []
         let summary: SQLiteBackupSummary
         do {
             defer {
@@ -344,7 +345,8 @@ struct AuditTransferTests {
                 }
             }
             try PostgresTestServer.waitUntil("the \(writerKind) writer appends") { Self.lastSeq(path) > 301 }
-            summary = try SQLiteBackup.copy(from: path, to: destination, pagesPerStep: 4) { _, _ in
+            summary = try SQLiteBackup.copy(from: path, to: destination, pagesPerStep: 4) { remaining, total in
+                progress.append((remaining, total))
                 steps += 1
                 guard steps <= 5 else { return }
                 // The writer commits while the backup holds its snapshot: readers never block writers.
@@ -360,6 +362,11 @@ struct AuditTransferTests {
         #expect(failures.all == [])
         #expect(waitsTimedOut == 0, "the writer made no progress while the backup held its snapshot")
         #expect(steps >= 5, "the copy took \(steps) steps")
+        // From one snapshot: the page count never changes and the copy never starts over, though the
+        // source grew at every one of the first steps.
+        #expect(Set(progress.map(\.total)).count == 1, "page counts seen: \(Set(progress.map(\.total)).sorted())")
+        #expect(zip(progress, progress.dropFirst()).allSatisfy { $1.remaining < $0.remaining },
+                "the copy restarted: remaining pages \(progress.map(\.remaining))")
         let sourceEvents = try store.verifyChain().eventsChecked
         #expect(summary.counts.events > 301)
         #expect(summary.counts.events < sourceEvents, "events appended during the copy are not in it (a snapshot)")
