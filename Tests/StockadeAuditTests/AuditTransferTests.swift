@@ -288,6 +288,86 @@ struct AuditTransferTests {
         }
     }
 
+    // MARK: the CLI on PostgreSQL
+
+    /// The `stockade` binary built beside this test binary (every `swift test` builds it), nil when absent.
+    static let stockadeBinary: String? = {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard n > 0 else { return nil }
+        var directory = String(decoding: buffer[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        while let slash = directory.lastIndex(of: "/"), slash != directory.startIndex {
+            directory = String(directory[..<slash])
+            if access(directory + "/stockade", X_OK) == 0 { return directory + "/stockade" }
+        }
+        return nil
+    }()
+
+    static let cliUnavailable: String? = PostgresTestServer.unavailableReason
+        ?? (stockadeBinary == nil ? "the stockade binary is not built beside the tests (swift build --product stockade)" : nil)
+
+    /// `stockade ARGS` with stdin from `stdin` (else /dev/null); its exit status, stdout and stderr.
+    static func stockade(_ arguments: [String], stdin: String = "/dev/null") throws -> (status: Int32, stdout: String, stderr: String) {
+        let binary = try #require(stockadeBinary)
+        let directory = makeScratchDirectory("cli")
+        defer { removeTree(directory) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, stdin, O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, directory + "/out", O_WRONLY | O_CREAT, 0o600)
+        posix_spawn_file_actions_addopen(&actions, 2, directory + "/err", O_WRONLY | O_CREAT, 0o600)
+        let argv = ([binary] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        try #require(posix_spawn(&pid, binary, &actions, nil, argv, environ) == 0)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0, errno == EINTR {}
+        let read = { (name: String) -> String in
+            let fd = open(directory + "/" + name, O_RDONLY)
+            defer { close(fd) }
+            var bytes: [UInt8] = []
+            var chunk = [UInt8](repeating: 0, count: 1 << 16)
+            while true {
+                let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+                if n <= 0 { break }
+                bytes += chunk[..<n]
+            }
+            return String(decoding: bytes, as: UTF8.self)
+        }
+        return (status & 0x7F == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F), read("out"), read("err"))
+    }
+
+    @Test("the CLI imports an export into PostgreSQL and exports it back line for line; a second import and a backup are refused",
+          .disabled(if: cliUnavailable != nil, Comment(rawValue: cliUnavailable ?? "")))
+    func cliOnPostgres() throws {
+        let source = TempDatabase()
+        let store = try Self.sqliteStore(source)
+        try Self.populate(store)
+        let lines = try Self.export(store)
+        let file = source.directory + "/trail.jsonl"
+        try write(lines.joined(separator: "\n") + "\n", to: file, mode: 0o600)
+        let url = try PostgresTestServer.createDatabase()
+        defer { PostgresTestServer.dropDatabase(url) }
+        let target = PostgresTestServer.connectableText(url)
+
+        let imported = try Self.stockade(["audit", "import", "-", "--store", target, "--json"], stdin: file)
+        #expect(imported.status == 0, "\(imported.stderr)")
+        let events = try store.verifyChain().eventsChecked
+        #expect(imported.stdout.contains("\"events\":\(events),"), "\(imported.stdout)")
+        let exported = try Self.stockade(["audit", "export", "--store", target])
+        #expect(exported.status == 0, "\(exported.stderr)")
+        #expect(Array(exported.stdout.split(separator: "\n").map(String.init).dropFirst()) == Array(lines.dropFirst()))
+        try expectIntact(Self.postgresStore(url).verifyChain(), events: events)
+
+        let again = try Self.stockade(["audit", "import", file, "--store", target])
+        #expect(again.status == 1)
+        #expect(again.stderr.contains("the store already holds"), "\(again.stderr)")
+        let backup = try Self.stockade(["audit", "backup", source.directory + "/pg.dump", "--store", target])
+        #expect(backup.status == 1)
+        #expect(backup.stderr.contains("pg_dump --format=custom --no-owner --file='\(source.directory)/pg.dump' --dbname='host="), "\(backup.stderr)")
+    }
+
     // MARK: backup
 
     static let childDatabase = "STOCKADE_AUDIT_BACKUP_CHILD_DB"
