@@ -7,7 +7,7 @@
 ///   host that shares it, from the first read to the commit. The ledger reads the chain head and the
 ///   rows it checks inside it, so two appenders can never build on the same head.
 /// - All or nothing: when `body` throws, nothing it wrote is kept.
-/// - The reads (`events`, `runs`, `scanChain`) each see one consistent snapshot, never hold the
+/// - The reads (`events`, `runs`, `scanChain`, `allRows`) each see one consistent snapshot, never hold the
 ///   writers' lock for their whole length, and allow their `body` to call back into the ledger.
 public protocol AuditBackend: Sendable {
     associatedtype Transaction: AuditTransaction
