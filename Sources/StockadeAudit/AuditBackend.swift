@@ -7,7 +7,7 @@
 ///   host that shares it, from the first read to the commit. The ledger reads the chain head and the
 ///   rows it checks inside it, so two appenders can never build on the same head.
 /// - All or nothing: when `body` throws, nothing it wrote is kept.
-/// - The reads (`events`, `runs`, `scanChain`) each see one consistent snapshot, never hold the
+/// - The reads (`events`, `runs`, `scanChain`, `allRows`) each see one consistent snapshot, never hold the
 ///   writers' lock for their whole length, and allow their `body` to call back into the ledger.
 public protocol AuditBackend: Sendable {
     associatedtype Transaction: AuditTransaction
@@ -34,6 +34,11 @@ public protocol AuditBackend: Sendable {
     /// Every event in `seq` order until `visit` returns false, then the chain head row (nil when the
     /// row is missing), all read in one snapshot so that the head matches the events seen.
     func scanChain(_ visit: (AuditEvent) -> Bool) throws(AuditError) -> AuditChainHead?
+
+    /// Every row of the trail, for `stockade audit export`, in one read snapshot: the runs (creation
+    /// order), bundles and diffs (id order), events (`seq` order), then the chain head row (nil when
+    /// it is missing). Streams: memory holds one row (one page on a server), never the whole trail.
+    func allRows(_ body: (AuditRow) throws -> Void) throws -> AuditChainHead?
 }
 
 /// The reads and writes of one write transaction. The ledger checks every precondition (the run
@@ -64,6 +69,13 @@ public protocol AuditTransaction {
     /// Writes the review columns of diff `diff.id` (state, decidedBy, note, decidedAt, appliedAt,
     /// conflict); its content, hash, verdict and creation time never change.
     func updateDiff(_ diff: DiffRecord) throws(AuditError)
+
+    /// How many rows each table of the trail holds (`stockade audit import` writes only into an empty store).
+    func rowCounts() throws(AuditError) -> AuditRowCounts
+    /// Stores an exported bundle row exactly as given, its id included; later bundles get greater ids.
+    func insertBundle(record: AuditBundleRecord) throws(AuditError)
+    /// Stores an exported diff exactly as given, its id and review columns included; later diffs get greater ids.
+    func insertDiff(record: DiffRecord) throws(AuditError)
 }
 
 /// Which events `AuditBackend.events` returns: all filters are optional and combine with AND.

@@ -70,4 +70,11 @@ extension AuditError.Code {
     public static let nodeReplaced = Self(rawValue: "node-replaced")
     /// The run queue: the run is not claimed by this node (never was, or was taken after its lease expired).
     public static let notClaimed = Self(rawValue: "not-claimed")
+    /// An audit export (`stockade audit import`) is not one, or not whole: a line, key or value is wrong,
+    /// the chain does not hold, or the end line is missing or does not match.
+    public static let invalidExport = Self(rawValue: "invalid-export")
+    /// `stockade audit import` was pointed at a store that already holds rows.
+    public static let storeNotEmpty = Self(rawValue: "store-not-empty")
+    /// The chain of the store being exported or backed up does not hold.
+    public static let brokenChain = Self(rawValue: "broken-chain")
 }

@@ -173,7 +173,7 @@ public final class PostgresAuditBackend: AuditBackend {
     }
 
     /// Runs `body` in one `REPEATABLE READ READ ONLY` transaction on a connection of its own.
-    private func snapshot<T>(_ body: (PostgresSession) throws -> T) throws -> T {
+    func snapshot<T>(_ body: (PostgresSession) throws -> T) throws -> T {
         try pool.withSession { session in
             try session.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "begin a read snapshot")
             let value: T
@@ -333,6 +333,8 @@ public struct PostgresAuditTransaction: AuditTransaction {
 
     public func insertEvent(_ event: AuditEvent) throws(AuditError) {
         queued.events.append(event)
+        // A long run of inserts (an import) goes out a full INSERT at a time, never all held here.
+        if queued.events.count >= Self.rowsPerInsert { try flush() }
     }
 
     public func runState(runId: String) throws(AuditError) -> AuditRunState? {

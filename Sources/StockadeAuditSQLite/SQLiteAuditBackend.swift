@@ -20,7 +20,7 @@ public final class SQLiteAuditBackend: AuditBackend {
     private let state: Mutex<State>
     /// Whether `runs` has the `hostId` column: a database opened read-only is not migrated, and one
     /// written before migration 0003 has none.
-    private let hasHostColumn: Bool
+    let hasHostColumn: Bool
 
     private struct State: ~Copyable {
         let db: SQLiteConnection
@@ -51,7 +51,7 @@ public final class SQLiteAuditBackend: AuditBackend {
         state = Mutex(State(db: db))
     }
 
-    private static func open(path: String, readOnly: Bool) throws(AuditError) -> SQLiteConnection {
+    static func open(path: String, readOnly: Bool) throws(AuditError) -> SQLiteConnection {
         let db = try SQLiteConnection(path: path, readOnly: readOnly)
         // Before anything touches the file, so that even the first statement waits for another
         // process that is creating or migrating the same file.
@@ -184,7 +184,7 @@ public final class SQLiteAuditBackend: AuditBackend {
                    prevHash: s.text(6), hash: s.text(7))
     }
 
-    private func runRecord(_ s: SQLiteStatement) throws(AuditError) -> AuditRunRecord {
+    func runRecord(_ s: SQLiteStatement) throws(AuditError) -> AuditRunRecord {
         let runId = s.text(0)
         let commandText = s.text(3)
         guard let parsed = try? StrictJSON.parse(Array(commandText.utf8), limits: .init(maxBytes: Int.max, maxDepth: 4)),

@@ -243,3 +243,33 @@ final class SQLiteStatement {
         return Array(UnsafeRawBufferPointer(start: base, count: count))
     }
 }
+
+extension SQLiteConnection {
+    /// Copies this connection's `main` database into `destination`'s with SQLite's online backup API,
+    /// `pagesPerStep` pages at a time, as of the read transaction this connection holds (or of each
+    /// step's own, without one). A step that finds a lock waits and retries for up to the busy timeout.
+    /// `progress` hears the pages still to copy and the total after each step but the last.
+    /// The corresponding C functions are `sqlite3_backup_init`, `_step` and `_finish`.
+    func backup(into destination: SQLiteConnection, pagesPerStep: Int32, busyTimeoutMilliseconds: Int32,
+                progress: (_ remaining: Int32, _ total: Int32) -> Void) throws(AuditError) {
+        guard let backup = sqlite3_backup_init(destination.db, "main", db, "main") else {
+            throw destination.error(sqlite3_errcode(destination.db), "start the backup into \(destination.path)")
+        }
+        var waited: Int32 = 0
+        var rc: Int32
+        repeat {
+            rc = sqlite3_backup_step(backup, pagesPerStep)
+            if rc == SQLITE_OK { progress(sqlite3_backup_remaining(backup), sqlite3_backup_pagecount(backup)) }
+            let primary = rc & 0xFF
+            if primary == SQLITE_BUSY || primary == SQLITE_LOCKED {
+                guard waited < busyTimeoutMilliseconds else { break }
+                usleep(10_000)
+                waited += 10
+                rc = SQLITE_OK
+            }
+        } while rc == SQLITE_OK
+        let finished = sqlite3_backup_finish(backup)
+        if rc != SQLITE_DONE { throw error(rc, "copy \(path) into \(destination.path)", detail: String(cString: sqlite3_errstr(rc))) }
+        if finished != SQLITE_OK { throw destination.error(finished, "finish the backup into \(destination.path)") }
+    }
+}

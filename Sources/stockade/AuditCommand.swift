@@ -23,8 +23,8 @@ func openSupervisor(_ state: StateOptions, store: String?, readOnly: Bool) throw
 struct AuditCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "audit",
-        abstract: "Read and verify the audit trail.",
-        subcommands: [Events.self, Runs.self, Verify.self, Checkpoint.self]
+        abstract: "Read, verify, back up and move the audit trail.",
+        subcommands: [Events.self, Runs.self, Verify.self, Checkpoint.self, Backup.self, Export.self, Import.self]
     )
 
     struct Events: ParsableCommand {

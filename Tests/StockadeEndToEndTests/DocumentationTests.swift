@@ -25,6 +25,7 @@ struct DocumentationTests {
     static let expectedCommands: Set<[String]> = [
         [], ["run"], ["batch"], ["verify"], ["gc"], ["profile"], ["profile", "check"], ["profile", "show"],
         ["audit"], ["audit", "events"], ["audit", "runs"], ["audit", "verify"],
+        ["audit", "backup"], ["audit", "export"], ["audit", "import"],
         ["review"], ["review", "list"], ["review", "show"], ["review", "accept"], ["review", "reject"],
         ["serve"], ["token"], ["token", "create"], ["token", "list"], ["token", "revoke"],
     ]
