@@ -70,8 +70,9 @@ enum ServiceRuns {
                 attempts += 1
             } catch let refusal as ServiceRefusal where refusal.status == 409 && refusal.code == "not-waitable" {
                 // The service forgets a finished run and reads its report from its run directory; a run
-                // refused before it had one (an unknown profile, say) leaves no report to read.
-                throw ClientError(.protocolViolation, "run \(id) ended on the service, which kept no report of it (it failed before its run directory was made, e.g. an unknown profile); its events: stockade audit events --host … --run \(id)")
+                // refused before it had one (an unknown profile, say) leaves no report to read. A node
+                // of a shared queue says why itself (abandoned by a node that died, cancelled while queued).
+                throw ClientError(.protocolViolation, "run \(id) ended on the service without a report it can give (\(refusal.message)); its events: stockade audit events --host … --run \(id)")
             }
         }
     }

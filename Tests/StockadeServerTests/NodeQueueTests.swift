@@ -112,6 +112,11 @@ struct NodeQueueTests {
         #expect(elsewhere.status == 409, "\(elsewhere.text)")
         #expect(try elsewhere.error().code == "run-on-other-node")
         #expect(try (elsewhere.json()["error"] as? [String: Any])?["node"] as? String == "a")
+        for route in ["result", "receipt", "result/out.txt"] {
+            let refused = try nodes[1].client.request("GET", "/v1/runs/\(ranOnA)/\(route)", token: token)
+            #expect(refused.status == 409, "\(route): \(refused.text)")
+            #expect(try refused.error().code == "run-on-other-node", "\(route)")
+        }
         let here = try nodes[0].client.request("GET", "/v1/runs/\(ranOnA)/logs", token: token)
         #expect(here.status == 200 && !here.body.isEmpty, "\(here.status) \(here.text)")
         let shown = try nodes[2].client.request("GET", "/v1/runs/\(ranOnA)", token: token).json()
@@ -131,6 +136,11 @@ struct NodeQueueTests {
             }
         }
         #expect(seen == ["a", "b", "c"], "run.created of nodes \(seen) in c's stream")
+
+        // The CLI through a node: submitted to b, waited for wherever it ran.
+        let cli = try ServerHarness.exec(ServerHarness.stockade, ["run", "--json", "--", "/bin/echo", "through b"],
+                                         environment: ["STOCKADE_HOST": "unix://\(nodes[1].socketPath)", "STOCKADE_TOKEN": token])
+        #expect(cli.status == 0 && cli.stdout.contains(#""stdout":"through b\n""#), "\(cli.stdout) \(cli.stderr)")
 
         let verified = try ServerHarness.exec(ServerHarness.stockade, ["audit", "verify", "--store", text])
         #expect(verified.status == 0, "\(verified.stdout) \(verified.stderr)")
@@ -204,6 +214,9 @@ struct NodeQueueTests {
             #expect(Array(row[1...]) == expected, "\(row)")
         }
         #expect(try Self.rows(url, "SELECT count(*) FROM run_queue") == [["4"]])
+        let cliWait = try ServerHarness.exec(ServerHarness.stockade, ["run", "--json", "--", "/bin/true"],
+                                             environment: ["STOCKADE_HOST": "unix://\(a.socketPath)", "STOCKADE_TOKEN": token])
+        #expect(cliWait.status == 0, "an unlabelled run through the CLI after the reaping: \(cliWait.stderr)")
         let verified = try ServerHarness.exec(ServerHarness.stockade, ["audit", "verify", "--store", text])
         #expect(verified.status == 0, "\(verified.stdout) \(verified.stderr)")
         #expect(a.terminate() == 0 && d.terminate() == 0)
