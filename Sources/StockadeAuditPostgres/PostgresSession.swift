@@ -213,6 +213,18 @@ final class PostgresSessionPool: @unchecked Sendable {
         return try body(session)
     }
 
+    /// A session of its own, outside the pool's bound (one a process, for `LISTEN`): the caller
+    /// closes it.
+    func dedicatedSession() throws(AuditError) -> PostgresSession {
+        pthread_mutex_lock(&lock)
+        let id = nextId
+        nextId += 1
+        let isClosed = closed
+        pthread_mutex_unlock(&lock)
+        if isClosed { throw AuditError(.unreachable, path: url.description, "the audit store's connections were closed") }
+        return try PostgresSession.connect(url, password: password, id: id, on: group.next(), logger: logger)
+    }
+
     private func checkout() throws(AuditError) -> PostgresSession {
         var deadline = timespec()
         clock_gettime(CLOCK_MONOTONIC, &deadline)

@@ -86,11 +86,24 @@ struct NodeWorker: Service {
                 }
             }
             group.addTask {
+                // PostgreSQL's NOTIFY wakes the claim loop when any node queues a run; if the
+                // connection breaks it is opened again a second later (the loop polls meanwhile).
+                while !Task.isShuttingDownGracefully && !Task.isCancelled {
+                    let wakeup = node.wakeup
+                    do {
+                        try await cancelWhenGracefulShutdown { try await node.queue.listenForQueuedRuns { wakeup.signal() } }
+                    } catch {
+                        if Task.isShuttingDownGracefully || Task.isCancelled { break }
+                        logger.warning("node.listen-failed", metadata: ["node": "\(node.name)", "error": "\(error)"])
+                    }
+                    try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(1)) }
+                }
+            }
+            group.addTask {
                 while !Task.isShuttingDownGracefully && !Task.isCancelled {
                     if healthy.isSet, !(await registry.isDraining) { await claim() }
                     await passOnCancellations()
-                    // Another node's submissions are seen at the next poll; this node's own, and a
-                    // freed slot, wake it at once.
+                    // Woken at once by a submission on any node (NOTIFY) or a freed slot; else polls.
                     await node.wakeup.wait(upTo: .milliseconds(NodeQueue.pollMilliseconds))
                 }
             }

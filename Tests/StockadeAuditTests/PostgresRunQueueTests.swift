@@ -316,6 +316,48 @@ struct PostgresRunQueueTests {
         #expect(try left.reap(by: other, newRunId: { "never" }).map { "\($0.runId) \($0.reason)" } == ["later node-left"])
     }
 
+    @Test("a listener on another connection is notified of each run queued, and of each retry the reaper queues; cancelling it ends it",
+          .timeLimit(.minutes(2)))
+    func notifications() async throws {
+        let url = try PostgresTestServer.createDatabase()
+        defer { PostgresTestServer.dropDatabase(url) }
+        let listener = try open(url, host: "host-l")
+        let queue = try open(url, host: "host-q")
+        let heard = Mutex(0)
+        let listening = Task { try await listener.listenForQueuedRuns { heard.withLock { $0 += 1 } } }
+        // LISTEN takes effect once its connection is up: queue until the first is heard.
+        var sent = 0
+        try await waitUntilAsync("the listener to hear a run queued on another connection") {
+            sent += 1
+            try submit(queue, "n\(sent)")
+            return heard.withLock { $0 } > 0
+        }
+        let before = heard.withLock { $0 }
+        try submit(queue, "after", retries: 1)
+        try await waitUntilAsync("one more notification") { heard.withLock { $0 } == before + 1 }
+
+        let reaper = try queue.register(node("reaper", lease: 60))
+        let worker = try queue.register(node("w", labels: ["only": "w"], lease: 1))
+        _ = try queue.claim(worker, limit: 100)
+        let claimed = try queue.runs(after: nil, limit: 100, state: .claimed).map(\.runId)
+        #expect(claimed.count == sent + 1)
+        try await waitUntilAsync("w's lease to expire and the retry to be queued") {
+            _ = try queue.reap(by: reaper, newRunId: { "after-2" })
+            return try queue.run(id: "after-2") != nil
+        }
+        try await waitUntilAsync("the retry's notification") { heard.withLock { $0 } == before + 2 }
+        listening.cancel()
+        try await listening.value
+    }
+
+    private func waitUntilAsync(_ what: String, _ condition: () throws -> Bool) async throws {
+        for _ in 0..<600 {
+            if try condition() { return }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw PostgresTestServer.TestServerError(description: "still waiting after a minute for \(what)")
+    }
+
     @Test("a run the trail shows finished is closed in the queue without a report and never run again", .timeLimit(.minutes(2)))
     func finishedInTrailNotRetried() throws {
         let url = try PostgresTestServer.createDatabase()
