@@ -1,11 +1,11 @@
 import Foundation
-import Synchronization
 import Logging
 import ServiceLifecycle
 import StockadeAudit
 import StockadeAuditPostgres
 import StockadePolicy
 import StockadeSupervisor
+import Synchronization
 
 /// `stockade serve --node NAME`: this service is one node of many that share a PostgreSQL store's run
 /// queue (docs/CONTRACT.md, "The run queue").
@@ -38,7 +38,7 @@ final class NodeQueue: Sendable {
     /// How often the claim loop looks for work and for cancellations.
     static let pollMilliseconds = 100
 
-    /// Wakes the claim loop at once: a run of this node ended (a slot is free) or this node queued one.
+    /// Wakes the claim loop at once: a run was queued on any node (NOTIFY), or a run of this node ended.
     let wakeup = Wakeup()
 
     init(queue: PostgresRunQueue, lease: NodeLease, options: NodeOptions) {
@@ -63,7 +63,7 @@ final class NodeQueue: Sendable {
     }
 }
 
-/// The node's own loop: heartbeats (and after each, the reaper), claims queued runs while it has room
+/// The node's own loops: heartbeats (and after each, the reaper), claims queued runs while it has room
 /// and is not draining, runs each through the local `RunService` under the queue's run id, records
 /// each report in the queue, and passes on cancellations asked for through any node. Listed before
 /// the drain among the services, so at shutdown it stops only after the drain has finished this
