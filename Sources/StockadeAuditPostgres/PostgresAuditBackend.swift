@@ -63,30 +63,43 @@ public final class PostgresAuditBackend: AuditBackend {
     public func withTransaction<T: Sendable>(durable: Bool,
                                              _ body: (PostgresAuditTransaction) throws(AuditError) -> T) throws(AuditError) -> T {
         try pool.withSessionTyped { (session) throws(AuditError) -> T in
-            try session.query("BEGIN", "begin a write transaction")
+            // BEGIN and the lock in one go: the lock is the transaction's first statement either way.
+            var binds = PostgresBindings()
+            binds.append(durable ? "on" : "off")
+            binds.append("\(Self.lockTimeoutSeconds)s")
+            binds.append(PostgresAuditSchema.writerLockKey)
+            // The chain head is read in the same go: the server runs the statements in order, so the
+            // read's snapshot is taken once the lock is held, and shows the last writer's commit.
+            let opened = session.pipeline([
+                .init(sql: "BEGIN", binds: PostgresBindings(), doing: "begin a write transaction"),
+                .init(sql: "SELECT set_config('synchronous_commit', $1, true), set_config('lock_timeout', $2, true), pg_advisory_xact_lock($3)",
+                      binds: binds, doing: "take the store's writer lock"),
+                .init(sql: PostgresAuditTransaction.readHeadSQL, binds: PostgresBindings(), doing: "read the chain head"),
+            ])
             let value: T
             do throws(AuditError) {
-                var binds = PostgresBindings()
-                binds.append(durable ? "on" : "off")
-                binds.append("\(Self.lockTimeoutSeconds)s")
-                binds.append(PostgresAuditSchema.writerLockKey)
-                try session.query("""
-                    SELECT set_config('synchronous_commit', $1, true), set_config('lock_timeout', $2, true), pg_advisory_xact_lock($3)
-                    """, binds, "take the store's writer lock")
-                let transaction = PostgresAuditTransaction(session: session)
+                for outcome in opened { _ = try outcome.get() }
+                let head = try PostgresAuditTransaction.decodeHead(try opened[2].get(), session)
+                let transaction = PostgresAuditTransaction(session: session, head: head)
                 value = try body(transaction)
-                try transaction.flush()
+                // The writes still queued and the COMMIT go together: if a write fails, the server
+                // ends the transaction at the COMMIT as a ROLLBACK, and the write's error is thrown.
+                let outcomes = session.pipeline(transaction.takePending() + [.init(sql: "COMMIT", binds: PostgresBindings(), doing: "commit")])
+                var failure: AuditError?
+                for case .failure(let error) in outcomes where failure == nil { failure = error }
+                if let failure {
+                    // A statement the server refused: the COMMIT was a ROLLBACK. The connection failing
+                    // instead: every statement was sent, so the server may or may not have committed.
+                    guard session.isHealthy else {
+                        session.discard()
+                        throw AuditError(failure.code, path: failure.path,
+                                         "\(failure.message); whether this transaction was committed is unknown: `stockade audit verify` shows what the store holds")
+                    }
+                    throw failure
+                }
             } catch {
                 PostgresTransactions.rollback(session)
                 throw error
-            }
-            do throws(AuditError) {
-                try session.query("COMMIT", "commit")
-            } catch {
-                // The server may or may not have committed: this connection's state is unknown.
-                session.discard()
-                throw AuditError(error.code, path: error.path,
-                                 "\(error.message); whether this transaction was committed is unknown: `stockade audit verify` shows what the store holds")
             }
             return value
         }
@@ -254,21 +267,50 @@ public struct PostgresAuditTransaction: AuditTransaction {
     let session: PostgresSession
     private let queued: QueuedEvents
 
-    init(session: PostgresSession) {
+    init(session: PostgresSession, head: AuditChainHead?) {
         self.session = session
         queued = QueuedEvents()
+        queued.head = .some(head)
     }
 
-    /// Events inserted but not yet sent. The transaction is used by one thread, inside its body.
+    /// Writes not yet sent, in order: events not yet made into INSERTs, and the statements before them.
+    /// The transaction is used by one thread, inside its body.
+    /// Also what this transaction knows already, kept true by its own writes (it holds the writer
+    /// lock, so nobody else writes meanwhile): the chain head (`.some(nil)`: the row is missing), and
+    /// per run its state and last `runSeq` as read together, so appending to a run reads once.
     final class QueuedEvents {
         var events: [AuditEvent] = []
+        var statements: [PostgresSession.Statement] = []
+        var head: AuditChainHead??
+        var runStates: [String: AuditRunState?] = [:]
+        var lastRunSeqs: [String: Int64] = [:]
     }
 
     /// Rows per INSERT: 8 parameters each, well under the protocol's 65535.
     static let rowsPerInsert = 1000
 
-    /// Sends the queued events.
+    /// Queues a write whose result nobody reads: it goes out with the next read, or with the COMMIT.
+    func queue(_ sql: String, _ binds: PostgresBindings, _ doing: String) {
+        queueEvents()
+        queued.statements.append(.init(sql: sql, binds: binds, doing: doing))
+    }
+
+    /// Every queued write, in order (the caller sends them); the queue is left empty.
+    func takePending() -> [PostgresSession.Statement] {
+        queueEvents()
+        defer { queued.statements = [] }
+        return queued.statements
+    }
+
+    /// Sends the queued writes (in one round trip) before a read, which must see them.
     func flush() throws(AuditError) {
+        let pending = takePending()
+        guard !pending.isEmpty else { return }
+        for outcome in session.pipeline(pending) { _ = try outcome.get() }
+    }
+
+    /// Turns the queued events into multi-row INSERT statements at the end of the write queue.
+    private func queueEvents() {
         guard !queued.events.isEmpty else { return }
         let events = queued.events
         queued.events = []
@@ -291,33 +333,44 @@ public struct PostgresAuditTransaction: AuditTransaction {
                 binds.append(event.hash)
             }
             let kinds = Set(chunk.map(\.kind)).sorted().joined(separator: ", ")
-            try session.query("INSERT INTO events (seq, runId, runSeq, kind, at, detail, prevHash, hash) VALUES " + values.joined(separator: ", "),
-                              binds, "append \(chunk.count == 1 ? "event" : "\(chunk.count) events") \(kinds)")
+            queued.statements.append(.init(sql: "INSERT INTO events (seq, runId, runSeq, kind, at, detail, prevHash, hash) VALUES " + values.joined(separator: ", "),
+                                           binds: binds, doing: "append \(chunk.count == 1 ? "event" : "\(chunk.count) events") \(kinds)"))
             start += chunk.count
         }
     }
 
     public func chainHead() throws(AuditError) -> AuditChainHead? {
+        if let known = queued.head { return known }
         try flush()
-        return try Self.readHead(session)
+        let head = try Self.readHead(session)
+        queued.head = .some(head)
+        return head
     }
 
+    static let readHeadSQL = "SELECT seq, hash FROM chain_head WHERE id = 1"
+
     static func readHead(_ session: PostgresSession) throws(AuditError) -> AuditChainHead? {
-        try session.query("SELECT seq, hash FROM chain_head WHERE id = 1", "read the chain head").first.map { (row) throws(AuditError) in
+        try decodeHead(try session.query(readHeadSQL, "read the chain head"), session)
+    }
+
+    static func decodeHead(_ rows: [PostgresRow], _ session: PostgresSession) throws(AuditError) -> AuditChainHead? {
+        try rows.first.map { (row) throws(AuditError) in
             let (seq, hash) = try PostgresRows.decode(row, session) { try $0.decode((Int64, String).self) }
             return AuditChainHead(seq: seq, hash: hash)
         }
     }
 
     public func setChainHead(_ head: AuditChainHead) throws(AuditError) {
-        try flush()
         var binds = PostgresBindings()
         binds.append(head.seq)
         binds.append(head.hash)
-        try session.query("UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1", binds, "advance the chain head")
+        queue("UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1", binds, "advance the chain head")
+        // What the row holds once the update is sent (it goes before any later read).
+        queued.head = .some(head)
     }
 
     public func lastRunSeq(runId: String?) throws(AuditError) -> Int64 {
+        if let runId, let known = queued.lastRunSeqs[runId] { return known }
         try flush()
         var binds = PostgresBindings()
         let sql: String
@@ -332,25 +385,35 @@ public struct PostgresAuditTransaction: AuditTransaction {
     }
 
     public func insertEvent(_ event: AuditEvent) throws(AuditError) {
+        if let runId = event.runId { queued.lastRunSeqs[runId] = nil }
         queued.events.append(event)
         // A long run of inserts (an import) goes out a full INSERT at a time, never all held here.
         if queued.events.count >= Self.rowsPerInsert { try flush() }
     }
 
     public func runState(runId: String) throws(AuditError) -> AuditRunState? {
+        if let known = queued.runStates[runId] { return known }
         try flush()
         var binds = PostgresBindings()
         binds.append(runId)
-        guard let row = try session.query("SELECT state FROM runs WHERE runId = $1", binds, "read run \(runId)").first else { return nil }
-        let text = try PostgresRows.decode(row, String.self, session)
+        // The run's last runSeq with it: appending to the run asks for it next.
+        guard let row = try session.query("SELECT state, (SELECT coalesce(max(runSeq), 0) FROM events WHERE runId = $1) FROM runs WHERE runId = $1",
+                                          binds, "read run \(runId)").first else {
+            queued.runStates[runId] = .some(nil)
+            return nil
+        }
+        let (text, lastRunSeq) = try PostgresRows.decode(row, session) { try $0.decode((String, Int64).self) }
         guard let state = AuditRunState(rawValue: text) else {
             throw AuditError(.corruptRow, path: session.store, "run \(runId) has the unknown state \(text); the row was edited by hand")
         }
+        queued.runStates[runId] = .some(state)
+        queued.lastRunSeqs[runId] = lastRunSeq
         return state
     }
 
     public func insertRun(_ run: AuditRunRecord) throws(AuditError) {
-        try flush()
+        queued.runStates[run.runId] = nil
+        queued.lastRunSeqs[run.runId] = nil
         var binds = PostgresBindings()
         binds.append(run.runId)
         binds.append(run.profile)
@@ -364,7 +427,7 @@ public struct PostgresAuditTransaction: AuditTransaction {
         binds.append(run.supervisorPid)
         binds.append(Int64(bitPattern: run.supervisorStart))
         binds.append(run.hostId)
-        try session.query("""
+        queue("""
             INSERT INTO runs (runId, profile, profileDigest, command, state, outcome, exitStatus, createdAt, endedAt,
                               supervisorPid, supervisorStart, hostId)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
@@ -372,14 +435,14 @@ public struct PostgresAuditTransaction: AuditTransaction {
     }
 
     public func endRun(runId: String, _ ending: AuditRunEnding) throws(AuditError) {
-        try flush()
+        queued.runStates[runId] = nil
         var binds = PostgresBindings()
         binds.append(ending.state.rawValue)
         binds.append(ending.outcome)
         binds.append(ending.exitStatus)
         binds.append(ending.endedAt)
         binds.append(runId)
-        try session.query("UPDATE runs SET state = $1, outcome = $2, exitStatus = $3, endedAt = $4 WHERE runId = $5", binds, "end run \(runId)")
+        queue("UPDATE runs SET state = $1, outcome = $2, exitStatus = $3, endedAt = $4 WHERE runId = $5", binds, "end run \(runId)")
     }
 
     public func runningRuns() throws(AuditError) -> [AuditRunOwner] {
