@@ -68,19 +68,15 @@ public final class PostgresAuditBackend: AuditBackend {
             binds.append(durable ? "on" : "off")
             binds.append("\(Self.lockTimeoutSeconds)s")
             binds.append(PostgresAuditSchema.writerLockKey)
-            // The chain head is read in the same go: the server runs the statements in order, so the
-            // read's snapshot is taken once the lock is held, and shows the last writer's commit.
             let opened = session.pipeline([
                 .init(sql: "BEGIN", binds: PostgresBindings(), doing: "begin a write transaction"),
                 .init(sql: "SELECT set_config('synchronous_commit', $1, true), set_config('lock_timeout', $2, true), pg_advisory_xact_lock($3)",
                       binds: binds, doing: "take the store's writer lock"),
-                .init(sql: PostgresAuditTransaction.readHeadSQL, binds: PostgresBindings(), doing: "read the chain head"),
             ])
             let value: T
             do throws(AuditError) {
                 for outcome in opened { _ = try outcome.get() }
-                let head = try PostgresAuditTransaction.decodeHead(try opened[2].get(), session)
-                let transaction = PostgresAuditTransaction(session: session, head: head)
+                let transaction = PostgresAuditTransaction(session: session)
                 value = try body(transaction)
                 // The writes still queued and the COMMIT go together: if a write fails, the server
                 // ends the transaction at the COMMIT as a ROLLBACK, and the write's error is thrown.
@@ -267,23 +263,16 @@ public struct PostgresAuditTransaction: AuditTransaction {
     let session: PostgresSession
     private let queued: QueuedEvents
 
-    init(session: PostgresSession, head: AuditChainHead?) {
+    init(session: PostgresSession) {
         self.session = session
         queued = QueuedEvents()
-        queued.head = .some(head)
     }
 
     /// Writes not yet sent, in order: events not yet made into INSERTs, and the statements before them.
     /// The transaction is used by one thread, inside its body.
-    /// Also what this transaction knows already, kept true by its own writes (it holds the writer
-    /// lock, so nobody else writes meanwhile): the chain head (`.some(nil)`: the row is missing), and
-    /// per run its state and last `runSeq` as read together, so appending to a run reads once.
     final class QueuedEvents {
         var events: [AuditEvent] = []
         var statements: [PostgresSession.Statement] = []
-        var head: AuditChainHead??
-        var runStates: [String: AuditRunState?] = [:]
-        var lastRunSeqs: [String: Int64] = [:]
     }
 
     /// Rows per INSERT: 8 parameters each, well under the protocol's 65535.
@@ -340,21 +329,12 @@ public struct PostgresAuditTransaction: AuditTransaction {
     }
 
     public func chainHead() throws(AuditError) -> AuditChainHead? {
-        if let known = queued.head { return known }
         try flush()
-        let head = try Self.readHead(session)
-        queued.head = .some(head)
-        return head
+        return try Self.readHead(session)
     }
-
-    static let readHeadSQL = "SELECT seq, hash FROM chain_head WHERE id = 1"
 
     static func readHead(_ session: PostgresSession) throws(AuditError) -> AuditChainHead? {
-        try decodeHead(try session.query(readHeadSQL, "read the chain head"), session)
-    }
-
-    static func decodeHead(_ rows: [PostgresRow], _ session: PostgresSession) throws(AuditError) -> AuditChainHead? {
-        try rows.first.map { (row) throws(AuditError) in
+        try session.query("SELECT seq, hash FROM chain_head WHERE id = 1", "read the chain head").first.map { (row) throws(AuditError) in
             let (seq, hash) = try PostgresRows.decode(row, session) { try $0.decode((Int64, String).self) }
             return AuditChainHead(seq: seq, hash: hash)
         }
@@ -365,12 +345,9 @@ public struct PostgresAuditTransaction: AuditTransaction {
         binds.append(head.seq)
         binds.append(head.hash)
         queue("UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1", binds, "advance the chain head")
-        // What the row holds once the update is sent (it goes before any later read).
-        queued.head = .some(head)
     }
 
     public func lastRunSeq(runId: String?) throws(AuditError) -> Int64 {
-        if let runId, let known = queued.lastRunSeqs[runId] { return known }
         try flush()
         var binds = PostgresBindings()
         let sql: String
@@ -385,35 +362,24 @@ public struct PostgresAuditTransaction: AuditTransaction {
     }
 
     public func insertEvent(_ event: AuditEvent) throws(AuditError) {
-        if let runId = event.runId { queued.lastRunSeqs[runId] = nil }
         queued.events.append(event)
         // A long run of inserts (an import) goes out a full INSERT at a time, never all held here.
         if queued.events.count >= Self.rowsPerInsert { try flush() }
     }
 
     public func runState(runId: String) throws(AuditError) -> AuditRunState? {
-        if let known = queued.runStates[runId] { return known }
         try flush()
         var binds = PostgresBindings()
         binds.append(runId)
-        // The run's last runSeq with it: appending to the run asks for it next.
-        guard let row = try session.query("SELECT state, (SELECT coalesce(max(runSeq), 0) FROM events WHERE runId = $1) FROM runs WHERE runId = $1",
-                                          binds, "read run \(runId)").first else {
-            queued.runStates[runId] = .some(nil)
-            return nil
-        }
-        let (text, lastRunSeq) = try PostgresRows.decode(row, session) { try $0.decode((String, Int64).self) }
+        guard let row = try session.query("SELECT state FROM runs WHERE runId = $1", binds, "read run \(runId)").first else { return nil }
+        let text = try PostgresRows.decode(row, String.self, session)
         guard let state = AuditRunState(rawValue: text) else {
             throw AuditError(.corruptRow, path: session.store, "run \(runId) has the unknown state \(text); the row was edited by hand")
         }
-        queued.runStates[runId] = .some(state)
-        queued.lastRunSeqs[runId] = lastRunSeq
         return state
     }
 
     public func insertRun(_ run: AuditRunRecord) throws(AuditError) {
-        queued.runStates[run.runId] = nil
-        queued.lastRunSeqs[run.runId] = nil
         var binds = PostgresBindings()
         binds.append(run.runId)
         binds.append(run.profile)
@@ -435,7 +401,6 @@ public struct PostgresAuditTransaction: AuditTransaction {
     }
 
     public func endRun(runId: String, _ ending: AuditRunEnding) throws(AuditError) {
-        queued.runStates[runId] = nil
         var binds = PostgresBindings()
         binds.append(ending.state.rawValue)
         binds.append(ending.outcome)
