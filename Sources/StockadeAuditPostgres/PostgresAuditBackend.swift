@@ -63,39 +63,30 @@ public final class PostgresAuditBackend: AuditBackend {
     public func withTransaction<T: Sendable>(durable: Bool,
                                              _ body: (PostgresAuditTransaction) throws(AuditError) -> T) throws(AuditError) -> T {
         try pool.withSessionTyped { (session) throws(AuditError) -> T in
-            // BEGIN and the lock in one go: the lock is the transaction's first statement either way.
-            var binds = PostgresBindings()
-            binds.append(durable ? "on" : "off")
-            binds.append("\(Self.lockTimeoutSeconds)s")
-            binds.append(PostgresAuditSchema.writerLockKey)
-            let opened = session.pipeline([
-                .init(sql: "BEGIN", binds: PostgresBindings(), doing: "begin a write transaction"),
-                .init(sql: "SELECT set_config('synchronous_commit', $1, true), set_config('lock_timeout', $2, true), pg_advisory_xact_lock($3)",
-                      binds: binds, doing: "take the store's writer lock"),
-            ])
+            try session.query("BEGIN", "begin a write transaction")
             let value: T
             do throws(AuditError) {
-                for outcome in opened { _ = try outcome.get() }
+                var binds = PostgresBindings()
+                binds.append(durable ? "on" : "off")
+                binds.append("\(Self.lockTimeoutSeconds)s")
+                binds.append(PostgresAuditSchema.writerLockKey)
+                try session.query("""
+                    SELECT set_config('synchronous_commit', $1, true), set_config('lock_timeout', $2, true), pg_advisory_xact_lock($3)
+                    """, binds, "take the store's writer lock")
                 let transaction = PostgresAuditTransaction(session: session)
                 value = try body(transaction)
-                // The writes still queued and the COMMIT go together: if a write fails, the server
-                // ends the transaction at the COMMIT as a ROLLBACK, and the write's error is thrown.
-                let outcomes = session.pipeline(transaction.takePending() + [.init(sql: "COMMIT", binds: PostgresBindings(), doing: "commit")])
-                var failure: AuditError?
-                for case .failure(let error) in outcomes where failure == nil { failure = error }
-                if let failure {
-                    // A statement the server refused: the COMMIT was a ROLLBACK. The connection failing
-                    // instead: every statement was sent, so the server may or may not have committed.
-                    guard session.isHealthy else {
-                        session.discard()
-                        throw AuditError(failure.code, path: failure.path,
-                                         "\(failure.message); whether this transaction was committed is unknown: `stockade audit verify` shows what the store holds")
-                    }
-                    throw failure
-                }
+                try transaction.flush()
             } catch {
                 PostgresTransactions.rollback(session)
                 throw error
+            }
+            do throws(AuditError) {
+                try session.query("COMMIT", "commit")
+            } catch {
+                // The server may or may not have committed: this connection's state is unknown.
+                session.discard()
+                throw AuditError(error.code, path: error.path,
+                                 "\(error.message); whether this transaction was committed is unknown: `stockade audit verify` shows what the store holds")
             }
             return value
         }
@@ -268,38 +259,16 @@ public struct PostgresAuditTransaction: AuditTransaction {
         queued = QueuedEvents()
     }
 
-    /// Writes not yet sent, in order: events not yet made into INSERTs, and the statements before them.
-    /// The transaction is used by one thread, inside its body.
+    /// Events inserted but not yet sent. The transaction is used by one thread, inside its body.
     final class QueuedEvents {
         var events: [AuditEvent] = []
-        var statements: [PostgresSession.Statement] = []
     }
 
     /// Rows per INSERT: 8 parameters each, well under the protocol's 65535.
     static let rowsPerInsert = 1000
 
-    /// Queues a write whose result nobody reads: it goes out with the next read, or with the COMMIT.
-    func queue(_ sql: String, _ binds: PostgresBindings, _ doing: String) {
-        queueEvents()
-        queued.statements.append(.init(sql: sql, binds: binds, doing: doing))
-    }
-
-    /// Every queued write, in order (the caller sends them); the queue is left empty.
-    func takePending() -> [PostgresSession.Statement] {
-        queueEvents()
-        defer { queued.statements = [] }
-        return queued.statements
-    }
-
-    /// Sends the queued writes (in one round trip) before a read, which must see them.
+    /// Sends the queued events.
     func flush() throws(AuditError) {
-        let pending = takePending()
-        guard !pending.isEmpty else { return }
-        for outcome in session.pipeline(pending) { _ = try outcome.get() }
-    }
-
-    /// Turns the queued events into multi-row INSERT statements at the end of the write queue.
-    private func queueEvents() {
         guard !queued.events.isEmpty else { return }
         let events = queued.events
         queued.events = []
@@ -322,8 +291,8 @@ public struct PostgresAuditTransaction: AuditTransaction {
                 binds.append(event.hash)
             }
             let kinds = Set(chunk.map(\.kind)).sorted().joined(separator: ", ")
-            queued.statements.append(.init(sql: "INSERT INTO events (seq, runId, runSeq, kind, at, detail, prevHash, hash) VALUES " + values.joined(separator: ", "),
-                                           binds: binds, doing: "append \(chunk.count == 1 ? "event" : "\(chunk.count) events") \(kinds)"))
+            try session.query("INSERT INTO events (seq, runId, runSeq, kind, at, detail, prevHash, hash) VALUES " + values.joined(separator: ", "),
+                              binds, "append \(chunk.count == 1 ? "event" : "\(chunk.count) events") \(kinds)")
             start += chunk.count
         }
     }
@@ -341,10 +310,11 @@ public struct PostgresAuditTransaction: AuditTransaction {
     }
 
     public func setChainHead(_ head: AuditChainHead) throws(AuditError) {
+        try flush()
         var binds = PostgresBindings()
         binds.append(head.seq)
         binds.append(head.hash)
-        queue("UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1", binds, "advance the chain head")
+        try session.query("UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1", binds, "advance the chain head")
     }
 
     public func lastRunSeq(runId: String?) throws(AuditError) -> Int64 {
@@ -380,6 +350,7 @@ public struct PostgresAuditTransaction: AuditTransaction {
     }
 
     public func insertRun(_ run: AuditRunRecord) throws(AuditError) {
+        try flush()
         var binds = PostgresBindings()
         binds.append(run.runId)
         binds.append(run.profile)
@@ -393,7 +364,7 @@ public struct PostgresAuditTransaction: AuditTransaction {
         binds.append(run.supervisorPid)
         binds.append(Int64(bitPattern: run.supervisorStart))
         binds.append(run.hostId)
-        queue("""
+        try session.query("""
             INSERT INTO runs (runId, profile, profileDigest, command, state, outcome, exitStatus, createdAt, endedAt,
                               supervisorPid, supervisorStart, hostId)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
@@ -401,13 +372,14 @@ public struct PostgresAuditTransaction: AuditTransaction {
     }
 
     public func endRun(runId: String, _ ending: AuditRunEnding) throws(AuditError) {
+        try flush()
         var binds = PostgresBindings()
         binds.append(ending.state.rawValue)
         binds.append(ending.outcome)
         binds.append(ending.exitStatus)
         binds.append(ending.endedAt)
         binds.append(runId)
-        queue("UPDATE runs SET state = $1, outcome = $2, exitStatus = $3, endedAt = $4 WHERE runId = $5", binds, "end run \(runId)")
+        try session.query("UPDATE runs SET state = $1, outcome = $2, exitStatus = $3, endedAt = $4 WHERE runId = $5", binds, "end run \(runId)")
     }
 
     public func runningRuns() throws(AuditError) -> [AuditRunOwner] {

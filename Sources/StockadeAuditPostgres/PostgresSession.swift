@@ -113,40 +113,6 @@ final class PostgresSession: @unchecked Sendable {
         }
     }
 
-    /// One statement of a `pipeline`.
-    struct Statement {
-        let sql: String
-        let binds: PostgresBindings
-        let doing: String
-    }
-
-    /// Sends every statement at once, then waits for each answer in order (one thread hand-off and
-    /// one round trip of waiting for all of them, instead of one each): for statements whose rows
-    /// nobody reads before the last one (a transaction's inserts and updates, and its COMMIT). The
-    /// server runs them in order; after a failed one, the later ones of the same transaction fail
-    /// too (or a COMMIT ends it as a ROLLBACK). Returns each statement's outcome.
-    func pipeline(_ statements: [Statement]) -> [Result<[PostgresRow], AuditError>] {
-        guard !connection.isClosed else {
-            isHealthy = false
-            let failure = AuditError(.unreachable, path: store,
-                                     "cannot \(statements.first?.doing ?? "write"): the connection to the audit store was closed by the server or the network; nothing was written in this call: check that the server is up and reachable")
-            return statements.map { _ in .failure(failure) }
-        }
-        let futures = statements.map { connection.query(PostgresQuery(unsafeSQL: $0.sql, binds: $0.binds), logger: logger) }
-        return zip(statements, futures).map { statement, future in
-            do {
-                return .success(try Self.wait(for: future, seconds: Self.answerTimeoutSeconds).rows)
-            } catch let timeout as AnswerTimeout {
-                isHealthy = false
-                return .failure(AuditError(.unreachable, path: store,
-                                           "cannot \(statement.doing): the audit store did not answer within \(timeout.seconds) s; the connection was closed and whether this statement took effect is unknown"))
-            } catch {
-                if !PostgresErrors.isServerError(error) { isHealthy = false }
-                return .failure(PostgresErrors.map(error, doing: statement.doing, store: store))
-            }
-        }
-    }
-
     /// How long a statement may go unanswered before the connection is given up: longer than the
     /// writers' lock timeout, so a writer waiting for the lock is told `busy` by the server first.
     static let answerTimeoutSeconds = 60
