@@ -132,12 +132,36 @@ echo "== (2) in-process: floor and stockade batch, interleaved" >&2
 BATCH_ROWS="$("$BENCH" batch --stockade "$STOCKADE" --floor "$FLOOR" --work "$WORK/batch" $QFLAG)"
 echo "== (3) supervisor RSS with 100 sleeping workers" >&2
 RSS_ROWS="$("$BENCH" rss --stockade "$STOCKADE" --work "$WORK/rss" --workers 100 --sleep 5)"
-echo "== (4) components" >&2
-COMPONENT_ROWS="$("$BENCH" components --disk "$WORK/components" --tmpfs "$SHM/components" $QFLAG)"
+# A PostgreSQL store for the audit rows next to SQLite's and for (6): $STOCKADE_BENCH_POSTGRES (an
+# empty database), else a scratch server made here as the user postgres on a Unix socket (removed at the end).
+PG_URL="${STOCKADE_BENCH_POSTGRES:-}"
+PG_DIR=""
+PGBIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
+if [ -z "$PG_URL" ] && [ -n "$PGBIN" ] && id postgres >/dev/null 2>&1; then
+    PG_DIR="$(mktemp -d /tmp/stockade-bench-pg.XXXXXX)"
+    chown postgres "$PG_DIR"
+    runuser -u postgres -- "$PGBIN/initdb" -D "$PG_DIR/data" -U stockade --auth=trust -E UTF8 --locale=C >/dev/null
+    runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PG_DIR/data" -o "-k $PG_DIR -c listen_addresses='' -p 55499" -l "$PG_DIR/log" -w start >/dev/null
+    runuser -u postgres -- "$PGBIN/createdb" -h "$PG_DIR" -p 55499 -U stockade stockade_bench
+    PG_URL="postgresql://stockade@/stockade_bench?host=$PG_DIR&port=55499"
+fi
+stop_pg() { [ -n "$PG_DIR" ] && { runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1; rm -rf "$PG_DIR"; PG_DIR=""; }; return 0; }
+trap 'kill $SERVER_PID 2>/dev/null || true; stop_pg' EXIT
+echo "== (4) components$([ -n "$PG_URL" ] && echo ', the audit store on SQLite and PostgreSQL')" >&2
+COMPONENT_ROWS="$("$BENCH" components --disk "$WORK/components" --tmpfs "$SHM/components" $QFLAG ${PG_URL:+--postgres "$PG_URL"})"
 kill "$SERVER_PID" 2>/dev/null || true
 wait "$SERVER_PID" 2>/dev/null || true
 echo "== (5) the service: throughput from 8 clients, latency, RSS with 100 queued and 50 running" >&2
 SERVE_ROWS="$("$BENCH" serve --server "$SERVER" --stockade "$STOCKADE" --work "$WORK/serve" $QFLAG)"
+NODE_ROWS=""
+if [ -n "$PG_URL" ]; then
+    echo "== (6) many nodes on one PostgreSQL store: runs/s with 1, 2 and 3 nodes" >&2
+    NODE_ROWS="$(python3 "$HERE/nodes.py" --server "$SERVER" --stockade "$STOCKADE" --store "$PG_URL" --work "$WORK/nodes" \
+        --runs "$([ "$QUICK" = 1 ] && echo 100 || echo 300)" --clients 8 --max-running 2)"
+else
+    echo "== (6) skipped: no PostgreSQL (set STOCKADE_BENCH_POSTGRES or install postgresql)" >&2
+fi
+stop_pg
 LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # ---------------------------------------------------------------- report
@@ -155,6 +179,7 @@ LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
     echo "$RSS_ROWS"
     echo "$COMPONENT_ROWS"
     echo "$SERVE_ROWS"
+    if [ -n "$NODE_ROWS" ]; then echo; echo "Many nodes on one PostgreSQL store (Benchmarks/nodes.py):"; echo; echo "$NODE_ROWS"; fi
 } | tee "$OUT"
 echo "run.sh: written to $OUT" >&2
 rm -rf "$SHM"

@@ -46,9 +46,17 @@ extension API {
         return try? StrictJSON.parse(Array(text.utf8), limits: .init(maxBytes: 64 << 20, maxDepth: 16))
     }
 
-    /// `wait` on a run of the queue this node does not hold: the row is polled until the run ends.
+    /// `wait` on a run of the queue this node does not hold: the row is polled until the run ends,
+    /// first after 5 ms and then twice as long each time up to 200 ms; a run this node claims
+    /// meanwhile is awaited through its own handle, so its report comes as soon as it exists.
     func waitInQueue(_ id: String) async throws -> Reply {
+        var delay = 5
         while true {
+            if let submitted = await registry.submitted(id) {
+                let report = await submitted.handle.report()
+                return Reply(response: API.json(.object(try withPlacement(["id": .string(id), "state": .string("finished"), "report": report.jsonValue], id))),
+                             runId: id)
+            }
             guard let row = try queuedRun(id) else { throw APIError(.notFound, "not-found", "no run \(id)", field: "id") }
             switch row.state {
             case .finished:
@@ -71,7 +79,8 @@ extension API {
                 if shutdown.isSet || Task.isCancelled {
                     throw APIError(.serviceUnavailable, "shutting-down", "the service is shutting down; wait for run \(id) on another node")
                 }
-                try await Task.sleep(for: .milliseconds(200))
+                try await Task.sleep(for: .milliseconds(delay))
+                delay = min(delay * 2, 200)
             }
         }
     }

@@ -332,7 +332,15 @@ struct PostgresRunQueueTests {
             try submit(queue, "n\(sent)")
             return heard.withLock { $0 } > 0
         }
-        let before = heard.withLock { $0 }
+        // The runs queued before LISTEN took effect may still be announced: let those arrive first.
+        var settled = heard.withLock { $0 }
+        while true {
+            try await Task.sleep(for: .milliseconds(500))
+            let now = heard.withLock { $0 }
+            if now == settled { break }
+            settled = now
+        }
+        let before = settled
         try submit(queue, "after", retries: 1)
         try await waitUntilAsync("one more notification") { heard.withLock { $0 } == before + 1 }
 

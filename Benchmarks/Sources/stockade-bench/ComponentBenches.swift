@@ -76,6 +76,29 @@ private func benchAudit(_ store: some AuditStore, label: String, scale: Scale, s
             do { try store.recordMany(batch) } catch { failures += 1 }
         }
     }
+    // A `/bin/true` run's own writes, as the supervisor makes them: `run.created`, `worker.started`,
+    // the outcome events, `run.finished` (durable): four transactions. The per-run store cost.
+    let runsPerRep = max(20, scale.singleRecords / 5)
+    var runCounter = 0
+    let started: JSONValue = .object(["pid": .number(4242), "cgroup": .object(["paths": .array([.string("/sys/fs/cgroup/stockade/x")])]),
+                                      "namespaces": .array(["user", "pid", "mount", "net", "ipc", "uts", "cgroup"].map { .string($0) })])
+    let perRun = throughput(warmup: scale.warmup, repetitions: scale.repetitions, units: Double(runsPerRep)) {
+        for _ in 0..<runsPerRep {
+            runCounter += 1
+            let id = "\(runId)-\(runCounter)"
+            do {
+                try store.beginRun(runId: id, profile: "default", profileDigest: String(repeating: "ab", count: 32),
+                                   command: ["/bin/true"], detail: .object(["source": .string("benchmark")]))
+                _ = try store.record(runId: id, kind: "worker.started", detail: started)
+                try store.recordMany([(runId: id, kind: "worker.exited",
+                                       detail: .object(["exitCode": .number(0), "outcome": .string("exited"), "signal": .null]))])
+                try store.finishRun(runId: id, outcome: "exited", exitStatus: 0,
+                                    detail: .object(["durationMs": .number(3), "cpuTimeMs": .number(1), "exitStatus": .number(0)]))
+            } catch {
+                failures += 1
+            }
+        }
+    }
     if failures > 0 { fail("\(failures) audit writes failed") }
     let verification: ChainVerification
     do { verification = try store.verifyChain() } catch { fail("verifyChain failed: \(error)") }
@@ -85,6 +108,8 @@ private func benchAudit(_ store: some AuditStore, label: String, scale: Scale, s
                 note: "\(scale.singleRecords) events × \(scale.repetitions) reps; \(singleNote)"),
         rateRow("audit `recordMany`, batches of 1000 (\(label))", many, unit: "events/s", target: 100_000,
                 note: "\(batchesPerRep) batches × \(scale.repetitions) reps; chain verified afterwards (\(verification.eventsChecked) events)"),
+        rateRow("audit writes of one `/bin/true` run (\(label))", perRun, unit: "runs/s", target: nil,
+                note: "run.created, worker.started, worker.exited, run.finished (durable): 4 transactions a run; \(runsPerRep) runs × \(scale.repetitions) reps; 1000/rate = the store's ms per run"),
     ]
 }
 

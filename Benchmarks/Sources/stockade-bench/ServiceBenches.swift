@@ -142,18 +142,24 @@ struct ServiceDaemon {
     let token: String
     let stateDir: String
 
-    static func start(server: String, stockade: String, work: String, name: String, maxRunning: Int, maxQueued: Int) -> ServiceDaemon {
+    /// `store`: `--store URL` for the token and the daemon (nil: the state directory's SQLite file);
+    /// `token`: one made already (on that store); `extra`: more daemon flags (`--node …`).
+    static func start(server: String, stockade: String, work: String, name: String, maxRunning: Int, maxQueued: Int,
+                      store: String? = nil, token given: String? = nil, extra: [String] = []) -> ServiceDaemon {
         let stateDir = work + "/state-\(name)"
         let socketPath = work + "/\(name).sock"
         makeDirectory(stateDir)
+        let storeFlags = store.map { ["--store", $0] } ?? []
         // The token first (the CLI creates the database), then the daemon on the same state directory.
-        let tokenChild = spawn([stockade, "token", "create", "--state-dir", stateDir, "--name", "bench-\(name)", "--scope", "run:read,run:write,admin", "--ttl", "2h"],
-                               stderrPath: work + "/token-stderr.log")
-        var token = ""
-        readLines(tokenChild.stdout) { line, _ in if token.isEmpty { token = String(decoding: line, as: UTF8.self) } }
-        guard waitExit(tokenChild.pid) == 0, token.hasPrefix("stk_") else { fail("stockade token create failed (see \(work)/token-stderr.log)") }
+        var token = given ?? ""
+        if given == nil {
+            let tokenChild = spawn([stockade, "token", "create", "--state-dir", stateDir, "--name", "bench-\(name)", "--scope", "run:read,run:write,admin", "--ttl", "2h"] + storeFlags,
+                                   stderrPath: work + "/token-stderr.log")
+            readLines(tokenChild.stdout) { line, _ in if token.isEmpty { token = String(decoding: line, as: UTF8.self) } }
+            guard waitExit(tokenChild.pid) == 0, token.hasPrefix("stk_") else { fail("stockade token create failed (see \(work)/token-stderr.log)") }
+        }
         let child = spawn([server, "--listen", "unix://" + socketPath, "--state-dir", stateDir, "--max-running", String(maxRunning),
-                           "--max-queued", String(maxQueued), "--grace", "0s"], stderrPath: work + "/server-\(name).log")
+                           "--max-queued", String(maxQueued), "--grace", "0s"] + storeFlags + extra, stderrPath: work + "/server-\(name).log")
         close(child.stdout)
         for _ in 0..<600 {
             if let health = httpUnix(socketPath, "GET", "/v1/health", token: nil), health.status == 200 {
@@ -293,3 +299,4 @@ func serve(_ args: [String]) {
                  target: "–", verdict: "–", note: "idle \(fmt(Double(idle) / 1024, 1)) MiB; \(ids.count) of 150 submissions accepted"))
     }
 }
+
