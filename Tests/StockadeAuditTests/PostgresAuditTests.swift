@@ -23,6 +23,51 @@ struct PostgresAuditTests {
                                hostId: host, maxConnections: maxConnections)
     }
 
+    @Test("sslmode=verify-full over TCP: the store is reached over TLS (pg_stat_ssl says so) with the server's certificate checked; a certificate another CA signed is refused, and sslmode=disable is told apart (in the clear)",
+          .timeLimit(.minutes(2)))
+    func tlsStore() throws {
+        let plain = try PostgresTestServer.createDatabase()
+        defer { PostgresTestServer.dropDatabase(plain) }
+        guard let (port, certificate) = try PostgresTestServer.tlsEndpoint() else {
+            // An external server ($STOCKADE_TEST_POSTGRES_URL) has no TLS endpoint this test knows.
+            return
+        }
+        guard case .postgres(let url) = try StoreURL.parse("postgres://stockade@127.0.0.1:\(port)/\(plain.database)?sslmode=verify-full&sslrootcert=\(certificate)") else {
+            Issue.record("not a postgres URL")
+            return
+        }
+        let store = try open(url)
+        try store.beginRun(runId: "tls", profile: "p", profileDigest: "d", command: ["/bin/true"], detail: .null)
+        try store.record(runId: "tls", kind: "limit.hit", detail: .object(["over": .string("tls")]))
+        try expectIntact(store.verifyChain(), events: 2)
+        let rows = try PostgresTestServer.execute(url, "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        #expect(rows.first?[0] == "t", "the connection is not encrypted: \(rows)")
+        #expect(rows.first?[1]?.hasPrefix("TLSv1.") == true, "\(rows)")
+
+        // Another CA: the server's certificate does not verify, nothing is opened.
+        let other = makeScratchDirectory("pg-ca")
+        defer { removeTree(other) }
+        let made = try PostgresTestServer.openssl(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+                                                   "-subj", "/CN=someone-else", "-addext", "subjectAltName=IP:127.0.0.1",
+                                                   "-keyout", other + "/ca.key", "-out", other + "/ca.crt"])
+        try #require(made, "openssl could not make a second CA")
+        guard case .postgres(let wrong) = try StoreURL.parse("postgres://stockade@127.0.0.1:\(port)/\(plain.database)?sslmode=verify-full&sslrootcert=\(other)/ca.crt") else { return }
+        do {
+            _ = try open(wrong)
+            Issue.record("a server whose certificate another CA signed was trusted")
+        } catch let error as AuditError {
+            #expect(error.code == .unreachable || error.code == .openFailed, "\(error)")
+            #expect(error.description.contains("127.0.0.1") && !error.description.contains("BEGIN CERTIFICATE"), "\(error)")
+        } catch {
+            Issue.record("not an AuditError: \(error)")
+        }
+        // Positive control for the refusal: the same URL with the right CA opens (done above), and
+        // sslmode=disable reaches the same server in the clear, which pg_stat_ssl tells apart.
+        guard case .postgres(let clear) = try StoreURL.parse("postgres://stockade@127.0.0.1:\(port)/\(plain.database)?sslmode=disable") else { return }
+        let clearRows = try PostgresTestServer.execute(clear, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        #expect(clearRows.first?[0] == "f", "\(clearRows)")
+    }
+
     @Test("3 processes and 4 threads on one pool of 2 connections append at once: seq and runSeq gap-free, one valid chain",
           .timeLimit(.minutes(3)))
     func processesAndThreads() throws {

@@ -137,6 +137,15 @@ public enum PostgresTestServer {
 
     private nonisolated(unsafe) static var directory: String?
     private nonisolated(unsafe) static var watchdog: pid_t = 0
+    private nonisolated(unsafe) static var tls: (port: Int, certificate: String)?
+
+    /// The scratch server also listens on 127.0.0.1 with TLS (a self-signed certificate for IP
+    /// 127.0.0.1, made by openssl): its port and the certificate, which is its own CA. Nil when the
+    /// tests use `$STOCKADE_TEST_POSTGRES_URL`.
+    public static func tlsEndpoint() throws -> (port: Int, certificate: String)? {
+        _ = try adminURL()
+        return state.withLock { _ in tls }
+    }
 
     private static func start() throws(TestServerError) -> PostgresStoreURL {
         if let text = getenv(urlVariable), text.pointee != 0 {
@@ -173,11 +182,40 @@ public enum PostgresTestServer {
 
         try run(["/usr/sbin/runuser", "-u", "postgres", "--", bin + "/initdb", "-D", data, "-U", "stockade", "--auth=trust",
                  "-E", "UTF8", "--locale=C", "--no-sync"], log: dir + "/initdb.log", what: "initdb")
+        // TLS on loopback TCP as well as the Unix socket: a certificate for IP 127.0.0.1, its key the server's (0600).
+        let certificate = dir + "/server.crt", key = dir + "/server.key"
+        try run(["/usr/sbin/runuser", "-u", "postgres", "--", "/usr/bin/openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                 "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=stockade-test-postgres",
+                 "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", certificate], log: dir + "/openssl.log", what: "openssl req")
+        let port = freeLoopbackPort()
         try run(["/usr/sbin/runuser", "-u", "postgres", "--", pgCtl, "-D", data, "-l", dir + "/server.log", "-w", "-t", "120",
-                 "-o", "-k \(dir) -c listen_addresses='' -p 5432", "start"], log: dir + "/pg_ctl.log", what: "pg_ctl start")
-        return PostgresStoreURL(scheme: "postgresql", endpoint: .unixSocket(path: dir + "/.s.PGSQL.5432"), user: "stockade",
+                 "-o", "-k \(dir) -c listen_addresses=127.0.0.1 -p \(port) -c ssl=on -c ssl_cert_file=\(certificate) -c ssl_key_file=\(key)",
+                 "start"], log: dir + "/pg_ctl.log", what: "pg_ctl start")
+        tls = (port, certificate)
+        return PostgresStoreURL(scheme: "postgresql", endpoint: .unixSocket(path: dir + "/.s.PGSQL.\(port)"), user: "stockade",
                                 database: "postgres", tlsMode: .disable, trustRootsPath: nil, password: nil, passwordFile: nil,
                                 connectTimeoutSeconds: 10)
+    }
+
+    /// Runs the openssl CLI (as the test's own user); true when it exited 0.
+    public static func openssl(_ arguments: [String]) throws -> Bool {
+        let pid = try spawn(["/usr/bin/openssl"] + arguments, log: "/dev/null", newSession: false)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        return status == 0
+    }
+
+    /// A TCP port on 127.0.0.1 nobody listens on right now.
+    private static func freeLoopbackPort() -> Int {
+        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(probe) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe, $0, &length) } }
+        return Int(UInt16(bigEndian: address.sin_port))
     }
 
     /// At exit: the server stopped at once, its directory removed, the watchdog ended.
