@@ -48,16 +48,14 @@ public enum StoreURL: Sendable, Equatable, CustomStringConvertible {
         AuditError(.invalidArgument, path: redacted(text), "invalid store URL: \(why)")
     }
 
-    /// `text` with the password of its user-info (between the first `:` after `//` and the `@`)
-    /// replaced by `***`, and any `password=` query value too.
+    /// `text` with the password of its user-info (between the first `:` after `//` and the last `@`,
+    /// wherever that is: a password may hold a raw `/` or `?` that makes the URL malformed)
+    /// replaced by `***`, and any `password=` query value too. Masking too much is the safe side.
     static func redacted(_ text: String) -> String {
         var out = text
-        if let schemeEnd = out.range(of: "://") {
-            let authorityEnd = out[schemeEnd.upperBound...].firstIndex(where: { $0 == "/" || $0 == "?" }) ?? out.endIndex
-            let authority = out[schemeEnd.upperBound..<authorityEnd]
-            if let at = authority.lastIndex(of: "@"), let colon = authority[..<at].firstIndex(of: ":") {
-                out.replaceSubrange(out.index(after: colon)..<at, with: "***")
-            }
+        if let schemeEnd = out.range(of: "://"), let at = out[schemeEnd.upperBound...].lastIndex(of: "@"),
+           let colon = out[schemeEnd.upperBound..<at].firstIndex(of: ":") {
+            out.replaceSubrange(out.index(after: colon)..<at, with: "***")
         }
         if let range = out.range(of: "password=") {
             let end = out[range.upperBound...].firstIndex(of: "&") ?? out.endIndex

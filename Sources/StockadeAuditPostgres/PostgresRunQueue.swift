@@ -251,7 +251,7 @@ public final class PostgresRunQueue: RunQueue {
             let session = tx.session
             // Rows another reaper is taking right now are skipped; it records them.
             let rows = try session.query("""
-                SELECT q.runId, q.node, q.attempt, q.retries,
+                SELECT q.runId, q.node, q.attempt, q.retries, q.cancelRequested,
                        CASE WHEN n.name IS NULL THEN 'node-left' WHEN n.incarnation <> q.incarnation THEN 'node-restarted'
                             ELSE 'lease-expired' END
                 FROM run_queue q LEFT JOIN nodes n ON n.name = q.node
@@ -260,8 +260,8 @@ public final class PostgresRunQueue: RunQueue {
                 FOR UPDATE OF q SKIP LOCKED
                 """, "find the runs of nodes whose lease expired")
             for row in rows {
-                let (runId, node, attempt, retries, reason) = try PostgresRows.decode(row, session) {
-                    try $0.decode((String, String, Int32, Int32, String).self)
+                let (runId, node, attempt, retries, cancelRequested, reason) = try PostgresRows.decode(row, session) {
+                    try $0.decode((String, String, Int32, Int32, Bool, String).self)
                 }
                 var binds = PostgresBindings()
                 binds.append(runId)
@@ -274,7 +274,8 @@ public final class PostgresRunQueue: RunQueue {
                     continue
                 }
                 var retryRunId: String?
-                if attempt <= retries {
+                // A run somebody asked to cancel is never tried again.
+                if attempt <= retries && !cancelRequested {
                     let retry = newRunId()
                     var insert = PostgresBindings()
                     insert.append(retry)

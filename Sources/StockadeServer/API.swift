@@ -370,6 +370,12 @@ final class API: Sendable {
         let id = try runId(context)
         if let submitted = await registry.submitted(id) {
             submitted.handle.cancel()
+            // In the queue too, so a reaper never tries again a run its caller cancelled.
+            if let node = registry.node, (try? queuedRun(id)) != nil {
+                do { _ = try node.queue.requestCancel(runId: id) } catch {
+                    logger.error("node.cancel-not-recorded", metadata: ["run.id": "\(id)", "error": "\(error)"])
+                }
+            }
             return Reply(response: API.json(.object(["id": .string(id), "state": .string(submitted.handle.currentState.rawValue),
                                                      "cancelRequested": .bool(true)]), status: .accepted), runId: id)
         }

@@ -76,12 +76,17 @@ struct NodeWorker: Service {
     func run() async throws {
         logger.notice("node.joined", metadata: ["node": "\(node.name)", "labels": "\(node.options.labels)",
                                                 "capacity": "\(node.options.capacity)", "lease": "\(node.options.leaseSeconds)s"])
-        let healthy = HeartbeatState()
+        let healthy = HeartbeatState(lease: .seconds(node.options.leaseSeconds))
         // Two loops, so a slow claim or a run waiting for a local slot never delays a heartbeat.
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 while !Task.isShuttingDownGracefully && !Task.isCancelled {
-                    healthy.set(beat())
+                    let beaten = heartbeat()
+                    healthy.record(beaten)
+                    if beaten, healthy.mayReap { reap() }
+                    // Fencing: once two thirds of the lease have passed without a heartbeat, another
+                    // node may soon take this node's runs, so it stops them itself first.
+                    if healthy.isLost { await giveUpRuns() }
                     try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .milliseconds(node.options.heartbeatMilliseconds)) }
                 }
             }
@@ -101,7 +106,7 @@ struct NodeWorker: Service {
             }
             group.addTask {
                 while !Task.isShuttingDownGracefully && !Task.isCancelled {
-                    if healthy.isSet, !(await registry.isDraining) { await claim() }
+                    if healthy.isCurrent, !(await registry.isDraining) { await claim() }
                     await passOnCancellations()
                     // Woken at once by a submission on any node (NOTIFY) or a freed slot; else polls.
                     await node.wakeup.wait(upTo: .milliseconds(NodeQueue.pollMilliseconds))
@@ -117,14 +122,33 @@ struct NodeWorker: Service {
         }
     }
 
-    /// Heartbeat, then reap the runs of nodes whose lease has run out. False when the heartbeat failed.
-    private func beat() -> Bool {
+    /// False when the heartbeat failed.
+    private func heartbeat() -> Bool {
         do {
             try node.queue.heartbeat(node.lease)
+            return true
         } catch {
             logger.error("node.heartbeat-failed", metadata: ["node": "\(node.name)", "error": "\(error)"])
             return false
         }
+    }
+
+    /// Cancels every run this node holds (running or waiting for a local slot): its lease is about
+    /// to run out, and another node may take them, so none may go on here.
+    private func giveUpRuns() async {
+        var stopped: [String] = []
+        for (runId, submitted) in await registry.all where submitted.handle.currentState != .finished && !submitted.handle.cancellation.isCancelled {
+            submitted.handle.cancel()
+            stopped.append(runId)
+        }
+        if !stopped.isEmpty {
+            logger.error("node.lease-lost", metadata: ["node": "\(node.name)", "runs": "\(stopped)",
+                                                      "reason": "no heartbeat for two thirds of the lease: the runs were cancelled before another node may take them"])
+        }
+    }
+
+    /// Reaps the runs of nodes whose lease has run out.
+    private func reap() {
         do {
             for reaped in try node.queue.reap(by: node.lease, newRunId: Supervisor.makeRunId) {
                 logger.notice("node.reaped", metadata: ["run.id": "\(reaped.runId)", "node": "\(reaped.node)", "reason": "\(reaped.reason)",
@@ -133,7 +157,6 @@ struct NodeWorker: Service {
         } catch {
             logger.error("node.reap-failed", metadata: ["node": "\(node.name)", "error": "\(error)"])
         }
-        return true
     }
 
     private func claim() async {
@@ -149,11 +172,42 @@ struct NodeWorker: Service {
         for run in claimed { await start(run) }
     }
 
-    /// Whether the last heartbeat went through: a node that cannot heartbeat claims nothing.
+    /// The node's heartbeats as they went: a node claims only while its last heartbeat went through
+    /// and is recent; it gives up its runs once two thirds of its lease have passed without one; and
+    /// it reaps other nodes only after a whole lease of heartbeats that went through, so after an
+    /// outage of the store (when no node could heartbeat) every live node has beaten again before any
+    /// is judged, and the dead ones have stopped their runs by then.
     final class HeartbeatState: Sendable {
-        private let value = Mutex(true)
-        var isSet: Bool { value.withLock { $0 } }
-        func set(_ healthy: Bool) { value.withLock { $0 = healthy } }
+        private struct State {
+            var lastSuccess = ContinuousClock.now
+            var lastFailed = false
+            var healthySince: ContinuousClock.Instant?
+        }
+        private let state = Mutex(State())
+        let lease: Duration
+
+        init(lease: Duration) { self.lease = lease }
+
+        func record(_ success: Bool) {
+            let now = ContinuousClock.now
+            state.withLock { state in
+                state.lastFailed = !success
+                if success {
+                    state.lastSuccess = now
+                    if state.healthySince == nil { state.healthySince = now }
+                } else {
+                    state.healthySince = nil
+                }
+            }
+        }
+
+        private var sinceSuccess: Duration { ContinuousClock.now - state.withLock { $0.lastSuccess } }
+        var isCurrent: Bool { !state.withLock { $0.lastFailed } && sinceSuccess < lease / 3 * 2 }
+        var isLost: Bool { sinceSuccess >= lease / 3 * 2 }
+        var mayReap: Bool {
+            guard let since = state.withLock({ $0.healthySince }) else { return false }
+            return ContinuousClock.now - since >= lease
+        }
     }
 
     private func start(_ run: QueuedRun) async {

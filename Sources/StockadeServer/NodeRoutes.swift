@@ -87,11 +87,11 @@ extension API {
 
     /// Refuses a route that needs the run's files on a node that did not run it: 409
     /// `run-on-other-node` with the node that did.
-    func requireRunHere(_ id: String) async throws {
+    func requireRunHere(_ id: String, what: String = "its logs, result and receipt are on that node") async throws {
         guard let node = registry.node, await registry.submitted(id) == nil, let row = try queuedRun(id),
               let owner = row.node, owner != node.name else { return }
         var error = APIError(.conflict, "run-on-other-node",
-                             "run \(id) \(row.state == .claimed ? "runs" : "ran") on node \(owner): its logs, result and receipt are on that node; ask it")
+                             "run \(id) \(row.state == .claimed ? "runs" : "ran") on node \(owner): \(what); ask it")
         error.node = owner
         throw error
     }

@@ -133,6 +133,8 @@ extension API {
         if let submittedBy, submittedBy == actor, !allowSelfApproval {
             throw APIError(.forbidden, "self-approval", "diff \(id) is of run \(record.runId), which \(actor) submitted: another principal with review:submit must decide it (or the run's profile sets review.allowSelfApproval)")
         }
+        // Accepting writes the diff into the run's workspace, which is on the host that ran it.
+        if accept { try await requireRunHere(record.runId, what: "its workspace, where an accepted diff is written, is on that host") }
         do {
             if accept {
                 try supervisor.accept(diffId: id, actor: actor, note: note)

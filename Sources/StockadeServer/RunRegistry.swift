@@ -122,6 +122,10 @@ actor RunRegistry {
                 keys[slotKey] = .done(bodyHash: bodyHash, runId: runId)
                 keyOrder.append(slotKey)
                 if keyOrder.count > Self.maxKeys { keys[keyOrder.removeFirst()] = nil }
+            case .failure(.queueFailed):
+                // The shared queue's answer was lost: the run may be queued after all, so the key stays
+                // reserved for it (a retry answers this run id, which `GET /v1/runs/{id}` then finds or not).
+                keys[slotKey] = .done(bodyHash: bodyHash, runId: runId)
             case .failure:
                 // A refused submission started nothing: a retry with the key may start the run.
                 keys[slotKey] = nil

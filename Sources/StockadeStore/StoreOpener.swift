@@ -17,11 +17,22 @@ public enum StoreOpener {
     public static func resolve(flag: String?, environment: [String: String], stateDirectory: String) throws(AuditError) -> StoreURL {
         let (text, origin): (String?, String) = if let flag { (flag, "--store") } else { (environment[environmentVariable], "$" + environmentVariable) }
         guard let text, !text.isEmpty else { return .sqlite(path: defaultPath(stateDirectory: stateDirectory)) }
+        let url: StoreURL
         do throws(AuditError) {
-            return try StoreURL.parse(text)
+            url = try StoreURL.parse(text)
         } catch {
             throw AuditError(error.code, "\(origin) \(error.description)")
         }
+        if flag != nil { try refuseCommandLinePassword(url) }
+        return url
+    }
+
+    /// A password in `--store`'s URL is refused: a command line is readable by every local user
+    /// (`/proc/PID/cmdline`, `ps`), and the store's password is worth root on every node of it.
+    public static func refuseCommandLinePassword(_ url: StoreURL) throws(AuditError) {
+        guard case .postgres(let postgres) = url, postgres.password != nil else { return }
+        throw AuditError(.invalidArgument,
+                         "--store \(url): a password on the command line is readable by every user of this host (/proc/PID/cmdline): put it in passwordFile=FILE (mode 0600), $STOCKADE_STORE_PASSWORD_FILE or $PGPASSWORD, or pass the whole URL in $STOCKADE_STORE")
     }
 
     public static func defaultPath(stateDirectory: String) -> String {

@@ -75,7 +75,11 @@ struct Serve: AsyncParsableCommand {
             throw ValidationError("--store-connections: expected \(StoreOpener.connectionRange.lowerBound) to \(StoreOpener.connectionRange.upperBound), found \(storeConnections)")
         }
         if let store {
-            do throws(AuditError) { _ = try StoreURL.parse(store) } catch { throw ValidationError("--store \(error.description)") }
+            do throws(AuditError) {
+                try StoreOpener.refuseCommandLinePassword(try StoreURL.parse(store))
+            } catch {
+                throw ValidationError(error.path == nil ? error.message : "--store \(error.description)")
+            }
         }
         guard (1...256).contains(maxRunning) else { throw ValidationError("--max-running: expected 1 to 256, found \(maxRunning)") }
         if let node {
@@ -118,12 +122,22 @@ struct Serve: AsyncParsableCommand {
     /// `--node` and its companions, checked in `validate`; a node needs a PostgreSQL store.
     func nodeOptions(_ store: StoreURL) throws -> NodeOptions? {
         guard let node else { return nil }
-        guard case .postgres = store else {
+        guard case .postgres(let postgres) = store else {
             FileHandle.standardError.write(Data("stockade serve: --node \(node): a node shares its run queue through a PostgreSQL store, and the store is \(store): pass --store postgres://… (or set $STOCKADE_STORE), the same for every node\n".utf8))
+            throw ExitCode(2)
+        }
+        // A node runs as root what the queue holds: a store reached over the network must be the one
+        // the URL names (its certificate checked), never one a machine in between could stand in for.
+        if case .tcp(let host, _) = postgres.endpoint, !Self.isLoopback(host), postgres.tlsMode != .verifyCA, postgres.tlsMode != .verifyFull {
+            FileHandle.standardError.write(Data("stockade serve: --node \(node): the store \(store) is reached over the network with sslmode=\(postgres.tlsMode.rawValue), which does not check the server's certificate; a node runs as root what the store's queue holds, so use sslmode=verify-full (or verify-ca) with sslrootcert=FILE, or a Unix socket or loopback address\n".utf8))
             throw ExitCode(2)
         }
         return NodeOptions(name: node, labels: (try? NodeLabels.parse(labels ?? "")) ?? [:], capacity: capacity ?? maxRunning,
                            leaseSeconds: Int(lease.flatMap(DurationText.seconds) ?? 15))
+    }
+
+    static func isLoopback(_ host: String) -> Bool {
+        host == "localhost" || host == "::1" || host == "[::1]" || host.hasPrefix("127.")
     }
 
     func run() async throws {

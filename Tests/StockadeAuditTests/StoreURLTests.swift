@@ -50,6 +50,20 @@ struct StoreURLTests {
         #expect(again == url, "\(url.description)")
     }
 
+    @Test("a malformed URL whose password holds a raw ? or / is refused without showing the password", arguments: [
+        "postgres://alice:pa?ss/word@db.example/audit", "postgres://alice:s3cr/et@db.example:5432/audit", "postgresql://alice:x?y=z@/audit?host=/run",
+    ])
+    func malformedPasswordRedacted(text: String) {
+        let password = String(text.split(separator: "@")[0].split(separator: ":", maxSplits: 2)[2])
+        do {
+            let url = try StoreURL.parse(text)
+            #expect(!url.description.contains(password), "\(url.description)")
+        } catch {
+            #expect(!error.description.contains(password), "the password shows: \(error.description)")
+            #expect(error.description.contains("***"), "\(error.description)")
+        }
+    }
+
     @Test("sqlite:///PATH names the file; other sqlite forms are refused naming the rule")
     func parsesSQLite() throws {
         #expect(try StoreURL.parse("sqlite:///var/lib/stockade/audit.sqlite") == .sqlite(path: "/var/lib/stockade/audit.sqlite"))

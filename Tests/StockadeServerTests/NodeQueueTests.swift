@@ -262,6 +262,15 @@ struct NodeQueueTests {
         }
         let badLabels = try ServerHarness.exec(ServerHarness.binDirectory + "/stockade-server", ["--node", "a", "--labels", "gpu"])
         #expect(badLabels.status == 2 && badLabels.stderr.contains("--labels"), "\(badLabels.stderr)")
+        // A store across the network whose certificate is not checked is refused before anything is
+        // contacted (192.0.2.1 is a documentation address: nothing is sent to it).
+        for mode in ["disable", "prefer", "require"] {
+            let unchecked = try ServerHarness.exec(ServerHarness.binDirectory + "/stockade-server", [
+                "--node", "a", "--store", "postgres://stockade@192.0.2.1:5432/queue?sslmode=\(mode)", "--listen", "unix://\(refused.socketPath)",
+                "--state-dir", refused.stateDirectory,
+            ])
+            #expect(unchecked.status == 2 && unchecked.stderr.contains("verify-full"), "sslmode=\(mode): \(unchecked.stderr)")
+        }
 
         let url = try PostgresTestServer.createDatabase()
         defer { PostgresTestServer.dropDatabase(url) }
