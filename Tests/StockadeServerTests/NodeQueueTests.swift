@@ -249,6 +249,38 @@ struct NodeQueueTests {
         #expect(b.terminate() == 0)
     }
 
+    /// Pids of processes whose command line is exactly `argv`.
+    static func processes(_ argv: [String]) -> [Int32] {
+        let wanted = argv.joined(separator: "\0") + "\0"
+        return ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { entry in
+            guard let pid = Int32(entry), let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline"),
+                  String(decoding: data, as: UTF8.self) == wanted else { return nil }
+            return pid
+        }
+    }
+
+    @Test("fencing: a node whose heartbeats stop going through (the store cut off) cancels its running run within its lease, before another node may take it")
+    func fencing() throws {
+        let url = try PostgresTestServer.createDatabase()
+        defer { PostgresTestServer.dropDatabase(url) }
+        let environment = ["STOCKADE_STORE": PostgresTestServer.connectableText(url)]
+        let a = try Self.node("a", environment)
+        let token = try a.token("engine", scopes: "run:read,run:write")
+        let seconds = "31.\(getpid() % 1000)"
+        let id = try Self.submit(a, token: token, #"{"command":["/bin/sleep","\#(seconds)"]}"#)
+        // Positive control: the worker runs while the store answers.
+        try Self.waitUntil("the worker to start") { !Self.processes(["/bin/sleep", seconds]).isEmpty }
+
+        let admin = try PostgresTestServer.adminURL()
+        try PostgresTestServer.execute(admin, "ALTER DATABASE \(url.database) ALLOW_CONNECTIONS false")
+        try PostgresTestServer.execute(admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '\(url.database)'")
+        defer { _ = try? PostgresTestServer.execute(admin, "ALTER DATABASE \(url.database) ALLOW_CONNECTIONS true") }
+        // Lease 2 s: given up after two thirds of it without a heartbeat (plus a heartbeat interval).
+        try Self.waitUntil("the node to give up its run", seconds: 20) { Self.processes(["/bin/sleep", seconds]).isEmpty }
+        #expect(a.log.contains("node.lease-lost") && a.log.contains(id), "\(a.log)")
+        kill(a.process.processIdentifier, SIGKILL)
+    }
+
     @Test("--node needs a PostgreSQL store; its companions need --node; a cancelled queued run never starts, and any node cancels a run another node holds")
     func flagsAndCancel() throws {
         let refused = try ServerHarness(start: false)
