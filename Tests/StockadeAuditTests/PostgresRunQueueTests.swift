@@ -232,6 +232,27 @@ struct PostgresRunQueueTests {
         expectIntact(try store.verifyChain(), events: 3)
     }
 
+    @Test("a run whose cancel was asked for is never retried, whatever its retries: its node dies, it is abandoned", .timeLimit(.minutes(2)))
+    func cancelledNotRetried() throws {
+        let url = try PostgresTestServer.createDatabase()
+        defer { PostgresTestServer.dropDatabase(url) }
+        let queue = try open(url)
+        let reaper = try queue.register(node("reaper", labels: ["role": "reaper"], lease: 60))
+        try submit(queue, "stop-me", labels: ["role": "worker"], retries: 3)
+        let worker = try queue.register(node("w", labels: ["role": "worker"], lease: 1))
+        #expect(try queue.claim(worker, limit: 1).map(\.runId) == ["stop-me"])
+        try queue.store.beginRun(runId: "stop-me", profile: "default", profileDigest: "d", command: ["/bin/true"], detail: .null)
+        _ = try queue.requestCancel(runId: "stop-me")
+        var reaped: [QueueReaping] = []
+        try waitUntil("w's lease to expire") {
+            reaped += try queue.reap(by: reaper, newRunId: { "never" })
+            return !reaped.isEmpty
+        }
+        #expect(reaped == [QueueReaping(runId: "stop-me", node: "w", reason: "lease-expired", attempt: 1, action: .abandoned(audited: true))])
+        #expect(try queue.run(id: "never") == nil)
+        #expect(try queue.counts().queued == 0)
+    }
+
     @Test("a retry of a run that died before run.created is an event of no run naming both ids", .timeLimit(.minutes(2)))
     func retryOfUnstartedRun() throws {
         let url = try PostgresTestServer.createDatabase()
