@@ -126,24 +126,27 @@ public final class PostgresAuditBackend: AuditBackend {
     }
 
     public func runs(_ body: (AuditRunRecord) throws -> Void) throws {
-        try snapshot { (session) throws in
-            var after: (createdAt: String, runId: String)?
-            while true {
-                var binds = PostgresBindings()
-                var sql = "SELECT \(Self.runColumns) FROM runs"
-                if let after {
-                    binds.append(after.createdAt)
-                    binds.append(after.runId)
-                    sql += " WHERE (createdAt, runId) > ($1, $2)"
-                }
-                let rows = try session.query(sql + " ORDER BY createdAt, runId LIMIT \(Self.pageSize)", binds, "read runs")
-                for row in rows {
-                    let run = try Self.runRecord(row, session)
-                    try body(run)
-                    after = (run.createdAt, run.runId)
-                }
-                if rows.count < Self.pageSize { return }
+        try snapshot { (session) throws in try Self.pageRuns(session, body) }
+    }
+
+    /// Every run in creation order (`createdAt`, then `runId`), a page at a time, in the session's snapshot.
+    static func pageRuns(_ session: PostgresSession, _ body: (AuditRunRecord) throws -> Void) throws {
+        var after: (createdAt: String, runId: String)?
+        while true {
+            var binds = PostgresBindings()
+            var sql = "SELECT \(runColumns) FROM runs"
+            if let after {
+                binds.append(after.createdAt)
+                binds.append(after.runId)
+                sql += " WHERE (createdAt, runId) > ($1, $2)"
             }
+            let rows = try session.query(sql + " ORDER BY createdAt, runId LIMIT \(pageSize)", binds, "read runs")
+            for row in rows {
+                let run = try runRecord(row, session)
+                try body(run)
+                after = (run.createdAt, run.runId)
+            }
+            if rows.count < pageSize { return }
         }
     }
 

@@ -157,15 +157,7 @@ enum PostgresAuditSchema {
             try session.query("SELECT pg_advisory_xact_lock($1)", binds, "take the store's writer lock for the migrations")
             try session.query("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY NOT NULL, appliedAt TEXT NOT NULL)",
                               "create the schema_migrations table")
-            var applied: Set<String> = []
-            for row in try session.query("SELECT name FROM schema_migrations", "read the applied migrations") {
-                applied.insert(try PostgresRows.decode(row, String.self, session))
-            }
-            let known = Set(migrations.map(\.name))
-            if let unknown = applied.subtracting(known).sorted().first {
-                throw AuditError(.migration, path: session.store,
-                                 "the audit store has migration \(unknown), which this Stockade does not know: it was written by a newer version; use that version, or another store")
-            }
+            let applied = try appliedMigrations(session)
             for migration in migrations where !applied.contains(migration.name) {
                 for statement in migration.statements {
                     do throws(AuditError) {
@@ -193,18 +185,24 @@ enum PostgresAuditSchema {
             throw AuditError(.migration, path: session.store,
                              "the store has no Stockade schema yet (no schema_migrations table): this command only reads; start `stockade serve --store URL` (or any command that writes) once to create it")
         }
+        let applied = try appliedMigrations(session)
+        if let missing = Set(migrations.map(\.name)).subtracting(applied).sorted().first {
+            throw AuditError(.migration, path: session.store,
+                             "the audit store lacks migration \(missing): this command only reads; start `stockade serve --store URL` with this version once to migrate it")
+        }
+    }
+
+    /// The migrations `schema_migrations` records; one this Stockade does not know is refused (a newer
+    /// version wrote the store).
+    private static func appliedMigrations(_ session: PostgresSession) throws(AuditError) -> Set<String> {
         var applied: Set<String> = []
         for row in try session.query("SELECT name FROM schema_migrations", "read the applied migrations") {
             applied.insert(try PostgresRows.decode(row, String.self, session))
         }
-        let known = Set(migrations.map(\.name))
-        if let unknown = applied.subtracting(known).sorted().first {
+        if let unknown = applied.subtracting(migrations.map(\.name)).sorted().first {
             throw AuditError(.migration, path: session.store,
-                             "the audit store has migration \(unknown), which this Stockade does not know: it was written by a newer version; use that version")
+                             "the audit store has migration \(unknown), which this Stockade does not know: it was written by a newer version; use that version, or another store")
         }
-        if let missing = known.subtracting(applied).sorted().first {
-            throw AuditError(.migration, path: session.store,
-                             "the audit store lacks migration \(missing): this command only reads; start `stockade serve --store URL` with this version once to migrate it")
-        }
+        return applied
     }
 }

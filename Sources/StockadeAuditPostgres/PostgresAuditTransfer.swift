@@ -10,23 +10,7 @@ extension PostgresAuditBackend {
     /// One `REPEATABLE READ READ ONLY` snapshot, each table paged by its key.
     public func allRows(_ body: (AuditRow) throws -> Void) throws -> AuditChainHead? {
         try snapshot { (session) throws -> AuditChainHead? in
-            var afterRun: (createdAt: String, runId: String)?
-            while true {
-                var binds = PostgresBindings()
-                var sql = "SELECT \(Self.runColumns) FROM runs"
-                if let afterRun {
-                    binds.append(afterRun.createdAt)
-                    binds.append(afterRun.runId)
-                    sql += " WHERE (createdAt, runId) > ($1, $2)"
-                }
-                let rows = try session.query(sql + " ORDER BY createdAt, runId LIMIT \(Self.pageSize)", binds, "read runs")
-                for row in rows {
-                    let run = try Self.runRecord(row, session)
-                    try body(.run(run))
-                    afterRun = (run.createdAt, run.runId)
-                }
-                if rows.count < Self.pageSize { break }
-            }
+            try Self.pageRuns(session) { run in try body(.run(run)) }
             try Self.page("SELECT \(Self.bundleColumns) FROM bundles", key: "id", size: Self.pageSize, session, "read bundles") { (row) throws -> Int64 in
                 let bundle = try Self.bundleRecord(row, session)
                 try body(.bundle(bundle))

@@ -1,22 +1,13 @@
 import Crypto
 import Foundation
 import Glibc
+import StockadeTestSupport
 import Testing
 
 /// Helpers for the operations suites: free loopback ports, certificates, raw sockets, /proc.
 enum Ops {
     /// A TCP port on 127.0.0.1 nobody listens on right now.
-    static func freePort() -> UInt16 {
-        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(probe) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
-        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe, $0, &length) } }
-        return UInt16(bigEndian: address.sin_port)
-    }
+    static func freePort() -> UInt16 { freeLoopbackPort() }
 
     /// A self-signed P-256 certificate for IP 127.0.0.1 and its key (mode 0600), made by the openssl CLI.
     static func certificate(in directory: String, name: String = "server") throws -> (cert: String, key: String) {

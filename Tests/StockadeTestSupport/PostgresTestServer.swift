@@ -187,7 +187,7 @@ public enum PostgresTestServer {
         try run(["/usr/sbin/runuser", "-u", "postgres", "--", "/usr/bin/openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
                  "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=stockade-test-postgres",
                  "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", certificate], log: dir + "/openssl.log", what: "openssl req")
-        let port = freeLoopbackPort()
+        let port = Int(freeLoopbackPort())
         try run(["/usr/sbin/runuser", "-u", "postgres", "--", pgCtl, "-D", data, "-l", dir + "/server.log", "-w", "-t", "120",
                  "-o", "-k \(dir) -c listen_addresses=127.0.0.1 -p \(port) -c ssl=on -c ssl_cert_file=\(certificate) -c ssl_key_file=\(key)",
                  "start"], log: dir + "/pg_ctl.log", what: "pg_ctl start")
@@ -203,19 +203,6 @@ public enum PostgresTestServer {
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         return status == 0
-    }
-
-    /// A TCP port on 127.0.0.1 nobody listens on right now.
-    private static func freeLoopbackPort() -> Int {
-        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(probe) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
-        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe, $0, &length) } }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 
     /// At exit: the server stopped at once, its directory removed, the watchdog ended.
