@@ -38,7 +38,9 @@ let package = Package(
         .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
-        .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
+        // libarchive (libarchive-dev's headers), loaded with dlopen on first use rather than linked: linking
+        // it loaded it and ten libraries of its own at every start of the binary (lazy.c says more).
+        .target(name: "CArchive", cSettings: [.unsafeFlags(["-Wall", "-Wextra", "-Werror"])]),
 
         // Pure values: profiles, limits, seccomp policy model, strict JSON.
         .target(name: "StockadePolicy", swiftSettings: strict),

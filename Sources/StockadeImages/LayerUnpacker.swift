@@ -46,7 +46,10 @@ struct LayerUnpacker {
     /// Unpacks the archive read from `fd` and returns the digest and size of every byte of it.
     mutating func unpack(fd: Int32, budget: inout ImageBudget) throws(ImageError) -> (Digest, Int64) {
         let source = BlobSource(fd: fd, maxBytes: bounds.maxLayerBlobBytes)
-        guard let archive = archive_read_new() else { throw ImageError(.badArchive, "libarchive could not allocate a reader") }
+        guard let archive = archive_read_new() else {
+            if let why = stk_archive_load_error() { throw ImageError(.badArchive, "cannot load libarchive to unpack image layers: \(String(cString: why))") }
+            throw ImageError(.badArchive, "libarchive could not allocate a reader")
+        }
         defer { archive_read_free(archive) }
         // Only the filter the media type names, and only built in: never an external program.
         let filter: Int32

@@ -292,3 +292,24 @@ struct CommandLineTests {
         #expect(unknownRun.status == 1 && unknownRun.stderr.contains("no run 01NOSUCHRUN"), "\(unknownRun.stderr)")
     }
 }
+
+@Suite("what every start of the binary loads")
+struct StartupLinkTests {
+    /// The shared libraries `path` names in its dynamic section (DT_NEEDED), as readelf prints them.
+    static func neededLibraries(_ path: String) throws -> [String] {
+        let result = try Harness.exec("/usr/bin/readelf", ["-d", path])
+        try #require(result.status == 0, "readelf -d \(path): \(result.stderr)")
+        return result.stdout.split(separator: "\n").compactMap { line in
+            guard line.contains("(NEEDED)"), let open = line.firstIndex(of: "["), let close = line.lastIndex(of: "]") else { return nil }
+            return String(line[line.index(after: open)..<close])
+        }
+    }
+
+    @Test("stockade does not link libarchive: it is loaded only when an image layer is unpacked (and image import still works: ImageTests)")
+    func libarchiveIsNotLinked() throws {
+        let needed = try Self.neededLibraries(Harness.stockade)
+        // The positive control: the reader sees the libraries the binary does link.
+        #expect(needed.contains { $0.hasPrefix("libseccomp.so") }, "readelf saw \(needed)")
+        #expect(!needed.contains { $0.hasPrefix("libarchive") }, "libarchive (and the ten libraries it needs) would load at every start: \(needed)")
+    }
+}
