@@ -20,7 +20,6 @@
 #include <linux/sched.h>
 #include <linux/seccomp.h>
 #include <linux/securebits.h>
-#include <net/if.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -208,38 +207,6 @@ static int stk_run_op(const char *root, int rootfd, const struct stk_mount_op *o
     }
 }
 
-static int stk_loopback_up(void) {
-    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (s < 0) return -1;
-    struct ifreq req;
-    memset(&req, 0, sizeof req);
-    memcpy(req.ifr_name, "lo", 3);
-    int rc = ioctl(s, SIOCGIFFLAGS, &req);
-    if (rc == 0) {
-        req.ifr_flags |= IFF_UP | IFF_RUNNING;
-        rc = ioctl(s, SIOCSIFFLAGS, &req);
-    }
-    int saved = errno;
-    close(s);
-    errno = saved;
-    return rc;
-}
-
-/* As Docker does: in the worker's own network namespace every port may be bound (a server
-   on port 80 needs no capability there). Written while init still sees a /proc whose
-   net sysctls are its namespace's (they follow the opener's netns), before any mount makes
-   /proc/sys read-only. A kernel without the knob (before 4.11) is left as it is. */
-static int stk_unprivileged_ports(void) {
-    int fd = open("/proc/sys/net/ipv4/ip_unprivileged_port_start", O_WRONLY | O_CLOEXEC);
-    if (fd < 0) return errno == ENOENT ? 0 : -1;
-    ssize_t n;
-    do n = write(fd, "0", 1); while (n < 0 && errno == EINTR);
-    int saved = errno;
-    close(fd);
-    errno = saved;
-    return n == 1 ? 0 : -1;
-}
-
 static int stk_drop_capabilities(int last_cap) {
     /* Lock the root fix-ups off so that execve as uid 0 grants nothing. */
     if (prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP_LOCKED |
@@ -409,7 +376,6 @@ __attribute__((noreturn)) void stk_child(const struct stk_plan *plan, int errfd,
     if (unshare(CLONE_NEWCGROUP) < 0) stk_fail(errfd, STK_STAGE_CGROUPNS);
     if (sethostname(plan->hostname, stk_strlen(plan->hostname)) < 0) stk_fail(errfd, STK_STAGE_HOSTNAME);
 
-    if (plan->loopback_up && stk_unprivileged_ports() < 0) stk_fail(errfd, STK_STAGE_NETWORK);
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) stk_fail(errfd, STK_STAGE_MOUNT_PRIVATE);
     if (plan->root_fd >= 0) {
         if (syscall(SYS_move_mount, plan->root_fd, "", AT_FDCWD, plan->root, MOVE_MOUNT_F_EMPTY_PATH) < 0)
@@ -433,7 +399,6 @@ __attribute__((noreturn)) void stk_child(const struct stk_plan *plan, int errfd,
     if (plan->root_readonly && stk_mount_setattr("/", 0, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV) < 0)
         stk_fail(errfd, STK_STAGE_PIVOT_ROOT);
 
-    if (plan->loopback_up && stk_loopback_up() < 0) stk_fail(errfd, STK_STAGE_NETWORK);
     if (chdir(plan->workdir) < 0) stk_fail(errfd, STK_STAGE_WORKDIR);
 
     if (setsid() < 0) stk_fail(errfd, STK_STAGE_SETSID);

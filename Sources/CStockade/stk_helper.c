@@ -5,10 +5,12 @@
 #define _GNU_SOURCE
 #include "stk_helper.h"
 #include "stk_internal.h"
+#include "stk_net.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/filter.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -31,7 +33,7 @@
 #define STK_WIRE_MAGIC 0x53544b31u /* "STK1" */
 #define STK_WIRE_NULL 0xffffffffu
 
-__attribute__((noreturn)) static void stk_helper_main(int sock, pid_t parent, void *scrub, size_t scrub_len);
+__attribute__((noreturn)) static void stk_helper_main(int sock, pid_t parent, void *scrub, size_t scrub_len, int netns_ahead);
 
 /* ---------- encoding (supervisor side) ---------- */
 
@@ -351,7 +353,7 @@ struct stk_wire_result {
 
 /* ---------- client (supervisor side) ---------- */
 
-int stk_helper_start(void *scrub, size_t scrub_len, pid_t *pid) {
+int stk_helper_start(void *scrub, size_t scrub_len, int netns_ahead, pid_t *pid) {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) return -1;
     pid_t parent = getpid();
@@ -364,7 +366,7 @@ int stk_helper_start(void *scrub, size_t scrub_len, pid_t *pid) {
         errno = err;
         return -1;
     }
-    if (child == 0) stk_helper_main(sv[1], parent, scrub, scrub_len);
+    if (child == 0) stk_helper_main(sv[1], parent, scrub, scrub_len, netns_ahead);
     close(sv[1]);
     *pid = child;
     return sv[0];
@@ -515,7 +517,59 @@ static void stk_helper_answer(int sock, const struct stk_spawn_result *r, int an
     }
 }
 
+/*
+ * Each worker's network namespace. The helper makes it (unshare, as host root), enters it, brings
+ * `lo` up if the run asks for loopback, and clones the worker's init there; the init is never
+ * given CLONE_NEWNET. Made for one run, handed to it once and closed here as soon as the clone is
+ * done: nothing of one run's network state can reach another. With `netns_ahead` > 0 the helper
+ * keeps that many made ahead, refilled after each spawn is answered, so making one (the largest
+ * kernel step of a run) is off the run's path; its tear-down is the kernel's, after the run.
+ *
+ * The namespace is owned by the host's user namespace, not the worker's: root in the worker's
+ * user namespace holds no capability over it (it cannot configure interfaces, routes or
+ * netfilter, or change a net sysctl), and the helper sets up what the run needs first.
+ */
+#define STK_NETNS_MAX_AHEAD 4
+static int stk_netns_home = -1;
+static int stk_netns_ready[STK_NETNS_MAX_AHEAD];
+static int stk_netns_count;
+static int stk_netns_depth;
+
+static int stk_netns_take(void) {
+    if (stk_netns_count > 0) return stk_netns_ready[--stk_netns_count];
+    return stk_netns_make(stk_netns_home);
+}
+
+static void stk_netns_refill(void) {
+    while (stk_netns_count < stk_netns_depth) {
+        int fd = stk_netns_make(stk_netns_home);
+        if (fd < 0) return; /* the next spawn makes its own and reports why it cannot */
+        stk_netns_ready[stk_netns_count++] = fd;
+    }
+}
+
+/* The spawn, with the helper inside the run's own network namespace from before the clone until
+   the child is released (the egress listener is made there too); back home before answering. */
+static void stk_spawn_in_netns(const struct stk_plan *plan, struct stk_spawn_result *result, int parent_pidfd, int *sock) {
+    int netns = stk_netns_take();
+    if (netns < 0 || setns(netns, CLONE_NEWNET) < 0) {
+        result->stage = STK_STAGE_NETWORK;
+        result->error = errno;
+        if (netns >= 0) close(netns);
+        return;
+    }
+    if (plan->loopback_up && stk_netns_loopback() < 0) {
+        result->stage = STK_STAGE_NETWORK;
+        result->error = errno;
+    } else {
+        (void)stk_spawn(plan, result, parent_pidfd, stk_helper_started, sock);
+    }
+    if (setns(stk_netns_home, CLONE_NEWNET) < 0) abort();
+    close(netns);
+}
+
 __attribute__((noreturn)) static void stk_helper_serve(int sock, int parent_pidfd) {
+    stk_netns_refill();
     for (;;) {
         char byte;
         int fds[STK_WIRE_MAX_FDS + 1];
@@ -537,7 +591,7 @@ __attribute__((noreturn)) static void stk_helper_serve(int sock, int parent_pidf
             struct stk_plan plan;
             struct stk_decoded decoded;
             if (stk_decode(&in, &plan, &decoded) == 0) {
-                (void)stk_spawn(&plan, &result, parent_pidfd, stk_helper_started, &sock);
+                stk_spawn_in_netns(&plan, &result, parent_pidfd, &sock);
             } else {
                 result.stage = STK_STAGE_HELPER;
                 result.error = EPROTO;
@@ -551,6 +605,7 @@ __attribute__((noreturn)) static void stk_helper_serve(int sock, int parent_pidf
         if (result.notify_fd >= 0) close(result.notify_fd);
         if (result.status_fd >= 0) close(result.status_fd);
         if (result.listen_fd >= 0) close(result.listen_fd);
+        stk_netns_refill();
     }
 }
 
@@ -560,7 +615,7 @@ __attribute__((noreturn)) static void stk_helper_serve(int sock, int parent_pidf
  * supervisor's but its memory (the workers' inits are copies of it, and the
  * argv there is zeroed) and the socket.
  */
-__attribute__((noreturn)) static void stk_helper_main(int sock, pid_t parent, void *scrub, size_t scrub_len) {
+__attribute__((noreturn)) static void stk_helper_main(int sock, pid_t parent, void *scrub, size_t scrub_len, int netns_ahead) {
     /* Die with the thread that forked us; if that already happened, stop now. */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0 || getppid() != parent) _exit(1);
     /* Whatever the supervisor has open (other runs' pipes, the audit database) is not the helper's
@@ -574,6 +629,10 @@ __attribute__((noreturn)) static void stk_helper_main(int sock, pid_t parent, vo
     /* Inits check the supervisor through this once their parent-death signal is set again. */
     int parent_pidfd = (int)syscall(SYS_pidfd_open, parent, 0);
     if (parent_pidfd < 0 || fcntl(parent_pidfd, F_SETFD, FD_CLOEXEC) < 0) _exit(1);
+    /* The host's network namespace, to come back to after making or entering a worker's. */
+    stk_netns_home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (stk_netns_home < 0) _exit(1);
+    stk_netns_depth = netns_ahead < 0 ? 0 : netns_ahead > STK_NETNS_MAX_AHEAD ? STK_NETNS_MAX_AHEAD : netns_ahead;
     (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     (void)prctl(PR_SET_NAME, "stockade-spawn", 0, 0, 0);
     /* Workers inherit the helper's supplementary groups and cannot drop them

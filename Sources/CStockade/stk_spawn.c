@@ -101,7 +101,9 @@ int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result, int 
     int pidfd = -1;
     struct clone_args args;
     memset(&args, 0, sizeof args);
-    args.flags = CLONE_PIDFD | CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC;
+    /* No CLONE_NEWNET: the helper has entered the worker's own network namespace, made for
+       this run alone (stk_helper.c), and the child is born in it. */
+    args.flags = CLONE_PIDFD | CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC;
     args.pidfd = (uint64_t)(uintptr_t)&pidfd;
     /* The child's parent is the caller's parent (the supervisor), which reaps
        it; the kernel takes the exit signal from the caller's (exit_signal stays 0). */

@@ -1,5 +1,5 @@
 /// The resource limits of one run, as the drivers write them.
-public struct CgroupLimits: Sendable, Equatable {
+public struct CgroupLimits: Sendable, Hashable {
     /// Memory limit; memory plus swap is limited to the same value where the kernel accounts swap.
     public var memoryBytes: Int64
     /// CPU bandwidth in CPUs: a CFS quota of `cpus` × the 100 ms period.

@@ -34,6 +34,7 @@ public final class Spawner: Sendable {
         // Without a plan, the job forks `helpers` spawn helpers (see `prepare`).
         let plan: SpawnPlan?
         let helpers: Int
+        var netnsAhead = 0
         let done: @Sendable (stk_spawn_result) -> Void
     }
 
@@ -72,14 +73,16 @@ public final class Spawner: Sendable {
 
     /// Forks `helpers` spawn helpers (1 to 4: how many spawns can be under way at once) and waits for
     /// them. Only the first call forks; call it before loading anything a worker must not see.
-    public func prepare(helpers: Int = 1) {
+    /// `netnsAhead`: how many workers' network namespaces each helper keeps made ahead (0 to 4: a
+    /// process that runs many workers); 0 makes each at its spawn.
+    public func prepare(helpers: Int = 1, netnsAhead: Int = 0) {
         guard pool.withLock({ p in
             defer { p.prepared = true }
             return !p.prepared
         }) else { return }
         let forked = Semaphore()
         let count = min(max(helpers, 1), Self.threadCount)
-        jobs.withLock { $0.append(Job(plan: nil, helpers: count, done: { _ in forked.signal() })) }
+        jobs.withLock { $0.append(Job(plan: nil, helpers: count, netnsAhead: netnsAhead, done: { _ in forked.signal() })) }
         ready.signal()
         forked.wait()
     }
@@ -111,7 +114,7 @@ public final class Spawner: Sendable {
             result.detail = -1
             result.listen_fd = -1
             guard let plan = job.plan else {
-                forkHelpers(job.helpers)
+                forkHelpers(job.helpers, netnsAhead: job.netnsAhead)
                 job.done(result)
                 continue
             }
@@ -135,12 +138,12 @@ public final class Spawner: Sendable {
         }
     }
 
-    private func forkHelpers(_ count: Int) {
+    private func forkHelpers(_ count: Int, netnsAhead: Int) {
         let (scrub, scrubLength) = Self.argumentArea()
         var made = 0
         for _ in 0..<count {
             var pid: pid_t = 0
-            let socket = stk_helper_start(scrub, scrubLength, &pid)
+            let socket = stk_helper_start(scrub, scrubLength, Int32(clamping: netnsAhead), &pid)
             guard socket >= 0 else { break }
             pool.withLock { p in
                 p.idle.append(Helper(socket: socket, pid: pid))

@@ -73,7 +73,8 @@ public enum StockadeService {
         let tokens: TokenStore
         do {
             supervisor = try Supervisor(stateDirectory: options.stateDirectory, catalog: .standard(), environment: environment, logger: logger,
-                                        store: options.store, storeConnections: options.storeConnections)
+                                        store: options.store, storeConnections: options.storeConnections,
+                                        cgroupsAhead: min(options.maxRunning, 4))
             tokens = try supervisor.openTokens()
         } catch {
             throw ServiceFailure(description: "\(error)")
@@ -155,9 +156,12 @@ public enum StockadeService {
         do {
             try await group.run()
         } catch {
+            supervisor.closeCgroups()
             if case .unix(let path) = listen { unlink(path) }
             throw ServiceFailure(description: "the service stopped: \(error)")
         }
+        // The cgroups made ahead, and those of the last runs, are removed before the service ends.
+        supervisor.closeCgroups()
         if case .unix(let path) = listen { unlink(path) }
         logger.notice("service.stopped")
     }

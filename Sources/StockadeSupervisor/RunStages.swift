@@ -146,13 +146,15 @@ extension Supervisor {
         }
         scope.onClose { withExtendedLifetime(ids) {} }
         let cgroup: RunCgroup
+        let pool: CgroupPool
         do {
-            cgroup = try cgroups.get().create(name: scope.runId, limits: CgroupLimits(memoryBytes: profile.limits.memoryBytes,
-                                                                                      cpus: profile.limits.cpus, pids: profile.limits.pids))
+            pool = try cgroupPool.get()
+            cgroup = try pool.take(limits: CgroupLimits(memoryBytes: profile.limits.memoryBytes, cpus: profile.limits.cpus, pids: profile.limits.pids))
         } catch {
             throw SetupFailure(stage: .cgroup, errno: error.errno ?? 0, message: "cannot limit the worker: \(error.description)")
         }
-        scope.onClose { try? cgroup.remove() }
+        // Removed after the report is made, off the run's path; the id range is given back only once it is gone.
+        scope.onClose { pool.retire(cgroup) { withExtendedLifetime(ids) {} } }
         let hostUid = ids.base + profile.user.uid
         let hostGid = ids.base + profile.user.gid
 

@@ -23,6 +23,8 @@ public final class Supervisor: Sendable {
     public let store: StoreURL
     /// The host's cgroup driver, or why there is none (runs then fail closed).
     let cgroups: Result<any CgroupDriver, CgroupError>
+    /// Run cgroups made ahead and removed after their runs, off the runs' path (over `cgroups`).
+    let cgroupPool: Result<CgroupPool, CgroupError>
     let logger: Logger
     let hostEnvironment: [String: String]
     /// Resolves each run from its profile, options, manifest and image (pure).
@@ -33,9 +35,11 @@ public final class Supervisor: Sendable {
     /// Forks the spawn helper, for a command that is about to run workers: call it first, before the
     /// supervisor opens its audit store or loads any profile or secret, so the helper (and every
     /// worker's init, a copy of it) holds none of that.
-    /// `concurrency`: how many spawns may be under way at once (1 to 4 helpers).
-    public static func prepareToSpawn(concurrency: Int = 1) {
-        Spawner.shared.prepare(helpers: concurrency)
+    /// `concurrency`: how many spawns may be under way at once (1 to 4 helpers). `ahead`: for a
+    /// process that runs many workers, each helper keeps a fresh network namespace made ahead
+    /// (one per run, never reused), so making it is off the run's path.
+    public static func prepareToSpawn(concurrency: Int = 1, ahead: Bool = false) {
+        Spawner.shared.prepare(helpers: concurrency, netnsAhead: ahead ? 1 : 0)
     }
 
     /// `readOnly`: for commands that only query the state (audit events/runs/verify, review list/show):
@@ -43,8 +47,11 @@ public final class Supervisor: Sendable {
     /// through such a supervisor fails closed.
     /// `store`: the audit store (nil: `<stateDirectory>/audit.sqlite`); `storeConnections`: how many
     /// connections to a PostgreSQL store this process may hold at once.
+    /// `cgroupsAhead`: how many run cgroups to keep made ahead for each set of limits (a supervisor
+    /// that runs many workers: `batch`, `serve`); 0 makes each when its run asks for it.
     public init(stateDirectory: String, catalog: ProfileCatalog, environment: [String: String], logger: Logger,
-                readOnly: Bool = false, store: StoreURL? = nil, storeConnections: Int = StoreOpener.defaultConnections) throws(SupervisorError) {
+                readOnly: Bool = false, store: StoreURL? = nil, storeConnections: Int = StoreOpener.defaultConnections,
+                cgroupsAhead: Int = 0) throws(SupervisorError) {
         self.stateDirectory = stateDirectory
         self.catalog = catalog
         self.logger = logger
@@ -60,6 +67,7 @@ public final class Supervisor: Sendable {
                 throw SupervisorError(.audit, "cannot open the audit store: \(error)")
             }
             cgroups = .failure(CgroupError(.noCgroupFilesystem, "this supervisor was opened read-only, for queries: it runs no workers"))
+            cgroupPool = cgroups.map { CgroupPool(driver: $0, prefix: "", depth: 0) }
             return
         }
         try Self.makeDirectory(stateDirectory)
@@ -77,12 +85,16 @@ public final class Supervisor: Sendable {
             throw SupervisorError(.audit, "cannot open the audit store: \(error)")
         }
         cgroups = Result { () throws(CgroupError) in try Cgroups.detect() }
+        cgroupPool = cgroups.map { CgroupPool(driver: $0, prefix: Self.poolPrefix(pid: getpid(), startTime: ProcessIdentity.currentStartTime),
+                                              depth: cgroupsAhead) }
         if case .success(let driver) = cgroups {
             let runs = stateDirectory + "/runs/"
-            // A run of this state directory is stale once its lock is free; a cgroup with no run here
-            // (a supervisor that died with its state directory removed) once it is empty and old.
+            // A pool's cgroup is stale once the supervisor that made it is gone. A run of this state
+            // directory is stale once its lock is free; a cgroup with no run here (a supervisor that
+            // died with its state directory removed) once it is empty and old.
             let removed = driver.removeStale { name in
-                switch Self.runLock(runs + name) {
+                if let owner = Self.poolOwner(name) { return ProcessIdentity.isAlive(pid: owner.pid, startTime: owner.startTime) }
+                return switch Self.runLock(runs + name) {
                 case .held: true
                 case .free: false
                 case .missing: !driver.isAbandoned(name: name, olderThan: Self.abandonedCgroupAge)
@@ -99,6 +111,29 @@ public final class Supervisor: Sendable {
 
     /// Seconds after which an empty run cgroup that no run of this state directory owns is removed.
     static let abandonedCgroupAge = 60
+
+    /// Run cgroups of a supervisor's pool are named `p-<pid>-<start time>-<n>` (run ids never start
+    /// with `p-`): any supervisor can tell whether the pool's owner still lives.
+    static func poolPrefix(pid: Int32, startTime: UInt64) -> String {
+        "p-\(pid)-\(startTime)-"
+    }
+
+    /// The owner a pool cgroup's name gives, or nil for a name that is not a pool's.
+    static func poolOwner(_ name: String) -> (pid: Int32, startTime: UInt64)? {
+        let parts = name.split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count == 4, parts[0] == "p", let pid = Int32(parts[1]), let start = UInt64(parts[2]), UInt64(parts[3]) != nil else { return nil }
+        return (pid, start)
+    }
+
+    /// Waits until the cgroups of finished runs are removed (their reports were answered first).
+    public func settle() {
+        if case .success(let pool) = cgroupPool { pool.settle() }
+    }
+
+    /// Removes the cgroups made ahead and waits for every removal under way: before the process exits.
+    public func closeCgroups() {
+        if case .success(let pool) = cgroupPool { pool.close() }
+    }
 
     enum RunLock { case held, free, missing }
 

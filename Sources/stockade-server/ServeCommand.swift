@@ -146,7 +146,7 @@ struct Serve: AsyncParsableCommand {
             throw ExitCode(1)
         }
         // The spawn helpers first, before the audit store, any profile or the HTTP stack exists.
-        Supervisor.prepareToSpawn(concurrency: min(maxRunning, 4))
+        Supervisor.prepareToSpawn(concurrency: min(maxRunning, 4), ahead: true)
         let environment = ProcessInfo.processInfo.environment
         var verify: VerifyOptions?
         if let verifyEvery {

@@ -38,9 +38,10 @@ struct Batch: AsyncParsableCommand {
         }
         let supervisor: Supervisor
         do {
-            Supervisor.prepareToSpawn(concurrency: parallel)
+            Supervisor.prepareToSpawn(concurrency: parallel, ahead: true)
             supervisor = try Supervisor(stateDirectory: state.resolved(), catalog: .standard(),
-                                        environment: ProcessEnvironment.current(), logger: Logger(label: "stockade"), store: resolveStore(state, nil))
+                                        environment: ProcessEnvironment.current(), logger: Logger(label: "stockade"), store: resolveStore(state, nil),
+                                        cgroupsAhead: min(parallel, 4))
         } catch {
             Console.error("stockade: \(error)")
             throw ExitCode(1)
@@ -104,6 +105,7 @@ struct Batch: AsyncParsableCommand {
             return invalid
         }
         if fd != 0 { close(fd) }
+        supervisor.closeCgroups()
         if await service.isClosed { throw ExitCode(130) }
         if invalid > 0 { throw ExitCode(1) }
     }

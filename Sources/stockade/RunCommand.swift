@@ -158,6 +158,8 @@ struct Run: AsyncParsableCommand {
         } else {
             Console.error(report.summary)
         }
+        // The report comes first; the run's cgroup is removed before the process ends.
+        supervisor.closeCgroups()
         throw ExitCode(report.exitStatus)
     }
 }

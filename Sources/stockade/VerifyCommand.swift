@@ -80,7 +80,7 @@ struct Verify: AsyncParsableCommand {
         }
         var reports: [VerificationReport] = []
         do {
-            Supervisor.prepareToSpawn(concurrency: 4)
+            Supervisor.prepareToSpawn(concurrency: 4, ahead: true)
             let supervisor = try Supervisor(stateDirectory: state.resolved(), catalog: .standard(),
                                             environment: ProcessEnvironment.current(), logger: Logger(label: "stockade"), store: resolveStore(state, nil))
             for name in names {
@@ -94,6 +94,7 @@ struct Verify: AsyncParsableCommand {
                 }
                 reports.append(report)
             }
+            supervisor.closeCgroups()
         } catch {
             Console.error("stockade verify: \(error)")
             throw ExitCode(1)

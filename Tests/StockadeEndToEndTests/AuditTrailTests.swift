@@ -9,6 +9,15 @@ func auditEvents(_ h: Harness, _ args: [String] = []) throws -> [[String: Any]] 
     }
 }
 
+/// The directories of a run's cgroup, as its `worker.started` event records them (one per v1 hierarchy).
+func runCgroupPaths(_ h: Harness, _ runId: String) throws -> [String] {
+    let started = try #require(try auditEvents(h, ["--run", runId]).first { $0["kind"] as? String == "worker.started" }, "no worker.started for \(runId)")
+    let cgroup = try #require((started["detail"] as? [String: Any])?["cgroup"] as? [String: Any], "\(started)")
+    let paths = try #require(cgroup["paths"] as? [String], "\(cgroup)")
+    try #require(!paths.isEmpty)
+    return paths
+}
+
 @Suite("the audit trail, end to end", .serialized,
        .enabled(if: Harness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(3)))
 struct AuditTrailTests {

@@ -55,8 +55,11 @@ struct CancellationTests {
         #expect(finished != nil)
         let runs = try h.stockade(["audit", "runs", "--json"])
         #expect(runs.stdout.contains("\"cancelled\""), "\(runs.stdout)")
-        // The run's cgroup is gone.
-        #expect(!FileManager.default.fileExists(atPath: "/sys/fs/cgroup/memory/stockade/\(runId)"))
+        // The run's cgroup is gone (its hierarchies stay).
+        for path in try runCgroupPaths(h, runId) {
+            #expect(!FileManager.default.fileExists(atPath: path), "\(path) is still there")
+            #expect(FileManager.default.fileExists(atPath: (path as NSString).deletingLastPathComponent))
+        }
     }
 
     static func waitForWorkerGone(_ marker: String) -> Bool {

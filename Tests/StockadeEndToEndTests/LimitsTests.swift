@@ -59,8 +59,11 @@ struct LimitsTests {
         let h = try Harness()
         let r = try h.run([], ["/bin/sh", "-c", "cat /proc/self/cgroup"])
         let runId = try #require(try r.report().string("runId"))
-        for root in ["/sys/fs/cgroup/memory/stockade", "/sys/fs/cgroup/pids/stockade", "/sys/fs/cgroup/stockade"] {
-            #expect(!FileManager.default.fileExists(atPath: root + "/" + runId))
+        // Every hierarchy's directory, as recorded when the worker started: gone once the command has exited.
+        let paths = try runCgroupPaths(h, runId)
+        for path in paths {
+            #expect(!FileManager.default.fileExists(atPath: path), "\(path) is still there")
+            #expect(FileManager.default.fileExists(atPath: (path as NSString).deletingLastPathComponent))
         }
     }
 

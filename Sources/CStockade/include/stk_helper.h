@@ -24,9 +24,11 @@
  * Forks a helper from the calling thread (it must live as long as the
  * workers: their parent-death signal follows the thread that started the
  * helper). `scrub` is the supervisor's argv area, zeroed in the helper so no
- * init shows it. Returns the socket to the helper and sets *pid, or -1 with errno.
+ * init shows it. `netns_ahead`: how many workers' network namespaces the
+ * helper keeps made ahead (0 to 4; 0 makes each at its spawn). Returns the
+ * socket to the helper and sets *pid, or -1 with errno.
  */
-int stk_helper_start(void *_Nullable scrub, size_t scrub_len, pid_t *_Nonnull pid);
+int stk_helper_start(void *_Nullable scrub, size_t scrub_len, int netns_ahead, pid_t *_Nonnull pid);
 
 /*
  * Spawns `plan` through the helper on `sock`; fills `result` like stk_spawn.

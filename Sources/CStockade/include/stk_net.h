@@ -35,5 +35,22 @@ int stk_accept_cloexec(int fd);
  */
 int stk_listen_in_netns(pid_t pid, uint16_t port);
 
+/*
+ * A new network namespace, made by the calling thread (unshare) and left at
+ * once (setns back to `home`, aborting if that fails: the thread must not
+ * stay there). Returns a descriptor of it, or -1 with errno set. The spawn
+ * helper makes each worker's namespace this way, ahead of the run that uses it.
+ */
+int stk_netns_make(int home);
+
+/*
+ * In the calling thread's network namespace: `lo` up, and every port
+ * bindable without a capability (ip_unprivileged_port_start = 0, as Docker
+ * does; a kernel without the knob, before 4.11, is left as it is). The
+ * helper calls it inside a worker's namespace before the clone. Returns 0, or
+ * -1 with errno set.
+ */
+int stk_netns_loopback(void);
+
 #pragma clang assume_nonnull end
 #endif
