@@ -345,11 +345,14 @@ __attribute__((noreturn)) void stk_child(const struct stk_plan *plan, int errfd,
 
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) stk_fail(errfd, STK_STAGE_PARENT_DEATH);
 
-    /* Wait until the parent has written the id maps and placed us in the cgroup. */
+    /* Wait until the parent has written the id maps. */
     char go = 0;
     ssize_t got;
     do got = read(syncfd, &go, 1); while (got < 0 && errno == EINTR);
     if (got != 1) _exit(127);
+    /* Into the run cgroup (v1; on v2 the clone placed us there), before anything is charged. */
+    for (size_t i = 0; i < plan->cgroup_procs_count; i++)
+        if (pwrite(plan->cgroup_procs_fds[i], "0", 1, 0) != 1) stk_fail(errfd, STK_STAGE_CGROUP);
 
     /* Become root of the new user namespace so files we create have a mapped owner.
        Raw syscalls: glibc's setresuid() signals every thread it knows of, and

@@ -46,14 +46,6 @@ static int stk_write_maps(pid_t pid, const struct stk_plan *plan) {
     return stk_write_file(path, plan->gid_map);
 }
 
-static int stk_join_cgroups(pid_t pid, const struct stk_plan *plan) {
-    char text[16];
-    int len = snprintf(text, sizeof text, "%d", (int)pid);
-    for (size_t i = 0; i < plan->cgroup_procs_count; i++)
-        if (pwrite(plan->cgroup_procs_fds[i], text, (size_t)len, 0) != len) return -1;
-    return 0;
-}
-
 static int stk_receive_fd(int sock) {
     char byte;
     int fd = -1, count = 0;
@@ -167,11 +159,6 @@ int stk_spawn(const struct stk_plan *plan, struct stk_spawn_result *result, int 
 
     if (stk_write_maps((pid_t)pid, plan) < 0) {
         result->stage = STK_STAGE_USERNS_MAP;
-        result->error = errno;
-        goto fail_child;
-    }
-    if (stk_join_cgroups((pid_t)pid, plan) < 0) {
-        result->stage = STK_STAGE_CGROUP;
         result->error = errno;
         goto fail_child;
     }

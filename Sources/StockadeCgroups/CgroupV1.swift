@@ -2,7 +2,8 @@ import Glibc
 
 /// cgroup v1: one hierarchy per mounted controller (co-mounted controllers share one). A run cgroup is a
 /// directory `<parent>/<name>` in the memory, cpu, cpuacct, pids and freezer hierarchies; the spawner
-/// writes the worker's pid into each hierarchy's `cgroup.procs` before releasing it.
+/// hands the worker's init a write-only descriptor of each hierarchy's `tasks` file, and init writes
+/// `0` into each, moving itself, before it does anything else.
 public struct CgroupV1: CgroupDriver {
     /// The controllers a run needs: limits (memory, cpu, pids), CPU accounting (cpuacct), and a freezer
     /// so `killAll` can stop forks while it signals.
@@ -78,7 +79,9 @@ public struct CgroupV1: CgroupDriver {
             try CgroupFiles.write(String(limits.cpuQuotaMicros), to: dirs.cpu + "/cpu.cfs_quota_us")
             try CgroupFiles.write(String(limits.pids), to: dirs.pids + "/pids.max")
             for path in made {
-                joins.append(try CgroupFiles.openDescriptor(path + "/cgroup.procs", flags: O_WRONLY, what: "cgroup.procs to place the worker"))
+                // `tasks`, not `cgroup.procs`: init moves itself (its only thread), which the kernel
+                // does without write-locking its global cgroup_threadgroup_rwsem (stk_spawn.h).
+                joins.append(try CgroupFiles.openDescriptor(path + "/tasks", flags: O_WRONLY, what: "tasks to place the worker"))
             }
         } catch {
             for fd in joins { close(fd) }

@@ -62,8 +62,8 @@ public final class RunCgroup: Sendable, CustomStringConvertible {
         "cgroup \(version.rawValue) run \(name) at \(paths.joined(separator: ", "))"
     }
 
-    /// v1: a write-only descriptor of `cgroup.procs` per hierarchy; the spawner `pwrite`s the child's pid
-    /// into each before releasing it. Empty on v2, and after `remove()`.
+    /// v1: a write-only descriptor of `tasks` per hierarchy; the worker's init `pwrite`s `0` (itself)
+    /// into each as its first step. Empty on v2, and after `remove()`.
     public var joinDescriptors: [Int32] {
         descriptors.withLock { $0.join }
     }

@@ -108,8 +108,11 @@ struct stk_plan {
        result->listen_fd: it exists before any worker code runs. */
     int listen_port;
 
-    /* cgroup: fds of cgroup.procs files the parent writes the pid into before
-       releasing the child; or a v2 cgroup directory fd for CLONE_INTO_CGROUP (-1 if none). */
+    /* cgroup v1: fds of the run cgroup's `tasks` files, opened by root, into which the child
+       writes "0" (itself) first thing once released: a thread that moves itself does not take the
+       kernel's global cgroup_threadgroup_rwsem for writing, so no RCU grace period (often 10 ms
+       or more) is waited for on the run's path, as a write of its pid into cgroup.procs would.
+       cgroup v2: a cgroup directory fd for CLONE_INTO_CGROUP (-1 if none). */
     const int *_Nullable cgroup_procs_fds;
     size_t cgroup_procs_count;
     int cgroup_dir_fd;
