@@ -32,9 +32,9 @@ OUT="${STOCKADE_BENCH_OUT:-$OUTDIR/results.md}"
 if [ "$(id -u)" -ne 0 ]; then echo "run.sh: run as root (cgroups, namespaces, id maps)" >&2; exit 1; fi
 
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need bwrap || ! need hyperfine; then
-    echo "run.sh: installing bubblewrap and hyperfine" >&2
-    apt-get install -y bubblewrap hyperfine >&2
+if ! need bwrap || ! need hyperfine || ! need perf; then
+    echo "run.sh: installing bubblewrap, hyperfine and perf" >&2
+    apt-get install -y bubblewrap hyperfine linux-perf >&2
 fi
 need python3 || { echo "run.sh: python3 is needed to summarise hyperfine's JSON" >&2; exit 1; }
 
@@ -153,6 +153,66 @@ kill "$SERVER_PID" 2>/dev/null || true
 wait "$SERVER_PID" 2>/dev/null || true
 echo "== (5) the service: throughput from 8 clients, latency, RSS with 100 queued and 50 running" >&2
 SERVE_ROWS="$("$BENCH" serve --server "$SERVER" --stockade "$STOCKADE" --work "$WORK/serve" $QFLAG)"
+# ---------------------------------------------------------------- (7) the run-cost targets, side by side
+# CPU per isolated /bin/true run: `perf stat` (task-clock of the process and all its children) over the
+# same number of runs, stockade batch --parallel 1 against the floor, interleaved rounds; throughput: the
+# wall time of stockade batch over the same requests at --parallel 2, 4 and 8 (the best is the figure).
+echo "== (7) run cost: CPU per run with perf stat (stockade batch vs the floor), batch throughput" >&2
+CPU_RUNS=$([ "$QUICK" = 1 ] && echo 100 || echo 300)
+CPU_REQ="$WORK/cpu-requests.jsonl"
+python3 -c "import sys; [print('{\"id\":\"r%d\",\"command\":[\"/bin/true\"]}' % i) for i in range(int(sys.argv[1]))]" "$CPU_RUNS" > "$CPU_REQ"
+: > "$OUTDIR/cost.txt"
+for round in 1 2 3; do
+    perf stat -x, -e task-clock -o "$OUTDIR/perf-stockade.txt" "$STOCKADE" batch --parallel 1 --state-dir "$WORK/cpu-$round" "$CPU_REQ" > /dev/null
+    echo "stockade $(grep task-clock "$OUTDIR/perf-stockade.txt" | cut -d, -f1)" >> "$OUTDIR/cost.txt"
+    perf stat -x, -e task-clock -o "$OUTDIR/perf-floor.txt" "$FLOOR" -n "$CPU_RUNS" -q
+    echo "floor $(grep task-clock "$OUTDIR/perf-floor.txt" | cut -d, -f1)" >> "$OUTDIR/cost.txt"
+done
+for parallel in 2 4 8; do
+    for round in 1 2; do
+        start=$(date +%s.%N)
+        "$STOCKADE" batch --parallel "$parallel" --state-dir "$WORK/tp-$parallel-$round" "$CPU_REQ" > "$OUTDIR/tp.jsonl"
+        end=$(date +%s.%N)
+        echo "batch$parallel $(grep -c '"exitCode":0' "$OUTDIR/tp.jsonl") $start $end" >> "$OUTDIR/cost.txt"
+    done
+done
+COST_ROWS="$(SERVE_ROWS="$SERVE_ROWS" python3 - "$OUTDIR/cost.txt" "$OUTDIR/whole.json" "$CPU_RUNS" <<'PY'
+import json, statistics, sys, re
+cost, whole, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+cpu = {"stockade": [], "floor": []}
+best = (0.0, "")
+for line in open(cost):
+    parts = line.split()
+    if parts[0] in cpu:
+        cpu[parts[0]].append(float(parts[1]) / runs)
+    else:
+        ok, start, end = int(parts[1]), float(parts[2]), float(parts[3])
+        rate = ok / (end - start)
+        if rate > best[0]: best = (rate, parts[0][5:])
+s, f = statistics.median(cpu["stockade"]), statistics.median(cpu["floor"])
+def median(r):
+    t = sorted(r["times"]); return t[len(t) // 2]
+res = {r["command"]: median(r) for r in json.load(open(whole))["results"]}
+bw = next(v for k, v in res.items() if k.startswith("bwrap"))
+warm = next(v for k, v in res.items() if "warm service" in k)
+alone = next(v for k, v in res.items() if k.startswith("stockade run -- /bin/true (state on disk)"))
+print("| CPU per isolated `/bin/true` run, in process (`perf stat`, batch `--parallel 1`, %d runs × 3) | %.2f ms (rounds %s) | floor %.2f ms | %.2f × floor | ≤ 1.5 × floor | %s |"
+      % (runs, s, ", ".join("%.2f" % x for x in cpu["stockade"]), f, s / f, "met" if s / f <= 1.5 else "not met"))
+print("| isolated runs per second on %s cores, `stockade batch` (best of `--parallel` 2/4/8, %d runs, 2 rounds) | %.0f runs/s (`--parallel` %s) | – | – | ≥ 500 runs/s | %s |"
+      % (open("/proc/cpuinfo").read().count("processor\t:"), runs, best[0], best[1], "met" if best[0] >= 500 else "not met"))
+import os
+service = [(float(m.group(2)), m.group(1)) for m in re.finditer(r"service: /bin/true runs/s, 8 clients, (--max-running \d+) \| (\d+) runs/s", os.environ.get("SERVE_ROWS", ""))]
+if service:
+    rate, how = max(service)
+    print("| isolated runs per second on %s cores, through the service (8 clients, best of section 5's rows) | %.0f runs/s (%s) | – | – | ≥ 500 runs/s | %s |"
+          % (open("/proc/cpuinfo").read().count("processor\t:"), rate, how, "met" if rate >= 500 else "not met"))
+print("| one-shot `stockade --host … run -- /bin/true`, warm service (hyperfine, section 1) | %.2f ms | bwrap %.2f ms | %.2f × bwrap | ≤ 0.8 × bwrap | %s |"
+      % (warm * 1000, bw * 1000, warm / bw, "met" if warm / bw <= 0.8 else "not met"))
+print("| one-shot `stockade run -- /bin/true`, standalone, state on disk (section 1) | %.2f ms | bwrap %.2f ms | %.2f × bwrap | at least halved from 5.97 × (≤ 2.99 ×) | %s |"
+      % (alone * 1000, bw * 1000, alone / bw, "met" if alone / bw <= 2.99 else "not met"))
+PY
+)"
+
 NODE_ROWS=""
 if [ -n "$PG_URL" ]; then
     echo "== (6) many nodes on one PostgreSQL store: runs/s with 1, 2 and 3 nodes" >&2
@@ -179,6 +239,12 @@ LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
     echo "$RSS_ROWS"
     echo "$COMPONENT_ROWS"
     echo "$SERVE_ROWS"
+    echo
+    echo "Run cost, the four figures side by side (issue 21's targets):"
+    echo
+    echo "| figure | Stockade | reference | ratio | target | met? |"
+    echo "|---|---|---|---|---|---|"
+    echo "$COST_ROWS"
     if [ -n "$NODE_ROWS" ]; then echo; echo "Many nodes on one PostgreSQL store (Benchmarks/nodes.py):"; echo; echo "$NODE_ROWS"; fi
 } | tee "$OUT"
 echo "run.sh: written to $OUT" >&2
