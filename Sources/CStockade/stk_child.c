@@ -350,14 +350,17 @@ __attribute__((noreturn)) void stk_child(const struct stk_plan *plan, int errfd,
     ssize_t got;
     do got = read(syncfd, &go, 1); while (got < 0 && errno == EINTR);
     if (got != 1) _exit(127);
-    /* Into the run cgroup (v1; on v2 the clone placed us there), before anything is charged. */
-    for (size_t i = 0; i < plan->cgroup_procs_count; i++)
-        if (pwrite(plan->cgroup_procs_fds[i], "0", 1, 0) != 1) stk_fail(errfd, STK_STAGE_CGROUP);
 
     /* Become root of the new user namespace so files we create have a mapped owner.
        Raw syscalls: glibc's setresuid() signals every thread it knows of, and
        this copy of a multithreaded process has only one, so it would hang. */
     if (syscall(SYS_setresgid, 0, 0, 0) < 0 || syscall(SYS_setresuid, 0, 0, 0) < 0) stk_fail(errfd, STK_STAGE_IDENTITY);
+    /* Into the run cgroup (v1; on v2 the clone placed us there), before any worker code runs. After
+       the identity change, so the write is allowed both where the kernel judges it by the file
+       opener's credentials (root's) and, on kernels before that rule (CVE-2021-4197), by ours
+       (effective uid equal to our own uid). */
+    for (size_t i = 0; i < plan->cgroup_procs_count; i++)
+        if (pwrite(plan->cgroup_procs_fds[i], "0", 1, 0) != 1) stk_fail(errfd, STK_STAGE_CGROUP);
     /* The identity change cleared the parent-death signal: set it again, then
        make sure the parent did not die before it was set. The parent holds the
        sync pipe's write end until the worker has exec'd, so a hang-up means it is gone. */

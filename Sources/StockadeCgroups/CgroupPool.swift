@@ -20,9 +20,17 @@ public final class CgroupPool: Sendable {
         /// Ready cgroups by the limits they were made with, and the order the limits were last asked for.
         var ready: [CgroupLimits: [RunCgroup]] = [:]
         var recent: [CgroupLimits] = []
-        var next = 0
         var closed = false
+        /// Removals handed to the pool's thread and not yet done.
+        var retiring = 0
     }
+
+    /// One counter for the whole process: two pools (two supervisors in one process) share the prefix.
+    private static let counter = Mutex(0)
+    private static func nextNumber() -> Int { counter.withLock { $0 += 1; return $0 } }
+    /// Above this many removals waiting, a run's cgroup is removed on the run's own path (back-pressure:
+    /// a removal that hangs must not let waiting cgroups and their id ranges pile up without bound).
+    static let maxRetiring = 64
 
     private let driver: any CgroupDriver
     private let prefix: String
@@ -48,23 +56,40 @@ public final class CgroupPool: Sendable {
     /// making the next one for the same limits in the background.
     public func take(limits: CgroupLimits) throws(CgroupError) -> RunCgroup {
         try limits.validate()
-        let (ready, name): (RunCgroup?, String) = state.withLock { s in
+        let ready: RunCgroup? = state.withLock { s in
             if let i = s.recent.firstIndex(of: limits) { s.recent.remove(at: i) }
             s.recent.append(limits)
-            let ready = s.ready[limits]?.popLast()
-            s.next += 1
-            return (ready, prefix + String(s.next))
+            return s.ready[limits]?.popLast()
         }
         defer { refill(limits) }
-        if let ready { return ready }
-        return try driver.create(name: name, limits: limits)
+        // One that someone removed meanwhile (another supervisor's clean-up) is not handed out.
+        if let ready, ready.paths.allSatisfy({ CgroupFiles.exists($0) }) { return ready }
+        if let ready { retire(ready) }
+        return try driver.create(name: prefix + String(Self.nextNumber()), limits: limits)
     }
 
-    /// Removes `cgroup` (killing anything left in it) on the pool's thread, then calls `then`.
-    public func retire(_ cgroup: RunCgroup, then: @escaping @Sendable () -> Void = {}) {
-        queue.async(group: pending) {
-            try? cgroup.remove()
-            then()
+    /// Removes `cgroup` (killing anything left in it) on the pool's thread, then calls `removed`; if it
+    /// cannot be removed (a process that does not die), `failed` instead, and `removed` never: what the
+    /// run holds until its cgroup is gone (its host id range) stays held.
+    public func retire(_ cgroup: RunCgroup, failed: @escaping @Sendable (CgroupError) -> Void = { _ in },
+                       removed: @escaping @Sendable () -> Void = {}) {
+        let inline = state.withLock { s in
+            if s.retiring >= Self.maxRetiring { return true }
+            s.retiring += 1
+            return false
+        }
+        let work: @Sendable () -> Void = {
+            do throws(CgroupError) {
+                try cgroup.remove()
+                removed()
+            } catch {
+                failed(error)
+            }
+        }
+        if inline { return work() }
+        queue.async(group: pending) { [self] in
+            work()
+            state.withLock { $0.retiring -= 1 }
         }
     }
 
@@ -97,8 +122,7 @@ public final class CgroupPool: Sendable {
                     stale += s.ready.removeValue(forKey: s.recent.removeFirst()) ?? []
                 }
                 guard s.recent.contains(limits), (s.ready[limits]?.count ?? 0) < depth else { return (stale, nil) }
-                s.next += 1
-                return (stale, prefix + String(s.next))
+                return (stale, prefix + String(Self.nextNumber()))
             }
             for cgroup in stale { try? cgroup.remove() }
             guard let name, let made = try? driver.create(name: name, limits: limits) else { return }

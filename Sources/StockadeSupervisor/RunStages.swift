@@ -153,8 +153,15 @@ extension Supervisor {
         } catch {
             throw SetupFailure(stage: .cgroup, errno: error.errno ?? 0, message: "cannot limit the worker: \(error.description)")
         }
-        // Removed after the report is made, off the run's path; the id range is given back only once it is gone.
-        scope.onClose { pool.retire(cgroup) { withExtendedLifetime(ids) {} } }
+        // Removed after the report is made, off the run's path; the id range is given back only once it
+        // is gone (never, if it cannot be removed). A run that ends before `collect` emptied its cgroup
+        // (a setup failure after the spawn) has it emptied here, before its report exists.
+        scope.onClose { [logger, runId = scope.runId] in
+            if !scope.cgroupEmptied { _ = try? cgroup.killAll() }
+            pool.retire(cgroup, failed: { error in
+                logger.error("cgroup.remove-failed", metadata: ["run.id": "\(runId)", "cgroup": "\(cgroup.name)", "error": "\(error)"])
+            }, removed: { withExtendedLifetime(ids) {} })
+        }
         let hostUid = ids.base + profile.user.uid
         let hostGid = ids.base + profile.user.gid
 
@@ -230,6 +237,15 @@ extension Supervisor {
         spec.rlimits = RunPlanner.rlimits(for: profile)
         spec.cgroupJoinDescriptors = cgroup.joinDescriptors
         spec.cgroupDirectoryDescriptor = cgroup.directoryDescriptor
+        // The worker is placed by these descriptors: without them it would run in the helper's cgroup,
+        // unlimited. One per v1 hierarchy, or the v2 directory: anything else fails closed.
+        let placed = switch cgroup.version {
+        case .v1: !spec.cgroupJoinDescriptors.isEmpty && spec.cgroupJoinDescriptors.count == cgroup.paths.count
+        case .v2: spec.cgroupDirectoryDescriptor != nil
+        }
+        guard placed else {
+            throw SetupFailure(stage: .cgroup, message: "cannot limit the worker: \(cgroup) has no open descriptor to place it with (removed before the spawn?)")
+        }
 
         // Host ports are taken before anything runs: a taken port fails the run closed.
         let forwarder = try listenForPublishedPorts(profile)
@@ -385,6 +401,7 @@ extension Supervisor {
         // Init's exit took the namespace with it; anything still in the cgroup
         // (nothing should be) is killed before the usage is read and the result collected.
         let stragglers = (try? cgroup.killAll()) ?? 0
+        scope.cgroupEmptied = true
         let usage = cgroup.usage()
         var report = RunReport(runId: scope.runId, profile: sandbox.profile.name, outcome: .exited)
         report.image = plan.root.image?.digest.description

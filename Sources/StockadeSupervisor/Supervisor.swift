@@ -85,7 +85,9 @@ public final class Supervisor: Sendable {
             throw SupervisorError(.audit, "cannot open the audit store: \(error)")
         }
         cgroups = Result { () throws(CgroupError) in try Cgroups.detect() }
-        cgroupPool = cgroups.map { CgroupPool(driver: $0, prefix: Self.poolPrefix(pid: getpid(), startTime: ProcessIdentity.currentStartTime),
+        let pidNamespace = Self.pidNamespace()
+        cgroupPool = cgroups.map { CgroupPool(driver: $0, prefix: Self.poolPrefix(pidNamespace: pidNamespace, pid: getpid(),
+                                                                                  startTime: ProcessIdentity.currentStartTime),
                                               depth: cgroupsAhead) }
         if case .success(let driver) = cgroups {
             let runs = stateDirectory + "/runs/"
@@ -93,7 +95,14 @@ public final class Supervisor: Sendable {
             // directory is stale once its lock is free; a cgroup with no run here (a supervisor that
             // died with its state directory removed) once it is empty and old.
             let removed = driver.removeStale { name in
-                if let owner = Self.poolOwner(name) { return ProcessIdentity.isAlive(pid: owner.pid, startTime: owner.startTime) }
+                if let owner = Self.poolOwner(name) {
+                    // Only a maker in our own pid namespace can be looked up here; another's pool cgroup
+                    // is judged as any cgroup no state directory owns (empty and old).
+                    guard owner.pidNamespace == pidNamespace, pidNamespace != 0 else {
+                        return !driver.isAbandoned(name: name, olderThan: Self.abandonedCgroupAge)
+                    }
+                    return !Self.isGone(pid: owner.pid, startTime: owner.startTime)
+                }
                 return switch Self.runLock(runs + name) {
                 case .held: true
                 case .free: false
@@ -112,17 +121,37 @@ public final class Supervisor: Sendable {
     /// Seconds after which an empty run cgroup that no run of this state directory owns is removed.
     static let abandonedCgroupAge = 60
 
-    /// Run cgroups of a supervisor's pool are named `p-<pid>-<start time>-<n>` (run ids never start
-    /// with `p-`): any supervisor can tell whether the pool's owner still lives.
-    static func poolPrefix(pid: Int32, startTime: UInt64) -> String {
-        "p-\(pid)-\(startTime)-"
+    /// Run cgroups of a supervisor's pool are named `p-<pid namespace>-<pid>-<start time>-<n>` (run ids
+    /// never start with `p-`): a supervisor in the same pid namespace can tell whether the pool's maker
+    /// still lives.
+    static func poolPrefix(pidNamespace: UInt64, pid: Int32, startTime: UInt64) -> String {
+        "p-\(pidNamespace)-\(pid)-\(startTime)-"
     }
 
-    /// The owner a pool cgroup's name gives, or nil for a name that is not a pool's.
-    static func poolOwner(_ name: String) -> (pid: Int32, startTime: UInt64)? {
+    /// The maker a pool cgroup's name gives, or nil for a name that is not a pool's.
+    static func poolOwner(_ name: String) -> (pidNamespace: UInt64, pid: Int32, startTime: UInt64)? {
         let parts = name.split(separator: "-", omittingEmptySubsequences: false)
-        guard parts.count == 4, parts[0] == "p", let pid = Int32(parts[1]), let start = UInt64(parts[2]), UInt64(parts[3]) != nil else { return nil }
-        return (pid, start)
+        guard parts.count == 5, parts[0] == "p", let ns = UInt64(parts[1]), let pid = Int32(parts[2]), let start = UInt64(parts[3]),
+              UInt64(parts[4]) != nil else { return nil }
+        return (ns, pid, start)
+    }
+
+    /// This process's pid namespace (the inode of /proc/self/ns/pid), 0 if it cannot be read.
+    static func pidNamespace() -> UInt64 {
+        var st = stat()
+        return stat("/proc/self/ns/pid", &st) == 0 ? UInt64(st.st_ino) : 0
+    }
+
+    /// Whether the process `pid` that started at `startTime` is certainly gone: no such pid, or a pid
+    /// reused by a process that started at another time. Any other failure to look (descriptors
+    /// exhausted, /proc unreadable) counts as alive: its cgroups are kept.
+    static func isGone(pid: Int32, startTime: UInt64) -> Bool {
+        guard pid > 0, startTime > 0 else { return false }
+        let fd = open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC)
+        if fd < 0 { return errno == ENOENT || errno == ESRCH }
+        close(fd)
+        guard let current = ProcessIdentity.startTime(of: pid) else { return false }
+        return current != startTime
     }
 
     /// Waits until the cgroups of finished runs are removed (their reports were answered first).
@@ -497,6 +526,8 @@ final class RunScope: @unchecked Sendable {
     var resultMount: Int32 = -1
     /// Root of the tmpfs holding the overlay's upper (`data/`) and work directories.
     var layer: Int32 = -1
+    /// Whether `collect` has emptied the run's cgroup (else the scope's close does, before the report).
+    var cgroupEmptied = false
     /// Whether the supervisor's kill was recorded before it was sent.
     let killRecorded = Mutex(false)
     /// The caller's handle to cancel this run, if it gave one.

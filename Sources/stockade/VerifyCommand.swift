@@ -82,7 +82,9 @@ struct Verify: AsyncParsableCommand {
         do {
             Supervisor.prepareToSpawn(concurrency: 4, ahead: true)
             let supervisor = try Supervisor(stateDirectory: state.resolved(), catalog: .standard(),
-                                            environment: ProcessEnvironment.current(), logger: Logger(label: "stockade"), store: resolveStore(state, nil))
+                                            environment: ProcessEnvironment.current(), logger: Logger(label: "stockade"), store: resolveStore(state, nil),
+                                            cgroupsAhead: 1)
+            defer { supervisor.closeCgroups() }
             for name in names {
                 var verifier = Verifier(supervisor: supervisor, probePath: probe, profile: name, controls: selectedControls)
                 verifier.image = image
@@ -94,7 +96,6 @@ struct Verify: AsyncParsableCommand {
                 }
                 reports.append(report)
             }
-            supervisor.closeCgroups()
         } catch {
             Console.error("stockade verify: \(error)")
             throw ExitCode(1)

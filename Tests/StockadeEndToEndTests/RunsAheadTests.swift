@@ -38,47 +38,54 @@ struct RunsAheadTests {
         #expect(namespaces.count == 8)
     }
 
-    @Test("a namespace made ahead is set up for its run: lo down for network none, up with every port bindable for loopback")
+    @Test("a namespace made ahead is set up for its run: lo down for network none, up with every port bindable for loopback; the host's own setting untouched")
     func namespaceSetUpPerRun() throws {
         let h = try Harness()
-        let script = "cat /proc/sys/net/ipv4/ip_unprivileged_port_start; grep -c . /proc/net/dev"
-        let lines = [
-            "{\"id\": \"none\", \"network\": \"none\", \"command\": [\"/bin/sh\", \"-c\", \"\(script); cat /sys/class/net/lo/flags 2>/dev/null || echo -\"]}",
-            "{\"id\": \"loopback\", \"network\": \"loopback\", \"command\": [\"/bin/sh\", \"-c\", \"\(script)\"]}",
-            "{\"id\": \"none-again\", \"network\": \"none\", \"command\": [\"/bin/sh\", \"-c\", \"\(script)\"]}",
-        ]
+        let hostPorts = try String(contentsOfFile: "/proc/sys/net/ipv4/ip_unprivileged_port_start", encoding: .utf8)
+        // The port sysctl; whether 127.0.0.1 is a local address (lo up); how many interfaces there are.
+        let script = "cat /proc/sys/net/ipv4/ip_unprivileged_port_start; grep -c 127.0.0.1 /proc/net/fib_trie; grep -c : /proc/net/dev"
+        let lines = ["none", "loopback", "none"].enumerated().map { i, mode in
+            "{\"id\": \"\(i)-\(mode)\", \"network\": \"\(mode)\", \"command\": [\"/bin/sh\", \"-c\", \"\(script)\"]}"
+        }
         let r = try h.stockade(["batch", "--parallel", "1", "-"], stdin: lines.joined(separator: "\n") + "\n")
-        #expect(r.status == 0, "\(r.stderr)")
         var byId: [String: [String]] = [:]
         for line in r.stdout.split(separator: "\n") {
             let report = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
             byId[report.string("id") ?? "?"] = (report.string("stdout") ?? "").split(separator: "\n").map(String.init)
         }
-        // Only `lo` in /proc/net/dev (two header lines and one interface), whatever the run before did.
-        #expect(byId["none"]?.prefix(2) == ["1024", "3"], "\(byId)")
-        #expect(byId["loopback"] == ["0", "3"], "\(byId)")
-        #expect(byId["none-again"] == ["1024", "3"], "the loopback run's set-up must not reach the next run: \(byId)")
+        // grep -c prints 0 (and exits 1) when lo is down: the run's exit code is not the point here.
+        #expect(byId["0-none"] == ["1024", "0", "1"], "\(byId) \(r.stderr)")
+        #expect(byId["1-loopback"]?.first == "0" && (Int(byId["1-loopback"]?[1] ?? "") ?? 0) > 0 && byId["1-loopback"]?.last == "1", "\(byId)")
+        #expect(byId["2-none"] == ["1024", "0", "1"], "the loopback run's set-up must not reach the next run: \(byId)")
+        #expect(try String(contentsOfFile: "/proc/sys/net/ipv4/ip_unprivileged_port_start", encoding: .utf8) == hostPorts,
+                "the helper set the port sysctl in the host's namespace")
     }
 
     @Test("with cgroups made ahead, each run has a cgroup of its own, and none is left once the batch has exited")
     func cgroupsUsedOnce() throws {
         let h = try Harness()
-        let lines = (0..<4).map { "{\"id\": \"c\($0)\", \"memory\": \"\($0 < 2 ? 64 : 96)m\", \"command\": [\"/bin/true\"]}" }
+        // Limits that alternate, with the pool warm for both: a 90 MiB buffer is out of memory under
+        // 64m and fits under 160m, so a cgroup handed to a run with the other limits, or a worker
+        // outside its cgroup, shows.
+        let lines = (0..<6).map { i in
+            "{\"id\": \"c\(i)\", \"memory\": \"\(i % 2 == 0 ? 64 : 160)m\", \"command\": [\"/bin/dd\", \"if=/dev/zero\", \"of=/dev/null\", \"bs=90M\", \"count=1\"]}"
+        }
         let r = try h.stockade(["batch", "--parallel", "1", "-"], stdin: lines.joined(separator: "\n") + "\n")
-        #expect(r.status == 0, "\(r.stderr)")
         var seen = Set<String>()
         for line in r.stdout.split(separator: "\n") {
             let report = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            let index = Int(report.string("id")?.dropFirst() ?? "") ?? -1
+            #expect(report.string("outcome") == (index % 2 == 0 ? "oom" : "exited"), "\(report)")
             let paths = try runCgroupPaths(h, try #require(report.string("runId")))
             for path in paths {
                 #expect(seen.insert(path).inserted, "\(path) served two runs")
                 #expect(!FileManager.default.fileExists(atPath: path), "\(path) is still there after the batch")
             }
         }
-        #expect(seen.count >= 4)
+        #expect(seen.count >= 6)
         // Neither the runs' cgroups nor the ones made ahead for a next run are left.
-        // The batch's pool prefix (p-<pid>-<start>), read from the paths.
-        let prefixes = Set(seen.map { ($0 as NSString).lastPathComponent.split(separator: "-").prefix(3).joined(separator: "-") })
+        // The batch's pool prefix (p-<pid namespace>-<pid>-<start>), read from the paths.
+        let prefixes = Set(seen.map { ($0 as NSString).lastPathComponent.split(separator: "-").prefix(4).joined(separator: "-") })
         #expect(prefixes.count == 1, "\(prefixes)")
         for root in Set(seen.map { ($0 as NSString).deletingLastPathComponent }) {
             let left = try FileManager.default.contentsOfDirectory(atPath: root).filter { name in prefixes.contains { name.hasPrefix($0 + "-") } }
@@ -86,27 +93,53 @@ struct RunsAheadTests {
         }
     }
 
-    @Test("a supervisor removes the cgroups a dead supervisor made ahead, and keeps a live one's")
+    @Test("a supervisor removes the cgroups of a dead supervisor (killing what is in them), keeps a live one's and, for another pid namespace's, waits until empty and old")
     func deadPoolsRemoved() throws {
         let h = try Harness()
         let hierarchies = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/freezer", "/sys/fs/cgroup"]
             .filter { FileManager.default.fileExists(atPath: $0 + "/stockade") && FileManager.default.fileExists(atPath: $0 + "/cgroup.procs") }
         try #require(!hierarchies.isEmpty, "no cgroup hierarchy with a stockade parent")
-        // Field 22 of /proc/self/stat: this process's start time, as the pool names carry it.
+        // Field 22 of /proc/self/stat: this process's start time, as the pool names carry it; and our pid namespace.
         let stat = try String(contentsOfFile: "/proc/self/stat", encoding: .utf8)
         let fields = stat[stat.index(after: try #require(stat.lastIndex(of: ")")))...].split(separator: " ")
         let start = try #require(UInt64(fields[19]))
-        let dead = "p-\(Int32.max)-1-1", live = "p-\(getpid())-\(start)-1"
+        let pidns = try #require(Self.inode("/proc/self/ns/pid"))
+        let names = [
+            "dead": "p-\(pidns)-\(Int32.max)-1-1",            // no such pid
+            "reused": "p-\(pidns)-\(getpid())-\(start + 1)-1", // our pid, another start time: a reused pid
+            "populated": "p-\(pidns)-\(Int32.max)-1-2",       // dead maker, a process still inside
+            "live": "p-\(pidns)-\(getpid())-\(start)-1",       // this process: alive
+            "foreign": "p-\(pidns + 1)-1-1-1",                 // another pid namespace's: empty but young
+        ]
+        for root in hierarchies { for name in names.values { #expect(mkdir(root + "/stockade/" + name, 0o755) == 0) } }
+        defer { for root in hierarchies { for name in names.values { rmdir(root + "/stockade/" + name) } } }
+        // The positive control for "populated": a process of ours, placed in that cgroup, alive before the run.
+        let sleeper = Process()
+        sleeper.executableURL = URL(fileURLWithPath: "/bin/sleep")
+        sleeper.arguments = ["60"]
+        try sleeper.run()
+        defer { if sleeper.isRunning { sleeper.terminate() } }
         for root in hierarchies {
-            #expect(mkdir(root + "/stockade/" + dead, 0o755) == 0)
-            #expect(mkdir(root + "/stockade/" + live, 0o755) == 0)
+            try "\(sleeper.processIdentifier)".write(toFile: root + "/stockade/" + names["populated"]! + "/cgroup.procs", atomically: false, encoding: .utf8)
         }
-        defer { for root in hierarchies { rmdir(root + "/stockade/" + dead); rmdir(root + "/stockade/" + live) } }
+        #expect(sleeper.isRunning)
         let r = try h.run([], ["/bin/true"])
         #expect(r.status == 0)
+        sleeper.waitUntilExit()
+        #expect(sleeper.terminationReason == .uncaughtSignal && sleeper.terminationStatus == SIGKILL, "the process in a dead pool's cgroup was not killed")
         for root in hierarchies {
-            #expect(!FileManager.default.fileExists(atPath: root + "/stockade/" + dead), "\(root): the dead supervisor's cgroup stayed")
-            #expect(FileManager.default.fileExists(atPath: root + "/stockade/" + live), "\(root): a live supervisor's cgroup was removed")
+            for key in ["dead", "reused", "populated"] {
+                #expect(!FileManager.default.fileExists(atPath: root + "/stockade/" + names[key]!), "\(root): the \(key) cgroup stayed")
+            }
+            for key in ["live", "foreign"] {
+                #expect(FileManager.default.fileExists(atPath: root + "/stockade/" + names[key]!), "\(root): the \(key) cgroup was removed")
+            }
         }
+    }
+
+    /// The inode number `path` resolves to (a namespace's, for /proc/self/ns/*).
+    static func inode(_ path: String) -> UInt64? {
+        var buffer = stat()
+        return stat(path, &buffer) == 0 ? UInt64(buffer.st_ino) : nil
     }
 }
