@@ -20,7 +20,14 @@ public final class AuditLedger<Backend: AuditBackend>: AuditStore, AuditWriteObs
     /// runs `markAbandoned` judges.
     public let hostId: String
     private let secrets = Mutex(DetailSanitizer())
-    private let writeObserver = Mutex<(@Sendable (Duration) -> Void)?>(nil)
+    /// In a class, not as a bare closure: a closure kept in a `Mutex` is re-abstracted by every
+    /// `withLock` (an `inout` access) and written back inside two more thunks, so each write's call
+    /// went through a chain two thunks longer than the last (quadratic over a service's life).
+    private final class WriteObserver: Sendable {
+        let call: @Sendable (Duration) -> Void
+        init(_ call: @escaping @Sendable (Duration) -> Void) { self.call = call }
+    }
+    private let writeObserver = Mutex<WriteObserver?>(nil)
 
     public init(backend: Backend, supervisorPid: Int32, supervisorStart: UInt64, hostId: String) {
         self.backend = backend
@@ -34,7 +41,8 @@ public final class AuditLedger<Backend: AuditBackend>: AuditStore, AuditWriteObs
     }
 
     public func observeWrites(_ observer: @escaping @Sendable (Duration) -> Void) {
-        writeObserver.withLock { $0 = observer }
+        let boxed = WriteObserver(observer)
+        writeObserver.withLock { $0 = boxed }
     }
 
     // MARK: runs
@@ -280,7 +288,7 @@ public final class AuditLedger<Backend: AuditBackend>: AuditStore, AuditWriteObs
         let sanitizer = secrets.withLock { $0 }
         let started = ContinuousClock.now
         defer {
-            if let observer = writeObserver.withLock({ $0 }) { observer(ContinuousClock.now - started) }
+            if let observer = writeObserver.withLock({ $0 }) { observer.call(ContinuousClock.now - started) }
         }
         return try backend.withTransaction(durable: durable) { (tx) throws(AuditError) -> T in
             var chain = ChainAppender(tx, sanitizer: sanitizer, location: backend.location)

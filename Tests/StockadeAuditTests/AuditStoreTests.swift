@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 import StockadePolicy
 import Testing
 @testable import StockadeAudit
@@ -336,5 +337,31 @@ struct AuditDiffTests {
         }
         writer.join()
         #expect(try store.diffs(state: nil).count == 200)
+    }
+}
+
+@Suite("the audit store's write observer")
+struct AuditWriteObserverTests {
+    /// A closure kept bare in a `Mutex` was re-abstracted by every access and written back two thunks
+    /// deeper, so the observer ran deeper in the stack (and slower) with every write. Its depth must
+    /// not change between the second write and the three hundredth.
+    @Test("the observer runs at the same stack depth after 300 writes as after 2")
+    func observerDoesNotGrow() throws {
+        let db = TempDatabase()
+        let store = try db.store()
+        // Where the observer's stack frame is: the address of one of its locals (same thread, same path).
+        let depths = Mutex<[UInt]>([])
+        store.observeWrites { _ in
+            var marker: UInt8 = 0
+            let address = withUnsafeMutablePointer(to: &marker) { UInt(bitPattern: $0) }
+            depths.withLock { $0.append(address) }
+        }
+        for _ in 0..<300 { try store.record(runId: nil, kind: "api.request", detail: .object(["route": .string("/v1/health")])) }
+        let seen = depths.withLock { $0 }
+        try #require(seen.count == 300, "one observation per write: \(seen.count)")
+        // The positive control: a real stack address was read.
+        #expect(seen[1] > 4096)
+        let deeper = Int(bitPattern: seen[1]) - Int(bitPattern: seen[299])
+        #expect(abs(deeper) < 256, "the observer ran \(deeper) bytes deeper in the stack after 300 writes than after 2")
     }
 }
