@@ -35,7 +35,7 @@ public final class CgroupPool: Sendable {
     private let driver: any CgroupDriver
     private let prefix: String
     /// How many cgroups to keep ready for each set of limits (0: none, everything is made on demand).
-    public let depth: Int
+    let depth: Int
     /// At most this many distinct sets of limits are kept ready; the least recently asked for goes first.
     static let maxLimitSets = 4
     private let state = Mutex(State())
@@ -50,8 +50,6 @@ public final class CgroupPool: Sendable {
         queue = DispatchQueue(label: "stockade.cgroup-pool")
     }
 
-    public var version: CgroupVersion { driver.version }
-
     /// A fresh run cgroup with `limits`: a ready one if the pool has it, else one made now. Starts
     /// making the next one for the same limits in the background.
     public func take(limits: CgroupLimits) throws(CgroupError) -> RunCgroup {
@@ -63,7 +61,7 @@ public final class CgroupPool: Sendable {
         }
         defer { refill(limits) }
         // One that someone removed meanwhile (another supervisor's clean-up) is not handed out.
-        if let ready, ready.paths.allSatisfy({ CgroupFiles.exists($0) }) { return ready }
+        if let ready, ready.canPlaceWorker, ready.paths.allSatisfy({ CgroupFiles.exists($0) }) { return ready }
         if let ready { retire(ready) }
         return try driver.create(name: prefix + String(Self.nextNumber()), limits: limits)
     }
@@ -94,7 +92,7 @@ public final class CgroupPool: Sendable {
     }
 
     /// Waits until every cgroup handed to `retire` so far is removed.
-    public func settle() {
+    private func settle() {
         pending.wait()
     }
 

@@ -68,6 +68,17 @@ public final class RunCgroup: Sendable, CustomStringConvertible {
         descriptors.withLock { $0.join }
     }
 
+    /// Whether the descriptors that place a worker are open: one per v1 hierarchy, or the v2 directory.
+    /// Without them a worker would run in the spawn helper's cgroup, unlimited.
+    public var canPlaceWorker: Bool {
+        descriptors.withLock { d in
+            switch layout {
+            case .v1: !paths.isEmpty && d.join.count == paths.count
+            case .v2: d.directory != nil
+            }
+        }
+    }
+
     /// v2: a descriptor of the cgroup directory for `clone3(CLONE_INTO_CGROUP)`. Nil on v1, and after `remove()`.
     public var directoryDescriptor: Int32? {
         descriptors.withLock { $0.directory }

@@ -153,15 +153,14 @@ public enum StockadeService {
         // A shutdown that hangs past the grace period and a margin is cancelled rather than waited for.
         configuration.maximumGracefulShutdownDuration = .seconds(options.graceSeconds + 60)
         let group = ServiceGroup(configuration: configuration)
+        // The cgroups made ahead, and those of the last runs, are removed before the service ends.
+        defer { supervisor.closeCgroups() }
         do {
             try await group.run()
         } catch {
-            supervisor.closeCgroups()
             if case .unix(let path) = listen { unlink(path) }
             throw ServiceFailure(description: "the service stopped: \(error)")
         }
-        // The cgroups made ahead, and those of the last runs, are removed before the service ends.
-        supervisor.closeCgroups()
         if case .unix(let path) = listen { unlink(path) }
         logger.notice("service.stopped")
     }

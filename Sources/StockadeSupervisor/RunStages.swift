@@ -162,6 +162,10 @@ extension Supervisor {
                 logger.error("cgroup.remove-failed", metadata: ["run.id": "\(runId)", "cgroup": "\(cgroup.name)", "error": "\(error)"])
             }, removed: { withExtendedLifetime(ids) {} })
         }
+        // Without its descriptors the worker would run outside it, unlimited: fail closed.
+        guard cgroup.canPlaceWorker else {
+            throw SetupFailure(stage: .cgroup, message: "cannot limit the worker: \(cgroup) has no open descriptor to place it with")
+        }
         let hostUid = ids.base + profile.user.uid
         let hostGid = ids.base + profile.user.gid
 
@@ -237,15 +241,6 @@ extension Supervisor {
         spec.rlimits = RunPlanner.rlimits(for: profile)
         spec.cgroupJoinDescriptors = cgroup.joinDescriptors
         spec.cgroupDirectoryDescriptor = cgroup.directoryDescriptor
-        // The worker is placed by these descriptors: without them it would run in the helper's cgroup,
-        // unlimited. One per v1 hierarchy, or the v2 directory: anything else fails closed.
-        let placed = switch cgroup.version {
-        case .v1: !spec.cgroupJoinDescriptors.isEmpty && spec.cgroupJoinDescriptors.count == cgroup.paths.count
-        case .v2: spec.cgroupDirectoryDescriptor != nil
-        }
-        guard placed else {
-            throw SetupFailure(stage: .cgroup, message: "cannot limit the worker: \(cgroup) has no open descriptor to place it with (removed before the spawn?)")
-        }
 
         // Host ports are taken before anything runs: a taken port fails the run closed.
         let forwarder = try listenForPublishedPorts(profile)

@@ -21,9 +21,8 @@ public final class Supervisor: Sendable {
     public let audit: any AuditStore
     /// Where `audit` lives: `<state>/audit.sqlite` unless `--store` / `$STOCKADE_STORE` names another.
     public let store: StoreURL
-    /// The host's cgroup driver, or why there is none (runs then fail closed).
-    let cgroups: Result<any CgroupDriver, CgroupError>
-    /// Run cgroups made ahead and removed after their runs, off the runs' path (over `cgroups`).
+    /// Run cgroups over the host's cgroup driver (made ahead and removed after their runs, off the
+    /// runs' path), or why there is no driver (runs then fail closed).
     let cgroupPool: Result<CgroupPool, CgroupError>
     let logger: Logger
     let hostEnvironment: [String: String]
@@ -66,8 +65,7 @@ public final class Supervisor: Sendable {
             } catch {
                 throw SupervisorError(.audit, "cannot open the audit store: \(error)")
             }
-            cgroups = .failure(CgroupError(.noCgroupFilesystem, "this supervisor was opened read-only, for queries: it runs no workers"))
-            cgroupPool = cgroups.map { CgroupPool(driver: $0, prefix: "", depth: 0) }
+            cgroupPool = .failure(CgroupError(.noCgroupFilesystem, "this supervisor was opened read-only, for queries: it runs no workers"))
             return
         }
         try Self.makeDirectory(stateDirectory)
@@ -84,7 +82,7 @@ public final class Supervisor: Sendable {
         } catch {
             throw SupervisorError(.audit, "cannot open the audit store: \(error)")
         }
-        cgroups = Result { () throws(CgroupError) in try Cgroups.detect() }
+        let cgroups = Result { () throws(CgroupError) in try Cgroups.detect() }
         let pidNamespace = Self.pidNamespace()
         cgroupPool = cgroups.map { CgroupPool(driver: $0, prefix: Self.poolPrefix(pidNamespace: pidNamespace, pid: getpid(),
                                                                                   startTime: ProcessIdentity.currentStartTime),
@@ -101,7 +99,7 @@ public final class Supervisor: Sendable {
                     guard owner.pidNamespace == pidNamespace, pidNamespace != 0 else {
                         return !driver.isAbandoned(name: name, olderThan: Self.abandonedCgroupAge)
                     }
-                    return !Self.isGone(pid: owner.pid, startTime: owner.startTime)
+                    return !ProcessIdentity.isGone(pid: owner.pid, startTime: owner.startTime)
                 }
                 return switch Self.runLock(runs + name) {
                 case .held: true
@@ -140,23 +138,6 @@ public final class Supervisor: Sendable {
     static func pidNamespace() -> UInt64 {
         var st = stat()
         return stat("/proc/self/ns/pid", &st) == 0 ? UInt64(st.st_ino) : 0
-    }
-
-    /// Whether the process `pid` that started at `startTime` is certainly gone: no such pid, or a pid
-    /// reused by a process that started at another time. Any other failure to look (descriptors
-    /// exhausted, /proc unreadable) counts as alive: its cgroups are kept.
-    static func isGone(pid: Int32, startTime: UInt64) -> Bool {
-        guard pid > 0, startTime > 0 else { return false }
-        let fd = open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC)
-        if fd < 0 { return errno == ENOENT || errno == ESRCH }
-        close(fd)
-        guard let current = ProcessIdentity.startTime(of: pid) else { return false }
-        return current != startTime
-    }
-
-    /// Waits until the cgroups of finished runs are removed (their reports were answered first).
-    public func settle() {
-        if case .success(let pool) = cgroupPool { pool.settle() }
     }
 
     /// Removes the cgroups made ahead and waits for every removal under way: before the process exits.
