@@ -9,6 +9,8 @@ let package = Package(
     products: [
         .executable(name: "stockade", targets: ["stockade"]),
         .executable(name: "stockade-probe", targets: ["stockade-probe"]),
+        // The spawn helper `stockade` executes next to itself (falls back to forking one when absent).
+        .executable(name: "stockade-spawn", targets: ["stockade-spawn"]),
         // `stockade serve` execs it: the one-shot CLI does not link the HTTP stack.
         .executable(name: "stockade-server", targets: ["stockade-server"]),
         // For the benchmark package in Benchmarks/ (not used by the root targets).
@@ -147,6 +149,9 @@ let package = Package(
         // The strict JSON parser and the bundle manifest decoder under libFuzzer (Fuzz/run-manifest-fuzz.sh); a replayer otherwise.
         .executableTarget(name: "stockade-manifest-fuzz", dependencies: ["StockadeBundles", "StockadePolicy"], swiftSettings: strict),
         // Enforcement probes: small static C programs run inside the sandbox.
+        .executableTarget(name: "stockade-spawn", dependencies: ["CStockade"],
+                          cSettings: [.unsafeFlags(["-Wall", "-Wextra", "-Werror"])],
+                          linkerSettings: [.unsafeFlags(["-static-executable"])]),
         .executableTarget(name: "stockade-probe",
                           cSettings: [.unsafeFlags(["-Wall", "-Werror"])],
                           linkerSettings: [.unsafeFlags(["-static-executable"])]),
@@ -166,8 +171,9 @@ let package = Package(
         .testTarget(name: "StockadeWorkspaceTests", dependencies: ["StockadeBundles", "StockadeTestSupport"], swiftSettings: strict),
         .testTarget(name: "StockadePatchesTests", dependencies: ["StockadePatches", "StockadeTestSupport"], swiftSettings: strict),
         .testTarget(name: "StockadeImagesTests", dependencies: ["StockadeImages", "StockadePolicy", "CStockade"], swiftSettings: strict),
-        // Runs the real `stockade` binary with the probes: both must be built first.
-        .testTarget(name: "StockadeEndToEndTests", dependencies: ["StockadeSupervisor", "StockadeVerify", "StockadeTestSupport", "stockade", "stockade-probe"], swiftSettings: strict),
+        // Runs the real `stockade` binary with the probes and its spawn helper: all built first.
+        .testTarget(name: "StockadeEndToEndTests", dependencies: ["StockadeSupervisor", "StockadeVerify", "StockadeTestSupport", "stockade", "stockade-probe",
+                                                                  "stockade-spawn"], swiftSettings: strict),
         // Runs the real `stockade-server` over a Unix socket and the `stockade` CLI: both built first.
         .testTarget(name: "StockadeServerTests", dependencies: ["StockadePolicy", "StockadeTokens", "StockadeAudit", "StockadeTestSupport", "stockade", "stockade-server",
                                                                 .product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),

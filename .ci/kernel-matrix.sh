@@ -8,7 +8,7 @@
 #   apt sources, resolved at run time so a new ABI number needs no edit) or an exact package name.
 # Environment:
 #   STOCKADE             the stockade binary to test (default .build-release/release/stockade);
-#                        stockade-probe must sit next to it, as it does when deployed.
+#                        stockade-probe and stockade-spawn must sit next to it, as they do when deployed.
 #   KERNEL_MATRIX_DIR    work directory; kernels are cached in it (default ${TMPDIR:-/tmp}/stockade-kernel-matrix)
 #   GUEST_TIMEOUT        wall-clock bound on one guest, seconds (default 900)
 #   RUN_TIMEOUT          bound on one `stockade run` inside the guest, seconds (default 40); verify gets 5x
@@ -21,6 +21,7 @@ set -euo pipefail
 root_dir=$(cd "$(dirname "$0")/.." && pwd)
 STOCKADE=$(readlink -f "${STOCKADE:-$root_dir/.build-release/release/stockade}")
 PROBE=$(dirname "$STOCKADE")/stockade-probe
+SPAWN=$(dirname "$STOCKADE")/stockade-spawn
 W=${KERNEL_MATRIX_DIR:-${TMPDIR:-/tmp}/stockade-kernel-matrix}
 GUEST_TIMEOUT=${GUEST_TIMEOUT:-900}
 RUN_TIMEOUT=${RUN_TIMEOUT:-40}
@@ -34,6 +35,7 @@ CHECKS="hello limits oom pids timeout cpu cleanup stale service-cgroup container
 die() { echo "kernel-matrix: $*" >&2; exit 2; }
 [ -x "$STOCKADE" ] || die "no stockade binary at $STOCKADE: build it (swift build -c release --static-swift-stdlib --product stockade) or set STOCKADE"
 [ -x "$PROBE" ] || die "no stockade-probe next to $STOCKADE: build it (--product stockade-probe)"
+[ -x "$SPAWN" ] || die "no stockade-spawn next to $STOCKADE: build it (--product stockade-spawn)"
 missing=()
 command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
 { [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1; } || missing+=(busybox-static)   # static: ldd refuses it
@@ -211,6 +213,7 @@ install_with_libs() {   # an executable at DEST in the guest, with every shared 
 }
 install_with_libs "$STOCKADE" /usr/local/bin/stockade
 cp "$PROBE" "$R/usr/local/bin/stockade-probe"
+cp "$SPAWN" "$R/usr/local/bin/stockade-spawn"
 # util-linux's unshare (busybox's lacks -C). The guest shell prefers its own applets to $PATH, so
 # the checks call it as /usr/bin/unshare.
 install_with_libs "$(command -v unshare)" /usr/bin/unshare
@@ -285,11 +288,14 @@ for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
     sleep 0.5
 done
 mem=$(cat "$dir/memory.max" 2>&1); cpu=$(cat "$dir/cpu.max" 2>&1); pids=$(cat "$dir/pids.max" 2>&1)
+# The worker's init (born first in the run's cgroup) is a copy of the spawn helper's binary.
+initexe=$(readlink "/proc/$(head -1 "$dir/cgroup.procs" 2>/dev/null)/exe" 2>&1)
+echo "init's binary: $initexe"
 swap=$(cat "$dir/memory.swap.max" 2>/dev/null || echo absent)
 echo "run cgroup ${dir:-none}: memory.max=$mem memory.swap.max=$swap cpu.max=$cpu pids.max=$pids procs=$(cat "$dir/cgroup.procs" 2>/dev/null | tr '\n' ' ')"
 wait $sup; st=$?; show $st "$(cat /tmp/limits.json)"
 [ -n "$dir" ] && [ "$mem" = 50331648 ] && [ "$cpu" = "50000 100000" ] && [ "$pids" = 20 ] \
-    && { [ "$swap" = 0 ] || [ "$swap" = absent ]; } && [ $st = 0 ] \
+    && { [ "$swap" = 0 ] || [ "$swap" = absent ]; } && [ $st = 0 ] && [ "$initexe" = /usr/local/bin/stockade-spawn ] \
     && pass limits || fail limits "status $st"
 
 echo "=== oom: --memory 32m, touching 200 MiB"

@@ -48,11 +48,14 @@ else
     # As deployed: the Swift standard library linked statically (start-up 15 -> 8 ms).
     (cd "$ROOT" && swift build -c release --static-swift-stdlib --scratch-path .build-static --product stockade >&2)
     (cd "$ROOT" && swift build -c release --static-swift-stdlib --scratch-path .build-static --product stockade-server >&2)
+    (cd "$ROOT" && swift build -c release --static-swift-stdlib --scratch-path .build-static --product stockade-spawn >&2)
     STOCKADE="$ROOT/.build-static/release/stockade"
 fi
 # `stockade serve` execs the stockade-server beside the stockade binary.
 SERVER="$(dirname "$STOCKADE")/stockade-server"
 [ -x "$SERVER" ] || { echo "run.sh: $SERVER is missing (build the stockade-server product beside $STOCKADE)" >&2; exit 1; }
+# Every worker's init is a copy of the stockade-spawn beside it (without it stockade forks its helpers).
+[ -x "$(dirname "$STOCKADE")/stockade-spawn" ] || { echo "run.sh: $(dirname "$STOCKADE")/stockade-spawn is missing (build the stockade-spawn product beside $STOCKADE)" >&2; exit 1; }
 gcc -O2 -Wall -Wextra -Werror -o "$WORK/floor" "$HERE/floor/floor.c"
 FLOOR="$WORK/floor"
 (cd "$HERE" && swift build -c release >&2)

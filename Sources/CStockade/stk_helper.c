@@ -22,6 +22,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -370,6 +371,78 @@ int stk_helper_start(void *scrub, size_t scrub_len, int netns_ahead, pid_t *pid)
     close(sv[1]);
     *pid = child;
     return sv[0];
+}
+
+int stk_helper_exec(int helper_fd, int netns_ahead, pid_t *pid) {
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) return -1;
+    /* Executed through its descriptor (opened and checked by the caller), at a number above the
+       helper's socket's, so the dup2 to STK_HELPER_FD cannot replace it. Close-on-exec: the kernel
+       opens /proc/self/fd/N before it closes those. */
+    int exe = fcntl(helper_fd, F_DUPFD_CLOEXEC, STK_HELPER_FD + 8);
+    char path[40], parent[24], ahead[24];
+    int err = 0;
+    posix_spawn_file_actions_t actions;
+    posix_spawnattr_t attr;
+    int have_actions = 0, have_attr = 0;
+    if (exe < 0) { err = errno; goto done; }
+    snprintf(path, sizeof path, "/proc/self/fd/%d", exe);
+    snprintf(parent, sizeof parent, "%d", (int)getpid());
+    snprintf(ahead, sizeof ahead, "%d", netns_ahead);
+    if ((err = posix_spawn_file_actions_init(&actions)) != 0) goto done;
+    have_actions = 1;
+    if ((err = posix_spawn_file_actions_adddup2(&actions, sv[1], STK_HELPER_FD)) != 0) goto done;
+    if ((err = posix_spawnattr_init(&attr)) != 0) goto done;
+    have_attr = 1;
+    /* Default dispositions, and every signal held until the helper has chosen its own (it then
+       ignores what is the supervisor's to handle, and unblocks). */
+    sigset_t all;
+    sigfillset(&all);
+    if ((err = posix_spawnattr_setsigdefault(&attr, &all)) != 0 || (err = posix_spawnattr_setsigmask(&attr, &all)) != 0 ||
+        (err = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK)) != 0)
+        goto done;
+    /* No environment: nothing of the supervisor's reaches the helper, and so no init. */
+    char *const argv[] = {"stockade-spawn", parent, ahead, NULL};
+    char *const envp[] = {NULL};
+    err = posix_spawn(pid, path, &actions, &attr, argv, envp);
+done:
+    if (have_actions) posix_spawn_file_actions_destroy(&actions);
+    if (have_attr) posix_spawnattr_destroy(&attr);
+    if (exe >= 0) close(exe);
+    close(sv[1]);
+    if (err != 0) {
+        close(sv[0]);
+        errno = err;
+        return -1;
+    }
+    return sv[0];
+}
+
+/* Parses a non-negative decimal int, the whole string; -1 when it is not one. */
+static long stk_parse_count(const char *s) {
+    if (s == NULL || *s == 0) return -1;
+    long v = 0;
+    for (const char *c = s; *c; c++) {
+        if (*c < '0' || *c > '9' || v > 100000000) return -1;
+        v = v * 10 + (*c - '0');
+    }
+    return v;
+}
+
+int stk_helper_exec_main(int argc, char **argv) {
+    long parent = argc == 3 ? stk_parse_count(argv[1]) : -1;
+    long ahead = argc == 3 ? stk_parse_count(argv[2]) : -1;
+    int type = 0;
+    socklen_t type_len = sizeof type;
+    if (parent <= 0 || ahead < 0 || getppid() != (pid_t)parent ||
+        getsockopt(STK_HELPER_FD, SOL_SOCKET, SO_TYPE, &type, &type_len) < 0 || type != SOCK_SEQPACKET) {
+        static const char usage[] = "stockade-spawn: the spawn helper of stockade, started by it; not a command to run by hand\n";
+        (void)!write(2, usage, sizeof usage - 1);
+        return 2;
+    }
+    /* Every init is a copy of this process: its /proc/1/cmdline shows nothing. */
+    for (int i = 0; i < argc; i++) memset(argv[i], 0, strlen(argv[i]));
+    stk_helper_main(STK_HELPER_FD, (pid_t)parent, NULL, 0, (int)ahead);
 }
 
 /* SIGKILL through the pidfd (harmless when it is already dead), then reap it. */

@@ -20,10 +20,12 @@ public struct SpawnedWorker: Sendable {
 /// Several threads, because each waits for its child to reach execve.
 ///
 /// The clones themselves are done by spawn helper processes (stk_helper.h), so
-/// the supervisor's memory is never copied per run. Helpers are forked only by
-/// `prepare`, once, before the supervisor has loaded any profile, secret or
-/// request: every init is a copy of a helper, so a helper forked later would
-/// carry earlier runs' secrets into later runs' inits. A spawn takes an idle
+/// the supervisor's memory is never copied per run. Helpers are started only by
+/// `prepare`, once: the `stockade-spawn` binary beside this executable when it is
+/// there (SpawnHelperBinary; every init is then a copy of that small program and
+/// holds nothing of the supervisor's), else forked before the supervisor has
+/// loaded any profile, secret or request: every init is a copy of a helper, so a
+/// helper forked later would carry earlier runs' secrets into later runs' inits. A spawn takes an idle
 /// helper, waiting for one when all are busy; a helper that dies is not
 /// replaced, and with none left spawns fail closed.
 public final class Spawner: Sendable {
@@ -47,6 +49,8 @@ public final class Spawner: Sendable {
         var idle: [Helper] = []
         var live = 0
         var prepared = false
+        /// Why no helper could be started from the `stockade-spawn` binary, when one was found but refused.
+        var refusal: String?
     }
 
     private let jobs = Mutex<[Job]>([])
@@ -95,6 +99,9 @@ public final class Spawner: Sendable {
             ready.signal()
         }
         withExtendedLifetime(plan) {}
+        if result.stage == Int32(STK_STAGE_HELPER.rawValue), result.error == ESRCH, let refusal = pool.withLock({ $0.refusal }) {
+            throw LinuxError(.setup, stage: .spawnHelper, errno: EACCES, refusal)
+        }
         if result.stage != Int32(STK_STAGE_NONE.rawValue) {
             throw SpawnStage.error(stage: result.stage, errno: result.error, detail: result.detail, spec: spec)
         }
@@ -138,12 +145,29 @@ public final class Spawner: Sendable {
         }
     }
 
+    /// Starts the helpers: executes the `stockade-spawn` binary next to this executable when there is one
+    /// (SpawnHelperBinary), else forks them from this thread.
     private func forkHelpers(_ count: Int, netnsAhead: Int) {
+        let binary = SpawnHelperBinary.open()
+        defer { if case .ready(let fd, _) = binary { close(fd) } }
+        if case .refused(let why) = binary {
+            pool.withLock { $0.refusal = why }
+            return
+        }
         let (scrub, scrubLength) = Self.argumentArea()
         var made = 0
         for _ in 0..<count {
             var pid: pid_t = 0
-            let socket = stk_helper_start(scrub, scrubLength, Int32(clamping: netnsAhead), &pid)
+            let socket: Int32
+            if case .ready(let fd, let path) = binary {
+                socket = stk_helper_exec(fd, Int32(clamping: netnsAhead), &pid)
+                if socket < 0 {
+                    let reason = String(cString: strerror(errno))
+                    pool.withLock { $0.refusal = "cannot start the spawn helper \(path): \(reason)" }
+                }
+            } else {
+                socket = stk_helper_start(scrub, scrubLength, Int32(clamping: netnsAhead), &pid)
+            }
             guard socket >= 0 else { break }
             pool.withLock { p in
                 p.idle.append(Helper(socket: socket, pid: pid))
@@ -180,6 +204,56 @@ public final class Spawner: Sendable {
         if left == 0 {
             for _ in 0..<Self.threadCount { idleSignal.signal() }
         }
+    }
+}
+
+/// The spawn helper's own binary, `stockade-spawn`, next to the running executable (as `stockade-probe`
+/// and `stockade-server` are). Opened once and executed through that descriptor, so the file checked is
+/// the file run. Refused unless it is a regular file owned by root or by this process's user and
+/// writable by nobody else: whoever could replace it would run as root in every worker's init.
+/// Absent, the helpers are forked from the supervisor instead (slower per run, same isolation).
+enum SpawnHelperBinary {
+    case absent
+    case ready(fd: Int32, path: String)
+    case refused(String)
+
+    static let name = "stockade-spawn"
+
+    static func open() -> SpawnHelperBinary {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard n > 0 else { return .absent }
+        let exe = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        guard let slash = exe.utf8.lastIndex(of: UInt8(ascii: "/")) else { return .absent }
+        let path = String(exe[..<slash]) + "/" + name
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)
+        if fd < 0 {
+            let err = errno
+            if err == ENOENT { return .absent }
+            return .refused("cannot open the spawn helper \(path): \(String(cString: strerror(err)))")
+        }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else {
+            let reason = String(cString: strerror(errno))
+            close(fd)
+            return .refused("cannot inspect the spawn helper \(path): \(reason)")
+        }
+        let fix = "; make it root-owned with mode 0755 (chown root: \(path); chmod 0755 \(path)), or remove it and stockade forks its helpers"
+        var problem: String?
+        if (st.st_mode & S_IFMT) != S_IFREG {
+            problem = "is not a regular file"
+        } else if st.st_uid != 0 && st.st_uid != geteuid() {
+            problem = "is owned by uid \(st.st_uid), neither root nor the user running stockade"
+        } else if st.st_mode & (S_IWGRP | S_IWOTH) != 0 {
+            problem = "is writable by its group or by others (mode \(String(st.st_mode & 0o7777, radix: 8)))"
+        } else if st.st_mode & S_IXUSR == 0 {
+            problem = "is not executable"
+        }
+        if let problem {
+            close(fd)
+            return .refused("the spawn helper \(path) \(problem)" + fix)
+        }
+        return .ready(fd: fd, path: path)
     }
 }
 

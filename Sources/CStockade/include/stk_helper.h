@@ -6,9 +6,12 @@
  *
  * A clone copies the caller's memory map and page tables and write-protects
  * the caller's pages: a busy, multithreaded supervisor then takes
- * copy-on-write faults and TLB shoot-downs on every thread, per run. Helpers
- * are forked from a spawner thread before the supervisor loads anything (every
- * init is a copy of one), and from then on run only C: one thread, no Swift.
+ * copy-on-write faults and TLB shoot-downs on every thread, per run. A helper
+ * is the `stockade-spawn` program executed from a spawner thread
+ * (stk_helper_exec), so an init, a copy of it, holds nothing of the
+ * supervisor's and is cheap to copy and to tear down; without that binary,
+ * helpers are forked from a spawner thread before the supervisor loads anything
+ * (stk_helper_start). Either way a helper runs only C: one thread, no Swift.
  * A helper clones with CLONE_PARENT, so each worker's init is
  * still the supervisor's child (the supervisor reaps it and holds its pidfd)
  * but a copy of the helper. A plan travels as one memfd plus its descriptors
@@ -29,6 +32,18 @@
  * socket to the helper and sets *pid, or -1 with errno.
  */
 int stk_helper_start(void *_Nullable scrub, size_t scrub_len, int netns_ahead, pid_t *_Nonnull pid);
+
+/*
+ * Starts a helper by executing the `stockade-spawn` binary open at `helper_fd` (the caller has
+ * checked who owns it), instead of forking the caller: the helper, and so every init, then holds
+ * nothing of the supervisor's memory, and an init's address space is a small C program's, cheap to
+ * copy at the clone and to tear down at its exit. Same contract as stk_helper_start otherwise.
+ */
+int stk_helper_exec(int helper_fd, int netns_ahead, pid_t *_Nonnull pid);
+
+/* main() of the `stockade-spawn` binary: argv is {name, supervisor pid, netns_ahead}, the socket
+   is descriptor 3. Refuses (status 2) when not started that way. Does not return otherwise. */
+int stk_helper_exec_main(int argc, char *_Nonnull *_Nonnull argv);
 
 /*
  * Spawns `plan` through the helper on `sock`; fills `result` like stk_spawn.

@@ -1,0 +1,149 @@
+import Foundation
+import Testing
+
+/// The spawn helper is its own small program, `stockade-spawn`, executed next to `stockade`: every
+/// worker's init is a copy of it, not of the supervisor. Without it, `stockade` forks its helpers;
+/// with one that someone else could replace, it runs nothing.
+@Suite("the spawn helper binary", .serialized,
+       .enabled(if: Harness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(3)))
+struct SpawnHelperTests {
+    static var helper: String { Harness.binDirectory + "/stockade-spawn" }
+
+    /// Starts `stockade run ... -- /bin/sh -c 'sleep 5'` with `binary` and returns it once its worker's init
+    /// is up, with that init's pid (a child of the supervisor named stockade-init).
+    static func startSleeper(_ binary: String, state: String, marker: String) throws -> (Process, pid_t) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        // The marker is in the supervisor's environment, which no worker is given (the plan, and so
+        // the init's copy of it, holds the worker's command line: the marker is not there).
+        process.arguments = ["run", "--state-dir", state, "--", "/bin/sleep", "5"]
+        process.environment = ProcessInfo.processInfo.environment.merging(["STK_TEST_MARKER": marker]) { $1 }
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        for _ in 0..<200 {
+            if let init_ = children(of: process.processIdentifier).first(where: { comm($0) == "stockade-init" }) {
+                return (process, init_)
+            }
+            usleep(25_000)
+        }
+        process.terminate()
+        throw CocoaError(.fileNoSuchFile, userInfo: [NSLocalizedDescriptionKey: "no stockade-init appeared under \(binary)"])
+    }
+
+    static func children(of pid: pid_t) -> [pid_t] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap { Int32($0) }.filter { candidate in
+            guard let stat = try? String(contentsOfFile: "/proc/\(candidate)/stat", encoding: .utf8),
+                  let close = stat.range(of: ")", options: .backwards) else { return false }
+            let fields = stat[close.upperBound...].split(separator: " ")
+            return fields.count > 2 && Int32(fields[1]) == pid
+        }
+    }
+
+    static func comm(_ pid: pid_t) -> String {
+        ((try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Whether `needle` is anywhere in `pid`'s writable memory (read through /proc/PID/mem, as root).
+    static func memoryContains(_ pid: pid_t, _ needle: String) throws -> Bool {
+        let maps = try String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8)
+        let mem = try FileHandle(forReadingFrom: URL(fileURLWithPath: "/proc/\(pid)/mem"))
+        defer { try? mem.close() }
+        let pattern = Data(needle.utf8)
+        for line in maps.split(separator: "\n") {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard fields.count >= 2, fields[1].hasPrefix("rw") else { continue }
+            let bounds = fields[0].split(separator: "-")
+            guard bounds.count == 2, let start = UInt64(bounds[0], radix: 16), let end = UInt64(bounds[1], radix: 16),
+                  end - start <= 512 << 20 else { continue }
+            do {
+                try mem.seek(toOffset: start)
+                if let data = try mem.read(upToCount: Int(end - start)), data.range(of: pattern) != nil { return true }
+            } catch { continue }  // a guard page or an unreadable mapping
+        }
+        return false
+    }
+
+    @Test("each worker's init is a copy of stockade-spawn: none of the supervisor's binary, memory, environment or command line")
+    func initIsTheHelpersCopy() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.helper), "build it: swift build --product stockade-spawn")
+        let state = try Harness().stateDirectory
+        let marker = "stk-marker-\(UUID().uuidString)"
+        let (process, initPid) = try Self.startSleeper(Harness.stockade, state: state, marker: marker)
+        defer { process.terminate(); process.waitUntilExit() }
+        let supervisor = process.processIdentifier
+        let stockadeExe = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(supervisor)/exe")
+        let helperExe = URL(fileURLWithPath: Self.helper).resolvingSymlinksInPath().path
+        // Positive controls: the supervisor maps its binary and holds the marker.
+        #expect(try String(contentsOfFile: "/proc/\(supervisor)/maps", encoding: .utf8).contains(stockadeExe + "\n"))
+        #expect(try Self.memoryContains(supervisor, marker), "the marker should be in the supervisor's memory")
+
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(initPid)/exe") == helperExe)
+        let maps = try String(contentsOfFile: "/proc/\(initPid)/maps", encoding: .utf8)
+        let mapped = Set(maps.split(separator: "\n").compactMap { $0.split(separator: " ", omittingEmptySubsequences: true).dropFirst(5).first.map(String.init) })
+        #expect(mapped.contains(helperExe) && !mapped.contains(stockadeExe), "the init maps the supervisor's binary: \(maps)")
+        #expect(maps.split(separator: "\n").count < 40, "an init of a small C program has a few mappings, not \(maps.split(separator: "\n").count)")
+        #expect(try !Self.memoryContains(initPid, marker), "the init holds a copy of the supervisor's memory")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: "/proc/\(initPid)/environ")).isEmpty)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: "/proc/\(initPid)/cmdline")).allSatisfy { $0 == 0 })
+    }
+
+    /// A directory beside the build's with `stockade` linked into it (same filesystem, so a hard link),
+    /// so /proc/self/exe, and where it looks for stockade-spawn, is there.
+    static func lonelyStockade() throws -> (directory: String, binary: String) {
+        let parent = URL(fileURLWithPath: Harness.binDirectory).resolvingSymlinksInPath().deletingLastPathComponent().path
+        let directory = parent + "/stk-helper-test-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
+        let binary = directory + "/stockade"
+        if link(Harness.stockade, binary) != 0 { try FileManager.default.copyItem(atPath: Harness.stockade, toPath: binary) }
+        return (directory, binary)
+    }
+
+    @Test("without stockade-spawn beside it, stockade forks its helpers and runs as before")
+    func forkedHelpersWithoutTheBinary() throws {
+        let (directory, binary) = try Self.lonelyStockade()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let state = try Harness().stateDirectory
+        let r = try Harness.exec(binary, ["run", "--json", "--state-dir", state, "--", "/bin/sh", "-c", "echo ran"])
+        #expect(r.status == 0 && r.stdout.contains("ran\\n"), "\(r.stdout) \(r.stderr)")
+        let (process, initPid) = try Self.startSleeper(binary, state: state, marker: "x")
+        defer { process.terminate(); process.waitUntilExit() }
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(initPid)/exe") == binary)
+    }
+
+    @Test("a stockade-spawn writable by others is refused: the run fails closed naming it and how to fix it; once fixed it runs")
+    func replaceableHelperRefused() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.helper))
+        let (directory, binary) = try Self.lonelyStockade()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let planted = directory + "/stockade-spawn"
+        try FileManager.default.copyItem(atPath: Self.helper, toPath: planted)
+        let state = try Harness().stateDirectory
+        let command = ["run", "--json", "--state-dir", state, "--", "/bin/sh", "-c", "echo ran"]
+        for mode in [0o775, 0o757] {
+            #expect(chmod(planted, mode_t(mode)) == 0)
+            let r = try Harness.exec(binary, command)
+            #expect(r.status == 125, "mode \(String(mode, radix: 8)): \(r.stdout) \(r.stderr)")
+            #expect(!r.stdout.contains("ran\\n"), "a worker ran with a replaceable helper")
+            // The report's setupError (stdout, --json) and the log line (stderr) both say it.
+            let said = r.stdout + r.stderr
+            #expect(r.stdout.contains("\"stage\":\"spawn-helper\"") && said.contains(planted) &&
+                    said.contains("writable by its group or by others") && said.contains("chmod 0755"), "\(said)")
+        }
+        // The positive control: the same file, mode 0755, runs.
+        #expect(chmod(planted, 0o755) == 0)
+        let fixed = try Harness.exec(binary, command)
+        #expect(fixed.status == 0 && fixed.stdout.contains("ran\\n"), "\(fixed.stdout) \(fixed.stderr)")
+    }
+
+    @Test("stockade-spawn run by hand refuses, exit 2, and says what it is")
+    func helperByHand() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.helper))
+        for args in [[String](), ["1", "0"], ["\(getpid())", "0"], ["\(getpid())", "x"]] {
+            let r = try Harness.exec(Self.helper, args)
+            #expect(r.status == 2 && r.stderr.contains("started by it"), "\(args): \(r.status) \(r.stderr)")
+        }
+    }
+}
