@@ -175,7 +175,7 @@ enum Main {
             let global = try GlobalOptions.apply(Array(CommandLine.arguments.dropFirst()))
             arguments = global.arguments
             logFormat = global.logFormat
-            let level = ProcessEnvironment.current()["STOCKADE_LOG"].flatMap { Logger.Level(rawValue: $0) }
+            let level = getenv("STOCKADE_LOG").flatMap { Logger.Level(rawValue: String(cString: $0)) }
             LogFormat.bootstrap(global.logFormat, level: level ?? .warning)
         } catch {
             Console.error("stockade: \(error.message)")
@@ -189,11 +189,17 @@ enum Main {
             }
             ServeLauncher.exec(Array(arguments.dropFirst()))
         }
-        if let hint = UsageHints.unknownSubcommand(arguments) {
+        // A plain `stockade run` line is read without ArgumentParser's reflection (FastRun).
+        let fast = FastRun.parse(arguments)
+        if fast == nil, let hint = UsageHints.unknownSubcommand(arguments) {
             Console.error(hint)
             Glibc.exit(2)
         }
         do {
+            if let fast {
+                try await fast.run()
+                return
+            }
             var command = try Stockade.parseAsRoot(arguments)
             if var async = command as? AsyncParsableCommand {
                 try await async.run()

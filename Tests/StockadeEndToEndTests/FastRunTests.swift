@@ -1,0 +1,80 @@
+import ArgumentParser
+import Testing
+@testable import stockade
+
+/// `stockade run`'s hand reader (FastRun) against ArgumentParser's: the same `Run`, every field, for
+/// every line it takes; nil (ArgumentParser reads it) for every line it must not take.
+@Suite("stockade run's command line read without reflection")
+struct FastRunTests {
+    /// Every field of `run`, wrappers and all (an unset field shows as a definition, not a value).
+    static func fields(_ run: Run) -> String {
+        var text = ""
+        dump(run, to: &text)
+        return text
+    }
+
+    static let taken: [[String]] = [
+        ["--", "/bin/true"],
+        ["--json", "--", "/bin/sh", "-c", "echo hi -- --json"],
+        ["--profile", "strict", "--memory", "64m", "--cpus", "0.5", "--pids", "32", "--timeout", "10s", "--", "true"],
+        ["--memory=128MiB", "--cpus=1.5", "--pids=7", "--timeout=1m", "--network=loopback", "--", "x", "--memory", "1"],
+        ["--network", "proxy", "--allow-host", "pypi.org", "--allow-host", "*.example.com:8443", "--", "pip"],
+        ["--network", "loopback", "--publish", "8080:80", "--publish", "9090:90", "--", "srv"],
+        ["--volume", "/tmp:/data:ro", "--volume", "/var/tmp:/scratch:rw", "--env", "A=1", "--env", "B=", "--", "env"],
+        ["--label", "team=ci", "--label", "job=7", "--name", "build-7", "-i", "--", "cat"],
+        ["--interactive", "--state-dir", "/tmp/s", "--", "cat"],
+        ["--workspace", "/tmp", "--", "ls"],
+        ["--request", "/tmp/req"],
+        ["--image", "busybox:latest", "--", "/bin/sh"],
+        ["--rootfs", "/srv/root", "--", "/bin/sh"],
+        ["--profile", "", "--", "true"],
+        ["--cpus", "2", "--json", "--", "true"],
+        ["--", "--json", "--help", "-i"],
+    ]
+
+    static let refused: [[String]] = [
+        [],                                         // no command: validate refuses
+        ["--help"], ["-h"], ["--version"], ["--", ], ["--bogus", "--", "true"], ["-x", "--", "true"],
+        ["true"],                                   // a positional before --
+        ["--profile", "a", "--profile", "b", "--", "true"],
+        ["--json", "--json", "--", "true"],
+        ["--json=yes", "--", "true"],
+        ["--profile", "--json", "--", "true"],      // a missing value
+        ["--memory", "--", "true"],
+        ["--profile"],
+        ["--cpus", "lots", "--", "true"], ["--pids", "1.5", "--", "true"],
+        ["--image", "a", "--rootfs", "/r", "--", "true"],
+        ["--rootfs", "relative", "--", "true"],
+        ["--network", "wifi", "--", "true"],
+        ["--memory", "12q", "--", "true"],
+        ["--memory", "-1", "--", "true"],           // taken as the value (.unconditional), then refused by validate
+        ["--env", "=x", "--", "true"],
+        ["-i", "-i", "--", "cat"],
+        ["-ij", "--", "true"],
+    ]
+
+    @Test("a line the hand reader takes gives the Run ArgumentParser gives, field by field")
+    func sameRun() throws {
+        for line in Self.taken {
+            let fast = try #require(FastRun.parse(["run"] + line), "the hand reader should take \(line)")
+            let parsed = try #require(try Stockade.parseAsRoot(["run"] + line) as? Run, "\(line)")
+            #expect(Self.fields(fast) == Self.fields(parsed), "\(line)")
+            // The dump holds the values themselves.
+            for value in line where !value.hasPrefix("-") && !value.isEmpty { #expect(Self.fields(fast).contains(value), "\(value) in \(line)") }
+            // The check can fail: a different value shows.
+            if !line.contains("--name") {
+                #expect(Self.fields(fast) != Self.fields(try #require(FastRun.parse(["run", "--name", "other-name"] + line))))
+            }
+        }
+    }
+
+    @Test("a line it does not plainly understand is left to ArgumentParser, which says what is wrong")
+    func leftToArgumentParser() {
+        for line in Self.refused {
+            #expect(FastRun.parse(["run"] + line) == nil, "\(line)")
+        }
+        // Not `run`: never read by hand.
+        #expect(FastRun.parse(["batch", "-"]) == nil)
+        #expect(FastRun.parse(["audit", "--", "true"]) == nil)
+    }
+}
