@@ -138,7 +138,8 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
-        .executableTarget(name: "stockade", dependencies: [
+        // stockade-spawn: every build of stockade builds its spawn helper from the same sources.
+        .executableTarget(name: "stockade", dependencies: ["stockade-spawn",
             "StockadeSupervisor", "StockadeVerify", "StockadeImages", "StockadeTokens", "StockadeAudit", "StockadeClient", "StockadeStore",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

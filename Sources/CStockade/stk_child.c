@@ -38,6 +38,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+STK_BUILD_STAMP(child)
+
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif

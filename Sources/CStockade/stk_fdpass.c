@@ -13,6 +13,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+STK_BUILD_STAMP(fdpass)
+
 ssize_t stk_send_fds(int sock, const void *data, size_t len, const int *fds, int nfds) {
     if (nfds < 0 || nfds > STK_MAX_PASSED_FDS) {
         errno = EINVAL;

@@ -26,6 +26,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+STK_BUILD_STAMP(helper)
+
 #ifndef P_PIDFD
 #define P_PIDFD 3
 #endif
@@ -373,6 +375,21 @@ int stk_helper_start(void *scrub, size_t scrub_len, int netns_ahead, pid_t *pid)
     return sv[0];
 }
 
+/* This build's token (see STK_BUILD_STAMP): 16 hex digits of FNV-1a over the stamps. */
+static void stk_build_token(char out[17]) {
+    const char *stamps[] = {stk_stamp_child, stk_stamp_spawn, stk_stamp_helper, stk_stamp_fdpass, stk_stamp_mounts, stk_stamp_net};
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < sizeof stamps / sizeof stamps[0]; i++)
+        for (const char *c = stamps[i]; *c; c++) h = (h ^ (uint8_t)*c) * 0x100000001b3ull;
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 0; i < 16; i++) out[i] = hex[(h >> (60 - 4 * i)) & 0xf];
+    out[16] = 0;
+}
+
+/* The helper's first word on its socket: 'H' when it serves, 'B' when it is from another build. */
+#define STK_HELLO_OK 'H'
+#define STK_HELLO_OTHER_BUILD 'B'
+
 int stk_helper_exec(int helper_fd, int netns_ahead, pid_t *pid) {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) return -1;
@@ -380,7 +397,8 @@ int stk_helper_exec(int helper_fd, int netns_ahead, pid_t *pid) {
        helper's socket's, so the dup2 to STK_HELPER_FD cannot replace it. Close-on-exec: the kernel
        opens /proc/self/fd/N before it closes those. */
     int exe = fcntl(helper_fd, F_DUPFD_CLOEXEC, STK_HELPER_FD + 8);
-    char path[40], parent[24], ahead[24];
+    char path[40], parent[24], ahead[24], token[17];
+    stk_build_token(token);
     int err = 0;
     posix_spawn_file_actions_t actions;
     posix_spawnattr_t attr;
@@ -398,13 +416,27 @@ int stk_helper_exec(int helper_fd, int netns_ahead, pid_t *pid) {
        ignores what is the supervisor's to handle, and unblocks). */
     sigset_t all;
     sigfillset(&all);
+    /* A process group of its own: a signal to the supervisor's group (a terminal's Ctrl-C or Ctrl-Z,
+       `kill -- -PGID`) does not reach the helpers, which die with the supervisor's thread instead. */
     if ((err = posix_spawnattr_setsigdefault(&attr, &all)) != 0 || (err = posix_spawnattr_setsigmask(&attr, &all)) != 0 ||
-        (err = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK)) != 0)
+        (err = posix_spawnattr_setpgroup(&attr, 0)) != 0 ||
+        (err = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP)) != 0)
         goto done;
     /* No environment: nothing of the supervisor's reaches the helper, and so no init. */
-    char *const argv[] = {"stockade-spawn", parent, ahead, NULL};
+    char *const argv[] = {"stockade-spawn", parent, ahead, token, NULL};
     char *const envp[] = {NULL};
     err = posix_spawn(pid, path, &actions, &attr, argv, envp);
+    if (err == 0) {
+        /* Its first word: it serves, or it was built from other sources than this stockade. */
+        char hello = 0;
+        ssize_t n;
+        do n = recv(sv[0], &hello, 1, 0); while (n < 0 && errno == EINTR);
+        if (n != 1 || hello != STK_HELLO_OK) {
+            err = n == 1 && hello == STK_HELLO_OTHER_BUILD ? ESTALE : n < 0 ? errno : ECHILD;
+            (void)kill(*pid, SIGKILL);
+            while (waitpid(*pid, NULL, 0) < 0 && errno == EINTR) {}
+        }
+    }
 done:
     if (have_actions) posix_spawn_file_actions_destroy(&actions);
     if (have_attr) posix_spawnattr_destroy(&attr);
@@ -430,8 +462,8 @@ static long stk_parse_count(const char *s) {
 }
 
 int stk_helper_exec_main(int argc, char **argv) {
-    long parent = argc == 3 ? stk_parse_count(argv[1]) : -1;
-    long ahead = argc == 3 ? stk_parse_count(argv[2]) : -1;
+    long parent = argc == 4 ? stk_parse_count(argv[1]) : -1;
+    long ahead = argc == 4 ? stk_parse_count(argv[2]) : -1;
     int type = 0;
     socklen_t type_len = sizeof type;
     if (parent <= 0 || ahead < 0 || getppid() != (pid_t)parent ||
@@ -440,6 +472,12 @@ int stk_helper_exec_main(int argc, char **argv) {
         (void)!write(2, usage, sizeof usage - 1);
         return 2;
     }
+    /* Serve only a stockade of this very build: the plan's format and the child path are this
+       build's. Said on the socket, where the supervisor waits for it. */
+    char token[17];
+    stk_build_token(token);
+    char hello = strcmp(argv[3], token) == 0 ? STK_HELLO_OK : STK_HELLO_OTHER_BUILD;
+    if (send(STK_HELPER_FD, &hello, 1, MSG_NOSIGNAL) != 1 || hello != STK_HELLO_OK) return 3;
     /* Every init is a copy of this process: its /proc/1/cmdline shows nothing. */
     for (int i = 0; i < argc; i++) memset(argv[i], 0, strlen(argv[i]));
     stk_helper_main(STK_HELPER_FD, (pid_t)parent, NULL, 0, (int)ahead);
@@ -694,7 +732,8 @@ __attribute__((noreturn)) static void stk_helper_main(int sock, pid_t parent, vo
     /* Whatever the supervisor has open (other runs' pipes, the audit database) is not the helper's
        to hold: keep the socket alone, then give stdio /dev/null. */
     if (sock != STK_HELPER_FD && dup2(sock, STK_HELPER_FD) < 0) _exit(1);
-    (void)syscall(SYS_close_range, STK_HELPER_FD + 1, ~0U, 0U);
+    /* The one gate against the supervisor's descriptors reaching inits: serve nothing without it. */
+    if (syscall(SYS_close_range, STK_HELPER_FD + 1, ~0U, 0U) < 0) _exit(1);
     (void)fcntl(STK_HELPER_FD, F_SETFD, FD_CLOEXEC);
     int null = open("/dev/null", O_RDWR | O_CLOEXEC);
     if (null < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0) _exit(1);

@@ -4,6 +4,16 @@
 #include <sys/types.h>
 #include "stk_spawn.h"
 
+/*
+ * When this file was compiled: one stamp per source file of the spawn and child path, folded into
+ * stk_build_token(). `stockade` and `stockade-spawn` link the same objects of one build, so their
+ * tokens match; a `stockade-spawn` left from another build (an upgrade that replaced `stockade`
+ * alone, a partial rebuild) carries other stamps and refuses to serve.
+ */
+#define STK_BUILD_STAMP(name) const char stk_stamp_##name[] = __DATE__ " " __TIME__;
+extern const char stk_stamp_child[], stk_stamp_spawn[], stk_stamp_helper[], stk_stamp_fdpass[], stk_stamp_mounts[],
+    stk_stamp_net[];
+
 #pragma clang assume_nonnull begin
 
 /* SCM_MAX_FD: the most descriptors one message can carry. */

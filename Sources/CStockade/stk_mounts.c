@@ -16,6 +16,9 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "stk_internal.h"
+
+STK_BUILD_STAMP(mounts)
 
 static int stk_write_text(const char *path, const char *text) {
     int fd = open(path, O_WRONLY | O_CLOEXEC);

@@ -13,6 +13,9 @@
 #include <unistd.h>
 
 #include "stk_net.h"
+#include "stk_internal.h"
+
+STK_BUILD_STAMP(net)
 
 int stk_setns_net(int nsfd) {
     return setns(nsfd, CLONE_NEWNET);

@@ -23,6 +23,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+STK_BUILD_STAMP(spawn)
+
 
 /* ---------- parent side ---------- */
 

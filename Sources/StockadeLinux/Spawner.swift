@@ -161,9 +161,13 @@ public final class Spawner: Sendable {
             let socket: Int32
             if case .ready(let fd, let path) = binary {
                 socket = stk_helper_exec(fd, Int32(clamping: netnsAhead), &pid)
-                if socket < 0 {
-                    let reason = String(cString: strerror(errno))
-                    pool.withLock { $0.refusal = "cannot start the spawn helper \(path): \(reason)" }
+                // Kept only when no helper starts (a spawn then fails with it).
+                if socket < 0 && made == 0 {
+                    let err = errno
+                    let why = err == ESTALE
+                        ? "is from another build than this stockade (its spawn and child code differ): install stockade and stockade-spawn from one build"
+                        : err == ECHILD ? "exited before it served (run it by hand to see why)" : "cannot be started: \(String(cString: strerror(err)))"
+                    pool.withLock { $0.refusal = "the spawn helper \(path) \(why)" }
                 }
             } else {
                 socket = stk_helper_start(scrub, scrubLength, Int32(clamping: netnsAhead), &pid)
@@ -225,12 +229,23 @@ enum SpawnHelperBinary {
         guard n > 0 else { return .absent }
         let exe = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
         guard let slash = exe.utf8.lastIndex(of: UInt8(ascii: "/")) else { return .absent }
-        let path = String(exe[..<slash]) + "/" + name
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)
+        let directory = String(exe[..<slash])
+        let path = directory + "/" + name
+        // Not through a link, and never waiting (a FIFO planted there must not hang the start).
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK)
         if fd < 0 {
             let err = errno
             if err == ENOENT { return .absent }
+            if err == ELOOP { return .refused("the spawn helper \(path) is a symbolic link; install the file itself beside stockade, or remove it and stockade forks its helpers") }
             return .refused("cannot open the spawn helper \(path): \(String(cString: strerror(err)))")
+        }
+        // Whoever may write the directory could swap the file (a hard link to another root-owned
+        // program passes every check below): the directory must be as closed as the file.
+        var dir = stat()
+        if stat(directory.isEmpty ? "/" : directory, &dir) != 0 || (dir.st_uid != 0 && dir.st_uid != geteuid()) ||
+            dir.st_mode & (S_IWGRP | S_IWOTH) != 0 {
+            close(fd)
+            return .refused("the directory \(directory.isEmpty ? "/" : directory) holding the spawn helper is writable by its group or by others, or owned by another user; install stockade and stockade-spawn in a root-owned directory with mode 0755")
         }
         var st = stat()
         guard fstat(fd, &st) == 0 else {
@@ -248,6 +263,8 @@ enum SpawnHelperBinary {
             problem = "is writable by its group or by others (mode \(String(st.st_mode & 0o7777, radix: 8)))"
         } else if st.st_mode & S_IXUSR == 0 {
             problem = "is not executable"
+        } else if st.st_mode & (S_ISUID | S_ISGID) != 0 {
+            problem = "is set-user-ID or set-group-ID"
         }
         if let problem {
             close(fd)

@@ -138,10 +138,67 @@ struct SpawnHelperTests {
         #expect(fixed.status == 0 && fixed.stdout.contains("ran\\n"), "\(fixed.stdout) \(fixed.stderr)")
     }
 
+    @Test("a stockade-spawn that is a link, a FIFO, set-user-ID, in a directory others may write, or from another build is refused, fail closed")
+    func otherHelpersRefused() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.helper))
+        let (directory, binary) = try Self.lonelyStockade()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let planted = directory + "/stockade-spawn"
+        let state = try Harness().stateDirectory
+        let command = ["run", "--json", "--state-dir", state, "--", "/bin/sh", "-c", "echo ran"]
+        func refused(_ what: String, _ expected: String) throws {
+            let r = try Harness.exec(binary, command)
+            let said = r.stdout + r.stderr
+            #expect(r.status == 125 && !r.stdout.contains("ran\\n"), "\(what): \(r.status) \(said)")
+            #expect(r.stdout.contains("\"stage\":\"spawn-helper\"") && said.contains(expected), "\(what): \(said)")
+        }
+        // A link to the real helper (which would pass every check of the file itself).
+        #expect(symlink(Self.helper, planted) == 0)
+        try refused("a symbolic link", "is a symbolic link")
+        try FileManager.default.removeItem(atPath: planted)
+        // A FIFO: opening it must not wait for a writer.
+        #expect(mkfifo(planted, 0o755) == 0)
+        try refused("a FIFO", "is not a regular file")
+        try FileManager.default.removeItem(atPath: planted)
+        try FileManager.default.copyItem(atPath: Self.helper, toPath: planted)
+        #expect(chmod(planted, 0o4755) == 0)
+        try refused("set-user-ID", "set-user-ID")
+        #expect(chmod(planted, 0o755) == 0)
+        #expect(chmod(directory, 0o775) == 0)
+        try refused("a group-writable directory", "writable by its group or by others")
+        #expect(chmod(directory, 0o755) == 0)
+        // Another build: the same program with its build stamps (__DATE__ __TIME__) changed.
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: Self.helper)))
+        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"].map { Array($0.utf8) }
+        var stamps = 0
+        var i = 0
+        while i + 20 <= bytes.count {
+            // "Mmm dd yyyy hh:mm:ss": flip the last second digit.
+            if bytes[i + 14] == 58, bytes[i + 17] == 58, bytes[i + 3] == 32, (48...57).contains(bytes[i + 19]),
+               months.contains(Array(bytes[i..<i + 3])) {
+                bytes[i + 19] = bytes[i + 19] == 57 ? 48 : bytes[i + 19] + 1
+                stamps += 1
+                i += 20
+            } else {
+                i += 1
+            }
+        }
+        #expect(stamps >= 6, "the helper's build stamps were not found")
+        try FileManager.default.removeItem(atPath: planted)
+        try Data(bytes).write(to: URL(fileURLWithPath: planted))
+        #expect(chmod(planted, 0o755) == 0)
+        try refused("another build", "from another build than this stockade")
+        // The positive control: the real helper, copied as it is, serves.
+        try FileManager.default.removeItem(atPath: planted)
+        try FileManager.default.copyItem(atPath: Self.helper, toPath: planted)
+        let fine = try Harness.exec(binary, command)
+        #expect(fine.status == 0 && fine.stdout.contains("ran\\n"), "\(fine.stdout) \(fine.stderr)")
+    }
+
     @Test("stockade-spawn run by hand refuses, exit 2, and says what it is")
     func helperByHand() throws {
         try #require(FileManager.default.isExecutableFile(atPath: Self.helper))
-        for args in [[String](), ["1", "0"], ["\(getpid())", "0"], ["\(getpid())", "x"]] {
+        for args in [[String](), ["1", "0", "t"], ["\(getpid())", "0", "t"], ["\(getpid())", "x", "t"], ["\(getpid())", "0"]] {
             let r = try Harness.exec(Self.helper, args)
             #expect(r.status == 2 && r.stderr.contains("started by it"), "\(args): \(r.status) \(r.stderr)")
         }
