@@ -133,7 +133,7 @@ let package = Package(
             .product(name: "NIOTLS", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ], swiftSettings: strict),
-        .executableTarget(name: "stockade-server", dependencies: [
+        .executableTarget(name: "stockade-server", dependencies: ["stockade-spawn",
             "StockadeServer", "StockadeSupervisor", "StockadeVerify", "StockadeStore", "StockadeAudit",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
