@@ -288,8 +288,11 @@ for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
     sleep 0.5
 done
 mem=$(cat "$dir/memory.max" 2>&1); cpu=$(cat "$dir/cpu.max" 2>&1); pids=$(cat "$dir/pids.max" 2>&1)
-# The worker's init (born first in the run's cgroup) is a copy of the spawn helper's binary.
-initexe=$(readlink "/proc/$(head -1 "$dir/cgroup.procs" 2>/dev/null)/exe" 2>&1)
+# The worker's init is a copy of the spawn helper's binary.
+initexe=none
+for p in $(cat "$dir/cgroup.procs" 2>/dev/null); do
+    [ "$(cat "/proc/$p/comm" 2>/dev/null)" = stockade-init ] && initexe=$(readlink "/proc/$p/exe" 2>&1)
+done
 echo "init's binary: $initexe"
 swap=$(cat "$dir/memory.swap.max" 2>/dev/null || echo absent)
 echo "run cgroup ${dir:-none}: memory.max=$mem memory.swap.max=$swap cpu.max=$cpu pids.max=$pids procs=$(cat "$dir/cgroup.procs" 2>/dev/null | tr '\n' ' ')"
