@@ -227,12 +227,14 @@ enum SpawnHelperBinary {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
         guard n > 0 else { return .absent }
-        let exe = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        guard let slash = exe.utf8.lastIndex(of: UInt8(ascii: "/")) else { return .absent }
-        let directory = String(exe[..<slash])
-        let path = directory + "/" + name
+        // The directory's bytes as they are (a name need not be UTF-8); the Strings are for messages.
+        guard let slash = buffer[0..<n].lastIndex(of: CChar(UInt8(ascii: "/"))) else { return .absent }
+        let directoryBytes = slash == 0 ? [CChar(UInt8(ascii: "/"))] : Array(buffer[0..<slash])
+        let pathBytes = Array(buffer[0..<slash]) + Array("/\(name)".utf8CString)
+        let directory = String(decoding: directoryBytes.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let path = String(decoding: pathBytes.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
         // Not through a link, and never waiting (a FIFO planted there must not hang the start).
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK)
+        let fd = Glibc.open(pathBytes, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK)
         if fd < 0 {
             let err = errno
             if err == ENOENT { return .absent }
@@ -242,10 +244,10 @@ enum SpawnHelperBinary {
         // Whoever may write the directory could swap the file (a hard link to another root-owned
         // program passes every check below): the directory must be as closed as the file.
         var dir = stat()
-        if stat(directory.isEmpty ? "/" : directory, &dir) != 0 || (dir.st_uid != 0 && dir.st_uid != geteuid()) ||
+        if stat(directoryBytes + [0], &dir) != 0 || (dir.st_uid != 0 && dir.st_uid != geteuid()) ||
             dir.st_mode & (S_IWGRP | S_IWOTH) != 0 {
             close(fd)
-            return .refused("the directory \(directory.isEmpty ? "/" : directory) holding the spawn helper is writable by its group or by others, or owned by another user; install stockade and stockade-spawn in a root-owned directory with mode 0755")
+            return .refused("the directory \(directory) holding the spawn helper is writable by its group or by others, or owned by another user; install stockade and stockade-spawn in a root-owned directory with mode 0755")
         }
         var st = stat()
         guard fstat(fd, &st) == 0 else {

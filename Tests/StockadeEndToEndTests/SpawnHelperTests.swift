@@ -195,6 +195,29 @@ struct SpawnHelperTests {
         #expect(fine.status == 0 && fine.stdout.contains("ran\\n"), "\(fine.stdout) \(fine.stderr)")
     }
 
+    @Test("stockade in a directory whose name is not UTF-8 still finds the stockade-spawn beside it")
+    func helperBesideNonUTF8Directory() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.helper))
+        let parent = URL(fileURLWithPath: Harness.binDirectory).resolvingSymlinksInPath().deletingLastPathComponent().path
+        let state = try Harness().stateDirectory
+        // The shell handles the name's bytes; the supervisor's init is looked up host-side by its parent.
+        let script = """
+            d=$(printf '%s/stk-\\377-%s' "$1" "$$"); mkdir "$d" || exit 3
+            trap 'rm -rf "$d"' EXIT
+            ln "$2" "$d/stockade" 2>/dev/null || cp "$2" "$d/stockade"; cp "$3" "$d/stockade-spawn"
+            "$d/stockade" run --state-dir "$4" -- /bin/sleep 3 >/dev/null 2>&1 & sup=$!
+            for i in $(seq 100); do
+                for p in $(pgrep -P $sup -x stockade-init); do readlink "/proc/$p/exe" | od -An -c | tr -d ' \n'; echo; exit 0; done
+                sleep 0.05
+            done
+            exit 4
+            """
+        let r = try Harness.exec("/bin/sh", ["-c", script, "sh", parent, Harness.stockade, Self.helper, state])
+        #expect(r.status == 0, "\(r.stdout) \(r.stderr)")
+        // od -c shows the byte 0xff as 377: the init is the helper in the odd directory, not a fork of stockade.
+        #expect(r.stdout.contains("stk-377-") && r.stdout.contains("stockade-spawn"), "\(r.stdout)")
+    }
+
     @Test("stockade-spawn run by hand refuses, exit 2, and says what it is")
     func helperByHand() throws {
         try #require(FileManager.default.isExecutableFile(atPath: Self.helper))
