@@ -389,6 +389,7 @@ static void stk_build_token(char out[17]) {
 /* The helper's first word on its socket: 'H' when it serves, 'B' when it is from another build. */
 #define STK_HELLO_OK 'H'
 #define STK_HELLO_OTHER_BUILD 'B'
+#define STK_HELLO_TIMEOUT_SECONDS 10
 
 int stk_helper_exec(int helper_fd, int netns_ahead, pid_t *pid) {
     int sv[2];
@@ -427,12 +428,19 @@ int stk_helper_exec(int helper_fd, int netns_ahead, pid_t *pid) {
     char *const envp[] = {NULL};
     err = posix_spawn(pid, path, &actions, &attr, argv, envp);
     if (err == 0) {
-        /* Its first word: it serves, or it was built from other sources than this stockade. */
+        /* Its first word: it serves, or it was built from other sources than this stockade. Waited
+           for a bounded time: a program there that holds the socket and never answers fails the
+           start (ETIMEDOUT) instead of hanging it. */
+        struct timeval bound = {STK_HELLO_TIMEOUT_SECONDS, 0}, none = {0, 0};
         char hello = 0;
-        ssize_t n;
-        do n = recv(sv[0], &hello, 1, 0); while (n < 0 && errno == EINTR);
+        ssize_t n = -1;
+        if (setsockopt(sv[0], SOL_SOCKET, SO_RCVTIMEO, &bound, sizeof bound) == 0) {
+            do n = recv(sv[0], &hello, 1, 0); while (n < 0 && errno == EINTR);
+        }
+        int recv_errno = errno == EAGAIN ? ETIMEDOUT : errno;
+        if (n == 1 && setsockopt(sv[0], SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none) < 0) n = -1, recv_errno = errno;
         if (n != 1 || hello != STK_HELLO_OK) {
-            err = n == 1 && hello == STK_HELLO_OTHER_BUILD ? ESTALE : n < 0 ? errno : ECHILD;
+            err = n == 1 && hello == STK_HELLO_OTHER_BUILD ? ESTALE : n < 0 ? recv_errno : ECHILD;
             (void)kill(*pid, SIGKILL);
             while (waitpid(*pid, NULL, 0) < 0 && errno == EINTR) {}
         }

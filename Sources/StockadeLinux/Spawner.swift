@@ -121,7 +121,7 @@ public final class Spawner: Sendable {
             result.detail = -1
             result.listen_fd = -1
             guard let plan = job.plan else {
-                forkHelpers(job.helpers, netnsAhead: job.netnsAhead)
+                startHelpers(job.helpers, netnsAhead: job.netnsAhead)
                 job.done(result)
                 continue
             }
@@ -147,7 +147,7 @@ public final class Spawner: Sendable {
 
     /// Starts the helpers: executes the `stockade-spawn` binary next to this executable when there is one
     /// (SpawnHelperBinary), else forks them from this thread.
-    private func forkHelpers(_ count: Int, netnsAhead: Int) {
+    private func startHelpers(_ count: Int, netnsAhead: Int) {
         let binary = SpawnHelperBinary.open()
         defer { if case .ready(let fd, _) = binary { close(fd) } }
         if case .refused(let why) = binary {
@@ -166,7 +166,9 @@ public final class Spawner: Sendable {
                     let err = errno
                     let why = err == ESTALE
                         ? "is from another build than this stockade (its spawn and child code differ): install stockade and stockade-spawn from one build"
-                        : err == ECHILD ? "exited before it served (run it by hand to see why)" : "cannot be started: \(String(cString: strerror(err)))"
+                        : err == ECHILD ? "exited before it served (run it by hand to see why)"
+                        : err == ETIMEDOUT ? "did not answer within 10 s: it is not stockade's spawn helper"
+                        : "cannot be started: \(String(cString: strerror(err)))"
                     pool.withLock { $0.refusal = "the spawn helper \(path) \(why)" }
                 }
             } else {
@@ -213,8 +215,9 @@ public final class Spawner: Sendable {
 
 /// The spawn helper's own binary, `stockade-spawn`, next to the running executable (as `stockade-probe`
 /// and `stockade-server` are). Opened once and executed through that descriptor, so the file checked is
-/// the file run. Refused unless it is a regular file owned by root or by this process's user and
-/// writable by nobody else: whoever could replace it would run as root in every worker's init.
+/// the file run. Refused unless it is a regular file (not a link, not set-user-ID) owned by root or by
+/// this process's user, writable by nobody else, in a directory as closed: whoever could replace it
+/// would run as root in every worker's init. Its build is checked when it starts (stk_helper_exec).
 /// Absent, the helpers are forked from the supervisor instead (slower per run, same isolation).
 enum SpawnHelperBinary {
     case absent

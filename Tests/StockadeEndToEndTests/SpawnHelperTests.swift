@@ -91,40 +91,51 @@ struct SpawnHelperTests {
     }
 
     /// A directory beside the build's with `stockade` linked into it (same filesystem, so a hard link),
-    /// so /proc/self/exe, and where it looks for stockade-spawn, is there.
-    static func lonelyStockade() throws -> (directory: String, binary: String) {
-        let parent = URL(fileURLWithPath: Harness.binDirectory).resolvingSymlinksInPath().deletingLastPathComponent().path
-        let directory = parent + "/stk-helper-test-\(UUID().uuidString.prefix(8))"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
-        let binary = directory + "/stockade"
-        if link(Harness.stockade, binary) != 0 { try FileManager.default.copyItem(atPath: Harness.stockade, toPath: binary) }
-        return (directory, binary)
+    /// so /proc/self/exe, and where it looks for stockade-spawn, is there; removed by `remove()`.
+    struct LonelyStockade {
+        let directory: String
+        var binary: String { directory + "/stockade" }
+        /// Where that `stockade` looks for its spawn helper.
+        var helper: String { directory + "/stockade-spawn" }
+        let state: String
+
+        init() throws {
+            let parent = URL(fileURLWithPath: Harness.binDirectory).resolvingSymlinksInPath().deletingLastPathComponent().path
+            directory = parent + "/stk-helper-test-\(UUID().uuidString.prefix(8))"
+            state = try Harness().stateDirectory
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
+            if link(Harness.stockade, binary) != 0 { try FileManager.default.copyItem(atPath: Harness.stockade, toPath: binary) }
+        }
+
+        /// `stockade run --json -- /bin/sh -c 'echo ran'` with this `stockade`.
+        func runEcho() throws -> Harness.Result {
+            try Harness.exec(binary, ["run", "--json", "--state-dir", state, "--", "/bin/sh", "-c", "echo ran"])
+        }
+
+        func remove() { try? FileManager.default.removeItem(atPath: directory) }
     }
 
     @Test("without stockade-spawn beside it, stockade forks its helpers and runs as before")
     func forkedHelpersWithoutTheBinary() throws {
-        let (directory, binary) = try Self.lonelyStockade()
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let state = try Harness().stateDirectory
-        let r = try Harness.exec(binary, ["run", "--json", "--state-dir", state, "--", "/bin/sh", "-c", "echo ran"])
+        let lonely = try LonelyStockade()
+        defer { lonely.remove() }
+        let r = try lonely.runEcho()
         #expect(r.status == 0 && r.stdout.contains("ran\\n"), "\(r.stdout) \(r.stderr)")
-        let (process, initPid) = try Self.startSleeper(binary, state: state, marker: "x")
+        let (process, initPid) = try Self.startSleeper(lonely.binary, state: lonely.state, marker: "x")
         defer { process.terminate(); process.waitUntilExit() }
-        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(initPid)/exe") == binary)
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(initPid)/exe") == lonely.binary)
     }
 
     @Test("a stockade-spawn writable by others is refused: the run fails closed naming it and how to fix it; once fixed it runs")
     func replaceableHelperRefused() throws {
         try #require(FileManager.default.isExecutableFile(atPath: Self.helper))
-        let (directory, binary) = try Self.lonelyStockade()
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let planted = directory + "/stockade-spawn"
+        let lonely = try LonelyStockade()
+        defer { lonely.remove() }
+        let planted = lonely.helper
         try FileManager.default.copyItem(atPath: Self.helper, toPath: planted)
-        let state = try Harness().stateDirectory
-        let command = ["run", "--json", "--state-dir", state, "--", "/bin/sh", "-c", "echo ran"]
         for mode in [0o775, 0o757] {
             #expect(chmod(planted, mode_t(mode)) == 0)
-            let r = try Harness.exec(binary, command)
+            let r = try lonely.runEcho()
             #expect(r.status == 125, "mode \(String(mode, radix: 8)): \(r.stdout) \(r.stderr)")
             #expect(!r.stdout.contains("ran\\n"), "a worker ran with a replaceable helper")
             // The report's setupError (stdout, --json) and the log line (stderr) both say it.
@@ -134,20 +145,18 @@ struct SpawnHelperTests {
         }
         // The positive control: the same file, mode 0755, runs.
         #expect(chmod(planted, 0o755) == 0)
-        let fixed = try Harness.exec(binary, command)
+        let fixed = try lonely.runEcho()
         #expect(fixed.status == 0 && fixed.stdout.contains("ran\\n"), "\(fixed.stdout) \(fixed.stderr)")
     }
 
-    @Test("a stockade-spawn that is a link, a FIFO, set-user-ID, in a directory others may write, or from another build is refused, fail closed")
+    @Test("a stockade-spawn that is a link, a FIFO, set-user-ID, in a directory others may write, from another build or silent is refused, fail closed")
     func otherHelpersRefused() throws {
         try #require(FileManager.default.isExecutableFile(atPath: Self.helper))
-        let (directory, binary) = try Self.lonelyStockade()
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let planted = directory + "/stockade-spawn"
-        let state = try Harness().stateDirectory
-        let command = ["run", "--json", "--state-dir", state, "--", "/bin/sh", "-c", "echo ran"]
+        let lonely = try LonelyStockade()
+        defer { lonely.remove() }
+        let planted = lonely.helper
         func refused(_ what: String, _ expected: String) throws {
-            let r = try Harness.exec(binary, command)
+            let r = try lonely.runEcho()
             let said = r.stdout + r.stderr
             #expect(r.status == 125 && !r.stdout.contains("ran\\n"), "\(what): \(r.status) \(said)")
             #expect(r.stdout.contains("\"stage\":\"spawn-helper\"") && said.contains(expected), "\(what): \(said)")
@@ -164,9 +173,9 @@ struct SpawnHelperTests {
         #expect(chmod(planted, 0o4755) == 0)
         try refused("set-user-ID", "set-user-ID")
         #expect(chmod(planted, 0o755) == 0)
-        #expect(chmod(directory, 0o775) == 0)
+        #expect(chmod(lonely.directory, 0o775) == 0)
         try refused("a group-writable directory", "writable by its group or by others")
-        #expect(chmod(directory, 0o755) == 0)
+        #expect(chmod(lonely.directory, 0o755) == 0)
         // Another build: the same program with its build stamps (__DATE__ __TIME__) changed.
         var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: Self.helper)))
         let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"].map { Array($0.utf8) }
@@ -188,10 +197,16 @@ struct SpawnHelperTests {
         try Data(bytes).write(to: URL(fileURLWithPath: planted))
         #expect(chmod(planted, 0o755) == 0)
         try refused("another build", "from another build than this stockade")
+        // Another program that holds the socket and never answers (sleep, its first argument the
+        // supervisor's pid): the start gives up after 10 s instead of hanging.
+        try FileManager.default.removeItem(atPath: planted)
+        try FileManager.default.copyItem(atPath: "/bin/sleep", toPath: planted)
+        #expect(chmod(planted, 0o755) == 0)
+        try refused("a program that never answers", "did not answer within 10 s")
         // The positive control: the real helper, copied as it is, serves.
         try FileManager.default.removeItem(atPath: planted)
         try FileManager.default.copyItem(atPath: Self.helper, toPath: planted)
-        let fine = try Harness.exec(binary, command)
+        let fine = try lonely.runEcho()
         #expect(fine.status == 0 && fine.stdout.contains("ran\\n"), "\(fine.stdout) \(fine.stderr)")
     }
 

@@ -44,7 +44,8 @@ int stk_helper_exec(int helper_fd, int netns_ahead, pid_t *_Nonnull pid);
 /* main() of the `stockade-spawn` binary: argv is {name, supervisor pid, netns_ahead, build token},
    the socket is descriptor 3. Refuses (status 2) when not started that way, and (status 3, 'B' on
    the socket) when the token is not its own build's; says 'H' and does not return otherwise.
-   stk_helper_exec fails with ESTALE for the first and ECHILD when the helper died unheard. */
+   stk_helper_exec fails with ESTALE for the second, ECHILD when the helper died unheard and
+   ETIMEDOUT when it said nothing within 10 s. */
 int stk_helper_exec_main(int argc, char *_Nonnull *_Nonnull argv);
 
 /*
