@@ -87,13 +87,17 @@ struct SetupHardeningTests {
     func plantedTarget() throws {
         let h = try Harness()
         let base = FileManager.default.temporaryDirectory.appendingPathComponent("stockade-plant-\(UUID().uuidString)").path
-        let outside = base + "-outside"
+        // Outside /tmp: the new root is mounted over /tmp in the child's namespace, which hides the host's.
+        let outside = "/var/tmp/stockade-plant-\(UUID().uuidString)-outside"
         try FileManager.default.createDirectory(atPath: base + "/vol/sub", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: base + "/cache", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: outside, withIntermediateDirectories: true)
         // The worker's uid is not the host owner: let it write the read-write volume.
         chmod(base + "/vol", 0o777)
         chmod(base + "/vol/sub", 0o777)
+        // The link's target is as open as the host's /var/tmp: only the check on the path stops run 2's
+        // init (root in its namespace, not on the host) from making its mount point there.
+        chmod(outside, 0o1777)
         defer { for p in [base, outside] { try? FileManager.default.removeItem(atPath: p) } }
         let volumes = ["--volume", "\(base)/vol:/data:rw", "--volume", "\(base)/cache:/data/sub/cache:ro"]
         // Run 1 replaces /data/sub with a link to a host directory it can name (here: one the test made).
