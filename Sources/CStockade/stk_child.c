@@ -132,14 +132,14 @@ static int stk_check_target(int rootfd, const char *path, int parent_only) {
     return 0;
 }
 
-static int stk_run_op(const char *root, int rootfd, const struct stk_mount_op *op) {
+static int stk_run_op(const char *root, int rootfd, const struct stk_mount_op *op, int fresh) {
     char target[4096];
     if (op->target == NULL || stk_join(target, sizeof target, root, op->target) < 0) {
         errno = ENAMETOOLONG;
         return -1;
     }
-    if (stk_check_target(rootfd, op->target, 1) < 0) return -1;
-    if (op->kind != STK_OP_SYMLINK && op->kind != STK_OP_FILE && op->kind != STK_OP_SETATTR) {
+    if (!fresh && stk_check_target(rootfd, op->target, 1) < 0) return -1;
+    if (!fresh && op->kind != STK_OP_SYMLINK && op->kind != STK_OP_FILE && op->kind != STK_OP_SETATTR) {
         /* The mount point itself, once it exists, must not be a link either. */
         if (stk_check_target(rootfd, op->target, 0) < 0 && errno != ENOENT) return -1;
     }
@@ -394,7 +394,7 @@ __attribute__((noreturn)) void stk_child(const struct stk_plan *plan, int errfd,
     int rootfd = open(plan->root, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (rootfd < 0) stk_fail(errfd, STK_STAGE_ROOT);
     for (size_t i = 0; i < plan->op_count; i++) {
-        if (stk_run_op(plan->root, rootfd, &plan->ops[i]) < 0) {
+        if (stk_run_op(plan->root, rootfd, &plan->ops[i], i < plan->fresh_op_count) < 0) {
             stk_failed_op = (int)i;
             stk_fail(errfd, STK_STAGE_MOUNTS);
         }

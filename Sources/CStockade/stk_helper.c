@@ -154,6 +154,7 @@ static void stk_encode(struct stk_out *o, const struct stk_plan *plan) {
         out_u64(o, (uint64_t)op->uid);
         out_u64(o, (uint64_t)op->gid);
     }
+    out_u32(o, (uint32_t)plan->fresh_op_count);
     out_u32(o, (uint32_t)plan->rlimit_count);
     for (size_t i = 0; i < plan->rlimit_count; i++) {
         out_u32(o, (uint32_t)plan->rlimits[i].resource);
@@ -325,6 +326,8 @@ static int stk_decode(struct stk_in *in, struct stk_plan *plan, struct stk_decod
     }
     plan->ops = d->ops;
     plan->op_count = ops;
+    plan->fresh_op_count = in_u32(in);
+    if (plan->fresh_op_count > ops) return -1;
     size_t limits = in_count(in);
     d->rlimits = calloc(limits ? limits : 1, sizeof *d->rlimits);
     if (d->rlimits == NULL) return -1;

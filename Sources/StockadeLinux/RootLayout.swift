@@ -66,7 +66,17 @@ public struct RootLayout: Sendable {
     /// Kernel interfaces the worker may read but never write, as Docker keeps them.
     static let procReadOnly = ["bus", "fs", "irq", "sys", "sysrq-trigger"]
 
-    public func mounts() -> [MountOp] {
+    public func mounts() -> [MountOp] { mountSteps().steps }
+
+    /// The mount steps, and how many leading ones act only on paths this run's init has just made:
+    /// with the host's system directories (not an image root), every step before the first volume
+    /// or profile tmpfs targets a path whose every directory init itself created in a filesystem it
+    /// had just mounted (the root tmpfs, `/proc`, `/dev`), and nothing of the host, an image, the
+    /// workspace or the request is beneath any of them. Nothing in them can be a link a worker left,
+    /// so the child skips its per-step link checks (two `openat2` each) for those and keeps them for
+    /// the rest: volumes (which a worker may have written in an earlier run), their parents and
+    /// profile tmpfs targets, and every step of an image root.
+    public func mountSteps() -> (steps: [MountOp], fresh: Int) {
         var ops: [MountOp] = []
         if !fromImage {
             ops.append(.bind(source: hostRoot + "/usr", target: "/usr", isFile: false, readOnly: true))
@@ -101,6 +111,7 @@ public struct RootLayout: Sendable {
         } else {
             ops.append(.tmpfs(target: "/sandbox/result", sizeBytes: resultBytes, mode: 0o755, owner: (uid, gid), noexec: true))
         }
+        let fresh = fromImage ? 0 : ops.count
         for volume in volumes {
             ops += parents(of: volume.target)
             let isFile = fileKind(volume.source) == .file
@@ -114,7 +125,7 @@ public struct RootLayout: Sendable {
             ops += parents(of: mount.target)
             ops.append(.tmpfs(target: mount.target, sizeBytes: mount.sizeBytes, mode: 0o755, owner: (uid, gid)))
         }
-        return ops
+        return (ops, fresh)
     }
 
     /// With an image root: the generated `/etc` files, written over the image's own.

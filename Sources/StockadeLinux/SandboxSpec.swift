@@ -46,6 +46,9 @@ public struct SandboxSpec: Sendable {
     /// directory every uid can reach; bind sources come as descriptors.
     public var rootDirectory: String = "/tmp"
     public var mounts: [MountOp]
+    /// How many leading `mounts` act only on paths the child has just made itself
+    /// (`RootLayout.mountSteps`): the child checks the rest for links, step by step.
+    public var freshMountCount = 0
     /// A detached mount (an image's root overlay, `ImageRoot`) the child attaches as its new root
     /// instead of an empty tmpfs; the mounts are then made on top of it.
     public var rootMount: Int32?

@@ -46,6 +46,7 @@ final class SpawnPlan {
         for (i, op) in spec.mounts.enumerated() { ops[i] = try mountOp(op) }
         plan.pointee.ops = UnsafePointer(ops)
         plan.pointee.op_count = spec.mounts.count
+        plan.pointee.fresh_op_count = min(max(spec.freshMountCount, 0), spec.mounts.count)
 
         let limits = allocate(stk_rlimit.self, count: max(spec.rlimits.count, 1))
         for (i, r) in spec.rlimits.enumerated() {

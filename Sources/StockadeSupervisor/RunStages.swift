@@ -227,7 +227,9 @@ extension Supervisor {
                 throw SetupFailure(error)
             }
         }
-        var spec = SandboxSpec(argv: plan.command, environment: workerEnvironment, mounts: layout.mounts())
+        let steps = layout.mountSteps()
+        var spec = SandboxSpec(argv: plan.command, environment: workerEnvironment, mounts: steps.steps)
+        spec.freshMountCount = steps.fresh
         spec.rootMount = rootMount
         if let dir = plan.run.workdir { spec.workdir = dir }
         spec.hostname = profile.hostname

@@ -82,6 +82,68 @@ struct RootLayoutTests {
     }
 }
 
+extension MountOp {
+    /// The in-root path the step acts on.
+    var targetPath: String {
+        switch self {
+        case let .mkdir(path, _, _): path
+        case let .bind(_, target, _, _, _, _), let .bindOwned(_, target, _, _), let .tmpfs(target, _, _, _, _),
+             let .proc(target), let .symlink(target, _), let .file(target, _, _), let .attach(_, target),
+             let .readOnly(target), let .mask(target), let .readOnlyInPlace(target): target
+        }
+    }
+
+    /// Shows something the child did not make (a host path, a volume, the workspace, the request):
+    /// what is beneath it is not the child's own.
+    var showsForeignTree: Bool {
+        switch self {
+        case .bind, .bindOwned, .attach: true
+        default: false
+        }
+    }
+}
+
+@Suite("which mount steps the child checks for links")
+struct FreshMountStepTests {
+    func beneath(_ path: String, _ ancestor: String) -> Bool { path == ancestor || path.hasPrefix(ancestor + "/") }
+
+    @Test("with the host's directories, the fixed steps are fresh; every volume, its parents and every profile tmpfs are checked")
+    func hostRoot() {
+        var l = RootLayout(uid: 1000, gid: 1000, hostname: "stockade", tmpBytes: 64 << 20, workspace: .mount(fd: 7),
+                           requestDirectory: "/var/lib/stockade/runs/x/request", resultMount: 8, resultBytes: 1 << 20)
+        let bare = l.mountSteps()
+        #expect(bare.fresh == bare.steps.count && bare.fresh > 20)
+        l.volumes = [.init(source: "/srv/data", target: "/data", readOnly: false), .init(source: "/usr/share", target: "/data/sub/share", readOnly: true),
+                     .init(source: "/srv/x", target: "/tmp/x", readOnly: true)]
+        l.workerHostIds = (1_000_001_000, 1_000_001_000)
+        l.tmpfs = [(target: "/data/scratch", sizeBytes: 1 << 20), (target: "/cache", sizeBytes: 1 << 20)]
+        let (steps, fresh) = l.mountSteps()
+        #expect(fresh == bare.fresh, "volumes and tmpfs come after the fixed steps")
+        #expect(Array(steps[..<fresh]) == bare.steps)
+        let foreign = l.volumes.map(\.target) + l.tmpfs.map(\.target)
+        for (i, step) in steps.enumerated() {
+            if i < fresh {
+                #expect(!foreign.contains { beneath(step.targetPath, $0) }, "fresh step \(step) is in a volume or profile tmpfs")
+                // Nothing a fresh step acts on lies beneath a tree the child did not make.
+                for earlier in steps[..<i] where earlier.showsForeignTree {
+                    #expect(!step.targetPath.hasPrefix(earlier.targetPath + "/"), "fresh step \(step) lies beneath \(earlier)")
+                }
+            } else {
+                // A volume, a profile tmpfs, or a directory made on the way to one.
+                #expect(foreign.contains { beneath($0, step.targetPath) }, "checked step \(step) is not a profile's")
+            }
+        }
+    }
+
+    @Test("with an image root every step is checked: the image's own tree may hold links")
+    func imageRoot() {
+        var l = RootLayout(uid: 1000, gid: 1000, hostname: "stockade", tmpBytes: 64 << 20, workspace: .empty(sizeBytes: 1 << 20), resultBytes: 1 << 20)
+        l.fromImage = true
+        let (steps, fresh) = l.mountSteps()
+        #expect(fresh == 0 && !steps.isEmpty)
+    }
+}
+
 @Suite("command lookup")
 struct ExecCandidateTests {
     @Test("a bare command is looked up along the worker's PATH; a path is used as given")

@@ -79,6 +79,9 @@ struct stk_plan {
     int root_fd;
     const struct stk_mount_op *_Nullable ops;
     size_t op_count;
+    /* The leading ops whose targets lie only in what the child has just made (RootLayout.mountSteps):
+       not checked for links. Every later op is (stk_check_target). 0 checks all. */
+    size_t fresh_op_count;
     int root_readonly;
     const char *workdir;
     const char *hostname;
