@@ -66,15 +66,19 @@ public struct CgroupV1: CgroupDriver {
             }
             try CgroupFiles.write(String(limits.memoryBytes), to: dirs.memory + "/memory.limit_in_bytes")
             // Present only with swap accounting; the limit above must be set first (memsw ≥ memory).
-            let memsw = dirs.memory + "/memory.memsw.limit_in_bytes"
-            if CgroupFiles.exists(memsw) { try CgroupFiles.write(String(limits.memoryBytes), to: memsw) }
+            // Written without a look first: the file's absence is the open's ENOENT (a lookup in a
+            // cgroup just made is a slow one, each run).
+            do throws(CgroupError) {
+                try CgroupFiles.write(String(limits.memoryBytes), to: dirs.memory + "/memory.memsw.limit_in_bytes")
+            } catch where error.errno == ENOENT {}
             // Written before any socket exists in the cgroup: sockets made earlier would go uncharged.
             let tcp = dirs.memory + "/memory.kmem.tcp.limit_in_bytes"
-            guard CgroupFiles.exists(tcp) else {
+            do throws(CgroupError) {
+                try CgroupFiles.write(String(limits.tcpBufferBytes), to: tcp)
+            } catch where error.errno == ENOENT {
                 throw CgroupError(.missingController, path: tcp,
                                   "this kernel's cgroup v1 memory controller has no TCP buffer accounting, so a worker's socket buffers would be bounded only by the host-wide tcp_mem: boot with cgroup v2 (systemd.unified_cgroup_hierarchy=1), where socket memory is charged to memory.max")
             }
-            try CgroupFiles.write(String(limits.tcpBufferBytes), to: tcp)
             try CgroupFiles.write(String(CgroupLimits.cpuPeriodMicros), to: dirs.cpu + "/cpu.cfs_period_us")
             try CgroupFiles.write(String(limits.cpuQuotaMicros), to: dirs.cpu + "/cpu.cfs_quota_us")
             try CgroupFiles.write(String(limits.pids), to: dirs.pids + "/pids.max")

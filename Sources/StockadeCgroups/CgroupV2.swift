@@ -105,8 +105,10 @@ public struct CgroupV2: CgroupDriver {
         do throws(CgroupError) {
             try CgroupFiles.write(String(limits.memoryBytes), to: path + "/memory.max")
             // v2 limits swap separately; 0 keeps memory plus swap within the memory limit, as v1's memsw does.
-            let swap = path + "/memory.swap.max"
-            if CgroupFiles.exists(swap) { try CgroupFiles.write("0", to: swap) }
+            // Absent without swap accounting: the open's ENOENT says so (no separate look first).
+            do throws(CgroupError) {
+                try CgroupFiles.write("0", to: path + "/memory.swap.max")
+            } catch where error.errno == ENOENT {}
             try CgroupFiles.write("\(limits.cpuQuotaMicros) \(CgroupLimits.cpuPeriodMicros)", to: path + "/cpu.max")
             try CgroupFiles.write(String(limits.pids), to: path + "/pids.max")
             let fd = try CgroupFiles.openDescriptor(path, flags: O_RDONLY | O_DIRECTORY, what: "the run cgroup directory for CLONE_INTO_CGROUP")
