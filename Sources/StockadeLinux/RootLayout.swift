@@ -176,8 +176,11 @@ public struct RootLayout: Sendable {
         return ops
     }
 
+    /// `/dev`: with the host's directories, a directory of the root tmpfs, sealed read-only with the
+    /// root after `pivot_root` (one superblock fewer a run, made and torn down); in an image root, whose
+    /// root is the image's overlay, a small tmpfs of its own, sealed here.
     private func dev() -> [MountOp] {
-        var ops: [MountOp] = [.tmpfs(target: "/dev", sizeBytes: 64 << 10, mode: 0o755, noexec: true)]
+        var ops: [MountOp] = [fromImage ? .tmpfs(target: "/dev", sizeBytes: 64 << 10, mode: 0o755, noexec: true) : .mkdir("/dev", mode: 0o755)]
         for node in Self.deviceNodes {
             ops.append(.bind(source: "/dev/" + node, target: "/dev/" + node, isFile: true, readOnly: false, noexec: true, devices: true))
         }
@@ -186,7 +189,7 @@ public struct RootLayout: Sendable {
         ops.append(.symlink(target: "/dev/stdout", pointsTo: "/proc/self/fd/1"))
         ops.append(.symlink(target: "/dev/stderr", pointsTo: "/proc/self/fd/2"))
         ops.append(.tmpfs(target: "/dev/shm", sizeBytes: min(tmpBytes, 64 << 20), mode: 0o1777, noexec: true))
-        ops.append(.readOnly(target: "/dev"))
+        if fromImage { ops.append(.readOnly(target: "/dev")) }
         return ops
     }
 

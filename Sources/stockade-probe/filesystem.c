@@ -7,10 +7,10 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Creates (and removes at once) a uniquely named file in /usr, /etc, /bin and /. */
+/* Creates (and removes at once) a uniquely named file in /usr, /etc, /bin, /dev and /. */
 STK_PROBE(probe_write_host_view) {
     (void)argc; (void)argv;
-    const char *dirs[] = {"/usr", "/etc", "/bin", "/"};
+    const char *dirs[] = {"/usr", "/etc", "/bin", "/dev", "/"};
     char wrote[128] = "", refused[256] = "";
     for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
         char path[128];

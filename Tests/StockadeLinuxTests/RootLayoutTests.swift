@@ -33,11 +33,21 @@ struct RootLayoutTests {
         }
     }
 
-    @Test("/dev is sealed read-only after its nodes are placed, /tmp and /workspace are bounded tmpfs")
-    func devAndTmpfs() {
+    @Test("/dev is sealed read-only after its nodes are placed (with the root, or as an image root's own tmpfs), /tmp and /workspace are bounded tmpfs")
+    func devAndTmpfs() throws {
         let ops = layout().mounts()
-        let devSeal = ops.firstIndex(of: .readOnly(target: "/dev"))
-        let lastDevNode = ops.lastIndex { if case .bind(_, let t, _, _, _, _) = $0 { return t.hasPrefix("/dev/") } else { return false } }
+        // With the host's directories /dev is a directory of the root tmpfs, which the child seals
+        // read-only after pivot_root, after every step.
+        #expect(ops.contains(.mkdir("/dev", mode: 0o755)))
+        #expect(!ops.contains { if case .tmpfs("/dev", _, _, _, _) = $0 { return true } else { return false } })
+        let plan = try SpawnPlan(SandboxSpec(argv: ["/bin/true"], environment: [], mounts: []), stdin: 0, stdout: 1, stderr: 2)
+        #expect(plan.plan.pointee.root_readonly == 1)
+        var image = layout()
+        image.fromImage = true
+        let imageOps = image.mounts()
+        let devSeal = imageOps.firstIndex(of: .readOnly(target: "/dev"))
+        let lastDevNode = imageOps.lastIndex { if case .bind(_, let t, _, _, _, _) = $0 { return t.hasPrefix("/dev/") } else { return false } }
+        #expect(imageOps.contains { if case .tmpfs("/dev", _, _, _, true) = $0 { return true } else { return false } })
         #expect(devSeal != nil && lastDevNode != nil && devSeal! > lastDevNode!)
         #expect(ops.contains { if case .tmpfs("/tmp", 64 << 20, 0o1777, _, _) = $0 { return true } else { return false } })
         #expect(ops.contains { if case .tmpfs("/workspace", 1 << 20, _, _, _) = $0 { return true } else { return false } })
