@@ -51,6 +51,8 @@ public final class Spawner: Sendable {
         var prepared = false
         /// Why no helper could be started from the `stockade-spawn` binary, when one was found but refused.
         var refusal: String?
+        /// How the helpers were started, for the log (`helperMode`).
+        var mode: String?
     }
 
     private let jobs = Mutex<[Job]>([])
@@ -90,6 +92,12 @@ public final class Spawner: Sendable {
         ready.signal()
         forked.wait()
     }
+
+    /// How this process's spawn helpers were started, for operators' logs: "executed PATH" (every
+    /// worker's init a copy of that small program), "forked" (no `stockade-spawn` beside this
+    /// executable: each init a copy of this process), or why the file found there was refused (every
+    /// spawn then fails closed); nil before `prepare`.
+    public var helperMode: String? { pool.withLock { $0.mode } }
 
     /// Spawns the worker. The stdio fds are the child's ends; the caller closes them afterwards.
     public func spawn(_ spec: SandboxSpec, stdin: Int32, stdout: Int32, stderr: Int32) async throws(LinuxError) -> SpawnedWorker {
@@ -151,7 +159,7 @@ public final class Spawner: Sendable {
         let binary = SpawnHelperBinary.open()
         defer { if case .ready(let fd, _) = binary { close(fd) } }
         if case .refused(let why) = binary {
-            pool.withLock { $0.refusal = why }
+            pool.withLock { $0.refusal = why; $0.mode = "refused: " + why }
             return
         }
         let (scrub, scrubLength) = Self.argumentArea()
@@ -181,6 +189,13 @@ public final class Spawner: Sendable {
             }
             made += 1
         }
+        let mode: String
+        switch binary {
+        case .ready(_, let path): mode = made > 0 ? "executed " + path : "refused: " + (pool.withLock { $0.refusal } ?? path)
+        case .absent: mode = "forked (no \(SpawnHelperBinary.name) beside this executable)"
+        case .refused(let why): mode = "refused: " + why
+        }
+        pool.withLock { $0.mode = mode }
         for _ in 0..<made { idleSignal.signal() }
     }
 

@@ -133,7 +133,7 @@ public enum StockadeService {
                     }
                 }
                 logger.notice("service.listening", metadata: ["listen": "\(listen)", "scheme": "\(scheme)", "nofile": "\(descriptors)",
-                                                              "store": "\(storeName)"])
+                                                              "store": "\(storeName)", "spawn": "\(Supervisor.spawnHelperMode ?? "not started")"])
             },
             logger: logger)
         let drain = Drain(registry: registry, shutdown: shutdown, graceSeconds: options.graceSeconds, logger: logger)

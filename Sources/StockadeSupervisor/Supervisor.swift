@@ -41,6 +41,9 @@ public final class Supervisor: Sendable {
         Spawner.shared.prepare(helpers: concurrency, netnsAhead: ahead ? 1 : 0)
     }
 
+    /// How the spawn helpers were started (`Spawner.helperMode`), for the log; nil before `prepareToSpawn`.
+    public static var spawnHelperMode: String? { Spawner.shared.helperMode }
+
     /// `readOnly`: for commands that only query the state (audit events/runs/verify, review list/show):
     /// nothing is created, migrated, marked abandoned or swept, no credential changes; running workers
     /// through such a supervisor fails closed.
@@ -56,6 +59,7 @@ public final class Supervisor: Sendable {
         self.logger = logger
         self.hostEnvironment = environment
         self.planner = RunPlanner(hostEnvironment: environment)
+        if let mode = Spawner.shared.helperMode { logger.debug("spawn.helpers", metadata: ["mode": "\(mode)"]) }
         let store = store ?? .sqlite(path: StoreOpener.defaultPath(stateDirectory: stateDirectory))
         self.store = store
         if readOnly {

@@ -121,6 +121,12 @@ struct SpawnHelperTests {
         defer { lonely.remove() }
         let r = try lonely.runEcho()
         #expect(r.status == 0 && r.stdout.contains("ran\\n"), "\(r.stdout) \(r.stderr)")
+        // The log says which: forked here, executed beside the build's own stockade.
+        let logged = try Harness.exec(lonely.binary, ["run", "--state-dir", lonely.state, "--", "/bin/true"], environment: ["STOCKADE_LOG": "debug"])
+        #expect(logged.stderr.contains("spawn.helpers") && logged.stderr.contains("forked (no stockade-spawn beside this executable)"), "\(logged.stderr)")
+        let executed = try Harness.exec(Harness.stockade, ["run", "--state-dir", lonely.state, "--", "/bin/true"], environment: ["STOCKADE_LOG": "debug"])
+        #expect(executed.stderr.contains("executed \(Self.helper)") || executed.stderr.contains("executed " + URL(fileURLWithPath: Self.helper).resolvingSymlinksInPath().path),
+                "\(executed.stderr)")
         let (process, initPid) = try Self.startSleeper(lonely.binary, state: lonely.state, marker: "x")
         defer { process.terminate(); process.waitUntilExit() }
         #expect(try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(initPid)/exe") == lonely.binary)
