@@ -501,6 +501,25 @@ static void stk_kill_and_reap(int pidfd) {
     while (waitid((idtype_t)P_PIDFD, (id_t)pidfd, &info, WEXITED) < 0 && errno == EINTR) {}
 }
 
+int stk_wire_check(const struct stk_plan *plan, size_t *op_count, size_t *fresh_op_count) {
+    struct stk_out *out = calloc(1, sizeof *out);
+    if (out == NULL) return -1;
+    stk_encode(out, plan);
+    int rc = -1;
+    if (!out->failed) {
+        struct stk_in in = {.data = out->data, .len = out->len, .fds = out->fds, .nfds = out->nfds};
+        struct stk_plan decoded;
+        struct stk_decoded d;
+        rc = stk_decode(&in, &decoded, &d);
+        *op_count = decoded.op_count;
+        *fresh_op_count = decoded.fresh_op_count;
+        stk_decoded_free(&d);
+    }
+    free(out->data);
+    free(out);
+    return rc;
+}
+
 int stk_spawn_remote(int sock, const struct stk_plan *plan, struct stk_spawn_result *result) {
     stk_result_init(result);
 

@@ -159,12 +159,11 @@ public final class Spawner: Sendable {
         let binary = SpawnHelperBinary.open()
         defer { if case .ready(let fd, _) = binary { close(fd) } }
         if case .refused(let why) = binary {
-            pool.withLock { $0.refusal = why; $0.mode = "refused: " + why }
-            return
+            pool.withLock { $0.refusal = why }
         }
         let (scrub, scrubLength) = Self.argumentArea()
         var made = 0
-        for _ in 0..<count {
+        for _ in 0..<(binary.isRefused ? 0 : count) {
             var pid: pid_t = 0
             let socket: Int32
             if case .ready(let fd, let path) = binary {
@@ -193,7 +192,7 @@ public final class Spawner: Sendable {
         switch binary {
         case .ready(_, let path): mode = made > 0 ? "executed " + path : "refused: " + (pool.withLock { $0.refusal } ?? path)
         case .absent: mode = "forked (no \(SpawnHelperBinary.name) beside this executable)"
-        case .refused(let why): mode = "refused: " + why
+        case .refused(let why): mode = "refused: " + why  // no helper was started
         }
         pool.withLock { $0.mode = mode }
         for _ in 0..<made { idleSignal.signal() }
@@ -240,6 +239,11 @@ enum SpawnHelperBinary {
     case refused(String)
 
     static let name = "stockade-spawn"
+
+    var isRefused: Bool {
+        if case .refused = self { return true }
+        return false
+    }
 
     static func open() -> SpawnHelperBinary {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)

@@ -1,3 +1,4 @@
+import CStockade
 import Glibc
 import Testing
 @testable import StockadeLinux
@@ -143,6 +144,21 @@ struct FreshMountStepTests {
                 #expect(foreign.contains { beneath($0, step.targetPath) }, "checked step \(step) is not a profile's")
             }
         }
+    }
+
+    @Test("the fresh-step count crosses the helper's wire intact; a count beyond the steps is refused")
+    func wire() throws {
+        var l = RootLayout(uid: 1000, gid: 1000, hostname: "stockade", tmpBytes: 64 << 20, workspace: .empty(sizeBytes: 1 << 20), resultBytes: 1 << 20)
+        l.volumes = [.init(source: "/usr/share", target: "/data", readOnly: true)]
+        let (steps, fresh) = l.mountSteps()
+        var spec = SandboxSpec(argv: ["/bin/true"], environment: [], mounts: steps)
+        spec.freshMountCount = fresh
+        let plan = try SpawnPlan(spec, stdin: 0, stdout: 1, stderr: 2)
+        var ops = 0, decodedFresh = 0
+        #expect(stk_wire_check(plan.plan, &ops, &decodedFresh) == 0)
+        #expect(ops == steps.count && decodedFresh == fresh && fresh > 0 && fresh < steps.count)
+        plan.plan.pointee.fresh_op_count = steps.count + 1
+        #expect(stk_wire_check(plan.plan, &ops, &decodedFresh) == -1)
     }
 
     @Test("with an image root every step is checked: the image's own tree may hold links")

@@ -57,5 +57,10 @@ int stk_helper_exec_main(int argc, char *_Nonnull *_Nonnull argv);
  */
 int stk_spawn_remote(int sock, const struct stk_plan *plan, struct stk_spawn_result *result);
 
+/* Encodes `plan` as stk_spawn_remote would and decodes it as the helper does, in memory (descriptors
+   keep their numbers). Returns 0 and the decoded op and fresh-op counts, or -1 when the helper would
+   refuse the message. For tests of the wire format. */
+int stk_wire_check(const struct stk_plan *plan, size_t *_Nonnull op_count, size_t *_Nonnull fresh_op_count);
+
 #pragma clang assume_nonnull end
 #endif
