@@ -314,6 +314,8 @@ public final class RunDirectory: Sendable {
 
     /// `mkdir -p` for the operator's state directory (a trusted path: symlinks in it are followed).
     private static func makeDirectories(_ path: String) throws(BundleError) {
+        // One mkdir when it exists (every run after the first); the walk from the root only when not.
+        if mkdir(path, 0o700) == 0 || errno == EEXIST { return }
         var prefix = path.hasPrefix("/") ? "" : "."
         for component in path.split(separator: "/") {
             prefix += "/" + component

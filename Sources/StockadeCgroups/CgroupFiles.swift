@@ -85,6 +85,19 @@ enum CgroupFiles {
         throw CgroupError(.fileSystem, path: path, errno: err, "cannot create the cgroup directory: \(String(cString: strerror(err)))")
     }
 
+    /// Makes a directory in `parent`, making `parent` first if it is missing; returns false if the
+    /// directory already existed. One `mkdir` when the parent exists, as it does after the first run.
+    static func makeDirectory(_ path: String, parent: String) throws(CgroupError) -> Bool {
+        if mkdir(path, 0o755) == 0 { return true }
+        let err = errno
+        if err == EEXIST { return false }
+        guard err == ENOENT else {
+            throw CgroupError(.fileSystem, path: path, errno: err, "cannot create the cgroup directory: \(String(cString: strerror(err)))")
+        }
+        _ = try makeDirectory(parent)
+        return try makeDirectory(path)
+    }
+
     /// Names of the subdirectories of `path` (not following symlinks); empty if it cannot be listed.
     static func subdirectories(_ path: String) -> [String] {
         guard let dir = opendir(path) else { return [] }

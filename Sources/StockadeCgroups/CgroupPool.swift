@@ -60,8 +60,10 @@ public final class CgroupPool: Sendable {
             return s.ready[limits]?.popLast()
         }
         defer { refill(limits) }
-        // One that someone removed meanwhile (another supervisor's clean-up) is not handed out.
-        if let ready, ready.canPlaceWorker, ready.paths.allSatisfy({ CgroupFiles.exists($0) }) { return ready }
+        // One that someone removed meanwhile (by hand: another supervisor's clean-up spares a live
+        // pool's) is not handed out. Its first directory is removed first, so one look suffices; a
+        // worker whose cgroup vanished later fails at its join (the kernel refuses a removed cgroup).
+        if let ready, ready.canPlaceWorker, let first = ready.paths.first, CgroupFiles.exists(first) { return ready }
         if let ready { retire(ready) }
         return try driver.create(name: prefix + String(Self.nextNumber()), limits: limits)
     }

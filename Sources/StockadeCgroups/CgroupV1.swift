@@ -57,9 +57,9 @@ public struct CgroupV1: CgroupDriver {
         var joins: [Int32] = []
         do throws(CgroupError) {
             for hierarchy in hierarchies {
-                _ = try CgroupFiles.makeDirectory(hierarchy + "/" + parent)
                 let path = hierarchy + "/" + parent + "/" + name
-                guard try CgroupFiles.makeDirectory(path) else {
+                // The parent is made when it is missing (the first run), not looked for at every run.
+                guard try CgroupFiles.makeDirectory(path, parent: hierarchy + "/" + parent) else {
                     throw CgroupError(.exists, path: path, "a run cgroup of this name already exists: use a fresh run id, or run removeStale first")
                 }
                 made.append(path)

@@ -185,6 +185,19 @@ public final class RunCgroup: Sendable, CustomStringConvertible {
     /// Kills what is left, closes the descriptors and removes every directory. Safe to call again: a
     /// directory already gone is not an error.
     public func remove() throws(CgroupError) {
+        // The kernel removes only an empty cgroup (EBUSY otherwise): a run's cgroup, emptied when its
+        // report was made, goes with one `rmdir` per directory and nothing read first. At the first
+        // refusal (processes left), the directories from there on are all still in place, the
+        // freezer's last among them, and the kill below empties them before they are removed.
+        if emulation == nil {
+            closeDescriptors()
+            var refused = false
+            for path in paths where rmdir(path) != 0 && errno != ENOENT {
+                refused = true
+                break
+            }
+            if !refused { return }
+        }
         var failure: CgroupError?
         if paths.contains(where: { CgroupFiles.exists($0) }) {
             do throws(CgroupError) {

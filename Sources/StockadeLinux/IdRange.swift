@@ -29,8 +29,10 @@ public final class IdRangeLease: Sendable {
     /// Takes a free range, starting the search at a random slot. Fails closed when none is free or
     /// the lock directory cannot be made.
     public static func acquire(directory: String = IdRangeLease.directory) throws(LinuxError) -> IdRangeLease {
+        // One mkdir when it exists (every run after the first); the walk from the root only when not.
         var prefix = ""
-        for part in directory.split(separator: "/") {
+        let ready = mkdir(directory, 0o700) == 0 || errno == EEXIST
+        for part in directory.split(separator: "/") where !ready {
             prefix += "/" + part
             if mkdir(prefix, 0o700) != 0 && errno != EEXIST {
                 throw LinuxError(.setup, stage: .idRange, errno: errno,
