@@ -31,7 +31,7 @@ final class SpawnPlan {
         plan.pointee.gid_map = cString("0 \(spec.hostIdBase) \(spec.idCount)\n")
         plan.pointee.uid = spec.uid
         plan.pointee.gid = spec.gid
-        plan.pointee.last_cap = stk_cap_last_cap()
+        plan.pointee.last_cap = Self.lastCap
         plan.pointee.stdin_fd = stdin
         plan.pointee.stdout_fd = stdout
         plan.pointee.stderr_fd = stderr
@@ -139,6 +139,9 @@ final class SpawnPlan {
         }
         return fd
     }
+
+    /// The kernel's highest capability number: fixed while it runs, so read once per process.
+    private static let lastCap = stk_cap_last_cap()
 
     private static let attrReadOnly: UInt64 = 0x1, attrNoSuid: UInt64 = 0x2, attrNoDev: UInt64 = 0x4, attrNoExec: UInt64 = 0x8
 

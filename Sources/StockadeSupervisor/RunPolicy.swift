@@ -32,8 +32,26 @@ public enum SeccompLoader {
         return parts.count == 2 ? (parts[0], parts[1]) : (0, 0)
     }
 
+    /// Stockade's default policy as built for the last few `seccomp` sections that chose it: a pure
+    /// function of the section (its lists and action) and this host's syscall table, so it is built
+    /// once per section rather than at every run (about 350 rules). A Docker file is read every time.
+    private static let defaults = Mutex<[(Profile.Seccomp, SeccompPolicy)]>([])
+    static let defaultsKept = 8
+
     public static func policy(for profile: Profile) throws(ProfileError) -> SeccompPolicy {
         let seccomp = profile.seccomp
+        if case .stockade = seccomp.base, let hit = defaults.withLock({ $0.first { $0.0 == seccomp }?.1 }) { return hit }
+        let policy = try build(seccomp)
+        if case .stockade = seccomp.base {
+            defaults.withLock { kept in
+                kept.insert((seccomp, policy), at: 0)
+                if kept.count > defaultsKept { kept.removeLast() }
+            }
+        }
+        return policy
+    }
+
+    private static func build(_ seccomp: Profile.Seccomp) throws(ProfileError) -> SeccompPolicy {
         let unknown = seccomp.unknownNames(syscallExists: host.syscallExists)
         let kill = seccomp.onViolation == .kill
         switch seccomp.base {

@@ -345,6 +345,34 @@ struct ProfileCacheTests {
     }
 }
 
+@Suite("Stockade's default seccomp policy, built once per seccomp section")
+struct SeccompDefaultCacheTests {
+    private func policy(deny: [String] = [], allow: [String] = [], kill: Bool = false) throws -> SeccompPolicy {
+        var profile = Profile()
+        profile.seccomp.deny = deny
+        profile.seccomp.allow = allow
+        profile.seccomp.onViolation = kill ? .kill : .errno
+        return try SeccompLoader.policy(for: profile)
+    }
+
+    @Test("each section gets its own policy, again after more sections than are kept; an unknown name is still refused")
+    func perSection() throws {
+        let plain = try policy()
+        #expect(plain == .stockadeDefault())
+        #expect(try policy() == plain)
+        #expect(try policy(deny: ["getcpu"]) == .stockadeDefault(deny: ["getcpu"]))
+        #expect(try policy(deny: ["getcpu"], kill: true) == .stockadeDefault(deny: ["getcpu"], killOnViolation: true))
+        let names = ["getcpu", "uname", "sysinfo", "getrandom", "times", "getppid", "sched_yield", "getpgrp", "getsid", "umask"]
+        for _ in 0..<2 {
+            for name in names { #expect(try policy(deny: [name]) == .stockadeDefault(deny: [name])) }
+        }
+        #expect(try policy(allow: ["getcpu"], kill: true) == .stockadeDefault(allow: ["getcpu"], killOnViolation: true))
+        #expect(try policy() == plain)
+        #expect(throws: ProfileError.self) { try policy(deny: ["no_such_syscall"]) }
+        #expect(throws: ProfileError.self) { try policy(deny: ["no_such_syscall"]) }
+    }
+}
+
 @Suite("redacting captured output")
 struct CapturedRedactionTests {
     @Test("output cut by its cap in the middle of a secret keeps no beginning of it")
