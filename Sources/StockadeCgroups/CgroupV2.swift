@@ -93,11 +93,27 @@ public struct CgroupV2: CgroupDriver {
     public func create(name: String, limits: CgroupLimits) throws(CgroupError) -> RunCgroup {
         try Self.checkRunName(name)
         try limits.validate()
+        // After the first run the parent exists with the controllers enabled: one mkdir, then the
+        // limits. Only when either is missing (the mkdir's ENOENT, or a limit file's) is the parent
+        // prepared (each write under the kernel's global cgroup lock) and the run cgroup made again.
+        do throws(CgroupError) {
+            return try make(name: name, limits: limits)
+        } catch where error.errno == ENOENT {
+            try prepareParent()
+            return try make(name: name, limits: limits)
+        }
+    }
+
+    /// The parent of the run cgroups, with memory, pids and cpu enabled from the root down to its children.
+    private func prepareParent() throws(CgroupError) {
         let parentPath = root + "/" + parent
-        let path = parentPath + "/" + name
         try enableControllersAtRoot()
         if try CgroupFiles.makeDirectory(parentPath) { emulation?.populate(parentPath) }
         try enableControllers(in: parentPath)
+    }
+
+    private func make(name: String, limits: CgroupLimits) throws(CgroupError) -> RunCgroup {
+        let path = root + "/" + parent + "/" + name
         guard try CgroupFiles.makeDirectory(path) else {
             throw CgroupError(.exists, path: path, "a run cgroup of this name already exists: use a fresh run id, or run removeStale first")
         }

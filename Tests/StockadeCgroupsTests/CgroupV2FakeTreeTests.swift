@@ -22,6 +22,39 @@ struct CgroupV2FakeTreeTests {
         try run.remove()
     }
 
+    @Test("the parent is prepared when it is missing, not at every run; a limit file gone sends create back to prepare it")
+    func parentPreparedOnce() throws {
+        let tree = try FakeCgroupTree()
+        let driver = try tree.driver()
+        try driver.create(name: "first", limits: limits).remove()
+        #expect(tree.read("cgroup.subtree_control") == "+memory +pids +cpu")
+        // Written at every run, these would read the controllers again.
+        try tree.write("untouched", "cgroup.subtree_control")
+        try tree.write("untouched", "stockade/cgroup.subtree_control")
+        try driver.create(name: "second", limits: limits).remove()
+        #expect(tree.read("cgroup.subtree_control") == "untouched")
+        #expect(tree.read("stockade/cgroup.subtree_control") == "untouched")
+        // The parent gone (as after a reboot): made again, controllers enabled again.
+        #expect(rmdir(tree.root + "/stockade") != 0)
+        FakeCgroupTree.emulation().depopulate(tree.root + "/stockade")
+        #expect(rmdir(tree.root + "/stockade") == 0)
+        try driver.create(name: "third", limits: limits).remove()
+        #expect(tree.read("cgroup.subtree_control") == "+memory +pids +cpu")
+        #expect(tree.read("stockade/cgroup.subtree_control") == "+memory +pids +cpu")
+        // A controller's file missing from a new run cgroup (the parent lost it): prepared again, then
+        // refused with the file named if it is still missing.
+        try tree.write("untouched", "cgroup.subtree_control")
+        let lacking = try tree.driver(files: FakeCgroupTree.kernelFiles.filter { $0.0 != "cpu.max" })
+        do throws(CgroupError) {
+            _ = try lacking.create(name: "fourth", limits: limits)
+            Issue.record("create succeeded without cpu.max")
+        } catch {
+            #expect(error.path?.hasSuffix("cpu.max") == true)
+        }
+        #expect(tree.read("cgroup.subtree_control") == "+memory +pids +cpu")
+        #expect(!tree.exists("stockade/fourth"))
+    }
+
     @Test("the directory descriptor is the run cgroup's directory, and remove closes it")
     func directoryDescriptor() throws {
         let tree = try FakeCgroupTree()
