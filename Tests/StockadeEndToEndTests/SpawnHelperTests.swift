@@ -132,6 +132,33 @@ struct SpawnHelperTests {
         #expect(try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(initPid)/exe") == lonely.binary)
     }
 
+    @Test("every spawn helper, executed or forked, holds a mount namespace of its own with three mounts (a sealed tmpfs root, /proc, /dev/null): an init's copy carries none of the host's")
+    func minimalMountNamespace() throws {
+        func mounts(_ pid: pid_t) throws -> [(point: String, options: String)] {
+            try String(contentsOfFile: "/proc/\(pid)/mountinfo", encoding: .utf8).split(separator: "\n").map { line in
+                let fields = line.split(separator: " ")
+                return (fields.count > 5 ? String(fields[4]) : "", fields.count > 5 ? String(fields[5]) : "")
+            }
+        }
+        let ownNamespace = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/mnt")
+        // The positive control: this process, in the host's namespace, sees more than three mounts.
+        #expect(try mounts(getpid()).count > 3)
+        let lonely = try LonelyStockade()
+        defer { lonely.remove() }
+        for binary in [Harness.stockade, lonely.binary] {
+            let (process, _) = try Self.startSleeper(binary, state: lonely.state, marker: "x")
+            defer { process.terminate(); process.waitUntilExit() }
+            let helpers = Self.children(of: process.processIdentifier).filter { Self.comm($0) == "stockade-spawn" }
+            #expect(!helpers.isEmpty, "no stockade-spawn under \(binary)")
+            for helper in helpers {
+                let seen = try mounts(helper)
+                #expect(seen.map(\.point) == ["/", "/proc", "/dev/null"], "\(binary): helper \(helper) sees \(seen.map(\.point))")
+                #expect(seen.first?.options.split(separator: ",").contains("ro") == true, "the helper's root is writable: \(seen)")
+                #expect(try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(helper)/ns/mnt") != ownNamespace)
+            }
+        }
+    }
+
     @Test("a stockade-spawn writable by others is refused: the run fails closed naming it and how to fix it; once fixed it runs")
     func replaceableHelperRefused() throws {
         try #require(FileManager.default.isExecutableFile(atPath: Self.helper))
