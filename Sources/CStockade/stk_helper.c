@@ -753,38 +753,44 @@ __attribute__((noreturn)) static void stk_helper_serve(int sock, int parent_pidf
 
 /*
  * The helper's own mount namespace, holding only what a spawn needs before an init's pivot_root:
- * a small tmpfs root, sealed read-only, with the host's /proc bound (id maps, namespaces), the
- * host's /dev/null bound (the source of /proc's file masks) and an empty /tmp (where an init
- * builds the worker's root). Every init's mount namespace is a copy of the helper's, so a clone
- * copies three mounts instead of every mount of the host, and the init's pivot_root detaches three:
- * on a host with hundreds of mounts (a Kubernetes node) that copy and tear-down were a cost per run
- * proportional to the host. Nothing an init does after its pivot_root sees the difference. Where
- * the namespace cannot be made smaller (a host whose root cannot be pivoted away from, such as an
- * initramfs), the helper stays in a private copy of the host's, as before. Returns 1 when minimal.
+ * a small tmpfs root, sealed read-only, with the host's /proc bound with every mount beneath it
+ * (id maps, namespaces; and whatever the host masks or seals in /proc stays so: the kernel lets an
+ * init mount a fresh proc only where the proc it can see is as restricted as before), the host's
+ * /dev/null bound (the source of /proc's file masks) and an empty /tmp (where an init builds the
+ * worker's root). Every init's mount namespace is a copy of the helper's, so a clone copies these
+ * few mounts instead of every mount of the host, and the init's pivot_root detaches them: on a host
+ * with hundreds of mounts (a Kubernetes node) that copy and tear-down were a cost per run
+ * proportional to the host. Where any step fails (a host whose root cannot be pivoted away from,
+ * such as an initramfs), the helper goes back into the host's namespace and serves from there, as
+ * before. Returns 1 when the namespace is the small one.
  */
 static int stk_helper_minimal_mounts(void) {
-    if (unshare(CLONE_NEWNS) < 0) return 0;
-    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) return 0;
-    static const char top[] = "/tmp";
-    if (mount("tmpfs", top, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,nr_inodes=16,mode=0755") < 0) return 0;
-    int fd = -1;
-    int ok = mkdir("/tmp/proc", 0555) == 0 && mkdir("/tmp/dev", 0755) == 0 && mkdir("/tmp/tmp", 0755) == 0 &&
-             (fd = open("/tmp/dev/null", O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0444)) >= 0;
-    if (fd >= 0) close(fd);
-    ok = ok && mount("/proc", "/tmp/proc", NULL, MS_BIND, NULL) == 0 &&
-         mount("/dev/null", "/tmp/dev/null", NULL, MS_BIND, NULL) == 0 &&
-         chdir(top) == 0 && syscall(SYS_pivot_root, ".", ".") == 0;
-    if (!ok) {
-        (void)chdir("/");
-        (void)umount2(top, MNT_DETACH);
+    int host = open("/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC);
+    if (host < 0) return 0;
+    if (unshare(CLONE_NEWNS) < 0) {
+        close(host);
         return 0;
     }
-    /* The host's tree is stacked beneath the new root: detach it. Past the pivot there is no way
-       back, so a failure here ends the helper (the supervisor then says it could not start it). */
-    if (umount2(".", MNT_DETACH) < 0 || chdir("/") < 0 ||
-        mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
-        _exit(1);
-    return 1;
+    static const char top[] = "/tmp";
+    int fd = -1;
+    int ok = mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0 &&
+             mount("tmpfs", top, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,nr_inodes=16,mode=0755") == 0 &&
+             mkdir("/tmp/proc", 0555) == 0 && mkdir("/tmp/dev", 0755) == 0 && mkdir("/tmp/tmp", 0755) == 0 &&
+             (fd = open("/tmp/dev/null", O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0444)) >= 0;
+    if (fd >= 0) close(fd);
+    ok = ok && mount("/proc", "/tmp/proc", NULL, MS_BIND | MS_REC, NULL) == 0 &&
+         mount("/dev/null", "/tmp/dev/null", NULL, MS_BIND, NULL) == 0 &&
+         mount(NULL, top, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) == 0 &&
+         chdir(top) == 0 && syscall(SYS_pivot_root, ".", ".") == 0 &&
+         /* The host's tree is stacked on the new root: detach it. */
+         umount2(".", MNT_DETACH) == 0 && chdir("/") == 0;
+    if (!ok) {
+        /* Back into the host's namespace (its root and working directory with it); the private
+           copy, and whatever this made in it, goes with the last reference. */
+        if (setns(host, CLONE_NEWNS) < 0 || chdir("/") < 0) _exit(1);
+    }
+    close(host);
+    return ok;
 }
 
 /*

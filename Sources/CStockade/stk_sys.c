@@ -71,11 +71,11 @@ int stk_waitid_pidfd(int pidfd, int options, int *code, int *status, pid_t *pid,
 
 int stk_cap_last_cap(void) {
     int fd = open("/proc/sys/kernel/cap_last_cap", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return CAP_LAST_CAP;
+    if (fd < 0) return -1;
     char buf[16];
     ssize_t n = read(fd, buf, sizeof buf - 1);
     close(fd);
-    if (n <= 0) return CAP_LAST_CAP;
+    if (n <= 0) return -1;
     int value = 0;
     for (ssize_t i = 0; i < n && buf[i] >= '0' && buf[i] <= '9'; i++) value = value * 10 + (buf[i] - '0');
     return value;

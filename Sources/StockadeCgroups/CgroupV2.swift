@@ -132,7 +132,14 @@ public struct CgroupV2: CgroupDriver {
                              directoryDescriptor: fd, emulation: emulation)
         } catch {
             emulation?.depopulate(path)
-            try? RunCgroup.removeDirectory(path)
+            do throws(CgroupError) {
+                try RunCgroup.removeDirectory(path)
+            } catch let removal {
+                // Left in place: say so, with the removal's errno (never ENOENT), so create does not
+                // try again and then report a name that "already exists".
+                throw CgroupError(error.code, path: path, errno: removal.errno,
+                                  "\(error.description); and the half-made run cgroup could not be removed: \(removal.message)")
+            }
             throw error
         }
     }

@@ -140,8 +140,13 @@ final class SpawnPlan {
         return fd
     }
 
-    /// The kernel's highest capability number: fixed while it runs, so read once per process.
-    private static let lastCap = stk_cap_last_cap()
+    /// The kernel's highest capability number: fixed while it runs, so read once per process. When it
+    /// cannot be read, 63, the most a capability set holds: init drops every number up to it, and the
+    /// kernel's refusal of one it does not know (EINVAL) is expected there.
+    private static let lastCap: Int32 = {
+        let read = stk_cap_last_cap()
+        return read >= 0 ? read : 63
+    }()
 
     private static let attrReadOnly: UInt64 = 0x1, attrNoSuid: UInt64 = 0x2, attrNoDev: UInt64 = 0x4, attrNoExec: UInt64 = 0x8
 

@@ -132,7 +132,7 @@ struct SpawnHelperTests {
         #expect(try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(initPid)/exe") == lonely.binary)
     }
 
-    @Test("every spawn helper, executed or forked, holds a mount namespace of its own with three mounts (a sealed tmpfs root, /proc, /dev/null): an init's copy carries none of the host's")
+    @Test("every spawn helper, executed or forked, holds a mount namespace of its own: a sealed tmpfs root, the host's /proc (with what is mounted beneath it) and /dev/null; an init's copy carries none of the host's other mounts")
     func minimalMountNamespace() throws {
         func mounts(_ pid: pid_t) throws -> [(point: String, options: String)] {
             try String(contentsOfFile: "/proc/\(pid)/mountinfo", encoding: .utf8).split(separator: "\n").map { line in
@@ -141,8 +141,9 @@ struct SpawnHelperTests {
             }
         }
         let ownNamespace = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/mnt")
-        // The positive control: this process, in the host's namespace, sees more than three mounts.
-        #expect(try mounts(getpid()).count > 3)
+        // The positive control: this process, in the host's namespace, sees mounts outside /proc.
+        #expect(try mounts(getpid()).contains { !$0.point.hasPrefix("/proc") && $0.point != "/" && $0.point != "/dev/null" })
+        let hostProc = try mounts(getpid()).map(\.point).filter { $0 == "/proc" || $0.hasPrefix("/proc/") }
         let lonely = try LonelyStockade()
         defer { lonely.remove() }
         for binary in [Harness.stockade, lonely.binary] {
@@ -152,11 +153,55 @@ struct SpawnHelperTests {
             #expect(!helpers.isEmpty, "no stockade-spawn under \(binary)")
             for helper in helpers {
                 let seen = try mounts(helper)
-                #expect(seen.map(\.point) == ["/", "/proc", "/dev/null"], "\(binary): helper \(helper) sees \(seen.map(\.point))")
+                // Its root, /proc with whatever the host mounts beneath it, /dev/null: nothing else.
+                #expect(seen.map(\.point) == ["/"] + hostProc + ["/dev/null"], "\(binary): helper \(helper) sees \(seen.map(\.point))")
                 #expect(seen.first?.options.split(separator: ",").contains("ro") == true, "the helper's root is writable: \(seen)")
                 #expect(try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(helper)/ns/mnt") != ownNamespace)
             }
         }
+    }
+
+    @Test("what the host mounts under /proc stays under every helper's /proc: a mount on an empty /proc directory is kept and runs go on; a /proc/sys made read-only still keeps an init from mounting a fresh proc, so the run fails closed at its mounts")
+    func hostProcRestrictionsKept() throws {
+        let state = try Harness().stateDirectory
+        // Each in a mount namespace of the test's own, so the host's /proc is never touched.
+        func inOwnNamespace(_ setup: String, _ command: String) -> Process {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
+            process.arguments = ["-m", "--propagation", "private", "/bin/sh", "-c",
+                                 setup + " && exec \"$0\" run --json --state-dir \"$1\" -- /bin/sh -c \"$2\"", Harness.stockade, state, command]
+            process.standardOutput = Pipe()
+            process.standardError = FileHandle.nullDevice
+            process.standardInput = FileHandle.nullDevice
+            return process
+        }
+        func report(_ process: Process) throws -> [String: Any] {
+            let data = (process.standardOutput as! Pipe).fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any], "\(String(decoding: data, as: UTF8.self))")
+        }
+        let mounted = inOwnNamespace("mount -t tmpfs -o size=4k stk-test /proc/sys/fs/binfmt_misc", "sleep 2; echo ran")
+        try mounted.run()
+        var helperProc: [String] = []
+        for _ in 0..<80 where helperProc.isEmpty {
+            usleep(25_000)
+            if let helper = Self.children(of: mounted.processIdentifier).first(where: { Self.comm($0) == "stockade-spawn" }),
+               let info = try? String(contentsOfFile: "/proc/\(helper)/mountinfo", encoding: .utf8) {
+                helperProc = info.split(separator: "\n").map { String($0.split(separator: " ")[4]) }.filter { $0.hasPrefix("/proc") }
+            }
+        }
+        #expect(helperProc == ["/proc", "/proc/sys/fs/binfmt_misc"], "the helper's /proc: \(helperProc)")
+        let ran = try report(mounted)
+        #expect(ran["outcome"] as? String == "exited" && ((ran["stdout"] as? String) ?? "").contains("ran"), "\(ran)")
+
+        let sealed = inOwnNamespace("mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys", "echo ran")
+        try sealed.run()
+        let refused = try report(sealed)
+        let setup = (refused["setupError"] as? [String: Any]) ?? [:]
+        let stage = (setup["stage"] as? String) ?? "", message = (setup["message"] as? String) ?? ""
+        #expect(refused["outcome"] as? String == "setup-failed" && stage == "mounts", "\(refused)")
+        #expect(message.contains("proc"), "\(refused)")
+        #expect(!((refused["stdout"] as? String) ?? "").contains("ran"))
     }
 
     @Test("a stockade-spawn writable by others is refused: the run fails closed naming it and how to fix it; once fixed it runs")

@@ -33,7 +33,8 @@ int stk_pidfd_send_signal(int pidfd, int sig);
  */
 int stk_waitid_pidfd(int pidfd, int options, int *_Nonnull code, int *_Nonnull status, pid_t *_Nonnull pid, struct rusage *_Nonnull usage);
 
-/* The highest capability number of the running kernel (/proc/sys/kernel/cap_last_cap). */
+/* The highest capability number of the running kernel (/proc/sys/kernel/cap_last_cap), or -1 when
+   it cannot be read. */
 int stk_cap_last_cap(void);
 
 #pragma clang assume_nonnull end
