@@ -762,14 +762,14 @@ __attribute__((noreturn)) static void stk_helper_serve(int sock, int parent_pidf
  * with hundreds of mounts (a Kubernetes node) that copy and tear-down were a cost per run
  * proportional to the host. Where any step fails (a host whose root cannot be pivoted away from,
  * such as an initramfs), the helper goes back into the host's namespace and serves from there, as
- * before. Returns 1 when the namespace is the small one.
+ * before. The /tmp here is the plan's root directory (SandboxSpec.rootDirectory).
  */
-static int stk_helper_minimal_mounts(void) {
+static void stk_helper_minimal_mounts(void) {
     int host = open("/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC);
-    if (host < 0) return 0;
+    if (host < 0) return;
     if (unshare(CLONE_NEWNS) < 0) {
         close(host);
-        return 0;
+        return;
     }
     static const char top[] = "/tmp";
     int fd = -1;
@@ -790,7 +790,6 @@ static int stk_helper_minimal_mounts(void) {
         if (setns(host, CLONE_NEWNS) < 0 || chdir("/") < 0) _exit(1);
     }
     close(host);
-    return ok;
 }
 
 /*
@@ -814,7 +813,7 @@ __attribute__((noreturn)) static void stk_helper_main(int sock, pid_t parent, vo
     /* Inits check the supervisor through this once their parent-death signal is set again. */
     int parent_pidfd = (int)syscall(SYS_pidfd_open, parent, 0);
     if (parent_pidfd < 0 || fcntl(parent_pidfd, F_SETFD, FD_CLOEXEC) < 0) _exit(1);
-    (void)stk_helper_minimal_mounts();
+    stk_helper_minimal_mounts();
     /* The host's network namespace, to come back to after making or entering a worker's. */
     stk_netns_home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
     if (stk_netns_home < 0) _exit(1);

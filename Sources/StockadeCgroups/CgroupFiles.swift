@@ -88,14 +88,12 @@ enum CgroupFiles {
     /// Makes a directory in `parent`, making `parent` first if it is missing; returns false if the
     /// directory already existed. One `mkdir` when the parent exists, as it does after the first run.
     static func makeDirectory(_ path: String, parent: String) throws(CgroupError) -> Bool {
-        if mkdir(path, 0o755) == 0 { return true }
-        let err = errno
-        if err == EEXIST { return false }
-        guard err == ENOENT else {
-            throw CgroupError(.fileSystem, path: path, errno: err, "cannot create the cgroup directory: \(String(cString: strerror(err)))")
+        do throws(CgroupError) {
+            return try makeDirectory(path)
+        } catch where error.errno == ENOENT {
+            _ = try makeDirectory(parent)
+            return try makeDirectory(path)
         }
-        _ = try makeDirectory(parent)
-        return try makeDirectory(path)
     }
 
     /// Names of the subdirectories of `path` (not following symlinks); empty if it cannot be listed.

@@ -138,7 +138,7 @@ public struct CgroupV2: CgroupDriver {
                 // Left in place: say so, with the removal's errno (never ENOENT), so create does not
                 // try again and then report a name that "already exists".
                 throw CgroupError(error.code, path: path, errno: removal.errno,
-                                  "\(error.description); and the half-made run cgroup could not be removed: \(removal.message)")
+                                  "\(error.message); and the half-made run cgroup could not be removed: \(removal.message)")
             }
             throw error
         }

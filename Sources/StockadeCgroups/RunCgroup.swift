@@ -187,8 +187,8 @@ public final class RunCgroup: Sendable, CustomStringConvertible {
     public func remove() throws(CgroupError) {
         // The kernel removes only an empty cgroup (EBUSY otherwise): a run's cgroup, emptied when its
         // report was made, goes with one `rmdir` per directory and nothing read first. At the first
-        // refusal (processes left), the directories from there on are all still in place, the
-        // freezer's last among them, and the kill below empties them before they are removed.
+        // refusal (processes left) the kill below takes over: it lists the processes of every
+        // directory still there (the freezer's among them) and empties them before they are removed.
         if emulation == nil {
             closeDescriptors()
             var refused = false

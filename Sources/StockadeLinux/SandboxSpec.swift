@@ -43,7 +43,9 @@ public struct SandboxSpec: Sendable {
     public var idCount: UInt32 = 65536
     /// Where the child mounts its new root's tmpfs, inside its own mount
     /// namespace only (the host never sees it). `/tmp`, as bubblewrap does: a
-    /// directory every uid can reach; bind sources come as descriptors.
+    /// directory every uid can reach; bind sources come as descriptors. The
+    /// spawn helper's own mount namespace holds an empty `/tmp` for this and
+    /// no other directory (stk_helper.c, stk_helper_minimal_mounts).
     public var rootDirectory: String = "/tmp"
     public var mounts: [MountOp]
     /// How many leading `mounts` act only on paths the child has just made itself

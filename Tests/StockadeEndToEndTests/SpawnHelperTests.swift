@@ -132,14 +132,17 @@ struct SpawnHelperTests {
         #expect(try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(initPid)/exe") == lonely.binary)
     }
 
+    /// The mount points and per-mount options of `pid`'s mount namespace, in /proc/PID/mountinfo's order.
+    static func mounts(_ pid: pid_t) throws -> [(point: String, options: String)] {
+        try String(contentsOfFile: "/proc/\(pid)/mountinfo", encoding: .utf8).split(separator: "\n").map { line in
+            let fields = line.split(separator: " ")
+            return (fields.count > 5 ? String(fields[4]) : "", fields.count > 5 ? String(fields[5]) : "")
+        }
+    }
+
     @Test("every spawn helper, executed or forked, holds a mount namespace of its own: a sealed tmpfs root, the host's /proc (with what is mounted beneath it) and /dev/null; an init's copy carries none of the host's other mounts")
     func minimalMountNamespace() throws {
-        func mounts(_ pid: pid_t) throws -> [(point: String, options: String)] {
-            try String(contentsOfFile: "/proc/\(pid)/mountinfo", encoding: .utf8).split(separator: "\n").map { line in
-                let fields = line.split(separator: " ")
-                return (fields.count > 5 ? String(fields[4]) : "", fields.count > 5 ? String(fields[5]) : "")
-            }
-        }
+        let mounts = Self.mounts
         let ownNamespace = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/mnt")
         // The positive control: this process, in the host's namespace, sees mounts outside /proc.
         #expect(try mounts(getpid()).contains { !$0.point.hasPrefix("/proc") && $0.point != "/" && $0.point != "/dev/null" })
@@ -186,8 +189,8 @@ struct SpawnHelperTests {
         for _ in 0..<80 where helperProc.isEmpty {
             usleep(25_000)
             if let helper = Self.children(of: mounted.processIdentifier).first(where: { Self.comm($0) == "stockade-spawn" }),
-               let info = try? String(contentsOfFile: "/proc/\(helper)/mountinfo", encoding: .utf8) {
-                helperProc = info.split(separator: "\n").map { String($0.split(separator: " ")[4]) }.filter { $0.hasPrefix("/proc") }
+               let seen = try? Self.mounts(helper) {
+                helperProc = seen.map(\.point).filter { $0.hasPrefix("/proc") }
             }
         }
         #expect(helperProc == ["/proc", "/proc/sys/fs/binfmt_misc"], "the helper's /proc: \(helperProc)")
