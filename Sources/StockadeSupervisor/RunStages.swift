@@ -298,6 +298,20 @@ extension Supervisor {
         // the whole namespace); once the monitor has it, the monitor ends it and closes its pidfd.
         let guardian = WorkerGuard(worker)
         scope.onClose { guardian.killIfArmed() }
+        // On record before anything that watches or serves the worker starts: a kill, a violation or an
+        // egress event it causes can only follow it in the trail. (Unrecorded, it is killed once its
+        // monitor has it, and the report says why.)
+        let startedRecorded = recordQuietly(scope, "worker.started", [
+            "pid": .number(worker.pid),
+            "namespaces": .array(["user", "pid", "mount", "network", "uts", "ipc", "cgroup"].map { .string($0) }),
+            "profileDigest": .string(plan.loaded.digest),
+            "uid": .number(profile.user.uid), "hostUid": .number(sandbox.hostUid),
+            "seccompInstructions": .number(sandbox.program.instructionCount),
+            // SHA-256 of the compiled BPF program as loaded (8 bytes an instruction): run receipts carry it.
+            "seccompSha256": .string(Hex.lowercase(SHA256.hash(data: sandbox.program.bytes))),
+            "cgroup": .object(["version": .string(sandbox.cgroup.version.rawValue), "paths": .array(sandbox.cgroup.paths.map { .string($0) })]),
+            "volumes": .array(profile.volumes.map { .string("\($0.source):\($0.target):\($0.readOnly ? "ro" : "rw")") }),
+        ])
 
         // The proxy's listener was made in the worker's namespace before the worker ran.
         var egress: (proxy: EgressProxy, recorder: EgressRecorder)?
@@ -367,17 +381,6 @@ extension Supervisor {
         }
         scope.onClose { flusher.cancel() }
         guardian.disarm()
-        let startedRecorded = recordQuietly(scope, "worker.started", [
-            "pid": .number(worker.pid),
-            "namespaces": .array(["user", "pid", "mount", "network", "uts", "ipc", "cgroup"].map { .string($0) }),
-            "profileDigest": .string(plan.loaded.digest),
-            "uid": .number(profile.user.uid), "hostUid": .number(sandbox.hostUid),
-            "seccompInstructions": .number(sandbox.program.instructionCount),
-            // SHA-256 of the compiled BPF program as loaded (8 bytes an instruction): run receipts carry it.
-            "seccompSha256": .string(Hex.lowercase(SHA256.hash(data: sandbox.program.bytes))),
-            "cgroup": .object(["version": .string(sandbox.cgroup.version.rawValue), "paths": .array(sandbox.cgroup.paths.map { .string($0) })]),
-            "volumes": .array(profile.volumes.map { .string("\($0.source):\($0.target):\($0.readOnly ? "ro" : "rw")") }),
-        ])
         if !startedRecorded { monitor.kill() }
         scope.cancellation?.attach(monitor)
         return Live(worker: worker, monitor: monitor, egress: egress, forwarder: sandbox.forwarder, stdio: stdio, output: output,
