@@ -151,7 +151,9 @@ static int stk_run_op(const char *root, int rootfd, const struct stk_mount_op *o
         const char *source = op->source;
         if (source == NULL && op->fd < 0) { errno = EINVAL; return -1; }
         if (op->bind_flags & STK_BIND_FILE) {
-            int fd = open(target, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0444);
+            /* Read-only: a file mount point that exists already (a root skeleton's, sealed
+               read-only) is opened without asking for write access. */
+            int fd = open(target, O_CREAT | O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0444);
             if (fd < 0 && errno != EEXIST) return -1;
             if (fd >= 0) close(fd);
         } else if (mkdir(target, 0755) < 0 && errno != EEXIST) {

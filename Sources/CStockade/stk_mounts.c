@@ -287,6 +287,126 @@ int stk_tmpfs_detached(uint64_t size_bytes, uint64_t inodes, uint32_t uid, uint3
     return mnt;
 }
 
+int stk_superblock_seal(int mount_fd) {
+    int fs = (int)syscall(SYS_fspick, mount_fd, "", FSPICK_EMPTY_PATH | FSPICK_CLOEXEC);
+    if (fs < 0) return -1;
+    int rc = (int)syscall(SYS_fsconfig, fs, FSCONFIG_SET_FLAG, "ro", NULL, 0);
+    if (rc == 0) rc = (int)syscall(SYS_fsconfig, fs, FSCONFIG_CMD_RECONFIGURE, NULL, NULL, 0);
+    int saved = errno;
+    close(fs);
+    errno = saved;
+    if (rc < 0) return -1;
+    struct mount_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.attr_set = MOUNT_ATTR_RDONLY;
+    return (int)syscall(SYS_mount_setattr, mount_fd, "", AT_EMPTY_PATH, &attr, sizeof attr);
+}
+
+/* ---------- the root skeletons' keeper ---------- */
+
+/* One thread in a private mount namespace of its own, for the life of the process. Before Linux
+   6.15 open_tree(OPEN_TREE_CLONE) copies only a mount of the caller's own mount namespace, and a
+   detached one is in none: so each skeleton is attached here, and every clone is made here. The
+   namespace holds nothing of the host's: its root is a small tmpfs (mounted on /tmp, then
+   pivot_root, the old root detached), so no host filesystem is kept busy by it, and nothing of it
+   propagates anywhere (private). Calls are served one at a time. */
+enum { STK_KEEPER_ATTACH = 1, STK_KEEPER_CLONE, STK_KEEPER_DETACH };
+
+static struct {
+    pthread_mutex_t call;     /* one caller at a time */
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    int state;                /* 0 not started, 1 serving, -1 failed (errno in start_error) */
+    int start_error;
+    int op, fd;
+    unsigned slot;
+    int pending, result, error;
+} stk_keeper = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, -1, 0, 0, 0, 0};
+
+static int stk_keeper_do(int op, int fd, unsigned slot) {
+    char path[32];
+    snprintf(path, sizeof path, "/%u", slot);
+    switch (op) {
+    case STK_KEEPER_ATTACH:
+        if (mkdir(path, 0700) < 0 && errno != EEXIST) return -1;
+        return (int)syscall(SYS_move_mount, fd, "", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH);
+    case STK_KEEPER_CLONE:
+        return (int)syscall(SYS_open_tree, fd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH);
+    case STK_KEEPER_DETACH:
+        if (umount2(path, MNT_DETACH) < 0) return -1;
+        return rmdir(path);
+    default:
+        errno = EINVAL;
+        return -1;
+    }
+}
+
+static void *stk_keeper_thread(void *unused) {
+    (void)unused;
+    int error = 0;
+    if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+        mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,nr_inodes=256,mode=0700") < 0 ||
+        chdir("/tmp") < 0 || syscall(SYS_pivot_root, ".", ".") < 0 || umount2(".", MNT_DETACH) < 0 || chdir("/") < 0)
+        error = errno;
+    pthread_mutex_lock(&stk_keeper.lock);
+    stk_keeper.state = error ? -1 : 1;
+    stk_keeper.start_error = error;
+    pthread_cond_broadcast(&stk_keeper.wake);
+    while (!error) {
+        while (!stk_keeper.pending) pthread_cond_wait(&stk_keeper.wake, &stk_keeper.lock);
+        int op = stk_keeper.op, fd = stk_keeper.fd;
+        unsigned slot = stk_keeper.slot;
+        pthread_mutex_unlock(&stk_keeper.lock);
+        int result = stk_keeper_do(op, fd, slot);
+        int saved = errno;
+        pthread_mutex_lock(&stk_keeper.lock);
+        stk_keeper.result = result;
+        stk_keeper.error = saved;
+        stk_keeper.pending = 0;
+        pthread_cond_broadcast(&stk_keeper.wake);
+    }
+    pthread_mutex_unlock(&stk_keeper.lock);
+    return NULL;
+}
+
+static int stk_keeper_call(int op, int fd, unsigned slot) {
+    pthread_mutex_lock(&stk_keeper.call);
+    pthread_mutex_lock(&stk_keeper.lock);
+    if (stk_keeper.state == 0) {
+        pthread_t thread;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, 64 * 1024);
+        int rc = pthread_create(&thread, &attr, stk_keeper_thread, NULL);
+        pthread_attr_destroy(&attr);
+        if (rc != 0) {
+            stk_keeper.state = -1;
+            stk_keeper.start_error = rc;
+        }
+        while (stk_keeper.state == 0) pthread_cond_wait(&stk_keeper.wake, &stk_keeper.lock);
+    }
+    int result = -1, error = stk_keeper.start_error;
+    if (stk_keeper.state == 1) {
+        stk_keeper.op = op;
+        stk_keeper.fd = fd;
+        stk_keeper.slot = slot;
+        stk_keeper.pending = 1;
+        pthread_cond_broadcast(&stk_keeper.wake);
+        while (stk_keeper.pending) pthread_cond_wait(&stk_keeper.wake, &stk_keeper.lock);
+        result = stk_keeper.result;
+        error = stk_keeper.error;
+    }
+    pthread_mutex_unlock(&stk_keeper.lock);
+    pthread_mutex_unlock(&stk_keeper.call);
+    errno = error;
+    return result;
+}
+
+int stk_keeper_attach(int mount_fd, unsigned slot) { return stk_keeper_call(STK_KEEPER_ATTACH, mount_fd, slot); }
+int stk_keeper_clone(int mount_fd) { return stk_keeper_call(STK_KEEPER_CLONE, mount_fd, 0); }
+int stk_keeper_detach(unsigned slot) { return stk_keeper_call(STK_KEEPER_DETACH, -1, slot); }
+
 int stk_tree_idmap(int tree_fd, int userns_fd) {
     struct mount_attr attr;
     memset(&attr, 0, sizeof attr);

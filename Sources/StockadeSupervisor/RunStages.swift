@@ -227,7 +227,20 @@ extension Supervisor {
                 throw SetupFailure(error)
             }
         }
-        let steps = layout.mountSteps()
+        var steps = layout.mountSteps()
+        if rootMount == nil {
+            // The host's directories: the root is a clone of the profile's shared, sealed skeleton
+            // (made once), and the init only mounts on it.
+            let split = RootSkeleton.split(steps.steps, fresh: steps.fresh)
+            do {
+                let fd = try RootSkeleton.clone(split.entries)
+                scope.own(fd)
+                rootMount = fd
+            } catch {
+                throw SetupFailure(error)
+            }
+            steps = (split.steps, split.fresh)
+        }
         var spec = SandboxSpec(argv: plan.command, environment: workerEnvironment, mounts: steps.steps)
         spec.freshMountCount = steps.fresh
         spec.rootMount = rootMount

@@ -71,6 +71,33 @@ int stk_tmpfs_detached(uint64_t size_bytes, uint64_t inodes, uint32_t uid, uint3
 int stk_clone_tree(const char *path, uint64_t attr_set);
 
 /*
+ * Seals the detached tmpfs `mount_fd` (from stk_tmpfs_detached, every file of
+ * it closed) read-only at the superblock (fspick and a reconfigure with "ro")
+ * and at the mount. Only a process with CAP_SYS_ADMIN in the user namespace the
+ * filesystem was made in (the supervisor's, the host's) can make it writable
+ * again: no worker, whatever it holds in its own namespaces. Returns 0 or -1
+ * with errno. Why C: no glibc wrappers for fspick, fsconfig and mount_setattr.
+ */
+int stk_superblock_seal(int mount_fd);
+
+/*
+ * The root skeletons' keeper: a thread of this process, started on first use,
+ * in a private mount namespace of its own, where skeletons are attached and
+ * cloned (before Linux 6.15 open_tree(OPEN_TREE_CLONE) copies only a mount of
+ * the caller's own mount namespace, and a detached mount is in none).
+ * stk_keeper_attach attaches the detached mount `mount_fd` there under the
+ * number `slot` (afterwards `mount_fd` names the attached mount);
+ * stk_keeper_clone returns a detached copy of it (the same filesystem under a
+ * mount of its own, for one worker to attach), or -1 with errno;
+ * stk_keeper_detach unmounts slot `slot` (lazily) and removes its directory.
+ * 0 or -1 with errno. Why C: no glibc wrappers for open_tree and move_mount,
+ * and the thread's namespace must be set up before anything else runs on it.
+ */
+int stk_keeper_attach(int mount_fd, unsigned slot);
+int stk_keeper_clone(int mount_fd);
+int stk_keeper_detach(unsigned slot);
+
+/*
  * Idmaps the detached tree `tree_fd` (from stk_clone_tree, not yet attached)
  * through the user namespace `userns_fd` (see stk_idmap_userns), recursively.
  * Returns 0 or -1 with errno (EINVAL: a filesystem in the tree cannot be

@@ -1,0 +1,196 @@
+import CStockade
+import Glibc
+import Synchronization
+
+/// The part of a worker's root that is the same for every run of a profile, made once and shared
+/// read-only: the directories, the generated `/etc` files, the links of a merged-`/usr` host and every
+/// mount point. Without it, each run's init mounted a tmpfs of its own and made all of that in it
+/// (about thirty `mkdir`, `symlink` and file writes, and a superblock set up and torn down per run).
+///
+/// The supervisor makes a skeleton in a detached tmpfs that no mount namespace holds, owned by host
+/// root, and seals it read-only at the superblock (`stk_superblock_seal`): only
+/// `CAP_SYS_ADMIN` in the host's user namespace can make it writable again, so no worker can change
+/// what another run sees, whatever it holds in its own namespaces. A read-only superblock updates no
+/// access times either. The skeleton is attached in the mount namespace of a thread of the supervisor's
+/// own (`stk_keeper_attach`: nothing of the host is in that namespace), where each run's clone is made.
+/// Each run attaches a clone of its mount (one `open_tree`) as the root it builds
+/// on, as it attaches an image's overlay; its init then mounts only what is mounted (the host
+/// directories, `/proc`, `/dev`'s nodes, the run's tmpfs and volumes) on the mount points made here.
+/// Inside the worker the skeleton's files belong to an id its namespace does not map (shown as nobody);
+/// each run's own mounts keep their owners.
+public enum RootSkeleton {
+    public struct Entry: Hashable, Sendable {
+        public enum Kind: Hashable, Sendable {
+            case directory(mode: UInt32)
+            case file(mode: UInt32, contents: [UInt8])
+            case symlink(String)
+        }
+        public var path: String
+        public var kind: Kind
+    }
+
+    /// A root's steps, divided: what goes into the skeleton, and the steps an init still runs on it.
+    public struct Split: Sendable {
+        public var entries: [Entry]
+        public var steps: [MountOp]
+        /// How many leading `steps` act only on paths of the skeleton or of mounts made earlier in the
+        /// same steps (the `fresh` of `RootLayout.mountSteps`, counted again without the removed steps).
+        public var fresh: Int
+    }
+
+    /// Moves every `mkdir`, `symlink` and generated file, and the mount point of every mount, into the
+    /// skeleton, keeping each step whose path is beneath a mount made earlier (it is made in that mount
+    /// at run time, as before) or whose parent is not a skeleton directory (a link, say: the init's
+    /// checks refuse it as before). Steps keep their order; a path the skeleton cannot hold stays a step.
+    public static func split(_ steps: [MountOp], fresh: Int) -> Split {
+        var made: [String: Entry.Kind] = [:]
+        var directories: Set<String> = ["/"]
+        var mounted: [String] = []
+        var entries: [Entry] = []
+        var kept: [MountOp] = []
+        var keptFresh = 0
+
+        func beneathMount(_ path: String) -> Bool {
+            mounted.contains { path == $0 || path.hasPrefix($0 + "/") }
+        }
+        /// Makes `path` part of the skeleton; true when it is there, of this kind, afterwards.
+        func add(_ path: String, _ kind: Entry.Kind) -> Bool {
+            if let existing = made[path] {
+                if case .directory = existing, case .directory = kind { return true }
+                return false
+            }
+            guard isPlain(path), !beneathMount(path), directories.contains(parent(of: path)) else { return false }
+            made[path] = kind
+            entries.append(Entry(path: path, kind: kind))
+            if case .directory = kind { directories.insert(path) }
+            return true
+        }
+
+        for (index, step) in steps.enumerated() {
+            switch step {
+            case let .mkdir(path, mode, nil):
+                if add(path, .directory(mode: mode)) { continue }
+            case let .symlink(path, pointsTo):
+                if made[path] == nil, add(path, .symlink(pointsTo)) { continue }
+            case let .file(path, contents, mode):
+                if made[path] == nil, add(path, .file(mode: mode, contents: contents)) { continue }
+            case let .bind(_, target, isFile, _, _, _), let .bindOwned(_, target, isFile, _):
+                _ = add(target, isFile ? .file(mode: 0o444, contents: []) : .directory(mode: 0o755))
+                mounted.append(target)
+            case let .tmpfs(target, _, _, _, _), let .attach(_, target):
+                _ = add(target, .directory(mode: 0o755))
+                mounted.append(target)
+            case let .proc(target):
+                _ = add(target, .directory(mode: 0o555))
+                mounted.append(target)
+            case .mkdir, .readOnly, .mask, .readOnlyInPlace:
+                break
+            }
+            kept.append(step)
+            if index < fresh { keptFresh += 1 }
+        }
+        return Split(entries: entries, steps: kept, fresh: keptFresh)
+    }
+
+    /// An absolute path without empty, `.` or `..` components.
+    static func isPlain(_ path: String) -> Bool {
+        guard path.hasPrefix("/"), path.count > 1 else { return false }
+        return path.dropFirst().split(separator: "/", omittingEmptySubsequences: false).allSatisfy { !$0.isEmpty && $0 != "." && $0 != ".." }
+    }
+
+    static func parent(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/"), slash != path.startIndex else { return "/" }
+        return String(path[..<slash])
+    }
+
+    /// The skeletons this process made for the last few distinct entry lists (a batch of runs under
+    /// one profile makes one), each a sealed detached mount.
+    private static let made = Mutex<(skeletons: [(entries: [Entry], fd: Int32, slot: UInt32)], next: UInt32)>(([], 0))
+    static let kept = 8
+
+    /// A detached clone of the skeleton holding `entries`, made (and sealed) the first time it is asked
+    /// for: the caller owns the descriptor and attaches it as the worker's root.
+    public static func clone(_ entries: [Entry]) throws(LinuxError) -> Int32 {
+        try made.withLock { (state) throws(LinuxError) -> Int32 in
+            let fd: Int32
+            if let index = state.skeletons.firstIndex(where: { $0.entries == entries }) {
+                fd = state.skeletons[index].fd
+                if index != 0 { state.skeletons.insert(state.skeletons.remove(at: index), at: 0) }
+            } else {
+                fd = try build(entries)
+                let slot = state.next
+                state.next &+= 1
+                // Attached in the keeper's namespace: only a mount there can be cloned (before 6.15).
+                guard stk_keeper_attach(fd, slot) == 0 else {
+                    let e = errno
+                    close(fd)
+                    throw LinuxError(.setup, stage: .root, errno: e,
+                                     "cannot hold the worker's root skeleton in the supervisor's private mount namespace: \(String(cString: strerror(e)))")
+                }
+                state.skeletons.insert((entries, fd, slot), at: 0)
+                if state.skeletons.count > kept {
+                    let evicted = state.skeletons.removeLast()
+                    _ = stk_keeper_detach(evicted.slot)
+                    close(evicted.fd)
+                }
+            }
+            let copy = stk_keeper_clone(fd)
+            guard copy >= 0 else {
+                throw LinuxError(.setup, stage: .root, errno: errno, "cannot clone the worker's root skeleton: \(String(cString: strerror(errno)))")
+            }
+            return copy
+        }
+    }
+
+    /// How many skeletons this process holds (tests).
+    static var count: Int { made.withLock { $0.skeletons.count } }
+
+    static func build(_ entries: [Entry]) throws(LinuxError) -> Int32 {
+        let bytes = entries.reduce(0) { total, entry in
+            if case let .file(_, contents) = entry.kind { return total + (contents.count + 4095) / 4096 * 4096 }
+            return total
+        }
+        let fd = stk_tmpfs_detached(UInt64(bytes + (64 << 10)), UInt64(entries.count + 16), 0, 0, 0o755)
+        guard fd >= 0 else {
+            throw LinuxError(.setup, stage: .root, errno: errno, "cannot make the worker's root skeleton (a detached tmpfs): \(String(cString: strerror(errno)))")
+        }
+        do throws(LinuxError) {
+            for entry in entries { try make(entry, in: fd) }
+            guard stk_superblock_seal(fd) == 0 else {
+                throw LinuxError(.setup, stage: .root, errno: errno, "cannot seal the worker's root skeleton read-only: \(String(cString: strerror(errno)))")
+            }
+        } catch {
+            close(fd)
+            throw error
+        }
+        return fd
+    }
+
+    /// Makes one entry beneath the skeleton's root `fd`. Its parent is a directory made earlier here
+    /// (`split` guarantees it), so no link is followed; the mode is set exactly, whatever the umask.
+    private static func make(_ entry: Entry, in fd: Int32) throws(LinuxError) {
+        let relative = String(entry.path.dropFirst())
+        func fail(_ what: String) -> LinuxError {
+            LinuxError(.setup, stage: .root, errno: errno, "cannot make \(entry.path) in the worker's root skeleton (\(what)): \(String(cString: strerror(errno)))")
+        }
+        switch entry.kind {
+        case let .directory(mode):
+            guard mkdirat(fd, relative, mode) == 0 else { throw fail("mkdir") }
+            guard fchmodat(fd, relative, mode, 0) == 0 else { throw fail("chmod") }
+        case let .file(mode, contents):
+            let file = openat(fd, relative, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, mode)
+            guard file >= 0 else { throw fail("create") }
+            defer { close(file) }
+            var written = 0
+            while written < contents.count {
+                let n = contents.withUnsafeBytes { write(file, $0.baseAddress! + written, contents.count - written) }
+                if n < 0, errno == EINTR { continue }
+                guard n > 0 else { throw fail("write") }
+                written += n
+            }
+            guard fchmod(file, mode) == 0 else { throw fail("chmod") }
+        case let .symlink(target):
+            guard symlinkat(target, fd, relative) == 0 else { throw fail("symlink") }
+        }
+    }
+}

@@ -1,0 +1,143 @@
+import CStockade
+import Foundation
+import Glibc
+import Testing
+@testable import StockadeLinux
+
+@Suite("the shared root skeleton")
+struct RootSkeletonTests {
+    func isMount(_ step: MountOp) -> Bool {
+        switch step {
+        case .mkdir, .symlink, .file: return false
+        default: return true
+        }
+    }
+
+    func path(_ step: MountOp) -> String? {
+        switch step {
+        case let .mkdir(path, _, _), let .symlink(path, _), let .file(path, _, _): return path
+        default: return nil
+        }
+    }
+
+    func layout() -> RootLayout {
+        var l = RootLayout(uid: 1000, gid: 1000, hostname: "skeleton", tmpBytes: 64 << 20, workspace: .mount(fd: 7),
+                           requestDirectory: "/var/lib/stockade/runs/x/request", resultMount: 8, resultBytes: 1 << 20)
+        l.volumes = [.init(source: "/srv/data", target: "/data", readOnly: false), .init(source: "/usr/share", target: "/data/sub/share", readOnly: true),
+                     .init(source: "/srv/x", target: "/tmp/x", readOnly: true), .init(source: "/srv/y", target: "/opt/tools/y", readOnly: true)]
+        l.workerHostIds = (1_000_001_000, 1_000_001_000)
+        l.tmpfs = [(target: "/data/scratch", sizeBytes: 1 << 20), (target: "/cache", sizeBytes: 1 << 20)]
+        return l
+    }
+
+    @Test("every directory, link and generated file moves into the skeleton, with a mount point for every mount; the mounts stay, in order")
+    func splitKeepsEveryMount() throws {
+        let (steps, fresh) = layout().mountSteps()
+        let split = RootSkeleton.split(steps, fresh: fresh)
+        #expect(split.steps.filter(isMount) == steps.filter(isMount), "the same mounts, in the same order")
+        let entries = Dictionary(uniqueKeysWithValues: split.entries.map { ($0.path, $0.kind) })
+        // Every other step is either still a step or an entry of the same kind.
+        for step in steps where !isMount(step) {
+            guard !split.steps.contains(step) else { continue }
+            let p = try #require(path(step))
+            switch (step, entries[p]) {
+            case let (.mkdir(_, mode, _), .directory(kept)?): #expect(mode == kept, "\(p)")
+            case let (.symlink(_, to), .symlink(kept)?): #expect(to == kept, "\(p)")
+            case let (.file(_, contents, mode), .file(keptMode, kept)?): #expect(contents == kept && mode == keptMode, "\(p)")
+            default: Issue.record("\(step) is neither a step nor a skeleton entry")
+            }
+        }
+        // What stays is a mount, or made beneath a mount at run time (inside the volume /data).
+        for step in split.steps where !isMount(step) {
+            #expect(path(step)?.hasPrefix("/data/") == true || path(step) == "/tmp", "\(step) stayed a step")
+        }
+        // A mount point for each mount that is not beneath another; each entry's parent comes first.
+        for case let .bind(_, target, isFile, _, _, _) in steps where !target.hasPrefix("/data/") && !target.hasPrefix("/tmp/") {
+            if isFile { #expect(entries[target] == .file(mode: 0o444, contents: []), "\(target)") } else { #expect(entries[target] == .directory(mode: 0o755), "\(target)") }
+        }
+        for target in ["/proc", "/tmp", "/workspace", "/sandbox/request", "/sandbox/result", "/dev/shm", "/data", "/cache", "/opt/tools/y"] {
+            #expect(entries[target] != nil, "no mount point \(target)")
+        }
+        #expect(entries["/data/scratch"] == nil && entries["/tmp/x"] == nil && entries["/data/sub"] == nil, "made in the volume or tmpfs at run time")
+        var seen: Set = ["/"]
+        for entry in split.entries {
+            #expect(seen.contains(RootSkeleton.parent(of: entry.path)), "\(entry.path) before its parent")
+            seen.insert(entry.path)
+        }
+        let passwd = try #require(entries["/etc/passwd"])
+        guard case let .file(_, contents) = passwd else { Issue.record("passwd is \(passwd)"); return }
+        #expect(String(decoding: contents, as: UTF8.self).contains("worker:x:1000:1000:"))
+        // The fixed steps stay fresh; the profile's stay checked.
+        #expect(split.fresh == split.steps.prefix(split.fresh).count && split.fresh < split.steps.count)
+        #expect(Array(split.steps[split.fresh...]) == Array(steps[fresh...]).filter { step in split.steps.contains(step) })
+        for step in split.steps[split.fresh...] { #expect(steps[fresh...].contains(step), "\(step) was fresh, now checked") }
+    }
+
+    @Test("a path under a link, or with a dot-dot, never enters the skeleton: it stays a step the init checks")
+    func linksStaySteps() throws {
+        let host = FileManager.default.temporaryDirectory.appendingPathComponent("skeleton-host-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: host) }
+        try FileManager.default.createDirectory(atPath: host + "/usr/bin", withIntermediateDirectories: true)
+        #expect(symlink("usr/bin", host + "/bin") == 0)
+        var l = layout()
+        l.hostRoot = host
+        l.volumes = [.init(source: "/srv/y", target: "/bin/tool", readOnly: true), .init(source: "/srv/z", target: "/srv/../etc", readOnly: true)]
+        l.tmpfs = []
+        let (steps, fresh) = l.mountSteps()
+        let split = RootSkeleton.split(steps, fresh: fresh)
+        #expect(split.entries.contains(.init(path: "/bin", kind: .symlink("usr/bin"))))
+        #expect(!split.entries.contains { $0.path.hasPrefix("/bin/") || $0.path.contains("..") })
+        #expect(split.steps[split.fresh...].contains { if case .bind(_, "/bin/tool", _, _, _, _) = $0 { return true } else { return false } })
+        #expect(!RootSkeleton.isPlain("/srv/../etc") && !RootSkeleton.isPlain("/a//b") && !RootSkeleton.isPlain("/a/") && RootSkeleton.isPlain("/a/b"))
+    }
+
+    @Test("a skeleton is made once per entry list and sealed read-only; each clone is a mount of that one filesystem",
+          .enabled(if: getuid() == 0, "needs root: fsopen and open_tree"))
+    func madeOnceAndSealed() throws {
+        let (steps, fresh) = layout().mountSteps()
+        let entries = RootSkeleton.split(steps, fresh: fresh).entries
+        var other = layout()
+        other.hostname = "other-\(UUID().uuidString.prefix(8))"
+        let otherEntries = RootSkeleton.split(other.mountSteps().steps, fresh: 0).entries
+        #expect(entries != otherEntries)
+        let a = try RootSkeleton.clone(entries), b = try RootSkeleton.clone(entries), c = try RootSkeleton.clone(otherEntries)
+        defer { close(a); close(b); close(c) }
+        var sa = stat(), sb = stat(), sc = stat()
+        #expect(fstat(a, &sa) == 0 && fstat(b, &sb) == 0 && fstat(c, &sc) == 0)
+        #expect(sa.st_dev == sb.st_dev && sa.st_dev != sc.st_dev, "one filesystem per entry list")
+        // Its contents, through the clone.
+        let passwd = openat(a, "etc/passwd", O_RDONLY | O_CLOEXEC)
+        #expect(passwd >= 0)
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let n = read(passwd, &buffer, buffer.count)
+        close(passwd)
+        #expect(String(decoding: buffer.prefix(max(n, 0)), as: UTF8.self).contains("worker:x:1000:1000:"))
+        var st = stat()
+        #expect(fstatat(a, "etc/passwd", &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_mode & 0o7777 == 0o644 && st.st_uid == 0)
+        #expect(fstatat(a, "proc", &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_mode & 0o7777 == 0o555)
+        // Sealed: nothing can be made or changed in it, even by the host's root through a clone.
+        #expect(mkdirat(a, "new", 0o755) == -1 && errno == EROFS)
+        #expect(openat(b, "etc/passwd", O_WRONLY | O_CLOEXEC) == -1 && errno == EROFS)
+        #expect(symlinkat("/", c, "link") == -1 && errno == EROFS)
+        var fs = statvfs()
+        #expect(fstatvfs(a, &fs) == 0 && fs.f_flag & UInt(ST_RDONLY) != 0)
+        // They are held in the mount namespace of a thread of this process that holds nothing of the
+        // host's: only tmpfs mounts (its root and the skeletons), so no host filesystem is kept busy.
+        let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")
+        let keeper = tasks.compactMap { try? String(contentsOfFile: "/proc/self/task/\($0)/mountinfo", encoding: .utf8) }
+            .first { info in !info.contains(" - ext4 ") && !info.contains(" - proc ") && info.contains(" - tmpfs ") }
+        let keeperMounts = try #require(keeper, "no thread in a namespace of its own").split(separator: "\n")
+        #expect(keeperMounts.count >= 3 && keeperMounts.count <= RootSkeleton.kept + 1, "\(keeperMounts)")
+        #expect(keeperMounts.allSatisfy { $0.contains(" - tmpfs ") }, "\(keeperMounts)")
+        // Kept: the last few entry lists only.
+        for i in 0..<(RootSkeleton.kept + 2) {
+            var l = layout()
+            l.hostname = "evict-\(i)"
+            close(try RootSkeleton.clone(RootSkeleton.split(l.mountSteps().steps, fresh: 0).entries))
+        }
+        #expect(RootSkeleton.count == RootSkeleton.kept)
+        let after = tasks.compactMap { try? String(contentsOfFile: "/proc/self/task/\($0)/mountinfo", encoding: .utf8) }
+            .first { info in info.split(separator: "\n").allSatisfy { $0.contains(" - tmpfs ") } }
+        #expect(after?.split(separator: "\n").count == RootSkeleton.kept + 1, "evicted skeletons are unmounted: \(after ?? "")")
+    }
+}
