@@ -44,14 +44,23 @@ public enum RootSkeleton {
     /// checks refuse it as before). Steps keep their order; a path the skeleton cannot hold stays a step.
     public static func split(_ steps: [MountOp], fresh: Int) -> Split {
         var made: [String: Entry.Kind] = [:]
+        made.reserveCapacity(steps.count)
         var directories: Set<String> = ["/"]
-        var mounted: [String] = []
+        directories.reserveCapacity(steps.count)
+        /// Each mount target with a slash after it: a path is beneath one when it starts with it.
+        var mountedPrefixes: [String] = []
+        var mountedTargets: Set<String> = []
         var entries: [Entry] = []
+        entries.reserveCapacity(steps.count)
         var kept: [MountOp] = []
         var keptFresh = 0
 
         func beneathMount(_ path: String) -> Bool {
-            mounted.contains { path == $0 || path.hasPrefix($0 + "/") }
+            mountedTargets.contains(path) || mountedPrefixes.contains { path.utf8.starts(with: $0.utf8) }
+        }
+        func mounted(_ target: String) {
+            mountedTargets.insert(target)
+            mountedPrefixes.append(target + "/")
         }
         /// Makes `path` part of the skeleton; true when it is there, of this kind, afterwards.
         func add(_ path: String, _ kind: Entry.Kind) -> Bool {
@@ -76,13 +85,13 @@ public enum RootSkeleton {
                 if made[path] == nil, add(path, .file(mode: mode, contents: contents)) { continue }
             case let .bind(_, target, isFile, _, _, _), let .bindOwned(_, target, isFile, _):
                 _ = add(target, isFile ? .file(mode: 0o444, contents: []) : .directory(mode: 0o755))
-                mounted.append(target)
+                mounted(target)
             case let .tmpfs(target, _, _, _, _), let .attach(_, target):
                 _ = add(target, .directory(mode: 0o755))
-                mounted.append(target)
+                mounted(target)
             case let .proc(target):
                 _ = add(target, .directory(mode: 0o555))
-                mounted.append(target)
+                mounted(target)
             case .mkdir, .readOnly, .mask, .readOnlyInPlace:
                 break
             }
@@ -94,12 +103,26 @@ public enum RootSkeleton {
 
     /// An absolute path without empty, `.` or `..` components.
     static func isPlain(_ path: String) -> Bool {
-        guard path.hasPrefix("/"), path.count > 1 else { return false }
-        return path.dropFirst().split(separator: "/", omittingEmptySubsequences: false).allSatisfy { !$0.isEmpty && $0 != "." && $0 != ".." }
+        let slash = UInt8(ascii: "/"), dot = UInt8(ascii: ".")
+        var bytes = path.utf8.makeIterator()
+        guard bytes.next() == slash else { return false }
+        // The length of the current component, and whether it is only dots so far.
+        var length = 0, dots = true
+        while let byte = bytes.next() {
+            if byte == slash {
+                if length == 0 || (dots && length <= 2) { return false }
+                length = 0
+                dots = true
+            } else {
+                length += 1
+                dots = dots && byte == dot
+            }
+        }
+        return length > 0 && !(dots && length <= 2)
     }
 
     static func parent(of path: String) -> String {
-        guard let slash = path.lastIndex(of: "/"), slash != path.startIndex else { return "/" }
+        guard let slash = path.utf8.lastIndex(of: UInt8(ascii: "/")), slash != path.utf8.startIndex else { return "/" }
         return String(path[..<slash])
     }
 
