@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <fcntl.h>
 #include <linux/mount.h>
+#include <linux/openat2.h>
 #include <linux/sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -307,10 +308,11 @@ int stk_superblock_seal(int mount_fd) {
 /* One thread in a private mount namespace of its own, for the life of the process. Before Linux
    6.15 open_tree(OPEN_TREE_CLONE) copies only a mount of the caller's own mount namespace, and a
    detached one is in none: so each skeleton is attached here, and every clone is made here. The
-   namespace holds nothing of the host's: its root is a small tmpfs (mounted on /tmp, then
-   pivot_root, the old root detached), so no host filesystem is kept busy by it, and nothing of it
+   namespace holds nothing of the host's but what the skeletons bind (the system directories, a few
+   /etc files, device nodes): its root is a small tmpfs (mounted on /tmp, then pivot_root, the old
+   root detached), so no other host filesystem is kept busy by it, and nothing of it
    propagates anywhere (private). Calls are served one at a time. */
-enum { STK_KEEPER_ATTACH = 1, STK_KEEPER_CLONE, STK_KEEPER_DETACH };
+enum { STK_KEEPER_ATTACH = 1, STK_KEEPER_MOUNT, STK_KEEPER_CLONE, STK_KEEPER_DETACH };
 
 static struct {
     pthread_mutex_t call;     /* one caller at a time */
@@ -320,18 +322,45 @@ static struct {
     int start_error;
     int op, fd;
     unsigned slot;
+    const char *relative;
     int pending, result, error;
-} stk_keeper = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, -1, 0, 0, 0, 0};
+} stk_keeper = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, -1, 0, NULL, 0, 0, 0};
 
-static int stk_keeper_do(int op, int fd, unsigned slot) {
+static int stk_keeper_do(int op, int fd, unsigned slot, const char *relative) {
     char path[32];
-    snprintf(path, sizeof path, "/%u", slot);
+    int n = snprintf(path, sizeof path, "/%u", slot);
     switch (op) {
     case STK_KEEPER_ATTACH:
         if (mkdir(path, 0700) < 0 && errno != EEXIST) return -1;
         return (int)syscall(SYS_move_mount, fd, "", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH);
+    case STK_KEEPER_MOUNT: {
+        /* Beneath the skeleton's own directories only (no link, no ..): the sealed skeleton holds
+           nothing else, but the target is resolved so anyway. */
+        if (relative == NULL || n < 0) {
+            errno = EINVAL;
+            return -1;
+        }
+        int dir = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (dir < 0) return -1;
+        struct open_how how;
+        memset(&how, 0, sizeof how);
+        how.flags = O_PATH | O_CLOEXEC;
+        how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV;
+        int target = (int)syscall(SYS_openat2, dir, relative, &how, sizeof how);
+        int saved = errno;
+        close(dir);
+        if (target < 0) {
+            errno = saved;
+            return -1;
+        }
+        int rc = (int)syscall(SYS_move_mount, fd, "", target, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH);
+        saved = errno;
+        close(target);
+        errno = saved;
+        return rc;
+    }
     case STK_KEEPER_CLONE:
-        return (int)syscall(SYS_open_tree, fd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH);
+        return (int)syscall(SYS_open_tree, fd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH | AT_RECURSIVE);
     case STK_KEEPER_DETACH:
         if (umount2(path, MNT_DETACH) < 0) return -1;
         return rmdir(path);
@@ -356,8 +385,9 @@ static void *stk_keeper_thread(void *unused) {
         while (!stk_keeper.pending) pthread_cond_wait(&stk_keeper.wake, &stk_keeper.lock);
         int op = stk_keeper.op, fd = stk_keeper.fd;
         unsigned slot = stk_keeper.slot;
+        const char *relative = stk_keeper.relative;
         pthread_mutex_unlock(&stk_keeper.lock);
-        int result = stk_keeper_do(op, fd, slot);
+        int result = stk_keeper_do(op, fd, slot, relative);
         int saved = errno;
         pthread_mutex_lock(&stk_keeper.lock);
         stk_keeper.result = result;
@@ -369,7 +399,7 @@ static void *stk_keeper_thread(void *unused) {
     return NULL;
 }
 
-static int stk_keeper_call(int op, int fd, unsigned slot) {
+static int stk_keeper_call(int op, int fd, unsigned slot, const char *relative) {
     pthread_mutex_lock(&stk_keeper.call);
     pthread_mutex_lock(&stk_keeper.lock);
     if (stk_keeper.state == 0) {
@@ -391,6 +421,7 @@ static int stk_keeper_call(int op, int fd, unsigned slot) {
         stk_keeper.op = op;
         stk_keeper.fd = fd;
         stk_keeper.slot = slot;
+        stk_keeper.relative = relative;
         stk_keeper.pending = 1;
         pthread_cond_broadcast(&stk_keeper.wake);
         while (stk_keeper.pending) pthread_cond_wait(&stk_keeper.wake, &stk_keeper.lock);
@@ -403,9 +434,10 @@ static int stk_keeper_call(int op, int fd, unsigned slot) {
     return result;
 }
 
-int stk_keeper_attach(int mount_fd, unsigned slot) { return stk_keeper_call(STK_KEEPER_ATTACH, mount_fd, slot); }
-int stk_keeper_clone(int mount_fd) { return stk_keeper_call(STK_KEEPER_CLONE, mount_fd, 0); }
-int stk_keeper_detach(unsigned slot) { return stk_keeper_call(STK_KEEPER_DETACH, -1, slot); }
+int stk_keeper_attach(int mount_fd, unsigned slot) { return stk_keeper_call(STK_KEEPER_ATTACH, mount_fd, slot, NULL); }
+int stk_keeper_mount(int tree_fd, unsigned slot, const char *relative) { return stk_keeper_call(STK_KEEPER_MOUNT, tree_fd, slot, relative); }
+int stk_keeper_clone(int mount_fd) { return stk_keeper_call(STK_KEEPER_CLONE, mount_fd, 0, NULL); }
+int stk_keeper_detach(unsigned slot) { return stk_keeper_call(STK_KEEPER_DETACH, -1, slot, NULL); }
 
 int stk_tree_idmap(int tree_fd, int userns_fd) {
     struct mount_attr attr;

@@ -68,6 +68,14 @@ public struct RootLayout: Sendable {
 
     public func mounts() -> [MountOp] { mountSteps().steps }
 
+    /// The targets of the host's own binds (system directories, the host's `/etc` files, device
+    /// nodes), which `RootSkeleton.split` may mount in a shared skeleton; none with an image root.
+    public var sharedBindTargets: Set<String> {
+        guard !fromImage else { return [] }
+        return Set(["/usr", "/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives"] + Self.systemDirectories
+                   + Self.deviceNodes.map { "/dev/" + $0 })
+    }
+
     /// The mount steps, and how many leading ones act only on paths this run's init has just made:
     /// with the host's system directories (not an image root), every step before the first volume
     /// or profile tmpfs targets a path whose every directory init itself created in a filesystem it

@@ -12,7 +12,9 @@ import Synchronization
 /// `CAP_SYS_ADMIN` in the host's user namespace can make it writable again, so no worker can change
 /// what another run sees, whatever it holds in its own namespaces. A read-only superblock updates no
 /// access times either. The skeleton is attached in the mount namespace of a thread of the supervisor's
-/// own (`stk_keeper_attach`: nothing of the host is in that namespace), where each run's clone is made.
+/// own (`stk_keeper_attach`: nothing of the host is in that namespace but what skeletons bind), where
+/// the host's system directories, `/etc` files and device nodes are mounted on it and each run's
+/// recursive clone is made.
 /// Each run attaches a clone of its mount (one `open_tree`) as the root it builds
 /// on, as it attaches an image's overlay; its init then mounts only what is mounted (the host
 /// directories, `/proc`, `/dev`'s nodes, the run's tmpfs and volumes) on the mount points made here.
@@ -24,6 +26,11 @@ public enum RootSkeleton {
             case directory(mode: UInt32)
             case file(mode: UInt32, contents: [UInt8])
             case symlink(String)
+            /// A host tree bound read-only (or, for a device node, as the node) on the entry's
+            /// path, which an earlier entry made; `device` and `inode` are the source's when the
+            /// run asked (`stat`, following links, as `open_tree` does): a source replaced since
+            /// (a new `ld.so.cache`, another time zone) is another entry list, so another skeleton.
+            case bind(source: String, isFile: Bool, readOnly: Bool, noexec: Bool, devices: Bool, device: UInt64, inode: UInt64)
         }
         public var path: String
         public var kind: Kind
@@ -42,7 +49,12 @@ public enum RootSkeleton {
     /// skeleton, keeping each step whose path is beneath a mount made earlier (it is made in that mount
     /// at run time, as before) or whose parent is not a skeleton directory (a link, say: the init's
     /// checks refuse it as before). Steps keep their order; a path the skeleton cannot hold stays a step.
-    public static func split(_ steps: [MountOp], fresh: Int) -> Split {
+    ///
+    /// A bind of the host's among the fixed steps whose target is in `sharedBinds` (the host's system
+    /// directories, `ld.so.cache`, `localtime`, `alternatives`, the device nodes: never a run's own
+    /// request or volume) moves into the skeleton too, mounted on its mount point there: each run then
+    /// gets all of them with the one recursive clone of its root.
+    public static func split(_ steps: [MountOp], fresh: Int, sharedBinds: Set<String> = []) -> Split {
         var made: [String: Entry.Kind] = [:]
         made.reserveCapacity(steps.count)
         var directories: Set<String> = ["/"]
@@ -83,7 +95,16 @@ public enum RootSkeleton {
                 if made[path] == nil, add(path, .symlink(pointsTo)) { continue }
             case let .file(path, contents, mode):
                 if made[path] == nil, add(path, .file(mode: mode, contents: contents)) { continue }
-            case let .bind(_, target, isFile, _, _, _), let .bindOwned(_, target, isFile, _):
+            case let .bind(source, target, isFile, readOnly, noexec, devices):
+                let placed = add(target, isFile ? .file(mode: 0o444, contents: []) : .directory(mode: 0o755))
+                mounted(target)
+                var st = stat()
+                if placed, index < fresh, sharedBinds.contains(target), stat(source, &st) == 0 {
+                    entries.append(Entry(path: target, kind: .bind(source: source, isFile: isFile, readOnly: readOnly, noexec: noexec,
+                                                                   devices: devices, device: UInt64(st.st_dev), inode: UInt64(st.st_ino))))
+                    continue
+                }
+            case let .bindOwned(_, target, isFile, _):
                 _ = add(target, isFile ? .file(mode: 0o444, contents: []) : .directory(mode: 0o755))
                 mounted(target)
             case let .tmpfs(target, _, _, _, _), let .attach(_, target):
@@ -140,16 +161,9 @@ public enum RootSkeleton {
                 fd = state.skeletons[index].fd
                 if index != 0 { state.skeletons.insert(state.skeletons.remove(at: index), at: 0) }
             } else {
-                fd = try build(entries)
                 let slot = state.next
                 state.next &+= 1
-                // Attached in the keeper's namespace: only a mount there can be cloned (before 6.15).
-                guard stk_keeper_attach(fd, slot) == 0 else {
-                    let e = errno
-                    close(fd)
-                    throw LinuxError(.setup, stage: .root, errno: e,
-                                     "cannot hold the worker's root skeleton in the supervisor's private mount namespace: \(String(cString: strerror(e)))")
-                }
+                fd = try build(entries, slot: slot)
                 state.skeletons.insert((entries, fd, slot), at: 0)
                 if state.skeletons.count > kept {
                     let evicted = state.skeletons.removeLast()
@@ -168,7 +182,9 @@ public enum RootSkeleton {
     /// How many skeletons this process holds (tests).
     static var count: Int { made.withLock { $0.skeletons.count } }
 
-    static func build(_ entries: [Entry]) throws(LinuxError) -> Int32 {
+    /// Makes the skeleton, seals it, attaches it in the keeper's namespace as `slot` (only a mount
+    /// there can be cloned before Linux 6.15) and mounts its host trees on it.
+    static func build(_ entries: [Entry], slot: UInt32) throws(LinuxError) -> Int32 {
         let bytes = entries.reduce(0) { total, entry in
             if case let .file(_, contents) = entry.kind { return total + (contents.count + 4095) / 4096 * 4096 }
             return total
@@ -177,16 +193,43 @@ public enum RootSkeleton {
         guard fd >= 0 else {
             throw LinuxError(.setup, stage: .root, errno: errno, "cannot make the worker's root skeleton (a detached tmpfs): \(String(cString: strerror(errno)))")
         }
+        var attached = false
         do throws(LinuxError) {
             for entry in entries { try make(entry, in: fd) }
             guard stk_superblock_seal(fd) == 0 else {
                 throw LinuxError(.setup, stage: .root, errno: errno, "cannot seal the worker's root skeleton read-only: \(String(cString: strerror(errno)))")
             }
+            guard stk_keeper_attach(fd, slot) == 0 else {
+                throw LinuxError(.setup, stage: .root, errno: errno,
+                                 "cannot hold the worker's root skeleton in the supervisor's private mount namespace: \(String(cString: strerror(errno)))")
+            }
+            attached = true
+            for entry in entries { try mountTree(entry, slot: slot) }
         } catch {
+            if attached { _ = stk_keeper_detach(slot) }
             close(fd)
             throw error
         }
         return fd
+    }
+
+    /// Mounts a `.bind` entry's host tree on its mount point in the attached skeleton `slot`: a
+    /// detached clone made here (the supervisor's credentials, the attributes the step had), checked
+    /// to be the file the run saw, moved there by the keeper.
+    private static func mountTree(_ entry: Entry, slot: UInt32) throws(LinuxError) {
+        guard case let .bind(source, _, readOnly, noexec, devices, device, inode) = entry.kind else { return }
+        let tree = stk_clone_tree(source, SpawnPlan.bindAttributes(readOnly: readOnly, noexec: noexec, devices: devices))
+        guard tree >= 0 else {
+            throw LinuxError(.setup, stage: .mounts, errno: errno, "cannot open \(source) to show it at \(entry.path): \(String(cString: strerror(errno)))")
+        }
+        defer { close(tree) }
+        var st = stat()
+        guard fstat(tree, &st) == 0, UInt64(st.st_dev) == device, UInt64(st.st_ino) == inode else {
+            throw LinuxError(.setup, stage: .mounts, errno: EAGAIN, "\(source) changed while the worker's root skeleton was made: run again")
+        }
+        guard stk_keeper_mount(tree, slot, String(entry.path.dropFirst())) == 0 else {
+            throw LinuxError(.setup, stage: .mounts, errno: errno, "cannot show \(source) at \(entry.path) in the worker's root skeleton: \(String(cString: strerror(errno)))")
+        }
     }
 
     /// Makes one entry beneath the skeleton's root `fd`. Its parent is a directory made earlier here
@@ -214,6 +257,8 @@ public enum RootSkeleton {
             guard fchmod(file, mode) == 0 else { throw fail("chmod") }
         case let .symlink(target):
             guard symlinkat(target, fd, relative) == 0 else { throw fail("symlink") }
+        case .bind:
+            break // mounted once the skeleton is sealed and attached (mountTree)
         }
     }
 }

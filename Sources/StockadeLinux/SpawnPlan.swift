@@ -150,6 +150,11 @@ final class SpawnPlan {
 
     private static let attrReadOnly: UInt64 = 0x1, attrNoSuid: UInt64 = 0x2, attrNoDev: UInt64 = 0x4, attrNoExec: UInt64 = 0x8
 
+    /// The MOUNT_ATTR_* flags of a host bind: always nosuid; nodev unless it shows device nodes.
+    static func bindAttributes(readOnly: Bool, noexec: Bool, devices: Bool) -> UInt64 {
+        attrNoSuid | (devices ? 0 : attrNoDev) | (readOnly ? attrReadOnly : 0) | (noexec ? attrNoExec : 0)
+    }
+
     private func mountOp(_ op: MountOp) throws(LinuxError) -> stk_mount_op {
         var m = stk_mount_op()
         m.uid = -1
@@ -164,7 +169,7 @@ final class SpawnPlan {
             if let owner { m.uid = Int64(owner.uid); m.gid = Int64(owner.gid) }
         case let .bind(source, target, isFile, readOnly, noexec, devices):
             m.kind = Int32(STK_OP_BIND.rawValue)
-            let attr = Self.attrNoSuid | (devices ? 0 : Self.attrNoDev) | (readOnly ? Self.attrReadOnly : 0) | (noexec ? Self.attrNoExec : 0)
+            let attr = Self.bindAttributes(readOnly: readOnly, noexec: noexec, devices: devices)
             let fd = stk_clone_tree(source, attr)
             guard fd >= 0 else {
                 throw LinuxError(.setup, stage: .mounts, errno: errno,

@@ -231,7 +231,7 @@ extension Supervisor {
         if rootMount == nil {
             // The host's directories: the root is a clone of the profile's shared, sealed skeleton
             // (made once), and the init only mounts on it.
-            let split = RootSkeleton.split(steps.steps, fresh: steps.fresh)
+            let split = RootSkeleton.split(steps.steps, fresh: steps.fresh, sharedBinds: layout.sharedBindTargets)
             do {
                 let fd = try RootSkeleton.clone(split.entries)
                 scope.own(fd)

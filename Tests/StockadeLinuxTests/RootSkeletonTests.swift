@@ -32,10 +32,26 @@ struct RootSkeletonTests {
 
     @Test("every directory, link and generated file moves into the skeleton, with a mount point for every mount; the mounts stay, in order")
     func splitKeepsEveryMount() throws {
-        let (steps, fresh) = layout().mountSteps()
-        let split = RootSkeleton.split(steps, fresh: fresh)
-        #expect(split.steps.filter(isMount) == steps.filter(isMount), "the same mounts, in the same order")
-        let entries = Dictionary(uniqueKeysWithValues: split.entries.map { ($0.path, $0.kind) })
+        let l = layout()
+        let (steps, fresh) = l.mountSteps()
+        let split = RootSkeleton.split(steps, fresh: fresh, sharedBinds: l.sharedBindTargets)
+        // The host's own binds move into the skeleton; every other mount stays, in order.
+        let moved = Set(split.entries.compactMap { if case .bind = $0.kind { $0.path } else { nil } })
+        #expect(moved.contains("/usr") && moved.contains("/dev/null") && !moved.contains("/sandbox/request") && !moved.contains("/data"))
+        #expect(moved.isSubset(of: l.sharedBindTargets))
+        #expect(split.steps.filter(isMount) == steps.filter(isMount).filter { step in
+            if case let .bind(_, target, _, _, _, _) = step { return !moved.contains(target) } else { return true }
+        }, "the same mounts, in the same order")
+        for case let .bind(source, target, isFile, readOnly, noexec, devices) in steps where moved.contains(target) {
+            var st = stat()
+            #expect(stat(source, &st) == 0)
+            #expect(split.entries.contains(.init(path: target, kind: .bind(source: source, isFile: isFile, readOnly: readOnly, noexec: noexec, devices: devices,
+                                                                            device: UInt64(st.st_dev), inode: UInt64(st.st_ino)))), "\(target)")
+        }
+        let entries = Dictionary(uniqueKeysWithValues: split.entries.compactMap { entry -> (String, RootSkeleton.Entry.Kind)? in
+            if case .bind = entry.kind { return nil }
+            return (entry.path, entry.kind)
+        })
         // Every other step is either still a step or an entry of the same kind.
         for step in steps where !isMount(step) {
             guard !split.steps.contains(step) else { continue }
@@ -122,14 +138,6 @@ struct RootSkeletonTests {
         #expect(symlinkat("/", c, "link") == -1 && errno == EROFS)
         var fs = statvfs()
         #expect(fstatvfs(a, &fs) == 0 && fs.f_flag & UInt(ST_RDONLY) != 0)
-        // They are held in the mount namespace of a thread of this process that holds nothing of the
-        // host's: only tmpfs mounts (its root and the skeletons), so no host filesystem is kept busy.
-        let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")
-        let keeper = tasks.compactMap { try? String(contentsOfFile: "/proc/self/task/\($0)/mountinfo", encoding: .utf8) }
-            .first { info in !info.contains(" - ext4 ") && !info.contains(" - proc ") && info.contains(" - tmpfs ") }
-        let keeperMounts = try #require(keeper, "no thread in a namespace of its own").split(separator: "\n")
-        #expect(keeperMounts.count >= 3 && keeperMounts.count <= RootSkeleton.kept + 1, "\(keeperMounts)")
-        #expect(keeperMounts.allSatisfy { $0.contains(" - tmpfs ") }, "\(keeperMounts)")
         // Kept: the last few entry lists only.
         for i in 0..<(RootSkeleton.kept + 2) {
             var l = layout()
@@ -137,8 +145,52 @@ struct RootSkeletonTests {
             close(try RootSkeleton.clone(RootSkeleton.split(l.mountSteps().steps, fresh: 0).entries))
         }
         #expect(RootSkeleton.count == RootSkeleton.kept)
+        // They are held in the mount namespace of a thread of this process that holds nothing of the
+        // host's but what the skeletons bind: here (no binds) only tmpfs mounts, its root and the last
+        // few skeletons, the evicted ones unmounted.
+        let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")
         let after = tasks.compactMap { try? String(contentsOfFile: "/proc/self/task/\($0)/mountinfo", encoding: .utf8) }
             .first { info in info.split(separator: "\n").allSatisfy { $0.contains(" - tmpfs ") } }
         #expect(after?.split(separator: "\n").count == RootSkeleton.kept + 1, "evicted skeletons are unmounted: \(after ?? "")")
+    }
+
+    @Test("the host's own binds are mounted in the skeleton, never a run's; a source replaced since makes another skeleton",
+          .enabled(if: getuid() == 0, "needs root: fsopen and open_tree"))
+    func hostBindsInSkeleton() throws {
+        let host = FileManager.default.temporaryDirectory.appendingPathComponent("skeleton-binds-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: host) }
+        try FileManager.default.createDirectory(atPath: host + "/usr/bin", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: host + "/etc", withIntermediateDirectories: true)
+        try Data("tool".utf8).write(to: URL(fileURLWithPath: host + "/usr/bin/tool"))
+        try Data("one".utf8).write(to: URL(fileURLWithPath: host + "/etc/ld.so.cache"))
+        var l = layout()
+        l.hostRoot = host
+        l.volumes = []
+        l.tmpfs = []
+        func read(_ fd: Int32, _ path: String) -> String? {
+            let file = openat(fd, path, O_RDONLY | O_CLOEXEC)
+            guard file >= 0 else { return nil }
+            defer { close(file) }
+            var buffer = [UInt8](repeating: 0, count: 64)
+            let n = Glibc.read(file, &buffer, buffer.count)
+            return String(decoding: buffer.prefix(max(n, 0)), as: UTF8.self)
+        }
+        let first = RootSkeleton.split(l.mountSteps().steps, fresh: l.mountSteps().fresh, sharedBinds: l.sharedBindTargets)
+        #expect(!first.steps.contains { if case .bind(_, let t, _, _, _, _) = $0 { return t != "/sandbox/request" } else { return false } },
+                "only the request's bind is left to the init: \(first.steps)")
+        let a = try RootSkeleton.clone(first.entries)
+        defer { close(a) }
+        #expect(read(a, "usr/bin/tool") == "tool" && read(a, "etc/ld.so.cache") == "one")
+        var st = stat()
+        #expect(fstatat(a, "dev/null", &st, 0) == 0 && st.st_mode & S_IFMT == S_IFCHR, "the device node is bound")
+        #expect(openat(a, "usr/new", O_CREAT | O_WRONLY | O_CLOEXEC, 0o644) == -1 && errno == EROFS, "the host tree is read-only")
+        // ldconfig writes a new cache and renames it over the old one: the next run gets a skeleton showing it.
+        try Data("two".utf8).write(to: URL(fileURLWithPath: host + "/etc/ld.so.cache.new"))
+        #expect(rename(host + "/etc/ld.so.cache.new", host + "/etc/ld.so.cache") == 0)
+        let second = RootSkeleton.split(l.mountSteps().steps, fresh: l.mountSteps().fresh, sharedBinds: l.sharedBindTargets)
+        #expect(second.entries != first.entries)
+        let b = try RootSkeleton.clone(second.entries)
+        defer { close(b) }
+        #expect(read(b, "etc/ld.so.cache") == "two" && read(a, "etc/ld.so.cache") == "one")
     }
 }

@@ -87,13 +87,17 @@ int stk_superblock_seal(int mount_fd);
  * the caller's own mount namespace, and a detached mount is in none).
  * stk_keeper_attach attaches the detached mount `mount_fd` there under the
  * number `slot` (afterwards `mount_fd` names the attached mount);
- * stk_keeper_clone returns a detached copy of it (the same filesystem under a
- * mount of its own, for one worker to attach), or -1 with errno;
+ * stk_keeper_mount attaches the detached tree `tree_fd` (stk_clone_tree) on
+ * `relative` inside slot `slot`, resolved beneath it without links, `..` or
+ * crossing a mount; stk_keeper_clone returns a detached recursive copy of the
+ * skeleton `mount_fd` (the same filesystems under mounts of their own, for one
+ * worker to attach), or -1 with errno;
  * stk_keeper_detach unmounts slot `slot` (lazily) and removes its directory.
  * 0 or -1 with errno. Why C: no glibc wrappers for open_tree and move_mount,
  * and the thread's namespace must be set up before anything else runs on it.
  */
 int stk_keeper_attach(int mount_fd, unsigned slot);
+int stk_keeper_mount(int tree_fd, unsigned slot, const char *relative);
 int stk_keeper_clone(int mount_fd);
 int stk_keeper_detach(unsigned slot);
 
