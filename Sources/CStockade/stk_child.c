@@ -152,10 +152,15 @@ static int stk_run_op(const char *root, int rootfd, const struct stk_mount_op *o
         if (source == NULL && op->fd < 0) { errno = EINVAL; return -1; }
         if (op->bind_flags & STK_BIND_FILE) {
             /* Read-only: a file mount point that exists already (a root skeleton's, sealed
-               read-only) is opened without asking for write access. */
-            int fd = open(target, O_CREAT | O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0444);
-            if (fd < 0 && errno != EEXIST) return -1;
-            if (fd >= 0) close(fd);
+               read-only) is opened without asking for write access. Without blocking, and only a
+               regular file: a FIFO a worker left at the target in a writable volume must neither
+               hang the init nor be mounted on. */
+            int fd = open(target, O_CREAT | O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW, 0444);
+            if (fd < 0) return -1;
+            struct stat st;
+            int regular = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+            close(fd);
+            if (!regular) { errno = EINVAL; return -1; }
         } else if (mkdir(target, 0755) < 0 && errno != EEXIST) {
             return -1;
         }

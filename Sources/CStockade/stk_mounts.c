@@ -330,9 +330,14 @@ static int stk_keeper_do(int op, int fd, unsigned slot, const char *relative) {
     char path[32];
     int n = snprintf(path, sizeof path, "/%u", slot);
     switch (op) {
-    case STK_KEEPER_ATTACH:
+    case STK_KEEPER_ATTACH: {
         if (mkdir(path, 0700) < 0 && errno != EEXIST) return -1;
-        return (int)syscall(SYS_move_mount, fd, "", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH);
+        if (syscall(SYS_move_mount, fd, "", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH) == 0) return 0;
+        int saved = errno;
+        rmdir(path);
+        errno = saved;
+        return -1;
+    }
     case STK_KEEPER_MOUNT: {
         /* Beneath the skeleton's own directories only (no link, no ..): the sealed skeleton holds
            nothing else, but the target is resolved so anyway. */
@@ -370,14 +375,31 @@ static int stk_keeper_do(int op, int fd, unsigned slot, const char *relative) {
     }
 }
 
+/* The keeper's root: a small tmpfs mounted on the first of these directories the host has (any
+   will do: the namespace is private, and the host's root is detached from it right after). */
+static const char *const stk_keeper_anchors[] = {"/tmp", "/run", "/mnt", "/var/tmp", "/dev"};
+
 static void *stk_keeper_thread(void *unused) {
     (void)unused;
     int error = 0;
-    if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
-        mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,nr_inodes=256,mode=0700") < 0 ||
-        chdir("/tmp") < 0 || syscall(SYS_pivot_root, ".", ".") < 0 || umount2(".", MNT_DETACH) < 0 || chdir("/") < 0)
+    if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) {
         error = errno;
+    } else {
+        const char *anchor = NULL;
+        for (size_t i = 0; i < sizeof stk_keeper_anchors / sizeof *stk_keeper_anchors && anchor == NULL; i++) {
+            if (mount("tmpfs", stk_keeper_anchors[i], "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,nr_inodes=4096,mode=0700") == 0)
+                anchor = stk_keeper_anchors[i];
+            else
+                error = errno;
+        }
+        if (anchor == NULL || chdir(anchor) < 0 || syscall(SYS_pivot_root, ".", ".") < 0 || umount2(".", MNT_DETACH) < 0 || chdir("/") < 0)
+            error = errno ? errno : ENOENT;
+        else
+            error = 0;
+    }
     pthread_mutex_lock(&stk_keeper.lock);
+    /* A failed start is reported to the caller waiting for it and leaves the keeper unstarted, so
+       that the next call tries again (the thread, and the namespace it made, end here). */
     stk_keeper.state = error ? -1 : 1;
     stk_keeper.start_error = error;
     pthread_cond_broadcast(&stk_keeper.wake);
@@ -417,6 +439,7 @@ static int stk_keeper_call(int op, int fd, unsigned slot, const char *relative) 
         while (stk_keeper.state == 0) pthread_cond_wait(&stk_keeper.wake, &stk_keeper.lock);
     }
     int result = -1, error = stk_keeper.start_error;
+    if (stk_keeper.state == -1) stk_keeper.state = 0; /* not started: the next call tries again */
     if (stk_keeper.state == 1) {
         stk_keeper.op = op;
         stk_keeper.fd = fd;
@@ -438,6 +461,13 @@ int stk_keeper_attach(int mount_fd, unsigned slot) { return stk_keeper_call(STK_
 int stk_keeper_mount(int tree_fd, unsigned slot, const char *relative) { return stk_keeper_call(STK_KEEPER_MOUNT, tree_fd, slot, relative); }
 int stk_keeper_clone(int mount_fd) { return stk_keeper_call(STK_KEEPER_CLONE, mount_fd, 0, NULL); }
 int stk_keeper_detach(unsigned slot) { return stk_keeper_call(STK_KEEPER_DETACH, -1, slot, NULL); }
+
+int stk_mount_attr_clear(int mount_fd, uint64_t attr_clr) {
+    struct mount_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.attr_clr = attr_clr;
+    return (int)syscall(SYS_mount_setattr, mount_fd, "", AT_EMPTY_PATH, &attr, sizeof attr);
+}
 
 int stk_tree_idmap(int tree_fd, int userns_fd) {
     struct mount_attr attr;

@@ -67,20 +67,21 @@ public enum RootSkeleton {
         var kept: [MountOp] = []
         var keptFresh = 0
 
-        func beneathMount(_ path: String) -> Bool {
-            mountedTargets.contains(path) || mountedPrefixes.contains { path.utf8.starts(with: $0.utf8) }
-        }
         func mounted(_ target: String) {
             mountedTargets.insert(target)
             mountedPrefixes.append(target + "/")
         }
         /// Makes `path` part of the skeleton; true when it is there, of this kind, afterwards.
         func add(_ path: String, _ kind: Entry.Kind) -> Bool {
+            // Beneath a mount first: a directory the skeleton already has is hidden there once an
+            // earlier step mounts over it (volumes /x/y, then /x, then /x/y/z: /x/y must be made again,
+            // in the volume at /x).
+            if mountedPrefixes.contains(where: { path.utf8.starts(with: $0.utf8) }) { return false }
             if let existing = made[path] {
                 if case .directory = existing, case .directory = kind { return true }
                 return false
             }
-            guard isPlain(path), !beneathMount(path), directories.contains(parent(of: path)) else { return false }
+            guard isPlain(path), !mountedTargets.contains(path), directories.contains(parent(of: path)) else { return false }
             made[path] = kind
             entries.append(Entry(path: path, kind: kind))
             if case .directory = kind { directories.insert(path) }
@@ -167,7 +168,13 @@ public enum RootSkeleton {
                 state.skeletons.insert((entries, fd, slot), at: 0)
                 if state.skeletons.count > kept {
                     let evicted = state.skeletons.removeLast()
-                    _ = stk_keeper_detach(evicted.slot)
+                    if stk_keeper_detach(evicted.slot) != 0 {
+                        // Not fatal for this run: the evicted skeleton stays mounted (read-only) in the
+                        // keeper's namespace until the process ends. Said once per eviction.
+                        let reason = String(cString: strerror(errno))
+                        let line = "stockade: warning: cannot unmount an evicted root skeleton (slot \(evicted.slot)) in the keeper's namespace: \(reason)\n"
+                        _ = line.withCString { write(STDERR_FILENO, $0, strlen($0)) }
+                    }
                     close(evicted.fd)
                 }
             }
@@ -251,6 +258,7 @@ public enum RootSkeleton {
             while written < contents.count {
                 let n = contents.withUnsafeBytes { write(file, $0.baseAddress! + written, contents.count - written) }
                 if n < 0, errno == EINTR { continue }
+                if n == 0 { errno = EIO }
                 guard n > 0 else { throw fail("write") }
                 written += n
             }

@@ -66,6 +66,27 @@ struct VolumeOwnerTests {
         #expect(!FileManager.default.fileExists(atPath: ro + "/new"))
     }
 
+    @Test("a file volume whose mount point inside an rw volume is a FIFO is refused without waiting; a regular file there is mounted on")
+    func fifoAtFileMountPoint() throws {
+        let h = try Harness()
+        let dir = try directory(owner: (0, 0))
+        let source = FileManager.default.temporaryDirectory.appendingPathComponent("stockade-file-\(UUID().uuidString)").path
+        defer { for p in [dir, source] { try? FileManager.default.removeItem(atPath: p) } }
+        try "from the host\n".write(toFile: source, atomically: false, encoding: .utf8)
+        // What a worker could leave in its rw volume for the next run: a FIFO where a file is mounted.
+        #expect(mkfifo(dir + "/f", 0o644) == 0)
+        let args = ["run", "--json", "--volume", "\(dir):/data:rw", "--volume", "\(source):/data/f", "--", "/bin/cat", "/data/f"]
+        let refused = try h.stockade(args)
+        let said = refused.stdout + refused.stderr
+        #expect(refused.status != 0 && !said.contains("from the host"), "\(said)")
+        #expect(said.contains("/data/f"), "the error names the mount point: \(said)")
+        // The positive control: a regular file at the same place is mounted on, and the host file read.
+        try FileManager.default.removeItem(atPath: dir + "/f")
+        try "placeholder\n".write(toFile: dir + "/f", atomically: false, encoding: .utf8)
+        let fine = try h.stockade(args)
+        #expect(try fine.report().string("stdout") == "from the host\n", "\(fine.stdout) \(fine.stderr)")
+    }
+
     @Test("an rw volume on a filesystem that cannot be idmapped is refused naming the volume and what to do")
     func cannotIdmap() throws {
         let h = try Harness()

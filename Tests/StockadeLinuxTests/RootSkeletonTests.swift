@@ -89,6 +89,26 @@ struct RootSkeletonTests {
         for step in split.steps[split.fresh...] { #expect(steps[fresh...].contains(step), "\(step) was fresh, now checked") }
     }
 
+    @Test("a directory the skeleton has, hidden by a later mount over its parent, is made again at run time")
+    func hiddenDirectoryStaysAStep() throws {
+        var l = layout()
+        l.volumes = [.init(source: "/srv/y", target: "/x/y", readOnly: true), .init(source: "/srv/x", target: "/x", readOnly: false),
+                     .init(source: "/srv/z", target: "/x/y/z", readOnly: true)]
+        l.tmpfs = []
+        let (steps, fresh) = l.mountSteps()
+        let split = RootSkeleton.split(steps, fresh: fresh)
+        func index(_ match: (MountOp) -> Bool) -> Int? { split.steps.firstIndex(where: match) }
+        let bindX = try #require(index { if case .bindOwned(_, "/x", _, _) = $0 { true } else { false } })
+        let bindZ = try #require(index { if case .bind(_, "/x/y/z", _, _, _, _) = $0 { true } else { false } })
+        // /x/y is in the skeleton (for the first volume), and made again inside the volume at /x
+        // before /x/y/z is mounted there.
+        #expect(split.entries.contains(.init(path: "/x/y", kind: .directory(mode: 0o755))))
+        let remade = split.steps.indices.filter { i in
+            if case .mkdir("/x/y", _, _) = split.steps[i] { return i > bindX && i < bindZ } else { return false }
+        }
+        #expect(remade.count == 1, "mkdir /x/y between the mount of /x and that of /x/y/z: \(split.steps)")
+    }
+
     @Test("a path under a link, or with a dot-dot, never enters the skeleton: it stays a step the init checks")
     func linksStaySteps() throws {
         let host = FileManager.default.temporaryDirectory.appendingPathComponent("skeleton-host-\(UUID().uuidString)").path
@@ -138,6 +158,20 @@ struct RootSkeletonTests {
         #expect(symlinkat("/", c, "link") == -1 && errno == EROFS)
         var fs = statvfs()
         #expect(fstatvfs(a, &fs) == 0 && fs.f_flag & UInt(ST_RDONLY) != 0)
+        // The refusal is the superblock's, not only the clone's mount flag: a clone made writable at
+        // the mount (MOUNT_ATTR_RDONLY cleared, which the host's root may do to a mount it holds) is
+        // still refused. Control: the same on a detached tmpfs that was not sealed succeeds.
+        let rdonly: UInt64 = 0x1 // MOUNT_ATTR_RDONLY
+        let writableClone = try RootSkeleton.clone(entries)
+        defer { close(writableClone) }
+        #expect(stk_mount_attr_clear(writableClone, rdonly) == 0, "\(String(cString: strerror(errno)))")
+        #expect(fstatvfs(writableClone, &fs) == 0)
+        #expect(mkdirat(writableClone, "new", 0o755) == -1 && errno == EROFS, "the superblock refuses what the mount allows")
+        let unsealed = stk_tmpfs_detached(1 << 20, 64, 0, 0, 0o755)
+        #expect(unsealed >= 0)
+        defer { close(unsealed) }
+        #expect(mkdirat(unsealed, "new", 0o755) == 0, "control: an unsealed tmpfs takes the same write")
+        #expect(stk_mount_attr_clear(unsealed, rdonly) == 0)
         // Kept: the last few entry lists only.
         for i in 0..<(RootSkeleton.kept + 2) {
             var l = layout()

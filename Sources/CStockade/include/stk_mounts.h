@@ -93,6 +93,7 @@ int stk_superblock_seal(int mount_fd);
  * skeleton `mount_fd` (the same filesystems under mounts of their own, for one
  * worker to attach), or -1 with errno;
  * stk_keeper_detach unmounts slot `slot` (lazily) and removes its directory.
+ * A keeper that fails to start fails that call, and the next call tries again.
  * 0 or -1 with errno. Why C: no glibc wrappers for open_tree and move_mount,
  * and the thread's namespace must be set up before anything else runs on it.
  */
@@ -100,6 +101,14 @@ int stk_keeper_attach(int mount_fd, unsigned slot);
 int stk_keeper_mount(int tree_fd, unsigned slot, const char *relative);
 int stk_keeper_clone(int mount_fd);
 int stk_keeper_detach(unsigned slot);
+
+/*
+ * Clears the mount attributes `attr_clr` (MOUNT_ATTR_*) of the mount `mount_fd`
+ * alone, not of those beneath it: 0 or -1 with errno. The tests use it to show
+ * that a clone of a sealed skeleton made writable at the mount is still
+ * refused at the superblock.
+ */
+int stk_mount_attr_clear(int mount_fd, uint64_t attr_clr);
 
 /*
  * Idmaps the detached tree `tree_fd` (from stk_clone_tree, not yet attached)
