@@ -46,9 +46,18 @@ public enum SeccompCompiler {
     /// one profile compiles its filter once (about 2 ms each).
     private static let cache = Mutex<[(SeccompPolicy, SeccompProgram)]>([])
 
-    public static func compile(_ policy: SeccompPolicy) throws(LinuxError) -> SeccompProgram {
+    /// `disk`: where compiled programs are kept between processes (`SeccompDiskCache`); looked in
+    /// when this process has not compiled `policy` yet, and written after a compile.
+    public static func compile(_ policy: SeccompPolicy, disk: SeccompDiskCache? = nil) throws(LinuxError) -> SeccompProgram {
         if let hit = cache.withLock({ $0.first { $0.0 == policy }?.1 }) { return hit }
-        let program = try compileUncached(policy)
+        let key = disk == nil ? nil : SeccompDiskCache.key(policy)
+        let program: SeccompProgram
+        if let disk, let key, let stored = disk.load(key) {
+            program = stored
+        } else {
+            program = try compileUncached(policy)
+            if let disk, let key { disk.store(key, program) }
+        }
         cache.withLock { entries in
             entries.insert((policy, program), at: 0)
             if entries.count > 8 { entries.removeLast() }

@@ -131,7 +131,7 @@ extension Supervisor {
         let policy = runPolicy.seccomp
         let program: SeccompProgram
         do {
-            program = try SeccompCompiler.compile(policy)
+            program = try SeccompCompiler.compile(policy, disk: SeccompDiskCache(directory: stateDirectory + "/seccomp"))
         } catch {
             throw SetupFailure(error)
         }
