@@ -181,9 +181,15 @@ struct PostgresAuditTests {
         let child = try spawnChild("lockHoldingChild", [Self.childURL: PostgresTestServer.connectableText(url), Self.childRun: "hold"])
         var reaped = false
         defer { if !reaped { kill(child, SIGKILL); waitpid(child, nil, 0) } }
-        // Wait for the child to hold the writers' lock (pg_locks shows it granted to another backend).
+        // Wait for the child to hold the writers' lock with its forged head written: granted to a
+        // backend idle in its transaction after advancing the chain head. (The lock alone is not
+        // enough: the child's own migration check takes the same lock first, and releases it.)
         let advisory = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        let lockHeld = advisory + " AND granted"
+        let lockHeld = """
+            SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+            WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            AND a.state = 'idle in transaction' AND a.query LIKE 'UPDATE chain_head%'
+            """
         try PostgresTestServer.waitUntil("the child to hold the writers' lock") {
             var status: Int32 = 0
             if waitpid(child, &status, WNOHANG) == child {
