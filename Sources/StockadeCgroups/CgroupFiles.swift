@@ -97,6 +97,10 @@ enum CgroupFiles {
     }
 
     /// Names of the subdirectories of `path` (not following symlinks); empty if it cannot be listed.
+    ///
+    /// The entry's type comes from `readdir` (cgroupfs, tmpfs and ext4 all fill `d_type`): a v1
+    /// hierarchy's parent holds some thirty interface files beside the run cgroups, and an `lstat` of
+    /// each was most of a one-shot supervisor's stale scan. Only an entry of unknown type is looked at.
     static func subdirectories(_ path: String) -> [String] {
         guard let dir = opendir(path) else { return [] }
         defer { closedir(dir) }
@@ -106,9 +110,15 @@ enum CgroupFiles {
                 String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
             }
             guard name != ".", name != ".." else { continue }
-            var st = stat()
-            guard lstat(path + "/" + name, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else { continue }
-            names.append(name)
+            switch Int(entry.pointee.d_type) {
+            case Int(DT_DIR):
+                names.append(name)
+            case Int(DT_UNKNOWN):
+                var st = stat()
+                if lstat(path + "/" + name, &st) == 0, st.st_mode & S_IFMT == S_IFDIR { names.append(name) }
+            default:
+                continue  // a file or a link: never a run cgroup
+            }
         }
         return names.sorted()
     }
