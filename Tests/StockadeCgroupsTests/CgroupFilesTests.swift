@@ -26,19 +26,17 @@ struct CgroupFilesTests {
         #expect(CgroupFiles.subdirectories(dir) == ["a-run", "b-run"])
         #expect(CgroupFiles.subdirectories(dir + "/missing").isEmpty)
 
-        // The kernel's own cgroupfs: its interface files are not directories, its child cgroups are.
+        // The kernel's own cgroupfs, in a cgroup of this test's own (nothing else adds or removes
+        // children there while it lists): its interface files are not directories, its child is.
         guard let hierarchy = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"].first(where: { access($0 + "/cgroup.procs", F_OK) == 0 }) else { return }
-        let listed = Set(CgroupFiles.subdirectories(hierarchy))
-        #expect(!listed.contains("cgroup.procs"))
-        var expected = Set<String>()
-        if let handle = opendir(hierarchy) {
-            defer { closedir(handle) }
-            while let entry = readdir(handle) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-                var st = stat()
-                if name != ".", name != "..", lstat(hierarchy + "/" + name, &st) == 0, st.st_mode & S_IFMT == S_IFDIR { expected.insert(name) }
-            }
+        let own = hierarchy + "/stockade-test-subdirs-\(getpid())"
+        guard mkdir(own, 0o755) == 0 else { return }  // not root, or no cgroupfs to write: the tmpfs half still holds
+        defer {
+            rmdir(own + "/child")
+            rmdir(own)
         }
-        #expect(listed == expected)
+        #expect(mkdir(own + "/child", 0o755) == 0)
+        #expect(access(own + "/cgroup.procs", F_OK) == 0)
+        #expect(CgroupFiles.subdirectories(own) == ["child"])
     }
 }
