@@ -32,61 +32,74 @@ public enum OOMEvidence {
         return write(fd, "-1000", 5) == 5
     }
 
-    /// Whether the kernel log names `pid` as an OOM victim of a memory cgroup since `sinceMicros`
-    /// (CLOCK_MONOTONIC, the clock of the log's timestamps): true or false, or nil when the log
-    /// cannot be read here (no `/dev/kmsg`, or no permission to read it).
+    /// Whether the kernel's log names one of `pids` (the main process, and the init whose death
+    /// ends the namespace) as an OOM victim of the run's memory cgroup: true or false, or nil when
+    /// the log cannot tell.
     ///
     /// Two lines name a victim: the summary `oom-kill:...,task_memcg=/stockade/<run>,task=...,pid=N,`
     /// (part of the OOM report, which the kernel rate-limits) and `Memory cgroup out of memory:
     /// Killed process N (comm)` (never rate-limited). The first must name this run's cgroup; the
-    /// second names a host pid, which only the run's main process holds since the run started.
-    public static func killedByOOM(pid: Int32, cgroupName: String, sinceMicros: UInt64) -> Bool? {
-        killedByOOM(pids: [pid], cgroupName: cgroupName, sinceMicros: sinceMicros)
-    }
-
-    /// As `killedByOOM(pids:cgroupName:sinceMicros:)`, read again for up to `settleMicros` while
-    /// the answer is no. The kernel sends the victim its SIGKILL before it logs "Killed process"
-    /// (and the summary line before it is rate-limited when OOM kills come close together), so a
-    /// supervisor quick to see the death can read the log before the line is there. Only a run whose
+    /// second names a host pid, which only the run's main process holds since the run started, so
+    /// only lines from `sinceMicros` on count (CLOCK_MONOTONIC, the clock of the log's timestamps,
+    /// taken with some slack before the run's start).
+    ///
+    /// The log is a ring (128 KiB on Debian's kernels): an OOM report lists every task of its
+    /// memory cgroup, so a fork bomb's report, in this run or a concurrent one, can overwrite the
+    /// victim's line before it is read. "No" is only said while the log still holds every record
+    /// since `runStartMicros`; where records of the run's time are gone, or the log cannot be read
+    /// at all (no `/dev/kmsg`, or no permission), the answer is nil.
+    ///
+    /// Read again for up to `settleMicros` while the answer is no: the kernel sends the victim its
+    /// SIGKILL before it logs "Killed process", so a supervisor quick to see the death of a victim
+    /// that was not the allocating task can read the log before the line is there. Only a run whose
     /// cgroup counted an OOM kill and whose main process died by SIGKILL gets here: the honest case
-    /// answers at the first or second read, a spoof waits the whole window.
-    public static func killedByOOM(pids: [Int32], cgroupName: String, sinceMicros: UInt64, settleMicros: UInt32) -> Bool? {
-        var answer = killedByOOM(pids: pids, cgroupName: cgroupName, sinceMicros: sinceMicros)
+    /// answers at the first read, a spoof waits the whole window.
+    public static func killedByOOM(pids: [Int32], cgroupName: String, sinceMicros: UInt64, runStartMicros: UInt64,
+                                   settleMicros: UInt32) -> Bool? {
+        var answer = killedByOOM(pids: pids, cgroupName: cgroupName, sinceMicros: sinceMicros, runStartMicros: runStartMicros)
         var waited: UInt32 = 0
         while answer == false && waited < settleMicros {
             usleep(20_000)
             waited += 20_000
-            answer = killedByOOM(pids: pids, cgroupName: cgroupName, sinceMicros: sinceMicros)
+            answer = killedByOOM(pids: pids, cgroupName: cgroupName, sinceMicros: sinceMicros, runStartMicros: runStartMicros)
         }
         return answer
     }
 
-    /// As above, for any of `pids` (the main process and the init whose death ends the namespace).
-    public static func killedByOOM(pids: [Int32], cgroupName: String, sinceMicros: UInt64) -> Bool? {
-        let fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
+    /// One reading of the whole log (see above).
+    public static func killedByOOM(pids: [Int32], cgroupName: String, sinceMicros: UInt64, runStartMicros: UInt64) -> Bool? {
+        KernelLog.read { next in
+            scan(pids: pids, cgroupName: cgroupName, sinceMicros: sinceMicros, runStartMicros: runStartMicros, next: next)
+        } ?? nil
+    }
+
+    /// The decision over the log's records, as `next` gives them (oldest first).
+    static func scan(pids: [Int32], cgroupName: String, sinceMicros: UInt64, runStartMicros: UInt64,
+                     next: () -> KernelLog.Read) -> Bool? {
         let summary = Array("task_memcg=".utf8)
         let memcg = Array(("/" + cgroupName + ",").utf8)
         let victims = pids.map { Array(",pid=\($0),".utf8) }
         let killed = pids.map { Array("Memory cgroup out of memory: Killed process \($0) (".utf8) }
-        var record = [UInt8](repeating: 0, count: 8192)
         var readAny = false
-        // One record per read, oldest first; EPIPE means records were overwritten meanwhile (go on).
+        // The first record after a gap (the start, or records overwritten while reading) must be
+        // from before the run started, or some of the run's records may be gone.
+        var afterGap = true
+        var complete = true
         for _ in 0..<1_000_000 {
-            let n = record.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EPIPE || errno == EINTR { continue }
-                return readAny ? false : nil
+            let line: ArraySlice<UInt8>
+            switch next() {
+            case .record(let r): line = r
+            case .lost: afterGap = true; continue
+            case .end: return complete && readAny ? false : nil
+            case .failed: return nil
             }
-            if n == 0 { break }
             readAny = true
-            let line = record[0..<n]
-            // "priority,sequence,microseconds,flags[,...];message"
-            guard let semicolon = line.firstIndex(of: UInt8(ascii: ";")) else { continue }
-            let header = line[..<semicolon].split(separator: UInt8(ascii: ","))
-            guard header.count >= 3, let at = UInt64(String(decoding: header[2], as: UTF8.self)), at >= sinceMicros else { continue }
-            let message = line[(semicolon + 1)...]
+            guard let (at, message) = KernelLog.parse(line) else { continue }
+            if afterGap {
+                afterGap = false
+                if at > runStartMicros { complete = false }
+            }
+            guard at >= sinceMicros else { continue }
             if let i = Self.find(summary, in: message) {
                 let rest = message[(i + summary.count)...]
                 if Self.find(memcg, in: rest) != nil && victims.contains(where: { Self.find($0, in: rest) != nil }) { return true }
@@ -94,7 +107,65 @@ public enum OOMEvidence {
                 return true
             }
         }
-        return false
+        return complete ? false : nil
+    }
+}
+
+/// The kernel's log as `/dev/kmsg` gives it: one record per read, oldest first.
+public enum KernelLog {
+    /// What one read gave.
+    enum Read {
+        case record(ArraySlice<UInt8>)
+        /// Records were overwritten under the reader, which goes on at the oldest one kept (EPIPE).
+        case lost
+        case end
+        case failed
+    }
+
+    /// `body` over the log's records from the oldest kept; nil when the log cannot be opened.
+    static func read<T>(_ body: (() -> Read) -> T) -> T? {
+        let fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        // CONSOLE_EXT_LOG_MAX: no record is longer.
+        var record = [UInt8](repeating: 0, count: 8192)
+        return body {
+            while true {
+                let n = record.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+                if n > 0 { return .record(record[0..<n]) }
+                if n == 0 { return .end }
+                switch errno {
+                case EPIPE: return .lost
+                case EINTR: continue
+                case EAGAIN: return .end  // nothing newer
+                default: return .failed
+                }
+            }
+        }
+    }
+
+    /// A record's timestamp (microseconds of CLOCK_MONOTONIC) and message, from
+    /// "priority,sequence,microseconds,flags[,...];message".
+    static func parse(_ line: ArraySlice<UInt8>) -> (UInt64, ArraySlice<UInt8>)? {
+        guard let semicolon = line.firstIndex(of: UInt8(ascii: ";")) else { return nil }
+        let header = line[..<semicolon].split(separator: UInt8(ascii: ","), maxSplits: 3)
+        guard header.count >= 3, let at = UInt64(String(decoding: header[2], as: UTF8.self)) else { return nil }
+        return (at, line[(semicolon + 1)...])
+    }
+
+    /// The timestamp of the oldest record the log still holds (microseconds of CLOCK_MONOTONIC);
+    /// nil when the log cannot be read. Records older than it have been overwritten.
+    public static func oldestRecordMicros() -> UInt64? {
+        read { next -> UInt64? in
+            for _ in 0..<16 {
+                switch next() {
+                case .record(let line): if let (at, _) = parse(line) { return at }
+                case .lost: continue
+                case .end, .failed: return nil
+                }
+            }
+            return nil
+        } ?? nil
     }
 }
 

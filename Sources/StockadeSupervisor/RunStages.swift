@@ -421,12 +421,17 @@ extension Supervisor {
         var oomHitMain = false
         if usage.oomKills > 0, case .signaled(SIGKILL) = observation.exit {
             // The counter says some process was OOM-killed; the kernel's log says which. Where the log
-            // cannot be read (a container without /dev/kmsg), the counter and the signal stand.
+            // cannot be read (a container without /dev/kmsg) or has lost records since the run started
+            // (overwritten by a fork bomb's OOM report), the counter and the signal stand.
             // The main process's end is the OOM killer's when it chose the main process, or init (whose
             // death ends the namespace).
-            let since = live.spawnStarted / 1000 - min(live.spawnStarted / 1000, 2_000_000)
-            let evidence = live.mainPid.flatMap { OOMEvidence.killedByOOM(pids: [$0, live.worker.pid], cgroupName: cgroup.name, sinceMicros: since,
-                                                                                    settleMicros: 300_000) }
+            // Lines count from two seconds before the spawn (the log's clock and this one may differ by a
+            // little); the log must hold every record since the spawn itself for a "no".
+            let start = live.spawnStarted / 1000
+            let evidence = live.mainPid.flatMap {
+                OOMEvidence.killedByOOM(pids: [$0, live.worker.pid], cgroupName: cgroup.name, sinceMicros: start - min(start, 2_000_000),
+                                        runStartMicros: start, settleMicros: 300_000)
+            }
             if evidence == nil { logger.info("oom.victim-unknown", metadata: ["run.id": "\(scope.runId)"]) }
             oomHitMain = evidence ?? true
         }

@@ -1,0 +1,83 @@
+import Foundation
+import Testing
+@testable import StockadeLinux
+
+@Suite("which process the kernel's log names as the OOM killer's victim")
+struct OOMEvidenceTests {
+    static let run = "stockade/01TESTRUN"
+    /// Lines count from 5 s; the run started at 5.5 s (the supervisor allows its clock some slack).
+    static let since: UInt64 = 5_000_000
+    static let start: UInt64 = 5_500_000
+
+    /// Records as /dev/kmsg gives them: "priority,sequence,microseconds,flags;message".
+    static func record(_ at: UInt64, _ message: String, seq: Int = 0) -> KernelLog.Read {
+        .record(ArraySlice(Array("3,\(seq),\(at),-;\(message)\n".utf8)))
+    }
+
+    static func decide(_ reads: [KernelLog.Read], pids: [Int32] = [4242, 4241]) -> Bool? {
+        var rest = reads[...]
+        return OOMEvidence.scan(pids: pids, cgroupName: run, sinceMicros: since, runStartMicros: start) { rest.popFirst() ?? .end }
+    }
+
+    static let before = record(1_000_000, "Linux version 6.1.0")
+    static let killedMain = record(6_000_000, "Memory cgroup out of memory: Killed process 4242 (stockade-probe) total-vm:140000kB")
+    static let summaryMain = record(6_000_000, "oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),task_memcg=/\(run),task=stockade-probe,pid=4242,uid=0")
+    static let killedOther = record(6_000_000, "Memory cgroup out of memory: Killed process 4300 (sh) total-vm:2000kB")
+
+    @Test("the victim's own line, in either form, answers yes")
+    func named() {
+        #expect(Self.decide([Self.before, Self.killedMain]) == true)
+        #expect(Self.decide([Self.before, Self.summaryMain]) == true)
+        // Init (the second pid) counts too: its death ends the namespace.
+        #expect(Self.decide([Self.before, Self.record(6_000_000, "Memory cgroup out of memory: Killed process 4241 (stockade-init) ")]) == true)
+    }
+
+    @Test("a log that holds the whole window and names another process answers no")
+    func another() {
+        #expect(Self.decide([Self.before, Self.killedOther]) == false)
+        // A summary naming the pid in another run's cgroup is not this run's.
+        let elsewhere = Self.record(6_000_000, "oom-kill:constraint=CONSTRAINT_MEMCG,task_memcg=/stockade/01OTHER,task=x,pid=4242,uid=0")
+        #expect(Self.decide([Self.before, elsewhere]) == false)
+        // A line from before the window names a recycled pid, not this run's process.
+        let old = Self.record(4_000_000, "Memory cgroup out of memory: Killed process 4242 (old) ")
+        #expect(Self.decide([old, Self.killedOther]) == false)
+    }
+
+    @Test("where the log's oldest record is newer than the window's start, records may be gone: cannot tell")
+    func overwritten() {
+        // A fork bomb's OOM report (every task of its cgroup) rolled the ring past the run's start.
+        let flood = (0..<50).map { Self.record(7_000_000 + UInt64($0), "[ \($0)]  0  \($0)  1000  2  0  0  sh") }
+        #expect(Self.decide(flood + [Self.killedOther]) == nil)
+        // ... unless the victim's own line survived.
+        #expect(Self.decide(flood + [Self.killedMain]) == true)
+        // The oldest record from the slack before the run's start is not enough: the run's own
+        // first records may be the ones gone.
+        #expect(Self.decide([Self.record(5_200_000, "z"), Self.killedOther]) == false)
+        #expect(Self.decide([Self.record(5_600_000, "z"), Self.killedOther]) == nil)
+    }
+
+    @Test("records overwritten while the log is read (EPIPE) leave a gap: cannot tell, unless the gap is before the window")
+    func lostWhileReading() {
+        #expect(Self.decide([Self.before, .lost, Self.record(7_000_000, "x"), Self.killedOther]) == nil)
+        #expect(Self.decide([Self.before, .lost, Self.record(2_000_000, "y"), Self.killedOther]) == false)
+        #expect(Self.decide([Self.before, .lost, Self.killedMain]) == true)
+    }
+
+    @Test("an unreadable or empty log cannot tell")
+    func unreadable() {
+        #expect(Self.decide([.failed]) == nil)
+        #expect(Self.decide([]) == nil)
+        #expect(Self.decide([Self.before, .failed]) == nil)
+    }
+
+    @Test("the host's own log: a pid no process can hold is no victim, and \"no\" only while the log reaches back to the run's start")
+    func hostLog() throws {
+        guard let oldest = KernelLog.oldestRecordMicros() else { return }  // no /dev/kmsg here
+        // A pid above pid_max was never any victim: a log that reaches back to the run's start says no.
+        #expect(OOMEvidence.killedByOOM(pids: [Int32.max], cgroupName: "stockade/none", sinceMicros: 0, runStartMicros: .max) == false)
+        // A run that started before the oldest record kept (the ring has rolled since): cannot tell.
+        if oldest > 0 {
+            #expect(OOMEvidence.killedByOOM(pids: [Int32.max], cgroupName: "stockade/none", sinceMicros: 0, runStartMicros: oldest - 1) == nil)
+        }
+    }
+}
