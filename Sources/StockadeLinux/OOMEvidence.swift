@@ -46,35 +46,37 @@ public enum OOMEvidence {
     /// The log is a ring (128 KiB on Debian's kernels): an OOM report lists every task of its
     /// memory cgroup, so a fork bomb's report, in this run or a concurrent one, can overwrite the
     /// victim's line before it is read. "No" is only said while the log still holds every record
-    /// since `runStartMicros`; where records of the run's time are gone, or the log cannot be read
-    /// at all (no `/dev/kmsg`, or no permission), the answer is nil.
+    /// since `completeFromMicros` (the supervisor passes the last seconds before the main process's
+    /// end, within the run: a victim's line comes just before its death); where records of that
+    /// time are gone, or the log cannot be read at all (no `/dev/kmsg`, or no permission), the
+    /// answer is nil.
     ///
     /// Read again for up to `settleMicros` while the answer is no: the kernel sends the victim its
     /// SIGKILL before it logs "Killed process", so a supervisor quick to see the death of a victim
     /// that was not the allocating task can read the log before the line is there. Only a run whose
     /// cgroup counted an OOM kill and whose main process died by SIGKILL gets here: the honest case
     /// answers at the first read, a spoof waits the whole window.
-    public static func killedByOOM(pids: [Int32], cgroupName: String, sinceMicros: UInt64, runStartMicros: UInt64,
+    public static func killedByOOM(pids: [Int32], cgroupName: String, sinceMicros: UInt64, completeFromMicros: UInt64,
                                    settleMicros: UInt32) -> Bool? {
-        var answer = killedByOOM(pids: pids, cgroupName: cgroupName, sinceMicros: sinceMicros, runStartMicros: runStartMicros)
+        var answer = killedByOOM(pids: pids, cgroupName: cgroupName, sinceMicros: sinceMicros, completeFromMicros: completeFromMicros)
         var waited: UInt32 = 0
         while answer == false && waited < settleMicros {
             usleep(20_000)
             waited += 20_000
-            answer = killedByOOM(pids: pids, cgroupName: cgroupName, sinceMicros: sinceMicros, runStartMicros: runStartMicros)
+            answer = killedByOOM(pids: pids, cgroupName: cgroupName, sinceMicros: sinceMicros, completeFromMicros: completeFromMicros)
         }
         return answer
     }
 
     /// One reading of the whole log (see above).
-    public static func killedByOOM(pids: [Int32], cgroupName: String, sinceMicros: UInt64, runStartMicros: UInt64) -> Bool? {
+    public static func killedByOOM(pids: [Int32], cgroupName: String, sinceMicros: UInt64, completeFromMicros: UInt64) -> Bool? {
         KernelLog.read { next in
-            scan(pids: pids, cgroupName: cgroupName, sinceMicros: sinceMicros, runStartMicros: runStartMicros, next: next)
+            scan(pids: pids, cgroupName: cgroupName, sinceMicros: sinceMicros, completeFromMicros: completeFromMicros, next: next)
         } ?? nil
     }
 
     /// The decision over the log's records, as `next` gives them (oldest first).
-    static func scan(pids: [Int32], cgroupName: String, sinceMicros: UInt64, runStartMicros: UInt64,
+    static func scan(pids: [Int32], cgroupName: String, sinceMicros: UInt64, completeFromMicros: UInt64,
                      next: () -> KernelLog.Read) -> Bool? {
         let summary = Array("task_memcg=".utf8)
         let memcg = Array(("/" + cgroupName + ",").utf8)
@@ -82,7 +84,7 @@ public enum OOMEvidence {
         let killed = pids.map { Array("Memory cgroup out of memory: Killed process \($0) (".utf8) }
         var readAny = false
         // The first record after a gap (the start, or records overwritten while reading) must be
-        // from before the run started, or some of the run's records may be gone.
+        // from before `completeFromMicros`, or some of the records that matter may be gone.
         var afterGap = true
         var complete = true
         for _ in 0..<1_000_000 {
@@ -97,7 +99,7 @@ public enum OOMEvidence {
             guard let (at, message) = KernelLog.parse(line) else { continue }
             if afterGap {
                 afterGap = false
-                if at > runStartMicros { complete = false }
+                if at > completeFromMicros { complete = false }
             }
             guard at >= sinceMicros else { continue }
             if let i = Self.find(summary, in: message) {

@@ -5,7 +5,8 @@ import Testing
 @Suite("which process the kernel's log names as the OOM killer's victim")
 struct OOMEvidenceTests {
     static let run = "stockade/01TESTRUN"
-    /// Lines count from 5 s; the run started at 5.5 s (the supervisor allows its clock some slack).
+    /// Lines count from 5 s; the log must be complete from 5.5 s (the run's start, or its last
+    /// seconds when longer; the supervisor allows its clock some slack for the lines).
     static let since: UInt64 = 5_000_000
     static let start: UInt64 = 5_500_000
 
@@ -16,7 +17,7 @@ struct OOMEvidenceTests {
 
     static func decide(_ reads: [KernelLog.Read], pids: [Int32] = [4242, 4241]) -> Bool? {
         var rest = reads[...]
-        return OOMEvidence.scan(pids: pids, cgroupName: run, sinceMicros: since, runStartMicros: start) { rest.popFirst() ?? .end }
+        return OOMEvidence.scan(pids: pids, cgroupName: run, sinceMicros: since, completeFromMicros: start) { rest.popFirst() ?? .end }
     }
 
     static let before = record(1_000_000, "Linux version 6.1.0")
@@ -43,17 +44,33 @@ struct OOMEvidenceTests {
         #expect(Self.decide([old, Self.killedOther]) == false)
     }
 
-    @Test("where the log's oldest record is newer than the window's start, records may be gone: cannot tell")
+    @Test("where the log's oldest record is newer than the time it must reach back to, records may be gone: cannot tell")
     func overwritten() {
-        // A fork bomb's OOM report (every task of its cgroup) rolled the ring past the run's start.
+        // A fork bomb's OOM report (every task of its cgroup) rolled the ring past the time that matters.
         let flood = (0..<50).map { Self.record(7_000_000 + UInt64($0), "[ \($0)]  0  \($0)  1000  2  0  0  sh") }
         #expect(Self.decide(flood + [Self.killedOther]) == nil)
         // ... unless the victim's own line survived.
         #expect(Self.decide(flood + [Self.killedMain]) == true)
-        // The oldest record from the slack before the run's start is not enough: the run's own
-        // first records may be the ones gone.
+        // The oldest record from the slack before that time is not enough: the records that
+        // matter may be the ones gone.
         #expect(Self.decide([Self.record(5_200_000, "z"), Self.killedOther]) == false)
         #expect(Self.decide([Self.record(5_600_000, "z"), Self.killedOther]) == nil)
+    }
+
+    @Test("a long run's log may have rolled past its start: it must hold only the seconds before the end")
+    func longRun() {
+        // The run started at 100 s and its main process ended at 4000 s; the oldest record kept is
+        // from 3000 s. Lines count from 98 s, and the log must be complete from 3990 s.
+        let decide = { (reads: [KernelLog.Read]) -> Bool? in
+            var rest = reads[...]
+            return OOMEvidence.scan(pids: [4242], cgroupName: Self.run, sinceMicros: 98_000_000, completeFromMicros: 3_990_000_000) {
+                rest.popFirst() ?? .end
+            }
+        }
+        let oldest = Self.record(3_000_000_000, "eth0: link up")
+        #expect(decide([oldest, Self.record(3_999_000_000, "Memory cgroup out of memory: Killed process 4300 (sh) ")]) == false)
+        #expect(decide([oldest, Self.record(3_999_000_000, "Memory cgroup out of memory: Killed process 4242 (perl) ")]) == true)
+        #expect(decide([Self.record(3_995_000_000, "x"), Self.killedOther]) == nil)
     }
 
     @Test("records overwritten while the log is read (EPIPE) leave a gap: cannot tell, unless the gap is before the window")
@@ -70,14 +87,14 @@ struct OOMEvidenceTests {
         #expect(Self.decide([Self.before, .failed]) == nil)
     }
 
-    @Test("the host's own log: a pid no process can hold is no victim, and \"no\" only while the log reaches back to the run's start")
+    @Test("the host's own log: a pid no process can hold is no victim, and \"no\" only while the log reaches back far enough")
     func hostLog() throws {
         guard let oldest = KernelLog.oldestRecordMicros() else { return }  // no /dev/kmsg here
-        // A pid above pid_max was never any victim: a log that reaches back to the run's start says no.
-        #expect(OOMEvidence.killedByOOM(pids: [Int32.max], cgroupName: "stockade/none", sinceMicros: 0, runStartMicros: .max) == false)
-        // A run that started before the oldest record kept (the ring has rolled since): cannot tell.
+        // A pid above pid_max was never any victim: a log complete from then on says no.
+        #expect(OOMEvidence.killedByOOM(pids: [Int32.max], cgroupName: "stockade/none", sinceMicros: 0, completeFromMicros: .max) == false)
+        // A time before the oldest record kept (the ring has rolled since): cannot tell.
         if oldest > 0 {
-            #expect(OOMEvidence.killedByOOM(pids: [Int32.max], cgroupName: "stockade/none", sinceMicros: 0, runStartMicros: oldest - 1) == nil)
+            #expect(OOMEvidence.killedByOOM(pids: [Int32.max], cgroupName: "stockade/none", sinceMicros: 0, completeFromMicros: oldest - 1) == nil)
         }
     }
 }
