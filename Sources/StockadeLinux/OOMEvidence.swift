@@ -32,6 +32,30 @@ public enum OOMEvidence {
         return write(fd, "-1000", 5) == 5
     }
 
+    /// The times a run's OOM evidence is read over, in microseconds of CLOCK_MONOTONIC (the log's
+    /// clock), from the run's spawn and the end of its main process (nanoseconds of the same clock).
+    public struct Window: Equatable, Sendable {
+        /// Lines count from two seconds before the spawn: the log's clock and this one may differ by a little.
+        public var sinceMicros: UInt64
+        /// For a "no" the log must hold every record of the run's last ten seconds, or of the whole run
+        /// if shorter: the OOM killer logs its victim just before the victim dies.
+        public var completeFromMicros: UInt64
+
+        public static let slackMicros: UInt64 = 2_000_000
+        public static let lastMicros: UInt64 = 10_000_000
+
+        public init(spawnedAtNanos: UInt64, endedAtNanos: UInt64) {
+            let start = spawnedAtNanos / 1000, ended = max(endedAtNanos / 1000, start)
+            sinceMicros = start - min(start, Self.slackMicros)
+            completeFromMicros = max(start, ended - min(ended, Self.lastMicros))
+        }
+
+        public init(sinceMicros: UInt64, completeFromMicros: UInt64) {
+            self.sinceMicros = sinceMicros
+            self.completeFromMicros = completeFromMicros
+        }
+    }
+
     /// Whether the kernel's log names one of `pids` (the main process, and the init whose death
     /// ends the namespace) as an OOM victim of the run's memory cgroup: true or false, or nil when
     /// the log cannot tell.

@@ -425,13 +425,10 @@ extension Supervisor {
             // (overwritten by a fork bomb's OOM report), the counter and the signal stand.
             // The main process's end is the OOM killer's when it chose the main process, or init (whose
             // death ends the namespace).
-            // Lines count from two seconds before the spawn (the log's clock and this one may differ by a
-            // little). For a "no" the log must hold every record of the run's last ten seconds (or of the
-            // whole run, if shorter): the OOM killer logs its victim just before the victim dies.
-            let start = live.spawnStarted / 1000, ended = observation.endedAtNanos / 1000
+            let window = OOMEvidence.Window(spawnedAtNanos: live.spawnStarted, endedAtNanos: observation.endedAtNanos)
             let evidence = live.mainPid.flatMap {
-                OOMEvidence.killedByOOM(pids: [$0, live.worker.pid], cgroupName: cgroup.name, sinceMicros: start - min(start, 2_000_000),
-                                        completeFromMicros: max(start, ended - min(ended, 10_000_000)), settleMicros: 300_000)
+                OOMEvidence.killedByOOM(pids: [$0, live.worker.pid], cgroupName: cgroup.name, sinceMicros: window.sinceMicros,
+                                        completeFromMicros: window.completeFromMicros, settleMicros: 300_000)
             }
             if evidence == nil { logger.info("oom.victim-unknown", metadata: ["run.id": "\(scope.runId)"]) }
             oomHitMain = evidence ?? true

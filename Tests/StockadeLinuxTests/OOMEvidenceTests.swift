@@ -44,6 +44,22 @@ struct OOMEvidenceTests {
         #expect(Self.decide([old, Self.killedOther]) == false)
     }
 
+    @Test("the supervisor's window: lines from two seconds before the spawn; complete from the spawn, or from ten seconds before the end of a longer run")
+    func window() {
+        let s: UInt64 = 1_000_000_000  // nanoseconds per second
+        // A short run: the log must reach back to its spawn.
+        #expect(OOMEvidence.Window(spawnedAtNanos: 100 * s, endedAtNanos: 103 * s)
+                == OOMEvidence.Window(sinceMicros: 98_000_000, completeFromMicros: 100_000_000))
+        // A long run: only its last ten seconds.
+        #expect(OOMEvidence.Window(spawnedAtNanos: 100 * s, endedAtNanos: 4000 * s)
+                == OOMEvidence.Window(sinceMicros: 98_000_000, completeFromMicros: 3_990_000_000))
+        // Exactly ten seconds, and a clock this close to boot, do not wrap.
+        #expect(OOMEvidence.Window(spawnedAtNanos: 100 * s, endedAtNanos: 110 * s).completeFromMicros == 100_000_000)
+        #expect(OOMEvidence.Window(spawnedAtNanos: s, endedAtNanos: 2 * s) == OOMEvidence.Window(sinceMicros: 0, completeFromMicros: 1_000_000))
+        // An end before the spawn (never seen; the clocks are one) is taken as the spawn.
+        #expect(OOMEvidence.Window(spawnedAtNanos: 100 * s, endedAtNanos: 50 * s).completeFromMicros == 100_000_000)
+    }
+
     @Test("where the log's oldest record is newer than the time it must reach back to, records may be gone: cannot tell")
     func overwritten() {
         // A fork bomb's OOM report (every task of its cgroup) rolled the ring past the time that matters.
