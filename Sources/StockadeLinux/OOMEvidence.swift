@@ -64,14 +64,13 @@ public enum OOMEvidence {
     /// (part of the OOM report, which the kernel rate-limits) and `Memory cgroup out of memory:
     /// Killed process N (comm)` (never rate-limited). The first must name this run's cgroup; the
     /// second names a host pid, which only the run's main process holds since the run started, so
-    /// only lines from `sinceMicros` on count (CLOCK_MONOTONIC, the clock of the log's timestamps,
-    /// taken with some slack before the run's start).
+    /// only lines from `window.sinceMicros` on count.
     ///
     /// The log is a ring (128 KiB on Debian's kernels): an OOM report lists every task of its
     /// memory cgroup, so a fork bomb's report, in this run or a concurrent one, can overwrite the
     /// victim's line before it is read. "No" is only said while the log still holds every record
-    /// since `completeFromMicros` (the supervisor passes the last seconds before the main process's
-    /// end, within the run: a victim's line comes just before its death); where records of that
+    /// since `window.completeFromMicros` (the run's last seconds: a victim's line comes just before
+    /// its death); where records of that
     /// time are gone, or the log cannot be read at all (no `/dev/kmsg`, or no permission), the
     /// answer is nil.
     ///
@@ -80,35 +79,29 @@ public enum OOMEvidence {
     /// that was not the allocating task can read the log before the line is there. Only a run whose
     /// cgroup counted an OOM kill and whose main process died by SIGKILL gets here: the honest case
     /// answers at the first read, a spoof waits the whole window.
-    public static func killedByOOM(pids: [Int32], cgroupName: String, sinceMicros: UInt64, completeFromMicros: UInt64,
-                                   settleMicros: UInt32) -> Bool? {
-        var answer = killedByOOM(pids: pids, cgroupName: cgroupName, sinceMicros: sinceMicros, completeFromMicros: completeFromMicros)
+    public static func killedByOOM(pids: [Int32], cgroupName: String, window: Window, settleMicros: UInt32) -> Bool? {
+        var answer = killedByOOM(pids: pids, cgroupName: cgroupName, window: window)
         var waited: UInt32 = 0
         while answer == false && waited < settleMicros {
             usleep(20_000)
             waited += 20_000
-            answer = killedByOOM(pids: pids, cgroupName: cgroupName, sinceMicros: sinceMicros, completeFromMicros: completeFromMicros)
+            answer = killedByOOM(pids: pids, cgroupName: cgroupName, window: window)
         }
         return answer
     }
 
     /// One reading of the whole log (see above).
-    public static func killedByOOM(pids: [Int32], cgroupName: String, sinceMicros: UInt64, completeFromMicros: UInt64) -> Bool? {
-        KernelLog.read { next in
-            scan(pids: pids, cgroupName: cgroupName, sinceMicros: sinceMicros, completeFromMicros: completeFromMicros, next: next)
-        } ?? nil
+    public static func killedByOOM(pids: [Int32], cgroupName: String, window: Window) -> Bool? {
+        KernelLog.read { next in scan(pids: pids, cgroupName: cgroupName, window: window, next: next) } ?? nil
     }
 
     /// The decision over the log's records, as `next` gives them (oldest first).
-    static func scan(pids: [Int32], cgroupName: String, sinceMicros: UInt64, completeFromMicros: UInt64,
-                     next: () -> KernelLog.Read) -> Bool? {
-        let summary = Array("task_memcg=".utf8)
-        let memcg = Array(("/" + cgroupName + ",").utf8)
-        let victims = pids.map { Array(",pid=\($0),".utf8) }
+    static func scan(pids: [Int32], cgroupName: String, window: Window, next: () -> KernelLog.Read) -> Bool? {
+        let memcg = Array(("/" + cgroupName).utf8)
         let killed = pids.map { Array("Memory cgroup out of memory: Killed process \($0) (".utf8) }
         var readAny = false
         // The first record after a gap (the start, or records overwritten while reading) must be
-        // from before `completeFromMicros`, or some of the records that matter may be gone.
+        // from before `window.completeFromMicros`, or some of the records that matter may be gone.
         var afterGap = true
         var complete = true
         for _ in 0..<1_000_000 {
@@ -123,13 +116,14 @@ public enum OOMEvidence {
             guard let (at, message) = KernelLog.parse(line) else { continue }
             if afterGap {
                 afterGap = false
-                if at > completeFromMicros { complete = false }
+                if at > window.completeFromMicros { complete = false }
             }
-            guard at >= sinceMicros else { continue }
-            if let i = Self.find(summary, in: message) {
-                let rest = message[(i + summary.count)...]
-                if Self.find(memcg, in: rest) != nil && victims.contains(where: { Self.find($0, in: rest) != nil }) { return true }
-            } else if killed.contains(where: { Self.find($0, in: message) != nil }) {
+            guard at >= window.sinceMicros else { continue }
+            // Both forms are matched where the kernel writes them, never anywhere in the line: a line
+            // also carries the victim's name, which the worker chooses.
+            if let (path, pid) = Self.summaryVictim(message) {
+                if Self.hasSuffix(path, memcg), pids.contains(pid) { return true }
+            } else if killed.contains(where: { message.starts(with: $0) }) {
                 return true
             }
         }
@@ -196,6 +190,42 @@ public enum KernelLog {
 }
 
 extension OOMEvidence {
+    /// The memory cgroup and the victim's pid of a summary line,
+    /// `oom-kill:constraint=...,oom_memcg=PATH,task_memcg=PATH,task=COMM,pid=N,uid=U`. COMM is the
+    /// victim's own name (up to 15 bytes of the worker's choosing, commas and `=` among them), so
+    /// the pid is read back from the line's end, which the kernel writes after it, and the path is
+    /// the one before it (the kernel's path of a run's cgroup has no comma).
+    static func summaryVictim(_ message: ArraySlice<UInt8>) -> (path: ArraySlice<UInt8>, pid: Int32)? {
+        guard message.starts(with: "oom-kill:".utf8), let at = find(Array("task_memcg=".utf8), in: message) else { return nil }
+        var line = message
+        while line.last == UInt8(ascii: "\n") { line = line.dropLast() }
+        // ",pid=N,uid=U" at the very end.
+        guard let uid = findLast(Array(",uid=".utf8), in: line), isDigits(line[(uid + 5)...]),
+              let pidAt = findLast(Array(",pid=".utf8), in: line[..<uid]), isDigits(line[(pidAt + 5)..<uid]),
+              let pid = Int32(String(decoding: line[(pidAt + 5)..<uid], as: UTF8.self)) else { return nil }
+        let pathStart = at + 11
+        let pathEnd = line[pathStart..<pidAt].firstIndex(of: UInt8(ascii: ",")) ?? pidAt
+        return (line[pathStart..<pathEnd], pid)
+    }
+
+    static func isDigits(_ bytes: ArraySlice<UInt8>) -> Bool {
+        !bytes.isEmpty && bytes.allSatisfy { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
+    }
+
+    static func hasSuffix(_ bytes: ArraySlice<UInt8>, _ suffix: [UInt8]) -> Bool {
+        bytes.count >= suffix.count && bytes.suffix(suffix.count).elementsEqual(suffix)
+    }
+
+    static func findLast(_ needle: [UInt8], in haystack: ArraySlice<UInt8>) -> Int? {
+        guard needle.count <= haystack.count else { return nil }
+        var i = haystack.endIndex - needle.count
+        while i >= haystack.startIndex {
+            if haystack[i..<(i + needle.count)].elementsEqual(needle) { return i }
+            i -= 1
+        }
+        return nil
+    }
+
     static func find(_ needle: [UInt8], in haystack: ArraySlice<UInt8>) -> Int? {
         guard needle.count <= haystack.count, let first = needle.first else { return nil }
         var i = haystack.startIndex

@@ -427,8 +427,7 @@ extension Supervisor {
             // death ends the namespace).
             let window = OOMEvidence.Window(spawnedAtNanos: live.spawnStarted, endedAtNanos: observation.endedAtNanos)
             let evidence = live.mainPid.flatMap {
-                OOMEvidence.killedByOOM(pids: [$0, live.worker.pid], cgroupName: cgroup.name, sinceMicros: window.sinceMicros,
-                                        completeFromMicros: window.completeFromMicros, settleMicros: 300_000)
+                OOMEvidence.killedByOOM(pids: [$0, live.worker.pid], cgroupName: cgroup.name, window: window, settleMicros: 300_000)
             }
             if evidence == nil { logger.info("oom.victim-unknown", metadata: ["run.id": "\(scope.runId)"]) }
             oomHitMain = evidence ?? true

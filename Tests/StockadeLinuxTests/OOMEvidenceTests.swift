@@ -17,7 +17,7 @@ struct OOMEvidenceTests {
 
     static func decide(_ reads: [KernelLog.Read], pids: [Int32] = [4242, 4241]) -> Bool? {
         var rest = reads[...]
-        return OOMEvidence.scan(pids: pids, cgroupName: run, sinceMicros: since, completeFromMicros: start) { rest.popFirst() ?? .end }
+        return OOMEvidence.scan(pids: pids, cgroupName: run, window: .init(sinceMicros: since, completeFromMicros: start)) { rest.popFirst() ?? .end }
     }
 
     static let before = record(1_000_000, "Linux version 6.1.0")
@@ -31,6 +31,32 @@ struct OOMEvidenceTests {
         #expect(Self.decide([Self.before, Self.summaryMain]) == true)
         // Init (the second pid) counts too: its death ends the namespace.
         #expect(Self.decide([Self.before, Self.record(6_000_000, "Memory cgroup out of memory: Killed process 4241 (stockade-init) ")]) == true)
+    }
+
+    @Test("a victim's name cannot forge the pid or the cgroup: they are read where the kernel writes them")
+    func forgedName() {
+        // A child of this run, OOM-killed, named ",pid=4242," (the main process's host pid) by the worker.
+        let named = Self.record(6_000_000, "oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),task_memcg=/\(Self.run),task=,pid=4242,,pid=4300,uid=1000000000")
+        #expect(Self.decide([Self.before, named]) == false)
+        // ... or ",uid=0,pid=4242," and the like: the line's end is still the kernel's.
+        let trailing = Self.record(6_000_000, "oom-kill:constraint=CONSTRAINT_MEMCG,task_memcg=/\(Self.run),task=x,pid=4242,uid=,pid=4300,uid=0")
+        #expect(Self.decide([Self.before, trailing]) == false)
+        // A child of another cgroup whose name carries this run's path is not this run's victim.
+        let path = Self.record(6_000_000, "oom-kill:constraint=CONSTRAINT_MEMCG,task_memcg=/stockade/01OTHER,task=/\(Self.run),pid=4242,uid=0")
+        #expect(Self.decide([Self.before, path]) == false)
+        // The "Killed process" form counts only at the start of the kernel's message.
+        let inside = Self.record(6_000_000, "audit: comm=\"Memory cgroup out of memory: Killed process 4242 (\" denied")
+        #expect(Self.decide([Self.before, inside]) == false)
+        // The same lines as the kernel writes them for the main process itself still count (control),
+        // under a nested hierarchy too (a supervisor in a slice).
+        #expect(Self.decide([Self.before, Self.record(6_000_000, "oom-kill:constraint=CONSTRAINT_MEMCG,task_memcg=/\(Self.run),task=,pid=4300,,pid=4242,uid=0")]) == true)
+        // The line exactly as this host's 6.18 kernel wrote it for a run (its pool cgroup's name).
+        let host = Self.record(6_000_000, "oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,oom_memcg=/stockade/p-4026531836-30791-2702810-1,task_memcg=/stockade/p-4026531836-30791-2702810-1,task=perl,pid=31132,uid=1114164712")
+        var rest = [Self.before, host][...]
+        #expect(OOMEvidence.scan(pids: [31132], cgroupName: "stockade/p-4026531836-30791-2702810-1", window: .init(sinceMicros: Self.since, completeFromMicros: Self.start)) {
+            rest.popFirst() ?? .end
+        } == true)
+        #expect(Self.decide([Self.before, Self.record(6_000_000, "oom-kill:constraint=CONSTRAINT_MEMCG,oom_memcg=/a.slice/\(Self.run),task_memcg=/a.slice/\(Self.run),task=perl,pid=4242,uid=0")]) == true)
     }
 
     @Test("a log that holds the whole window and names another process answers no")
@@ -79,7 +105,7 @@ struct OOMEvidenceTests {
         // from 3000 s. Lines count from 98 s, and the log must be complete from 3990 s.
         let decide = { (reads: [KernelLog.Read]) -> Bool? in
             var rest = reads[...]
-            return OOMEvidence.scan(pids: [4242], cgroupName: Self.run, sinceMicros: 98_000_000, completeFromMicros: 3_990_000_000) {
+            return OOMEvidence.scan(pids: [4242], cgroupName: Self.run, window: .init(sinceMicros: 98_000_000, completeFromMicros: 3_990_000_000)) {
                 rest.popFirst() ?? .end
             }
         }
@@ -107,10 +133,10 @@ struct OOMEvidenceTests {
     func hostLog() throws {
         guard let oldest = KernelLog.oldestRecordMicros() else { return }  // no /dev/kmsg here
         // A pid above pid_max was never any victim: a log complete from then on says no.
-        #expect(OOMEvidence.killedByOOM(pids: [Int32.max], cgroupName: "stockade/none", sinceMicros: 0, completeFromMicros: .max) == false)
+        #expect(OOMEvidence.killedByOOM(pids: [Int32.max], cgroupName: "stockade/none", window: .init(sinceMicros: 0, completeFromMicros: .max)) == false)
         // A time before the oldest record kept (the ring has rolled since): cannot tell.
         if oldest > 0 {
-            #expect(OOMEvidence.killedByOOM(pids: [Int32.max], cgroupName: "stockade/none", sinceMicros: 0, completeFromMicros: oldest - 1) == nil)
+            #expect(OOMEvidence.killedByOOM(pids: [Int32.max], cgroupName: "stockade/none", window: .init(sinceMicros: 0, completeFromMicros: oldest - 1)) == nil)
         }
     }
 }
