@@ -124,12 +124,13 @@ extension API {
                     more = true
                     break pages
                 }
-                let report = API.report(row)?.object
+                let parsed = API.report(row)
+                let report = parsed?.object
                 var item = API.placement(row)
                 item["id"] = .string(row.runId)
                 item["state"] = .string(API.state(row))
                 item["outcome"] = report?["outcome"] ?? .null
-                let decoded = row.report.flatMap { try? JSONDecoder().decode(RunReport.self, from: Data($0.utf8)) }
+                let decoded = parsed.flatMap { try? RunReport(json: $0) }
                 item["exitStatus"] = decoded.map { .number($0.exitStatus) } ?? .null
                 item["name"] = request["name"].flatMap { $0.string.map { .string($0) } } ?? .null
                 item["labels"] = .object(labels.mapValues { .string($0) })

@@ -246,6 +246,46 @@ public struct RunReport: Sendable, Equatable, Codable {
         return .object(object)
     }
 
+    /// The report read back from its JSON (what `jsonValue` writes, and what the service answers), by
+    /// hand: a client that reads one report pays no `JSONDecoder` start-up (`JSONMembers` says why).
+    /// Reads what the `Codable` decoder reads, and `image` as well; a bad member fails naming its path.
+    public init(json: JSONValue) throws(JSONMembers.Invalid) {
+        let o = try JSONMembers(json)
+        self.init(runId: try o.string("runId"), profile: try o.string("profile"), outcome: try o.value("outcome", as: Outcome.self))
+        exitCode = try o.optionalInt32("exitCode")
+        signal = try o.optionalInt32("signal")
+        durationMs = try o.int64("durationMs")
+        cpuTimeMs = try o.int64("cpuTimeMs")
+        memoryPeakBytes = try o.int64("memoryPeakBytes")
+        violations = try o.objects("violations") { (v) throws(JSONMembers.Invalid) in
+            Violation(kind: try v.string("kind"), syscall: try v.optionalString("syscall"),
+                      architecture: try v.optionalString("architecture"), count: try v.int("count"),
+                      action: try v.optionalString("action"), host: try v.optionalString("host"),
+                      port: try v.optionalInt("port"), reason: try v.optionalString("reason"))
+        }
+        orphansKilled = try o.int("orphansKilled")
+        stdout = try o.string("stdout")
+        stderr = try o.string("stderr")
+        stdoutTruncated = try o.bool("stdoutTruncated")
+        stderrTruncated = try o.bool("stderrTruncated")
+        let verdict = try o.object("result")
+        result = ResultVerdict(status: try verdict.string("status"), reason: try verdict.optionalString("reason"))
+        let review = try o.object("review")
+        self.review = Review(id: try review.optionalInt64("id"), state: try review.string("state"))
+        setupError = try o.optionalObject("setupError").map { (e) throws(JSONMembers.Invalid) in
+            SetupError(stage: try e.value("stage", as: SetupStage.self), errno: try e.int32("errno"), message: try e.string("message"))
+        }
+        egress = try o.optionalObject("egress").map { (e) throws(JSONMembers.Invalid) in
+            Egress(connections: try e.int("connections"), allowed: try e.int("allowed"), denied: try e.int("denied"),
+                   bytesOut: try e.int64("bytesOut"), bytesIn: try e.int64("bytesIn"))
+        }
+        requestId = try o.optionalString("id")
+        line = try o.optionalInt("line")
+        stdoutBase64 = try o.optionalString("stdoutBase64")
+        stderrBase64 = try o.optionalString("stderrBase64")
+        image = try o.optionalString("image")
+    }
+
     /// The one-line summary printed to stderr without `--json`.
     public var summary: String {
         var line = "stockade: run \(runId) \(outcome.rawValue)"

@@ -23,9 +23,9 @@ enum FastRun {
     ]
     private static let repeatable: Set<String> = ["allow-host", "publish", "volume", "env", "env-file", "label"]
 
-    /// The validated `Run` for `arguments` (the command line after the global options, starting with
+    /// The validated flags for `arguments` (the command line after the global options, starting with
     /// `run`), or nil when ArgumentParser must read it.
-    static func parse(_ arguments: [String]) -> Run? {
+    static func parse(_ arguments: [String]) -> RunFlags? {
         guard arguments.first == "run" else { return nil }
         var single: [String: String] = [:]
         var multiple: [String: [String]] = [:]
@@ -80,26 +80,18 @@ enum FastRun {
             }
         }
 
-        var run = Run()
-        var state = StateOptions()
-        state.stateDir = single["state-dir"]
-        var remote = HostOptions()
-        remote.host = single["host"]
-        run.state = state
-        run.remote = remote
+        var run = RunFlags()
+        run.stateDir = single["state-dir"]
+        run.host = single["host"]
         run.profile = single["profile"] ?? "default"
         run.memory = single["memory"]
         if let text = single["cpus"] {
             guard let value = Double(text) else { return nil }
             run.cpus = value
-        } else {
-            run.cpus = nil
         }
         if let text = single["pids"] {
             guard let value = Int(text) else { return nil }
             run.pids = value
-        } else {
-            run.pids = nil
         }
         run.timeout = single["timeout"]
         run.network = single["network"]
@@ -118,8 +110,6 @@ enum FastRun {
         run.json = json
         run.command = command
         do {
-            try state.validate()
-            try remote.validate()
             try run.validate()
         } catch {
             return nil

@@ -11,6 +11,11 @@ struct HostOptions: ParsableArguments {
     /// The service to call, or nil to run in this process. Usage errors (a bad URL, no token) are
     /// `ValidationError`s, so they exit as every usage error of the command does.
     func client() throws -> ServiceClient? {
+        try Self.client(host: host)
+    }
+
+    /// The service for `host` (else `$STOCKADE_HOST`), or nil.
+    static func client(host: String?) throws -> ServiceClient? {
         do {
             return try ServiceClient.configured(host: host, environment: ProcessEnvironment.current())
         } catch {

@@ -2,6 +2,7 @@ import ArgumentParser
 import Glibc
 import Logging
 import StockadePolicy
+import StockadeClient
 import StockadeSupervisor
 
 struct Run: AsyncParsableCommand {
@@ -42,17 +43,78 @@ struct Run: AsyncParsableCommand {
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.")
     var command: [String] = []
 
+    /// The flags as plain values. What `run` does is `RunFlags`'s: the hand reader (`FastRun`) builds
+    /// one without this type's property wrappers, whose first construction alone costs a one-shot
+    /// `run` a generic instantiation and protocol-conformance scan per wrapper kind.
+    var flags: RunFlags {
+        RunFlags(stateDir: state.stateDir, host: remote.host, profile: profile, memory: memory, cpus: cpus, pids: pids,
+                 timeout: timeout, network: network, allowHost: allowHost, publish: publish, volume: volume, env: env,
+                 envFile: envFile, label: label, name: name, interactive: interactive, workspace: workspace, request: request,
+                 image: image, rootfs: rootfs, json: json, command: command)
+    }
+
+    func validate() throws {
+        try flags.validate()
+    }
+
+    func run() async throws {
+        try await flags.run()
+    }
+
+    /// Said before anything is touched, so the one line says what to do.
+    static let needsRoot = "needs root: each worker runs under host ids of its own (a user namespace mapping beyond the caller's uid) in a cgroup of its own, which only root may set up; run it as root (e.g. with sudo)"
+
+    @Sendable static func streamToTerminal(_ fd: Int32, _ bytes: [UInt8]) {
+        TerminalOutput.write(bytes, to: fd == 1 ? 1 : 2)
+    }
+}
+
+/// `stockade run`'s flags as plain values, from either reader: ArgumentParser's `Run` (`Run.flags`) or
+/// the hand reader `FastRun`. The command itself: validation, the run options, the run.
+struct RunFlags {
+    var stateDir: String?
+    var host: String?
+    var profile = "default"
+    var memory: String?
+    var cpus: Double?
+    var pids: Int?
+    var timeout: String?
+    var network: String?
+    var allowHost: [String] = []
+    var publish: [String] = []
+    var volume: [String] = []
+    var env: [String] = []
+    var envFile: [String] = []
+    var label: [String] = []
+    var name: String?
+    var interactive = false
+    var workspace: String?
+    var request: String?
+    var image: String?
+    var rootfs: String?
+    var json = false
+    var command: [String] = []
+
+    /// The service to call (`--host`, else `$STOCKADE_HOST`), or nil to run in this process.
+    func client() throws -> ServiceClient? {
+        try HostOptions.client(host: host)
+    }
+
+    var stateDirectory: String {
+        StateDirectory.resolve(explicit: stateDir, environment: ProcessEnvironment.current())
+    }
+
     func validate() throws {
         if image != nil && rootfs != nil { throw ValidationError("--image and --rootfs: give one") }
         if let rootfs, !rootfs.hasPrefix("/") { throw ValidationError("--rootfs: expected an absolute path, found \(rootfs)") }
         _ = try options(readingFiles: false)
         // An image's Entrypoint/Cmd may be the command.
         if command.isEmpty && request == nil && image == nil { throw ValidationError("no command: stockade run [OPTIONS] -- CMD [ARG...]") }
-        if try remote.client() != nil {
+        if try client() != nil {
             if interactive {
                 throw ValidationError("-i/--interactive: the service's API takes no standard input; run without --host on the service's host, or hand the input over as a file (--request DIR or --workspace DIR)")
             }
-            if state.stateDir != nil {
+            if stateDir != nil {
                 throw ValidationError("--state-dir: with --host the service's own state directory is used; leave --state-dir out")
             }
         }
@@ -110,18 +172,11 @@ struct Run: AsyncParsableCommand {
         return o
     }
 
-    @Sendable static func streamToTerminal(_ fd: Int32, _ bytes: [UInt8]) {
-        TerminalOutput.write(bytes, to: fd == 1 ? 1 : 2)
-    }
-
-    /// Said before anything is touched, so the one line says what to do.
-    static let needsRoot = "needs root: each worker runs under host ids of its own (a user namespace mapping beyond the caller's uid) in a cgroup of its own, which only root may set up; run it as root (e.g. with sudo)"
-
     func run() async throws {
         // Through the service: its user runs the worker; this process needs only the socket.
-        if let client = try remote.client() { return try run(through: client) }
+        if let client = try client() { return try run(through: client) }
         guard geteuid() == 0 else {
-            Console.error("stockade run: \(Self.needsRoot)")
+            Console.error("stockade run: \(Run.needsRoot)")
             throw ExitCode(125)
         }
         let logger = Logger(label: "stockade")
@@ -136,13 +191,14 @@ struct Run: AsyncParsableCommand {
         }
         let supervisor: Supervisor
         do {
-            supervisor = try Supervisor(stateDirectory: state.resolved(), catalog: .standard(),
-                                        environment: ProcessEnvironment.current(), logger: logger, store: resolveStore(state, nil))
+            let directory = stateDirectory
+            supervisor = try Supervisor(stateDirectory: directory, catalog: .standard(),
+                                        environment: ProcessEnvironment.current(), logger: logger, store: resolveStore(stateDirectory: directory, nil))
         } catch {
             Console.error("stockade: \(error)")
             throw ExitCode(125)
         }
-        let stream: (@Sendable (Int32, [UInt8]) -> Void)? = json ? nil : Self.streamToTerminal
+        let stream: (@Sendable (Int32, [UInt8]) -> Void)? = json ? nil : Run.streamToTerminal
         let service = RunService(supervisor: supervisor, admission: .init(maxRunning: 1, maxQueued: 0))
         let handle: RunHandle
         do {

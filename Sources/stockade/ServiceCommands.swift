@@ -80,7 +80,7 @@ enum ServiceRuns {
     /// The report as the CLI's type: for its exit status and its summary line.
     static func decode(_ report: JSONValue) throws -> RunReport {
         do {
-            return try JSONDecoder().decode(RunReport.self, from: Data(report.serialized().utf8))
+            return try RunReport(json: report)
         } catch {
             throw ClientError(.protocolViolation, "the service's report is not a run report: \(error)")
         }
@@ -94,7 +94,7 @@ enum ServiceRuns {
     }
 }
 
-extension Run {
+extension RunFlags {
     /// The run's flags as a `POST /v1/runs` body (a batch request line's keys). Values were checked
     /// by `options(readingFiles:)`; relative paths are made absolute here.
     func requestBody(_ options: RunOptions) -> JSONValue {

@@ -146,8 +146,12 @@ struct StoreOptions: ParsableArguments {
 /// The store a command opens: `flag` (`--store`), else `$STOCKADE_STORE`, else the state directory's
 /// SQLite file. A bad URL is a usage error naming where it came from.
 func resolveStore(_ state: StateOptions, _ flag: String?) throws -> StoreURL {
+    try resolveStore(stateDirectory: state.resolved(), flag)
+}
+
+func resolveStore(stateDirectory: String, _ flag: String?) throws -> StoreURL {
     do {
-        return try StoreOpener.resolve(flag: flag, environment: ProcessEnvironment.current(), stateDirectory: state.resolved())
+        return try StoreOpener.resolve(flag: flag, environment: ProcessEnvironment.current(), stateDirectory: stateDirectory)
     } catch {
         throw ValidationError(error.description)
     }
