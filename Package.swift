@@ -108,7 +108,7 @@ let package = Package(
         ], swiftSettings: strict),
         // API bearer tokens in the state directory's audit database (table `tokens`): CLI and server share it.
         .target(name: "StockadeTokens", dependencies: [
-            "CSQLite",
+            "CSQLite", "StockadePolicy",
             .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
         // `stockade serve`: the HTTP API over a Unix socket (Hummingbird on SwiftNIO).

@@ -253,7 +253,7 @@ final class API: Sendable {
             refusal.headers[.retryAfter] = "10"
             throw refusal
         }
-        let hash = SHA256.hash(data: body).map { String(format: "%02x", $0) }.joined()
+        let hash = Hex.lowercase(SHA256.hash(data: body))
         let queued = registry.node.map { _ in
             RunRegistry.Queued(body: String(decoding: body, as: UTF8.self), nodeLabels: parsed.nodeLabels, retries: parsed.retries)
         }

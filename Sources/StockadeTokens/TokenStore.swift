@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import Glibc
+import StockadePolicy
 
 /// The API's scopes. `admin` holds every other one.
 public enum TokenScope: String, Sendable, CaseIterable {
@@ -144,7 +145,7 @@ public final class TokenStore: Sendable {
     }
 
     public static func sha256Hex(_ token: String) -> String {
-        SHA256.hash(data: Array(token.utf8)).map { String(format: "%02x", $0) }.joined()
+        Hex.lowercase(SHA256.hash(data: Array(token.utf8)))
     }
 
     public static func isValidName(_ name: String) -> Bool {

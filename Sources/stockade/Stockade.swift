@@ -201,6 +201,10 @@ enum Main {
         }
         do {
             if let fast {
+                // Through the service the command is a synchronous client: run it here, on the main
+                // thread, rather than hop to the concurrency runtime's pool (threads this process
+                // would start for nothing).
+                if let client = try fast.client() { return try fast.run(through: client) }
                 try await fast.run()
                 return
             }
