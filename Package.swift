@@ -149,7 +149,10 @@ let package = Package(
         // Linked with the toolchain's lld rather than the default gold: the same binary starts faster
         // (`stockade --version` 6.6 -> 5.4 ms, one-shot `run` 20.3 -> 18.9 ms, alternated rounds;
         // Benchmarks/BENCHMARKS.md). The one-shot CLI's start is part of every `run`.
-        linkerSettings: [.unsafeFlags(["-use-ld=lld"])]),
+        // --no-export-dynamic undoes the -export-dynamic of the toolchain's static-stdlib-args.lnk: the
+        // executable's 36 000 Swift symbols in its dynamic table cost every start a linear scan, the
+        // Swift runtime's dladdr (its Backtrace.cpp static initializer); nothing resolves them at run time.
+        linkerSettings: [.unsafeFlags(["-use-ld=lld", "-Xlinker", "--no-export-dynamic"])]),
         // The diff parser and path guard under libFuzzer (Fuzz/run-diff-fuzz.sh); a corpus replayer otherwise.
         .executableTarget(name: "stockade-diff-fuzz", dependencies: ["StockadePatches"], swiftSettings: strict),
         // The strict JSON parser and the bundle manifest decoder under libFuzzer (Fuzz/run-manifest-fuzz.sh); a replayer otherwise.
