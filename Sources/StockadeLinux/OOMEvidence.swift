@@ -196,14 +196,15 @@ extension OOMEvidence {
     /// the pid is read back from the line's end, which the kernel writes after it, and the path is
     /// the one before it (the kernel's path of a run's cgroup has no comma).
     static func summaryVictim(_ message: ArraySlice<UInt8>) -> (path: ArraySlice<UInt8>, pid: Int32)? {
-        guard message.starts(with: "oom-kill:".utf8), let at = find(Array("task_memcg=".utf8), in: message) else { return nil }
+        let memcgKey = Array("task_memcg=".utf8), pidKey = Array(",pid=".utf8), uidKey = Array(",uid=".utf8)
+        guard message.starts(with: "oom-kill:".utf8), let at = find(memcgKey, in: message) else { return nil }
         var line = message
         while line.last == UInt8(ascii: "\n") { line = line.dropLast() }
         // ",pid=N,uid=U" at the very end.
-        guard let uid = findLast(Array(",uid=".utf8), in: line), isDigits(line[(uid + 5)...]),
-              let pidAt = findLast(Array(",pid=".utf8), in: line[..<uid]), isDigits(line[(pidAt + 5)..<uid]),
-              let pid = Int32(String(decoding: line[(pidAt + 5)..<uid], as: UTF8.self)) else { return nil }
-        let pathStart = at + 11
+        guard let uid = findLast(uidKey, in: line), isDigits(line[(uid + uidKey.count)...]),
+              let pidAt = findLast(pidKey, in: line[..<uid]), isDigits(line[(pidAt + pidKey.count)..<uid]),
+              let pid = Int32(String(decoding: line[(pidAt + pidKey.count)..<uid], as: UTF8.self)) else { return nil }
+        let pathStart = at + memcgKey.count
         let pathEnd = line[pathStart..<pidAt].firstIndex(of: UInt8(ascii: ",")) ?? pidAt
         return (line[pathStart..<pathEnd], pid)
     }

@@ -1,8 +1,8 @@
 import ArgumentParser
 import Glibc
 import Logging
-import StockadePolicy
 import StockadeClient
+import StockadePolicy
 import StockadeSupervisor
 
 struct Run: AsyncParsableCommand {
@@ -175,6 +175,11 @@ struct RunFlags {
     func run() async throws {
         // Through the service: its user runs the worker; this process needs only the socket.
         if let client = try client() { return try run(through: client) }
+        try await runHere()
+    }
+
+    /// The run in this process: root, a supervisor of its own, the report when the worker ends.
+    func runHere() async throws {
         guard geteuid() == 0 else {
             Console.error("stockade run: \(Run.needsRoot)")
             throw ExitCode(125)

@@ -205,8 +205,7 @@ enum Main {
                 // thread, rather than hop to the concurrency runtime's pool (threads this process
                 // would start for nothing).
                 if let client = try fast.client() { return try fast.run(through: client) }
-                try await fast.run()
-                return
+                return try await fast.runHere()
             }
             var command = try Stockade.parseAsRoot(arguments)
             if var async = command as? AsyncParsableCommand {
