@@ -17,13 +17,14 @@ Stockade needed):
                     migration check, abandoned-run scan, cgroup driver detection, stale-cgroup
                     scan, profile load)
   run dir           -> renameat2 of the run directory into place
-  audit run.created -> seccomp probing starts (the run.created transaction: WAL fdatasyncs)
-  seccomp compile   -> first mkdir of the run cgroup (libseccomp build + export)
-  cgroup create     -> clone3 with CLONE_NEWUSER (mkdirs, limits, cgroup.procs opened, spawner
-                    threads started on first use)
+  run.created, spawn -> the spawn helper's clone3 with CLONE_NEWUSER (the durable run.created
+                    transaction, the root skeleton's clone, the request to the helper; the run's
+                    cgroup comes from the pool and the filter from the state directory's cache, so
+                    neither is usually on this path)
   clone+maps+join   -> init's unshare(CLONE_NEWCGROUP) (clone3 itself, setgroups, uid/gid maps,
-                    the cgroup.procs writes, releasing the child)
-  child setup       -> execve of the worker (root, mounts, pivot_root, caps, fork, seccomp)
+                    joining the cgroup, releasing the child)
+  child setup       -> execve of the worker (mounts on the skeleton, pivot_root, caps, fork,
+                    the seccomp filter's load)
   worker            -> exit_group of the worker (/bin/true itself)
   ns teardown       -> the supervisor's waitid sees init gone (init's exit, namespace teardown)
   after the run     -> the last rmdir of the run cgroup (usage read, audit events, logs,
@@ -98,10 +99,8 @@ def phases(events):
     add("start-up", first(events, lambda p, t, k: p == main and t.startswith("clone3(") and "CLONE_THREAD" in t))
     add("supervisor init", first(events, lambda p, t, k: t.startswith("mkdirat(") and ".creating-" in t))
     add("run dir", first(events, lambda p, t, k: t.startswith("renameat2(")))
-    add("audit run.created", first(events, lambda p, t, k: t.startswith("seccomp(")))
-    add("seccomp compile", first(events, lambda p, t, k: t.startswith("mkdir(\"/sys/fs/cgroup/") and "/stockade/" in t))
     clone = first(events, lambda p, t, k: t.startswith("clone3(") and "CLONE_NEWUSER" in t)
-    add("cgroup create", clone)
+    add("run.created, spawn", clone)
     add("clone+maps+join", first(events, lambda p, t, k: t.startswith("unshare(") and k in ("whole", "start"), after=clone))
     worker_exec = first(events, lambda p, t, k: t.startswith("execve(\"/bin/true\"") and k in ("start", "whole"), after=clone)
     add("child setup", worker_exec)
