@@ -1,3 +1,4 @@
+import Glibc
 import StockadePolicy
 
 /// One run as the engine asks for it: the command and per-run overrides of the profile.
@@ -46,14 +47,30 @@ public struct RunOptions: Sendable {
 }
 
 /// Where the state lives: `--state-dir`, else `$STOCKADE_STATE_DIR`, else
-/// `$XDG_STATE_HOME/stockade`, else `~/.local/state/stockade`.
+/// `$XDG_STATE_HOME/stockade`, else `~/.local/state/stockade`. A relative path is taken from the
+/// current directory and made absolute here, once, so every part of a run (the audit store, the run
+/// directories, the spawn helpers, a `serve` started from it) names the same directory.
 public enum StateDirectory {
     public static func resolve(explicit: String?, environment: [String: String]) -> String {
+        absolute(chosen(explicit: explicit, environment: environment))
+    }
+
+    private static func chosen(explicit: String?, environment: [String: String]) -> String {
         if let explicit, !explicit.isEmpty { return explicit }
         if let dir = environment["STOCKADE_STATE_DIR"], !dir.isEmpty { return dir }
         if let xdg = environment["XDG_STATE_HOME"], !xdg.isEmpty { return xdg + "/stockade" }
         let home = environment["HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? "/root"
         return home + "/.local/state/stockade"
+    }
+
+    /// `path` below the current directory when it is relative (its `..` left for the kernel to
+    /// resolve); unchanged when the current directory cannot be read (it was removed), which the
+    /// state directory's creation then reports.
+    static func absolute(_ path: String) -> String {
+        guard !path.hasPrefix("/"), let cwd = getcwd(nil, 0) else { return path }
+        defer { free(cwd) }
+        let base = String(cString: cwd)
+        return (base.hasSuffix("/") ? base : base + "/") + path
     }
 }
 

@@ -167,7 +167,9 @@ public final class Supervisor: Sendable {
     }
 
     static func makeDirectory(_ path: String) throws(SupervisorError) {
-        var prefix = ""
+        // Each step from the root, or from the current directory for a relative path (which
+        // StateDirectory.resolve does not hand out, but a caller of Supervisor may).
+        var prefix = path.hasPrefix("/") ? "" : "."
         for part in path.split(separator: "/") {
             prefix += "/" + part
             if mkdir(prefix, 0o700) != 0 && errno != EEXIST {

@@ -29,6 +29,32 @@ func shell(_ h: Harness, _ script: String, environment: [String: String] = [:]) 
 @Suite("the command line as a new user types it", .serialized,
        .enabled(if: Harness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(3)))
 struct CommandLineTests {
+    @Test("a relative state directory, given as --state-dir or $STOCKADE_STATE_DIR, is made below the current directory (.. included), never below /")
+    func relativeStateDirectory() throws {
+        let h = try Harness()
+        let tag = UUID().uuidString.prefix(8)
+        let base = h.stateDirectory + "/cwd-\(tag)"
+        try FileManager.default.createDirectory(atPath: base + "/sub", withIntermediateDirectories: true)
+        let flag = "rel-\(tag)/state", variable = "../up-\(tag)"
+        let r = try shell(h, """
+            cd '\(base)' && "$STOCKADE" run --state-dir \(flag) --json -- /bin/true > flag.json &&
+            cd sub && STOCKADE_STATE_DIR=\(variable) "$STOCKADE" run --json -- /bin/true > ../variable.json &&
+            "$STOCKADE" audit runs --state-dir ../\(flag) --json
+            """)
+        #expect(r.status == 0, "\(r.stderr)")
+        for (state, reportFile) in [(base + "/" + flag, base + "/flag.json"), (base + "/up-\(tag)", base + "/variable.json")] {
+            #expect(FileManager.default.fileExists(atPath: state + "/audit.sqlite"), "no audit store in \(state): \(r.stderr)")
+            let report = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: reportFile))) as? [String: Any]
+            let runId = try #require(report?["runId"] as? String, "\(reportFile)")
+            #expect(FileManager.default.fileExists(atPath: state + "/runs/" + runId + "/report.json"), "\(state)")
+        }
+        // The audit trail read back through the same relative name finds the run.
+        #expect(r.stdout.contains("\"state\":\"finished\""), "\(r.stdout)")
+        // The old reading took every path from the root: /rel-TAG and /up-TAG.
+        #expect(!FileManager.default.fileExists(atPath: "/rel-\(tag)") && !FileManager.default.fileExists(atPath: "/up-\(tag)"),
+                "a relative state directory was made below /")
+    }
+
     @Test("echo hi | stockade run -i -- cat prints hi; without -i the worker's stdin is /dev/null")
     func interactiveInput() throws {
         let h = try Harness()
