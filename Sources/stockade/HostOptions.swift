@@ -5,7 +5,7 @@ import StockadeClient
 /// `--host URL` (else `$STOCKADE_HOST`) with `$STOCKADE_TOKEN`: the command goes through a running
 /// `stockade serve` instead of running in this process, with the same output and exit codes.
 struct HostOptions: ParsableArguments {
-    @Option(help: "Send the command to a running `stockade serve`: unix:///PATH, http://127.0.0.1:PORT or http://[::1]:PORT (else $STOCKADE_HOST); the bearer token is $STOCKADE_TOKEN.")
+    @Option(help: "Send the command to a running `stockade serve`: unix:///PATH, http://127.0.0.1:PORT, http://[::1]:PORT or https://HOST[:PORT] (else $STOCKADE_HOST); the bearer token is $STOCKADE_TOKEN.")
     var host: String?
 
     /// The service to call, or nil to run in this process. Usage errors (a bad URL, no token) are
@@ -27,11 +27,16 @@ struct HostOptions: ParsableArguments {
     static let commands: [[String]] = [["run"], ["batch"], ["review", "list"], ["review", "show"], ["review", "accept"],
                                        ["review", "reject"], ["audit", "events"]]
 
-    /// For a global `--host` before the subcommand: nil when `arguments` start with a command that
-    /// can take it, else why not.
-    static func refusal(_ arguments: [String]) -> String? {
+    /// For a global `--host` before the subcommand: how many words of `arguments` name a command
+    /// that can take it (where its own `--host` goes), or nil when they name none.
+    static func command(_ arguments: [String]) -> Int? {
         let words = arguments.prefix { !$0.hasPrefix("-") }
-        if commands.contains(where: { words.starts(with: $0) }) { return nil }
+        return commands.first(where: { words.starts(with: $0) })?.count
+    }
+
+    /// Why a global `--host` cannot stand before `arguments`.
+    static func refusal(_ arguments: [String]) -> String {
+        let words = arguments.prefix { !$0.hasPrefix("-") }
         let named = words.isEmpty ? "no command" : "stockade \(words.prefix(2).joined(separator: " "))"
         return "--host: \(named) cannot go through the service; --host is taken by run, batch, review list|show|accept|reject and audit events (the other commands run on the service's host)"
     }

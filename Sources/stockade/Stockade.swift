@@ -11,18 +11,21 @@ struct Stockade: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "stockade",
         abstract: "Run untrusted workers in Linux namespaces with seccomp, cgroup limits and an audit trail.",
-        discussion: "Exit status of `run`: the worker's code; 128+signal; 137 oom; 124 timeout; 159 seccomp; 125 setup failure, bad profile or usage; 126/127 command not executable/not found. Other commands: 0 success, 1 failure, 2 usage. --state-dir DIR (else $STOCKADE_STATE_DIR, $XDG_STATE_HOME/stockade, ~/.local/state/stockade) may come before the subcommand or after it. --log-format text|json (before the subcommand): the format of log lines on stderr; $STOCKADE_LOG sets their level (default warning).",
+        discussion: "Exit status of `run`: the worker's code; 128+signal; 137 oom; 124 timeout; 159 seccomp; 130 cancelled (SIGTERM or SIGINT); 125 setup failure, bad profile or usage; 126/127 command not executable/not found. Other commands: 0 success, 1 failure, 2 usage. --state-dir DIR (else $STOCKADE_STATE_DIR, $XDG_STATE_HOME/stockade, ~/.local/state/stockade) may come before the subcommand or after it. --log-format text|json (before the subcommand): the format of log lines on stderr; $STOCKADE_LOG sets their level (default warning).",
         version: "0.1.0",
         subcommands: [Run.self, Batch.self, ProfileCommand.self, AuditCommand.self, ReviewCommand.self, Verify.self, Gc.self, ImageCommand.self, Serve.self, TokenCommand.self, ReceiptCommand.self]
     )
 }
 
-/// `--state-dir`, `--log-format` and `--host` are global (DESIGN.md): given before the subcommand they
+/// `--state-dir`, `--log-format` and `--host` are global (docs/CONTRACT.md): given before the subcommand they
 /// are taken out; `--state-dir` then stands for every command, as `$STOCKADE_STATE_DIR` does, and
-/// `--host` for the command, as `$STOCKADE_HOST` does (refused before a command that cannot take it).
+/// `--host` is handed to the command as its own `--host` (refused before a command that cannot take
+/// it), so the command checks the address and names `--host` as it does when given after it.
 enum GlobalOptions {
     struct Invalid: Error {
         let message: String
+        /// The subcommand the arguments name, if any: a usage error of `run` exits 125, not 2.
+        var command: String?
     }
 
     static func apply(_ arguments: [String]) throws(Invalid) -> (arguments: [String], logFormat: LogFormat) {
@@ -33,7 +36,7 @@ enum GlobalOptions {
         while let first = rest.first {
             let name: String, value: String
             if names.contains(first) {
-                guard rest.count >= 2 else { throw Invalid(message: "\(first): needs a value") }
+                guard rest.count >= 2 else { throw Invalid(message: "\(first): needs a value", command: nil) }
                 (name, value) = (first, rest[1])
                 rest.removeFirst(2)
             } else if let eq = first.firstIndex(of: "="), names.contains(String(first[..<eq])) {
@@ -45,20 +48,16 @@ enum GlobalOptions {
             if name == "--state-dir" {
                 setenv("STOCKADE_STATE_DIR", value, 1)
             } else if name == "--host" {
-                do throws(ClientError) {
-                    _ = try ServiceAddress(parsing: value, field: "--host")
-                } catch {
-                    throw Invalid(message: error.message)
-                }
                 host = value
             } else {
-                guard let f = LogFormat(rawValue: value) else { throw Invalid(message: "--log-format: must be text or json, found \(value)") }
+                // Exit 2 whatever the command (docs/CONTRACT.md): the log format is the process's, not the command's.
+                guard let f = LogFormat(rawValue: value) else { throw Invalid(message: "--log-format: must be text or json, found \(value)", command: nil) }
                 format = f
             }
         }
         if let host {
-            if let refusal = HostOptions.refusal(rest) { throw Invalid(message: refusal) }
-            setenv("STOCKADE_HOST", host, 1)
+            guard let words = HostOptions.command(rest) else { throw Invalid(message: HostOptions.refusal(rest), command: rest.first) }
+            rest.insert(contentsOf: ["--host", host], at: words)
         }
         return (rest, format)
     }
@@ -183,7 +182,8 @@ enum Main {
             LogFormat.bootstrap(global.logFormat, level: level ?? .warning)
         } catch {
             Console.error("stockade: \(error.message)")
-            Glibc.exit(2)
+            // Usage errors: 125 for `run` (nothing ran), 2 for every other command.
+            Glibc.exit(error.command == "run" ? 125 : 2)
         }
         // `serve` is the stockade-server binary's: exec it before this parser sees its flags.
         if arguments.first == "serve" {

@@ -254,7 +254,7 @@ struct ClientTests {
         #expect(process.isRunning, "--follow does not end by itself")
     }
 
-    @Test("usage: a missing token, a bad URL, plaintext beyond loopback, a bad https host and --host before a command that cannot take it are refused naming the fix")
+    @Test("usage: a missing token, a bad URL, plaintext beyond loopback, a bad https host and --host before a command that cannot take it are refused naming the fix, with run's usage status (125) whether --host comes before or after it")
     func usage() throws {
         let server = try ServerHarness()
         let none = Client(server: server, token: nil)
@@ -262,6 +262,10 @@ struct ClientTests {
         #expect(noToken.status == 125 && noToken.stderr.contains("STOCKADE_TOKEN"), "\(noToken.stderr)")
         let noTokenList = try none.stockade(["review", "list"])
         #expect(noTokenList.status == 2 && noTokenList.stderr.contains("STOCKADE_TOKEN"))
+        // Given before the subcommand, --host is the command's own: the message names it, and a
+        // usage error of run exits 125 as it does with --host after `run`.
+        let noTokenGlobal = try none.stockade(["--host", "unix://\(server.socketPath)", "run", "--", "/bin/true"])
+        #expect(noTokenGlobal.status == 125 && noTokenGlobal.stderr.contains("--host: $STOCKADE_TOKEN is not set"), "\(noTokenGlobal.stderr)")
 
         let client = Client(server: server, token: "stk_unused")
         for (host, words) in [("ftp://127.0.0.1:1", ["expected unix:///PATH"]),
@@ -276,11 +280,32 @@ struct ClientTests {
             for word in words { #expect(viaFlag.stderr.contains(word), "\(host): \(viaFlag.stderr)") }
             let viaEnvironment = try client.stockade(["run", "--", "/bin/true"], environment: ["STOCKADE_HOST": host])
             #expect(viaEnvironment.status == 125 && viaEnvironment.stderr.contains("$STOCKADE_HOST"), "\(viaEnvironment.stderr)")
+            let globalRun = try client.stockade(["--host", host, "run", "--", "/bin/true"])
+            #expect(globalRun.status == 125 && globalRun.stderr.contains("--host: "), "\(host): \(globalRun.stderr)")
+            for word in words { #expect(globalRun.stderr.contains(word), "\(host): \(globalRun.stderr)") }
+            let globalList = try client.stockade(["--host", host, "review", "list"])
+            #expect(globalList.status == 2 && globalList.stderr.contains("--host: "), "\(host): \(globalList.stderr)")
         }
         let global = try client.stockade(["--host", "unix://\(server.socketPath)", "token", "list"])
         #expect(global.status == 2 && global.stderr.contains("cannot go through the service"), "\(global.stderr)")
         let unknownToken = try client.stockade(["review", "list"])
         #expect(unknownToken.status == 1 && unknownToken.stderr.contains("unknown, expired or revoked"), "\(unknownToken.stderr)")
+    }
+
+    @Test("--host before the subcommand goes to the service as --host after it does, with $STOCKADE_HOST unset; the local state directory stays untouched")
+    func globalHost() throws {
+        let server = try ServerHarness()
+        let token = try server.token("engine", scopes: "run:read,run:write")
+        let client = Client(server: server, token: token)
+        let host = "unix://\(server.socketPath)"
+        let before = try client.stockade(["--host", host, "run", "--json", "--", "/bin/sh", "-c", "echo through"], environment: ["STOCKADE_HOST": ""])
+        #expect(before.status == 0, "\(before.stderr)")
+        #expect(before.stdout.contains(#""stdout":"through\n""#), "\(before.stdout)")
+        let after = try client.stockade(["run", "--host", host, "--json", "--", "/bin/sh", "-c", "echo through"], environment: ["STOCKADE_HOST": ""])
+        #expect(after.status == 0 && after.stdout.contains(#""stdout":"through\n""#), "\(after.stderr)")
+        // A run in this process would have made the local state directory's database: none was made.
+        #expect(!FileManager.default.fileExists(atPath: server.directory + "/client-state/audit.sqlite"),
+                "a run through the service touched the local state directory")
     }
 
     @Test("a service that is not running: the error names the socket and says how to start it; loopback TCP works like the socket")
