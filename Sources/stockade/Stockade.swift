@@ -24,8 +24,6 @@ struct Stockade: AsyncParsableCommand {
 enum GlobalOptions {
     struct Invalid: Error {
         let message: String
-        /// The subcommand the arguments name, if any: a usage error of `run` exits 125, not 2.
-        var command: String?
     }
 
     static func apply(_ arguments: [String]) throws(Invalid) -> (arguments: [String], logFormat: LogFormat) {
@@ -36,7 +34,7 @@ enum GlobalOptions {
         while let first = rest.first {
             let name: String, value: String
             if names.contains(first) {
-                guard rest.count >= 2 else { throw Invalid(message: "\(first): needs a value", command: nil) }
+                guard rest.count >= 2 else { throw Invalid(message: "\(first): needs a value") }
                 (name, value) = (first, rest[1])
                 rest.removeFirst(2)
             } else if let eq = first.firstIndex(of: "="), names.contains(String(first[..<eq])) {
@@ -50,14 +48,15 @@ enum GlobalOptions {
             } else if name == "--host" {
                 host = value
             } else {
-                // Exit 2 whatever the command (docs/CONTRACT.md): the log format is the process's, not the command's.
-                guard let f = LogFormat(rawValue: value) else { throw Invalid(message: "--log-format: must be text or json, found \(value)", command: nil) }
+                guard let f = LogFormat(rawValue: value) else { throw Invalid(message: "--log-format: must be text or json, found \(value)") }
                 format = f
             }
         }
         if let host {
-            guard let words = HostOptions.command(rest) else { throw Invalid(message: HostOptions.refusal(rest), command: rest.first) }
-            rest.insert(contentsOf: ["--host", host], at: words)
+            guard let words = HostOptions.command(rest) else { throw Invalid(message: HostOptions.refusal(rest)) }
+            // One word, so a value that starts with "-" is still read as the value (and refused
+            // with the address's own message); an empty one as two, which the command calls missing.
+            rest.insert(contentsOf: host.isEmpty ? ["--host", host] : ["--host=" + host], at: words)
         }
         return (rest, format)
     }
@@ -181,9 +180,10 @@ enum Main {
             let level = getenv("STOCKADE_LOG").flatMap { Logger.Level(rawValue: String(cString: $0)) }
             LogFormat.bootstrap(global.logFormat, level: level ?? .warning)
         } catch {
+            // A bad --log-format, a global option without its value, --host before a command that
+            // cannot take it: usage errors of the process, exit 2 (a bad --host value is the command's).
             Console.error("stockade: \(error.message)")
-            // Usage errors: 125 for `run` (nothing ran), 2 for every other command.
-            Glibc.exit(error.command == "run" ? 125 : 2)
+            Glibc.exit(2)
         }
         // `serve` is the stockade-server binary's: exec it before this parser sees its flags.
         if arguments.first == "serve" {

@@ -286,6 +286,11 @@ struct ClientTests {
             let globalList = try client.stockade(["--host", host, "review", "list"])
             #expect(globalList.status == 2 && globalList.stderr.contains("--host: "), "\(host): \(globalList.stderr)")
         }
+        // A global --host's value that starts with "-" is still its value: refused with the address's message.
+        for spelling in [["--host", "-x"], ["--host=-x"]] {
+            let dashed = try client.stockade(spelling + ["run", "--", "/bin/true"])
+            #expect(dashed.status == 125 && dashed.stderr.contains("--host: expected unix:///PATH"), "\(spelling): \(dashed.stderr)")
+        }
         let global = try client.stockade(["--host", "unix://\(server.socketPath)", "token", "list"])
         #expect(global.status == 2 && global.stderr.contains("cannot go through the service"), "\(global.stderr)")
         let unknownToken = try client.stockade(["review", "list"])
