@@ -2,7 +2,6 @@ import ArgumentParser
 import Glibc
 import Logging
 import StockadeAudit
-import StockadeClient
 import StockadeStore
 import StockadeSupervisor
 import Synchronization
@@ -55,7 +54,8 @@ enum GlobalOptions {
         if let host {
             guard let words = HostOptions.command(rest) else { throw Invalid(message: HostOptions.refusal(rest)) }
             // One word, so a value that starts with "-" is still read as the value (and refused
-            // with the address's own message); an empty one as two, which the command calls missing.
+            // with the address's own message); an empty one as two words, since `--host=` would
+            // read as a missing value, and the command refuses "" as an empty address.
             rest.insert(contentsOf: host.isEmpty ? ["--host", host] : ["--host=" + host], at: words)
         }
         return (rest, format)
