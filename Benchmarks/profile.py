@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Where one `stockade run -- /bin/true` spends its wall time, phase by phase.
 
-Usage: Benchmarks/profile.py STOCKADE_BINARY [RUNS] [STATE_DIR]
+Usage: Benchmarks/profile.py [--perf] STOCKADE_BINARY [RUNS] [STATE_DIR]
+
+--perf: the same phases from kernel tracepoints (`perf record -a` of exec, exit, task creation
+and a few syscalls), which stop nothing: the phases are those of an untraced run, and TOTAL is
+comparable with hyperfine's median. Without it, strace as below.
 
 Runs the binary RUNS times (default 15) under
   strace -f --seccomp-bpf -ttt -T -e trace=<a few marker syscalls>
@@ -118,17 +122,133 @@ def phases(events):
     return out
 
 
+PERF_EVENTS = ",".join([
+    "task:task_newtask", "sched:sched_process_exec", "sched:sched_process_exit",
+    "syscalls:sys_enter_fdatasync", "syscalls:sys_exit_fdatasync", "syscalls:sys_enter_mkdirat",
+    "syscalls:sys_enter_renameat2", "syscalls:sys_enter_unshare", "syscalls:sys_exit_waitid",
+    "syscalls:sys_enter_rmdir",
+])
+PERF_LINE = re.compile(r"^\s*(.+?)\s+(\d+)/(\d+)\s+([\d.]+):\s+(\S+):\s*(.*)$")
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWCGROUP = 0x02000000
+
+
+def perf_runs(script_output, binary):
+    """Splits `perf script` output into one event list per run of BINARY: (time, tgid, tid, event, fields),
+    only the events of the run's processes (the stockade process, its spawn helper, init and worker)."""
+    runs = []
+    current = None
+    family = set()
+    for raw in script_output.splitlines():
+        m = PERF_LINE.match(raw)
+        if not m:
+            continue
+        tgid, tid, ts, event, fields = int(m.group(2)), int(m.group(3)), float(m.group(4)), m.group(5), m.group(6)
+        if event == "sched:sched_process_exec" and ("filename=" + binary + " ") in fields + " ":
+            current = []
+            runs.append(current)
+            family = {tgid}
+        if current is None:
+            continue
+        if event == "task:task_newtask" and tgid in family:
+            family.add(int(re.search(r"pid=(\d+)", fields).group(1)))
+        if tgid in family or tid in family:
+            current.append((ts, tgid, tid, event, fields))
+    return runs
+
+
+def perf_phases(events):
+    main = events[0][1]
+    t0 = events[0][0]
+    marks = [("start", t0)]
+
+    def find(pred, after=0.0, last=False):
+        found = None
+        for e in events:
+            if e[0] >= after and pred(e):
+                found = e
+                if not last:
+                    break
+        if found is None:
+            raise ValueError("marker not found")
+        return found
+
+    def flags(e):
+        return int(re.search(r"clone_flags=([0-9a-f]+)", e[4]).group(1), 16)
+
+    start = find(lambda e: e[1] == main and e[3] == "task:task_newtask")
+    marks.append(("start-up", start[0]))
+    marks.append(("supervisor init", find(lambda e: e[1] == main and e[3] == "syscalls:sys_enter_mkdirat")[0]))
+    marks.append(("run dir", find(lambda e: e[1] == main and e[3] == "syscalls:sys_enter_renameat2")[0]))
+    clone = find(lambda e: e[3] == "task:task_newtask" and flags(e) & CLONE_NEWUSER)
+    marks.append(("run.created, spawn", clone[0]))
+    init = int(re.search(r"pid=(\d+)", clone[4]).group(1))
+    unshare = find(lambda e: e[2] == init and e[3] == "syscalls:sys_enter_unshare"
+                   and int(re.search(r"unshare_flags: (0x[0-9a-f]+)", e[4]).group(1), 16) & CLONE_NEWCGROUP, after=clone[0])
+    marks.append(("clone+maps+join", unshare[0]))
+    worker = find(lambda e: e[3] == "sched:sched_process_exec" and "filename=/bin/true " in e[4] + " ", after=clone[0])
+    marks.append(("child setup", worker[0]))
+    exited = find(lambda e: e[2] == worker[2] and e[3] == "sched:sched_process_exit", after=worker[0])
+    marks.append(("worker", exited[0]))
+    marks.append(("ns teardown", find(lambda e: e[1] == main and e[3] == "syscalls:sys_exit_waitid", after=exited[0])[0]))
+    marks.append(("after the run", find(lambda e: e[1] == main and e[3] == "syscalls:sys_enter_rmdir", last=True)[0]))
+    marks.append(("exit", find(lambda e: e[1] == main and e[3] == "sched:sched_process_exit" and "group_dead=true" in e[4])[0]))
+    out = {}
+    for (name, ts), (_, prev) in zip(marks[1:], marks[:-1]):
+        out[name] = (ts - prev) * 1000
+    out["TOTAL"] = (marks[-1][1] - t0) * 1000
+    entered = {}
+    total = 0.0
+    count = 0
+    for ts, tgid, tid, event, fields in events:
+        if event == "syscalls:sys_enter_fdatasync":
+            entered[tid] = ts
+        elif event == "syscalls:sys_exit_fdatasync" and tid in entered:
+            total += ts - entered.pop(tid)
+            count += 1
+    out["fdatasync total"] = total * 1000
+    out["fdatasync count"] = count
+    return out
+
+
+def perf_profile(binary, runs, state):
+    if not shutil.which("perf"):
+        sys.exit("profile.py: perf is needed (apt-get install -y linux-perf)")
+    binary = os.path.realpath(binary)
+    data = os.path.join(tempfile.gettempdir(), "stockade-profile.perf")
+    loop = "for i in $(seq %d); do %s run --state-dir %s -- /bin/true 2>/dev/null; done" % (
+        runs, binary, state)
+    subprocess.run(["perf", "record", "-q", "-a", "-o", data, "-e", PERF_EVENTS, "--", "sh", "-c", loop],
+                   check=True, stderr=subprocess.DEVNULL)
+    script = subprocess.run(["perf", "script", "-i", data, "-F", "comm,pid,tid,time,event,trace"],
+                            check=True, capture_output=True, text=True).stdout
+    results = []
+    for i, events in enumerate(perf_runs(script, binary)):
+        try:
+            results.append(perf_phases(events))
+        except (ValueError, AttributeError) as e:
+            print("profile.py: run %d skipped: %s" % (i, e), file=sys.stderr)
+    return results
+
+
 def main():
-    if len(sys.argv) < 2:
+    args = sys.argv[1:]
+    use_perf = "--perf" in args
+    args = [a for a in args if a != "--perf"]
+    if len(args) < 1:
         print(__doc__)
         sys.exit(2)
+    sys.argv = [sys.argv[0]] + args
     binary = sys.argv[1]
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 15
     state = sys.argv[3] if len(sys.argv) > 3 else tempfile.mkdtemp(prefix="stockade-profile-", dir="/var/tmp")
-    if not shutil.which("strace"):
-        sys.exit("profile.py: strace is needed (apt-get install -y strace)")
     # one untraced run creates the database, so every traced run opens an existing one
     subprocess.run([binary, "run", "--state-dir", state, "--", "/bin/true"], check=True, stderr=subprocess.DEVNULL)
+    if use_perf:
+        report(perf_profile(binary, runs, state), "%d runs of %s run -- /bin/true under perf's tracepoints, state dir %s" % (runs, binary, state))
+        return
+    if not shutil.which("strace"):
+        sys.exit("profile.py: strace is needed (apt-get install -y strace)")
     results = []
     trace = os.path.join(tempfile.gettempdir(), "stockade-profile.strace")
     for i in range(runs):
@@ -138,6 +258,10 @@ def main():
             results.append(phases(parse(trace)))
         except (ValueError, StopIteration) as e:
             print("profile.py: run %d skipped: %s" % (i, e), file=sys.stderr)
+    report(results, "%d traced runs of %s run -- /bin/true, state dir %s" % (len(results), binary, state))
+
+
+def report(results, caption):
     if not results:
         sys.exit("profile.py: no run could be split into phases")
     print("| phase | median ms | p10 – p90 ms |")
@@ -148,7 +272,7 @@ def main():
             return values[min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))]
         fmtv = "%.0f" if name == "fdatasync count" else "%.2f"
         print("| %s | %s | %s – %s |" % (name, fmtv % statistics.median(values), fmtv % pct(10), fmtv % pct(90)))
-    print("\n%d traced runs of %s run -- /bin/true, state dir %s" % (len(results), binary, state))
+    print("\n" + caption)
 
 
 if __name__ == "__main__":

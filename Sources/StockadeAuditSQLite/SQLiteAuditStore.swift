@@ -8,8 +8,10 @@ extension AuditLedger where Backend == SQLiteAuditBackend {
     /// `supervisorPid` and `supervisorStart` (the process start time, see `ProcessIdentity`) and
     /// `hostId` (default: `HostIdentity.current()`) are stored on each run this store begins, so a
     /// later supervisor on this host can tell whether its owner is still alive.
-    public convenience init(path: String, supervisorPid: Int32, supervisorStart: UInt64, hostId: String? = nil) throws(AuditError) {
-        let backend = try SQLiteAuditBackend(path: path)
+    /// `checkpointPages`: see `SQLiteAuditBackend.init(path:checkpointPages:)`.
+    public convenience init(path: String, supervisorPid: Int32, supervisorStart: UInt64, hostId: String? = nil,
+                            checkpointPages: Int32 = SQLiteAuditBackend.defaultCheckpointPages) throws(AuditError) {
+        let backend = try SQLiteAuditBackend(path: path, checkpointPages: checkpointPages)
         let host: String
         if let hostId { host = hostId } else { host = try HostIdentity.current() }
         self.init(backend: backend, supervisorPid: supervisorPid, supervisorStart: supervisorStart, hostId: host)

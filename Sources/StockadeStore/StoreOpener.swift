@@ -41,13 +41,18 @@ public enum StoreOpener {
 
     /// The audit ledger at `url`. Writable: created and migrated if needed, runs begun through it are
     /// recorded as this process on this host. `readOnly`: an existing, migrated store for queries;
-    /// nothing is created or migrated.
+    /// nothing is created or migrated. `shortLived`: the process runs one worker and exits, so a
+    /// SQLite store keeps its WAL short for the next process's start
+    /// (`SQLiteAuditBackend.shortLivedCheckpointPages`).
     public static func openAudit(_ url: StoreURL, readOnly: Bool, environment: [String: String], supervisorPid: Int32,
-                                 supervisorStart: UInt64, maxConnections: Int = defaultConnections) throws(AuditError) -> any AuditStore {
+                                 supervisorStart: UInt64, maxConnections: Int = defaultConnections,
+                                 shortLived: Bool = false) throws(AuditError) -> any AuditStore {
         switch url {
         case .sqlite(let path):
             if readOnly { return try SQLiteAuditStore(readingAt: path) }
-            return try SQLiteAuditStore(path: path, supervisorPid: supervisorPid, supervisorStart: supervisorStart)
+            return try SQLiteAuditStore(path: path, supervisorPid: supervisorPid, supervisorStart: supervisorStart,
+                                        checkpointPages: shortLived ? SQLiteAuditBackend.shortLivedCheckpointPages
+                                                                    : SQLiteAuditBackend.defaultCheckpointPages)
         case .postgres(let postgres):
             let backend = try PostgresAuditBackend(url: postgres, environment: environment, maxConnections: maxConnections, migrate: !readOnly)
             return AuditLedger(backend: backend, supervisorPid: supervisorPid, supervisorStart: supervisorStart, hostId: try HostIdentity.current())

@@ -51,9 +51,10 @@ public final class Supervisor: Sendable {
     /// connections to a PostgreSQL store this process may hold at once.
     /// `cgroupsAhead`: how many run cgroups to keep made ahead for each set of limits (a supervisor
     /// that runs many workers: `batch`, `serve`); 0 makes each when its run asks for it.
+    /// `shortLived`: this process runs one worker and exits (`stockade run`): see `StoreOpener.openAudit`.
     public init(stateDirectory: String, catalog: ProfileCatalog, environment: [String: String], logger: Logger,
                 readOnly: Bool = false, store: StoreURL? = nil, storeConnections: Int = StoreOpener.defaultConnections,
-                cgroupsAhead: Int = 0) throws(SupervisorError) {
+                cgroupsAhead: Int = 0, shortLived: Bool = false) throws(SupervisorError) {
         self.stateDirectory = stateDirectory
         self.catalog = catalog
         self.logger = logger
@@ -79,7 +80,8 @@ public final class Supervisor: Sendable {
         _ = setgroups(0, nil)
         do {
             let opened = try StoreOpener.openAudit(store, readOnly: false, environment: environment, supervisorPid: getpid(),
-                                                   supervisorStart: ProcessIdentity.currentStartTime, maxConnections: storeConnections)
+                                                   supervisorStart: ProcessIdentity.currentStartTime, maxConnections: storeConnections,
+                                                   shortLived: shortLived)
             let abandoned = try opened.markAbandoned(isAlive: ProcessIdentity.isAlive)
             if !abandoned.isEmpty { logger.info("runs.abandoned", metadata: ["runs": "\(abandoned)"]) }
             audit = opened

@@ -198,7 +198,8 @@ struct RunFlags {
         do {
             let directory = stateDirectory
             supervisor = try Supervisor(stateDirectory: directory, catalog: .standard(),
-                                        environment: ProcessEnvironment.current(), logger: logger, store: resolveStore(stateDirectory: directory, nil))
+                                        environment: ProcessEnvironment.current(), logger: logger, store: resolveStore(stateDirectory: directory, nil),
+                                        shortLived: true)
         } catch {
             Console.error("stockade: \(error)")
             throw ExitCode(125)

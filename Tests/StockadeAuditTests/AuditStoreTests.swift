@@ -31,6 +31,36 @@ struct AuditSchemaTests {
         #expect(info.st_mode & 0o077 == 0)
     }
 
+    @Test("a short-lived process's store checkpoints its WAL at a low threshold, so the next process's start reads few frames; the default lets it grow")
+    func checkpointThreshold() throws {
+        func walBytes(checkpointPages: Int32, commits: Int) throws -> Int {
+            let db = TempDatabase()
+            // The store stays open while the WAL is measured: closing the last connection checkpoints and removes it.
+            let store = try SQLiteAuditStore(path: db.path, supervisorPid: getpid(), supervisorStart: ProcessIdentity.currentStartTime,
+                                             checkpointPages: checkpointPages)
+            #expect(try store.pragma("wal_autocheckpoint") == "\(checkpointPages)")
+            for i in 0..<commits {
+                _ = try store.record(runId: nil, kind: "test.event", detail: .object(["n": .number(Double(i)), "pad": .string(String(repeating: "x", count: 3000))]))
+            }
+            var info = stat()
+            #expect(stat(db.path + "-wal", &info) == 0)
+            return Int(info.st_size)
+        }
+        let frame = 4096 + 24
+        let short = try walBytes(checkpointPages: 8, commits: 120)
+        let long = try walBytes(checkpointPages: SQLiteAuditBackend.defaultCheckpointPages, commits: 120)
+        // Each commit adds a few frames: the low threshold resets the WAL every few commits.
+        #expect(short <= 32 + 24 * frame, "WAL of \(short) bytes with an 8-page threshold")
+        #expect(long > 120 * frame, "WAL of \(long) bytes with the default threshold: the test no longer tells them apart")
+        let db = TempDatabase()
+        #expect(throws: AuditError.self) { try SQLiteAuditBackend(path: db.path, checkpointPages: 0) }
+        do {
+            _ = try SQLiteAuditBackend(path: db.path, checkpointPages: 0)
+        } catch {
+            #expect("\(error)".contains("checkpointPages"), "\(error)")
+        }
+    }
+
     @Test("a database migrated by a newer Stockade is refused with a migration error")
     func unknownMigrationIsRefused() throws {
         let db = TempDatabase()

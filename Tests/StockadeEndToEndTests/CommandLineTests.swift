@@ -55,6 +55,21 @@ struct CommandLineTests {
                 "a relative state directory was made below /")
     }
 
+    @Test("one-shot runs keep the audit store's WAL short: the next run's start reads few frames")
+    func oneShotWALStaysShort() throws {
+        let h = try Harness()
+        let state = h.stateDirectory + "/wal-\(UUID().uuidString.prefix(8))"
+        // Twelve runs write about 280 WAL frames (about 22 each); with SQLite's default threshold
+        // (1000 pages) the WAL keeps them all, with the one-shot threshold (128) it is reset.
+        let r = try shell(h, "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do \"$STOCKADE\" run --state-dir '\(state)' -- /bin/true || exit 1; done")
+        #expect(r.status == 0, "\(r.stderr)")
+        var info = stat()
+        #expect(stat(state + "/audit.sqlite-wal", &info) == 0)
+        #expect(Int(info.st_size) <= 170 * (4096 + 24), "WAL of \(info.st_size) bytes after 12 one-shot runs")
+        let runs = try shell(h, "\"$STOCKADE\" audit runs --state-dir '\(state)' --json")
+        #expect(runs.stdout.components(separatedBy: "\"state\":\"finished\"").count - 1 == 12, "\(runs.stdout)")
+    }
+
     @Test("echo hi | stockade run -i -- cat prints hi; without -i the worker's stdin is /dev/null")
     func interactiveInput() throws {
         let h = try Harness()
