@@ -676,6 +676,8 @@ static int stk_netns_home = -1;
 static int stk_netns_ready[STK_NETNS_MAX_AHEAD];
 static int stk_netns_count;
 static int stk_netns_depth;
+/* 0 with STK_NETNS_AHEAD_ONCE: the one made at the start is not replaced once used. */
+static int stk_netns_refills = 1;
 
 static int stk_netns_take(void) {
     if (stk_netns_count > 0) return stk_netns_ready[--stk_netns_count];
@@ -747,7 +749,7 @@ __attribute__((noreturn)) static void stk_helper_serve(int sock, int parent_pidf
         if (result.notify_fd >= 0) close(result.notify_fd);
         if (result.status_fd >= 0) close(result.status_fd);
         if (result.listen_fd >= 0) close(result.listen_fd);
-        stk_netns_refill();
+        if (stk_netns_refills) stk_netns_refill();
     }
 }
 
@@ -817,7 +819,12 @@ __attribute__((noreturn)) static void stk_helper_main(int sock, pid_t parent, vo
     /* The host's network namespace, to come back to after making or entering a worker's. */
     stk_netns_home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
     if (stk_netns_home < 0) _exit(1);
-    stk_netns_depth = netns_ahead < 0 ? 0 : netns_ahead > STK_NETNS_MAX_AHEAD ? STK_NETNS_MAX_AHEAD : netns_ahead;
+    if (netns_ahead == STK_NETNS_AHEAD_ONCE) {
+        stk_netns_depth = 1;
+        stk_netns_refills = 0;
+    } else {
+        stk_netns_depth = netns_ahead < 0 ? 0 : netns_ahead > STK_NETNS_MAX_AHEAD ? STK_NETNS_MAX_AHEAD : netns_ahead;
+    }
     (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     (void)prctl(PR_SET_NAME, "stockade-spawn", 0, 0, 0);
     /* Workers inherit the helper's supplementary groups and cannot drop them

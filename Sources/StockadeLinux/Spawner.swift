@@ -80,8 +80,11 @@ public final class Spawner: Sendable {
     /// Forks `helpers` spawn helpers (1 to 4: how many spawns can be under way at once) and waits for
     /// them. Only the first call forks; call it before loading anything a worker must not see.
     /// `netnsAhead`: how many workers' network namespaces each helper keeps made ahead (0 to 4: a
-    /// process that runs many workers); 0 makes each at its spawn.
-    public func prepare(helpers: Int = 1, netnsAhead: Int = 0) {
+    /// process that runs many workers); 0 makes each at its spawn. `netnsOnce` (a process that runs
+    /// one worker): each helper makes one as it starts, while the supervisor opens its store and
+    /// plans the run, and does not replace it once used.
+    public func prepare(helpers: Int = 1, netnsAhead: Int = 0, netnsOnce: Bool = false) {
+        let netnsAhead = netnsOnce ? Int(STK_NETNS_AHEAD_ONCE) : netnsAhead
         guard pool.withLock({ p in
             defer { p.prepared = true }
             return !p.prepared

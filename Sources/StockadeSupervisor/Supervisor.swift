@@ -36,9 +36,11 @@ public final class Supervisor: Sendable {
     /// worker's init, a copy of it) holds none of that.
     /// `concurrency`: how many spawns may be under way at once (1 to 4 helpers). `ahead`: for a
     /// process that runs many workers, each helper keeps a fresh network namespace made ahead
-    /// (one per run, never reused), so making it is off the run's path.
-    public static func prepareToSpawn(concurrency: Int = 1, ahead: Bool = false) {
-        Spawner.shared.prepare(helpers: concurrency, netnsAhead: ahead ? 1 : 0)
+    /// (one per run, never reused), so making it is off the run's path. `oneRun`: for a process that
+    /// runs one worker (`stockade run`): the helper makes that run's network namespace as it starts,
+    /// while the supervisor opens its store and plans the run, and no other.
+    public static func prepareToSpawn(concurrency: Int = 1, ahead: Bool = false, oneRun: Bool = false) {
+        Spawner.shared.prepare(helpers: concurrency, netnsAhead: ahead ? 1 : 0, netnsOnce: oneRun)
     }
 
     /// How the spawn helpers were started (`Spawner.helperMode`), for the log; nil before `prepareToSpawn`.

@@ -186,7 +186,7 @@ struct RunFlags {
         }
         let logger = Logger(label: "stockade")
         // The spawn helper first: an env file may hold secrets, which it must not carry.
-        Supervisor.prepareToSpawn()
+        Supervisor.prepareToSpawn(oneRun: true)
         let options: RunOptions
         do {
             options = try self.options(readingFiles: true)

@@ -164,6 +164,29 @@ struct SpawnHelperTests {
         }
     }
 
+    @Test("a one-shot run's helper, executed or forked, makes that run's network namespace as it starts and no other: once the worker is up it holds the host's alone, and the worker's is a fresh one")
+    func oneShotNetworkNamespaceOnce() throws {
+        let hostNet = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/net")
+        let lonely = try LonelyStockade()
+        defer { lonely.remove() }
+        for binary in [Harness.stockade, lonely.binary] {
+            let (process, init_) = try Self.startSleeper(binary, state: lonely.state, marker: "x")
+            defer { process.terminate(); process.waitUntilExit() }
+            let workerNet = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(init_)/ns/net")
+            #expect(workerNet.hasPrefix("net:[") && workerNet != hostNet, "\(binary): the worker's network namespace is \(workerNet)")
+            let helpers = Self.children(of: process.processIdentifier).filter { Self.comm($0) == "stockade-spawn" }
+            #expect(helpers.count == 1, "\(binary): helpers \(helpers)")
+            for helper in helpers {
+                // The descriptors it holds on network namespaces: its way home (the host's), and with a
+                // replacement made after the spawn (batch, serve) a second, fresh one.
+                let fds = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(helper)/fd")
+                let held = fds.compactMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(helper)/fd/\($0)") }
+                    .filter { $0.hasPrefix("net:[") }
+                #expect(held == [hostNet], "\(binary): helper \(helper) holds \(held), the host's is \(hostNet)")
+            }
+        }
+    }
+
     @Test("what the host mounts under /proc stays under every helper's /proc: a mount on an empty /proc directory is kept and runs go on; a /proc/sys made read-only still keeps an init from mounting a fresh proc, so the run fails closed at its mounts")
     func hostProcRestrictionsKept() throws {
         let state = try Harness().stateDirectory

@@ -28,9 +28,12 @@
  * workers: their parent-death signal follows the thread that started the
  * helper). `scrub` is the supervisor's argv area, zeroed in the helper so no
  * init shows it. `netns_ahead`: how many workers' network namespaces the
- * helper keeps made ahead (0 to 4; 0 makes each at its spawn). Returns the
- * socket to the helper and sets *pid, or -1 with errno.
+ * helper keeps made ahead (0 to 4; 0 makes each at its spawn), or
+ * STK_NETNS_AHEAD_ONCE: one made as the helper starts, not replaced once used
+ * (a process that runs one worker). Returns the socket to the helper and sets
+ * *pid, or -1 with errno.
  */
+#define STK_NETNS_AHEAD_ONCE 100
 int stk_helper_start(void *_Nullable scrub, size_t scrub_len, int netns_ahead, pid_t *_Nonnull pid);
 
 /*
