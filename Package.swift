@@ -87,7 +87,12 @@ let package = Package(
         ], swiftSettings: strict),
         // OCI image layouts read as hostile input: verified blobs, layers unpacked into a content-addressed cache.
         .target(name: "StockadeStore", dependencies: [
-            "StockadeAudit", "StockadeAuditSQLite", "StockadeAuditPostgres", "StockadeTokens",
+            "StockadeAudit", "StockadeAuditSQLite", "StockadeTokens",
+        ], swiftSettings: strict),
+        // StoreOpener's PostgreSQL side, registered at start by stockade-server: not linked by the one-shot
+        // `stockade`, which starts faster without SwiftNIO and PostgresNIO (Benchmarks/BENCHMARKS.md).
+        .target(name: "StockadeStorePostgres", dependencies: [
+            "StockadeStore", "StockadeAudit", "StockadeAuditPostgres", "StockadeTokens",
         ], swiftSettings: strict),
         .target(name: "StockadeImages", dependencies: [
             "CStockade", "CArchive", "StockadePolicy", "StockadeBundles",
@@ -134,17 +139,20 @@ let package = Package(
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ], swiftSettings: strict),
         .executableTarget(name: "stockade-server", dependencies: ["stockade-spawn",
-            "StockadeServer", "StockadeSupervisor", "StockadeVerify", "StockadeStore", "StockadeAudit",
+            "StockadeServer", "StockadeSupervisor", "StockadeVerify", "StockadeStore", "StockadeStorePostgres", "StockadeAudit", "StockadeCLI",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         // stockade-spawn: every build of stockade builds its spawn helper from the same sources.
-        .executableTarget(name: "stockade", dependencies: ["stockade-spawn",
+        // Every command of the command line; `stockade` runs them without the PostgreSQL client,
+        // `stockade-server cli` with it.
+        .target(name: "StockadeCLI", dependencies: [
             "StockadeSupervisor", "StockadeVerify", "StockadeImages", "StockadeTokens", "StockadeAudit", "StockadeClient", "StockadeStore",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
-        ],
+        ], swiftSettings: strict),
+        .executableTarget(name: "stockade", dependencies: ["stockade-spawn", "StockadeCLI"],
         swiftSettings: strict,
         // Linked with the toolchain's lld rather than the default gold: the same binary starts faster
         // (`stockade --version` 6.6 -> 5.4 ms, one-shot `run` 20.3 -> 18.9 ms, alternated rounds;
@@ -181,8 +189,8 @@ let package = Package(
         .testTarget(name: "StockadePatchesTests", dependencies: ["StockadePatches", "StockadeTestSupport"], swiftSettings: strict),
         .testTarget(name: "StockadeImagesTests", dependencies: ["StockadeImages", "StockadePolicy", "CStockade"], swiftSettings: strict),
         // Runs the real `stockade` binary with the probes and its spawn helper: all built first.
-        .testTarget(name: "StockadeEndToEndTests", dependencies: ["StockadeSupervisor", "StockadeVerify", "StockadeTestSupport", "stockade", "stockade-probe",
-                                                                  "stockade-spawn"], swiftSettings: strict),
+        .testTarget(name: "StockadeEndToEndTests", dependencies: ["StockadeSupervisor", "StockadeVerify", "StockadeTestSupport", "StockadeCLI", "stockade", "stockade-probe",
+                                                                  "stockade-spawn", "stockade-server"], swiftSettings: strict),
         // Runs the real `stockade-server` over a Unix socket and the `stockade` CLI: both built first.
         .testTarget(name: "StockadeServerTests", dependencies: ["StockadePolicy", "StockadeTokens", "StockadeAudit", "StockadeTestSupport", "stockade", "stockade-server",
                                                                 .product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),

@@ -1,15 +1,16 @@
 import StockadeAudit
-import StockadeAuditPostgres
 import StockadeAuditSQLite
 import StockadeTokens
+import Synchronization
 
 /// Turns a store URL into the stores a command works with: the audit ledger and the token table,
 /// on the state directory's SQLite file (the embedded default) or on a PostgreSQL database many
 /// hosts share (`--store URL` / `$STOCKADE_STORE`, docs/CONTRACT.md "Stores").
 public enum StoreOpener {
     public static let environmentVariable = "STOCKADE_STORE"
-    /// Connections to a PostgreSQL store each process may hold at once, by default.
-    public static let defaultConnections = PostgresAuditBackend.defaultMaxConnections
+    /// Connections to a PostgreSQL store each process may hold at once, by default (the PostgreSQL
+    /// backend's own default, `PostgresAuditBackend.defaultMaxConnections`).
+    public static let defaultConnections = 4
     public static let connectionRange = 1...64
 
     /// The store a command uses: `flag` (`--store`), else `$STOCKADE_STORE` when set and not empty,
@@ -54,9 +55,26 @@ public enum StoreOpener {
                                         checkpointPages: shortLived ? SQLiteAuditBackend.shortLivedCheckpointPages
                                                                     : SQLiteAuditBackend.defaultCheckpointPages)
         case .postgres(let postgres):
-            let backend = try PostgresAuditBackend(url: postgres, environment: environment, maxConnections: maxConnections, migrate: !readOnly)
-            return AuditLedger(backend: backend, supervisorPid: supervisorPid, supervisorStart: supervisorStart, hostId: try HostIdentity.current())
+            return try postgresSupport(postgres.description).openAudit(postgres, readOnly: readOnly, environment: environment, supervisorPid: supervisorPid,
+                                                                        supervisorStart: supervisorStart, maxConnections: maxConnections)
         }
+    }
+
+    private static let registered = Mutex<(any PostgresStoreSupport)?>(nil)
+
+    /// Makes PostgreSQL stores openable in this process: called first by a binary that links the
+    /// PostgreSQL client (`stockade-server`, through StockadeStorePostgres).
+    public static func register(_ support: any PostgresStoreSupport) {
+        registered.withLock { $0 = support }
+    }
+
+    /// The registered PostgreSQL support, or an error naming the store and where its commands run.
+    public static func postgresSupport(_ store: String) throws(AuditError) -> any PostgresStoreSupport {
+        guard let support = registered.withLock({ $0 }) else {
+            throw AuditError(.invalidArgument, path: store,
+                             "this binary has no PostgreSQL client: a PostgreSQL store's commands run in stockade-server (stockade hands a command to it when --store or $STOCKADE_STORE names such a store); run them through stockade, or as stockade-server cli COMMAND")
+        }
+        return support
     }
 
     /// The token table of the store `audit` was opened on (`openAudit`), sharing its connections.
@@ -64,11 +82,24 @@ public enum StoreOpener {
         switch url {
         case .sqlite(let path):
             return TokenStore(backend: try SQLiteTokenBackend(path: path))
-        case .postgres:
-            guard let ledger = audit as? AuditLedger<PostgresAuditBackend> else {
-                throw TokenError("the audit store for \(url) is not a PostgreSQL ledger (\(type(of: audit))): open both from the same URL")
-            }
-            return TokenStore(backend: try PostgresTokenBackend(ledger.backend))
+        case .postgres(let postgres):
+            let support: any PostgresStoreSupport
+            do throws(AuditError) { support = try postgresSupport(postgres.description) } catch { throw TokenError(error.description) }
+            return try support.openTokens(url, audit: audit)
         }
     }
+}
+
+/// The PostgreSQL side of `StoreOpener`, in a target of its own (StockadeStorePostgres) so that a
+/// binary without the PostgreSQL client (the one-shot `stockade`) links none of it.
+public protocol PostgresStoreSupport: Sendable {
+    func openAudit(_ url: PostgresStoreURL, readOnly: Bool, environment: [String: String], supervisorPid: Int32,
+                   supervisorStart: UInt64, maxConnections: Int) throws(AuditError) -> any AuditStore
+    /// The token table of `audit`, a ledger this support opened on `url`, sharing its connections.
+    func openTokens(_ url: StoreURL, audit: any AuditStore) throws(TokenError) -> TokenStore
+    /// `stockade audit export`: the whole trail, read only (nothing migrated).
+    func exportTrail(_ url: PostgresStoreURL, environment: [String: String], _ write: (String) throws -> Void) throws -> AuditTransferSummary
+    /// `stockade audit import`: into an empty store, migrated first.
+    func importTrail(_ url: PostgresStoreURL, environment: [String: String], supervisorPid: Int32, supervisorStart: UInt64,
+                     source: String, _ nextLine: () throws(AuditError) -> [UInt8]?) throws(AuditError) -> AuditTransferSummary
 }

@@ -3,8 +3,10 @@ import Foundation
 import Glibc
 import Logging
 import StockadeAudit
+import StockadeCLI
 import StockadeServer
 import StockadeStore
+import StockadeStorePostgres
 import StockadeSupervisor
 import StockadeTokens
 import StockadeVerify
@@ -205,10 +207,18 @@ struct Serve: AsyncParsableCommand {
 
 
 
-/// Usage errors exit 2, as every stockade command but `run` does.
+/// Usage errors exit 2, as every stockade command but `run` does. `stockade-server cli COMMAND…`
+/// runs a stockade command with the PostgreSQL client (`stockade` hands over a command whose store
+/// is a PostgreSQL URL).
 @main
 enum ServerMain {
     static func main() async {
+        PostgresStores.register()
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        if arguments.first == "cli" {
+            await CLIMain.main(Array(arguments.dropFirst()), postgres: true)
+            exit(0)
+        }
         do {
             var command = try Serve.parseAsRoot()
             if var async = command as? AsyncParsableCommand {

@@ -1,6 +1,6 @@
 import ArgumentParser
 import Testing
-@testable import stockade
+@testable import StockadeCLI
 
 /// `stockade run`'s hand reader (FastRun) against ArgumentParser's: the same flags, every field, for
 /// every line it takes; nil (ArgumentParser reads it) for every line it must not take.

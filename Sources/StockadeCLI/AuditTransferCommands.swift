@@ -1,7 +1,6 @@
 import ArgumentParser
 import Glibc
 import StockadeAudit
-import StockadeAuditPostgres
 import StockadeAuditSQLite
 import StockadePolicy
 import StockadeStore
@@ -122,9 +121,8 @@ extension AuditCommand {
                     summary = try SQLiteAuditStore(readingAt: path).exportTrail { line in try sink.write(line) }
                 case .postgres(let postgres):
                     // Read-only: nothing is migrated; a store whose schema is not current is refused.
-                    let backend = try PostgresAuditBackend(url: postgres, environment: ProcessEnvironment.current(), maxConnections: 1, migrate: false)
-                    summary = try AuditLedger(backend: backend, supervisorPid: 0, supervisorStart: 0, hostId: "")
-                        .exportTrail { line in try sink.write(line) }
+                    summary = try StoreOpener.postgresSupport(postgres.description)
+                        .exportTrail(postgres, environment: ProcessEnvironment.current()) { line in try sink.write(line) }
                 }
                 try sink.finish()
             } catch {
@@ -183,9 +181,9 @@ extension AuditCommand {
                 }
             case .postgres(let postgres):
                 do {
-                    summary = try PostgresAuditStore(url: postgres, environment: ProcessEnvironment.current(), supervisorPid: getpid(),
-                                                     supervisorStart: ProcessIdentity.currentStartTime, hostId: "", maxConnections: 1)
-                        .importTrail(source: reader.name) { () throws(AuditError) in try reader.next() }
+                    summary = try StoreOpener.postgresSupport(postgres.description)
+                        .importTrail(postgres, environment: ProcessEnvironment.current(), supervisorPid: getpid(),
+                                     supervisorStart: ProcessIdentity.currentStartTime, source: reader.name) { () throws(AuditError) in try reader.next() }
                 } catch {
                     Console.error("stockade: audit import: \(error)")
                     throw ExitCode(1)

@@ -168,13 +168,24 @@ enum ProcessEnvironment {
     }
 }
 
-@main
-enum Main {
-    static func main() async {
+/// The command line of `stockade`, and of `stockade-server cli`. `postgres`: whether this binary
+/// links the PostgreSQL client (StoreOpener's support registered). The one-shot `stockade` does not:
+/// it starts faster without it (Benchmarks/BENCHMARKS.md), and hands a command whose store is a
+/// PostgreSQL URL to `stockade-server cli`, which has it, before reading anything else.
+public enum CLIMain {
+    public static func main(_ commandLine: [String], postgres: Bool) async {
+        if !postgres, PostgresRoute.named(commandLine, environment: ProcessEnvironment.current()) {
+            let command = (try? GlobalOptions.apply(commandLine))?.arguments.first
+            // serve is stockade-server's own (below); every other command through its `cli`.
+            if command != "serve" {
+                ServeLauncher.exec(["cli"] + commandLine, purpose: "stockade: a PostgreSQL store's commands run in stockade-server",
+                                   failureStatus: command == "run" ? 125 : 1)
+            }
+        }
         let arguments: [String]
         let logFormat: LogFormat
         do throws(GlobalOptions.Invalid) {
-            let global = try GlobalOptions.apply(Array(CommandLine.arguments.dropFirst()))
+            let global = try GlobalOptions.apply(commandLine)
             arguments = global.arguments
             logFormat = global.logFormat
             let level = getenv("STOCKADE_LOG").flatMap { Logger.Level(rawValue: String(cString: $0)) }
@@ -251,5 +262,27 @@ enum Console {
     static func outUnescaped(_ text: String) {
         let bytes = Array((text.hasSuffix("\n") ? text : text + "\n").utf8)
         lock.withLock { _ in TerminalOutput.write(bytes, to: 1, sanitizing: false) }
+    }
+}
+
+/// Whether a command line names a PostgreSQL store: `--store URL` or `--store=URL` before any `--`,
+/// else `$STOCKADE_STORE`. A false positive (a word after an option that takes a value) only hands
+/// the command to `stockade-server cli`, which runs every command the same way.
+enum PostgresRoute {
+    static func named(_ arguments: [String], environment: [String: String]) -> Bool {
+        var flag: String?
+        var i = 0
+        while i < arguments.count, arguments[i] != "--" {
+            let word = arguments[i]
+            if word == "--store", i + 1 < arguments.count {
+                flag = arguments[i + 1]
+                i += 1
+            } else if word.hasPrefix("--store=") {
+                flag = String(word.dropFirst("--store=".count))
+            }
+            i += 1
+        }
+        let text = flag ?? environment[StoreOpener.environmentVariable] ?? ""
+        return text.hasPrefix("postgres://") || text.hasPrefix("postgresql://")
     }
 }

@@ -20,13 +20,14 @@ struct Serve: ParsableCommand {
 
 enum ServeLauncher {
     /// The `stockade-server` binary next to this one (found through /proc/self/exe), exec'd with
-    /// `arguments`; never returns. Exits 1 naming the path when the binary is missing.
-    static func exec(_ arguments: [String]) -> Never {
+    /// `arguments`; never returns. Exits `failureStatus` naming the path when the binary is missing; `purpose` begins
+    /// that message.
+    static func exec(_ arguments: [String], purpose: String = "stockade serve", failureStatus: Int32 = 1) -> Never {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
         guard n > 0 else {
-            Console.error("stockade serve: cannot read /proc/self/exe: \(String(cString: strerror(errno)))")
-            Glibc.exit(1)
+            Console.error("\(purpose): cannot read /proc/self/exe: \(String(cString: strerror(errno)))")
+            Glibc.exit(failureStatus)
         }
         let own = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
         let directory = own.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
@@ -36,7 +37,7 @@ enum ServeLauncher {
         cArgs.append(nil)
         execv(server, cArgs)
         let err = errno
-        Console.error("stockade serve: cannot run \(server): \(String(cString: strerror(err))) (stockade-server is built and installed next to stockade: swift build --product stockade-server)")
-        Glibc.exit(1)
+        Console.error("\(purpose): cannot run \(server): \(String(cString: strerror(err))) (stockade-server is built and installed next to stockade: swift build --product stockade-server)")
+        Glibc.exit(failureStatus)
     }
 }
