@@ -181,7 +181,7 @@ struct DocumentationTests {
         let caseNames = Dictionary(uniqueKeysWithValues: AuditEventKind.allCases.map { (String(describing: $0), $0.rawValue) })
         let regexes = try patterns.map { try NSRegularExpression(pattern: $0) }
         var scanned = 0
-        for directory in ["Sources/StockadeAudit", "Sources/StockadeSupervisor", "Sources/StockadeVerify", "Sources/stockade", "Sources/StockadeServer"] {
+        for directory in ["Sources/StockadeAudit", "Sources/StockadeSupervisor", "Sources/StockadeVerify", "Sources/StockadeCLI", "Sources/StockadeServer"] {
             let url = root.appendingPathComponent(directory)
             for name in try FileManager.default.contentsOfDirectory(atPath: url.path) where name.hasSuffix(".swift") {
                 let source = try String(contentsOf: url.appendingPathComponent(name), encoding: .utf8)
