@@ -174,13 +174,11 @@ enum ProcessEnvironment {
 /// PostgreSQL URL to `stockade-server cli`, which has it, before reading anything else.
 public enum CLIMain {
     public static func main(_ commandLine: [String], postgres: Bool) async {
-        if !postgres, PostgresRoute.named(commandLine, environment: ProcessEnvironment.current()) {
-            let command = (try? GlobalOptions.apply(commandLine))?.arguments.first
-            // serve is stockade-server's own (below); every other command through its `cli`.
-            if command != "serve" {
-                ServeLauncher.exec(["cli"] + commandLine, purpose: "stockade: a PostgreSQL store's commands run in stockade-server",
-                                   failureStatus: command == "run" ? 125 : 1)
-            }
+        // A bad global option is left to the usage error below (exit 2).
+        if !postgres, let global = try? GlobalOptions.apply(commandLine),
+           PostgresRoute.named(global.arguments, environment: ProcessEnvironment.current()) {
+            ServeLauncher.exec(["cli"] + commandLine, purpose: "stockade: a PostgreSQL store's commands run in stockade-server",
+                               failureStatus: global.arguments.first == "run" ? 125 : 1)
         }
         let arguments: [String]
         let logFormat: LogFormat
@@ -198,6 +196,11 @@ public enum CLIMain {
         }
         // `serve` is the stockade-server binary's: exec it before this parser sees its flags.
         if arguments.first == "serve" {
+            if arguments.dropFirst().first == "cli" {
+                // stockade-server's own word for the command line: not a way in through serve.
+                Console.error("stockade serve: unexpected argument 'cli'")
+                Glibc.exit(2)
+            }
             if logFormat == .json {
                 Console.error("stockade: --log-format json: serve does not support JSON log lines yet; its log lines are text")
                 Glibc.exit(2)
@@ -265,15 +268,21 @@ enum Console {
     }
 }
 
-/// Whether a command line names a PostgreSQL store: `--store URL` or `--store=URL` before any `--`,
-/// else `$STOCKADE_STORE`. A false positive (a word after an option that takes a value) only hands
-/// the command to `stockade-server cli`, which runs every command the same way.
+/// Whether a command (its words after the global options) opens a PostgreSQL store: a command that
+/// opens a store (`stores`), not sent to a service with `--host` (a client opens none), whose
+/// `--store URL` or `--store=URL` before any `--`, else `$STOCKADE_STORE`, is a PostgreSQL URL.
+/// A false positive (a word after an option that takes a value) only hands the command to
+/// `stockade-server cli`, which runs every command the same way; `serve` is stockade-server's own.
 enum PostgresRoute {
+    static let stores: Set = ["run", "batch", "verify", "audit", "review", "token"]
+
     static func named(_ arguments: [String], environment: [String: String]) -> Bool {
+        guard let command = arguments.first, stores.contains(command) else { return false }
         var flag: String?
         var i = 0
         while i < arguments.count, arguments[i] != "--" {
             let word = arguments[i]
+            if word == "--host" || word.hasPrefix("--host=") { return false }
             if word == "--store", i + 1 < arguments.count {
                 flag = arguments[i + 1]
                 i += 1

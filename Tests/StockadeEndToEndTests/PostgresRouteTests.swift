@@ -19,6 +19,14 @@ struct PostgresRouteTests {
         #expect(!PostgresRoute.named(["run", "--", "/bin/true"], environment: none))
         #expect(!PostgresRoute.named(["run", "--", "/bin/true"], environment: ["STOCKADE_STORE": ""]))
         #expect(!PostgresRoute.named(["audit", "runs", "--store"], environment: none))
+        // Commands that open no store, and clients of a service, stay here whatever the store.
+        let shared = ["STOCKADE_STORE": "postgres://u@h/db"]
+        for words in [["--version"], ["--help"], ["profile", "check", "p.json"], ["receipt", "verify", "r.json"], ["image", "list"],
+                      ["run", "--host", "unix:///s", "--", "/bin/true"], ["--host=unix:///s", "audit", "runs"],
+                      ["review", "list", "--host=https://h:8443"]] {
+            #expect(!PostgresRoute.named(words, environment: shared), "\(words)")
+        }
+        #expect(PostgresRoute.named(["token", "list"], environment: shared))
     }
 
     @Test("without stockade-server beside it, stockade refuses a PostgreSQL store naming stockade-server (run: exit 125, others: 1) and runs on SQLite as before")
@@ -37,6 +45,14 @@ struct PostgresRouteTests {
         #expect(run.stderr.contains("stockade-server") && run.stderr.contains(directory), "\(run.stderr)")
         let runs = try Harness.exec(binary, ["audit", "runs", "--store", store])
         #expect(runs.status == 1, "\(runs.stderr)")
+        // A bad global option is still a usage error of this process (exit 2), and a command that
+        // opens no store runs here.
+        let usage = try Harness.exec(binary, ["--log-format", "yaml", "audit", "runs"], environment: ["STOCKADE_STORE": store])
+        #expect(usage.status == 2, "\(usage.stderr)")
+        let version = try Harness.exec(binary, ["--version"], environment: ["STOCKADE_STORE": store])
+        #expect(version.status == 0, "\(version.stderr)")
+        let serveCli = try Harness.exec(binary, ["serve", "cli", "run", "--", "/bin/true"])
+        #expect(serveCli.status == 2 && serveCli.stderr.contains("'cli'"), "\(serveCli.stderr)")
         #expect(runs.stderr.contains("a PostgreSQL store's commands run in stockade-server"), "\(runs.stderr)")
         // The positive control: the same binary, with the same directory, runs on the state directory's SQLite file.
         let sqlite = try Harness.exec(binary, ["run", "--json", "--state-dir", state, "--", "/bin/true"])
