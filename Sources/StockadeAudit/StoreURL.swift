@@ -97,6 +97,9 @@ public enum StoreURL: Sendable, Equatable, CustomStringConvertible {
 /// `passwordFile=PATH`, `connect_timeout=SECONDS`. Any other parameter is refused, so a typo never
 /// silently weakens the connection.
 public struct PostgresStoreURL: Sendable, Equatable, CustomStringConvertible {
+    /// Connections to such a store each process may hold at once, by default (`--store-connections`).
+    public static let defaultConnections = 4
+
     public enum Endpoint: Sendable, Equatable {
         case tcp(host: String, port: Int)
         /// The socket file itself: `DIR/.s.PGSQL.PORT`.

@@ -35,7 +35,7 @@ public final class PostgresAuditBackend: AuditBackend {
     static let pageSize = 500
     /// How long a writer waits for the store's lock before failing with `.busy`.
     public static let lockTimeoutSeconds = 10
-    public static let defaultMaxConnections = 4
+    public static let defaultMaxConnections = PostgresStoreURL.defaultConnections
 
     /// Connects to the store at `url` (the password resolved from `environment` as
     /// `PostgresStoreURL.resolvingPassword` says) and brings its schema up to date. `logger` receives

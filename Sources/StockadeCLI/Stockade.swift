@@ -168,18 +168,12 @@ enum ProcessEnvironment {
     }
 }
 
-/// The command line of `stockade`, and of `stockade-server cli`. `postgres`: whether this binary
-/// links the PostgreSQL client (StoreOpener's support registered). The one-shot `stockade` does not:
-/// it starts faster without it (Benchmarks/BENCHMARKS.md), and hands a command whose store is a
-/// PostgreSQL URL to `stockade-server cli`, which has it, before reading anything else.
+/// The command line of `stockade`, and of `stockade-server cli`. A binary that has not registered
+/// StoreOpener's PostgreSQL support (the one-shot `stockade`, which starts faster without the
+/// PostgreSQL client: Benchmarks/BENCHMARKS.md) hands a command whose store is a PostgreSQL URL to
+/// `stockade-server cli`, which has it, before reading or opening anything.
 public enum CLIMain {
-    public static func main(_ commandLine: [String], postgres: Bool) async {
-        // A bad global option is left to the usage error below (exit 2).
-        if !postgres, let global = try? GlobalOptions.apply(commandLine),
-           PostgresRoute.named(global.arguments, environment: ProcessEnvironment.current()) {
-            ServeLauncher.exec(["cli"] + commandLine, purpose: "stockade: a PostgreSQL store's commands run in stockade-server",
-                               failureStatus: global.arguments.first == "run" ? 125 : 1)
-        }
+    public static func main(_ commandLine: [String]) async {
         let arguments: [String]
         let logFormat: LogFormat
         do throws(GlobalOptions.Invalid) {
@@ -193,6 +187,10 @@ public enum CLIMain {
             // cannot take it: usage errors of the process, exit 2 (a bad --host value is the command's).
             Console.error("stockade: \(error.message)")
             Glibc.exit(2)
+        }
+        if !StoreOpener.hasPostgresSupport, PostgresRoute.named(arguments, environment: ProcessEnvironment.current()) {
+            ServeLauncher.exec(["cli"] + commandLine, purpose: "stockade: a PostgreSQL store's commands run in stockade-server",
+                               failureStatus: arguments.first == "run" ? 125 : 1)
         }
         // `serve` is the stockade-server binary's: exec it before this parser sees its flags.
         if arguments.first == "serve" {

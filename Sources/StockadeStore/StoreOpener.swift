@@ -8,9 +8,8 @@ import Synchronization
 /// hosts share (`--store URL` / `$STOCKADE_STORE`, docs/CONTRACT.md "Stores").
 public enum StoreOpener {
     public static let environmentVariable = "STOCKADE_STORE"
-    /// Connections to a PostgreSQL store each process may hold at once, by default (the PostgreSQL
-    /// backend's own default, `PostgresAuditBackend.defaultMaxConnections`).
-    public static let defaultConnections = 4
+    /// Connections to a PostgreSQL store each process may hold at once, by default.
+    public static let defaultConnections = PostgresStoreURL.defaultConnections
     public static let connectionRange = 1...64
 
     /// The store a command uses: `flag` (`--store`), else `$STOCKADE_STORE` when set and not empty,
@@ -67,6 +66,9 @@ public enum StoreOpener {
     public static func register(_ support: any PostgresStoreSupport) {
         registered.withLock { $0 = support }
     }
+
+    /// Whether this process can open a PostgreSQL store (a support is registered).
+    public static var hasPostgresSupport: Bool { registered.withLock { $0 != nil } }
 
     /// The registered PostgreSQL support, or an error naming the store and where its commands run.
     public static func postgresSupport(_ store: String) throws(AuditError) -> any PostgresStoreSupport {

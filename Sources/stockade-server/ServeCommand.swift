@@ -216,7 +216,7 @@ enum ServerMain {
         PostgresStores.register()
         let arguments = Array(CommandLine.arguments.dropFirst())
         if arguments.first == "cli" {
-            await CLIMain.main(Array(arguments.dropFirst()), postgres: true)
+            await CLIMain.main(Array(arguments.dropFirst()))
             exit(0)
         }
         do {
