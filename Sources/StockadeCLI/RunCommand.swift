@@ -204,6 +204,8 @@ struct RunFlags {
             Console.error("stockade: \(error)")
             throw ExitCode(125)
         }
+        // The run's cgroup, root skeleton and seccomp program are made while it is planned and recorded.
+        supervisor.prepareAhead(options)
         let stream: (@Sendable (Int32, [UInt8]) -> Void)? = json ? nil : Run.streamToTerminal
         let service = RunService(supervisor: supervisor, admission: .init(maxRunning: 1, maxQueued: 0))
         let handle: RunHandle

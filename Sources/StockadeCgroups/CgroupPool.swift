@@ -68,6 +68,24 @@ public final class CgroupPool: Sendable {
         return try driver.create(name: prefix + String(Self.nextNumber()), limits: limits)
     }
 
+    /// Makes one cgroup with `limits` now, on the calling thread, for the next `take` with the same
+    /// limits: a supervisor that runs one worker (`stockade run`, whose pool keeps none ahead) makes
+    /// its run's cgroup while its store opens and its run is planned. Handed out once, like any
+    /// other; removed by `close` if no run takes it. Returns its name; nil (nothing kept) if the pool
+    /// is closed or the cgroup cannot be made: `take` then makes one and reports why.
+    @discardableResult
+    public func makeAhead(limits: CgroupLimits) -> String? {
+        guard (try? limits.validate()) != nil,
+              let made = try? driver.create(name: prefix + String(Self.nextNumber()), limits: limits) else { return nil }
+        let kept = state.withLock { s in
+            guard !s.closed else { return false }
+            s.ready[limits, default: []].append(made)
+            return true
+        }
+        if !kept { try? made.remove() }
+        return kept ? made.name : nil
+    }
+
     /// Removes `cgroup` (killing anything left in it) on the pool's thread, then calls `removed`; if it
     /// cannot be removed (a process that does not die), `failed` instead, and `removed` never: what the
     /// run holds until its cgroup is gone (its host id range) stays held.

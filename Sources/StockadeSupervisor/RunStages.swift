@@ -1,4 +1,5 @@
 import Crypto
+import Dispatch
 import Glibc
 import Logging
 import StockadeAudit
@@ -123,6 +124,8 @@ extension Supervisor {
     }
 
     func prepare(_ scope: RunScope, _ plan: Plan) throws -> Sandbox {
+        // What `prepareAhead` is making for this run is found ready below once it is done.
+        ahead.wait()
         var profile = plan.profile
         let options = plan.run.options
         let runPolicy = try runPolicy(for: profile, options: options, secrets: plan.secrets)
@@ -131,7 +134,7 @@ extension Supervisor {
         let policy = runPolicy.seccomp
         let program: SeccompProgram
         do {
-            program = try SeccompCompiler.compile(policy, disk: SeccompDiskCache(directory: stateDirectory + "/seccomp"))
+            program = try SeccompCompiler.compile(policy, disk: seccompDiskCache)
         } catch {
             throw SetupFailure(error)
         }
@@ -149,7 +152,7 @@ extension Supervisor {
         let pool: CgroupPool
         do {
             pool = try cgroupPool.get()
-            cgroup = try pool.take(limits: CgroupLimits(memoryBytes: profile.limits.memoryBytes, cpus: profile.limits.cpus, pids: profile.limits.pids))
+            cgroup = try pool.take(limits: Self.cgroupLimits(profile))
         } catch {
             throw SetupFailure(stage: .cgroup, errno: error.errno ?? 0, message: "cannot limit the worker: \(error.description)")
         }
@@ -205,13 +208,8 @@ extension Supervisor {
         scope.own(resultMount)
         scope.resultMount = resultMount
 
-        var layout = RootLayout(uid: profile.user.uid, gid: profile.user.gid, hostname: profile.hostname,
-                                tmpBytes: profile.limits.tmpBytes, workspace: workspace,
-                                requestDirectory: plan.request == nil ? nil : plan.runDirectory.requestPath,
-                                resultMount: resultMount, resultBytes: profile.limits.resultBytes)
-        layout.volumes = profile.volumes.map { RootLayout.Volume(source: $0.source, target: $0.target, readOnly: $0.readOnly) }
-        layout.workerHostIds = (hostUid, hostGid)
-        layout.tmpfs = profile.tmpfs.map { ($0.target, $0.sizeBytes) }
+        var layout = Self.rootLayout(profile, workspace: workspace, requestDirectory: plan.request == nil ? nil : plan.runDirectory.requestPath,
+                                     resultMount: resultMount, hostIds: (hostUid, hostGid))
         var rootMount: Int32?
         if !plan.root.layers.isEmpty {
             layout.fromImage = true
@@ -264,6 +262,56 @@ extension Supervisor {
         scope.onClose { stdio.closeAll() }
         return Sandbox(spec: spec, policy: policy, program: program, cgroup: cgroup, hostUid: hostUid, profile: profile,
                        forwarder: forwarder, stdio: stdio)
+    }
+
+    /// The cgroup limits a run of `profile` gets.
+    static func cgroupLimits(_ profile: Profile) -> CgroupLimits {
+        CgroupLimits(memoryBytes: profile.limits.memoryBytes, cpus: profile.limits.cpus, pids: profile.limits.pids)
+    }
+
+    /// The worker's root as `profile` lays it out, with the run's own workspace, request, result
+    /// filesystem and ids.
+    static func rootLayout(_ profile: Profile, workspace: RootLayout.Workspace, requestDirectory: String?, resultMount: Int32,
+                           hostIds: (uid: UInt32, gid: UInt32)?) -> RootLayout {
+        var layout = RootLayout(uid: profile.user.uid, gid: profile.user.gid, hostname: profile.hostname,
+                                tmpBytes: profile.limits.tmpBytes, workspace: workspace, requestDirectory: requestDirectory,
+                                resultMount: resultMount, resultBytes: profile.limits.resultBytes)
+        layout.volumes = profile.volumes.map { RootLayout.Volume(source: $0.source, target: $0.target, readOnly: $0.readOnly) }
+        layout.workerHostIds = hostIds
+        layout.tmpfs = profile.tmpfs.map { ($0.target, $0.sizeBytes) }
+        return layout
+    }
+
+    /// The compiled seccomp programs this state directory keeps on disk (read by one-shot runs).
+    var seccompDiskCache: SeccompDiskCache { SeccompDiskCache(directory: stateDirectory + "/seccomp") }
+
+    /// For a process that runs one worker (`stockade run`): makes on another thread, now, what its
+    /// run will need that depends only on the profile and the options (the run's cgroup, its root
+    /// skeleton, its seccomp program), while the run is planned and `run.created` is recorded.
+    /// `prepare` waits for it and then finds each ready; the run's own resolution decides, so
+    /// anything made here for other limits or another root is not used (an unused cgroup is
+    /// removed by `closeCgroups`). What fails here is made again by the run, which reports the error.
+    public func prepareAhead(_ options: RunOptions) {
+        guard case .success(let pool) = cgroupPool else { return }
+        DispatchQueue.global().async(group: ahead) { [self] in
+            guard let loaded = try? catalog.load(options.profile) else { return }
+            var profile = loaded.profile
+            RunPlanner.apply(options, to: &profile)
+            let cgroup = pool.makeAhead(limits: Self.cgroupLimits(profile))
+            logger.debug("run.prepared-ahead", metadata: ["cgroup": "\(cgroup ?? "none")"])
+            // An image's or a directory's root has no skeleton.
+            guard case .host = profile.root, options.image == nil, options.rootfs == nil,
+                  let policy = try? runPolicy(for: profile, options: options, secrets: .none) else { return }
+            _ = try? SeccompCompiler.compile(policy.seccomp, disk: seccompDiskCache)
+            profile.volumes = policy.volumes
+            // The skeleton holds mount points, not what is mounted on them: any request directory and
+            // result filesystem give the same entries as the run's own.
+            let workspace: RootLayout.Workspace = options.workspace == nil ? .empty(sizeBytes: profile.limits.workspaceBytes) : .mount(fd: -1)
+            let layout = Self.rootLayout(profile, workspace: workspace, requestDirectory: options.request == nil ? nil : "/",
+                                         resultMount: -1, hostIds: nil)
+            let steps = layout.mountSteps()
+            try? RootSkeleton.prepare(RootSkeleton.split(steps.steps, fresh: steps.fresh, sharedBinds: layout.sharedBindTargets).entries)
+        }
     }
 
     /// The worker running: spawned into its sandbox, its egress proxy serving, its published

@@ -1,4 +1,5 @@
 import FoundationEssentials
+import Dispatch
 import Glibc
 import Logging
 import StockadeAudit
@@ -30,6 +31,8 @@ public final class Supervisor: Sendable {
     let planner: RunPlanner
     /// Runs under way, for `recordForcedExit`.
     let activeRuns = Mutex(Set<String>())
+    /// What `prepareAhead` started for the next run; `prepare` waits for it.
+    let ahead = DispatchGroup()
 
     /// Forks the spawn helper, for a command that is about to run workers: call it first, before the
     /// supervisor opens its audit store or loads any profile or secret, so the helper (and every
@@ -80,6 +83,11 @@ public final class Supervisor: Sendable {
         // Workers inherit the supervisor's supplementary groups, and setgroups
         // is denied in their namespace: hold none, so they hold none.
         _ = setgroups(0, nil)
+        // The cgroup side (the driver's detection, the stale scan) needs nothing of the store: it runs
+        // on another thread while the store opens, and the supervisor is ready when both are.
+        let cgroupSide = Background { [logger, stateDirectory] in
+            Self.openCgroups(stateDirectory: stateDirectory, depth: cgroupsAhead, logger: logger)
+        }
         do {
             let opened = try StoreOpener.openAudit(store, readOnly: false, environment: environment, supervisorPid: getpid(),
                                                    supervisorStart: ProcessIdentity.currentStartTime, maxConnections: storeConnections,
@@ -88,35 +96,43 @@ public final class Supervisor: Sendable {
             if !abandoned.isEmpty { logger.info("runs.abandoned", metadata: ["runs": "\(abandoned)"]) }
             audit = opened
         } catch {
+            // Nothing of the cgroup side is left running: a pool that keeps none made has nothing to remove.
+            if case .success(let pool) = cgroupSide.wait() { pool.close() }
             throw SupervisorError(.audit, "cannot open the audit store: \(error)")
         }
+        cgroupPool = cgroupSide.wait()
+    }
+
+    /// The host's cgroup driver and this supervisor's pool on it (or why there is none), after
+    /// removing what crashed supervisors left behind.
+    static func openCgroups(stateDirectory: String, depth: Int, logger: Logger) -> Result<CgroupPool, CgroupError> {
         let cgroups = Result { () throws(CgroupError) in try Cgroups.detect() }
         let pidNamespace = Self.pidNamespace()
-        cgroupPool = cgroups.map { CgroupPool(driver: $0, prefix: Self.poolPrefix(pidNamespace: pidNamespace, pid: getpid(),
-                                                                                  startTime: ProcessIdentity.currentStartTime),
-                                              depth: cgroupsAhead) }
-        if case .success(let driver) = cgroups {
-            let runs = stateDirectory + "/runs/"
-            // A pool's cgroup is stale once the supervisor that made it is gone. A run of this state
-            // directory is stale once its lock is free; a cgroup with no run here (a supervisor that
-            // died with its state directory removed) once it is empty and old.
-            let removed = driver.removeStale { name in
-                if let owner = Self.poolOwner(name) {
-                    // Only a maker in our own pid namespace can be looked up here; another's pool cgroup
-                    // is judged as any cgroup no state directory owns (empty and old).
-                    guard owner.pidNamespace == pidNamespace, pidNamespace != 0 else {
-                        return !driver.isAbandoned(name: name, olderThan: Self.abandonedCgroupAge)
-                    }
-                    return !ProcessIdentity.isGone(pid: owner.pid, startTime: owner.startTime)
+        let pool = cgroups.map { CgroupPool(driver: $0, prefix: Self.poolPrefix(pidNamespace: pidNamespace, pid: getpid(),
+                                                                                startTime: ProcessIdentity.currentStartTime),
+                                            depth: depth) }
+        guard case .success(let driver) = cgroups else { return pool }
+        let runs = stateDirectory + "/runs/"
+        // A pool's cgroup is stale once the supervisor that made it is gone. A run of this state
+        // directory is stale once its lock is free; a cgroup with no run here (a supervisor that
+        // died with its state directory removed) once it is empty and old.
+        let removed = driver.removeStale { name in
+            if let owner = Self.poolOwner(name) {
+                // Only a maker in our own pid namespace can be looked up here; another's pool cgroup
+                // is judged as any cgroup no state directory owns (empty and old).
+                guard owner.pidNamespace == pidNamespace, pidNamespace != 0 else {
+                    return !driver.isAbandoned(name: name, olderThan: Self.abandonedCgroupAge)
                 }
-                return switch Self.runLock(runs + name) {
-                case .held: true
-                case .free: false
-                case .missing: !driver.isAbandoned(name: name, olderThan: Self.abandonedCgroupAge)
-                }
+                return !ProcessIdentity.isGone(pid: owner.pid, startTime: owner.startTime)
             }
-            if !removed.isEmpty { logger.info("cgroups.stale-removed", metadata: ["cgroups": "\(removed)"]) }
+            return switch Self.runLock(runs + name) {
+            case .held: true
+            case .free: false
+            case .missing: !driver.isAbandoned(name: name, olderThan: Self.abandonedCgroupAge)
+            }
         }
+        if !removed.isEmpty { logger.info("cgroups.stale-removed", metadata: ["cgroups": "\(removed)"]) }
+        return pool
     }
 
     /// The API's tokens and idempotency keys, in the same store as `audit`.

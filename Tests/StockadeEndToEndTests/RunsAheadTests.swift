@@ -93,6 +93,32 @@ struct RunsAheadTests {
         }
     }
 
+    @Test("a one-shot run's cgroup, made while its store opens, is the run's, limits it, and is gone once stockade run has exited")
+    func oneShotCgroupMadeAhead() throws {
+        let h = try Harness()
+        // A 90 MiB buffer is out of memory under 64m: the cgroup made ahead carries the run's limits.
+        let r = try h.stockade(["--log-format", "json", "run", "--json", "--memory", "64m", "--", "/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=90M", "count=1"],
+                               environment: ["STOCKADE_LOG": "debug"])
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], "\(r.stdout) \(r.stderr)")
+        #expect(report.string("outcome") == "oom", "\(report)")
+        // What the supervisor made ahead, from its debug log; the run's cgroup, from the trail.
+        let logged = r.stderr.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        let ahead = try #require(logged.first { $0.string("message") == "run.prepared-ahead" }, "no run.prepared-ahead line: \(r.stderr)")
+        let made = try #require(ahead.string("cgroup"))
+        #expect(made.hasPrefix("p-"), "\(ahead)")
+        let paths = try runCgroupPaths(h, try #require(report.string("runId")))
+        for path in paths {
+            #expect((path as NSString).lastPathComponent == made, "the run's cgroup \(path) is not the one made ahead (\(made))")
+            #expect(!FileManager.default.fileExists(atPath: path), "\(path) is still there after stockade run exited")
+        }
+        // Nothing else of this process's pool is left either.
+        let prefix = made.split(separator: "-").prefix(4).joined(separator: "-") + "-"
+        for root in Set(paths.map { ($0 as NSString).deletingLastPathComponent }) {
+            let left = try FileManager.default.contentsOfDirectory(atPath: root).filter { $0.hasPrefix(prefix) }
+            #expect(left.isEmpty, "\(root): \(left) left behind")
+        }
+    }
+
     @Test("a supervisor removes the cgroups of a dead supervisor (killing what is in them), keeps a live one's and, for another pid namespace's, waits until empty and old")
     func deadPoolsRemoved() throws {
         let h = try Harness()

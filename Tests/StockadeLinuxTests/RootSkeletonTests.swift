@@ -4,7 +4,7 @@ import Glibc
 import Testing
 @testable import StockadeLinux
 
-@Suite("the shared root skeleton")
+@Suite("the shared root skeleton", .serialized)
 struct RootSkeletonTests {
     func isMount(_ step: MountOp) -> Bool {
         switch step {
@@ -126,6 +126,26 @@ struct RootSkeletonTests {
         #expect(split.steps[split.fresh...].contains { if case .bind(_, "/bin/tool", _, _, _, _) = $0 { return true } else { return false } })
         for bad in ["/srv/../etc", "/a//b", "/a/", "/", "", "a/b", "/./a", "/a/.", "/a/..", "/.."] { #expect(!RootSkeleton.isPlain(bad), "\(bad)") }
         for good in ["/a/b", "/a", "/.a", "/a../b", "/...", "/a/.b."] { #expect(RootSkeleton.isPlain(good), "\(good)") }
+    }
+
+    @Test("prepare makes the skeleton that later clones of the same entries share, and makes it once",
+          .enabled(if: getuid() == 0, "needs root: fsopen and open_tree"))
+    func preparedAhead() throws {
+        var l = layout()
+        l.hostname = "ahead-\(UUID().uuidString.prefix(8))"
+        let entries = RootSkeleton.split(l.mountSteps().steps, fresh: 0).entries
+        #expect(!RootSkeleton.holds(entries))
+        try RootSkeleton.prepare(entries)
+        #expect(RootSkeleton.holds(entries))
+        let made = try #require(RootSkeleton.descriptor(entries))
+        try RootSkeleton.prepare(entries)
+        #expect(RootSkeleton.descriptor(entries) == made, "a second prepare made another skeleton")
+        let a = try RootSkeleton.clone(entries)
+        defer { close(a) }
+        var sa = stat(), sm = stat()
+        #expect(fstat(a, &sa) == 0 && fstat(made, &sm) == 0)
+        #expect(sa.st_dev == sm.st_dev, "the clone is not of the prepared skeleton")
+        #expect(RootSkeleton.descriptor(entries) == made)
     }
 
     @Test("a skeleton is made once per entry list and sealed read-only; each clone is a mount of that one filesystem",
