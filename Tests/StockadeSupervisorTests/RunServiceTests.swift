@@ -62,7 +62,15 @@ struct RunServiceTests {
         await held.release("a")
         await held.waitStarted(3)
         #expect(held.started.last == "c")
-        for name in ["b", "c", "d", "e"] { await held.release(name) }
+        // One slot freed at a time: two freed together start d and e on tasks of their own, in
+        // either order.
+        await held.release("b")
+        await held.waitStarted(4)
+        #expect(held.started.last == "d")
+        await held.release("c")
+        await held.waitStarted(5)
+        #expect(held.started.last == "e")
+        for name in ["d", "e"] { await held.release(name) }
         for handle in handles { #expect(await handle.report().outcome == .exited) }
         #expect(held.peak == 2)
         #expect(Array(held.started.suffix(3)) == ["c", "d", "e"])
