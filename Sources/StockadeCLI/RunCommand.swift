@@ -197,15 +197,17 @@ struct RunFlags {
         let supervisor: Supervisor
         do {
             let directory = stateDirectory
-            supervisor = try Supervisor(stateDirectory: directory, catalog: .standard(),
+            let catalog = ProfileCatalog.standard()
+            // The run's profile, root skeleton, seccomp program and cgroup are made while the store opens
+            // and the run is planned and recorded.
+            let ahead = RunAhead(options, catalog: catalog, stateDirectory: directory)
+            supervisor = try Supervisor(stateDirectory: directory, catalog: catalog,
                                         environment: ProcessEnvironment.current(), logger: logger, store: resolveStore(stateDirectory: directory, nil),
-                                        shortLived: true)
+                                        shortLived: true, ahead: ahead)
         } catch {
             Console.error("stockade: \(error)")
             throw ExitCode(125)
         }
-        // The run's cgroup, root skeleton and seccomp program are made while it is planned and recorded.
-        supervisor.prepareAhead(options)
         let stream: (@Sendable (Int32, [UInt8]) -> Void)? = json ? nil : Run.streamToTerminal
         let service = RunService(supervisor: supervisor, admission: .init(maxRunning: 1, maxQueued: 0))
         let handle: RunHandle

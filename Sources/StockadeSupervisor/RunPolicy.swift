@@ -109,6 +109,10 @@ extension Supervisor {
     /// volumes) needs from the host. Volume problems fail at stage `mounts`,
     /// secrets at `secrets`, seccomp at `seccomp`: all before anything runs.
     func runPolicy(for profile: Profile, options: RunOptions, secrets: RunSecrets) throws(SetupFailure) -> RunPolicy {
+        try Self.runPolicy(for: profile, options: options, secrets: secrets, stateDirectory: stateDirectory)
+    }
+
+    static func runPolicy(for profile: Profile, options: RunOptions, secrets: RunSecrets, stateDirectory: String) throws(SetupFailure) -> RunPolicy {
         let check = VolumePolicy.validate(VolumePolicy.entries(profile: profile.volumes, flags: options.volumes),
                                           allowedRoots: profile.allowedVolumeRoots, stateDirectory: stateDirectory)
         guard check.issues.isEmpty else {
@@ -116,7 +120,7 @@ extension Supervisor {
         }
         let seccomp: SeccompPolicy
         do {
-            seccomp = try seccompPolicy(for: profile)
+            seccomp = try SeccompLoader.policy(for: profile)
         } catch {
             throw SetupFailure(stage: .seccomp, errno: 0, message: error.description)
         }

@@ -124,8 +124,8 @@ extension Supervisor {
     }
 
     func prepare(_ scope: RunScope, _ plan: Plan) throws -> Sandbox {
-        // What `prepareAhead` is making for this run is found ready below once it is done.
-        ahead.wait()
+        // What a one-run process started making for this run (`RunAhead`) is found ready below once it is done.
+        ahead?.wait()
         var profile = plan.profile
         let options = plan.run.options
         let runPolicy = try runPolicy(for: profile, options: options, secrets: plan.secrets)
@@ -134,7 +134,7 @@ extension Supervisor {
         let policy = runPolicy.seccomp
         let program: SeccompProgram
         do {
-            program = try SeccompCompiler.compile(policy, disk: seccompDiskCache)
+            program = try SeccompCompiler.compile(policy, disk: Self.seccompDiskCache(stateDirectory: stateDirectory))
         } catch {
             throw SetupFailure(error)
         }
@@ -282,37 +282,8 @@ extension Supervisor {
         return layout
     }
 
-    /// The compiled seccomp programs this state directory keeps on disk (read by one-shot runs).
-    var seccompDiskCache: SeccompDiskCache { SeccompDiskCache(directory: stateDirectory + "/seccomp") }
-
-    /// For a process that runs one worker (`stockade run`): makes on another thread, now, what its
-    /// run will need that depends only on the profile and the options (the run's cgroup, its root
-    /// skeleton, its seccomp program), while the run is planned and `run.created` is recorded.
-    /// `prepare` waits for it and then finds each ready; the run's own resolution decides, so
-    /// anything made here for other limits or another root is not used (an unused cgroup is
-    /// removed by `closeCgroups`). What fails here is made again by the run, which reports the error.
-    public func prepareAhead(_ options: RunOptions) {
-        guard case .success(let pool) = cgroupPool else { return }
-        DispatchQueue.global().async(group: ahead) { [self] in
-            guard let loaded = try? catalog.load(options.profile) else { return }
-            var profile = loaded.profile
-            RunPlanner.apply(options, to: &profile)
-            let cgroup = pool.makeAhead(limits: Self.cgroupLimits(profile))
-            logger.debug("run.prepared-ahead", metadata: ["cgroup": "\(cgroup ?? "none")"])
-            // An image's or a directory's root has no skeleton.
-            guard case .host = profile.root, options.image == nil, options.rootfs == nil,
-                  let policy = try? runPolicy(for: profile, options: options, secrets: .none) else { return }
-            _ = try? SeccompCompiler.compile(policy.seccomp, disk: seccompDiskCache)
-            profile.volumes = policy.volumes
-            // The skeleton holds mount points, not what is mounted on them: any request directory and
-            // result filesystem give the same entries as the run's own.
-            let workspace: RootLayout.Workspace = options.workspace == nil ? .empty(sizeBytes: profile.limits.workspaceBytes) : .mount(fd: -1)
-            let layout = Self.rootLayout(profile, workspace: workspace, requestDirectory: options.request == nil ? nil : "/",
-                                         resultMount: -1, hostIds: nil)
-            let steps = layout.mountSteps()
-            try? RootSkeleton.prepare(RootSkeleton.split(steps.steps, fresh: steps.fresh, sharedBinds: layout.sharedBindTargets).entries)
-        }
-    }
+    /// The compiled seccomp programs a state directory keeps on disk (read by one-shot runs).
+    static func seccompDiskCache(stateDirectory: String) -> SeccompDiskCache { SeccompDiskCache(directory: stateDirectory + "/seccomp") }
 
     /// The worker running: spawned into its sandbox, its egress proxy serving, its published
     /// ports attached, its monitor watching, `worker.started` on record.

@@ -31,8 +31,9 @@ public final class Supervisor: Sendable {
     let planner: RunPlanner
     /// Runs under way, for `recordForcedExit`.
     let activeRuns = Mutex(Set<String>())
-    /// What `prepareAhead` started for the next run; `prepare` waits for it.
-    let ahead = DispatchGroup()
+    /// What a process that runs one worker started making for its run before this supervisor
+    /// existed; `prepare` waits for it.
+    let ahead: RunAhead?
 
     /// Forks the spawn helper, for a command that is about to run workers: call it first, before the
     /// supervisor opens its audit store or loads any profile or secret, so the helper (and every
@@ -57,10 +58,13 @@ public final class Supervisor: Sendable {
     /// `cgroupsAhead`: how many run cgroups to keep made ahead for each set of limits (a supervisor
     /// that runs many workers: `batch`, `serve`); 0 makes each when its run asks for it.
     /// `shortLived`: this process runs one worker and exits (`stockade run`): see `StoreOpener.openAudit`.
+    /// `ahead`: what such a process started making for its run (`RunAhead`); its run's cgroup is
+    /// made as soon as the driver is known.
     public init(stateDirectory: String, catalog: ProfileCatalog, environment: [String: String], logger: Logger,
                 readOnly: Bool = false, store: StoreURL? = nil, storeConnections: Int = StoreOpener.defaultConnections,
-                cgroupsAhead: Int = 0, shortLived: Bool = false) throws(SupervisorError) {
+                cgroupsAhead: Int = 0, shortLived: Bool = false, ahead: RunAhead? = nil) throws(SupervisorError) {
         self.stateDirectory = stateDirectory
+        self.ahead = ahead
         self.catalog = catalog
         self.logger = logger
         self.hostEnvironment = environment
@@ -86,7 +90,7 @@ public final class Supervisor: Sendable {
         // The cgroup side (the driver's detection, the stale scan) needs nothing of the store: it runs
         // on another thread while the store opens, and the supervisor is ready when both are.
         let cgroupSide = Background { [logger, stateDirectory] in
-            Self.openCgroups(stateDirectory: stateDirectory, depth: cgroupsAhead, logger: logger)
+            Self.openCgroups(stateDirectory: stateDirectory, depth: cgroupsAhead, ahead: ahead, logger: logger)
         }
         do {
             let opened = try StoreOpener.openAudit(store, readOnly: false, environment: environment, supervisorPid: getpid(),
@@ -104,14 +108,15 @@ public final class Supervisor: Sendable {
     }
 
     /// The host's cgroup driver and this supervisor's pool on it (or why there is none), after
-    /// removing what crashed supervisors left behind.
-    static func openCgroups(stateDirectory: String, depth: Int, logger: Logger) -> Result<CgroupPool, CgroupError> {
+    /// removing what crashed supervisors left behind; with `ahead`, its run's cgroup is made first.
+    static func openCgroups(stateDirectory: String, depth: Int, ahead: RunAhead?, logger: Logger) -> Result<CgroupPool, CgroupError> {
         let cgroups = Result { () throws(CgroupError) in try Cgroups.detect() }
         let pidNamespace = Self.pidNamespace()
         let pool = cgroups.map { CgroupPool(driver: $0, prefix: Self.poolPrefix(pidNamespace: pidNamespace, pid: getpid(),
                                                                                 startTime: ProcessIdentity.currentStartTime),
                                             depth: depth) }
-        guard case .success(let driver) = cgroups else { return pool }
+        guard case .success(let driver) = cgroups, case .success(let made) = pool else { return pool }
+        if let ahead { ahead.makeCgroup(in: made, logger: logger) }
         let runs = stateDirectory + "/runs/"
         // A pool's cgroup is stale once the supervisor that made it is gone. A run of this state
         // directory is stale once its lock is free; a cgroup with no run here (a supervisor that
@@ -497,10 +502,6 @@ public final class Supervisor: Sendable {
         } else {
             report.outcome = .exited
         }
-    }
-
-    func seccompPolicy(for profile: Profile) throws(ProfileError) -> SeccompPolicy {
-        try SeccompLoader.policy(for: profile)
     }
 
 }

@@ -1,0 +1,61 @@
+import Dispatch
+import Logging
+import StockadeCgroups
+import StockadeLinux
+import StockadePolicy
+import Synchronization
+
+/// What a process that runs one worker (`stockade run`) starts making for that run before its
+/// supervisor exists, so that it is ready when the run asks: on another thread at once, the profile
+/// with the run's options, then the root skeleton and the seccomp program; the run's cgroup, by the
+/// supervisor's cgroup side as soon as the driver is known. Meanwhile the supervisor opens its store
+/// and plans and records the run; its `prepare` waits for all of it and finds each ready.
+///
+/// The run's own resolution decides: anything made here that the run does not ask for (other limits,
+/// another root) is not used, and an unused cgroup is removed when the pool closes. What fails here
+/// is made again by the run, which reports the error.
+public final class RunAhead: Sendable {
+    /// Left once the profile is known (nil: it could not be loaded).
+    private let loaded = DispatchGroup()
+    /// Left once everything this makes on its own thread is made.
+    private let finished = DispatchGroup()
+    private let profile = Mutex<Profile?>(nil)
+
+    public init(_ options: RunOptions, catalog: ProfileCatalog, stateDirectory: String) {
+        loaded.enter()
+        finished.enter()
+        DispatchQueue.global().async { [self] in
+            defer { finished.leave() }
+            var resolved = try? catalog.load(options.profile).profile
+            if resolved != nil { RunPlanner.apply(options, to: &resolved!) }
+            profile.withLock { $0 = resolved }
+            loaded.leave()
+            // An image's or a directory's root has no skeleton.
+            guard var profile = resolved, case .host = profile.root, options.image == nil, options.rootfs == nil,
+                  let policy = try? Supervisor.runPolicy(for: profile, options: options, secrets: .none, stateDirectory: stateDirectory)
+            else { return }
+            _ = try? SeccompCompiler.compile(policy.seccomp, disk: Supervisor.seccompDiskCache(stateDirectory: stateDirectory))
+            profile.volumes = policy.volumes
+            // The skeleton holds mount points, not what is mounted on them: any request directory and
+            // result filesystem give the same entries as the run's own.
+            let workspace: RootLayout.Workspace = options.workspace == nil ? .empty(sizeBytes: profile.limits.workspaceBytes) : .mount(fd: -1)
+            let layout = Supervisor.rootLayout(profile, workspace: workspace, requestDirectory: options.request == nil ? nil : "/",
+                                               resultMount: -1, hostIds: nil)
+            let steps = layout.mountSteps()
+            try? RootSkeleton.prepare(RootSkeleton.split(steps.steps, fresh: steps.fresh, sharedBinds: layout.sharedBindTargets).entries)
+        }
+    }
+
+    /// Makes the run's cgroup in `pool`, once the profile is known.
+    func makeCgroup(in pool: CgroupPool, logger: Logger) {
+        loaded.wait()
+        guard let profile = profile.withLock({ $0 }) else { return }
+        let name = pool.makeAhead(limits: Supervisor.cgroupLimits(profile))
+        logger.debug("run.prepared-ahead", metadata: ["cgroup": "\(name ?? "none")"])
+    }
+
+    /// Waits until everything this makes on its own thread is made.
+    func wait() {
+        finished.wait()
+    }
+}
