@@ -129,10 +129,12 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         // The CLI as a client of `stockade serve` (`--host`): a small bounded HTTP/1.1 client over a
-        // Unix socket, loopback TCP, or TLS (SwiftNIO and swift-nio-ssl relay https:// only).
-        .target(name: "StockadeClient", dependencies: [
-            "StockadePolicy",
-            // https:// only (TLSBridge); plain sockets otherwise.
+        // Unix socket, loopback TCP, or TLS (a TLS client registered by the binary: ServiceTLS).
+        .target(name: "StockadeClient", dependencies: ["StockadePolicy"], swiftSettings: strict),
+        // https:// for the client (TLSBridge: SwiftNIO and swift-nio-ssl relay it), registered by
+        // stockade-server; not linked by the one-shot `stockade`, which hands such commands to it.
+        .target(name: "StockadeClientTLS", dependencies: [
+            "StockadeClient",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOTLS", package: "swift-nio"),
@@ -140,6 +142,7 @@ let package = Package(
         ], swiftSettings: strict),
         .executableTarget(name: "stockade-server", dependencies: ["stockade-spawn",
             "StockadeServer", "StockadeSupervisor", "StockadeVerify", "StockadeStore", "StockadeStorePostgres", "StockadeAudit", "StockadeCLI",
+            "StockadeClientTLS",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),

@@ -2,6 +2,7 @@ import ArgumentParser
 import Glibc
 import Logging
 import StockadeAudit
+import StockadeClient
 import StockadeStore
 import StockadeSupervisor
 import Synchronization
@@ -192,6 +193,10 @@ public enum CLIMain {
             ServeLauncher.exec(["cli"] + commandLine, purpose: "stockade: a PostgreSQL store's commands run in stockade-server",
                                failureStatus: arguments.first == "run" ? 125 : 1)
         }
+        if !ServiceTLS.isAvailable, TLSRoute.named(arguments, environment: ProcessEnvironment.current()) {
+            ServeLauncher.exec(["cli"] + commandLine, purpose: "stockade: commands for an https:// service run in stockade-server",
+                               failureStatus: arguments.first == "run" ? 125 : 1)
+        }
         // `serve` is the stockade-server binary's: exec it before this parser sees its flags.
         if arguments.first == "serve" {
             if arguments.dropFirst().first == "cli" {
@@ -263,6 +268,29 @@ enum Console {
     static func outUnescaped(_ text: String) {
         let bytes = Array((text.hasSuffix("\n") ? text : text + "\n").utf8)
         lock.withLock { _ in TerminalOutput.write(bytes, to: 1, sanitizing: false) }
+    }
+}
+
+/// Whether a command (its words after the global options, a global `--host` already moved into
+/// them) goes to an `https://` service: a command that can go through a service, whose `--host URL`
+/// or `--host=URL` before any `--`, else `$STOCKADE_HOST`, is an `https://` URL. Such a command runs in
+/// `stockade-server cli`, which links the TLS client; every other client connects from here.
+enum TLSRoute {
+    static func named(_ arguments: [String], environment: [String: String]) -> Bool {
+        guard HostOptions.command(arguments) != nil else { return false }
+        var flag: String?
+        var i = 0
+        while i < arguments.count, arguments[i] != "--" {
+            let word = arguments[i]
+            if word == "--host", i + 1 < arguments.count {
+                flag = arguments[i + 1]
+                i += 1
+            } else if word.hasPrefix("--host=") {
+                flag = String(word.dropFirst("--host=".count))
+            }
+            i += 1
+        }
+        return (flag ?? environment[ServiceClient.hostVariable] ?? "").hasPrefix("https://")
     }
 }
 

@@ -78,7 +78,7 @@ public enum ServiceAddress: Sendable, Equatable, CustomStringConvertible {
         self = .loopback(host: host, port: port)
     }
 
-    static func isNumeric(_ host: String) -> Bool {
+    public static func isNumeric(_ host: String) -> Bool {
         var v4 = in_addr(), v6 = in6_addr()
         return inet_pton(AF_INET, host, &v4) == 1 || inet_pton(AF_INET6, host, &v6) == 1
     }

@@ -6,13 +6,16 @@ public struct ServiceClient: Sendable {
     public let address: ServiceAddress
     let token: String
 
+    /// The variable that names the service when `--host` does not.
+    public static let hostVariable = "STOCKADE_HOST"
+
     /// `--host` if given, else `$STOCKADE_HOST` (empty counts as unset); nil when neither names a
     /// service. The token is `$STOCKADE_TOKEN`, required then.
     public static func configured(host flag: String?, environment: [String: String]) throws(ClientError) -> ServiceClient? {
         let text: String, field: String
         if let flag {
             (text, field) = (flag, "--host")
-        } else if let value = environment["STOCKADE_HOST"], !value.isEmpty {
+        } else if let value = environment[hostVariable], !value.isEmpty {
             (text, field) = (value, "$STOCKADE_HOST")
         } else {
             return nil

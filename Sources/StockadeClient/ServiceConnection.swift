@@ -34,7 +34,7 @@ final class ServiceConnection {
                 fd = try Self.connect(AF_INET6, &v6, address)
             }
         case .tls(let host, let port):
-            fd = try TLSBridge.connect(host: host, port: port, description: address.description, caFile: getenv("STOCKADE_CA_FILE").map { String(cString: $0) })
+            fd = try ServiceTLS.connect(host: host, port: port, description: address.description, caFile: getenv("STOCKADE_CA_FILE").map { String(cString: $0) })
         }
     }
 

@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import StockadeAudit
 import StockadeCLI
+import StockadeClientTLS
 import StockadeServer
 import StockadeStore
 import StockadeStorePostgres
@@ -208,12 +209,13 @@ struct Serve: AsyncParsableCommand {
 
 
 /// Usage errors exit 2, as every stockade command but `run` does. `stockade-server cli COMMAND…`
-/// runs a stockade command with the PostgreSQL client (`stockade` hands over a command whose store
-/// is a PostgreSQL URL).
+/// runs a stockade command with the PostgreSQL client and the TLS client (`stockade` hands over a
+/// command whose store is a PostgreSQL URL or whose service is an `https://` one).
 @main
 enum ServerMain {
     static func main() async {
         PostgresStores.register()
+        ClientTLS.register()
         let arguments = Array(CommandLine.arguments.dropFirst())
         if arguments.first == "cli" {
             await CLIMain.main(Array(arguments.dropFirst()))

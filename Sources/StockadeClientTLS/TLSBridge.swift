@@ -3,6 +3,7 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import NIOTLS
+import StockadeClient
 
 /// `https://` for the CLI: a TLS connection to the service (swift-nio-ssl on SwiftNIO) glued to one
 /// end of a Unix socketpair; the other end is an ordinary blocking socket, so the client's HTTP code
@@ -10,8 +11,18 @@ import NIOTLS
 ///
 /// The certificate must verify against the system's trust roots, or against the PEM file named by
 /// `$STOCKADE_CA_FILE` (for a private CA or a self-signed service), for the host named in the URL.
-/// TLS 1.2 or later. Linking the TLS stack costs the static CLI 0.7 ms of start-up (`stockade
-/// --version` 7.9 → 8.6 ms, side by side) and 34 MB of binary.
+/// TLS 1.2 or later. Linked by `stockade-server` only, which registers it (`ClientTLS.register`):
+/// the one-shot `stockade` starts faster without SwiftNIO and swift-nio-ssl and hands a command
+/// for an `https://` service to `stockade-server cli` (Benchmarks/BENCHMARKS.md).
+public enum ClientTLS {
+    /// Makes `https://` addresses reachable in this process: call it first thing.
+    public static func register() {
+        ServiceTLS.register { host, port, description, caFile throws(ClientError) in
+            try TLSBridge.connect(host: host, port: port, description: description, caFile: caFile)
+        }
+    }
+}
+
 enum TLSBridge {
     /// Bytes relayed one way: from `partner`'s reads to this channel's writes; either side closing
     /// closes the other.
