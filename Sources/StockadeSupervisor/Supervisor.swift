@@ -84,9 +84,10 @@ public final class Supervisor: Sendable {
         }
         try Self.makeDirectory(stateDirectory)
         try Self.makeDirectory(stateDirectory + "/runs")
-        // Workers inherit the supervisor's supplementary groups, and setgroups
-        // is denied in their namespace: hold none, so they hold none.
-        _ = setgroups(0, nil)
+        // Workers hold no supplementary groups: each spawn helper drops its own as it starts
+        // (stk_helper.c), and every init is a copy of a helper. The supervisor keeps its own: dropping
+        // them here cost a one-shot run a millisecond (glibc signals every thread of the process to
+        // change each thread's credentials) and bought nothing.
         // The cgroup side (the driver's detection, the stale scan) needs nothing of the store: it runs
         // on another thread while the store opens, and the supervisor is ready when both are.
         let cgroupSide = Background { [logger, stateDirectory] in

@@ -132,6 +132,24 @@ struct SpawnHelperTests {
         #expect(try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(initPid)/exe") == lonely.binary)
     }
 
+    @Test("a supervisor started with supplementary groups hands none to its workers, its helper executed or forked")
+    func noSupplementaryGroups() throws {
+        let groups = ["/usr/bin/setpriv", "--groups", "4242,4243"]
+        let status = ["/bin/sh", "-c", "grep '^Groups:' /proc/self/status"]
+        // The positive control: started this way, a process holds both groups.
+        let control = try Harness.exec(groups[0], Array(groups.dropFirst()) + status)
+        #expect(control.status == 0 && control.stdout.contains("4242") && control.stdout.contains("4243"), "\(control.stdout) \(control.stderr)")
+        let lonely = try LonelyStockade()
+        defer { lonely.remove() }
+        for binary in [Harness.stockade, lonely.binary] {
+            let r = try Harness.exec(groups[0], Array(groups.dropFirst()) + [binary, "run", "--json", "--state-dir", lonely.state, "--"] + status)
+            let report = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], "\(r.stdout) \(r.stderr)")
+            let line = (report["stdout"] as? String ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+            // Unmapped in the worker's user namespace, an inherited group would show as 65534.
+            #expect(line == "Groups:", "\(binary): the worker holds \(line)")
+        }
+    }
+
     /// The mount points and per-mount options of `pid`'s mount namespace, in /proc/PID/mountinfo's order.
     static func mounts(_ pid: pid_t) throws -> [(point: String, options: String)] {
         try String(contentsOfFile: "/proc/\(pid)/mountinfo", encoding: .utf8).split(separator: "\n").map { line in
