@@ -7,8 +7,11 @@ final class Background<Value: Sendable>: Sendable {
     private let done = DispatchGroup()
     private let value = Mutex<Value?>(nil)
 
-    init(_ work: @escaping @Sendable () -> Value) {
-        DispatchQueue.global().async(group: done) { [self] in
+    /// `label` names the work's thread. A queue of its own rather than a global one: libdispatch serves
+    /// it from its overcommitting pool, so it starts at once even when the process's few global
+    /// threads (as many as there are CPUs) are all busy, as in a start where every part blocks.
+    init(_ label: String, _ work: @escaping @Sendable () -> Value) {
+        DispatchQueue(label: label).async(group: done) { [self] in
             let result = work()
             value.withLock { $0 = result }
         }
