@@ -1,4 +1,5 @@
 import CStockade
+import Dispatch
 import Glibc
 import Synchronization
 
@@ -37,6 +38,8 @@ public final class Spawner: Sendable {
         let plan: SpawnPlan?
         let helpers: Int
         var netnsAhead = 0
+        /// Without a plan: the `stockade-spawn` beside this executable, as `prepare` found it.
+        var binary: SpawnHelperBinary = .absent
         let done: @Sendable (stk_spawn_result) -> Void
     }
 
@@ -60,6 +63,8 @@ public final class Spawner: Sendable {
     private let pool = Mutex(Pool())
     /// Posted once per helper made idle, and once per waiting thread when the last helper dies.
     private let idleSignal = Semaphore()
+    /// Entered by `prepare`, left once its helpers are started (or refused): `helperMode` waits for it.
+    private let starting = DispatchGroup()
 
     static let threadCount = 4
 
@@ -77,8 +82,10 @@ public final class Spawner: Sendable {
         }
     }
 
-    /// Forks `helpers` spawn helpers (1 to 4: how many spawns can be under way at once) and waits for
-    /// them. Only the first call forks; call it before loading anything a worker must not see.
+    /// Starts `helpers` spawn helpers (1 to 4: how many spawns can be under way at once): executed from
+    /// the `stockade-spawn` beside this executable, on a thread of the spawner while the caller goes on,
+    /// or, without one, forked from this process before it returns. Only the first call starts any;
+    /// call it before loading anything a worker must not see.
     /// `netnsAhead`: how many workers' network namespaces each helper keeps made ahead (0 to 4: a
     /// process that runs many workers); 0 makes each at its spawn. `netnsOnce` (a process that runs
     /// one worker): each helper makes one as it starts, while the supervisor opens its store and
@@ -89,18 +96,25 @@ public final class Spawner: Sendable {
             defer { p.prepared = true }
             return !p.prepared
         }) else { return }
-        let forked = Semaphore()
         let count = min(max(helpers, 1), Self.threadCount)
-        jobs.withLock { $0.append(Job(plan: nil, helpers: count, netnsAhead: netnsAhead, done: { _ in forked.signal() })) }
+        let binary = SpawnHelperBinary.open()
+        starting.enter()
+        jobs.withLock { $0.append(Job(plan: nil, helpers: count, netnsAhead: netnsAhead, binary: binary, done: { [starting] _ in starting.leave() })) }
         ready.signal()
-        forked.wait()
+        // A forked helper is a copy of this process: it must exist before anything a worker must not
+        // see is loaded. An executed one (or none, refused) holds nothing of this process, so the
+        // command goes on while it starts; a spawn is served after it, in order.
+        if case .absent = binary { starting.wait() }
     }
 
     /// How this process's spawn helpers were started, for operators' logs: "executed PATH" (every
     /// worker's init a copy of that small program), "forked" (no `stockade-spawn` beside this
     /// executable: each init a copy of this process), or why the file found there was refused (every
     /// spawn then fails closed); nil before `prepare`.
-    public var helperMode: String? { pool.withLock { $0.mode } }
+    public var helperMode: String? {
+        starting.wait()
+        return pool.withLock { $0.mode }
+    }
 
     /// Spawns the worker. The stdio fds are the child's ends; the caller closes them afterwards.
     public func spawn(_ spec: SandboxSpec, stdin: Int32, stdout: Int32, stderr: Int32) async throws(LinuxError) -> SpawnedWorker {
@@ -132,7 +146,7 @@ public final class Spawner: Sendable {
             result.detail = -1
             result.listen_fd = -1
             guard let plan = job.plan else {
-                startHelpers(job.helpers, netnsAhead: job.netnsAhead)
+                startHelpers(job.helpers, netnsAhead: job.netnsAhead, binary: job.binary)
                 job.done(result)
                 continue
             }
@@ -158,8 +172,7 @@ public final class Spawner: Sendable {
 
     /// Starts the helpers: executes the `stockade-spawn` binary next to this executable when there is one
     /// (SpawnHelperBinary), else forks them from this thread.
-    private func startHelpers(_ count: Int, netnsAhead: Int) {
-        let binary = SpawnHelperBinary.open()
+    private func startHelpers(_ count: Int, netnsAhead: Int, binary: SpawnHelperBinary) {
         defer { if case .ready(let fd, _) = binary { close(fd) } }
         if case .refused(let why) = binary {
             pool.withLock { $0.refusal = why }
@@ -203,6 +216,8 @@ public final class Spawner: Sendable {
 
     /// An idle helper, waiting while all are busy; nil when none is left.
     private func acquire() -> Helper? {
+        // Helpers still starting on another spawner thread are waited for, not taken for none.
+        starting.wait()
         while true {
             if pool.withLock({ $0.live }) == 0 { return nil }
             idleSignal.wait()

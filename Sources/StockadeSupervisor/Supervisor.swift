@@ -47,7 +47,8 @@ public final class Supervisor: Sendable {
         Spawner.shared.prepare(helpers: concurrency, netnsAhead: ahead ? 1 : 0, netnsOnce: oneRun)
     }
 
-    /// How the spawn helpers were started (`Spawner.helperMode`), for the log; nil before `prepareToSpawn`.
+    /// How the spawn helpers were started (`Spawner.helperMode`, once they have), for the log; nil
+    /// before `prepareToSpawn`.
     public static var spawnHelperMode: String? { Spawner.shared.helperMode }
 
     /// `readOnly`: for commands that only query the state (audit events/runs/verify, review list/show):
@@ -69,7 +70,8 @@ public final class Supervisor: Sendable {
         self.logger = logger
         self.hostEnvironment = environment
         self.planner = RunPlanner(hostEnvironment: environment)
-        if let mode = Spawner.shared.helperMode { logger.debug("spawn.helpers", metadata: ["mode": "\(mode)"]) }
+        // Read only when logged: it waits for the helpers to have started.
+        logger.debug("spawn.helpers", metadata: ["mode": "\(Spawner.shared.helperMode ?? "not started")"])
         let store = store ?? .sqlite(path: StoreOpener.defaultPath(stateDirectory: stateDirectory))
         self.store = store
         if readOnly {
