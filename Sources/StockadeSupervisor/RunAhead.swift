@@ -24,8 +24,8 @@ public final class RunAhead: Sendable {
     public init(_ options: RunOptions, catalog: ProfileCatalog, stateDirectory: String) {
         loaded.enter()
         finished.enter()
-        // A queue of its own, as for `Background`: it must not wait for a busy global thread.
-        DispatchQueue(label: "stockade.run-ahead").async { [self] in
+        // A thread of its own, as for `Background`: it must not wait for a busy dispatch thread.
+        DetachedThread.start { [self] in
             defer { finished.leave() }
             var resolved = try? catalog.load(options.profile).profile
             if resolved != nil { RunPlanner.apply(options, to: &resolved!) }

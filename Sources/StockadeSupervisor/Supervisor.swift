@@ -92,7 +92,7 @@ public final class Supervisor: Sendable {
         // change each thread's credentials) and bought nothing.
         // The cgroup side (the driver's detection, the stale scan) needs nothing of the store: it runs
         // on another thread while the store opens, and the supervisor is ready when both are.
-        let cgroupSide = Background("stockade.cgroups") { [logger, stateDirectory] in
+        let cgroupSide = Background { [logger, stateDirectory] in
             Self.openCgroups(stateDirectory: stateDirectory, depth: cgroupsAhead, ahead: ahead, logger: logger)
         }
         do {
