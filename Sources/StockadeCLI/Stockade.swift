@@ -278,19 +278,34 @@ enum Console {
 enum TLSRoute {
     static func named(_ arguments: [String], environment: [String: String]) -> Bool {
         guard HostOptions.command(arguments) != nil else { return false }
-        var flag: String?
+        let flag = CommandWords.option("--host", in: arguments).value
+        return (flag ?? environment[ServiceClient.hostVariable] ?? "").hasPrefix("https://")
+    }
+}
+
+/// An option among a command's words before any `--` (which start the worker's command).
+enum CommandWords {
+    /// Whether `name` is there (`--name VALUE`, `--name=VALUE`, or `--name` last), and its value,
+    /// the last one given.
+    static func option(_ name: String, in arguments: [String]) -> (present: Bool, value: String?) {
+        var present = false
+        var value: String?
         var i = 0
         while i < arguments.count, arguments[i] != "--" {
             let word = arguments[i]
-            if word == "--host", i + 1 < arguments.count {
-                flag = arguments[i + 1]
-                i += 1
-            } else if word.hasPrefix("--host=") {
-                flag = String(word.dropFirst("--host=".count))
+            if word == name {
+                present = true
+                if i + 1 < arguments.count {
+                    value = arguments[i + 1]
+                    i += 1
+                }
+            } else if word.hasPrefix(name + "=") {
+                present = true
+                value = String(word.dropFirst(name.count + 1))
             }
             i += 1
         }
-        return (flag ?? environment[ServiceClient.hostVariable] ?? "").hasPrefix("https://")
+        return (present, value)
     }
 }
 
@@ -303,21 +318,9 @@ enum PostgresRoute {
     static let stores: Set = ["run", "batch", "verify", "audit", "review", "token"]
 
     static func named(_ arguments: [String], environment: [String: String]) -> Bool {
-        guard let command = arguments.first, stores.contains(command) else { return false }
-        var flag: String?
-        var i = 0
-        while i < arguments.count, arguments[i] != "--" {
-            let word = arguments[i]
-            if word == "--host" || word.hasPrefix("--host=") { return false }
-            if word == "--store", i + 1 < arguments.count {
-                flag = arguments[i + 1]
-                i += 1
-            } else if word.hasPrefix("--store=") {
-                flag = String(word.dropFirst("--store=".count))
-            }
-            i += 1
-        }
-        let text = flag ?? environment[StoreOpener.environmentVariable] ?? ""
+        guard let command = arguments.first, stores.contains(command),
+              !CommandWords.option("--host", in: arguments).present else { return false }
+        let text = CommandWords.option("--store", in: arguments).value ?? environment[StoreOpener.environmentVariable] ?? ""
         return text.hasPrefix("postgres://") || text.hasPrefix("postgresql://")
     }
 }

@@ -23,15 +23,8 @@ public final class EventLoop: Sendable {
     private init() {
         epoll = stk_epoll_create()
         precondition(epoll >= 0, "epoll_create1 failed: errno \(errno)")
-        let box = Unmanaged.passRetained(self)
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { arg in
-            guard let arg else { return nil }
-            Unmanaged<EventLoop>.fromOpaque(arg).takeRetainedValue().run()
-            return nil
-        }, box.toOpaque())
-        precondition(rc == 0, "pthread_create failed: \(rc)")
-        pthread_detach(thread)
+        let started = DetachedThread.start { [self] in run() }
+        precondition(started, "pthread_create failed: errno \(errno)")
     }
 
     /// Watches `fd` for readability (and hang-up).

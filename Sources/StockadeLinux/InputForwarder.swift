@@ -30,22 +30,14 @@ public final class InputForwarder: Sendable {
         workerEnd = data[0]
         stopTrigger = Mutex(stop[1])
         let copy = Copy(source: source, sink: data[1], stop: stop[0])
-        let box = Unmanaged.passRetained(copy)
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { arg in
-            guard let arg else { return nil }
-            Unmanaged<Copy>.fromOpaque(arg).takeRetainedValue().run()
-            return nil
-        }, box.toOpaque())
-        guard rc == 0 else {
-            box.release()
+        guard DetachedThread.start({ copy.run() }) else {
+            let rc = errno
             close(data[0])
             close(data[1])
             close(stop[0])
             close(stop[1])
             throw LinuxError(.setup, stage: .pipe, errno: rc, "cannot start the thread that copies stdin to the worker")
         }
-        pthread_detach(thread)
     }
 
     /// Ends the copy (idempotent): the thread closes the pipe and exits.
@@ -61,7 +53,7 @@ public final class InputForwarder: Sendable {
     }
 
     /// The thread's whole state; it owns `sink` and `stop` and closes them when it ends.
-    private final class Copy {
+    private final class Copy: Sendable {
         let source: Int32, sink: Int32, stop: Int32
 
         init(source: Int32, sink: Int32, stop: Int32) {

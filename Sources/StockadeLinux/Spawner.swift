@@ -70,15 +70,8 @@ public final class Spawner: Sendable {
 
     private init() {
         for _ in 0..<Self.threadCount {
-            let box = Unmanaged.passRetained(self)
-            var thread = pthread_t()
-            let rc = pthread_create(&thread, nil, { arg in
-                guard let arg else { return nil }
-                Unmanaged<Spawner>.fromOpaque(arg).takeRetainedValue().run()
-                return nil
-            }, box.toOpaque())
-            precondition(rc == 0, "pthread_create failed: \(rc)")
-            pthread_detach(thread)
+            let started = DetachedThread.start { [self] in run() }
+            precondition(started, "pthread_create failed: errno \(errno)")
         }
     }
 

@@ -1,5 +1,5 @@
 import Dispatch
-import Glibc
+import StockadeLinux
 import Synchronization
 
 /// Work started on a thread of its own now, and waited for where its result is needed: two
@@ -15,11 +15,13 @@ final class Background<Value: Sendable>: Sendable {
 
     init(_ work: @escaping @Sendable () -> Value) {
         done.enter()
-        DetachedThread.start { [self] in
+        let body: @Sendable () -> Void = { [self] in
             let result = work()
             value.withLock { $0 = result }
             done.leave()
         }
+        // Without a thread, the work is done here, before the caller goes on.
+        if !DetachedThread.start(body) { body() }
     }
 
     /// The work's result, once it is done.
@@ -27,29 +29,5 @@ final class Background<Value: Sendable>: Sendable {
         done.wait()
         guard let result = value.withLock({ $0 }) else { preconditionFailure("the background work finished without a result") }
         return result
-    }
-}
-
-/// A thread of its own for a piece of work, started now.
-enum DetachedThread {
-    private final class Body {
-        let run: @Sendable () -> Void
-        init(_ run: @escaping @Sendable () -> Void) { self.run = run }
-    }
-
-    /// Runs `body` on a new detached thread; on this one if no thread can be made.
-    static func start(_ body: @escaping @Sendable () -> Void) {
-        let box = Unmanaged.passRetained(Body(body))
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { arg in
-            guard let arg else { return nil }
-            Unmanaged<Body>.fromOpaque(arg).takeRetainedValue().run()
-            return nil
-        }, box.toOpaque())
-        if rc == 0 {
-            pthread_detach(thread)
-        } else {
-            box.takeRetainedValue().run()
-        }
     }
 }

@@ -25,7 +25,7 @@ public final class RunAhead: Sendable {
         loaded.enter()
         finished.enter()
         // A thread of its own, as for `Background`: it must not wait for a busy dispatch thread.
-        DetachedThread.start { [self] in
+        let body: @Sendable () -> Void = { [self] in
             defer { finished.leave() }
             var resolved = try? catalog.load(options.profile).profile
             if resolved != nil { RunPlanner.apply(options, to: &resolved!) }
@@ -45,6 +45,8 @@ public final class RunAhead: Sendable {
             let steps = layout.mountSteps()
             try? RootSkeleton.prepare(RootSkeleton.split(steps.steps, fresh: steps.fresh, sharedBinds: layout.sharedBindTargets).entries)
         }
+        // Without a thread, it is made here, before the supervisor starts.
+        if !DetachedThread.start(body) { body() }
     }
 
     /// Makes the run's cgroup in `pool`, once the profile is known.
