@@ -4,6 +4,8 @@ import PackageDescription
 // Concrete generic types' metadata through direct accessors, not demangled at their first use: the
 // runtime looks each such type's conformances up by scanning every conformance record of the binary
 // (about 6 600), once per type and process, which a one-shot `stockade run` paid at a dozen sites.
+// A hidden frontend flag through unsafeFlags: this package can be a root or path dependency only, and
+// a toolchain without the flag fails the build (remove the line then; nothing else depends on it).
 let strict: [SwiftSetting] = [.treatAllWarnings(as: .error),
                               .unsafeFlags(["-Xfrontend", "-disable-concrete-type-metadata-mangled-name-accessors"])]
 

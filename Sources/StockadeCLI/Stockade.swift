@@ -295,7 +295,8 @@ enum CommandWords {
             let word = arguments[i]
             if word == name {
                 present = true
-                if i + 1 < arguments.count {
+                // `--` after it is no value: the worker's command starts there.
+                if i + 1 < arguments.count, arguments[i + 1] != "--" {
                     value = arguments[i + 1]
                     i += 1
                 }

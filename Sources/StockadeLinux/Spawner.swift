@@ -91,8 +91,12 @@ public final class Spawner: Sendable {
         }) else { return }
         let count = min(max(helpers, 1), Self.threadCount)
         let binary = SpawnHelperBinary.open()
-        starting.enter()
-        jobs.withLock { $0.append(Job(plan: nil, helpers: count, netnsAhead: netnsAhead, binary: binary, done: { [starting] _ in starting.leave() })) }
+        // Entered and queued first in one step: a spawn queued meanwhile from another thread waits for
+        // the helpers behind this job, never in front of it on every spawner thread.
+        jobs.withLock { queue in
+            starting.enter()
+            queue.insert(Job(plan: nil, helpers: count, netnsAhead: netnsAhead, binary: binary, done: { [starting] _ in starting.leave() }), at: 0)
+        }
         ready.signal()
         // A forked helper is a copy of this process: it must exist before anything a worker must not
         // see is loaded. An executed one (or none, refused) holds nothing of this process, so the

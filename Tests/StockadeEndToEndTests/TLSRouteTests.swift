@@ -17,6 +17,8 @@ struct TLSRouteTests {
         #expect(!TLSRoute.named(["run", "--host", "unix:///s", "--", "/bin/true"], environment: ["STOCKADE_HOST": "https://h"]))
         #expect(TLSRoute.named(["run", "--host", "https://h", "--", "/bin/true"], environment: ["STOCKADE_HOST": "unix:///s"]))
         for (words, environment) in [(["run", "--", "/bin/echo", "--host", "https://h"], none),
+                                     // `--` is no value of --host: the worker's words after it do not count.
+                                     (["run", "--host", "--", "/bin/echo", "--host=https://h"], none),
                                      (["run", "--host", "http://127.0.0.1:8700", "--", "/bin/true"], none),
                                      (["run", "--", "/bin/true"], none),
                                      (["run", "--", "/bin/true"], ["STOCKADE_HOST": ""]),
