@@ -189,11 +189,12 @@ public enum CLIMain {
             Console.error("stockade: \(error.message)")
             Glibc.exit(2)
         }
-        if !StoreOpener.hasPostgresSupport, PostgresRoute.named(arguments, environment: ProcessEnvironment.current()) {
+        let environment = ProcessEnvironment.current()
+        if !StoreOpener.hasPostgresSupport, PostgresRoute.named(arguments, environment: environment) {
             ServeLauncher.exec(["cli"] + commandLine, purpose: "stockade: a PostgreSQL store's commands run in stockade-server",
                                failureStatus: arguments.first == "run" ? 125 : 1)
         }
-        if !ServiceTLS.isAvailable, TLSRoute.named(arguments, environment: ProcessEnvironment.current()) {
+        if !ServiceTLS.isAvailable, TLSRoute.named(arguments, environment: environment) {
             ServeLauncher.exec(["cli"] + commandLine, purpose: "stockade: commands for an https:// service run in stockade-server",
                                failureStatus: arguments.first == "run" ? 125 : 1)
         }

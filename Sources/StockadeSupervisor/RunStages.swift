@@ -1,5 +1,4 @@
 import Crypto
-import Dispatch
 import Glibc
 import Logging
 import StockadeAudit

@@ -1,5 +1,4 @@
 import FoundationEssentials
-import Dispatch
 import Glibc
 import Logging
 import StockadeAudit
@@ -90,6 +89,7 @@ public final class Supervisor: Sendable {
         // (stk_helper.c), and every init is a copy of a helper. The supervisor keeps its own: dropping
         // them here cost a one-shot run a millisecond (glibc signals every thread of the process to
         // change each thread's credentials) and bought nothing.
+
         // The cgroup side (the driver's detection, the stale scan) needs nothing of the store: it runs
         // on another thread while the store opens, and the supervisor is ready when both are.
         let cgroupSide = Background { [logger, stateDirectory] in
