@@ -19,17 +19,22 @@ public final class RunAhead: Sendable {
     private let loaded = DispatchGroup()
     /// Left once everything this makes on its own thread is made.
     private let finished = DispatchGroup()
-    private let profile = Mutex<Profile?>(nil)
+    /// The profile as the catalog loaded it (the run's plan takes it rather than read it again), and
+    /// with the run's options applied; nil when it could not be loaded.
+    private let profile = Mutex<(loaded: LoadedProfile, resolved: Profile)?>(nil)
+    private let profileName: String
 
     public init(_ options: RunOptions, catalog: ProfileCatalog, stateDirectory: String) {
+        profileName = options.profile
         loaded.enter()
         finished.enter()
         // A thread of its own, as for `Background`: it must not wait for a busy dispatch thread.
         let body: @Sendable () -> Void = { [self] in
             defer { finished.leave() }
-            var resolved = try? catalog.load(options.profile).profile
+            let read = try? catalog.load(options.profile)
+            var resolved = read?.profile
             if resolved != nil { RunPlanner.apply(options, to: &resolved!) }
-            profile.withLock { $0 = resolved }
+            profile.withLock { $0 = read.flatMap { read in resolved.map { (read, $0) } } }
             loaded.leave()
             // An image's or a directory's root has no skeleton.
             guard var profile = resolved, case .host = profile.root, options.image == nil, options.rootfs == nil,
@@ -52,9 +57,17 @@ public final class RunAhead: Sendable {
     /// Makes the run's cgroup in `pool`, once the profile is known.
     func makeCgroup(in pool: CgroupPool, logger: Logger) {
         loaded.wait()
-        guard let profile = profile.withLock({ $0 }) else { return }
+        guard let profile = profile.withLock({ $0?.resolved }) else { return }
         let name = pool.makeAhead(limits: Supervisor.cgroupLimits(profile))
         logger.debug("run.prepared-ahead", metadata: ["cgroup": "\(name ?? "none")"])
+    }
+
+    /// The profile `name` as loaded for this run, once it is; nil when it could not be loaded or the
+    /// run asks for another (the plan then loads it, and reports why it cannot).
+    func loadedProfile(_ name: String) -> LoadedProfile? {
+        guard name == profileName else { return nil }
+        loaded.wait()
+        return profile.withLock { $0?.loaded }
     }
 
     /// Waits until everything this makes on its own thread is made.

@@ -43,8 +43,13 @@ extension Supervisor {
     func plan(_ scope: RunScope, options: RunOptions) throws -> Plan {
         let runId = scope.runId
         let loaded: LoadedProfile
-        do {
-            loaded = try catalog.load(options.profile)
+        do throws(ProfileError) {
+            // A one-run process read it already, while its supervisor started (`RunAhead`).
+            if let early = ahead?.loadedProfile(options.profile) {
+                loaded = early
+            } else {
+                loaded = try catalog.load(options.profile)
+            }
         } catch {
             throw SetupFailure(stage: .profile, message: error.description)
         }
