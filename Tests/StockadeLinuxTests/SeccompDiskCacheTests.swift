@@ -1,14 +1,22 @@
 import Foundation
 import Glibc
 import StockadePolicy
+import Synchronization
 import Testing
 @testable import StockadeLinux
 
 @Suite("compiled seccomp programs kept on disk")
 struct SeccompDiskCacheTests {
+    /// Each call's errno, distinct within the process (two random picks once collided: the "other"
+    /// policy had the same key), from a random start so two runs of the suite share no file names.
+    static let nextErrno = Mutex(Int32.random(in: 1000...3000))
+
     /// A policy of its own for each call, so this process's in-memory cache never answers for it.
     func policy() -> SeccompPolicy {
-        let errno = Int32.random(in: 1000...4000)
+        let errno = Self.nextErrno.withLock { value in
+            defer { value += 1 }
+            return value
+        }
         return SeccompPolicy(defaultAction: .errno(1), badArchAction: .killProcess,
                              rules: [.init("read", .allow), .init("write", .allow), .init("exit_group", .allow),
                                      .init("ioctl", .allow, [.init(argument: 1, .maskedEqual(mask: 0xffff), 0x5401)]),

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import StockadeTestSupport
 import Testing
 
 /// The `stockade` CLI as a client of the service: `--host` / `$STOCKADE_HOST` with `$STOCKADE_TOKEN`.
@@ -327,7 +328,7 @@ struct ClientTests {
 
         // The same service on loopback TCP (a second harness on the same state directory).
         #expect(server.terminate() == 0)
-        let port = UInt16.random(in: 20000...40000)
+        let port = freeLoopbackPort()
         let tcp = try ServerHarness(start: false, sharing: server)
         try tcp.start([], listen: "tcp://127.0.0.1:\(port)")
         let overTCP = try client.stockade(["run", "--", "/bin/sh", "-c", "echo tcp"], environment: ["STOCKADE_HOST": "http://127.0.0.1:\(port)"])
