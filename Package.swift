@@ -156,7 +156,7 @@ let package = Package(
         // Every command of the command line; `stockade` runs them without the PostgreSQL client,
         // `stockade-server cli` with it.
         .target(name: "StockadeCLI", dependencies: [
-            "StockadeSupervisor", "StockadeVerify", "StockadeImages", "StockadeTokens", "StockadeAudit", "StockadeClient", "StockadeStore",
+            "StockadeSupervisor", "StockadeVerify", "StockadeImages", "StockadeTokens", "StockadeAudit", "StockadeClient", "StockadeStore", "StockadeLinux",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),

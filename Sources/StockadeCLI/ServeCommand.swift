@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Glibc
+import StockadeLinux
 import StockadeTokens
 
 /// `stockade serve`: listed here for `--help`, run by the sibling `stockade-server` binary, which
@@ -19,25 +20,25 @@ struct Serve: ParsableCommand {
 }
 
 enum ServeLauncher {
-    /// The `stockade-server` binary next to this one (found through /proc/self/exe), exec'd with
-    /// `arguments`; never returns. Exits `failureStatus` naming the path when the binary is missing; `purpose` begins
-    /// that message.
+    /// The `stockade-server` binary next to this one (found through /proc/self/exe, checked as the
+    /// spawn helper is: SiblingBinary), executed through the descriptor that was checked with
+    /// `arguments`; never returns. Exits `failureStatus` naming the path when the binary is missing
+    /// or refused; `purpose` begins that message.
     static func exec(_ arguments: [String], purpose: String = "stockade serve", failureStatus: Int32 = 1) -> Never {
-        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        guard n > 0 else {
-            Console.error("\(purpose): cannot read /proc/self/exe: \(String(cString: strerror(errno)))")
-            Glibc.exit(failureStatus)
+        let install = "stockade-server is built and installed next to stockade: swift build --product stockade-server"
+        switch SiblingBinary.open("stockade-server", role: "the service binary") {
+        case .absent(let path):
+            Console.error("\(purpose): cannot run \(path): \(String(cString: strerror(ENOENT))) (\(install))")
+        case .refused(let why):
+            Console.error("\(purpose): refused: \(why)")
+        case .ready(let fd, let path):
+            let argv = [path] + arguments
+            var cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) }
+            cArgs.append(nil)
+            fexecve(fd, cArgs, environ)
+            let err = errno
+            Console.error("\(purpose): cannot run \(path): \(String(cString: strerror(err))) (\(install))")
         }
-        let own = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        let directory = own.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-        let server = directory + "/stockade-server"
-        let argv = [server] + arguments
-        var cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) }
-        cArgs.append(nil)
-        execv(server, cArgs)
-        let err = errno
-        Console.error("\(purpose): cannot run \(server): \(String(cString: strerror(err))) (stockade-server is built and installed next to stockade: swift build --product stockade-server)")
         Glibc.exit(failureStatus)
     }
 }

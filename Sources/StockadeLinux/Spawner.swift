@@ -39,7 +39,7 @@ public final class Spawner: Sendable {
         let helpers: Int
         var netnsAhead = 0
         /// Without a plan: the `stockade-spawn` beside this executable, as `prepare` found it.
-        var binary: SpawnHelperBinary = .absent
+        var binary: SiblingBinary = .absent(path: SpawnHelperBinary.name)
         let done: @Sendable (stk_spawn_result) -> Void
     }
 
@@ -169,7 +169,7 @@ public final class Spawner: Sendable {
 
     /// Starts the helpers: executes the `stockade-spawn` binary next to this executable when there is one
     /// (SpawnHelperBinary), else forks them from this thread.
-    private func startHelpers(_ count: Int, netnsAhead: Int, binary: SpawnHelperBinary) {
+    private func startHelpers(_ count: Int, netnsAhead: Int, binary: SiblingBinary) {
         defer { if case .ready(let fd, _) = binary { close(fd) } }
         if case .refused(let why) = binary {
             pool.withLock { $0.refusal = why }
@@ -242,30 +242,30 @@ public final class Spawner: Sendable {
     }
 }
 
-/// The spawn helper's own binary, `stockade-spawn`, next to the running executable (as `stockade-probe`
-/// and `stockade-server` are). Opened once and executed through that descriptor, so the file checked is
-/// the file run. Refused unless it is a regular file (not a link, not set-user-ID) owned by root or by
-/// this process's user, writable by nobody else, in a directory as closed: whoever could replace it
-/// would run as root in every worker's init. Its build is checked when it starts (stk_helper_exec).
-/// Absent, the helpers are forked from the supervisor instead (slower per run, same isolation).
-enum SpawnHelperBinary {
-    case absent
+/// A program installed beside the running executable (found through `/proc/self/exe`): the spawn
+/// helper `stockade-spawn`, and `stockade-server`, which `stockade` execs for `serve` and the commands
+/// it routes. Opened once and executed through that descriptor, so the file checked is the file run.
+/// Refused unless it is a regular file (not a link, not set-user-ID) owned by root or by this
+/// process's user, writable by nobody else, in a directory as closed: whoever could replace it would
+/// run as this process's user (root, for a supervisor), in every worker's init for the helper.
+public enum SiblingBinary {
+    case absent(path: String)
     case ready(fd: Int32, path: String)
     case refused(String)
-
-    static let name = "stockade-spawn"
 
     var isRefused: Bool {
         if case .refused = self { return true }
         return false
     }
 
-    static func open() -> SpawnHelperBinary {
+    /// `name` beside this executable. `role` names it in messages ("the spawn helper");
+    /// `otherwise`, when not empty, says what happens without the file (", or remove it and ...").
+    public static func open(_ name: String, role: String, otherwise: String = "") -> SiblingBinary {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        guard n > 0 else { return .absent }
+        guard n > 0 else { return .absent(path: name) }
         // The directory's bytes as they are (a name need not be UTF-8); the Strings are for messages.
-        guard let slash = buffer[0..<n].lastIndex(of: CChar(UInt8(ascii: "/"))) else { return .absent }
+        guard let slash = buffer[0..<n].lastIndex(of: CChar(UInt8(ascii: "/"))) else { return .absent(path: name) }
         let directoryBytes = slash == 0 ? [CChar(UInt8(ascii: "/"))] : Array(buffer[0..<slash])
         let pathBytes = Array(buffer[0..<slash]) + Array("/\(name)".utf8CString)
         let directory = String(decoding: directoryBytes.map { UInt8(bitPattern: $0) }, as: UTF8.self)
@@ -274,9 +274,9 @@ enum SpawnHelperBinary {
         let fd = Glibc.open(pathBytes, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK)
         if fd < 0 {
             let err = errno
-            if err == ENOENT { return .absent }
-            if err == ELOOP { return .refused("the spawn helper \(path) is a symbolic link; install the file itself beside stockade, or remove it and stockade forks its helpers") }
-            return .refused("cannot open the spawn helper \(path): \(String(cString: strerror(err)))")
+            if err == ENOENT { return .absent(path: path) }
+            if err == ELOOP { return .refused("\(role) \(path) is a symbolic link; install the file itself beside stockade\(otherwise)") }
+            return .refused("cannot open \(role) \(path): \(String(cString: strerror(err)))")
         }
         // Whoever may write the directory could swap the file (a hard link to another root-owned
         // program passes every check below): the directory must be as closed as the file.
@@ -284,15 +284,15 @@ enum SpawnHelperBinary {
         if stat(directoryBytes + [0], &dir) != 0 || (dir.st_uid != 0 && dir.st_uid != geteuid()) ||
             dir.st_mode & (S_IWGRP | S_IWOTH) != 0 {
             close(fd)
-            return .refused("the directory \(directory) holding the spawn helper is writable by its group or by others, or owned by another user; install stockade and stockade-spawn in a root-owned directory with mode 0755")
+            return .refused("the directory \(directory) holding \(role) is writable by its group or by others, or owned by another user; install stockade and \(name) in a root-owned directory with mode 0755")
         }
         var st = stat()
         guard fstat(fd, &st) == 0 else {
             let reason = String(cString: strerror(errno))
             close(fd)
-            return .refused("cannot inspect the spawn helper \(path): \(reason)")
+            return .refused("cannot inspect \(role) \(path): \(reason)")
         }
-        let fix = "; make it root-owned with mode 0755 (chown root: \(path); chmod 0755 \(path)), or remove it and stockade forks its helpers"
+        let fix = "; make it root-owned with mode 0755 (chown root: \(path); chmod 0755 \(path))\(otherwise)"
         var problem: String?
         if (st.st_mode & S_IFMT) != S_IFREG {
             problem = "is not a regular file"
@@ -307,9 +307,20 @@ enum SpawnHelperBinary {
         }
         if let problem {
             close(fd)
-            return .refused("the spawn helper \(path) \(problem)" + fix)
+            return .refused("\(role) \(path) \(problem)" + fix)
         }
         return .ready(fd: fd, path: path)
+    }
+}
+
+/// The spawn helper's own binary, `stockade-spawn` (SiblingBinary): every worker's init is a copy of
+/// that small program. Its build is checked when it starts (stk_helper_exec). Absent, the helpers are
+/// forked from the supervisor instead (slower per run, same isolation).
+enum SpawnHelperBinary {
+    static let name = "stockade-spawn"
+
+    static func open() -> SiblingBinary {
+        SiblingBinary.open(name, role: "the spawn helper", otherwise: ", or remove it and stockade forks its helpers")
     }
 }
 

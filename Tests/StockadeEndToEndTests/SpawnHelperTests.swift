@@ -196,11 +196,20 @@ struct SpawnHelperTests {
             #expect(helpers.count == 1, "\(binary): helpers \(helpers)")
             for helper in helpers {
                 // The descriptors it holds on network namespaces: its way home (the host's), and with a
-                // replacement made after the spawn (batch, serve) a second, fresh one.
-                let fds = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(helper)/fd")
-                let held = fds.compactMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(helper)/fd/\($0)") }
-                    .filter { $0.hasPrefix("net:[") }
-                #expect(held == [hostNet], "\(binary): helper \(helper) holds \(held), the host's is \(hostNet)")
+                // replacement made after the spawn (batch, serve) a second, fresh one. The run's own is
+                // closed once the spawn is answered, a moment after the init appears: waited for (up to
+                // 3 s, the worker sleeps 5), so a loaded machine does not catch the helper before it.
+                func held() throws -> [String] {
+                    try FileManager.default.contentsOfDirectory(atPath: "/proc/\(helper)/fd")
+                        .compactMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(helper)/fd/\($0)") }
+                        .filter { $0.hasPrefix("net:[") }
+                }
+                var seen = try held()
+                for _ in 0..<300 where seen != [hostNet] {
+                    usleep(10_000)
+                    seen = try held()
+                }
+                #expect(seen == [hostNet], "\(binary): helper \(helper) holds \(seen), the host's is \(hostNet)")
             }
         }
     }
