@@ -8,6 +8,23 @@ import PackageDescription
 // a toolchain without the flag fails the build (remove the line then; nothing else depends on it).
 let strict: [SwiftSetting] = [.treatAllWarnings(as: .error),
                               .unsafeFlags(["-Xfrontend", "-disable-concrete-type-metadata-mangled-name-accessors"])]
+/// The modules `stockade` links: a file's member lookup sees only the modules it imports
+/// (MemberImportVisibility), so a String's `contains` or `range(of:)` is the standard library's, not
+/// full Foundation's NSString bridge, which swift-crypto's `import Foundation` otherwise makes the
+/// answer in every module: with foundationEssentialsFirst, the one-shot binary links no full Foundation.
+let lean: [SwiftSetting] = strict + [.enableUpcomingFeature("MemberImportVisibility")]
+
+/// A static build (`--static-swift-stdlib`, scripts/build-release.sh) of `stockade` names the toolchain's
+/// `swift_static/linux` directory in $STOCKADE_STATIC_STDLIB_DIR: FoundationEssentials' archive then
+/// comes first on the link line, before the autolinked list, which puts full Foundation's first. lld
+/// takes a symbol two archives define from the first it read, and FoundationEssentials' objects need
+/// generic specializations both define: from FoundationEssentials, nothing of full Foundation (nor
+/// CoreFoundation and ICU, whose initializers ran at every start) is linked, which the one-shot
+/// binary never uses: 101 -> 52 MB, 86 000 -> 50 000 relocations at each start (BENCHMARKS.md). Only for
+/// a static build: in a dynamic one it would link a second FoundationEssentials beside the shared one.
+let foundationEssentialsFirst: [String] = Context.environment["STOCKADE_STATIC_STDLIB_DIR"].map { directory in
+    [directory + "/libFoundationEssentials.a"]
+} ?? []
 
 let package = Package(
     name: "Stockade",
@@ -51,36 +68,36 @@ let package = Package(
         .target(name: "CArchive", cSettings: [.unsafeFlags(["-Wall", "-Wextra", "-Werror"])]),
 
         // Pure values: profiles, limits, seccomp policy model, strict JSON.
-        .target(name: "StockadePolicy", swiftSettings: strict),
+        .target(name: "StockadePolicy", swiftSettings: lean),
         // cgroup v1 and v2 drivers behind one protocol.
         .target(name: "StockadeCgroups", dependencies: [
             .product(name: "SystemPackage", package: "swift-system"),
-        ], swiftSettings: strict),
+        ], swiftSettings: lean),
         // Namespaces, mounts, seccomp compilation, capabilities, spawn, exit watching.
         .target(name: "StockadeLinux", dependencies: [
             "CStockade", "CSeccomp", "StockadePolicy", "StockadeCgroups",
             .product(name: "SystemPackage", package: "swift-system"),
-        ], swiftSettings: strict),
+        ], swiftSettings: lean),
         // Manifests, bounded hostile-tree reader, run directory.
         .target(name: "StockadeBundles", dependencies: [
             "CStockade", "StockadePolicy",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "SystemPackage", package: "swift-system"),
-        ], swiftSettings: strict),
+        ], swiftSettings: lean),
         // Diff parser, path guard, applier.
         .target(name: "StockadePatches", dependencies: [
             "CStockade", "CZlib", "StockadePolicy",
             .product(name: "SystemPackage", package: "swift-system"),
             // Insecure.SHA1 for git blob ids in `index` lines (git apply requires them on binary patches).
             .product(name: "Crypto", package: "swift-crypto"),
-        ], swiftSettings: strict),
+        ], swiftSettings: lean),
         // The audit ledger: hash chain, run and review state machines, redaction; storage behind AuditBackend.
         .target(name: "StockadeAudit", dependencies: [
             "StockadePolicy",
             .product(name: "Crypto", package: "swift-crypto"),
-        ], swiftSettings: strict),
+        ], swiftSettings: lean),
         // The ledger's SQLite backend: connection, schema and migrations, SQL.
-        .target(name: "StockadeAuditSQLite", dependencies: ["CSQLite", "StockadeAudit", "StockadePolicy"], swiftSettings: strict),
+        .target(name: "StockadeAuditSQLite", dependencies: ["CSQLite", "StockadeAudit", "StockadePolicy"], swiftSettings: lean),
         // The ledger's PostgreSQL backend (many hosts, one store): PostgresNIO bridged to the synchronous seam.
         // Not linked by the one-shot `stockade` CLI (it would bring SwiftNIO in).
         .target(name: "StockadeAuditPostgres", dependencies: [
@@ -94,7 +111,7 @@ let package = Package(
         // OCI image layouts read as hostile input: verified blobs, layers unpacked into a content-addressed cache.
         .target(name: "StockadeStore", dependencies: [
             "StockadeAudit", "StockadeAuditSQLite", "StockadeTokens",
-        ], swiftSettings: strict),
+        ], swiftSettings: lean),
         // StoreOpener's PostgreSQL side, registered at start by stockade-server: not linked by the one-shot
         // `stockade`, which starts faster without SwiftNIO and PostgresNIO (Benchmarks/BENCHMARKS.md).
         .target(name: "StockadeStorePostgres", dependencies: [
@@ -103,25 +120,25 @@ let package = Package(
         .target(name: "StockadeImages", dependencies: [
             "CStockade", "CArchive", "StockadePolicy", "StockadeBundles",
             .product(name: "Crypto", package: "swift-crypto"),
-        ], swiftSettings: strict),
+        ], swiftSettings: lean),
         // One run's lifecycle, concurrency, review queue.
         // `stockade verify`: the control catalogue, the probes' verdicts and their reports; a client
         // of the run service like any other.
         .target(name: "StockadeVerify", dependencies: [
             "StockadeSupervisor", "StockadeLinux", "StockadePolicy", "StockadeAudit",
-        ], swiftSettings: strict),
+        ], swiftSettings: lean),
         .target(name: "StockadeSupervisor", dependencies: [
             "StockadePolicy", "StockadeCgroups", "StockadeLinux", "StockadeBundles",
             "StockadePatches", "StockadeAudit", "StockadeAuditSQLite", "StockadeImages", "StockadeStore", "StockadeTokens",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Crypto", package: "swift-crypto"),
-        ], swiftSettings: strict),
+        ], swiftSettings: lean),
         // API bearer tokens in the state directory's audit database (table `tokens`): CLI and server share it.
         .target(name: "StockadeTokens", dependencies: [
             "CSQLite", "StockadePolicy",
             .product(name: "Crypto", package: "swift-crypto"),
-        ], swiftSettings: strict),
+        ], swiftSettings: lean),
         // `stockade serve`: the HTTP API over a Unix socket (Hummingbird on SwiftNIO).
         .target(name: "StockadeServer", dependencies: [
             "StockadeSupervisor", "StockadeAudit", "StockadePolicy", "StockadeTokens", "StockadeVerify", "StockadeStore", "StockadeAuditPostgres",
@@ -136,7 +153,7 @@ let package = Package(
         ], swiftSettings: strict),
         // The CLI as a client of `stockade serve` (`--host`): a small bounded HTTP/1.1 client over a
         // Unix socket, loopback TCP, or TLS (a TLS client registered by the binary: ServiceTLS).
-        .target(name: "StockadeClient", dependencies: ["StockadePolicy"], swiftSettings: strict),
+        .target(name: "StockadeClient", dependencies: ["StockadePolicy"], swiftSettings: lean),
         // https:// for the client (TLSBridge: SwiftNIO and swift-nio-ssl relay it), registered by
         // stockade-server; not linked by the one-shot `stockade`, which hands such commands to it.
         .target(name: "StockadeClientTLS", dependencies: [
@@ -160,16 +177,16 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
-        ], swiftSettings: strict),
+        ], swiftSettings: lean),
         .executableTarget(name: "stockade", dependencies: ["stockade-spawn", "StockadeCLI"],
-        swiftSettings: strict,
+        swiftSettings: lean,
         // Linked with the toolchain's lld rather than the default gold: the same binary starts faster
         // (`stockade --version` 6.6 -> 5.4 ms, one-shot `run` 20.3 -> 18.9 ms, alternated rounds;
         // Benchmarks/BENCHMARKS.md). The one-shot CLI's start is part of every `run`.
         // --no-export-dynamic undoes the -export-dynamic of the toolchain's static-stdlib-args.lnk: the
         // executable's 36 000 Swift symbols in its dynamic table cost every start a linear scan, the
         // Swift runtime's dladdr (its Backtrace.cpp static initializer); nothing resolves them at run time.
-        linkerSettings: [.unsafeFlags(["-use-ld=lld", "-Xlinker", "--no-export-dynamic"])]),
+        linkerSettings: [.unsafeFlags(["-use-ld=lld", "-Xlinker", "--no-export-dynamic"] + foundationEssentialsFirst)]),
         // The diff parser and path guard under libFuzzer (Fuzz/run-diff-fuzz.sh); a corpus replayer otherwise.
         .executableTarget(name: "stockade-diff-fuzz", dependencies: ["StockadePatches"], swiftSettings: strict),
         // The strict JSON parser and the bundle manifest decoder under libFuzzer (Fuzz/run-manifest-fuzz.sh); a replayer otherwise.

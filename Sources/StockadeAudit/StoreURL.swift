@@ -53,11 +53,11 @@ public enum StoreURL: Sendable, Equatable, CustomStringConvertible {
     /// replaced by `***`, and any `password=` query value too. Masking too much is the safe side.
     static func redacted(_ text: String) -> String {
         var out = text
-        if let schemeEnd = out.range(of: "://"), let at = out[schemeEnd.upperBound...].lastIndex(of: "@"),
+        if let schemeEnd = out.firstRange(of: "://"), let at = out[schemeEnd.upperBound...].lastIndex(of: "@"),
            let colon = out[schemeEnd.upperBound..<at].firstIndex(of: ":") {
             out.replaceSubrange(out.index(after: colon)..<at, with: "***")
         }
-        if let range = out.range(of: "password=") {
+        if let range = out.firstRange(of: "password=") {
             let end = out[range.upperBound...].firstIndex(of: "&") ?? out.endIndex
             out.replaceSubrange(range.upperBound..<end, with: "***")
         }
@@ -137,7 +137,7 @@ public struct PostgresStoreURL: Sendable, Equatable, CustomStringConvertible {
 
     public static func parse(_ text: String) throws(AuditError) -> PostgresStoreURL {
         let invalid = { (why: String) -> AuditError in StoreURL.invalid(text, why) }
-        guard let schemeEnd = text.range(of: "://") else { throw invalid("no :// after the scheme") }
+        guard let schemeEnd = text.firstRange(of: "://") else { throw invalid("no :// after the scheme") }
         let scheme = String(text[..<schemeEnd.lowerBound])
         var rest = Substring(text[schemeEnd.upperBound...])
         if rest.contains("#") { throw invalid("a store URL takes no #fragment") }

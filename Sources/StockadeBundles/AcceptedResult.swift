@@ -2,6 +2,7 @@ import CStockade
 import Crypto
 import Glibc
 import StockadePolicy
+import SystemPackage
 
 /// A run's accepted result bundle, read back from the run directory's `result/` (the supervisor's
 /// verified copy) for readers such as the API: the manifest, which must hash to the SHA-256

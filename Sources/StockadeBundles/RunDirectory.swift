@@ -2,6 +2,7 @@ import CStockade
 import Glibc
 import StockadePolicy
 import Synchronization
+import SystemPackage
 
 /// One run's directory, `<state>/runs/<run-id>/` (mode 0700), with `request/`, `result/`, `upper/`,
 /// `work/` and `logs/` beneath it and `report.json` once the run is finished.

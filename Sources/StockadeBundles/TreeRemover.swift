@@ -1,5 +1,6 @@
 import CStockade
 import Glibc
+import SystemPackage
 
 /// Empties a directory tree a worker may have shaped: symlinks (removed, never followed), FIFOs,
 /// sockets, whiteout and other device nodes, files of any mode, directories of mode 000, and

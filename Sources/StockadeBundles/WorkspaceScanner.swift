@@ -1,4 +1,5 @@
 import Glibc
+import SystemPackage
 
 /// Turns an overlayfs upper directory into the list of changes the worker made to `/workspace`.
 ///

@@ -4,6 +4,7 @@ import Logging
 import StockadeAudit
 import StockadePolicy
 import StockadeSupervisor
+import Crypto
 
 /// Opens the state directory's supervisor (and its audit store) for a command that runs no worker.
 /// `readOnly` for queries: they change nothing in the state directory (no migration, no abandoned-run

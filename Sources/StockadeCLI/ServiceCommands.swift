@@ -1,8 +1,9 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import Glibc
 import StockadeAudit
 import StockadeClient
+import StockadeLinux
 import StockadePolicy
 import StockadeSupervisor
 
@@ -257,14 +258,6 @@ extension Batch {
     }
 }
 
-/// Blocking socket calls off Swift's cooperative threads (a handful on a small machine).
-enum Blocking {
-    static func run<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
-        await withCheckedContinuation { continuation in
-            Thread.detachNewThread { continuation.resume(returning: body()) }
-        }
-    }
-}
 
 extension ReviewCommand.List {
     func run(through client: ServiceClient) throws {

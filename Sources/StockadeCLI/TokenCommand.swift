@@ -1,5 +1,5 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import Glibc
 import StockadeAudit
 import StockadePolicy
@@ -60,9 +60,8 @@ struct TokenCommand: ParsableCommand {
     }
 
     static func iso(_ seconds: Int64) -> String {
-        let formatter = ISO8601DateFormatter()
-        formatter.timeZone = TimeZone(identifier: "UTC")
-        return formatter.string(from: Date(timeIntervalSince1970: TimeInterval(seconds)))
+        // 2026-12-04T17:00:00Z: the audit clock's form to the second.
+        String(AuditClock.format(seconds: Int(seconds), milliseconds: 0).prefix(19)) + "Z"
     }
 
     struct Create: ParsableCommand {

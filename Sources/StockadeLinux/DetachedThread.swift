@@ -29,3 +29,15 @@ public enum DetachedThread {
         return true
     }
 }
+
+/// Blocking work (waitpid, poll, a socket's calls) awaited from async code on a thread of its own,
+/// off Swift's cooperative pool (a handful of threads on a small machine); run inline when no thread
+/// can be made.
+public enum Blocking {
+    public static func run<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { (continuation: CheckedContinuation<T, Never>) in
+            let work: @Sendable () -> Void = { continuation.resume(returning: body()) }
+            if !DetachedThread.start(work) { work() }
+        }
+    }
+}

@@ -1,6 +1,7 @@
 import CStockade
 import Glibc
 import Synchronization
+import StockadePolicy
 
 /// One epoll thread for every run of the process: worker exits (pidfds),
 /// output pipes, seccomp listeners and deadlines (timerfds). Handlers run on

@@ -1,4 +1,5 @@
 import Glibc
+import StockadePolicy
 
 /// A block of 65,536 host ids held by one run for as long as it lives: the run's user namespace maps
 /// onto it and is owned by its first id. Per-user kernel quotas (inotify instances and watches, user

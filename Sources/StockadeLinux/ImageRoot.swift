@@ -1,5 +1,6 @@
 import CStockade
 import Glibc
+import StockadePolicy
 
 /// The worker's `/` from an image: an overlay whose lower layers are the image's cached layer
 /// directories, read-only, nosuid, nodev and idmapped onto the run's own host id range (the cache

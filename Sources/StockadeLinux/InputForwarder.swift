@@ -1,6 +1,7 @@
 import CStockade
 import Glibc
 import Synchronization
+import StockadePolicy
 
 /// `stockade run -i`: copies the supervisor's standard input into a pipe whose read end is the
 /// worker's stdin, on a thread of its own (the event loop never waits on the caller). The pipe

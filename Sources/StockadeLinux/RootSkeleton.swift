@@ -1,6 +1,7 @@
 import CStockade
 import Glibc
 import Synchronization
+import StockadePolicy
 
 /// The part of a worker's root that is the same for every run of a profile, made once and shared
 /// read-only: the directories, the generated `/etc` files, the links of a merged-`/usr` host and every

@@ -1,6 +1,7 @@
 import CSeccomp
 import Glibc
 import StockadePolicy
+import CStockade
 
 /// Compiled seccomp programs kept under the state directory (`<state>/seccomp/`), so that a
 /// one-shot `stockade run` does not compile its profile's filter again at every start (libseccomp

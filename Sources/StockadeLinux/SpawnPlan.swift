@@ -1,5 +1,6 @@
 import CStockade
 import Glibc
+import StockadePolicy
 
 /// Owns the C memory of one `stk_plan`: every string, array and the BPF
 /// program, allocated before the clone and freed after it.

@@ -2,6 +2,7 @@ import CStockade
 import Dispatch
 import Glibc
 import Synchronization
+import StockadePolicy
 
 /// A spawned worker: its pid in the host namespace, its pidfd, and the
 /// seccomp listener when the filter notifies.

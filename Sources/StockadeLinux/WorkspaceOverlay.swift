@@ -1,5 +1,6 @@
 import CStockade
 import Glibc
+import StockadePolicy
 
 /// The worker's copy-on-write `/workspace`, mounted by the supervisor in the
 /// initial user namespace and attached by the worker's init: overlay with the

@@ -7,6 +7,7 @@ import StockadeCgroups
 import StockadeImages
 import StockadeLinux
 import StockadePolicy
+import Synchronization
 
 /// One run, as a short list of stages. Each stage hands the next what it made; everything a run
 /// acquires is registered with its `RunScope` as it is acquired and released there, newest first,

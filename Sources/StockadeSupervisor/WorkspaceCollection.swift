@@ -4,6 +4,7 @@ import StockadeBundles
 import StockadePatches
 import StockadePolicy
 import SystemPackage
+import Logging
 
 /// Turns the worker's workspace changes into one diff, guards every path in
 /// it, records it (the event is committed before the diff can be listed),

@@ -1,5 +1,5 @@
 import CSQLite
-import Foundation
+import FoundationEssentials
 import Glibc
 
 /// Tokens and idempotency keys in the state directory's audit database, tables `tokens` and
@@ -10,7 +10,7 @@ public final class SQLiteTokenBackend: TokenBackend, @unchecked Sendable {
     public let path: String
     public var location: String { path }
     private let db: OpaquePointer
-    private let lock = NSLock()
+    private let lock = ThreadLock()
 
     /// Opens (creating mode 0600 if needed) `<stateDirectory>/audit.sqlite`; refuses a symlink.
     public convenience init(stateDirectory: String) throws(TokenError) {
@@ -167,4 +167,23 @@ public final class SQLiteTokenBackend: TokenBackend, @unchecked Sendable {
         if allowConstraint && (rc & 0xFF) == SQLITE_CONSTRAINT { return SQLITE_CONSTRAINT }
         throw failure()
     }
+}
+
+/// A plain mutex around the shared connection (full Foundation's NSLock is not linked by `stockade`).
+private final class ThreadLock: @unchecked Sendable {
+    // Only touched through pthread_mutex_* calls, which are thread-safe.
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+
+    init() {
+        mutex = .allocate(capacity: 1)
+        pthread_mutex_init(mutex, nil)
+    }
+
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+
+    func lock() { pthread_mutex_lock(mutex) }
+    func unlock() { pthread_mutex_unlock(mutex) }
 }

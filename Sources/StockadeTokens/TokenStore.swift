@@ -1,5 +1,5 @@
 import Crypto
-import Foundation
+import FoundationEssentials
 import Glibc
 import StockadePolicy
 
@@ -16,7 +16,11 @@ public enum TokenScope: String, Sendable, CaseIterable {
     public static func parseList(_ text: String) throws(TokenError) -> [TokenScope] {
         var scopes: [TokenScope] = []
         for part in text.split(separator: ",", omittingEmptySubsequences: false) {
-            let word = part.trimmingCharacters(in: .whitespaces)
+            // Blanks around a scope (spaces and tabs, not line breaks) are not part of it.
+            var trimmed = part
+            while let c = trimmed.first, c.isWhitespace && !c.isNewline { trimmed.removeFirst() }
+            while let c = trimmed.last, c.isWhitespace && !c.isNewline { trimmed.removeLast() }
+            let word = String(trimmed)
             guard let scope = TokenScope(rawValue: word) else {
                 throw TokenError("--scope: unknown scope \"\(word)\" (known: \(allCases.map(\.rawValue).joined(separator: ", ")))")
             }
@@ -139,8 +143,9 @@ public final class TokenStore: Sendable {
     public static func generate() -> String {
         let key = SymmetricKey(size: .bits256)
         let bytes = key.withUnsafeBytes { Data($0) }
-        let text = bytes.base64EncodedString().replacingOccurrences(of: "+", with: "-")
-            .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+        let text = String(bytes.base64EncodedString().compactMap { c -> Character? in
+            c == "+" ? "-" : c == "/" ? "_" : c == "=" ? nil : c
+        })
         return prefix + text
     }
 

@@ -3,6 +3,7 @@ import FoundationEssentials
 import Glibc
 import StockadeLinux
 import StockadePolicy
+import StockadeAudit
 
 /// How one control fared on this host under one profile.
 public enum Verdict: String, Sendable, Equatable, CaseIterable {
@@ -683,31 +684,5 @@ enum PositiveControl {
             if out.count < outputLimit { out += buffer[0..<min(n, outputLimit - out.count)] }
         }
         return out
-    }
-}
-
-/// Runs blocking work (waitpid, poll) on its own thread, off the cooperative pool.
-enum Blocking {
-    final class Job: @unchecked Sendable {
-        let work: () -> Void
-        init(_ work: @escaping () -> Void) { self.work = work }
-    }
-
-    static func run<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
-        await withCheckedContinuation { (continuation: CheckedContinuation<T, Never>) in
-            let job = Job { continuation.resume(returning: body()) }
-            let context = Unmanaged.passRetained(job).toOpaque()
-            var thread = pthread_t()
-            let rc = pthread_create(&thread, nil, { raw in
-                guard let raw else { return nil }
-                Unmanaged<Job>.fromOpaque(raw).takeRetainedValue().work()
-                return nil
-            }, context)
-            if rc == 0 {
-                pthread_detach(thread)
-            } else {
-                Unmanaged<Job>.fromOpaque(context).takeRetainedValue().work()
-            }
-        }
     }
 }
