@@ -33,7 +33,7 @@ CC=${CC:-cc}
 CHECKS="hello limits oom pids timeout cpu cleanup stale service-cgroup container-cgroupns verify cleanup-end"
 
 die() { echo "kernel-matrix: $*" >&2; exit 2; }
-[ -x "$STOCKADE" ] || die "no stockade binary at $STOCKADE: build it (swift build -c release --static-swift-stdlib --product stockade) or set STOCKADE"
+[ -x "$STOCKADE" ] || die "no stockade binary at $STOCKADE: build it (scripts/build-release.sh .build-release) or set STOCKADE"
 [ -x "$PROBE" ] || die "no stockade-probe next to $STOCKADE: build it (--product stockade-probe)"
 [ -x "$SPAWN" ] || die "no stockade-spawn next to $STOCKADE: build it (--product stockade-spawn)"
 missing=()

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks/run.sh [--quick]: Stockade against the C floor, bubblewrap, unshare (and nsjail if installed).
 #
-# Builds the release `stockade` (swift build -c release --static-swift-stdlib at the root, in
-# .build-static), the C floor (gcc) and the
+# Builds the release binaries (scripts/build-release.sh, in .build-static), the C floor (gcc) and the
 # benchmark package (Benchmarks/, release), then measures everything side by side in one run and
 # prints one markdown table (also written to $STOCKADE_BENCH_OUT, default /tmp/stockade-bench/results.md).
 # Run as root on the cgroup v1 host. Not part of the test suite: run it on purpose, on a quiet machine
@@ -45,10 +44,9 @@ echo "== building (release)" >&2
 if [ -n "${STOCKADE_BENCH_BIN:-}" ]; then
     STOCKADE="$STOCKADE_BENCH_BIN"     # a prebuilt release binary to measure instead (say so in the report)
 else
-    # As deployed: the Swift standard library linked statically (start-up 15 -> 8 ms).
-    (cd "$ROOT" && swift build -c release --static-swift-stdlib --scratch-path .build-static --product stockade >&2)
-    (cd "$ROOT" && swift build -c release --static-swift-stdlib --scratch-path .build-static --product stockade-server >&2)
-    (cd "$ROOT" && swift build -c release --static-swift-stdlib --scratch-path .build-static --product stockade-spawn >&2)
+    # As deployed: the Swift standard library and FoundationEssentials linked statically, no full
+    # Foundation in stockade (scripts/build-release.sh).
+    "$ROOT/scripts/build-release.sh" .build-static >&2
     STOCKADE="$ROOT/.build-static/release/stockade"
 fi
 # `stockade serve` execs the stockade-server beside the stockade binary.
