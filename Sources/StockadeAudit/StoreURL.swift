@@ -51,17 +51,20 @@ public enum StoreURL: Sendable, Equatable, CustomStringConvertible {
     /// `text` with the password of its user-info (between the first `:` after `//` and the last `@`,
     /// wherever that is: a password may hold a raw `/` or `?` that makes the URL malformed)
     /// replaced by `***`, and any `password=` query value too. Masking too much is the safe side.
+    /// Searched as bytes, not Characters: a combining mark after `@` or `=` makes another Character
+    /// of it, which a Character search would not find, leaving the password in the message.
     static func redacted(_ text: String) -> String {
-        var out = text
-        if let schemeEnd = out.firstRange(of: "://"), let at = out[schemeEnd.upperBound...].lastIndex(of: "@"),
-           let colon = out[schemeEnd.upperBound..<at].firstIndex(of: ":") {
-            out.replaceSubrange(out.index(after: colon)..<at, with: "***")
+        var out = Array(text.utf8)
+        if let schemeEnd = out.firstRange(of: Array("://".utf8)),
+           let at = out[schemeEnd.upperBound...].lastIndex(of: UInt8(ascii: "@")),
+           let colon = out[schemeEnd.upperBound..<at].firstIndex(of: UInt8(ascii: ":")) {
+            out.replaceSubrange((colon + 1)..<at, with: Array("***".utf8))
         }
-        if let range = out.firstRange(of: "password=") {
-            let end = out[range.upperBound...].firstIndex(of: "&") ?? out.endIndex
-            out.replaceSubrange(range.upperBound..<end, with: "***")
+        if let range = out.firstRange(of: Array("password=".utf8)) {
+            let end = out[range.upperBound...].firstIndex(of: UInt8(ascii: "&")) ?? out.endIndex
+            out.replaceSubrange(range.upperBound..<end, with: Array("***".utf8))
         }
-        return out
+        return String(decoding: out, as: UTF8.self)
     }
 
     static func percentDecoded(_ text: some StringProtocol, part: String, in url: String) throws(AuditError) -> String {
@@ -137,6 +140,12 @@ public struct PostgresStoreURL: Sendable, Equatable, CustomStringConvertible {
 
     public static func parse(_ text: String) throws(AuditError) -> PostgresStoreURL {
         let invalid = { (why: String) -> AuditError in StoreURL.invalid(text, why) }
+        // ASCII only, as RFC 3986 has it: parsed by Characters, a delimiter followed by a combining
+        // mark (@ + U+0301) is another Character, and the password would be taken for a host or port
+        // and named in the error. Other characters are percent-encoded.
+        guard text.utf8.allSatisfy({ $0 < 0x80 }) else {
+            throw invalid("a PostgreSQL URL is ASCII: percent-encode any other character (é as %C3%A9)")
+        }
         guard let schemeEnd = text.firstRange(of: "://") else { throw invalid("no :// after the scheme") }
         let scheme = String(text[..<schemeEnd.lowerBound])
         var rest = Substring(text[schemeEnd.upperBound...])

@@ -271,8 +271,15 @@ public enum SiblingBinary {
         let pathBytes = Array(buffer[0..<slash]) + Array("/\(name)".utf8CString)
         let directory = String(decoding: directoryBytes.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         let path = String(decoding: pathBytes.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        // The directory first, as a descriptor: the file is opened in the very directory that is
+        // checked, so a directory renamed or swapped between the two cannot stand in for it.
+        let directoryFD = Glibc.open(directoryBytes + [0], STK_O_PATH | O_DIRECTORY | O_CLOEXEC)
+        guard directoryFD >= 0 else {
+            return .refused("cannot open the directory \(directory) holding \(role): \(String(cString: strerror(errno)))")
+        }
+        defer { close(directoryFD) }
         // Not through a link, and never waiting (a FIFO planted there must not hang the start).
-        let fd = Glibc.open(pathBytes, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK)
+        let fd = openat(directoryFD, name, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK)
         if fd < 0 {
             let err = errno
             if err == ENOENT { return .absent(path: path) }
@@ -282,7 +289,7 @@ public enum SiblingBinary {
         // Whoever may write the directory could swap the file (a hard link to another root-owned
         // program passes every check below): the directory must be as closed as the file.
         var dir = stat()
-        if stat(directoryBytes + [0], &dir) != 0 || (dir.st_uid != 0 && dir.st_uid != geteuid()) ||
+        if fstat(directoryFD, &dir) != 0 || (dir.st_uid != 0 && dir.st_uid != geteuid()) ||
             dir.st_mode & (S_IWGRP | S_IWOTH) != 0 {
             close(fd)
             return .refused("the directory \(directory) holding \(role) is writable by its group or by others, or owned by another user; install stockade and \(name) in a root-owned directory with mode 0755")
@@ -309,6 +316,14 @@ public enum SiblingBinary {
         if let problem {
             close(fd)
             return .refused("\(role) \(path) \(problem)" + fix)
+        }
+        // Executed through its close-on-exec descriptor, a #! script cannot run (its interpreter
+        // would open /dev/fd/N, closed by then): anything but an ELF program is refused here,
+        // naming why, rather than failing later with a bare ENOENT.
+        var magic = [UInt8](repeating: 0, count: 4)
+        if pread(fd, &magic, 4, 0) != 4 || magic != [0x7F, 0x45, 0x4C, 0x46] {
+            close(fd)
+            return .refused("\(role) \(path) is not an ELF program (a script cannot be run through the checked descriptor); install the \(name) binary itself\(otherwise)")
         }
         return .ready(fd: fd, path: path)
     }

@@ -34,7 +34,7 @@ public final class RunAhead: Sendable {
             let read = try? catalog.load(options.profile)
             var resolved = read?.profile
             if resolved != nil { RunPlanner.apply(options, to: &resolved!) }
-            profile.withLock { $0 = read.flatMap { read in resolved.map { (read, $0) } } }
+            if let read, let resolved { profile.withLock { $0 = (read, resolved) } }
             loaded.leave()
             // An image's or a directory's root has no skeleton.
             guard var profile = resolved, case .host = profile.root, options.image == nil, options.rootfs == nil,

@@ -1,6 +1,7 @@
 import CSQLite
 import FoundationEssentials
 import Glibc
+import Synchronization
 
 /// Tokens and idempotency keys in the state directory's audit database, tables `tokens` and
 /// `idempotency_keys` (both created idempotently).
@@ -10,7 +11,8 @@ public final class SQLiteTokenBackend: TokenBackend, @unchecked Sendable {
     public let path: String
     public var location: String { path }
     private let db: OpaquePointer
-    private let lock = ThreadLock()
+    /// Held around each statement on the shared connection.
+    private let lock = Mutex(())
 
     /// Opens (creating mode 0600 if needed) `<stateDirectory>/audit.sqlite`; refuses a symlink.
     public convenience init(stateDirectory: String) throws(TokenError) {
@@ -73,30 +75,32 @@ public final class SQLiteTokenBackend: TokenBackend, @unchecked Sendable {
     }
 
     public func revokeToken(name: String, at: Int64) throws(TokenError) -> Bool {
-        lock.lock(); defer { lock.unlock() }
-        let statement = try prepare("UPDATE tokens SET revokedAt = ? WHERE name = ? AND revokedAt IS NULL", [.int(at), .text(name)])
-        defer { sqlite3_finalize(statement) }
-        guard sqlite3_step(statement) == SQLITE_DONE else { throw failure() }
-        return sqlite3_changes(db) > 0
+        try lock.withLock { (_) throws(TokenError) -> Bool in
+            let statement = try prepare("UPDATE tokens SET revokedAt = ? WHERE name = ? AND revokedAt IS NULL", [.int(at), .text(name)])
+            defer { sqlite3_finalize(statement) }
+            guard sqlite3_step(statement) == SQLITE_DONE else { throw failure() }
+            return sqlite3_changes(db) > 0
+        }
     }
 
     public func tokenRows() throws(TokenError) -> [TokenRow] {
-        lock.lock(); defer { lock.unlock() }
-        let statement = try prepare("SELECT name, scopes, createdBy, createdAt, expiresAt, revokedAt, sha256 FROM tokens ORDER BY createdAt, name", [])
-        defer { sqlite3_finalize(statement) }
-        var rows: [TokenRow] = []
-        while true {
-            let rc = sqlite3_step(statement)
-            if rc == SQLITE_DONE { break }
-            guard rc == SQLITE_ROW else { throw failure() }
-            func text(_ i: Int32) -> String { sqlite3_column_text(statement, i).map { String(cString: $0) } ?? "" }
-            let revoked = sqlite3_column_type(statement, 5) == SQLITE_NULL ? nil : sqlite3_column_int64(statement, 5)
-            rows.append(TokenRow(record: TokenRecord(name: text(0), scopes: text(1).split(separator: ",").map(String.init),
-                                                     createdBy: text(2), createdAt: sqlite3_column_int64(statement, 3),
-                                                     expiresAt: sqlite3_column_int64(statement, 4), revokedAt: revoked),
-                                 sha256: text(6)))
+        try lock.withLock { (_) throws(TokenError) -> [TokenRow] in
+            let statement = try prepare("SELECT name, scopes, createdBy, createdAt, expiresAt, revokedAt, sha256 FROM tokens ORDER BY createdAt, name", [])
+            defer { sqlite3_finalize(statement) }
+            var rows: [TokenRow] = []
+            while true {
+                let rc = sqlite3_step(statement)
+                if rc == SQLITE_DONE { break }
+                guard rc == SQLITE_ROW else { throw failure() }
+                func text(_ i: Int32) -> String { sqlite3_column_text(statement, i).map { String(cString: $0) } ?? "" }
+                let revoked = sqlite3_column_type(statement, 5) == SQLITE_NULL ? nil : sqlite3_column_int64(statement, 5)
+                rows.append(TokenRow(record: TokenRecord(name: text(0), scopes: text(1).split(separator: ",").map(String.init),
+                                                         createdBy: text(2), createdAt: sqlite3_column_int64(statement, 3),
+                                                         expiresAt: sqlite3_column_int64(statement, 4), revokedAt: revoked),
+                                     sha256: text(6)))
+            }
+            return rows
         }
-        return rows
     }
 
     public func reserveSubmission(principal: String, key: String, bodySha256: String, runId: String, createdAt: Int64,
@@ -105,17 +109,18 @@ public final class SQLiteTokenBackend: TokenBackend, @unchecked Sendable {
         try run("DELETE FROM idempotency_keys WHERE createdAt <= ?", [.int(forgetBefore)])
         try run("INSERT OR IGNORE INTO idempotency_keys (principal, key, bodySha256, runId, createdAt) VALUES (?, ?, ?, ?, ?)",
                 [.text(principal), .text(key), .text(bodySha256), .text(runId), .int(createdAt)])
-        lock.lock(); defer { lock.unlock() }
-        let statement = try prepare("SELECT bodySha256, runId FROM idempotency_keys WHERE principal = ? AND key = ?", [.text(principal), .text(key)])
-        defer { sqlite3_finalize(statement) }
-        let rc = sqlite3_step(statement)
-        guard rc == SQLITE_ROW else {
-            if rc == SQLITE_DONE { throw TokenError("token store \(path): the idempotency key just stored is gone (removed by hand?)") }
-            throw failure()
+        return try lock.withLock { (_) throws(TokenError) -> (bodySha256: String, runId: String)? in
+            let statement = try prepare("SELECT bodySha256, runId FROM idempotency_keys WHERE principal = ? AND key = ?", [.text(principal), .text(key)])
+            defer { sqlite3_finalize(statement) }
+            let rc = sqlite3_step(statement)
+            guard rc == SQLITE_ROW else {
+                if rc == SQLITE_DONE { throw TokenError("token store \(path): the idempotency key just stored is gone (removed by hand?)") }
+                throw failure()
+            }
+            func text(_ i: Int32) -> String { sqlite3_column_text(statement, i).map { String(cString: $0) } ?? "" }
+            let stored = (bodySha256: text(0), runId: text(1))
+            return stored.runId == runId ? nil : stored
         }
-        func text(_ i: Int32) -> String { sqlite3_column_text(statement, i).map { String(cString: $0) } ?? "" }
-        let stored = (bodySha256: text(0), runId: text(1))
-        return stored.runId == runId ? nil : stored
     }
 
     public func forgetSubmission(principal: String, key: String, runId: String) throws(TokenError) {
@@ -134,13 +139,14 @@ public final class SQLiteTokenBackend: TokenBackend, @unchecked Sendable {
     }
 
     private func execute(_ sql: String) throws(TokenError) {
-        lock.lock(); defer { lock.unlock() }
-        var message: UnsafeMutablePointer<CChar>?
-        let rc = sqlite3_exec(db, sql, nil, nil, &message)
-        if rc != SQLITE_OK {
-            let text = message.map { String(cString: $0) } ?? String(cString: sqlite3_errstr(rc))
-            sqlite3_free(message)
-            throw TokenError("token store \(path): \(text)")
+        try lock.withLock { (_) throws(TokenError) -> Void in
+            var message: UnsafeMutablePointer<CChar>?
+            let rc = sqlite3_exec(db, sql, nil, nil, &message)
+            if rc != SQLITE_OK {
+                let text = message.map { String(cString: $0) } ?? String(cString: sqlite3_errstr(rc))
+                sqlite3_free(message)
+                throw TokenError("token store \(path): \(text)")
+            }
         }
     }
 
@@ -159,31 +165,14 @@ public final class SQLiteTokenBackend: TokenBackend, @unchecked Sendable {
 
     @discardableResult
     private func run(_ sql: String, _ values: [Value], allowConstraint: Bool = false) throws(TokenError) -> Int32 {
-        lock.lock(); defer { lock.unlock() }
-        let statement = try prepare(sql, values)
-        defer { sqlite3_finalize(statement) }
-        let rc = sqlite3_step(statement)
-        if rc == SQLITE_DONE { return rc }
-        if allowConstraint && (rc & 0xFF) == SQLITE_CONSTRAINT { return SQLITE_CONSTRAINT }
-        throw failure()
+        try lock.withLock { (_) throws(TokenError) -> Int32 in
+            let statement = try prepare(sql, values)
+            defer { sqlite3_finalize(statement) }
+            let rc = sqlite3_step(statement)
+            if rc == SQLITE_DONE { return rc }
+            if allowConstraint && (rc & 0xFF) == SQLITE_CONSTRAINT { return SQLITE_CONSTRAINT }
+            throw failure()
+        }
     }
 }
 
-/// A plain mutex around the shared connection (full Foundation's NSLock is not linked by `stockade`).
-private final class ThreadLock: @unchecked Sendable {
-    // Only touched through pthread_mutex_* calls, which are thread-safe.
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-
-    init() {
-        mutex = .allocate(capacity: 1)
-        pthread_mutex_init(mutex, nil)
-    }
-
-    deinit {
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
-    }
-
-    func lock() { pthread_mutex_lock(mutex) }
-    func unlock() { pthread_mutex_unlock(mutex) }
-}

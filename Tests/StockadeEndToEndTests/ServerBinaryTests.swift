@@ -25,7 +25,7 @@ struct ServerBinaryTests {
         func remove() { try? FileManager.default.removeItem(atPath: directory) }
     }
 
-    @Test("a stockade-server writable by others, a link, set-user-ID, not a file, or in a directory others may write is not executed; a root-owned 0755 file is")
+    @Test("a stockade-server writable by others, a link, set-user-ID, not a file, a script, or in a directory others may write is not executed; a root-owned 0755 file is")
     func refusedUnlessClosed() throws {
         let beside = try Beside()
         defer { beside.remove() }
@@ -58,6 +58,12 @@ struct ServerBinaryTests {
         try FileManager.default.removeItem(atPath: beside.server)
         #expect(mkfifo(beside.server, 0o755) == 0)
         try refused("a FIFO", "is not a regular file")
+        try FileManager.default.removeItem(atPath: beside.server)
+        // A script, closed as the binary would be: not run (it could not be, through the checked
+        // descriptor), and said so rather than a bare "No such file or directory".
+        try Data("#!/bin/sh\necho planted-ran\n".utf8).write(to: URL(fileURLWithPath: beside.server))
+        #expect(chmod(beside.server, 0o755) == 0)
+        try refused("a script", "is not an ELF program")
         try FileManager.default.removeItem(atPath: beside.server)
         // The routes take the same path: a PostgreSQL store's command with a refused file runs nothing.
         try FileManager.default.copyItem(atPath: "/bin/echo", toPath: beside.server)
