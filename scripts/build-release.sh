@@ -20,6 +20,9 @@ if [ -z "$resources" ] || [ ! -f "$static_dir/libFoundationEssentials.a" ]; then
     echo "build-release: no libFoundationEssentials.a in '$static_dir' (the runtime resource path of swift -print-target-info is '$resources'): this toolchain has no static Swift libraries for Linux" >&2
     exit 1
 fi
+# stockade runs stockade-spawn and stockade-server only from a directory nobody else may write.
+umask 022
+"$root/scripts/close-build-dir.sh" "$scratch"
 STOCKADE_STATIC_STDLIB_DIR=$(cd "$static_dir" && pwd)
 export STOCKADE_STATIC_STDLIB_DIR
 for product in stockade stockade-spawn stockade-probe stockade-server; do

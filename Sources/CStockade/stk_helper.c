@@ -380,7 +380,7 @@ int stk_helper_start(void *scrub, size_t scrub_len, int netns_ahead, pid_t *pid)
 }
 
 /* This build's token (see STK_BUILD_STAMP): 16 hex digits of FNV-1a over the stamps. */
-static void stk_build_token(char out[17]) {
+void stk_build_token(char out[_Nonnull 17]) {
     const char *stamps[] = {stk_stamp_child, stk_stamp_spawn, stk_stamp_helper, stk_stamp_fdpass, stk_stamp_mounts, stk_stamp_net};
     uint64_t h = 0xcbf29ce484222325ull;
     for (size_t i = 0; i < sizeof stamps / sizeof stamps[0]; i++)

@@ -53,16 +53,20 @@ public enum StoreURL: Sendable, Equatable, CustomStringConvertible {
     /// replaced by `***`, and any `password=` query value too. Masking too much is the safe side.
     /// Searched as bytes, not Characters: a combining mark after `@` or `=` makes another Character
     /// of it, which a Character search would not find, leaving the password in the message.
+    /// Without `://` (a mistyped scheme: `postgres:/alice:s3cret@db`), from the first `:` on.
     static func redacted(_ text: String) -> String {
         var out = Array(text.utf8)
-        if let schemeEnd = out.firstRange(of: Array("://".utf8)),
-           let at = out[schemeEnd.upperBound...].lastIndex(of: UInt8(ascii: "@")),
-           let colon = out[schemeEnd.upperBound..<at].firstIndex(of: UInt8(ascii: ":")) {
+        let from = out.firstRange(of: Array("://".utf8))?.upperBound ?? out.startIndex
+        if let at = out[from...].lastIndex(of: UInt8(ascii: "@")),
+           let colon = out[from..<at].firstIndex(of: UInt8(ascii: ":")) {
             out.replaceSubrange((colon + 1)..<at, with: Array("***".utf8))
         }
-        if let range = out.firstRange(of: Array("password=".utf8)) {
+        // Every password= value, each up to its &.
+        var searchFrom = out.startIndex
+        while let range = out[searchFrom...].firstRange(of: Array("password=".utf8)) {
             let end = out[range.upperBound...].firstIndex(of: UInt8(ascii: "&")) ?? out.endIndex
             out.replaceSubrange(range.upperBound..<end, with: Array("***".utf8))
+            searchFrom = range.upperBound + 3
         }
         return String(decoding: out, as: UTF8.self)
     }
@@ -159,6 +163,12 @@ public struct PostgresStoreURL: Sendable, Equatable, CustomStringConvertible {
         let authority = slash.map { rest[..<$0] } ?? rest
         let pathPart = slash.map { rest[rest.index(after: $0)...] } ?? ""
 
+        // The authority ends at the first / or ?: an @ only after it means a user-info holding a raw
+        // /, ? or #, whose password would otherwise be read as a port or a database name, and named in
+        // an error. Refused naming no part of it.
+        if !authority.contains("@"), rest[authority.endIndex...].contains("@") || query.contains("@") {
+            throw invalid("an @ after the host: percent-encode /, ?, # and @ in a user, a password, a database name or a parameter (%2F, %3F, %23, %40)")
+        }
         var user: String?
         var password: String?
         var hostPort = authority

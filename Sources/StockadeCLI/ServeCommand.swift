@@ -19,7 +19,7 @@ struct Serve: ParsableCommand {
     }
 }
 
-enum ServeLauncher {
+public enum ServeLauncher {
     /// The `stockade-server` binary next to this one (found through /proc/self/exe, checked as the
     /// spawn helper is: SiblingBinary), executed through the descriptor that was checked with
     /// `arguments`; never returns. Exits `failureStatus` naming the path when the binary is missing
@@ -35,10 +35,39 @@ enum ServeLauncher {
             let argv = [path] + arguments
             var cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) }
             cArgs.append(nil)
-            fexecve(fd, cArgs, environ)
+            // The caller's environment, and this build's token for stockade-server to check.
+            var cEnv: [UnsafeMutablePointer<CChar>?] = []
+            var entry = environ
+            while let pointer = entry.pointee {
+                if strncmp(pointer, callerBuildVariable + "=", callerBuildVariable.utf8.count + 1) != 0 { cEnv.append(pointer) }
+                entry += 1
+            }
+            cEnv.append(strdup("\(callerBuildVariable)=\(SiblingBinary.buildToken)/\(failureStatus)"))
+            cEnv.append(nil)
+            fexecve(fd, cArgs, cEnv)
             let err = errno
             Console.error("\(purpose): cannot run \(path): \(String(cString: strerror(err))) (\(install))")
         }
         Glibc.exit(failureStatus)
+    }
+
+    /// Set by `exec` for the stockade-server it runs: the build token of the `stockade` that ran it and
+    /// the status that command exits with when it cannot go on (`TOKEN/STATUS`).
+    static let callerBuildVariable = "STOCKADE_CALLER_BUILD"
+
+    /// Called first by stockade-server: when a `stockade` executed it, that `stockade` must be of this
+    /// build (an upgrade that replaced one binary and not the other, a partial rebuild: the commands
+    /// and their flags would be another build's). Exits with the caller's failure status naming both
+    /// builds when it is not; the variable is removed either way, so nothing started later sees it.
+    public static func checkCaller() {
+        guard let value = getenv(callerBuildVariable).map({ String(cString: $0) }) else { return }
+        unsetenv(callerBuildVariable)
+        let parts = value.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
+        let status = parts.count == 2 ? Int32(parts[1]).flatMap { (1...255).contains($0) ? $0 : nil } ?? 1 : 1
+        let own = SiblingBinary.buildToken
+        guard parts.count == 2, parts[0] == own else {
+            Console.error("stockade-server: refused: this stockade-server (build \(own)) is not of the build of the stockade that ran it (build \(parts.count == 2 ? String(parts[0]) : "unknown")): install stockade, stockade-spawn and stockade-server from one build (swift build, or scripts/build-release.sh) side by side")
+            Glibc.exit(status)
+        }
     }
 }

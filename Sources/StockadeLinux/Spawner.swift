@@ -264,16 +264,23 @@ public enum SiblingBinary {
     public static func open(_ name: String, role: String, otherwise: String = "") -> SiblingBinary {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        guard n > 0 else { return .absent(path: name) }
+        // Without its own path, this process cannot tell where the file would be: that is not the
+        // file's absence (which lets the spawn helpers be forked instead), and it says why.
+        guard n > 0 else {
+            let reason = n < 0 ? String(cString: strerror(errno)) : "an empty path"
+            return .refused("cannot find \(role) \(name): readlink /proc/self/exe: \(reason) (is /proc mounted?)")
+        }
         // The directory's bytes as they are (a name need not be UTF-8); the Strings are for messages.
-        guard let slash = buffer[0..<n].lastIndex(of: CChar(UInt8(ascii: "/"))) else { return .absent(path: name) }
+        guard let slash = buffer[0..<n].lastIndex(of: CChar(UInt8(ascii: "/"))) else {
+            return .refused("cannot find \(role) \(name): /proc/self/exe names no directory")
+        }
         let directoryBytes = slash == 0 ? [CChar(UInt8(ascii: "/"))] : Array(buffer[0..<slash])
         let pathBytes = Array(buffer[0..<slash]) + Array("/\(name)".utf8CString)
         let directory = String(decoding: directoryBytes.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         let path = String(decoding: pathBytes.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
         // The directory first, as a descriptor: the file is opened in the very directory that is
         // checked, so a directory renamed or swapped between the two cannot stand in for it.
-        let directoryFD = Glibc.open(directoryBytes + [0], STK_O_PATH | O_DIRECTORY | O_CLOEXEC)
+        let directoryFD = Glibc.open(directoryBytes + [0], STK_O_PATH | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
         guard directoryFD >= 0 else {
             return .refused("cannot open the directory \(directory) holding \(role): \(String(cString: strerror(errno)))")
         }
@@ -321,11 +328,26 @@ public enum SiblingBinary {
         // would open /dev/fd/N, closed by then): anything but an ELF program is refused here,
         // naming why, rather than failing later with a bare ENOENT.
         var magic = [UInt8](repeating: 0, count: 4)
-        if pread(fd, &magic, 4, 0) != 4 || magic != [0x7F, 0x45, 0x4C, 0x46] {
+        let read = pread(fd, &magic, 4, 0)
+        if read < 0 {
+            let reason = String(cString: strerror(errno))
+            close(fd)
+            return .refused("cannot read \(role) \(path): \(reason)")
+        }
+        if read != 4 || magic != [0x7F, 0x45, 0x4C, 0x46] {
             close(fd)
             return .refused("\(role) \(path) is not an ELF program (a script cannot be run through the checked descriptor); install the \(name) binary itself\(otherwise)")
         }
         return .ready(fd: fd, path: path)
+    }
+}
+
+extension SiblingBinary {
+    /// This build's token (stk_build_token): `stockade` and a sibling from the same build agree on it.
+    public static var buildToken: String {
+        var token = [CChar](repeating: 0, count: 17)
+        stk_build_token(&token)
+        return String(decoding: token.prefix(16).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
 

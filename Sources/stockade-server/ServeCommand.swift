@@ -214,6 +214,7 @@ struct Serve: AsyncParsableCommand {
 @main
 enum ServerMain {
     static func main() async {
+        ServeLauncher.checkCaller()
         PostgresStores.register()
         ClientTLS.register()
         let arguments = Array(CommandLine.arguments.dropFirst())

@@ -74,4 +74,35 @@ struct ServerBinaryTests {
         let handed = try Harness.exec(beside.binary, ["audit", "runs", "--store", "postgres://127.0.0.1:1/x"])
         #expect(handed.status == 0 && handed.stdout.hasPrefix("cli "), "\(handed.stdout) \(handed.stderr)")
     }
+
+    @Test("stockade-server refuses a stockade of another build that executed it, with that command's failure status; one of its own build goes on")
+    func otherBuildRefused() throws {
+        let beside = try Beside()
+        defer { beside.remove() }
+        // /usr/bin/env standing in shows what stockade hands over: its build token and the status
+        // serve exits with when it cannot go on, replacing any value the caller had set.
+        try FileManager.default.copyItem(atPath: "/usr/bin/env", toPath: beside.server)
+        #expect(chmod(beside.server, 0o755) == 0)
+        let printed = try Harness.exec(beside.binary, ["serve"], environment: ["STOCKADE_CALLER_BUILD": "planted/1"])
+        let handed = printed.stdout.split(separator: "\n").filter { $0.hasPrefix("STOCKADE_CALLER_BUILD=") }.map { String($0.dropFirst(22)) }
+        let token = try #require(handed.first?.split(separator: "/").first.map(String.init), "\(printed.stdout) \(printed.stderr)")
+        #expect(token.utf8.count == 16 && token.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }, "\(token)")
+        #expect(handed == [token + "/1"], "\(handed)")
+
+        // The real stockade and stockade-server of this build: a run handed on goes on to its store
+        // (none listens at port 1: exit 125 naming it), not refused as another build's.
+        let server = Harness.binDirectory + "/stockade-server"
+        let chain = try Harness.exec(Harness.stockade, ["run", "--", "/bin/true"], environment: ["STOCKADE_STORE": "postgres://127.0.0.1:1/x"])
+        #expect(chain.status == 125 && !chain.stderr.contains("not of the build") && chain.stderr.contains("127.0.0.1"), "\(chain.status) \(chain.stderr)")
+        let own = try Harness.exec(server, ["cli", "--version"], environment: ["STOCKADE_CALLER_BUILD": token + "/125"])
+        #expect(own.status == 0 && !own.stdout.isEmpty, "the positive control: \(own.status) \(own.stdout) \(own.stderr)")
+        for (value, status) in [("0123456789abcdef/125", Int32(125)), ("0123456789abcdef/1", 1), (token, 1), ("", 1), ("\(token)x/125", 125)] {
+            let r = try Harness.exec(server, ["cli", "--version"], environment: ["STOCKADE_CALLER_BUILD": value])
+            #expect(r.status == status && r.stdout.isEmpty, "\(value): \(r.status) \(r.stdout) \(r.stderr)")
+            #expect(r.stderr.contains("is not of the build of the stockade that ran it") && r.stderr.contains("from one build"), "\(value): \(r.stderr)")
+        }
+        // Without the variable (an operator running stockade-server itself) nothing is checked.
+        let direct = try Harness.exec(server, ["cli", "--version"])
+        #expect(direct.status == 0 && direct.stdout == own.stdout, "\(direct.status) \(direct.stderr)")
+    }
 }

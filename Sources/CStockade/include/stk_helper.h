@@ -44,6 +44,11 @@ int stk_helper_start(void *_Nullable scrub, size_t scrub_len, int netns_ahead, p
  */
 int stk_helper_exec(int helper_fd, int netns_ahead, pid_t *_Nonnull pid);
 
+/* This build's token, 16 hex digits and a NUL: the same in every binary linked from one build's
+   objects of the spawn and child path (stk_internal.h, STK_BUILD_STAMP). `stockade` checks the
+   `stockade-spawn` it starts by it, and `stockade-server` the `stockade` that executed it. */
+void stk_build_token(char out[_Nonnull 17]);
+
 /* main() of the `stockade-spawn` binary: argv is {name, supervisor pid, netns_ahead, build token},
    the socket is descriptor 3. Refuses (status 2) when not started that way, and (status 3, 'B' on
    the socket) when the token is not its own build's; says 'H' and does not return otherwise.

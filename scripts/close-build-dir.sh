@@ -1,0 +1,12 @@
+#!/bin/sh
+# Makes a build directory writable by its owner alone, as stockade requires of the directory it runs
+# stockade-spawn and stockade-server from (SiblingBinary): under a umask of 002 SwiftPM leaves every
+# directory and object writable by the group, who could then change what gets linked. Run before a
+# build (with umask 022 for it), so nothing is built in a tree another user may write.
+#
+# usage: scripts/close-build-dir.sh DIR...   (a DIR that does not exist yet is skipped)
+set -eu
+for dir in "$@"; do
+    [ -d "$dir" ] || continue
+    find "$dir" -perm /022 ! -type l -exec chmod go-w {} +
+done
