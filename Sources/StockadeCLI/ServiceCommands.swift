@@ -39,8 +39,9 @@ private func object(_ pairs: [(String, String)]) -> JSONValue {
 }
 
 enum ServiceRuns {
-    /// `POST /v1/runs` until admitted: a full queue (429) is waited out for its Retry-After.
-    static func submit(_ client: ServiceClient, _ bytes: [UInt8]) throws -> String {
+    /// `POST /v1/runs` until admitted: a full queue (429) is waited out for its Retry-After. On the
+    /// session's connection, which `wait` then takes on.
+    static func submit(_ client: ServiceSession, _ bytes: [UInt8]) throws -> String {
         let key = idempotencyKey()
         while true {
             do {
@@ -58,7 +59,7 @@ enum ServiceRuns {
 
     /// `GET /v1/runs/{id}/wait`: the run's report object as the service sent it. A connection the
     /// service closed before answering (a long run) is asked again.
-    static func wait(_ client: ServiceClient, _ id: String) throws -> JSONValue {
+    static func wait(_ client: ServiceSession, _ id: String) throws -> JSONValue {
         var attempts = 0
         while true {
             do {
@@ -135,10 +136,11 @@ extension RunFlags {
         }
         let report: JSONValue, decoded: RunReport
         do {
-            let id = try ServiceRuns.submit(client, Array(requestBody(options).serialized().utf8))
+            let session = ServiceSession(client)
+            let id = try ServiceRuns.submit(session, Array(requestBody(options).serialized().utf8))
             // An interrupt cancels the run on the service, as it cancels a local one.
             Interrupts.install(first: { _ = try? client.call("POST", "/v1/runs/\(id)/cancel", body: []) }, forced: {})
-            report = try ServiceRuns.wait(client, id)
+            report = try ServiceRuns.wait(session, id)
             decoded = try ServiceRuns.decode(report)
         } catch {
             throw ServiceFailure.exit(error, usage: 125, failure: 125)
@@ -215,8 +217,9 @@ extension Batch {
                 group.addTask {
                     await Blocking.run { () -> LineResult in
                         do {
-                            let id = try ServiceRuns.submit(client, body)
-                            guard var report = try ServiceRuns.wait(client, id).object else { return .reported }
+                            let session = ServiceSession(client)
+                            let id = try ServiceRuns.submit(session, body)
+                            guard var report = try ServiceRuns.wait(session, id).object else { return .reported }
                             if let requestId = request.id { report["id"] = .string(requestId) }
                             report["line"] = .number(number)
                             Console.out(JSONValue.object(report).serialized())

@@ -21,6 +21,8 @@ struct ResponseReader {
     private var buffer: [UInt8] = []
     private var start = 0
     private var framing: Framing = .none
+    /// The answer said `Connection: close`, or its body ends with the connection.
+    private var closes = false
 
     enum Framing {
         case none
@@ -50,6 +52,17 @@ struct ResponseReader {
         }
         return try connection.receive(into: &buffer, count: 65536) > 0
     }
+
+    /// After the whole body: whether the connection may carry the next request (HTTP/1.1
+    /// keep-alive): the body was framed by its length or chunks, the service did not say
+    /// `Connection: close`, and nothing beyond the answer arrived.
+    var reusable: Bool {
+        if case .done = framing { return !closes && start == buffer.count }
+        return false
+    }
+
+    /// The connection, for the next request when `reusable`.
+    var kept: ServiceConnection { connection }
 
     /// One line without its CRLF (a bare LF is taken too), at most `limit` bytes.
     private mutating func line(limit: Int, what: String) throws(ClientError) -> [UInt8] {
@@ -106,6 +119,9 @@ struct ResponseReader {
     }
 
     private mutating func frame(_ head: ResponseHead) throws(ClientError) {
+        closes = head.field("connection").map { value in
+            value.lowercased().split(separator: ",").contains { $0.filter { $0 != " " && $0 != "\t" } == "close" }
+        } ?? false
         if head.status == 204 || head.status == 304 {
             framing = .done
             return
@@ -125,6 +141,7 @@ struct ResponseReader {
             return
         }
         framing = .untilClose
+        closes = true
     }
 
     /// The next bytes of the body, or nil at its end.

@@ -1,0 +1,161 @@
+import Foundation
+import Glibc
+import StockadeTestSupport
+import Testing
+
+/// A service on a real Unix socket that answers `POST /v1/runs` and `GET /v1/runs/{id}/wait` from a
+/// script and records each connection's request lines: what `stockade run --host` sends on which
+/// connection, and what it does when the service ends a connection.
+private final class ScriptedService: @unchecked Sendable {
+    enum AfterSubmit {
+        /// The answer keeps the connection open (HTTP/1.1's default).
+        case keepOpen
+        /// The answer says `Connection: close`, and the connection is closed.
+        case sayClose
+        /// The answer says nothing of it, and the connection is closed right after (an idle timeout).
+        case closeSilently
+    }
+
+    static let runId = "01M89DWRZAKYA3QDS56WVQKQ36"
+    static let report = #"{"cpuTimeMs":4,"durationMs":94,"egress":null,"exitCode":0,"memoryPeakBytes":6201344,"orphansKilled":0,"outcome":"exited","profile":"default","result":{"reason":null,"status":"none"},"review":{"id":null,"state":"none"},"runId":"01M89DWRZAKYA3QDS56WVQKQ36","setupError":null,"signal":null,"stderr":"","stderrTruncated":false,"stdout":"scripted-report\n","stdoutTruncated":false,"violations":[]}"#
+
+    let socketPath: String
+    private let listener: Int32
+    private let afterSubmit: AfterSubmit
+    private let lock = NSLock()
+    /// Per connection, in order: each request's line and whether it asked for `Connection: close`.
+    private var seen: [[(line: String, close: Bool)]] = []
+    private var thread: Thread?
+
+    init(directory: String, afterSubmit: AfterSubmit) throws {
+        socketPath = directory + "/api.sock"
+        self.afterSubmit = afterSubmit
+        listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var sa = sockaddr_un()
+        sa.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &sa.sun_path) { raw in
+            let bytes = Array(socketPath.utf8)
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        let bound = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        guard listener >= 0, bound == 0, listen(listener, 8) == 0 else { throw POSIXError(.EADDRINUSE) }
+        let thread = Thread { [self] in serve() }
+        self.thread = thread
+        thread.start()
+    }
+
+    var connections: [[(line: String, close: Bool)]] { lock.withLock { seen } }
+
+    /// Stops accepting (the thread ends at its next accept).
+    func stop() {
+        shutdown(listener, Int32(SHUT_RDWR))
+    }
+
+    private func serve() {
+        while true {
+            let fd = accept(listener, nil, nil)
+            if fd < 0 { return }
+            var timeout = timeval(tv_sec: 10, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            let index = lock.withLock { seen.append([]); return seen.count - 1 }
+            var buffer: [UInt8] = []
+            while let (line, close) = readRequest(fd, &buffer) {
+                lock.withLock { seen[index].append((line, close)) }
+                if line.hasPrefix("POST /v1/runs ") {
+                    let body = #"{"id":"\#(Self.runId)","state":"queued","replayed":false}"#
+                    let closing = afterSubmit == .sayClose ? "Connection: close\r\n" : ""
+                    write(fd, "HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\n\(closing)Content-Length: \(body.utf8.count)\r\n\r\n\(body)")
+                    if afterSubmit != .keepOpen || close { break }
+                } else if line.hasPrefix("GET /v1/runs/\(Self.runId)/wait ") {
+                    let body = #"{"id":"\#(Self.runId)","state":"finished","report":\#(Self.report)}"#
+                    write(fd, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
+                    if close { break }
+                } else {
+                    write(fd, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                    break
+                }
+            }
+            Glibc.close(fd)
+        }
+    }
+
+    private func write(_ fd: Int32, _ text: String) {
+        let bytes = Array(text.utf8)
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes[offset...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n <= 0 { return }
+            offset += n
+        }
+    }
+
+    /// One request: its head (request line and whether it asks for the connection's close) and its
+    /// Content-Length body, read and dropped; nil at the end of the connection.
+    private func readRequest(_ fd: Int32, _ buffer: inout [UInt8]) -> (String, Bool)? {
+        let end = Array("\r\n\r\n".utf8)
+        while buffer.firstRange(of: end) == nil {
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { return nil }
+            buffer += chunk[0..<n]
+        }
+        let headEnd = buffer.firstRange(of: end)!
+        let head = String(decoding: buffer[..<headEnd.lowerBound], as: UTF8.self)
+        buffer.removeSubrange(..<headEnd.upperBound)
+        let lines = head.components(separatedBy: "\r\n")
+        let fields = lines.dropFirst().map { $0.lowercased() }
+        let length = fields.first { $0.hasPrefix("content-length:") }.flatMap { Int($0.dropFirst(15).trimmingCharacters(in: .whitespaces)) } ?? 0
+        while buffer.count < length {
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { return nil }
+            buffer += chunk[0..<n]
+        }
+        buffer.removeSubrange(..<length)
+        return (lines[0], fields.contains("connection: close"))
+    }
+}
+
+@Suite("stockade run --host: one connection for the submission and the wait", .serialized, .timeLimit(.minutes(2)))
+struct KeepAliveTests {
+    private func run(_ afterSubmit: ScriptedService.AfterSubmit) throws -> (status: Int32, stdout: String, stderr: String, connections: [[(line: String, close: Bool)]]) {
+        let directory = makeScratchDirectory("stk-keepalive")
+        defer { removeTree(directory) }
+        let service = try ScriptedService(directory: directory, afterSubmit: afterSubmit)
+        defer { service.stop() }
+        let r = try ServerHarness.exec(ServerHarness.stockade, ["run", "--", "/bin/true"],
+                                       environment: ["STOCKADE_HOST": "unix://" + service.socketPath, "STOCKADE_TOKEN": "stk_test",
+                                                     "STOCKADE_STATE_DIR": directory + "/client-state"])
+        return (r.status, r.stdout, r.stderr, service.connections)
+    }
+
+    private func lines(_ connection: [(line: String, close: Bool)]) -> [String] {
+        connection.map { String($0.line.split(separator: " ").prefix(2).joined(separator: " ")) }
+    }
+
+    @Test("the wait goes on the connection the run was submitted on")
+    func kept() throws {
+        let r = try run(.keepOpen)
+        #expect(r.status == 0 && r.stdout == "scripted-report\n", "\(r.status) \(r.stdout) \(r.stderr)")
+        #expect(r.connections.count == 1, "\(r.connections)")
+        #expect(r.connections.first.map(lines) == ["POST /v1/runs", "GET /v1/runs/\(ScriptedService.runId)/wait"], "\(r.connections)")
+        // The submission asked to keep the connection; the wait, the last request, did not need to.
+        #expect(r.connections.first?.first?.close == false, "\(r.connections)")
+    }
+
+    @Test("an answer that says Connection: close ends the connection: the wait goes on a new one")
+    func closedBySaying() throws {
+        let r = try run(.sayClose)
+        #expect(r.status == 0 && r.stdout == "scripted-report\n", "\(r.status) \(r.stdout) \(r.stderr)")
+        #expect(r.connections.map(lines) == [["POST /v1/runs"], ["GET /v1/runs/\(ScriptedService.runId)/wait"]], "\(r.connections)")
+    }
+
+    @Test("a kept connection the service closed meanwhile is replaced: the wait is sent again on a new one and answered")
+    func closedSilently() throws {
+        let r = try run(.closeSilently)
+        #expect(r.status == 0 && r.stdout == "scripted-report\n", "\(r.status) \(r.stdout) \(r.stderr)")
+        // The wait reached only the second connection (the first was closed before it was sent).
+        #expect(r.connections.map(lines) == [["POST /v1/runs"], ["GET /v1/runs/\(ScriptedService.runId)/wait"]], "\(r.connections)")
+    }
+}
