@@ -8,5 +8,12 @@
 set -eu
 for dir in "$@"; do
     [ -d "$dir" ] || continue
-    find "$dir" -perm /022 ! -type l -exec chmod go-w {} +
+    # -H: DIR itself may be a link to the tree. A file of another user could be rewritten by them
+    # whatever its mode: refused, naming it.
+    other=$(find -H "$dir" ! -user "$(id -u)" -print -quit)
+    if [ -n "$other" ]; then
+        echo "close-build-dir: $other is owned by another user, who could change what gets built: remove $dir (rm -rf $dir) and build again" >&2
+        exit 1
+    fi
+    find -H "$dir" -perm /022 ! -type l -exec chmod go-w {} +
 done

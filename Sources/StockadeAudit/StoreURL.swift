@@ -53,23 +53,29 @@ public enum StoreURL: Sendable, Equatable, CustomStringConvertible {
     /// replaced by `***`, and any `password=` query value too. Masking too much is the safe side.
     /// Searched as bytes, not Characters: a combining mark after `@` or `=` makes another Character
     /// of it, which a Character search would not find, leaving the password in the message.
-    /// Without `://` (a mistyped scheme: `postgres:/alice:s3cret@db`), from the first `:` on.
+    /// Unless the text begins with a scheme and `://` (a mistyped one, `postgres:/alice:s3cret@db`, or
+    /// a `://` inside the password), from the first `:` on. Query values are masked too, but for
+    /// the parameters known to hold no secret: a `Password=` or `%70assword=` is an unknown
+    /// parameter whose value must not show either.
     static func redacted(_ text: String) -> String {
         var out = Array(text.utf8)
-        let from = out.firstRange(of: Array("://".utf8))?.upperBound ?? out.startIndex
+        let schemeLength = out.prefix { ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2B }.count
+        let from = schemeLength > 0 && out[schemeLength...].starts(with: Array("://".utf8)) ? schemeLength + 3 : out.startIndex
         if let at = out[from...].lastIndex(of: UInt8(ascii: "@")),
            let colon = out[from..<at].firstIndex(of: UInt8(ascii: ":")) {
             out.replaceSubrange((colon + 1)..<at, with: Array("***".utf8))
         }
-        // Every password= value, each up to its &.
-        var searchFrom = out.startIndex
-        while let range = out[searchFrom...].firstRange(of: Array("password=".utf8)) {
-            let end = out[range.upperBound...].firstIndex(of: UInt8(ascii: "&")) ?? out.endIndex
-            out.replaceSubrange(range.upperBound..<end, with: Array("***".utf8))
-            searchFrom = range.upperBound + 3
+        guard let mark = out.firstIndex(of: UInt8(ascii: "?")) else { return String(decoding: out, as: UTF8.self) }
+        let pairs = out[(mark + 1)...].split(separator: UInt8(ascii: "&"), omittingEmptySubsequences: false).map { pair -> [UInt8] in
+            guard let equals = pair.firstIndex(of: UInt8(ascii: "=")),
+                  !Self.plainParameters.contains(String(decoding: pair[..<equals], as: UTF8.self)) else { return Array(pair) }
+            return Array(pair[...equals]) + Array("***".utf8)
         }
-        return String(decoding: out, as: UTF8.self)
+        return String(decoding: out[...mark] + Array(pairs.joined(separator: [UInt8(ascii: "&")])), as: UTF8.self)
     }
+
+    /// The PostgreSQL URL parameters whose values are no secret (PostgresStoreURL.parse).
+    static let plainParameters: Set<String> = ["host", "port", "user", "dbname", "sslmode", "sslrootcert", "passwordFile", "connect_timeout"]
 
     static func percentDecoded(_ text: some StringProtocol, part: String, in url: String) throws(AuditError) -> String {
         var bytes: [UInt8] = []
@@ -163,10 +169,11 @@ public struct PostgresStoreURL: Sendable, Equatable, CustomStringConvertible {
         let authority = slash.map { rest[..<$0] } ?? rest
         let pathPart = slash.map { rest[rest.index(after: $0)...] } ?? ""
 
-        // The authority ends at the first / or ?: an @ only after it means a user-info holding a raw
-        // /, ? or #, whose password would otherwise be read as a port or a database name, and named in
-        // an error. Refused naming no part of it.
-        if !authority.contains("@"), rest[authority.endIndex...].contains("@") || query.contains("@") {
+        // The authority ends at the first / or ?: an @ after it means a user-info holding a raw /, ?
+        // or # (the password's own @ may come before it), whose password would otherwise be read as a
+        // port, a host or a database name, and named in an error or taken. Refused naming no part of
+        // it: a database name or a parameter with an @ is written with %40.
+        if rest[authority.endIndex...].contains("@") || query.contains("@") {
             throw invalid("an @ after the host: percent-encode /, ?, # and @ in a user, a password, a database name or a parameter (%2F, %3F, %23, %40)")
         }
         var user: String?

@@ -21,8 +21,11 @@ struct ResponseReader {
     private var buffer: [UInt8] = []
     private var start = 0
     private var framing: Framing = .none
-    /// The answer said `Connection: close`, or its body ends with the connection.
+    /// The answer said `Connection: close`, or its body ends with the connection, or it is not an
+    /// HTTP/1.1 answer with one framing header: the connection carries no further request.
     private var closes = false
+    /// Whether any byte of an answer came: a kept connection the service had closed since gives none.
+    private(set) var receivedAny = false
 
     enum Framing {
         case none
@@ -50,7 +53,9 @@ struct ResponseReader {
             buffer.removeFirst(start)
             start = 0
         }
-        return try connection.receive(into: &buffer, count: 65536) > 0
+        let n = try connection.receive(into: &buffer, count: 65536)
+        if n > 0 { receivedAny = true }
+        return n > 0
     }
 
     /// After the whole body: whether the connection may carry the next request (HTTP/1.1
@@ -114,14 +119,15 @@ struct ResponseReader {
             if (100...199).contains(status) { continue }
             let head = ResponseHead(status: status, fields: fields)
             try frame(head)
+            if !parts[0].elementsEqual("HTTP/1.1".utf8) { closes = true }
             return head
         }
     }
 
     private mutating func frame(_ head: ResponseHead) throws(ClientError) {
-        closes = head.field("connection").map { value in
-            value.lowercased().split(separator: ",").contains { $0.filter { $0 != " " && $0 != "\t" } == "close" }
-        } ?? false
+        closes = head.fields.contains { field in
+            field.name == "connection" && field.value.lowercased().split(separator: ",").contains { $0.filter { $0 != " " && $0 != "\t" } == "close" }
+        } || head.fields.filter { $0.name == "transfer-encoding" || $0.name == "content-length" }.count > 1
         if head.status == 204 || head.status == 304 {
             framing = .done
             return

@@ -120,10 +120,11 @@ public struct ServiceClient: Sendable {
 
 /// Requests made one after another on one connection (HTTP/1.1 keep-alive), as `run --host` submits
 /// a run and then waits for it: the second request saves the service a connection's set-up (its
-/// CPU per run 7.0 → 6.6 ms, measured alternated). An answer that asks for the connection's end, or
-/// is framed by it, ends it; a kept connection the service closed meanwhile (its idle timeout) fails
-/// the next request as a closed connection does (`ServiceRuns.wait` asks again, on a new one). Not
-/// for concurrent use.
+/// CPU per run 7.0 → 6.6 ms, measured alternated). An answer that asks for the connection's end, is
+/// framed by it, is not HTTP/1.1 or has more than one framing header ends it. A kept connection the
+/// service closed since (its idle timeout, while a full queue's Retry-After was waited out) is
+/// replaced once when not one byte of an answer came on it: the service never read the request
+/// (a submission carries its Idempotency-Key in any case). Not for concurrent use.
 public final class ServiceSession {
     public let client: ServiceClient
     private var kept: ServiceConnection?
@@ -141,9 +142,23 @@ public final class ServiceSession {
     /// As `ServiceClient.call`, on the kept connection when there is one.
     public func call(_ method: String, _ path: String, body: [UInt8]? = nil, headers: [(String, String)] = [],
                      limit: Int = 16 << 20) throws(ClientError) -> ServiceClient.Response {
-        let connection = kept
-        kept = nil
-        var reader = try client.open(method, path, body: body, headers: headers, on: connection, keepAlive: true)
+        if let connection = kept {
+            kept = nil
+            var answered = false
+            do {
+                var reader = try client.open(method, path, body: body, headers: headers, on: connection, keepAlive: true)
+                defer { answered = reader.receivedAny }
+                return try finish(&reader, limit: limit)
+            } catch {
+                // Closed before it answered anything: sent again below, on a new connection.
+                if answered { throw error }
+            }
+        }
+        var reader = try client.open(method, path, body: body, headers: headers, keepAlive: true)
+        return try finish(&reader, limit: limit)
+    }
+
+    private func finish(_ reader: inout ResponseReader, limit: Int) throws(ClientError) -> ServiceClient.Response {
         let head = try reader.head()
         let bytes = try reader.body(limit: limit)
         if reader.reusable { kept = reader.kept }

@@ -55,6 +55,11 @@ struct StoreURLTests {
         "postgresql://alice:PWa?PWb=PWc@/audit?host=/run", "postgres://alice:6000/PWb@db.example/audit",
         "postgres://alice:PWa#PWb@db.example/audit", "postgres://alice:PWa/PWb@db.example/audit?password=PWc&password=PWd",
         "postgres:/alice:PWa@db.example/audit", "postgres//alice:PWa@db.example/audit", "postgres:alice:PWa/PWb@db/audit",
+        // The password's own @ before its raw / or ?: the authority holds an @, and the tail was read
+        // as a host and a database name (the second was taken, with host PWb).
+        "postgres://alice:PWa@PWb/PWc@db.example/audit", "postgres://alice:PWa@PWb/PWc@db.example", "postgres://alice:PWa@PWb?PWc@db/x",
+        // A mistyped scheme with :// inside the password; a password in a parameter of another spelling.
+        "postgres:/alice:PWa://PWb@db/x", "postgres://alice@db/x?Password=PWa", "postgres://alice@db/x?%70assword=PWa&password%20=PWb",
     ])
     func malformedPasswordRedacted(text: String) {
         // The password's pieces as the delimiters would cut it: none may show, whole or in part.

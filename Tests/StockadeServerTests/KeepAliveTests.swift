@@ -10,10 +10,13 @@ private final class ScriptedService: @unchecked Sendable {
     enum AfterSubmit {
         /// The answer keeps the connection open (HTTP/1.1's default).
         case keepOpen
-        /// The answer says `Connection: close`, and the connection is closed.
+        /// The answer says `Connection: close`; the service leaves the connection to the client to close.
         case sayClose
         /// The answer says nothing of it, and the connection is closed right after (an idle timeout).
         case closeSilently
+        /// The first submission is answered 429 queue-full (Retry-After: 1) and its connection closed
+        /// silently while the client waits that second out; the next is admitted.
+        case queueFullThenClose
     }
 
     static let runId = "01M89DWRZAKYA3QDS56WVQKQ36"
@@ -62,11 +65,17 @@ private final class ScriptedService: @unchecked Sendable {
             var buffer: [UInt8] = []
             while let (line, close) = readRequest(fd, &buffer) {
                 lock.withLock { seen[index].append((line, close)) }
-                if line.hasPrefix("POST /v1/runs ") {
+                if line.hasPrefix("POST /v1/runs "), afterSubmit == .queueFullThenClose, lock.withLock({ seen.count == 1 }) {
+                    let body = #"{"error":{"code":"queue-full","message":"the queue is full"}}"#
+                    write(fd, "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: 1\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
+                    break
+                } else if line.hasPrefix("POST /v1/runs ") {
                     let body = #"{"id":"\#(Self.runId)","state":"queued","replayed":false}"#
                     let closing = afterSubmit == .sayClose ? "Connection: close\r\n" : ""
                     write(fd, "HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\n\(closing)Content-Length: \(body.utf8.count)\r\n\r\n\(body)")
-                    if afterSubmit != .keepOpen || close { break }
+                    // After Connection: close the connection stays open here, so a client that
+                    // ignored the header would be seen sending its wait on it.
+                    if afterSubmit == .closeSilently || close { break }
                 } else if line.hasPrefix("GET /v1/runs/\(Self.runId)/wait ") {
                     let body = #"{"id":"\#(Self.runId)","state":"finished","report":\#(Self.report)}"#
                     write(fd, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
@@ -151,11 +160,18 @@ struct KeepAliveTests {
         #expect(r.connections.map(lines) == [["POST /v1/runs"], ["GET /v1/runs/\(ScriptedService.runId)/wait"]], "\(r.connections)")
     }
 
-    @Test("a kept connection the service closed meanwhile is replaced: the wait is sent again on a new one and answered")
+    @Test("a kept connection the service closed since is replaced: the wait is sent again on a new one and answered")
     func closedSilently() throws {
         let r = try run(.closeSilently)
         #expect(r.status == 0 && r.stdout == "scripted-report\n", "\(r.status) \(r.stdout) \(r.stderr)")
         // The wait reached only the second connection (the first was closed before it was sent).
         #expect(r.connections.map(lines) == [["POST /v1/runs"], ["GET /v1/runs/\(ScriptedService.runId)/wait"]], "\(r.connections)")
+    }
+
+    @Test("a submission refused for a full queue is sent again after its Retry-After, on a new connection when the service closed the kept one meanwhile")
+    func queueFullThenClosed() throws {
+        let r = try run(.queueFullThenClose)
+        #expect(r.status == 0 && r.stdout == "scripted-report\n", "\(r.status) \(r.stdout) \(r.stderr)")
+        #expect(r.connections.map(lines) == [["POST /v1/runs"], ["POST /v1/runs", "GET /v1/runs/\(ScriptedService.runId)/wait"]], "\(r.connections)")
     }
 }
