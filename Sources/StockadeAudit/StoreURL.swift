@@ -48,15 +48,15 @@ public enum StoreURL: Sendable, Equatable, CustomStringConvertible {
         AuditError(.invalidArgument, path: redacted(text), "invalid store URL: \(why)")
     }
 
-    /// `text` with the password of its user-info (between the first `:` after `//` and the last `@`,
-    /// wherever that is: a password may hold a raw `/` or `?` that makes the URL malformed)
-    /// replaced by `***`, and any `password=` query value too. Masking too much is the safe side.
+    /// `text` as an error message may show it, masking too much rather than too little:
+    /// - the user-info's password, from the first `:` after the scheme's `://` to the last `@`,
+    ///   wherever that is (a password may hold a raw `/`, `?` or `@` that makes the URL malformed);
+    ///   without a scheme and `://` at the start (a mistyped one, or a `://` inside the password),
+    ///   from the first `:`;
+    /// - every query value but those of `plainParameters` (`Password=` and `%70assword=` are
+    ///   unknown parameters whose values must not show either).
     /// Searched as bytes, not Characters: a combining mark after `@` or `=` makes another Character
-    /// of it, which a Character search would not find, leaving the password in the message.
-    /// Unless the text begins with a scheme and `://` (a mistyped one, `postgres:/alice:s3cret@db`, or
-    /// a `://` inside the password), from the first `:` on. Query values are masked too, but for
-    /// the parameters known to hold no secret: a `Password=` or `%70assword=` is an unknown
-    /// parameter whose value must not show either.
+    /// of it, which a Character search would not find.
     static func redacted(_ text: String) -> String {
         var out = Array(text.utf8)
         let schemeLength = out.prefix { ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2B }.count
@@ -74,8 +74,8 @@ public enum StoreURL: Sendable, Equatable, CustomStringConvertible {
         return String(decoding: out[...mark] + Array(pairs.joined(separator: [UInt8(ascii: "&")])), as: UTF8.self)
     }
 
-    /// The PostgreSQL URL parameters whose values are no secret (PostgresStoreURL.parse).
-    static let plainParameters: Set<String> = ["host", "port", "user", "dbname", "sslmode", "sslrootcert", "passwordFile", "connect_timeout"]
+    /// The parameters a PostgreSQL URL accepts (PostgresStoreURL.parse), none of whose values is a secret.
+    static let plainParameters = ["host", "port", "user", "dbname", "sslmode", "sslrootcert", "passwordFile", "connect_timeout"]
 
     static func percentDecoded(_ text: some StringProtocol, part: String, in url: String) throws(AuditError) -> String {
         var bytes: [UInt8] = []
@@ -250,7 +250,7 @@ public struct PostgresStoreURL: Sendable, Equatable, CustomStringConvertible {
                 }
                 timeout = seconds
             default:
-                throw invalid("unknown parameter \(name): the accepted ones are host, port, user, dbname, sslmode, sslrootcert, passwordFile, connect_timeout")
+                throw invalid("unknown parameter \(name): the accepted ones are \(StoreURL.plainParameters.joined(separator: ", "))")
             }
         }
         guard !database.isEmpty else { throw invalid("no database name: the path must be /DATABASE (postgres://USER@HOST/DATABASE)") }

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import StockadeTestSupport
 import Testing
 
 /// A raw HTTP/1.1 client over a Unix socket (or loopback TCP): one request a connection.
@@ -37,13 +38,7 @@ struct HTTPClient {
         switch address {
         case .unix(let path):
             let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            var sa = sockaddr_un()
-            sa.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &sa.sun_path) { raw in
-                let bytes = Array(path.utf8)
-                raw.copyBytes(from: bytes)
-                raw[bytes.count] = 0
-            }
+            var sa = unixSocketAddress(path)
             let rc = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
             guard rc == 0 else {
                 let err = errno

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import StockadeTestSupport
 import Testing
 
 
@@ -321,13 +322,7 @@ struct ServerTests {
         // A stale socket file (nobody listening) is replaced.
         let server = try ServerHarness(start: false)
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var sa = sockaddr_un()
-        sa.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &sa.sun_path) { raw in
-            let bytes = Array(server.socketPath.utf8)
-            raw.copyBytes(from: bytes)
-            raw[bytes.count] = 0
-        }
+        var sa = unixSocketAddress(server.socketPath)
         let bound = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
         #expect(bound == 0)
         close(fd)
