@@ -447,6 +447,8 @@ struct VerdictTests {
 
     static let seccompKilled = killed(at: "i386/keyctl")
     static let oomKilled = ProbeObservation(outcome: "oom", exitCode: nil, signal: 9, output: "", violations: ["memory"])
+    /// SIGKILLed after an OOM kill in its cgroup, the kernel's log naming no victim among the run's processes.
+    static let killedAfterOOM = ProbeObservation(outcome: "signaled", exitCode: nil, signal: 9, output: "", violations: ["memory"])
 
     static let cases: [Case] = [
         Case(name: "refused in the sandbox with the filter's record, worked on the host: enforced", control: "seccomp.keyrings",
@@ -493,6 +495,13 @@ struct VerdictTests {
              verdict: .enforced, fails: false),
         Case(name: "a fork bomb the memory limit stopped is no evidence for the pids limit: inconclusive and a failure",
              control: "resources.pids", profile: "default", positive: exited(77), sandboxed: oomKilled, verdict: .inconclusive, fails: true),
+        Case(name: "a fork bomb SIGKILLed after an OOM kill its victim unnamed is no evidence for the pids limit", control: "resources.pids",
+             profile: "default", positive: exited(77), sandboxed: killedAfterOOM, verdict: .inconclusive, fails: true),
+        Case(name: "a memory bomb SIGKILLed after an OOM kill in its cgroup, its victim unnamed by the kernel's log, is contained",
+             control: "resources.memory", profile: "default", positive: exited(77), sandboxed: killedAfterOOM, verdict: .enforced, fails: false),
+        Case(name: "a SIGKILL with no OOM kill counted is no evidence for the memory limit", control: "resources.memory", profile: "default",
+             positive: exited(77), sandboxed: ProbeObservation(outcome: "signaled", exitCode: nil, signal: 9, output: ""),
+             verdict: .inconclusive, fails: true),
         Case(name: "a fork refused without the pids counter moving (ENOMEM) is no evidence for the pids limit", control: "resources.pids",
              profile: "default", positive: exited(77), sandboxed: exited(0, "fork-bomb: forked 900 of 4096, then errno 12 (ENOMEM)"),
              verdict: .inconclusive, fails: true),
@@ -556,6 +565,9 @@ struct VerdictTests {
         #expect(byPids.evidence.contains("pids limit"), "\(byPids.evidence)")
         let byMemory = Verifier.judge(pids, profile: Profile(), positive: Self.exited(77), sandboxed: Self.oomKilled)
         #expect(byMemory.evidence.contains("memory limit") && byMemory.evidence.contains("not the pids limit"), "\(byMemory.evidence)")
+        // The flake this fixed: the kernel's log lost the victim's record, and the evidence said only "could not tell".
+        let afterOOM = Verifier.judge(pids, profile: Profile(), positive: Self.exited(77), sandboxed: Self.killedAfterOOM)
+        #expect(afterOOM.evidence.contains("memory limit") && afterOOM.evidence.contains("not the pids limit"), "\(afterOOM.evidence)")
         let keys = try #require(ControlCatalog.control("seccomp.keyrings"))
         let byFilter = Verifier.judge(keys, profile: Profile(), positive: Self.exited(77), sandboxed: Self.refused(recorded: ["x86_64/add_key"]))
         #expect(byFilter.evidence.contains("filter refused add_key"), "\(byFilter.evidence)")
