@@ -4,8 +4,10 @@ import StockadePolicy
 import Synchronization
 import SystemPackage
 
-/// One run's directory, `<state>/runs/<run-id>/` (mode 0700), with `request/`, `result/`, `upper/`,
-/// `work/` and `logs/` beneath it and `report.json` once the run is finished.
+/// One run's directory, `<state>/runs/<run-id>/` (mode 0700), with `result/` and `logs/` beneath it,
+/// `request/` and `upper/` when the run has a request bundle or a workspace (`makeSubdirectory`), and
+/// `report.json` once the run is finished. A run makes only what it uses: on a filesystem such as ext4
+/// each directory is an inode and a block allocated in the run's path.
 ///
 /// While the object is open it holds an exclusive `flock` on `<run>/.lock`: that is how
 /// `collectGarbage` tells a running run (lock held, by this or another supervisor process) from a
@@ -14,11 +16,11 @@ public final class RunDirectory: Sendable {
     public static let requestName = "request"
     public static let resultName = "result"
     public static let upperName = "upper"
-    public static let workName = "work"
     public static let logsName = "logs"
     public static let reportName = "report.json"
     public static let lockName = ".lock"
-    static let subdirectories = [requestName, resultName, upperName, workName, logsName]
+    /// Made with the run directory; `request/` and `upper/` only when a run asks (`makeSubdirectory`).
+    static let subdirectories = [resultName, logsName]
 
     private struct Handles: Sendable {
         var directory: Int32
@@ -32,10 +34,8 @@ public final class RunDirectory: Sendable {
 
     public var requestPath: String { path + "/" + Self.requestName }
     public var resultPath: String { path + "/" + Self.resultName }
-    /// The overlay upper directory: the workspace's changes.
+    /// Where the workspace's bounded tmpfs is mounted, in a private mount namespace only.
     public var upperPath: String { path + "/" + Self.upperName }
-    /// The overlay work directory (same filesystem as `upper`, as overlayfs requires).
-    public var workPath: String { path + "/" + Self.workName }
     public var logsPath: String { path + "/" + Self.logsName }
     public var reportPath: String { path + "/" + Self.reportName }
 
@@ -63,6 +63,19 @@ public final class RunDirectory: Sendable {
         _ = flock(open.lock, LOCK_UN)
         Glibc.close(open.lock)
         Glibc.close(open.directory)
+    }
+
+    /// Makes `request/` or `upper/` (mode 0700) for a run that uses it, and returns its path. Fails
+    /// if it exists: the run directory is new, and only the supervisor writes in it.
+    public func makeSubdirectory(_ name: String) throws(BundleError) -> String {
+        precondition(name == Self.requestName || name == Self.upperName, "not a subdirectory made on demand: \(name)")
+        guard let directory = descriptor else {
+            throw BundleError(.runDirectoryFailed, path: path, "the run directory is closed; make \(name)/ before close()")
+        }
+        if mkdirat(directory, name, 0o700) != 0 {
+            throw Self.failure(path + "/" + name, errno, "cannot create the run's \(name) directory")
+        }
+        return path + "/" + name
     }
 
     /// Makes `<stateDirectory>/runs/<runId>/` (creating the state and `runs` directories when
@@ -148,31 +161,6 @@ public final class RunDirectory: Sendable {
         if (try? remover.empty(directory, depth: 0, path: name)) != nil {
             _ = unlinkat(runs, name, AT_REMOVEDIR)
         }
-    }
-
-    /// Lets a worker whose user namespace maps its root to host `uid`/`gid` mount the workspace
-    /// overlay from inside that namespace: the kernel resolves `upperdir` and `workdir` with the
-    /// worker's credentials, and refuses (EACCES) to search a 0700 directory owned by host root.
-    /// `upper/` and `work/` are given to the worker's ids, and the run directory and `runs/` become
-    /// 0711 (searchable, not listable). The state directory itself must be searchable too.
-    public func grantOverlayAccess(uid: UInt32, gid: UInt32) throws(BundleError) {
-        guard let directory = descriptor else {
-            throw BundleError(.runDirectoryFailed, path: path, "the run directory is closed; grant access before close()")
-        }
-        for name in [Self.upperName, Self.workName]
-        where fchownat(directory, name, uid, gid, AT_SYMLINK_NOFOLLOW) != 0 {
-            throw Self.failure(path + "/" + name, errno, "cannot give the \(name) directory to the worker's ids")
-        }
-        if fchmod(directory, 0o711) != 0 {
-            throw Self.failure(path, errno, "cannot make the run directory searchable")
-        }
-        let runs = openat(directory, "..", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if runs < 0 || fchmod(runs, 0o711) != 0 {
-            let code = errno
-            if runs >= 0 { Glibc.close(runs) }
-            throw Self.failure(path + "/..", code, "cannot make the runs directory searchable")
-        }
-        Glibc.close(runs)
     }
 
     // MARK: Garbage collection

@@ -14,6 +14,11 @@ extension Supervisor {
             return .failure(SetupFailure(stage: .request, errno: errno, message: "--request \(path): \(String(cString: strerror(errno)))"))
         }
         defer { close(source) }
+        do {
+            _ = try dir.makeSubdirectory(RunDirectory.requestName)
+        } catch {
+            return .failure(SetupFailure(stage: .request, errno: error.errno ?? 0, message: error.description))
+        }
         let destination = open(dir.requestPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
         guard destination >= 0 else {
             return .failure(SetupFailure(stage: .request, errno: errno, message: "cannot open \(dir.requestPath)"))

@@ -191,8 +191,14 @@ extension Supervisor {
             // bytes and inodes (its pages are charged to the worker's memory
             // cgroup): the worker cannot fill the host's disk through /workspace.
             // It is never mounted on the host: only the run's descriptors hold it.
+            let anchor: String
             do {
-                let (fd, layer) = try WorkspaceOverlay.mount(workspace: resolved, anchor: plan.runDirectory.upperPath,
+                anchor = try plan.runDirectory.makeSubdirectory(RunDirectory.upperName)
+            } catch {
+                throw SetupFailure(stage: .workspace, errno: error.errno ?? 0, message: error.description)
+            }
+            do {
+                let (fd, layer) = try WorkspaceOverlay.mount(workspace: resolved, anchor: anchor,
                                                              sizeBytes: profile.limits.workspaceBytes,
                                                              inodes: max(4096, profile.bundles.maxFiles + 1024),
                                                              workerHostUid: hostUid, workerHostGid: hostGid)

@@ -9,15 +9,21 @@ struct RunDirectoryTests {
         return lstat(path, &st) == 0 ? st.st_mode & 0o7777 : nil
     }
 
-    @Test("create makes the run directory 0700 with its subdirectories and a held lock")
+    @Test("create makes the run directory 0700 with result/ and logs/ and a held lock; request/ and upper/ only when a run asks")
     func create() throws {
         let s = Scratch("state")
         let run = try RunDirectory.create(stateDirectory: s["state"], runId: "01JRUN0001")
         #expect(run.path == s["state/runs/01JRUN0001"])
         #expect(mode(run.path) == 0o700)
-        for sub in [run.requestPath, run.resultPath, run.upperPath, run.workPath, run.logsPath] {
+        for sub in [run.resultPath, run.logsPath] {
             #expect(mode(sub) == 0o700, "\(sub)")
         }
+        // Nothing a run without a request bundle or a workspace would not use (each is an inode and a block).
+        #expect(mode(run.requestPath) == nil && mode(run.upperPath) == nil && mode(run.path + "/work") == nil)
+        #expect(try run.makeSubdirectory(RunDirectory.requestName) == run.requestPath)
+        #expect(try run.makeSubdirectory(RunDirectory.upperName) == run.upperPath)
+        #expect(mode(run.requestPath) == 0o700 && mode(run.upperPath) == 0o700)
+        #expect(throws: BundleError.self, "made twice") { try run.makeSubdirectory(RunDirectory.upperName) }
         #expect(run.reportPath == run.path + "/report.json")
         let fd = try #require(run.descriptor)
         var byFd = stat(), byPath = stat()
@@ -30,22 +36,6 @@ struct RunDirectoryTests {
         run.close()
         #expect(run.descriptor == nil)
         #expect(flock(other, LOCK_EX | LOCK_NB) == 0)
-    }
-
-    @Test("granting overlay access gives upper and work to the worker's ids and makes the path searchable",
-          .enabled(if: isRoot, "needs CAP_CHOWN"))
-    func overlayAccess() throws {
-        let s = Scratch("state")
-        let run = try RunDirectory.create(stateDirectory: s.path, runId: "granted")
-        defer { run.close() }
-        try run.grantOverlayAccess(uid: 100_000, gid: 100_001)
-        for sub in [run.upperPath, run.workPath] {
-            var st = stat()
-            #expect(lstat(sub, &st) == 0 && st.st_uid == 100_000 && st.st_gid == 100_001 && st.st_mode & 0o7777 == 0o700)
-        }
-        var st = stat()
-        #expect(lstat(run.resultPath, &st) == 0 && st.st_uid == 0)
-        #expect(mode(run.path) == 0o711 && mode(s["runs"]) == 0o711)
     }
 
     @Test("a run id that exists already is refused")
@@ -80,7 +70,7 @@ struct RunDirectoryTests {
         let removed = try RunDirectory.collectGarbage(stateDirectory: s.path, olderThan: 0,
                                                       now: RunDirectory.currentTime() + 86400)
         #expect(removed == [])
-        #expect(s.exists("runs/running/upper"))
+        #expect(s.exists("runs/running/result"))
         run.close()
         #expect(try RunDirectory.collectGarbage(stateDirectory: s.path, olderThan: 0,
                                                 now: RunDirectory.currentTime() + 86400) == ["running"])
@@ -98,7 +88,7 @@ struct RunDirectoryTests {
         let removed = try RunDirectory.remove(stateDirectory: s.path, runIds: ["probe-done", "probe-running", "../state", "missing"])
         #expect(removed == ["probe-done"])
         #expect(!s.exists("runs/probe-done"))
-        #expect(s.exists("runs/probe-running/upper"))
+        #expect(s.exists("runs/probe-running/result"))
         #expect(s.exists("runs/other-done"))
         running.close()
         #expect(try RunDirectory.remove(stateDirectory: s.path, runIds: ["probe-running"]) == ["probe-running"])
@@ -144,7 +134,7 @@ struct RunDirectoryTests {
         #expect(!s.exists("runs/.creating-crashed"))
         let run = try RunDirectory.create(stateDirectory: s.path, runId: "crashed")
         run.close()
-        #expect(s.exists("runs/crashed/upper") && !s.exists("runs/.creating-crashed"))
+        #expect(s.exists("runs/crashed/result") && !s.exists("runs/.creating-crashed"))
     }
 
     @Test("gc without a state directory removes nothing")
@@ -160,6 +150,7 @@ struct RunDirectoryTests {
         try s.mkdir("canary/dir")
         try s.write("canary/dir/inner", "alive too")
         let run = try RunDirectory.create(stateDirectory: s["state"], runId: "hostile")
+        _ = try run.makeSubdirectory(RunDirectory.upperName)
         run.close()
         let upper = "state/runs/hostile/upper"
         try s.symlink(upper + "/to-dir", to: s["canary"])
