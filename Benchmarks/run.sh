@@ -37,7 +37,23 @@ if ! need bwrap || ! need hyperfine || ! need perf; then
 fi
 need python3 || { echo "run.sh: python3 is needed to summarise hyperfine's JSON" >&2; exit 1; }
 
+# On an ext4 without a journal (this VM's disk), the kernel's inode allocator passes over every free
+# inode of a group freed in the last 5 s (35 s while its inode table block is dirty), reading the
+# table for each (fs/ext4/ialloc.c, find_inode_bit: recently_deleted): a run directory made right
+# after a bulk deletion costs more CPU (batch --parallel 1: 4.5 ms a run, 5.2-6.9 ms right after
+# 20 000 files were deleted), while bwrap and the floor make no inodes. A journaled ext4 never makes
+# this check. run.sh deletes in bulk only between its measurements, and waits the window out after.
+LAST_BULK_DELETE=0
+bulk_deleted() { LAST_BULK_DELETE=$(date +%s); }
+settle() {
+    local left=$(( LAST_BULK_DELETE + 40 - $(date +%s) ))
+    [ "$left" -le 0 ] && return 0
+    echo "run.sh: waiting ${left}s: ext4 still counts the inodes the last bulk deletion freed as recently deleted" >&2
+    sleep "$left"
+}
+
 rm -rf "$WORK" "$SHM"
+bulk_deleted
 mkdir -p "$WORK" "$SHM" "$OUTDIR" "$(dirname "$OUT")"
 
 echo "== building (release)" >&2
@@ -81,6 +97,7 @@ for _ in $(seq 1 300); do [ -S "$SERVE_DIR/api.sock" ] && break; sleep 0.05; don
 [ -S "$SERVE_DIR/api.sock" ] || { echo "run.sh: stockade-server did not start (see $SERVE_DIR/server.log)" >&2; exit 1; }
 
 # ---------------------------------------------------------------- (1) whole command
+settle
 echo "== (1) whole command, hyperfine ($RUNS runs each)" >&2
 BWRAP=(bwrap --unshare-all --ro-bind /usr /usr --ro-bind /bin /bin --ro-bind /lib /lib --ro-bind /lib64 /lib64
        --proc /proc --dev /dev true)
@@ -104,11 +121,13 @@ hyperfine -N --style basic --warmup "$WARMUP" --runs "$RUNS" --export-json "$OUT
 hyperfine -N --style basic --warmup 3 --runs "$(( RUNS / 3 ))" --export-json "$OUTDIR/whole-fresh.json" \
     --prepare "rm -rf $WORK/state-fresh" \
     -n "stockade run -- /bin/true (fresh state dir on disk each run)" "$(q "$STOCKADE" run --state-dir "$WORK/state-fresh" -- /bin/true)" >&2
+bulk_deleted   # each --prepare removed a state directory
 
 # Section 7's one-shot ratios, alternated with bwrap one invocation at a time (paired.py: bwrap,
 # stockade, then stockade, bwrap, ...): the median of the per-pair ratios. Hyperfine runs each
 # command's runs in one block, so a drift of this VM between the blocks moves its ratio. Here, while
 # the warm service is up.
+settle
 echo "== (1) the one-shot ratios, alternated with bwrap per invocation" >&2
 PAIRS=$([ "$QUICK" = 1 ] && echo 60 || echo 300)
 python3 "$HERE/paired.py" --json "$PAIRS" "${BWRAP[@]}" ::: "$STOCKADE" --host "unix://$SERVE_DIR/api.sock" run -- /bin/true > "$OUTDIR/pair-warm.json"
@@ -161,6 +180,8 @@ echo "== (4) components$([ -n "$PG_URL" ] && echo ', the audit store on SQLite a
 COMPONENT_ROWS="$("$BENCH" components --disk "$WORK/components" --tmpfs "$SHM/components" $QFLAG ${PG_URL:+--postgres "$PG_URL"})"
 kill "$SERVER_PID" 2>/dev/null || true
 wait "$SERVER_PID" 2>/dev/null || true
+bulk_deleted   # the components removed their bundle copies and scratch databases
+settle
 echo "== (5) the service: throughput from 8 clients, latency, RSS with 100 queued and 50 running" >&2
 SERVE_ROWS="$("$BENCH" serve --server "$SERVER" --stockade "$STOCKADE" --work "$WORK/serve" $QFLAG)"
 # ---------------------------------------------------------------- (7) the run-cost targets, side by side
