@@ -2,7 +2,7 @@ import Glibc
 
 // The service's figures (issue 17): `stockade-server` on a Unix socket in a fresh state directory,
 // driven over raw HTTP/1.1 by this process's threads (one request a connection, as a simple engine
-// would): sustained runs per second from 8 clients, submit → first byte of output and submit →
+// would, and one kept connection a client, as `stockade run --host` does): sustained runs per second from 8 clients, submit → first byte of output and submit →
 // report (p50/p99), and the daemon's RSS with 100 runs queued and 50 running.
 
 /// One HTTP/1.1 exchange over a Unix socket: the status, the body, and when the first byte of the
@@ -14,30 +14,14 @@ struct Exchange {
 }
 
 func httpUnix(_ socketPath: String, _ method: String, _ path: String, token: String?, body: String? = nil) -> Exchange? {
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    let fd = connectUnix(socketPath)
     guard fd >= 0 else { return nil }
     defer { close(fd) }
-    var sa = sockaddr_un()
-    sa.sun_family = sa_family_t(AF_UNIX)
-    withUnsafeMutableBytes(of: &sa.sun_path) { raw in
-        let bytes = Array(socketPath.utf8)
-        raw.copyBytes(from: bytes)
-        raw[bytes.count] = 0
-    }
-    let rc = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-    guard rc == 0 else { return nil }
     var head = "\(method) \(path) HTTP/1.1\r\nHost: stockade\r\nConnection: close\r\n"
     if let token { head += "Authorization: Bearer \(token)\r\n" }
     let payload = Array((body ?? "").utf8)
     if method == "POST" { head += "Content-Type: application/json\r\nContent-Length: \(payload.count)\r\n" }
-    let request = Array((head + "\r\n").utf8) + payload
-    var offset = 0
-    while offset < request.count {
-        let n = request[offset...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-        if n < 0 && errno == EINTR { continue }
-        guard n > 0 else { return nil }
-        offset += n
-    }
+    guard sendAll(fd, Array((head + "\r\n").utf8) + payload) else { return nil }
     var raw: [UInt8] = []
     var buffer = [UInt8](repeating: 0, count: 16384)
     var headEnd: Int?
@@ -57,6 +41,121 @@ func httpUnix(_ socketPath: String, _ method: String, _ path: String, token: Str
     var payloadOut = Array(raw[(end + 4)...])
     if headers.contains("transfer-encoding: chunked") { payloadOut = dechunk(payloadOut) }
     return Exchange(status: status, body: payloadOut, firstBodyByteAt: firstBody)
+}
+
+/// One kept HTTP/1.1 connection over a Unix socket (keep-alive, as `stockade run --host` and an engine
+/// use the service): requests one after another, each answer framed by Content-Length or chunked
+/// encoding. Reconnects when the service closed it (or said `Connection: close`).
+final class KeptConnection {
+    let socketPath: String
+    private var fd: Int32 = -1
+    private(set) var connects = 0
+
+    init(_ socketPath: String) { self.socketPath = socketPath }
+    deinit { if fd >= 0 { close(fd) } }
+
+    func exchange(_ method: String, _ path: String, token: String?, body: String? = nil) -> Exchange? {
+        if fd < 0 {
+            fd = connectUnix(socketPath)
+            guard fd >= 0 else { return nil }
+            connects += 1
+        }
+        var head = "\(method) \(path) HTTP/1.1\r\nHost: stockade\r\n"
+        if let token { head += "Authorization: Bearer \(token)\r\n" }
+        let payload = Array((body ?? "").utf8)
+        if method == "POST" { head += "Content-Type: application/json\r\nContent-Length: \(payload.count)\r\n" }
+        guard sendAll(fd, Array((head + "\r\n").utf8) + payload), let answer = readFramed() else {
+            close(fd); fd = -1
+            return nil
+        }
+        if !answer.keep { close(fd); fd = -1 }
+        return answer.exchange
+    }
+
+    /// One framed answer; `keep` false when the connection cannot carry another request.
+    private func readFramed() -> (exchange: Exchange, keep: Bool)? {
+        var raw: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 16384)
+        func more() -> Bool {
+            while true {
+                let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { return false }
+                raw += buffer[0..<n]
+                return true
+            }
+        }
+        var end: Int? = nil
+        while end == nil {
+            guard more() else { return nil }
+            end = findHeadEnd(raw)
+        }
+        let headText = String(decoding: raw[0..<end!], as: UTF8.self)
+        let lines = headText.split(separator: "\r\n")
+        guard let status = lines.first.flatMap({ Int($0.split(separator: " ").dropFirst().first ?? "") }) else { return nil }
+        var length: Int?, chunked = false, keep = true
+        for line in lines.dropFirst() {
+            let lower = line.lowercased()
+            if lower.hasPrefix("content-length:") { length = Int(String(lower.dropFirst("content-length:".count)).trimmingCharacters(in: " ")) }
+            if lower.hasPrefix("transfer-encoding:") && lower.contains("chunked") { chunked = true }
+            if lower.hasPrefix("connection:") && lower.contains("close") { keep = false }
+        }
+        let bodyStart = end! + 4
+        if let length, !chunked {
+            while raw.count < bodyStart + length { guard more() else { return nil } }
+            return (Exchange(status: status, body: Array(raw[bodyStart..<(bodyStart + length)]), firstBodyByteAt: nil), keep)
+        }
+        if chunked {
+            // Complete when a zero-size chunk and its final CRLF have arrived.
+            while true {
+                if let body = completeChunked(raw[bodyStart...]) { return (Exchange(status: status, body: body, firstBodyByteAt: nil), keep) }
+                guard more() else { return nil }
+            }
+        }
+        while more() {}
+        return (Exchange(status: status, body: Array(raw[bodyStart...]), firstBodyByteAt: nil), false)
+    }
+}
+
+/// The data of a chunked body once its last chunk has arrived; nil while it has not.
+private func completeChunked(_ body: ArraySlice<UInt8>) -> [UInt8]? {
+    var out: [UInt8] = []
+    var i = body.startIndex
+    while let lf = body[i...].firstIndex(of: 10) {
+        guard let size = Int(String(decoding: body[i..<lf], as: UTF8.self).trimmingCharacters(in: " \r"), radix: 16) else { return nil }
+        let start = lf + 1
+        if size == 0 { return body.endIndex >= start + 2 ? out : nil }
+        guard body.endIndex >= start + size + 2 else { return nil }
+        out += body[start..<(start + size)]
+        i = start + size + 2
+    }
+    return nil
+}
+
+private func connectUnix(_ socketPath: String) -> Int32 {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { return -1 }
+    var sa = sockaddr_un()
+    sa.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &sa.sun_path) { raw in
+        let bytes = Array(socketPath.utf8)
+        raw.copyBytes(from: bytes)
+        raw[bytes.count] = 0
+    }
+    let rc = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+    if rc != 0 { close(fd); return -1 }
+    return fd
+}
+
+private func sendAll(_ fd: Int32, _ request: [UInt8]) -> Bool {
+    var offset = 0
+    while offset < request.count {
+        let n = request[offset...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        if n < 0 && errno == EINTR { continue }
+        guard n > 0 else { return false }
+        offset += n
+    }
+    return true
 }
 
 private func findHeadEnd(_ raw: [UInt8]) -> Int? {
@@ -201,20 +300,32 @@ func serve(_ args: [String]) {
     // (a) Sustained throughput: 8 clients, each submitting /bin/true and waiting for its report.
     let clients = 8
     let perClient = quick ? 50 : 250
-    for maxRunning in [4, 8] {
-        progress("service throughput: \(clients) clients × \(perClient) runs of /bin/true, --max-running \(maxRunning)")
-        let daemon = ServiceDaemon.start(server: server, stockade: stockade, work: work, name: "tput\(maxRunning)", maxRunning: maxRunning, maxQueued: 1000)
+    // Each client either opens a connection per request (a simple engine) or keeps one (keep-alive, as
+    // `stockade run --host` does: the submission and its wait on one connection).
+    for (kept, maxRunning) in [(false, 4), (false, 8), (true, 4), (true, 8)] {
+        let how = kept ? "a kept connection each" : "a connection per request"
+        progress("service throughput: \(clients) clients × \(perClient) runs of /bin/true, \(how), --max-running \(maxRunning)")
+        let daemon = ServiceDaemon.start(server: server, stockade: stockade, work: work, name: "tput\(kept ? "k" : "")\(maxRunning)",
+                                         maxRunning: maxRunning, maxQueued: 1000)
         // Warm-up: the first runs pay for the spawn helpers and the database's first pages.
         for _ in 0..<20 { if let id = daemon.submit(["/bin/true"]) { _ = httpUnix(daemon.socket, "GET", "/v1/runs/\(id)/wait", token: daemon.token) } }
         let latencies = Locked<[Double]>([])
         let failures = Locked(0)
         let start = nowNanos()
+        let connects = Locked(0)
         let workers = (0..<clients).map { _ in
             Worker {
+                let connection = KeptConnection(daemon.socket)
+                func call(_ method: String, _ path: String, body: String? = nil) -> Exchange? {
+                    kept ? connection.exchange(method, path, token: daemon.token, body: body)
+                        : httpUnix(daemon.socket, method, path, token: daemon.token, body: body)
+                }
+                defer { connects.with { $0 += kept ? connection.connects : 2 * perClient } }
                 for _ in 0..<perClient {
                     let t0 = nowNanos()
-                    guard let id = daemon.submit(["/bin/true"]),
-                          let report = httpUnix(daemon.socket, "GET", "/v1/runs/\(id)/wait", token: daemon.token), report.status == 200,
+                    guard let submitted = call("POST", "/v1/runs", body: "{\"command\":[\"/bin/true\"]}"), submitted.status == 202,
+                          let id = jsonString(submitted.body, "id"),
+                          let report = call("GET", "/v1/runs/\(id)/wait"), report.status == 200,
                           contains(report.body, "\"outcome\":\"exited\"") else {
                         failures.with { $0 += 1 }
                         continue
@@ -229,9 +340,9 @@ func serve(_ args: [String]) {
         let done = latencies.with { $0 }
         let failed = failures.with { $0 }
         let perSecond = Double(done.count) / seconds
-        emit(Row(name: "service: /bin/true runs/s, \(clients) clients, --max-running \(maxRunning)", median: fmt(perSecond, 0) + " runs/s",
+        emit(Row(name: "service: /bin/true runs/s, \(clients) clients, \(how), --max-running \(maxRunning)", median: fmt(perSecond, 0) + " runs/s",
                  spread: "–", target: "≥ 500 runs/s", verdict: perSecond >= 500 ? "met" : "not met",
-                 note: "\(done.count) runs in \(fmt(seconds, 1)) s\(failed > 0 ? ", \(failed) failed" : ""); submit → report under load p50 \(fmt(percentile(done, 50), 1)) ms, p99 \(fmt(percentile(done, 99), 1)) ms"))
+                 note: "\(done.count) runs in \(fmt(seconds, 1)) s\(failed > 0 ? ", \(failed) failed" : ""), \(connects.with { $0 }) connections; submit → report under load p50 \(fmt(percentile(done, 50), 1)) ms, p99 \(fmt(percentile(done, 99), 1)) ms"))
         daemon.stop()
     }
 
