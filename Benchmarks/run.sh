@@ -42,7 +42,9 @@ need python3 || { echo "run.sh: python3 is needed to summarise hyperfine's JSON"
 # table for each (fs/ext4/ialloc.c, find_inode_bit: recently_deleted): a run directory made right
 # after a bulk deletion costs more CPU (batch --parallel 1: 4.5 ms a run, 5.2-6.9 ms right after
 # 20 000 files were deleted), while bwrap and the floor make no inodes. A journaled ext4 never makes
-# this check. run.sh deletes in bulk only between its measurements, and waits the window out after.
+# this check. run.sh waits the window out after each bulk deletion between its sections; the
+# fresh-state row deletes a state directory before each of its own runs by design (what a run from
+# nothing costs), and the components' bundle copy removes each copy before the next (ComponentBenches).
 LAST_BULK_DELETE=0
 bulk_deleted() { LAST_BULK_DELETE=$(date +%s); }
 settle() {

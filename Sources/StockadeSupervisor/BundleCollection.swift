@@ -19,7 +19,7 @@ extension Supervisor {
         } catch {
             return .failure(SetupFailure(stage: .request, errno: error.errno ?? 0, message: error.description))
         }
-        let destination = open(dir.requestPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
+        let destination = dir.descriptor.map { openat($0, RunDirectory.requestName, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW) } ?? -1
         guard destination >= 0 else {
             return .failure(SetupFailure(stage: .request, errno: errno, message: "cannot open \(dir.requestPath)"))
         }

@@ -224,9 +224,11 @@ extension Supervisor {
         var rootMount: Int32?
         if !plan.root.layers.isEmpty {
             layout.fromImage = true
-            let anchor = plan.runDirectory.path + "/image-root"
-            guard mkdir(anchor, 0o700) == 0 else {
-                throw SetupFailure(stage: .image, errno: errno, message: "cannot create \(anchor): \(String(cString: strerror(errno)))")
+            let anchor: String
+            do {
+                anchor = try plan.runDirectory.makeSubdirectory(RunDirectory.imageRootName)
+            } catch {
+                throw SetupFailure(stage: .image, errno: error.errno ?? 0, message: error.description)
             }
             do {
                 let fd = try ImageRoot.mount(layers: plan.root.layers, anchor: anchor, layout: layout, hostIdBase: ids.base, idCount: 65536)

@@ -501,7 +501,9 @@ public struct Verifier: Sendable {
         case .pidsLimit:
             return o.violations.contains("pids") ? "the pids limit refused a fork (pids violation recorded)" : nil
         case .memoryLimit:
-            return o.outcome == "oom" || o.violations.contains("memory") ? "the memory limit OOM-killed the probe (memory violation recorded)" : nil
+            if o.outcome == "oom" { return "the memory limit OOM-killed the probe (memory violation recorded)" }
+            // The kernel's counter moved, but its log did not name the probe as the victim.
+            return o.violations.contains("memory") ? "the memory limit OOM-killed a process in the run's cgroup (memory violation recorded)" : nil
         case .refusalErrno(let errno):
             return o.refused && o.output.contains("(\(errno))") ? "refused with \(errno)" : nil
         case .classification:

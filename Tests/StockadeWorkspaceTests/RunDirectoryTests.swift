@@ -22,7 +22,8 @@ struct RunDirectoryTests {
         #expect(mode(run.requestPath) == nil && mode(run.upperPath) == nil && mode(run.path + "/work") == nil)
         #expect(try run.makeSubdirectory(RunDirectory.requestName) == run.requestPath)
         #expect(try run.makeSubdirectory(RunDirectory.upperName) == run.upperPath)
-        #expect(mode(run.requestPath) == 0o700 && mode(run.upperPath) == 0o700)
+        #expect(try run.makeSubdirectory(RunDirectory.imageRootName) == run.path + "/image-root")
+        #expect(mode(run.requestPath) == 0o700 && mode(run.upperPath) == 0o700 && mode(run.path + "/image-root") == 0o700)
         #expect(throws: BundleError.self, "made twice") { try run.makeSubdirectory(RunDirectory.upperName) }
         #expect(run.reportPath == run.path + "/report.json")
         let fd = try #require(run.descriptor)
