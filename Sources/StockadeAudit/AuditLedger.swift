@@ -64,13 +64,17 @@ public final class AuditLedger<Backend: AuditBackend>: AuditStore, AuditWriteObs
         }
     }
 
-    public func finishRun(runId: String, outcome: String, exitStatus: Int32, detail: JSONValue) throws(AuditError) {
+    public func finishRun(runId: String, outcome: String, exitStatus: Int32, detail: JSONValue,
+                          after events: [(runId: String?, kind: String, detail: JSONValue)]) throws(AuditError) {
         try write(durable: true) { (tx, chain) throws(AuditError) in
-            let now = AuditClock.now()
             guard let current = try tx.runState(runId: runId) else { throw unknownRun(runId) }
             guard current == .running else {
                 throw AuditError(.invalidState, path: backend.location, "run \(runId) is \(current.rawValue), not running: it cannot be finished again")
             }
+            for event in events {
+                try chain.append(runId: event.runId, kind: event.kind, at: AuditClock.now(), detail: event.detail)
+            }
+            let now = AuditClock.now()
             try tx.endRun(runId: runId, AuditRunEnding(state: .finished, outcome: outcome, exitStatus: exitStatus, endedAt: now))
             try chain.append(runId: runId, kind: .runFinished, at: now,
                              detail: Self.merged(detail, ["outcome": .string(outcome), "exitStatus": .number(exitStatus)]))

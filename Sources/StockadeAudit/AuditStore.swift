@@ -21,8 +21,11 @@ public protocol AuditStore: Sendable {
     /// Appends several events in one transaction (all or none).
     func recordMany(_ events: [(runId: String?, kind: String, detail: JSONValue)]) throws(AuditError)
 
-    /// Moves a running run to `finished` with its outcome, and appends `run.finished`.
-    func finishRun(runId: String, outcome: String, exitStatus: Int32, detail: JSONValue) throws(AuditError)
+    /// Appends `events` (as `recordMany` would), then moves a running run to `finished` with its
+    /// outcome and appends `run.finished`, all in one durable transaction (all or none): a run whose
+    /// last events come right before its end costs one commit, not two.
+    func finishRun(runId: String, outcome: String, exitStatus: Int32, detail: JSONValue,
+                   after events: [(runId: String?, kind: String, detail: JSONValue)]) throws(AuditError)
 
     /// A bundle verdict row (`role` request|result, `status` accepted|rejected) and the event
     /// `bundle.accepted` or `bundle.rejected`.
@@ -69,6 +72,11 @@ public protocol AuditStore: Sendable {
 }
 
 extension AuditStore {
+    /// Moves a running run to `finished` with its outcome, and appends `run.finished`.
+    public func finishRun(runId: String, outcome: String, exitStatus: Int32, detail: JSONValue) throws(AuditError) {
+        try finishRun(runId: runId, outcome: outcome, exitStatus: exitStatus, detail: detail, after: [])
+    }
+
     /// The chain alone: proves the integrity of the events there are, not that none were cut from the end.
     public func verifyChain() throws(AuditError) -> ChainVerification {
         try verifyChain(anchors: [])

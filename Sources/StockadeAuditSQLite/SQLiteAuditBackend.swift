@@ -101,8 +101,8 @@ public final class SQLiteAuditBackend: AuditBackend {
                                              _ body: (SQLiteAuditTransaction) throws(AuditError) -> T) throws(AuditError) -> T {
         try state.withLock { (state) throws(AuditError) -> T in
             let db = state.db
-            if durable { try db.execute("PRAGMA synchronous = FULL", "make the commit durable") }
-            defer { if durable { try? db.execute("PRAGMA synchronous = NORMAL", "restore the commit mode") } }
+            if durable { try db.run("PRAGMA synchronous = FULL", [], "make the commit durable") }
+            defer { if durable { try? db.run("PRAGMA synchronous = NORMAL", [], "restore the commit mode") } }
             return try db.immediateTransaction { () throws(AuditError) -> T in
                 try body(SQLiteAuditTransaction(db: db, path: path))
             }

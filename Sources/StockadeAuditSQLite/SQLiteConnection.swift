@@ -111,11 +111,12 @@ final class SQLiteConnection: @unchecked Sendable {
 
     /// Runs `body` inside `BEGIN IMMEDIATE … COMMIT`: the write lock is taken first, so the reads the
     /// body makes (chain head, run sequence) cannot be invalidated by another writer before it commits.
+    /// Both are cached statements: compiled once per connection, not at every transaction.
     func immediateTransaction<T>(_ body: () throws(AuditError) -> T) throws(AuditError) -> T {
-        try execute("BEGIN IMMEDIATE", "start a write transaction")
+        try run("BEGIN IMMEDIATE", [], "start a write transaction")
         do throws(AuditError) {
             let result = try body()
-            try execute("COMMIT", "commit the write transaction")
+            try run("COMMIT", [], "commit the write transaction")
             return result
         } catch {
             if sqlite3_get_autocommit(db) == 0 { _ = sqlite3_exec(db, "ROLLBACK", nil, nil, nil) }

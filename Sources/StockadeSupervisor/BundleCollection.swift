@@ -72,6 +72,7 @@ extension Supervisor {
             verdict = .rejected(BundleRejection(rule: .badManifest, entry: leaked, message: "holds the value of a secret given to the worker"))
         }
         var patches: [UInt8] = []
+        recordPendingEvents(context)
         let recorded: Result<Void, AuditError>
         switch verdict {
         case .accepted(let bundle):

@@ -315,14 +315,20 @@ public final class Supervisor: Sendable {
             var detail: [String: JSONValue] = ["durationMs": .number(report.durationMs), "cpuTimeMs": .number(report.cpuTimeMs),
                                                "memoryPeakBytes": .number(report.memoryPeakBytes), "orphansKilled": .number(report.orphansKilled)]
             if let e = report.setupError { detail["setupError"] = .object(["stage": .string(e.stage.rawValue), "message": .string(e.message)]) }
+            let pending = context.pendingEvents
+            context.pendingEvents = []
             do {
-                try audit.finishRun(runId: context.runId, outcome: report.outcome.rawValue, exitStatus: report.exitStatus, detail: .object(detail))
+                try audit.finishRun(runId: context.runId, outcome: report.outcome.rawValue, exitStatus: report.exitStatus,
+                                    detail: .object(detail), after: pending)
             } catch {
+                // The run's other events are kept where its end cannot be (a run no longer `running`).
+                if !pending.isEmpty { _ = try? audit.recordMany(pending) }
                 if report.setupError == nil {
                     report.setupError = RunReport.SetupError(stage: .audit, errno: 0, message: "the run's outcome could not be recorded: \(error)")
                 }
             }
         }
+        recordPendingEvents(context)
         if let dir = context.runDirectory {
             try? FileReading.writeAtomically(dir.reportPath, Array(report.json().utf8))
         }
@@ -466,8 +472,18 @@ public final class Supervisor: Sendable {
             "exitCode": report.exitCode.map { .number($0) } ?? .null,
             "signal": report.signal.map { .number($0) } ?? .null,
         ])))
+        // Written with `run.finished`, in its transaction, unless another event of the run comes
+        // between them (a result bundle's verdict, a diff): then first (`recordPendingEvents`).
+        context.pendingEvents += events
+    }
+
+    /// Writes the events `recordOutcomeEvents` left for `run.finished`'s transaction, now: another
+    /// event of the run is about to follow them.
+    func recordPendingEvents(_ context: RunScope) {
+        guard !context.pendingEvents.isEmpty else { return }
+        defer { context.pendingEvents = [] }
         do {
-            try audit.recordMany(events)
+            try audit.recordMany(context.pendingEvents)
         } catch {
             context.auditFailed = true
             logger.error("audit.write-failed", metadata: ["run.id": "\(context.runId)", "error": "\(error)"])
@@ -533,6 +549,8 @@ final class RunScope: @unchecked Sendable {
     var runDirectory: RunDirectory?
     var auditOpen = false
     var auditFailed = false
+    /// The outcome's events, kept for `run.finished`'s transaction (`recordOutcomeEvents`).
+    var pendingEvents: [(runId: String?, kind: String, detail: JSONValue)] = []
     var workspace: String?
     var resultMount: Int32 = -1
     /// Root of the tmpfs holding the overlay's upper (`data/`) and work directories.

@@ -42,6 +42,7 @@ extension Supervisor {
             rejection = "the diff contains a secret value; it was redacted and is not applied"
         }
         try? FileReading.writeAtomically(dir.path + "/diff.patch", stored)
+        recordPendingEvents(context)
         do {
             let id = try audit.recordDiff(runId: context.runId, content: stored, verdict: rejection == nil ? "passed" : "rejected",
                                           reason: rejection)

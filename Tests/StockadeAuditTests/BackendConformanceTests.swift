@@ -205,6 +205,31 @@ struct BackendConformanceTests {
         expectIntact(try ledger.verifyChain(), events: 2)
     }
 
+    @Test("finishRun appends the events it is given before run.finished, in the same transaction: all of them or none", arguments: backends)
+    func finishRunWithEvents(_ backend: BackendFactory) throws {
+        let (database, ledger) = try open(backend)
+        defer { database.remove() }
+        try ledger.beginRun(runId: "r", profile: "p", profileDigest: "d", command: ["true"], detail: .null)
+        let outcome: [(runId: String?, kind: String, detail: JSONValue)] = [
+            ("r", "violation", .object(["syscall": .string("ptrace")])),
+            ("r", "worker.exited", .object(["outcome": .string("exited")])),
+        ]
+        try ledger.finishRun(runId: "r", outcome: "exited", exitStatus: 0, detail: .null, after: outcome)
+        let events = try ledger.allEvents()
+        #expect(events.map(\.kind) == ["run.created", "violation", "worker.exited", "run.finished"])
+        #expect(events.map(\.runSeq) == [1, 2, 3, 4])
+        #expect(events[1].detail == #"{"syscall":"ptrace"}"#)
+        #expect(try #require(try ledger.allRuns().first).state == "finished")
+
+        // A run that cannot be finished (it is no longer running) takes none of the events with it.
+        expectError(.invalidState, containing: "is finished, not running") {
+            try ledger.finishRun(runId: "r", outcome: "exited", exitStatus: 0, detail: .null,
+                                 after: [("r", "worker.exited", .null)])
+        }
+        #expect(try ledger.allEvents().count == 4, "the refused finish appended nothing")
+        expectIntact(try ledger.verifyChain(), events: 4)
+    }
+
     @Test("a diff is decided once, then applied once or put in conflict, from which it can be decided again", arguments: backends)
     func diffReview(_ backend: BackendFactory) throws {
         let (database, ledger) = try open(backend)

@@ -69,6 +69,21 @@ struct AuditTrailTests {
         #expect(runs.stdout.contains(runId) && runs.stdout.contains("\"outcome\":\"seccomp\""))
     }
 
+    @Test("the exit is on record before the result's verdict and the diff, and the run's end after them")
+    func storyWithResultAndDiff() throws {
+        let h = try Harness()
+        let ws = try makeWorkspace()
+        defer { try? FileManager.default.removeItem(atPath: ws) }
+        let script = "echo changed > README.md && " + resultScript([("r.txt", "done")], declared: [("r.txt", 4, sha256Hex("done"))])
+        let report = try h.stockade(["run", "--json", "--workspace", ws, "--", "/bin/sh", "-c", script]).report()
+        #expect((report["result"] as? [String: Any])?["status"] as? String == "accepted", "\(report)")
+        #expect((report["review"] as? [String: Any])?["state"] as? String == "pending", "\(report)")
+        let runId = try #require(report.string("runId"))
+        let kinds = try auditEvents(h, ["--run", runId]).compactMap { $0["kind"] as? String }
+        #expect(kinds == ["run.created", "worker.started", "worker.exited", "bundle.accepted", "diff.recorded", "run.finished"], "\(kinds)")
+        #expect(try h.stockade(["audit", "verify"]).status == 0)
+    }
+
     @Test("--since resumes after the last seq a client saw")
     func resume() throws {
         let h = try Harness()
