@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 
 /// cgroup v1: one hierarchy per mounted controller (co-mounted controllers share one). A run cgroup is a
 /// directory `<parent>/<name>` in the memory, cpu, cpuacct, pids and freezer hierarchies; the spawner
@@ -79,7 +80,9 @@ public struct CgroupV1: CgroupDriver {
                 throw CgroupError(.missingController, path: tcp,
                                   "this kernel's cgroup v1 memory controller has no TCP buffer accounting, so a worker's socket buffers would be bounded only by the host-wide tcp_mem: boot with cgroup v2 (systemd.unified_cgroup_hierarchy=1), where socket memory is charged to memory.max")
             }
-            try CgroupFiles.write(String(CgroupLimits.cpuPeriodMicros), to: dirs.cpu + "/cpu.cfs_period_us")
+            if Self.periodNeedsWriting(dirs.cpu + "/cpu.cfs_period_us") {
+                try CgroupFiles.write(String(CgroupLimits.cpuPeriodMicros), to: dirs.cpu + "/cpu.cfs_period_us")
+            }
             try CgroupFiles.write(String(limits.cpuQuotaMicros), to: dirs.cpu + "/cpu.cfs_quota_us")
             try CgroupFiles.write(String(limits.pids), to: dirs.pids + "/pids.max")
             for path in made {
@@ -94,6 +97,22 @@ public struct CgroupV1: CgroupDriver {
         }
         return RunCgroup(name: name, layout: .v1(dirs), paths: made, joinDescriptors: joins)
     }
+
+    /// Whether `cpu.cfs_period_us` must be written for the quota to mean `cpus`: the kernel gives a
+    /// new cgroup its default period (100 ms, `default_cfs_period`), which is the period the quota is
+    /// computed against, so the write is needed only where a kernel did otherwise. The first cgroup
+    /// this process makes is read to find out (0 not yet known, 1 the default, 2 write it).
+    static func periodNeedsWriting(_ path: String) -> Bool {
+        switch defaultPeriod.load(ordering: .relaxed) {
+        case 1: return false
+        case 2: return true
+        default:
+            let isDefault = CgroupFiles.readNumber(path) == UInt64(CgroupLimits.cpuPeriodMicros)
+            defaultPeriod.store(isDefault ? 1 : 2, ordering: .relaxed)
+            return !isDefault
+        }
+    }
+    private static let defaultPeriod = Atomic<Int>(0)
 
     public func isAbandoned(name: String, olderThan seconds: Int) -> Bool {
         guard Self.isValidRunName(name) else { return false }

@@ -114,8 +114,15 @@ public final class RunCgroup: Sendable, CustomStringConvertible {
 
     /// Whether no process is left in the run cgroup (v2: nor in any cgroup below it).
     public func isEmpty() -> Bool {
-        if case .v2(let dir, _) = layout, let populated = CgroupFiles.readKeyed(dir + "/cgroup.events", key: "populated") {
-            return populated == 0
+        switch layout {
+        case .v2(let dir, _):
+            if let populated = CgroupFiles.readKeyed(dir + "/cgroup.events", key: "populated") { return populated == 0 }
+        case .v1(let d):
+            // Every process of a run is in its pids cgroup: init joins every hierarchy before it forks,
+            // and nothing in the run can move a process. The pids counter falls only when a task is
+            // released, after it has left the listings, so a 0 answers for every hierarchy in one read
+            // (five listings otherwise); anything else is checked by listing.
+            if CgroupFiles.readNumber(d.pids + "/pids.current") == 0 { return true }
         }
         return processes().isEmpty
     }
