@@ -68,10 +68,21 @@ else
     STOCKADE="$ROOT/.build-static/release/stockade"
 fi
 # `stockade serve` execs the stockade-server beside the stockade binary.
-SERVER="$(dirname "$STOCKADE")/stockade-server"
-[ -x "$SERVER" ] || { echo "run.sh: $SERVER is missing (build the stockade-server product beside $STOCKADE)" >&2; exit 1; }
+[ -x "$(dirname "$STOCKADE")/stockade-server" ] || { echo "run.sh: $(dirname "$STOCKADE")/stockade-server is missing (build the stockade-server product beside $STOCKADE)" >&2; exit 1; }
 # Every worker's init is a copy of the stockade-spawn beside it (without it stockade forks its helpers).
 [ -x "$(dirname "$STOCKADE")/stockade-spawn" ] || { echo "run.sh: $(dirname "$STOCKADE")/stockade-spawn is missing (build the stockade-spawn product beside $STOCKADE)" >&2; exit 1; }
+# The binaries are measured as an installer leaves them: copied, now, into a directory of their own.
+# How a 50 MB executable's file sits in the page cache moves its start-up: as the linker wrote it, or
+# after its pages were reclaimed and read back, `stockade --version` takes 543-550 page faults; a
+# copy written by `cp` minutes before, 515-522, and a one-shot run costs 7 % less wall time (the same
+# bytes, alternated with paired.py; results/history-2026-12-05.md). A copy made now puts every run of
+# run.sh in the same state, whatever the build or the machine's memory did before.
+mkdir -p "$WORK/bin"
+for binary in stockade stockade-server stockade-spawn; do
+    cp "$(dirname "$STOCKADE")/$binary" "$WORK/bin/$binary"
+done
+STOCKADE="$WORK/bin/stockade"
+SERVER="$WORK/bin/stockade-server"
 gcc -O2 -Wall -Wextra -Werror -o "$WORK/floor" "$HERE/floor/floor.c"
 FLOOR="$WORK/floor"
 (cd "$HERE" && swift build -c release >&2)
