@@ -231,7 +231,7 @@ extension Batch {
                             report.line = number
                             Console.out(report.json())
                             return .refused
-                        } catch let error as ClientError where error.code == .protocolViolation {
+                        } catch let error as ClientError where error.code == .protocolViolation || error.code == .stalled {
                             // This line's run only: the batch goes on, and exits 1.
                             Console.error("stockade: line \(number): \(error.message)")
                             return .refused

@@ -8,6 +8,9 @@ public struct ClientError: Error, Sendable, CustomStringConvertible {
         case connect
         /// The connection broke, or the answer broke the protocol or its bounds.
         case protocolViolation = "protocol"
+        /// The service began an answer and sent no further byte of it within the stall limit
+        /// (`ResponseReader.stallLimit`): it is not asked again.
+        case stalled
     }
 
     public let code: Code

@@ -1,3 +1,5 @@
+import Glibc
+
 /// An HTTP/1.1 response's status line and header fields.
 public struct ResponseHead: Sendable {
     public var status: Int
@@ -26,6 +28,21 @@ struct ResponseReader {
     private var closes = false
     /// Whether any byte of an answer came: a kept connection the service had closed since gives none.
     private(set) var receivedAny = false
+    /// Set for an event stream's body, which is quiet for as long as nothing happens: no stall limit.
+    var streaming = false
+
+    /// How long the rest of an answer may take to come once its first byte has: the service writes
+    /// an answer whole (a wait's too: its head comes with the report), so a pause this long in one
+    /// is a broken or hostile service, which would otherwise hold the client for ever. The wait for
+    /// the first byte has no limit (a wait lasts as long as its run). `$STOCKADE_ANSWER_STALL_SECONDS`
+    /// sets it (1 to 3600; 30 otherwise).
+    static let stallLimitMillis: Int32 = {
+        if let text = getenv("STOCKADE_ANSWER_STALL_SECONDS").map({ String(cString: $0) }), let seconds = Int32(text),
+           (1...3600).contains(seconds) {
+            return seconds * 1000
+        }
+        return 30_000
+    }()
 
     enum Framing {
         case none
@@ -52,6 +69,9 @@ struct ResponseReader {
         } else if start > 65536 {
             buffer.removeFirst(start)
             start = 0
+        }
+        if receivedAny && !streaming, try !connection.waitReadable(millis: Self.stallLimitMillis) {
+            throw ClientError(.stalled, "the service at \(connection.address) began an answer and sent nothing more of it for \(Self.stallLimitMillis / 1000) s: it is broken or stuck (its log may say why); the request was not sent again")
         }
         let n = try connection.receive(into: &buffer, count: 65536)
         if n > 0 { receivedAny = true }

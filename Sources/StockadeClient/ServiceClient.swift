@@ -110,6 +110,7 @@ public struct ServiceClient: Sendable {
             throw refusal(Response(head: head, body: try reader.body(limit: 1 << 20)))
         }
         var parser = ServerSentEventParser(maxEventBytes: maxEventBytes)
+        reader.streaming = true
         while let bytes = try reader.bodyBytes() {
             for event in try parser.feed(bytes) {
                 guard try onEvent(event) else { return }

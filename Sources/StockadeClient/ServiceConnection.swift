@@ -87,6 +87,27 @@ final class ServiceConnection {
         }
     }
 
+    /// Whether a byte (or the end of the stream) is there to read within `millis`.
+    func waitReadable(millis: Int32) throws(ClientError) -> Bool {
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let deadline = Self.monotonicMillis() + Int64(millis)
+        while true {
+            let left = max(0, deadline - Self.monotonicMillis())
+            let rc = poll(&entry, 1, Int32(left))
+            if rc > 0 { return true }
+            if rc == 0 { return false }
+            guard errno == EINTR else {
+                throw ClientError(.protocolViolation, "the connection to the service at \(address) failed: \(String(cString: strerror(errno)))")
+            }
+        }
+    }
+
+    private static func monotonicMillis() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+    }
+
     /// Reads at most `count` bytes; 0 at the end of the stream.
     func receive(into buffer: inout [UInt8], count: Int) throws(ClientError) -> Int {
         let start = buffer.count

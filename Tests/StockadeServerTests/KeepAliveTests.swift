@@ -17,7 +17,14 @@ private final class ScriptedService: @unchecked Sendable {
         /// The first submission is answered 429 queue-full (Retry-After: 1) and its connection closed
         /// silently while the client waits that second out; the next is admitted.
         case queueFullThenClose
+        /// The wait's answer announces its whole length, sends half of it and holds the connection
+        /// open for `holdSeconds` before closing it: a broken service.
+        case shortWaitAnswer
+        /// The wait's answer comes in three parts 0.6 s apart: slow, but never quiet for long.
+        case slowWaitAnswer
     }
+
+    static let holdSeconds: UInt32 = 5
 
     static let runId = "01M89DWRZAKYA3QDS56WVQKQ36"
     static let report = #"{"cpuTimeMs":4,"durationMs":94,"egress":null,"exitCode":0,"memoryPeakBytes":6201344,"orphansKilled":0,"outcome":"exited","profile":"default","result":{"reason":null,"status":"none"},"review":{"id":null,"state":"none"},"runId":"01M89DWRZAKYA3QDS56WVQKQ36","setupError":null,"signal":null,"stderr":"","stderrTruncated":false,"stdout":"scripted-report\n","stdoutTruncated":false,"violations":[]}"#
@@ -72,8 +79,22 @@ private final class ScriptedService: @unchecked Sendable {
                     if afterSubmit == .closeSilently || close { break }
                 } else if line.hasPrefix("GET /v1/runs/\(Self.runId)/wait ") {
                     let body = #"{"id":"\#(Self.runId)","state":"finished","report":\#(Self.report)}"#
-                    write(fd, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
-                    if close { break }
+                    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n"
+                    let bytes = Array(body.utf8)
+                    switch afterSubmit {
+                    case .shortWaitAnswer:
+                        write(fd, head + String(decoding: bytes.prefix(bytes.count / 2), as: UTF8.self))
+                        sleep(Self.holdSeconds)
+                    case .slowWaitAnswer:
+                        write(fd, head)
+                        for part in [bytes.prefix(40), bytes.dropFirst(40).prefix(40), bytes.dropFirst(80)] {
+                            usleep(600_000)
+                            write(fd, String(decoding: part, as: UTF8.self))
+                        }
+                    default:
+                        write(fd, head + body)
+                    }
+                    if close || afterSubmit == .shortWaitAnswer { break }
                 } else {
                     write(fd, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
                     break
@@ -122,14 +143,14 @@ private final class ScriptedService: @unchecked Sendable {
 
 @Suite("stockade run --host: one connection for the submission and the wait", .serialized, .timeLimit(.minutes(2)))
 struct KeepAliveTests {
-    private func run(_ afterSubmit: ScriptedService.AfterSubmit) throws -> (status: Int32, stdout: String, stderr: String, connections: [[(line: String, close: Bool)]]) {
+    private func run(_ afterSubmit: ScriptedService.AfterSubmit, environment: [String: String] = [:]) throws -> (status: Int32, stdout: String, stderr: String, connections: [[(line: String, close: Bool)]]) {
         let directory = makeScratchDirectory("stk-keepalive")
         defer { removeTree(directory) }
         let service = try ScriptedService(directory: directory, afterSubmit: afterSubmit)
         defer { service.stop() }
         let r = try ServerHarness.exec(ServerHarness.stockade, ["run", "--", "/bin/true"],
                                        environment: ["STOCKADE_HOST": "unix://" + service.socketPath, "STOCKADE_TOKEN": "stk_test",
-                                                     "STOCKADE_STATE_DIR": directory + "/client-state"])
+                                                     "STOCKADE_STATE_DIR": directory + "/client-state"].merging(environment) { $1 })
         return (r.status, r.stdout, r.stderr, service.connections)
     }
 
@@ -160,6 +181,26 @@ struct KeepAliveTests {
         #expect(r.status == 0 && r.stdout == "scripted-report\n", "\(r.status) \(r.stdout) \(r.stderr)")
         // The wait reached only the second connection (the first was closed before it was sent).
         #expect(r.connections.map(lines) == [["POST /v1/runs"], ["GET /v1/runs/\(ScriptedService.runId)/wait"]], "\(r.connections)")
+    }
+
+    @Test("an answer the service stops sending halfway ends the command after the stall limit, naming it, and is not asked for again")
+    func stalledAnswer() throws {
+        var clock = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &clock)
+        let started = clock.tv_sec
+        let r = try run(.shortWaitAnswer, environment: ["STOCKADE_ANSWER_STALL_SECONDS": "1"])
+        clock_gettime(CLOCK_MONOTONIC, &clock)
+        #expect(r.status == 125 && r.stdout.isEmpty, "\(r.status) \(r.stdout) \(r.stderr)")
+        #expect(r.stderr.contains("began an answer and sent nothing more of it for 1 s"), "\(r.stderr)")
+        // Given up while the service still held the connection open (it holds it 5 s), and not asked again.
+        #expect(clock.tv_sec - started < Int(ScriptedService.holdSeconds), "\(clock.tv_sec - started) s")
+        #expect(r.connections.flatMap(lines).filter { $0.hasPrefix("GET") }.count == 1, "\(r.connections)")
+    }
+
+    @Test("an answer that comes slowly but never pauses for the stall limit is read whole")
+    func slowAnswer() throws {
+        let r = try run(.slowWaitAnswer, environment: ["STOCKADE_ANSWER_STALL_SECONDS": "1"])
+        #expect(r.status == 0 && r.stdout == "scripted-report\n", "\(r.status) \(r.stdout) \(r.stderr)")
     }
 
     @Test("a submission refused for a full queue is sent again after its Retry-After, on a new connection when the service closed the kept one meanwhile")
