@@ -8,12 +8,13 @@
 set -eu
 for dir in "$@"; do
     [ -d "$dir" ] || continue
-    # -H: DIR itself may be a link to the tree. A file of another user could be rewritten by them
-    # whatever its mode: refused, naming it.
-    other=$(find -H "$dir" ! -user "$(id -u)" -print -quit)
+    # -H: DIR itself may be a link to the tree. One walk (a tree of 28 000 files takes 0.25 s a
+    # walk, at every bin/stockade call): what is writable by others is closed as it is met, and a
+    # file of another user, who could rewrite it whatever its mode, stops the walk and is refused,
+    # naming it.
+    other=$(find -H "$dir" \( ! -user "$(id -u)" -print -quit \) -o \( -perm /022 ! -type l -exec chmod go-w {} + \))
     if [ -n "$other" ]; then
         echo "close-build-dir: $other is owned by another user, who could change what gets built: remove $dir (rm -rf $dir) and build again" >&2
         exit 1
     fi
-    find -H "$dir" -perm /022 ! -type l -exec chmod go-w {} +
 done

@@ -33,6 +33,34 @@ struct SetupScriptTests {
         #expect(r.status == 0 && r.stdout.isEmpty && r.stderr.isEmpty, "\(r.stdout) \(r.stderr)")
     }
 
+    @Test("close-build-dir closes what others may write, leaves a link's target alone, and refuses a file of another user, naming it",
+          .enabled(if: getuid() == 0, "needs root to give a file to another user"), .timeLimit(.minutes(1)))
+    func closeBuildDirectory() throws {
+        let script = DocumentationTests.root.appendingPathComponent("scripts/close-build-dir.sh").path
+        let tree = FileManager.default.temporaryDirectory.appendingPathComponent("stockade-close-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: tree) }
+        try FileManager.default.createDirectory(atPath: tree + "/obj/sub", withIntermediateDirectories: true)
+        try "x".write(toFile: tree + "/obj/sub/a.o", atomically: false, encoding: .utf8)
+        try "y".write(toFile: tree + "/target", atomically: false, encoding: .utf8)
+        chmod(tree + "/obj/sub", 0o777)
+        chmod(tree + "/obj/sub/a.o", 0o664)
+        chmod(tree + "/target", 0o666)
+        symlink("../target", tree + "/obj/link")
+        let r = try Harness.exec("/bin/sh", [script, tree + "/obj"])
+        #expect(r.status == 0, "\(r.stderr)")
+        func mode(_ path: String) -> mode_t {
+            var st = stat()
+            return stat(path, &st) == 0 ? st.st_mode & 0o7777 : 0
+        }
+        #expect(mode(tree + "/obj/sub") == 0o755 && mode(tree + "/obj/sub/a.o") == 0o644)
+        #expect(mode(tree + "/target") == 0o666, "a link's target outside the tree is not the tree's")
+
+        chown(tree + "/obj/sub/a.o", 65534, 65534)
+        let refused = try Harness.exec("/bin/sh", [script, tree + "/obj"])
+        #expect(refused.status == 1)
+        #expect(refused.stderr.contains("\(tree)/obj/sub/a.o is owned by another user"), "\(refused.stderr)")
+    }
+
     @Test("one list of packages: the launcher, the test script and CI all go through it, and none names a package itself")
     func oneList() throws {
         let list = try DocumentationTests.text("scripts/packages.txt")
