@@ -80,3 +80,23 @@ int stk_cap_last_cap(void) {
     for (ssize_t i = 0; i < n && buf[i] >= '0' && buf[i] <= '9'; i++) value = value * 10 + (buf[i] - '0');
     return value;
 }
+
+static volatile int stk_interrupt_fd = -1;
+
+static void stk_interrupt_handler(int sig) {
+    int saved = errno;
+    unsigned char byte = (unsigned char)sig;
+    if (write(stk_interrupt_fd, &byte, 1) < 0) { /* a full pipe: enough interrupts are queued */ }
+    errno = saved;
+}
+
+int stk_interrupts_install(int write_fd) {
+    stk_interrupt_fd = write_fd;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = stk_interrupt_handler;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGINT, &sa, NULL) != 0 || sigaction(SIGTERM, &sa, NULL) != 0) return -errno;
+    return 0;
+}

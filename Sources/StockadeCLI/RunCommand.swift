@@ -4,6 +4,7 @@ import Logging
 import StockadeClient
 import StockadePolicy
 import StockadeSupervisor
+import Synchronization
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -194,6 +195,11 @@ struct RunFlags {
             Console.error("stockade run: \(error)")
             throw ExitCode(125)
         }
+        // Watched from before anything is made for the run (its cgroup is made ahead, next): an
+        // interrupt that comes before the run is submitted cancels it once it is, and its cgroup goes
+        // as a cancelled run's does, instead of staying behind until a later supervisor's stale scan.
+        let interrupts = PendingInterrupt()
+        Interrupts.install(first: { interrupts.cancel() }, forced: { interrupts.forced() })
         let supervisor: Supervisor
         do {
             let directory = stateDirectory
@@ -208,6 +214,7 @@ struct RunFlags {
             Console.error("stockade: \(error)")
             throw ExitCode(125)
         }
+        interrupts.attach(supervisor)
         let stream: (@Sendable (Int32, [UInt8]) -> Void)? = json ? nil : Run.streamToTerminal
         let service = RunService(supervisor: supervisor, admission: .init(maxRunning: 1, maxQueued: 0))
         let handle: RunHandle
@@ -217,7 +224,7 @@ struct RunFlags {
             Console.error("stockade: \(error)")
             throw ExitCode(125)
         }
-        Interrupts.install(first: { handle.cancel() }, forced: { supervisor.recordForcedExit() })
+        interrupts.attach(handle)
         let report = await handle.report()
         if json {
             print(report.json())
@@ -227,6 +234,40 @@ struct RunFlags {
         // The report comes first; the run's cgroup is removed before the process ends.
         supervisor.closeCgroups()
         throw ExitCode(report.exitStatus)
+    }
+}
+
+/// What an interrupt of a local `run` reaches: the run once it is submitted (one interrupted before
+/// is cancelled as soon as it is), and the supervisor's record of a forced exit once it exists.
+final class PendingInterrupt: Sendable {
+    private struct State {
+        var cancelled = false
+        var handle: RunHandle?
+        var supervisor: Supervisor?
+    }
+    private let state = Mutex(State())
+
+    func cancel() {
+        state.withLock { s -> RunHandle? in
+            s.cancelled = true
+            return s.handle
+        }?.cancel()
+    }
+
+    func forced() {
+        state.withLock { $0.supervisor }?.recordForcedExit()
+    }
+
+    func attach(_ supervisor: Supervisor) {
+        state.withLock { $0.supervisor = supervisor }
+    }
+
+    func attach(_ handle: RunHandle) {
+        let cancelled = state.withLock { s -> Bool in
+            s.handle = handle
+            return s.cancelled
+        }
+        if cancelled { handle.cancel() }
     }
 }
 

@@ -62,6 +62,44 @@ struct CancellationTests {
         }
     }
 
+    /// The run cgroups named for process `pid` (`p-<pid namespace>-<pid>-<start>-<n>`) anywhere in the
+    /// cgroup hierarchies: every v1 hierarchy's `stockade/`, or v2's, wherever the process was.
+    static func runCgroups(ofProcess pid: Int32) -> [String] {
+        var found: [String] = []
+        func walk(_ dir: String, depth: Int) {
+            guard depth <= 6, let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return }
+            for name in names {
+                let path = dir + "/" + name
+                var st = stat()
+                guard lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else { continue }
+                if name.hasPrefix("p-") && name.contains("-\(pid)-") { found.append(path) } else { walk(path, depth: depth + 1) }
+            }
+        }
+        walk("/sys/fs/cgroup", depth: 0)
+        return found
+    }
+
+    @Test("an interrupt at any moment of a local run's start ends it with nothing of it left: no worker, no cgroup")
+    func interruptDuringStart() throws {
+        let h = try Harness()
+        _ = try h.run([], ["/bin/true"])  // the state directory made and migrated: the runs below start quicker
+        // The window this guards (from the cgroup made ahead to the run's submission) is a few
+        // milliseconds wide, some 15 ms after the start of a debug build: swept every half millisecond.
+        for step in 0..<80 {
+            let delayMillis = Double(step) / 2
+            let (process, _) = try Self.start(h, ["run", "--json", "--timeout", "60", "--", "/bin/sleep", "991"])
+            usleep(UInt32(delayMillis * 1000))
+            kill(process.processIdentifier, SIGINT)
+            process.waitUntilExit()
+            // Ended by the signal itself before anything was made, or cancelled (130).
+            let byTheSignal = process.terminationReason == .uncaughtSignal && process.terminationStatus == SIGINT
+            #expect(byTheSignal || process.terminationStatus == 130, "\(delayMillis) ms: \(process.terminationReason) \(process.terminationStatus)")
+            #expect(Self.waitForWorkerGone("991"), "\(delayMillis) ms: the worker is gone")
+            let left = Self.runCgroups(ofProcess: process.processIdentifier)
+            #expect(left.isEmpty, "interrupted after \(delayMillis) ms, its cgroups stayed: \(left)")
+        }
+    }
+
     static func waitForWorkerGone(_ marker: String) -> Bool {
         for _ in 0..<50 {
             if workerProcesses().allSatisfy({ !((try? String(contentsOfFile: "/proc/\($0)/cmdline", encoding: .utf8)) ?? "").contains(marker) }) { return true }
