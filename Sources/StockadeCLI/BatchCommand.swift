@@ -36,6 +36,9 @@ struct Batch: AsyncParsableCommand {
             Console.error("stockade batch: \(Run.needsRoot)")
             throw ExitCode(1)
         }
+        // Watched before the supervisor makes cgroups ahead: an interrupt that comes before the
+        // service exists closes it as soon as it does (no run starts; those cgroups go at the end).
+        let interrupts = InterruptRelay.watching()
         let supervisor: Supervisor
         do {
             Supervisor.prepareToSpawn(concurrency: parallel, ahead: true)
@@ -56,7 +59,8 @@ struct Batch: AsyncParsableCommand {
         // next line waits while both are full, so a long input never piles up in memory.
         let service = RunService(supervisor: supervisor, admission: .init(maxRunning: parallel, maxQueued: parallel))
         // An interrupt cancels every run under way and stops reading requests.
-        Interrupts.install(first: { Task { await service.cancelAll() } }, forced: { supervisor.recordForcedExit() })
+        interrupts.onForced { supervisor.recordForcedExit() }
+        interrupts.onCancel { Task { await service.cancelAll() } }
         let invalid = await withTaskGroup(of: Bool.self) { group in
             var invalid = 0
             var lineNumber = 0

@@ -198,8 +198,7 @@ struct RunFlags {
         // Watched from before anything is made for the run (its cgroup is made ahead, next): an
         // interrupt that comes before the run is submitted cancels it once it is, and its cgroup goes
         // as a cancelled run's does, instead of staying behind until a later supervisor's stale scan.
-        let interrupts = PendingInterrupt()
-        Interrupts.install(first: { interrupts.cancel() }, forced: { interrupts.forced() })
+        let interrupts = InterruptRelay.watching()
         let supervisor: Supervisor
         do {
             let directory = stateDirectory
@@ -214,7 +213,7 @@ struct RunFlags {
             Console.error("stockade: \(error)")
             throw ExitCode(125)
         }
-        interrupts.attach(supervisor)
+        interrupts.onForced { supervisor.recordForcedExit() }
         let stream: (@Sendable (Int32, [UInt8]) -> Void)? = json ? nil : Run.streamToTerminal
         let service = RunService(supervisor: supervisor, admission: .init(maxRunning: 1, maxQueued: 0))
         let handle: RunHandle
@@ -224,7 +223,7 @@ struct RunFlags {
             Console.error("stockade: \(error)")
             throw ExitCode(125)
         }
-        interrupts.attach(handle)
+        interrupts.onCancel { handle.cancel() }
         let report = await handle.report()
         if json {
             print(report.json())
@@ -237,37 +236,45 @@ struct RunFlags {
     }
 }
 
-/// What an interrupt of a local `run` reaches: the run once it is submitted (one interrupted before
-/// is cancelled as soon as it is), and the supervisor's record of a forced exit once it exists.
-final class PendingInterrupt: Sendable {
+/// What an interrupt of a local `run` or `batch` reaches, from the moment it is watched (before
+/// anything is made for a run): the first one cancels what `onCancel` names, at once when it is named
+/// after the interrupt came; a second one records what `onForced` names before the process ends.
+final class InterruptRelay: Sendable {
     private struct State {
-        var cancelled = false
-        var handle: RunHandle?
-        var supervisor: Supervisor?
+        var interrupted = false
+        var cancel: (@Sendable () -> Void)?
+        var forced: (@Sendable () -> Void)?
     }
     private let state = Mutex(State())
 
-    func cancel() {
-        state.withLock { s -> RunHandle? in
-            s.cancelled = true
-            return s.handle
-        }?.cancel()
+    /// Watches SIGINT and SIGTERM (`Interrupts`) for this relay.
+    static func watching() -> InterruptRelay {
+        let relay = InterruptRelay()
+        Interrupts.install(first: { relay.cancel() }, forced: { relay.forced() })
+        return relay
     }
 
-    func forced() {
-        state.withLock { $0.supervisor }?.recordForcedExit()
+    private func cancel() {
+        state.withLock { s -> (@Sendable () -> Void)? in
+            s.interrupted = true
+            return s.cancel
+        }?()
     }
 
-    func attach(_ supervisor: Supervisor) {
-        state.withLock { $0.supervisor = supervisor }
+    private func forced() {
+        state.withLock { $0.forced }?()
     }
 
-    func attach(_ handle: RunHandle) {
-        let cancelled = state.withLock { s -> Bool in
-            s.handle = handle
-            return s.cancelled
+    func onCancel(_ body: @escaping @Sendable () -> Void) {
+        let interrupted = state.withLock { s -> Bool in
+            s.cancel = body
+            return s.interrupted
         }
-        if cancelled { handle.cancel() }
+        if interrupted { body() }
+    }
+
+    func onForced(_ body: @escaping @Sendable () -> Void) {
+        state.withLock { $0.forced = body }
     }
 }
 

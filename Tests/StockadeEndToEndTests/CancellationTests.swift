@@ -100,6 +100,26 @@ struct CancellationTests {
         }
     }
 
+    @Test("an interrupt at any moment of a batch's start ends it with nothing of it left: no worker, no cgroup")
+    func interruptDuringBatchStart() throws {
+        let h = try Harness()
+        let requests = h.stateDirectory + "/requests.jsonl"
+        try #"{"id":"a","command":["/bin/sleep","990"],"timeout":60}"#.appending("\n").write(toFile: requests, atomically: true, encoding: .utf8)
+        _ = try h.run([], ["/bin/true"])
+        for step in 0..<80 {
+            let delayMillis = Double(step) / 2
+            let (process, _) = try Self.start(h, ["batch", "--parallel", "2", requests])
+            usleep(UInt32(delayMillis * 1000))
+            kill(process.processIdentifier, SIGINT)
+            process.waitUntilExit()
+            let byTheSignal = process.terminationReason == .uncaughtSignal && process.terminationStatus == SIGINT
+            #expect(byTheSignal || process.terminationStatus == 130, "\(delayMillis) ms: \(process.terminationReason) \(process.terminationStatus)")
+            #expect(Self.waitForWorkerGone("990"), "\(delayMillis) ms: the worker is gone")
+            let left = Self.runCgroups(ofProcess: process.processIdentifier)
+            #expect(left.isEmpty, "interrupted after \(delayMillis) ms, its cgroups stayed: \(left)")
+        }
+    }
+
     static func waitForWorkerGone(_ marker: String) -> Bool {
         for _ in 0..<50 {
             if workerProcesses().allSatisfy({ !((try? String(contentsOfFile: "/proc/\($0)/cmdline", encoding: .utf8)) ?? "").contains(marker) }) { return true }
