@@ -135,6 +135,35 @@ struct AuditTrailTests {
         #expect(try h.stockade(["audit", "verify"]).status == 0)
     }
 
+    @Test("a worker's exit is durable before its workspace is collected: a supervisor killed during the scan loses no outcome event")
+    func outcomeDurableBeforeCollection() throws {
+        let h = try Harness()
+        let ws = try makeWorkspace()
+        defer { try? FileManager.default.removeItem(atPath: ws) }
+        // 5000 new files: the scan and the diff after the exit take a good part of a second in a debug build.
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Harness.stockade)
+        process.arguments = ["run", "--json", "--workspace", ws, "--", "/bin/sh", "-c", "i=0; while [ $i -lt 5000 ]; do i=$((i+1)); echo $i > f$i; done"]
+        process.environment = ["STOCKADE_STATE_DIR": h.stateDirectory, "PATH": "/usr/bin:/bin"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        var seen: [String] = []
+        while process.isRunning && !seen.contains("worker.exited") {
+            usleep(5_000)
+            seen = ((try? auditEvents(h)) ?? []).compactMap { $0["kind"] as? String }
+        }
+        // Before the fix the exit waited in memory for run.finished's transaction, past the scan.
+        #expect(seen.contains("worker.exited") && !seen.contains("run.finished") && !seen.contains("diff.recorded"),
+                "the exit was not on disk while the workspace was collected: \(seen)")
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        #expect(try h.run([], ["/bin/true"]).status == 0)  // the start-up housekeeping marks the killed run abandoned
+        let kinds = try auditEvents(h).compactMap { $0["kind"] as? String }
+        #expect(kinds.starts(with: ["run.created", "worker.started", "worker.exited", "run.abandoned"]), "\(kinds)")
+        #expect(try h.stockade(["audit", "verify"]).status == 0)
+    }
+
     @Test("runs carry their host: STOCKADE_HOST_ID when set; a supervisor never marks another host's run abandoned")
     func hostIdentity() throws {
         let h = try Harness()

@@ -79,25 +79,31 @@ struct CancellationTests {
         return found
     }
 
+    /// Starts `stockade ARGS` 80 times and sends each SIGINT after 0, 0.5, 1 … 39.5 ms: the window a
+    /// start's interrupt handling guards (from the cgroup made ahead to the run's submission) is a few
+    /// milliseconds wide, some 15 ms after the start of a debug build. Each must end by the signal
+    /// itself (before anything was made) or cancelled (130), with no worker running `marker` and no
+    /// cgroup of it left.
+    static func interruptSweep(_ h: Harness, _ args: [String], marker: String) throws {
+        for step in 0..<80 {
+            let delayMillis = Double(step) / 2
+            let (process, _) = try start(h, args)
+            usleep(UInt32(delayMillis * 1000))
+            kill(process.processIdentifier, SIGINT)
+            process.waitUntilExit()
+            let byTheSignal = process.terminationReason == .uncaughtSignal && process.terminationStatus == SIGINT
+            #expect(byTheSignal || process.terminationStatus == 130, "\(delayMillis) ms: \(process.terminationReason) \(process.terminationStatus)")
+            #expect(waitForWorkerGone(marker), "\(delayMillis) ms: the worker is gone")
+            let left = runCgroups(ofProcess: process.processIdentifier)
+            #expect(left.isEmpty, "interrupted after \(delayMillis) ms, its cgroups stayed: \(left)")
+        }
+    }
+
     @Test("an interrupt at any moment of a local run's start ends it with nothing of it left: no worker, no cgroup")
     func interruptDuringStart() throws {
         let h = try Harness()
         _ = try h.run([], ["/bin/true"])  // the state directory made and migrated: the runs below start quicker
-        // The window this guards (from the cgroup made ahead to the run's submission) is a few
-        // milliseconds wide, some 15 ms after the start of a debug build: swept every half millisecond.
-        for step in 0..<80 {
-            let delayMillis = Double(step) / 2
-            let (process, _) = try Self.start(h, ["run", "--json", "--timeout", "60", "--", "/bin/sleep", "991"])
-            usleep(UInt32(delayMillis * 1000))
-            kill(process.processIdentifier, SIGINT)
-            process.waitUntilExit()
-            // Ended by the signal itself before anything was made, or cancelled (130).
-            let byTheSignal = process.terminationReason == .uncaughtSignal && process.terminationStatus == SIGINT
-            #expect(byTheSignal || process.terminationStatus == 130, "\(delayMillis) ms: \(process.terminationReason) \(process.terminationStatus)")
-            #expect(Self.waitForWorkerGone("991"), "\(delayMillis) ms: the worker is gone")
-            let left = Self.runCgroups(ofProcess: process.processIdentifier)
-            #expect(left.isEmpty, "interrupted after \(delayMillis) ms, its cgroups stayed: \(left)")
-        }
+        try Self.interruptSweep(h, ["run", "--json", "--timeout", "60", "--", "/bin/sleep", "991"], marker: "991")
     }
 
     @Test("an interrupt at any moment of a batch's start ends it with nothing of it left: no worker, no cgroup")
@@ -106,18 +112,7 @@ struct CancellationTests {
         let requests = h.stateDirectory + "/requests.jsonl"
         try #"{"id":"a","command":["/bin/sleep","990"],"timeout":60}"#.appending("\n").write(toFile: requests, atomically: true, encoding: .utf8)
         _ = try h.run([], ["/bin/true"])
-        for step in 0..<80 {
-            let delayMillis = Double(step) / 2
-            let (process, _) = try Self.start(h, ["batch", "--parallel", "2", requests])
-            usleep(UInt32(delayMillis * 1000))
-            kill(process.processIdentifier, SIGINT)
-            process.waitUntilExit()
-            let byTheSignal = process.terminationReason == .uncaughtSignal && process.terminationStatus == SIGINT
-            #expect(byTheSignal || process.terminationStatus == 130, "\(delayMillis) ms: \(process.terminationReason) \(process.terminationStatus)")
-            #expect(Self.waitForWorkerGone("990"), "\(delayMillis) ms: the worker is gone")
-            let left = Self.runCgroups(ofProcess: process.processIdentifier)
-            #expect(left.isEmpty, "interrupted after \(delayMillis) ms, its cgroups stayed: \(left)")
-        }
+        try Self.interruptSweep(h, ["batch", "--parallel", "2", requests], marker: "990")
     }
 
     static func waitForWorkerGone(_ marker: String) -> Bool {

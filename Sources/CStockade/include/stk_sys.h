@@ -39,7 +39,8 @@ int stk_cap_last_cap(void);
 
 /* SIGINT and SIGTERM caught (not ignored: a program exec'd later gets the default back), each one
    written as one byte, its number, into write_fd (non-blocking: a full pipe drops it, and the handler
-   never blocks); SA_RESTART, so no other call of the process sees EINTR. In place the moment it
+   never blocks); SA_RESTART, so read, write and the like are restarted (poll, epoll_wait and
+   nanosleep still return EINTR, which the kernel never restarts). In place the moment it
    returns: no window in which one is lost. 0, or -errno.
    Why C: a signal handler may only make async-signal-safe calls. */
 int stk_interrupts_install(int write_fd);
