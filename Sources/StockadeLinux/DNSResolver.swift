@@ -75,11 +75,25 @@ public struct DNSResolver: Sendable {
         guard connected == 0, send(fd, q, q.count, 0) == q.count else { return [] }
         var buffer = [UInt8](repeating: 0, count: 1500)
         var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
-        while poll(&fds, 1, timeoutMs) > 0 {
+        // One deadline for the whole wait: an interrupted poll goes on with what is left of it, and
+        // replies that do not answer the question (another id) do not extend it.
+        let deadline = Self.monotonicMillis() + Int64(timeoutMs)
+        while true {
+            let left = deadline - Self.monotonicMillis()
+            guard left > 0 else { return [] }
+            let ready = poll(&fds, 1, Int32(clamping: left))
+            if ready < 0 && errno == EINTR { continue }
+            guard ready > 0 else { return [] }
             let n = recv(fd, &buffer, buffer.count, 0)
+            if n < 0 && errno == EINTR { continue }
             guard n > 0 else { return [] }
             if let found = Self.addresses(in: Array(buffer[0..<n]), id: id) { return found }
         }
-        return []
+    }
+
+    static func monotonicMillis() -> Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
     }
 }
