@@ -34,6 +34,22 @@ int stk_epoll_wait(int epfd, uint64_t *tokens, uint32_t *events, int capacity, i
     return n;
 }
 
+int stk_timerfd_every(uint64_t nanoseconds) {
+    int fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    if (fd < 0) return -1;
+    struct itimerspec spec;
+    memset(&spec, 0, sizeof spec);
+    if (nanoseconds == 0) nanoseconds = 1;
+    spec.it_value.tv_sec = (time_t)(nanoseconds / 1000000000ull);
+    spec.it_value.tv_nsec = (long)(nanoseconds % 1000000000ull);
+    spec.it_interval = spec.it_value;
+    if (timerfd_settime(fd, 0, &spec, NULL) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 int stk_timerfd_after(uint64_t nanoseconds) {
     int fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
     if (fd < 0) return -1;

@@ -1,5 +1,7 @@
+import CStockade
 import Glibc
 import Logging
+import StockadeLinux
 import StockadePolicy
 import Synchronization
 
@@ -13,12 +15,14 @@ import Synchronization
 /// in a log file are a prefix of the final log. At the end, `finish` appends what the final log has
 /// beyond what was written (after checking that the file still holds a prefix of it).
 ///
-/// Small chunks are gathered and written when `batchBytes` are waiting or when `flush` is called
-/// (every `flushInterval` by the run's flusher task), so a chatty worker costs one write per batch,
-/// not one per pipe read.
+/// Small chunks are gathered and written when `batchBytes` are waiting or when `flush` is called:
+/// every `flushInterval` by a timer on the event loop, armed when output first waits (a run that
+/// prints nothing has none), so a chatty worker costs one write per batch, not one per pipe read.
+/// The timer is a timerfd handled on the loop thread, which also reads the output: no thread wakes
+/// for it (a detached task sleeping in a loop cost each run two wakes of a pool thread).
 package final class LiveLog: Sendable {
     package static let batchBytes = 64 << 10
-    package static let flushInterval: Duration = .milliseconds(50)
+    package static let flushIntervalNanos: UInt64 = 50_000_000
 
     struct Stream {
         var path: String
@@ -38,6 +42,12 @@ package final class LiveLog: Sendable {
     private struct State {
         var streams: [Stream]
         var finished = false
+        /// The flush timer was armed (it is never armed twice).
+        var timerArmed = false
+        /// The flush timer closes at its next tick (`finish`, `discard`, `stopFlushing`).
+        var timerStopped = false
+        /// The flush timer's descriptor while it is open, else -1.
+        var timerFD: Int32 = -1
     }
 
     private let state: Mutex<State>
@@ -64,15 +74,61 @@ package final class LiveLog: Sendable {
     /// Takes one chunk of the worker's output (stream 1 = stdout, 2 = stderr), as the monitor reads it.
     @Sendable package func append(_ stream: Int32, _ chunk: [UInt8]) {
         guard stream == 1 || stream == 2 else { return }
-        state.withLock { s in
-            guard !s.finished else { return }
+        let arm = state.withLock { s -> Bool in
+            guard !s.finished else { return false }
             let i = Int(stream) - 1
             let room = s.streams[i].cap - s.streams[i].captured
-            guard room > 0, !chunk.isEmpty else { return }
+            guard room > 0, !chunk.isEmpty else { return false }
             let taken = chunk.count <= room ? chunk : Array(chunk.prefix(room))
             s.streams[i].captured += taken.count
             s.streams[i].pending += s.streams[i].redactor.feed(taken)
             if s.streams[i].pending.count >= Self.batchBytes { Self.write(&s.streams[i], logger: logger) }
+            guard !s.timerArmed, !s.timerStopped, !s.streams[i].pending.isEmpty else { return false }
+            s.timerArmed = true
+            return true
+        }
+        if arm { armFlushTimer() }
+    }
+
+    /// The flush timer's descriptor while it is open (armed and not yet closed), else -1.
+    package var flushTimerFD: Int32 { state.withLock { $0.timerFD } }
+
+    /// Stops the flush timer (at its next tick) without writing anything more.
+    package func stopFlushing() {
+        state.withLock { $0.timerStopped = true }
+    }
+
+    /// A timerfd on the shared event loop that flushes every `flushIntervalNanos`. It is read and
+    /// closed only on the loop thread, by its own handler: once stopped, the next tick unregisters and
+    /// closes it, so no other thread can close its number under the loop (or the loop read a reused one).
+    private func armFlushTimer() {
+        let fd = stk_timerfd_every(Self.flushIntervalNanos)
+        guard fd >= 0 else {
+            logger.warning("log.flush-timer-unavailable", metadata: ["error": "\(String(cString: strerror(errno)))"])
+            return
+        }
+        state.withLock { $0.timerFD = fd }
+        do {
+            try EventLoop.shared.register(fd) { [self] _ in
+                var expirations: UInt64 = 0
+                _ = read(fd, &expirations, MemoryLayout<UInt64>.size)
+                let stop = state.withLock { s -> Bool in
+                    guard s.finished || s.timerStopped else { return false }
+                    s.timerFD = -1
+                    return true
+                }
+                if stop {
+                    EventLoop.shared.unregister(fd)
+                    close(fd)
+                    return false
+                }
+                flush()
+                return true
+            }
+        } catch {
+            state.withLock { $0.timerFD = -1 }
+            close(fd)
+            logger.warning("log.flush-timer-unavailable", metadata: ["error": "\(error)"])
         }
     }
 

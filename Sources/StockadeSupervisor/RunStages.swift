@@ -308,7 +308,6 @@ extension Supervisor {
         var stdio: Pipes
         var output: RedactingOutput?
         var log: LiveLog
-        var flusher: Task<Void, Never>
         var spawnStarted: UInt64
         var mainPid: Int32?
         var startedRecorded: Bool
@@ -320,7 +319,7 @@ extension Supervisor {
             stdio.input?.stop()
             egress?.proxy.stop()
             output?.finish()
-            flusher.cancel()
+            log.stopFlushing()
         }
     }
 
@@ -391,7 +390,7 @@ extension Supervisor {
         let output = RedactingOutput(plan.redactor, onOutput)
         let terminal = output?.write ?? onOutput
         // The logs are written as the output arrives (capped and redacted as the report is), so
-        // readers can follow the run; the flusher writes what small chunks left waiting.
+        // readers can follow the run; its flush timer writes what small chunks left waiting.
         let log = LiveLog(directory: plan.runDirectory.logsPath, stdoutCap: profile.limits.stdoutBytes,
                           stderrCap: profile.limits.stderrBytes, redactor: plan.redactor, logger: logger)
         config.onOutput = { stream, bytes in
@@ -418,18 +417,12 @@ extension Supervisor {
             throw SetupFailure(error)
         }
         stdio.readEndsHandedOver()
-        let flusher = Task.detached {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: LiveLog.flushInterval)
-                log.flush()
-            }
-        }
-        scope.onClose { flusher.cancel() }
+        scope.onClose { log.stopFlushing() }
         guardian.disarm()
         if !startedRecorded { monitor.kill() }
         scope.cancellation?.attach(monitor)
         return Live(worker: worker, monitor: monitor, egress: egress, forwarder: sandbox.forwarder, stdio: stdio, output: output,
-                    log: log, flusher: flusher, spawnStarted: spawnStarted, mainPid: mainPid, startedRecorded: startedRecorded)
+                    log: log, spawnStarted: spawnStarted, mainPid: mainPid, startedRecorded: startedRecorded)
     }
 
     /// The report from what the kernel and the monitor saw: outcome, usage, output (redacted),

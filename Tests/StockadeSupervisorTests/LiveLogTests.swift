@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import Logging
 @testable import StockadeLinux
@@ -105,5 +106,31 @@ struct LiveLogTests {
         #expect(Self.inode(scratch.path + "/stdout.log") != inode, "replaced through a rename")
         #expect(contents(scratch.path + "/stdout.log") == Array("xyz!".utf8))
         #expect(contents(scratch.path + "/stderr.log") == [])
+    }
+    @Test("output that waits is written by the log's own timer, without a flush call; the timer is armed only by output and closes once the log is finished")
+    func flushTimer() throws {
+        let scratch = ScratchDirectory("livelog")
+        let log = LiveLog(directory: scratch.path, stdoutCap: 100, stderrCap: 100, redactor: .none, logger: Logger(label: "test"))
+        log.append(1, [])
+        #expect(log.flushTimerFD == -1, "a timer without output")
+        log.append(1, Array("tick".utf8))
+        let timer = log.flushTimerFD
+        #expect(timer >= 0 && (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(timer)")) == "anon_inode:[timerfd]")
+        log.append(2, Array("tock".utf8))
+        #expect(log.flushTimerFD == timer, "one timer for both streams")
+        var waited = 0
+        while contents(scratch.path + "/stderr.log").isEmpty && waited < 200 {
+            usleep(10_000)
+            waited += 1
+        }
+        #expect(contents(scratch.path + "/stdout.log") == Array("tick".utf8), "not written by the timer within 2 s")
+        #expect(contents(scratch.path + "/stderr.log") == Array("tock".utf8))
+        log.finish(stdout: Array("tick".utf8), stderr: Array("tock".utf8))
+        waited = 0
+        while log.flushTimerFD >= 0 && waited < 200 {
+            usleep(10_000)
+            waited += 1
+        }
+        #expect(log.flushTimerFD == -1, "the timer stayed open after finish")
     }
 }

@@ -22,6 +22,8 @@ int stk_epoll_remove(int epfd, int fd);
 int stk_epoll_wait(int epfd, uint64_t *_Nonnull tokens, uint32_t *_Nonnull events, int capacity, int timeout_ms);
 /* A non-blocking, close-on-exec CLOCK_MONOTONIC timerfd that fires once after `nanoseconds`. */
 int stk_timerfd_after(uint64_t nanoseconds);
+/* A non-blocking timerfd that expires every `nanoseconds` from now on (CLOCK_MONOTONIC), or -1. */
+int stk_timerfd_every(uint64_t nanoseconds);
 
 /* pidfd_send_signal(2). Why C: no glibc wrapper. */
 int stk_pidfd_send_signal(int pidfd, int sig);
