@@ -4,9 +4,9 @@ import StockadePolicy
 import Synchronization
 import SystemPackage
 
-/// One run's directory, `<state>/runs/<run-id>/` (mode 0700), with `result/` and `logs/` beneath it,
-/// `request/`, `upper/` and `image-root/` when the run has a request bundle, a workspace or an image
-/// (`makeSubdirectory`), and
+/// One run's directory, `<state>/runs/<run-id>/` (mode 0700), with `logs/` beneath it, `request/`,
+/// `result/`, `upper/` and `image-root/` when the run has a request bundle, a result bundle to copy,
+/// a workspace or an image (`makeSubdirectory`), and
 /// `report.json` once the run is finished. A run makes only what it uses: on a filesystem such as ext4
 /// each directory is an inode and a block allocated in the run's path.
 ///
@@ -21,8 +21,9 @@ public final class RunDirectory: Sendable {
     public static let logsName = "logs"
     public static let reportName = "report.json"
     public static let lockName = ".lock"
-    /// Made with the run directory; `request/`, `upper/` and `image-root/` only when a run asks (`makeSubdirectory`).
-    static let subdirectories = [resultName, logsName]
+    /// Made with the run directory; `request/`, `result/`, `upper/` and `image-root/` only when a run
+    /// asks (`makeSubdirectory`): most runs leave no result bundle.
+    static let subdirectories = [logsName]
 
     private struct Handles: Sendable {
         var directory: Int32
@@ -67,11 +68,11 @@ public final class RunDirectory: Sendable {
         Glibc.close(open.directory)
     }
 
-    /// Makes `request/`, `upper/` or `image-root/` (mode 0700) for a run that uses it, relative to the
+    /// Makes `request/`, `result/`, `upper/` or `image-root/` (mode 0700) for a run that uses it, relative to the
     /// run directory's descriptor, and returns its path. Fails if it exists: the run directory is new,
     /// and only the supervisor writes in it.
     public func makeSubdirectory(_ name: String) throws(BundleError) -> String {
-        precondition([Self.requestName, Self.upperName, Self.imageRootName].contains(name), "not a subdirectory made on demand: \(name)")
+        precondition([Self.requestName, Self.resultName, Self.upperName, Self.imageRootName].contains(name), "not a subdirectory made on demand: \(name)")
         guard let directory = descriptor else {
             throw BundleError(.runDirectoryFailed, path: path, "the run directory is closed; make \(name)/ before close()")
         }

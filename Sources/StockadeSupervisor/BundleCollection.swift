@@ -62,7 +62,9 @@ extension Supervisor {
         }
         defer { close(root) }
         if BundleReader.isEmpty(directory: root) { return [] }
-        let destination = open(dir.resultPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
+        // result/ is made only now, for a worker that left something (most leave nothing).
+        let destination = (try? dir.makeSubdirectory(RunDirectory.resultName))
+            .map { open($0, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW) } ?? -1
         defer { if destination >= 0 { close(destination) } }
         var verdict = BundleReader.read(directory: root, bounds: profile.bundles, role: .result, copyTo: destination >= 0 ? destination : nil)
         if case .accepted(let bundle) = verdict, let leaked = leakedSecret(in: bundle, at: dir.resultPath, context: context, bounds: profile.bundles) {

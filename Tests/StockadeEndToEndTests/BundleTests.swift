@@ -61,7 +61,7 @@ struct BundleTests {
         #expect(try h.stockade(["audit", "events", "--kind", "bundle.rejected"]).stdout.contains(rule))
     }
 
-    @Test("a well-formed result bundle is accepted and copied into the run directory")
+    @Test("a well-formed result bundle is accepted and copied into the run directory; a run that leaves none has no result/")
     func resultAccepted() throws {
         let h = try Harness()
         let script = resultScript([("out/r.txt", "done")], declared: [("out/r.txt", 4, sha256Hex("done"))])
@@ -70,6 +70,11 @@ struct BundleTests {
         #expect(result["status"] as? String == "accepted", "\(result)")
         let runId = try #require(report.string("runId"))
         #expect(try String(contentsOfFile: h.stateDirectory + "/runs/\(runId)/result/out/r.txt", encoding: .utf8) == "done")
+        // A run that leaves nothing has no result/ (one inode fewer a run).
+        let none = try h.stockade(["run", "--json", "--", "/bin/true"]).report()
+        #expect((none["result"] as? [String: Any])?["status"] as? String == "none")
+        let noneDir = h.stateDirectory + "/runs/" + (try #require(none.string("runId")))
+        #expect(FileManager.default.fileExists(atPath: noneDir + "/logs") && !FileManager.default.fileExists(atPath: noneDir + "/result"))
     }
 
     @Test("a hostile result bundle is rejected with the rule and entry, and no host secret leaks", arguments: [

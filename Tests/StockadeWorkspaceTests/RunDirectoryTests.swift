@@ -9,17 +9,17 @@ struct RunDirectoryTests {
         return lstat(path, &st) == 0 ? st.st_mode & 0o7777 : nil
     }
 
-    @Test("create makes the run directory 0700 with result/ and logs/ and a held lock; request/ and upper/ only when a run asks")
+    @Test("create makes the run directory 0700 with logs/ and a held lock; request/, result/ and upper/ only when a run asks")
     func create() throws {
         let s = Scratch("state")
         let run = try RunDirectory.create(stateDirectory: s["state"], runId: "01JRUN0001")
         #expect(run.path == s["state/runs/01JRUN0001"])
         #expect(mode(run.path) == 0o700)
-        for sub in [run.resultPath, run.logsPath] {
-            #expect(mode(sub) == 0o700, "\(sub)")
-        }
-        // Nothing a run without a request bundle or a workspace would not use (each is an inode and a block).
-        #expect(mode(run.requestPath) == nil && mode(run.upperPath) == nil && mode(run.path + "/work") == nil)
+        #expect(mode(run.logsPath) == 0o700)
+        // Nothing a run without a request bundle, a result or a workspace would not use (each is an inode and a block).
+        #expect(mode(run.requestPath) == nil && mode(run.resultPath) == nil && mode(run.upperPath) == nil && mode(run.path + "/work") == nil)
+        #expect(try run.makeSubdirectory(RunDirectory.resultName) == run.resultPath)
+        #expect(mode(run.resultPath) == 0o700)
         #expect(try run.makeSubdirectory(RunDirectory.requestName) == run.requestPath)
         #expect(try run.makeSubdirectory(RunDirectory.upperName) == run.upperPath)
         #expect(try run.makeSubdirectory(RunDirectory.imageRootName) == run.path + "/image-root")
@@ -71,7 +71,7 @@ struct RunDirectoryTests {
         let removed = try RunDirectory.collectGarbage(stateDirectory: s.path, olderThan: 0,
                                                       now: RunDirectory.currentTime() + 86400)
         #expect(removed == [])
-        #expect(s.exists("runs/running/result"))
+        #expect(s.exists("runs/running/logs"))
         run.close()
         #expect(try RunDirectory.collectGarbage(stateDirectory: s.path, olderThan: 0,
                                                 now: RunDirectory.currentTime() + 86400) == ["running"])
@@ -89,7 +89,7 @@ struct RunDirectoryTests {
         let removed = try RunDirectory.remove(stateDirectory: s.path, runIds: ["probe-done", "probe-running", "../state", "missing"])
         #expect(removed == ["probe-done"])
         #expect(!s.exists("runs/probe-done"))
-        #expect(s.exists("runs/probe-running/result"))
+        #expect(s.exists("runs/probe-running/logs"))
         #expect(s.exists("runs/other-done"))
         running.close()
         #expect(try RunDirectory.remove(stateDirectory: s.path, runIds: ["probe-running"]) == ["probe-running"])
@@ -135,7 +135,7 @@ struct RunDirectoryTests {
         #expect(!s.exists("runs/.creating-crashed"))
         let run = try RunDirectory.create(stateDirectory: s.path, runId: "crashed")
         run.close()
-        #expect(s.exists("runs/crashed/result") && !s.exists("runs/.creating-crashed"))
+        #expect(s.exists("runs/crashed/logs") && !s.exists("runs/.creating-crashed"))
     }
 
     @Test("gc without a state directory removes nothing")
@@ -171,7 +171,7 @@ struct RunDirectoryTests {
         try s.symlink(chain + "/escape", to: s["canary"])
         try s.mkdir(chain, mode: 0o000)
         // The run's own directories, made unusable by the worker.
-        try #require(chmod(s["state/runs/hostile/result"], 0) == 0)
+        try #require(chmod(s["state/runs/hostile/logs"], 0) == 0)
 
         let removed = try RunDirectory.collectGarbage(stateDirectory: s["state"], olderThan: 0,
                                                       now: RunDirectory.currentTime() + 60)
