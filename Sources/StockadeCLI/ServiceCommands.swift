@@ -41,8 +41,11 @@ private func object(_ pairs: [(String, String)]) -> JSONValue {
 enum ServiceRuns {
     /// `POST /v1/runs` until admitted: a full queue (429) is waited out for its Retry-After. On the
     /// session's connection, which `wait` then takes on.
+    /// A stalled answer is asked for again once, on a new connection, with the same key: the service
+    /// answers a submission it had admitted with the same run, never a second one.
     static func submit(_ client: ServiceSession, _ bytes: [UInt8]) throws -> String {
         let key = idempotencyKey()
+        var stalls = 0
         while true {
             do {
                 let answer = try client.json("POST", "/v1/runs", body: bytes, headers: [("Idempotency-Key", key)])
@@ -53,14 +56,19 @@ enum ServiceRuns {
                 return id
             } catch let refusal as ServiceRefusal where refusal.status == 429 && refusal.code == "queue-full" {
                 sleep(UInt32(refusal.retryAfter ?? 5))
+            } catch let error as ClientError where error.code == .stalled {
+                stalls += 1
+                if stalls > 1 { throw ClientError(.stalled, error.message + "; twice, the second time with the same Idempotency-Key") }
             }
         }
     }
 
     /// `GET /v1/runs/{id}/wait`: the run's report object as the service sent it. A connection the
-    /// service closed before answering (a long run) is asked again.
+    /// service closed before answering (a long run) is asked again, and so, once, is an answer that
+    /// stalled: the run goes on in the service whatever its client's connection does.
     static func wait(_ client: ServiceSession, _ id: String) throws -> JSONValue {
         var attempts = 0
+        var stalls = 0
         while true {
             do {
                 let answer = try client.json("GET", "/v1/runs/\(id)/wait", limit: maxReportBytes)
@@ -70,6 +78,9 @@ enum ServiceRuns {
                 return report
             } catch let error as ClientError where error.code == .protocolViolation && attempts < 3 {
                 attempts += 1
+            } catch let error as ClientError where error.code == .stalled {
+                stalls += 1
+                if stalls > 1 { throw ClientError(.stalled, error.message + "; twice (run \(id) may still be running there; its events: stockade audit events --host … --run \(id))") }
             } catch let refusal as ServiceRefusal where refusal.status == 409 && refusal.code == "not-waitable" {
                 // The service forgets a finished run and reads its report from its run directory; a run
                 // refused before it had one (an unknown profile, say) leaves no report to read. A node

@@ -9,7 +9,8 @@ public struct ClientError: Error, Sendable, CustomStringConvertible {
         /// The connection broke, or the answer broke the protocol or its bounds.
         case protocolViolation = "protocol"
         /// The service began an answer and sent no further byte of it within the stall limit
-        /// (`ResponseReader.stallLimit`): it is not asked again.
+        /// (`ResponseReader.stallLimit`). Only a request that is safe to send again is, once: `run`'s
+        /// submission (its Idempotency-Key) and its wait (a GET).
         case stalled
     }
 

@@ -71,7 +71,7 @@ struct ResponseReader {
             start = 0
         }
         if receivedAny && !streaming, try !connection.waitReadable(millis: Self.stallLimitMillis) {
-            throw ClientError(.stalled, "the service at \(connection.address) began an answer and sent nothing more of it for \(Self.stallLimitMillis / 1000) s: it is broken or stuck (its log may say why); the request was not sent again")
+            throw ClientError(.stalled, "the service at \(connection.address) began an answer and sent nothing more of it for \(Self.stallLimitMillis / 1000) s: it is broken or stuck (its log may say why)")
         }
         let n = try connection.receive(into: &buffer, count: 65536)
         if n > 0 { receivedAny = true }

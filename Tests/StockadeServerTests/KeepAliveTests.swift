@@ -22,9 +22,19 @@ private final class ScriptedService: @unchecked Sendable {
         case shortWaitAnswer
         /// The wait's answer comes in three parts 0.6 s apart: slow, but never quiet for long.
         case slowWaitAnswer
+        /// The first wait's answer stops halfway (held `onceHoldSeconds`, then closed); the next is whole.
+        case shortWaitAnswerOnce
+        /// The first submission's answer stops halfway (held `onceHoldSeconds`, then closed); the next is whole.
+        case shortSubmitAnswerOnce
     }
 
     static let holdSeconds: UInt32 = 5
+    static let onceHoldSeconds: UInt32 = 2
+
+    /// How many requests whose line starts with `prefix` were seen so far (the current one included).
+    private func count(_ prefix: String) -> Int {
+        lock.withLock { seen.joined().filter { $0.line.hasPrefix(prefix) }.count }
+    }
 
     static let runId = "01M89DWRZAKYA3QDS56WVQKQ36"
     static let report = #"{"cpuTimeMs":4,"durationMs":94,"egress":null,"exitCode":0,"memoryPeakBytes":6201344,"orphansKilled":0,"outcome":"exited","profile":"default","result":{"reason":null,"status":"none"},"review":{"id":null,"state":"none"},"runId":"01M89DWRZAKYA3QDS56WVQKQ36","setupError":null,"signal":null,"stderr":"","stderrTruncated":false,"stdout":"scripted-report\n","stdoutTruncated":false,"violations":[]}"#
@@ -35,6 +45,8 @@ private final class ScriptedService: @unchecked Sendable {
     private let lock = NSLock()
     /// Per connection, in order: each request's line and whether it asked for `Connection: close`.
     private var seen: [[(line: String, close: Bool)]] = []
+    /// Each submission's Idempotency-Key, in order.
+    private var keys: [String] = []
     private var thread: Thread?
 
     init(directory: String, afterSubmit: AfterSubmit) throws {
@@ -50,6 +62,7 @@ private final class ScriptedService: @unchecked Sendable {
     }
 
     var connections: [[(line: String, close: Bool)]] { lock.withLock { seen } }
+    var idempotencyKeys: [String] { lock.withLock { keys } }
 
     /// Stops accepting (the thread ends at its next accept).
     func stop() {
@@ -64,11 +77,19 @@ private final class ScriptedService: @unchecked Sendable {
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
             let index = lock.withLock { seen.append([]); return seen.count - 1 }
             var buffer: [UInt8] = []
-            while let (line, close) = readRequest(fd, &buffer) {
-                lock.withLock { seen[index].append((line, close)) }
+            while let (line, close, key) = readRequest(fd, &buffer) {
+                lock.withLock {
+                    seen[index].append((line, close))
+                    if line.hasPrefix("POST "), let key { keys.append(key) }
+                }
                 if line.hasPrefix("POST /v1/runs "), afterSubmit == .queueFullThenClose, lock.withLock({ seen.count == 1 }) {
                     let body = #"{"error":{"code":"queue-full","message":"the queue is full"}}"#
                     write(fd, "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: 1\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
+                    break
+                } else if line.hasPrefix("POST /v1/runs "), afterSubmit == .shortSubmitAnswerOnce, count("POST ") == 1 {
+                    let body = #"{"id":"\#(Self.runId)","state":"queued","replayed":false}"#
+                    write(fd, "HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n" + String(body.prefix(10)))
+                    sleep(Self.onceHoldSeconds)
                     break
                 } else if line.hasPrefix("POST /v1/runs ") {
                     let body = #"{"id":"\#(Self.runId)","state":"queued","replayed":false}"#
@@ -81,6 +102,11 @@ private final class ScriptedService: @unchecked Sendable {
                     let body = #"{"id":"\#(Self.runId)","state":"finished","report":\#(Self.report)}"#
                     let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n"
                     let bytes = Array(body.utf8)
+                    if afterSubmit == .shortWaitAnswerOnce, count("GET ") == 1 {
+                        write(fd, head + String(decoding: bytes.prefix(bytes.count / 2), as: UTF8.self))
+                        sleep(Self.onceHoldSeconds)
+                        break
+                    }
                     switch afterSubmit {
                     case .shortWaitAnswer:
                         write(fd, head + String(decoding: bytes.prefix(bytes.count / 2), as: UTF8.self))
@@ -116,7 +142,7 @@ private final class ScriptedService: @unchecked Sendable {
 
     /// One request: its head (request line and whether it asks for the connection's close) and its
     /// Content-Length body, read and dropped; nil at the end of the connection.
-    private func readRequest(_ fd: Int32, _ buffer: inout [UInt8]) -> (String, Bool)? {
+    private func readRequest(_ fd: Int32, _ buffer: inout [UInt8]) -> (String, Bool, String?)? {
         let end = Array("\r\n\r\n".utf8)
         while buffer.firstRange(of: end) == nil {
             var chunk = [UInt8](repeating: 0, count: 4096)
@@ -137,13 +163,14 @@ private final class ScriptedService: @unchecked Sendable {
             buffer += chunk[0..<n]
         }
         buffer.removeSubrange(..<length)
-        return (lines[0], fields.contains("connection: close"))
+        let key = fields.first { $0.hasPrefix("idempotency-key:") }.map { $0.dropFirst(16).trimmingCharacters(in: .whitespaces) }
+        return (lines[0], fields.contains("connection: close"), key)
     }
 }
 
 @Suite("stockade run --host: one connection for the submission and the wait", .serialized, .timeLimit(.minutes(2)))
 struct KeepAliveTests {
-    private func run(_ afterSubmit: ScriptedService.AfterSubmit, environment: [String: String] = [:]) throws -> (status: Int32, stdout: String, stderr: String, connections: [[(line: String, close: Bool)]]) {
+    private func run(_ afterSubmit: ScriptedService.AfterSubmit, environment: [String: String] = [:]) throws -> (status: Int32, stdout: String, stderr: String, connections: [[(line: String, close: Bool)]], keys: [String]) {
         let directory = makeScratchDirectory("stk-keepalive")
         defer { removeTree(directory) }
         let service = try ScriptedService(directory: directory, afterSubmit: afterSubmit)
@@ -151,7 +178,7 @@ struct KeepAliveTests {
         let r = try ServerHarness.exec(ServerHarness.stockade, ["run", "--", "/bin/true"],
                                        environment: ["STOCKADE_HOST": "unix://" + service.socketPath, "STOCKADE_TOKEN": "stk_test",
                                                      "STOCKADE_STATE_DIR": directory + "/client-state"].merging(environment) { $1 })
-        return (r.status, r.stdout, r.stderr, service.connections)
+        return (r.status, r.stdout, r.stderr, service.connections, service.idempotencyKeys)
     }
 
     private func lines(_ connection: [(line: String, close: Bool)]) -> [String] {
@@ -183,7 +210,7 @@ struct KeepAliveTests {
         #expect(r.connections.map(lines) == [["POST /v1/runs"], ["GET /v1/runs/\(ScriptedService.runId)/wait"]], "\(r.connections)")
     }
 
-    @Test("an answer the service stops sending halfway ends the command after the stall limit, naming it, and is not asked for again")
+    @Test("a wait's answer the service stops sending halfway, twice, ends the command after the stall limit, naming it; asked twice, never more")
     func stalledAnswer() throws {
         var clock = timespec()
         clock_gettime(CLOCK_MONOTONIC, &clock)
@@ -192,9 +219,26 @@ struct KeepAliveTests {
         clock_gettime(CLOCK_MONOTONIC, &clock)
         #expect(r.status == 125 && r.stdout.isEmpty, "\(r.status) \(r.stdout) \(r.stderr)")
         #expect(r.stderr.contains("began an answer and sent nothing more of it for 1 s"), "\(r.stderr)")
-        // Given up while the service still held the connection open (it holds it 5 s), and not asked again.
-        #expect(clock.tv_sec - started < Int(ScriptedService.holdSeconds), "\(clock.tv_sec - started) s")
-        #expect(r.connections.flatMap(lines).filter { $0.hasPrefix("GET") }.count == 1, "\(r.connections)")
+        #expect(r.stderr.contains("twice") && r.stderr.contains("--run \(ScriptedService.runId)"), "\(r.stderr)")
+        // The service (one connection at a time) holds each 5 s: the second was given up while held.
+        #expect(clock.tv_sec - started < 2 * Int(ScriptedService.holdSeconds), "\(clock.tv_sec - started) s")
+        #expect(r.connections.flatMap(lines).filter { $0.hasPrefix("GET") }.count == 2, "\(r.connections)")
+    }
+
+    @Test("a wait's answer that stalls once is asked for again on a new connection, and the report printed")
+    func stalledWaitOnce() throws {
+        let r = try run(.shortWaitAnswerOnce, environment: ["STOCKADE_ANSWER_STALL_SECONDS": "1"])
+        #expect(r.status == 0 && r.stdout == "scripted-report\n", "\(r.status) \(r.stdout) \(r.stderr)")
+        #expect(r.connections.map(lines) == [["POST /v1/runs", "GET /v1/runs/\(ScriptedService.runId)/wait"],
+                                             ["GET /v1/runs/\(ScriptedService.runId)/wait"]], "\(r.connections)")
+    }
+
+    @Test("a submission's answer that stalls once is sent again with the same Idempotency-Key, and the run waited for")
+    func stalledSubmitOnce() throws {
+        let r = try run(.shortSubmitAnswerOnce, environment: ["STOCKADE_ANSWER_STALL_SECONDS": "1"])
+        #expect(r.status == 0 && r.stdout == "scripted-report\n", "\(r.status) \(r.stdout) \(r.stderr)")
+        #expect(r.connections.map(lines) == [["POST /v1/runs"], ["POST /v1/runs", "GET /v1/runs/\(ScriptedService.runId)/wait"]], "\(r.connections)")
+        #expect(Set(r.keys).count == 1 && r.keys.count == 2, "the two submissions' keys: \(r.keys)")
     }
 
     @Test("an answer that comes slowly but never pauses for the stall limit is read whole")
