@@ -110,6 +110,7 @@ enum DirectoryEntries {
     /// arrive: the size is learned by reading, never from `st_size`, which a sparse or growing file
     /// can make lie.
     static func readAll(_ fd: Int32, limit: Int64) -> Result<[UInt8]?, Errno> {
+        precondition(limit >= 0, "readAll: a negative limit")
         var content: [UInt8] = []
         let chunk = 64 * 1024
         // Read into one scratch buffer and copied out: growing `content` by a chunk of zeros per read

@@ -62,6 +62,7 @@ extension Supervisor {
         }
         defer { close(root) }
         if BundleReader.isEmpty(directory: root) { return [] }
+        recordPendingEvents(context)  // on disk before the worker's bundle is read (I8)
         // result/ is made only now, for a worker that left something (most leave nothing).
         let destination = (try? dir.makeSubdirectory(RunDirectory.resultName))
             .map { open($0, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW) } ?? -1

@@ -104,6 +104,7 @@ package final class LiveLog: Sendable {
     private func armFlushTimer() {
         let fd = stk_timerfd_every(Self.flushIntervalNanos)
         guard fd >= 0 else {
+            state.withLock { $0.timerArmed = false }  // the next output tries again
             logger.warning("log.flush-timer-unavailable", metadata: ["error": "\(String(cString: strerror(errno)))"])
             return
         }
@@ -126,7 +127,7 @@ package final class LiveLog: Sendable {
                 return true
             }
         } catch {
-            state.withLock { $0.timerFD = -1 }
+            state.withLock { $0.timerFD = -1; $0.timerArmed = false }
             close(fd)
             logger.warning("log.flush-timer-unavailable", metadata: ["error": "\(error)"])
         }

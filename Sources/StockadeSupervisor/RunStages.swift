@@ -476,10 +476,10 @@ extension Supervisor {
         report.stdoutTruncated = observation.stdout.truncated
         report.stderrTruncated = observation.stderr.truncated
         recordOutcomeEvents(scope, observation: observation, usage: usage, report: report)
-        // Kept for run.finished's transaction only when nothing is left to collect: reading a result
-        // bundle and scanning a workspace take as long as the worker makes them, and a supervisor
-        // that dies meanwhile must not take the violations, kills and exit with it.
-        if scope.resultMount >= 0 || scope.workspace != nil { recordPendingEvents(scope) }
+        // Kept for run.finished's transaction unless something is left to collect: collectResult and
+        // collectWorkspace write them before reading a non-empty result bundle or scanning a
+        // workspace (as long as the worker makes them), so a supervisor that dies meanwhile does not
+        // take the violations, kills and exit with it.
 
         let patches = collectResult(scope, profile: sandbox.profile, report: &report)
         collectWorkspace(scope, profile: sandbox.profile, patches: patches, report: &report)

@@ -25,6 +25,7 @@ extension Supervisor {
         } else if upper < 0 || lower < 0 {
             rejection = "cannot open the workspace or its upper directory to collect changes: \(String(cString: strerror(errno)))"
         } else {
+            recordPendingEvents(context)  // on disk before the worker's changes are scanned (I8)
             do {
                 let changes = try WorkspaceScanner.scan(upper: upper, lower: lower, limits: ScanLimits(profile.bundles), xattrs: .trusted)
                 if changes.isEmpty && patches.isEmpty { return }
