@@ -84,9 +84,12 @@ public struct DNSResolver: Sendable {
             let ready = poll(&fds, 1, Int32(clamping: left))
             if ready < 0 && errno == EINTR { continue }
             guard ready > 0 else { return [] }
-            let n = recv(fd, &buffer, buffer.count, 0)
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { return [] }
+            // Never blocking: a datagram poll saw can still be dropped before recv (a bad UDP
+            // checksum is found only then), and a blocking recv would wait past the deadline.
+            let n = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+            if n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) { continue }
+            guard n >= 0 else { return [] }
+            if n == 0 { continue }  // an empty datagram answers nothing
             if let found = Self.addresses(in: Array(buffer[0..<n]), id: id) { return found }
         }
     }

@@ -64,10 +64,23 @@ extension Supervisor {
         if BundleReader.isEmpty(directory: root) { return [] }
         recordPendingEvents(context)  // on disk before the worker's bundle is read (I8)
         // result/ is made only now, for a worker that left something (most leave nothing).
-        let destination = (try? dir.makeSubdirectory(RunDirectory.resultName))
-            .map { open($0, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW) } ?? -1
+        // A bundle that cannot be copied is not accepted: the review reads the copy, never the
+        // worker's filesystem, so an accepted verdict without one would hand review nothing.
+        var verdict: BundleVerdict
+        var destination: Int32 = -1
+        do throws(BundleError) {
+            let path = try dir.makeSubdirectory(RunDirectory.resultName)
+            destination = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
+            if destination < 0 {
+                let code = errno
+                throw BundleError(.runDirectoryFailed, path: path, errno: code,
+                                  "cannot open the run's result directory: \(String(cString: strerror(code)))")
+            }
+            verdict = BundleReader.read(directory: root, bounds: profile.bundles, role: .result, copyTo: destination)
+        } catch {
+            verdict = .failed(error)
+        }
         defer { if destination >= 0 { close(destination) } }
-        var verdict = BundleReader.read(directory: root, bounds: profile.bundles, role: .result, copyTo: destination >= 0 ? destination : nil)
         if case .accepted(let bundle) = verdict, let leaked = leakedSecret(in: bundle, at: dir.resultPath, context: context, bounds: profile.bundles) {
             // A secret must not sit in a file the supervisor wrote: drop the copy.
             for file in bundle.manifest.files { unlink(dir.resultPath + "/" + file.path) }

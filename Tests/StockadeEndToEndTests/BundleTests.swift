@@ -6,6 +6,14 @@ func sha256Hex(_ text: String) -> String {
     SHA256.hash(data: Data(text.utf8)).map { String(format: "%02x", $0) }.joined()
 }
 
+/// Set once by another thread.
+final class SquatFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    func set() { lock.lock(); value = true; lock.unlock() }
+    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
+}
+
 /// Shell that writes a result bundle: `files` (path, contents) plus a manifest with `declared` entries.
 func resultScript(_ files: [(String, String)], declared: [(path: String, size: Int, sha: String)], extra: String = "") -> String {
     var script = "cd /sandbox/result && "
@@ -75,6 +83,36 @@ struct BundleTests {
         #expect((none["result"] as? [String: Any])?["status"] as? String == "none")
         let noneDir = h.stateDirectory + "/runs/" + (try #require(none.string("runId")))
         #expect(FileManager.default.fileExists(atPath: noneDir + "/logs") && !FileManager.default.fileExists(atPath: noneDir + "/result"))
+    }
+
+    @Test("a result bundle that cannot be copied into the run directory is not accepted, and the reason names the path and errno")
+    func resultNotCopied() throws {
+        let h = try Harness()
+        let runs = h.stateDirectory + "/runs"
+        // While the worker sleeps, the run directory gets a result/ the supervisor did not make, so
+        // its own mkdir fails (EEXIST): the bundle is well-formed, but review would read no copy.
+        let made = SquatFlag()
+        let squatter = Thread {
+            let deadline = Date().addingTimeInterval(20)
+            while Date() < deadline {
+                let names = (try? FileManager.default.contentsOfDirectory(atPath: runs)) ?? []
+                if let run = names.first(where: { !$0.hasPrefix(".") && FileManager.default.fileExists(atPath: runs + "/" + $0 + "/logs") }) {
+                    if mkdir(runs + "/" + run + "/result", 0o700) == 0 { made.set() }
+                    return
+                }
+                usleep(5_000)
+            }
+        }
+        squatter.start()
+        let script = "sleep 2 && " + resultScript([("r.txt", "done")], declared: [("r.txt", 4, sha256Hex("done"))])
+        let report = try h.stockade(["run", "--json", "--", "/bin/sh", "-c", script]).report()
+        try #require(made.isSet, "the test could not make result/ in the run directory while the worker slept")
+        let result = try #require(report["result"] as? [String: Any])
+        #expect(result["status"] as? String == "rejected", "\(result)")
+        let reason = result["reason"] as? String ?? ""
+        #expect(reason.contains("/result") && reason.contains("errno \(EEXIST)"), "\(reason)")
+        #expect(try h.stockade(["audit", "events", "--kind", "bundle.rejected"]).stdout.contains("result"))
+        #expect(!(try h.stockade(["audit", "events", "--kind", "bundle.accepted"]).stdout.contains("result")))
     }
 
     @Test("a hostile result bundle is rejected with the rule and entry, and no host secret leaks", arguments: [

@@ -4,13 +4,14 @@ import Glibc
 import Testing
 
 /// A UDP server on 127.0.0.1 that answers each query it gets with `wrong` replies of another
-/// transaction id, `spacingMs` apart, then (when `answers`) the right answer: 127.0.0.9.
+/// transaction id, `spacingMs` apart, then (when `empty`) an empty datagram, then (when `answers`)
+/// the right answer: 127.0.0.9.
 private final class ScriptedDNS: @unchecked Sendable {
     let fd: Int32
     let port: UInt16
     let thread: Thread
 
-    init(wrong: Int, spacingMs: Int, answers: Bool) throws {
+    init(wrong: Int, spacingMs: Int, empty: Bool = false, answers: Bool) throws {
         let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         self.fd = fd
         var a = sockaddr_in()
@@ -43,6 +44,12 @@ private final class ScriptedDNS: @unchecked Sendable {
                 reply(id0: query[0] ^ 0xFF, id1: query[1], withAnswer: true)
                 usleep(UInt32(spacingMs * 1000))
             }
+            if empty {
+                _ = withUnsafePointer(to: &from) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, nil, 0, 0, $0, fromLength) }
+                }
+                usleep(UInt32(spacingMs * 1000))
+            }
             if answers { reply(id0: query[0], id1: query[1], withAnswer: true) }
         }
         thread.start()
@@ -54,6 +61,14 @@ struct DNSResolverTests {
     @Test("the answer to its own question is taken; replies to another id are skipped")
     func answer() throws {
         let server = try ScriptedDNS(wrong: 2, spacingMs: 10, answers: true)
+        var resolver = DNSResolver(server: [127, 0, 0, 1], port: server.port)
+        resolver.timeoutMs = 5_000
+        #expect(resolver.resolve("example.test") == [[127, 0, 0, 9]])
+    }
+
+    @Test("an empty datagram is not an answer and does not end the wait")
+    func emptyDatagram() throws {
+        let server = try ScriptedDNS(wrong: 0, spacingMs: 20, empty: true, answers: true)
         var resolver = DNSResolver(server: [127, 0, 0, 1], port: server.port)
         resolver.timeoutMs = 5_000
         #expect(resolver.resolve("example.test") == [[127, 0, 0, 9]])
