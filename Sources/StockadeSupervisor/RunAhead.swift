@@ -47,8 +47,9 @@ public final class RunAhead: Sendable {
             let workspace: RootLayout.Workspace = options.workspace == nil ? .empty(sizeBytes: profile.limits.workspaceBytes) : .mount(fd: -1)
             let layout = Supervisor.rootLayout(profile, workspace: workspace, requestDirectory: options.request == nil ? nil : "/",
                                                resultMount: -1, hostIds: nil)
-            let steps = layout.mountSteps()
-            try? RootSkeleton.prepare(RootSkeleton.split(steps.steps, fresh: steps.fresh, sharedBinds: layout.sharedBindTargets).entries)
+            // Kept by RootPlanCache too: the run's prepare finds the split made (the same key: no
+            // descriptor is part of it).
+            try? RootSkeleton.prepare(RootPlanCache.split(layout).split.entries)
         }
         // Without a thread, it is made here, before the supervisor starts.
         if !DetachedThread.start(body) { body() }

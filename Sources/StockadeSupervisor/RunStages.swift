@@ -238,11 +238,11 @@ extension Supervisor {
                 throw SetupFailure(error)
             }
         }
-        var steps = layout.mountSteps()
+        let steps: (steps: [MountOp], fresh: Int)
         if rootMount == nil {
             // The host's directories: the root is a clone of the profile's shared, sealed skeleton
-            // (made once), and the init only mounts on it.
-            let split = RootSkeleton.split(steps.steps, fresh: steps.fresh, sharedBinds: layout.sharedBindTargets)
+            // (made once), and the init only mounts on it. The split is made once per profile too.
+            let split = RootPlanCache.split(layout).split
             do {
                 let fd = try RootSkeleton.clone(split.entries)
                 scope.own(fd)
@@ -251,6 +251,8 @@ extension Supervisor {
                 throw SetupFailure(error)
             }
             steps = (split.steps, split.fresh)
+        } else {
+            steps = layout.mountSteps()
         }
         var spec = SandboxSpec(argv: plan.command, environment: workerEnvironment, mounts: steps.steps)
         spec.freshMountCount = steps.fresh
