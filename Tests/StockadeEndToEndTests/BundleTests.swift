@@ -6,14 +6,6 @@ func sha256Hex(_ text: String) -> String {
     SHA256.hash(data: Data(text.utf8)).map { String(format: "%02x", $0) }.joined()
 }
 
-/// Set once by another thread.
-final class SquatFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = false
-    func set() { lock.lock(); value = true; lock.unlock() }
-    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
-}
-
 /// Shell that writes a result bundle: `files` (path, contents) plus a manifest with `declared` entries.
 func resultScript(_ files: [(String, String)], declared: [(path: String, size: Int, sha: String)], extra: String = "") -> String {
     var script = "cd /sandbox/result && "
@@ -91,13 +83,13 @@ struct BundleTests {
         let runs = h.stateDirectory + "/runs"
         // While the worker sleeps, the run directory gets a result/ the supervisor did not make, so
         // its own mkdir fails (EEXIST): the bundle is well-formed, but review would read no copy.
-        let made = SquatFlag()
+        let made = LockedData()  // done once the squatter made result/
         let squatter = Thread {
             let deadline = Date().addingTimeInterval(20)
             while Date() < deadline {
                 let names = (try? FileManager.default.contentsOfDirectory(atPath: runs)) ?? []
                 if let run = names.first(where: { !$0.hasPrefix(".") && FileManager.default.fileExists(atPath: runs + "/" + $0 + "/logs") }) {
-                    if mkdir(runs + "/" + run + "/result", 0o700) == 0 { made.set() }
+                    if mkdir(runs + "/" + run + "/result", 0o700) == 0 { made.set(Data()) }
                     return
                 }
                 usleep(5_000)
@@ -106,7 +98,7 @@ struct BundleTests {
         squatter.start()
         let script = "sleep 2 && " + resultScript([("r.txt", "done")], declared: [("r.txt", 4, sha256Hex("done"))])
         let report = try h.stockade(["run", "--json", "--", "/bin/sh", "-c", script]).report()
-        try #require(made.isSet, "the test could not make result/ in the run directory while the worker slept")
+        try #require(made.done, "the test could not make result/ in the run directory while the worker slept")
         let result = try #require(report["result"] as? [String: Any])
         #expect(result["status"] as? String == "rejected", "\(result)")
         let reason = result["reason"] as? String ?? ""
