@@ -1,4 +1,5 @@
 import Glibc
+import StockadePolicy
 import Synchronization
 
 /// A worker root's skeleton split (`RootSkeleton.split` of `RootLayout.mountSteps`), made once per
@@ -35,27 +36,19 @@ public enum RootPlanCache {
         var looks: [Look]
     }
 
-    private static let kept = 8
-    private static let splits = Mutex<[(key: Key, split: RootSkeleton.Split)]>([])
+    private static let splits = Mutex(RecentlyUsed<Key, RootSkeleton.Split>(capacity: 8))
 
     /// The split for `layout`, and whether it was made before (reused) rather than now.
     public static func split(_ layout: RootLayout) -> (split: RootSkeleton.Split, reused: Bool) {
         guard let key = key(layout) else { return (make(layout), false) }
-        if let found = splits.withLock({ entries -> RootSkeleton.Split? in
-            guard let index = entries.firstIndex(where: { $0.key == key }) else { return nil }
-            if index != 0 { entries.insert(entries.remove(at: index), at: 0) }
-            return entries[0].split
-        }) {
+        if let found = splits.withLock({ $0.value(for: key) }) {
             return (withDescriptors(found, of: layout), true)
         }
         let made = make(layout)
         // Kept only when the host did not change while it was made: else its key would name
         // files other than the ones it holds.
         if Self.key(layout) == key {
-            splits.withLock { entries in
-                entries.insert((key, made), at: 0)
-                if entries.count > kept { entries.removeLast() }
-            }
+            splits.withLock { _ = $0.insert(key, made) }
         }
         return (made, false)
     }

@@ -151,9 +151,9 @@ public enum RootSkeleton {
 
     /// The skeletons this process made for the last few distinct entry lists (a batch of runs under
     /// one profile makes one), each a sealed detached mount.
-    private typealias Made = (skeletons: [(entries: [Entry], fd: Int32, slot: UInt32)], next: UInt32)
-    private static let made = Mutex<Made>(([], 0))
+    private typealias Made = (skeletons: RecentlyUsed<[Entry], (fd: Int32, slot: UInt32)>, next: UInt32)
     static let kept = 8
+    private static let made = Mutex<Made>((RecentlyUsed(capacity: kept), 0))
 
     /// A detached clone of the skeleton holding `entries`, made (and sealed) the first time it is asked
     /// for: the caller owns the descriptor and attaches it as the worker's root.
@@ -177,26 +177,19 @@ public enum RootSkeleton {
     /// The skeleton holding `entries`: the one made before, or one made now (evicting the least
     /// recently used beyond `kept`). Called with `made` locked.
     private static func skeleton(_ entries: [Entry], _ state: inout Made) throws(LinuxError) -> Int32 {
-        let fd: Int32
-        if let index = state.skeletons.firstIndex(where: { $0.entries == entries }) {
-            fd = state.skeletons[index].fd
-            if index != 0 { state.skeletons.insert(state.skeletons.remove(at: index), at: 0) }
-        } else {
-            let slot = state.next
-            state.next &+= 1
-            fd = try build(entries, slot: slot)
-            state.skeletons.insert((entries, fd, slot), at: 0)
-            if state.skeletons.count > kept {
-                let evicted = state.skeletons.removeLast()
-                if stk_keeper_detach(evicted.slot) != 0 {
-                    // Not fatal for this run: the evicted skeleton stays mounted (read-only) in the
-                    // keeper's namespace until the process ends. Said once per eviction.
-                    let reason = String(cString: strerror(errno))
-                    let line = "stockade: warning: cannot unmount an evicted root skeleton (slot \(evicted.slot)) in the keeper's namespace: \(reason)\n"
-                    _ = line.withCString { write(STDERR_FILENO, $0, strlen($0)) }
-                }
-                close(evicted.fd)
+        if let made = state.skeletons.value(for: entries) { return made.fd }
+        let slot = state.next
+        state.next &+= 1
+        let fd = try build(entries, slot: slot)
+        if let evicted = state.skeletons.insert(entries, (fd, slot))?.value {
+            if stk_keeper_detach(evicted.slot) != 0 {
+                // Not fatal for this run: the evicted skeleton stays mounted (read-only) in the
+                // keeper's namespace until the process ends. Said once per eviction.
+                let reason = String(cString: strerror(errno))
+                let line = "stockade: warning: cannot unmount an evicted root skeleton (slot \(evicted.slot)) in the keeper's namespace: \(reason)\n"
+                _ = line.withCString { write(STDERR_FILENO, $0, strlen($0)) }
             }
+            close(evicted.fd)
         }
         return fd
     }
@@ -205,7 +198,7 @@ public enum RootSkeleton {
     static var count: Int { made.withLock { $0.skeletons.count } }
 
     /// The skeleton this process holds for `entries`, if any (tests).
-    static func descriptor(_ entries: [Entry]) -> Int32? { made.withLock { $0.skeletons.first { $0.entries == entries }?.fd } }
+    static func descriptor(_ entries: [Entry]) -> Int32? { made.withLock { $0.skeletons.peek(entries)?.fd } }
     static func holds(_ entries: [Entry]) -> Bool { descriptor(entries) != nil }
 
     /// Makes the skeleton, seals it, attaches it in the keeper's namespace as `slot` (only a mount

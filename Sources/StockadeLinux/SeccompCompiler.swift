@@ -44,12 +44,12 @@ public enum SeccompCompiler {
 
     /// The last few policies compiled by this process: a batch of runs under
     /// one profile compiles its filter once (about 2 ms each).
-    private static let cache = Mutex<[(SeccompPolicy, SeccompProgram)]>([])
+    private static let cache = Mutex(RecentlyUsed<SeccompPolicy, SeccompProgram>(capacity: 8))
 
     /// `disk`: where compiled programs are kept between processes (`SeccompDiskCache`); looked in
     /// when this process has not compiled `policy` yet, and written after a compile.
     public static func compile(_ policy: SeccompPolicy, disk: SeccompDiskCache? = nil) throws(LinuxError) -> SeccompProgram {
-        if let hit = cache.withLock({ $0.first { $0.0 == policy }?.1 }) { return hit }
+        if let hit = cache.withLock({ $0.value(for: policy) }) { return hit }
         let key = disk == nil ? nil : SeccompDiskCache.key(policy)
         let program: SeccompProgram
         if let disk, let key, let stored = disk.load(key) {
@@ -58,10 +58,7 @@ public enum SeccompCompiler {
             program = try compileUncached(policy)
             if let disk, let key { disk.store(key, program) }
         }
-        cache.withLock { entries in
-            entries.insert((policy, program), at: 0)
-            if entries.count > 8 { entries.removeLast() }
-        }
+        cache.withLock { _ = $0.insert(policy, program) }
         return program
     }
 

@@ -35,18 +35,14 @@ public enum SeccompLoader {
     /// Stockade's default policy as built for the last few `seccomp` sections that chose it: a pure
     /// function of the section (its lists and action) and this host's syscall table, so it is built
     /// once per section rather than at every run (about 350 rules). A Docker file is read every time.
-    private static let defaults = Mutex<[(Profile.Seccomp, SeccompPolicy)]>([])
-    static let defaultsKept = 8
+    private static let defaults = Mutex(RecentlyUsed<Profile.Seccomp, SeccompPolicy>(capacity: 8))
 
     public static func policy(for profile: Profile) throws(ProfileError) -> SeccompPolicy {
         let seccomp = profile.seccomp
-        if case .stockade = seccomp.base, let hit = defaults.withLock({ $0.first { $0.0 == seccomp }?.1 }) { return hit }
+        if case .stockade = seccomp.base, let hit = defaults.withLock({ $0.value(for: seccomp) }) { return hit }
         let policy = try build(seccomp)
         if case .stockade = seccomp.base {
-            defaults.withLock { kept in
-                kept.insert((seccomp, policy), at: 0)
-                if kept.count > defaultsKept { kept.removeLast() }
-            }
+            defaults.withLock { _ = $0.insert(seccomp, policy) }
         }
         return policy
     }
