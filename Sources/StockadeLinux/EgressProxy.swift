@@ -36,6 +36,9 @@ public final class EgressProxy: Sendable {
         public var port: UInt16?
         public var address: String?
         public var rule: String?
+        /// The TLS server name the tunnel asked for, when it was refused for naming another host
+        /// (printable ASCII, at most 255 characters; anything else shown as `?`).
+        public var serverName: String?
         /// Why it was refused or ended early (nil: relayed to the end).
         public var reason: String?
         /// A refusal the policy made (not a lookup or connect failure upstream).
@@ -192,7 +195,9 @@ public final class EgressProxy: Sendable {
                     configuration.onEvent(Event(allowed: false, reason: "connection-limit", policy: true))
                 }
             case .busy:
+                // A row each: these count against maxConnections, which bounds them.
                 refuseAtOnce(client, ProxyRequest.response(status: 429, reason: "too many connections at once"))
+                configuration.onEvent(Event(allowed: false, reason: "concurrent-limit", policy: true))
             case .admitted:
                 do {
                     try threads.start(connection: true) { [self] in
@@ -245,19 +250,25 @@ public final class EgressProxy: Sendable {
             guard let r = socksRequest(client, &buffer, deadline: deadline, event: &event) else { return }
             request = r
         } else {
-            while ProxyRequest.headEnd(buffer) == nil {
-                if ProxyRequest.headOverflows(buffer) {
+            var scanner = ProxyRequest.HeadScanner()
+            var end = 0
+            scanning: while true {
+                switch scanner.scan(buffer) {
+                case .complete(let at):
+                    end = at
+                    break scanning
+                case .overflow:
                     event.reason = "request-too-large"
                     reply(client, ProxyRequest.response(status: 431, reason: "request head too large"))
                     return
-                }
-                guard read(client, into: &buffer, atLeast: buffer.count + 1, deadline: deadline) else {
-                    event.reason = readFailure(deadline)
-                    if event.reason == "request-timeout" { reply(client, ProxyRequest.response(status: 408, reason: "request timeout")) }
-                    return
+                case .incomplete:
+                    guard read(client, into: &buffer, atLeast: buffer.count + 1, deadline: deadline) else {
+                        event.reason = readFailure(deadline)
+                        if event.reason == "request-timeout" { reply(client, ProxyRequest.response(status: 408, reason: "request timeout")) }
+                        return
+                    }
                 }
             }
-            let end = ProxyRequest.headEnd(buffer) ?? buffer.count
             switch ProxyRequest.parseHTTP(buffer[..<end]) {
             case .success(let r): request = r
             case .failure(let f):
@@ -294,9 +305,23 @@ public final class EgressProxy: Sendable {
             refuse(502, 4, "cannot resolve the name")
             return
         }
-        guard let address = candidates.first(where: { policy.refusal(for: $0) == nil }) else {
+        // The host's own addresses now (interfaces come and go), looked up only for a public address;
+        // when they cannot be listed nothing is connected to (a local one could not be told apart).
+        var local: [[UInt8]] = []
+        if !policy.egress.allowPrivate, candidates.contains(where: { IPAddress.specialKind($0) == nil }) {
+            guard let listed = Self.localAddresses() else {
+                event.reason = "local-addresses-unknown"
+                event.policy = false
+                refuse(502, 1, "cannot list the host's own addresses")
+                return
+            }
+            local = listed
+        }
+        guard let address = candidates.first(where: { policy.refusal(for: $0, port: request.port, local: local) == nil }) else {
+            let refusal = policy.refusal(for: candidates[0], port: request.port, local: local)
             event.address = IPAddress.format(candidates[0])
-            event.reason = policy.refusal(for: candidates[0])
+            event.reason = refusal?.reason
+            if let rule = refusal?.rule { event.rule = rule }
             refuse(403, 2, "denied: \(event.reason ?? "address")")
             return
         }
@@ -329,15 +354,16 @@ public final class EgressProxy: Sendable {
     }
 
     /// Reads the tunnel's first TLS record; false (and the reason set) when its server name
-    /// differs from `host`, or when a handshake record is malformed or not complete by the
-    /// deadline (fail closed: the rest could name another host). A client whose first byte is not
-    /// a TLS handshake record is relayed: it is not TLS, so it names no other host.
+    /// differs from `host`, or when the tunnel does not begin with a handshake record that parses
+    /// by the deadline (fail closed: the rest could name another host). That includes a first record
+    /// of another TLS type: some servers skip a warning alert and then take the ClientHello after it,
+    /// which this check would never have read.
     private func checkServerName(_ client: Int32, _ buffer: inout [UInt8], host: String, deadline: Int64, event: inout Event) -> Bool {
         while true {
             switch ProxyRequest.clientHello(buffer) {
-            case .notTLS, .noServerName:
+            case .noServerName:
                 return true
-            case .malformed:
+            case .notTLS, .malformed:
                 event.reason = "bad-tls"
                 return false
             case .serverName(let name):
@@ -345,6 +371,7 @@ public final class EgressProxy: Sendable {
                     event.reason = "sni-mismatch"
                     event.rule = nil
                     event.host = host
+                    event.serverName = String(name.unicodeScalars.prefix(255).map { $0.isASCII && $0.value >= 0x20 && $0.value < 0x7F ? Character($0) : "?" })
                     return false
                 }
                 return true
@@ -534,8 +561,8 @@ public final class EgressProxy: Sendable {
         }
         while !(out.done && back.done) {
             var fds = [
-                pollfd(fd: client, events: out.readInterest | back.writeInterest, revents: 0),
-                pollfd(fd: upstream, events: back.readInterest | out.writeInterest, revents: 0),
+                RelayDirection.watch(client, out.readInterest | back.writeInterest),
+                RelayDirection.watch(upstream, back.readInterest | out.writeInterest),
                 pollfd(fd: stopEvent, events: Int16(POLLIN), revents: 0),
             ]
             let n = poll(&fds, 3, configuration.idleTimeoutMs)
@@ -565,6 +592,30 @@ public final class EgressProxy: Sendable {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+    }
+
+    /// The addresses of this namespace's interfaces (the host's, where the supervisor runs): what
+    /// a connection from here reaches as a local one. Nil when they cannot be listed.
+    static func localAddresses() -> [[UInt8]]? {
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0 else { return nil }
+        guard let first = list else { return [] }
+        defer { freeifaddrs(first) }
+        var out: [[UInt8]] = []
+        var node: UnsafeMutablePointer<ifaddrs>? = first
+        while let n = node {
+            if let sa = n.pointee.ifa_addr {
+                if Int32(sa.pointee.sa_family) == AF_INET {
+                    let a = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr }
+                    out.append(withUnsafeBytes(of: a) { Array($0) })
+                } else if Int32(sa.pointee.sa_family) == AF_INET6 {
+                    let a = sa.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee.sin6_addr }
+                    out.append(withUnsafeBytes(of: a) { Array($0) })
+                }
+            }
+            node = n.pointee.ifa_next
+        }
+        return out
     }
 
     /// getaddrinfo(3) for TCP, addresses in the order it gives them (IPv4 and IPv6).

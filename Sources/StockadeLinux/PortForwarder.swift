@@ -209,8 +209,8 @@ public final class PortForwarder: Sendable {
         var toClient = RelayDirection(from: upstream, to: client)
         while !(toWorker.done && toClient.done) {
             var fds = [
-                pollfd(fd: client, events: toWorker.readInterest | toClient.writeInterest, revents: 0),
-                pollfd(fd: upstream, events: toClient.readInterest | toWorker.writeInterest, revents: 0),
+                RelayDirection.watch(client, toWorker.readInterest | toClient.writeInterest),
+                RelayDirection.watch(upstream, toClient.readInterest | toWorker.writeInterest),
                 pollfd(fd: stopEvent, events: Int16(POLLIN), revents: 0),
             ]
             let n = poll(&fds, 3, -1)

@@ -25,24 +25,38 @@ public struct ProxyRequest: Sendable, Equatable {
         public var reason: String
     }
 
-    /// The index just past the head's blank line in `bytes`, if it is complete.
-    public static func headEnd(_ bytes: [UInt8]) -> Int? {
-        guard bytes.count >= 4 else { return nil }
-        for i in 0...(bytes.count - 4) where bytes[i] == 13 && bytes[i + 1] == 10 && bytes[i + 2] == 13 && bytes[i + 3] == 10 {
-            return i + 4
+    /// Finds the end of a request head as its bytes arrive, looking at each byte once (a head sent
+    /// a byte at a time would otherwise be scanned again from its start at every read).
+    public struct HeadScanner: Sendable {
+        public enum State: Equatable, Sendable {
+            case incomplete
+            /// It can never become a valid head: over `maxHead`, or a line over `maxLine`.
+            case overflow
+            /// The index just past the head's blank line.
+            case complete(Int)
         }
-        return nil
-    }
 
-    /// Whether a partial head can never become a valid one (too long, or a line too long).
-    public static func headOverflows(_ bytes: [UInt8]) -> Bool {
-        if bytes.count > maxHead { return true }
-        var run = 0
-        for b in bytes {
-            if b == 10 { run = 0 } else { run += 1 }
-            if run > maxLine { return true }
+        private var next = 0
+        private var lineLength = 0
+
+        public init() {}
+
+        /// Looks at the bytes of `bytes` (the head so far, only ever grown) not seen before.
+        public mutating func scan(_ bytes: [UInt8]) -> State {
+            while next < bytes.count {
+                let b = bytes[next]
+                next += 1
+                if b == 10 {
+                    if next >= 4 && bytes[next - 2] == 13 && bytes[next - 3] == 10 && bytes[next - 4] == 13 { return .complete(next) }
+                    lineLength = 0
+                } else {
+                    lineLength += 1
+                    if lineLength > maxLine { return .overflow }
+                }
+                if next > maxHead { return .overflow }
+            }
+            return .incomplete
         }
-        return false
     }
 
     /// Parses a complete HTTP request head (through its blank line).

@@ -21,6 +21,13 @@ struct RelayDirection {
     var readInterest: Int16 { !eof && start == end ? Int16(POLLIN) : 0 }
     var writeInterest: Int16 { start < end ? Int16(POLLOUT) : 0 }
 
+    /// The poll entry for `fd` with `events`; a socket with nothing asked of it is left out (a
+    /// negative fd), since poll reports a hang-up whatever is asked: a peer that shut down both
+    /// ways while the other side does not read would otherwise wake the relay at once, forever.
+    static func watch(_ fd: Int32, _ events: Int16) -> pollfd {
+        pollfd(fd: events == 0 ? -1 : fd, events: events, revents: 0)
+    }
+
     /// Reads what is there (charging it to the budget), writes what it can.
     mutating func step(_ spend: (Int) -> Bool) -> Step {
         if done { return .moved(0) }

@@ -192,11 +192,25 @@ public struct EgressPolicy: Sendable, Equatable {
         }
     }
 
-    /// Why an address the name resolved to may not be connected to, or nil when it may.
-    public func refusal(for address: [UInt8]) -> String? {
-        guard let kind = IPAddress.specialKind(address) else { return nil }
-        // Link-local holds the cloud metadata services: never reachable, allowPrivate or not.
-        return kind == "link-local" || !egress.allowPrivate ? "\(kind)-address" : nil
+    /// Why an address an admitted host resolved or was pinned to may not be connected to on `port`,
+    /// with the deny rule that names it, or nil when it may:
+    /// - a `deny` rule naming the address (an IPv4-mapped address as the IPv4 one): `denied-by-rule`,
+    ///   as for the literal, so a name cannot carry a worker to an address the operator denied;
+    /// - a special class (`IPAddress.specialKind`): link-local always, the others unless `allowPrivate`;
+    /// - one of the host's own addresses (`local`, the supervisor's interfaces): its services listen
+    ///   there as on loopback, and the connection is made from the host, so it is refused as loopback
+    ///   is (`local-address`, unless `allowPrivate`).
+    public func refusal(for address: [UInt8], port: UInt16, local: [[UInt8]] = []) -> (reason: String, rule: String?)? {
+        let plain = IPAddress.unmapped(address)
+        if let rule = egress.deny.first(where: { $0.matches(.address(plain), port: port) || $0.matches(.address(address), port: port) }) {
+            return ("denied-by-rule", rule.description)
+        }
+        if let kind = IPAddress.specialKind(address) {
+            // Link-local holds the cloud metadata services: never reachable, allowPrivate or not.
+            return kind == "link-local" || !egress.allowPrivate ? ("\(kind)-address", nil) : nil
+        }
+        if !egress.allowPrivate, local.contains(where: { IPAddress.unmapped($0) == plain }) { return ("local-address", nil) }
+        return nil
     }
 }
 
@@ -275,13 +289,28 @@ public enum IPAddress {
         return hex[..<best.start].joined(separator: ":") + "::" + hex[(best.start + best.length)...].joined(separator: ":")
     }
 
+    /// The IPv4 address inside an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), else `a` itself.
+    public static func unmapped(_ a: [UInt8]) -> [UInt8] {
+        guard a.count == 16, a[0..<10].allSatisfy({ $0 == 0 }), a[10] == 0xFF, a[11] == 0xFF else { return a }
+        return Array(a[12..<16])
+    }
+
     /// The class of an address a worker must not reach without `allowPrivate`, or nil for a
-    /// public one. IPv4-mapped and IPv4-compatible IPv6 addresses are judged as their IPv4 address.
+    /// public one. IPv4-mapped, IPv4-translated (`::ffff:0:a.b.c.d`) and IPv4-compatible IPv6
+    /// addresses are judged as their IPv4 address.
     public static func specialKind(_ a: [UInt8]) -> String? {
         if a.count == 16 {
             if a[0..<10].allSatisfy({ $0 == 0 }) && (a[10] == 0xFF && a[11] == 0xFF || a[10] == 0 && a[11] == 0) {
                 if a[10] == 0 && a[0..<15].allSatisfy({ $0 == 0 }) { return a[15] == 1 ? "loopback" : "unspecified" }
                 return specialKind(Array(a[12..<16]))
+            }
+            if a[0..<8].allSatisfy({ $0 == 0 }) && a[8] == 0xFF && a[9] == 0xFF && a[10] == 0 && a[11] == 0 {
+                return specialKind(Array(a[12..<16]))                        // ::ffff:0:0/96 (IPv4-translated)
+            }
+            if a[0] == 0x01 && a[1..<8].allSatisfy({ $0 == 0 }) { return "reserved" }               // 100::/64 (discard)
+            if a[0] == 0x20 && a[1] == 0x01 && a[2] == 0 && a[3] == 0 { return "reserved" }       // 2001::/32 (Teredo)
+            if a[0] == 0x00 && a[1] == 0x64 && a[2] == 0xFF && a[3] == 0x9B && a[4] == 0 && a[5] == 0x01 {
+                return "private"                                             // 64:ff9b:1::/48 (local-use NAT64)
             }
             if a[0] == 0xFC || a[0] == 0xFD { return "private" }              // fc00::/7 (ULA)
             if a[0] == 0xFE && a[1] & 0xC0 == 0x80 { return "link-local" }   // fe80::/10
@@ -301,7 +330,10 @@ public enum IPAddress {
         case (100, 64...127): return "cgnat"
         case (224...239, _): return "multicast"
         case (240...255, _): return "reserved"
-        case (192, 0) where a[2] == 0: return "reserved"
+        case (192, 0) where a[2] == 0 || a[2] == 2: return "reserved"   // IETF protocol assignments, documentation
+        case (198, 18...19): return "reserved"                          // benchmarking (also transparent proxies' fake IPs)
+        case (198, 51) where a[2] == 100: return "reserved"             // documentation
+        case (203, 0) where a[2] == 113: return "reserved"              // documentation
         default: return nil
         }
     }

@@ -51,6 +51,7 @@ final class EgressRecorder: Sendable {
         if let p = e.port { d["port"] = .number(p) }
         if let a = e.address { d["address"] = .string(a) }
         if let r = e.rule { d["rule"] = .string(r) }
+        if let n = e.serverName { d["serverName"] = .string(n) }
         if let r = e.reason { d["reason"] = .string(r) }
         return .object(d)
     }

@@ -1,5 +1,5 @@
 import Glibc
-import StockadeLinux
+@testable import StockadeLinux
 import StockadePolicy
 import Synchronization
 import Testing
@@ -22,12 +22,16 @@ struct EgressProxyTests {
         let body: [UInt8]
         var thread: Thread?
 
-        init(body: [UInt8]) throws {
+        /// On 127.0.0.1 and a free port, or on `address` (host order) and `port`.
+        init(body: [UInt8], address: UInt32 = 0x7F00_0001, port wanted: UInt16 = 0) throws {
             let sock = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             fd = sock
+            var one: Int32 = 1
+            setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
             var a = sockaddr_in()
             a.sin_family = sa_family_t(AF_INET)
-            a.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+            a.sin_port = wanted.bigEndian
+            a.sin_addr.s_addr = address.bigEndian
             var len = socklen_t(MemoryLayout<sockaddr_in>.size)
             let ok = withUnsafeMutablePointer(to: &a) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(sock, $0, len) == 0 && listen(sock, 64) == 0 && getsockname(sock, $0, &len) == 0 }
@@ -243,6 +247,83 @@ struct EgressProxyTests {
     }
 }
 
+extension EgressProxyTests {
+    /// A free loopback address other than 127.0.0.1 for an upstream on port 443.
+    static func loopback443() -> UInt32 {
+        0x7F00_0000 | UInt32(2 + (getpid() % 200)) << 8 | UInt32(1 + (nowMs() % 200))
+    }
+
+    @Test("a tunnel to 443 must begin with a ClientHello naming its host: an alert first, plain bytes or another name are cut off", .timeLimit(.minutes(1)))
+    func tlsTunnels() throws {
+        let address = Self.loopback443()
+        let upstream = try Upstream(body: Array("upstream bytes".utf8), address: address, port: 443)
+        defer { upstream.stop() }
+        let recorder = Recorder()
+        let dotted = "127.\((address >> 16) & 0xFF).\((address >> 8) & 0xFF).\(address & 0xFF)"
+        let proxy = try Self.start(allow: ["tls.test:443"], hosts: ["tls.test": dotted], recorder: recorder)
+        let connect = Array("CONNECT tls.test:443 HTTP/1.1\r\n\r\n".utf8)
+        let established = "HTTP/1.1 200 Connection established\r\n\r\n"
+        // Some TLS servers skip a warning alert before the handshake and take the ClientHello after it.
+        let alert: [UInt8] = [0x15, 3, 3, 0, 2, 1, 0x5A]
+        for (bytes, reason) in [(alert + ClientHelloTests.hello("evil.test"), "bad-tls"),
+                                (Array("GET / HTTP/1.1\r\nHost: evil.test\r\n\r\n".utf8), "bad-tls"),
+                                (ClientHelloTests.hello("evil.test"), "sni-mismatch")] {
+            let answer = try Self.exchange(proxy.port, connect + bytes)
+            #expect(answer == established, "\(reason): nothing of the upstream's may come back: \(answer)")
+        }
+        // The positive control: the tunnel's own name is relayed both ways.
+        let ok = try Self.exchange(proxy.port, connect + ClientHelloTests.hello("tls.test"))
+        #expect(ok == established + "upstream bytes", "\(ok)")
+        proxy.stop()
+        let events = recorder.events.withLock { $0 }
+        #expect(events.prefix(3).map(\.reason) == ["bad-tls", "bad-tls", "sni-mismatch"] && events.map(\.allowed) == [false, false, false, true],
+                "\(events.map(\.reason))")
+        #expect(events[2].serverName == "evil.test" && events[2].host == "tls.test", "the refusal names what was asked for")
+    }
+
+    @Test("a connection over the 64 at once is answered 429 and recorded, once each", .timeLimit(.minutes(1)))
+    func concurrentLimit() throws {
+        let recorder = Recorder()
+        let proxy = try Self.start(allow: ["allowed.test:9"], maxConnections: 1000, recorder: recorder)
+        var held: [Int32] = []
+        defer { held.forEach { close($0) } }
+        for _ in 0..<EgressProxy.maxConcurrent {
+            let fd = try Self.connect(proxy.port)
+            _ = send(fd, "CONNECT allowed.test:", 21, Int32(MSG_NOSIGNAL))
+            held.append(fd)
+        }
+        // Each held connection has its thread once its first bytes are read back by the proxy.
+        var busy = ""
+        for _ in 0..<100 {
+            busy = try Self.exchange(proxy.port, Array("CONNECT allowed.test:9 HTTP/1.1\r\n\r\n".utf8))
+            if busy.hasPrefix("HTTP/1.1 429") { break }
+            usleep(20_000)
+        }
+        #expect(busy.hasPrefix("HTTP/1.1 429"), "\(busy)")
+        held.forEach { close($0) }
+        held = []
+        proxy.stop()
+        let reasons = recorder.events.withLock { $0.compactMap(\.reason) }
+        #expect(reasons.filter { $0 == "concurrent-limit" }.count == 1, "\(reasons)")
+    }
+
+    @Test("a relay does not wake for a socket it asks nothing of: a peer gone both ways while the other side does not read would spin it")
+    func stalledRelaySleeps() throws {
+        var pair: [Int32] = [-1, -1]
+        try #require(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair) == 0)
+        defer { close(pair[0]) }
+        // Both ways shut: what the upstream's socket is once the worker half-closed and the upstream ended.
+        shutdown(pair[0], Int32(SHUT_WR))
+        close(pair[1])
+        var asked = [pollfd(fd: pair[0], events: 0, revents: 0)]
+        #expect(poll(&asked, 1, 0) == 1 && asked[0].revents & Int16(POLLHUP) != 0, "the positive control: poll reports the hang-up unasked")
+        var watched = [RelayDirection.watch(pair[0], 0)]
+        #expect(poll(&watched, 1, 0) == 0, "nothing asked: nothing to wake for")
+        var reading = [RelayDirection.watch(pair[0], Int16(POLLIN))]
+        #expect(poll(&reading, 1, 0) == 1, "asked to read: the end of file wakes it")
+    }
+}
+
 @Suite("TLS ClientHello server names")
 struct ClientHelloTests {
     /// A minimal ClientHello record naming `name` (or none), as clients build them.
@@ -268,11 +349,40 @@ struct ClientHelloTests {
         #expect(ProxyRequest.clientHello(Array(record.prefix(40))) == .incomplete)
         #expect(ProxyRequest.clientHello(Self.hello(nil)) == .noServerName)
         #expect(ProxyRequest.clientHello(Array("GET / HTTP/1.1\r\n".utf8)) == .notTLS)
+        #expect(ProxyRequest.clientHello([0x15, 3, 3, 0, 2, 1, 0x5A] + record) == .notTLS, "an alert first is not a ClientHello")
         var broken = record
         broken[5] = 2  // a ServerHello, not a ClientHello
         #expect(ProxyRequest.clientHello(broken) == .malformed)
         var lying = record
         lying[lying.count - 13] = 0xFF  // the name's length runs past the extension
         #expect(ProxyRequest.clientHello(lying) == .malformed)
+    }
+}
+
+@Suite("finding the end of a proxy request head")
+struct HeadScannerTests {
+    @Test("fed a byte at a time or all at once, the end is the first blank line; long heads and lines overflow")
+    func scans() {
+        let head = Array("CONNECT a.test:443 HTTP/1.1\r\nX: y\r\n\r\nrest".utf8)
+        var whole = ProxyRequest.HeadScanner()
+        #expect(whole.scan(head) == .complete(head.count - 4))
+        var trickled = ProxyRequest.HeadScanner()
+        var seen: [UInt8] = []
+        var states: [ProxyRequest.HeadScanner.State] = []
+        for b in head {
+            seen.append(b)
+            states.append(trickled.scan(seen))
+        }
+        #expect(states.firstIndex { $0 != .incomplete } == head.count - 5)
+        #expect(states[head.count - 5] == .complete(head.count - 4))
+        var bare = ProxyRequest.HeadScanner()
+        #expect(bare.scan(Array("GET / HTTP/1.1\n\n\r\n".utf8)) == .incomplete, "bare LFs never end a head")
+        var longLine = ProxyRequest.HeadScanner()
+        #expect(longLine.scan([UInt8](repeating: 65, count: ProxyRequest.maxLine + 1)) == .overflow)
+        var longHead = ProxyRequest.HeadScanner()
+        let lines = [UInt8](Array("X: \(String(repeating: "y", count: 1000))\r\n".utf8))
+        var many: [UInt8] = []
+        while many.count <= ProxyRequest.maxHead { many += lines }
+        #expect(longHead.scan(many) == .overflow)
     }
 }

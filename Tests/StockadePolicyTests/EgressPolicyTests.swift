@@ -65,11 +65,38 @@ struct EgressPolicyTests {
     func pinned() throws {
         let p = try Self.policy(allow: ["mirror.internal"], hosts: ["mirror.internal": "127.0.0.1"])
         #expect(p.decide(host: "mirror.internal", port: 80) == .allow(rule: "mirror.internal", pinned: [127, 0, 0, 1]))
-        #expect(p.refusal(for: [127, 0, 0, 1]) == "loopback-address")
+        #expect(p.refusal(for: [127, 0, 0, 1], port: 80)?.reason == "loopback-address")
         let open = try Self.policy(allow: ["mirror.internal"], hosts: ["mirror.internal": "127.0.0.1"], allowPrivate: true)
-        #expect(open.refusal(for: [127, 0, 0, 1]) == nil)
+        #expect(open.refusal(for: [127, 0, 0, 1], port: 80) == nil)
         // Metadata stays out of reach even with allowPrivate.
-        #expect(open.refusal(for: [169, 254, 169, 254]) == "link-local-address")
+        #expect(open.refusal(for: [169, 254, 169, 254], port: 80)?.reason == "link-local-address")
+    }
+
+    @Test("a deny rule naming an address refuses a name that resolves to it, in its IPv4-mapped form too, on the rule's ports")
+    func denyAppliesToResolvedAddresses() throws {
+        let p = try Self.policy(allow: ["*.cdn.org", "*.cdn.org:8080"], deny: ["151.101.0.223", "151.101.0.224:8080"])
+        let denied = try #require(p.refusal(for: [151, 101, 0, 223], port: 443))
+        #expect(denied.reason == "denied-by-rule" && denied.rule == "151.101.0.223")
+        let mapped = try #require(IPAddress.parse("::ffff:151.101.0.223"))
+        #expect(p.refusal(for: mapped, port: 80)?.reason == "denied-by-rule")
+        #expect(p.refusal(for: [151, 101, 0, 223], port: 8080) == nil, "a rule without a port covers 80 and 443 only")
+        #expect(p.refusal(for: [151, 101, 0, 224], port: 8080)?.rule == "151.101.0.224:8080")
+        #expect(p.refusal(for: [151, 101, 0, 224], port: 443) == nil)
+        #expect(p.refusal(for: [151, 101, 0, 225], port: 443) == nil, "the positive control: an address no rule names")
+    }
+
+    @Test("the host's own addresses are refused as loopback is, unless allowPrivate")
+    func localAddresses() throws {
+        let own: [UInt8] = [151, 101, 0, 9]
+        let p = try Self.policy(allow: ["a.org"])
+        #expect(p.refusal(for: own, port: 443)?.reason == nil, "the positive control: not one of the host's")
+        #expect(p.refusal(for: own, port: 443, local: [[10, 0, 0, 1], own])?.reason == "local-address")
+        let mapped = try #require(IPAddress.parse("::ffff:151.101.0.9"))
+        #expect(p.refusal(for: mapped, port: 443, local: [own])?.reason == "local-address")
+        let v6 = try #require(IPAddress.parse("2a04:4e42::223"))
+        #expect(p.refusal(for: v6, port: 443, local: [v6])?.reason == "local-address")
+        let open = try Self.policy(allow: ["a.org"], allowPrivate: true)
+        #expect(open.refusal(for: own, port: 443, local: [own]) == nil)
     }
 
     @Test("private, metadata and other special addresses are classed; public ones are not", arguments: [
@@ -79,13 +106,16 @@ struct EgressPolicyTests {
         ("::1", "loopback"), ("::", "unspecified"), ("fd00::1", "private"), ("fe80::1", "link-local"), ("ff02::1", "multicast"),
         ("::ffff:127.0.0.1", "loopback"), ("::ffff:169.254.169.254", "link-local"), ("64:ff9b::a00:1", "private"),
         ("2002:a9fe:a9fe::1", "link-local"),
+        ("192.0.2.1", "reserved"), ("198.18.0.1", "reserved"), ("198.19.255.255", "reserved"), ("198.51.100.7", "reserved"),
+        ("203.0.113.9", "reserved"), ("::ffff:0:7f00:1", "loopback"), ("::ffff:0:a9fe:a9fe", "link-local"),
+        ("64:ff9b:1::1", "private"), ("100::1", "reserved"), ("2001:0:4136:e378::1", "reserved"), ("2001:db8::1", "reserved"),
     ])
     func special(_ address: String, _ kind: String) throws {
         let bytes = try #require(IPAddress.parse(address), "\(address)")
         #expect(IPAddress.specialKind(bytes) == kind, "\(address)")
     }
 
-    @Test("public addresses pass the check", arguments: ["151.101.0.223", "172.32.0.1", "100.128.0.1", "2a04:4e42::223", "198.51.100.7"])
+    @Test("public addresses pass the check", arguments: ["151.101.0.223", "172.32.0.1", "100.128.0.1", "2a04:4e42::223", "198.17.255.1", "198.20.0.1", "203.0.114.1", "2606:4700::1111"])
     func publicAddresses(_ address: String) throws {
         let bytes = try #require(IPAddress.parse(address))
         #expect(IPAddress.specialKind(bytes) == nil, "\(address)")
