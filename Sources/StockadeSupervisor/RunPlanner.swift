@@ -59,6 +59,13 @@ public struct RunPlanner: Sendable {
         if let v = options.allowPrivate { profile.network.egress.allowPrivate = v }
         // Publishing needs the worker's loopback up (it is still the worker's only interface).
         if !profile.network.publish.isEmpty && profile.network.mode == .none { profile.network.mode = .loopback }
+        // A profile a submitter names by path is one it may have written itself (through a volume of
+        // an earlier run, or any file on the host): its review rules cannot loosen the review of that
+        // submitter's own run. Only a profile the service finds by name may.
+        if options.submittedBy != nil && ProfileCatalog.isPath(options.profile) {
+            profile.review.allowSelfApproval = false
+            profile.review.autoAcceptDiffs = false
+        }
         // Volumes from options are checked (as `--volume[i]`) and added by `runPolicy(for:options:)`.
     }
 

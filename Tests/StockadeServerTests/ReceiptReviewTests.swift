@@ -216,14 +216,30 @@ struct ReceiptReviewTests {
         #expect(restarted.terminate() == 0)
     }
 
-    @Test("a profile with review.allowSelfApproval lets the submitter accept its own run's diff")
+    @Test("a profile the service finds by name with review.allowSelfApproval lets the submitter accept its own run's diff; the same file named by path does not, nor does its autoAcceptDiffs")
     func selfApprovalAllowed() throws {
-        let server = try ServerHarness()
+        let profiles = FileManager.default.temporaryDirectory.path + "/stockade-self-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: profiles, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: profiles) }
+        let server = try ServerHarness(environment: ["STOCKADE_PROFILES_DIR": profiles])
         let engine = try server.token("engine", scopes: "run:read,run:write,review:read,review:submit")
-        let ws = try workspace(server, "ws")
-        let profile = server.directory + "/self.json"
+        let profile = profiles + "/selfok.json"
         try #"{"extends": "default", "review": {"allowSelfApproval": true}}"#.write(toFile: profile, atomically: true, encoding: .utf8)
-        let id = try runToEnd(server, token: engine, #"{"profile":"\#(profile)","command":["/bin/sh","-c","echo own > own.txt"],"workspace":"\#(ws)"}"#)
+        // The submitter may have written a file it names by path (through a volume): it cannot loosen its own review.
+        let planted = try workspace(server, "planted")
+        let byPath = try runToEnd(server, token: engine, #"{"profile":"\#(profile)","command":["/bin/sh","-c","echo own > own.txt"],"workspace":"\#(planted)"}"#)
+        let refused = try server.client.request("POST", "/v1/reviews/\(try pendingDiff(server, token: engine, run: byPath))/accept", token: engine, json: "{}")
+        #expect(try refused.status == 403 && refused.error().code == "self-approval", "\(refused.text)")
+        #expect(!FileManager.default.fileExists(atPath: planted + "/own.txt"))
+        let auto = profiles + "/auto.json"
+        try #"{"extends": "default", "review": {"autoAcceptDiffs": true}}"#.write(toFile: auto, atomically: true, encoding: .utf8)
+        let autoWs = try workspace(server, "auto")
+        let autoRun = try runToEnd(server, token: engine, #"{"profile":"\#(auto)","command":["/bin/sh","-c","echo own > own.txt"],"workspace":"\#(autoWs)"}"#)
+        _ = try pendingDiff(server, token: engine, run: autoRun)
+        #expect(!FileManager.default.fileExists(atPath: autoWs + "/own.txt"), "a path's autoAcceptDiffs accepted the submitter's diff")
+        // The positive control: the same file found by name.
+        let ws = try workspace(server, "ws")
+        let id = try runToEnd(server, token: engine, #"{"profile":"selfok","command":["/bin/sh","-c","echo own > own.txt"],"workspace":"\#(ws)"}"#)
         let diff = try pendingDiff(server, token: engine, run: id)
         let accepted = try server.client.request("POST", "/v1/reviews/\(diff)/accept", token: engine, json: "{}")
         #expect(accepted.status == 200, "\(accepted.text)")
