@@ -5,6 +5,7 @@ import HummingbirdTLS
 import Logging
 import NIOCore
 import NIOHTTPTypes
+import Synchronization
 
 /// How long a client may take, so a hostile or broken client holds a connection for a bounded time:
 /// `--idle-timeout` (no request under way), `--header-timeout` (from a request's first byte to the
@@ -24,11 +25,12 @@ public struct ConnectionTimeouts: Sendable, Equatable {
     }
 
     /// The HTTP/1.1 server: Hummingbird's idle timeout, the header and body deadlines, and TLS when given.
-    func serverBuilder(tls: ServerTLS?, logger: Logger) throws -> HTTPServerBuilder {
+    func serverBuilder(tls: ServerTLS?, budget: ConnectionBudget, logger: Logger) throws -> HTTPServerBuilder {
         let header = TimeAmount.seconds(headerSeconds), body = TimeAmount.seconds(bodySeconds)
         // The watch (behind the HTTP decoder) puts its `RequestDeadlines` at the front of the pipeline
         // when it is added, so Hummingbird's own HTTP/1 channel is used unchanged.
-        let configuration = HTTP1Channel.Configuration(additionalChannelHandlers: [RequestPartWatch(header: header, body: body, logger: logger)],
+        let configuration = HTTP1Channel.Configuration(additionalChannelHandlers: [RequestPartWatch(header: header, body: body, budget: budget,
+                                                                                                    logger: logger)],
                                                        idleTimeout: .seconds(idleSeconds))
         let plain = HTTPServerBuilder.http1(configuration: configuration)
         guard let tls else { return plain }
@@ -37,6 +39,41 @@ public struct ConnectionTimeouts: Sendable, Equatable {
         // header; a connection that sends nothing at all is closed by the idle timeout.
         return try .tls(plain, tlsConfiguration: tls.configuration)
     }
+}
+
+/// How many connections the service holds at once (`--max-connections`). Each costs a descriptor and
+/// needs no token, so clients holding many could otherwise use up the descriptors that runs (pipes,
+/// pidfds, run directories) and the store need, and libdispatch ends the process when it cannot open
+/// `/proc` for its thread pool. A connection past the limit is closed as soon as it is accepted,
+/// without an answer; those already open are served as before.
+public final class ConnectionBudget: Sendable {
+    public let limit: Int
+    private let open = Atomic<Int>(0)
+    private let refused = Atomic<Int>(0)
+
+    public init(limit: Int) { self.limit = limit }
+
+    /// The default: half the descriptors the process may open, the other half left to runs and the store.
+    public static func standardLimit(descriptors: UInt64) -> Int { max(16, Int(min(descriptors, 1 << 30) / 2)) }
+
+    /// The descriptors `--max-connections` must leave to everything else.
+    public static let reserve = 256
+
+    var current: Int { open.load(ordering: .relaxed) }
+
+    /// Counts a new connection; false (nothing counted) when the service holds `limit` already.
+    func take() -> Bool {
+        if open.wrappingAdd(1, ordering: .relaxed).newValue > limit {
+            open.wrappingSubtract(1, ordering: .relaxed)
+            return false
+        }
+        return true
+    }
+
+    func give() { open.wrappingSubtract(1, ordering: .relaxed) }
+
+    /// How many connections were refused so far, this one included.
+    func refusal() -> Int { refused.wrappingAdd(1, ordering: .relaxed).newValue }
 }
 
 /// Sees a connection's bytes before the HTTP decoder: the first byte of a request arms the header
@@ -121,16 +158,35 @@ final class RequestPartWatch: ChannelDuplexHandler, RemovableChannelHandler {
 
     private let header: TimeAmount
     private let body: TimeAmount
+    private let budget: ConnectionBudget
     private let logger: Logger
     private var deadlines: RequestDeadlines?
+    private var counted = false
 
-    init(header: TimeAmount, body: TimeAmount, logger: Logger) {
+    init(header: TimeAmount, body: TimeAmount, budget: ConnectionBudget, logger: Logger) {
         self.header = header
         self.body = body
+        self.budget = budget
         self.logger = logger
     }
 
+    func handlerRemoved(context: ChannelHandlerContext) {
+        if counted { budget.give() }
+        counted = false
+    }
+
     func handlerAdded(context: ChannelHandlerContext) {
+        guard budget.take() else {
+            let refused = budget.refusal()
+            // Said for the first refusal and every 1000th after it, not once per connection of a flood.
+            if refused % 1000 == 1 {
+                logger.warning("connection.refused", metadata: ["limit": "\(budget.limit)", "refused": "\(refused)",
+                                                                "why": "--max-connections connections are open"])
+            }
+            context.close(promise: nil)
+            return
+        }
+        counted = true
         let deadlines = RequestDeadlines(header: header, body: body, logger: logger)
         do {
             try context.pipeline.syncOperations.addHandler(deadlines, position: .first)

@@ -31,11 +31,14 @@ public struct ServiceOptions: Sendable {
     public var storeConnections: Int
     /// `--node`: one node of many sharing the store's run queue (needs a PostgreSQL store).
     public var node: NodeOptions?
+    /// `--max-connections`: client connections held at once; nil: half the descriptor limit.
+    public var maxConnections: Int?
 
     public init(listen: Listen, stateDirectory: String, maxRunning: Int, maxQueued: Int, graceSeconds: Int64, verify: VerifyOptions? = nil,
                 tls: ServerTLS? = nil, timeouts: ConnectionTimeouts = .standard, maxPerPrincipal: Int = 0, store: StoreURL? = nil,
-                storeConnections: Int = StoreOpener.defaultConnections, node: NodeOptions? = nil) {
+                storeConnections: Int = StoreOpener.defaultConnections, node: NodeOptions? = nil, maxConnections: Int? = nil) {
         self.node = node
+        self.maxConnections = maxConnections
         self.store = store
         self.storeConnections = storeConnections
         self.tls = tls
@@ -68,6 +71,11 @@ public enum StockadeService {
             throw ServiceFailure(description: "--tls-cert/--tls-key apply to a tcp:// listener only, not \(options.listen)")
         }
         let descriptors = DescriptorLimit.raise()
+        let connections = options.maxConnections ?? ConnectionBudget.standardLimit(descriptors: descriptors)
+        if descriptors > 0, UInt64(connections) + UInt64(ConnectionBudget.reserve) > descriptors {
+            throw ServiceFailure(description: "--max-connections \(connections) leaves fewer than \(ConnectionBudget.reserve) of the \(descriptors) descriptors this process may open (RLIMIT_NOFILE) for runs and the store: lower it, or raise the hard limit (LimitNOFILE= in the unit, ulimit -Hn)")
+        }
+        let budget = ConnectionBudget(limit: connections)
         let environment = ProcessInfo.processInfo.environment
         let supervisor: Supervisor
         let tokens: TokenStore
@@ -112,7 +120,7 @@ public enum StockadeService {
         let listen = options.listen
         let server: HTTPServerBuilder
         do {
-            server = try options.timeouts.serverBuilder(tls: options.tls, logger: logger)
+            server = try options.timeouts.serverBuilder(tls: options.tls, budget: budget, logger: logger)
         } catch {
             throw ServiceFailure(description: "--tls-cert/--tls-key: \(error)")
         }
@@ -132,7 +140,7 @@ public enum StockadeService {
                         Glibc.exit(1)
                     }
                 }
-                logger.notice("service.listening", metadata: ["listen": "\(listen)", "scheme": "\(scheme)", "nofile": "\(descriptors)",
+                logger.notice("service.listening", metadata: ["listen": "\(listen)", "scheme": "\(scheme)", "nofile": "\(descriptors)", "maxConnections": "\(connections)",
                                                               "store": "\(storeName)", "spawn": "\(Supervisor.spawnHelperMode ?? "not started")"])
             },
             logger: logger)

@@ -31,6 +31,8 @@ struct Serve: AsyncParsableCommand {
     var headerTimeout: String = "10s"
     @Option(help: "Close a connection whose request body is not complete this long after its head (1s to 1h).")
     var bodyTimeout: String = "30s"
+    @Option(help: "Client connections held at once (16 to 1000000; default: half the descriptors the process may open, RLIMIT_NOFILE); one past it is closed as soon as it is accepted.")
+    var maxConnections: Int?
     @Option(help: "Runs queued and running at once per token name (0: no limit, the default); past that 429 quota-exceeded.")
     var maxPerPrincipal: Int = 0
     @Option(help: "State directory (else $STOCKADE_STATE_DIR, $XDG_STATE_HOME/stockade, ~/.local/state/stockade).")
@@ -72,6 +74,9 @@ struct Serve: AsyncParsableCommand {
             guard let seconds = DurationText.seconds(text), (1...Int64(most)).contains(seconds) else {
                 throw ValidationError("\(flag): expected 1 to \(most) seconds, as 10, 30s or 5m; found \(text)")
             }
+        }
+        if let maxConnections, !(16...1_000_000).contains(maxConnections) {
+            throw ValidationError("--max-connections: expected 16 to 1000000, found \(maxConnections)")
         }
         guard (0...10_000).contains(maxPerPrincipal) else { throw ValidationError("--max-per-principal: expected 0 (no limit) to 10000, found \(maxPerPrincipal)") }
         guard StoreOpener.connectionRange.contains(storeConnections) else {
@@ -190,7 +195,7 @@ struct Serve: AsyncParsableCommand {
             stateDirectory: stateDirectory,
             maxRunning: maxRunning, maxQueued: maxQueued, graceSeconds: DurationText.seconds(grace) ?? 30, verify: verify,
             tls: tls, timeouts: timeouts, maxPerPrincipal: maxPerPrincipal, store: storeURL, storeConnections: storeConnections,
-            node: try nodeOptions(storeURL))
+            node: try nodeOptions(storeURL), maxConnections: maxConnections)
         let level = environment["STOCKADE_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .notice
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)

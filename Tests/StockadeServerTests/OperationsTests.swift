@@ -281,6 +281,46 @@ struct HostileClientTests {
     }
 }
 
+extension HostileClientTests {
+    @Test("--max-connections: one past the limit is closed unanswered while those open are still served; a freed place is taken again; the flag is checked")
+    func connectionLimit() throws {
+        let server = try ServerHarness(arguments: ["--max-connections", "16"])
+        let pid = server.process.processIdentifier
+        let before = Ops.openDescriptors(pid)
+        var held: [Int32] = []
+        defer { held.forEach { close($0) } }
+        for _ in 0..<16 { held.append(try server.client.connect(timeoutSeconds: 10)) }
+        // The harness's own start-up connection may still have been open at the first count: allow for it.
+        for _ in 0..<200 where Ops.openDescriptors(pid) - before < 15 { usleep(25_000) }
+        #expect(Ops.openDescriptors(pid) - before >= 15, "the service accepted the 16 connections")
+        usleep(100_000)
+        let extra = try server.client.connect(timeoutSeconds: 10)
+        defer { close(extra) }
+        _ = try? HTTPClient.send(extra, HTTPClient.head("GET", "/v1/health", token: nil, headers: [:], bodyCount: nil))
+        var byte: UInt8 = 0
+        #expect(recv(extra, &byte, 1, 0) <= 0, "the 17th connection is closed without an answer")
+        // Those already open are served.
+        try HTTPClient.send(held[0], HTTPClient.head("GET", "/v1/health", token: nil, headers: [:], bodyCount: nil))
+        var answer = [UInt8](repeating: 0, count: 4096)
+        let n = recv(held[0], &answer, answer.count, 0)
+        #expect(n > 0 && String(decoding: answer[0..<max(n, 0)], as: UTF8.self).hasPrefix("HTTP/1.1 200"), "an open connection is answered")
+        for fd in held { close(fd) }
+        held = []
+        var again: Int?
+        for _ in 0..<100 {
+            if let r = try? server.client.request("GET", "/v1/health"), r.status == 200 { again = r.status; break }
+            usleep(50_000)
+        }
+        #expect(again == 200, "once connections close, new ones are served")
+        #expect(server.terminate() == 0)
+        let state = ["--state-dir", server.stateDirectory, "--listen", "unix://\(server.socketPath)"]
+        let bad = try ServerHarness.exec(ServerHarness.stockade, ["serve", "--max-connections", "3"] + state)
+        #expect(bad.status == 2 && bad.stderr.contains("--max-connections"), "\(bad.status) \(bad.stderr)")
+        let tooMany = try ServerHarness.exec(ServerHarness.stockade, ["serve", "--max-connections", "1000000"] + state)
+        #expect(tooMany.status != 0 && tooMany.stderr.contains("RLIMIT_NOFILE"), "\(tooMany.status) \(tooMany.stderr)")
+    }
+}
+
 @Suite("stockade serve: per-principal quota", .serialized,
        .enabled(if: ServerHarness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(3)))
 struct QuotaTests {
