@@ -35,6 +35,7 @@ static struct {
     int (*read_open)(struct archive *, void *, archive_open_callback *, archive_read_callback *, archive_close_callback *);
     int (*read_next_header)(struct archive *, struct archive_entry **);
     int (*read_data_block)(struct archive *, const void **, size_t *, la_int64_t *);
+    la_int64_t (*filter_bytes)(struct archive *, int);
     const char *(*error_string)(struct archive *);
     const char *(*entry_pathname)(struct archive_entry *);
     const char *(*entry_hardlink)(struct archive_entry *);
@@ -72,6 +73,7 @@ static int stk_archive_load(void) {
     STK_BIND(read_open, "archive_read_open", 1);
     STK_BIND(read_next_header, "archive_read_next_header", 1);
     STK_BIND(read_data_block, "archive_read_data_block", 1);
+    STK_BIND(filter_bytes, "archive_filter_bytes", 1);
     STK_BIND(error_string, "archive_error_string", 1);
     STK_BIND(entry_pathname, "archive_entry_pathname", 1);
     STK_BIND(entry_hardlink, "archive_entry_hardlink", 1);
@@ -125,6 +127,7 @@ int archive_read_next_header(struct archive *a, struct archive_entry **entry) { 
 int archive_read_data_block(struct archive *a, const void **buffer, size_t *size, la_int64_t *offset) {
     return STK_CALL(read_data_block, ARCHIVE_FATAL, a, buffer, size, offset);
 }
+la_int64_t archive_filter_bytes(struct archive *a, int n) { return STK_CALL(filter_bytes, -1, a, n); }
 const char *archive_error_string(struct archive *a) { return STK_CALL(error_string, NULL, a); }
 const char *archive_entry_pathname(struct archive_entry *e) { return STK_CALL(entry_pathname, NULL, e); }
 const char *archive_entry_hardlink(struct archive_entry *e) { return STK_CALL(entry_hardlink, NULL, e); }

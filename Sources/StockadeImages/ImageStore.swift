@@ -128,16 +128,34 @@ public struct ImageStore: Sendable {
         var budget = ImageBudget()
         var unpacked: [Digest: LayerStats] = [:]
         var reused: [Digest] = []
+        // New layers wait in tmp/ until everything about the image has been checked (its user too), so
+        // a refused import leaves none in layers/; those not moved there are removed on the way out.
+        var staged: [(digest: Digest, work: String, stats: LayerStats)] = []
+        defer { for layer in staged { try? HostileTree.remove(parent: tmp, name: layer.work) } }
         for descriptor in image.layers {
             var st = stat()
-            if fstatat(layers, descriptor.digest.hex, &st, AT_SYMLINK_NOFOLLOW) == 0 {
+            if fstatat(layers, descriptor.digest.hex, &st, AT_SYMLINK_NOFOLLOW) == 0 || staged.contains(where: { $0.digest == descriptor.digest }) {
                 reused.append(descriptor.digest)
                 continue
             }
-            let stats = try unpackLayer(descriptor, from: layout, layers: layers, tmp: tmp, budget: &budget)
-            if let stats { unpacked[descriptor.digest] = stats } else { reused.append(descriptor.digest) }
+            let (work, stats) = try unpackLayer(descriptor, from: layout, tmp: tmp, budget: &budget)
+            staged.append((descriptor.digest, work, stats))
         }
-        let (uid, gid) = try resolveUser(image.config.user, layers: image.layers.map(\.digest))
+        let (uid, gid) = try resolveUser(image.config.user, layers: image.layers.map { digest in
+            staged.first { $0.digest == digest.digest }.map { self.path + "/tmp/" + $0.work } ?? layerPath(digest.digest)
+        })
+        while let layer = staged.first {
+            if stk_renameat2(tmp, layer.work, layers, layer.digest.hex, 1 /* RENAME_NOREPLACE */) == 0 {
+                unpacked[layer.digest] = layer.stats
+            } else if errno == EEXIST || errno == ENOTEMPTY {
+                // Another import moved the same verified layer into place first: theirs is kept.
+                reused.append(layer.digest)
+                try? HostileTree.remove(parent: tmp, name: layer.work)
+            } else {
+                throw cacheError("layers/" + layer.digest.hex, errno, "cannot move the unpacked layer into place")
+            }
+            staged.removeFirst()
+        }
         let stats = unpacked.values
         let record = ImageRecord(name: fullName, image: image, uid: uid, gid: gid,
                                  entries: stats.reduce(0) { $0 + $1.entries }, bytes: stats.reduce(0) { $0 + $1.bytes })
@@ -145,9 +163,10 @@ public struct ImageStore: Sendable {
         return ImportResult(record: record, unpacked: unpacked, reused: reused)
     }
 
-    /// Unpacks into `tmp/`, checks the digest, renames into `layers/`. nil when another import won the rename.
-    private func unpackLayer(_ descriptor: Descriptor, from layout: OCILayout, layers: Int32, tmp: Int32,
-                             budget: inout ImageBudget) throws(ImageError) -> LayerStats? {
+    /// Unpacks into `tmp/`, checks the digest and syncs: the directory's name under `tmp/`, which the
+    /// caller moves into `layers/` (or removes).
+    private func unpackLayer(_ descriptor: Descriptor, from layout: OCILayout, tmp: Int32,
+                             budget: inout ImageBudget) throws(ImageError) -> (work: String, stats: LayerStats) {
         let work = "\(descriptor.digest.hex).\(getpid()).\(UInt32.random(in: 0...UInt32.max))"
         guard mkdirat(tmp, work, 0o755) == 0 else { throw cacheError("tmp/" + work, errno, "cannot create a directory to unpack the layer into") }
         var keep = false
@@ -169,19 +188,15 @@ public struct ImageStore: Sendable {
                              "layer blob \(descriptor.digest) has SHA-256 \(digest.hex) and \(size) bytes: it is not what the manifest names (refused, nothing kept)")
         }
         guard fsync(root) == 0 || errno == EINVAL else { throw cacheError("tmp/" + work, errno, "cannot sync the layer") }
-        if stk_renameat2(tmp, work, layers, descriptor.digest.hex, 1 /* RENAME_NOREPLACE */) == 0 {
-            keep = true
-            return unpacker.stats
-        }
-        // Another import renamed the same verified layer into place first: theirs is kept.
-        if errno == EEXIST || errno == ENOTEMPTY { return nil }
-        throw cacheError("layers/" + descriptor.digest.hex, errno, "cannot move the unpacked layer into place")
+        keep = true
+        return (work, unpacker.stats)
     }
 
     /// `User` of the config as ids: numbers, or names looked up in the image's own /etc/passwd
     /// and /etc/group (the topmost layer that has them). Root, stated or implied, gives way to the
     /// profile's user.
-    private func resolveUser(_ user: String?, layers: [Digest]) throws(ImageError) -> (UInt32?, UInt32?) {
+    /// `layers`: each layer's directory, bottom first.
+    private func resolveUser(_ user: String?, layers: [String]) throws(ImageError) -> (UInt32?, UInt32?) {
         guard let user, !user.isEmpty else { return (nil, nil) }
         let parts = user.split(separator: ":", maxSplits: 1).map(String.init)
         func id(_ text: String, file: String) throws(ImageError) -> UInt32 {
@@ -214,8 +229,15 @@ public struct ImageStore: Sendable {
         return (uid, gid)
     }
 
-    private func readImageFile(_ layer: Digest, _ name: String) -> [UInt8]? {
-        let fd = stk_openat2(AT_FDCWD, layerPath(layer) + "/" + name, UInt64(O_RDONLY | O_CLOEXEC | O_NOFOLLOW), 0, 0)
+    /// `name` beneath the layer's directory, as the image has it: no link followed on the way (an
+    /// image's `etc -> /etc`, or a chain of relative links, would otherwise have root read the host's
+    /// files), opened without blocking, a regular file of at most 1 MiB; nil otherwise.
+    private func readImageFile(_ layer: String, _ name: String) -> [UInt8]? {
+        let dir = open(layer, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
+        guard dir >= 0 else { return nil }
+        defer { close(dir) }
+        let fd = stk_openat2(dir, name, UInt64(O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK), 0,
+                             UInt64(STK_RESOLVE_BENEATH | STK_RESOLVE_NO_SYMLINKS))
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         var st = stat()

@@ -45,7 +45,11 @@ struct LayerUnpacker {
 
     /// Unpacks the archive read from `fd` and returns the digest and size of every byte of it.
     mutating func unpack(fd: Int32, budget: inout ImageBudget) throws(ImageError) -> (Digest, Int64) {
-        let source = BlobSource(fd: fd, maxBytes: bounds.maxLayerBlobBytes)
+        // What the tar reader may take from the decompressor: the files' bytes and generous room for
+        // headers. Checked as libarchive asks for input, so data it skips (a whiteout's or a hard
+        // link's, which no file bound counts) cannot make a small blob decompress without end.
+        let stream = bounds.maxLayerBytes + Int64(bounds.maxLayerEntries) * 8192
+        let source = BlobSource(fd: fd, maxBytes: bounds.maxLayerBlobBytes, maxStreamBytes: stream)
         guard let archive = archive_read_new() else {
             if let why = stk_archive_load_error() { throw ImageError(.badArchive, "cannot load libarchive to unpack image layers: \(String(cString: why))") }
             throw ImageError(.badArchive, "libarchive could not allocate a reader")
@@ -72,6 +76,8 @@ struct LayerUnpacker {
             guard r >= ARCHIVE_WARN, let entry else {
                 throw source.error ?? ImageError(.badArchive, "the layer is not a readable tar archive: \(Self.message(archive))")
             }
+            // Also here: a small blob's input may all be read before the data it skips is decompressed.
+            if let over = source.streamOver(archive) { throw over }
             stats.entries += 1
             budget.entries += 1
             let name = Self.bytes(archive_entry_pathname(entry))
@@ -84,6 +90,8 @@ struct LayerUnpacker {
             }
             try place(entry, name: name, archive: archive, source: source, budget: &budget)
         }
+        // The last entry's data is skipped on the way to the end.
+        if let over = source.streamOver(archive) { throw over }
         try source.drain()
         return (source.digest.finish(), source.digest.count)
     }
@@ -339,13 +347,16 @@ func cName(_ bytes: some Collection<UInt8>) -> [CChar] {
 final class BlobSource {
     let fd: Int32
     let maxBytes: Int64
+    /// Uncompressed bytes the tar reader may consume.
+    let maxStreamBytes: Int64
     var digest = StreamDigest()
     var error: ImageError?
     let buffer = UnsafeMutableRawPointer.allocate(byteCount: 1 << 16, alignment: 16)
 
-    init(fd: Int32, maxBytes: Int64) {
+    init(fd: Int32, maxBytes: Int64, maxStreamBytes: Int64) {
         self.fd = fd
         self.maxBytes = maxBytes
+        self.maxStreamBytes = maxStreamBytes
     }
 
     deinit { buffer.deallocate() }
@@ -365,6 +376,12 @@ final class BlobSource {
         return n
     }
 
+    /// The refusal when the tar reader has taken more than `maxStreamBytes` from the decompressor.
+    func streamOver(_ archive: OpaquePointer) -> ImageError? {
+        guard archive_filter_bytes(archive, 0) > maxStreamBytes else { return nil }
+        return ImageError(.overBound, "the layer decompresses to more than \(maxStreamBytes) bytes of tar stream (the files' bound and room for headers)")
+    }
+
     /// Hashes what libarchive left unread (the archive's end padding), so the digest covers the whole blob.
     func drain() throws(ImageError) {
         while true {
@@ -379,6 +396,10 @@ private let blobRead: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?, 
     guard let context, let out else { return -1 }
     let source = Unmanaged<BlobSource>.fromOpaque(context).takeUnretainedValue()
     // On failure the reason waits in `source.error` (archive_set_error is variadic).
+    if let archive, let over = source.streamOver(archive) {
+        source.error = over
+        return -1
+    }
     let n = source.next()
     if n < 0 { return -1 }
     out.pointee = UnsafeRawPointer(source.buffer)

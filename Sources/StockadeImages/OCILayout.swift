@@ -140,8 +140,10 @@ public final class OCILayout {
     }
 
     /// The blob's descriptor, opened for reading: a regular file directly under `blobs/sha256/`.
+    /// Opened without blocking (a FIFO put there would otherwise hold the import, and the layer
+    /// cache's lock, until someone writes to it), then checked to be a regular file.
     func openBlob(_ d: Descriptor) throws(ImageError) -> Int32 {
-        let fd = stk_openat2(directory, "blobs/sha256/" + d.digest.hex, UInt64(O_RDONLY | O_CLOEXEC | O_NOFOLLOW), 0,
+        let fd = stk_openat2(directory, "blobs/sha256/" + d.digest.hex, UInt64(O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK), 0,
                              UInt64(STK_RESOLVE_BENEATH | STK_RESOLVE_NO_SYMLINKS))
         guard fd >= 0 else {
             throw ImageError(.badDescriptor, entry: d.digest.description, errno: errno,
@@ -157,11 +159,15 @@ public final class OCILayout {
     }
 
     private func readJSONFile(_ name: String) throws(ImageError) -> JSONValue {
-        let fd = stk_openat2(directory, name, UInt64(O_RDONLY | O_CLOEXEC | O_NOFOLLOW), 0, UInt64(STK_RESOLVE_BENEATH | STK_RESOLVE_NO_SYMLINKS))
+        let fd = stk_openat2(directory, name, UInt64(O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK), 0, UInt64(STK_RESOLVE_BENEATH | STK_RESOLVE_NO_SYMLINKS))
         guard fd >= 0 else {
             throw ImageError(.badLayout, entry: name, errno: errno, "\(path)/\(name): \(String(cString: strerror(errno))); is this an OCI image layout?")
         }
         defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_mode & Mode.type == Mode.regular else {
+            throw ImageError(.badLayout, entry: name, "\(path)/\(name) is not a regular file")
+        }
         return try parse(try readBounded(fd, name: name), name: name)
     }
 

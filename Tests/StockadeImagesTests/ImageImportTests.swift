@@ -173,4 +173,50 @@ struct ImageImportTests {
     func badNames(_ text: String) {
         #expect(throws: ImageError.self) { try ImageStore.normalize(text) }
     }
+
+    @Test("the config's User is looked up in the image's own /etc/passwd, never through a link to the host's files", .timeLimit(.minutes(1)))
+    func userNotThroughLinks() throws {
+        let host = NSTemporaryDirectory() + "stockade-host-etc-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: host, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: host) }
+        try "app:x:4242:4243::/:/bin/sh\n".write(toFile: host + "/passwd", atomically: true, encoding: .utf8)
+        // The positive control: the image's own file names the user.
+        let own = try LayoutFixture(layers: [Tar.archive([.dir("etc/"), .file("etc/passwd", "app:x:1500:1501::/:/bin/sh\n")])],
+                                    config: ["User": .string("app")])
+        let imported = try freshStore().importLayout(own.path, name: "own")
+        #expect(imported.record.uid == 1500 && imported.record.gid == 1501)
+        // An image whose /etc is a link to a host directory: the host's passwd is never read.
+        let linked = try LayoutFixture(layers: [Tar.archive([.symlink("etc", to: host)])], config: ["User": .string("app")])
+        expectRefused(linked, .badLayout, entry: "User")
+        // The same through a passwd that is itself in a linked directory, one layer over another.
+        let stacked = try LayoutFixture(layers: [Tar.archive([.dir("etc/"), .file("etc/passwd", "other:x:7:7::/:/bin/sh\n")]),
+                                                 Tar.archive([.symlink("host", to: host), .dir("etc/"), .symlink("etc/passwd", to: "../host/passwd")])],
+                                        config: ["User": .string("app")])
+        expectRefused(stacked, .badLayout, entry: "User")
+    }
+
+    @Test("a FIFO where index.json or a blob should be is refused at once, not waited on", .timeLimit(.minutes(1)))
+    func fifoRefused() throws {
+        let layout = try LayoutFixture(layers: [Tar.archive([.file("a", "x")])])
+        try FileManager.default.removeItem(atPath: layout.path + "/index.json")
+        #expect(mkfifo(layout.path + "/index.json", 0o644) == 0)
+        expectRefused(layout, .badLayout, entry: "index.json")
+    }
+
+    @Test("bytes no file bound counts (a whiteout's data, skipped) still count against the decompressed stream")
+    func skippedDataBounded() throws {
+        func layout(_ bytes: Int) throws -> LayoutFixture {
+            let tar = Tar.archive([.dir("d/"), TarEntry(name: "d/.wh.gone", mode: 0o644, data: [UInt8](repeating: 0, count: bytes))])
+            return try LayoutFixture(layers: [try Tar.gzip(tar)], mediaType: "application/vnd.oci.image.layer.v1.tar+gzip")
+        }
+        let small = { (b: inout ImageBounds) in
+            b.maxLayerBytes = 1 << 20
+            b.maxLayerEntries = 16
+        }
+        // The positive control: a little skipped data is within the stream's room.
+        let fine = try freshStore(small).importLayout(try layout(64 << 10).path, name: "fine")
+        #expect(fine.record.name == "fine:latest")
+        expectRefused(try layout(8 << 20), .overBound, entry: nil, store: freshStore(small))
+    }
 }
+
