@@ -15,6 +15,9 @@ public struct ImageBounds: Sendable, Equatable {
     public var maxImageEntries = 500_000
     /// Longest entry path in bytes, and longest symlink target.
     public var maxPathBytes = 4096
+    /// Most components in an entry's path: each costs a directory open per entry, so depth, not
+    /// only the count of entries, bounds an import's work.
+    public var maxPathComponents = 256
 
     public init() {}
 }

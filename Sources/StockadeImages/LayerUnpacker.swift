@@ -33,7 +33,13 @@ struct LayerUnpacker {
     let bounds: ImageBounds
     let compression: LayerCompression
     var stats = LayerStats()
-    private var regularFiles: Set<[UInt8]> = []
+    /// The regular files made so far (hard links may name only these), as the SHA-256 of each path:
+    /// 32 bytes an entry, not up to 4 KiB.
+    private var regularFiles: Set<Digest> = []
+    /// The directory the last entry went into, kept open: entries come grouped by directory, and a
+    /// directory of a layer is never replaced, so the next entry there (or beneath it) starts from it
+    /// instead of walking from the root again.
+    private var lastParent: (parts: [[UInt8]], fd: Int32)?
 
     static let maxIds: UInt32 = 65536
 
@@ -45,6 +51,7 @@ struct LayerUnpacker {
 
     /// Unpacks the archive read from `fd` and returns the digest and size of every byte of it.
     mutating func unpack(fd: Int32, budget: inout ImageBudget) throws(ImageError) -> (Digest, Int64) {
+        defer { closeLastParent() }
         // What the tar reader may take from the decompressor: the files' bytes and generous room for
         // headers. Checked as libarchive asks for input, so data it skips (a whiteout's or a hard
         // link's, which no file bound counts) cannot make a small blob decompress without end.
@@ -123,7 +130,7 @@ struct LayerUnpacker {
         if let target = archive_entry_hardlink(entry) {
             let targetName = Self.bytes(target)
             let targetParts = (try? components(targetName, shown: shown)) ?? []
-            guard !targetParts.isEmpty, regularFiles.contains(Self.join(targetParts)) else {
+            guard !targetParts.isEmpty, regularFiles.contains(Digest.of(Self.join(targetParts))) else {
                 throw ImageError(.badEntry, entry: shown, "\(shown) is a hard link to \(Self.show(targetName)), which is not an earlier regular file of this layer (refused)")
             }
             try clear(parent: parent, leaf: leaf, parts: parts, shown: shown, forDirectory: false)
@@ -132,7 +139,7 @@ struct LayerUnpacker {
             guard linkat(targetParent, cName(targetParts.last!), parent, leaf, 0) == 0 else {
                 throw fail(shown, errno, "cannot make the hard link")
             }
-            regularFiles.insert(Self.join(parts))
+            regularFiles.insert(Digest.of(Self.join(parts)))
             return
         }
 
@@ -157,7 +164,7 @@ struct LayerUnpacker {
             defer { close(file) }
             try copyData(archive, to: file, shown: shown, source: source, budget: &budget)
             guard fchown(file, uid_t(uid), gid_t(gid)) == 0, fchmod(file, mode_t(mode)) == 0 else { throw fail(shown, errno, "cannot set owner and mode") }
-            regularFiles.insert(Self.join(parts))
+            regularFiles.insert(Digest.of(Self.join(parts)))
         case Mode.symlink:
             let target = Self.bytes(archive_entry_symlink(entry))
             try checkSymlink(target, depth: parts.count - 1, shown: shown)
@@ -200,7 +207,7 @@ struct LayerUnpacker {
             throw ImageError(.badEntry, entry: shown, "\(shown) replaces a directory of the same layer (refused)")
         }
         guard unlinkat(parent, leaf, 0) == 0 else { throw fail(shown, errno, "cannot replace the earlier entry") }
-        regularFiles.remove(Self.join(parts))
+        regularFiles.remove(Digest.of(Self.join(parts)))
     }
 
     private mutating func copyData(_ archive: OpaquePointer, to file: Int32, shown: String, source: BlobSource,
@@ -253,6 +260,9 @@ struct LayerUnpacker {
             guard part.count <= 255 else { throw ImageError(.badEntry, entry: shown, "\(shown) has a component over 255 bytes (refused)") }
             parts.append(Array(part))
         }
+        guard parts.count <= bounds.maxPathComponents else {
+            throw ImageError(.overBound, entry: String(shown.prefix(80)) + "...", "an entry's path has \(parts.count) components, over the bound of \(bounds.maxPathComponents)")
+        }
         return parts
     }
 
@@ -278,9 +288,16 @@ struct LayerUnpacker {
 
     /// The directory of an entry, created (0755, owned by root of the image) where missing; never through a symlink.
     private mutating func openParent(_ parts: [[UInt8]], shown: String) throws(ImageError) -> Int32 {
-        var current = dup(root)
+        var start = 0
+        var current: Int32
+        if let last = lastParent, last.parts.count <= parts.count, parts.starts(with: last.parts) {
+            start = last.parts.count
+            current = dup(last.fd)
+        } else {
+            current = dup(root)
+        }
         guard current >= 0 else { throw fail(shown, errno, "cannot duplicate the layer's descriptor") }
-        for part in parts {
+        for part in parts[start...] {
             let leaf = cName(part)
             var next = stk_openat2(current, leaf, UInt64(O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), 0,
                                    UInt64(STK_RESOLVE_BENEATH | STK_RESOLVE_NO_SYMLINKS))
@@ -306,7 +323,20 @@ struct LayerUnpacker {
             }
             current = next
         }
+        if start < parts.count || lastParent == nil {
+            let kept = dup(current)
+            if kept >= 0 {
+                if let old = lastParent { close(old.fd) }
+                lastParent = (parts, kept)
+            }
+        }
         return current
+    }
+
+    /// Closes the directory kept from the last entry.
+    mutating func closeLastParent() {
+        if let last = lastParent { close(last.fd) }
+        lastParent = nil
     }
 
     private func fail(_ shown: String, _ code: Int32, _ what: String) -> ImageError {

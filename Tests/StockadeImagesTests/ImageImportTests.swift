@@ -218,5 +218,38 @@ struct ImageImportTests {
         #expect(fine.record.name == "fine:latest")
         expectRefused(try layout(8 << 20), .overBound, entry: nil, store: freshStore(small))
     }
+
+    @Test("an entry deeper than the component bound is refused; files across deep directories, revisited, land where they say")
+    func pathDepth() throws {
+        let deep = String(repeating: "a/", count: 200)
+        let other = String(repeating: "b/", count: 150)
+        // Paths this long need pax headers: GNU tar writes the layer, in the order given.
+        let tree = NSTemporaryDirectory() + "stockade-deep-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: tree) }
+        for (path, text) in [(deep + "one", "1"), (other + "two", "2"), (deep + "three", "3"), (deep + "c/four", "4"), ("top", "t")] {
+            try FileManager.default.createDirectory(atPath: tree + "/" + (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            try text.write(toFile: tree + "/" + path, atomically: false, encoding: .utf8)
+        }
+        #expect(link(tree + "/" + deep + "one", tree + "/" + other + "five") == 0)
+        let tar = Process()
+        tar.executableURL = URL(fileURLWithPath: "/bin/tar")
+        tar.arguments = ["--format=pax", "--no-recursion", "-C", tree, "-cf", "-", deep + "one", other + "two", deep + "three", deep + "c/four",
+                         other + "five", "top"]
+        let out = Pipe()
+        tar.standardOutput = out
+        try tar.run()
+        let bytes = Array(out.fileHandleForReading.readDataToEndOfFile())
+        tar.waitUntilExit()
+        try #require(tar.terminationStatus == 0)
+        let layout = try LayoutFixture(layers: [bytes])
+        let store = freshStore()
+        let result = try store.importLayout(layout.path, name: "deep")
+        let layer = store.layerPath(try #require(result.record.layers.first))
+        for (path, text) in [(deep + "one", "1"), (other + "two", "2"), (deep + "three", "3"), (deep + "c/four", "4"), (other + "five", "1"), ("top", "t")] {
+            #expect((try? String(contentsOfFile: layer + "/" + path, encoding: .utf8)) == text, "\(path.suffix(12))")
+        }
+        let tooDeep = try LayoutFixture(layers: [Tar.archive([.file(String(repeating: "d/", count: 40) + "f", "x")])])
+        expectRefused(tooDeep, .overBound, entry: nil, store: freshStore { $0.maxPathComponents = 32 })
+    }
 }
 
