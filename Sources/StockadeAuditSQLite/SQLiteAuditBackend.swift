@@ -127,14 +127,28 @@ public final class SQLiteAuditBackend: AuditBackend {
     public func events(_ query: AuditEventQuery, _ body: (AuditEvent) throws -> Void) throws {
         let db = try Self.open(path: path, readOnly: true)
         try db.readTransaction {
-            let statement = try db.prepare("""
-                SELECT \(Self.eventColumns) FROM events
-                WHERE (?1 IS NULL OR runId = ?1) AND seq > ?2 AND (?3 IS NULL OR kind = ?3)
-                ORDER BY seq
-                """, "read events")
-            try statement.bind([query.runId.sqlite, .int(query.since ?? 0), query.kind.sqlite])
+            let (sql, values) = Self.eventQuery(query)
+            let statement = try db.prepare(sql, "read events")
+            try statement.bind(values)
             while try statement.step() { try body(Self.event(statement)) }
         }
+    }
+
+    /// Only the filters asked for, so the planner can use `events_kind (kind, seq)` or `events_run`: a
+    /// filter written `?1 IS NULL OR …` hides them, and an event stream whose filter matched nothing
+    /// read every event after its cursor at each poll.
+    static func eventQuery(_ query: AuditEventQuery) -> (sql: String, values: [SQLiteValue]) {
+        var sql = "SELECT \(eventColumns) FROM events WHERE seq > ?1"
+        var values: [SQLiteValue] = [.int(query.since ?? 0)]
+        if let runId = query.runId {
+            values.append(.text(runId))
+            sql += " AND runId = ?\(values.count)"
+        }
+        if let kind = query.kind {
+            values.append(.text(kind))
+            sql += " AND kind = ?\(values.count)"
+        }
+        return (sql + " ORDER BY seq", values)
     }
 
     public func runs(_ body: (AuditRunRecord) throws -> Void) throws {

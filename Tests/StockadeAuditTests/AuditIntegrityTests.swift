@@ -278,3 +278,42 @@ struct AuditClockTests {
         #expect(AuditClock.format(seconds: seconds, milliseconds: milliseconds) == expected)
     }
 }
+
+@Suite("reading events by filter")
+struct EventQueryTests {
+    /// SQLite's plan for the events query `query` makes, as its detail lines.
+    static func plan(_ path: String, _ query: AuditEventQuery) throws -> String {
+        let db = try SQLiteAuditBackend.open(path: path, readOnly: true)
+        let (sql, values) = SQLiteAuditBackend.eventQuery(query)
+        let statement = try db.prepare("EXPLAIN QUERY PLAN " + sql, "plan")
+        try statement.bind(values)
+        var lines: [String] = []
+        while try statement.step() { lines.append(statement.text(3)) }
+        return lines.joined(separator: "; ")
+    }
+
+    @Test("a kind or run filter is answered from its index, not by reading every event after the cursor; the answers are the filtered events")
+    func filtersUseIndexes() throws {
+        let db = TempDatabase()
+        let store = try db.store()
+        let run = "01JTEST0000000000000000001"
+        try store.beginRun(runId: run, profile: "default", profileDigest: "d", command: ["/bin/true"], detail: .null)
+        for i in 0..<50 { try store.record(runId: nil, kind: "api.request", detail: .object(["i": .number(i)])) }
+        try store.record(runId: run, kind: "worker.started", detail: .null)
+        let kinds = try Self.plan(db.path, AuditEventQuery(since: 3, kind: "worker.started"))
+        #expect(kinds.contains("events_kind"), "\(kinds)")
+        let runs = try Self.plan(db.path, AuditEventQuery(runId: run, since: 3))
+        #expect(runs.contains("events_run"), "\(runs)")
+        let all = try Self.plan(db.path, AuditEventQuery(since: 3))
+        #expect(!all.contains("events_kind") && !all.contains("events_run"), "the positive control: no filter, no index: \(all)")
+        var seen: [String] = []
+        try store.events(runId: nil, since: 0, kind: "worker.started") { seen.append($0.kind) }
+        #expect(seen == ["worker.started"])
+        seen = []
+        try store.events(runId: run, since: 0, kind: nil) { seen.append($0.kind) }
+        #expect(seen == ["run.created", "worker.started"])
+        var count = 0
+        try store.events(runId: nil, since: 10, kind: "api.request") { _ in count += 1 }
+        #expect(count == 50 - 9, "since is the seq after which events count: run.created is 1, api.request 2 to 51")
+    }
+}
