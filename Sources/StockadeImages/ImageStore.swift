@@ -265,8 +265,17 @@ public struct ImageStore: Sendable {
         guard nameOK, tagOK else {
             throw ImageError(.badName, entry: text, "image name \(text.debugDescription): use NAME[:TAG], NAME of a-z 0-9 . _ - /, TAG of A-Z a-z 0-9 . _ -")
         }
-        return name + ":" + tag
+        let full = name + ":" + tag
+        // The record's file is the name's hex, and its temporary file adds ".PID.tmp": both must fit in
+        // a file name (255 bytes), checked before any layer is unpacked.
+        guard full.utf8.count <= maxNameBytes else {
+            throw ImageError(.badName, entry: text, "image name \(full.debugDescription) is \(full.utf8.count) bytes with its tag: at most \(maxNameBytes)")
+        }
+        return full
     }
+
+    /// NAME:TAG at most this long.
+    public static let maxNameBytes = 119
 
     private static func fileName(_ name: String) -> String {
         name.utf8.map { b in let s = String(b, radix: 16); return s.count == 1 ? "0" + s : s }.joined() + ".json"

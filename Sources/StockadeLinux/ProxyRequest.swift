@@ -50,8 +50,9 @@ public struct ProxyRequest: Sendable, Equatable {
                     if next >= 4 && bytes[next - 2] == 13 && bytes[next - 3] == 10 && bytes[next - 4] == 13 { return .complete(next) }
                     lineLength = 0
                 } else {
+                    // A line's CR counts here but not in `maxLine`, as `parseHTTP` measures it.
                     lineLength += 1
-                    if lineLength > maxLine { return .overflow }
+                    if lineLength > maxLine + 1 { return .overflow }
                 }
                 if next > maxHead { return .overflow }
             }

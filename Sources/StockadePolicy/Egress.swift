@@ -202,7 +202,11 @@ public struct EgressPolicy: Sendable, Equatable {
     ///   is (`local-address`, unless `allowPrivate`).
     public func refusal(for address: [UInt8], port: UInt16, local: [[UInt8]] = []) -> (reason: String, rule: String?)? {
         let plain = IPAddress.unmapped(address)
-        if let rule = egress.deny.first(where: { $0.matches(.address(plain), port: port) || $0.matches(.address(address), port: port) }) {
+        let forms = IPAddress.forms(address)
+        if let rule = egress.deny.first(where: { rule in
+            guard case .address(let denied) = rule.host, rule.matches(.address(denied), port: port) else { return false }
+            return !Set(IPAddress.forms(denied)).isDisjoint(with: forms)
+        }) {
             return ("denied-by-rule", rule.description)
         }
         if let kind = IPAddress.specialKind(address) {
@@ -289,6 +293,20 @@ public enum IPAddress {
         return hex[..<best.start].joined(separator: ":") + "::" + hex[(best.start + best.length)...].joined(separator: ":")
     }
 
+    /// `a` and the IPv4 address it carries, if any: IPv4-mapped, IPv4-translated, IPv4-compatible,
+    /// NAT64 (64:ff9b::/96 and the local-use 64:ff9b:1::/48 with it in the last four bytes) and
+    /// 6to4. A deny rule naming any of them names the others.
+    public static func forms(_ a: [UInt8]) -> [[UInt8]] {
+        guard a.count == 16 else { return [a] }
+        let zeros = { (r: Range<Int>) in a[r].allSatisfy { $0 == 0 } }
+        let last4 = Array(a[12..<16])
+        if zeros(0..<10) && (a[10] == 0xFF && a[11] == 0xFF || a[10] == 0 && a[11] == 0) { return [a, last4] }  // mapped, compatible
+        if zeros(0..<8) && a[8] == 0xFF && a[9] == 0xFF && a[10] == 0 && a[11] == 0 { return [a, last4] }  // translated
+        if a[0] == 0x00 && a[1] == 0x64 && a[2] == 0xFF && a[3] == 0x9B && (zeros(4..<12) || a[4] == 0 && a[5] == 0x01) { return [a, last4] }
+        if a[0] == 0x20 && a[1] == 0x02 { return [a, Array(a[2..<6])] }       // 6to4
+        return [a]
+    }
+
     /// The IPv4 address inside an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), else `a` itself.
     public static func unmapped(_ a: [UInt8]) -> [UInt8] {
         guard a.count == 16, a[0..<10].allSatisfy({ $0 == 0 }), a[10] == 0xFF, a[11] == 0xFF else { return a }
@@ -310,7 +328,9 @@ public enum IPAddress {
             if a[0] == 0x01 && a[1..<8].allSatisfy({ $0 == 0 }) { return "reserved" }               // 100::/64 (discard)
             if a[0] == 0x20 && a[1] == 0x01 && a[2] == 0 && a[3] == 0 { return "reserved" }       // 2001::/32 (Teredo)
             if a[0] == 0x00 && a[1] == 0x64 && a[2] == 0xFF && a[3] == 0x9B && a[4] == 0 && a[5] == 0x01 {
-                return "private"                                             // 64:ff9b:1::/48 (local-use NAT64)
+                // 64:ff9b:1::/48 (local-use NAT64): private, or what the IPv4 address in its last
+                // four bytes is (link-local stays refused under allowPrivate).
+                return specialKind(Array(a[12..<16])) ?? "private"
             }
             if a[0] == 0xFC || a[0] == 0xFD { return "private" }              // fc00::/7 (ULA)
             if a[0] == 0xFE && a[1] & 0xC0 == 0x80 { return "link-local" }   // fe80::/10

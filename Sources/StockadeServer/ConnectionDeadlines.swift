@@ -53,8 +53,12 @@ public final class ConnectionBudget: Sendable {
 
     public init(limit: Int) { self.limit = limit }
 
-    /// The default: half the descriptors the process may open, the other half left to runs and the store.
-    public static func standardLimit(descriptors: UInt64) -> Int { max(16, Int(min(descriptors, 1 << 30) / 2)) }
+    /// The default: half the descriptors the process may open, the other half left to runs and the
+    /// store, and at least `reserve` left where the limit is small (but never under 16 connections).
+    public static func standardLimit(descriptors: UInt64) -> Int {
+        let d = Int(min(descriptors, 1 << 30))
+        return max(16, min(d / 2, d - reserve))
+    }
 
     /// The descriptors `--max-connections` must leave to everything else.
     public static let reserve = 256

@@ -72,8 +72,8 @@ public enum StockadeService {
         }
         let descriptors = DescriptorLimit.raise()
         let connections = options.maxConnections ?? ConnectionBudget.standardLimit(descriptors: descriptors)
-        if descriptors > 0, UInt64(connections) + UInt64(ConnectionBudget.reserve) > descriptors {
-            throw ServiceFailure(description: "--max-connections \(connections) leaves fewer than \(ConnectionBudget.reserve) of the \(descriptors) descriptors this process may open (RLIMIT_NOFILE) for runs and the store: lower it, or raise the hard limit (LimitNOFILE= in the unit, ulimit -Hn)")
+        if let asked = options.maxConnections, descriptors > 0, UInt64(asked) + UInt64(ConnectionBudget.reserve) > descriptors {
+            throw ServiceFailure(description: "--max-connections \(asked) leaves fewer than \(ConnectionBudget.reserve) of the \(descriptors) descriptors this process may open (RLIMIT_NOFILE) for runs and the store: lower it, or raise the hard limit (LimitNOFILE= in the unit, ulimit -Hn)")
         }
         let budget = ConnectionBudget(limit: connections)
         let environment = ProcessInfo.processInfo.environment

@@ -251,5 +251,20 @@ struct ImageImportTests {
         let tooDeep = try LayoutFixture(layers: [Tar.archive([.file(String(repeating: "d/", count: 40) + "f", "x")])])
         expectRefused(tooDeep, .overBound, entry: nil, store: freshStore { $0.maxPathComponents = 32 })
     }
+
+    @Test("a name too long for its record's file is refused before any layer is unpacked")
+    func longNameRefused() throws {
+        let layout = try LayoutFixture(layers: [Tar.archive([.file("a", "x")])])
+        let store = freshStore()
+        do {
+            _ = try store.importLayout(layout.path, name: String(repeating: "n", count: 120))
+            Issue.record("a 120-byte name was taken")
+        } catch {
+            #expect(error.code == .badName && error.message.contains("119"), "\(error.message)")
+        }
+        #expect(contents(store.path + "/layers").isEmpty && contents(store.path + "/names").isEmpty)
+        let fits = try store.importLayout(layout.path, name: String(repeating: "n", count: 119 - ":latest".count))
+        #expect(fits.record.name.utf8.count == 119, "the positive control: a name at the bound")
+    }
 }
 

@@ -378,7 +378,13 @@ struct HeadScannerTests {
         var bare = ProxyRequest.HeadScanner()
         #expect(bare.scan(Array("GET / HTTP/1.1\n\n\r\n".utf8)) == .incomplete, "bare LFs never end a head")
         var longLine = ProxyRequest.HeadScanner()
-        #expect(longLine.scan([UInt8](repeating: 65, count: ProxyRequest.maxLine + 1)) == .overflow)
+        #expect(longLine.scan([UInt8](repeating: 65, count: ProxyRequest.maxLine + 2)) == .overflow)
+        // A line of exactly maxLine bytes is one parseHTTP takes: its CR does not count.
+        let full = Array("GET http://a.test/ HTTP/1.1\r\nX: ".utf8)
+        let line = full + [UInt8](repeating: 65, count: ProxyRequest.maxLine - (full.count - 29)) + Array("\r\n\r\n".utf8)
+        var fits = ProxyRequest.HeadScanner()
+        #expect(fits.scan(line) == .complete(line.count))
+        if case .success = ProxyRequest.parseHTTP(ArraySlice(line)) {} else { Issue.record("parseHTTP refused a line of maxLine bytes") }
         var longHead = ProxyRequest.HeadScanner()
         let lines = [UInt8](Array("X: \(String(repeating: "y", count: 1000))\r\n".utf8))
         var many: [UInt8] = []

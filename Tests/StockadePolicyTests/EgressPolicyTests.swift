@@ -83,6 +83,13 @@ struct EgressPolicyTests {
         #expect(p.refusal(for: [151, 101, 0, 224], port: 8080)?.rule == "151.101.0.224:8080")
         #expect(p.refusal(for: [151, 101, 0, 224], port: 443) == nil)
         #expect(p.refusal(for: [151, 101, 0, 225], port: 443) == nil, "the positive control: an address no rule names")
+        // The same IPv4 address in the other IPv6 forms that carry it, and a rule written in mapped form.
+        for form in ["64:ff9b::9765:df", "64:ff9b:1::9765:df", "2002:9765:df::1", "::ffff:0:9765:df", "::9765:df"] {
+            #expect(p.refusal(for: try #require(IPAddress.parse(form)), port: 443)?.reason == "denied-by-rule", "\(form)")
+        }
+        let mappedRule = try Self.policy(allow: ["*.cdn.org"], deny: ["[::ffff:151.101.0.223]"])
+        #expect(mappedRule.refusal(for: [151, 101, 0, 223], port: 443)?.reason == "denied-by-rule")
+        #expect(mappedRule.refusal(for: [151, 101, 0, 224], port: 443) == nil)
     }
 
     @Test("the host's own addresses are refused as loopback is, unless allowPrivate")
@@ -108,7 +115,7 @@ struct EgressPolicyTests {
         ("2002:a9fe:a9fe::1", "link-local"),
         ("192.0.2.1", "reserved"), ("198.18.0.1", "reserved"), ("198.19.255.255", "reserved"), ("198.51.100.7", "reserved"),
         ("203.0.113.9", "reserved"), ("::ffff:0:7f00:1", "loopback"), ("::ffff:0:a9fe:a9fe", "link-local"),
-        ("64:ff9b:1::1", "private"), ("100::1", "reserved"), ("2001:0:4136:e378::1", "reserved"), ("2001:db8::1", "reserved"),
+        ("64:ff9b:1::808:808", "private"), ("64:ff9b:1::a9fe:a9fe", "link-local"), ("100::1", "reserved"), ("2001:0:4136:e378::1", "reserved"), ("2001:db8::1", "reserved"),
     ])
     func special(_ address: String, _ kind: String) throws {
         let bytes = try #require(IPAddress.parse(address), "\(address)")
