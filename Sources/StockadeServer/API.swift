@@ -161,7 +161,9 @@ final class API: Sendable {
         do {
             result = try tokens.authenticate(presented)
         } catch {
-            throw APIError(.internalServerError, "token-store-unavailable", "cannot read the token store: \(error)")
+            // Answered before anyone is authenticated: the store's location and error stay in the log.
+            logger.error("token-store.failed", metadata: ["error": "\(error)"])
+            throw APIError(.internalServerError, "token-store-unavailable", "cannot read the token store (the service's log says why)")
         }
         switch result {
         case .success(let record):
