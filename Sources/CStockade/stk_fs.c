@@ -7,6 +7,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+int stk_syncfs(int fd) { return syncfs(fd); }
+
 int stk_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve) {
     struct open_how how;
     memset(&how, 0, sizeof how);

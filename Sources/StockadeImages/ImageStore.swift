@@ -187,7 +187,10 @@ public struct ImageStore: Sendable {
             throw ImageError(.digestMismatch, entry: descriptor.digest.description,
                              "layer blob \(descriptor.digest) has SHA-256 \(digest.hex) and \(size) bytes: it is not what the manifest names (refused, nothing kept)")
         }
-        guard fsync(root) == 0 || errno == EINVAL else { throw cacheError("tmp/" + work, errno, "cannot sync the layer") }
+        // Every file of the layer on disk before it can be named verified: syncfs, since a sync of the
+        // top directory alone leaves the files' data and the directories below it to writeback, and a
+        // power cut could then leave a cached layer with empty files that is reused as it is.
+        guard stk_syncfs(root) == 0 else { throw cacheError("tmp/" + work, errno, "cannot sync the layer's filesystem") }
         keep = true
         return (work, unpacker.stats)
     }

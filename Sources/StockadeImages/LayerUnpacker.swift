@@ -40,6 +40,8 @@ struct LayerUnpacker {
     /// directory of a layer is never replaced, so the next entry there (or beneath it) starts from it
     /// instead of walking from the root again.
     private var lastParent: (parts: [[UInt8]], fd: Int32)?
+    /// Directories made because an entry lay beneath them, not named by an entry of their own.
+    private var implicitDirectories = 0
 
     static let maxIds: UInt32 = 65536
 
@@ -92,10 +94,15 @@ struct LayerUnpacker {
             guard stats.entries <= bounds.maxLayerEntries else {
                 throw ImageError(.overBound, entry: shown, "the layer has more than \(bounds.maxLayerEntries) entries (stopped at \(shown))")
             }
-            guard budget.entries <= bounds.maxImageEntries else {
+            // Directories made as parents count too, here as in the layer's count.
+            guard budget.entries + implicitDirectories <= bounds.maxImageEntries else {
                 throw ImageError(.overBound, entry: shown, "the image has more than \(bounds.maxImageEntries) entries (stopped at \(shown))")
             }
             try place(entry, name: name, archive: archive, source: source, budget: &budget)
+        }
+        budget.entries += implicitDirectories
+        guard budget.entries <= bounds.maxImageEntries else {
+            throw ImageError(.overBound, "the image has more than \(bounds.maxImageEntries) entries")
         }
         // The last entry's data is skipped on the way to the end.
         if let over = source.streamOver(archive) { throw over }
@@ -303,6 +310,7 @@ struct LayerUnpacker {
                                    UInt64(STK_RESOLVE_BENEATH | STK_RESOLVE_NO_SYMLINKS))
             if next < 0 && errno == ENOENT {
                 stats.entries += 1
+                implicitDirectories += 1
                 guard stats.entries <= bounds.maxLayerEntries else {
                     close(current)
                     throw ImageError(.overBound, entry: shown, "the layer has more than \(bounds.maxLayerEntries) entries (stopped at \(shown))")

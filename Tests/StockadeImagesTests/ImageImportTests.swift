@@ -266,5 +266,15 @@ struct ImageImportTests {
         let fits = try store.importLayout(layout.path, name: String(repeating: "n", count: 119 - ":latest".count))
         #expect(fits.record.name.utf8.count == 119, "the positive control: a name at the bound")
     }
+
+    @Test("directories made as parents count against the image's entry bound, not only the layer's")
+    func implicitDirectoriesCount() throws {
+        // 10 entries that make 40 directories between them.
+        let entries = (0..<10).map { i in TarEntry.file("a\(i)/b/c/d/f", "x") }
+        let store = { (limit: Int) in freshStore { $0.maxImageEntries = limit } }
+        // The positive control: 50 entries in all fit a bound of 50.
+        _ = try store(50).importLayout(try LayoutFixture(layers: [Tar.archive(entries)]).path, name: "fits")
+        expectRefused(try LayoutFixture(layers: [Tar.archive(entries)]), .overBound, entry: nil, store: store(49))
+    }
 }
 

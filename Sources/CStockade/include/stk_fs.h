@@ -23,6 +23,11 @@
 int stk_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve);
 
 /*
+ * syncfs(2): commits the filesystem that holds `fd`. Why C: glibc declares it only with _GNU_SOURCE.
+ */
+int stk_syncfs(int fd);
+
+/*
  * renameat2(2) with flags (RENAME_NOREPLACE = 1, RENAME_EXCHANGE = 2).
  * Returns 0, or -1 with errno set. Why C: glibc declares it only with _GNU_SOURCE.
  */
