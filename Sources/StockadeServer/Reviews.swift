@@ -144,8 +144,11 @@ extension API {
         } catch {
             // A diff decided meanwhile, or one that did not apply (now in conflict, nothing written).
             let now = try? supervisor.audit.diff(id: id)
-            if error.code == .review, accept, now?.state == "conflict" {
-                throw APIError(.conflict, "diff-conflict", error.description)
+            if error.code == .review, accept, let now, now.state == "conflict" {
+                // From the recorded conflict (paths relative to the workspace), not the supervisor's
+                // message, which names the workspace's place on the host.
+                let reason = now.conflict?.reason ?? "it does not apply"
+                throw APIError(.conflict, "diff-conflict", "diff \(id) is in conflict with the run's workspace: \(reason); nothing was written. Make the workspace match the diff's old side and accept again, or reject it")
             }
             if error.code == .review, let state = now?.state, state == "accepted" || state == "rejected" {
                 throw APIError(.conflict, "already-decided", error.description)

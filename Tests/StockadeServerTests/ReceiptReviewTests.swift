@@ -216,6 +216,22 @@ struct ReceiptReviewTests {
         #expect(restarted.terminate() == 0)
     }
 
+    @Test("a diff that no longer applies is 409 diff-conflict naming the file, not where the workspace is on the host; nothing is written")
+    func conflictAnswer() throws {
+        let server = try ServerHarness()
+        let engine = try server.token("engine", scopes: "run:read,run:write")
+        let reviewer = try server.token("reviewer", scopes: "review:read,review:submit")
+        let ws = try workspace(server, "conflicted")
+        let id = try runToEnd(server, token: engine, #"{"command":["/bin/sh","-c","echo changed > README.md"],"workspace":"\#(ws)"}"#)
+        let diff = try pendingDiff(server, token: reviewer, run: id)
+        try "edited on the host\n".write(toFile: ws + "/README.md", atomically: true, encoding: .utf8)
+        let answer = try server.client.request("POST", "/v1/reviews/\(diff)/accept", token: reviewer, json: "{}")
+        #expect(try answer.status == 409 && answer.error().code == "diff-conflict", "\(answer.text)")
+        #expect(answer.text.contains("README.md") && !answer.text.contains(ws), "\(answer.text)")
+        #expect(try String(contentsOfFile: ws + "/README.md", encoding: .utf8) == "edited on the host\n")
+        #expect(server.terminate() == 0)
+    }
+
     @Test("a profile the service finds by name with review.allowSelfApproval lets the submitter accept its own run's diff; the same file named by path does not, nor does its autoAcceptDiffs")
     func selfApprovalAllowed() throws {
         let profiles = FileManager.default.temporaryDirectory.path + "/stockade-self-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
