@@ -604,18 +604,24 @@ public final class EgressProxy: Sendable {
         var out: [[UInt8]] = []
         var node: UnsafeMutablePointer<ifaddrs>? = first
         while let n = node {
-            if let sa = n.pointee.ifa_addr {
-                if Int32(sa.pointee.sa_family) == AF_INET {
-                    let a = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr }
-                    out.append(withUnsafeBytes(of: a) { Array($0) })
-                } else if Int32(sa.pointee.sa_family) == AF_INET6 {
-                    let a = sa.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee.sin6_addr }
-                    out.append(withUnsafeBytes(of: a) { Array($0) })
-                }
-            }
+            if let sa = n.pointee.ifa_addr, let a = addressBytes(sa) { out.append(a) }
             node = n.pointee.ifa_next
         }
         return out
+    }
+
+    /// The 4 or 16 address bytes of an AF_INET or AF_INET6 socket address; nil for other families.
+    static func addressBytes(_ sa: UnsafeMutablePointer<sockaddr>) -> [UInt8]? {
+        switch Int32(sa.pointee.sa_family) {
+        case AF_INET:
+            let a = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr }
+            return withUnsafeBytes(of: a) { Array($0) }
+        case AF_INET6:
+            let a = sa.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee.sin6_addr }
+            return withUnsafeBytes(of: a) { Array($0) }
+        default:
+            return nil
+        }
     }
 
     /// getaddrinfo(3) for TCP, addresses in the order it gives them (IPv4 and IPv6).
@@ -628,15 +634,7 @@ public final class EgressProxy: Sendable {
         var out: [[UInt8]] = []
         var node: UnsafeMutablePointer<addrinfo>? = first
         while let n = node, out.count < 16 {
-            if let sa = n.pointee.ai_addr {
-                if n.pointee.ai_family == AF_INET {
-                    let a = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr }
-                    out.append(withUnsafeBytes(of: a) { Array($0) })
-                } else if n.pointee.ai_family == AF_INET6 {
-                    let a = sa.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee.sin6_addr }
-                    out.append(withUnsafeBytes(of: a) { Array($0) })
-                }
-            }
+            if let sa = n.pointee.ai_addr, let a = addressBytes(sa) { out.append(a) }
             node = n.pointee.ai_next
         }
         return out

@@ -293,18 +293,22 @@ public enum IPAddress {
         return hex[..<best.start].joined(separator: ":") + "::" + hex[(best.start + best.length)...].joined(separator: ":")
     }
 
-    /// `a` and the IPv4 address it carries, if any: IPv4-mapped, IPv4-translated, IPv4-compatible,
-    /// NAT64 (64:ff9b::/96 and the local-use 64:ff9b:1::/48 with it in the last four bytes) and
-    /// 6to4. A deny rule naming any of them names the others.
-    public static func forms(_ a: [UInt8]) -> [[UInt8]] {
-        guard a.count == 16 else { return [a] }
+    /// The IPv4 address an IPv6 address carries, if any: IPv4-mapped (`::ffff:0:0/96`),
+    /// IPv4-compatible (`::/96`), IPv4-translated (`::ffff:0:0:0/96`) and NAT64 (`64:ff9b::/32`, the
+    /// well-known and local-use prefixes) in the last four bytes; 6to4 (`2002::/16`) in bytes 2 to 5.
+    public static func embeddedIPv4(_ a: [UInt8]) -> [UInt8]? {
+        guard a.count == 16 else { return nil }
         let zeros = { (r: Range<Int>) in a[r].allSatisfy { $0 == 0 } }
-        let last4 = Array(a[12..<16])
-        if zeros(0..<10) && (a[10] == 0xFF && a[11] == 0xFF || a[10] == 0 && a[11] == 0) { return [a, last4] }  // mapped, compatible
-        if zeros(0..<8) && a[8] == 0xFF && a[9] == 0xFF && a[10] == 0 && a[11] == 0 { return [a, last4] }  // translated
-        if a[0] == 0x00 && a[1] == 0x64 && a[2] == 0xFF && a[3] == 0x9B && (zeros(4..<12) || a[4] == 0 && a[5] == 0x01) { return [a, last4] }
-        if a[0] == 0x20 && a[1] == 0x02 { return [a, Array(a[2..<6])] }       // 6to4
-        return [a]
+        if zeros(0..<10) && (a[10] == 0xFF && a[11] == 0xFF || a[10] == 0 && a[11] == 0) { return Array(a[12..<16]) }
+        if zeros(0..<8) && a[8] == 0xFF && a[9] == 0xFF && a[10] == 0 && a[11] == 0 { return Array(a[12..<16]) }
+        if a[0] == 0x00 && a[1] == 0x64 && a[2] == 0xFF && a[3] == 0x9B { return Array(a[12..<16]) }
+        if a[0] == 0x20 && a[1] == 0x02 { return Array(a[2..<6]) }
+        return nil
+    }
+
+    /// `a` and the IPv4 address it carries (`embeddedIPv4`): a deny rule naming any of them names the others.
+    public static func forms(_ a: [UInt8]) -> [[UInt8]] {
+        embeddedIPv4(a).map { [a, $0] } ?? [a]
     }
 
     /// The IPv4 address inside an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), else `a` itself.
@@ -318,27 +322,20 @@ public enum IPAddress {
     /// addresses are judged as their IPv4 address.
     public static func specialKind(_ a: [UInt8]) -> String? {
         if a.count == 16 {
-            if a[0..<10].allSatisfy({ $0 == 0 }) && (a[10] == 0xFF && a[11] == 0xFF || a[10] == 0 && a[11] == 0) {
-                if a[10] == 0 && a[0..<15].allSatisfy({ $0 == 0 }) { return a[15] == 1 ? "loopback" : "unspecified" }
-                return specialKind(Array(a[12..<16]))
-            }
-            if a[0..<8].allSatisfy({ $0 == 0 }) && a[8] == 0xFF && a[9] == 0xFF && a[10] == 0 && a[11] == 0 {
-                return specialKind(Array(a[12..<16]))                        // ::ffff:0:0/96 (IPv4-translated)
-            }
-            if a[0] == 0x01 && a[1..<8].allSatisfy({ $0 == 0 }) { return "reserved" }               // 100::/64 (discard)
-            if a[0] == 0x20 && a[1] == 0x01 && a[2] == 0 && a[3] == 0 { return "reserved" }       // 2001::/32 (Teredo)
+            if a[0..<15].allSatisfy({ $0 == 0 }) && a[15] <= 1 { return a[15] == 1 ? "loopback" : "unspecified" }  // ::1, ::
             if a[0] == 0x00 && a[1] == 0x64 && a[2] == 0xFF && a[3] == 0x9B && a[4] == 0 && a[5] == 0x01 {
                 // 64:ff9b:1::/48 (local-use NAT64): private, or what the IPv4 address in its last
                 // four bytes is (link-local stays refused under allowPrivate).
                 return specialKind(Array(a[12..<16])) ?? "private"
             }
+            if let v4 = embeddedIPv4(a) { return specialKind(v4) }      // mapped, compatible, translated, NAT64, 6to4
+            if a[0] == 0x01 && a[1..<8].allSatisfy({ $0 == 0 }) { return "reserved" }               // 100::/64 (discard)
+            if a[0] == 0x20 && a[1] == 0x01 && a[2] == 0 && a[3] == 0 { return "reserved" }       // 2001::/32 (Teredo)
             if a[0] == 0xFC || a[0] == 0xFD { return "private" }              // fc00::/7 (ULA)
             if a[0] == 0xFE && a[1] & 0xC0 == 0x80 { return "link-local" }   // fe80::/10
             if a[0] == 0xFE && a[1] & 0xC0 == 0xC0 { return "private" }      // fec0::/10 (site-local)
             if a[0] == 0xFF { return "multicast" }
             if a[0] == 0x20 && a[1] == 0x01 && a[2] == 0x0D && a[3] == 0xB8 { return "reserved" } // documentation
-            if a[0] == 0x00 && a[1] == 0x64 && a[2] == 0xFF && a[3] == 0x9B { return specialKind(Array(a[12..<16])) } // NAT64
-            if a[0] == 0x20 && a[1] == 0x02 { return specialKind(Array(a[2..<6])) } // 6to4 embeds an IPv4 address
             return nil
         }
         guard a.count == 4 else { return "unspecified" }

@@ -63,8 +63,6 @@ public final class ConnectionBudget: Sendable {
     /// The descriptors `--max-connections` must leave to everything else.
     public static let reserve = 256
 
-    var current: Int { open.load(ordering: .relaxed) }
-
     /// Counts a new connection; false (nothing counted) when the service holds `limit` already.
     func take() -> Bool {
         if open.wrappingAdd(1, ordering: .relaxed).newValue > limit {
