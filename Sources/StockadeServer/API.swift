@@ -121,11 +121,24 @@ final class API: Sendable {
             } catch let error as APIError {
                 reply = Reply(response: error.response, runId: context.parameters.get("id"))
             } catch {
-                self.logger.error("api.failed", metadata: ["route": "\(route)", "error": "\(error)"])
-                reply = Reply(response: APIError(.internalServerError, "internal", "the service failed: \(error)").response, runId: nil)
+                // The error can name the store or a file on the host: it stays in the log, under a
+                // reference the answer gives, so an operator can find it and a caller learns nothing more.
+                let reference = API.failureReference()
+                self.logger.error("api.failed", metadata: ["route": "\(route)", "reference": "\(reference)", "error": "\(error)"])
+                reply = Reply(response: APIError(.internalServerError, "internal",
+                                                 "the service failed (reference \(reference): the service's log says why under api.failed)").response,
+                              runId: nil)
             }
             return self.audited(request, route: route, principal: principal?.name, authFailure: authFailure, reply: reply)
         }
+    }
+
+    /// 16 hex digits naming one `api.failed` log entry.
+    static func failureReference() -> String {
+        var generator = SystemRandomNumberGenerator()
+        let value = generator.next() as UInt64
+        let digits = String(value, radix: 16)
+        return String(repeating: "0", count: 16 - digits.count) + digits
     }
 
     /// Records the call; a call the trail cannot record is answered 500 (its effect, if any, stands).

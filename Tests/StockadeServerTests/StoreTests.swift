@@ -168,6 +168,35 @@ struct StoreTests {
         #expect(server.terminate() == 0)
     }
 
+    @Test("a call the service fails on unexpectedly (the store's runs table gone) is a 500 internal that gives a reference and neither the store's URL nor its error; the log holds both under that reference")
+    func internalFailureQuotesNothing() throws {
+        let (url, _, environment) = try Self.database()
+        defer { PostgresTestServer.dropDatabase(url) }
+        let server = try ServerHarness(environment: environment)
+        let token = try server.token("reader", scopes: "run:read")
+        let unknown = String(repeating: "0", count: 26)
+        // Positive control: with the table in place the same call is an ordinary 404.
+        let before = try server.client.request("GET", "/v1/runs/\(unknown)", token: token)
+        #expect(before.status == 404, "\(before.status) \(before.text)")
+
+        try PostgresTestServer.execute(url, "ALTER TABLE runs RENAME TO runs_moved_by_test")
+        defer { _ = try? PostgresTestServer.execute(url, "ALTER TABLE runs_moved_by_test RENAME TO runs") }
+        let failed = try server.client.request("GET", "/v1/runs/\(unknown)", token: token)
+        #expect(failed.status == 500, "\(failed.status) \(failed.text)")
+        #expect(try failed.error().code == "internal", "\(failed.text)")
+        let object = try failed.json()["error"] as? [String: Any]
+        let message = try #require(object?["message"] as? String, "\(failed.text)")
+        #expect(!message.contains(url.description) && !message.contains(url.database) && !message.contains("runs"),
+                "the answer quotes the store or its error: \(message)")
+        let words = message.split(separator: " ").map(String.init)
+        let at = try #require(words.firstIndex(of: "(reference"), "no reference in \(message)")
+        let reference = String(words[at + 1].prefix(16))
+        #expect(reference.count == 16 && reference.allSatisfy { $0.isHexDigit }, "\(reference)")
+        let entry = try #require(server.log.split(separator: "\n").first { $0.contains("api.failed") && $0.contains(reference) },
+                                 "no api.failed entry with \(reference) in the log: \(server.log)")
+        #expect(entry.contains(url.database), "the log entry says what failed: \(entry)")
+    }
+
     @Test("stockade batch on a PostgreSQL store that goes away mid-batch: the line run while it is away fails closed in setup (stage audit, naming the store) and never runs; the lines after it run once it is back")
     func batchStoreGoesAway() throws {
         let (url, text, environment) = try Self.database()
