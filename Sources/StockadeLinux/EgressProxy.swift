@@ -45,6 +45,8 @@ public final class EgressProxy: Sendable {
         public var policy: Bool
         public var bytesOut: Int64 = 0
         public var bytesIn: Int64 = 0
+        /// Bytes a plain-HTTP client sent after its request's body, never forwarded.
+        public var bytesDropped: Int64 = 0
         public var durationMs: Int64 = 0
     }
 
@@ -297,6 +299,13 @@ public final class EgressProxy: Sendable {
             return
         case .allow(let rule, let pinned):
             event.rule = rule
+            // A tunnel is opaque: one to port 80 could carry a request for any site the address
+            // serves. Plain HTTP goes through the absolute form, whose Host is the name checked.
+            if request.kind != .http && request.port == 80 {
+                event.reason = "tunnel-to-http-port"
+                refuse(403, 2, "denied: tunnel-to-http-port (send plain HTTP as an absolute-URI request: http_proxy)")
+                return
+            }
             candidates = pinned.map { [$0] } ?? configuration.resolve(EgressHost.parse(request.host)?.description ?? request.host)
         }
         guard !candidates.isEmpty else {
@@ -340,7 +349,11 @@ public final class EgressProxy: Sendable {
         switch request.kind {
         case .connect: reply(client, Array("HTTP/1.1 200 Connection established\r\n\r\n".utf8))
         case .socks5: reply(client, Self.socksReply(0))
-        case .http: buffer = request.upstreamHead + buffer
+        case .http:
+            // Only the checked request's body follows its head; anything after it is not forwarded.
+            let body = Int(min(Int64(buffer.count), request.bodyLength))
+            event.bytesDropped = Int64(buffer.count - body)
+            buffer = request.upstreamHead + buffer[..<body]
         }
         if request.kind != .http && request.port == 443 {
             // Domain fronting: a tunnel to an admitted name must not carry TLS for another one.
@@ -350,7 +363,9 @@ public final class EgressProxy: Sendable {
                 return
             }
         }
-        relay(client: client, upstream: upstream, pending: buffer, event: &event)
+        relay(client: client, upstream: upstream, pending: buffer,
+              forwardLimit: request.kind == .http ? request.bodyLength - Int64(buffer.count - request.upstreamHead.count) : nil,
+              event: &event)
     }
 
     /// Reads the tunnel's first TLS record; false (and the reason set) when its server name
@@ -550,11 +565,18 @@ public final class EgressProxy: Sendable {
     }
 
     /// Both directions until both ended, the byte budget is spent, the relay idles too long, or stop.
-    private func relay(client: Int32, upstream: Int32, pending: [UInt8], event: inout Event) {
+    private func relay(client: Int32, upstream: Int32, pending: [UInt8], forwardLimit: Int64?, event: inout Event) {
         var out = RelayDirection(from: client, to: upstream)
+        out.forwardLimit = forwardLimit
         var back = RelayDirection(from: upstream, to: client)
-        if !pending.isEmpty {
-            guard spend(pending.count) else { event.reason = "byte-limit"; return }
+        defer { event.bytesDropped += out.dropped }
+        // Bytes dropped after a plain-HTTP request end the upstream's side once the request is out:
+        // an upstream that kept the connection open (ignoring `Connection: close`) then finishes and
+        // closes, so a client that sent a second request sees the end and retries on a new connection
+        // instead of waiting for the idle timeout.
+        var upstreamEnded = false
+        if !pending.isEmpty || event.bytesDropped > 0 {
+            guard spend(pending.count + Int(event.bytesDropped)) else { event.reason = "byte-limit"; return }
             out.buffer.replaceSubrange(0..<pending.count, with: pending)
             out.end = pending.count
             event.bytesOut += Int64(pending.count)
@@ -577,6 +599,10 @@ public final class EgressProxy: Sendable {
                 case .moved(let bytes):
                     if outward { event.bytesOut += Int64(bytes) } else { event.bytesIn += Int64(bytes) }
                 }
+            }
+            if !upstreamEnded, !out.done, out.forwardLimit == 0, out.start == out.end, event.bytesDropped + out.dropped > 0 {
+                _ = shutdown(upstream, Int32(SHUT_WR))
+                upstreamEnded = true
             }
         }
     }

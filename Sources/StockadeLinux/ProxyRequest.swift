@@ -15,6 +15,10 @@ public struct ProxyRequest: Sendable, Equatable {
     public var port: UInt16
     /// For `http`: the request head to send upstream (origin-form target, our Host, `Connection: close`).
     public var upstreamHead: [UInt8] = []
+    /// For `http`: the request body's length (its `Content-Length`; 0 without one). Only that many
+    /// bytes after the head are forwarded: a second request pipelined behind the first, which an
+    /// upstream that ignores `Connection: close` would serve, never leaves the host unchecked.
+    public var bodyLength: Int64 = 0
 
     public static let maxHead = 16 << 10
     public static let maxLine = 8 << 10
@@ -98,6 +102,22 @@ public struct ProxyRequest: Sendable, Equatable {
             }
             headers.append((String(decoding: line[line.startIndex..<colon], as: UTF8.self).lowercased(), line[(colon + 1)...]))
         }
+        // The body's framing decides where the checked request ends. A `Transfer-Encoding` (chunked)
+        // body is not followed, and two lengths could be read two ways: both refused.
+        if headers.contains(where: { $0.0 == "transfer-encoding" }) {
+            return .failure(Failure(status: 411, reason: "a Transfer-Encoding request body is not proxied: send a Content-Length"))
+        }
+        var bodyLength: Int64 = 0
+        let lengths = headers.filter { $0.0 == "content-length" }.map { $0.1.drop { $0 == 32 || $0 == 9 } }
+        if let first = lengths.first {
+            var value = first
+            while let last = value.last, last == 32 || last == 9 { value.removeLast() }
+            guard !value.isEmpty, value.count <= 18, value.allSatisfy({ (48...57).contains($0) }),
+                  lengths.allSatisfy({ Array($0.prefix(value.count)) == Array(value) && $0.dropFirst(value.count).allSatisfy { $0 == 32 || $0 == 9 } }) else {
+                return .failure(Failure(status: 400, reason: "malformed or conflicting Content-Length"))
+            }
+            bodyLength = value.reduce(0) { $0 * 10 + Int64($1 - 48) }
+        }
         if method == "CONNECT" {
             guard let (host, port) = authority(target, defaultPort: nil) else {
                 return .failure(Failure(status: 400, reason: "CONNECT needs host:port"))
@@ -116,14 +136,17 @@ public struct ProxyRequest: Sendable, Equatable {
         var path = String(rest[cut...])
         if path.isEmpty { path = "/" } else if path.hasPrefix("?") { path = "/" + path }
         // Hop-by-hop and proxy headers stop here; the Host is the one that was checked.
-        let dropped: Set = ["host", "connection", "proxy-connection", "keep-alive", "proxy-authorization", "te", "upgrade"]
+        // So are the headers some front ends route by instead of the Host (`Forwarded: host=`,
+        // `X-Forwarded-Host`, IIS's `X-Original-URL`).
+        let dropped: Set = ["host", "connection", "proxy-connection", "keep-alive", "proxy-authorization", "te", "upgrade",
+                            "forwarded", "x-forwarded-host", "x-forwarded-server", "x-host", "x-original-url", "x-rewrite-url"]
         var out = Array("\(method) \(path) \(String(decoding: parts[2], as: UTF8.self))\r\nHost: \(authorityText)\r\n".utf8)
         for (name, line) in zip(headers.map(\.0), lines.dropFirst()) where !dropped.contains(name) {
             out += line
             out += [13, 10]
         }
         out += Array("Connection: close\r\n\r\n".utf8)
-        return .success(ProxyRequest(kind: .http, host: host, port: port, upstreamHead: out))
+        return .success(ProxyRequest(kind: .http, host: host, port: port, upstreamHead: out, bodyLength: bodyLength))
     }
 
     /// `host:port`, `[v6]:port`, or a host alone when `defaultPort` is given.
@@ -212,7 +235,7 @@ public struct ProxyRequest: Sendable, Equatable {
 
     /// A plain-text refusal the worker's client shows its user.
     public static func response(status: Int, reason: String) -> [UInt8] {
-        let phrase = [400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 429: "Too Many Requests",
+        let phrase = [400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 411: "Length Required", 429: "Too Many Requests",
                       431: "Request Header Fields Too Large", 502: "Bad Gateway", 504: "Gateway Timeout"][status] ?? "Error"
         let body = "stockade egress: \(reason)\n"
         return Array("HTTP/1.1 \(status) \(phrase)\r\nContent-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\nX-Stockade-Egress: \(reason)\r\n\r\n\(body)".utf8)

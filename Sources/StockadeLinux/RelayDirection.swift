@@ -12,6 +12,10 @@ struct RelayDirection {
     var end = 0
     var eof = false
     var done = false
+    /// When set, how many more bytes may be forwarded; what is read beyond them is dropped (and
+    /// still charged to the budget), counted in `dropped`, not in what `step` reports as moved.
+    var forwardLimit: Int64?
+    var dropped: Int64 = 0
 
     init(from: Int32, to: Int32) {
         self.from = from
@@ -39,6 +43,13 @@ struct RelayDirection {
                 start = 0
                 end = n
                 read = n
+                if let limit = forwardLimit {
+                    let kept = Int(min(Int64(n), limit))
+                    forwardLimit = limit - Int64(kept)
+                    dropped += Int64(n - kept)
+                    end = kept
+                    read = kept
+                }
             } else if n == 0 {
                 eof = true
             } else if errno != EAGAIN && errno != EINTR {

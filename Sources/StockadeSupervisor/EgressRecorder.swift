@@ -52,6 +52,7 @@ final class EgressRecorder: Sendable {
         if let a = e.address { d["address"] = .string(a) }
         if let r = e.rule { d["rule"] = .string(r) }
         if let n = e.serverName { d["serverName"] = .string(n) }
+        if e.bytesDropped > 0 { d["bytesDropped"] = .number(e.bytesDropped) }
         if let r = e.reason { d["reason"] = .string(r) }
         return .object(d)
     }

@@ -164,7 +164,8 @@ struct EgressProxyTests {
 
     @Test("plain HTTP: the absolute URI is rewritten to origin form with the checked Host and Connection: close", .timeLimit(.minutes(1)))
     func plainHTTP() throws {
-        let head = "GET http://Allowed.test:8080/p?q=1 HTTP/1.1\r\nHost: evil.test\r\nProxy-Connection: keep-alive\r\nAccept: */*\r\n\r\n"
+        let head = "GET http://Allowed.test:8080/p?q=1 HTTP/1.1\r\nHost: evil.test\r\nProxy-Connection: keep-alive\r\nAccept: */*\r\n"
+            + "Forwarded: host=evil.test\r\nX-Forwarded-Host: evil.test\r\nX-Original-URL: http://evil.test/\r\n\r\n"
         let parsed = try ProxyRequest.parseHTTP(ArraySlice(Array(head.utf8))).get()
         #expect(parsed.kind == .http && parsed.host == "Allowed.test" && parsed.port == 8080)
         #expect(String(decoding: parsed.upstreamHead, as: UTF8.self)
@@ -390,5 +391,164 @@ struct HeadScannerTests {
         var many: [UInt8] = []
         while many.count <= ProxyRequest.maxHead { many += lines }
         #expect(longHead.scan(many) == .overflow)
+    }
+}
+
+extension EgressProxyTests {
+    /// A loopback upstream that, like one ignoring `Connection: close`, reads a connection until it
+    /// has been quiet for 800 ms, keeps every byte it got, then answers and closes.
+    final class Collector: @unchecked Sendable {
+        let fd: Int32
+        let received = Mutex<[String]>([])
+        let accepted = Mutex(0)
+
+        init(address: UInt32, port: UInt16) throws {
+            let sock = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            fd = sock
+            var one: Int32 = 1
+            setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+            var a = sockaddr_in()
+            a.sin_family = sa_family_t(AF_INET)
+            a.sin_port = port.bigEndian
+            a.sin_addr.s_addr = address.bigEndian
+            let ok = withUnsafePointer(to: &a) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(sock, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 && listen(sock, 16) == 0 }
+            }
+            try #require(ok, "bind \(address):\(port): errno \(errno)")
+            EgressProxyTests.Thread { [self] in
+                let fd = sock
+                while true {
+                    let c = accept(fd, nil, nil)
+                    if c < 0 { return }
+                    accepted.withLock { $0 += 1 }
+                    var got: [UInt8] = []
+                    var chunk = [UInt8](repeating: 0, count: 4096)
+                    while true {
+                        var p = pollfd(fd: c, events: Int16(POLLIN), revents: 0)
+                        guard poll(&p, 1, 800) > 0 else { break }
+                        let n = recv(c, &chunk, chunk.count, 0)
+                        if n <= 0 { break }
+                        got += chunk[0..<n]
+                    }
+                    received.withLock { $0.append(String(decoding: got, as: UTF8.self)) }
+                    let answer = Array("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".utf8)
+                    _ = answer.withUnsafeBytes { send(c, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                    close(c)
+                }
+            }.start()
+        }
+
+        func stop() {
+            shutdown(fd, Int32(SHUT_RDWR))
+            close(fd)
+        }
+    }
+
+    static func dotted(_ address: UInt32) -> String {
+        "\(address >> 24).\((address >> 16) & 0xFF).\((address >> 8) & 0xFF).\(address & 0xFF)"
+    }
+
+    @Test("plain HTTP: a request pipelined behind the first, at once or later, never reaches an upstream that would serve it; the first one's body does", .timeLimit(.minutes(1)))
+    func pipelinedRequestsStop() throws {
+        let address = Self.loopback443()
+        let upstream = try Collector(address: address, port: 8080)
+        defer { upstream.stop() }
+        let first = "POST http://web.test:8080/first HTTP/1.1\r\nHost: web.test\r\nContent-Length:  5 \r\n\r\nhello"
+        let second = "GET http://evil.test/second HTTP/1.1\r\nHost: evil.test\r\n\r\n"
+        // Positive control: sent to the upstream directly, both requests reach it.
+        let direct = try Self.connectTo(address, 8080)
+        _ = Array((first + second).utf8).withUnsafeBytes { send(direct, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        var scratch = [UInt8](repeating: 0, count: 256)
+        _ = recv(direct, &scratch, scratch.count, 0)
+        close(direct)
+        #expect(upstream.received.withLock { $0.first?.contains("evil.test") } == true, "the control did not reach the upstream")
+
+        let recorder = Recorder()
+        let proxy = try Self.start(allow: ["web.test:8080"], hosts: ["web.test": Self.dotted(address)], recorder: recorder)
+        // The same bytes written at once and split at each place that matters: after the head, inside
+        // the body, and after the body (the second request a moment later, to a relay already running).
+        let head = String(first.dropLast(5))
+        let writes = [[first + second], [head, "hello" + second], [head + "he", "llo" + second], [first, second]]
+        for parts in writes {
+            let fd = try Self.connect(proxy.port)
+            for (i, part) in parts.enumerated() {
+                if i > 0 { usleep(200_000) }
+                _ = Array(part.utf8).withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            }
+            var answer: [UInt8] = []
+            while true {
+                let n = recv(fd, &scratch, scratch.count, 0)
+                if n <= 0 { break }
+                answer += scratch[0..<n]
+            }
+            close(fd)
+            #expect(String(decoding: answer, as: UTF8.self).hasSuffix("ok"), "\(parts): \(String(decoding: answer, as: UTF8.self))")
+        }
+        proxy.stop()
+        let got = upstream.received.withLock { Array($0.dropFirst()) }
+        #expect(got.count == writes.count, "\(got)")
+        for request in got {
+            #expect(request.hasPrefix("POST /first HTTP/1.1\r\nHost: web.test:8080\r\n") && request.hasSuffix("\r\n\r\nhello"), "\(request)")
+            #expect(!request.contains("evil") && !request.contains("second"), "the pipelined request was forwarded: \(request)")
+        }
+        let events = recorder.events.withLock { $0 }
+        #expect(events.map(\.allowed) == Array(repeating: true, count: writes.count), "\(events.map(\.reason))")
+        #expect(events.map(\.bytesDropped) == Array(repeating: Int64(second.utf8.count), count: writes.count), "\(events.map(\.bytesDropped))")
+        // What was forwarded is the rewritten head and the body; the dropped bytes are not in it.
+        #expect(events.allSatisfy { $0.bytesOut == Int64(got[0].utf8.count) }, "\(events.map(\.bytesOut)) against \(got[0].utf8.count)")
+    }
+
+    @Test("a tunnel to port 80 (CONNECT or SOCKS5) is refused before any lookup or connection; plain HTTP to the same name goes through", .timeLimit(.minutes(1)))
+    func noTunnelToPort80() throws {
+        let address = Self.loopback443()
+        let upstream = try Collector(address: address, port: 80)
+        defer { upstream.stop() }
+        let recorder = Recorder()
+        let proxy = try Self.start(allow: ["web.test"], hosts: [:], recorder: recorder)
+        let connect = try Self.exchange(proxy.port, Array("CONNECT web.test:80 HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nHost: evil.test\r\n\r\n".utf8))
+        #expect(connect.hasPrefix("HTTP/1.1 403") && connect.contains("tunnel-to-http-port"), "\(connect)")
+        let socks = try Self.exchange(proxy.port, [5, 1, 0, 5, 1, 0, 3, 8] + Array("web.test".utf8) + [0, 80])
+        #expect(Array(socks.utf8).prefix(4) == [5, 0, 5, 2], "\(Array(socks.utf8))")
+        #expect(recorder.lookups.withLock { $0 } == [] && upstream.accepted.withLock { $0 } == 0)
+        // Positive control: the absolute form reaches the upstream (the injected resolver answers 127.0.0.1,
+        // so the name is pinned to the collector's address for this request).
+        proxy.stop()
+        let pinned = try Self.start(allow: ["web.test"], hosts: ["web.test": Self.dotted(address)], recorder: recorder)
+        defer { pinned.stop() }
+        let plain = try Self.exchange(pinned.port, Array("GET http://web.test/x HTTP/1.1\r\n\r\n".utf8))
+        #expect(plain.hasSuffix("ok"), "\(plain)")
+        #expect(upstream.received.withLock { $0 }.first?.hasPrefix("GET /x HTTP/1.1\r\nHost: web.test\r\n") == true)
+        #expect(recorder.events.withLock { $0.map { $0.reason ?? "ok" } }.prefix(2) == ["tunnel-to-http-port", "tunnel-to-http-port"])
+    }
+
+    @Test("plain HTTP's body framing: a Transfer-Encoding is refused (411), lengths that disagree or do not parse are refused (400)")
+    func bodyFraming() throws {
+        func parse(_ headers: String) -> Result<ProxyRequest, ProxyRequest.Failure> {
+            ProxyRequest.parseHTTP(ArraySlice(Array("POST http://a.test/ HTTP/1.1\r\n\(headers)\r\n".utf8)))
+        }
+        #expect(try parse("").get().bodyLength == 0)
+        #expect(try parse("Content-Length: 12\r\n").get().bodyLength == 12)
+        #expect(try parse("Content-Length: 7\r\ncontent-length:7 \r\n").get().bodyLength == 7)
+        for (headers, status) in [("Transfer-Encoding: chunked\r\n", 411), ("Content-Length: 3\r\nTransfer-Encoding: chunked\r\n", 411),
+                                  ("Content-Length: 3\r\nContent-Length: 4\r\n", 400), ("Content-Length: 3, 3\r\n", 400),
+                                  ("Content-Length: -1\r\n", 400), ("Content-Length: \r\n", 400), ("Content-Length: +5\r\n", 400),
+                                  ("Content-Length: 1234567890123456789\r\n", 400), ("TRANSFER-ENCODING: identity\r\n", 411),
+                                  ("Content-Length : 5\r\n", 400), ("Content-Length: 5\r\n 5\r\n", 400)] {
+            switch parse(headers) {
+            case .success: Issue.record("accepted: \(headers.debugDescription)")
+            case .failure(let f): #expect(f.status == status, "\(headers.debugDescription): \(f)")
+            }
+        }
+    }
+
+    static func connectTo(_ address: UInt32, _ port: UInt16) throws -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_port = port.bigEndian
+        a.sin_addr.s_addr = address.bigEndian
+        let rc = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        try #require(rc == 0)
+        return fd
     }
 }
