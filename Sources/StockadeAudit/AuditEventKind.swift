@@ -21,10 +21,15 @@ public enum AuditEventKind: String, CaseIterable, Sendable {
     /// The run queue queued a new attempt of a run whose node died (the request allowed retries).
     case runRetried = "run.retried"
     case verification = "verification"
+    /// A connection the egress proxy is about to relay (`egress.allowed` follows when it ends).
+    case egressOpened = "egress.opened"
     case egressAllowed = "egress.allowed"
     case egressDenied = "egress.denied"
     /// A call to the service's API (`stockade serve`).
     case apiRequest = "api.request"
+    /// Calls the service refused, without a row each, from a peer over its bound for calls
+    /// without a valid token: one row with their count.
+    case apiThrottled = "api.throttled"
     /// `stockade token create`: a bearer token for the API was made (never the token or its hash).
     case tokenCreated = "token.created"
     /// `stockade token revoke`.

@@ -30,6 +30,8 @@ public final class EgressProxy: Sendable {
 
     /// One connection's end, for the audit trail.
     public struct Event: Sendable {
+        /// The connection's number in the run, in the order the proxy accepted them (from 1).
+        public var connection: Int = 0
         public var allowed: Bool
         public var kind: ProxyRequest.Kind?
         public var host: String?
@@ -59,6 +61,9 @@ public final class EgressProxy: Sendable {
         public var resolve: @Sendable (String) -> [[UInt8]] = EgressProxy.systemResolve
         /// Each connection's end (called on the connection's thread).
         public var onEvent: @Sendable (Event) -> Void = { _ in }
+        /// An admitted connection about to be relayed (its upstream connected, a tunnel to 443's
+        /// server name checked): false when it cannot be put on record, and then nothing is relayed.
+        public var onOpen: @Sendable (Event) -> Bool = { _ in true }
         /// A per-run limit reached for the first time: "egress.connections" or "egress.bytes".
         public var onLimit: @Sendable (String) -> Void = { _ in }
 
@@ -170,7 +175,7 @@ public final class EgressProxy: Sendable {
             guard fds[0].revents & Int16(POLLIN) != 0 else { continue }
             let client = stk_accept_cloexec(listener)
             if client < 0 { continue }
-            enum Admission { case stopped, overLimit(first: Bool), busy, admitted }
+            enum Admission { case stopped, overLimit(first: Bool), busy, admitted(Int) }
             let admission = state.withLock { s -> Admission in
                 if s.stopped { return .stopped }
                 s.totals.connections += 1
@@ -183,7 +188,7 @@ public final class EgressProxy: Sendable {
                     return .busy
                 }
                 s.active += 1
-                return .admitted
+                return .admitted(s.totals.connections)
             }
             switch admission {
             case .stopped:
@@ -200,10 +205,10 @@ public final class EgressProxy: Sendable {
                 // A row each: these count against maxConnections, which bounds them.
                 refuseAtOnce(client, ProxyRequest.response(status: 429, reason: "too many connections at once"))
                 configuration.onEvent(Event(allowed: false, reason: "concurrent-limit", policy: true))
-            case .admitted:
+            case .admitted(let number):
                 do {
                     try threads.start(connection: true) { [self] in
-                        serve(client)
+                        serve(client, connection: number)
                         close(client)
                         state.withLock { $0.active -= 1 }
                     }
@@ -227,11 +232,11 @@ public final class EgressProxy: Sendable {
 
     // MARK: one connection
 
-    private func serve(_ client: Int32) {
+    private func serve(_ client: Int32, connection: Int) {
         _ = fcntl(client, F_SETFL, fcntl(client, F_GETFL) | O_NONBLOCK)
         Self.noDelay(client)
         let started = Self.nowMs()
-        var event = Event(allowed: false, policy: true)
+        var event = Event(connection: connection, allowed: false, policy: true)
         defer {
             event.durationMs = Self.nowMs() - started
             state.withLock { s in
@@ -362,6 +367,13 @@ public final class EgressProxy: Sendable {
                 event.allowed = false
                 return
             }
+        }
+        // On record before a byte is relayed: a supervisor killed mid-connection leaves this row.
+        guard configuration.onOpen(event) else {
+            event.allowed = false
+            event.policy = false
+            event.reason = "not-recorded"
+            return
         }
         relay(client: client, upstream: upstream, pending: buffer,
               forwardLimit: request.kind == .http ? request.bodyLength - Int64(buffer.count - request.upstreamHead.count) : nil,

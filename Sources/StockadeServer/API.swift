@@ -64,6 +64,8 @@ final class API: Sendable {
     let verification: VerificationStatus?
     /// The counters and histograms `/metrics` publishes after its gauges.
     let metrics: ServiceMetrics?
+    /// Bounds the calls made without an authenticated caller, per peer.
+    let anonymous: AnonymousLimiter
 
     init(supervisor: Supervisor, registry: RunRegistry, tokens: TokenStore, shutdown: ShutdownFlag, logger: Logger,
          verification: VerificationStatus? = nil, metrics: ServiceMetrics? = nil) {
@@ -74,6 +76,16 @@ final class API: Sendable {
         self.tokens = tokens
         self.shutdown = shutdown
         self.logger = logger
+        anonymous = AnonymousLimiter { peer, calls, seconds in
+            do {
+                try supervisor.audit.record(runId: nil, kind: "api.throttled", detail: .object([
+                    "peer": .string(peer), "calls": .number(calls), "seconds": .number(seconds),
+                    "burst": .number(Int(AnonymousLimiter.burst)), "perSecond": .number(Int(AnonymousLimiter.perSecond)),
+                ]))
+            } catch {
+                logger.error("audit.write-failed", metadata: ["kind": "api.throttled", "peer": "\(peer)", "calls": "\(calls)", "error": "\(error)"])
+            }
+        }
     }
 
     var stateDirectory: String { supervisor.stateDirectory }
@@ -129,7 +141,7 @@ final class API: Sendable {
                                                  "the service failed (reference \(reference): the service's log says why under api.failed)").response,
                               runId: nil)
             }
-            return self.audited(request, route: route, principal: principal?.name, authFailure: authFailure, reply: reply)
+            return self.audited(request, context, route: route, principal: principal?.name, authFailure: authFailure, reply: reply)
         }
     }
 
@@ -142,7 +154,20 @@ final class API: Sendable {
     }
 
     /// Records the call; a call the trail cannot record is answered 500 (its effect, if any, stands).
-    func audited(_ request: Request, route: String, principal: String?, authFailure: String?, reply: Reply) -> Response {
+    /// A call without an authenticated caller (which has no effect) from a peer over its bound is
+    /// answered 429 instead, and counted in that peer's next `api.throttled` row rather than recorded.
+    func audited(_ request: Request, _ context: StockadeRequestContext, route: String, principal: String?, authFailure: String?,
+                 reply: Reply) -> Response {
+        if principal == nil {
+            let peer = context.channel.remoteAddress?.ipAddress ?? "unix"
+            guard anonymous.admit(peer) else {
+                var refusal = APIError(.tooManyRequests, "rate-limited",
+                                       "too many calls without a valid token from this peer (at most \(Int(AnonymousLimiter.burst)) at once, \(Int(AnonymousLimiter.perSecond)) a second): retry in a second")
+                refusal.headers[.retryAfter] = "1"
+                metrics?.request(route: route, method: request.method.rawValue, status: 429)
+                return refusal.response
+            }
+        }
         var detail: [String: JSONValue] = [
             "principal": principal.map { .string($0) } ?? .null, "method": .string(request.method.rawValue),
             "route": .string(route), "status": .number(reply.response.status.code),
@@ -524,7 +549,7 @@ struct UnmatchedRoutes: RouterMiddleware {
             let reply = Reply(response: APIError(error.status, error.status == .notFound ? "not-found" : "http-error",
                                                  error.status == .notFound ? "no route \(request.method.rawValue) \(request.uri.path)" : (error.body ?? "\(error.status)")).response,
                               runId: nil)
-            return api.audited(request, route: "unmatched", principal: nil, authFailure: nil, reply: reply)
+            return api.audited(request, context, route: "unmatched", principal: nil, authFailure: nil, reply: reply)
         }
     }
 }

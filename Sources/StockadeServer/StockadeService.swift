@@ -163,6 +163,8 @@ public enum StockadeService {
         let group = ServiceGroup(configuration: configuration)
         // The cgroups made ahead, and those of the last runs, are removed before the service ends.
         defer { supervisor.closeCgroups() }
+        // The counts of calls refused without a row and not yet reported, once no call comes in.
+        defer { api.anonymous.flushAll() }
         do {
             try await group.run()
         } catch {

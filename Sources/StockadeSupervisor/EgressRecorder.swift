@@ -4,8 +4,8 @@ import StockadeLinux
 import StockadePolicy
 import Synchronization
 
-/// One run's egress on record: each proxy connection an `egress.allowed` or
-/// `egress.denied` event as it ends, each per-run limit a `limit.hit` the first
+/// One run's egress on record: each relayed connection an `egress.opened` event before its
+/// first byte, and each proxy connection an `egress.allowed` or `egress.denied` event as it ends, each per-run limit a `limit.hit` the first
 /// time it is reached, and the policy's refusals gathered for the report's violations.
 final class EgressRecorder: Sendable {
     struct Refusal: Hashable {
@@ -35,6 +35,9 @@ final class EgressRecorder: Sendable {
             c.resolve = { resolver.resolve($0) }
         }
         c.onEvent = { [self] in record($0) }
+        c.onOpen = { [self] e in
+            write("egress.opened") { try audit.record(runId: runId, kind: "egress.opened", detail: Self.openedDetail(e)) }
+        }
         c.onLimit = { [self] name in
             write("limit.hit") {
                 try audit.record(runId: runId, kind: "limit.hit", detail: .object(["limit": .string(name)]))
@@ -43,8 +46,16 @@ final class EgressRecorder: Sendable {
         return c
     }
 
+    /// What an `egress.opened` row says: where the connection goes and which rule admitted it.
+    static func openedDetail(_ e: EgressProxy.Event) -> JSONValue {
+        guard case .object(var d) = detail(e) else { return .object([:]) }
+        for key in ["bytesOut", "bytesIn", "durationMs", "bytesDropped", "reason"] { d[key] = nil }
+        return .object(d)
+    }
+
     static func detail(_ e: EgressProxy.Event) -> JSONValue {
         var d: [String: JSONValue] = ["bytesOut": .number(e.bytesOut), "bytesIn": .number(e.bytesIn), "durationMs": .number(e.durationMs)]
+        if e.connection > 0 { d["connection"] = .number(e.connection) }
         if let k = e.kind { d["protocol"] = .string(k.rawValue) }
         // The worker chose the host: it is recorded as sent, the store's sanitizer escaping it.
         if let h = e.host { d["host"] = .string(h) }
@@ -72,12 +83,15 @@ final class EgressRecorder: Sendable {
         }
     }
 
-    private func write(_ kind: String, _ body: () throws -> Void) {
+    @discardableResult
+    private func write(_ kind: String, _ body: () throws -> Void) -> Bool {
         do {
             try body()
+            return true
         } catch {
             state.withLock { $0.failed = true }
             logger.error("audit.write-failed", metadata: ["run.id": "\(runId)", "kind": "\(kind)", "error": "\(error)"])
+            return false
         }
     }
 

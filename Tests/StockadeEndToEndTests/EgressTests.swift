@@ -150,8 +150,13 @@ struct EgressTests {
         #expect((egress["allowed"] as? NSNumber)?.intValue == 3 && (egress["denied"] as? NSNumber)?.intValue == 0)
         #expect(((egress["bytesIn"] as? NSNumber)?.intValue ?? 0) > 3 * 19)
         let events = try auditEvents(h).filter { ($0["kind"] as? String)?.hasPrefix("egress.") == true }
-        #expect(events.map { $0["kind"] as? String } == ["egress.allowed", "egress.allowed", "egress.allowed"])
-        let detail = try #require(events.first?["detail"] as? [String: Any])
+        // Each connection on record as it opens and again as it ends, under the same number.
+        #expect(events.map { $0["kind"] as? String } == ["egress.opened", "egress.allowed", "egress.opened", "egress.allowed", "egress.opened", "egress.allowed"])
+        let numbers = events.map { (($0["detail"] as? [String: Any])?["connection"] as? NSNumber)?.intValue }
+        #expect(numbers == [1, 1, 2, 2, 3, 3], "\(numbers)")
+        let detail = try #require(events.first { $0["kind"] as? String == "egress.allowed" }?["detail"] as? [String: Any])
+        let opened = try #require(events.first?["detail"] as? [String: Any])
+        #expect(opened["host"] as? String == "allowed.test" && opened["address"] as? String == "127.0.0.1" && opened["bytesOut"] == nil, "\(opened)")
         #expect(detail["host"] as? String == "allowed.test" && detail["address"] as? String == "127.0.0.1"
                 && detail["rule"] as? String == "allowed.test:\(upstream.port)", "\(detail)")
     }
@@ -383,7 +388,8 @@ struct EgressTests {
         let out = try r.report().string("stdout") ?? ""
         #expect(out.contains("evil.test b'HTTP/1.1 200'") && out.contains("tls.test b'HTTP/1.1 200'"), "\(out) \(r.stderr)")
         let events = try auditEvents(h).filter { ($0["kind"] as? String)?.hasPrefix("egress.") == true }
-        #expect(events.count == 2)
+        // The refused tunnel was never opened for relaying; the matching one was, and then ended.
+        #expect(events.map { $0["kind"] as? String } == ["egress.denied", "egress.opened", "egress.allowed"], "\(events)")
         let denied = try #require(events.first { $0["kind"] as? String == "egress.denied" }?["detail"] as? [String: Any])
         #expect(denied["reason"] as? String == "sni-mismatch" && (denied["bytesOut"] as? NSNumber)?.intValue == 0, "\(denied)")
         // Positive control: the matching name's ClientHello went through.

@@ -81,7 +81,7 @@ struct EgressProxyTests {
 
     static func start(allow: [String], hosts: [String: String] = ["allowed.test": "127.0.0.1"], allowPrivate: Bool = true,
                       maxConnections: Int = 64, maxBytes: Int64 = 1 << 30, headTimeoutMs: Int32 = 10_000,
-                      recorder: Recorder) throws -> EgressProxy {
+                      onOpen: (@Sendable (EgressProxy.Event) -> Bool)? = nil, recorder: Recorder) throws -> EgressProxy {
         var egress = Profile.Egress()
         egress.allow = allow.compactMap(EgressRule.parse)
         egress.allowPrivate = allowPrivate
@@ -95,6 +95,7 @@ struct EgressProxyTests {
         }
         c.onEvent = { e in recorder.events.withLock { $0.append(e) } }
         c.onLimit = { l in recorder.limits.withLock { $0.append(l) } }
+        if let onOpen { c.onOpen = onOpen }
         return try EgressProxy.start(inNamespaceOf: getpid(), port: 0, configuration: c)
     }
 
@@ -550,5 +551,41 @@ extension EgressProxyTests {
         let rc = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
         try #require(rc == 0)
         return fd
+    }
+}
+
+extension EgressProxyTests {
+    @Test("a relayed connection is put on record before its first byte moves, numbered as the proxy took it; one that cannot be is not relayed", .timeLimit(.minutes(1)))
+    func openedBeforeRelay() throws {
+        let address = Self.loopback443()
+        let upstream = try Collector(address: address, port: 8081)
+        defer { upstream.stop() }
+        let recorder = Recorder()
+        final class OpenLog: Sendable {
+            let rows = Mutex<[(EgressProxy.Event, Int)]>([])
+            let refuse = Mutex(false)
+        }
+        let log = OpenLog()
+        let proxy = try Self.start(allow: ["web.test:8081"], hosts: ["web.test": Self.dotted(address)], onOpen: { event in
+            // How many requests the upstream had received when the row was written: none of this one's.
+            let seen = upstream.received.withLock { $0.count }
+            log.rows.withLock { $0.append((event, seen)) }
+            return !log.refuse.withLock { $0 }
+        }, recorder: recorder)
+        _ = try Self.exchange(proxy.port, Array("CONNECT other.test:8081 HTTP/1.1\r\n\r\n".utf8))
+        let ok = try Self.exchange(proxy.port, Array("GET http://web.test:8081/a HTTP/1.1\r\n\r\n".utf8))
+        #expect(ok.hasSuffix("ok"), "\(ok)")
+        log.refuse.withLock { $0 = true }
+        let unrecorded = try Self.exchange(proxy.port, Array("GET http://web.test:8081/b HTTP/1.1\r\n\r\n".utf8))
+        #expect(!unrecorded.contains("ok"), "relayed though it could not be recorded: \(unrecorded)")
+        proxy.stop()
+        let rows = log.rows.withLock { $0 }
+        #expect(rows.map { $0.0.connection } == [2, 3] && rows.map { $0.0.host } == ["web.test", "web.test"], "\(rows.map { $0.0 })")
+        #expect(rows.first?.1 == 0 && rows.first?.0.address == Self.dotted(address) && rows.first?.0.rule == "web.test:8081")
+        // The positive control's request reached the upstream; the unrecorded one's bytes never did.
+        let got = upstream.received.withLock { $0 }
+        #expect(got.first?.hasPrefix("GET /a HTTP/1.1") == true && got.dropFirst().allSatisfy { !$0.contains("GET /b") }, "\(got)")
+        let ends = recorder.events.withLock { $0 }
+        #expect(ends.map(\.connection) == [1, 2, 3] && ends.map { $0.reason ?? "ok" } == ["not-allowed", "ok", "not-recorded"], "\(ends.map(\.reason))")
     }
 }

@@ -505,3 +505,57 @@ struct ProfileReloadTests {
         #expect(server.terminate() == 0)
     }
 }
+
+extension HostileClientTests {
+    @Test("calls without a valid token are bounded per peer: past the burst they are answered 429 and counted in one api.throttled row, not a row each; a valid token is served meanwhile")
+    func anonymousCallsAreBounded() throws {
+        let server = try ServerHarness()
+        let token = try server.token("reader", scopes: "run:read,audit:read")
+        func anonymousRows() throws -> Int {
+            try server.stockade(["audit", "events", "--kind", "api.request", "--json"]).stdout
+                .split(separator: "\n").filter { !$0.contains(#""principal":"reader""#) }.count
+        }
+        let before = try anonymousRows()
+        var statuses: [Int: Int] = [:]
+        for i in 0..<300 {
+            // Health checks, unknown routes and refused tokens alike.
+            let answer: HTTPClient.Response
+            switch i % 3 {
+            case 0: answer = try server.client.request("GET", "/v1/health")
+            case 1: answer = try server.client.request("GET", "/v1/no-such-route")
+            default: answer = try server.client.request("GET", "/v1/runs", token: "stk_not_a_token")
+            }
+            statuses[answer.status, default: 0] += 1
+            if answer.status == 429 {
+                #expect(try answer.error().code == "rate-limited" && answer.headers["retry-after"] == "1", "\(answer.text)")
+            }
+        }
+        let refused = statuses[429] ?? 0
+        // Positive control: the first calls were answered as usual, and recorded.
+        #expect((statuses[200] ?? 0) + (statuses[404] ?? 0) + (statuses[401] ?? 0) >= 50, "\(statuses)")
+        #expect(refused > 0, "300 calls at once were all answered: \(statuses)")
+        // A caller with a valid token is not limited with them.
+        let served = try server.client.request("GET", "/v1/runs", token: token)
+        #expect(served.status == 200, "\(served.status) \(served.text)")
+
+        let rows = try anonymousRows() - before
+        #expect(rows == 300 - refused, "each answered call is recorded, no refused one is: \(rows) rows, \(statuses)")
+        // The refused calls' count is recorded within the report interval.
+        var throttled: [Substring] = []
+        for _ in 0..<150 where throttled.isEmpty {
+            usleep(100_000)
+            throttled = try server.stockade(["audit", "events", "--kind", "api.throttled", "--json"]).stdout.split(separator: "\n")
+        }
+        #expect(throttled.count == 1 && throttled.first?.contains(#""calls":\#(refused)"#) == true && throttled.first?.contains(#""peer":"unix""#) == true,
+                "\(throttled)")
+        // The bucket fills again.
+        usleep(1_000_000)
+        #expect(try server.client.request("GET", "/v1/health").status == 200)
+        // A count not yet reported when the service stops is recorded as it stops.
+        var refusedAgain = 0
+        for _ in 0..<150 where try server.client.request("GET", "/v1/health").status == 429 { refusedAgain += 1 }
+        #expect(server.terminate() == 0)
+        let all = try server.stockade(["audit", "events", "--kind", "api.throttled", "--json"]).stdout.split(separator: "\n")
+        #expect(refusedAgain > 0 && all.count == 2 && all.last?.contains(#""calls":\#(refusedAgain)"#) == true, "\(refusedAgain): \(all)")
+    }
+}

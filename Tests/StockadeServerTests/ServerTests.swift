@@ -58,6 +58,8 @@ struct ServerTests {
         let unknown = "stk_" + String(repeating: "A", count: 43)
         for route in protectedRoutes {
             for (token, why) in [(nil, "missing"), (unknown, "unknown"), (doomed, "revoked"), (shortLived, "expired")] as [(String?, String)] {
+                // Under the bound on calls without a valid token (20 a second), which has a test of its own.
+                usleep(60_000)
                 let response = try server.client.request(route.method, route.path, token: token, json: route.method == "POST" ? #"{"command":["true"]}"# : "")
                 #expect(response.status == 401, "\(route.method) \(route.path) with a \(why) token: \(response.status) \(response.text)")
                 #expect(try response.error().code == "unauthorized")
@@ -263,9 +265,11 @@ struct ServerTests {
     @Test("an event-stream reader that stops reading is disconnected after the stall limit, not buffered for")
     func slowReader() throws {
         let server = try ServerHarness(environment: ["STOCKADE_SERVE_STALL_SECONDS": "2"])
-        let token = try server.token("auditor", scopes: "audit:read")
-        // Enough events (each an api.request of about 250 bytes) to fill the socket's buffers.
-        for _ in 0..<3000 { _ = try server.client.request("GET", "/v1/health") }
+        let token = try server.token("auditor", scopes: "audit:read,run:read")
+        // Enough events (each an api.request of about 250 bytes) to fill the socket's buffers, made
+        // with a token: calls without one are bounded per peer.
+        let unknownRun = String(repeating: "0", count: 26)
+        for _ in 0..<3000 { _ = try server.client.request("GET", "/v1/runs/\(unknownRun)", token: token) }
         let stream = try EventStreamReader(client: server.client, path: "/v1/events", token: token)
         #expect(try stream.next() != nil)
         // Stop reading: the server's write waits on a full socket, then gives up.
