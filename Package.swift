@@ -218,7 +218,7 @@ let package = Package(
         .testTarget(name: "StockadeEndToEndTests", dependencies: ["StockadeSupervisor", "StockadeVerify", "StockadeTestSupport", "StockadeCLI", "stockade", "stockade-probe",
                                                                   "stockade-spawn", "stockade-server"], swiftSettings: strict),
         // Runs the real `stockade-server` over a Unix socket and the `stockade` CLI: both built first.
-        .testTarget(name: "StockadeServerTests", dependencies: ["StockadePolicy", "StockadeTokens", "StockadeAudit", "StockadeTestSupport", "stockade", "stockade-server",
+        .testTarget(name: "StockadeServerTests", dependencies: ["StockadePolicy", "StockadeTokens", "StockadeAudit", "StockadeTestSupport", "StockadeServer", "stockade", "stockade-server",
                                                                 .product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]

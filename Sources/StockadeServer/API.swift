@@ -80,7 +80,8 @@ final class API: Sendable {
             do {
                 try supervisor.audit.record(runId: nil, kind: "api.throttled", detail: .object([
                     "peer": .string(peer), "calls": .number(calls), "seconds": .number(seconds),
-                    "burst": .number(Int(AnonymousLimiter.burst)), "perSecond": .number(Int(AnonymousLimiter.perSecond)),
+                    "burst": .number(Int(peer == AnonymousLimiter.everyone ? AnonymousLimiter.allBurst : AnonymousLimiter.burst)),
+                    "perSecond": .number(Int(peer == AnonymousLimiter.everyone ? AnonymousLimiter.allPerSecond : AnonymousLimiter.perSecond)),
                 ]))
             } catch {
                 logger.error("audit.write-failed", metadata: ["kind": "api.throttled", "peer": "\(peer)", "calls": "\(calls)", "error": "\(error)"])
@@ -155,18 +156,12 @@ final class API: Sendable {
 
     /// Records the call; a call the trail cannot record is answered 500 (its effect, if any, stands).
     /// A call without an authenticated caller (which has no effect) from a peer over its bound is
-    /// answered 429 instead, and counted in that peer's next `api.throttled` row rather than recorded.
+    /// answered as usual but not recorded on its own: it is counted in an `api.throttled` row.
     func audited(_ request: Request, _ context: StockadeRequestContext, route: String, principal: String?, authFailure: String?,
                  reply: Reply) -> Response {
-        if principal == nil {
-            let peer = context.channel.remoteAddress?.ipAddress ?? "unix"
-            guard anonymous.admit(peer) else {
-                var refusal = APIError(.tooManyRequests, "rate-limited",
-                                       "too many calls without a valid token from this peer (at most \(Int(AnonymousLimiter.burst)) at once, \(Int(AnonymousLimiter.perSecond)) a second): retry in a second")
-                refusal.headers[.retryAfter] = "1"
-                metrics?.request(route: route, method: request.method.rawValue, status: 429)
-                return refusal.response
-            }
+        if principal == nil && !anonymous.admit(AnonymousLimiter.peer(context.channel.remoteAddress)) {
+            metrics?.request(route: route, method: request.method.rawValue, status: reply.response.status.code)
+            return reply.response
         }
         var detail: [String: JSONValue] = [
             "principal": principal.map { .string($0) } ?? .null, "method": .string(request.method.rawValue),

@@ -1,31 +1,52 @@
 import Glibc
+import NIOCore
 import Synchronization
 
-/// Bounds the calls a peer makes without an authenticated caller: health checks, unknown routes,
-/// missing or refused tokens. Each costs an `api.request` row and needs nothing to send, so one
-/// client could otherwise fill the trail's disk (1 300 rows a second measured from one client).
-/// A token bucket per peer (its IP address; every Unix-socket peer shares one, the socket being
-/// the operators' group's): `burst` calls at once, `perSecond` after. A call over it is answered
-/// 429 `rate-limited` and not recorded on its own; the calls refused so are counted, and the count
-/// is recorded as one `api.throttled` row per peer at most every `reportSeconds`. A call with a
-/// valid token is never limited here (`--max-per-principal` bounds those callers' runs).
+/// Bounds the audit rows of calls answered without an authenticated caller: health checks,
+/// unknown routes, missing or refused tokens. None of them has an effect, each cost an
+/// `api.request` row, and they need nothing to send, so one client could fill the trail's disk
+/// (1 300 rows a second measured from one client). Such a call is always answered as usual (a
+/// health check is never turned away); what is bounded is its row. A token bucket per peer (its
+/// IPv4 address, its IPv6 /64, every Unix-socket peer one bucket): `burst` rows at once,
+/// `perSecond` after; and one for all peers together (`allBurst`, `allPerSecond`), so that
+/// many addresses do not multiply the bound. A call past either is not recorded on its own: it
+/// is counted, and the count recorded as one `api.throttled` row per peer (`all` for the
+/// overall bound) at most every `reportSeconds`, and at the service's stop.
 final class AnonymousLimiter: Sendable {
     static let burst = 60.0
     static let perSecond = 20.0
+    static let allBurst = 600.0
+    static let allPerSecond = 200.0
     static let reportSeconds = 10
-    /// Peers remembered at once; past it, buckets that have filled up again are forgotten, and if
-    /// none has, new peers share one bucket (`other`) until some do.
+    /// Peers remembered at once. Past it, buckets that have filled up again are forgotten (looked
+    /// for at most once a second); a new peer while none has is counted under `all`.
     static let maxPeers = 4096
+    static let everyone = "all"
 
     struct Bucket {
         var tokens: Double
         var at: UInt64
         var refused = 0
         var reporting = false
+
+        /// Refilled to `now`, never past `capacity`; a clock read before another thread's later
+        /// one counts as no time at all.
+        mutating func refill(now: UInt64, capacity: Double, perSecond: Double) {
+            if now > at {
+                tokens = min(capacity, tokens + Double(now - at) / 1e9 * perSecond)
+                at = now
+            }
+        }
     }
 
-    private let buckets = Mutex<[String: Bucket]>([:])
-    /// Records `calls` refused from `peer` over the last `seconds`.
+    struct State {
+        var peers: [String: Bucket] = [:]
+        var all = Bucket(tokens: AnonymousLimiter.allBurst, at: 0)
+        var lastSweep: UInt64 = 0
+    }
+
+    private let state = Mutex(State())
+    /// Records `calls` not recorded one by one from `peer` over the last `seconds`.
     private let report: @Sendable (_ peer: String, _ calls: Int, _ seconds: Int) -> Void
 
     init(report: @escaping @Sendable (_ peer: String, _ calls: Int, _ seconds: Int) -> Void) {
@@ -38,62 +59,99 @@ final class AnonymousLimiter: Sendable {
         return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 
-    /// True when `peer` may make one more call now; false (and the call counted) when it may not.
-    func admit(_ peer: String) -> Bool {
-        let now = Self.nowNs()
-        var startReport = false
-        var key = peer
-        let admitted = buckets.withLock { all -> Bool in
-            if all[key] == nil && all.count >= Self.maxPeers {
-                all = all.filter { !Self.isFull($0.value, now: now) || $0.value.reporting }
-                if all.count >= Self.maxPeers { key = "other" }
+    /// The bucket a remote address counts against: an IPv4 address (an IPv4-mapped IPv6 one as
+    /// its IPv4 address), an IPv6 address's /64 (one host's usual allocation), `unix` otherwise.
+    static func peer(_ address: SocketAddress?) -> String {
+        switch address {
+        case .v4:
+            return address?.ipAddress ?? "unix"
+        case .v6(let a):
+            var raw = a.address.sin6_addr
+            let bytes = withUnsafeBytes(of: &raw) { Array($0) }
+            if bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xFF && bytes[11] == 0xFF {
+                return bytes[12...].map(String.init).joined(separator: ".")
             }
-            var bucket = all[key] ?? Bucket(tokens: Self.burst, at: now)
-            bucket.tokens = min(Self.burst, bucket.tokens + Double(now &- bucket.at) / 1e9 * Self.perSecond)
-            bucket.at = now
-            let ok = bucket.tokens >= 1
-            if ok {
-                bucket.tokens -= 1
-            } else {
-                bucket.refused += 1
-                if !bucket.reporting {
-                    bucket.reporting = true
-                    startReport = true
-                }
-            }
-            all[key] = bucket
-            return ok
+            let groups = stride(from: 0, to: 8, by: 2).map { String(UInt16(bytes[$0]) << 8 | UInt16(bytes[$0 + 1]), radix: 16) }
+            return groups.joined(separator: ":") + "::/64"
+        default:
+            return "unix"
         }
-        if startReport {
-            let reportKey = key
+    }
+
+    /// True when a call from `peer` without an authenticated caller may have its own row now;
+    /// false when it is only counted.
+    func admit(_ peer: String) -> Bool {
+        var startReport: String?
+        let admitted = state.withLock { s -> Bool in
+            let now = Self.nowNs()
+            s.all.refill(now: now, capacity: Self.allBurst, perSecond: Self.allPerSecond)
+            if s.peers[peer] == nil && s.peers.count >= Self.maxPeers && now > s.lastSweep + 1_000_000_000 {
+                s.lastSweep = now
+                s.peers = s.peers.filter { !$0.value.isFull(now: now) || $0.value.reporting }
+            }
+            // A peer the full table cannot take has only the overall bound.
+            var bucket = s.peers[peer] ?? (s.peers.count < Self.maxPeers ? Bucket(tokens: Self.burst, at: now) : nil)
+            bucket?.refill(now: now, capacity: Self.burst, perSecond: Self.perSecond)
+            let peerHasRoom = bucket.map { $0.tokens >= 1 } ?? true
+            if peerHasRoom && s.all.tokens >= 1 {
+                bucket?.tokens -= 1
+                s.all.tokens -= 1
+                if let bucket { s.peers[peer] = bucket }
+                return true
+            }
+            // Counted where the bound was: the peer's own, else everyone's.
+            if !peerHasRoom, var own = bucket {
+                own.refused += 1
+                if !own.reporting {
+                    own.reporting = true
+                    startReport = peer
+                }
+                s.peers[peer] = own
+            } else {
+                s.all.refused += 1
+                if !s.all.reporting {
+                    s.all.reporting = true
+                    startReport = Self.everyone
+                }
+                if let bucket { s.peers[peer] = bucket }
+            }
+            return false
+        }
+        if let key = startReport {
             Task.detached { [self] in
                 try? await Task.sleep(for: .seconds(Self.reportSeconds))
-                flush(reportKey)
+                flush(key)
             }
         }
         return admitted
     }
 
-    /// Records what was refused from `peer` since its last report.
+    /// Records what was counted for `peer` since its last report.
     func flush(_ peer: String) {
-        let refused = buckets.withLock { all -> Int in
-            guard var bucket = all[peer] else { return 0 }
+        let refused = state.withLock { s -> Int in
+            if peer == Self.everyone {
+                defer { s.all.refused = 0; s.all.reporting = false }
+                return s.all.refused
+            }
+            guard var bucket = s.peers[peer] else { return 0 }
             let count = bucket.refused
             bucket.refused = 0
             bucket.reporting = false
-            all[peer] = bucket
+            s.peers[peer] = bucket
             return count
         }
         if refused > 0 { report(peer, refused, Self.reportSeconds) }
     }
 
-    /// Records every peer's count not yet reported (at the service's stop).
+    /// Records every count not yet reported (at the service's stop).
     func flushAll() {
-        let peers = buckets.withLock { all in all.filter { $0.value.refused > 0 }.map(\.key) }
+        let peers = state.withLock { s in s.peers.filter { $0.value.refused > 0 }.map(\.key) + (s.all.refused > 0 ? [Self.everyone] : []) }
         for peer in peers { flush(peer) }
     }
+}
 
-    static func isFull(_ bucket: Bucket, now: UInt64) -> Bool {
-        bucket.tokens + Double(now &- bucket.at) / 1e9 * perSecond >= burst
+extension AnonymousLimiter.Bucket {
+    func isFull(now: UInt64) -> Bool {
+        tokens + (now > at ? Double(now - at) / 1e9 * AnonymousLimiter.perSecond : 0) >= AnonymousLimiter.burst
     }
 }
