@@ -175,17 +175,17 @@ public final class EgressProxy: Sendable {
             guard fds[0].revents & Int16(POLLIN) != 0 else { continue }
             let client = stk_accept_cloexec(listener)
             if client < 0 { continue }
-            enum Admission { case stopped, overLimit(first: Bool), busy, admitted(Int) }
+            enum Admission { case stopped, overLimit(first: Bool, number: Int), busy(Int), admitted(Int) }
             let admission = state.withLock { s -> Admission in
                 if s.stopped { return .stopped }
                 s.totals.connections += 1
                 if s.totals.connections > configuration.policy.egress.maxConnections {
                     s.totals.denied += 1
-                    return .overLimit(first: !s.limitsHit.contains("egress.connections"))
+                    return .overLimit(first: !s.limitsHit.contains("egress.connections"), number: s.totals.connections)
                 }
                 if s.active >= EgressProxy.maxConcurrent {
                     s.totals.denied += 1
-                    return .busy
+                    return .busy(s.totals.connections)
                 }
                 s.active += 1
                 return .admitted(s.totals.connections)
@@ -194,17 +194,17 @@ public final class EgressProxy: Sendable {
             case .stopped:
                 close(client)
                 return
-            case .overLimit(let first):
+            case .overLimit(let first, let number):
                 // Only the first refusal is a row of its own: a worker must not flood the audit trail.
                 refuseAtOnce(client, ProxyRequest.response(status: 429, reason: "connection limit"))
                 if first {
                     limitHit("egress.connections")
-                    configuration.onEvent(Event(allowed: false, reason: "connection-limit", policy: true))
+                    configuration.onEvent(Event(connection: number, allowed: false, reason: "connection-limit", policy: true))
                 }
-            case .busy:
+            case .busy(let number):
                 // A row each: these count against maxConnections, which bounds them.
                 refuseAtOnce(client, ProxyRequest.response(status: 429, reason: "too many connections at once"))
-                configuration.onEvent(Event(allowed: false, reason: "concurrent-limit", policy: true))
+                configuration.onEvent(Event(connection: number, allowed: false, reason: "concurrent-limit", policy: true))
             case .admitted(let number):
                 do {
                     try threads.start(connection: true) { [self] in

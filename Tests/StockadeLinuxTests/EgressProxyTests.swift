@@ -402,6 +402,8 @@ extension EgressProxyTests {
         let fd: Int32
         let received = Mutex<[String]>([])
         let accepted = Mutex(0)
+        /// Every byte received so far, counted as each read returns (not when a connection ends).
+        let bytes = Mutex(0)
 
         init(address: UInt32, port: UInt16) throws {
             let sock = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -430,6 +432,7 @@ extension EgressProxyTests {
                         let n = recv(c, &chunk, chunk.count, 0)
                         if n <= 0 { break }
                         got += chunk[0..<n]
+                        bytes.withLock { $0 += n }
                     }
                     received.withLock { $0.append(String(decoding: got, as: UTF8.self)) }
                     let answer = Array("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".utf8)
@@ -567,8 +570,9 @@ extension EgressProxyTests {
         }
         let log = OpenLog()
         let proxy = try Self.start(allow: ["web.test:8081"], hosts: ["web.test": Self.dotted(address)], onOpen: { event in
-            // How many requests the upstream had received when the row was written: none of this one's.
-            let seen = upstream.received.withLock { $0.count }
+            // The bytes the upstream has received a moment after the row is written: none of this connection's.
+            usleep(150_000)
+            let seen = upstream.bytes.withLock { $0 }
             log.rows.withLock { $0.append((event, seen)) }
             return !log.refuse.withLock { $0 }
         }, recorder: recorder)
@@ -581,9 +585,12 @@ extension EgressProxyTests {
         proxy.stop()
         let rows = log.rows.withLock { $0 }
         #expect(rows.map { $0.0.connection } == [2, 3] && rows.map { $0.0.host } == ["web.test", "web.test"], "\(rows.map { $0.0 })")
-        #expect(rows.first?.1 == 0 && rows.first?.0.address == Self.dotted(address) && rows.first?.0.rule == "web.test:8081")
-        // The positive control's request reached the upstream; the unrecorded one's bytes never did.
+        #expect(rows.first?.0.address == Self.dotted(address) && rows.first?.0.rule == "web.test:8081")
+        for _ in 0..<100 where upstream.received.withLock({ $0.count }) < 2 { usleep(50_000) }
+        // The positive control's request reached the upstream, after its row; the unrecorded one's bytes never did.
         let got = upstream.received.withLock { $0 }
+        #expect(rows.map(\.1) == [0, got.first?.utf8.count ?? -1], "bytes at the upstream when each row was written: \(rows.map(\.1))")
+        #expect(upstream.bytes.withLock { $0 } == got.first?.utf8.count)
         #expect(got.first?.hasPrefix("GET /a HTTP/1.1") == true && got.dropFirst().allSatisfy { !$0.contains("GET /b") }, "\(got)")
         let ends = recorder.events.withLock { $0 }
         #expect(ends.map(\.connection) == [1, 2, 3] && ends.map { $0.reason ?? "ok" } == ["not-allowed", "ok", "not-recorded"], "\(ends.map(\.reason))")
