@@ -6,6 +6,7 @@ import Glibc
 struct ImageBudget {
     var entries = 0
     var bytes: Int64 = 0
+    var directoryOpens = 0
 }
 
 /// What unpacking one layer did.
@@ -42,6 +43,9 @@ struct LayerUnpacker {
     private var lastParent: (parts: [[UInt8]], fd: Int32)?
     /// Directories made because an entry lay beneath them, not named by an entry of their own.
     private var implicitDirectories = 0
+    /// Directories opened to place this layer's entries, and by the layers before it.
+    private var directoryOpens = 0
+    private var directoryOpensBefore = 0
 
     static let maxIds: UInt32 = 65536
 
@@ -54,6 +58,8 @@ struct LayerUnpacker {
     /// Unpacks the archive read from `fd` and returns the digest and size of every byte of it.
     mutating func unpack(fd: Int32, budget: inout ImageBudget) throws(ImageError) -> (Digest, Int64) {
         defer { closeLastParent() }
+        directoryOpensBefore = budget.directoryOpens
+        defer { budget.directoryOpens = directoryOpensBefore + directoryOpens }
         // What the tar reader may take from the decompressor: the files' bytes and generous room for
         // headers. Checked as libarchive asks for input, so data it skips (a whiteout's or a hard
         // link's, which no file bound counts) cannot make a small blob decompress without end.
@@ -305,6 +311,12 @@ struct LayerUnpacker {
         }
         guard current >= 0 else { throw fail(shown, errno, "cannot duplicate the layer's descriptor") }
         for part in parts[start...] {
+            directoryOpens += 1
+            guard directoryOpensBefore + directoryOpens <= bounds.maxDirectoryOpens else {
+                close(current)
+                throw ImageError(.overBound, entry: shown,
+                                 "placing the image's entries took more than \(bounds.maxDirectoryOpens) directory opens (stopped at \(shown)): entries that alternate between deep directories")
+            }
             let leaf = cName(part)
             var next = stk_openat2(current, leaf, UInt64(O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), 0,
                                    UInt64(STK_RESOLVE_BENEATH | STK_RESOLVE_NO_SYMLINKS))

@@ -252,6 +252,25 @@ struct ImageImportTests {
         expectRefused(tooDeep, .overBound, entry: nil, store: freshStore { $0.maxPathComponents = 32 })
     }
 
+    @Test("entries alternating between two deep directories open each whole path again: the import's directory opens are bounded, across its layers")
+    func alternatingDeepDirectories() throws {
+        let left = String(repeating: "l/", count: 20), right = String(repeating: "r/", count: 20)
+        // 100 entries, each in the other tree from the one before: 20 opens each.
+        let entries: [TarEntry] = (0..<100).map { .file((($0 % 2 == 0) ? left : right) + "f\($0)", "x") }
+        let layer = Tar.archive(entries)
+        // Positive control: within the default bound it imports, every file in place.
+        let fine = freshStore()
+        let imported = try fine.importLayout(try LayoutFixture(layers: [layer]).path, name: "alternating")
+        let path = fine.layerPath(try #require(imported.record.layers.first))
+        #expect(FileManager.default.fileExists(atPath: path + "/" + left + "f98") && FileManager.default.fileExists(atPath: path + "/" + right + "f99"))
+        expectRefused(try LayoutFixture(layers: [layer]), .overBound, entry: nil, store: freshStore { $0.maxDirectoryOpens = 1000 })
+        // The bound is the import's: two layers of 1 000 opens each pass one of 1 500 alone but not together.
+        let first = Tar.archive(Array(entries.prefix(50))), second = Tar.archive(Array(entries.suffix(50)))
+        #expect((try? freshStore { $0.maxDirectoryOpens = 1500 }.importLayout(try LayoutFixture(layers: [first]).path, name: "one")) != nil)
+        #expect((try? freshStore { $0.maxDirectoryOpens = 1500 }.importLayout(try LayoutFixture(layers: [second]).path, name: "one")) != nil)
+        expectRefused(try LayoutFixture(layers: [first, second]), .overBound, entry: nil, store: freshStore { $0.maxDirectoryOpens = 1500 })
+    }
+
     @Test("a name too long for its record's file is refused before any layer is unpacked")
     func longNameRefused() throws {
         let layout = try LayoutFixture(layers: [Tar.archive([.file("a", "x")])])
