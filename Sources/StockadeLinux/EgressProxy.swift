@@ -331,8 +331,15 @@ public final class EgressProxy: Sendable {
             }
             local = listed
         }
-        guard let address = candidates.first(where: { policy.refusal(for: $0, port: request.port, local: local) == nil }) else {
-            let refusal = policy.refusal(for: candidates[0], port: request.port, local: local)
+        // An address the kernel takes as this host's own is local too though no interface carries it:
+        // a `local` route (AnyIP) makes a whole range answer as the host.
+        let localByKernel = !policy.egress.allowPrivate
+        func refusal(_ candidate: [UInt8]) -> (reason: String, rule: String?)? {
+            if let refused = policy.refusal(for: candidate, port: request.port, local: local) { return refused }
+            return localByKernel && Self.isOwnAddress(candidate) ? ("local-address", nil) : nil
+        }
+        guard let address = candidates.first(where: { refusal($0) == nil }) else {
+            let refusal = refusal(candidates[0])
             event.address = IPAddress.format(candidates[0])
             event.reason = refusal?.reason
             if let rule = refusal?.rule { event.rule = rule }
@@ -624,6 +631,39 @@ public final class EgressProxy: Sendable {
     static func noDelay(_ fd: Int32) {
         var one: Int32 = 1
         _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    /// Whether a socket binds to `address` (IPv4-mapped: its IPv4 address): the kernel's own test
+    /// of a local address, which a `local` route passes as an interface's address does. Told apart
+    /// only while an address that cannot be local (TEST-NET-1, 2001:db8::1) does not bind too, as it
+    /// would with `ip_nonlocal_bind`; then only the interfaces' addresses are known to be local.
+    static func isOwnAddress(_ address: [UInt8]) -> Bool {
+        let plain = IPAddress.unmapped(address)
+        guard binds(plain) == true else { return false }
+        return binds(plain.count == 4 ? [192, 0, 2, 1] : [0x20, 0x01, 0x0D, 0xB8] + [UInt8](repeating: 0, count: 11) + [1]) == false
+    }
+
+    /// true when a datagram socket binds to `address` (port 0), false when the address is not
+    /// available here, nil when that cannot be asked.
+    static func binds(_ address: [UInt8]) -> Bool? {
+        let v4 = address.count == 4
+        let fd = socket(v4 ? AF_INET : AF_INET6, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        let rc: Int32
+        if v4 {
+            var sa = sockaddr_in()
+            sa.sin_family = sa_family_t(AF_INET)
+            withUnsafeMutableBytes(of: &sa.sin_addr) { $0.copyBytes(from: address) }
+            rc = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        } else {
+            var sa = sockaddr_in6()
+            sa.sin6_family = sa_family_t(AF_INET6)
+            withUnsafeMutableBytes(of: &sa.sin6_addr) { $0.copyBytes(from: address) }
+            rc = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
+        }
+        if rc == 0 { return true }
+        return errno == EADDRNOTAVAIL ? false : nil
     }
 
     static func nowMs() -> Int64 {

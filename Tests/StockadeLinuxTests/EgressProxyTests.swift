@@ -1,3 +1,4 @@
+import CStockade
 import Glibc
 @testable import StockadeLinux
 import StockadePolicy
@@ -81,7 +82,8 @@ struct EgressProxyTests {
 
     static func start(allow: [String], hosts: [String: String] = ["allowed.test": "127.0.0.1"], allowPrivate: Bool = true,
                       maxConnections: Int = 64, maxBytes: Int64 = 1 << 30, headTimeoutMs: Int32 = 10_000,
-                      onOpen: (@Sendable (EgressProxy.Event) -> Bool)? = nil, recorder: Recorder) throws -> EgressProxy {
+                      onOpen: (@Sendable (EgressProxy.Event) -> Bool)? = nil, namespaceOf: Int32 = getpid(),
+                      recorder: Recorder) throws -> EgressProxy {
         var egress = Profile.Egress()
         egress.allow = allow.compactMap(EgressRule.parse)
         egress.allowPrivate = allowPrivate
@@ -96,7 +98,7 @@ struct EgressProxyTests {
         c.onEvent = { e in recorder.events.withLock { $0.append(e) } }
         c.onLimit = { l in recorder.limits.withLock { $0.append(l) } }
         if let onOpen { c.onOpen = onOpen }
-        return try EgressProxy.start(inNamespaceOf: getpid(), port: 0, configuration: c)
+        return try EgressProxy.start(inNamespaceOf: namespaceOf, port: 0, configuration: c)
     }
 
     static func nowMs() -> Int64 {
@@ -594,5 +596,88 @@ extension EgressProxyTests {
         #expect(got.first?.hasPrefix("GET /a HTTP/1.1") == true && got.dropFirst().allSatisfy { !$0.contains("GET /b") }, "\(got)")
         let ends = recorder.events.withLock { $0 }
         #expect(ends.map(\.connection) == [1, 2, 3] && ends.map { $0.reason ?? "ok" } == ["not-allowed", "ok", "not-recorded"], "\(ends.map(\.reason))")
+    }
+}
+
+extension EgressProxyTests {
+    /// Runs `argv` and returns its wait status.
+    static func spawnHere(_ argv: [String]) -> Int32 {
+        var pid: pid_t = 0
+        let cArgs = argv.map { strdup($0) } + [nil]
+        defer { cArgs.forEach { free($0) } }
+        guard posix_spawn(&pid, argv[0], nil, nil, cArgs, environ) == 0 else { return -1 }
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        return status
+    }
+
+    @Test("an address made local only by a `local` route (AnyIP, on no interface) is refused as the host's own unless allowPrivate; the control connects to it directly", .timeLimit(.minutes(1)))
+    func localRoute() throws {
+        final class Outcome: @unchecked Sendable {
+            let finished = Atomic<Bool>(false)
+            var own: [Bool] = []
+            var notes: [String] = []
+            var control = false
+            var refused = ""
+            var allowed = ""
+            var reasons: [String] = []
+        }
+        let outcome = Outcome()
+        // All of it in a thread of its own, in a network namespace of its own: the route and the
+        // proxy's threads (made from this thread) are there, and nothing leaves it (only `lo`).
+        let name = "stk-anyip-\(getpid())"
+        try #require(Self.spawnHere(["/sbin/ip", "netns", "add", name]) == 0)
+        defer { _ = Self.spawnHere(["/sbin/ip", "netns", "delete", name]) }
+        try #require(Self.spawnHere(["/sbin/ip", "-n", name, "link", "set", "lo", "up"]) == 0)
+        try #require(Self.spawnHere(["/sbin/ip", "-n", name, "route", "add", "local", "11.0.0.0/24", "dev", "lo"]) == 0)
+        let namespace = open("/run/netns/" + name, O_RDONLY | O_CLOEXEC)
+        try #require(namespace >= 0)
+        defer { close(namespace) }
+        let thread = Thread {
+            defer { outcome.finished.store(true, ordering: .releasing) }
+            guard stk_setns_net(namespace) == 0 else { outcome.notes.append("setns: errno \(errno)"); return }
+            // This thread's id (its /proc entry names its namespace, not the process's).
+            var link = [CChar](repeating: 0, count: 64)
+            let n = readlink("/proc/thread-self", &link, link.count - 1)
+            guard n > 0, let tid = Int32(String(decoding: link.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self).split(separator: "/").last ?? "") else {
+                outcome.notes.append("no thread id")
+                return
+            }
+            // A service bound to every address answers on the whole range.
+            guard let upstream = try? Upstream(body: Array("host service".utf8), address: 0) else { outcome.notes.append("no upstream"); return }
+            defer { upstream.stop() }
+            // Positive control: the range's address reaches it directly.
+            let direct = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var a = sockaddr_in()
+            a.sin_family = sa_family_t(AF_INET)
+            a.sin_port = upstream.port.bigEndian
+            a.sin_addr.s_addr = UInt32(0x0B00_0007).bigEndian
+            outcome.control = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(direct, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } } == 0
+            close(direct)
+            outcome.own = [EgressProxy.isOwnAddress([11, 0, 0, 7]), EgressProxy.isOwnAddress([11, 0, 1, 7])]
+            for allowPrivate in [false, true] {
+                let recorder = Recorder()
+                guard let proxy = try? Self.start(allow: ["anyip.test:\(upstream.port)"], hosts: ["anyip.test": "11.0.0.7"], allowPrivate: allowPrivate,
+                                                  namespaceOf: tid, recorder: recorder),
+                      let answer = try? Self.exchange(proxy.port, Array("CONNECT anyip.test:\(upstream.port) HTTP/1.1\r\n\r\nping".utf8)) else {
+                    outcome.notes.append("no proxy")
+                    return
+                }
+                proxy.stop()
+                if allowPrivate { outcome.allowed = answer } else { outcome.refused = answer }
+                outcome.reasons += recorder.events.withLock { $0.map { $0.reason ?? "ok" } }
+            }
+        }
+        thread.start()
+        for _ in 0..<600 where !outcome.finished.load(ordering: .acquiring) { usleep(50_000) }
+        let finished = outcome.finished.load(ordering: .acquiring)
+        #expect(finished)
+        #expect(outcome.notes.isEmpty, "\(outcome.notes)")
+        #expect(outcome.own == [true, false], "the kernel's test: the routed address is the host's, one beside it is not")
+        #expect(outcome.control, "the control did not reach the service through the local route")
+        #expect(outcome.refused.hasPrefix("HTTP/1.1 403") && outcome.refused.contains("local-address") && !outcome.refused.contains("host service"),
+                "\(outcome.refused)")
+        #expect(outcome.allowed.hasSuffix("host service"), "allowPrivate admits it: \(outcome.allowed)")
+        #expect(outcome.reasons == ["local-address", "ok"], "\(outcome.reasons)")
     }
 }
