@@ -663,6 +663,8 @@ extension EgressProxyTests {
                     outcome.notes.append("no proxy")
                     return
                 }
+                // The connection's end is recorded once the proxy has seen the client go.
+                for _ in 0..<200 where recorder.events.withLock({ $0.isEmpty }) { usleep(10_000) }
                 proxy.stop()
                 if allowPrivate { outcome.allowed = answer } else { outcome.refused = answer }
                 outcome.reasons += recorder.events.withLock { $0.map { $0.reason ?? "ok" } }
