@@ -25,20 +25,7 @@ struct EgressProxyTests {
 
         /// On 127.0.0.1 and a free port, or on `address` (host order) and `port`.
         init(body: [UInt8], address: UInt32 = 0x7F00_0001, port wanted: UInt16 = 0) throws {
-            let sock = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            fd = sock
-            var one: Int32 = 1
-            setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-            var a = sockaddr_in()
-            a.sin_family = sa_family_t(AF_INET)
-            a.sin_port = wanted.bigEndian
-            a.sin_addr.s_addr = address.bigEndian
-            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-            let ok = withUnsafeMutablePointer(to: &a) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(sock, $0, len) == 0 && listen(sock, 64) == 0 && getsockname(sock, $0, &len) == 0 }
-            }
-            try #require(ok)
-            port = UInt16(bigEndian: a.sin_port)
+            (fd, port) = try EgressProxyTests.listener(address, wanted)
             self.body = body
             let fd = self.fd, body = self.body
             let t = Thread {
@@ -80,6 +67,23 @@ struct EgressProxyTests {
         }
     }
 
+    /// A TCP listener on `address` (host order) and `port` (0: a free one), and its port.
+    static func listener(_ address: UInt32, _ port: UInt16) throws -> (fd: Int32, port: UInt16) {
+        let sock = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var one: Int32 = 1
+        setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_port = port.bigEndian
+        a.sin_addr.s_addr = address.bigEndian
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &a) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(sock, $0, len) == 0 && listen(sock, 64) == 0 && getsockname(sock, $0, &len) == 0 }
+        }
+        try #require(ok, "listen on \(address):\(port): errno \(errno)")
+        return (sock, UInt16(bigEndian: a.sin_port))
+    }
+
     static func start(allow: [String], hosts: [String: String] = ["allowed.test": "127.0.0.1"], allowPrivate: Bool = true,
                       maxConnections: Int = 64, maxBytes: Int64 = 1 << 30, headTimeoutMs: Int32 = 10_000,
                       onOpen: (@Sendable (EgressProxy.Event) -> Bool)? = nil, namespaceOf: Int32 = getpid(),
@@ -107,12 +111,12 @@ struct EgressProxyTests {
         return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
     }
 
-    static func connect(_ port: UInt16) throws -> Int32 {
+    static func connect(_ port: UInt16, address: UInt32 = 0x7F00_0001) throws -> Int32 {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var a = sockaddr_in()
         a.sin_family = sa_family_t(AF_INET)
         a.sin_port = port.bigEndian
-        a.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+        a.sin_addr.s_addr = address.bigEndian
         let rc = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
         try #require(rc == 0)
         var tv = timeval(tv_sec: 20, tv_usec: 0)
@@ -408,18 +412,8 @@ extension EgressProxyTests {
         let bytes = Mutex(0)
 
         init(address: UInt32, port: UInt16) throws {
-            let sock = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            let sock = try EgressProxyTests.listener(address, port).fd
             fd = sock
-            var one: Int32 = 1
-            setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-            var a = sockaddr_in()
-            a.sin_family = sa_family_t(AF_INET)
-            a.sin_port = port.bigEndian
-            a.sin_addr.s_addr = address.bigEndian
-            let ok = withUnsafePointer(to: &a) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(sock, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 && listen(sock, 16) == 0 }
-            }
-            try #require(ok, "bind \(address):\(port): errno \(errno)")
             EgressProxyTests.Thread { [self] in
                 let fd = sock
                 while true {
@@ -462,7 +456,7 @@ extension EgressProxyTests {
         let first = "POST http://web.test:8080/first HTTP/1.1\r\nHost: web.test\r\nContent-Length:  5 \r\n\r\nhello"
         let second = "GET http://evil.test/second HTTP/1.1\r\nHost: evil.test\r\n\r\n"
         // Positive control: sent to the upstream directly, both requests reach it.
-        let direct = try Self.connectTo(address, 8080)
+        let direct = try Self.connect(8080, address: address)
         _ = Array((first + second).utf8).withUnsafeBytes { send(direct, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         var scratch = [UInt8](repeating: 0, count: 256)
         _ = recv(direct, &scratch, scratch.count, 0)
@@ -545,17 +539,6 @@ extension EgressProxyTests {
             case .failure(let f): #expect(f.status == status, "\(headers.debugDescription): \(f)")
             }
         }
-    }
-
-    static func connectTo(_ address: UInt32, _ port: UInt16) throws -> Int32 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var a = sockaddr_in()
-        a.sin_family = sa_family_t(AF_INET)
-        a.sin_port = port.bigEndian
-        a.sin_addr.s_addr = address.bigEndian
-        let rc = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        try #require(rc == 0)
-        return fd
     }
 }
 
