@@ -66,6 +66,8 @@ final class API: Sendable {
     let metrics: ServiceMetrics?
     /// Bounds the calls made without an authenticated caller, per peer.
     let anonymous: AnonymousLimiter
+    /// Bounds the streams each principal holds open.
+    let streams = StreamSlots()
 
     init(supervisor: Supervisor, registry: RunRegistry, tokens: TokenStore, shutdown: ShutdownFlag, logger: Logger,
          verification: VerificationStatus? = nil, metrics: ServiceMetrics? = nil) {
@@ -525,10 +527,25 @@ final class API: Sendable {
         var headers = HTTPFields()
         headers[.contentType] = "text/event-stream"
         headers[.cacheControl] = "no-store"
+        let slot = try streamSlot(principal, context)
         let stream = EventStream(audit: supervisor.audit, channel: context.channel, shutdown: shutdown, since: since, runId: run, kind: kind, logger: logger)
         return Reply(response: Response(status: .ok, headers: headers, body: ResponseBody { writer in
+            defer { slot.release() }
             try await stream.run(&writer)
         }), runId: run)
+    }
+
+    /// One of the principal's stream slots, or 429 `too-many-streams`.
+    func streamSlot(_ principal: Principal?, _ context: StockadeRequestContext) throws -> StreamSlots.Slot {
+        let name = principal?.name ?? ""
+        guard let slot = streams.take(name) else {
+            var refusal = APIError(.tooManyRequests, "too-many-streams",
+                                   "\(name) holds \(StreamSlots.perPrincipal) streams open (events or followed logs), the most one token may: close one first")
+            refusal.headers[.retryAfter] = "5"
+            throw refusal
+        }
+        slot.release(onClose: context.channel)
+        return slot
     }
 }
 

@@ -54,8 +54,10 @@ extension API {
             return Reply(response: Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes))), runId: id)
         }
         headers[.cacheControl] = "no-store"
+        let slot = try streamSlot(principal, context)
         let follower = LogFollower(path: path, offset: offset, channel: context.channel, shutdown: shutdown, logger: logger) { [self] in await logComplete(id) }
         return Reply(response: Response(status: .ok, headers: headers, body: ResponseBody { writer in
+            defer { slot.release() }
             try await follower.run(&writer)
         }), runId: id)
     }

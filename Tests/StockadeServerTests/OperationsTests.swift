@@ -562,3 +562,59 @@ extension HostileClientTests {
         #expect(counted > 0 && rows + counted == 300, "\(rows) rows and \(counted) counted of 300: \(throttled)")
     }
 }
+
+extension HostileClientTests {
+    @Test("one token holds at most 32 streams open: the 33rd event stream or followed log is 429 too-many-streams, another token's is served, and a closed stream frees its slot")
+    func streamsPerToken() throws {
+        let server = try ServerHarness()
+        let token = try server.token("watcher", scopes: "audit:read,run:read,run:write")
+        let other = try server.token("other", scopes: "audit:read")
+        func open(_ path: String, _ token: String) throws -> (fd: Int32, status: Int, text: String) {
+            let fd = try server.client.connect(timeoutSeconds: 10)
+            var head = HTTPClient.head("GET", path, token: token, headers: [:], bodyCount: nil)
+            // Kept open: the harness's head says Connection: close, which ends the stream only when it ends.
+            head = Array(String(decoding: head, as: UTF8.self).replacingOccurrences(of: "Connection: close\r\n", with: "").utf8)
+            try HTTPClient.send(fd, head)
+            var got: [UInt8] = []
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            while !got.contains(13) || String(decoding: got, as: UTF8.self).range(of: "\r\n\r\n") == nil {
+                let n = recv(fd, &chunk, chunk.count, 0)
+                if n <= 0 { break }
+                got += chunk[0..<n]
+            }
+            let text = String(decoding: got, as: UTF8.self)
+            let status = Int(text.split(separator: " ").dropFirst().first ?? "") ?? 0
+            return (fd, status, text)
+        }
+        var held: [Int32] = []
+        defer { held.forEach { close($0) } }
+        // Positive control: the first 32 are served, events and a followed log alike.
+        let run = try #require(try server.client.request("POST", "/v1/runs", token: token, json: #"{"command":["/bin/sleep","30"]}"#).json()["id"] as? String)
+        for i in 0..<32 {
+            let stream = try open(i % 2 == 0 ? "/v1/events" : "/v1/runs/\(run)/logs?follow=true", token)
+            held.append(stream.fd)
+            #expect(stream.status == 200, "stream \(i): \(stream.text)")
+        }
+        let refused = try open("/v1/events", token)
+        close(refused.fd)
+        #expect(refused.status == 429 && refused.text.contains("too-many-streams"), "\(refused.text)")
+        let log = try open("/v1/runs/\(run)/logs?follow=true", token)
+        close(log.fd)
+        #expect(log.status == 429, "\(log.text)")
+        let others = try open("/v1/events", other)
+        close(others.fd)
+        #expect(others.status == 200, "another token is not held back: \(others.text)")
+        // A closed stream gives its slot back.
+        close(held.removeFirst())
+        var again = 0
+        for _ in 0..<100 where again != 200 {
+            usleep(50_000)
+            let retry = try open("/v1/events", token)
+            again = retry.status
+            if again == 200 { held.append(retry.fd) } else { close(retry.fd) }
+        }
+        #expect(again == 200, "a slot came back once a stream closed")
+        _ = try? server.client.request("POST", "/v1/runs/\(run)/cancel", token: token)
+        #expect(server.terminate() == 0)
+    }
+}
