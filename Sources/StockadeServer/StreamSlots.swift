@@ -20,8 +20,6 @@ final class StreamSlots: Sendable {
         return taken ? Slot(slots: self, principal: principal) : nil
     }
 
-    func count(_ principal: String) -> Int { held.withLock { $0[principal] ?? 0 } }
-
     fileprivate func give(_ principal: String) {
         held.withLock { all in
             let left = (all[principal] ?? 1) - 1
