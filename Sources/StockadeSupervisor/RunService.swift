@@ -5,6 +5,8 @@ import Synchronization
 /// service starts queued runs as running ones finish. Admission lives here: at most `maxRunning`
 /// runs at once and at most `maxQueued` waiting; a submission past that is refused
 /// (`queueFull`) or, for a caller that can apply back-pressure (a batch reading its input), waits.
+/// Queued runs are given a slot strictly in the order they were submitted: the slot is decided
+/// here, on the actor, never by which run's task happens to be scheduled first.
 public actor RunService {
     public struct Admission: Sendable {
         public var maxRunning: Int
@@ -30,7 +32,8 @@ public actor RunService {
     private let runner: Runner
     private var running = 0
     private var queued = 0
-    private var startWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Queued runs, oldest first; `finished` hands the slot it frees to the first.
+    private var waiting: [RunHandle] = []
     private var roomWaiters: [CheckedContinuation<Void, Never>] = []
     private var outstanding: [String: RunHandle] = [:]
     private var closed = false
@@ -59,12 +62,18 @@ public actor RunService {
             await withCheckedContinuation { roomWaiters.append($0) }
         }
         guard !closed else { throw RunServiceError.closed }
-        queued += 1
         let handle = RunHandle(runId: runId ?? Supervisor.makeRunId())
         outstanding[handle.runId] = handle
+        if running < admission.maxRunning {
+            running += 1
+            handle.slot.grant()
+        } else {
+            queued += 1
+            waiting.append(handle)
+        }
         let runner = self.runner
         handle.start { [self] cancellation, runId in
-            await self.waitForSlot()
+            await handle.slot.wait()
             handle.markRunning()
             let report = await runner(options, onOutput, cancellation, runId)
             await self.finished(runId)
@@ -75,16 +84,6 @@ public actor RunService {
 
     /// Runs under way and waiting, for a service's metrics and a queue's `Retry-After`.
     public var load: (running: Int, queued: Int) { (running, queued) }
-
-    private func waitForSlot() async {
-        if running < admission.maxRunning {
-            running += 1
-            queued -= 1
-            return
-        }
-        // Woken by `finished`, which hands this run the slot it frees.
-        await withCheckedContinuation { startWaiters.append($0) }
-    }
 
     /// Stops admitting runs and cancels every queued and running one (an interrupt, a shutdown).
     public func cancelAll() {
@@ -98,10 +97,10 @@ public actor RunService {
 
     private func finished(_ runId: String) {
         outstanding[runId] = nil
-        if let next = startWaiters.popFirst() {
+        if let next = waiting.popFirst() {
             queued -= 1
             roomWaiters.popFirst()?.resume()
-            next.resume()
+            next.slot.grant()
         } else {
             running -= 1
             roomWaiters.popFirst()?.resume()
@@ -129,6 +128,8 @@ public final class RunHandle: Sendable {
 
     public let runId: String
     public let cancellation = RunCancellation()
+    /// Opened by the service when the run may start.
+    let slot = SlotGate()
     private let state = Mutex(State.queued)
     private let task = Mutex<Task<RunReport, Never>?>(nil)
 
@@ -162,6 +163,36 @@ public final class RunHandle: Sendable {
         // `start` is called before the handle is returned, so the task is there.
         guard let running = task.withLock({ $0 }) else { preconditionFailure("a RunHandle is started before it is handed out") }
         return await running.value
+    }
+}
+
+/// A one-time gate: `wait` returns once `grant` has been called, before or after.
+final class SlotGate: Sendable {
+    private enum State {
+        case closed
+        case waiter(CheckedContinuation<Void, Never>)
+        case open
+    }
+    private let state = Mutex(State.closed)
+
+    func grant() {
+        let waiter: CheckedContinuation<Void, Never>? = state.withLock { state in
+            defer { state = .open }
+            if case .waiter(let waiter) = state { return waiter }
+            return nil
+        }
+        waiter?.resume()
+    }
+
+    func wait() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let openAlready = state.withLock { state -> Bool in
+                if case .open = state { return true }
+                state = .waiter(continuation)
+                return false
+            }
+            if openAlready { continuation.resume() }
+        }
     }
 }
 

@@ -9,6 +9,8 @@ final class HeldRuns: Sendable {
         var peak = 0
         var started: [String] = []
         var gates: [String: CheckedContinuation<Void, Never>] = [:]
+        /// Set once a wait has failed: runs are no longer held.
+        var open = false
     }
     private let state = Mutex(State())
 
@@ -22,21 +24,54 @@ final class HeldRuns: Sendable {
             s.peak = max(s.peak, s.running)
             s.started.append(options.command?.first ?? "")
         }
-        await withCheckedContinuation { gate in state.withLock { $0.gates[options.command?.first ?? ""] = gate } }
+        await withCheckedContinuation { gate in
+            let hold = state.withLock { s in
+                if !s.open { s.gates[options.command?.first ?? ""] = gate }
+                return !s.open
+            }
+            if !hold { gate.resume() }
+        }
         state.withLock { $0.running -= 1 }
         return RunReport(runId: runId, profile: "default", outcome: cancellation.isCancelled ? .cancelled : .exited)
     }
 
-    /// Lets the run named `name` finish, once it has started.
-    func release(_ name: String) async {
-        while true {
-            if let gate = state.withLock({ $0.gates.removeValue(forKey: name) }) { return gate.resume() }
-            await Task.yield()
+    /// Lets the run named `name` finish, once it has started. Waits at most ten seconds; past that
+    /// (a run that never starts) it records what it waited for and lets every run finish, so the
+    /// test fails instead of hanging on a report.
+    func release(_ name: String, sourceLocation: SourceLocation = #_sourceLocation) async {
+        let found = await poll { self.state.withLock { $0.gates.removeValue(forKey: name) } }
+        guard let gate = found else {
+            Issue.record("run \(name) never started (started: \(started))", sourceLocation: sourceLocation)
+            return releaseAll()
+        }
+        gate.resume()
+    }
+
+    /// Waits, at most ten seconds, until `count` runs have started.
+    func waitStarted(_ count: Int, sourceLocation: SourceLocation = #_sourceLocation) async {
+        let reached = await poll { self.state.withLock { $0.started.count >= count } ? true : nil }
+        if reached == nil {
+            Issue.record("\(count) runs never started (started: \(started))", sourceLocation: sourceLocation)
+            releaseAll()
         }
     }
 
-    func waitStarted(_ count: Int) async {
-        while state.withLock({ $0.started.count }) < count { await Task.yield() }
+    /// Opens every gate now and lets any run that starts later through at once.
+    private func releaseAll() {
+        let gates = state.withLock { s in
+            defer { s.gates = [:]; s.open = true }
+            return Array(s.gates.values)
+        }
+        for gate in gates { gate.resume() }
+    }
+
+    private func poll<T>(_ probe: () -> T?) async -> T? {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline && !Task.isCancelled {
+            if let value = probe() { return value }
+            try? await Task.sleep(for: .milliseconds(1))
+        }
+        return probe()
     }
 }
 
@@ -62,8 +97,8 @@ struct RunServiceTests {
         await held.release("a")
         await held.waitStarted(3)
         #expect(held.started.last == "c")
-        // One slot freed at a time: two freed together start d and e on tasks of their own, in
-        // either order.
+        // One slot freed at a time, so the order the runs start in is the order they were given
+        // their slots: submission order.
         await held.release("b")
         await held.waitStarted(4)
         #expect(held.started.last == "d")
