@@ -28,6 +28,8 @@ final class AnonymousLimiter: Sendable {
         var at: UInt64
         var refused = 0
         var reporting = false
+        /// When the first call of the count being reported was refused.
+        var since: UInt64 = 0
 
         /// Refilled to `now`, never past `capacity`; a clock read before another thread's later
         /// one counts as no time at all.
@@ -104,6 +106,7 @@ final class AnonymousLimiter: Sendable {
                 own.refused += 1
                 if !own.reporting {
                     own.reporting = true
+                    own.since = now
                     startReport = peer
                 }
                 s.peers[peer] = own
@@ -111,6 +114,7 @@ final class AnonymousLimiter: Sendable {
                 s.all.refused += 1
                 if !s.all.reporting {
                     s.all.reporting = true
+                    s.all.since = now
                     startReport = Self.everyone
                 }
                 if let bucket { s.peers[peer] = bucket }
@@ -126,21 +130,28 @@ final class AnonymousLimiter: Sendable {
         return admitted
     }
 
-    /// Records what was counted for `peer` since its last report.
+    /// Records what was counted for `peer` since its last report, over the seconds from the
+    /// first call counted to now (whole seconds, rounded, at least 1: 10 from the timer, fewer at a stop).
     func flush(_ peer: String) {
-        let refused = state.withLock { s -> Int in
+        let (refused, since, now) = state.withLock { s -> (Int, UInt64, UInt64) in
+            let now = Self.nowNs()
             if peer == Self.everyone {
                 defer { s.all.refused = 0; s.all.reporting = false }
-                return s.all.refused
+                return (s.all.refused, s.all.since, now)
             }
-            guard var bucket = s.peers[peer] else { return 0 }
+            guard var bucket = s.peers[peer] else { return (0, 0, now) }
             let count = bucket.refused
             bucket.refused = 0
             bucket.reporting = false
             s.peers[peer] = bucket
-            return count
+            return (count, bucket.since, now)
         }
-        if refused > 0 { report(peer, refused, Self.reportSeconds) }
+        if refused > 0 { report(peer, refused, Self.windowSeconds(since: since, now: now)) }
+    }
+
+    static func windowSeconds(since: UInt64, now: UInt64) -> Int {
+        let elapsed = now > since ? now - since : 0
+        return max(1, Int((elapsed + 500_000_000) / 1_000_000_000))
     }
 
     /// Records every count not yet reported (at the service's stop).

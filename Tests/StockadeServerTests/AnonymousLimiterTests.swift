@@ -8,6 +8,7 @@ import Testing
 struct AnonymousLimiterTests {
     final class Reports: Sendable {
         let rows = Mutex<[(String, Int)]>([])
+        let seconds = Mutex<[Int]>([])
     }
 
     @Test("a peer is its IPv4 address, an IPv4-mapped address's IPv4 address, an IPv6 address's /64, or the Unix socket")
@@ -23,7 +24,10 @@ struct AnonymousLimiterTests {
     @Test("each peer has its burst, all peers together theirs; what is past a bound is counted where the bound was and reported once")
     func bounds() {
         let reports = Reports()
-        let limiter = AnonymousLimiter { peer, calls, _ in reports.rows.withLock { $0.append((peer, calls)) } }
+        let limiter = AnonymousLimiter { peer, calls, seconds in
+            reports.rows.withLock { $0.append((peer, calls)) }
+            reports.seconds.withLock { $0.append(seconds) }
+        }
         let burst = Int(AnonymousLimiter.burst)
         #expect((0..<burst).allSatisfy { _ in limiter.admit("198.51.100.1") })
         #expect(!limiter.admit("198.51.100.1") && !limiter.admit("198.51.100.1"))
@@ -39,8 +43,19 @@ struct AnonymousLimiterTests {
         let rows = reports.rows.withLock { $0 }
         #expect(rows.first { $0.0 == "198.51.100.1" }?.1 == 2, "\(rows)")
         #expect((rows.first { $0.0 == AnonymousLimiter.everyone }?.1 ?? 0) >= 1, "\(rows)")
+        // Written at once (as at a stop), a row's window is the second it took, not the timer's ten.
+        #expect(reports.seconds.withLock { $0 }.allSatisfy { $0 == 1 }, "\(reports.seconds.withLock { $0 })")
         limiter.flushAll()
         #expect(reports.rows.withLock { $0.count } == rows.count, "a count is reported once")
+    }
+
+    @Test("a row's seconds are those from the first call counted to the row, rounded, at least one")
+    func windowSeconds() {
+        let second: UInt64 = 1_000_000_000
+        #expect(AnonymousLimiter.windowSeconds(since: 5 * second, now: 5 * second) == 1)
+        #expect(AnonymousLimiter.windowSeconds(since: 5 * second, now: 15 * second + 3_000_000) == 10)
+        #expect(AnonymousLimiter.windowSeconds(since: 5 * second, now: 8 * second + 600_000_000) == 4)
+        #expect(AnonymousLimiter.windowSeconds(since: 9 * second, now: 5 * second) == 1, "a clock read out of order")
     }
 
     @Test("calls racing from four threads on one peer never refill its bucket: the admitted stay within the burst and the rate")
