@@ -138,14 +138,22 @@ final class API: Sendable {
             } catch {
                 // The error can name the store or a file on the host: it stays in the log, under a
                 // reference the answer gives, so an operator can find it and a caller learns nothing more.
-                let reference = API.failureReference()
-                self.logger.error("api.failed", metadata: ["route": "\(route)", "reference": "\(reference)", "error": "\(error)"])
-                reply = Reply(response: APIError(.internalServerError, "internal",
-                                                 "the service failed (reference \(reference): the service's log says why under api.failed)").response,
-                              runId: nil)
+                reply = Reply(response: self.failed("internal", "the service failed", error, route: route).response, runId: nil)
             }
             return self.audited(request, context, route: route, principal: principal?.name, authFailure: authFailure, reply: reply)
         }
+    }
+
+    /// A 500 whose cause is on the service's side (its store, a key file, an unexpected error).
+    /// The error can name the store's URL or a host path: it goes to the log as an `api.failed`
+    /// entry under a fresh reference, and the answer says what could not be done and gives that
+    /// reference, quoting nothing of the error.
+    func failed(_ code: String, _ what: String, _ error: Any, route: String? = nil) -> APIError {
+        let reference = API.failureReference()
+        var metadata: Logger.Metadata = ["code": "\(code)", "reference": "\(reference)", "error": "\(error)"]
+        if let route { metadata["route"] = "\(route)" }
+        logger.error("api.failed", metadata: metadata)
+        return APIError(.internalServerError, code, "\(what) (reference \(reference): the service's log says why under api.failed)")
     }
 
     /// 16 hex digits naming one `api.failed` log entry.
@@ -176,7 +184,7 @@ final class API: Sendable {
             try supervisor.audit.record(runId: nil, kind: "api.request", detail: .object(detail))
         } catch {
             logger.error("audit.write-failed", metadata: ["kind": "api.request", "error": "\(error)"])
-            response = APIError(.internalServerError, "audit-unavailable", "the call could not be recorded in the audit trail: \(error)").response
+            response = failed("audit-unavailable", "the call could not be recorded in the audit trail", error).response
         }
         metrics?.request(route: route, method: request.method.rawValue, status: response.status.code)
         return response
@@ -313,9 +321,9 @@ final class API: Sendable {
         case .failure(.closed):
             throw APIError(.serviceUnavailable, "shutting-down", "the service is shutting down and admits no more runs")
         case .failure(.queueFailed(let message)):
-            throw APIError(.internalServerError, "queue-unavailable", "the shared run queue did not take the run, so nothing was queued: \(message)")
+            throw failed("queue-unavailable", "the shared run queue did not take the run, so nothing was queued", message)
         case .failure(.keyStoreFailed(let message)):
-            throw APIError(.internalServerError, "idempotency-store-unavailable", "cannot read the stored idempotency keys, so nothing was started: \(message)")
+            throw failed("idempotency-store-unavailable", "cannot read the stored idempotency keys, so nothing was started", message)
         case .failure(.keyReused):
             throw APIError(.unprocessableContent, "idempotency-key-reused",
                            "this Idempotency-Key was used before with another body: use a new key for a new run", field: "Idempotency-Key")
@@ -421,7 +429,7 @@ final class API: Sendable {
             do {
                 outcome = try node.queue.requestCancel(runId: id)
             } catch {
-                throw API.queueUnavailable(error)
+                throw queueUnavailable(error)
             }
             switch outcome {
             case .cancelled:

@@ -15,12 +15,12 @@ extension API {
         do {
             return try node.queue.run(id: id)
         } catch {
-            throw API.queueUnavailable(error)
+            throw queueUnavailable(error)
         }
     }
 
-    static func queueUnavailable(_ error: AuditError) -> APIError {
-        APIError(.internalServerError, "queue-unavailable", "cannot read the shared run queue: \(error)")
+    func queueUnavailable(_ error: AuditError) -> APIError {
+        failed("queue-unavailable", "cannot read the shared run queue", error)
     }
 
     /// The API's state of a queue row: `claimed` is `running`.
@@ -112,7 +112,7 @@ extension API {
             do {
                 rows = try node.queue.runs(after: cursor, limit: 1000, state: wanted)
             } catch {
-                throw API.queueUnavailable(error)
+                throw queueUnavailable(error)
             }
             for row in rows {
                 let request = (try? StrictJSON.parse(Array(row.request.utf8), limits: .init(maxBytes: 1 << 20, maxDepth: 8)))?.object ?? [:]

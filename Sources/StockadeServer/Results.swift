@@ -97,7 +97,7 @@ extension API {
                 if let detail = event.detailValue?.object, detail["role"]?.string == "result" { expected = detail["manifestSha256"]?.string }
             }
         } catch {
-            throw APIError(.internalServerError, "audit-unavailable", "cannot read run \(id)'s bundle.accepted event: \(error)")
+            throw failed("audit-unavailable", "cannot read run \(id)'s bundle.accepted event", error)
         }
         guard let expected else {
             throw APIError(.internalServerError, "result-unavailable", "run \(id): the audit trail holds no bundle.accepted event for its result, so its copy cannot be checked")

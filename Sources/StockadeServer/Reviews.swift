@@ -31,7 +31,7 @@ extension API {
             let key = try CheckpointKeyFile.loadOrCreate(path: keyPath).key
             document = try RunReceipt.sign(body, with: key)
         } catch {
-            throw APIError(.internalServerError, "receipt-key-unavailable", "cannot sign the receipt with the checkpoint key \(keyPath): \(error)")
+            throw failed("receipt-key-unavailable", "cannot sign the receipt with the checkpoint key", "\(keyPath): \(error)")
         }
         return Reply(response: API.json(document), runId: id)
     }
@@ -51,7 +51,7 @@ extension API {
         do {
             record = try supervisor.audit.diff(id: id)
         } catch {
-            throw APIError(.internalServerError, "audit-unavailable", "cannot read diff \(id): \(error)")
+            throw failed("audit-unavailable", "cannot read diff \(id)", error)
         }
         guard let record else { throw APIError(.notFound, "not-found", "no diff \(id)", field: "id") }
         return record
@@ -66,7 +66,7 @@ extension API {
         do {
             records = try supervisor.audit.diffs(state: state)
         } catch {
-            throw APIError(.internalServerError, "audit-unavailable", "cannot read the diffs: \(error)")
+            throw failed("audit-unavailable", "cannot read the diffs", error)
         }
         return Reply(response: API.json(.object(["reviews": .array(records.map { $0.jsonValue() })])), runId: nil)
     }
@@ -116,7 +116,7 @@ extension API {
                 found = (detail?["submittedBy"]?.string, detail?["allowSelfApproval"]?.bool ?? false)
             }
         } catch {
-            throw APIError(.internalServerError, "audit-unavailable", "cannot read run \(runId): \(error)")
+            throw failed("audit-unavailable", "cannot read run \(runId)", error)
         }
         return found
     }

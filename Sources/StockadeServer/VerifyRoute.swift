@@ -30,7 +30,7 @@ extension API {
         do {
             report = try await verifier.run()
         } catch {
-            throw APIError(.internalServerError, "verify-failed", "the verification could not run: \(error)")
+            throw failed("verify-failed", "the verification could not run", error)
         }
         do {
             try verifier.record(report)
@@ -38,7 +38,7 @@ extension API {
             logger.warning("verify.cleanup-failed", metadata: ["profile": "\(profile)", "error": "\(error.underlying)"])
         } catch {
             // Unrecorded, a verification proves nothing: it is not answered as if it did.
-            throw APIError(.internalServerError, "audit-unavailable", "the verification could not be recorded in the audit trail: \(error)")
+            throw failed("audit-unavailable", "the verification could not be recorded in the audit trail", error)
         }
         return Reply(response: API.json(report.jsonValue), runId: nil)
     }
