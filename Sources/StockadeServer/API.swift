@@ -67,10 +67,11 @@ final class API: Sendable {
     /// Bounds the calls made without an authenticated caller, per peer.
     let anonymous: AnonymousLimiter
     /// Bounds the streams each principal holds open.
-    let streams = StreamSlots()
+    let streams: StreamSlots
 
     init(supervisor: Supervisor, registry: RunRegistry, tokens: TokenStore, shutdown: ShutdownFlag, logger: Logger,
-         verification: VerificationStatus? = nil, metrics: ServiceMetrics? = nil) {
+         verification: VerificationStatus? = nil, metrics: ServiceMetrics? = nil, streamsPerToken: Int = StreamSlots.defaultPerPrincipal) {
+        streams = StreamSlots(perPrincipal: streamsPerToken)
         self.verification = verification
         self.metrics = metrics
         self.supervisor = supervisor
@@ -548,7 +549,7 @@ final class API: Sendable {
         let name = principal?.name ?? ""
         guard let slot = streams.take(name) else {
             var refusal = APIError(.tooManyRequests, "too-many-streams",
-                                   "\(name) holds \(StreamSlots.perPrincipal) streams open (events or followed logs), the most one token may: close one first")
+                                   "\(name) holds \(streams.perPrincipal) streams open (events or followed logs), the most one token may (--max-streams-per-token): close one first")
             refusal.headers[.retryAfter] = "5"
             throw refusal
         }

@@ -33,10 +33,14 @@ public struct ServiceOptions: Sendable {
     public var node: NodeOptions?
     /// `--max-connections`: client connections held at once; nil: half the descriptor limit.
     public var maxConnections: Int?
+    /// `--max-streams-per-token`: event streams and followed logs one token holds open at once.
+    public var maxStreamsPerToken: Int
 
     public init(listen: Listen, stateDirectory: String, maxRunning: Int, maxQueued: Int, graceSeconds: Int64, verify: VerifyOptions? = nil,
                 tls: ServerTLS? = nil, timeouts: ConnectionTimeouts = .standard, maxPerPrincipal: Int = 0, store: StoreURL? = nil,
-                storeConnections: Int = StoreOpener.defaultConnections, node: NodeOptions? = nil, maxConnections: Int? = nil) {
+                storeConnections: Int = StoreOpener.defaultConnections, node: NodeOptions? = nil, maxConnections: Int? = nil,
+                maxStreamsPerToken: Int = StreamSlots.defaultPerPrincipal) {
+        self.maxStreamsPerToken = maxStreamsPerToken
         self.node = node
         self.maxConnections = maxConnections
         self.store = store
@@ -100,7 +104,7 @@ public enum StockadeService {
         let shutdown = ShutdownFlag()
         let verification = options.verify.map { VerificationStatus(refuse: $0.refuse, profiles: $0.profiles) }
         let api = API(supervisor: supervisor, registry: registry, tokens: tokens, shutdown: shutdown, logger: logger,
-                      verification: verification, metrics: metrics)
+                      verification: verification, metrics: metrics, streamsPerToken: options.maxStreamsPerToken)
 
         let address: BindAddress
         switch options.listen {

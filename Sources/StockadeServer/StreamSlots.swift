@@ -5,15 +5,22 @@ import Synchronization
 /// polls the store or a file several times a second for as long as it lasts, so without a bound one
 /// token could load the service with as many as `--max-connections` allows. A slot is taken before
 /// the answer and given back once, whichever comes first: the stream's end or its connection's close.
-final class StreamSlots: Sendable {
-    static let perPrincipal = 32
+public final class StreamSlots: Sendable {
+    /// `--max-streams-per-token`'s default and range.
+    public static let defaultPerPrincipal = 32
+    public static let range = 1...1024
+    let perPrincipal: Int
+
+    init(perPrincipal: Int = StreamSlots.defaultPerPrincipal) {
+        self.perPrincipal = perPrincipal
+    }
 
     private let held = Mutex<[String: Int]>([:])
 
     /// A slot of `principal`'s, or nil when it holds `perPrincipal` already.
     func take(_ principal: String) -> Slot? {
         let taken = held.withLock { all -> Bool in
-            guard all[principal, default: 0] < Self.perPrincipal else { return false }
+            guard all[principal, default: 0] < perPrincipal else { return false }
             all[principal, default: 0] += 1
             return true
         }

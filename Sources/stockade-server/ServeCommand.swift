@@ -35,6 +35,8 @@ struct Serve: AsyncParsableCommand {
     var maxConnections: Int?
     @Option(help: "Runs queued and running at once per token name (0: no limit, the default); past that 429 quota-exceeded.")
     var maxPerPrincipal: Int = 0
+    @Option(help: "Streams (event streams and followed logs) one token holds open at once (1 to 1024); past that 429 too-many-streams.")
+    var maxStreamsPerToken: Int = StreamSlots.defaultPerPrincipal
     @Option(help: "State directory (else $STOCKADE_STATE_DIR, $XDG_STATE_HOME/stockade, ~/.local/state/stockade).")
     var stateDir: String?
     @Option(help: "The audit store, tokens and idempotency keys: sqlite:///PATH (default: <state>/audit.sqlite), postgres://USER@HOST:PORT/DB or postgresql:///DB?host=/SOCKET/DIR (else $STOCKADE_STORE). The password comes from the URL, passwordFile=, $STOCKADE_STORE_PASSWORD_FILE or $PGPASSWORD and is never logged.")
@@ -77,6 +79,9 @@ struct Serve: AsyncParsableCommand {
         }
         if let maxConnections, !(16...1_000_000).contains(maxConnections) {
             throw ValidationError("--max-connections: expected 16 to 1000000, found \(maxConnections)")
+        }
+        guard StreamSlots.range.contains(maxStreamsPerToken) else {
+            throw ValidationError("--max-streams-per-token: expected \(StreamSlots.range.lowerBound) to \(StreamSlots.range.upperBound), found \(maxStreamsPerToken)")
         }
         guard (0...10_000).contains(maxPerPrincipal) else { throw ValidationError("--max-per-principal: expected 0 (no limit) to 10000, found \(maxPerPrincipal)") }
         guard StoreOpener.connectionRange.contains(storeConnections) else {
@@ -195,7 +200,7 @@ struct Serve: AsyncParsableCommand {
             stateDirectory: stateDirectory,
             maxRunning: maxRunning, maxQueued: maxQueued, graceSeconds: DurationText.seconds(grace) ?? 30, verify: verify,
             tls: tls, timeouts: timeouts, maxPerPrincipal: maxPerPrincipal, store: storeURL, storeConnections: storeConnections,
-            node: try nodeOptions(storeURL), maxConnections: maxConnections)
+            node: try nodeOptions(storeURL), maxConnections: maxConnections, maxStreamsPerToken: maxStreamsPerToken)
         let level = environment["STOCKADE_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .notice
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)

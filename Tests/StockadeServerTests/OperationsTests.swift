@@ -564,9 +564,11 @@ extension HostileClientTests {
 }
 
 extension HostileClientTests {
-    @Test("one token holds at most 32 streams open: the 33rd event stream or followed log is 429 too-many-streams, another token's is served, and a closed stream frees its slot")
-    func streamsPerToken() throws {
-        let server = try ServerHarness()
+    @Test("one token holds at most 32 streams open (or --max-streams-per-token): the next event stream or followed log is 429 too-many-streams, another token's is served, and a closed stream frees its slot; a bound out of range is refused at start",
+          arguments: [nil, 3])
+    func streamsPerToken(flag: Int?) throws {
+        let bound = flag ?? 32
+        let server = try ServerHarness(arguments: flag.map { ["--max-streams-per-token", "\($0)"] } ?? [])
         let token = try server.token("watcher", scopes: "audit:read,run:read,run:write")
         let other = try server.token("other", scopes: "audit:read")
         func open(_ path: String, _ token: String) throws -> (fd: Int32, status: Int, text: String) {
@@ -588,16 +590,16 @@ extension HostileClientTests {
         }
         var held: [Int32] = []
         defer { held.forEach { close($0) } }
-        // Positive control: the first 32 are served, events and a followed log alike.
+        // Positive control: the first `bound` are served, events and a followed log alike.
         let run = try #require(try server.client.request("POST", "/v1/runs", token: token, json: #"{"command":["/bin/sleep","30"]}"#).json()["id"] as? String)
-        for i in 0..<32 {
+        for i in 0..<bound {
             let stream = try open(i % 2 == 0 ? "/v1/events" : "/v1/runs/\(run)/logs?follow=true", token)
             held.append(stream.fd)
             #expect(stream.status == 200, "stream \(i): \(stream.text)")
         }
         let refused = try open("/v1/events", token)
         close(refused.fd)
-        #expect(refused.status == 429 && refused.text.contains("too-many-streams"), "\(refused.text)")
+        #expect(refused.status == 429 && refused.text.contains("too-many-streams") && refused.text.contains("holds \(bound) streams"), "\(refused.text)")
         let log = try open("/v1/runs/\(run)/logs?follow=true", token)
         close(log.fd)
         #expect(log.status == 429, "\(log.text)")
@@ -615,6 +617,12 @@ extension HostileClientTests {
         }
         #expect(again == 200, "a slot came back once a stream closed")
         _ = try? server.client.request("POST", "/v1/runs/\(run)/cancel", token: token)
+        if flag != nil {
+            for wrong in ["0", "1025"] {
+                let bad = try ServerHarness.exec(ServerHarness.stockade, ["serve", "--max-streams-per-token", wrong, "--state-dir", server.stateDirectory])
+                #expect(bad.status == 2 && bad.stderr.contains("--max-streams-per-token: expected 1 to 1024, found \(wrong)"), "\(bad.stderr)")
+            }
+        }
         #expect(server.terminate() == 0)
     }
 }
