@@ -72,9 +72,19 @@ public final class PostgresTokenBackend: TokenBackend {
     }
 
     public func tokenRows() throws(TokenError) -> [TokenRow] {
-        try call("read the tokens") { (session) throws(AuditError) -> [TokenRow] in
-            try session.query("SELECT name, scopes, createdBy, createdAt, expiresAt, revokedAt, sha256 FROM tokens ORDER BY createdAt, name",
-                              "read the tokens").map { (row) throws(AuditError) -> TokenRow in
+        try rows("ORDER BY createdAt, name", PostgresBindings(), "read the tokens")
+    }
+
+    public func tokenRow(sha256: String) throws(TokenError) -> TokenRow? {
+        var binds = PostgresBindings()
+        binds.append(sha256)
+        return try rows("WHERE sha256 = $1", binds, "look up the token").first
+    }
+
+    private func rows(_ clause: String, _ binds: PostgresBindings, _ what: String) throws(TokenError) -> [TokenRow] {
+        try call(what) { (session) throws(AuditError) -> [TokenRow] in
+            try session.query("SELECT name, scopes, createdBy, createdAt, expiresAt, revokedAt, sha256 FROM tokens " + clause,
+                              binds, what).map { (row) throws(AuditError) -> TokenRow in
                 let (name, scopes, createdBy, createdAt, expiresAt, revokedAt, sha256) = try PostgresRows.decode(row, session) { row in
                     try row.decode((String, String, String, Int64, Int64, Int64?, String).self)
                 }

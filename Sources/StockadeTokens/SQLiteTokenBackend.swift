@@ -84,8 +84,16 @@ public final class SQLiteTokenBackend: TokenBackend, @unchecked Sendable {
     }
 
     public func tokenRows() throws(TokenError) -> [TokenRow] {
+        try rows("ORDER BY createdAt, name", [])
+    }
+
+    public func tokenRow(sha256: String) throws(TokenError) -> TokenRow? {
+        try rows("WHERE sha256 = ?", [.text(sha256)]).first
+    }
+
+    private func rows(_ clause: String, _ binds: [Value]) throws(TokenError) -> [TokenRow] {
         try lock.withLock { (_) throws(TokenError) -> [TokenRow] in
-            let statement = try prepare("SELECT name, scopes, createdBy, createdAt, expiresAt, revokedAt, sha256 FROM tokens ORDER BY createdAt, name", [])
+            let statement = try prepare("SELECT name, scopes, createdBy, createdAt, expiresAt, revokedAt, sha256 FROM tokens " + clause, binds)
             defer { sqlite3_finalize(statement) }
             var rows: [TokenRow] = []
             while true {
