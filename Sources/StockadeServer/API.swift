@@ -185,7 +185,7 @@ final class API: Sendable {
             try supervisor.audit.record(runId: nil, kind: "api.request", detail: .object(detail))
         } catch {
             logger.error("audit.write-failed", metadata: ["kind": "api.request", "error": "\(error)"])
-            response = failed("audit-unavailable", "the call could not be recorded in the audit trail", error).response
+            response = failed("audit-unavailable", "the call could not be recorded in the audit trail", error, route: route).response
         }
         metrics?.request(route: route, method: request.method.rawValue, status: response.status.code)
         return response
@@ -322,7 +322,7 @@ final class API: Sendable {
         case .failure(.closed):
             throw APIError(.serviceUnavailable, "shutting-down", "the service is shutting down and admits no more runs")
         case .failure(.queueFailed(let message)):
-            throw failed("queue-unavailable", "the shared run queue did not take the run, so nothing was queued", message)
+            throw failed("queue-unavailable", "the shared run queue did not confirm the run, which may be queued all the same: retry with the same Idempotency-Key (it answers the run's id if it was queued) rather than as a new submission", message)
         case .failure(.keyStoreFailed(let message)):
             throw failed("idempotency-store-unavailable", "cannot read the stored idempotency keys, so nothing was started", message)
         case .failure(.keyReused):

@@ -40,7 +40,7 @@ extension API {
         do {
             first = try LogFile.read(path, from: offset, limit: follow ? 0 : API.logAnswerBytes)
         } catch {
-            throw APIError(.internalServerError, "logs-unavailable", "run \(id): \(error.description)")
+            throw failed("logs-unavailable", "run \(id)'s \(stream) log cannot be read", error)
         }
         if case .missing = first, ended {
             throw APIError(.notFound, "no-logs", "run \(id) has no \(stream) log (it was refused before it ran, or its run directory was collected)")

@@ -52,7 +52,7 @@ extension API {
         do {
             handle = OpenFile(try result.open(file))
         } catch {
-            throw APIError(.internalServerError, "result-unavailable", "run \(id): \(error.description)")
+            throw failed("result-unavailable", "run \(id): \(BundlePath.display(bytes)) cannot be read", error)
         }
         // Hashed before a byte is sent: a copy that differs from what was accepted is never served.
         guard let digest = handle.sha256(), digest == file.sha256 else {
@@ -105,7 +105,7 @@ extension API {
         do {
             return try AcceptedResult.open(directory: stateDirectory + "/runs/" + id + "/result", expectedSHA256: expected)
         } catch {
-            throw APIError(.internalServerError, "result-unavailable", "run \(id): \(error.description)")
+            throw failed("result-unavailable", "run \(id)'s accepted result cannot be opened, or no longer matches what was accepted", error)
         }
     }
 

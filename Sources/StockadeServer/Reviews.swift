@@ -21,7 +21,7 @@ extension API {
             switch error.kind {
             case .notFound: throw APIError(.notFound, "not-found", error.description, field: "id")
             case .notFinished: throw APIError(.conflict, "not-finished", error.description)
-            case .unavailable: throw APIError(.internalServerError, "receipt-unavailable", error.description)
+            case .unavailable: throw failed("receipt-unavailable", "the receipt of run \(id) cannot be made", error)
             }
         }
         // The audit checkpoint key: created on first use, as `stockade audit checkpoint` does.
@@ -156,7 +156,9 @@ extension API {
             if error.code == .review {
                 throw APIError(.conflict, "not-decidable", error.description)
             }
-            throw APIError(.internalServerError, "review-failed", error.description)
+            // The trail or the workspace failed: the message can name the store or the workspace's
+            // place on the host.
+            throw failed("review-failed", "the decision on diff \(id) could not be completed (GET /v1/reviews/\(id) shows where it stands)", error)
         }
         let decided = try diffRecord(id)
         return Reply(response: API.json(decided.jsonValue()), runId: record.runId)

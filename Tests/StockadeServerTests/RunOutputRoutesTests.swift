@@ -225,6 +225,7 @@ struct RunOutputRoutesTests {
         let planted = try server.client.request("GET", "/v1/runs/\(id)/result/out/a.txt", token: token)
         #expect(try planted.status == 500 && planted.error().code == "result-unavailable", "\(planted.text)")
         #expect(!planted.text.contains("root:"))
+        #expect(!planted.text.contains(server.stateDirectory), "the answer names the state directory: \(planted.text)")
         // A manifest changed after the run is not the accepted one.
         try Data((manifest(Self.sha256(Array(content.utf8))) + " ").utf8).write(to: URL(fileURLWithPath: server.stateDirectory + "/runs/\(id)/result/manifest.json"))
         let changed = try server.client.request("GET", "/v1/runs/\(id)/result", token: token)
