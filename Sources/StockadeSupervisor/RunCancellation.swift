@@ -8,6 +8,7 @@ public final class RunCancellation: Sendable {
     private struct State {
         var cancelled = false
         var monitor: WorkerMonitor?
+        var observers: [@Sendable () -> Void] = []
     }
 
     private let state = Mutex(State())
@@ -17,11 +18,28 @@ public final class RunCancellation: Sendable {
     public var isCancelled: Bool { state.withLock { $0.cancelled } }
 
     public func cancel() {
-        let monitor = state.withLock { s -> WorkerMonitor? in
+        let (monitor, observers) = state.withLock { s -> (WorkerMonitor?, [@Sendable () -> Void]) in
             s.cancelled = true
-            return s.monitor
+            defer { s.observers = [] }
+            return (s.monitor, s.observers)
         }
         monitor?.cancel()
+        for observer in observers { observer() }
+    }
+
+    /// Calls `body` once when the run is cancelled: at once when it is already, never after
+    /// `dropObservers`.
+    func onCancel(_ body: @escaping @Sendable () -> Void) {
+        let now = state.withLock { s -> Bool in
+            if s.cancelled { return true }
+            s.observers.append(body)
+            return false
+        }
+        if now { body() }
+    }
+
+    func dropObservers() {
+        state.withLock { $0.observers = [] }
     }
 
     func markFinished() {

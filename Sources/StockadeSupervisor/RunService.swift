@@ -6,7 +6,9 @@ import Synchronization
 /// runs at once and at most `maxQueued` waiting; a submission past that is refused
 /// (`queueFull`) or, for a caller that can apply back-pressure (a batch reading its input), waits.
 /// Queued runs are given a slot strictly in the order they were submitted: the slot is decided
-/// here, on the actor, never by which run's task happens to be scheduled first.
+/// here, on the actor, never by which run's task happens to be scheduled first. A queued run that
+/// is cancelled leaves the queue at once through one extra lane of its own (the supervisor ends it
+/// `cancelled` before any worker starts), or, while that lane is busy, goes to the queue's front.
 public actor RunService {
     public struct Admission: Sendable {
         public var maxRunning: Int
@@ -34,6 +36,8 @@ public actor RunService {
     private var queued = 0
     /// Queued runs, oldest first; `finished` hands the slot it frees to the first.
     private var waiting: [RunHandle] = []
+    /// A cancelled queued run is ending outside the `maxRunning` slots (one at a time).
+    private var laneBusy = false
     private var roomWaiters: [CheckedContinuation<Void, Never>] = []
     private var outstanding: [String: RunHandle] = [:]
     private var closed = false
@@ -66,20 +70,40 @@ public actor RunService {
         outstanding[handle.runId] = handle
         if running < admission.maxRunning {
             running += 1
-            handle.slot.grant()
+            handle.slot.grant(.slot)
         } else {
             queued += 1
             waiting.append(handle)
+            handle.cancellation.onCancel { [self] in Task { await self.withdraw(handle) } }
         }
         let runner = self.runner
         handle.start { [self] cancellation, runId in
-            await handle.slot.wait()
-            handle.markRunning()
+            let way = await handle.slot.wait()
+            // Given its way in, the run no longer needs the service to hear of its cancellation
+            // (which also lets the handle, its cancellation and the service go).
+            cancellation.dropObservers()
+            if way == .slot { handle.markRunning() }
             let report = await runner(options, onOutput, cancellation, runId)
-            await self.finished(runId)
+            await self.finished(runId, way)
             return report
         }
         return handle
+    }
+
+    /// A queued run cancelled: out of the queue now through the lane when it is free, else to the
+    /// front of the queue, after the cancelled runs already there. Nothing when it has started.
+    private func withdraw(_ handle: RunHandle) {
+        guard !closed, let index = waiting.firstIndex(where: { $0 === handle }) else { return }
+        waiting.remove(at: index)
+        if !laneBusy {
+            laneBusy = true
+            queued -= 1
+            roomWaiters.popFirst()?.resume()
+            handle.slot.grant(.lane)
+        } else {
+            let front = waiting.prefix { $0.cancellation.isCancelled }.count
+            waiting.insert(handle, at: front)
+        }
     }
 
     /// Runs under way and waiting, for a service's metrics and a queue's `Retry-After`.
@@ -95,15 +119,27 @@ public actor RunService {
 
     public var isClosed: Bool { closed }
 
-    private func finished(_ runId: String) {
+    private func finished(_ runId: String, _ way: SlotGate.Way) {
         outstanding[runId] = nil
-        if let next = waiting.popFirst() {
-            queued -= 1
-            roomWaiters.popFirst()?.resume()
-            next.slot.grant()
-        } else {
-            running -= 1
-            roomWaiters.popFirst()?.resume()
+        switch way {
+        case .slot:
+            if let next = waiting.popFirst() {
+                queued -= 1
+                roomWaiters.popFirst()?.resume()
+                next.slot.grant(.slot)
+            } else {
+                running -= 1
+                roomWaiters.popFirst()?.resume()
+            }
+        case .lane:
+            if let next = waiting.first, next.cancellation.isCancelled {
+                waiting.removeFirst()
+                queued -= 1
+                roomWaiters.popFirst()?.resume()
+                next.slot.grant(.lane)
+            } else {
+                laneBusy = false
+            }
         }
     }
 }
@@ -166,32 +202,41 @@ public final class RunHandle: Sendable {
     }
 }
 
-/// A one-time gate: `wait` returns once `grant` has been called, before or after.
+/// A one-time gate: `wait` returns, once `grant` has been called (before or after), the way in
+/// it was given: one of the `maxRunning` slots, or the lane of cancelled queued runs.
 final class SlotGate: Sendable {
+    enum Way: Sendable { case slot, lane }
     private enum State {
         case closed
-        case waiter(CheckedContinuation<Void, Never>)
-        case open
+        case waiter(CheckedContinuation<Way, Never>)
+        case open(Way)
     }
     private let state = Mutex(State.closed)
 
-    func grant() {
-        let waiter: CheckedContinuation<Void, Never>? = state.withLock { state in
-            defer { state = .open }
-            if case .waiter(let waiter) = state { return waiter }
-            return nil
+    /// The first grant counts; a later one changes nothing.
+    func grant(_ way: Way) {
+        let waiter: CheckedContinuation<Way, Never>? = state.withLock { state in
+            switch state {
+            case .open: return nil
+            case .closed:
+                state = .open(way)
+                return nil
+            case .waiter(let waiter):
+                state = .open(way)
+                return waiter
+            }
         }
-        waiter?.resume()
+        waiter?.resume(returning: way)
     }
 
-    func wait() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let openAlready = state.withLock { state -> Bool in
-                if case .open = state { return true }
+    func wait() async -> Way {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Way, Never>) in
+            let given = state.withLock { state -> Way? in
+                if case .open(let way) = state { return way }
                 state = .waiter(continuation)
-                return false
+                return nil
             }
-            if openAlready { continuation.resume() }
+            if let given { continuation.resume(returning: given) }
         }
     }
 }

@@ -324,6 +324,33 @@ extension HostileClientTests {
 @Suite("stockade serve: per-principal quota", .serialized,
        .enabled(if: ServerHarness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(3)))
 struct QuotaTests {
+    @Test("a queued run cancelled through the API ends at once: its wait answers cancelled while the running one still runs, and its place in the queue is free again")
+    func cancelledWhileQueued() throws {
+        let server = try ServerHarness(arguments: ["--max-running", "1", "--max-queued", "1"])
+        let token = try server.token("engine", scopes: "run:read,run:write")
+        let long = try #require(try server.client.request("POST", "/v1/runs", token: token, json: #"{"command":["/bin/sh","-c","sleep 30"]}"#).json()["id"] as? String)
+        let queued = try #require(try server.client.request("POST", "/v1/runs", token: token,
+                                                             json: #"{"command":["/bin/true"]}"#).json()["id"] as? String)
+        // Positive control: the queue is full.
+        let full = try server.client.request("POST", "/v1/runs", token: token, json: #"{"command":["/bin/true"]}"#)
+        #expect(full.status == 429 && (try? full.error().code) == "queue-full", "\(full.text)")
+        #expect(try server.client.request("POST", "/v1/runs/\(queued)/cancel", token: token).status == 202)
+        let waited = try server.client.request("GET", "/v1/runs/\(queued)/wait", token: token)
+        let report = try waited.json()["report"] as? [String: Any]
+        #expect(waited.status == 200 && report?["outcome"] as? String == "cancelled", "\(waited.text)")
+        let running = try server.client.request("GET", "/v1/runs/\(long)", token: token)
+        let state = try running.json()["state"] as? String
+        #expect(state == "running", "the wait lasted until the running run's end: \(running.text)")
+        var again = try server.client.request("POST", "/v1/runs", token: token, json: #"{"command":["/bin/true"]}"#)
+        for _ in 0..<50 where again.status == 429 {
+            usleep(100_000)
+            again = try server.client.request("POST", "/v1/runs", token: token, json: #"{"command":["/bin/true"]}"#)
+        }
+        #expect(again.status == 202, "the cancelled run's place was not given back: \(again.text)")
+        _ = try? server.client.request("POST", "/v1/runs/\(long)/cancel", token: token)
+        #expect(server.terminate() == 0)
+    }
+
     @Test("--max-per-principal 1: a token's second run is 429 quota-exceeded with Retry-After; another token still submits; the place frees when the run ends")
     func perPrincipal() throws {
         let server = try ServerHarness(arguments: ["--max-per-principal", "1", "--max-running", "4"])

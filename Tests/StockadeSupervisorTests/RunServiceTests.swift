@@ -132,6 +132,37 @@ struct RunServiceTests {
         await held.release("c")
     }
 
+    @Test("a queued run that is cancelled leaves the queue at once: its report comes while every slot is still held, its place is free for another submission, and the runs behind it keep their order")
+    func cancelledLeavesTheQueue() async throws {
+        let held = HeldRuns()
+        let service = service(held, running: 1, queued: 2)
+        let a = try await service.submit(RunOptions(command: ["a"]))
+        let b = try await service.submit(RunOptions(command: ["b"]))
+        let c = try await service.submit(RunOptions(command: ["c"]))
+        await held.waitStarted(1)
+        // Positive control: the queue is full.
+        await #expect(throws: RunServiceError.queueFull(running: 1, queued: 2, limit: 2)) { _ = try await service.submit(RunOptions(command: ["x"])) }
+        b.cancel()
+        // Its report arrives though "a" still holds the only slot.
+        // (Polled with a deadline: a report that never comes fails the test instead of hanging it.)
+        let deadline = ContinuousClock.now + .seconds(10)
+        while b.currentState != .finished && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(1)) }
+        #expect(b.currentState == .finished, "the cancelled queued run did not end while the slot was held")
+        if b.currentState == .finished { #expect(await b.report().outcome == .cancelled) }
+        #expect(await service.load == (running: 1, queued: 1))
+        let d = try await service.submit(RunOptions(command: ["d"]))
+        #expect(held.started == ["a"])
+        await held.release("a")
+        await held.waitStarted(2)
+        #expect(held.started == ["a", "c"])
+        await held.release("c")
+        await held.waitStarted(3)
+        #expect(held.started == ["a", "c", "d"])
+        await held.release("d")
+        for handle in [a, c, d] { #expect(await handle.report().outcome == .exited) }
+        #expect(await service.load == (running: 0, queued: 0))
+    }
+
     @Test("a queued run that is cancelled never starts; cancelAll cancels the running ones and closes the service")
     func cancellation() async throws {
         let held = HeldRuns()
