@@ -7,8 +7,9 @@ import Synchronization
 /// (`queueFull`) or, for a caller that can apply back-pressure (a batch reading its input), waits.
 /// Queued runs are given a slot strictly in the order they were submitted: the slot is decided
 /// here, on the actor, never by which run's task happens to be scheduled first. A queued run that
-/// is cancelled leaves the queue at once through one extra lane of its own (the supervisor ends it
-/// `cancelled` before any worker starts), or, while that lane is busy, goes to the queue's front.
+/// is cancelled leaves the queue through one extra lane of its own, one at a time (the supervisor
+/// records it and ends it `cancelled` before anything is built for it); while the lane is busy it
+/// keeps its place, so cancelling never moves a run ahead of another.
 public actor RunService {
     public struct Admission: Sendable {
         public var maxRunning: Int
@@ -90,20 +91,16 @@ public actor RunService {
         return handle
     }
 
-    /// A queued run cancelled: out of the queue now through the lane when it is free, else to the
-    /// front of the queue, after the cancelled runs already there. Nothing when it has started.
+    /// A queued run cancelled: out of the queue now through the lane when it is free; else it keeps
+    /// its place, and the lane takes it when free (or a slot, if one comes first). Nothing when it
+    /// has started.
     private func withdraw(_ handle: RunHandle) {
-        guard !closed, let index = waiting.firstIndex(where: { $0 === handle }) else { return }
+        guard !laneBusy, let index = waiting.firstIndex(where: { $0 === handle }) else { return }
         waiting.remove(at: index)
-        if !laneBusy {
-            laneBusy = true
-            queued -= 1
-            roomWaiters.popFirst()?.resume()
-            handle.slot.grant(.lane)
-        } else {
-            let front = waiting.prefix { $0.cancellation.isCancelled }.count
-            waiting.insert(handle, at: front)
-        }
+        laneBusy = true
+        queued -= 1
+        roomWaiters.popFirst()?.resume()
+        handle.slot.grant(.lane)
     }
 
     /// Runs under way and waiting, for a service's metrics and a queue's `Retry-After`.
@@ -132,8 +129,8 @@ public actor RunService {
                 roomWaiters.popFirst()?.resume()
             }
         case .lane:
-            if let next = waiting.first, next.cancellation.isCancelled {
-                waiting.removeFirst()
+            if let index = waiting.firstIndex(where: { $0.cancellation.isCancelled }) {
+                let next = waiting.remove(at: index)
                 queued -= 1
                 roomWaiters.popFirst()?.resume()
                 next.slot.grant(.lane)

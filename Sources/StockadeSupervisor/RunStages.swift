@@ -16,6 +16,8 @@ extension Supervisor {
     func execute(_ scope: RunScope, options: RunOptions,
                  onOutput: (@Sendable (Int32, [UInt8]) -> Void)?) async throws -> RunReport {
         let plan = try plan(scope, options: options)                  // what the run is, on record
+        // Cancelled while it waited (a queued run withdrawn): on record, and nothing built for it.
+        if scope.cancellation?.isCancelled == true { throw CancelledBeforeStart() }
         let sandbox = try prepare(scope, plan)                         // cgroup, ids, filesystems, ports, pipes
         let live = try await launch(scope, plan, sandbox, onOutput: onOutput) // the worker, its proxy, its monitor
         let observation = await live.monitor.wait()

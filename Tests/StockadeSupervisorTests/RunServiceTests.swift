@@ -13,12 +13,18 @@ final class HeldRuns: Sendable {
         var open = false
     }
     private let state = Mutex(State())
+    /// Holds a run cancelled before it starts too, as a supervisor busy planning it would be.
+    private let holdCancelled: Bool
+
+    init(holdCancelled: Bool = false) {
+        self.holdCancelled = holdCancelled
+    }
 
     var started: [String] { state.withLock { $0.started } }
     var peak: Int { state.withLock { $0.peak } }
 
     func run(_ options: RunOptions, _ cancellation: RunCancellation, _ runId: String) async -> RunReport {
-        if cancellation.isCancelled { return RunReport(runId: runId, profile: "default", outcome: .cancelled) }
+        if cancellation.isCancelled && !holdCancelled { return RunReport(runId: runId, profile: "default", outcome: .cancelled) }
         state.withLock { s in
             s.running += 1
             s.peak = max(s.peak, s.running)
@@ -163,6 +169,37 @@ struct RunServiceTests {
         #expect(await service.load == (running: 0, queued: 0))
     }
 
+    @Test("cancelled queued runs leave through one lane, one at a time: a second one cancelled while the lane is busy keeps its place (never ahead of an earlier run) until the lane frees")
+    func oneLane() async throws {
+        let held = HeldRuns(holdCancelled: true)
+        let service = service(held, running: 1, queued: 4)
+        var handles: [RunHandle] = []
+        for name in ["a", "b", "c", "d", "e"] { handles.append(try await service.submit(RunOptions(command: [name]))) }
+        await held.waitStarted(1)
+        handles[3].cancel()
+        await held.waitStarted(2)
+        #expect(held.started == ["a", "d"], "the cancelled run d took the lane")
+        #expect(await service.load == (running: 1, queued: 3))
+        handles[2].cancel()
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(held.started == ["a", "d"], "c went through a lane that was busy")
+        #expect(await service.load == (running: 1, queued: 3), "c keeps its place while the lane is busy")
+        await held.release("d")
+        await held.waitStarted(3)
+        #expect(held.started == ["a", "d", "c"], "the freed lane takes the cancelled c")
+        #expect(await service.load == (running: 1, queued: 2))
+        await held.release("c")
+        await held.release("a")
+        await held.waitStarted(4)
+        #expect(held.started.last == "b", "the slot goes to the oldest run, b")
+        await held.release("b")
+        await held.waitStarted(5)
+        await held.release("e")
+        let outcomes = await handles.asyncMap { await $0.report().outcome }
+        #expect(outcomes == [.exited, .exited, .cancelled, .cancelled, .exited])
+        #expect(await service.load == (running: 0, queued: 0))
+    }
+
     @Test("a queued run that is cancelled never starts; cancelAll cancels the running ones and closes the service")
     func cancellation() async throws {
         let held = HeldRuns()
@@ -182,5 +219,13 @@ struct RunServiceTests {
         await held.release("c")
         #expect(await third.report().outcome == .cancelled)
         await #expect(throws: RunServiceError.closed) { _ = try await service.submit(RunOptions(command: ["d"])) }
+    }
+}
+
+extension Array where Element: Sendable {
+    func asyncMap<T>(_ transform: (Element) async -> T) async -> [T] {
+        var out: [T] = []
+        for element in self { out.append(await transform(element)) }
+        return out
     }
 }
