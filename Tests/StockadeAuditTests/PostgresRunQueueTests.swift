@@ -137,6 +137,9 @@ struct PostgresRunQueueTests {
         let b = try survivor.register(node("b", lease: 30))
         try submit(dying, "started")
         try submit(dying, "not-started")
+        // A node past its 1 s lease claims nothing: beat just before the claim, so a loaded machine's
+        // slow opening, registering and submitting above cannot have let it run out.
+        try dying.heartbeat(a)
         #expect(try dying.claim(a, limit: 2).map(\.runId) == ["started", "not-started"])
         // Only "started" got as far as run.created on node a; "not-started" died before.
         try dying.store.beginRun(runId: "started", profile: "default", profileDigest: "d", command: ["/bin/sleep", "30"], detail: .null)
