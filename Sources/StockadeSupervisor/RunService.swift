@@ -96,11 +96,15 @@ public actor RunService {
     /// has started.
     private func withdraw(_ handle: RunHandle) {
         guard !laneBusy, let index = waiting.firstIndex(where: { $0 === handle }) else { return }
-        waiting.remove(at: index)
         laneBusy = true
+        leaveQueue(waiting.remove(at: index), by: .lane)
+    }
+
+    /// A queued run taken out of `waiting` starts by `way`; its place in the queue is free.
+    private func leaveQueue(_ handle: RunHandle, by way: SlotGate.Way) {
         queued -= 1
         roomWaiters.popFirst()?.resume()
-        handle.slot.grant(.lane)
+        handle.slot.grant(way)
     }
 
     /// Runs under way and waiting, for a service's metrics and a queue's `Retry-After`.
@@ -121,19 +125,14 @@ public actor RunService {
         switch way {
         case .slot:
             if let next = waiting.popFirst() {
-                queued -= 1
-                roomWaiters.popFirst()?.resume()
-                next.slot.grant(.slot)
+                leaveQueue(next, by: .slot)
             } else {
                 running -= 1
                 roomWaiters.popFirst()?.resume()
             }
         case .lane:
             if let index = waiting.firstIndex(where: { $0.cancellation.isCancelled }) {
-                let next = waiting.remove(at: index)
-                queued -= 1
-                roomWaiters.popFirst()?.resume()
-                next.slot.grant(.lane)
+                leaveQueue(waiting.remove(at: index), by: .lane)
             } else {
                 laneBusy = false
             }

@@ -193,9 +193,10 @@ public final class TokenStore: Sendable {
     public func authenticate(_ presented: String?, now: Int64 = Int64(Date().timeIntervalSince1970)) throws(TokenError) -> Result<TokenRecord, TokenRejection> {
         guard let presented, !presented.isEmpty else { return .failure(.missing) }
         guard presented.hasPrefix(Self.prefix), presented.utf8.count <= 128 else { return .failure(.malformed) }
-        let wanted = Array(Self.sha256Hex(presented).utf8)
+        let digest = Self.sha256Hex(presented)
+        let wanted = Array(digest.utf8)
         var found: TokenRecord?
-        if let row = try backend.tokenRow(sha256: String(decoding: wanted, as: UTF8.self)) {
+        if let row = try backend.tokenRow(sha256: digest) {
             let stored = Array(row.sha256.utf8)
             var difference: UInt8 = stored.count == wanted.count ? 0 : 1
             for i in 0..<min(stored.count, wanted.count) { difference |= stored[i] ^ wanted[i] }
