@@ -39,8 +39,8 @@ private func object(_ pairs: [(String, String)]) -> JSONValue {
 }
 
 enum ServiceRuns {
-    /// `POST /v1/runs` until admitted: a full queue (429) is waited out for its Retry-After. On the
-    /// session's connection, which `wait` then takes on.
+    /// `POST /v1/runs` until admitted: a full queue or a token over its call rate (429) is waited out
+    /// for its Retry-After. On the session's connection, which `wait` then takes on.
     /// A stalled answer is asked for again once, on a new connection, with the same key: the service
     /// answers a submission it had admitted with the same run, never a second one.
     static func submit(_ client: ServiceSession, _ bytes: [UInt8]) throws -> String {
@@ -54,7 +54,8 @@ enum ServiceRuns {
                     throw ClientError(.protocolViolation, "the service answered POST /v1/runs without a run id: \(answer.serialized().prefix(200))")
                 }
                 return id
-            } catch let refusal as ServiceRefusal where refusal.status == 429 && refusal.code == "queue-full" {
+            } catch let refusal as ServiceRefusal where refusal.status == 429 && (refusal.code == "queue-full" || refusal.code == "rate-limited") {
+                // Neither started anything: the same key is sent again.
                 sleep(UInt32(refusal.retryAfter ?? 5))
             } catch let error as ClientError where error.code == .stalled {
                 stalls += 1
@@ -63,9 +64,10 @@ enum ServiceRuns {
         }
     }
 
-    /// `GET /v1/runs/{id}/wait`: the run's report object as the service sent it. A connection the
-    /// service closed before answering (a long run) is asked again, and so, once, is an answer that
-    /// stalled: the run goes on in the service whatever its client's connection does.
+    /// `GET /v1/runs/{id}/wait`: the run's report object as the service sent it. A token over its call
+    /// rate (429 `rate-limited`) waits out the Retry-After. A connection the service closed before
+    /// answering (a long run) is asked again, and so, once, is an answer that stalled: the run goes on
+    /// in the service whatever its client's connection does.
     static func wait(_ client: ServiceSession, _ id: String) throws -> JSONValue {
         var attempts = 0
         var stalls = 0
@@ -81,6 +83,8 @@ enum ServiceRuns {
             } catch let error as ClientError where error.code == .stalled {
                 stalls += 1
                 if stalls > 1 { throw ClientError(.stalled, error.message + "; twice (run \(id) may still be running there; its events: stockade audit events --host … --run \(id))") }
+            } catch let refusal as ServiceRefusal where refusal.status == 429 && refusal.code == "rate-limited" {
+                sleep(UInt32(refusal.retryAfter ?? 1))
             } catch let refusal as ServiceRefusal where refusal.status == 409 && refusal.code == "not-waitable" {
                 // The service forgets a finished run and reads its report from its run directory; a run
                 // refused before it had one (an unknown profile, say) leaves no report to read. A node

@@ -68,10 +68,23 @@ final class API: Sendable {
     let anonymous: AnonymousLimiter
     /// Bounds the streams each principal holds open.
     let streams: StreamSlots
+    /// Bounds the calls each principal makes (`--max-calls-per-token`); nil: no bound.
+    let tokenRate: TokenRateLimiter?
 
     init(supervisor: Supervisor, registry: RunRegistry, tokens: TokenStore, shutdown: ShutdownFlag, logger: Logger,
-         verification: VerificationStatus? = nil, metrics: ServiceMetrics? = nil, streamsPerToken: Int = StreamSlots.defaultPerPrincipal) {
+         verification: VerificationStatus? = nil, metrics: ServiceMetrics? = nil, streamsPerToken: Int = StreamSlots.defaultPerPrincipal,
+         callsPerToken: Int = 0) {
         streams = StreamSlots(perPrincipal: streamsPerToken)
+        tokenRate = TokenRateLimiter(perSecond: callsPerToken) { principal, calls, seconds in
+            do {
+                try supervisor.audit.record(runId: nil, kind: "api.throttled", detail: .object([
+                    "principal": .string(principal), "calls": .number(calls), "seconds": .number(seconds),
+                    "burst": .number(callsPerToken), "perSecond": .number(callsPerToken),
+                ]))
+            } catch {
+                logger.error("audit.write-failed", metadata: ["kind": "api.throttled", "principal": "\(principal)", "calls": "\(calls)", "error": "\(error)"])
+            }
+        }
         self.verification = verification
         self.metrics = metrics
         self.supervisor = supervisor
@@ -126,9 +139,14 @@ final class API: Sendable {
             var principal: Principal?
             var authFailure: String?
             var reply: Reply
+            var counted = false
             do {
                 if let scope {
                     principal = try self.authenticate(request, &authFailure)
+                    if let limiter = self.tokenRate, let seconds = limiter.admit(principal!.name) {
+                        counted = true
+                        throw self.rateLimited(principal!.name, seconds: seconds, perSecond: limiter.perSecond)
+                    }
                     guard principal!.record.allows(scope) else {
                         throw APIError(.forbidden, "forbidden", "this token lacks the scope \(scope.rawValue) that \(request.method.rawValue) \(route) needs")
                     }
@@ -141,8 +159,17 @@ final class API: Sendable {
                 // reference the answer gives, so an operator can find it and a caller learns nothing more.
                 reply = Reply(response: self.failed("internal", "the service failed", error, route: route).response, runId: nil)
             }
-            return self.audited(request, context, route: route, principal: principal?.name, authFailure: authFailure, reply: reply)
+            return self.audited(request, context, route: route, principal: principal?.name, authFailure: authFailure, reply: reply,
+                                counted: counted)
         }
+    }
+
+    /// 429 `rate-limited`: `name` made its `--max-calls-per-token` calls in the last second.
+    func rateLimited(_ name: String, seconds: Int, perSecond: Double) -> APIError {
+        var refusal = APIError(.tooManyRequests, "rate-limited",
+                               "\(name) made \(Int(perSecond)) calls within a second, the most one token may (--max-calls-per-token): send again in \(seconds) s")
+        refusal.headers[.retryAfter] = "\(seconds)"
+        return refusal
     }
 
     /// A 500 whose cause is on the service's side (its store, a key file, an unexpected error).
@@ -167,10 +194,11 @@ final class API: Sendable {
 
     /// Records the call; a call the trail cannot record is answered 500 (its effect, if any, stands).
     /// A call without an authenticated caller (which has no effect) from a peer over its bound is
-    /// answered as usual but not recorded on its own: it is counted in an `api.throttled` row.
+    /// answered as usual but not recorded on its own: it is counted in an `api.throttled` row; so is
+    /// a call refused `rate-limited` (`counted`: the token's limiter has counted it).
     func audited(_ request: Request, _ context: StockadeRequestContext, route: String, principal: String?, authFailure: String?,
-                 reply: Reply) -> Response {
-        if principal == nil && !anonymous.admit(AnonymousLimiter.peer(context.channel.remoteAddress)) {
+                 reply: Reply, counted: Bool = false) -> Response {
+        if counted || (principal == nil && !anonymous.admit(AnonymousLimiter.peer(context.channel.remoteAddress))) {
             metrics?.request(route: route, method: request.method.rawValue, status: reply.response.status.code)
             return reply.response
         }

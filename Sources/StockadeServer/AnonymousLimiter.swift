@@ -103,31 +103,24 @@ final class AnonymousLimiter: Sendable {
             }
             // Counted where the bound was: the peer's own, else everyone's.
             if !peerHasRoom, var own = bucket {
-                own.refused += 1
-                if !own.reporting {
-                    own.reporting = true
-                    own.since = now
-                    startReport = peer
-                }
+                if own.count(now: now) { startReport = peer }
                 s.peers[peer] = own
             } else {
-                s.all.refused += 1
-                if !s.all.reporting {
-                    s.all.reporting = true
-                    s.all.since = now
-                    startReport = Self.everyone
-                }
+                if s.all.count(now: now) { startReport = Self.everyone }
                 if let bucket { s.peers[peer] = bucket }
             }
             return false
         }
-        if let key = startReport {
-            Task.detached { [self] in
-                try? await Task.sleep(for: .seconds(Self.reportSeconds))
-                flush(key)
-            }
-        }
+        if let key = startReport { Self.afterReportDelay { [self] in flush(key) } }
         return admitted
+    }
+
+    /// Runs `flush` `reportSeconds` from now, off the caller's path.
+    static func afterReportDelay(_ flush: @escaping @Sendable () -> Void) {
+        Task.detached {
+            try? await Task.sleep(for: .seconds(reportSeconds))
+            flush()
+        }
     }
 
     /// Records what was counted for `peer` since its last report, over the seconds from the
@@ -136,15 +129,11 @@ final class AnonymousLimiter: Sendable {
         let (refused, since, now) = state.withLock { s -> (Int, UInt64, UInt64) in
             let now = Self.nowNs()
             if peer == Self.everyone {
-                defer { s.all.refused = 0; s.all.reporting = false }
-                return (s.all.refused, s.all.since, now)
+                let (count, since) = s.all.takeCount()
+                return (count, since, now)
             }
-            guard var bucket = s.peers[peer] else { return (0, 0, now) }
-            let count = bucket.refused
-            bucket.refused = 0
-            bucket.reporting = false
-            s.peers[peer] = bucket
-            return (count, bucket.since, now)
+            let (count, since) = s.peers[peer]?.takeCount() ?? (0, 0)
+            return (count, since, now)
         }
         if refused > 0 { report(peer, refused, Self.windowSeconds(since: since, now: now)) }
     }
@@ -162,6 +151,25 @@ final class AnonymousLimiter: Sendable {
 }
 
 extension AnonymousLimiter.Bucket {
+    /// The calls counted since the last report and when the first of them came; the count starts again.
+    mutating func takeCount() -> (calls: Int, since: UInt64) {
+        defer {
+            refused = 0
+            reporting = false
+        }
+        return (refused, since)
+    }
+
+    /// Counts a call that was not let through; true when it is the first since the last report (the
+    /// caller then arranges the report).
+    mutating func count(now: UInt64) -> Bool {
+        refused += 1
+        guard !reporting else { return false }
+        reporting = true
+        since = now
+        return true
+    }
+
     func isFull(now: UInt64) -> Bool {
         tokens + (now > at ? Double(now - at) / 1e9 * AnonymousLimiter.perSecond : 0) >= AnonymousLimiter.burst
     }

@@ -35,12 +35,15 @@ public struct ServiceOptions: Sendable {
     public var maxConnections: Int?
     /// `--max-streams-per-token`: event streams and followed logs one token holds open at once.
     public var maxStreamsPerToken: Int
+    /// `--max-calls-per-token`: calls a second (and at once) one token name may make; 0: no bound.
+    public var maxCallsPerToken: Int
 
     public init(listen: Listen, stateDirectory: String, maxRunning: Int, maxQueued: Int, graceSeconds: Int64, verify: VerifyOptions? = nil,
                 tls: ServerTLS? = nil, timeouts: ConnectionTimeouts = .standard, maxPerPrincipal: Int = 0, store: StoreURL? = nil,
                 storeConnections: Int = StoreOpener.defaultConnections, node: NodeOptions? = nil, maxConnections: Int? = nil,
-                maxStreamsPerToken: Int = StreamSlots.defaultPerPrincipal) {
+                maxStreamsPerToken: Int = StreamSlots.defaultPerPrincipal, maxCallsPerToken: Int = 0) {
         self.maxStreamsPerToken = maxStreamsPerToken
+        self.maxCallsPerToken = maxCallsPerToken
         self.node = node
         self.maxConnections = maxConnections
         self.store = store
@@ -104,7 +107,8 @@ public enum StockadeService {
         let shutdown = ShutdownFlag()
         let verification = options.verify.map { VerificationStatus(refuse: $0.refuse, profiles: $0.profiles) }
         let api = API(supervisor: supervisor, registry: registry, tokens: tokens, shutdown: shutdown, logger: logger,
-                      verification: verification, metrics: metrics, streamsPerToken: options.maxStreamsPerToken)
+                      verification: verification, metrics: metrics, streamsPerToken: options.maxStreamsPerToken,
+                      callsPerToken: options.maxCallsPerToken)
 
         let address: BindAddress
         switch options.listen {
@@ -168,7 +172,10 @@ public enum StockadeService {
         // The cgroups made ahead, and those of the last runs, are removed before the service ends.
         defer { supervisor.closeCgroups() }
         // The counts of calls refused without a row and not yet reported, once no call comes in.
-        defer { api.anonymous.flushAll() }
+        defer {
+            api.anonymous.flushAll()
+            api.tokenRate?.flushAll()
+        }
         do {
             try await group.run()
         } catch {

@@ -37,6 +37,8 @@ struct Serve: AsyncParsableCommand {
     var maxPerPrincipal: Int = 0
     @Option(help: "Streams (event streams and followed logs) one token holds open at once (1 to 1024); past that 429 too-many-streams.")
     var maxStreamsPerToken: Int = StreamSlots.defaultPerPrincipal
+    @Option(help: "Calls one token name may make a second, in bursts of as many (1 to 100000; 0: no limit, the default); past that 429 rate-limited with Retry-After, the calls counted in api.throttled rows.")
+    var maxCallsPerToken: Int = 0
     @Option(help: "State directory (else $STOCKADE_STATE_DIR, $XDG_STATE_HOME/stockade, ~/.local/state/stockade).")
     var stateDir: String?
     @Option(help: "The audit store, tokens and idempotency keys: sqlite:///PATH (default: <state>/audit.sqlite), postgres://USER@HOST:PORT/DB or postgresql:///DB?host=/SOCKET/DIR (else $STOCKADE_STORE). The password comes from the URL, passwordFile=, $STOCKADE_STORE_PASSWORD_FILE or $PGPASSWORD and is never logged.")
@@ -82,6 +84,9 @@ struct Serve: AsyncParsableCommand {
         }
         guard StreamSlots.range.contains(maxStreamsPerToken) else {
             throw ValidationError("--max-streams-per-token: expected \(StreamSlots.range.lowerBound) to \(StreamSlots.range.upperBound), found \(maxStreamsPerToken)")
+        }
+        guard TokenRateLimiter.range.contains(maxCallsPerToken) else {
+            throw ValidationError("--max-calls-per-token: expected 0 (no limit) to \(TokenRateLimiter.range.upperBound), found \(maxCallsPerToken)")
         }
         guard (0...10_000).contains(maxPerPrincipal) else { throw ValidationError("--max-per-principal: expected 0 (no limit) to 10000, found \(maxPerPrincipal)") }
         guard StoreOpener.connectionRange.contains(storeConnections) else {
@@ -200,7 +205,8 @@ struct Serve: AsyncParsableCommand {
             stateDirectory: stateDirectory,
             maxRunning: maxRunning, maxQueued: maxQueued, graceSeconds: DurationText.seconds(grace) ?? 30, verify: verify,
             tls: tls, timeouts: timeouts, maxPerPrincipal: maxPerPrincipal, store: storeURL, storeConnections: storeConnections,
-            node: try nodeOptions(storeURL), maxConnections: maxConnections, maxStreamsPerToken: maxStreamsPerToken)
+            node: try nodeOptions(storeURL), maxConnections: maxConnections, maxStreamsPerToken: maxStreamsPerToken,
+            maxCallsPerToken: maxCallsPerToken)
         let level = environment["STOCKADE_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .notice
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)

@@ -387,6 +387,65 @@ struct QuotaTests {
         #expect(bad.status == 2 && bad.stderr.contains("--max-per-principal"), "\(bad.stderr)")
         #expect(server.terminate() == 0)
     }
+
+    @Test("--max-calls-per-token 1: past 1 call at once and 1 a second a token is answered 429 rate-limited with Retry-After, not recorded call by call but counted in api.throttled rows naming it; another token is served; run --host waits the refusals out; a bound out of range is refused at start")
+    func callsPerToken() throws {
+        let server = try ServerHarness(arguments: ["--max-calls-per-token", "1"])
+        let alice = try server.token("alice", scopes: "run:read")
+        let bob = try server.token("bob", scopes: "run:read")
+        let carol = try server.token("carol", scopes: "run:read,run:write")
+        let started = Date()
+        var served = 0
+        var refusals: [HTTPClient.Response] = []
+        for _ in 0..<20 {
+            let answer = try server.client.request("GET", "/v1/runs", token: alice)
+            if answer.status == 200 { served += 1 } else { refusals.append(answer) }
+        }
+        let elapsed = Date().timeIntervalSince(started)
+        // The burst, then the rate: never more than 1 at once and 1 a second over the time taken.
+        #expect(served >= 1 && Double(served) <= 1 + elapsed + 1, "\(served) served in \(elapsed) s")
+        #expect(refusals.count == 20 - served && (elapsed > 15 || !refusals.isEmpty), "\(refusals.count) refused in \(elapsed) s")
+        for refusal in refusals {
+            #expect(refusal.status == 429, "\(refusal.status) \(refusal.text)")
+            #expect(try refusal.error().code == "rate-limited")
+            #expect(refusal.text.contains("--max-calls-per-token"), "\(refusal.text)")
+            #expect(refusal.headers["retry-after"].flatMap { Int($0) }.map { $0 >= 1 } == true, "\(refusal.headers)")
+        }
+        // Another token has a bucket of its own.
+        #expect(try server.client.request("GET", "/v1/runs", token: bob).status == 200)
+
+        // A run through the service with a token that just spent its burst: the submission and the
+        // wait are refused, the client waits each Retry-After out and the run goes through.
+        _ = try server.client.request("GET", "/v1/runs", token: carol)
+        let run = try ServerHarness.exec(ServerHarness.stockade, ["run", "--", "/bin/true"], environment: [
+            "STOCKADE_HOST": "unix://\(server.socketPath)", "STOCKADE_TOKEN": carol,
+            "STOCKADE_STATE_DIR": server.directory + "/client-state"])
+        #expect(run.status == 0, "\(run.stderr)")
+
+        let bad = try ServerHarness.exec(ServerHarness.stockade, ["serve", "--max-calls-per-token", "100001", "--state-dir", server.stateDirectory])
+        #expect(bad.status == 2 && bad.stderr.contains("--max-calls-per-token: expected 0 (no limit) to 100000, found 100001"), "\(bad.stderr)")
+        #expect(server.terminate() == 0)
+
+        // Each refusal was counted rather than recorded: alice's rows are her served calls, and the
+        // api.throttled rows (written at the stop at the latest) add up to her refusals.
+        func details(_ kind: String) throws -> [[String: Any]] {
+            try server.stockade(["audit", "events", "--kind", kind, "--json"]).stdout.split(separator: "\n").compactMap { line in
+                (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])?["detail"] as? [String: Any]
+            }
+        }
+        let rows = try details("api.request")
+        #expect(rows.filter { $0["principal"] as? String == "alice" }.count == served, "\(served) served")
+        #expect(!rows.contains { $0["status"] as? Int == 429 }, "a rate-limited call has no row of its own")
+        let throttled = try details("api.throttled")
+        func counted(_ name: String) -> Int {
+            throttled.filter { $0["principal"] as? String == name }.compactMap { ($0["calls"] as? NSNumber)?.intValue }.reduce(0, +)
+        }
+        #expect(counted("alice") == refusals.count, "\(throttled)")
+        #expect(counted("carol") >= 1, "the client's refused call was counted: \(throttled)")
+        #expect(counted("bob") == 0)
+        #expect(throttled.filter { $0["principal"] != nil }.allSatisfy { $0["perSecond"] as? Int == 1 && $0["burst"] as? Int == 1 && $0["peer"] == nil },
+                "\(throttled)")
+    }
 }
 
 @Suite("stockade token: administration in the audit trail", .serialized,
