@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 
 #include "stk_net.h"
 #include "stk_internal.h"
@@ -97,4 +99,76 @@ int stk_netns_loopback(void) {
     close(s);
     errno = saved;
     return rc;
+}
+
+int stk_route_is_local(int family, const uint8_t *addr) {
+    size_t len = family == AF_INET ? 4 : family == AF_INET6 ? 16 : 0;
+    if (len == 0) {
+        errno = EAFNOSUPPORT;
+        return -1;
+    }
+    struct {
+        struct nlmsghdr header;
+        struct rtmsg route;
+        struct rtattr dst;
+        uint8_t address[16];
+    } request;
+    memset(&request, 0, sizeof request);
+    request.header.nlmsg_len = (uint32_t)(NLMSG_LENGTH(sizeof request.route) + RTA_LENGTH(len));
+    request.header.nlmsg_type = RTM_GETROUTE;
+    request.header.nlmsg_flags = NLM_F_REQUEST;
+    request.header.nlmsg_seq = 1;
+    request.route.rtm_family = (unsigned char)family;
+    request.route.rtm_dst_len = (unsigned char)(len * 8);
+    request.dst.rta_len = (unsigned short)RTA_LENGTH(len);
+    request.dst.rta_type = RTA_DST;
+    memcpy(request.address, addr, len);
+
+    int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+    if (fd < 0) return -1;
+    struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+    int result = -1;
+    if (sendto(fd, &request, request.header.nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0) goto done;
+    /* One answer to one request: a route (RTM_NEWROUTE) or an error. A route's attributes
+       (its table's, metrics, cache info) fit well within this. */
+    union {
+        struct nlmsghdr header;
+        uint8_t bytes[8192];
+    } answer;
+    for (;;) {
+        ssize_t n = recv(fd, &answer, sizeof answer, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) goto done;
+        struct nlmsghdr *h = &answer.header;
+        if (!NLMSG_OK(h, (size_t)n) || h->nlmsg_seq != 1) {
+            errno = EPROTO;
+            goto done;
+        }
+        if (h->nlmsg_type == NLMSG_ERROR) {
+            if (h->nlmsg_len < NLMSG_LENGTH(sizeof(struct nlmsgerr))) {
+                errno = EPROTO;
+                goto done;
+            }
+            const struct nlmsgerr *e = NLMSG_DATA(h);
+            /* No route to it: not delivered here, nor anywhere. */
+            if (e->error == -ENETUNREACH || e->error == -EHOSTUNREACH) {
+                result = 0;
+            } else {
+                errno = e->error < 0 ? -e->error : EPROTO;
+            }
+            goto done;
+        }
+        if (h->nlmsg_type != RTM_NEWROUTE || h->nlmsg_len < NLMSG_LENGTH(sizeof(struct rtmsg))) {
+            errno = EPROTO;
+            goto done;
+        }
+        const struct rtmsg *r = NLMSG_DATA(h);
+        result = r->rtm_type == RTN_LOCAL ? 1 : 0;
+        goto done;
+    }
+done:;
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return result;
 }

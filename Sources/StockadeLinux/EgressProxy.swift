@@ -633,14 +633,32 @@ public final class EgressProxy: Sendable {
         _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
     }
 
-    /// Whether a socket binds to `address` (IPv4-mapped: its IPv4 address): the kernel's own test
-    /// of a local address, which a `local` route passes as an interface's address does. Told apart
-    /// only while an address that cannot be local (TEST-NET-1, 2001:db8::1) does not bind too, as it
-    /// would with `ip_nonlocal_bind`; then only the interfaces' addresses are known to be local.
+    /// Whether the kernel takes `address` (IPv4-mapped: its IPv4 address) as this host's own: the
+    /// route a packet to it takes here is of type `local` (`stk_route_is_local`, as `ip route get`),
+    /// which an interface's address has and so has every address of a `local` route's range (AnyIP),
+    /// IPv4 or IPv6, whatever `ip_nonlocal_bind` says. Where the routes cannot be asked (no netlink),
+    /// the bind test: a socket binds to a local address, trusted only while an address that cannot
+    /// be local (TEST-NET-1, 2001:db8::1) does not bind too, as it would with `ip_nonlocal_bind`.
     static func isOwnAddress(_ address: [UInt8]) -> Bool {
         let plain = IPAddress.unmapped(address)
+        switch routesHere(plain) {
+        case true?: return true
+        case false?: return false
+        case nil: break
+        }
         guard binds(plain) == true else { return false }
         return binds(plain.count == 4 ? [192, 0, 2, 1] : [0x20, 0x01, 0x0D, 0xB8] + [UInt8](repeating: 0, count: 11) + [1]) == false
+    }
+
+    /// true when the route to `address` (4 or 16 bytes) is `local`, false when it is another or there
+    /// is none, nil when the kernel's routes cannot be asked.
+    static func routesHere(_ address: [UInt8]) -> Bool? {
+        guard address.count == 4 || address.count == 16 else { return nil }
+        switch stk_route_is_local(address.count == 4 ? AF_INET : AF_INET6, address) {
+        case 1: return true
+        case 0: return false
+        default: return nil
+        }
     }
 
     /// true when a datagram socket binds to `address` (port 0), false when the address is not

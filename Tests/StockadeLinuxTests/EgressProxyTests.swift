@@ -594,8 +594,9 @@ extension EgressProxyTests {
         return status
     }
 
-    @Test("an address made local only by a `local` route (AnyIP, on no interface) is refused as the host's own unless allowPrivate; the control connects to it directly", .timeLimit(.minutes(1)))
-    func localRoute() throws {
+    @Test("an address made local only by a `local` route (AnyIP, on no interface), IPv4 or IPv6, is refused as the host's own unless allowPrivate, with ip_nonlocal_bind off and on; the control connects to it directly",
+          .timeLimit(.minutes(1)), arguments: [false, true])
+    func localRoute(nonlocalBind: Bool) throws {
         final class Outcome: @unchecked Sendable {
             let finished = Atomic<Bool>(false)
             var own: [Bool] = []
@@ -608,11 +609,19 @@ extension EgressProxyTests {
         let outcome = Outcome()
         // All of it in a thread of its own, in a network namespace of its own: the route and the
         // proxy's threads (made from this thread) are there, and nothing leaves it (only `lo`).
-        let name = "stk-anyip-\(getpid())"
+        let name = "stk-anyip-\(getpid())-\(nonlocalBind ? 1 : 0)"
         try #require(Self.spawnHere(["/sbin/ip", "netns", "add", name]) == 0)
         defer { _ = Self.spawnHere(["/sbin/ip", "netns", "delete", name]) }
         try #require(Self.spawnHere(["/sbin/ip", "-n", name, "link", "set", "lo", "up"]) == 0)
         try #require(Self.spawnHere(["/sbin/ip", "-n", name, "route", "add", "local", "11.0.0.0/24", "dev", "lo"]) == 0)
+        // A public-looking IPv6 range, in this namespace only (nothing leaves it).
+        try #require(Self.spawnHere(["/sbin/ip", "-n", name, "-6", "route", "add", "local", "2a00:11::/64", "dev", "lo"]) == 0)
+        if nonlocalBind {
+            // Any address binds now, so a socket's bind can no longer tell the host's own apart.
+            for knob in ["net.ipv4.ip_nonlocal_bind=1", "net.ipv6.ip_nonlocal_bind=1"] {
+                try #require(Self.spawnHere(["/sbin/ip", "netns", "exec", name, "/sbin/sysctl", "-q", "-w", knob]) == 0)
+            }
+        }
         let namespace = open("/run/netns/" + name, O_RDONLY | O_CLOEXEC)
         try #require(namespace >= 0)
         defer { close(namespace) }
@@ -637,7 +646,12 @@ extension EgressProxyTests {
             a.sin_addr.s_addr = UInt32(0x0B00_0007).bigEndian
             outcome.control = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(direct, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } } == 0
             close(direct)
-            outcome.own = [EgressProxy.isOwnAddress([11, 0, 0, 7]), EgressProxy.isOwnAddress([11, 0, 1, 7])]
+            let v6: [UInt8] = [0x2a, 0x00, 0x00, 0x11] + [UInt8](repeating: 0, count: 11) + [7]
+            var v6Beside = v6
+            v6Beside[7] = 1
+            outcome.own = [EgressProxy.isOwnAddress([11, 0, 0, 7]), EgressProxy.isOwnAddress([11, 0, 1, 7]),
+                           EgressProxy.isOwnAddress(v6), EgressProxy.isOwnAddress(v6Beside),
+                           EgressProxy.isOwnAddress([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 11, 0, 0, 7])]
             for allowPrivate in [false, true] {
                 let recorder = Recorder()
                 guard let proxy = try? Self.start(allow: ["anyip.test:\(upstream.port)"], hosts: ["anyip.test": "11.0.0.7"], allowPrivate: allowPrivate,
@@ -658,7 +672,8 @@ extension EgressProxyTests {
         let finished = outcome.finished.load(ordering: .acquiring)
         #expect(finished)
         #expect(outcome.notes.isEmpty, "\(outcome.notes)")
-        #expect(outcome.own == [true, false], "the kernel's test: the routed address is the host's, one beside it is not")
+        #expect(outcome.own == [true, false, true, false, true],
+                "the kernel's routes: each routed address is the host's (IPv4, IPv6, IPv4-mapped), one beside it is not")
         #expect(outcome.control, "the control did not reach the service through the local route")
         #expect(outcome.refused.hasPrefix("HTTP/1.1 403") && outcome.refused.contains("local-address") && !outcome.refused.contains("host service"),
                 "\(outcome.refused)")

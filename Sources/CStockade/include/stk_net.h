@@ -52,5 +52,17 @@ int stk_netns_make(int home);
  */
 int stk_netns_loopback(void);
 
+/*
+ * The kernel's own answer to "is this address this host's?": the route a
+ * packet to it would take in the calling thread's network namespace
+ * (RTM_GETROUTE, as `ip route get`: policy rules, then the tables), and
+ * whether that route is of type `local` (delivered here: an interface's
+ * address, or a range a `local` route makes answer as the host, AnyIP, with
+ * or without `ip_nonlocal_bind`, IPv4 or IPv6). `addr` is 4 bytes (AF_INET)
+ * or 16 (AF_INET6). Returns 1 (local), 0 (another route, or no route at
+ * all), or -1 with errno set when the kernel could not be asked.
+ */
+int stk_route_is_local(int family, const uint8_t *addr);
+
 #pragma clang assume_nonnull end
 #endif
