@@ -172,6 +172,18 @@ final class API: Sendable {
         return refusal
     }
 
+    /// A run's report as a caller is given it. A run the audit store failed (`setupError.stage`
+    /// `audit`) has a message that can quote the store's URL or file and its error (`<what>:
+    /// <error>`): the answer keeps what could not be recorded and says where the whole message is,
+    /// the run's `report.json` on the host that ran it, as a 500 keeps its cause for the log.
+    static func forCaller(_ report: JSONValue) -> JSONValue {
+        guard var members = report.object, var error = members["setupError"]?.object, error["stage"]?.string == "audit",
+              let message = error["message"]?.string, let colon = message.range(of: ": ") else { return report }
+        error["message"] = .string(String(message[..<colon.lowerBound]) + " (the store's error is in the run's report.json on the host that ran it)")
+        members["setupError"] = .object(error)
+        return .object(members)
+    }
+
     /// A 500 whose cause is on the service's side (its store, a key file, an unexpected error).
     /// The error can name the store's URL or a host path: it goes to the log as an `api.failed`
     /// entry under a fresh reference, and the answer says what could not be done and gives that
@@ -393,14 +405,14 @@ final class API: Sendable {
     func lookup(_ runId: String) async throws -> (state: String, report: JSONValue?)? {
         if let submitted = await registry.submitted(runId) {
             let state = submitted.handle.currentState
-            if state == .finished { return ("finished", await submitted.handle.report().jsonValue) }
+            if state == .finished { return ("finished", API.forCaller(await submitted.handle.report().jsonValue)) }
             return (state.rawValue, nil)
         }
-        if let report = await registry.refusedReport(runId) { return ("finished", report.jsonValue) }
+        if let report = await registry.refusedReport(runId) { return ("finished", API.forCaller(report.jsonValue)) }
         let reportPath = stateDirectory + "/runs/" + runId + "/report.json"
         if let bytes = FileBytes.read(reportPath, limit: 64 << 20),
            let value = try? StrictJSON.parse(bytes, limits: .init(maxBytes: 64 << 20, maxDepth: 16)) {
-            return ("finished", value)
+            return ("finished", API.forCaller(value))
         }
         var found: String?
         try supervisor.audit.runs { run in
@@ -427,7 +439,8 @@ final class API: Sendable {
         let id = try runId(context)
         if let submitted = await registry.submitted(id) {
             let report = await submitted.handle.report()
-            return Reply(response: API.json(.object(try withPlacement(["id": .string(id), "state": .string("finished"), "report": report.jsonValue], id))),
+            return Reply(response: API.json(.object(try withPlacement(["id": .string(id), "state": .string("finished"),
+                                                                       "report": API.forCaller(report.jsonValue)], id))),
                          runId: id)
         }
         if registry.node != nil, try queuedRun(id) != nil {

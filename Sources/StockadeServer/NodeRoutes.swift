@@ -42,8 +42,9 @@ extension API {
 
     /// The report its node recorded in the queue, once finished.
     static func report(_ row: QueuedRun) -> JSONValue? {
-        guard row.state == .finished, let text = row.report else { return nil }
-        return try? StrictJSON.parse(Array(text.utf8), limits: .init(maxBytes: 64 << 20, maxDepth: 16))
+        guard row.state == .finished, let text = row.report,
+              let report = try? StrictJSON.parse(Array(text.utf8), limits: .init(maxBytes: 64 << 20, maxDepth: 16)) else { return nil }
+        return forCaller(report)
     }
 
     /// `wait` on a run of the queue this node does not hold: the row is polled until the run ends,
@@ -54,7 +55,8 @@ extension API {
         while true {
             if let submitted = await registry.submitted(id) {
                 let report = await submitted.handle.report()
-                return Reply(response: API.json(.object(try withPlacement(["id": .string(id), "state": .string("finished"), "report": report.jsonValue], id))),
+                return Reply(response: API.json(.object(try withPlacement(["id": .string(id), "state": .string("finished"),
+                                                                           "report": API.forCaller(report.jsonValue)], id))),
                              runId: id)
             }
             guard let row = try queuedRun(id) else { throw APIError(.notFound, "not-found", "no run \(id)", field: "id") }

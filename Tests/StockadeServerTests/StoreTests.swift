@@ -178,6 +178,39 @@ struct StoreTests {
         #expect(server.terminate() == 0)
     }
 
+    @Test("a run whose end the store cannot record (its runs table moved away meanwhile) reports a setup error at stage audit: the answer says what could not be recorded and quotes neither the store nor its error, which the run's report.json on the host keeps")
+    func auditFailureInAReportQuotesNothing() throws {
+        let (url, _, environment) = try Self.database()
+        defer { PostgresTestServer.dropDatabase(url) }
+        let server = try ServerHarness(environment: environment)
+        let token = try server.token("engine", scopes: "run:read,run:write")
+        let id = try Self.submit(server, token: token, #"{"command":["/bin/sh","-c","sleep 2"]}"#)
+        // Its worker has started, and that is recorded: what remains to record is its end.
+        try PostgresTestServer.waitUntil("the run's worker.started row") {
+            try PostgresTestServer.execute(url, "SELECT count(*) FROM events WHERE runid = '\(id)' AND kind = 'worker.started'").first?[0] == "1"
+        }
+        try PostgresTestServer.execute(url, "ALTER TABLE runs RENAME TO runs_moved_by_test")
+        var moved = true
+        defer { if moved { _ = try? PostgresTestServer.execute(url, "ALTER TABLE runs_moved_by_test RENAME TO runs") } }
+        let onDisk = server.stateDirectory + "/runs/\(id)/report.json"
+        for _ in 0..<300 where !FileManager.default.fileExists(atPath: onDisk) { usleep(20_000) }
+        try PostgresTestServer.execute(url, "ALTER TABLE runs_moved_by_test RENAME TO runs")
+        moved = false
+
+        let report = try Self.report(server, id, token: token)
+        let error = try #require(report["setupError"] as? [String: Any], "\(report)")
+        #expect(error["stage"] as? String == "audit", "\(error)")
+        let message = try #require(error["message"] as? String)
+        #expect(message.hasPrefix("the run's outcome could not be recorded") && message.contains("report.json"), "\(message)")
+        for quoted in [url.database, url.description, "runs_moved_by_test", "does not exist"] {
+            #expect(!message.contains(quoted), "the answer quotes \(quoted): \(message)")
+        }
+        // Positive control: the host's copy has the store and its error.
+        let kept = try String(contentsOfFile: onDisk, encoding: .utf8)
+        #expect(kept.contains(url.database) && kept.contains("runs"), "\(kept)")
+        #expect(server.terminate() == 0)
+    }
+
     /// The 16 hex digits after "(reference " in an answer's message.
     static func reference(in message: String) -> String? {
         let words = message.split(separator: " ").map(String.init)
