@@ -101,28 +101,40 @@ int stk_netns_loopback(void) {
     return rc;
 }
 
-int stk_route_is_local(int family, const uint8_t *addr) {
+/* Appends attribute `type` with `len` bytes of `data` to the message in `m` (room checked by the caller). */
+static void stk_rtattr(struct nlmsghdr *m, unsigned short type, const void *data, size_t len) {
+    struct rtattr *a = (struct rtattr *)((char *)m + NLMSG_ALIGN(m->nlmsg_len));
+    a->rta_type = type;
+    a->rta_len = (unsigned short)RTA_LENGTH(len);
+    memcpy(RTA_DATA(a), data, len);
+    m->nlmsg_len = NLMSG_ALIGN(m->nlmsg_len) + RTA_ALIGN(a->rta_len);
+}
+
+int stk_route_is_local(int family, const uint8_t *addr, uint16_t port) {
     size_t len = family == AF_INET ? 4 : family == AF_INET6 ? 16 : 0;
     if (len == 0) {
         errno = EAFNOSUPPORT;
         return -1;
     }
-    struct {
+    union {
         struct nlmsghdr header;
-        struct rtmsg route;
-        struct rtattr dst;
-        uint8_t address[16];
+        char bytes[NLMSG_SPACE(sizeof(struct rtmsg)) + RTA_SPACE(16) + RTA_SPACE(1) + RTA_SPACE(2)];
     } request;
     memset(&request, 0, sizeof request);
-    request.header.nlmsg_len = (uint32_t)(NLMSG_LENGTH(sizeof request.route) + RTA_LENGTH(len));
+    request.header.nlmsg_len = NLMSG_LENGTH(sizeof(struct rtmsg));
     request.header.nlmsg_type = RTM_GETROUTE;
     request.header.nlmsg_flags = NLM_F_REQUEST;
     request.header.nlmsg_seq = 1;
-    request.route.rtm_family = (unsigned char)family;
-    request.route.rtm_dst_len = (unsigned char)(len * 8);
-    request.dst.rta_len = (unsigned short)RTA_LENGTH(len);
-    request.dst.rta_type = RTA_DST;
-    memcpy(request.address, addr, len);
+    struct rtmsg *route = NLMSG_DATA(&request.header);
+    route->rtm_family = (unsigned char)family;
+    route->rtm_dst_len = (unsigned char)(len * 8);
+    /* The flow the proxy's connection is: TCP to this address and port, so that a policy rule
+       matching the protocol or the port (ipproto, dport) is taken as it is for the connection. */
+    uint8_t protocol = IPPROTO_TCP;
+    uint16_t port_be = htons(port);
+    stk_rtattr(&request.header, RTA_DST, addr, len);
+    stk_rtattr(&request.header, RTA_IP_PROTO, &protocol, sizeof protocol);
+    stk_rtattr(&request.header, RTA_DPORT, &port_be, sizeof port_be);
 
     int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
     if (fd < 0) return -1;
@@ -150,8 +162,9 @@ int stk_route_is_local(int family, const uint8_t *addr) {
                 goto done;
             }
             const struct nlmsgerr *e = NLMSG_DATA(h);
-            /* No route to it: not delivered here, nor anywhere. */
-            if (e->error == -ENETUNREACH || e->error == -EHOSTUNREACH) {
+            /* No route to it, or one that refuses (unreachable, prohibit, blackhole): not
+               delivered here. */
+            if (e->error == -ENETUNREACH || e->error == -EHOSTUNREACH || e->error == -EACCES || e->error == -EINVAL) {
                 result = 0;
             } else {
                 errno = e->error < 0 ? -e->error : EPROTO;

@@ -56,7 +56,7 @@ enum ServiceRuns {
                 return id
             } catch let refusal as ServiceRefusal where refusal.status == 429 && (refusal.code == "queue-full" || refusal.code == "rate-limited") {
                 // Neither started anything: the same key is sent again.
-                sleep(UInt32(refusal.retryAfter ?? 5))
+                sleep(UInt32(max(1, refusal.retryAfter ?? 5)))
             } catch let error as ClientError where error.code == .stalled {
                 stalls += 1
                 if stalls > 1 { throw ClientError(.stalled, error.message + "; twice, the second time with the same Idempotency-Key") }
@@ -84,12 +84,31 @@ enum ServiceRuns {
                 stalls += 1
                 if stalls > 1 { throw ClientError(.stalled, error.message + "; twice (run \(id) may still be running there; its events: stockade audit events --host … --run \(id))") }
             } catch let refusal as ServiceRefusal where refusal.status == 429 && refusal.code == "rate-limited" {
-                sleep(UInt32(refusal.retryAfter ?? 1))
+                sleep(UInt32(max(1, refusal.retryAfter ?? 1)))
             } catch let refusal as ServiceRefusal where refusal.status == 409 && refusal.code == "not-waitable" {
                 // The service forgets a finished run and reads its report from its run directory; a run
                 // refused before it had one (an unknown profile, say) leaves no report to read. A node
                 // of a shared queue says why itself (abandoned by a node that died, cancelled while queued).
                 throw ClientError(.protocolViolation, "run \(id) ended on the service without a report it can give (\(refusal.message)); its events: stockade audit events --host … --run \(id)")
+            }
+        }
+    }
+
+    /// `POST /v1/runs/{id}/cancel` for an interrupt: a token over its call rate (429 `rate-limited`)
+    /// waits the Retry-After out and asks again (a cancel is idempotent), up to 10 times; a cancel
+    /// the service refuses otherwise, or cannot be sent, is said on stderr, since the run goes on there.
+    static func cancel(_ client: ServiceClient, _ id: String) {
+        for attempt in 1...10 {
+            do {
+                _ = try client.json("POST", "/v1/runs/\(id)/cancel", body: [])
+                return
+            } catch let refusal as ServiceRefusal where refusal.status == 429 && refusal.code == "rate-limited" && attempt < 10 {
+                sleep(UInt32(max(1, refusal.retryAfter ?? 1)))
+            } catch let refusal as ServiceRefusal where refusal.status == 409 && refusal.code == "not-cancellable" {
+                return  // it ended meanwhile: its report comes
+            } catch {
+                Console.error("stockade: run \(id) may still be running on the service: its cancel failed: \(error)")
+                return
             }
         }
     }
@@ -154,7 +173,7 @@ extension RunFlags {
             let session = ServiceSession(client)
             let id = try ServiceRuns.submit(session, Array(requestBody(options).serialized().utf8))
             // An interrupt cancels the run on the service, as it cancels a local one.
-            Interrupts.install(first: { _ = try? client.call("POST", "/v1/runs/\(id)/cancel", body: []) }, forced: {})
+            Interrupts.install(first: { ServiceRuns.cancel(client, id) }, forced: {})
             report = try ServiceRuns.wait(session, id)
             decoded = try ServiceRuns.decode(report)
         } catch {

@@ -336,7 +336,10 @@ public final class EgressProxy: Sendable {
         let localByKernel = !policy.egress.allowPrivate
         func refusal(_ candidate: [UInt8]) -> (reason: String, rule: String?)? {
             if let refused = policy.refusal(for: candidate, port: request.port, local: local) { return refused }
-            return localByKernel && Self.isOwnAddress(candidate) ? ("local-address", nil) : nil
+            // The IPv4 address an IPv6 form carries (mapped, NAT64, 6to4) is judged too: a translator
+            // on this host would take the connection there.
+            return localByKernel && IPAddress.forms(candidate).contains(where: { Self.isOwnAddress($0, port: request.port) })
+                ? ("local-address", nil) : nil
         }
         guard let address = candidates.first(where: { refusal($0) == nil }) else {
             let refusal = refusal(candidates[0])
@@ -633,32 +636,43 @@ public final class EgressProxy: Sendable {
         _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
     }
 
-    /// Whether the kernel takes `address` (IPv4-mapped: its IPv4 address) as this host's own: the
-    /// route a packet to it takes here is of type `local` (`stk_route_is_local`, as `ip route get`),
-    /// which an interface's address has and so has every address of a `local` route's range (AnyIP),
-    /// IPv4 or IPv6, whatever `ip_nonlocal_bind` says. Where the routes cannot be asked (no netlink),
-    /// the bind test: a socket binds to a local address, trusted only while an address that cannot
-    /// be local (TEST-NET-1, 2001:db8::1) does not bind too, as it would with `ip_nonlocal_bind`.
-    static func isOwnAddress(_ address: [UInt8]) -> Bool {
+    /// Whether a TCP connection to `address` (IPv4-mapped: its IPv4 address) on `port` would reach
+    /// this host itself. Two of the kernel's own tests, either enough: the route that connection's
+    /// flow takes here is of type `local` (`stk_route_is_local`: an interface's address, a `local`
+    /// route's range, IPv4 or IPv6, whatever `ip_nonlocal_bind` says, policy rules on the protocol
+    /// or the port taken as for the connection), or a socket binds to the address (an address of the
+    /// local table, whatever the rules say), trusted only while an address that cannot be local
+    /// (TEST-NET-1, 2001:db8::1) does not bind too, as it would with `ip_nonlocal_bind`. When
+    /// neither can be asked, the address is taken as the host's own: refused, never guessed open.
+    static func isOwnAddress(_ address: [UInt8], port: UInt16) -> Bool {
         let plain = IPAddress.unmapped(address)
-        switch routesHere(plain) {
+        let routed = routesHere(plain, port: port)
+        if routed == true { return true }
+        switch bindsAsLocal(plain) {
         case true?: return true
         case false?: return false
-        case nil: break
+        case nil: return routed == nil
         }
-        guard binds(plain) == true else { return false }
-        return binds(plain.count == 4 ? [192, 0, 2, 1] : [0x20, 0x01, 0x0D, 0xB8] + [UInt8](repeating: 0, count: 11) + [1]) == false
     }
 
-    /// true when the route to `address` (4 or 16 bytes) is `local`, false when it is another or there
-    /// is none, nil when the kernel's routes cannot be asked.
-    static func routesHere(_ address: [UInt8]) -> Bool? {
+    /// true when the route a TCP connection to `address` (4 or 16 bytes) and `port` takes is
+    /// `local`, false when it is another or there is none, nil when the kernel's routes cannot be asked.
+    static func routesHere(_ address: [UInt8], port: UInt16) -> Bool? {
         guard address.count == 4 || address.count == 16 else { return nil }
-        switch stk_route_is_local(address.count == 4 ? AF_INET : AF_INET6, address) {
+        switch stk_route_is_local(address.count == 4 ? AF_INET : AF_INET6, address, port) {
         case 1: return true
         case 0: return false
         default: return nil
         }
+    }
+
+    /// The bind test: true when a socket binds to `address` and not to one that cannot be local,
+    /// false when it does not bind, nil when that cannot be asked or not be trusted.
+    static func bindsAsLocal(_ address: [UInt8]) -> Bool? {
+        guard let own = binds(address) else { return nil }
+        guard own else { return false }
+        let control: [UInt8] = address.count == 4 ? [192, 0, 2, 1] : [0x20, 0x01, 0x0D, 0xB8] + [UInt8](repeating: 0, count: 11) + [1]
+        return binds(control) == false ? true : nil
     }
 
     /// true when a datagram socket binds to `address` (port 0), false when the address is not

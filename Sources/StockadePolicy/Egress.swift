@@ -197,11 +197,10 @@ public struct EgressPolicy: Sendable, Equatable {
     /// - a `deny` rule naming the address (an IPv4-mapped address as the IPv4 one): `denied-by-rule`,
     ///   as for the literal, so a name cannot carry a worker to an address the operator denied;
     /// - a special class (`IPAddress.specialKind`): link-local always, the others unless `allowPrivate`;
-    /// - one of the host's own addresses (`local`, the supervisor's interfaces): its services listen
+    /// - one of the host's own addresses (`local`, the supervisor's interfaces), or the IPv4 address an IPv6 form carries being one: its services listen
     ///   there as on loopback, and the connection is made from the host, so it is refused as loopback
     ///   is (`local-address`, unless `allowPrivate`).
     public func refusal(for address: [UInt8], port: UInt16, local: [[UInt8]] = []) -> (reason: String, rule: String?)? {
-        let plain = IPAddress.unmapped(address)
         let forms = IPAddress.forms(address)
         if let rule = egress.deny.first(where: { rule in
             guard case .address(let denied) = rule.host, rule.matches(.address(denied), port: port) else { return false }
@@ -213,7 +212,9 @@ public struct EgressPolicy: Sendable, Equatable {
             // Link-local holds the cloud metadata services: never reachable, allowPrivate or not.
             return kind == "link-local" || !egress.allowPrivate ? ("\(kind)-address", nil) : nil
         }
-        if !egress.allowPrivate, local.contains(where: { IPAddress.unmapped($0) == plain }) { return ("local-address", nil) }
+        // The address or the IPv4 address it carries (mapped, NAT64, 6to4: a translator here would
+        // take it there) is one of the host's.
+        if !egress.allowPrivate, local.contains(where: { forms.contains(IPAddress.unmapped($0)) }) { return ("local-address", nil) }
         return nil
     }
 }

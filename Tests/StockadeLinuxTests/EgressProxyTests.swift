@@ -614,8 +614,14 @@ extension EgressProxyTests {
         defer { _ = Self.spawnHere(["/sbin/ip", "netns", "delete", name]) }
         try #require(Self.spawnHere(["/sbin/ip", "-n", name, "link", "set", "lo", "up"]) == 0)
         try #require(Self.spawnHere(["/sbin/ip", "-n", name, "route", "add", "local", "11.0.0.0/24", "dev", "lo"]) == 0)
-        // A public-looking IPv6 range, in this namespace only (nothing leaves it).
-        try #require(Self.spawnHere(["/sbin/ip", "-n", name, "-6", "route", "add", "local", "2a00:11::/64", "dev", "lo"]) == 0)
+        // Public-looking ranges, in this namespace only (nothing leaves it): a local one for IPv6; for
+        // each family one routed as any other network is (unicast: not the host's); and one local
+        // only in a table that a rule gives TCP to port 8443 alone.
+        for route in [["-6", "route", "add", "local", "2a00:11::/64", "dev", "lo"], ["route", "add", "12.0.0.0/8", "dev", "lo"],
+                      ["-6", "route", "add", "2a00:12::/64", "dev", "lo"], ["-6", "route", "add", "local", "2a00:13::/64", "dev", "lo", "table", "100"],
+                      ["-6", "rule", "add", "ipproto", "tcp", "dport", "8443", "lookup", "100"]] {
+            try #require(Self.spawnHere(["/sbin/ip", "-n", name] + route) == 0, "ip \(route)")
+        }
         if nonlocalBind {
             // Any address binds now, so a socket's bind can no longer tell the host's own apart.
             for knob in ["net.ipv4.ip_nonlocal_bind=1", "net.ipv6.ip_nonlocal_bind=1"] {
@@ -646,12 +652,14 @@ extension EgressProxyTests {
             a.sin_addr.s_addr = UInt32(0x0B00_0007).bigEndian
             outcome.control = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(direct, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } } == 0
             close(direct)
-            let v6: [UInt8] = [0x2a, 0x00, 0x00, 0x11] + [UInt8](repeating: 0, count: 11) + [7]
-            var v6Beside = v6
+            func v6(_ net: UInt8) -> [UInt8] { [0x2a, 0x00, 0x00, net] + [UInt8](repeating: 0, count: 11) + [7] }
+            var v6Beside = v6(0x11)
             v6Beside[7] = 1
-            outcome.own = [EgressProxy.isOwnAddress([11, 0, 0, 7]), EgressProxy.isOwnAddress([11, 0, 1, 7]),
-                           EgressProxy.isOwnAddress(v6), EgressProxy.isOwnAddress(v6Beside),
-                           EgressProxy.isOwnAddress([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 11, 0, 0, 7])]
+            outcome.own = [EgressProxy.isOwnAddress([11, 0, 0, 7], port: 443), EgressProxy.isOwnAddress([11, 0, 1, 7], port: 443),
+                           EgressProxy.isOwnAddress(v6(0x11), port: 443), EgressProxy.isOwnAddress(v6Beside, port: 443),
+                           EgressProxy.isOwnAddress([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 11, 0, 0, 7], port: 443),
+                           EgressProxy.isOwnAddress([12, 0, 0, 7], port: 443), EgressProxy.isOwnAddress(v6(0x12), port: 443),
+                           EgressProxy.isOwnAddress(v6(0x13), port: 8443), EgressProxy.isOwnAddress(v6(0x13), port: 8444)]
             for allowPrivate in [false, true] {
                 let recorder = Recorder()
                 guard let proxy = try? Self.start(allow: ["anyip.test:\(upstream.port)"], hosts: ["anyip.test": "11.0.0.7"], allowPrivate: allowPrivate,
@@ -666,18 +674,30 @@ extension EgressProxyTests {
                 if allowPrivate { outcome.allowed = answer } else { outcome.refused = answer }
                 outcome.reasons += recorder.events.withLock { $0.map { $0.reason ?? "ok" } }
             }
+            // The NAT64 form of the routed address: judged as the IPv4 address it carries, which a
+            // translator on this host would connect to.
+            let recorder = Recorder()
+            if let proxy = try? Self.start(allow: ["nat64.test:\(upstream.port)"], hosts: ["nat64.test": "64:ff9b::b00:7"], allowPrivate: false,
+                                           namespaceOf: tid, recorder: recorder),
+               let answer = try? Self.exchange(proxy.port, Array("CONNECT nat64.test:\(upstream.port) HTTP/1.1\r\n\r\nping".utf8)) {
+                for _ in 0..<200 where recorder.events.withLock({ $0.isEmpty }) { usleep(10_000) }
+                proxy.stop()
+                outcome.reasons += recorder.events.withLock { $0.map { ($0.reason ?? "ok") + " " + answer.prefix(12) } }
+            } else {
+                outcome.notes.append("no NAT64 proxy")
+            }
         }
         thread.start()
         for _ in 0..<600 where !outcome.finished.load(ordering: .acquiring) { usleep(50_000) }
         let finished = outcome.finished.load(ordering: .acquiring)
         #expect(finished)
         #expect(outcome.notes.isEmpty, "\(outcome.notes)")
-        #expect(outcome.own == [true, false, true, false, true],
-                "the kernel's routes: each routed address is the host's (IPv4, IPv6, IPv4-mapped), one beside it is not")
+        #expect(outcome.own == [true, false, true, false, true, false, false, true, false],
+                "the kernel's routes: each address a local route covers is the host's (IPv4, IPv6, IPv4-mapped; through a rule on the port only for that port), one beside it or on a unicast route is not")
         #expect(outcome.control, "the control did not reach the service through the local route")
         #expect(outcome.refused.hasPrefix("HTTP/1.1 403") && outcome.refused.contains("local-address") && !outcome.refused.contains("host service"),
                 "\(outcome.refused)")
         #expect(outcome.allowed.hasSuffix("host service"), "allowPrivate admits it: \(outcome.allowed)")
-        #expect(outcome.reasons == ["local-address", "ok"], "\(outcome.reasons)")
+        #expect(outcome.reasons == ["local-address", "ok", "local-address HTTP/1.1 403"], "\(outcome.reasons)")
     }
 }

@@ -53,16 +53,18 @@ int stk_netns_make(int home);
 int stk_netns_loopback(void);
 
 /*
- * The kernel's own answer to "is this address this host's?": the route a
- * packet to it would take in the calling thread's network namespace
- * (RTM_GETROUTE, as `ip route get`: policy rules, then the tables), and
- * whether that route is of type `local` (delivered here: an interface's
- * address, or a range a `local` route makes answer as the host, AnyIP, with
- * or without `ip_nonlocal_bind`, IPv4 or IPv6). `addr` is 4 bytes (AF_INET)
- * or 16 (AF_INET6). Returns 1 (local), 0 (another route, or no route at
- * all), or -1 with errno set when the kernel could not be asked.
+ * Whether the kernel routes a TCP connection to `addr`:`port` to this host:
+ * the route that flow takes in the calling thread's network namespace
+ * (RTM_GETROUTE with the destination, protocol TCP and the port, so policy
+ * rules on the protocol or the destination port are taken as for the
+ * connection) is of type `local` (delivered here: an interface's address, or
+ * a range a `local` route makes answer as the host, AnyIP, with or without
+ * `ip_nonlocal_bind`, IPv4 or IPv6). A rule on the source port cannot be
+ * matched: that port is chosen at the connect. `addr` is 4 bytes (AF_INET)
+ * or 16 (AF_INET6). Returns 1 (local), 0 (another route, a refusing one, or
+ * none), or -1 with errno set when the kernel could not be asked.
  */
-int stk_route_is_local(int family, const uint8_t *addr);
+int stk_route_is_local(int family, const uint8_t *addr, uint16_t port);
 
 #pragma clang assume_nonnull end
 #endif
