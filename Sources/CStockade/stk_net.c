@@ -110,15 +110,11 @@ static void stk_rtattr(struct nlmsghdr *m, unsigned short type, const void *data
     m->nlmsg_len = NLMSG_ALIGN(m->nlmsg_len) + RTA_ALIGN(a->rta_len);
 }
 
-int stk_route_is_local(int family, const uint8_t *addr, uint16_t port) {
-    size_t len = family == AF_INET ? 4 : family == AF_INET6 ? 16 : 0;
-    if (len == 0) {
-        errno = EAFNOSUPPORT;
-        return -1;
-    }
+/* One RTM_GETROUTE for a TCP flow to `dst`:`port` (from `src` when given): 1 local, 0 not, -1 unknown. */
+static int stk_route_query(int family, const uint8_t *dst, size_t len, uint16_t port, const uint8_t *src) {
     union {
         struct nlmsghdr header;
-        char bytes[NLMSG_SPACE(sizeof(struct rtmsg)) + RTA_SPACE(16) + RTA_SPACE(1) + RTA_SPACE(2)];
+        char bytes[NLMSG_SPACE(sizeof(struct rtmsg)) + 2 * RTA_SPACE(16) + RTA_SPACE(1) + RTA_SPACE(2)];
     } request;
     memset(&request, 0, sizeof request);
     request.header.nlmsg_len = NLMSG_LENGTH(sizeof(struct rtmsg));
@@ -132,7 +128,11 @@ int stk_route_is_local(int family, const uint8_t *addr, uint16_t port) {
        matching the protocol or the port (ipproto, dport) is taken as it is for the connection. */
     uint8_t protocol = IPPROTO_TCP;
     uint16_t port_be = htons(port);
-    stk_rtattr(&request.header, RTA_DST, addr, len);
+    stk_rtattr(&request.header, RTA_DST, dst, len);
+    if (src != NULL) {
+        route->rtm_src_len = (unsigned char)(len * 8);
+        stk_rtattr(&request.header, RTA_SRC, src, len);
+    }
     stk_rtattr(&request.header, RTA_IP_PROTO, &protocol, sizeof protocol);
     stk_rtattr(&request.header, RTA_DPORT, &port_be, sizeof port_be);
 
@@ -184,4 +184,52 @@ done:;
     close(fd);
     errno = saved;
     return result;
+}
+
+/* The source address the kernel gives a connection to `dst`:`port` (a UDP socket connected there:
+   nothing is sent). 0, or -1 with errno set (no route for it: ENETUNREACH and the like). */
+static int stk_chosen_source(int family, const uint8_t *dst, size_t len, uint16_t port, uint8_t *out) {
+    union {
+        struct sockaddr any;
+        struct sockaddr_in v4;
+        struct sockaddr_in6 v6;
+    } to, from;
+    memset(&to, 0, sizeof to);
+    socklen_t size;
+    if (family == AF_INET) {
+        to.v4.sin_family = AF_INET;
+        to.v4.sin_port = htons(port);
+        memcpy(&to.v4.sin_addr, dst, len);
+        size = sizeof to.v4;
+    } else {
+        to.v6.sin6_family = AF_INET6;
+        to.v6.sin6_port = htons(port);
+        memcpy(&to.v6.sin6_addr, dst, len);
+        size = sizeof to.v6;
+    }
+    int fd = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    socklen_t got = sizeof from;
+    int rc = connect(fd, &to.any, size) == 0 && getsockname(fd, &from.any, &got) == 0 ? 0 : -1;
+    if (rc == 0) memcpy(out, family == AF_INET ? (const void *)&from.v4.sin_addr : (const void *)&from.v6.sin6_addr, len);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return rc;
+}
+
+int stk_route_is_local(int family, const uint8_t *addr, uint16_t port) {
+    size_t len = family == AF_INET ? 4 : family == AF_INET6 ? 16 : 0;
+    if (len == 0) {
+        errno = EAFNOSUPPORT;
+        return -1;
+    }
+    int first = stk_route_query(family, addr, len, port, NULL);
+    if (first == 1) return 1;
+    /* Asked again from the source a connection there is given: a rule on the source address (`from`),
+       or a route specific to it, can make the address local for the connection though not for a
+       flow from no address. No source (no route at all) leaves the first answer. */
+    uint8_t source[16];
+    if (stk_chosen_source(family, addr, len, port, source) == 0 && stk_route_query(family, addr, len, port, source) == 1) return 1;
+    return first;
 }

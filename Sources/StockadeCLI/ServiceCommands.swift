@@ -95,15 +95,16 @@ enum ServiceRuns {
     }
 
     /// `POST /v1/runs/{id}/cancel` for an interrupt: a token over its call rate (429 `rate-limited`)
-    /// waits the Retry-After out and asks again (a cancel is idempotent), up to 10 times; a cancel
-    /// the service refuses otherwise, or cannot be sent, is said on stderr, since the run goes on there.
+    /// waits the Retry-After out (1 to 10 s) and asks again (a cancel is idempotent), up to 10 times;
+    /// a cancel the service refuses otherwise, or cannot be sent, is said on stderr, since the run
+    /// goes on there.
     static func cancel(_ client: ServiceClient, _ id: String) {
         for attempt in 1...10 {
             do {
                 _ = try client.json("POST", "/v1/runs/\(id)/cancel", body: [])
                 return
             } catch let refusal as ServiceRefusal where refusal.status == 429 && refusal.code == "rate-limited" && attempt < 10 {
-                sleep(UInt32(max(1, refusal.retryAfter ?? 1)))
+                sleep(UInt32(min(10, max(1, refusal.retryAfter ?? 1))))
             } catch let refusal as ServiceRefusal where refusal.status == 409 && refusal.code == "not-cancellable" {
                 return  // it ended meanwhile: its report comes
             } catch {
@@ -173,7 +174,11 @@ extension RunFlags {
             let session = ServiceSession(client)
             let id = try ServiceRuns.submit(session, Array(requestBody(options).serialized().utf8))
             // An interrupt cancels the run on the service, as it cancels a local one.
-            Interrupts.install(first: { ServiceRuns.cancel(client, id) }, forced: {})
+            // On a thread of its own: a cancel waiting out a refusal must not hold back a second
+            // interrupt, which ends this process at once.
+            Interrupts.install(first: {
+                if !DetachedThread.start({ ServiceRuns.cancel(client, id) }) { ServiceRuns.cancel(client, id) }
+            }, forced: {})
             report = try ServiceRuns.wait(session, id)
             decoded = try ServiceRuns.decode(report)
         } catch {

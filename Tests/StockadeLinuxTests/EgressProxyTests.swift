@@ -619,7 +619,11 @@ extension EgressProxyTests {
         // only in a table that a rule gives TCP to port 8443 alone.
         for route in [["-6", "route", "add", "local", "2a00:11::/64", "dev", "lo"], ["route", "add", "12.0.0.0/8", "dev", "lo"],
                       ["-6", "route", "add", "2a00:12::/64", "dev", "lo"], ["-6", "route", "add", "local", "2a00:13::/64", "dev", "lo", "table", "100"],
-                      ["-6", "rule", "add", "ipproto", "tcp", "dport", "8443", "lookup", "100"]] {
+                      ["-6", "rule", "add", "ipproto", "tcp", "dport", "8443", "lookup", "100"],
+                      // And one local only for connections from the address a connection there is given.
+                      ["link", "add", "d0", "type", "veth", "peer", "name", "d1"], ["link", "set", "d0", "up"], ["link", "set", "d1", "up"],
+                      ["-6", "addr", "add", "2a00:1::5/64", "dev", "d0", "nodad"],
+                      ["-6", "rule", "add", "from", "2a00:1::5", "lookup", "101"], ["-6", "route", "add", "local", "2a00:14::/64", "dev", "lo", "table", "101"]] {
             try #require(Self.spawnHere(["/sbin/ip", "-n", name] + route) == 0, "ip \(route)")
         }
         if nonlocalBind {
@@ -659,7 +663,8 @@ extension EgressProxyTests {
                            EgressProxy.isOwnAddress(v6(0x11), port: 443), EgressProxy.isOwnAddress(v6Beside, port: 443),
                            EgressProxy.isOwnAddress([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 11, 0, 0, 7], port: 443),
                            EgressProxy.isOwnAddress([12, 0, 0, 7], port: 443), EgressProxy.isOwnAddress(v6(0x12), port: 443),
-                           EgressProxy.isOwnAddress(v6(0x13), port: 8443), EgressProxy.isOwnAddress(v6(0x13), port: 8444)]
+                           EgressProxy.isOwnAddress(v6(0x13), port: 8443), EgressProxy.isOwnAddress(v6(0x13), port: 8444),
+                           EgressProxy.isOwnAddress(v6(0x14), port: 8080)]
             for allowPrivate in [false, true] {
                 let recorder = Recorder()
                 guard let proxy = try? Self.start(allow: ["anyip.test:\(upstream.port)"], hosts: ["anyip.test": "11.0.0.7"], allowPrivate: allowPrivate,
@@ -692,8 +697,8 @@ extension EgressProxyTests {
         let finished = outcome.finished.load(ordering: .acquiring)
         #expect(finished)
         #expect(outcome.notes.isEmpty, "\(outcome.notes)")
-        #expect(outcome.own == [true, false, true, false, true, false, false, true, false],
-                "the kernel's routes: each address a local route covers is the host's (IPv4, IPv6, IPv4-mapped; through a rule on the port only for that port), one beside it or on a unicast route is not")
+        #expect(outcome.own == [true, false, true, false, true, false, false, true, false, true],
+                "the kernel's routes: each address a local route covers is the host's (IPv4, IPv6, IPv4-mapped; through a rule on the port only for that port; through a rule on the source address), one beside it or on a unicast route is not")
         #expect(outcome.control, "the control did not reach the service through the local route")
         #expect(outcome.refused.hasPrefix("HTTP/1.1 403") && outcome.refused.contains("local-address") && !outcome.refused.contains("host service"),
                 "\(outcome.refused)")

@@ -102,6 +102,12 @@ struct EgressPolicyTests {
         #expect(p.refusal(for: mapped, port: 443, local: [own])?.reason == "local-address")
         let v6 = try #require(IPAddress.parse("2a04:4e42::223"))
         #expect(p.refusal(for: v6, port: 443, local: [v6])?.reason == "local-address")
+        // The IPv4 address an IPv6 form carries: a translator on the host would connect there.
+        for form in ["64:ff9b::9765:9", "2002:9765:9::1"] {
+            let carried = try #require(IPAddress.parse(form))
+            #expect(p.refusal(for: carried, port: 443)?.reason == nil, "the positive control: \(form) alone is public")
+            #expect(p.refusal(for: carried, port: 443, local: [own])?.reason == "local-address", "\(form)")
+        }
         let open = try Self.policy(allow: ["a.org"], allowPrivate: true)
         #expect(open.refusal(for: own, port: 443, local: [own]) == nil)
     }

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import Glibc
 import StockadeTestSupport
+import Synchronization
 import Testing
 
 /// Helpers for the operations suites: free loopback ports, certificates, raw sockets, /proc.
@@ -441,27 +442,36 @@ struct QuotaTests {
             return process.terminationStatus
         }
         // Keeps a token's bucket empty for `seconds` from another thread, so that whatever the client
-        // sends meanwhile is refused.
+        // sends meanwhile is refused; counts its own refusals.
         let socket = server.socketPath
-        func drain(_ token: String, for seconds: Double) -> DispatchGroup {
+        final class Drained: Sendable {
             let group = DispatchGroup()
-            DispatchQueue.global().async(group: group) {
-                let until = Date().addingTimeInterval(seconds)
+            let refusals = Atomic<Int>(0)
+            var refused: Int { refusals.load(ordering: .relaxed) }
+        }
+        // Returns once the bucket is empty (the drain's first refusal), and holds it so for `seconds` more.
+        func drain(_ token: String, for seconds: Double) -> Drained {
+            let drained = Drained()
+            DispatchQueue.global().async(group: drained.group) {
                 let http = HTTPClient(address: .unix(socket))
+                var until = Date().addingTimeInterval(30)
                 while Date() < until {
-                    _ = try? http.request("GET", "/v1/runs", token: token)
+                    if (try? http.request("GET", "/v1/runs", token: token))?.status == 429 {
+                        if drained.refusals.add(1, ordering: .relaxed).newValue == 1 { until = Date().addingTimeInterval(seconds) }
+                    }
                     usleep(5_000)
                 }
             }
-            return group
+            for _ in 0..<1000 where drained.refused == 0 { usleep(5_000) }
+            return drained
         }
 
         // A submission made while the token's bucket is empty is refused; the client waits each
         // Retry-After out and the run goes through (its wait, right after, is refused too).
-        let drained = drain(carol, for: 1.5)
+        let drained = drain(carol, for: 2)
         let run = try client(carol, ["/bin/true"])
         #expect(status(run, within: 30) == 0, "run --host did not wait the refused submission out")
-        drained.wait()
+        drained.group.wait()
 
         // An interrupt while the bucket is empty: the cancel is refused, sent again after the
         // Retry-After, and the run ends cancelled (exit 130) instead of running its 30 s.
@@ -475,11 +485,10 @@ struct QuotaTests {
             running = ((try? listed.json()["runs"] as? [[String: Any]]) ?? []).count == 1
         }
         #expect(running, "the long run did not start")
-        let drainedAgain = drain(dave, for: 1.5)
-        usleep(100_000)
+        let drainedAgain = drain(dave, for: 2)
         kill(long.processIdentifier, SIGINT)
         #expect(status(long, within: 20) == 130, "the interrupt's cancel was not sent again after its refusal")
-        drainedAgain.wait()
+        drainedAgain.group.wait()
 
         let bad = try ServerHarness.exec(ServerHarness.stockade, ["serve", "--max-calls-per-token", "100001", "--state-dir", server.stateDirectory])
         #expect(bad.status == 2 && bad.stderr.contains("--max-calls-per-token: expected 0 (no limit) to 100000, found 100001"), "\(bad.stderr)")
@@ -500,7 +509,10 @@ struct QuotaTests {
             throttled.filter { $0["principal"] as? String == name }.compactMap { ($0["calls"] as? NSNumber)?.intValue }.reduce(0, +)
         }
         #expect(counted("alice") == refusals.count, "\(throttled)")
-        #expect(counted("carol") >= 1 && counted("dave") >= 1, "the refused calls were counted: \(throttled)")
+        // More refused than the drains' own: the clients' calls made while a drain held the bucket
+        // (carol's submission, dave's cancel) were refused too.
+        #expect(counted("carol") > drained.refused && counted("dave") > drainedAgain.refused,
+                "carol \(counted("carol")) against the drain's \(drained.refused), dave \(counted("dave")) against \(drainedAgain.refused): \(throttled)")
         #expect(counted("bob") == 0)
         #expect(throttled.filter { $0["principal"] != nil }.allSatisfy { $0["perSecond"] as? Int == 1 && $0["burst"] as? Int == 1 && $0["peer"] == nil },
                 "\(throttled)")

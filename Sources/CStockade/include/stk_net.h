@@ -55,9 +55,10 @@ int stk_netns_loopback(void);
 /*
  * Whether the kernel routes a TCP connection to `addr`:`port` to this host:
  * the route that flow takes in the calling thread's network namespace
- * (RTM_GETROUTE with the destination, protocol TCP and the port, so policy
- * rules on the protocol or the destination port are taken as for the
- * connection) is of type `local` (delivered here: an interface's address, or
+ * (RTM_GETROUTE with the destination, protocol TCP and the port, and again
+ * from the source address a connection there is given, so policy rules on
+ * the protocol, the destination port or the source address are taken as for
+ * the connection) is of type `local` (delivered here: an interface's address, or
  * a range a `local` route makes answer as the host, AnyIP, with or without
  * `ip_nonlocal_bind`, IPv4 or IPv6). A rule on the source port cannot be
  * matched: that port is chosen at the connect. `addr` is 4 bytes (AF_INET)
