@@ -125,6 +125,16 @@ struct RunOutputRoutesTests {
         let past = try server.client.request("GET", "/v1/runs/\(id)/logs?offset=\(followed.count + 5)", token: token)
         #expect(past.status == 200 && past.body.isEmpty)
         #expect(try server.client.request("GET", "/v1/runs/\(id)/logs?follow=maybe", token: token).error().field == "follow")
+
+        // A worker that wrote nothing has its logs, empty: 200 with no bytes, not 404 no-logs.
+        let silent = try #require(try server.client.request("POST", "/v1/runs", token: token, json: #"{"command":["/bin/true"]}"#).json()["id"] as? String)
+        #expect(try server.client.request("GET", "/v1/runs/\(silent)/wait", token: token).status == 200)
+        for stream in ["stdout", "stderr"] {
+            let path = server.stateDirectory + "/runs/\(silent)/logs/\(stream).log"
+            #expect((try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) == 0, "\(path) is not there empty")
+            let answer = try server.client.request("GET", "/v1/runs/\(silent)/logs?stream=\(stream)", token: token)
+            #expect(answer.status == 200 && answer.body.isEmpty && answer.headers["stockade-next-offset"] == "0", "\(answer.status) \(answer.text)")
+        }
         #expect(server.terminate() == 0)
     }
 
