@@ -197,9 +197,10 @@ public struct EgressPolicy: Sendable, Equatable {
     /// - a `deny` rule naming the address (an IPv4-mapped address as the IPv4 one): `denied-by-rule`,
     ///   as for the literal, so a name cannot carry a worker to an address the operator denied;
     /// - a special class (`IPAddress.specialKind`): link-local always, the others unless `allowPrivate`;
-    /// - one of the host's own addresses (`local`, the supervisor's interfaces), or the IPv4 address an IPv6 form carries being one: its services listen
-    ///   there as on loopback, and the connection is made from the host, so it is refused as loopback
-    ///   is (`local-address`, unless `allowPrivate`).
+    /// - one of the host's own addresses (`local`, the supervisor's interfaces), or an IPv6 form
+    ///   carrying one (mapped, NAT64, 6to4): its services listen there as on loopback, and the
+    ///   connection is made from the host, so it is refused as loopback is (`local-address`, unless
+    ///   `allowPrivate`).
     public func refusal(for address: [UInt8], port: UInt16, local: [[UInt8]] = []) -> (reason: String, rule: String?)? {
         let forms = IPAddress.forms(address)
         if let rule = egress.deny.first(where: { rule in

@@ -76,14 +76,8 @@ final class API: Sendable {
          callsPerToken: Int = 0) {
         streams = StreamSlots(perPrincipal: streamsPerToken)
         tokenRate = TokenRateLimiter(perSecond: callsPerToken) { principal, calls, seconds in
-            do {
-                try supervisor.audit.record(runId: nil, kind: "api.throttled", detail: .object([
-                    "principal": .string(principal), "calls": .number(calls), "seconds": .number(seconds),
-                    "burst": .number(callsPerToken), "perSecond": .number(callsPerToken),
-                ]))
-            } catch {
-                logger.error("audit.write-failed", metadata: ["kind": "api.throttled", "principal": "\(principal)", "calls": "\(calls)", "error": "\(error)"])
-            }
+            API.recordThrottled(supervisor, logger, who: ("principal", principal), calls: calls, seconds: seconds,
+                                burst: callsPerToken, perSecond: callsPerToken)
         }
         self.verification = verification
         self.metrics = metrics
@@ -93,15 +87,24 @@ final class API: Sendable {
         self.shutdown = shutdown
         self.logger = logger
         anonymous = AnonymousLimiter { peer, calls, seconds in
-            do {
-                try supervisor.audit.record(runId: nil, kind: "api.throttled", detail: .object([
-                    "peer": .string(peer), "calls": .number(calls), "seconds": .number(seconds),
-                    "burst": .number(Int(peer == AnonymousLimiter.everyone ? AnonymousLimiter.allBurst : AnonymousLimiter.burst)),
-                    "perSecond": .number(Int(peer == AnonymousLimiter.everyone ? AnonymousLimiter.allPerSecond : AnonymousLimiter.perSecond)),
-                ]))
-            } catch {
-                logger.error("audit.write-failed", metadata: ["kind": "api.throttled", "peer": "\(peer)", "calls": "\(calls)", "error": "\(error)"])
-            }
+            let all = peer == AnonymousLimiter.everyone
+            API.recordThrottled(supervisor, logger, who: ("peer", peer), calls: calls, seconds: seconds,
+                                burst: Int(all ? AnonymousLimiter.allBurst : AnonymousLimiter.burst),
+                                perSecond: Int(all ? AnonymousLimiter.allPerSecond : AnonymousLimiter.perSecond))
+        }
+    }
+
+    /// One `api.throttled` row: `calls` not recorded one by one for `who` (a peer or a token's name)
+    /// over `seconds`, under the bound (`burst`, `perSecond`); a row the trail refuses is logged.
+    static func recordThrottled(_ supervisor: Supervisor, _ logger: Logger, who: (key: String, value: String), calls: Int, seconds: Int,
+                                burst: Int, perSecond: Int) {
+        do {
+            try supervisor.audit.record(runId: nil, kind: "api.throttled", detail: .object([
+                who.key: .string(who.value), "calls": .number(calls), "seconds": .number(seconds),
+                "burst": .number(burst), "perSecond": .number(perSecond),
+            ]))
+        } catch {
+            logger.error("audit.write-failed", metadata: ["kind": "api.throttled", "\(who.key)": "\(who.value)", "calls": "\(calls)", "error": "\(error)"])
         }
     }
 
