@@ -1,7 +1,9 @@
 #!/bin/sh
 # The binaries to deploy, as CI proves them: stockade, stockade-spawn, stockade-probe and
-# stockade-server, release, with the Swift standard library and FoundationEssentials linked statically.
-# `stockade` links no full Foundation (Package.swift, foundationEssentialsFirst): this checks it.
+# stockade-server, release, with the Swift standard library, FoundationEssentials, libstdc++, SQLite,
+# libseccomp and zlib linked statically (glibc stays shared). `stockade` links no full Foundation
+# (Package.swift, foundationEssentialsFirst), and neither it nor stockade-server loads one of those
+# libraries at start: this checks both.
 #
 # usage: scripts/build-release.sh [SCRATCH]   (default .build-static; the binaries in SCRATCH/release/)
 set -eu
@@ -25,6 +27,43 @@ umask 022
 "$root/scripts/close-build-dir.sh" "$scratch"
 STOCKADE_STATIC_STDLIB_DIR=$(cd "$static_dir" && pwd)
 export STOCKADE_STATIC_STDLIB_DIR
+# The C and C++ libraries from their static archives (the Debian packages' own .a files), so that each
+# start of stockade has the dynamic loader map and relocate libc, libm and libgcc_s only: libstdc++'s
+# 3 300 symbolic relocations and libsqlite3's 1 600 (it is linked with BIND_NOW) were resolved at
+# every start, a one-shot run's or `--version`'s (Benchmarks/BENCHMARKS.md). SwiftPM takes a system
+# module's -L from its pkg-config file: a directory of our own .pc files, first on PKG_CONFIG_PATH,
+# names a directory that holds only the archives, so that it is the first -L of the link line and
+# every -lsqlite3, -lseccomp, -lz and the toolchain's -lstdc++ finds an archive there. (Linked this
+# way, a security update of one of these packages reaches the binaries when they are built again.)
+link_dir="$scratch/static-link"
+rm -rf "$link_dir"
+mkdir -p "$link_dir"
+cc_driver="$(dirname "$(command -v swift)")/clang"
+[ -x "$cc_driver" ] || cc_driver=cc
+for archive in libstdc++.a:libstdc++-12-dev libsqlite3.a:libsqlite3-dev libseccomp.a:libseccomp-dev libz.a:zlib1g-dev; do
+    name=${archive%%:*}
+    path=$("$cc_driver" -print-file-name="$name" 2>/dev/null || true)
+    case "$path" in
+        /*) [ -f "$path" ] || path= ;;
+        *) path= ;;
+    esac
+    if [ -z "$path" ]; then
+        echo "build-release: no $name for $cc_driver to link (apt-get install ${archive#*:})" >&2
+        exit 1
+    fi
+    ln -s "$path" "$link_dir/$name"
+done
+for module in sqlite3:sqlite3 libseccomp:seccomp zlib:z; do
+    package=${module%%:*}
+    if ! version=$(pkg-config --modversion "$package"); then
+        echo "build-release: pkg-config does not know $package (apt-get install pkg-config and the library's -dev package)" >&2
+        exit 1
+    fi
+    printf 'Name: %s\nDescription: %s linked from its static archive (scripts/build-release.sh)\nVersion: %s\nLibs: -L%s -l%s\nCflags: %s\n' \
+        "$package" "$package" "$version" "$link_dir" "${module#*:}" "$(pkg-config --cflags "$package")" > "$link_dir/$package.pc"
+done
+PKG_CONFIG_PATH="$link_dir${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+export PKG_CONFIG_PATH
 for product in stockade stockade-spawn stockade-probe stockade-server; do
     swift build --package-path "$root" -c release --static-swift-stdlib --scratch-path "$scratch" --product "$product"
 done
@@ -45,3 +84,21 @@ if printf '%s\n' "$symbols" | grep -q -e ' __CFInitialize$' -e ' $s10Foundation'
          "(Package.swift, foundationEssentialsFirst; ld.lld --why-extract=FILE names the first reference)" >&2
     exit 1
 fi
+# The libraries linked from their archives (above) must not be loaded at start: readelf lists what the
+# dynamic loader loads for each binary.
+if ! command -v readelf >/dev/null 2>&1; then
+    echo "build-release: no readelf on PATH to check the binaries' shared libraries (apt-get install binutils)" >&2
+    exit 1
+fi
+for product in stockade stockade-server; do
+    needed=$(readelf -d "$scratch/release/$product" | sed -n 's/.*(NEEDED).*\[\(.*\)\]$/\1/p')
+    if [ -z "$needed" ]; then
+        echo "build-release: readelf lists no shared library for $scratch/release/$product: not the dynamically linked binary this script makes" >&2
+        exit 1
+    fi
+    if printf '%s\n' "$needed" | grep -q -E '^lib(stdc\+\+|sqlite3|seccomp|z)\.so'; then
+        echo "build-release: $scratch/release/$product loads $(printf '%s\n' "$needed" | grep -E '^lib(stdc\+\+|sqlite3|seccomp|z)\.so' | tr '\n' ' ')at start," \
+             "which it should link from $link_dir: did SwiftPM read another pkg-config file, or take -L from elsewhere first?" >&2
+        exit 1
+    fi
+done

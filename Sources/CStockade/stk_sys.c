@@ -114,5 +114,14 @@ int stk_interrupts_install(int write_fd) {
     sa.sa_flags = SA_RESTART;
     sigemptyset(&sa.sa_mask);
     if (sigaction(SIGINT, &sa, NULL) != 0 || sigaction(SIGTERM, &sa, NULL) != 0) return -errno;
+    /* A caller that started us from a thread with these signals blocked (a runtime's worker thread)
+       left them blocked in our mask: they would stay pending for ever. Threads started later inherit
+       the unblocked mask. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    int rc = pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    if (rc != 0) return -rc;
     return 0;
 }

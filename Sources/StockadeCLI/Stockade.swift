@@ -1,4 +1,5 @@
 import ArgumentParser
+import Dispatch
 import Glibc
 import Logging
 import StockadeAudit
@@ -174,7 +175,80 @@ enum ProcessEnvironment {
 /// PostgreSQL client: Benchmarks/BENCHMARKS.md) hands a command whose store is a PostgreSQL URL to
 /// `stockade-server cli`, which has it, before reading or opening anything.
 public enum CLIMain {
+    /// `stockade`'s entry, on the process's main thread. `run --host` is a synchronous client: it runs
+    /// here to its end, and the concurrency runtime never starts (an async main would have parked this
+    /// thread and run everything on a dispatch worker, with two more threads of dispatch's beside it,
+    /// at every start of the command a task engine calls per task). Every other command continues in
+    /// `main`'s body on the runtime's pool. Never returns: the process exits with the command's status.
+    public static func start(_ commandLine: [String]) -> Never {
+        let line = CommandLineRead(commandLine)
+        if let fast = line.fast {
+            do {
+                if let client = try fast.client() {
+                    try fast.run(through: client)
+                    Glibc.exit(0)
+                }
+            } catch {
+                finish(error, arguments: line.arguments)
+            }
+        }
+        Task.detached {
+            await execute(line)
+            Glibc.exit(0)
+        }
+        dispatchMain()
+    }
+
+    /// The command line, run on the concurrency runtime's pool (`stockade-server cli`); returns when
+    /// the command succeeded, exits the process otherwise.
     public static func main(_ commandLine: [String]) async {
+        await execute(CommandLineRead(commandLine))
+    }
+
+    private static func execute(_ line: CommandLineRead) async {
+        let arguments = line.arguments
+        do {
+            if let fast = line.fast {
+                if let client = try fast.client() { return try fast.run(through: client) }
+                return try await fast.runHere()
+            }
+            var command = try Stockade.parseAsRoot(arguments)
+            if var async = command as? AsyncParsableCommand {
+                try await async.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            finish(error, arguments: arguments)
+        }
+    }
+
+    /// A command's error as its message and exit status.
+    private static func finish(_ error: any Error, arguments: [String]) -> Never {
+        if let exit = error as? ExitCode { Glibc.exit(exit.rawValue) }
+        let code = Stockade.exitCode(for: error)
+        var message = Stockade.fullMessage(for: error)
+        if code == .validationFailure, let hint = UsageHints.commandWithoutTerminator(arguments) { message = hint }
+        if !message.isEmpty {
+            if code == .success { Console.out(message) } else { Console.error(message) }
+        }
+        if code == .validationFailure {
+            // Usage errors: 125 for `run` (nothing ran), 2 for every other command.
+            Glibc.exit(arguments.first == "run" ? 125 : 2)
+        }
+        Glibc.exit(code.rawValue)
+    }
+}
+
+/// What `CLIMain` reads of a command line before the command runs: the global options applied (the
+/// log format bootstrapped), the commands another binary runs handed to it (exec), and `run`'s line
+/// read without ArgumentParser when it is a plain one (FastRun). Exits on a usage error of the process.
+private struct CommandLineRead: Sendable {
+    /// The command line after the global options.
+    let arguments: [String]
+    let fast: RunFlags?
+
+    init(_ commandLine: [String]) {
         let arguments: [String]
         let logFormat: LogFormat
         do throws(GlobalOptions.Invalid) {
@@ -217,35 +291,8 @@ public enum CLIMain {
             Console.error(hint)
             Glibc.exit(2)
         }
-        do {
-            if let fast {
-                // Through the service the command is a synchronous client: run it here, on the main
-                // thread, rather than hop to the concurrency runtime's pool (threads this process
-                // would start for nothing).
-                if let client = try fast.client() { return try fast.run(through: client) }
-                return try await fast.runHere()
-            }
-            var command = try Stockade.parseAsRoot(arguments)
-            if var async = command as? AsyncParsableCommand {
-                try await async.run()
-            } else {
-                try command.run()
-            }
-        } catch let exit as ExitCode {
-            Glibc.exit(exit.rawValue)
-        } catch {
-            let code = Stockade.exitCode(for: error)
-            var message = Stockade.fullMessage(for: error)
-            if code == .validationFailure, let hint = UsageHints.commandWithoutTerminator(arguments) { message = hint }
-            if !message.isEmpty {
-                if code == .success { Console.out(message) } else { Console.error(message) }
-            }
-            if code == .validationFailure {
-                // Usage errors: 125 for `run` (nothing ran), 2 for every other command.
-                Glibc.exit(arguments.first == "run" ? 125 : 2)
-            }
-            Glibc.exit(code.rawValue)
-        }
+        self.arguments = arguments
+        self.fast = fast
     }
 }
 
