@@ -296,6 +296,7 @@ public final class EgressProxy: Sendable {
 
         let policy = configuration.policy
         let candidates: [[UInt8]]
+        var chunkedBody = ChunkedBody()
         switch policy.decide(host: request.host, port: request.port) {
         case .deny(let reason, let rule):
             event.reason = reason
@@ -366,7 +367,18 @@ public final class EgressProxy: Sendable {
         case .socks5: reply(client, Self.socksReply(0))
         case .http:
             // Only the checked request's body follows its head; anything after it is not forwarded.
-            let body = Int(min(Int64(buffer.count), request.bodyLength))
+            var body = Int(min(Int64(buffer.count), request.bodyLength))
+            if request.chunked {
+                switch chunkedBody.scan(buffer[...]) {
+                case .more: body = buffer.count
+                case .ended(let length): body = length
+                case .malformed(_, let reason):
+                    event.allowed = false
+                    event.reason = "malformed-body"
+                    reply(client, ProxyRequest.response(status: 400, reason: "malformed chunked body: \(reason)"))
+                    return
+                }
+            }
             event.bytesDropped = Int64(buffer.count - body)
             buffer = request.upstreamHead + buffer[..<body]
         }
@@ -385,9 +397,13 @@ public final class EgressProxy: Sendable {
             event.reason = "not-recorded"
             return
         }
-        relay(client: client, upstream: upstream, pending: buffer,
-              forwardLimit: request.kind == .http ? request.bodyLength - Int64(buffer.count - request.upstreamHead.count) : nil,
-              event: &event)
+        let forwardLimit: Int64? = switch request.kind {
+        case .http where request.chunked: event.bytesDropped > 0 || chunkedBody.ended ? 0 : nil
+        case .http: request.bodyLength - Int64(buffer.count - request.upstreamHead.count)
+        default: nil
+        }
+        relay(client: client, upstream: upstream, pending: buffer, forwardLimit: forwardLimit,
+              chunked: request.chunked && forwardLimit == nil ? chunkedBody : nil, event: &event)
     }
 
     /// Reads the tunnel's first TLS record; false (and the reason set) when its server name
@@ -587,9 +603,10 @@ public final class EgressProxy: Sendable {
     }
 
     /// Both directions until both ended, the byte budget is spent, the relay idles too long, or stop.
-    private func relay(client: Int32, upstream: Int32, pending: [UInt8], forwardLimit: Int64?, event: inout Event) {
+    private func relay(client: Int32, upstream: Int32, pending: [UInt8], forwardLimit: Int64?, chunked: ChunkedBody?, event: inout Event) {
         var out = RelayDirection(from: client, to: upstream)
         out.forwardLimit = forwardLimit
+        out.chunked = chunked
         var back = RelayDirection(from: upstream, to: client)
         defer { event.bytesDropped += out.dropped }
         // Bytes dropped after a plain-HTTP request end the upstream's side once the request is out:
@@ -617,6 +634,10 @@ public final class EgressProxy: Sendable {
             for outward in [true, false] {
                 switch outward ? out.step(spend) : back.step(spend) {
                 case .failed: event.reason = "reset"; return
+                case .malformed:
+                    // What came before the malformed byte went out; the upstream sees a body cut short.
+                    event.reason = "malformed-body"
+                    return
                 case .overBudget: event.reason = "byte-limit"; return
                 case .moved(let bytes):
                     if outward { event.bytesOut += Int64(bytes) } else { event.bytesIn += Int64(bytes) }

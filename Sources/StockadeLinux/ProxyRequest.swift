@@ -19,6 +19,9 @@ public struct ProxyRequest: Sendable, Equatable {
     /// bytes after the head are forwarded: a second request pipelined behind the first, which an
     /// upstream that ignores `Connection: close` would serve, never leaves the host unchecked.
     public var bodyLength: Int64 = 0
+    /// For `http`: the body is `Transfer-Encoding: chunked` (`bodyLength` is then 0); what is forwarded
+    /// ends where `ChunkedBody` finds its end.
+    public var chunked = false
 
     public static let maxHead = 16 << 10
     public static let maxLine = 8 << 10
@@ -102,10 +105,24 @@ public struct ProxyRequest: Sendable, Equatable {
             }
             headers.append((String(decoding: line[line.startIndex..<colon], as: UTF8.self).lowercased(), line[(colon + 1)...]))
         }
-        // The body's framing decides where the checked request ends. A `Transfer-Encoding` (chunked)
-        // body is not followed, and two lengths could be read two ways: both refused.
-        if headers.contains(where: { $0.0 == "transfer-encoding" }) {
-            return .failure(Failure(status: 411, reason: "a Transfer-Encoding request body is not proxied: send a Content-Length"))
+        // The body's framing decides where the checked request ends: a `Content-Length`, or
+        // `Transfer-Encoding: chunked` alone (HTTP/1.1), which `ChunkedBody` follows. Anything that could
+        // be read two ways is refused: both framings at once, another coding, lengths that disagree.
+        let encodings = headers.filter { $0.0 == "transfer-encoding" }
+        var chunked = false
+        if !encodings.isEmpty {
+            guard encodings.count == 1, headers.allSatisfy({ $0.0 != "content-length" }) else {
+                return .failure(Failure(status: 400, reason: "a Transfer-Encoding with a Content-Length or a second Transfer-Encoding: the body could be read two ways"))
+            }
+            var value = encodings[0].1.drop { $0 == 32 || $0 == 9 }
+            while let last = value.last, last == 32 || last == 9 { value.removeLast() }
+            guard String(decoding: value, as: UTF8.self).lowercased() == "chunked" else {
+                return .failure(Failure(status: 411, reason: "a Transfer-Encoding other than chunked alone is not proxied: send chunked or a Content-Length"))
+            }
+            guard parts[2].elementsEqual("HTTP/1.1".utf8) else {
+                return .failure(Failure(status: 400, reason: "a Transfer-Encoding in an HTTP/1.0 request"))
+            }
+            chunked = true
         }
         var bodyLength: Int64 = 0
         let lengths = headers.filter { $0.0 == "content-length" }.map { $0.1.drop { $0 == 32 || $0 == 9 } }
@@ -146,7 +163,7 @@ public struct ProxyRequest: Sendable, Equatable {
             out += [13, 10]
         }
         out += Array("Connection: close\r\n\r\n".utf8)
-        return .success(ProxyRequest(kind: .http, host: host, port: port, upstreamHead: out, bodyLength: bodyLength))
+        return .success(ProxyRequest(kind: .http, host: host, port: port, upstreamHead: out, bodyLength: bodyLength, chunked: chunked))
     }
 
     /// `host:port`, `[v6]:port`, or a host alone when `defaultPort` is given.

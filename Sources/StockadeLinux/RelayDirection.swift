@@ -4,7 +4,7 @@ import Glibc
 /// proxy): a 64 KiB buffer read only when empty, so a side that does not read holds the other
 /// back instead of growing memory; end of file is passed on as a half-close.
 struct RelayDirection {
-    enum Step { case moved(Int), failed, overBudget }
+    enum Step { case moved(Int), failed, overBudget, malformed(String) }
     let from: Int32
     let to: Int32
     var buffer = [UInt8](repeating: 0, count: 65536)
@@ -15,6 +15,9 @@ struct RelayDirection {
     /// When set, how many more bytes may be forwarded; what is read beyond them is dropped (and
     /// still charged to the budget), counted in `dropped`, not in what `step` reports as moved.
     var forwardLimit: Int64?
+    /// When set, a chunked request body being forwarded: what is read after its end is dropped as
+    /// beyond `forwardLimit` (which becomes 0 there); a byte that cannot be part of it stops the relay.
+    var chunked: ChunkedBody?
     var dropped: Int64 = 0
 
     init(from: Int32, to: Int32) {
@@ -43,6 +46,17 @@ struct RelayDirection {
                 start = 0
                 end = n
                 read = n
+                if chunked != nil {
+                    switch chunked!.scan(buffer[0..<n]) {
+                    case .more: break
+                    case .ended(let length):
+                        chunked = nil
+                        forwardLimit = Int64(length)
+                    case .malformed(_, let reason):
+                        end = 0
+                        return .malformed(reason)
+                    }
+                }
                 if let limit = forwardLimit {
                     let kept = Int(min(Int64(n), limit))
                     forwardLimit = limit - Int64(kept)

@@ -161,6 +161,64 @@ struct EgressTests {
                 && detail["rule"] as? String == "allowed.test:\(upstream.port)", "\(detail)")
     }
 
+    @Test("an upload of unknown length (curl -T -, chunked) goes through the proxy whole, as the worker sent it")
+    func chunkedUpload() throws {
+        // An upstream that keeps what it is sent until the chunked body's last chunk, then answers.
+        final class Recorder: @unchecked Sendable {
+            let upstream: Int32
+            let port: UInt16
+            let requests = NSLock()
+            private var got: [String] = []
+            var received: [String] { requests.withLock { got } }
+            init() throws {
+                let sock = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+                upstream = sock
+                var a = sockaddr_in()
+                a.sin_family = sa_family_t(AF_INET)
+                a.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+                var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+                let ok = withUnsafeMutablePointer(to: &a) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(sock, $0, len) == 0 && listen(sock, 8) == 0 && getsockname(sock, $0, &len) == 0 }
+                }
+                try #require(ok)
+                port = UInt16(bigEndian: a.sin_port)
+                Thread { [self] in
+                    while true {
+                        let c = accept(sock, nil, nil)
+                        if c < 0 { return }
+                        var text: [UInt8] = []
+                        var scratch = [UInt8](repeating: 0, count: 4096)
+                        while !String(decoding: text, as: UTF8.self).contains("\r\n0\r\n\r\n") {
+                            var p = pollfd(fd: c, events: Int16(POLLIN), revents: 0)
+                            guard poll(&p, 1, 5000) > 0 else { break }
+                            let n = recv(c, &scratch, scratch.count, 0)
+                            if n <= 0 { break }
+                            text += scratch[0..<n]
+                        }
+                        requests.withLock { got.append(String(decoding: text, as: UTF8.self)) }
+                        let answer = Array("HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nreceived".utf8)
+                        _ = answer.withUnsafeBytes { send(c, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                        close(c)
+                    }
+                }.start()
+            }
+        }
+        let upstream = try Recorder()
+        defer { shutdown(upstream.upstream, Int32(SHUT_RDWR)); close(upstream.upstream) }
+        let h = try Harness()
+        let p = try Self.loopbackProfile(upstream.port)
+        defer { try? FileManager.default.removeItem(atPath: p) }
+        let r = try h.run(["--profile", p], ["/bin/sh", "-c", """
+            printf 'a body of unknown length' | \(Self.curl("-H 'Expect:' -T - http://allowed.test:\(upstream.port)/up"))
+            """])
+        let out = try r.report().string("stdout") ?? ""
+        #expect(out.contains("received code=200"), "\(out) \(r.stderr)")
+        let request = try #require(upstream.received.first, "nothing reached the upstream: \(out)")
+        #expect(request.hasPrefix("PUT /up HTTP/1.1\r\nHost: allowed.test:\(upstream.port)\r\n"), "\(request)")
+        #expect(request.lowercased().contains("\r\ntransfer-encoding: chunked\r\n"), "\(request)")
+        #expect(request.hasSuffix("\r\n\r\n18\r\na body of unknown length\r\n0\r\n\r\n"), "\(request)")
+    }
+
     @Test("a denied name, an IP literal, metadata, another port and a direct connection are refused and on record")
     func refusals() throws {
         let upstream = try Upstream(body: "must not be reached")

@@ -521,15 +521,25 @@ extension EgressProxyTests {
         #expect(recorder.events.withLock { $0.map { $0.reason ?? "ok" } }.prefix(2) == ["tunnel-to-http-port", "tunnel-to-http-port"])
     }
 
-    @Test("plain HTTP's body framing: a Transfer-Encoding is refused (411), lengths that disagree or do not parse are refused (400)")
+    @Test("plain HTTP's body framing: a Content-Length or Transfer-Encoding: chunked alone; another coding is refused (411), lengths that disagree or do not parse and both framings at once are refused (400)")
     func bodyFraming() throws {
-        func parse(_ headers: String) -> Result<ProxyRequest, ProxyRequest.Failure> {
-            ProxyRequest.parseHTTP(ArraySlice(Array("POST http://a.test/ HTTP/1.1\r\n\(headers)\r\n".utf8)))
+        func parse(_ headers: String, version: String = "HTTP/1.1") -> Result<ProxyRequest, ProxyRequest.Failure> {
+            ProxyRequest.parseHTTP(ArraySlice(Array("POST http://a.test/ \(version)\r\n\(headers)\r\n".utf8)))
         }
         #expect(try parse("").get().bodyLength == 0)
         #expect(try parse("Content-Length: 12\r\n").get().bodyLength == 12)
         #expect(try parse("Content-Length: 7\r\ncontent-length:7 \r\n").get().bodyLength == 7)
-        for (headers, status) in [("Transfer-Encoding: chunked\r\n", 411), ("Content-Length: 3\r\nTransfer-Encoding: chunked\r\n", 411),
+        for headers in ["Transfer-Encoding: chunked\r\n", "transfer-encoding:  Chunked \r\n"] {
+            let request = try parse(headers).get()
+            #expect(request.chunked && request.bodyLength == 0, "\(headers.debugDescription)")
+            // The upstream is told how the body is framed.
+            #expect(String(decoding: request.upstreamHead, as: UTF8.self).lowercased().contains("transfer-encoding:"))
+        }
+        #expect(try parse("Content-Length: 3\r\n").get().chunked == false)
+        for (headers, status) in [("Content-Length: 3\r\nTransfer-Encoding: chunked\r\n", 400), ("Transfer-Encoding: chunked\r\nContent-Length: 3\r\n", 400),
+                                  ("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", 400),
+                                  ("Transfer-Encoding: gzip, chunked\r\n", 411), ("Transfer-Encoding: chunked, chunked\r\n", 411),
+                                  ("Transfer-Encoding: \r\n", 411), ("Transfer-Encoding: xchunked\r\n", 411),
                                   ("Content-Length: 3\r\nContent-Length: 4\r\n", 400), ("Content-Length: 3, 3\r\n", 400),
                                   ("Content-Length: -1\r\n", 400), ("Content-Length: \r\n", 400), ("Content-Length: +5\r\n", 400),
                                   ("Content-Length: 1234567890123456789\r\n", 400), ("TRANSFER-ENCODING: identity\r\n", 411),
@@ -539,6 +549,79 @@ extension EgressProxyTests {
             case .failure(let f): #expect(f.status == status, "\(headers.debugDescription): \(f)")
             }
         }
+        switch parse("Transfer-Encoding: chunked\r\n", version: "HTTP/1.0") {
+        case .success: Issue.record("a chunked HTTP/1.0 request accepted")
+        case .failure(let f): #expect(f.status == 400, "\(f)")
+        }
+    }
+
+    @Test("plain HTTP with a chunked body: the body reaches the upstream whole, split anywhere; a request pipelined behind it never does; a malformed body stops at its first bad byte", .timeLimit(.minutes(1)))
+    func chunkedBodyRelayed() throws {
+        let address = Self.loopback443()
+        let upstream = try Collector(address: address, port: 8082)
+        defer { upstream.stop() }
+        let head = "POST http://web.test:8082/up HTTP/1.1\r\nHost: web.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        let body = "5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Check: yes\r\n\r\n"
+        let second = "GET http://evil.test/second HTTP/1.1\r\nHost: evil.test\r\n\r\n"
+        // Positive control: sent to the upstream directly, the pipelined request reaches it.
+        let direct = try Self.connect(8082, address: address)
+        _ = Array((head + body + second).utf8).withUnsafeBytes { send(direct, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        var scratch = [UInt8](repeating: 0, count: 256)
+        _ = recv(direct, &scratch, scratch.count, 0)
+        close(direct)
+        #expect(upstream.received.withLock { $0.first?.contains("evil.test") } == true, "the control did not reach the upstream")
+
+        let recorder = Recorder()
+        let proxy = try Self.start(allow: ["web.test:8082"], hosts: ["web.test": Self.dotted(address)], recorder: recorder)
+        // At once; with the head alone first; cut inside a size line, inside a chunk's data, inside the
+        // trailers; and the second request a moment after the whole body.
+        let all = Array((body + second).utf8)
+        func cut(_ n: Int) -> [String] { [String(decoding: all[..<n], as: UTF8.self), String(decoding: all[n...], as: UTF8.self)] }
+        let whole = String(decoding: all, as: UTF8.self)
+        // Cut after "5;e", between a size line's CR and LF, inside the first chunk's data, inside the trailers.
+        let writes = [[head + whole], [head, whole], [head] + cut(3), [head] + cut(8), [head] + cut(12), [head] + cut(body.utf8.count - 6),
+                      [head + body, second]]
+        for parts in writes {
+            let fd = try Self.connect(proxy.port)
+            for (i, part) in parts.enumerated() {
+                if i > 0 { usleep(200_000) }
+                _ = Array(part.utf8).withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            }
+            var answer: [UInt8] = []
+            while true {
+                let n = recv(fd, &scratch, scratch.count, 0)
+                if n <= 0 { break }
+                answer += scratch[0..<n]
+            }
+            close(fd)
+            #expect(String(decoding: answer, as: UTF8.self).hasSuffix("ok"), "\(parts): \(String(decoding: answer, as: UTF8.self))")
+        }
+        // A body malformed in the first read is answered 400; one malformed later is cut at the bad byte.
+        let early = try Self.exchange(proxy.port, Array((head + "5\nhello\r\n0\r\n\r\n").utf8))
+        #expect(early.hasPrefix("HTTP/1.1 400") && early.contains("malformed chunked body"), "\(early)")
+        let late = try Self.connect(proxy.port)
+        _ = Array((head + "5\r\nhel").utf8).withUnsafeBytes { send(late, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        usleep(200_000)
+        _ = Array(("loX\r\n" + second).utf8).withUnsafeBytes { send(late, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        while recv(late, &scratch, scratch.count, 0) > 0 {}
+        close(late)
+        proxy.stop()
+        for _ in 0..<100 where upstream.received.withLock({ $0.count }) < writes.count + 3 { usleep(50_000) }
+        let got = upstream.received.withLock { Array($0.dropFirst()) }
+        #expect(got.count == writes.count + 2, "\(got)")
+        for request in got.prefix(writes.count) {
+            #expect(request.hasPrefix("POST /up HTTP/1.1\r\nHost: web.test:8082\r\n") && request.hasSuffix("\r\n\r\n" + body), "\(request)")
+            #expect(!request.contains("evil") && !request.contains("second"), "the pipelined request was forwarded: \(request)")
+        }
+        // The early malformed body: a connection, and nothing sent on it; the late one: its head and
+        // the valid bytes before the bad one at most, nothing after.
+        #expect(got.dropFirst(writes.count).first == "", "\(got)")
+        #expect(got.last.map { $0.hasSuffix("\r\n\r\n5\r\nhel") && !$0.contains("X") && !$0.contains("evil") } == true, "\(got)")
+        let events = recorder.events.withLock { $0 }
+        #expect(events.prefix(writes.count).map(\.allowed) == Array(repeating: true, count: writes.count), "\(events.map(\.reason))")
+        #expect(events.prefix(writes.count).map(\.bytesDropped) == Array(repeating: Int64(second.utf8.count), count: writes.count),
+                "\(events.map(\.bytesDropped))")
+        #expect(events.dropFirst(writes.count).map(\.reason) == ["malformed-body", "malformed-body"], "\(events.map(\.reason))")
     }
 }
 
