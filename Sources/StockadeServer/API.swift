@@ -177,8 +177,9 @@ final class API: Sendable {
 
     /// A run's report as a caller is given it. A run the audit store failed (`setupError.stage`
     /// `audit`) has a message that can quote the store's URL or file and its error (`<what>:
-    /// <error>`): the answer keeps what could not be recorded and says where the whole message is,
-    /// the run's `report.json` on the host that ran it, as a 500 keeps its cause for the log.
+    /// <error>`, made by `RunReport.SetupError.audit`, whose `<what>` never holds `": "`): the answer
+    /// keeps what could not be recorded and says where the whole message is, the run's `report.json`
+    /// on the host that ran it, as a 500 keeps its cause for the log.
     static func forCaller(_ report: JSONValue) -> JSONValue {
         guard var members = report.object, var error = members["setupError"]?.object, error["stage"]?.string == "audit",
               let message = error["message"]?.string, let colon = message.range(of: ": ") else { return report }

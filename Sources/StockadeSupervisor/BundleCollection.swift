@@ -118,7 +118,7 @@ extension Supervisor {
         if case .failure(let error) = recorded {
             context.auditFailed = true
             if report.setupError == nil {
-                report.setupError = RunReport.SetupError(stage: .audit, errno: 0, message: "the result verdict could not be recorded: \(error)")
+                report.setupError = .audit("the result verdict could not be recorded", storeError: error)
             }
         }
         return patches

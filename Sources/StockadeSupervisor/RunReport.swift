@@ -88,6 +88,18 @@ public struct RunReport: Sendable, Equatable, Codable {
             self.errno = errno
             self.message = message
         }
+
+        /// An audit-stage error: what could not be recorded, then, after `": "`, the store's own error
+        /// when there is one. A store's error can name its URL or a host path: the service answers
+        /// callers with the part before the first `": "` only (`API.forCaller`), so `what` never holds one.
+        public static func audit(_ what: String, storeError: (any Error)? = nil) -> SetupError {
+            SetupError(stage: .audit, errno: 0, message: auditMessage(what, storeError: storeError))
+        }
+
+        static func auditMessage(_ what: String, storeError: (any Error)?) -> String {
+            precondition(!what.contains(": "), "an audit-stage message's own part holds \": \", where the store's error begins: \(what)")
+            return storeError.map { "\(what): \($0)" } ?? what
+        }
     }
 
     public var runId: String

@@ -493,7 +493,7 @@ extension Supervisor {
     /// The run's closing record: `run.finished` and the report file.
     func record(_ scope: RunScope, _ plan: Plan, _ live: Live, report: inout RunReport) {
         if !live.startedRecorded && report.setupError == nil {
-            report.setupError = RunReport.SetupError(stage: .audit, errno: 0, message: "the worker.started event could not be recorded; the worker was killed")
+            report.setupError = .audit("the worker.started event could not be recorded; the worker was killed")
         }
         finish(scope, report: &report)
     }

@@ -308,8 +308,7 @@ public final class Supervisor: Sendable {
         // An event that could not be recorded (a violation, a kill, the exit) fails the
         // run even when the closing row below can still be written.
         if context.auditFailed && report.setupError == nil {
-            report.setupError = RunReport.SetupError(stage: .audit, errno: 0,
-                                                     message: "an audit event of the run could not be recorded; see the supervisor's log")
+            report.setupError = .audit("an audit event of the run could not be recorded; see the supervisor's log")
         }
         if context.auditOpen {
             var detail: [String: JSONValue] = ["durationMs": .number(report.durationMs), "cpuTimeMs": .number(report.cpuTimeMs),
@@ -324,7 +323,7 @@ public final class Supervisor: Sendable {
                 // The run's other events are kept where its end cannot be (a run no longer `running`).
                 if !pending.isEmpty { _ = try? audit.recordMany(pending) }
                 if report.setupError == nil {
-                    report.setupError = RunReport.SetupError(stage: .audit, errno: 0, message: "the run's outcome could not be recorded: \(error)")
+                    report.setupError = .audit("the run's outcome could not be recorded", storeError: error)
                 }
             }
         }
@@ -430,7 +429,7 @@ public final class Supervisor: Sendable {
         do {
             try body()
         } catch {
-            throw SetupFailure(stage: .audit, message: "cannot record the run in the audit store: \(error)")
+            throw SetupFailure(stage: .audit, message: RunReport.SetupError.auditMessage("cannot record the run in the audit store", storeError: error))
         }
     }
 

@@ -63,7 +63,7 @@ extension Supervisor {
         } catch {
             context.auditFailed = true
             if report.setupError == nil {
-                report.setupError = RunReport.SetupError(stage: .audit, errno: 0, message: "the run's diff could not be recorded: \(error)")
+                report.setupError = .audit("the run's diff could not be recorded", storeError: error)
             }
         }
     }
