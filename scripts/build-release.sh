@@ -1,7 +1,7 @@
 #!/bin/sh
 # The binaries to deploy, as CI proves them: stockade, stockade-spawn, stockade-probe and
-# stockade-server, release, with the Swift standard library, FoundationEssentials, libstdc++, SQLite,
-# libseccomp and zlib linked statically (glibc stays shared). `stockade` links no full Foundation
+# stockade-server, release, with the Swift standard library, FoundationEssentials, libstdc++, SQLite
+# and zlib linked statically (glibc and libseccomp stay shared). `stockade` links no full Foundation
 # (Package.swift, foundationEssentialsFirst), and neither it nor stockade-server loads one of those
 # libraries at start: this checks both.
 #
@@ -27,20 +27,22 @@ umask 022
 "$root/scripts/close-build-dir.sh" "$scratch"
 STOCKADE_STATIC_STDLIB_DIR=$(cd "$static_dir" && pwd)
 export STOCKADE_STATIC_STDLIB_DIR
-# The C and C++ libraries from their static archives (the Debian packages' own .a files), so that each
-# start of stockade has the dynamic loader map and relocate libc, libm and libgcc_s only: libstdc++'s
-# 3 300 symbolic relocations and libsqlite3's 1 600 (it is linked with BIND_NOW) were resolved at
-# every start, a one-shot run's or `--version`'s (Benchmarks/BENCHMARKS.md). SwiftPM takes a system
-# module's -L from its pkg-config file: a directory of our own .pc files, first on PKG_CONFIG_PATH,
-# names a directory that holds only the archives, so that it is the first -L of the link line and
-# every -lsqlite3, -lseccomp, -lz and the toolchain's -lstdc++ finds an archive there. (Linked this
-# way, a security update of one of these packages reaches the binaries when they are built again.)
+# libstdc++, SQLite and zlib from their static archives (the Debian packages' own .a files), so that
+# each start of stockade has the dynamic loader relocate far less: libstdc++'s 3 300 symbolic
+# relocations and libsqlite3's 1 600 (it is linked with BIND_NOW) were resolved at every start, a
+# one-shot run's or `--version`'s (Benchmarks/BENCHMARKS.md). libseccomp stays shared (LGPL-2.1: a
+# static copy would oblige whoever ships the binaries to let users relink it; it costs a start
+# little). SwiftPM takes a system module's -L from its pkg-config file: a directory of our own .pc
+# files, first on PKG_CONFIG_PATH, names a directory that holds only the archives, so that it is the
+# first -L of the link line and every -lsqlite3, -lz and the toolchain's -lstdc++ finds an archive
+# there. (Linked this way, a security update of SQLite or zlib, which inflates hostile input, reaches
+# the binaries only when they are built again.)
 link_dir="$scratch/static-link"
 rm -rf "$link_dir"
 mkdir -p "$link_dir"
 cc_driver="$(dirname "$(command -v swift)")/clang"
 [ -x "$cc_driver" ] || cc_driver=cc
-for archive in libstdc++.a:libstdc++-12-dev libsqlite3.a:libsqlite3-dev libseccomp.a:libseccomp-dev libz.a:zlib1g-dev; do
+for archive in libstdc++.a:libstdc++-12-dev libsqlite3.a:libsqlite3-dev libz.a:zlib1g-dev; do
     name=${archive%%:*}
     path=$("$cc_driver" -print-file-name="$name" 2>/dev/null || true)
     case "$path" in
@@ -53,14 +55,21 @@ for archive in libstdc++.a:libstdc++-12-dev libsqlite3.a:libsqlite3-dev libsecco
     fi
     ln -s "$path" "$link_dir/$name"
 done
-for module in sqlite3:sqlite3 libseccomp:seccomp zlib:z; do
+# libseccomp's file names no directory: a -L of the system's own, which SwiftPM would put on the line
+# before ours (CSeccomp comes first), would have -lsqlite3 find the shared library there.
+for module in libseccomp:seccomp:shared sqlite3:sqlite3:static zlib:z:static; do
     package=${module%%:*}
+    library=${module#*:}
+    linking=${library#*:}
+    library=${library%%:*}
     if ! version=$(pkg-config --modversion "$package"); then
         echo "build-release: pkg-config does not know $package (apt-get install pkg-config and the library's -dev package)" >&2
         exit 1
     fi
-    printf 'Name: %s\nDescription: %s linked from its static archive (scripts/build-release.sh)\nVersion: %s\nLibs: -L%s -l%s\nCflags: %s\n' \
-        "$package" "$package" "$version" "$link_dir" "${module#*:}" "$(pkg-config --cflags "$package")" > "$link_dir/$package.pc"
+    search=
+    [ "$linking" = static ] && search="-L$link_dir "
+    printf 'Name: %s\nDescription: %s, linked %s (scripts/build-release.sh)\nVersion: %s\nLibs: %s-l%s\nCflags: %s\n' \
+        "$package" "$package" "$linking" "$version" "$search" "$library" "$(pkg-config --cflags "$package")" > "$link_dir/$package.pc"
 done
 PKG_CONFIG_PATH="$link_dir${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
 export PKG_CONFIG_PATH
@@ -96,8 +105,8 @@ for product in stockade stockade-server; do
         echo "build-release: readelf lists no shared library for $scratch/release/$product: not the dynamically linked binary this script makes" >&2
         exit 1
     fi
-    if printf '%s\n' "$needed" | grep -q -E '^lib(stdc\+\+|sqlite3|seccomp|z)\.so'; then
-        echo "build-release: $scratch/release/$product loads $(printf '%s\n' "$needed" | grep -E '^lib(stdc\+\+|sqlite3|seccomp|z)\.so' | tr '\n' ' ')at start," \
+    if printf '%s\n' "$needed" | grep -q -E '^lib(stdc\+\+|sqlite3|z)\.so'; then
+        echo "build-release: $scratch/release/$product loads $(printf '%s\n' "$needed" | grep -E '^lib(stdc\+\+|sqlite3|z)\.so' | tr '\n' ' ')at start," \
              "which it should link from $link_dir: did SwiftPM read another pkg-config file, or take -L from elsewhere first?" >&2
         exit 1
     fi

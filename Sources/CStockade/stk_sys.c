@@ -114,9 +114,12 @@ int stk_interrupts_install(int write_fd) {
     sa.sa_flags = SA_RESTART;
     sigemptyset(&sa.sa_mask);
     if (sigaction(SIGINT, &sa, NULL) != 0 || sigaction(SIGTERM, &sa, NULL) != 0) return -errno;
-    /* A caller that started us from a thread with these signals blocked (a runtime's worker thread)
-       left them blocked in our mask: they would stay pending for ever. Threads started later inherit
-       the unblocked mask. */
+    /* On the process's main thread only: a caller that started us from a thread with these signals
+       blocked (a runtime's worker thread) left them blocked in the main thread's mask, where they
+       would stay pending for ever while it runs a command itself (`run --host`). Threads it starts
+       later inherit the unblocked mask. Any other thread (a dispatch worker, which blocks them on
+       purpose) is left as it is: the main thread then waits in sigsuspend, where they are taken. */
+    if (getpid() != (pid_t)syscall(SYS_gettid)) return 0;
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);

@@ -1,6 +1,7 @@
 import ArgumentParser
 import FoundationEssentials
 import Glibc
+import Synchronization
 import StockadeAudit
 import StockadeClient
 import StockadeLinux
@@ -172,13 +173,27 @@ extension RunFlags {
         let report: JSONValue, decoded: RunReport
         do {
             let session = ServiceSession(client)
-            let id = try ServiceRuns.submit(session, Array(requestBody(options).serialized().utf8))
-            // An interrupt cancels the run on the service, as it cancels a local one.
-            // On a thread of its own: a cancel waiting out a refusal must not hold back a second
+            // An interrupt cancels the run on the service, as it cancels a local one; one that comes
+            // while the submission is under way cancels the run as soon as its id is known. The cancel
+            // on a thread of its own: a cancel waiting out a refusal must not hold back a second
             // interrupt, which ends this process at once.
-            Interrupts.install(first: {
+            let pending = Mutex<(interrupted: Bool, id: String?)>((false, nil))
+            let cancel: @Sendable (String) -> Void = { id in
                 if !DetachedThread.start({ ServiceRuns.cancel(client, id) }) { ServiceRuns.cancel(client, id) }
+            }
+            Interrupts.install(first: {
+                let known = pending.withLock { p -> String? in
+                    p.interrupted = true
+                    return p.id
+                }
+                if let known { cancel(known) }
             }, forced: {})
+            let id = try ServiceRuns.submit(session, Array(requestBody(options).serialized().utf8))
+            let interrupted = pending.withLock { p -> Bool in
+                p.id = id
+                return p.interrupted
+            }
+            if interrupted { cancel(id) }
             report = try ServiceRuns.wait(session, id)
             decoded = try ServiceRuns.decode(report)
         } catch {

@@ -1,16 +1,19 @@
-/// Where a `Transfer-Encoding: chunked` request body ends (RFC 9112 7.1), found as its bytes go by,
-/// each looked at once: the egress proxy forwards a plain-HTTP request's body up to that end and not a
-/// byte beyond it, so a request pipelined behind the body never reaches the upstream.
+/// A `Transfer-Encoding: chunked` request body (RFC 9112 7.1) decoded as its bytes go by, each looked
+/// at once, for the egress proxy: it forwards a plain-HTTP request's body up to its end and not a byte
+/// beyond it, so a request pipelined behind the body never reaches the upstream; and it forwards the
+/// body re-chunked (`encode`), never the client's own framing: minimal hexadecimal sizes, no
+/// extensions, no trailers, `0\r\n\r\n` at the end. An upstream whose chunk parser reads a size line's
+/// extension or a trailer another way (some read any byte of a size line as a digit, or skip two
+/// bytes after the last chunk and take its trailers for the next request) then sees only what every
+/// parser reads alike, and ends the body where the proxy did.
 ///
-/// Hand-written rather than taken from an HTTP library: the bytes are a worker's (hostile), and what
-/// matters is that this reading never ends the body later than an upstream would (that upstream
-/// would then read the rest as a request nobody checked). The grammar is therefore a strict subset
-/// of the RFC's, which every conforming upstream reads the same way: a chunk size is hexadecimal
-/// digits (at most 15 significant ones), then optional spaces or tabs before a `;` and extensions of
-/// visible characters, spaces and tabs; every line ends in CRLF (a bare CR or LF, a NUL, is
-/// malformed); each chunk's data is followed by CRLF; the last chunk (size 0) is followed by trailer
-/// field lines (`name: value`, name a token) and an empty line. A size line is bounded by
-/// `ProxyRequest.maxLine`, the trailer section by `ProxyRequest.maxHead`.
+/// Hand-written rather than taken from an HTTP library: the bytes are a worker's (hostile). The grammar
+/// read is a strict subset of the RFC's: a chunk size is hexadecimal digits (at most 15 significant
+/// ones), then optional spaces or tabs before a `;` and extensions of visible characters, spaces and
+/// tabs; every line ends in CRLF (a bare CR or LF, a NUL, is malformed); each chunk's data is followed
+/// by CRLF; the last chunk (size 0) is followed by trailer field lines (`name: value`, name a token)
+/// and an empty line. A size line is bounded by `ProxyRequest.maxLine`, the trailer section by
+/// `ProxyRequest.maxHead`.
 public struct ChunkedBody: Sendable, Equatable {
     public enum Outcome: Sendable, Equatable {
         /// Every byte given belongs to the body, which goes on.
@@ -59,6 +62,12 @@ public struct ChunkedBody: Sendable, Equatable {
 
     /// Reads `bytes`, the body's next ones.
     public mutating func scan(_ bytes: ArraySlice<UInt8>) -> Outcome {
+        var data: [UInt8] = []
+        return scan(bytes, data: &data)
+    }
+
+    /// Reads `bytes`, the body's next ones, and appends the chunk data among them to `data`.
+    public mutating func scan(_ bytes: ArraySlice<UInt8>, data: inout [UInt8]) -> Outcome {
         var i = bytes.startIndex
         func fail(_ reason: String) -> Outcome {
             state = .failed
@@ -120,6 +129,7 @@ public struct ChunkedBody: Sendable, Equatable {
             case .data(let remaining):
                 // As much of the chunk's data as is here, at once.
                 let take = Int(min(remaining, Int64(bytes.endIndex - i)))
+                data.append(contentsOf: bytes[i..<(i + take)])
                 i += take
                 state = remaining == Int64(take) ? .dataCR : .data(remaining: remaining - Int64(take))
                 continue
@@ -161,6 +171,21 @@ public struct ChunkedBody: Sendable, Equatable {
             i += 1
         }
         return .more
+    }
+
+    /// `data` as the proxy forwards it: one chunk (none when `data` is empty), then the last chunk and
+    /// the end of the body when `last`. At most 14 bytes longer than `data` for data under 1 MiB.
+    public static func encode(_ data: ArraySlice<UInt8>, last: Bool) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(data.count + 16)
+        if !data.isEmpty {
+            out += Array(String(data.count, radix: 16).utf8)
+            out += [13, 10]
+            out += data
+            out += [13, 10]
+        }
+        if last { out += Array("0\r\n\r\n".utf8) }
+        return out
     }
 
     private static func hexValue(_ b: UInt8) -> UInt8? {

@@ -285,6 +285,24 @@ public final class EgressProxy: Sendable {
             }
             buffer.removeFirst(end)
         }
+        // A chunked body's bytes that came with the head, decoded before anything is asked of the
+        // policy or the upstream: a malformed one is refused here.
+        var chunkedBody = ChunkedBody()
+        var chunkedData: [UInt8] = []
+        var chunkedEnd: Int?
+        if request.chunked {
+            switch chunkedBody.scan(buffer[...], data: &chunkedData) {
+            case .more: break
+            case .ended(let length): chunkedEnd = length
+            case .malformed(_, let reason):
+                event.kind = request.kind
+                event.host = request.host
+                event.port = request.port
+                event.reason = "malformed-body"
+                reply(client, ProxyRequest.response(status: 400, reason: "malformed chunked body: \(reason)"))
+                return
+            }
+        }
         event.kind = request.kind
         event.host = request.host
         event.port = request.port
@@ -296,7 +314,6 @@ public final class EgressProxy: Sendable {
 
         let policy = configuration.policy
         let candidates: [[UInt8]]
-        var chunkedBody = ChunkedBody()
         switch policy.decide(host: request.host, port: request.port) {
         case .deny(let reason, let rule):
             event.reason = reason
@@ -367,20 +384,15 @@ public final class EgressProxy: Sendable {
         case .socks5: reply(client, Self.socksReply(0))
         case .http:
             // Only the checked request's body follows its head; anything after it is not forwarded.
-            var body = Int(min(Int64(buffer.count), request.bodyLength))
             if request.chunked {
-                switch chunkedBody.scan(buffer[...]) {
-                case .more: body = buffer.count
-                case .ended(let length): body = length
-                case .malformed(_, let reason):
-                    event.allowed = false
-                    event.reason = "malformed-body"
-                    reply(client, ProxyRequest.response(status: 400, reason: "malformed chunked body: \(reason)"))
-                    return
-                }
+                // The body as the proxy frames it (ChunkedBody.encode), never the client's framing.
+                event.bytesDropped = Int64(buffer.count - (chunkedEnd ?? buffer.count))
+                buffer = request.upstreamHead + ChunkedBody.encode(chunkedData[...], last: chunkedEnd != nil)
+            } else {
+                let body = Int(min(Int64(buffer.count), request.bodyLength))
+                event.bytesDropped = Int64(buffer.count - body)
+                buffer = request.upstreamHead + buffer[..<body]
             }
-            event.bytesDropped = Int64(buffer.count - body)
-            buffer = request.upstreamHead + buffer[..<body]
         }
         if request.kind != .http && request.port == 443 {
             // Domain fronting: a tunnel to an admitted name must not carry TLS for another one.
@@ -398,7 +410,7 @@ public final class EgressProxy: Sendable {
             return
         }
         let forwardLimit: Int64? = switch request.kind {
-        case .http where request.chunked: event.bytesDropped > 0 || chunkedBody.ended ? 0 : nil
+        case .http where request.chunked: chunkedEnd != nil ? 0 : nil
         case .http: request.bodyLength - Int64(buffer.count - request.upstreamHead.count)
         default: nil
         }
@@ -635,7 +647,7 @@ public final class EgressProxy: Sendable {
                 switch outward ? out.step(spend) : back.step(spend) {
                 case .failed: event.reason = "reset"; return
                 case .malformed:
-                    // What came before the malformed byte went out; the upstream sees a body cut short.
+                    // Nothing of the read that held the bad byte goes out: the upstream sees a body cut short.
                     event.reason = "malformed-body"
                     return
                 case .overBudget: event.reason = "byte-limit"; return

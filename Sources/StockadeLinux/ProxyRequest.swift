@@ -107,7 +107,14 @@ public struct ProxyRequest: Sendable, Equatable {
         }
         // The body's framing decides where the checked request ends: a `Content-Length`, or
         // `Transfer-Encoding: chunked` alone (HTTP/1.1), which `ChunkedBody` follows. Anything that could
-        // be read two ways is refused: both framings at once, another coding, lengths that disagree.
+        // be read two ways is refused: both framings at once, another coding, lengths that disagree, and
+        // a name an upstream reading headers as CGI variables takes for one of them (`Content_Length`).
+        for (name, _) in headers where name.contains("_") {
+            let dashed = String(name.map { $0 == "_" ? "-" : $0 })
+            if dashed == "content-length" || dashed == "transfer-encoding" {
+                return .failure(Failure(status: 400, reason: "a header named \(name), which some upstreams read as \(dashed)"))
+            }
+        }
         let encodings = headers.filter { $0.0 == "transfer-encoding" }
         var chunked = false
         if !encodings.isEmpty {
@@ -116,7 +123,8 @@ public struct ProxyRequest: Sendable, Equatable {
             }
             var value = encodings[0].1.drop { $0 == 32 || $0 == 9 }
             while let last = value.last, last == 32 || last == 9 { value.removeLast() }
-            guard String(decoding: value, as: UTF8.self).lowercased() == "chunked" else {
+            // Compared as ASCII bytes: a Unicode case mapping would take a look-alike (K, U+212A) for a `k`.
+            guard value.count == 7, zip(value, "chunked".utf8).allSatisfy({ ($0 | 0x20) == $1 }) else {
                 return .failure(Failure(status: 411, reason: "a Transfer-Encoding other than chunked alone is not proxied: send chunked or a Content-Length"))
             }
             guard parts[2].elementsEqual("HTTP/1.1".utf8) else {
@@ -155,13 +163,16 @@ public struct ProxyRequest: Sendable, Equatable {
         // Hop-by-hop and proxy headers stop here; the Host is the one that was checked.
         // So are the headers some front ends route by instead of the Host (`Forwarded: host=`,
         // `X-Forwarded-Host`, IIS's `X-Original-URL`).
+        // A chunked body's framing header is the proxy's own, as its chunks are (`ChunkedBody.encode`).
         let dropped: Set = ["host", "connection", "proxy-connection", "keep-alive", "proxy-authorization", "te", "upgrade",
-                            "forwarded", "x-forwarded-host", "x-forwarded-server", "x-host", "x-original-url", "x-rewrite-url"]
+                            "forwarded", "x-forwarded-host", "x-forwarded-server", "x-host", "x-original-url", "x-rewrite-url",
+                            "transfer-encoding"]
         var out = Array("\(method) \(path) \(String(decoding: parts[2], as: UTF8.self))\r\nHost: \(authorityText)\r\n".utf8)
         for (name, line) in zip(headers.map(\.0), lines.dropFirst()) where !dropped.contains(name) {
             out += line
             out += [13, 10]
         }
+        if chunked { out += Array("Transfer-Encoding: chunked\r\n".utf8) }
         out += Array("Connection: close\r\n\r\n".utf8)
         return .success(ProxyRequest(kind: .http, host: host, port: port, upstreamHead: out, bodyLength: bodyLength, chunked: chunked))
     }

@@ -15,8 +15,9 @@ struct RelayDirection {
     /// When set, how many more bytes may be forwarded; what is read beyond them is dropped (and
     /// still charged to the budget), counted in `dropped`, not in what `step` reports as moved.
     var forwardLimit: Int64?
-    /// When set, a chunked request body being forwarded: what is read after its end is dropped as
-    /// beyond `forwardLimit` (which becomes 0 there); a byte that cannot be part of it stops the relay.
+    /// When set, a chunked request body being forwarded: each read is decoded and sent re-chunked
+    /// (`ChunkedBody.encode`); what is read after its end is dropped as beyond `forwardLimit` (which
+    /// becomes 0 there); a byte that cannot be part of it stops the relay, nothing of its read sent.
     var chunked: ChunkedBody?
     var dropped: Int64 = 0
 
@@ -40,24 +41,35 @@ struct RelayDirection {
         if done { return .moved(0) }
         var read = 0
         if start == end && !eof {
-            let n = buffer.withUnsafeMutableBytes { recv(from, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            // Room kept for a re-chunked read's framing, which is longer than the data it carries.
+            let room = chunked == nil ? buffer.count : buffer.count - 32
+            let n = buffer.withUnsafeMutableBytes { recv(from, $0.baseAddress, room, Int32(MSG_DONTWAIT)) }
             if n > 0 {
                 guard spend(n) else { return .overBudget }
                 start = 0
                 end = n
                 read = n
                 if chunked != nil {
-                    switch chunked!.scan(buffer[0..<n]) {
-                    case .more: break
+                    var data: [UInt8] = []
+                    data.reserveCapacity(n)
+                    let outcome = chunked!.scan(buffer[0..<n], data: &data)
+                    let encoded: [UInt8]
+                    switch outcome {
+                    case .more:
+                        encoded = ChunkedBody.encode(data[...], last: false)
                     case .ended(let length):
+                        encoded = ChunkedBody.encode(data[...], last: true)
                         chunked = nil
-                        forwardLimit = Int64(length)
+                        forwardLimit = 0
+                        dropped += Int64(n - length)
                     case .malformed(_, let reason):
                         end = 0
                         return .malformed(reason)
                     }
-                }
-                if let limit = forwardLimit {
+                    buffer.replaceSubrange(0..<encoded.count, with: encoded)
+                    end = encoded.count
+                    read = encoded.count
+                } else if let limit = forwardLimit {
                     let kept = Int(min(Int64(n), limit))
                     forwardLimit = limit - Int64(kept)
                     dropped += Int64(n - kept)

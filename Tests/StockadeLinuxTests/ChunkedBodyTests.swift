@@ -82,6 +82,22 @@ struct ChunkedBodyTests {
         guard case .malformed = Self.ends("1fffffffffffffff\r\n").once else { Issue.record("16 significant digits accepted"); return }
     }
 
+    @Test("the data read, re-chunked: minimal lowercase sizes, no extension or trailer, the end only once the body ended")
+    func encoded() {
+        var scanner = ChunkedBody()
+        var data: [UInt8] = []
+        let body = "000A;x=\"y\"\r\n0123456789\r\n2\r\nab\r\n0\r\nT: v\r\n\r\n"
+        #expect(scanner.scan(Array((body + "next").utf8)[...], data: &data) == .ended(body.utf8.count))
+        #expect(String(decoding: data, as: UTF8.self) == "0123456789ab")
+        #expect(String(decoding: ChunkedBody.encode(data[...], last: true), as: UTF8.self) == "c\r\n0123456789ab\r\n0\r\n\r\n")
+        #expect(String(decoding: ChunkedBody.encode(data[...], last: false), as: UTF8.self) == "c\r\n0123456789ab\r\n")
+        #expect(ChunkedBody.encode([][...], last: false).isEmpty)
+        #expect(String(decoding: ChunkedBody.encode([][...], last: true), as: UTF8.self) == "0\r\n\r\n")
+        let large = [UInt8](repeating: 65, count: 65504)
+        let framed = ChunkedBody.encode(large[...], last: true)
+        #expect(framed.count == large.count + 13 && framed.prefix(6) == Array("ffe0\r\n".utf8)[...] && framed.suffix(7) == Array("\r\n0\r\n\r\n".utf8)[...])
+    }
+
     @Test("a generated body split at every place ends at the same byte")
     func splitAnywhere() {
         var generator = SystemRandomNumberGenerator()
@@ -95,16 +111,21 @@ struct ChunkedBodyTests {
             }
             body += "0\r\n" + (Bool.random(using: &generator) ? "T: x\r\n" : "") + "\r\n"
             let bytes = Array((body + "POST /next HTTP/1.1\r\n\r\n").utf8)
+            var whole = ChunkedBody()
+            var expected: [UInt8] = []
+            _ = whole.scan(bytes[...], data: &expected)
             for cut in 0...bytes.count {
                 var scanner = ChunkedBody()
                 var end: Int?
-                switch scanner.scan(bytes[..<cut]) {
+                var data: [UInt8] = []
+                switch scanner.scan(bytes[..<cut], data: &data) {
                 case .more:
-                    if case .ended(let n) = scanner.scan(bytes[cut...]) { end = cut + n }
+                    if case .ended(let n) = scanner.scan(bytes[cut...], data: &data) { end = cut + n }
                 case .ended(let n): end = n
                 case .malformed(let n, let reason): Issue.record("\(body.debugDescription) cut at \(cut): malformed at \(n): \(reason)")
                 }
                 #expect(end == body.utf8.count, "\(body.debugDescription) cut at \(cut): \(String(describing: end))")
+                #expect(data == expected, "\(body.debugDescription) cut at \(cut)")
             }
         }
     }

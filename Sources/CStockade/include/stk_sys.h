@@ -43,8 +43,8 @@ int stk_cap_last_cap(void);
    written as one byte, its number, into write_fd (non-blocking: a full pipe drops it, and the handler
    never blocks); SA_RESTART, so read, write and the like are restarted (poll, epoll_wait and
    nanosleep still return EINTR, which the kernel never restarts). In place the moment it
-   returns: no window in which one is lost. Both are unblocked in the calling thread (a process
-   started from a thread that blocked them inherits them blocked). 0, or -errno.
+   returns: no window in which one is lost. Called on the main thread, both are unblocked there (a
+   process started from a thread that blocked them inherits them blocked). 0, or -errno.
    Why C: a signal handler may only make async-signal-safe calls. */
 int stk_interrupts_install(int write_fd);
 
