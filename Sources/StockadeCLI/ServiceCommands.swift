@@ -39,15 +39,22 @@ private func object(_ pairs: [(String, String)]) -> JSONValue {
     return .object(members)
 }
 
+/// A submission an interrupt ended before the service admitted anything.
+struct SubmissionStopped: Error {}
+
 enum ServiceRuns {
     /// `POST /v1/runs` until admitted: a full queue or a token over its call rate (429) is waited out
     /// for its Retry-After. On the session's connection, which `wait` then takes on.
     /// A stalled answer is asked for again once, on a new connection, with the same key: the service
     /// answers a submission it had admitted with the same run, never a second one.
-    static func submit(_ client: ServiceSession, _ bytes: [UInt8]) throws -> String {
+    static func submit(_ client: ServiceSession, _ bytes: [UInt8], stop: () -> Bool = { false }) throws -> String {
         let key = idempotencyKey()
         var stalls = 0
         while true {
+            // `stop` (an interrupt) ends the submission while nothing can have been admitted: before the
+            // first attempt and after each refusal; after a stalled answer the run may have been, and the
+            // same key is sent again to learn its id.
+            if stalls == 0, stop() { throw SubmissionStopped() }
             do {
                 let answer = try client.json("POST", "/v1/runs", body: bytes, headers: [("Idempotency-Key", key)])
                 guard let id = answer.object?["id"]?.string, id.utf8.count == 26,
@@ -188,7 +195,8 @@ extension RunFlags {
                 }
                 if let known { cancel(known) }
             }, forced: {})
-            let id = try ServiceRuns.submit(session, Array(requestBody(options).serialized().utf8))
+            let id = try ServiceRuns.submit(session, Array(requestBody(options).serialized().utf8),
+                                            stop: { pending.withLock { $0.interrupted } })
             let interrupted = pending.withLock { p -> Bool in
                 p.id = id
                 return p.interrupted
@@ -196,6 +204,9 @@ extension RunFlags {
             if interrupted { cancel(id) }
             report = try ServiceRuns.wait(session, id)
             decoded = try ServiceRuns.decode(report)
+        } catch is SubmissionStopped {
+            Console.error("stockade: interrupted before the service admitted the run: nothing ran")
+            throw ExitCode(130)
         } catch {
             throw ServiceFailure.exit(error, usage: 125, failure: 125)
         }

@@ -66,6 +66,9 @@ struct RelayDirection {
                         end = 0
                         return .malformed(reason)
                     }
+                    // The budget is charged for what goes out where the framing makes it more than
+                    // what came in (a byte a read is sent as six).
+                    if encoded.count > n { guard spend(encoded.count - n) else { return .overBudget } }
                     buffer.replaceSubrange(0..<encoded.count, with: encoded)
                     end = encoded.count
                     read = encoded.count
