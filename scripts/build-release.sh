@@ -73,8 +73,13 @@ for module in libseccomp:seccomp:shared sqlite3:sqlite3:static zlib:z:static; do
 done
 PKG_CONFIG_PATH="$link_dir${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
 export PKG_CONFIG_PATH
+# Concrete generic types' metadata through direct accessors in the dependencies' modules too, as
+# Package.swift has it for ours (a generic specialization a dependency emits can be the one linked):
+# fewer first-use protocol-conformance scans at start (`--version` CPU 0.954, the standalone one-shot
+# 0.982, Benchmarks/BENCHMARKS.md).
 for product in stockade stockade-spawn stockade-probe stockade-server; do
-    swift build --package-path "$root" -c release --static-swift-stdlib --scratch-path "$scratch" --product "$product"
+    swift build --package-path "$root" -c release --static-swift-stdlib --scratch-path "$scratch" --product "$product" \
+        -Xswiftc -Xfrontend -Xswiftc -disable-concrete-type-metadata-mangled-name-accessors
 done
 # Full Foundation brings CoreFoundation, whose initializer runs at every start of every command. The
 # symbol table is read on a line of its own, so a missing or failing nm stops the script (set -e).
