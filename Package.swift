@@ -5,7 +5,8 @@ import PackageDescription
 // runtime looks each such type's conformances up by scanning every conformance record of the binary
 // (about 6 600), once per type and process, which a one-shot `stockade run` paid at a dozen sites.
 // A hidden frontend flag through unsafeFlags: this package can be a root or path dependency only, and
-// a toolchain without the flag fails the build (remove the line then; nothing else depends on it).
+// a toolchain without the flag fails the build (remove the line then, and its use for the dependencies
+// in scripts/build-release.sh; nothing else depends on it).
 let strict: [SwiftSetting] = [.treatAllWarnings(as: .error),
                               .unsafeFlags(["-Xfrontend", "-disable-concrete-type-metadata-mangled-name-accessors"])]
 /// The modules `stockade` links: a file's member lookup sees only the modules it imports
