@@ -285,6 +285,9 @@ public final class EgressProxy: Sendable {
             }
             buffer.removeFirst(end)
         }
+        event.kind = request.kind
+        event.host = request.host
+        event.port = request.port
         // A chunked body's bytes that came with the head, decoded before anything is asked of the
         // policy or the upstream: a malformed one is refused here.
         var chunkedBody = ChunkedBody()
@@ -295,17 +298,11 @@ public final class EgressProxy: Sendable {
             case .more: break
             case .ended(let length): chunkedEnd = length
             case .malformed(_, let reason):
-                event.kind = request.kind
-                event.host = request.host
-                event.port = request.port
                 event.reason = "malformed-body"
                 reply(client, ProxyRequest.response(status: 400, reason: "malformed chunked body: \(reason)"))
                 return
             }
         }
-        event.kind = request.kind
-        event.host = request.host
-        event.port = request.port
         let refuse = { (status: Int, socks: UInt8, reason: String) in
             if request.kind == .socks5 { self.reply(client, Self.socksReply(socks)) } else {
                 self.reply(client, ProxyRequest.response(status: status, reason: reason))

@@ -7,6 +7,21 @@ import Testing
 @Suite("egress through the audited proxy, end to end", .serialized,
        .enabled(if: Harness.canSandbox, "needs root and user namespaces (run the suite as root on Linux)"), .timeLimit(.minutes(3)))
 struct EgressTests {
+    /// A TCP socket listening on `address` (127.0.0.1) and `port` (0: one the kernel picks), with that port.
+    static func tcpListener(address: UInt32 = 0x7F00_0001, port: UInt16 = 0) throws -> (fd: Int32, port: UInt16) {
+        let sock = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_addr.s_addr = address.bigEndian
+        a.sin_port = port.bigEndian
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &a) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(sock, $0, len) == 0 && listen(sock, 64) == 0 && getsockname(sock, $0, &len) == 0 }
+        }
+        try #require(ok)
+        return (sock, UInt16(bigEndian: a.sin_port))
+    }
+
     /// A host-side HTTP server on 127.0.0.1 answering every request with `body`; counts connections.
     final class Upstream: @unchecked Sendable {
         let fd: Int32
@@ -16,18 +31,7 @@ struct EgressTests {
         var connections: Int { lock.withLock { count } }
 
         init(body: String, address: UInt32 = 0x7F00_0001, listenPort: UInt16 = 0) throws {
-            let sock = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            fd = sock
-            var a = sockaddr_in()
-            a.sin_family = sa_family_t(AF_INET)
-            a.sin_addr.s_addr = address.bigEndian
-            a.sin_port = listenPort.bigEndian
-            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-            let ok = withUnsafeMutablePointer(to: &a) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(sock, $0, len) == 0 && listen(sock, 64) == 0 && getsockname(sock, $0, &len) == 0 }
-            }
-            try #require(ok)
-            port = UInt16(bigEndian: a.sin_port)
+            (fd, port) = try EgressTests.tcpListener(address: address, port: listenPort)
             let response = Array("HTTP/1.0 200 OK\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)".utf8)
             let fd = self.fd
             Thread { [self] in
@@ -171,17 +175,8 @@ struct EgressTests {
             private var got: [String] = []
             var received: [String] { requests.withLock { got } }
             init() throws {
-                let sock = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-                upstream = sock
-                var a = sockaddr_in()
-                a.sin_family = sa_family_t(AF_INET)
-                a.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
-                var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-                let ok = withUnsafeMutablePointer(to: &a) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(sock, $0, len) == 0 && listen(sock, 8) == 0 && getsockname(sock, $0, &len) == 0 }
-                }
-                try #require(ok)
-                port = UInt16(bigEndian: a.sin_port)
+                (upstream, port) = try EgressTests.tcpListener()
+                let sock = upstream
                 Thread { [self] in
                     while true {
                         let c = accept(sock, nil, nil)

@@ -126,9 +126,18 @@ struct EgressProxyTests {
 
     /// Sends `request` and reads to end of file (or the 20 s receive timeout).
     static func exchange(_ port: UInt16, _ request: [UInt8]) throws -> String {
+        try exchange(port, parts: [request])
+    }
+
+    /// Sends `parts` on one connection, 200 ms apart (a relay already running takes each as it comes),
+    /// and returns everything answered until the proxy closes.
+    static func exchange(_ port: UInt16, parts: [[UInt8]]) throws -> String {
         let fd = try connect(port)
         defer { close(fd) }
-        _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        for (i, part) in parts.enumerated() {
+            if i > 0 { usleep(200_000) }
+            _ = part.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        }
         var out: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
@@ -470,19 +479,8 @@ extension EgressProxyTests {
         let head = String(first.dropLast(5))
         let writes = [[first + second], [head, "hello" + second], [head + "he", "llo" + second], [first, second]]
         for parts in writes {
-            let fd = try Self.connect(proxy.port)
-            for (i, part) in parts.enumerated() {
-                if i > 0 { usleep(200_000) }
-                _ = Array(part.utf8).withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            }
-            var answer: [UInt8] = []
-            while true {
-                let n = recv(fd, &scratch, scratch.count, 0)
-                if n <= 0 { break }
-                answer += scratch[0..<n]
-            }
-            close(fd)
-            #expect(String(decoding: answer, as: UTF8.self).hasSuffix("ok"), "\(parts): \(String(decoding: answer, as: UTF8.self))")
+            let answer = try Self.exchange(proxy.port, parts: parts.map { Array($0.utf8) })
+            #expect(answer.hasSuffix("ok"), "\(parts): \(answer)")
         }
         proxy.stop()
         let got = upstream.received.withLock { Array($0.dropFirst()) }
@@ -605,19 +603,8 @@ extension EgressProxyTests {
         let writes = [[head + whole], [head, whole], [head] + cut(3), [head] + cut(8), [head] + cut(12), [head] + cut(body.utf8.count - 6),
                       [head + body, second]]
         for parts in writes {
-            let fd = try Self.connect(proxy.port)
-            for (i, part) in parts.enumerated() {
-                if i > 0 { usleep(200_000) }
-                _ = Array(part.utf8).withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            }
-            var answer: [UInt8] = []
-            while true {
-                let n = recv(fd, &scratch, scratch.count, 0)
-                if n <= 0 { break }
-                answer += scratch[0..<n]
-            }
-            close(fd)
-            #expect(String(decoding: answer, as: UTF8.self).hasSuffix("ok"), "\(parts): \(String(decoding: answer, as: UTF8.self))")
+            let answer = try Self.exchange(proxy.port, parts: parts.map { Array($0.utf8) })
+            #expect(answer.hasSuffix("ok"), "\(parts): \(answer)")
         }
         // A body malformed in the first read is answered 400 with no upstream connection; one malformed
         // later is cut before the read that holds the bad byte.
@@ -625,12 +612,7 @@ extension EgressProxyTests {
         let early = try Self.exchange(proxy.port, Array((head + "5\nhello\r\n0\r\n\r\n").utf8))
         #expect(early.hasPrefix("HTTP/1.1 400") && early.contains("malformed chunked body"), "\(early)")
         #expect(upstream.accepted.withLock { $0 } == accepted, "the upstream was connected for a malformed body")
-        let late = try Self.connect(proxy.port)
-        _ = Array((head + "5\r\nhel").utf8).withUnsafeBytes { send(late, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-        usleep(200_000)
-        _ = Array(("loX\r\n" + second).utf8).withUnsafeBytes { send(late, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-        while recv(late, &scratch, scratch.count, 0) > 0 {}
-        close(late)
+        _ = try Self.exchange(proxy.port, parts: [Array((head + "5\r\nhel").utf8), Array(("loX\r\n" + second).utf8)])
         proxy.stop()
         for _ in 0..<100 where upstream.received.withLock({ $0.count }) < writes.count + 2 { usleep(50_000) }
         let got = upstream.received.withLock { Array($0.dropFirst()) }
