@@ -4,10 +4,14 @@ import StockadeAudit
 import StockadePolicy
 import Synchronization
 
-/// The audit store's rows in one SQLite file (WAL, `foreign_keys=ON`). Commits are
-/// `synchronous=NORMAL` (consistent after any crash; a power cut may lose the newest commits) except
-/// the durable ones, which are `FULL` and so also make every earlier commit durable: one fsync per
-/// run, not five.
+/// The audit store's rows in one SQLite file (WAL, `foreign_keys=ON`). Every commit is
+/// `synchronous=NORMAL` (consistent after any crash; a power cut may lose the newest commits); a
+/// durable one then waits for an `fdatasync` of the WAL that began after its commit, which makes it
+/// and every earlier commit durable: one fsync per run, not five. The fsync is taken outside the
+/// writers' lock and shared (group commit): writers that commit while one fsync is under way are
+/// covered by the next, one for all of them, and the other writers go on meanwhile. A failed fsync
+/// fails that durable write and every later one (the kernel may have dropped the unwritten pages, so
+/// a retry that succeeds would prove nothing).
 ///
 /// One connection serves every writer in this process, guarded by a `Mutex`; other processes open
 /// their own. Every write transaction is `BEGIN IMMEDIATE`, which takes the database's single write
@@ -18,12 +22,29 @@ public final class SQLiteAuditBackend: AuditBackend {
     public let path: String
     public var location: String { path }
     private let state: Mutex<State>
+    /// Commits made through this backend; the durable ones wait until `Sync.through` reaches theirs.
+    private let commits = Atomic<UInt64>(0)
+    private let sync = Mutex(Sync())
     /// Whether `runs` has the `hostId` column: a database opened read-only is not migrated, and one
     /// written before migration 0003 has none.
     let hasHostColumn: Bool
 
     private struct State: ~Copyable {
         let db: SQLiteConnection
+    }
+
+    /// The group commit's side: one fsync at a time, under this lock.
+    struct Sync: ~Copyable {
+        /// The WAL, opened at the first durable commit (it exists from then on: SQLite removes it only
+        /// when the last connection closes, and this one is open).
+        var wal: Int32 = -1
+        /// Every commit up to this count is durable.
+        var through: UInt64 = 0
+        /// fsyncs done, for tests of the grouping.
+        var count = 0
+        var failure: AuditError?
+
+        deinit { if wal >= 0 { close(wal) } }
     }
 
     /// How long a writer waits for another process's write lock before failing with `.busy`.
@@ -96,16 +117,62 @@ public final class SQLiteAuditBackend: AuditBackend {
 
     // MARK: AuditBackend
 
-    /// `BEGIN IMMEDIATE` on the shared connection; a `durable` one is committed with `synchronous=FULL`.
+    /// `BEGIN IMMEDIATE` on the shared connection; a `durable` one returns once an fsync of the WAL
+    /// that began after its commit has ended (see the type's comment).
     public func withTransaction<T: Sendable>(durable: Bool,
                                              _ body: (SQLiteAuditTransaction) throws(AuditError) -> T) throws(AuditError) -> T {
-        try state.withLock { (state) throws(AuditError) -> T in
+        let (result, ticket) = try state.withLock { (state) throws(AuditError) -> (T, UInt64) in
             let db = state.db
-            if durable { try db.run("PRAGMA synchronous = FULL", [], "make the commit durable") }
-            defer { if durable { try? db.run("PRAGMA synchronous = NORMAL", [], "restore the commit mode") } }
-            return try db.immediateTransaction { () throws(AuditError) -> T in
+            let result = try db.immediateTransaction { () throws(AuditError) -> T in
                 try body(SQLiteAuditTransaction(db: db, path: path))
             }
+            // Counted under the writers' lock, after COMMIT wrote the frames: a count read later
+            // covers only commits already in the WAL.
+            return (result, commits.add(1, ordering: .sequentiallyConsistent).newValue)
+        }
+        if durable { try makeDurable(ticket) }
+        return result
+    }
+
+    /// Returns when commit number `ticket` is on stable storage: at once when an fsync that began after
+    /// it has ended; else after this thread's own fsync, or after the one that held the lock while it
+    /// waited, whichever covered it first.
+    private func makeDurable(_ ticket: UInt64) throws(AuditError) {
+        try sync.withLock { (sync) throws(AuditError) in
+            if let failure = sync.failure { throw failure }
+            if sync.through >= ticket { return }
+            let target = commits.load(ordering: .sequentiallyConsistent)
+            if sync.wal < 0 {
+                sync.wal = Glibc.open(path + "-wal", O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+                if sync.wal < 0 {
+                    let err = errno
+                    throw AuditError(.storage, path: path + "-wal", errno: err,
+                                     "cannot open the audit database's write-ahead log to make a commit durable; the commit is kept but may be lost by a power cut")
+                }
+            }
+            sync.count += 1
+            guard fdatasync(sync.wal) == 0 else {
+                let failure = AuditError(.storage, path: path + "-wal", errno: errno,
+                                         "fdatasync of the audit database's write-ahead log failed, so its newest commits may not be on disk; this store takes no durable write any more: stop the supervisor, check the disk, and start it again")
+                sync.failure = failure
+                throw failure
+            }
+            sync.through = target
+        }
+    }
+
+    /// fsyncs of the WAL so far, and commits (tests of the group commit).
+    var syncCount: Int { sync.withLock { $0.count } }
+    var commitCount: UInt64 { commits.load(ordering: .sequentiallyConsistent) }
+
+    /// Runs `body` holding the group commit's lock, so that durable writers queue behind it (tests).
+    func withSyncHeld(_ body: () -> Void) { sync.withLock { _ in body() } }
+
+    /// Points the group commit at `fd` instead of the WAL (tests of a failing fsync).
+    func replaceSyncFile(_ fd: Int32) {
+        sync.withLock { sync in
+            if sync.wal >= 0 { close(sync.wal) }
+            sync.wal = fd
         }
     }
 

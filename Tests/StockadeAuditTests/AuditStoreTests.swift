@@ -24,11 +24,70 @@ struct AuditSchemaTests {
         let store = try db.store()
         #expect(try store.pragma("journal_mode") == "wal")
         #expect(try store.pragma("foreign_keys") == "1")
-        #expect(try store.pragma("synchronous") == "1", "NORMAL between the durable commits")
+        #expect(try store.pragma("synchronous") == "1", "NORMAL: durable commits fsync the WAL themselves, after the commit")
         #expect(try store.pragma("busy_timeout") == "10000")
         var info = stat()
         #expect(stat(db.path, &info) == 0)
         #expect(info.st_mode & 0o077 == 0)
+    }
+
+    @Test("a durable write fsyncs the WAL after its commit and a plain one does not; durable writers that commit while an fsync is under way share the next one")
+    func groupCommit() throws {
+        let db = TempDatabase()
+        let store = try db.store()
+        let backend = store.backend
+        let writers = 8
+        let ids = ["solo", "again"] + (0..<writers).map { "g\($0)" }
+        let before = backend.syncCount
+        for id in ids { try store.beginRun(runId: id, profile: "p", profileDigest: "d", command: [], detail: .null) }
+        _ = try store.record(runId: nil, kind: "plain", detail: .null)
+        #expect(backend.syncCount == before, "a plain commit took an fsync")
+        @Sendable func finish(_ id: String) throws(AuditError) {
+            try store.finishRun(runId: id, outcome: "exited", exitStatus: 0, detail: .null, after: [])
+        }
+        try finish("solo")
+        #expect(backend.syncCount == before + 1, "a durable commit returned without an fsync")
+        try finish("again")
+        #expect(backend.syncCount == before + 2, "a durable commit was taken as covered by an fsync that began before it")
+
+        // Eight durable writers commit while the test holds the fsync lock: the first to take it after
+        // syncs for all eight.
+        let failures = FailureLog()
+        let threads = (0..<writers).map { t in
+            TestThread { do { try finish("g\(t)") } catch { failures.add("\(error)") } }
+        }
+        let committed = backend.commitCount
+        backend.withSyncHeld {
+            threads.forEach { $0.start() }
+            var waited = 0
+            while backend.commitCount < committed + UInt64(writers) && waited < 10_000 { usleep(1000); waited += 1 }
+            #expect(threads.allSatisfy { !$0.isDone }, "a durable write returned while no fsync could run")
+        }
+        threads.forEach { $0.join() }
+        #expect(failures.all == [])
+        #expect(backend.syncCount == before + 3, "\(backend.syncCount - before - 2) fsyncs for \(writers) writers queued behind one")
+        #expect(RawSQL.scalar(db.path, "SELECT count(*) FROM runs WHERE state = 'finished'") == "\(writers + 2)")
+    }
+
+    @Test("a failed fsync of the WAL fails that durable write and every later one with a message naming the WAL; plain writes go on")
+    func failedSync() throws {
+        let db = TempDatabase()
+        let store = try db.store()
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        defer { close(fds[1]) }
+        store.backend.replaceSyncFile(fds[0])  // fdatasync of a pipe fails (EINVAL)
+        for attempt in 0..<2 {
+            try store.beginRun(runId: "r\(attempt)", profile: "p", profileDigest: "d", command: [], detail: .null)
+            do {
+                try store.finishRun(runId: "r\(attempt)", outcome: "exited", exitStatus: 0, detail: .null, after: [])
+                Issue.record("a durable write succeeded after a failed fsync")
+            } catch {
+                #expect(error.code == .storage && "\(error)".contains("-wal") && "\(error)".contains("fdatasync"), "\(error)")
+            }
+        }
+        #expect(store.backend.syncCount == 1, "the failure is not retried: a later fsync could succeed without the lost pages")
+        _ = try store.record(runId: nil, kind: "plain", detail: .null)
     }
 
     @Test("a short-lived process's store checkpoints its WAL at a low threshold, so the next process's start reads few frames; the default lets it grow")

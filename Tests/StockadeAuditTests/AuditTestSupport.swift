@@ -7,13 +7,14 @@ import Testing
 @testable import StockadeAudit
 @testable import StockadeAuditSQLite
 
-/// A fresh directory under /tmp holding one audit database path.
+/// A fresh directory under /tmp holding one audit database path, removed when the tests exit (a
+/// store opened on it outlives this value).
 struct TempDatabase {
     let directory: String
     let path: String
 
     init() {
-        directory = makeScratchDirectory("audit")
+        directory = makeScratchDirectory("audit", untilExit: true)
         path = directory + "/audit.sqlite"
     }
 

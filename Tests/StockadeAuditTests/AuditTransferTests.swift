@@ -458,7 +458,7 @@ struct AuditTransferTests {
         #expect(Set(Self.listDirectory(database.directory).filter { !$0.hasPrefix("audit.sqlite") }) == ["backup.sqlite"])
 
         // Restored: copied to a new state directory's audit.sqlite, it opens, verifies, and takes new events.
-        let restoredDirectory = makeScratchDirectory("restore")
+        let restoredDirectory = makeScratchDirectory("restore", untilExit: true)
         let restored = restoredDirectory + "/audit.sqlite"
         try copyFile(destination, to: restored)
         let reopened = try SQLiteAuditStore(path: restored, supervisorPid: getpid(), supervisorStart: ProcessIdentity.currentStartTime, hostId: "host-a")

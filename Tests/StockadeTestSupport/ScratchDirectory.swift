@@ -1,13 +1,27 @@
 import Glibc
+import Synchronization
 
-/// A new directory `BASE/stockade-LABEL-XXXXXX` (mkdtemp), for a fixture that keeps it.
-public func makeScratchDirectory(_ label: String, base: String = "/tmp") -> String {
+/// A new directory `BASE/stockade-LABEL-XXXXXX` (mkdtemp), for a fixture that keeps it. With
+/// `untilExit`, it is removed when the test process exits: for a fixture whose files outlive the
+/// value that made them (an open database).
+public func makeScratchDirectory(_ label: String, base: String = "/tmp", untilExit: Bool = false) -> String {
     let usable = access(base, W_OK) == 0 ? base : "/tmp"
     var template = Array("\(usable)/stockade-\(label)-XXXXXX".utf8CString)
     let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
     precondition(made != nil, "mkdtemp in \(usable) failed: errno \(errno)")
-    return String(decoding: template.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    let path = String(decoding: template.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    if untilExit {
+        let first = removedAtExit.withLock { paths in
+            paths.append(path)
+            return paths.count == 1
+        }
+        if first { atexit { removedAtExit.withLock { $0 }.forEach(removeTree) } }
+    }
+    return path
 }
+
+/// Directories `makeScratchDirectory(untilExit: true)` made, removed by an `atexit` handler.
+private let removedAtExit = Mutex<[String]>([])
 
 /// Removes `path` and everything beneath it without following links, giving directories their
 /// owner's permissions first (tests make mode-000 directories on purpose).
