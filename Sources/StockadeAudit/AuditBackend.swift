@@ -20,6 +20,12 @@ public protocol AuditBackend: Sendable {
     /// leave the store inconsistent. The transaction value is only valid inside `body`.
     func withTransaction<T: Sendable>(durable: Bool, _ body: (Transaction) throws(AuditError) -> T) throws(AuditError) -> T
 
+    /// As `withTransaction(durable: true, body)`, durable with every earlier commit when it returns,
+    /// except that other readers may see the commit a moment before it is on stable storage, so that
+    /// callers committing at once can share one flush (a group commit). For a commit whose early
+    /// sight loses nothing: a run's finish, whose caller answers only once it returns.
+    func withGroupCommittedTransaction<T: Sendable>(_ body: (Transaction) throws(AuditError) -> T) throws(AuditError) -> T
+
     func diff(id: Int64) throws(AuditError) -> DiffRecord?
 
     /// Diffs in id order, all of them or those in `state`.

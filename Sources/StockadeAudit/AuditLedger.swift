@@ -66,7 +66,7 @@ public final class AuditLedger<Backend: AuditBackend>: AuditStore, AuditWriteObs
 
     public func finishRun(runId: String, outcome: String, exitStatus: Int32, detail: JSONValue,
                           after events: [(runId: String?, kind: String, detail: JSONValue)]) throws(AuditError) {
-        try write(durable: true) { (tx, chain) throws(AuditError) in
+        try write(durable: true, grouped: true) { (tx, chain) throws(AuditError) in
             guard let current = try tx.runState(runId: runId) else { throw unknownRun(runId) }
             guard current == .running else {
                 throw AuditError(.invalidState, path: backend.location, "run \(runId) is \(current.rawValue), not running: it cannot be finished again")
@@ -287,19 +287,23 @@ public final class AuditLedger<Backend: AuditBackend>: AuditStore, AuditWriteObs
 
     /// Runs `body` in one backend write transaction with one `ChainAppender` for all its events, and
     /// advances the chain head before the commit. The secrets are those registered when it starts.
-    private func write<T: Sendable>(durable: Bool = false,
+    /// `grouped`: a durable commit through `withGroupCommittedTransaction`.
+    private func write<T: Sendable>(durable: Bool = false, grouped: Bool = false,
                                     _ body: (Backend.Transaction, inout ChainAppender<Backend.Transaction>) throws(AuditError) -> T) throws(AuditError) -> T {
         let sanitizer = secrets.withLock { $0 }
         let started = ContinuousClock.now
         defer {
             if let observer = writeObserver.withLock({ $0 }) { observer.call(ContinuousClock.now - started) }
         }
-        return try backend.withTransaction(durable: durable) { (tx) throws(AuditError) -> T in
-            var chain = ChainAppender(tx, sanitizer: sanitizer, location: backend.location)
+        let location = backend.location
+        let transaction = { (tx: Backend.Transaction) throws(AuditError) -> T in
+            var chain = ChainAppender(tx, sanitizer: sanitizer, location: location)
             let result = try body(tx, &chain)
             try chain.finish()
             return result
         }
+        if durable && grouped { return try backend.withGroupCommittedTransaction(transaction) }
+        return try backend.withTransaction(durable: durable, transaction)
     }
 
     private func requireRun(_ tx: Backend.Transaction, _ runId: String) throws(AuditError) {

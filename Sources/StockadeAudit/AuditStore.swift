@@ -23,7 +23,9 @@ public protocol AuditStore: Sendable {
 
     /// Appends `events` (as `recordMany` would), then moves a running run to `finished` with its
     /// outcome and appends `run.finished`, all in one durable transaction (all or none): a run whose
-    /// last events come right before its end costs one commit, not two.
+    /// last events come right before its end costs one commit, not two. Group-committed (see
+    /// `AuditBackend.withGroupCommittedTransaction`): durable when it returns, perhaps seen by
+    /// readers a moment before.
     func finishRun(runId: String, outcome: String, exitStatus: Int32, detail: JSONValue,
                    after events: [(runId: String?, kind: String, detail: JSONValue)]) throws(AuditError)
 

@@ -60,6 +60,12 @@ public final class PostgresAuditBackend: AuditBackend {
 
     // MARK: AuditBackend
 
+    /// A durable commit: PostgreSQL already shares the flush of commits made at once, and shows none
+    /// before it is flushed.
+    public func withGroupCommittedTransaction<T: Sendable>(_ body: (PostgresAuditTransaction) throws(AuditError) -> T) throws(AuditError) -> T {
+        try withTransaction(durable: true, body)
+    }
+
     public func withTransaction<T: Sendable>(durable: Bool,
                                              _ body: (PostgresAuditTransaction) throws(AuditError) -> T) throws(AuditError) -> T {
         try pool.withSessionTyped { (session) throws(AuditError) -> T in

@@ -4,14 +4,15 @@ import StockadeAudit
 import StockadePolicy
 import Synchronization
 
-/// The audit store's rows in one SQLite file (WAL, `foreign_keys=ON`). Every commit is
+/// The audit store's rows in one SQLite file (WAL, `foreign_keys=ON`). Commits are
 /// `synchronous=NORMAL` (consistent after any crash; a power cut may lose the newest commits); a
-/// durable one then waits for an `fdatasync` of the WAL that began after its commit, which makes it
-/// and every earlier commit durable: one fsync per run, not five. The fsync is taken outside the
-/// writers' lock and shared (group commit): writers that commit while one fsync is under way are
-/// covered by the next, one for all of them, and the other writers go on meanwhile. A failed fsync
-/// fails that durable write and every later one (the kernel may have dropped the unwritten pages, so
-/// a retry that succeeds would prove nothing).
+/// durable one (`withTransaction(durable: true)`) is `FULL`: SQLite fsyncs the WAL before the commit
+/// is visible, and so makes every earlier commit durable too. A group-committed one (a run's finish)
+/// is committed `NORMAL` and then waits for an `fdatasync` of the WAL begun after its commit, taken
+/// outside the writers' lock and shared by every writer that committed meanwhile: one fsync per run
+/// at most, fewer when runs end at once, and the other writers go on during it. A failed group fsync
+/// fails its write (whose commit is in the file but perhaps not on disk) and every later write: the
+/// kernel may have dropped the unwritten pages, so a retry that succeeds would prove nothing.
 ///
 /// One connection serves every writer in this process, guarded by a `Mutex`; other processes open
 /// their own. Every write transaction is `BEGIN IMMEDIATE`, which takes the database's single write
@@ -31,12 +32,15 @@ public final class SQLiteAuditBackend: AuditBackend {
 
     private struct State: ~Copyable {
         let db: SQLiteConnection
+        /// Set by a failed group fsync: every later write is refused with it.
+        var failure: AuditError?
     }
 
     /// The group commit's side: one fsync at a time, under this lock.
     struct Sync: ~Copyable {
-        /// The WAL, opened at the first durable commit (it exists from then on: SQLite removes it only
-        /// when the last connection closes, and this one is open).
+        /// The WAL, opened with the store (so that an fsync error from then on reaches this descriptor;
+        /// SQLite removes the file only when the last connection closes, and this one is open). -1 on a
+        /// read-only store.
         var wal: Int32 = -1
         /// Every commit up to this count is durable.
         var through: UInt64 = 0
@@ -71,6 +75,12 @@ public final class SQLiteAuditBackend: AuditBackend {
         try AuditSchema.migrate(db)
         hasHostColumn = true
         state = Mutex(State(db: db))
+        let wal = Glibc.open(path + "-wal", O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard wal >= 0 else {
+            throw AuditError(.openFailed, path: path + "-wal", errno: errno,
+                             "cannot open the audit database's write-ahead log, which the store fsyncs itself (is the state directory on a local filesystem?)")
+        }
+        sync.withLock { $0.wal = wal }
     }
 
     /// Opens an existing database for queries only: no schema migration, no WAL switch, no write;
@@ -117,12 +127,27 @@ public final class SQLiteAuditBackend: AuditBackend {
 
     // MARK: AuditBackend
 
-    /// `BEGIN IMMEDIATE` on the shared connection; a `durable` one returns once an fsync of the WAL
-    /// that began after its commit has ended (see the type's comment).
+    /// `BEGIN IMMEDIATE` on the shared connection; a `durable` one is committed with `synchronous=FULL`.
     public func withTransaction<T: Sendable>(durable: Bool,
                                              _ body: (SQLiteAuditTransaction) throws(AuditError) -> T) throws(AuditError) -> T {
-        let (result, ticket) = try state.withLock { (state) throws(AuditError) -> (T, UInt64) in
+        try commit(durable: durable, body).result
+    }
+
+    /// Committed `NORMAL`, then durable through a shared fsync of the WAL (see the type's comment).
+    public func withGroupCommittedTransaction<T: Sendable>(_ body: (SQLiteAuditTransaction) throws(AuditError) -> T) throws(AuditError) -> T {
+        let (result, ticket) = try commit(durable: false, body)
+        try makeDurable(ticket)
+        return result
+    }
+
+    /// One write transaction under the writers' lock; its result and its number among this store's commits.
+    private func commit<T: Sendable>(durable: Bool,
+                                     _ body: (SQLiteAuditTransaction) throws(AuditError) -> T) throws(AuditError) -> (result: T, ticket: UInt64) {
+        try state.withLock { (state) throws(AuditError) -> (result: T, ticket: UInt64) in
+            if let failure = state.failure { throw failure }
             let db = state.db
+            if durable { try db.run("PRAGMA synchronous = FULL", [], "make the commit durable") }
+            defer { if durable { try? db.run("PRAGMA synchronous = NORMAL", [], "restore the commit mode") } }
             let result = try db.immediateTransaction { () throws(AuditError) -> T in
                 try body(SQLiteAuditTransaction(db: db, path: path))
             }
@@ -130,32 +155,27 @@ public final class SQLiteAuditBackend: AuditBackend {
             // covers only commits already in the WAL.
             return (result, commits.add(1, ordering: .sequentiallyConsistent).newValue)
         }
-        if durable { try makeDurable(ticket) }
-        return result
     }
 
     /// Returns when commit number `ticket` is on stable storage: at once when an fsync that began after
     /// it has ended; else after this thread's own fsync, or after the one that held the lock while it
-    /// waited, whichever covered it first.
+    /// waited, whichever covered it first. Lock order: this lock, then the writers' (to refuse every
+    /// later write after a failure); never the other way round.
     private func makeDurable(_ ticket: UInt64) throws(AuditError) {
         try sync.withLock { (sync) throws(AuditError) in
             if let failure = sync.failure { throw failure }
             if sync.through >= ticket { return }
             let target = commits.load(ordering: .sequentiallyConsistent)
-            if sync.wal < 0 {
-                sync.wal = Glibc.open(path + "-wal", O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
-                if sync.wal < 0 {
-                    let err = errno
-                    throw AuditError(.storage, path: path + "-wal", errno: err,
-                                     "cannot open the audit database's write-ahead log to make a commit durable; the commit is kept but may be lost by a power cut")
-                }
-            }
             sync.count += 1
             guard fdatasync(sync.wal) == 0 else {
-                let failure = AuditError(.storage, path: path + "-wal", errno: errno,
-                                         "fdatasync of the audit database's write-ahead log failed, so its newest commits may not be on disk; this store takes no durable write any more: stop the supervisor, check the disk, and start it again")
+                let err = errno
+                let wal = path + "-wal"
+                let failure = AuditError(.storage, path: wal, errno: err,
+                                         "fdatasync of the audit database's write-ahead log failed, so its newest commits may not be on disk: this store takes no more writes; stop the supervisor, check the disk, and start it again")
                 sync.failure = failure
-                throw failure
+                state.withLock { $0.failure = failure }
+                throw AuditError(.storage, path: wal, errno: err,
+                                 "the commit is in the audit database but fdatasync of its write-ahead log failed, so it may be lost by a power cut: this store takes no more writes; stop the supervisor, check the disk, and start it again")
             }
             sync.through = target
         }
@@ -167,6 +187,15 @@ public final class SQLiteAuditBackend: AuditBackend {
 
     /// Runs `body` holding the group commit's lock, so that durable writers queue behind it (tests).
     func withSyncHeld(_ body: () -> Void) { sync.withLock { _ in body() } }
+
+    /// Whether the group commit's descriptor is the database's WAL (tests).
+    var syncFileIsWAL: Bool {
+        sync.withLock { sync in
+            var held = stat(), named = stat()
+            return fstat(sync.wal, &held) == 0 && lstat(path + "-wal", &named) == 0
+                && held.st_dev == named.st_dev && held.st_ino == named.st_ino
+        }
+    }
 
     /// Points the group commit at `fd` instead of the WAL (tests of a failing fsync).
     func replaceSyncFile(_ fd: Int32) {

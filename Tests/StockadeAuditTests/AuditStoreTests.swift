@@ -49,6 +49,10 @@ struct AuditSchemaTests {
         #expect(backend.syncCount == before + 1, "a durable commit returned without an fsync")
         try finish("again")
         #expect(backend.syncCount == before + 2, "a durable commit was taken as covered by an fsync that began before it")
+        #expect(backend.syncFileIsWAL, "the group commit fsyncs another file than the database's WAL")
+        // The other durable writes are committed FULL by SQLite, which fsyncs before the commit is seen.
+        _ = try store.recordDiff(runId: "solo", content: [1], verdict: "passed", reason: nil)
+        #expect(backend.syncCount == before + 2, "a diff's record went through the group commit")
 
         // Eight durable writers commit while the test holds the fsync lock: the first to take it after
         // syncs for all eight.
@@ -61,33 +65,43 @@ struct AuditSchemaTests {
             threads.forEach { $0.start() }
             var waited = 0
             while backend.commitCount < committed + UInt64(writers) && waited < 10_000 { usleep(1000); waited += 1 }
+            #expect(backend.commitCount == committed + UInt64(writers), "the writers did not all commit within 10 s")
             #expect(threads.allSatisfy { !$0.isDone }, "a durable write returned while no fsync could run")
         }
         threads.forEach { $0.join() }
         #expect(failures.all == [])
         #expect(backend.syncCount == before + 3, "\(backend.syncCount - before - 2) fsyncs for \(writers) writers queued behind one")
         #expect(RawSQL.scalar(db.path, "SELECT count(*) FROM runs WHERE state = 'finished'") == "\(writers + 2)")
+        try expectIntact(store.verifyChain(), events: Int64(2 * (writers + 2) + 2))
     }
 
-    @Test("a failed fsync of the WAL fails that durable write and every later one with a message naming the WAL; plain writes go on")
+    @Test("a failed group fsync fails its write, saying its commit is kept but may not be on disk, and every later write; reads go on")
     func failedSync() throws {
         let db = TempDatabase()
         let store = try db.store()
+        try store.beginRun(runId: "r", profile: "p", profileDigest: "d", command: [], detail: .null)
         var fds: [Int32] = [0, 0]
         #expect(pipe(&fds) == 0)
         defer { close(fds[1]) }
         store.backend.replaceSyncFile(fds[0])  // fdatasync of a pipe fails (EINVAL)
-        for attempt in 0..<2 {
-            try store.beginRun(runId: "r\(attempt)", profile: "p", profileDigest: "d", command: [], detail: .null)
-            do {
-                try store.finishRun(runId: "r\(attempt)", outcome: "exited", exitStatus: 0, detail: .null, after: [])
-                Issue.record("a durable write succeeded after a failed fsync")
-            } catch {
-                #expect(error.code == .storage && "\(error)".contains("-wal") && "\(error)".contains("fdatasync"), "\(error)")
-            }
+        do {
+            try store.finishRun(runId: "r", outcome: "exited", exitStatus: 0, detail: .null, after: [])
+            Issue.record("a group-committed write succeeded after a failed fsync")
+        } catch {
+            #expect(error.code == .storage && "\(error)".contains("-wal") && "\(error)".contains("the commit is in the audit database"), "\(error)")
+        }
+        #expect(RawSQL.scalar(db.path, "SELECT state FROM runs WHERE runId = 'r'") == "finished")
+        // Nothing more is written: a caller that retries what failed cannot record it twice.
+        #expect(throws: AuditError.self) { try store.recordMany([(runId: "r", kind: "again", detail: .null)]) }
+        #expect(throws: AuditError.self) { try store.beginRun(runId: "r2", profile: "p", profileDigest: "d", command: [], detail: .null) }
+        do {
+            _ = try store.record(runId: nil, kind: "plain", detail: .null)
+            Issue.record("a write succeeded after a failed fsync")
+        } catch {
+            #expect(error.code == .storage && "\(error)".contains("takes no more writes"), "\(error)")
         }
         #expect(store.backend.syncCount == 1, "the failure is not retried: a later fsync could succeed without the lost pages")
-        _ = try store.record(runId: nil, kind: "plain", detail: .null)
+        try expectIntact(store.verifyChain(), events: 2)
     }
 
     @Test("a short-lived process's store checkpoints its WAL at a low threshold, so the next process's start reads few frames; the default lets it grow")
