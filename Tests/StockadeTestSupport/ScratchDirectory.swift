@@ -15,13 +15,18 @@ public func makeScratchDirectory(_ label: String, base: String = "/tmp", untilEx
             paths.append(path)
             return paths.count == 1
         }
-        if first { atexit { removedAtExit.withLock { $0 }.forEach(removeTree) } }
+        if first {
+            registeringProcess.store(getpid(), ordering: .relaxed)
+            // Only in the process that made them: a forked child that calls exit() leaves them.
+            atexit { if getpid() == registeringProcess.load(ordering: .relaxed) { removedAtExit.withLock { $0 }.forEach(removeTree) } }
+        }
     }
     return path
 }
 
 /// Directories `makeScratchDirectory(untilExit: true)` made, removed by an `atexit` handler.
 private let removedAtExit = Mutex<[String]>([])
+private let registeringProcess = Atomic<Int32>(0)
 
 /// Removes `path` and everything beneath it without following links, giving directories their
 /// owner's permissions first (tests make mode-000 directories on purpose).
