@@ -378,14 +378,26 @@ for k in "${kernels[@]}"; do
         # -no-reboot with panic=-1 turns any guest failure into qemu exiting; timeout bounds a hung guest.
         timeout -k 10 "$GUEST_TIMEOUT" qemu-system-x86_64 -accel "$ACCEL" -cpu "$cpu_model" -m 2048 -smp 2 \
             -nographic -nic none -no-reboot -kernel "$vmlinuz" -initrd "$W/initramfs.cpio" \
-            -append "console=ttyS0 panic=-1 quiet loglevel=4 stk_t=$RUN_TIMEOUT" > "$log" 2>&1 </dev/null || true
-        # Software emulation now and then crashes a guest kernel while it patches its own text
-        # (an int3 oops in the scheduler seconds after boot, before any check ran). That says
-        # nothing about Stockade: boot such a guest once more, and say so. A guest that ran its
+            -append "console=ttyS0 panic=-1 quiet loglevel=4 stk_t=$RUN_TIMEOUT" > "$log" 2>&1 </dev/null &
+        guest=$!
+        # A guest whose CPUs lock up before any check ran (the soft-lockup watchdog's report) is
+        # stopped then, not left to the timeout: it is retried below like a crashed one.
+        while kill -0 "$guest" 2>/dev/null; do
+            if grep -aq 'soft lockup' "$log" && ! grep -aq 'CHECK ' "$log"; then
+                kill "$guest" 2>/dev/null || true  # timeout passes the signal on to qemu
+                break
+            fi
+            sleep 2
+        done
+        wait "$guest" || true
+        # Software emulation now and then crashes a guest kernel while it patches its own text (an
+        # int3 oops in the scheduler seconds after boot) or locks both its CPUs up in the kernel,
+        # before any check ran. That says nothing about Stockade: boot such a guest once more, and
+        # say so (a fault of Stockade's comes back the second time and fails). A guest that ran its
         # checks, or failed any other way, is judged as it is.
-        if [ "$attempt" = 1 ] && ! grep -aq 'CHECK ' "$log" && grep -aq 'Kernel panic' "$log"; then
-            echo "--- $pkg: the emulated guest kernel crashed before any check ran; booting it once more:"
-            grep -a 'Oops\|RIP:\|Kernel panic' "$log" | head -n 3 | tr -d '\r'
+        if [ "$attempt" = 1 ] && ! grep -aq 'CHECK ' "$log" && grep -aq 'Kernel panic\|soft lockup' "$log"; then
+            echo "--- $pkg: the emulated guest kernel crashed or locked up before any check ran; booting it once more:"
+            grep -a 'Oops\|RIP:\|Kernel panic\|soft lockup' "$log" | head -n 3 | tr -d '\r'
             cp "$log" "$log.crashed"
             continue
         fi
