@@ -170,12 +170,16 @@ public final class SQLiteAuditBackend: AuditBackend {
             guard fdatasync(sync.wal) == 0 else {
                 let err = errno
                 let wal = path + "-wal"
-                let failure = AuditError(.storage, path: wal, errno: err,
-                                         "fdatasync of the audit database's write-ahead log failed, so its newest commits may not be on disk: this store takes no more writes; stop the supervisor, check the disk, and start it again")
-                sync.failure = failure
-                state.withLock { $0.failure = failure }
-                throw AuditError(.storage, path: wal, errno: err,
-                                 "the commit is in the audit database but fdatasync of its write-ahead log failed, so it may be lost by a power cut: this store takes no more writes; stop the supervisor, check the disk, and start it again")
+                // To every writer that committed before the failure (this one and those queued behind
+                // it): its rows are in the file. To every later one: refused before it writes.
+                let committed = AuditError(.storage, path: wal, errno: err,
+                                           "the commit is in the audit database but fdatasync of its write-ahead log failed, so it may be lost by a power cut: this store takes no more writes; stop the supervisor, check the disk, and start it again")
+                sync.failure = committed
+                state.withLock {
+                    $0.failure = AuditError(.storage, path: wal, errno: err,
+                                            "fdatasync of the audit database's write-ahead log failed, so its newest commits may not be on disk: this store takes no more writes; stop the supervisor, check the disk, and start it again")
+                }
+                throw committed
             }
             sync.through = target
         }
