@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import Logging
+import StockadeLinux
 import StockadeSupervisor
 
 struct Batch: AsyncParsableCommand {
@@ -42,6 +43,8 @@ struct Batch: AsyncParsableCommand {
         let supervisor: Supervisor
         do {
             Supervisor.prepareToSpawn(concurrency: parallel, ahead: true)
+            // Up to 256 runs at once, each with its pipes and its egress relays: not the usual 1024.
+            _ = DescriptorLimit.raise()
             supervisor = try Supervisor(stateDirectory: state.resolved(), catalog: .standard(),
                                         environment: ProcessEnvironment.current(), logger: Logger(label: "stockade"), store: resolveStore(state, nil),
                                         cgroupsAhead: min(parallel, 4))

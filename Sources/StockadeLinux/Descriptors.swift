@@ -21,6 +21,42 @@ public enum LinuxPipe {
     }
 }
 
+/// Accepting on a listener a worker can connect to as often as it likes.
+enum WorkerListener {
+    /// The next connection on `listener`, or nil when there is none to take. When the process is out
+    /// of descriptors or memory (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) the connection stays
+    /// queued and `poll` would report it again at once: the loop would spin on a core. So this waits
+    /// 100 ms first, or until `stopEvent` is readable; `stopped` says which.
+    static func accept(_ listener: Int32, stopEvent: Int32, stopped: inout Bool) -> Int32? {
+        let client = stk_accept_cloexec(listener)
+        if client >= 0 { return client }
+        let failure = errno
+        guard failure == EMFILE || failure == ENFILE || failure == ENOBUFS || failure == ENOMEM else { return nil }
+        var stop = [pollfd(fd: stopEvent, events: Int16(POLLIN), revents: 0)]
+        let n = poll(&stop, 1, 100)
+        stopped = n > 0 || (n < 0 && errno != EINTR)
+        return nil
+    }
+}
+
+/// The soft RLIMIT_NOFILE raised to the hard limit, so many runs at once (each holds a few for its
+/// pipes and pidfd, and two for each connection its egress proxy relays) or the service's idle
+/// clients do not exhaust the process's descriptors. Workers get
+/// their profile's own limit (`limits.rlimits.nofile`), so this does not reach them.
+public enum DescriptorLimit {
+    /// The soft limit in force after raising it.
+    public static func raise() -> UInt64 {
+        var limit = rlimit()
+        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 0 }
+        if limit.rlim_cur < limit.rlim_max {
+            var raised = limit
+            raised.rlim_cur = limit.rlim_max
+            if setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &raised) == 0 { return UInt64(raised.rlim_cur) }
+        }
+        return UInt64(limit.rlim_cur)
+    }
+}
+
 /// The run's result filesystem: a tmpfs bounded in bytes and inodes, owned by the worker's host
 /// ids, never mounted on the host (a detached mount the worker's init attaches at /result).
 public enum ResultFilesystem {

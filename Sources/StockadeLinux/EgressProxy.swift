@@ -173,8 +173,11 @@ public final class EgressProxy: Sendable {
             if n < 0 && errno == EINTR { continue }
             if n < 0 || fds[1].revents != 0 { return }
             guard fds[0].revents & Int16(POLLIN) != 0 else { continue }
-            let client = stk_accept_cloexec(listener)
-            if client < 0 { continue }
+            var stopped = false
+            guard let client = WorkerListener.accept(listener, stopEvent: stopEvent, stopped: &stopped) else {
+                if stopped { return }
+                continue
+            }
             enum Admission { case stopped, overLimit(first: Bool, number: Int), busy(Int), admitted(Int) }
             let admission = state.withLock { s -> Admission in
                 if s.stopped { return .stopped }
@@ -427,6 +430,10 @@ public final class EgressProxy: Sendable {
                 return true
             case .notTLS, .malformed:
                 event.reason = "bad-tls"
+                return false
+            case .encryptedServerName:
+                // The name in the clear is the front end's; the one served is sealed (fail closed).
+                event.reason = "ech"
                 return false
             case .serverName(let name):
                 guard EgressHost.parse(name) == EgressHost.parse(host) else {

@@ -159,8 +159,11 @@ public final class PortForwarder: Sendable {
             if n < 0 && errno == EINTR { continue }
             if n < 0 || fds[1].revents != 0 { return }
             guard fds[0].revents & Int16(POLLIN) != 0 else { continue }
-            let client = stk_accept_cloexec(listener)
-            if client < 0 { continue }
+            var stopped = false
+            guard let client = WorkerListener.accept(listener, stopEvent: stopEvent, stopped: &stopped) else {
+                if stopped { return }
+                continue
+            }
             let admitted = state.withLock { s -> Bool in
                 guard !s.stopped, s.active < PortForwarder.maxConnections else { return false }
                 s.active += 1

@@ -168,7 +168,9 @@ public struct ProxyRequest: Sendable, Equatable {
                             "forwarded", "x-forwarded-host", "x-forwarded-server", "x-host", "x-original-url", "x-rewrite-url",
                             "transfer-encoding"]
         var out = Array("\(method) \(path) \(String(decoding: parts[2], as: UTF8.self))\r\nHost: \(authorityText)\r\n".utf8)
-        for (name, line) in zip(headers.map(\.0), lines.dropFirst()) where !dropped.contains(name) {
+        // Compared with `_` read as `-`: an upstream that reads headers as CGI variables takes
+        // `X_Forwarded_Host` for `X-Forwarded-Host`.
+        for (name, line) in zip(headers.map(\.0), lines.dropFirst()) where !dropped.contains(name.contains("_") ? String(name.map { $0 == "_" ? "-" : $0 }) : name) {
             out += line
             out += [13, 10]
         }
@@ -223,6 +225,9 @@ public struct ProxyRequest: Sendable, Equatable {
         /// A ClientHello without a server name.
         case noServerName
         case serverName(String)
+        /// A ClientHello carrying an encrypted one (ECH, or the draft ESNI): the name the server will
+        /// serve is not the one in the clear, so it cannot be checked.
+        case encryptedServerName
     }
 
     /// The largest first record read: a TLS record holds at most 16 KiB plus its header.
@@ -251,14 +256,23 @@ public struct ProxyRequest: Sendable, Equatable {
         }
         guard let extensionsLength = number(2) else { return .noServerName }
         let end = min(r.endIndex, i + extensionsLength)
+        var serverName: String?
+        var encrypted = false
+        // Every extension is read: an encrypted name may come after the one in the clear.
         while i + 4 <= end {
             guard let type = number(2), let size = number(2), i + size <= end else { return .malformed }
-            guard type == 0 else { i += size; continue }
-            guard let listLength = number(2), listLength + 2 == size, take(1) == [0], let nameLength = number(2),
-                  let name = take(nameLength), nameLength > 0 else { return .malformed }
-            return .serverName(String(decoding: name, as: UTF8.self))
+            let next = i + size
+            defer { i = next }
+            // encrypted_client_hello (RFC 9849, 0xfe0d) and the draft ESNI (0xffce).
+            if type == 0xFE0D || type == 0xFFCE { encrypted = true }
+            guard type == 0 else { continue }
+            // One server_name extension (RFC 8446 4.2 allows no second), one name in it.
+            guard serverName == nil, let listLength = number(2), listLength + 2 == size, take(1) == [0],
+                  let nameLength = number(2), let name = take(nameLength), nameLength > 0 else { return .malformed }
+            serverName = String(decoding: name, as: UTF8.self)
         }
-        return .noServerName
+        if encrypted { return .encryptedServerName }
+        return serverName.map { .serverName($0) } ?? .noServerName
     }
 
     /// A plain-text refusal the worker's client shows its user.

@@ -210,8 +210,9 @@ public struct EgressPolicy: Sendable, Equatable {
             return ("denied-by-rule", rule.description)
         }
         if let kind = IPAddress.specialKind(address) {
-            // Link-local holds the cloud metadata services: never reachable, allowPrivate or not.
-            return kind == "link-local" || !egress.allowPrivate ? ("\(kind)-address", nil) : nil
+            // Link-local holds most clouds' metadata services, `metadata` the others: never reachable,
+            // allowPrivate or not.
+            return kind == "link-local" || kind == "metadata" || !egress.allowPrivate ? ("\(kind)-address", nil) : nil
         }
         // The address or the IPv4 address it carries (mapped, NAT64, 6to4: a translator here would
         // take it there) is one of the host's.
@@ -324,6 +325,11 @@ public enum IPAddress {
     /// addresses are judged as their IPv4 address.
     public static func specialKind(_ a: [UInt8]) -> String? {
         if a.count == 16 {
+            // Cloud metadata and platform services outside link-local: AWS's IPv6 instance metadata,
+            // DNS and time (fd00:ec2::/32), GCP's (fd20:ce::254), OCI's (fd00:c1::a9fe:a9fe).
+            if a[0..<4].elementsEqual([0xFD, 0x00, 0x0E, 0xC2]) { return "metadata" }
+            if a == [0xFD, 0x20, 0, 0xCE] + [UInt8](repeating: 0, count: 10) + [0x02, 0x54] { return "metadata" }
+            if a == [0xFD, 0, 0, 0xC1] + [UInt8](repeating: 0, count: 8) + [0xA9, 0xFE, 0xA9, 0xFE] { return "metadata" }
             if a[0..<15].allSatisfy({ $0 == 0 }) && a[15] <= 1 { return a[15] == 1 ? "loopback" : "unspecified" }  // ::1, ::
             if a[0] == 0x00 && a[1] == 0x64 && a[2] == 0xFF && a[3] == 0x9B && a[4] == 0 && a[5] == 0x01 {
                 // 64:ff9b:1::/48 (local-use NAT64): private, or what the IPv4 address in its last
@@ -341,6 +347,9 @@ public enum IPAddress {
             return nil
         }
         guard a.count == 4 else { return "unspecified" }
+        // Outside 169.254/16: Azure's WireServer (public, routed to every Azure VM) and Alibaba
+        // Cloud's metadata service (in CGNAT space).
+        if a == [168, 63, 129, 16] || a == [100, 100, 100, 200] { return "metadata" }
         switch (a[0], a[1]) {
         case (0, _): return "unspecified"
         case (127, _): return "loopback"

@@ -213,20 +213,3 @@ final class RequestPartWatch: ChannelDuplexHandler, RemovableChannelHandler {
         context.write(data, promise: promise)
     }
 }
-
-/// The soft RLIMIT_NOFILE raised to the hard limit, so many idle clients exhaust neither the
-/// service's descriptors nor its runs' (each run needs a few for its pipes and pidfd). Workers get
-/// their profile's own limit (`limits.rlimits.nofile`), so this does not reach them.
-enum DescriptorLimit {
-    /// The soft limit in force after raising it.
-    static func raise() -> UInt64 {
-        var limit = rlimit()
-        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 0 }
-        if limit.rlim_cur < limit.rlim_max {
-            var raised = limit
-            raised.rlim_cur = limit.rlim_max
-            if setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &raised) == 0 { return UInt64(raised.rlim_cur) }
-        }
-        return UInt64(limit.rlim_cur)
-    }
-}

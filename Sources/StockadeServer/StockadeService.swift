@@ -6,6 +6,7 @@ import Logging
 import NIOCore
 import ServiceLifecycle
 import StockadeAudit
+import StockadeLinux
 import StockadeStore
 import StockadeSupervisor
 import StockadeTokens

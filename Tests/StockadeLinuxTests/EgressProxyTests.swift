@@ -181,7 +181,8 @@ struct EgressProxyTests {
     @Test("plain HTTP: the absolute URI is rewritten to origin form with the checked Host and Connection: close", .timeLimit(.minutes(1)))
     func plainHTTP() throws {
         let head = "GET http://Allowed.test:8080/p?q=1 HTTP/1.1\r\nHost: evil.test\r\nProxy-Connection: keep-alive\r\nAccept: */*\r\n"
-            + "Forwarded: host=evil.test\r\nX-Forwarded-Host: evil.test\r\nX-Original-URL: http://evil.test/\r\n\r\n"
+            + "Forwarded: host=evil.test\r\nX-Forwarded-Host: evil.test\r\nX-Original-URL: http://evil.test/\r\n"
+            + "X_Forwarded_Host: evil.test\r\nx_original_url: /admin\r\nProxy_Authorization: Basic x\r\n\r\n"
         let parsed = try ProxyRequest.parseHTTP(ArraySlice(Array(head.utf8))).get()
         #expect(parsed.kind == .http && parsed.host == "Allowed.test" && parsed.port == 8080)
         #expect(String(decoding: parsed.upstreamHead, as: UTF8.self)
@@ -284,7 +285,8 @@ extension EgressProxyTests {
         let alert: [UInt8] = [0x15, 3, 3, 0, 2, 1, 0x5A]
         for (bytes, reason) in [(alert + ClientHelloTests.hello("evil.test"), "bad-tls"),
                                 (Array("GET / HTTP/1.1\r\nHost: evil.test\r\n\r\n".utf8), "bad-tls"),
-                                (ClientHelloTests.hello("evil.test"), "sni-mismatch")] {
+                                (ClientHelloTests.hello("evil.test"), "sni-mismatch"),
+                                (ClientHelloTests.hello("tls.test", extra: ClientHelloTests.ech), "ech")] {
             let answer = try Self.exchange(proxy.port, connect + bytes)
             #expect(answer == established, "\(reason): nothing of the upstream's may come back: \(answer)")
         }
@@ -293,7 +295,7 @@ extension EgressProxyTests {
         #expect(ok == established + "upstream bytes", "\(ok)")
         proxy.stop()
         let events = recorder.events.withLock { $0 }
-        #expect(events.prefix(3).map(\.reason) == ["bad-tls", "bad-tls", "sni-mismatch"] && events.map(\.allowed) == [false, false, false, true],
+        #expect(events.prefix(4).map(\.reason) == ["bad-tls", "bad-tls", "sni-mismatch", "ech"] && events.map(\.allowed) == [false, false, false, false, true],
                 "\(events.map(\.reason))")
         #expect(events[2].serverName == "evil.test" && events[2].host == "tls.test", "the refusal names what was asked for")
     }
@@ -344,7 +346,7 @@ extension EgressProxyTests {
 @Suite("TLS ClientHello server names")
 struct ClientHelloTests {
     /// A minimal ClientHello record naming `name` (or none), as clients build them.
-    static func hello(_ name: String?) -> [UInt8] {
+    static func hello(_ name: String?, extra: [UInt8] = []) -> [UInt8] {
         var extensions: [UInt8] = []
         if let name {
             let n = Array(name.utf8)
@@ -352,7 +354,7 @@ struct ClientHelloTests {
             let list = [UInt8(entry.count >> 8), UInt8(entry.count & 0xFF)] + entry
             extensions += [0, 0, UInt8(list.count >> 8), UInt8(list.count & 0xFF)] + list
         }
-        extensions = [0x00, 0x17, 0, 0] + extensions  // extended_master_secret first: the parser must skip it
+        extensions = [0x00, 0x17, 0, 0] + extensions + extra  // extended_master_secret first: the parser must skip it
         var body: [UInt8] = [3, 3] + [UInt8](repeating: 7, count: 32) + [0] + [0, 2, 0x13, 0x01] + [1, 0]
         body += [UInt8(extensions.count >> 8), UInt8(extensions.count & 0xFF)] + extensions
         let handshake: [UInt8] = [1, 0, UInt8(body.count >> 8), UInt8(body.count & 0xFF)] + body
@@ -373,6 +375,23 @@ struct ClientHelloTests {
         var lying = record
         lying[lying.count - 13] = 0xFF  // the name's length runs past the extension
         #expect(ProxyRequest.clientHello(lying) == .malformed)
+    }
+
+    /// An encrypted_client_hello extension (type `type`) with a few opaque bytes.
+    static let ech: [UInt8] = [0xFE, 0x0D, 0, 4, 0, 0, 1, 0x55]
+
+    @Test("a hello carrying an encrypted server name (ECH, draft ESNI) is told apart, after the name in the clear or before it; a second name is malformed")
+    func encryptedServerName() {
+        #expect(ProxyRequest.clientHello(Self.hello("allowed.test", extra: Self.ech)) == .encryptedServerName)
+        #expect(ProxyRequest.clientHello(Self.hello(nil, extra: Self.ech)) == .encryptedServerName)
+        #expect(ProxyRequest.clientHello(Self.hello("allowed.test", extra: [0xFF, 0xCE, 0, 1, 0])) == .encryptedServerName)
+        // Other extensions after the name change nothing (the control).
+        #expect(ProxyRequest.clientHello(Self.hello("allowed.test", extra: [0x00, 0x2B, 0, 3, 2, 3, 4])) == .serverName("allowed.test"))
+        // The other hello's server_name extension: after the record and handshake headers (9 bytes), the
+        // version, random, session, suites and compression (41), the extensions' length (2) and the first one (4).
+        let offset = 56
+        let second = Array(Self.hello("other.test")[offset...])
+        #expect(ProxyRequest.clientHello(Self.hello("allowed.test", extra: second)) == .malformed)
     }
 }
 
@@ -798,5 +817,57 @@ extension EgressProxyTests {
                 "\(outcome.refused)")
         #expect(outcome.allowed.hasSuffix("host service"), "allowPrivate admits it: \(outcome.allowed)")
         #expect(outcome.reasons == ["local-address", "ok", "local-address HTTP/1.1 403"], "\(outcome.reasons)")
+    }
+
+    @Test("out of descriptors, the accept loop waits instead of spinning on a core, and serves the queued connection once it can",
+          .timeLimit(.minutes(1)))
+    func outOfDescriptors() throws {
+        let recorder = Recorder()
+        let proxy = try Self.start(allow: ["allowed.test"], recorder: recorder)
+        defer { proxy.stop() }
+        // The client's socket is made before the limit is lowered; connecting needs no new descriptor.
+        let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        try #require(client >= 0)
+        defer { close(client) }
+        var tv = timeval(tv_sec: 20, tv_usec: 0)
+        setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        // The lowest free descriptor number as the soft limit: nothing more can be opened.
+        let lowest = dup(0)
+        try #require(lowest >= 0)
+        close(lowest)
+        let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+        var saved = rlimit()
+        try #require(getrlimit(resource, &saved) == 0)
+        var lowered = saved
+        lowered.rlim_cur = rlim_t(lowest)
+        var before = rusage(), after = rusage()
+        try #require(setrlimit(resource, &lowered) == 0)
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_port = proxy.port.bigEndian
+        a.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+        let connected = withUnsafePointer(to: &a) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(client, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        let refused = dup(0)  // the control: this process can open no descriptor now
+        getrusage(RUSAGE_SELF.rawValue, &before)
+        usleep(600_000)
+        getrusage(RUSAGE_SELF.rawValue, &after)
+        var restored = saved
+        let put = setrlimit(resource, &restored)
+        try #require(put == 0 && connected == 0)
+        #expect(refused < 0 && errno == EMFILE)
+        func seconds(_ r: rusage) -> Double {
+            Double(r.ru_utime.tv_sec + r.ru_stime.tv_sec) + Double(r.ru_utime.tv_usec + r.ru_stime.tv_usec) / 1e6
+        }
+        // A loop that retried at once would take the whole 0.6 s of one core.
+        let used = seconds(after) - seconds(before)
+        #expect(used < 0.2, "the process used \(used) s of CPU in 0.6 s while accept failed with EMFILE")
+        // Once descriptors can be opened again, the queued connection is taken and answered.
+        let request = Array("CONNECT denied.test:443 HTTP/1.1\r\n\r\n".utf8)
+        _ = request.withUnsafeBytes { send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        var answer = [UInt8](repeating: 0, count: 512)
+        let got = recv(client, &answer, answer.count, 0)
+        #expect(got > 0 && String(decoding: answer[..<max(got, 0)], as: UTF8.self).hasPrefix("HTTP/1.1 403"))
     }
 }

@@ -70,6 +70,11 @@ struct EgressPolicyTests {
         #expect(open.refusal(for: [127, 0, 0, 1], port: 80) == nil)
         // Metadata stays out of reach even with allowPrivate.
         #expect(open.refusal(for: [169, 254, 169, 254], port: 80)?.reason == "link-local-address")
+        // So do those outside link-local (Azure's WireServer, Alibaba's, AWS's IPv6 one).
+        #expect(open.refusal(for: [168, 63, 129, 16], port: 80)?.reason == "metadata-address")
+        #expect(open.refusal(for: [100, 100, 100, 200], port: 80)?.reason == "metadata-address")
+        #expect(open.refusal(for: try #require(IPAddress.parse("fd00:ec2::254")), port: 80)?.reason == "metadata-address")
+        #expect(p.refusal(for: [168, 63, 129, 16], port: 80)?.reason == "metadata-address")
     }
 
     @Test("a deny rule naming an address refuses a name that resolves to it, in its IPv4-mapped form too, on the rule's ports")
@@ -122,13 +127,16 @@ struct EgressPolicyTests {
         ("192.0.2.1", "reserved"), ("198.18.0.1", "reserved"), ("198.19.255.255", "reserved"), ("198.51.100.7", "reserved"),
         ("203.0.113.9", "reserved"), ("::ffff:0:7f00:1", "loopback"), ("::ffff:0:a9fe:a9fe", "link-local"),
         ("64:ff9b:1::808:808", "private"), ("64:ff9b:1::a9fe:a9fe", "link-local"), ("100::1", "reserved"), ("2001:0:4136:e378::1", "reserved"), ("2001:db8::1", "reserved"),
+        ("168.63.129.16", "metadata"), ("::ffff:168.63.129.16", "metadata"), ("64:ff9b::a83f:8110", "metadata"), ("2002:a83f:8110::1", "metadata"),
+        ("100.100.100.200", "metadata"), ("fd00:ec2::254", "metadata"), ("fd00:ec2::23", "metadata"), ("fd20:ce::254", "metadata"),
+        ("fd00:c1::a9fe:a9fe", "metadata"), ("fd20:ce::253", "private"), ("100.100.100.201", "cgnat"),
     ])
     func special(_ address: String, _ kind: String) throws {
         let bytes = try #require(IPAddress.parse(address), "\(address)")
         #expect(IPAddress.specialKind(bytes) == kind, "\(address)")
     }
 
-    @Test("public addresses pass the check", arguments: ["151.101.0.223", "172.32.0.1", "100.128.0.1", "2a04:4e42::223", "198.17.255.1", "198.20.0.1", "203.0.114.1", "2606:4700::1111"])
+    @Test("public addresses pass the check", arguments: ["168.63.129.17", "168.63.128.16", "151.101.0.223", "172.32.0.1", "100.128.0.1", "2a04:4e42::223", "198.17.255.1", "198.20.0.1", "203.0.114.1", "2606:4700::1111"])
     func publicAddresses(_ address: String) throws {
         let bytes = try #require(IPAddress.parse(address))
         #expect(IPAddress.specialKind(bytes) == nil, "\(address)")
