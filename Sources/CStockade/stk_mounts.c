@@ -78,8 +78,19 @@ static int stk_set(int fs, const char *key, const char *value) {
     return (int)syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, key, value, 0);
 }
 
+/* `path` opened O_PATH without following any link on the way (RESOLVE_NO_SYMLINKS): for a path
+   that was resolved (realpath) when it was checked, a link met now was put there since. */
+static int stk_open_unlinked(const char *path) {
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = O_PATH | O_CLOEXEC;
+    how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    return (int)syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof how);
+}
+
 struct stk_layer_job {
     const char *lower, *anchor, *tmpfs_options;
+    uint64_t device, inode;
     uint32_t uid, gid;
     int userns_fd;
     int overlay_fd, layer_fd, error;
@@ -107,8 +118,22 @@ static void *stk_layer_thread(void *arg) {
     if (fchownat(job->layer_fd, "data", job->uid, job->gid, AT_SYMLINK_NOFOLLOW) < 0) goto fail;
 
     job->stage = "open_tree";
-    tree = (int)syscall(SYS_open_tree, AT_FDCWD, job->lower, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+    /* The workspace was resolved (realpath) and its owner read from this same object by the
+       caller: no link is followed now, and the tree must be the file the owner came from. */
+    int at = stk_open_unlinked(job->lower);
+    if (at < 0) goto fail;
+    tree = (int)syscall(SYS_open_tree, at, "", AT_EMPTY_PATH | OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+    int saved_errno = errno;
+    close(at);
+    errno = saved_errno;
     if (tree < 0) goto fail;
+    struct stat seen;
+    if (fstat(tree, &seen) < 0) goto fail;
+    if ((uint64_t)seen.st_dev != job->device || (uint64_t)seen.st_ino != job->inode) {
+        job->stage = "changed";
+        errno = ESTALE;
+        goto fail;
+    }
     struct mount_attr attr;
     memset(&attr, 0, sizeof attr);
     attr.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
@@ -162,9 +187,9 @@ static int stk_on_own_thread(void *(*body)(void *), void *job) {
     return rc;
 }
 
-int stk_workspace_overlay(const char *lower, const char *anchor, const char *tmpfs_options, uint32_t uid, uint32_t gid,
-                          int userns_fd, int *layer_fd, const char **stage) {
-    struct stk_layer_job job = {lower, anchor, tmpfs_options, uid, gid, userns_fd, -1, -1, 0, "thread"};
+int stk_workspace_overlay(const char *lower, uint64_t device, uint64_t inode, const char *anchor, const char *tmpfs_options,
+                          uint32_t uid, uint32_t gid, int userns_fd, int *layer_fd, const char **stage) {
+    struct stk_layer_job job = {lower, anchor, tmpfs_options, device, inode, uid, gid, userns_fd, -1, -1, 0, "thread"};
     int rc = stk_on_own_thread(stk_layer_thread, &job);
     if (rc != 0) {
         *stage = "thread";
@@ -477,12 +502,25 @@ int stk_tree_idmap(int tree_fd, int userns_fd) {
     return (int)syscall(SYS_mount_setattr, tree_fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr);
 }
 
-int stk_clone_tree(const char *path, uint64_t attr_set) {
-    int fd = (int)syscall(SYS_open_tree, AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+int stk_clone_tree(const char *path, uint64_t attr_set, int no_symlinks) {
+    int fd;
+    if (no_symlinks) {
+        int at = stk_open_unlinked(path);
+        if (at < 0) return -1;
+        fd = (int)syscall(SYS_open_tree, at, "", AT_EMPTY_PATH | OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+        int saved = errno;
+        close(at);
+        errno = saved;
+    } else {
+        fd = (int)syscall(SYS_open_tree, AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+    }
     if (fd < 0) return -1;
     struct mount_attr attr;
     memset(&attr, 0, sizeof attr);
     attr.attr_set = attr_set;
+    /* A clone of a shared mount is a peer of it: a mount the worker's init later attaches beneath
+       it (a nested volume) would propagate to the host's tree and stay there after the run. */
+    attr.propagation = MS_PRIVATE;
     if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) < 0) {
         int saved = errno;
         close(fd);

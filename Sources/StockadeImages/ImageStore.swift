@@ -201,7 +201,11 @@ public struct ImageStore: Sendable {
     /// `layers`: each layer's directory, bottom first.
     private func resolveUser(_ user: String?, layers: [String]) throws(ImageError) -> (UInt32?, UInt32?) {
         guard let user, !user.isEmpty else { return (nil, nil) }
-        let parts = user.split(separator: ":", maxSplits: 1).map(String.init)
+        // "user", "user:group": neither may be empty (":" or ":0" names no user; "0:" no group).
+        let parts = user.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+        guard parts.allSatisfy({ !$0.isEmpty }) else {
+            throw ImageError(.badLayout, entry: "User", "the image's User \(user.debugDescription) has an empty user or group: expected USER or USER:GROUP")
+        }
         func id(_ text: String, file: String) throws(ImageError) -> UInt32 {
             if let n = UInt32(text) { return n }
             for layer in layers.reversed() {

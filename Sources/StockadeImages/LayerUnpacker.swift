@@ -228,15 +228,21 @@ struct LayerUnpacker {
         var block: UnsafeRawPointer?
         var size = 0
         var offset: la_int64_t = 0
+        // A sparse entry's blocks come at offsets with holes between them: what is charged is how far
+        // the file reaches (its size on disk is at most that), not the bytes the archive held.
+        var reached: Int64 = 0
         while true {
             let r = archive_read_data_block(archive, &block, &size, &offset)
             if r == ARCHIVE_EOF { return }
             guard r >= ARCHIVE_WARN else {
                 throw source.error ?? ImageError(.badArchive, entry: shown, "cannot read the data of \(shown): \(Self.message(archive))")
             }
-            stats.bytes += Int64(size)
-            budget.bytes += Int64(size)
+            guard offset >= 0 else { throw ImageError(.badArchive, entry: shown, "a data block of \(shown) at a negative offset") }
             let end = Int64(offset) + Int64(size)
+            let grown = max(0, end - reached)
+            reached = max(reached, end)
+            stats.bytes += grown
+            budget.bytes += grown
             guard stats.bytes <= bounds.maxLayerBytes, end <= bounds.maxLayerBytes else {
                 throw ImageError(.overBound, entry: shown, "the layer unpacks to more than \(bounds.maxLayerBytes) bytes (stopped in \(shown))")
             }

@@ -126,7 +126,7 @@ public struct RootLayout: Sendable {
             if !volume.readOnly, let owner = workerHostIds {
                 ops.append(.bindOwned(source: volume.source, target: volume.target, isFile: isFile, owner: owner))
             } else {
-                ops.append(.bind(source: volume.source, target: volume.target, isFile: isFile, readOnly: volume.readOnly))
+                ops.append(.bind(source: volume.source, target: volume.target, isFile: isFile, readOnly: volume.readOnly, noSymlinks: true))
             }
         }
         for mount in tmpfs {
@@ -148,7 +148,7 @@ public struct RootLayout: Sendable {
         for op in mounts() {
             switch op {
             case let .mkdir(path, mode, _): points.append((path, false, mode))
-            case let .bind(_, target, isFile, _, _, _): points.append((target, isFile, 0o755))
+            case let .bind(_, target, isFile, _, _, _, _): points.append((target, isFile, 0o755))
             case let .tmpfs(target, _, mode, _, _): points.append((target, false, mode))
             case let .attach(_, target): points.append((target, false, 0o755))
             default: continue

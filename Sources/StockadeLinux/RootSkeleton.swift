@@ -97,7 +97,7 @@ public enum RootSkeleton {
                 if made[path] == nil, add(path, .symlink(pointsTo)) { continue }
             case let .file(path, contents, mode):
                 if made[path] == nil, add(path, .file(mode: mode, contents: contents)) { continue }
-            case let .bind(source, target, isFile, readOnly, noexec, devices):
+            case let .bind(source, target, isFile, readOnly, noexec, devices, _):
                 let placed = add(target, isFile ? .file(mode: 0o444, contents: []) : .directory(mode: 0o755))
                 mounted(target)
                 var st = stat()
@@ -237,7 +237,7 @@ public enum RootSkeleton {
     /// to be the file the run saw, moved there by the keeper.
     private static func mountTree(_ entry: Entry, slot: UInt32) throws(LinuxError) {
         guard case let .bind(source, _, readOnly, noexec, devices, device, inode) = entry.kind else { return }
-        let tree = stk_clone_tree(source, SpawnPlan.bindAttributes(readOnly: readOnly, noexec: noexec, devices: devices))
+        let tree = stk_clone_tree(source, SpawnPlan.bindAttributes(readOnly: readOnly, noexec: noexec, devices: devices), 0)
         guard tree >= 0 else {
             throw LinuxError(.setup, stage: .mounts, errno: errno, "cannot open \(source) to show it at \(entry.path): \(String(cString: strerror(errno)))")
         }

@@ -3,12 +3,16 @@ import Glibc
 /// One step of building the worker's root (executed in order by the child).
 public enum MountOp: Sendable, Equatable {
     case mkdir(String, mode: UInt32, owner: (uid: UInt32, gid: UInt32)? = nil)
-    /// Bind `source` (host) at `target`, recursively, with these MOUNT_ATTR_* flags.
-    case bind(source: String, target: String, isFile: Bool, readOnly: Bool, noexec: Bool = false, devices: Bool = false)
+    /// Bind `source` (host) at `target`, recursively, with these MOUNT_ATTR_* flags. `noSymlinks`: the
+    /// source was resolved when it was checked (a volume's), so no link is followed on the way to it
+    /// now: one met there was put there since, and the run fails instead of showing what it points to.
+    case bind(source: String, target: String, isFile: Bool, readOnly: Bool, noexec: Bool = false, devices: Bool = false,
+              noSymlinks: Bool = false)
     /// Bind `source` (host) at `target` writable through an idmapped mount: the owner of `source` (uid
     /// and gid, read from the cloned tree itself) is shown as host `owner` (the worker's host ids), so
     /// the worker writes there as that owner and what it creates belongs to that owner on the host.
     /// Ids other than the owner's are unmapped: the worker sees them as nobody and cannot take them.
+    /// The source is a volume's, resolved when it was checked: no link is followed on the way to it.
     case bindOwned(source: String, target: String, isFile: Bool, owner: (uid: UInt32, gid: UInt32))
     case tmpfs(target: String, sizeBytes: Int64, mode: UInt32, owner: (uid: UInt32, gid: UInt32)? = nil, noexec: Bool = false)
     case proc(target: String)

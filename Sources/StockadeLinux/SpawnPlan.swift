@@ -102,17 +102,25 @@ final class SpawnPlan {
         return array
     }
 
+    /// Why `stk_clone_tree` failed for `source` (errno as it left it).
+    private static func cloneFailure(_ source: String, _ target: String) -> LinuxError {
+        let e = errno
+        if e == ELOOP {
+            return LinuxError(.setup, stage: .mounts, errno: e,
+                              "\(source) is not shown at \(target): a symbolic link is on its path now, and there was none when the "
+                              + "volume was checked (it was replaced since, perhaps by another run writing there): nothing is bound")
+        }
+        return LinuxError(.setup, stage: .mounts, errno: e, "cannot open \(source) to show it at \(target): \(String(cString: strerror(e)))")
+    }
+
     // MOUNT_ATTR_* (linux/mount.h)
     /// A writable detached clone of `source` whose owner is shown as `owner` through an idmapped mount.
     /// The owner is read from the clone itself, not from the path, so a path swapped after the volume
     /// was checked cannot lend the worker another owner's files.
     private static func ownedTree(_ source: String, target: String, attr: UInt64,
                                   owner: (uid: UInt32, gid: UInt32)) throws(LinuxError) -> Int32 {
-        let fd = stk_clone_tree(source, attr)
-        guard fd >= 0 else {
-            throw LinuxError(.setup, stage: .mounts, errno: errno,
-                             "cannot open \(source) to show it at \(target): \(String(cString: strerror(errno)))")
-        }
+        let fd = stk_clone_tree(source, attr, 1)
+        guard fd >= 0 else { throw Self.cloneFailure(source, target) }
         var st = stat()
         guard fstat(fd, &st) == 0 else {
             let e = errno
@@ -168,14 +176,11 @@ final class SpawnPlan {
             m.target = cString(path)
             m.mode = mode
             if let owner { m.uid = Int64(owner.uid); m.gid = Int64(owner.gid) }
-        case let .bind(source, target, isFile, readOnly, noexec, devices):
+        case let .bind(source, target, isFile, readOnly, noexec, devices, noSymlinks):
             m.kind = Int32(STK_OP_BIND.rawValue)
             let attr = Self.bindAttributes(readOnly: readOnly, noexec: noexec, devices: devices)
-            let fd = stk_clone_tree(source, attr)
-            guard fd >= 0 else {
-                throw LinuxError(.setup, stage: .mounts, errno: errno,
-                                 "cannot open \(source) to show it at \(target): \(String(cString: strerror(errno)))")
-            }
+            let fd = stk_clone_tree(source, attr, noSymlinks ? 1 : 0)
+            guard fd >= 0 else { throw Self.cloneFailure(source, target) }
             sourceDescriptors.append(fd)
             m.fd = fd
             m.source = cString(source)

@@ -15,11 +15,18 @@ public enum WorkspaceOverlay {
     /// (see `stk_workspace_overlay`), never mounted on the host.
     public static func mount(workspace: String, anchor: String, sizeBytes: Int64, inodes: Int,
                              workerHostUid: UInt32, workerHostGid: UInt32) throws(LinuxError) -> (overlay: Int32, layer: Int32) {
+        // `workspace` was resolved (realpath) when the run was planned: no link is followed to it now,
+        // and the tree mounted must be the directory whose owner is read here (checked by device and inode).
         var st = stat()
-        guard stat(workspace, &st) == 0 else {
-            throw LinuxError(.setup, stage: .workspace, errno: errno,
-                             "cannot use --workspace \(workspace): \(String(cString: strerror(errno)))")
+        let at = stk_openat2(AT_FDCWD, workspace, UInt64(STK_O_PATH | O_CLOEXEC), 0, UInt64(STK_RESOLVE_NO_SYMLINKS | STK_RESOLVE_NO_MAGICLINKS))
+        guard at >= 0, fstat(at, &st) == 0 else {
+            let e = errno
+            if at >= 0 { close(at) }
+            let why = e == ELOOP ? "a symbolic link is on its path now, and there was none when the run was planned (it was replaced since)"
+                : String(cString: strerror(e))
+            throw LinuxError(.setup, stage: .workspace, errno: e, "cannot use --workspace \(workspace): \(why)")
         }
+        close(at)
         guard st.st_mode & S_IFMT == S_IFDIR else {
             throw LinuxError(.setup, stage: .workspace, errno: ENOTDIR, "--workspace \(workspace) is not a directory")
         }
@@ -28,14 +35,15 @@ public enum WorkspaceOverlay {
         defer { close(ns) }
         var stage: UnsafePointer<CChar>? = nil
         var layer: Int32 = -1
-        let fd = stk_workspace_overlay(workspace, anchor, "size=\(sizeBytes),nr_inodes=\(inodes),mode=0700",
+        let fd = stk_workspace_overlay(workspace, UInt64(st.st_dev), UInt64(st.st_ino), anchor, "size=\(sizeBytes),nr_inodes=\(inodes),mode=0700",
                                        workerHostUid, workerHostGid, ns, &layer, &stage)
         guard fd >= 0 else {
             let e = errno
             let step = stage.map { String(cString: $0) } ?? "overlay"
             let hint = step == "idmap" ? ": the workspace's filesystem must support idmapped mounts (Linux 5.12+; ext4, xfs, btrfs, tmpfs 6.3+)"
                 : step == "overlay" ? ": overlayfs with idmapped lower layers is required (Linux 5.19+, CONFIG_OVERLAY_FS)"
-                : step == "tmpfs" ? ": the bounded tmpfs for the workspace's changes could not be mounted" : ""
+                : step == "tmpfs" ? ": the bounded tmpfs for the workspace's changes could not be mounted"
+                : step == "changed" ? ": the directory at that path was replaced while the run was being prepared" : ""
             throw LinuxError(.setup, stage: .workspace, errno: e,
                              "cannot mount the copy-on-write workspace over \(workspace) (\(step): \(String(cString: strerror(e))))\(hint)")
         }

@@ -105,4 +105,36 @@ struct VolumeOwnerTests {
         // Read-only, the same directory works.
         #expect(try h.stockade(["run", "--json", "--volume", "\(dir):/data:ro", "--", "/bin/true"]).status == 0)
     }
+
+    @Test("a volume nested in another whose host source is a shared mount leaves no mount on the host (the control: a bind of it is its peer and does)")
+    func nestedVolumeOnSharedMountStaysInTheRun() throws {
+        let h = try Harness()
+        let outer = try directory(owner: (0, 0)), inner = try directory(owner: (0, 0)), peer = try directory(owner: (0, 0))
+        try "inner\n".write(toFile: inner + "/file", atomically: false, encoding: .utf8)
+        try FileManager.default.createDirectory(atPath: outer + "/sub", withIntermediateDirectories: false)
+        try FileManager.default.createDirectory(atPath: peer + "/sub", withIntermediateDirectories: false)
+        // In a mount namespace of its own (nothing of it reaches the test's): `outer` made a shared mount, as
+        // systemd makes `/`. The control: a tmpfs on a bind of it (its peer) shows at outer/sub. Then a run
+        // with `outer` at /x and `inner` at /x/sub, and what shows at outer/sub afterwards.
+        let script = """
+            set -e
+            mount --bind \(outer) \(outer)
+            mount --make-shared \(outer)
+            mount --bind \(outer) \(peer)
+            mount -t tmpfs control \(peer)/sub
+            echo "control: $(grep -c ' \(outer)/sub ' /proc/self/mountinfo)"
+            umount \(peer)/sub
+            umount \(peer)
+            echo "before: $(grep -c ' \(outer)/sub ' /proc/self/mountinfo || true)"
+            \(Harness.stockade) run --volume \(outer):/x:ro --volume \(inner):/x/sub:ro -- /bin/cat /x/sub/file
+            echo "after: $(grep -c ' \(outer)/sub ' /proc/self/mountinfo || true)"
+            """
+        let r = try Harness.exec("/usr/bin/unshare", ["-m", "--propagation", "private", "/bin/sh", "-c", script],
+                                 environment: ["STOCKADE_STATE_DIR": h.stateDirectory])
+        #expect(r.status == 0, "\(r.stdout) \(r.stderr)")
+        let lines = r.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.contains("control: 1"), "a bind of a shared mount is its peer: \(r.stdout) \(r.stderr)")
+        #expect(lines.contains("inner"), "the nested volume is shown in the run: \(r.stdout) \(r.stderr)")
+        #expect(lines.contains("before: 0") && lines.contains("after: 0"), "the run's nested volume reached the host's tree: \(r.stdout)")
+    }
 }

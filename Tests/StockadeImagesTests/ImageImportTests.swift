@@ -195,6 +195,46 @@ struct ImageImportTests {
         expectRefused(stacked, .badLayout, entry: "User")
     }
 
+    @Test("a config User with an empty user or group is refused naming User, not taken apart", arguments: [":", ":0", "0:", ":app"])
+    func emptyUserOrGroup(_ user: String) throws {
+        let layout = try LayoutFixture(layers: [Tar.archive([.dir("etc/"), .file("etc/passwd", "app:x:1500:1501::/:/bin/sh\n")])],
+                                       config: ["User": .string(user)])
+        expectRefused(layout, .badLayout, entry: "User")
+    }
+
+    @Test("a sparse file is charged as far as it reaches, not by the bytes the archive holds: holes cannot fill the disk past the bound")
+    func sparseFilesCharged() throws {
+        // GNU tar writes the sparse entries (maps of data regions with holes between them): two files of
+        // 6 regions of one byte, 1 MiB apart, each reaching 5 MiB + 1 byte, in an archive of ≈ 60 KiB.
+        let tree = NSTemporaryDirectory() + "stockade-sparse-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: tree) }
+        for name in ["holes", "holes2"] {
+            let fd = open(tree + "/" + name, O_CREAT | O_WRONLY, 0o644)
+            try #require(fd >= 0)
+            for i in 0..<6 { _ = pwrite(fd, "x", 1, off_t(i) << 20) }
+            close(fd)
+        }
+        let tar = Process()
+        tar.executableURL = URL(fileURLWithPath: "/bin/tar")
+        tar.arguments = ["--format=pax", "--sparse", "-C", tree, "-cf", "-", "holes", "holes2"]
+        let out = Pipe()
+        tar.standardOutput = out
+        try tar.run()
+        let bytes = Array(out.fileHandleForReading.readDataToEndOfFile())
+        tar.waitUntilExit()
+        try #require(tar.terminationStatus == 0 && bytes.count < 1 << 20, "a sparse archive: \(bytes.count) bytes")
+        // The control: within a bound it reaches, it unpacks whole, holes and all.
+        let store = freshStore()
+        let imported = try store.importLayout(try LayoutFixture(layers: [bytes]).path, name: "sparse")
+        let layer = store.layerPath(try #require(imported.record.layers.first))
+        var st = stat()
+        #expect(stat(layer + "/holes2", &st) == 0 && st.st_size == (5 << 20) + 1)
+        // Under a bound of 8 MiB a layer, the second file is refused, though the layer's data is 12 bytes and
+        // each file alone stays within the bound.
+        expectRefused(try LayoutFixture(layers: [bytes]), .overBound, entry: "holes2", store: freshStore { $0.maxLayerBytes = 8 << 20 })
+    }
+
     @Test("a FIFO where index.json or a blob should be is refused at once, not waited on", .timeLimit(.minutes(1)))
     func fifoRefused() throws {
         let layout = try LayoutFixture(layers: [Tar.archive([.file("a", "x")])])

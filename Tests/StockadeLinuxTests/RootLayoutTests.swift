@@ -17,7 +17,7 @@ struct RootLayoutTests {
             var st = stat()
             guard lstat(dir, &st) == 0 else { continue }
             let asSymlink = ops.contains { if case .symlink(dir, _) = $0 { return true } else { return false } }
-            let asBind = ops.contains { if case .bind(_, dir, _, true, _, _) = $0 { return true } else { return false } }
+            let asBind = ops.contains { if case .bind(_, dir, _, true, _, _, _) = $0 { return true } else { return false } }
             #expect(st.st_mode & S_IFMT == S_IFLNK ? asSymlink : asBind, "\(dir)")
         }
     }
@@ -27,7 +27,7 @@ struct RootLayoutTests {
         let allowed: Set = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/ld.so.cache",
                             "/etc/localtime", "/etc/alternatives", "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"]
         for op in layout().mounts() {
-            guard case let .bind(source, target, _, readOnly, _, devices) = op else { continue }
+            guard case let .bind(source, target, _, readOnly, _, devices, _) = op else { continue }
             #expect(allowed.contains(source), "unexpected host path \(source)")
             #expect(readOnly || target.hasPrefix("/dev/"), "\(target) is writable")
             #expect(devices == target.hasPrefix("/dev/"), "\(target) device access")
@@ -47,7 +47,7 @@ struct RootLayoutTests {
         image.fromImage = true
         let imageOps = image.mounts()
         let devSeal = imageOps.firstIndex(of: .readOnly(target: "/dev"))
-        let lastDevNode = imageOps.lastIndex { if case .bind(_, let t, _, _, _, _) = $0 { return t.hasPrefix("/dev/") } else { return false } }
+        let lastDevNode = imageOps.lastIndex { if case .bind(_, let t, _, _, _, _, _) = $0 { return t.hasPrefix("/dev/") } else { return false } }
         #expect(imageOps.contains { if case .tmpfs("/dev", _, _, _, true) = $0 { return true } else { return false } })
         #expect(devSeal != nil && lastDevNode != nil && devSeal! > lastDevNode!)
         #expect(ops.contains { if case .tmpfs("/tmp", 64 << 20, 0o1777, _, _) = $0 { return true } else { return false } })
@@ -78,7 +78,7 @@ struct RootLayoutTests {
         let ops = l.mounts()
         let mkdirs = ops.compactMap { if case .mkdir(let p, _, _) = $0 { return p } else { return nil } }
         #expect(mkdirs.contains("/data") && mkdirs.contains("/data/deep"))
-        #expect(ops.last == .bind(source: "/usr/share", target: "/data/deep/share", isFile: false, readOnly: true))
+        #expect(ops.last == .bind(source: "/usr/share", target: "/data/deep/share", isFile: false, readOnly: true, noSymlinks: true))
     }
 
     @Test("with the worker's host ids known, an rw volume is an idmapped bind to them and an ro one a plain read-only bind")
@@ -88,8 +88,8 @@ struct RootLayoutTests {
         l.workerHostIds = (uid: 1_000_066_536, gid: 1_000_066_537)
         let ops = l.mounts()
         #expect(ops.contains(.bindOwned(source: "/srv/rw", target: "/rw", isFile: false, owner: (uid: 1_000_066_536, gid: 1_000_066_537))))
-        #expect(ops.contains(.bind(source: "/srv/ro", target: "/ro", isFile: false, readOnly: true)))
-        #expect(!ops.contains { if case .bind(_, "/rw", _, _, _, _) = $0 { return true } else { return false } })
+        #expect(ops.contains(.bind(source: "/srv/ro", target: "/ro", isFile: false, readOnly: true, noSymlinks: true)))
+        #expect(!ops.contains { if case .bind(_, "/rw", _, _, _, _, _) = $0 { return true } else { return false } })
     }
 }
 
@@ -98,7 +98,7 @@ extension MountOp {
     var targetPath: String {
         switch self {
         case let .mkdir(path, _, _): path
-        case let .bind(_, target, _, _, _, _), let .bindOwned(_, target, _, _), let .tmpfs(target, _, _, _, _),
+        case let .bind(_, target, _, _, _, _, _), let .bindOwned(_, target, _, _), let .tmpfs(target, _, _, _, _),
              let .proc(target), let .symlink(target, _), let .file(target, _, _), let .attach(_, target),
              let .readOnly(target), let .mask(target), let .readOnlyInPlace(target): target
         }
@@ -180,5 +180,32 @@ struct ExecCandidateTests {
         #expect(spec.execCandidates() == ["./x"])
         spec.argv = []
         #expect(spec.execCandidates().isEmpty)
+    }
+
+    @Test("a volume's clone follows no link on its path (one there now was put there after the check); other binds still do",
+          .enabled(if: getuid() == 0, "open_tree needs CAP_SYS_ADMIN"))
+    func volumeClonesFollowNoLinks() throws {
+        var template = Array("/tmp/stockade-clone-XXXXXX".utf8CString)
+        let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
+        let dir = try #require(made.map { String(cString: $0) })
+        defer { for path in [dir + "/link", dir + "/real/sub", dir + "/real", dir] { _ = Glibc.remove(path) } }
+        try #require(mkdir(dir + "/real", 0o755) == 0 && mkdir(dir + "/real/sub", 0o755) == 0 && symlink("real", dir + "/link") == 0)
+        let attr = SpawnPlan.bindAttributes(readOnly: true, noexec: false, devices: false)
+        for path in [dir + "/link", dir + "/link/sub"] {
+            let followed = stk_clone_tree(path, attr, 0)
+            #expect(followed >= 0, "the control: a system bind follows the link (\(path))")
+            if followed >= 0 { close(followed) }
+            let refused = stk_clone_tree(path, attr, 1)
+            let e = errno
+            #expect(refused < 0 && e == ELOOP, "\(path): \(refused), errno \(e)")
+            if refused >= 0 { close(refused) }
+        }
+        let exact = stk_clone_tree(dir + "/real/sub", attr, 1)
+        #expect(exact >= 0, "a path without links is cloned")
+        if exact >= 0 { close(exact) }
+        // A volume's steps ask for it, read-only and writable alike.
+        var l = RootLayout(uid: 1000, gid: 1000, hostname: "stockade", tmpBytes: 64 << 20, workspace: .empty(sizeBytes: 1 << 20), resultBytes: 1 << 20)
+        l.volumes = [RootLayout.Volume(source: dir + "/real", target: "/ro", readOnly: true)]
+        #expect(l.mountSteps().steps.contains(.bind(source: dir + "/real", target: "/ro", isFile: false, readOnly: true, noSymlinks: true)))
     }
 }

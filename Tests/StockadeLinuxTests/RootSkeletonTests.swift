@@ -40,9 +40,9 @@ struct RootSkeletonTests {
         #expect(moved.contains("/usr") && moved.contains("/dev/null") && !moved.contains("/sandbox/request") && !moved.contains("/data"))
         #expect(moved.isSubset(of: l.sharedBindTargets))
         #expect(split.steps.filter(isMount) == steps.filter(isMount).filter { step in
-            if case let .bind(_, target, _, _, _, _) = step { return !moved.contains(target) } else { return true }
+            if case let .bind(_, target, _, _, _, _, _) = step { return !moved.contains(target) } else { return true }
         }, "the same mounts, in the same order")
-        for case let .bind(source, target, isFile, readOnly, noexec, devices) in steps where moved.contains(target) {
+        for case let .bind(source, target, isFile, readOnly, noexec, devices, _) in steps where moved.contains(target) {
             var st = stat()
             #expect(stat(source, &st) == 0)
             #expect(split.entries.contains(.init(path: target, kind: .bind(source: source, isFile: isFile, readOnly: readOnly, noexec: noexec, devices: devices,
@@ -68,7 +68,7 @@ struct RootSkeletonTests {
             #expect(path(step)?.hasPrefix("/data/") == true || path(step) == "/tmp", "\(step) stayed a step")
         }
         // A mount point for each mount that is not beneath another; each entry's parent comes first.
-        for case let .bind(_, target, isFile, _, _, _) in steps where !target.hasPrefix("/data/") && !target.hasPrefix("/tmp/") {
+        for case let .bind(_, target, isFile, _, _, _, _) in steps where !target.hasPrefix("/data/") && !target.hasPrefix("/tmp/") {
             if isFile { #expect(entries[target] == .file(mode: 0o444, contents: []), "\(target)") } else { #expect(entries[target] == .directory(mode: 0o755), "\(target)") }
         }
         for target in ["/proc", "/tmp", "/workspace", "/sandbox/request", "/sandbox/result", "/dev/shm", "/data", "/cache", "/opt/tools/y"] {
@@ -99,7 +99,7 @@ struct RootSkeletonTests {
         let split = RootSkeleton.split(steps, fresh: fresh)
         func index(_ match: (MountOp) -> Bool) -> Int? { split.steps.firstIndex(where: match) }
         let bindX = try #require(index { if case .bindOwned(_, "/x", _, _) = $0 { true } else { false } })
-        let bindZ = try #require(index { if case .bind(_, "/x/y/z", _, _, _, _) = $0 { true } else { false } })
+        let bindZ = try #require(index { if case .bind(_, "/x/y/z", _, _, _, _, _) = $0 { true } else { false } })
         // /x/y is in the skeleton (for the first volume), and made again inside the volume at /x
         // before /x/y/z is mounted there.
         #expect(split.entries.contains(.init(path: "/x/y", kind: .directory(mode: 0o755))))
@@ -123,7 +123,7 @@ struct RootSkeletonTests {
         let split = RootSkeleton.split(steps, fresh: fresh)
         #expect(split.entries.contains(.init(path: "/bin", kind: .symlink("usr/bin"))))
         #expect(!split.entries.contains { $0.path.hasPrefix("/bin/") || $0.path.contains("..") })
-        #expect(split.steps[split.fresh...].contains { if case .bind(_, "/bin/tool", _, _, _, _) = $0 { return true } else { return false } })
+        #expect(split.steps[split.fresh...].contains { if case .bind(_, "/bin/tool", _, _, _, _, _) = $0 { return true } else { return false } })
         for bad in ["/srv/../etc", "/a//b", "/a/", "/", "", "a/b", "/./a", "/a/.", "/a/..", "/.."] { #expect(!RootSkeleton.isPlain(bad), "\(bad)") }
         for good in ["/a/b", "/a", "/.a", "/a../b", "/...", "/a/.b."] { #expect(RootSkeleton.isPlain(good), "\(good)") }
     }
@@ -230,7 +230,7 @@ struct RootSkeletonTests {
             return String(decoding: buffer.prefix(max(n, 0)), as: UTF8.self)
         }
         let first = RootSkeleton.split(l.mountSteps().steps, fresh: l.mountSteps().fresh, sharedBinds: l.sharedBindTargets)
-        #expect(!first.steps.contains { if case .bind(_, let t, _, _, _, _) = $0 { return t != "/sandbox/request" } else { return false } },
+        #expect(!first.steps.contains { if case .bind(_, let t, _, _, _, _, _) = $0 { return t != "/sandbox/request" } else { return false } },
                 "only the request's bind is left to the init: \(first.steps)")
         let a = try RootSkeleton.clone(first.entries)
         defer { close(a) }

@@ -32,9 +32,13 @@ int stk_idmap_userns(const char *uid_map, const char *gid_map);
  * Returns the detached overlay mount fd and, in `*layer_fd`, an fd of the
  * tmpfs's root (its `data/` is the upper directory to collect), or -1 with
  * errno; `*stage` names the step that failed ("namespace", "tmpfs",
- * "open_tree", "idmap", "move_mount", "overlay").
+ * "open_tree", "changed", "idmap", "move_mount", "overlay"). `lower` is opened
+ * without following links (it was resolved when checked), and its clone must
+ * be the file `device`/`inode` name, the one its owner was read from ("changed",
+ * ESTALE, otherwise).
  */
-int stk_workspace_overlay(const char *lower, const char *anchor, const char *tmpfs_options, uint32_t uid, uint32_t gid,
+int stk_workspace_overlay(const char *lower, uint64_t device, uint64_t inode, const char *anchor, const char *tmpfs_options,
+                          uint32_t uid, uint32_t gid,
                           int userns_fd, int *_Nonnull layer_fd, const char *_Nullable *_Nonnull stage);
 
 /*
@@ -63,12 +67,15 @@ int stk_tmpfs_detached(uint64_t size_bytes, uint64_t inodes, uint32_t uid, uint3
 
 /*
  * A detached recursive bind of `path` (open_tree OPEN_TREE_CLONE) with
- * MOUNT_ATTR_* `attr_set` applied to the whole tree. Made by the supervisor in
+ * MOUNT_ATTR_* `attr_set` applied to the whole tree, and private (a clone of a
+ * shared mount would be its peer: a mount attached beneath it would reach the
+ * host). `no_symlinks`: `path` was resolved when it was checked, so no link is
+ * followed on the way now (ELOOP). Made by the supervisor in
  * the initial user namespace, so the worker cannot clear those flags; the
  * child attaches it with move_mount. Returns the fd or -1 with errno.
  * Why C: no glibc wrappers for open_tree/mount_setattr.
  */
-int stk_clone_tree(const char *path, uint64_t attr_set);
+int stk_clone_tree(const char *path, uint64_t attr_set, int no_symlinks);
 
 /*
  * Seals the detached tmpfs `mount_fd` (from stk_tmpfs_detached, every file of
