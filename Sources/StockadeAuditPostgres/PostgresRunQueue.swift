@@ -73,13 +73,19 @@ public final class PostgresRunQueue: RunQueue {
         }
     }
 
+    /// Renews the lease, only while it has not run out: a node that was stalled past its lease (its
+    /// runs perhaps taken by another node's reaper meanwhile) is told so (`nodeReplaced`) instead of
+    /// renewing a lease others already count as dead, and must give up its runs.
     public func heartbeat(_ lease: NodeLease) throws(AuditError) {
         let rows = try query("""
-            UPDATE nodes SET heartbeatAt = clock_timestamp() WHERE name = $1 AND incarnation = $2 RETURNING name
+            UPDATE nodes n SET heartbeatAt = clock_timestamp()
+            WHERE n.name = $1 AND n.incarnation = $2 AND \(Self.leaseLive) RETURNING n.name
             """, [lease.name, lease.incarnation], "heartbeat node \(lease.name)")
         if rows.isEmpty {
-            throw AuditError(.nodeReplaced, path: backend.location,
-                             "node \(lease.name) was registered again by another process (or removed) after its lease ran out: this process must stop claiming; restart it")
+            throw AuditError(.nodeReplaced, path: backend.location, """
+                node \(lease.name)'s lease ran out before this heartbeat (another node may have taken its runs), or the node \
+                was registered again by another process or removed: this process gives up its runs and claims no more; restart it
+                """)
         }
     }
 

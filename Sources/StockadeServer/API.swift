@@ -45,6 +45,28 @@ struct Reply {
 struct Principal: Sendable {
     let name: String
     let record: TokenRecord
+    /// Whether the token presented is still accepted now (not revoked, not expired, the same name):
+    /// asked again by streams that outlive the call that opened them.
+    var stillValid: @Sendable () -> Bool = { true }
+}
+
+/// A stream's check of its caller's token, at most every `interval` (a read of the token store each
+/// time): a token revoked or expired while the stream is open ends it within that long.
+struct TokenRecheck: Sendable {
+    static let interval: Duration = .seconds(5)
+    let principal: Principal?
+    private var checked = ContinuousClock.now
+
+    init(_ principal: Principal?) {
+        self.principal = principal
+    }
+
+    /// False once the token is no longer accepted (checked when `interval` has passed since the last look).
+    mutating func stillValid() -> Bool {
+        guard let principal, ContinuousClock.now - checked >= Self.interval else { return true }
+        checked = .now
+        return principal.stillValid()
+    }
 }
 
 /// The `/v1` routes. Every call, answered or refused, is recorded as an `api.request` event.
@@ -255,7 +277,13 @@ final class API: Sendable {
         }
         switch result {
         case .success(let record):
-            return Principal(name: record.name, record: record)
+            let name = record.name
+            return Principal(name: name, record: record, stillValid: { [tokens, presented] in
+                // A store that cannot be read now cannot say the token still holds: the stream ends
+                // (its client resumes it by seq, and is checked afresh).
+                guard case .success(let again)? = try? tokens.authenticate(presented) else { return false }
+                return again.name == name
+            })
         case .failure(let rejection):
             failure = rejection.rawValue
             switch rejection {
@@ -582,7 +610,8 @@ final class API: Sendable {
         headers[.contentType] = "text/event-stream"
         headers[.cacheControl] = "no-store"
         let slot = try streamSlot(principal, context)
-        let stream = EventStream(audit: supervisor.audit, channel: context.channel, shutdown: shutdown, since: since, runId: run, kind: kind, logger: logger)
+        let stream = EventStream(audit: supervisor.audit, channel: context.channel, shutdown: shutdown, since: since, runId: run, kind: kind,
+                                 logger: logger, recheck: TokenRecheck(principal))
         return Reply(response: Response(status: .ok, headers: headers, body: ResponseBody { writer in
             defer { slot.release() }
             try await stream.run(&writer)
@@ -632,6 +661,7 @@ struct EventStream: Sendable {
     let runId: String?
     let kind: String?
     let logger: Logger
+    var recheck: TokenRecheck
     static let batch = 256
     static let pollMilliseconds: UInt64 = 200
     static let keepAliveSeconds = 15.0
@@ -646,9 +676,14 @@ struct EventStream: Sendable {
     func run(_ writer: inout any ResponseBodyWriter) async throws {
         var cursor = since
         var lastWrite = ContinuousClock.now
+        var recheck = self.recheck
         // A comment first: the client knows the stream is open before any event exists.
         try await write(&writer, ": stockade events after seq \(cursor)\n\n")
         while !shutdown.isSet && !Task.isCancelled {
+            guard recheck.stillValid() else {
+                try await write(&writer, ": the token is no longer accepted (revoked or expired)\n\n")
+                break
+            }
             var events: [AuditEvent] = []
             do {
                 try audit.events(runId: runId, since: cursor, kind: kind) { event in

@@ -55,7 +55,8 @@ extension API {
         }
         headers[.cacheControl] = "no-store"
         let slot = try streamSlot(principal, context)
-        let follower = LogFollower(path: path, offset: offset, channel: context.channel, shutdown: shutdown, logger: logger) { [self] in await logComplete(id) }
+        let follower = LogFollower(path: path, offset: offset, channel: context.channel, shutdown: shutdown, logger: logger,
+                                   recheck: TokenRecheck(principal)) { [self] in await logComplete(id) }
         return Reply(response: Response(status: .ok, headers: headers, body: ResponseBody { writer in
             defer { slot.release() }
             try await follower.run(&writer)
@@ -88,6 +89,7 @@ struct LogFollower: Sendable {
     let channel: any Channel
     let shutdown: ShutdownFlag
     let logger: Logger
+    let recheck: TokenRecheck
     let isComplete: @Sendable () async -> Bool
     static let chunkBytes = 64 << 10
     /// The file is polled: first after 2 ms, the wait doubling while nothing comes, up to 100 ms, and
@@ -96,7 +98,9 @@ struct LogFollower: Sendable {
     static let firstPollMilliseconds: UInt64 = 2
     static let maxPollMilliseconds: UInt64 = 100
 
-    init(path: String, offset: Int, channel: any Channel, shutdown: ShutdownFlag, logger: Logger, isComplete: @escaping @Sendable () async -> Bool) {
+    init(path: String, offset: Int, channel: any Channel, shutdown: ShutdownFlag, logger: Logger, recheck: TokenRecheck = TokenRecheck(nil),
+         isComplete: @escaping @Sendable () async -> Bool) {
+        self.recheck = recheck
         self.path = path
         self.offset = offset
         self.channel = channel
@@ -110,7 +114,9 @@ struct LogFollower: Sendable {
         // Set once the run was seen complete: the next empty read is the end of the log.
         var completeSeen = false
         var poll = Self.firstPollMilliseconds
-        while !Task.isCancelled {
+        var recheck = self.recheck
+        // A token revoked or expired meanwhile ends the stream (the client sees it short of the run's end).
+        while !Task.isCancelled && recheck.stillValid() {
             if case .bytes(let chunk) = try LogFile.read(path, from: offset, limit: Self.chunkBytes), !chunk.isEmpty {
                 try await BoundedWrite.write(&writer, ByteBuffer(bytes: chunk), channel: channel, logger: logger, what: "logs")
                 offset += chunk.count

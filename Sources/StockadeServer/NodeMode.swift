@@ -81,12 +81,13 @@ struct NodeWorker: Service {
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 while !Task.isShuttingDownGracefully && !Task.isCancelled {
-                    let beaten = heartbeat()
+                    let (beaten, lapsed) = heartbeat()
                     healthy.record(beaten)
                     if beaten, healthy.mayReap { reap() }
                     // Fencing: once two thirds of the lease have passed without a heartbeat, another
-                    // node may soon take this node's runs, so it stops them itself first.
-                    if healthy.isLost { await giveUpRuns() }
+                    // node may soon take this node's runs, so it stops them itself first; and at once
+                    // when the store says the lease ran out (this process was stalled past it).
+                    if healthy.isLost || lapsed { await giveUpRuns() }
                     try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .milliseconds(node.options.heartbeatMilliseconds)) }
                 }
             }
@@ -123,13 +124,15 @@ struct NodeWorker: Service {
     }
 
     /// False when the heartbeat failed.
-    private func heartbeat() -> Bool {
+    /// Whether the heartbeat went through, and whether the store refused it because the lease had
+    /// already run out (or another process holds the node now).
+    private func heartbeat() -> (beaten: Bool, lapsed: Bool) {
         do {
             try node.queue.heartbeat(node.lease)
-            return true
+            return (true, false)
         } catch {
             logger.error("node.heartbeat-failed", metadata: ["node": "\(node.name)", "error": "\(error)"])
-            return false
+            return (false, error.code == .nodeReplaced)
         }
     }
 

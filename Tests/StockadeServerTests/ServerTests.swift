@@ -268,6 +268,26 @@ struct ServerTests {
         #expect(server.terminate() == 0)
     }
 
+    @Test("a token revoked while its event stream is open ends that stream within seconds; another token's stays open",
+          .timeLimit(.minutes(2)))
+    func revokedTokenEndsItsStream() throws {
+        let server = try ServerHarness()
+        let leaked = try server.token("leaked", scopes: "audit:read")
+        let kept = try server.token("kept", scopes: "audit:read")
+        let revoked = try EventStreamReader(client: server.client, path: "/v1/events", token: leaked)
+        let control = try EventStreamReader(client: server.client, path: "/v1/events", token: kept)
+        #expect(try revoked.next() != nil && revoked.status == 200, "the stream is open and delivers")
+        #expect(try control.next() != nil && control.status == 200)
+        #expect(try server.stockade(["token", "revoke", "leaked"]).status == 0)
+        // Checked every 5 s: closed well before the 12 s this waits between reads (less than the 15 s
+        // between keep-alives, so a stream left open is seen as such).
+        let ended = revoked.drainUntilClosed(seconds: 12)
+        #expect(ended.closed, "the revoked token's stream is still open")
+        // The control: the token still valid keeps its stream (nothing closes it in 7 s).
+        #expect(!control.drainUntilClosed(seconds: 7).closed, "the valid token's stream was closed")
+        #expect(server.terminate() == 0)
+    }
+
     @Test("an event-stream reader that stops reading is disconnected after the stall limit, not buffered for")
     func slowReader() throws {
         let server = try ServerHarness(environment: ["STOCKADE_SERVE_STALL_SECONDS": "2"])
