@@ -208,6 +208,7 @@ struct stk_image_job {
     const char *const *layers;
     size_t layer_count;
     int userns_fd;
+    int no_symlinks;
     int overlay_fd, error;
     const char *stage;
 };
@@ -229,7 +230,18 @@ static void *stk_image_thread(void *arg) {
         char name[32];
         snprintf(name, sizeof name, "lower/%zu", i);
         job->stage = "open_tree";
-        int tree = (int)syscall(SYS_open_tree, AT_FDCWD, job->layers[i], OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+        int tree;
+        if (job->no_symlinks) {
+            /* A --rootfs directory, resolved when it was checked: no link is followed to it now. */
+            int at = stk_open_unlinked(job->layers[i]);
+            if (at < 0) goto fail;
+            tree = (int)syscall(SYS_open_tree, at, "", AT_EMPTY_PATH | OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+            int saved = errno;
+            close(at);
+            errno = saved;
+        } else {
+            tree = (int)syscall(SYS_open_tree, AT_FDCWD, job->layers[i], OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+        }
         if (tree < 0) goto fail;
         struct mount_attr attr;
         memset(&attr, 0, sizeof attr);
@@ -271,8 +283,8 @@ fail:
 }
 
 int stk_image_root(const char *anchor, int upper_fd, const char *const *layers, size_t layer_count, int userns_fd,
-                   const char **stage) {
-    struct stk_image_job job = {anchor, upper_fd, layers, layer_count, userns_fd, -1, 0, "thread"};
+                   int no_symlinks, const char **stage) {
+    struct stk_image_job job = {anchor, upper_fd, layers, layer_count, userns_fd, no_symlinks, -1, 0, "thread"};
     int rc = stk_on_own_thread(stk_image_thread, &job);
     if (rc != 0) {
         *stage = "thread";

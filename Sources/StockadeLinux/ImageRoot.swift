@@ -9,8 +9,10 @@ import StockadePolicy
 /// there before the worker starts: every mount point and the generated `/etc` files. The child
 /// attaches it as its root, mounts on top, and makes it read-only after `pivot_root`.
 public enum ImageRoot {
+    /// `resolved`: the layers are paths resolved when they were checked (a `--rootfs` directory): no
+    /// link is followed to them now, so one swapped in since fails the run (`ELOOP`).
     public static func mount(layers: [String], anchor: String, layout: RootLayout, hostIdBase: UInt32, idCount: UInt32,
-                             upperBytes: Int64 = 4 << 20) throws(LinuxError) -> Int32 {
+                             upperBytes: Int64 = 4 << 20, resolved: Bool = false) throws(LinuxError) -> Int32 {
         guard !layers.isEmpty else { throw LinuxError(.setup, stage: .image, errno: EINVAL, "the image has no layers") }
         let upper = stk_tmpfs_detached(UInt64(upperBytes), 4096, hostIdBase, hostIdBase, 0o755)
         guard upper >= 0 else {
@@ -44,13 +46,14 @@ public enum ImageRoot {
         defer { for p in paths { free(p) } }
         var stage: UnsafePointer<CChar>? = nil
         let fd = paths.map { UnsafePointer($0!) }.withUnsafeBufferPointer { buffer in
-            stk_image_root(anchor, upper, buffer.baseAddress!, buffer.count, ns, &stage)
+            stk_image_root(anchor, upper, buffer.baseAddress!, buffer.count, ns, resolved ? 1 : 0, &stage)
         }
         guard fd >= 0 else {
             let e = errno
             let step = stage.map { String(cString: $0) } ?? "overlay"
             let hint = step == "idmap" ? ": the image cache's filesystem must support idmapped mounts (Linux 5.12+; ext4, xfs, btrfs, tmpfs 6.3+)"
-                : step == "overlay" ? ": overlayfs with idmapped lower layers is required (Linux 5.19+, CONFIG_OVERLAY_FS)" : ""
+                : step == "overlay" ? ": overlayfs with idmapped lower layers is required (Linux 5.19+, CONFIG_OVERLAY_FS)"
+                : e == ELOOP && resolved ? ": a symbolic link is on the directory's path now, and there was none when the run was planned (it was replaced since)" : ""
             throw LinuxError(.setup, stage: .image, errno: e, "cannot mount the image's layers as the worker's root (\(step): \(String(cString: strerror(e))))\(hint)")
         }
         return fd

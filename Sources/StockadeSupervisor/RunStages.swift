@@ -233,7 +233,8 @@ extension Supervisor {
                 throw SetupFailure(stage: .image, errno: error.errno ?? 0, message: error.description)
             }
             do {
-                let fd = try ImageRoot.mount(layers: plan.root.layers, anchor: anchor, layout: layout, hostIdBase: ids.base, idCount: 65536)
+                let fd = try ImageRoot.mount(layers: plan.root.layers, anchor: anchor, layout: layout, hostIdBase: ids.base, idCount: 65536,
+                                             resolved: plan.root.rootfs != nil)
                 scope.own(fd)
                 rootMount = fd
             } catch {

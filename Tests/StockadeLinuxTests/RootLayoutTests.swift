@@ -208,4 +208,28 @@ struct ExecCandidateTests {
         l.volumes = [RootLayout.Volume(source: dir + "/real", target: "/ro", readOnly: true)]
         #expect(l.mountSteps().steps.contains(.bind(source: dir + "/real", target: "/ro", isFile: false, readOnly: true, noSymlinks: true)))
     }
+
+    @Test("a --rootfs directory's layer follows no link on its path when it was resolved at the check; an image's cached layers still may",
+          .enabled(if: getuid() == 0, "idmapped mounts need CAP_SYS_ADMIN"))
+    func rootfsLayerFollowsNoLinks() throws {
+        var template = Array("/tmp/stockade-rootfs-XXXXXX".utf8CString)
+        let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
+        let dir = try #require(made.map { String(cString: $0) })
+        defer { for path in [dir + "/link", dir + "/anchor", dir + "/real", dir] { _ = Glibc.remove(path) } }
+        try #require(mkdir(dir + "/real", 0o755) == 0 && mkdir(dir + "/anchor", 0o755) == 0 && symlink("real", dir + "/link") == 0)
+        let layout = RootLayout(uid: 1000, gid: 1000, hostname: "stockade", tmpBytes: 64 << 20, workspace: .empty(sizeBytes: 1 << 20), resultBytes: 1 << 20)
+        func mount(_ layer: String, resolved: Bool) -> Int32? {
+            do {
+                let fd = try ImageRoot.mount(layers: [layer], anchor: dir + "/anchor", layout: layout, hostIdBase: 3_000_000_000, idCount: 65536,
+                                             resolved: resolved)
+                close(fd)
+                return nil
+            } catch {
+                return error.errno
+            }
+        }
+        #expect(mount(dir + "/real", resolved: true) == nil, "a path without links is mounted")
+        #expect(mount(dir + "/link", resolved: false) == nil, "the control: an image's layer path may pass a link")
+        #expect(mount(dir + "/link", resolved: true) == ELOOP)
+    }
 }

@@ -49,12 +49,14 @@ int stk_workspace_overlay(const char *lower, uint64_t device, uint64_t inode, co
  * (which must also hold empty directories `lower/0` .. `lower/N-1`). Made, like
  * the workspace, on a thread of its own in a private mount namespace, with
  * `anchor` as the tmpfs's mount point there, because overlayfs before Linux
- * 6.15 refuses detached layers. Returns the detached overlay mount fd, or -1
+ * 6.15 refuses detached layers. `no_symlinks`: the layers were resolved when
+ * they were checked (a --rootfs directory), so no link is followed to them now
+ * (ELOOP). Returns the detached overlay mount fd, or -1
  * with errno and `*stage` ("namespace", "upper", "open_tree", "idmap",
  * "move_mount", "overlay").
  */
 int stk_image_root(const char *anchor, int upper_fd, const char *_Nonnull const *_Nonnull layers, size_t layer_count,
-                   int userns_fd, const char *_Nullable *_Nonnull stage);
+                   int userns_fd, int no_symlinks, const char *_Nullable *_Nonnull stage);
 
 /*
  * A detached tmpfs (fsopen/fsmount) owned by host `uid`/`gid`, bounded by
