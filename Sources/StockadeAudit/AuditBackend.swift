@@ -31,6 +31,9 @@ public protocol AuditBackend: Sendable {
     /// Diffs in id order, all of them or those in `state`.
     func diffs(state: DiffState?) throws(AuditError) -> [DiffRecord]
 
+    /// One run's diffs, in id order (only its rows are read: a receipt needs no other run's diffs).
+    func diffs(runId: String) throws(AuditError) -> [DiffRecord]
+
     /// Events matching `query`, in `seq` order.
     func events(_ query: AuditEventQuery, _ body: (AuditEvent) throws -> Void) throws
 

@@ -264,6 +264,10 @@ public final class AuditLedger<Backend: AuditBackend>: AuditStore, AuditWriteObs
         try backend.diffs(state: wanted.map { (value) throws(AuditError) in try parse(value, as: DiffState.self, "review state") })
     }
 
+    public func diffs(runId: String) throws(AuditError) -> [DiffRecord] {
+        try backend.diffs(runId: runId)
+    }
+
     public func events(runId: String?, since: Int64?, kind: String?, _ body: (AuditEvent) throws -> Void) throws {
         try backend.events(AuditEventQuery(runId: runId, since: since, kind: kind), body)
     }

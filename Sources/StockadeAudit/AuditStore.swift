@@ -55,6 +55,9 @@ public protocol AuditStore: Sendable {
     /// Diffs in id order, all of them or those in `state` (pending|accepted|rejected|conflict).
     func diffs(state: String?) throws(AuditError) -> [DiffRecord]
 
+    /// One run's diffs, in id order.
+    func diffs(runId: String) throws(AuditError) -> [DiffRecord]
+
     /// Streams events in `seq` order, filtered by run, by `seq > since`, and by kind. `body` may call
     /// back into the store: the stream reads its own snapshot.
     func events(runId: String?, since: Int64?, kind: String?, _ body: (AuditEvent) throws -> Void) throws

@@ -111,6 +111,15 @@ public final class PostgresAuditBackend: AuditBackend {
         }
     }
 
+    public func diffs(runId: String) throws(AuditError) -> [DiffRecord] {
+        try pool.withSessionTyped { (session) throws(AuditError) -> [DiffRecord] in
+            var binds = PostgresBindings()
+            binds.append(runId)
+            return try session.query("SELECT \(Self.diffColumns) FROM diffs WHERE runId = $1 ORDER BY id", binds, "list the diffs of run \(runId)")
+                .map { (row) throws(AuditError) in try Self.diffRecord(row, session) }
+        }
+    }
+
     public func events(_ query: AuditEventQuery, _ body: (AuditEvent) throws -> Void) throws {
         try snapshot { (session) throws in
             var after = query.since ?? 0

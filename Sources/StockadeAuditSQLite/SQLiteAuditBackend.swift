@@ -224,6 +224,17 @@ public final class SQLiteAuditBackend: AuditBackend {
         }
     }
 
+    public func diffs(runId: String) throws(AuditError) -> [DiffRecord] {
+        try state.withLock { (state) throws(AuditError) -> [DiffRecord] in
+            try state.db.withStatement("SELECT \(Self.diffColumns) FROM diffs WHERE runId = ?1 ORDER BY id",
+                                       [.text(runId)], "list the diffs of run \(runId)") { (s) throws(AuditError) -> [DiffRecord] in
+                var out: [DiffRecord] = []
+                while try s.step() { out.append(Self.diffRecord(s)) }
+                return out
+            }
+        }
+    }
+
     public func events(_ query: AuditEventQuery, _ body: (AuditEvent) throws -> Void) throws {
         let db = try Self.open(path: path, readOnly: true)
         try db.readTransaction {

@@ -70,7 +70,7 @@ public enum RunReceipt {
         }
         let diffs: [DiffRecord]
         do {
-            diffs = try audit.diffs(state: nil).filter { $0.runId == runId }
+            diffs = try audit.diffs(runId: runId)
         } catch {
             throw Failure(kind: .unavailable, description: "cannot read the diffs of run \(runId): \(error)")
         }

@@ -280,6 +280,12 @@ struct BackendConformanceTests {
             "review.decided", "diff.applied", "diff.recorded", "diff.rejected",
         ])
         expectIntact(try ledger.verifyChain(), events: 11)
+        // One run's diffs, and only its own.
+        try ledger.beginRun(runId: "other", profile: "p", profileDigest: "d", command: [], detail: .null)
+        let others = try ledger.recordDiff(runId: "other", content: [7], verdict: "passed", reason: nil)
+        #expect(try ledger.diffs(runId: "r").map(\.id) == [applied, conflicted, guarded])
+        #expect(try ledger.diffs(runId: "other").map { [$0.id, Int64($0.content.count)] } == [[others, 1]])
+        #expect(try ledger.diffs(runId: "nobody").isEmpty)
     }
 
     @Test("events are queried by run, after a seq and by kind, alone and together; runs come oldest first", arguments: backends)
