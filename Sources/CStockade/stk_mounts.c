@@ -79,11 +79,12 @@ static int stk_set(int fs, const char *key, const char *value) {
 }
 
 /* `path` opened O_PATH without following any link on the way (RESOLVE_NO_SYMLINKS): for a path
-   that was resolved (realpath) when it was checked, a link met now was put there since. */
-static int stk_open_unlinked(const char *path) {
+   that was resolved (realpath) when it was checked, a link met now was put there since.
+   `directory`: O_DIRECTORY too, which also mounts an automount point there (O_PATH alone does not). */
+static int stk_open_unlinked(const char *path, int directory) {
     struct open_how how;
     memset(&how, 0, sizeof how);
-    how.flags = O_PATH | O_CLOEXEC;
+    how.flags = O_PATH | O_CLOEXEC | (directory ? O_DIRECTORY : 0);
     how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
     return (int)syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof how);
 }
@@ -120,7 +121,7 @@ static void *stk_layer_thread(void *arg) {
     job->stage = "open_tree";
     /* The workspace was resolved (realpath) and its owner read from this same object by the
        caller: no link is followed now, and the tree must be the file the owner came from. */
-    int at = stk_open_unlinked(job->lower);
+    int at = stk_open_unlinked(job->lower, 1);
     if (at < 0) goto fail;
     tree = (int)syscall(SYS_open_tree, at, "", AT_EMPTY_PATH | OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
     int saved_errno = errno;
@@ -233,7 +234,7 @@ static void *stk_image_thread(void *arg) {
         int tree;
         if (job->no_symlinks) {
             /* A --rootfs directory, resolved when it was checked: no link is followed to it now. */
-            int at = stk_open_unlinked(job->layers[i]);
+            int at = stk_open_unlinked(job->layers[i], 1);
             if (at < 0) goto fail;
             tree = (int)syscall(SYS_open_tree, at, "", AT_EMPTY_PATH | OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
             int saved = errno;
@@ -514,10 +515,10 @@ int stk_tree_idmap(int tree_fd, int userns_fd) {
     return (int)syscall(SYS_mount_setattr, tree_fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr);
 }
 
-int stk_clone_tree(const char *path, uint64_t attr_set, int no_symlinks) {
+int stk_clone_tree(const char *path, uint64_t attr_set, int flags) {
     int fd;
-    if (no_symlinks) {
-        int at = stk_open_unlinked(path);
+    if (flags & STK_CLONE_NO_SYMLINKS) {
+        int at = stk_open_unlinked(path, flags & STK_CLONE_DIRECTORY);
         if (at < 0) return -1;
         fd = (int)syscall(SYS_open_tree, at, "", AT_EMPTY_PATH | OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
         int saved = errno;

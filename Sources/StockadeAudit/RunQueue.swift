@@ -12,9 +12,11 @@ public protocol RunQueue: Sendable {
     /// present. Refused with `.nodeInUse` while another process holds the name and its lease is live.
     func register(_ node: QueueNode) throws(AuditError) -> NodeLease
 
-    /// Extends the node's lease. `.nodeReplaced` when another process registered the name since, or when the lease had
-    /// already run out (the node was stalled past it: its runs may be another node's now).
-    func heartbeat(_ lease: NodeLease) throws(AuditError)
+    /// Extends the node's lease; true when the lease had already run out before this heartbeat (the
+    /// node was stalled, or the store unreachable, past it): its runs may be another node's now, and it
+    /// must give them up. `.nodeReplaced` when another process registered the name since.
+    @discardableResult
+    func heartbeat(_ lease: NodeLease) throws(AuditError) -> Bool
 
     /// Removes the node's row (a clean shutdown). Runs it still holds are then reaped like a dead node's.
     func leave(_ lease: NodeLease) throws(AuditError)

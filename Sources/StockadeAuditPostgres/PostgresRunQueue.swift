@@ -73,20 +73,29 @@ public final class PostgresRunQueue: RunQueue {
         }
     }
 
-    /// Renews the lease, only while it has not run out: a node that was stalled past its lease (its
-    /// runs perhaps taken by another node's reaper meanwhile) is told so (`nodeReplaced`) instead of
-    /// renewing a lease others already count as dead, and must give up its runs.
-    public func heartbeat(_ lease: NodeLease) throws(AuditError) {
-        let rows = try query("""
-            UPDATE nodes n SET heartbeatAt = clock_timestamp()
-            WHERE n.name = $1 AND n.incarnation = $2 AND \(Self.leaseLive) RETURNING n.name
-            """, [lease.name, lease.incarnation], "heartbeat node \(lease.name)")
-        if rows.isEmpty {
-            throw AuditError(.nodeReplaced, path: backend.location, """
-                node \(lease.name)'s lease ran out before this heartbeat (another node may have taken its runs), or the node \
-                was registered again by another process or removed: this process gives up its runs and claims no more; restart it
-                """)
+    /// Renews the lease, and says whether it had run out first (judged in the same statement, on the
+    /// store's clock): a node stalled past its lease, whose runs another node's reaper may have taken
+    /// meanwhile, learns it at once and gives them up, and goes on with the lease renewed.
+    @discardableResult
+    public func heartbeat(_ lease: NodeLease) throws(AuditError) -> Bool {
+        var binds = PostgresBindings()
+        binds.append(lease.name)
+        binds.append(lease.incarnation)
+        let lapsed = try backend.pool.withSessionTyped { (session) throws(AuditError) -> Bool? in
+            let rows = try session.query("""
+                WITH before AS (
+                    SELECT NOT (\(Self.leaseLive)) AS lapsed FROM nodes n WHERE n.name = $1 AND n.incarnation = $2 FOR UPDATE
+                )
+                UPDATE nodes n SET heartbeatAt = clock_timestamp() FROM before
+                WHERE n.name = $1 AND n.incarnation = $2 RETURNING before.lapsed
+                """, binds, "heartbeat node \(lease.name)")
+            return try rows.first.map { (row) throws(AuditError) in try PostgresRows.decode(row, session) { try $0.decode(Bool.self) } }
         }
+        guard let lapsed else {
+            throw AuditError(.nodeReplaced, path: backend.location,
+                             "node \(lease.name) was registered again by another process (or removed) after its lease ran out: this process must stop claiming; restart it")
+        }
+        return lapsed
     }
 
     public func leave(_ lease: NodeLease) throws(AuditError) {

@@ -229,16 +229,19 @@ struct LayerUnpacker {
         var size = 0
         var offset: la_int64_t = 0
         // A sparse entry's blocks come at offsets with holes between them: what is charged is how far
-        // the file reaches (its size on disk is at most that), not the bytes the archive held.
+        // the file reaches (its apparent size: the bound holds for whoever copies or reads it whole),
+        // not the bytes the archive held. A file that ends in a hole reaches its size only at the end,
+        // where the end's offset is that size.
         var reached: Int64 = 0
         while true {
             let r = archive_read_data_block(archive, &block, &size, &offset)
-            if r == ARCHIVE_EOF { return }
             guard r >= ARCHIVE_WARN else {
                 throw source.error ?? ImageError(.badArchive, entry: shown, "cannot read the data of \(shown): \(Self.message(archive))")
             }
-            guard offset >= 0 else { throw ImageError(.badArchive, entry: shown, "a data block of \(shown) at a negative offset") }
-            let end = Int64(offset) + Int64(size)
+            guard offset >= 0, size >= 0 else { throw ImageError(.badArchive, entry: shown, "a data block of \(shown) at a negative offset") }
+            let (end, overflow) = Int64(offset).addingReportingOverflow(Int64(size))
+            guard !overflow else { throw ImageError(.badArchive, entry: shown, "a data block of \(shown) beyond any file size") }
+            if r == ARCHIVE_EOF && end <= reached { return }
             let grown = max(0, end - reached)
             reached = max(reached, end)
             stats.bytes += grown
@@ -248,6 +251,11 @@ struct LayerUnpacker {
             }
             guard budget.bytes <= bounds.maxImageBytes else {
                 throw ImageError(.overBound, entry: shown, "the image unpacks to more than \(bounds.maxImageBytes) bytes (stopped in \(shown))")
+            }
+            if r == ARCHIVE_EOF {
+                // The trailing hole: the file is extended to its size without writing a byte.
+                guard ftruncate(file, off_t(end)) == 0 else { throw fail(shown, errno, "cannot extend the file to its size") }
+                return
             }
             var done = 0
             while done < size, let block {

@@ -268,7 +268,7 @@ public struct ProxyRequest: Sendable, Equatable {
             guard type == 0 else { continue }
             // One server_name extension (RFC 8446 4.2 allows no second), one name in it.
             guard serverName == nil, let listLength = number(2), listLength + 2 == size, take(1) == [0],
-                  let nameLength = number(2), let name = take(nameLength), nameLength > 0 else { return .malformed }
+                  let nameLength = number(2), nameLength > 0, nameLength + 3 == listLength, let name = take(nameLength) else { return .malformed }
             serverName = String(decoding: name, as: UTF8.self)
         }
         if encrypted { return .encryptedServerName }

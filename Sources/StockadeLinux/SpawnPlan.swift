@@ -102,10 +102,16 @@ final class SpawnPlan {
         return array
     }
 
+    /// `stk_clone_tree`'s flags for a bind of a file or a directory.
+    static func cloneFlags(noSymlinks: Bool, isFile: Bool) -> Int32 {
+        guard noSymlinks else { return 0 }
+        return Int32(STK_CLONE_NO_SYMLINKS) | (isFile ? 0 : Int32(STK_CLONE_DIRECTORY))
+    }
+
     /// Why `stk_clone_tree` failed for `source` (errno as it left it).
-    private static func cloneFailure(_ source: String, _ target: String) -> LinuxError {
+    private static func cloneFailure(_ source: String, _ target: String, noSymlinks: Bool) -> LinuxError {
         let e = errno
-        if e == ELOOP {
+        if e == ELOOP && noSymlinks {
             return LinuxError(.setup, stage: .mounts, errno: e,
                               "\(source) is not shown at \(target): a symbolic link is on its path now, and there was none when the "
                               + "volume was checked (it was replaced since, perhaps by another run writing there): nothing is bound")
@@ -117,10 +123,10 @@ final class SpawnPlan {
     /// A writable detached clone of `source` whose owner is shown as `owner` through an idmapped mount.
     /// The owner is read from the clone itself, not from the path, so a path swapped after the volume
     /// was checked cannot lend the worker another owner's files.
-    private static func ownedTree(_ source: String, target: String, attr: UInt64,
+    private static func ownedTree(_ source: String, target: String, isFile: Bool, attr: UInt64,
                                   owner: (uid: UInt32, gid: UInt32)) throws(LinuxError) -> Int32 {
-        let fd = stk_clone_tree(source, attr, 1)
-        guard fd >= 0 else { throw Self.cloneFailure(source, target) }
+        let fd = stk_clone_tree(source, attr, Self.cloneFlags(noSymlinks: true, isFile: isFile))
+        guard fd >= 0 else { throw Self.cloneFailure(source, target, noSymlinks: true) }
         var st = stat()
         guard fstat(fd, &st) == 0 else {
             let e = errno
@@ -179,8 +185,8 @@ final class SpawnPlan {
         case let .bind(source, target, isFile, readOnly, noexec, devices, noSymlinks):
             m.kind = Int32(STK_OP_BIND.rawValue)
             let attr = Self.bindAttributes(readOnly: readOnly, noexec: noexec, devices: devices)
-            let fd = stk_clone_tree(source, attr, noSymlinks ? 1 : 0)
-            guard fd >= 0 else { throw Self.cloneFailure(source, target) }
+            let fd = stk_clone_tree(source, attr, Self.cloneFlags(noSymlinks: noSymlinks, isFile: isFile))
+            guard fd >= 0 else { throw Self.cloneFailure(source, target, noSymlinks: noSymlinks) }
             sourceDescriptors.append(fd)
             m.fd = fd
             m.source = cString(source)
@@ -190,7 +196,7 @@ final class SpawnPlan {
         case let .bindOwned(source, target, isFile, owner):
             m.kind = Int32(STK_OP_BIND.rawValue)
             let attr = Self.attrNoSuid | Self.attrNoDev
-            let fd = try Self.ownedTree(source, target: target, attr: attr, owner: owner)
+            let fd = try Self.ownedTree(source, target: target, isFile: isFile, attr: attr, owner: owner)
             sourceDescriptors.append(fd)
             m.fd = fd
             m.source = cString(source)

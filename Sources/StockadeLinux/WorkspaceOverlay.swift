@@ -18,7 +18,9 @@ public enum WorkspaceOverlay {
         // `workspace` was resolved (realpath) when the run was planned: no link is followed to it now,
         // and the tree mounted must be the directory whose owner is read here (checked by device and inode).
         var st = stat()
-        let at = stk_openat2(AT_FDCWD, workspace, UInt64(STK_O_PATH | O_CLOEXEC), 0, UInt64(STK_RESOLVE_NO_SYMLINKS | STK_RESOLVE_NO_MAGICLINKS))
+        // O_DIRECTORY also mounts an automount point there (O_PATH alone does not).
+        let at = stk_openat2(AT_FDCWD, workspace, UInt64(STK_O_PATH | O_CLOEXEC | O_DIRECTORY), 0,
+                             UInt64(STK_RESOLVE_NO_SYMLINKS | STK_RESOLVE_NO_MAGICLINKS))
         guard at >= 0, fstat(at, &st) == 0 else {
             let e = errno
             if at >= 0 { close(at) }
@@ -43,7 +45,8 @@ public enum WorkspaceOverlay {
             let hint = step == "idmap" ? ": the workspace's filesystem must support idmapped mounts (Linux 5.12+; ext4, xfs, btrfs, tmpfs 6.3+)"
                 : step == "overlay" ? ": overlayfs with idmapped lower layers is required (Linux 5.19+, CONFIG_OVERLAY_FS)"
                 : step == "tmpfs" ? ": the bounded tmpfs for the workspace's changes could not be mounted"
-                : step == "changed" ? ": the directory at that path was replaced while the run was being prepared" : ""
+                : step == "changed" ? ": the directory at that path was replaced while the run was being prepared"
+                : step == "open_tree" && e == ELOOP ? ": a symbolic link is on its path now, and there was none when the run was planned (it was replaced since)" : ""
             throw LinuxError(.setup, stage: .workspace, errno: e,
                              "cannot mount the copy-on-write workspace over \(workspace) (\(step): \(String(cString: strerror(e))))\(hint)")
         }

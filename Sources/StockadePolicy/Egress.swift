@@ -347,9 +347,9 @@ public enum IPAddress {
             return nil
         }
         guard a.count == 4 else { return "unspecified" }
-        // Outside 169.254/16: Azure's WireServer (public, routed to every Azure VM) and Alibaba
-        // Cloud's metadata service (in CGNAT space).
-        if a == [168, 63, 129, 16] || a == [100, 100, 100, 200] { return "metadata" }
+        // Outside 169.254/16: Azure's WireServer (public, routed to every Azure VM), Alibaba
+        // Cloud's metadata service (in CGNAT space) and Oracle Cloud's older one (192.0.0.192).
+        if a == [168, 63, 129, 16] || a == [100, 100, 100, 200] || a == [192, 0, 0, 192] { return "metadata" }
         switch (a[0], a[1]) {
         case (0, _): return "unspecified"
         case (127, _): return "loopback"

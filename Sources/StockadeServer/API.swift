@@ -50,6 +50,12 @@ struct Principal: Sendable {
     var stillValid: @Sendable () -> Bool = { true }
 }
 
+/// Ends a stream whose token is no longer accepted: thrown from its body, so the response ends
+/// without its last chunk and a client cannot take what it got for the whole stream.
+struct TokenNoLongerAccepted: Error, CustomStringConvertible {
+    var description: String { "the stream's token is no longer accepted (revoked or expired), or the token store could not be read" }
+}
+
 /// A stream's check of its caller's token, at most every `interval` (a read of the token store each
 /// time): a token revoked or expired while the stream is open ends it within that long.
 struct TokenRecheck: Sendable {
@@ -681,8 +687,8 @@ struct EventStream: Sendable {
         try await write(&writer, ": stockade events after seq \(cursor)\n\n")
         while !shutdown.isSet && !Task.isCancelled {
             guard recheck.stillValid() else {
-                try await write(&writer, ": the token is no longer accepted (revoked or expired)\n\n")
-                break
+                try await write(&writer, ": the token is no longer accepted (revoked or expired), or the token store could not be read\n\n")
+                throw TokenNoLongerAccepted()
             }
             var events: [AuditEvent] = []
             do {

@@ -115,8 +115,10 @@ struct LogFollower: Sendable {
         var completeSeen = false
         var poll = Self.firstPollMilliseconds
         var recheck = self.recheck
-        // A token revoked or expired meanwhile ends the stream (the client sees it short of the run's end).
-        while !Task.isCancelled && recheck.stillValid() {
+        while !Task.isCancelled {
+            // A token revoked or expired meanwhile ends the stream without its last chunk: the client
+            // cannot take it for the whole log.
+            guard recheck.stillValid() else { throw TokenNoLongerAccepted() }
             if case .bytes(let chunk) = try LogFile.read(path, from: offset, limit: Self.chunkBytes), !chunk.isEmpty {
                 try await BoundedWrite.write(&writer, ByteBuffer(bytes: chunk), channel: channel, logger: logger, what: "logs")
                 offset += chunk.count

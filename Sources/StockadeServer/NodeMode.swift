@@ -86,8 +86,9 @@ struct NodeWorker: Service {
                     if beaten, healthy.mayReap { reap() }
                     // Fencing: once two thirds of the lease have passed without a heartbeat, another
                     // node may soon take this node's runs, so it stops them itself first; and at once
-                    // when the store says the lease ran out (this process was stalled past it).
-                    if healthy.isLost || lapsed { await giveUpRuns() }
+                    // when the store says the lease had run out (this process was stalled past it).
+                    if healthy.isLost { await giveUpRuns(because: "no heartbeat for two thirds of the lease: the runs were cancelled before another node may take them") }
+                    if lapsed { await giveUpRuns(because: "the lease had run out before this heartbeat (this process was stalled past it): another node may have taken the runs") }
                     try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .milliseconds(node.options.heartbeatMilliseconds)) }
                 }
             }
@@ -124,21 +125,21 @@ struct NodeWorker: Service {
     }
 
     /// False when the heartbeat failed.
-    /// Whether the heartbeat went through, and whether the store refused it because the lease had
-    /// already run out (or another process holds the node now).
+    /// Whether the heartbeat went through, and whether the lease had run out before it (this process
+    /// was stalled, or the store unreachable, past it).
     private func heartbeat() -> (beaten: Bool, lapsed: Bool) {
         do {
-            try node.queue.heartbeat(node.lease)
-            return (true, false)
+            let lapsed = try node.queue.heartbeat(node.lease)
+            return (true, lapsed)
         } catch {
             logger.error("node.heartbeat-failed", metadata: ["node": "\(node.name)", "error": "\(error)"])
-            return (false, error.code == .nodeReplaced)
+            return (false, false)
         }
     }
 
     /// Cancels every run this node holds (running or waiting for a local slot): its lease is about
     /// to run out, and another node may take them, so none may go on here.
-    private func giveUpRuns() async {
+    private func giveUpRuns(because reason: String) async {
         var stopped: [String] = []
         for (runId, submitted) in await registry.all where submitted.handle.currentState != .finished && !submitted.handle.cancellation.isCancelled {
             submitted.handle.cancel()
@@ -146,7 +147,7 @@ struct NodeWorker: Service {
         }
         if !stopped.isEmpty {
             logger.error("node.lease-lost", metadata: ["node": "\(node.name)", "runs": "\(stopped)",
-                                                      "reason": "no heartbeat for two thirds of the lease: the runs were cancelled before another node may take them"])
+                                                      "reason": "\(reason)"])
         }
     }
 

@@ -3,10 +3,11 @@ import StockadePolicy
 
 /// Decides which host paths a worker may see as volumes. Each source is
 /// resolved once (realpath) and the resolved path is both what is checked and
-/// what is mounted, so a symlink swapped in after the check cannot redirect
-/// the mount. (The window that remains, between this check and the mount's
-/// `open_tree`, can only be used by someone who can write the source's
-/// ancestor directories on the host: the worker does not exist yet.)
+/// what is mounted: the mount opens it without following any link
+/// (`stk_clone_tree` with `STK_CLONE_NO_SYMLINKS`), so a link swapped into the
+/// path after the check, by whoever can write its directories (another run's
+/// worker through its own writable volume, say), fails the run instead of
+/// redirecting the mount.
 ///
 /// Bind mounts are read-only unless `rw` is given, and always nosuid and
 /// nodev (`RootLayout`).

@@ -215,6 +215,8 @@ struct ImageImportTests {
             for i in 0..<6 { _ = pwrite(fd, "x", 1, off_t(i) << 20) }
             close(fd)
         }
+        // A third ends in a hole: its size comes only with the end of its data.
+        try #require(truncate(tree + "/holes", (6 << 20) + 4096) == 0)
         let tar = Process()
         tar.executableURL = URL(fileURLWithPath: "/bin/tar")
         tar.arguments = ["--format=pax", "--sparse", "-C", tree, "-cf", "-", "holes", "holes2"]
@@ -230,8 +232,9 @@ struct ImageImportTests {
         let layer = store.layerPath(try #require(imported.record.layers.first))
         var st = stat()
         #expect(stat(layer + "/holes2", &st) == 0 && st.st_size == (5 << 20) + 1)
+        #expect(stat(layer + "/holes", &st) == 0 && st.st_size == (6 << 20) + 4096, "a file ending in a hole keeps its size")
         // Under a bound of 8 MiB a layer, the second file is refused, though the layer's data is 12 bytes and
-        // each file alone stays within the bound.
+        // each file alone stays within the bound (the first reaching 6 MiB + 4 KiB).
         expectRefused(try LayoutFixture(layers: [bytes]), .overBound, entry: "holes2", store: freshStore { $0.maxLayerBytes = 8 << 20 })
     }
 

@@ -31,7 +31,10 @@ struct EgressProxyTests {
             let t = Thread {
                 while true {
                     let c = accept(fd, nil, nil)
-                    if c < 0 { return }
+                    // Closed here, once nothing of this thread uses it: closed by `stop` while this thread
+                    // was serving a connection, its number could name the next test's listener by the
+                    // time this `accept` ran, and this upstream would answer that test's connections.
+                    if c < 0 { close(fd); return }
                     var scratch = [UInt8](repeating: 0, count: 4096)
                     _ = recv(c, &scratch, scratch.count, 0)
                     var off = 0
@@ -47,9 +50,9 @@ struct EgressProxyTests {
             t.start()
         }
 
+        /// Stops accepting: the thread's `accept` fails, and it closes the listener.
         func stop() {
             shutdown(fd, Int32(SHUT_RDWR))
-            close(fd)
         }
     }
 

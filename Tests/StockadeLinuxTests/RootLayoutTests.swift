@@ -195,12 +195,12 @@ struct ExecCandidateTests {
             let followed = stk_clone_tree(path, attr, 0)
             #expect(followed >= 0, "the control: a system bind follows the link (\(path))")
             if followed >= 0 { close(followed) }
-            let refused = stk_clone_tree(path, attr, 1)
+            let refused = stk_clone_tree(path, attr, Int32(STK_CLONE_NO_SYMLINKS | STK_CLONE_DIRECTORY))
             let e = errno
             #expect(refused < 0 && e == ELOOP, "\(path): \(refused), errno \(e)")
             if refused >= 0 { close(refused) }
         }
-        let exact = stk_clone_tree(dir + "/real/sub", attr, 1)
+        let exact = stk_clone_tree(dir + "/real/sub", attr, Int32(STK_CLONE_NO_SYMLINKS | STK_CLONE_DIRECTORY))
         #expect(exact >= 0, "a path without links is cloned")
         if exact >= 0 { close(exact) }
         // A volume's steps ask for it, read-only and writable alike.

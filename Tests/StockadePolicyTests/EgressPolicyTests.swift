@@ -129,7 +129,7 @@ struct EgressPolicyTests {
         ("64:ff9b:1::808:808", "private"), ("64:ff9b:1::a9fe:a9fe", "link-local"), ("100::1", "reserved"), ("2001:0:4136:e378::1", "reserved"), ("2001:db8::1", "reserved"),
         ("168.63.129.16", "metadata"), ("::ffff:168.63.129.16", "metadata"), ("64:ff9b::a83f:8110", "metadata"), ("2002:a83f:8110::1", "metadata"),
         ("100.100.100.200", "metadata"), ("fd00:ec2::254", "metadata"), ("fd00:ec2::23", "metadata"), ("fd20:ce::254", "metadata"),
-        ("fd00:c1::a9fe:a9fe", "metadata"), ("fd20:ce::253", "private"), ("100.100.100.201", "cgnat"),
+        ("fd00:c1::a9fe:a9fe", "metadata"), ("fd20:ce::253", "private"), ("100.100.100.201", "cgnat"), ("192.0.0.192", "metadata"),
     ])
     func special(_ address: String, _ kind: String) throws {
         let bytes = try #require(IPAddress.parse(address), "\(address)")

@@ -71,13 +71,17 @@ int stk_tmpfs_detached(uint64_t size_bytes, uint64_t inodes, uint32_t uid, uint3
  * A detached recursive bind of `path` (open_tree OPEN_TREE_CLONE) with
  * MOUNT_ATTR_* `attr_set` applied to the whole tree, and private (a clone of a
  * shared mount would be its peer: a mount attached beneath it would reach the
- * host). `no_symlinks`: `path` was resolved when it was checked, so no link is
- * followed on the way now (ELOOP). Made by the supervisor in
+ * host). `flags`: STK_CLONE_NO_SYMLINKS: `path` was resolved when it was
+ * checked, so no link is followed on the way now (ELOOP); with it,
+ * STK_CLONE_DIRECTORY: `path` is a directory (opened O_DIRECTORY, which mounts
+ * an automount point there as a path lookup would). Made by the supervisor in
  * the initial user namespace, so the worker cannot clear those flags; the
  * child attaches it with move_mount. Returns the fd or -1 with errno.
  * Why C: no glibc wrappers for open_tree/mount_setattr.
  */
-int stk_clone_tree(const char *path, uint64_t attr_set, int no_symlinks);
+#define STK_CLONE_NO_SYMLINKS 1
+#define STK_CLONE_DIRECTORY 2
+int stk_clone_tree(const char *path, uint64_t attr_set, int flags);
 
 /*
  * Seals the detached tmpfs `mount_fd` (from stk_tmpfs_detached, every file of
