@@ -53,7 +53,7 @@ public enum ImageRoot {
             let step = stage.map { String(cString: $0) } ?? "overlay"
             let hint = step == "idmap" ? ": the image cache's filesystem must support idmapped mounts (Linux 5.12+; ext4, xfs, btrfs, tmpfs 6.3+)"
                 : step == "overlay" ? ": overlayfs with idmapped lower layers is required (Linux 5.19+, CONFIG_OVERLAY_FS)"
-                : e == ELOOP && resolved ? ": a symbolic link is on the directory's path now, and there was none when the run was planned (it was replaced since)" : ""
+                : e == ELOOP && resolved ? ": " + LinuxError.linkSwappedIn : ""
             throw LinuxError(.setup, stage: .image, errno: e, "cannot mount the image's layers as the worker's root (\(step): \(String(cString: strerror(e))))\(hint)")
         }
         return fd

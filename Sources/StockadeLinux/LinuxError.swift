@@ -35,3 +35,10 @@ public struct LinuxError: Error, Sendable, Equatable, CustomStringConvertible {
         errno == 0 ? "\(stage.rawValue): \(message)" : "\(stage.rawValue): \(message) (errno \(errno))"
     }
 }
+
+extension LinuxError {
+    /// Why a path resolved when it was checked (a volume's source, the workspace, a `--rootfs`
+    /// directory) failed with `ELOOP` when it was opened again without following links.
+    static let linkSwappedIn = "a symbolic link is on its path now, and there was none when it was checked: it was replaced since "
+        + "(perhaps by another run writing there)"
+}

@@ -112,9 +112,7 @@ final class SpawnPlan {
     private static func cloneFailure(_ source: String, _ target: String, noSymlinks: Bool) -> LinuxError {
         let e = errno
         if e == ELOOP && noSymlinks {
-            return LinuxError(.setup, stage: .mounts, errno: e,
-                              "\(source) is not shown at \(target): a symbolic link is on its path now, and there was none when the "
-                              + "volume was checked (it was replaced since, perhaps by another run writing there): nothing is bound")
+            return LinuxError(.setup, stage: .mounts, errno: e, "\(source) is not shown at \(target): \(LinuxError.linkSwappedIn); nothing is bound")
         }
         return LinuxError(.setup, stage: .mounts, errno: e, "cannot open \(source) to show it at \(target): \(String(cString: strerror(e)))")
     }

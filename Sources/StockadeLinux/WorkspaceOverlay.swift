@@ -24,8 +24,7 @@ public enum WorkspaceOverlay {
         guard at >= 0, fstat(at, &st) == 0 else {
             let e = errno
             if at >= 0 { close(at) }
-            let why = e == ELOOP ? "a symbolic link is on its path now, and there was none when the run was planned (it was replaced since)"
-                : String(cString: strerror(e))
+            let why = e == ELOOP ? LinuxError.linkSwappedIn : String(cString: strerror(e))
             throw LinuxError(.setup, stage: .workspace, errno: e, "cannot use --workspace \(workspace): \(why)")
         }
         close(at)
@@ -46,7 +45,7 @@ public enum WorkspaceOverlay {
                 : step == "overlay" ? ": overlayfs with idmapped lower layers is required (Linux 5.19+, CONFIG_OVERLAY_FS)"
                 : step == "tmpfs" ? ": the bounded tmpfs for the workspace's changes could not be mounted"
                 : step == "changed" ? ": the directory at that path was replaced while the run was being prepared"
-                : step == "open_tree" && e == ELOOP ? ": a symbolic link is on its path now, and there was none when the run was planned (it was replaced since)" : ""
+                : step == "open_tree" && e == ELOOP ? ": " + LinuxError.linkSwappedIn : ""
             throw LinuxError(.setup, stage: .workspace, errno: e,
                              "cannot mount the copy-on-write workspace over \(workspace) (\(step): \(String(cString: strerror(e))))\(hint)")
         }

@@ -47,7 +47,7 @@ struct Principal: Sendable {
     let record: TokenRecord
     /// Whether the token presented is still accepted now (not revoked, not expired, the same name):
     /// asked again by streams that outlive the call that opened them.
-    var stillValid: @Sendable () -> Bool = { true }
+    let stillValid: @Sendable () -> Bool
 }
 
 /// Ends a stream whose token is no longer accepted: thrown from its body, so the response ends
@@ -667,7 +667,7 @@ struct EventStream: Sendable {
     let runId: String?
     let kind: String?
     let logger: Logger
-    var recheck: TokenRecheck
+    let recheck: TokenRecheck
     static let batch = 256
     static let pollMilliseconds: UInt64 = 200
     static let keepAliveSeconds = 15.0

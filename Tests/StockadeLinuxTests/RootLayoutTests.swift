@@ -1,5 +1,6 @@
 import CStockade
 import Glibc
+import StockadeTestSupport
 import Testing
 @testable import StockadeLinux
 
@@ -185,9 +186,7 @@ struct ExecCandidateTests {
     @Test("a volume's clone follows no link on its path (one there now was put there after the check); other binds still do",
           .enabled(if: getuid() == 0, "open_tree needs CAP_SYS_ADMIN"))
     func volumeClonesFollowNoLinks() throws {
-        var template = Array("/tmp/stockade-clone-XXXXXX".utf8CString)
-        let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-        let dir = try #require(made.map { String(cString: $0) })
+        let dir = makeScratchDirectory("clone")
         defer { for path in [dir + "/link", dir + "/real/sub", dir + "/real", dir] { _ = Glibc.remove(path) } }
         try #require(mkdir(dir + "/real", 0o755) == 0 && mkdir(dir + "/real/sub", 0o755) == 0 && symlink("real", dir + "/link") == 0)
         let attr = SpawnPlan.bindAttributes(readOnly: true, noexec: false, devices: false)
@@ -212,9 +211,7 @@ struct ExecCandidateTests {
     @Test("a --rootfs directory's layer follows no link on its path when it was resolved at the check; an image's cached layers still may",
           .enabled(if: getuid() == 0, "idmapped mounts need CAP_SYS_ADMIN"))
     func rootfsLayerFollowsNoLinks() throws {
-        var template = Array("/tmp/stockade-rootfs-XXXXXX".utf8CString)
-        let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-        let dir = try #require(made.map { String(cString: $0) })
+        let dir = makeScratchDirectory("rootfs")
         defer { for path in [dir + "/link", dir + "/anchor", dir + "/real", dir] { _ = Glibc.remove(path) } }
         try #require(mkdir(dir + "/real", 0o755) == 0 && mkdir(dir + "/anchor", 0o755) == 0 && symlink("real", dir + "/link") == 0)
         let layout = RootLayout(uid: 1000, gid: 1000, hostname: "stockade", tmpBytes: 64 << 20, workspace: .empty(sizeBytes: 1 << 20), resultBytes: 1 << 20)
